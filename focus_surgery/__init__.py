@@ -1,0 +1,38 @@
+"""focus-surgery: exact conversion between Focus / space-to-depth stems and strided convs.
+
+Layers (``layers``), pure weight maps (``remap``), module surgery (``surgery``), verification (``verify``),
+checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in their own module.
+"""
+
+from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
+from .orders import ORDERS
+from .remap import (
+    SpaceToDepthForm,
+    conv_to_focus_weight,
+    focus_to_conv_weight,
+    s2d_to_strided_conv,
+    strided_conv_to_s2d,
+)
+from .surgery import ConversionError, ConversionReport, convert
+from .verify import VerificationReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ORDERS",
+    "ConversionError",
+    "ConversionReport",
+    "ConvBnAct",
+    "DepthToSpace",
+    "Focus",
+    "SPDConv",
+    "SpaceToDepth",
+    "SpaceToDepthForm",
+    "VerificationReport",
+    "conv_to_focus_weight",
+    "convert",
+    "focus_to_conv_weight",
+    "s2d_to_strided_conv",
+    "strided_conv_to_s2d",
+    "verify",
+]

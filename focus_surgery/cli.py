@@ -1,0 +1,206 @@
+"""Command line: ``focus-surgery convert | inspect | verify | demo`` (also ``python -m focus_surgery``).
+
+Exit codes: 0 success, 1 verification failed, 2 bad input (one-line error on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint_io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .state_dict import convert_state_dict, find_stem
+from .surgery import ConversionError, convert, iter_stems
+from .verify import DEFAULT_TOLERANCE, verify
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class VerificationFailed(Exception):
+    """Raised by a sub-command whose verification did not pass (exit code 1)."""
+
+
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(result, default=str) if as_json else text)
+
+
+def _stem_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], block_size: int, order: str) -> float:
+    """Max abs difference, in float64, between the stems of two state dicts run on the same random input."""
+    from .layers import SpaceToDepth
+
+    outputs = []
+    x = torch.rand(2, 3, 8 * block_size, 12 * block_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for sd in (a, b):
+        stem = find_stem(sd, block_size=block_size)
+        w = sd[stem.weight_key].double()
+        if stem.form == "focus":
+            outputs.append(torch.nn.functional.conv2d(SpaceToDepth(block_size, order)(x), w, padding=w.shape[2] // 2))
+        else:
+            k = w.shape[2] // block_size
+            outputs.append(torch.nn.functional.conv2d(x, w, stride=block_size, padding=block_size * (k // 2)))
+    return float((outputs[0] - outputs[1]).abs().max())
+
+
+def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any]]:
+    content = dict(ckpt.content)
+    report = None
+    for key in ("model", "ema"):
+        if isinstance(content.get(key), torch.nn.Module):
+            content[key] = content[key]  # converted in place below; the loaded object is ours alone
+            report = convert(content[key], to=args.to, verify=args.verify) if report is None or key == "model" else report
+    if report is None or not report.replaced:
+        reason = "; ".join(f"{s.path}: {s.reason}" for s in (report.skipped if report else [])) or "no stem to convert"
+        raise ConversionError(f"{ckpt.path}: nothing converted to {args.to} ({reason})")
+    return content, report.to_dict()
+
+
+def cmd_convert(args) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    if src.resolve() == dst.resolve():
+        raise CheckpointError(f"{dst}: refusing to overwrite the input; write to another file")
+    ckpt = load_checkpoint(src)
+    if ckpt.model is not None:
+        content, report = _convert_model_checkpoint(ckpt, args)
+        if dst.suffix == ".safetensors":
+            content = {k: v for k, v in ckpt.model.state_dict().items()}
+        max_abs_err = report["max_abs_err"]
+    else:
+        content, stem = convert_state_dict(ckpt.state_dict, args.to, args.block_size, args.order)
+        report = {"stem": stem.prefix, "from": stem.form, "to": args.to, "weight_key": stem.weight_key}
+        max_abs_err = _stem_error(ckpt.state_dict, content, args.block_size, args.order) if args.verify else None
+        report["max_abs_err"] = max_abs_err
+    passed = max_abs_err is None or max_abs_err <= DEFAULT_TOLERANCE * 10
+    if not passed:
+        raise VerificationFailed(f"verification failed: max_abs_err={max_abs_err:.3e}; {dst} not written")
+    metadata = {"converted_by": "focus-surgery", "to": args.to}
+    save_checkpoint(content, dst, metadata if dst.suffix == ".safetensors" else None)
+    result = {"src": str(src), "dst": str(dst), "kind": ckpt.kind, "to": args.to, **report, "max_abs_err": max_abs_err}
+    text = f"converted {src} -> {dst} (stem to {args.to})" + (
+        f", verified: max_abs_err={max_abs_err:.3e}" if max_abs_err is not None else ""
+    )
+    _emit(result, args.json, text)
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    ckpt = load_checkpoint(args.src)
+    result: dict[str, Any] = {"path": str(ckpt.path), "kind": ckpt.kind}
+    model = ckpt.model
+    if model is not None:
+        params = list(model.parameters())
+        result.update(
+            model=type(model).__name__,
+            parameters=sum(p.numel() for p in params),
+            dtype=str(params[0].dtype).replace("torch.", "") if params else None,
+            stems=list(iter_stems(model)),
+        )
+        for key in ("nc", "names", "stride"):
+            if hasattr(model, key):
+                value = getattr(model, key)
+                result[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+    else:
+        stem = find_stem(ckpt.state_dict)
+        result.update(tensors=len(ckpt.state_dict), stems=[vars(stem)] if stem else [])
+        if stem:
+            result["stems"][0]["converts_to"] = "focus" if stem.form == "conv" else "conv"
+    lines = [f"{result['path']}: {result['kind']}" + (f" {result.get('model')}" if model is not None else "")]
+    for stem in result["stems"]:
+        lines.append("  stem: " + ", ".join(f"{k}={v}" for k, v in stem.items()))
+    if not result["stems"]:
+        lines.append("  no Focus / space-to-depth / strided-conv stem found")
+    _emit(result, args.json, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    a, b = load_checkpoint(args.a), load_checkpoint(args.b)
+    if a.model is not None and b.model is not None:
+        report = verify(a.model.float(), b.model.float())
+        result = {"a": args.a, "b": args.b, **report.to_dict()}
+        passed, text = report.passed, str(report)
+    else:
+        sa, sb = a.state_dict, b.state_dict
+        stem_a, stem_b = find_stem(sa), find_stem(sb)
+        if stem_a and stem_b and stem_a.form != stem_b.form:
+            sa = convert_state_dict(sa, stem_b.form)[0]
+        if sa.keys() != sb.keys():
+            missing = sorted(set(sa) ^ set(sb))[:3]
+            raise CheckpointError(f"{args.b}: keys differ from {args.a} (e.g. {missing}); not the same model")
+        errors = [float((sa[k].double() - sb[k].double()).abs().max()) if sa[k].numel() else 0.0 for k in sa]
+        max_abs = max(errors, default=0.0)
+        passed = max_abs <= DEFAULT_TOLERANCE
+        result = {"a": args.a, "b": args.b, "max_abs_err": max_abs, "passed": passed, "tensors": len(errors)}
+        text = f"{'PASS' if passed else 'FAIL'}: max_abs_err={max_abs:.3e} over {len(errors)} tensors"
+    _emit(result, args.json, text)
+    return EXIT_OK if passed else EXIT_VERIFY_FAILED
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    to_conv, back = run_demo()
+    passed = to_conv.verification.passed and back.verification.passed
+    return EXIT_OK if passed else EXIT_VERIFY_FAILED
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert the stem of a checkpoint (Focus <-> one strided conv)")
+    p.add_argument("src", help="input checkpoint (.pt, .pth, .safetensors)")
+    p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only)")
+    p.add_argument("--to", choices=("conv", "focus", "s2d"), default="conv", help="target form (default conv)")
+    p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
+    p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
+    p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_convert)
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show which stems a checkpoint holds and what they convert to")
+    p.add_argument("src")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_inspect)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="compare two checkpoints (outputs in float64, or tensors of state dicts)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_verify)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build a Focus model, convert it, verify it and print the report")
+    p.set_defaults(handler=cmd_demo)
+
+
+COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="focus-surgery", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except VerificationFailed as error:
+        print(f"focus-surgery: {error}", file=sys.stderr)
+        return EXIT_VERIFY_FAILED
+    except (CheckpointError, ConversionError, ValueError, OSError) as error:
+        print(f"focus-surgery: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("focus-surgery: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_BAD_INPUT

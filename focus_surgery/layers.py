@@ -1,0 +1,219 @@
+"""Layers: space-to-depth, its inverse, and the conv blocks built on it. They know nothing of models.
+
+Shapes use ``bs`` for the block size. Every layer is pure reshape/permute plus standard convs, so it scripts with
+TorchScript and exports to ONNX (``SpaceToDepth`` becomes Reshape + Transpose, or SpaceToDepth/DepthToSpace ops).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .orders import CHANNEL_LAYOUT, check_block_size, check_order
+
+_AXIS = {"c": 1, "y": 3, "x": 5}  # axes of x.view(N, C, H/bs, bs, W/bs, bs)
+
+
+def autopad(k: int | tuple[int, int], p: int | tuple[int, int] | None = None, d: int = 1):
+    """'Same' padding for an odd kernel when ``p`` is None, as in Ultralytics."""
+    if p is not None:
+        return p
+    if isinstance(k, int):
+        return (d * (k - 1) + 1) // 2
+    return tuple((d * (x - 1) + 1) // 2 for x in k)
+
+
+class SpaceToDepth(nn.Module):
+    """Move each ``bs x bs`` pixel block into channels.
+
+    ``y[:, ch(c, dy, dx), i, j] = x[:, c, bs*i + dy, bs*j + dx]`` with ``ch`` given by ``order`` (see ``orders.py``).
+
+    Args:
+        block_size (int): Block size ``bs`` >= 2.
+        order (str): ``yolov5`` (Ultralytics Focus), ``timm`` (TResNet, TensorFlow) or ``pixel_unshuffle``.
+
+    Shapes:
+        Input (N, C, H, W) with H and W divisible by ``bs``; output (N, C*bs*bs, H/bs, W/bs).
+    """
+
+    def __init__(self, block_size: int = 2, order: str = "yolov5"):
+        super().__init__()
+        self.block_size = check_block_size(block_size)
+        self.order = check_order(order)
+        self.permutation = [0] + [_AXIS[a] for a in CHANNEL_LAYOUT[order]] + [2, 4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C*bs*bs, H/bs, W/bs)."""
+        n, c, h, w = x.shape
+        bs = self.block_size
+        if h % bs != 0 or w % bs != 0:
+            raise ValueError(
+                "SpaceToDepth: input height and width (" + str(h) + "x" + str(w) + ") must be divisible by "
+                "block_size " + str(bs) + "; resize or pad the image to a multiple of " + str(bs)
+            )
+        if self.order == "pixel_unshuffle":
+            return F.pixel_unshuffle(x, bs)
+        blocks = x.view(n, c, h // bs, bs, w // bs, bs)
+        return blocks.permute(self.permutation).reshape(n, c * bs * bs, h // bs, w // bs)
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}, order={self.order!r}"
+
+
+class DepthToSpace(nn.Module):
+    """Exact inverse of ``SpaceToDepth`` with the same block size and order.
+
+    Args:
+        block_size (int): Block size ``bs`` >= 2.
+        order (str): ``yolov5``, ``timm`` or ``pixel_unshuffle``.
+
+    Shapes:
+        Input (N, C*bs*bs, H, W); output (N, C, H*bs, W*bs).
+    """
+
+    def __init__(self, block_size: int = 2, order: str = "yolov5"):
+        super().__init__()
+        self.block_size = check_block_size(block_size)
+        self.order = check_order(order)
+        layout = CHANNEL_LAYOUT[order]
+        pos = {a: 1 + layout.index(a) for a in layout}  # axes of x.view(N, *layout, H, W)
+        self.permutation = [0, pos["c"], 4, pos["y"], 5, pos["x"]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C*bs*bs, H, W) -> (N, C, H*bs, W*bs)."""
+        n, cc, h, w = x.shape
+        bs = self.block_size
+        if cc % (bs * bs) != 0:
+            raise ValueError(
+                "DepthToSpace: " + str(cc) + " input channels are not divisible by block_size**2 = " + str(bs * bs)
+            )
+        if self.order == "pixel_unshuffle":
+            return F.pixel_shuffle(x, bs)
+        c = cc // (bs * bs)
+        sizes = {"c": c, "y": bs, "x": bs}
+        split = x.view([n] + [sizes[a] for a in CHANNEL_LAYOUT[self.order]] + [h, w])
+        return split.permute(self.permutation).reshape(n, c, h * bs, w * bs)
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}, order={self.order!r}"
+
+
+class ConvBnAct(nn.Module):
+    """Conv2d (no bias) + BatchNorm2d + activation; same parameters and state-dict names as Ultralytics ``Conv``.
+
+    Shapes:
+        Input (N, c1, H, W); output (N, c2, H', W') as for ``nn.Conv2d``.
+    """
+
+    default_act = nn.SiLU()
+
+    def __init__(self, c1: int, c2: int, k=1, s=1, p=None, g: int = 1, d: int = 1, act: bool | nn.Module = True):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = self.default_act if act is True else act if isinstance(act, nn.Module) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward once BatchNorm has been folded into the conv."""
+        return self.act(self.conv(x))
+
+
+class Focus(nn.Module):
+    """Space-to-depth then a conv block: a drop-in superset of the YOLOv5 / Ultralytics ``Focus``.
+
+    With the defaults (``block_size=2``, ``order="yolov5"``) it computes exactly what Ultralytics' ``Focus`` does and
+    has the same state-dict names (``conv.conv.weight``, ``conv.bn.*``), so their state dicts load unchanged.
+
+    Args:
+        c1 (int): Input channels. c2 (int): Output channels.
+        k, s, p, g, act: Kernel, stride, padding (None = same), groups and activation of the conv after
+            space-to-depth, as in Ultralytics ``Conv``.
+        block_size (int): Space-to-depth block size ``bs``.
+        order (str): Space-to-depth channel order.
+        conv_layer (type): Conv block class with the Ultralytics ``Conv`` signature (default ``ConvBnAct``).
+
+    Shapes:
+        Input (N, c1, H, W), H and W divisible by ``bs``; output (N, c2, H/(bs*s), W/(bs*s)) for same padding.
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k=1,
+        s=1,
+        p=None,
+        g: int = 1,
+        act: bool | nn.Module = True,
+        block_size: int = 2,
+        order: str = "yolov5",
+        conv_layer: type[nn.Module] = ConvBnAct,
+    ):
+        super().__init__()
+        self.s2d = SpaceToDepth(block_size, order)
+        self.conv = conv_layer(c1 * block_size * block_size, c2, k, s, p, g, act=act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.s2d(x))
+
+
+class SPDConv(nn.Module):
+    """Space-to-depth, optional explicit padding, then a stride-1 conv block (the SPD-Conv building block).
+
+    This is also the exact space-to-depth form of any strided conv: ``pad`` (left, right, top, bottom; negative
+    values crop) makes the output shape equal to the original conv's. Build that form with
+    ``SPDConv.from_conv(conv_block, block_size, order, pad)``.
+
+    Args:
+        c1 (int): Input channels. c2 (int): Output channels.
+        k (int): Kernel of the stride-1 conv (same padding when ``pad`` is None).
+        block_size (int): Space-to-depth block size ``bs``.
+        order (str): Space-to-depth channel order.
+        act (bool | nn.Module): Activation of the conv block.
+        pad (tuple[int, int, int, int] | None): Explicit padding of the space-to-depth output.
+        conv_layer (type): Conv block class with the Ultralytics ``Conv`` signature (default ``ConvBnAct``).
+
+    Shapes:
+        Input (N, c1, H, W), H and W divisible by ``bs``; output (N, c2, H/bs, W/bs) for same padding.
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k=3,
+        block_size: int = 2,
+        order: str = "yolov5",
+        act: bool | nn.Module = True,
+        pad: tuple[int, int, int, int] | None = None,
+        conv_layer: type[nn.Module] = ConvBnAct,
+    ):
+        super().__init__()
+        self.s2d = SpaceToDepth(block_size, order)
+        self.pad = list(pad) if pad is not None else None
+        self.conv = conv_layer(c1 * block_size * block_size, c2, k, 1, 0 if pad is not None else None, act=act)
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Module, block_size: int, order: str, pad: tuple[int, int, int, int] | None
+    ) -> "SPDConv":
+        """Wrap an existing stride-1 conv (a bare ``nn.Conv2d`` or a conv block) that reads space-to-depth channels."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.s2d = SpaceToDepth(block_size, order)
+        module.pad = list(pad) if pad is not None else None
+        module.conv = conv
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.s2d(x)
+        if self.pad is not None:
+            y = F.pad(y, self.pad)
+        return self.conv(y)
+
+    def extra_repr(self) -> str:
+        return f"pad={tuple(self.pad)}" if self.pad is not None else ""

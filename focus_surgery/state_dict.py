@@ -1,0 +1,77 @@
+"""Convert the Focus stem of a plain state dict (no model object), like timm's ``checkpoint_filter_fn``.
+
+A state dict has no strides or paddings, so the stem is recognised by its key layout:
+
+* Focus (YOLOv5 / Ultralytics / ours): ``P.conv.conv.weight`` (O, C*bs*bs, k, k) and ``P.conv.bn.*``;
+* its conv form (YOLOv5 v6.0+, Ultralytics ``Conv``): ``P.conv.weight`` (O, C, bs*k, bs*k) and ``P.bn.*``.
+
+The stem is the first 4-D weight in the dict. Every other entry is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .remap import conv_to_focus_weight, focus_to_conv_weight
+
+
+@dataclass
+class StemKeys:
+    """Where the stem is: ``prefix`` (e.g. ``model.0``), its form, and its weight's key and shape."""
+
+    prefix: str
+    form: str  # "focus" | "conv"
+    weight_key: str
+    shape: list[int]
+
+
+def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_size: int = 2) -> StemKeys | None:
+    """The stem of ``state_dict`` if its first conv weight has a Focus or conv-stem layout, else None."""
+    key = next((k for k, v in state_dict.items() if k.endswith(".weight") and v.ndim == 4), None)
+    if key is None:
+        return None
+    shape = list(state_dict[key].shape)
+    if key.endswith(".conv.conv.weight") and shape[1] == in_channels * block_size**2:
+        return StemKeys(key[: -len(".conv.conv.weight")], "focus", key, shape)
+    if key.endswith(".conv.weight") and shape[1] == in_channels and shape[2] % block_size == 0 == shape[3] % block_size:
+        return StemKeys(key[: -len(".conv.weight")], "conv", key, shape)
+    return None
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    to: str = "conv",
+    block_size: int = 2,
+    order: str = "yolov5",
+    in_channels: int = 3,
+) -> tuple[dict[str, torch.Tensor], StemKeys]:
+    """Return a new state dict whose stem is in form ``to`` (``"conv"`` or ``"focus"``); the input is not modified.
+
+    Raises:
+        ValueError: No recognisable stem, or the stem is already in form ``to``.
+    """
+    if to not in ("conv", "focus"):
+        raise ValueError(f"a state dict converts to 'conv' or 'focus', not {to!r}")
+    stem = find_stem(state_dict, in_channels, block_size)
+    if stem is None:
+        raise ValueError(
+            "no Focus or conv stem found: the first conv weight is neither '<prefix>.conv.conv.weight' with "
+            f"{in_channels * block_size**2} input channels nor '<prefix>.conv.weight' with {in_channels}"
+        )
+    if stem.form == to:
+        raise ValueError(f"the stem at {stem.prefix!r} is already in {to} form")
+    old_inner, new_inner = (f"{stem.prefix}.conv.", f"{stem.prefix}.") if to == "conv" else (
+        f"{stem.prefix}.", f"{stem.prefix}.conv.")
+    remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
+    result: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key == stem.weight_key:
+            new_key = new_inner + "conv.weight"
+            result[new_key] = remap(value, block_size, order)
+        elif key.startswith(old_inner + "bn.") or key == old_inner + "conv.bias":
+            result[new_inner + key[len(old_inner):]] = value
+        else:
+            result[key] = value
+    return result, stem
