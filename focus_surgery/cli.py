@@ -112,6 +112,9 @@ def cmd_inspect(args) -> int:
             dtype=str(params[0].dtype).replace("torch.", "") if params else None,
             stems=list(iter_stems(model)),
         )
+        yaml = getattr(model, "yaml", None)
+        if isinstance(yaml, dict) and "nc" in yaml:
+            result["nc"] = yaml["nc"]
         for key in ("nc", "names", "stride"):
             if hasattr(model, key):
                 value = getattr(model, key)
@@ -122,8 +125,16 @@ def cmd_inspect(args) -> int:
         if stem:
             result["stems"][0]["converts_to"] = "focus" if stem.form == "conv" else "conv"
     lines = [f"{result['path']}: {result['kind']}" + (f" {result.get('model')}" if model is not None else "")]
+    for key in ("parameters", "dtype", "nc", "names"):
+        if key in result:
+            lines.append(f"  {key}: {result[key]}")
     for stem in result["stems"]:
-        lines.append("  stem: " + ", ".join(f"{k}={v}" for k, v in stem.items()))
+        if "skipped" in stem:
+            lines.append(f"  stem {stem['path']}: cannot convert to {stem['direction']}: {stem['skipped']}")
+        elif "old_form" in stem:
+            lines.append(f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} (convert --to {stem['direction']})")
+        else:
+            lines.append(f"  stem {stem['prefix']}: {stem['form']} form, weight {stem['shape']} (convert --to {stem['converts_to']})")
     if not result["stems"]:
         lines.append("  no Focus / space-to-depth / strided-conv stem found")
     _emit(result, args.json, "\n".join(lines))

@@ -452,7 +452,7 @@ def convert(
 
 def iter_stems(model: nn.Module) -> Iterator[dict[str, Any]]:
     """Describe each convertible stem of ``model`` (both directions), for ``inspect``."""
-    for to in ("conv", "s2d"):
+    for to in ("conv", "focus"):
         steps, skipped = plan(model, to, "stem")
         for step in steps:
             if step.record is not None:

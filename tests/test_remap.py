@@ -128,3 +128,16 @@ def test_rectangular_kernel_and_padding():
 def test_impossible_conversions_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_matches_the_yolov5_v6_conversion_of_a_real_checkpoint():
+    """The YOLOv5 fixtures hold a v5.0 Focus weight and the same weight remapped by hand into the v6.0 6x6 stem."""
+    import numpy as np
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "fixtures" / "yolov5-legacy"
+    v5 = np.load(folder / "yolov5s-v5.0-d0.33-w0.125-nc3-seed102-fp32.ref.npz")
+    v6 = np.load(folder / "yolov5s-v6.0-convstem-d0.33-w0.125-nc3-seed102-fp32-expected.ref.npz")
+    focus = torch.from_numpy(v5["focus_conv_weight"])
+    assert torch.equal(focus_to_conv_weight(focus, 2, "yolov5"), torch.from_numpy(v6["stem_conv_weight"]))
+    assert torch.equal(conv_to_focus_weight(torch.from_numpy(v6["stem_conv_weight"])), focus)
