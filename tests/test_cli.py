@@ -84,7 +84,7 @@ def test_convert_ultralytics_checkpoint(tmp_path):
     report = json.loads(result.stdout)
     assert report["max_abs_err"] <= 1e-10 and report["replaced"][0]["new_form"].startswith("Conv(6x6")
     info = json.loads(run("inspect", dst, "--json").stdout)
-    assert info["kind"] == "ultralytics" and any(s["direction"] == "s2d" for s in info["stems"])
+    assert info["kind"] == "ultralytics" and [s["direction"] for s in info["stems"]] == ["focus"]
     assert run("verify", src, dst).returncode == 0
 
 
