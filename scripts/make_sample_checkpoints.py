@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,23 +16,7 @@ from focus_surgery.demo import build_focus_model, randomize_batchnorm
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "checkpoints"
 
-TINY_YOLO_FOCUS_YAML = """\
-# A tiny YOLOv8-style detector whose stem is the YOLOv5 Focus (space-to-depth + 3x3 conv).
-nc: 3
-backbone:
-  - [-1, 1, Focus, [16, 3]]
-  - [-1, 1, Conv, [32, 3, 2]]
-  - [-1, 1, C2f, [32, True]]
-  - [-1, 1, Conv, [64, 3, 2]]
-  - [-1, 1, C2f, [64, True]]
-  - [-1, 1, Conv, [64, 3, 2]]
-  - [-1, 1, SPPF, [64, 5]]
-head:
-  - [-1, 1, nn.Upsample, [None, 2, nearest]]
-  - [[-1, 4], 1, Concat, [1]]
-  - [-1, 1, C2f, [64]]
-  - [[9, 6], 1, Detect, [nc]]
-"""
+TINY_YOLO_FOCUS_YAML = ROOT / "tests" / "fixtures" / "yolo-focus-tiny.yaml"  # also used by the tests
 
 
 def make_state_dict() -> Path:
@@ -50,10 +33,7 @@ def make_ultralytics_checkpoint() -> Path:
     from ultralytics import YOLO
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "yolo-focus-tiny.yaml"
-        cfg.write_text(TINY_YOLO_FOCUS_YAML)
-        model = YOLO(str(cfg))
+    model = YOLO(str(TINY_YOLO_FOCUS_YAML))
     randomize_batchnorm(model.model, seed=0)
     model.model.names = {0: "widget", 1: "gadget", 2: "gizmo"}
     path = OUT / "yolo-focus-tiny.pt"

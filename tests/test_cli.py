@@ -75,10 +75,8 @@ def test_convert_ultralytics_checkpoint(tmp_path):
 
     from tests.test_ultralytics_core import FOCUS_YAML
 
-    cfg = tmp_path / "focus.yaml"
-    cfg.write_text(FOCUS_YAML)
     src, dst = tmp_path / "focus.pt", tmp_path / "conv.pt"
-    YOLO(str(cfg)).save(str(src))
+    YOLO(str(FOCUS_YAML)).save(str(src))
     result = run("convert", src, dst, "--verify", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

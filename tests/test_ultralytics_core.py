@@ -1,6 +1,7 @@
 """Ultralytics: a YOLO model with a Focus row converts exactly and keeps working (predict, fuse, ONNX)."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,31 +12,14 @@ from focus_surgery.demo import randomize_batchnorm
 
 ultralytics = pytest.importorskip("ultralytics")
 
-FOCUS_YAML = """
-nc: 3
-backbone:
-  - [-1, 1, Focus, [16, 3]]
-  - [-1, 1, Conv, [32, 3, 2]]
-  - [-1, 1, C2f, [32, True]]
-  - [-1, 1, Conv, [64, 3, 2]]
-  - [-1, 1, C2f, [64, True]]
-  - [-1, 1, Conv, [64, 3, 2]]
-  - [-1, 1, SPPF, [64, 5]]
-head:
-  - [-1, 1, nn.Upsample, [None, 2, nearest]]
-  - [[-1, 4], 1, Concat, [1]]
-  - [-1, 1, C2f, [64]]
-  - [[9, 6], 1, Detect, [nc]]
-"""
+FOCUS_YAML = Path(__file__).parent / "fixtures" / "yolo-focus-tiny.yaml"  # Focus stem, 3 classes
 
 
 @pytest.fixture(scope="module")
-def yolo_focus(tmp_path_factory):
+def yolo_focus():
     from ultralytics import YOLO
 
-    path = tmp_path_factory.mktemp("cfg") / "focus.yaml"
-    path.write_text(FOCUS_YAML)
-    model = YOLO(str(path))
+    model = YOLO(str(FOCUS_YAML))
     randomize_batchnorm(model.model, seed=1)
     model.model.eval()
     return model
