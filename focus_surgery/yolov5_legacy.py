@@ -281,8 +281,8 @@ def build_model(arch: LegacyArchitecture, source: str = "checkpoint") -> nn.Modu
             raise CheckpointError(f"{source}: layer {path} ({spec['type']}) has no counterpart in the rebuilt model") from None
         old, new = model.get_submodule(path), make_leaf(spec)
         for attr in ("i", "f", "type", "np"):  # Ultralytics routing of a top-level row (nn.Upsample)
-            if hasattr(old, attr):
-                setattr(new, attr, getattr(old, attr))
+            if attr in vars(old):  # vars: every module has a .type() method
+                setattr(new, attr, vars(old)[attr])
         _set_submodule(model, path, new)
     extra = sorted(p for p in built - set(arch.leaves) if not isinstance(model.get_submodule(p), nn.Identity))
     if extra:
