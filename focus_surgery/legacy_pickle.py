@@ -240,7 +240,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage = self._storages[key]
         if view is not None:  # legacy storage view: (view_key, offset, size)
             _, offset, size = view
-            element = storage.element_size()
+            element = _element_size(storage.dtype)
             raw = storage._untyped_storage[offset * element : (offset + size) * element]
             storage = torch.storage.TypedStorage(wrap_storage=raw, dtype=storage.dtype, _internal=True)
         return storage
@@ -301,7 +301,7 @@ def _load_legacy(path: Path) -> Any:
             if len(header) < 8:
                 raise CheckpointError(f"{path}: truncated (storage {key} missing)")
             count = struct.unpack("<q", header)[0]
-            nbytes = count * storage.element_size()
+            nbytes = count * _element_size(storage.dtype)
             data = handle.read(nbytes)
             if count != numel or len(data) != nbytes:
                 raise CheckpointError(f"{path}: truncated or corrupt storage {key}")

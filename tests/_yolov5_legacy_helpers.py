@@ -1,0 +1,139 @@
+"""Helpers for the YOLOv5-repository checkpoint tests: fixtures, reference comparison, old-format writer."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures" / "yolov5-legacy"
+SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "yolov5-legacy"
+MODELS = {
+    "v2.0": FIXTURES / "yolov5s-v2.0-d0.33-w0.125-nc3-seed104-fp16.pt",
+    "v4.0": FIXTURES / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt",
+    "v6.0": FIXTURES / "yolov5s-v6.0-convstem-d0.33-w0.125-nc3-seed102-fp32-expected.pt",
+}
+# sha256 of the fixture inputs (inputs.npz of the shared fixture set); regenerated here from their recipe
+INPUT_SHA256 = {
+    "256": "206439bbb74c8e8e760f4456323a67f2ac22bcc0afc407a0d180e1fc3e40ef54",
+    "192x320": "79c9ffeb8a894f216fc038335bde582b6f495c2cfcb1d1128fd3c052f405a85d",
+}
+# Tolerances of the issue (float32 weights against the original code's float32 outputs)
+LOGIT_TOL, BOX_REL_TOL, SCORE_TOL = 1e-3, 2e-4, 1e-3
+
+
+def fixture_inputs() -> dict[str, torch.Tensor]:
+    """The two fixture inputs, from the recipe in the fixture README, checked against their recorded hashes."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 256, 256)
+    torch.manual_seed(1)
+    x2 = torch.rand(1, 3, 192, 320)
+    inputs = {"256": x, "192x320": x2}
+    for tag, t in inputs.items():
+        assert hashlib.sha256(t.numpy().tobytes()).hexdigest() == INPUT_SHA256[tag], f"input {tag} differs"
+    return inputs
+
+
+def reference(path: Path) -> dict[str, np.ndarray]:
+    ref = np.load(path.with_suffix(".ref.npz"))
+    return {k: ref[k] for k in ref.files}
+
+
+def compare_to_reference(model: torch.nn.Module, path: Path) -> dict[str, float]:
+    """Run ``model`` (float32, eval) on both inputs; the worst errors against the original code's outputs.
+
+    ``y`` of the model is (B, 4 + nc, N) (xywh px, obj*cls); the reference ``out`` is YOLOv5's (B, N, 5 + nc).
+    Returns the max logit error, box error relative to the largest box coordinate, and score error.
+    """
+    ref = reference(path)
+    errors = {"logits": 0.0, "boxes_rel": 0.0, "scores": 0.0}
+    model = model.float().eval()
+    with torch.no_grad():
+        for tag, x in fixture_inputs().items():
+            y, raw = model(x)
+            out = ref[f"out_{tag}"]
+            y = y.permute(0, 2, 1).numpy()
+            assert y.shape == (out.shape[0], out.shape[1], out.shape[2] - 1), (y.shape, out.shape)
+            box_scale = np.abs(out[..., :4]).max()
+            errors["boxes_rel"] = max(errors["boxes_rel"], float(np.abs(y[..., :4] - out[..., :4]).max() / box_scale))
+            scores = out[..., 5:] * out[..., 4:5]
+            errors["scores"] = max(errors["scores"], float(np.abs(y[..., 4:] - scores).max()))
+            for i, r in enumerate(raw):
+                logits = ref[f"train_{tag}_{i}"]
+                assert r.shape == logits.shape
+                errors["logits"] = max(errors["logits"], float(np.abs(r.numpy() - logits).max()))
+    return errors
+
+
+def assert_within_tolerance(errors: dict[str, float]) -> None:
+    assert errors["logits"] <= LOGIT_TOL, errors
+    assert errors["boxes_rel"] <= BOX_REL_TOL, errors
+    assert errors["scores"] <= SCORE_TOL, errors
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------ a file as torch 1.5 / numpy 1.x wrote it
+
+# Private nn.Module attributes that torch 2.x adds and 2020-era files lack
+NEW_PRIVATE_ATTRIBUTES = {
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
+    "_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_backward_pre_hooks", "_non_persistent_buffers_set",
+    "_is_full_backward_hook",
+}  # fmt: skip
+
+
+def write_old_style_checkpoint(src: Path, dst: Path) -> None:
+    """Re-write a fixture the way a 2020 release file looks: torch's pre-1.6 (non-zip) container, numpy arrays under
+    ``numpy.core``, and module dicts without torch 2.x's private attributes. Trusted test data only: the records are
+    turned back into objects of stand-in classes registered as ``models.yolo`` / ``models.common`` for the save.
+    """
+    from focus_surgery.legacy_pickle import LegacyRecord, load_legacy_pickle
+
+    content = load_legacy_pickle(src)
+    fake = {name: types.ModuleType(name) for name in ("models", "models.yolo", "models.common")}
+
+    def revive(value):
+        if isinstance(value, LegacyRecord):
+            module, _, name = value.qualname.rpartition(".")
+            if module.startswith("torch.nn.modules."):
+                cls = getattr(__import__(module, fromlist=[name]), name)
+            else:
+                cls = getattr(fake[module], name, None)
+                if cls is None:
+                    cls = type(name, (), {"__module__": module, "__qualname__": name})
+                    setattr(fake[module], name, cls)
+            obj = cls.__new__(cls)
+            state = {k: revive(v) for k, v in value.state.items() if k not in NEW_PRIVATE_ATTRIBUTES}
+            if "_parameters" in state:
+                state["_parameters"] = type(state["_parameters"])(
+                    (k, None if v is None else torch.nn.Parameter(v, requires_grad=False))
+                    for k, v in state["_parameters"].items()
+                )
+            obj.__dict__.update(state)
+            return obj
+        if isinstance(value, dict):
+            return type(value)((k, revive(v)) for k, v in value.items())
+        if isinstance(value, list):
+            return [revive(v) for v in value]
+        return value
+
+    saved = {name: sys.modules.get(name) for name in fake}
+    sys.modules.update(fake)
+    try:
+        torch.save(revive(content), dst, _use_new_zipfile_serialization=False)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    data = dst.read_bytes()
+    assert b"numpy._core.multiarray" in data and data[:2] == b"\x80\x02"
+    dst.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
