@@ -213,5 +213,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"focus-surgery: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("focus-surgery: interrupted; nothing was written", file=sys.stderr)
+        print(f"focus-surgery: {getattr(args, 'dst', '')}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -121,7 +121,7 @@ def convert_folder(args: argparse.Namespace) -> int:
     """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR."""
     src_dir, out_dir = Path(args.src), Path(args.dst)
     if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir}: exists and is not a folder; give an output folder for a folder input")
+        raise CheckpointError(f"{src_dir}: is a folder, so the output must be a folder too, but {out_dir} is a file")
     if out_dir.resolve() == src_dir.resolve():
         raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
     files = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)

@@ -1,0 +1,353 @@
+"""YOLOv5-repository checkpoints: safe loading, exact rebuild, conversion, Ultralytics use, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _yolov5_legacy_helpers import (
+    BOX_REL_TOL,
+    MODELS,
+    SCORE_TOL,
+    SHARED_FIXTURES,
+    assert_within_tolerance,
+    compare_to_reference,
+    fixture_inputs,
+    sha256,
+    write_old_style_checkpoint,
+)
+
+from focus_surgery.checkpoint_io import CheckpointError
+from focus_surgery.cli import main
+from focus_surgery.legacy_convert import load_yolov5_safetensors
+from focus_surgery.legacy_detect import LegacyDetect
+from focus_surgery.legacy_pickle import LegacyRecord, load_legacy_pickle
+from focus_surgery.yolov5_legacy import describe, read_yolov5_checkpoint, rebuild
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASES = list(MODELS)
+MARKER = Path("/tmp/PWNED_focus_surgery_wt3_test")
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """Each fixture converted once through the command line (in process): (new .pt, JSON report)."""
+    folder = tmp_path_factory.mktemp("converted")
+    results = {}
+    for release, src in MODELS.items():
+        dst = folder / f"{release}.pt"
+        assert main(["convert", str(src), str(dst), "--verify", "--json"]) == 0
+        results[release] = dst
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ safe loading
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_reads_every_fixture_as_inert_records(release):
+    content = load_legacy_pickle(MODELS[release])
+    model = content["model"]
+    assert isinstance(model, LegacyRecord) and model.qualname == "models.yolo.Model"
+    assert "models" not in sys.modules and "models.yolo" not in sys.modules  # nothing of YOLOv5 was imported
+    kinds = {r.qualname for _, r in model.named_modules()}
+    assert "models.yolo.Detect" in kinds and all(isinstance(r, LegacyRecord) for _, r in model.named_modules())
+    assert isinstance(content["best_fitness"], np.ndarray) and content["best_fitness"].dtype == np.float64
+
+
+def test_old_container_and_numpy_core_names(tmp_path):
+    """A file as torch 1.5 / numpy 1.x wrote it: pre-1.6 container, numpy.core, no torch 2.x private attributes."""
+    old = tmp_path / "old.pt"
+    write_old_style_checkpoint(MODELS["v2.0"], old)
+    assert not old.read_bytes().startswith(b"PK") and b"numpy.core.multiarray" in old.read_bytes()
+    ckpt = read_yolov5_checkpoint(old)
+    assert "_forward_hooks_with_kwargs" not in ckpt.model.state
+    model, _ = rebuild(ckpt)
+    errors = compare_to_reference(model, MODELS["v2.0"])
+    assert errors == {"logits": 0.0, "boxes_rel": 0.0, "scores": 0.0}  # same weights, same maths: bit-identical
+
+
+class _Evil:
+    def __reduce__(self):
+        return os.system, (f"touch {MARKER}",)
+
+
+def _hostile_files(tmp_path: Path) -> dict[str, Path]:
+    files = {}
+    files["malicious"] = tmp_path / "malicious.pt"
+    torch.save({"epoch": -1, "model": None, "wandb_id": _Evil()}, files["malicious"])
+    files["truncated"] = tmp_path / "truncated.pt"
+    data = MODELS["v4.0"].read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 2])  # the shared set's recipe: first floor(n/2) bytes
+    files["random"] = tmp_path / "random.pt"
+    files["random"].write_bytes(np.random.default_rng(12345).bytes(65536))
+    files["empty"] = tmp_path / "empty.pt"
+    files["empty"].write_bytes(b"")
+    return files
+
+
+def test_restricted_unpickler_refuses_foreign_globals(tmp_path):
+    MARKER.unlink(missing_ok=True)
+    for payload, name in ((_Evil(), r"posix\.system"), (eval, r"__builtin__\.eval"), (pickle.loads, r"pickle\.loads")):
+        path = tmp_path / "bad.pt"
+        torch.save({"x": payload}, path)
+        with pytest.raises(CheckpointError, match=name):
+            load_legacy_pickle(path)
+    assert not MARKER.exists()
+
+
+@pytest.mark.parametrize("kind", ["malicious", "shared-malicious", "truncated", "random", "empty", "directory",
+                                  "missing"])  # fmt: skip
+@pytest.mark.parametrize("command", ["convert", "inspect"])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, kind, command):
+    MARKER.unlink(missing_ok=True)
+    files = _hostile_files(tmp_path)
+    files["directory"] = tmp_path / "a_folder"
+    files["directory"].mkdir()
+    files["missing"] = tmp_path / "missing.pt"
+    if kind == "shared-malicious":
+        files[kind] = SHARED_FIXTURES / "malicious_reduce.pt"
+        if not files[kind].exists():
+            pytest.skip("shared fixture set not present")
+    src = files[kind]
+    before = sha256(src) if src.is_file() else None
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    taken = command == "convert" and kind == "directory"
+    if taken:
+        (out_dir / "taken.pt").write_bytes(b"x")  # a folder input needs an output folder, not a file
+        argv = ["convert", src, out_dir / "taken.pt"]
+    else:
+        argv = ["convert", src, out_dir / "new.pt", "--verify"] if command == "convert" else ["inspect", src]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(src) in err
+    if kind in ("malicious", "shared-malicious"):
+        assert "posix.system" in err and "nothing was executed" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == (["taken.pt"] if taken else [])
+    assert not MARKER.exists() and not Path("/tmp/PWNED_focus_surgery").exists()
+    if before is not None:
+        assert sha256(src) == before
+
+
+# ------------------------------------------------------------------------------------------------ reconstruction
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_rebuilt_model_matches_original_code(release):
+    from ultralytics.nn.tasks import DetectionModel
+
+    model, arch = rebuild(read_yolov5_checkpoint(MODELS[release]))
+    assert type(model) is DetectionModel and isinstance(model.model[-1], LegacyDetect)
+    expected_act = {"v2.0": "LeakyReLU", "v4.0": "SiLU", "v6.0": "SiLU"}[release]
+    assert type(model.model[1].act).__name__ == expected_act
+    assert_within_tolerance(compare_to_reference(model, MODELS[release]))
+
+
+def test_legacy_detect_output_layout():
+    """(B, 4 + nc, N) in eval with N in YOLOv5's order (level, anchor, y, x); raw logits per level in training."""
+    head = LegacyDetect(nc=2, anchors=[[10, 13, 16, 30], [30, 61, 62, 45]], ch=[4, 8], stride=[8, 16]).eval()
+    x = [torch.randn(1, 4, 4, 6), torch.randn(1, 8, 2, 3)]
+    y, raw = head(x)
+    assert y.shape == (1, 6, 2 * 4 * 6 + 2 * 2 * 3)
+    p = raw[1][0, 1, 1, 2].sigmoid()  # level 1, anchor 1, y=1, x=2
+    n = 2 * 4 * 6 + 1 * 2 * 3 + 1 * 3 + 2
+    expected_xy = (p[:2] * 2 - 0.5 + torch.tensor([2.0, 1.0])) * 16
+    expected_wh = (p[2:4] * 2) ** 2 * torch.tensor([62.0, 45.0])
+    torch.testing.assert_close(y[0, :4, n], torch.cat((expected_xy, expected_wh)))
+    torch.testing.assert_close(y[0, 4:, n], p[5:] * p[4])
+    assert [tuple(r.shape) for r in head.train()(x)] == [(1, 2, 4, 6, 7), (1, 2, 2, 3, 7)]
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+
+
+def test_cli_convert_verify_json_subprocess(tmp_path):
+    """The real command, once: exit 0, one JSON object, float64 error ~1e-10 or below."""
+    dst = tmp_path / "new.pt"
+    env = {**os.environ, "YOLO_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "focus_surgery", "convert", str(MODELS["v4.0"]), str(dst), "--verify", "--json"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert 0 <= report["max_abs_err"] < 1e-9
+    assert report["stem_before"].startswith("Focus") and report["stem_after"] == "Conv(6x6, stride 2, padding 2)"
+    assert dst.is_file()
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_converted_checkpoint_loads_in_ultralytics(converted, release):
+    import focus_surgery  # noqa: F401  (LegacyDetect must be importable for YOLO())
+    from ultralytics import YOLO
+
+    src_ckpt = read_yolov5_checkpoint(MODELS[release])
+    ckpt = torch.load(converted[release], map_location="cpu", weights_only=False)
+    params = list(ckpt["model"].parameters())
+    assert params[0].dtype == src_ckpt.dtype  # the source dtype is kept
+    meta = ckpt["focus_surgery"]
+    assert meta["source_dtype"] == str(src_ckpt.dtype).replace("torch.", "")
+    assert ckpt["epoch"] == src_ckpt.metadata["epoch"]
+    assert ckpt["best_fitness"] == pytest.approx(src_ckpt.metadata["best_fitness"][0])
+    assert meta["yolov5"]["hyp"] == src_ckpt.metadata["hyp"] and meta["max_abs_err"] < 1e-9
+    yolo = YOLO(str(converted[release]))
+    model = yolo.model
+    assert yolo.task == "detect" and model.names == {0: "widget", 1: "gadget", 2: "gizmo"}
+    assert model.yaml["nc"] == 3 and model.stride.tolist() == [8.0, 16.0, 32.0]
+    stem = model.model[0]
+    assert type(stem).__name__ == "Conv" and stem.conv.kernel_size == (6, 6) and stem.conv.stride == (2, 2)
+    assert_within_tolerance(compare_to_reference(model, MODELS[release]))
+
+
+def test_predict_and_onnx_export(converted, tmp_path):
+    import onnxruntime as ort
+    from ultralytics import YOLO
+
+    src = tmp_path / "model.pt"
+    src.write_bytes(converted["v2.0"].read_bytes())
+    yolo = YOLO(str(src))
+    image = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8)
+    results = yolo.predict(image, imgsz=256, conf=0.001, verbose=False)
+    boxes = results[0].boxes
+    assert len(boxes) > 0 and boxes.xyxy.shape[1] == 4 and int(boxes.cls.max()) < 3
+    onnx_file = yolo.export(format="onnx", imgsz=256, simplify=False, verbose=False)
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    x = fixture_inputs()["256"][:1]
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch_out = YOLO(str(src)).model.float().eval()(x)[0].numpy()
+    assert onnx_out.shape == torch_out.shape == (1, 7, 4032)
+    assert np.abs(onnx_out[:, :4] - torch_out[:, :4]).max() <= BOX_REL_TOL * np.abs(torch_out[:, :4]).max()
+    assert np.abs(onnx_out[:, 4:] - torch_out[:, 4:]).max() <= SCORE_TOL
+
+
+def test_to_focus_keeps_or_makes_a_focus_stem(tmp_path, capsys):
+    from ultralytics import YOLO
+
+    for release in ("v2.0", "v6.0"):  # a Focus stays; a v6 conv stem becomes a Focus
+        dst = tmp_path / f"{release}-focus.pt"
+        code, out, _ = run_cli(capsys, "convert", MODELS[release], dst, "--to", "focus", "--verify", "--json")
+        assert code == 0 and json.loads(out)["max_abs_err"] < 1e-9
+        model = YOLO(str(dst)).model
+        assert type(model.model[0]).__name__ == "Focus"
+        assert model.model[0].conv.conv.kernel_size == (3, 3)
+        assert_within_tolerance(compare_to_reference(model, MODELS[release]))
+
+
+def test_safetensors_and_json_rebuild_without_pickle(tmp_path, capsys):
+    dst = tmp_path / "model.safetensors"
+    code, out, _ = run_cli(capsys, "convert", MODELS["v2.0"], dst, "--verify", "--json")
+    assert code == 0
+    config = json.loads((tmp_path / "model.json").read_text())
+    assert config["dtype"] == "float16" and config["architecture"]["yaml"]["backbone"][0][2] == "Conv"
+    from safetensors import safe_open
+
+    with safe_open(str(dst), "pt") as handle:
+        assert handle.get_tensor("model.0.conv.weight").dtype == torch.float16
+    model = load_yolov5_safetensors(dst)
+    assert type(model.model[0]).__name__ == "Conv" and isinstance(model.model[-1], LegacyDetect)
+    assert_within_tolerance(compare_to_reference(model, MODELS["v2.0"]))
+
+
+# ------------------------------------------------------------------------------------------------ inspect
+
+
+@pytest.mark.parametrize(
+    "release, expected_release, stem, act, dtype",
+    [("v2.0", "v2.0", "Focus", "LeakyReLU", "float16"), ("v4.0", "v4.0-v5.0", "Focus", "SiLU", "float16"),
+     ("v6.0", "v6.0-v7.0", "Conv", "SiLU", "float32")],
+)  # fmt: skip
+def test_inspect(capsys, release, expected_release, stem, act, dtype):
+    code, out, _ = run_cli(capsys, "inspect", MODELS[release], "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["release"] == expected_release and info["stem"].startswith(stem) and info["stem_activation"] == act
+    assert info["nc"] == 3 and info["names"] == ["widget", "gadget", "gizmo"] and info["dtype"] == dtype
+    assert info["anchors"] == [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+    assert info["converts"].startswith("yes")
+    ckpt = read_yolov5_checkpoint(MODELS[release])
+    assert info["epoch"] == ckpt.metadata["epoch"] and info["best_fitness"] == ckpt.metadata["best_fitness"][0]
+    code, text, _ = run_cli(capsys, "inspect", MODELS[release])
+    assert code == 0 and expected_release in text and "converts: yes" in text and "best fitness" in text
+    assert describe(ckpt)["parameters"] == sum(p.numel() for p in rebuild(ckpt)[0].parameters())
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+
+def test_folder_conversion_carries_on_and_reports(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "nested").mkdir(parents=True)
+    (src / "a.pt").write_bytes(MODELS["v2.0"].read_bytes())
+    (src / "nested" / "b.pt").write_bytes(MODELS["v6.0"].read_bytes())
+    (src / "broken.pt").write_bytes(np.random.default_rng(12345).bytes(4096))
+    (src / "notes.txt").write_text("not a checkpoint")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "convert", src, out, "--verify", "--workers", "2", "--json")
+    assert code == 2
+    summary = json.loads(stdout)
+    assert sorted(Path(r["src"]).name for r in summary["converted"]) == ["a.pt", "b.pt"]
+    assert [Path(f["file"]).name for f in summary["failed"]] == ["broken.pt"]
+    assert "not a" in summary["failed"][0]["reason"]
+    assert (out / "a.pt").is_file() and (out / "nested" / "b.pt").is_file() and not (out / "broken.pt").exists()
+    assert "2/3" in err or "3/3" in err  # progress bar on stderr
+    (src / "broken.pt").unlink()
+    code, stdout, _ = run_cli(capsys, "convert", src, tmp_path / "out2")
+    assert code == 0 and "converted 2, failed 0" in stdout
+
+
+# ------------------------------------------------------------------------------------------------ other bad input
+
+
+def test_current_ultralytics_checkpoint(converted, tmp_path, capsys):
+    """Already Ultralytics: said so; a Focus stem is converted, a conv stem leaves nothing to do (exit 2)."""
+    with_focus = tmp_path / "focus.pt"
+    assert main(["convert", str(MODELS["v4.0"]), str(with_focus), "--to", "focus"]) == 0
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "convert", with_focus, tmp_path / "conv.pt", "--verify")
+    assert code == 0 and "already a current Ultralytics model" in out
+    before = sha256(converted["v4.0"])
+    code, out, err = run_cli(capsys, "convert", converted["v4.0"], tmp_path / "again.pt")
+    assert code == 2 and "already a current Ultralytics model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "again.pt").exists() and sha256(converted["v4.0"]) == before
+
+
+def test_unwritable_destination(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for dst in (blocker / "new.pt", tmp_path / "no_such_folder" / "new.pt", tmp_path / "new.onnx"):
+        code, _, err = run_cli(capsys, "convert", MODELS["v2.0"], dst)
+        assert code == 2 and str(dst) in err and len(err.strip().splitlines()) == 1
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, err = run_cli(capsys, "convert", MODELS["v2.0"], locked / "new.pt")
+        assert code == 2 and "not writable" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["a_file"], ["a_file", "locked"])
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def interrupted_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    before = sha256(MODELS["v2.0"])
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    code, _, err = run_cli(capsys, "convert", MODELS["v2.0"], tmp_path / "new.pt")
+    assert code == 2 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == [] and sha256(MODELS["v2.0"]) == before
