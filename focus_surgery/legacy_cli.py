@@ -104,7 +104,7 @@ def _worker(job: tuple[str, str, dict]) -> tuple[str, dict | None, str | None]:
     try:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
         return src, convert_one(src, dst, args), None
-    except Exception as error:  # one bad file must not stop the batch; the reason is reported
+    except Exception as error:  # noqa: BLE001 - one bad file must not stop the batch; its reason is reported
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         return src, None, message
 

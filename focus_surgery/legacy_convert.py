@@ -184,7 +184,9 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
     from safetensors.torch import save_file
 
     dtype = conv.ckpt.dtype if conv.ckpt.dtype.is_floating_point else torch.float32
-    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in conv.model.state_dict().items()}
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in conv.model.state_dict().items()
+    }
     config = {"format": CONFIG_FORMAT, "dtype": str(dtype).replace("torch.", ""), "architecture": conv.arch.to_dict(),
               "metadata": _metadata(conv, to)}  # fmt: skip
     text = json.dumps(config, indent=1, default=str)
@@ -224,7 +226,7 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
     model = build_model(LegacyArchitecture.from_dict(config["architecture"]), str(path))
     try:
         tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises its own error types
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path}: corrupt safetensors file ({str(error).splitlines()[0]})") from None
     load_weights(model, tensors, str(path))
     model.yaml["backbone"][0] = config["architecture"]["yaml"]["backbone"][0]

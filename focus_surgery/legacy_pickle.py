@@ -20,8 +20,9 @@ import struct
 import tarfile
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,17 +85,17 @@ class LegacyRecord:
     def get(self, key: str, default: Any = None) -> Any:
         return self.state.get(key, default)
 
-    def children(self) -> dict[str, "LegacyRecord"]:
+    def children(self) -> dict[str, LegacyRecord]:
         """Sub-modules in registration order (``_modules``), skipping empty slots."""
         return {k: v for k, v in (self.state.get("_modules") or {}).items() if v is not None}
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "LegacyRecord"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, LegacyRecord]]:
         """(path, record) for this record and every sub-module, depth first, as ``nn.Module.named_modules``."""
         yield prefix, self
         for name, child in self.children().items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def state_dict(self, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":
+    def state_dict(self, prefix: str = "") -> OrderedDict[str, torch.Tensor]:
         """The tensors ``nn.Module.state_dict()`` would return (parameters, persistent buffers), by name."""
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         non_persistent = self.state.get("_non_persistent_buffers_set") or set()

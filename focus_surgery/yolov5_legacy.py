@@ -73,11 +73,9 @@ class LegacyCheckpoint:
 
 def _plain(value: Any) -> Any:
     """JSON-friendly copy of metadata (numpy and tensors become numbers / lists)."""
-    if isinstance(value, (np.ndarray, np.generic)):
+    if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
         value = value.tolist()
-    elif isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, float) or isinstance(value, (int, str, bool)) or value is None:
+    if value is None or isinstance(value, (float, int, str, bool)):
         return value
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
@@ -192,7 +190,7 @@ class LegacyArchitecture:
                 "names": {str(k): v for k, v in self.names.items()}, "plain": self.plain}  # fmt: skip
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LegacyArchitecture":
+    def from_dict(cls, data: dict) -> LegacyArchitecture:
         names = {int(k): v for k, v in data["names"].items()}
         return cls(data["yaml"], data["detect"], data["leaves"], data["save"], names, data.get("plain", {}))
 
@@ -210,7 +208,7 @@ def _check_rows(yaml: dict, path: str) -> None:
             raise CheckpointError(f"{path}: last layer is {name!r}, not Detect; only YOLOv5 detection models convert")
         if not last and name not in KNOWN_LAYERS:
             raise CheckpointError(f"{path}: yaml layer {i} is {name!r}, which has no supported Ultralytics counterpart")
-        if not (isinstance(n, int) and isinstance(args, list) and (isinstance(f, int) or isinstance(f, list))):
+        if not (isinstance(n, int) and isinstance(args, list) and (isinstance(f, (int, list)))):
             raise CheckpointError(f"{path}: yaml row {i} is malformed ({str(row)[:60]})")
 
 
@@ -273,12 +271,18 @@ def build_model(arch: LegacyArchitecture, source: str = "checkpoint") -> nn.Modu
     head.np = sum(p.numel() for p in head.parameters())
     model.model.append(head)
     # Torch leaf layers exactly as recorded (activation per release, conv geometry, pooling, norms)
-    built = {p for p, m in model.named_modules() if p and not list(m.children()) and type(m).__module__.startswith("torch.nn")}
+    built = {
+        p
+        for p, m in model.named_modules()
+        if p and not list(m.children()) and type(m).__module__.startswith("torch.nn")
+    }
     for path, spec in arch.leaves.items():
         try:
             model.get_submodule(path)
         except AttributeError:
-            raise CheckpointError(f"{source}: layer {path} ({spec['type']}) has no counterpart in the rebuilt model") from None
+            raise CheckpointError(
+                f"{source}: layer {path} ({spec['type']}) has no counterpart in the rebuilt model"
+            ) from None
         old, new = model.get_submodule(path), make_leaf(spec)
         for attr in ("i", "f", "type", "np"):  # Ultralytics routing of a top-level row (nn.Upsample)
             if attr in vars(old):  # vars: every module has a .type() method
@@ -351,7 +355,11 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for layer in layers:
         counts[layer.name] = counts.get(layer.name, 0) + 1
-    params = sum(t.numel() for k, t in model.state_dict().items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid")))
+    params = sum(
+        t.numel()
+        for k, t in model.state_dict().items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid"))
+    )
     arch_error = None
     try:
         arch = legacy_architecture(ckpt)

@@ -137,3 +137,22 @@ def write_old_style_checkpoint(src: Path, dst: Path) -> None:
     data = dst.read_bytes()
     assert b"numpy._core.multiarray" in data and data[:2] == b"\x80\x02"
     dst.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+
+
+def write_old_zip_checkpoint(src: Path, dst: Path) -> None:
+    """Re-write a fixture as torch 1.6-1.8 zipped it: records under ``archive/``, none of the records later torch
+    versions add (``.format_version``, ``.storage_alignment``, ``byteorder``, ``.data/serialization_id``), and numpy
+    arrays pickled under ``numpy.core``.
+    """
+    import zipfile
+
+    newer = (".format_version", ".storage_alignment", "byteorder", ".data/serialization_id")
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as new:
+        for name in old.namelist():
+            inner = name.split("/", 1)[1]
+            if inner in newer:
+                continue
+            data = old.read(name)
+            if inner == "data.pkl":
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            new.writestr(f"archive/{inner}", data)
