@@ -101,6 +101,10 @@ def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
 def _worker(job: tuple[str, str, dict]) -> tuple[str, dict | None, str | None]:
     src, dst, options = job
     args = argparse.Namespace(**options)
+    if args.workers > 1:  # parallelism comes from the processes; threads inside them would only contend
+        import torch
+
+        torch.set_num_threads(1)
     try:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
         return src, convert_one(src, dst, args), None
