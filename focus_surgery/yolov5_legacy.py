@@ -330,7 +330,8 @@ def rebuild(ckpt: LegacyCheckpoint) -> tuple[nn.Module, LegacyArchitecture]:
 def guess_release(ckpt: LegacyCheckpoint) -> str:
     """The YOLOv5 release that most likely wrote the file, from layer types, activations and head buffers."""
     layers = {r.name for _, r in ckpt.model.named_modules()}
-    acts = {r.name for _, r in ckpt.model.named_modules() if r.name in ACTIVATIONS}
+    conv_blocks = [r for _, r in ckpt.model.named_modules() if r.name == "Conv" and "act" in r.children()]
+    acts = {b.children()["act"].name for b in conv_blocks}  # the Conv blocks' activation changed per release
     has_grid_buffer = "anchor_grid" in (ckpt.detect.get("_buffers") or {})
     hyp = ckpt.model.get("hyp") or {}
     if not has_grid_buffer:

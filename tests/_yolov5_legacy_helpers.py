@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import types
 from pathlib import Path
@@ -156,3 +157,109 @@ def write_old_zip_checkpoint(src: Path, dst: Path) -> None:
             if inner == "data.pkl":
                 data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
             new.writestr(f"archive/{inner}", data)
+
+
+YOLOV5S6_V50_YAML = {  # models/hub/yolov5s6.yaml of YOLOv5 v5.0 (P6: four levels, strides 8-64), narrowed
+    "nc": 5, "depth_multiple": 0.33, "width_multiple": 0.125,
+    "anchors": [[19, 27, 44, 40, 38, 94], [96, 68, 86, 152, 180, 137], [140, 301, 303, 264, 238, 542],
+                [436, 615, 739, 380, 925, 792]],
+    "backbone": [[-1, 1, "Focus", [64, 3]], [-1, 1, "Conv", [128, 3, 2]], [-1, 3, "C3", [128]],
+                 [-1, 1, "Conv", [256, 3, 2]], [-1, 9, "C3", [256]], [-1, 1, "Conv", [512, 3, 2]],
+                 [-1, 9, "C3", [512]], [-1, 1, "Conv", [768, 3, 2]], [-1, 3, "C3", [768]],
+                 [-1, 1, "Conv", [1024, 3, 2]], [-1, 1, "SPP", [1024, [3, 5, 7]]], [-1, 3, "C3", [1024, False]]],
+    "head": [[-1, 1, "Conv", [768, 1, 1]], [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
+             [[-1, 8], 1, "Concat", [1]], [-1, 3, "C3", [768, False]], [-1, 1, "Conv", [512, 1, 1]],
+             [-1, 1, "nn.Upsample", ["None", 2, "nearest"]], [[-1, 6], 1, "Concat", [1]],
+             [-1, 3, "C3", [512, False]], [-1, 1, "Conv", [256, 1, 1]],
+             [-1, 1, "nn.Upsample", ["None", 2, "nearest"]], [[-1, 4], 1, "Concat", [1]],
+             [-1, 3, "C3", [256, False]], [-1, 1, "Conv", [256, 3, 2]], [[-1, 20], 1, "Concat", [1]],
+             [-1, 3, "C3", [512, False]], [-1, 1, "Conv", [512, 3, 2]], [[-1, 16], 1, "Concat", [1]],
+             [-1, 3, "C3", [768, False]], [-1, 1, "Conv", [768, 3, 2]], [[-1, 12], 1, "Concat", [1]],
+             [-1, 3, "C3", [1024, False]], [[23, 26, 29, 32], 1, "Detect", ["nc", "anchors"]]],
+}  # fmt: skip
+
+
+def make_yolov5_style_checkpoint(
+    yaml: dict, dst: Path, seed: int = 0, conv_act: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """Write a synthetic checkpoint laid out as the YOLOv5 repository pickles it (``models.yolo.Model`` holding
+    ``models.common.*`` layers and a ``models.yolo.Detect`` with ``anchors`` / ``anchor_grid`` buffers), for
+    architectures the fixture set lacks. The weights are random; returns the live model it was written from.
+    """
+    import contextlib
+    import copy
+    import io
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from focus_surgery.legacy_detect import LegacyDetect
+
+    torch.manual_seed(seed)
+    body = copy.deepcopy(yaml)
+    detect_row = body["head"].pop()
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = DetectionModel(body, ch=3, verbose=False)
+    rows = body["backbone"] + body["head"]  # the layers feeding Detect are CSP blocks: channels = width * args[0]
+    ch = [int(math.ceil(rows[i][3][0] * yaml["width_multiple"] / 8) * 8) for i in detect_row[0]]
+    strides = [8.0, 16.0, 32.0, 64.0][: len(yaml["anchors"])]
+    head = LegacyDetect(yaml["nc"], yaml["anchors"], ch, strides)
+    head.i, head.f = len(model.model), detect_row[0]
+    model.model.append(head)
+    model.save = sorted({x for row in body["backbone"] + yaml["head"] for x in
+                         ([row[0]] if isinstance(row[0], int) else row[0]) if x != -1})  # fmt: skip
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.25), m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.eps, m.momentum = 1e-3, 0.03
+            elif isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(1.5)
+        if conv_act is not None:  # e.g. v3.x: Hardswish in every Conv block
+            for m in model.modules():
+                if type(m).__name__ == "Conv":
+                    m.act = copy.deepcopy(conv_act)
+                elif type(m).__name__ == "BottleneckCSP":  # its own activation stayed LeakyReLU until v6.0
+                    m.act = torch.nn.LeakyReLU(0.1, inplace=True)
+    model.eval()
+    fake = {name: types.ModuleType(name) for name in ("models", "models.yolo", "models.common")}
+
+    def fake_class(module: str, name: str) -> type:
+        if not hasattr(fake[module], name):
+            setattr(fake[module], name, type(name, (), {"__module__": module, "__qualname__": name}))
+        return getattr(fake[module], name)
+
+    def as_yolov5(m: torch.nn.Module):
+        kind = type(m)
+        if kind.__module__.startswith("torch.nn"):
+            cls = kind
+        elif kind is LegacyDetect:
+            cls = fake_class("models.yolo", "Detect")
+        elif kind is DetectionModel:
+            cls = fake_class("models.yolo", "Model")
+        else:
+            cls = fake_class("models.common", kind.__name__)
+        obj = cls.__new__(cls)
+        state = {k: v for k, v in vars(m).items() if k not in ("cv2", "cv3")}
+        state["_modules"] = type(m._modules)((k, as_yolov5(v)) for k, v in m._modules.items())
+        if kind is DetectionModel:
+            state.update(yaml=copy.deepcopy(yaml), names=[f"class{i}" for i in range(yaml["nc"])],
+                         nc=yaml["nc"], stride=torch.tensor(strides), hyp={"lr0": 0.01, "box": 0.05})  # fmt: skip
+        if "type" in state:  # YOLOv5 records its own module path per row
+            state["type"] = f"{cls.__module__}.{cls.__qualname__}"
+        obj.__dict__.update(state)
+        return obj
+
+    saved = {name: sys.modules.get(name) for name in fake}
+    sys.modules.update(fake)
+    try:
+        content = {"epoch": -1, "best_fitness": np.array([0.25]), "model": as_yolov5(copy.deepcopy(model).half()),
+                   "optimizer": None, "wandb_id": None}  # fmt: skip
+        torch.save(content, dst)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return model.half().float()

@@ -17,9 +17,11 @@ from _yolov5_legacy_helpers import (
     MODELS,
     SCORE_TOL,
     SHARED_FIXTURES,
+    YOLOV5S6_V50_YAML,
     assert_within_tolerance,
     compare_to_reference,
     fixture_inputs,
+    make_yolov5_style_checkpoint,
     sha256,
     write_old_style_checkpoint,
     write_old_zip_checkpoint,
@@ -178,6 +180,28 @@ def test_rebuilt_model_matches_original_code(release):
     expected_act = {"v2.0": "LeakyReLU", "v4.0": "SiLU", "v6.0": "SiLU"}[release]
     assert type(model.model[1].act).__name__ == expected_act
     assert_within_tolerance(compare_to_reference(model, MODELS[release]))
+
+
+@pytest.mark.parametrize("variant", ["P6 (v5.0 yolov5s6)", "v3.x Hardswish"])
+def test_synthetic_yolov5_layouts(tmp_path, capsys, variant):
+    """Layouts the fixture set lacks, written in the YOLOv5 repository's pickle layout with random weights."""
+    path = tmp_path / "model.pt"
+    if variant.startswith("P6"):
+        live = make_yolov5_style_checkpoint(YOLOV5S6_V50_YAML, path)
+        release, levels, n = "v4.0-v5.0", 4, 3 * (32 * 32 + 16 * 16 + 8 * 8 + 4 * 4)
+    else:
+        yaml = read_yolov5_checkpoint(MODELS["v2.0"]).model.get("yaml")
+        live = make_yolov5_style_checkpoint(yaml, path, conv_act=torch.nn.Hardswish())
+        release, levels, n = "v3.0-v3.1", 3, 3 * (32 * 32 + 16 * 16 + 8 * 8)
+    ckpt = read_yolov5_checkpoint(path)
+    model, _ = rebuild(ckpt)
+    assert describe(ckpt)["release"] == release and len(model.model[-1].m) == levels
+    x = fixture_inputs()["256"]
+    with torch.no_grad():
+        ours, theirs = model(x)[0], live(x)[0]
+    assert ours.shape == (2, 4 + ckpt.model.get("nc"), n) and torch.equal(ours, theirs)
+    code, out, _ = run_cli(capsys, "convert", path, tmp_path / "new.pt", "--verify", "--json")
+    assert code == 0 and json.loads(out)["max_abs_err"] < 1e-9
 
 
 def test_legacy_detect_output_layout():
