@@ -124,8 +124,12 @@ def _progress(done: int, total: int, name: str) -> None:
 def convert_folder(args: argparse.Namespace) -> int:
     """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR."""
     src_dir, out_dir = Path(args.src), Path(args.dst)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"{src_dir}: is a folder, so the output must be a folder too, but {out_dir} is a file")
+    if (out_dir.exists() and not out_dir.is_dir()) or (
+        not out_dir.exists() and out_dir.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors")
+    ):
+        raise CheckpointError(
+            f"{src_dir}: is a directory, not a checkpoint file (to convert every checkpoint in it, give an output folder)"
+        )
     if out_dir.resolve() == src_dir.resolve():
         raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
     files = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)

@@ -338,10 +338,10 @@ def load_legacy_pickle(path: str | os.PathLike) -> Any:
         raise
     except RefusedGlobal as error:
         raise CheckpointError(
-            f"{path}: refused: the pickle imports {error.qualname!r}, which a YOLOv5 checkpoint never needs "
+            f"{path}: refused to load: the pickle imports {error.qualname!r}, which a YOLOv5 checkpoint never needs "
             "(nothing was executed)"
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             struct.error, zipfile.BadZipFile, OSError, RuntimeError, MemoryError) as error:  # fmt: skip
         detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
+        raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
