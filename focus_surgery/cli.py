@@ -128,6 +128,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from .legacy_cli import handle_verify  # YOLOv5-repository files and their .safetensors conversions
+
+    handled = handle_verify(args)
+    if handled is not None:
+        return handled
     a, b = load_checkpoint(args.a), load_checkpoint(args.b)
     if a.model is not None and b.model is not None:
         report = verify(a.model.float(), b.model.float())

@@ -208,3 +208,40 @@ def handle_inspect(args: argparse.Namespace) -> int | None:
     lines.append(f"  converts: {info['converts']}")
     _emit(info, args.json, "\n".join(lines))
     return EXIT_OK
+
+
+def _model_for_verify(path: str):
+    """A float32 eval model for ``verify``: rebuilt YOLOv5 file, our safetensors + JSON, or None (core's job)."""
+    from .legacy_convert import config_path, load_yolov5_safetensors
+
+    if Path(path).suffix == ".safetensors" and config_path(path).is_file():
+        return load_yolov5_safetensors(path)
+    if checkpoint_family(path) == "yolov5":
+        from .yolov5_legacy import read_yolov5_checkpoint, rebuild
+
+        return rebuild(read_yolov5_checkpoint(path))[0]
+    return None
+
+
+def handle_verify(args: argparse.Namespace) -> int | None:
+    """``verify A B`` where either side is a YOLOv5-repository file or a converted ``.safetensors`` (float64)."""
+    from .checkpoint_io import load_checkpoint
+    from .cli import EXIT_OK, EXIT_VERIFY_FAILED, _emit
+    from .legacy_convert import verification_shape
+    from .verify import verify
+
+    for path in (args.a, args.b):
+        if Path(path).is_dir():
+            raise CheckpointError(f"{path}: is a directory; verify compares two checkpoint files")
+    models = [_model_for_verify(p) for p in (args.a, args.b)]
+    if all(m is None for m in models):
+        return None
+    for i, path in enumerate((args.a, args.b)):
+        if models[i] is None:
+            models[i] = load_checkpoint(path).model
+            if models[i] is None:
+                raise CheckpointError(f"{path}: holds tensors only, no model to run against {args.a}")
+            models[i] = models[i].float().eval()
+    report = verify(models[0], models[1], input_shape=verification_shape(models[0]))
+    _emit({"a": args.a, "b": args.b, **report.to_dict()}, args.json, str(report))
+    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED

@@ -263,6 +263,13 @@ def test_converted_checkpoint_loads_in_ultralytics(converted, release):
     assert_within_tolerance(compare_to_reference(model, MODELS[release]))
 
 
+def test_verify_command_compares_in_float64(converted, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "verify", MODELS["v4.0"], converted["v4.0"], "--json")
+    assert code == 0 and json.loads(out)["max_abs_err"] < 1e-9
+    code, out, _ = run_cli(capsys, "verify", MODELS["v2.0"], converted["v4.0"], "--json")  # another model: fails
+    assert code == 1 and not json.loads(out)["passed"]
+
+
 def test_predict_and_onnx_export(converted, tmp_path):
     import onnxruntime as ort
     from ultralytics import YOLO
@@ -325,6 +332,8 @@ def test_safetensors_and_json_rebuild_without_pickle(converted, tmp_path, capsys
     x = fixture_inputs()["192x320"]
     with torch.no_grad():
         assert torch.equal(model(x)[0], from_pt.eval()(x)[0])
+    code, out, _ = run_cli(capsys, "verify", MODELS["v2.0"], dst, "--json")
+    assert code == 0 and json.loads(out)["max_abs_err"] < 1e-9
 
 
 SHARED_MODELS = sorted(SHARED_FIXTURES.glob("yolov5s-*.pt")) if SHARED_FIXTURES.is_dir() else []
