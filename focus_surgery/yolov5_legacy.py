@@ -150,7 +150,10 @@ def make_leaf(spec: dict[str, Any]) -> nn.Module:
         args["scale_factor"] = tuple(args["scale_factor"])
     if name in ("Sigmoid", "Tanh", "Identity", "GELU"):
         args = {}
-    return getattr(nn, name)(**args)
+    try:
+        return getattr(nn, name)(**args)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"cannot build {name} from {args} ({error})") from None
 
 
 def _record_leaves(model: LegacyRecord) -> dict[str, dict[str, Any]]:
@@ -195,15 +198,24 @@ class LegacyArchitecture:
         return cls(data["yaml"], data["detect"], data["leaves"], data["save"], names, data.get("plain", {}))
 
 
-def _check_rows(yaml: dict, path: str) -> None:
+YAML_KEYS = ("nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head")  # all the parser is given
+
+
+def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
     """Refuse yaml rows whose layer name we do not know: Ultralytics' parser would call whatever the name resolves to."""
-    rows = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
+    if (
+        not isinstance(yaml, dict)
+        or not isinstance(yaml.get("backbone"), list)
+        or not isinstance(yaml.get("head"), list)
+    ):
+        raise CheckpointError(f"{path}: the architecture has no backbone / head layer lists")
+    rows = list(yaml["backbone"]) + list(yaml["head"])
     for i, row in enumerate(rows):
         ok = isinstance(row, (list, tuple)) and len(row) == 4 and isinstance(row[2], str)
         if not ok:
             raise CheckpointError(f"{path}: yaml row {i} is malformed ({str(row)[:60]})")
         f, n, name, args = row
-        last = i == len(rows) - 1
+        last = detect_last and i == len(rows) - 1
         if last and name != "Detect":
             raise CheckpointError(f"{path}: last layer is {name!r}, not Detect; only YOLOv5 detection models convert")
         if not last and name not in KNOWN_LAYERS:
@@ -261,9 +273,13 @@ def build_model(arch: LegacyArchitecture, source: str = "checkpoint") -> nn.Modu
 
     from ultralytics.nn.tasks import DetectionModel
 
-    yaml = copy.deepcopy(arch.yaml)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = DetectionModel(yaml, ch=3, nc=arch.detect["nc"], verbose=False)
+    _check_rows(arch.yaml, source, detect_last=False)  # also when the architecture comes from a JSON file
+    yaml = {k: copy.deepcopy(arch.yaml[k]) for k in YAML_KEYS if k in arch.yaml}  # no `activation` string to eval
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = DetectionModel(yaml, ch=3, nc=arch.detect["nc"], verbose=False)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: Ultralytics cannot build this architecture ({error})") from None
     d = arch.detect
     head = LegacyDetect(d["nc"], d["anchors"], d["ch"], d["stride"], d["anchor_grid_buffer"])
     head.i, head.f = d["i"], d["f"]
@@ -291,10 +307,11 @@ def build_model(arch: LegacyArchitecture, source: str = "checkpoint") -> nn.Modu
     extra = sorted(p for p in built - set(arch.leaves) if not isinstance(model.get_submodule(p), nn.Identity))
     if extra:
         raise CheckpointError(f"{source}: the rebuilt model has layers the checkpoint lacks (e.g. {extra[0]})")
-    for path, values in arch.plain.items():
+    for path, values in arch.plain.items():  # e.g. Bottleneck.add, Concat.d
         module = model.get_submodule(path)
         for key, value in values.items():
-            if hasattr(module, key):
+            current = getattr(module, key, None)
+            if not key.startswith("_") and isinstance(current, (bool, int, float)) and isinstance(value, type(current)):
                 setattr(module, key, value)
     model.save = list(arch.save)
     model.stride = head.stride.clone()
@@ -367,15 +384,19 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         anchors = arch.detect["anchors"]
     except CheckpointError as error:
         arch_error, anchors = str(error), None
-    stem_text = (f"Focus (space-to-depth + {'x'.join(map(str, stem_conv.get('kernel_size')))} conv, "
-                 f"{stem_conv.get('out_channels')} channels)" if stem.name == "Focus" else
-                 f"{stem.name} ({'x'.join(map(str, stem_conv.get('kernel_size')))}, stride {stem_conv.get('stride')[0]})")  # fmt: skip
+    k = stem_conv.get("kernel_size")
+    if stem.name == "Focus":
+        stem_text = f"Focus (space-to-depth + {k[0]}x{k[1]} conv, {stem_conv.get('out_channels')} channels)"
+    else:
+        stem_text = f"{stem.name} ({k[0]}x{k[1]}, stride {stem_conv.get('stride')[0]})"
     if arch_error:
         converts = f"no: {arch_error}"
     elif stem.name == "Focus":
-        converts = "yes: Focus -> Conv(k=6, s=2, p=2), exact; or kept as Focus (--to focus)"
+        converts = f"yes: Focus -> Conv(k={2 * k[0]}, s=2, p={2 * (k[0] // 2)}), exact; or kept as Focus (--to focus)"
     else:
         converts = "yes: to an Ultralytics model (stem already a strided conv; --to focus makes it a Focus)"
+    names = model.get("names") or []
+    names = list(names.values()) if isinstance(names, dict) else list(names)
     return {
         "path": ckpt.path,
         "format": "yolov5-repository checkpoint",
@@ -389,7 +410,7 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         "stem": stem_text,
         "stem_activation": stem_act,
         "nc": int(det.get("nc")),
-        "names": list(model.get("names") or []),
+        "names": names,
         "anchors": anchors,
         "stride": [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()],
         "dtype": str(ckpt.dtype).replace("torch.", ""),

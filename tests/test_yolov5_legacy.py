@@ -359,6 +359,21 @@ def test_rest_of_shared_fixture_set(path):
             assert torch.equal(ours[key], tensor), key  # the same permutation, bit for bit
 
 
+def test_hostile_json_architecture_is_refused(tmp_path, capsys):
+    """The JSON beside a .safetensors is user input too: unknown layer names are refused, strings never evaluated."""
+    dst = tmp_path / "model.safetensors"
+    assert main(["convert", str(MODELS["v2.0"]), str(dst)]) == 0
+    config_file = tmp_path / "model.json"
+    config = json.loads(config_file.read_text())
+    config["architecture"]["yaml"]["activation"] = f"__import__('os').system('touch {MARKER}')"
+    config_file.write_text(json.dumps(config))
+    assert isinstance(load_yolov5_safetensors(dst).model[-1], LegacyDetect) and not MARKER.exists()
+    config["architecture"]["yaml"]["backbone"][1][2] = "torch_safe_load"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="torch_safe_load"):
+        load_yolov5_safetensors(dst)
+
+
 # ------------------------------------------------------------------------------------------------ inspect
 
 
