@@ -25,18 +25,21 @@ Built-in rows (the YAML ``args`` column; trailing ones optional):
 =================  ========================================  ======================  ============================
 row                args                                      output channels         module
 =================  ========================================  ======================  ============================
-``Focus``          ``[c2, k, s, p, g, act, block_size,       scaled ``c2``           ``focus_surgery.Focus`` (inner
-                   order]``                                                          conv an Ultralytics ``Conv``)
+``Focus``          ``[c2, k, s, p, g, act, block_size,       scaled ``c2``           Ultralytics' ``Focus`` for
+                   order]``                                                          block 2 / yolov5 order, else
+                                                                                     ``focus_surgery.Focus``
 ``SPDConv``        ``[c2, k, block_size, order]``            scaled ``c2``           ``focus_surgery.SPDConv``
 ``SpaceToDepth``   ``[block_size, order]``                   ``c1 * block_size**2``  ``focus_surgery.SpaceToDepth``
 ``DepthToSpace``   ``[block_size, order]``                   ``c1 / block_size**2``  ``focus_surgery.DepthToSpace``
 =================  ========================================  ======================  ============================
 
-Other modules add rows with ``register_yaml_module`` (e.g. a YOLOv5 anchor head with the ``"inputs"`` rule).
+The conv inside every row is an Ultralytics ``Conv``, so ``model.fuse()`` folds its BatchNorm. Other modules add
+rows with ``register_yaml_module`` (e.g. a YOLOv5 anchor head with the ``"inputs"`` rule).
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import re
@@ -47,6 +50,7 @@ from typing import Any, Callable, Union
 from torch import nn
 
 from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
+from ..orders import check_block_size
 
 SUPPORTED_VERSIONS = ">=8.4,<8.5"  # tested with 8.4.190
 _SUPPORTED_RANGE = ((8, 4), (8, 5))  # [low, high)
@@ -119,6 +123,12 @@ def _ultralytics_conv() -> type[nn.Module]:
 
 
 def _build_focus(c1, c2, k=1, s=1, p=None, g=1, act=True, block_size=2, order="yolov5") -> nn.Module:
+    """Ultralytics' own Focus when it computes the same thing (block 2, yolov5 order): the model then loads with
+    plain Ultralytics; ours (same state-dict names) for any other block size or order."""
+    if block_size == 2 and order == "yolov5":
+        from ultralytics.nn.modules import Focus as UltralyticsFocus
+
+        return UltralyticsFocus(c1, c2, k, s, p, g, act)
     return Focus(c1, c2, k, s, p, g, act, block_size, order, conv_layer=_ultralytics_conv())
 
 
@@ -127,12 +137,12 @@ def _build_spdconv(c1, c2, k=3, block_size=2, order="yolov5") -> nn.Module:
 
 
 def _space_to_depth_channels(c1: int, args: list) -> int:
-    block_size = args[0] if args else 2
+    block_size = check_block_size(args[0] if args else 2)
     return c1 * block_size * block_size
 
 
 def _depth_to_space_channels(c1: int, args: list) -> int:
-    block_size = args[0] if args else 2
+    block_size = check_block_size(args[0] if args else 2)
     if c1 % (block_size * block_size):
         raise ValueError(f"{c1} input channels are not divisible by block_size**2 = {block_size * block_size}")
     return c1 // (block_size * block_size)
@@ -167,6 +177,19 @@ def _check_block_divides(module: nn.Module, inputs: tuple) -> None:
         )
 
 
+def _resolve_arg(arg: Any, d: dict) -> Any:
+    """A string naming a top-level YAML key (``nc``, ``anchors``) takes its value, as Ultralytics resolves ``nc``;
+    a string holding a Python literal (``None``) becomes that literal; any other string (``timm``) stays."""
+    if not isinstance(arg, str):
+        return arg
+    if arg in d and arg not in ("backbone", "head"):
+        return d[arg]
+    try:
+        return ast.literal_eval(arg)
+    except (ValueError, SyntaxError):
+        return arg
+
+
 @dataclass
 class _Row:
     index: int
@@ -188,8 +211,7 @@ def _our_rows(d: dict) -> list[_Row]:
             continue
         spec = _ROWS[name]
         f, n, args = row[0], row[1], list(row[3] or [])
-        # Strings naming a top-level YAML key (nc, anchors, ...) take its value, as Ultralytics resolves "nc".
-        args = [d[a] if isinstance(a, str) and a in d and a not in ("backbone", "head") else a for a in args]
+        args = [_resolve_arg(a, d) for a in args]
         if n != 1:
             raise ValueError(f"{_row_text(i, row)}: repeats n={n!r}; {name} rows take n=1")
         if len(args) > len(spec.args):
@@ -242,8 +264,8 @@ def _build(row: _Row, c_in, placeholder: nn.Module) -> nn.Module:
             module = spec.build(*args)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{row.text}: {str(error).splitlines()[0]}; {spec.signature()}") from None
-    module.yaml_row = row.text
-    if isinstance(module, (Focus, SPDConv, SpaceToDepth)):
+    if isinstance(module, (Focus, SPDConv, SpaceToDepth)):  # ours only: the hook must not tie Ultralytics' to us
+        module.yaml_row = row.text
         module.register_forward_pre_hook(_check_block_divides)
     return module
 
