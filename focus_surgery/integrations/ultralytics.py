@@ -14,9 +14,9 @@ channel rule         placeholder row                       why the channels are 
                                                            caps it by ``max_channels`` as for its own Conv; the
                                                            placeholder's ``in_channels`` is ``c1``
 ``c2 = rule(c1, a)`` ``Concat ["ch"]`` until ``c2`` is     ``"ch"`` resolves to the parser's channel list (as
-                     known, then ``Index [c2]``            ``"nc"`` does), which gives ``c1``; an ``Index`` row
-                                                           outputs ``args[0]`` channels. Each such row whose
-                                                           ``c2 != c1`` costs one more (throw-away) build.
+                     known, then ``HGStem [2, c2]``        ``"nc"`` does), which gives ``c1``; an ``HGStem`` row
+                                                           outputs ``args[1]`` channels, unscaled. Each such row
+                                                           whose ``c2 != c1`` costs one more (throw-away) build.
 ``"inputs"``         ``Concat ["ch"]``                     the input channels of a Detect-style head
 ===================  ====================================  =====================================================
 
@@ -52,9 +52,9 @@ from torch import nn
 from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
 from ..orders import check_block_size
 
-SUPPORTED_VERSIONS = ">=8.4,<8.5"  # tested with 8.4.190
-_SUPPORTED_RANGE = ((8, 4), (8, 5))  # [low, high)
-_NEEDED_GLOBALS = ("parse_model", "Conv", "Concat", "Index")  # what the wrapper relies on in ultralytics.nn.tasks
+SUPPORTED_VERSIONS = ">=8.3,<8.5"  # tested: 8.4.190 (all tests), 8.3.0 (YAML building)
+_SUPPORTED_RANGE = ((8, 3), (8, 5))  # [low, high)
+_NEEDED_GLOBALS = ("parse_model", "Conv", "Concat", "HGStem")  # what the wrapper relies on in ultralytics.nn.tasks
 _WRAPPED_MARK = "__focus_surgery_original__"
 
 ChannelRule = Union[str, Callable[[int, list], int]]
@@ -230,7 +230,7 @@ def _placeholder(row: _Row, known_c2: int | None) -> list:
     if row.spec.channels == "scaled":
         return [f, 1, "Conv", [row.args[0], 1]]
     if known_c2 is not None:
-        return [f, 1, "Index", [known_c2]]
+        return [f, 1, "HGStem", [2, known_c2]]  # a tiny stem (2 mid channels) with exactly known_c2 outputs
     return [f if isinstance(f, list) else [f], 1, "Concat", ["ch"]]
 
 
