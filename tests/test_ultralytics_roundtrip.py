@@ -35,7 +35,7 @@ model.train(data=data, epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plo
 
 # Loads a checkpoint, runs the torch model and its Ultralytics ONNX export on the same input, reports as JSON.
 DEPLOY = """
-import json, sys
+import copy, json, sys
 import numpy as np
 if sys.argv[4] == "plain":
     sys.modules["focus_surgery"] = None  # any attempt to import it now fails
@@ -50,6 +50,11 @@ x = torch.from_numpy(np.load(out + "/input.npy"))
 with torch.no_grad():
     y = model(x)[0].numpy()
 np.save(out + "/torch.npy", y)
+from ultralytics.nn.tasks import DetectionModel  # what Ultralytics does to train the checkpoint again
+rebuilt = DetectionModel(copy.deepcopy(model.yaml), nc=model.nc, verbose=False).eval()
+rebuilt.load_state_dict(model.state_dict(), strict=True)
+with torch.no_grad():
+    rebuilt_error = float((rebuilt(x)[0] - model(x)[0]).abs().max())
 boxes = yolo.predict(image, imgsz=64, conf=0.0, max_det=5, verbose=False)[0].boxes.data.numpy()
 onnx_path = yolo.export(format="onnx", imgsz=64, simplify=False, dynamic=False, verbose=False)
 graph = onnx.load(onnx_path).graph
@@ -67,7 +72,7 @@ print(json.dumps({
     "focus_surgery_imported": sys.modules.get("focus_surgery") is not None,
     "stem_ops": stem, "first_conv_input": first_conv.input[0], "graph_input": graph.input[0].name,
     "first_conv_kernel": [list(a.ints) for a in first_conv.attribute if a.name == "kernel_shape"][0],
-    "onnx_vs_torch": float(np.abs(y_onnx - y).max()), "scale": float(np.abs(y).max()), "boxes": boxes.tolist(),
+    "rebuilt_error": rebuilt_error, "onnx_vs_torch": float(np.abs(y_onnx - y).max()), "scale": float(np.abs(y).max()), "boxes": boxes.tolist(),
 }))
 """
 
@@ -141,6 +146,7 @@ def test_plain_ultralytics_loads_the_converted_model_and_predicts_the_same(round
     error = float(np.abs(converted["torch"] - trained["torch"]).max())
     print(f"converted vs trained (float32 torch): max_abs_err={error:.3e}, output scale {scale:.1f}")
     assert error <= 1e-4 * max(1.0, scale), f"converted model differs by {error:.3e} (scale {scale:.1f})"
+    assert converted["rebuilt_error"] == 0.0  # model.yaml follows the surgery: plain Ultralytics can train it again
     boxes_a, boxes_b = np.array(trained["boxes"]), np.array(converted["boxes"])
     assert boxes_a.shape == boxes_b.shape and boxes_a.shape[0] > 0
     np.testing.assert_allclose(boxes_b, boxes_a, atol=1e-3)

@@ -385,6 +385,35 @@ def test_whole_model_to_s2d_and_back_is_exact(config_models, file):
         stem, conv = model.model[0], model.model[1]
         assert type(stem) is nn.Identity and (stem.i, stem.f) == (0, -1)
         assert conv.conv.kernel_size == (12, 12) and conv.conv.stride == (4, 4) and conv.conv.in_channels == 3
+        assert model.yaml["backbone"][:2] == [[-1, 1, "nn.Identity", []], [-1, 1, "Conv", [128, 12, 4, 4]]]
+    _assert_plain_ultralytics_rebuilds(model)
+
+
+def _assert_plain_ultralytics_rebuilds(model: nn.Module) -> None:
+    """Ultralytics' own parser (ours unhooked) rebuilds the converted model from its YAML: same state dict, same outputs."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    fs_ultralytics.unregister()
+    try:
+        rebuilt = DetectionModel(copy.deepcopy(model.yaml), verbose=False).eval()
+    finally:
+        fs.register()
+    assert not [m for m in rebuilt.modules() if type(m).__module__.startswith("focus_surgery")]
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x)[0], model(x)[0])
+
+
+def test_yaml_rows_follow_the_stem_both_ways(config_models):
+    model = copy.deepcopy(config_models["yolov5-focus.yaml"].model).eval()
+    fs.convert(model, to="conv")
+    assert model.yaml["backbone"][0] == [-1, 1, "Conv", [64, 6, 2, 2]]
+    fs.convert(model, to="focus")
+    assert model.yaml["backbone"][0] == [-1, 1, "Focus", [64, 3, 1, 1]]
+    assert config_models["yolov5-focus.yaml"].model.yaml["backbone"][0] == [-1, 1, "Focus", [64, 3]]  # copy's own
+    fs.convert(model, to="s2d", scope="all")  # SPDConv with explicit padding: no YAML row says that; rows left
+    assert model.yaml["backbone"][1] == [-1, 1, "Conv", [128, 3, 2]]
 
 
 def test_space_to_depth_used_twice_is_named_not_folded():

@@ -322,6 +322,70 @@ def _log_table(model: nn.Sequential, d: dict) -> None:
         LOGGER.info(f"{m.i:>3}{m.f!s:>20}{row[1]:>3}{m.np:10.0f}  {m.type:<45}{row[3]!s:<30}")
 
 
+# ------------------------------------------------------------------------------------------ YAML after surgery
+
+
+def _conv_row_args(c2: Any, conv: nn.Conv2d, act: nn.Module) -> list | None:
+    """``[c2, k, s, p(, g, d, act)]`` of an Ultralytics Conv row for ``conv``, or None if a row cannot say it."""
+    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if isinstance(p, str) or len({k[0], k[1]}) + len({s[0], s[1]}) + len({p[0], p[1]}) + len({d[0], d[1]}) != 4:
+        return None
+    args = [c2, k[0], s[0], p[0]]
+    if conv.groups != 1 or d[0] != 1 or isinstance(act, nn.Identity):
+        args += [conv.groups, d[0], not isinstance(act, nn.Identity)]
+    return args
+
+
+def _row_after_surgery(row: list, module: nn.Module) -> list | None:
+    """The YAML row that builds ``module`` (an Ultralytics ``Conv`` / ``Focus`` or an ``nn.Identity``), or None."""
+    cls = type(module)
+    if cls is nn.Identity:
+        return [row[0], 1, "nn.Identity", []]
+    c2 = row[3][0] if row[3] else None
+    if not cls.__module__.startswith("ultralytics.") or isinstance(c2, bool) or not isinstance(c2, int):
+        return None
+    if cls.__name__ == "Conv" and type(module.conv) is nn.Conv2d:
+        args = _conv_row_args(c2, module.conv, module.act)
+        return [row[0], 1, "Conv", args] if args else None
+    if cls.__name__ == "Focus" and type(module.conv.conv) is nn.Conv2d:  # [c2, k, s, p, g, act]
+        args = _conv_row_args(c2, module.conv.conv, module.conv.act)
+        if args and len(args) > 4:
+            args = args[:4] + [args[4], args[6]] if args[5] == 1 else None
+        return [row[0], 1, "Focus", args] if args else None
+    return None
+
+
+def sync_yaml(model: nn.Module, paths: list[str]) -> list[int]:
+    """Rewrite the rows of ``model.yaml`` whose modules surgery replaced, so a model rebuilt from its YAML (Ultralytics
+    does that to train again) has the same modules and takes the state dict strictly.
+
+    Only whole rows (paths ``model.<i>``) that are now an Ultralytics ``Conv`` / ``Focus`` or an ``nn.Identity`` (a
+    folded SpaceToDepth row) are rewritten; ``c2`` keeps the row's unscaled value so the scale still applies.
+
+    Returns:
+        (list[int]): The row indices rewritten.
+    """
+    d, layers = getattr(model, "yaml", None), getattr(model, "model", None)
+    if not isinstance(d, dict) or not isinstance(layers, nn.Sequential) or not isinstance(d.get("backbone"), list):
+        return []
+    n_backbone = len(d["backbone"])
+    rewritten = []
+    for path in paths:
+        match = re.fullmatch(r"model\.(\d+)", path)
+        if match is None or int(match.group(1)) >= len(layers):
+            continue
+        i = int(match.group(1))
+        section, j = ("backbone", i) if i < n_backbone else ("head", i - n_backbone)
+        rows = d.get(section) or []
+        if j >= len(rows) or len(rows[j]) != 4:
+            continue
+        new_row = _row_after_surgery(rows[j], layers[i])
+        if new_row is not None:
+            rows[j] = new_row
+            rewritten.append(i)
+    return rewritten
+
+
 # --------------------------------------------------------------------------------------------------- registration
 
 
