@@ -112,7 +112,7 @@ def _write_dataset(root: Path, n: int = 8) -> tuple[Path, Path]:
 def round_trip(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("roundtrip")
     data, image = _write_dataset(tmp / "data")
-    _run(["-c", TRAIN, str(ROOT / "configs" / "yolov5n-focus.yaml"), str(data), str(tmp / "runs")])
+    _run(["-c", TRAIN, "configs/yolov5n-focus.yaml", str(data), str(tmp / "runs")])  # as a user does, from the root
     trained = tmp / "runs" / "train" / "weights" / "last.pt"
     converted = tmp / "converted.pt"
     cli = _run(["-m", "focus_surgery", "convert", str(trained), str(converted), "--to", "conv", "--verify", "--json"])

