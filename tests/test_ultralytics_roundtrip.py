@@ -72,7 +72,8 @@ print(json.dumps({
     "focus_surgery_imported": sys.modules.get("focus_surgery") is not None,
     "stem_ops": stem, "first_conv_input": first_conv.input[0], "graph_input": graph.input[0].name,
     "first_conv_kernel": [list(a.ints) for a in first_conv.attribute if a.name == "kernel_shape"][0],
-    "rebuilt_error": rebuilt_error, "onnx_vs_torch": float(np.abs(y_onnx - y).max()), "scale": float(np.abs(y).max()), "boxes": boxes.tolist(),
+    "rebuilt_error": rebuilt_error, "onnx_vs_torch": float(np.abs(y_onnx - y).max()),
+    "scale": float(np.abs(y).max()), "boxes": boxes.tolist(),
 }))
 """
 

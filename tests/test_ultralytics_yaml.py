@@ -65,11 +65,6 @@ def _parse(yaml_text: str, ch: int = 3):
     return tasks.parse_model(yaml.safe_load(yaml_text), ch=ch, verbose=False)
 
 
-def _out_channels(layer: nn.Module, c_in: int) -> int:
-    x = torch.zeros(1, c_in, 16, 16)
-    return layer.eval()(x).shape[1]
-
-
 # ------------------------------------------------------------------------------------------------------ registration
 
 
@@ -168,7 +163,8 @@ def test_every_config_is_tested():
 @pytest.mark.parametrize("file", sorted(CONFIG_FILES))
 def test_config_builds_and_runs(config_models, file):
     model = config_models[file].model.eval()
-    assert model.model[0].type == CONFIG_FILES[file][1] == f"{type(model.model[0]).__module__}.{type(model.model[0]).__qualname__}"
+    stem = model.model[0]
+    assert stem.type == CONFIG_FILES[file][1] == f"{type(stem).__module__}.{type(stem).__qualname__}"
     assert model.yaml["scale"] == "n"
     assert model.stride.tolist() == [8.0, 16.0, 32.0]
     with torch.no_grad():
@@ -307,7 +303,10 @@ def _saved(model: nn.Module) -> bytes:
 BAD_ROWS = {
     "unknown order": ("[-1, 1, SpaceToDepth, [2, nchw]]", r"unknown space-to-depth order 'nchw'"),
     "bad block size": ("[-1, 1, Focus, [16, 3, 1, None, 1, True, 1]]", r"block_size must be an integer >= 2"),
-    "too many args": ("[-1, 1, SPDConv, [16, 3, 2, yolov5, 7]]", r"5 arguments; SPDConv args are \[c2, k, block_size, order\]"),
+    "too many args": (
+        "[-1, 1, SPDConv, [16, 3, 2, yolov5, 7]]",
+        r"5 arguments; SPDConv args are \[c2, k, block_size, order\]",
+    ),
     "missing c2": ("[-1, 1, SPDConv, []]", r"first argument must be the output channels c2"),
     "repeats": ("[-1, 2, SpaceToDepth, [2]]", r"repeats n=2; SpaceToDepth rows take n=1"),
     "two inputs": ("[[-1, -1], 1, DepthToSpace, [2]]", r"DepthToSpace takes one input"),
@@ -332,7 +331,8 @@ def test_bad_row_reading_the_image_names_row_zero():
 
 def test_block_size_not_dividing_the_feature_map_names_the_row(tmp_path):
     """Ultralytics probes strides with a 256x256 input: a block size of 3 does not divide it."""
-    path = _write(tmp_path, "bad.yaml", MIXED_YAML.replace("[2, pixel_unshuffle]", "[3, pixel_unshuffle]") + "  - [[-1], 1, Detect, [nc]]\n")
+    text = MIXED_YAML.replace("[2, pixel_unshuffle]", "[3, pixel_unshuffle]") + "  - [[-1], 1, Detect, [nc]]\n"
+    path = _write(tmp_path, "bad.yaml", text)
     with pytest.raises(ValueError) as info:
         _yolo(path)
     text = str(info.value)
@@ -402,7 +402,7 @@ def test_whole_model_to_s2d_and_back_is_exact(config_models, file):
 
 
 def _assert_plain_ultralytics_rebuilds(model: nn.Module) -> None:
-    """Ultralytics' own parser (ours unhooked) rebuilds the converted model from its YAML: same state dict, same outputs."""
+    """Ultralytics' own parser (ours unhooked) rebuilds the converted model from its YAML: same weights and outputs."""
     from ultralytics.nn.tasks import DetectionModel
 
     fs_ultralytics.unregister()
@@ -424,15 +424,17 @@ def test_yaml_rows_follow_the_stem_both_ways(config_models):
     fs.convert(model, to="focus", verify=False)
     assert model.yaml["backbone"][0] == [-1, 1, "Focus", [64, 3, 1, 1]]
     assert config_models["yolov5-focus.yaml"].model.yaml["backbone"][0] == [-1, 1, "Focus", [64, 3]]  # copy's own
-    fs.convert(model, to="s2d", scope="all", verify=False)  # SPDConv with explicit padding: no YAML row says that; rows left
+    fs.convert(model, to="s2d", scope="all", verify=False)  # SPDConv with explicit padding: no row says it, left
     assert model.yaml["backbone"][1] == [-1, 1, "Conv", [128, 3, 2]]
 
 
 def test_space_to_depth_used_twice_is_named_not_folded():
     model, _ = _parse(
-        "backbone:\n  - [-1, 1, SpaceToDepth, [2]]\n  - [-1, 1, Conv, [16, 3, 1]]\n  - [[-1, 0], 1, Concat, [1]]\nhead: []\n"
+        "backbone:\n  - [-1, 1, SpaceToDepth, [2]]\n  - [-1, 1, Conv, [16, 3, 1]]\n"
+        "  - [[-1, 0], 1, Concat, [1]]\nhead: []\n"
     )
     report = fs.convert(model, to="conv", scope="all", verify=False)
     assert not report.replaced
-    assert [(s.path, s.reason) for s in report.skipped] == [("0", "space-to-depth output is used by more than the next conv")]
+    reason = "space-to-depth output is used by more than the next conv"
+    assert [(s.path, s.reason) for s in report.skipped] == [("0", reason)]
     assert "used by more than the next conv" in json.dumps(report.to_dict())

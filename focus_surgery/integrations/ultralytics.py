@@ -104,7 +104,9 @@ def register_yaml_module(
         build (Callable | None): Constructor with ``cls``' positional signature; ``cls`` when None.
     """
     if not (channels_rule in ("scaled", "inputs") or callable(channels_rule)):
-        raise ValueError(f"channels_rule must be 'scaled', 'inputs' or a function (c1, args) -> c2, got {channels_rule!r}")
+        raise ValueError(
+            f"channels_rule must be 'scaled', 'inputs' or a function (c1, args) -> c2, got {channels_rule!r}"
+        )
     _ROWS[name] = YamlModule(name, cls, channels_rule, tuple(args), build or cls)
 
 
