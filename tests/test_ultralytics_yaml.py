@@ -141,6 +141,18 @@ def test_import_focus_surgery_registers_before_or_after_ultralytics(first):
     assert out.stdout.strip().splitlines()[-1] == "SpaceToDepth"
 
 
+def test_import_without_ultralytics_stays_quiet():
+    """No Ultralytics: import focus_surgery works, installs no hook, and register() has nothing to hook."""
+    script = (
+        "import sys; sys.modules['ultralytics'] = None\n"
+        "import focus_surgery as fs\n"
+        "assert not [f for f in sys.meta_path if type(f).__name__ == '_RegisterAfterImport']\n"
+        "print(fs.register())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "{}", out.stderr[-2000:]
+
+
 # -------------------------------------------------------------------------------------------------------- configs
 
 
