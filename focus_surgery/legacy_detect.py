@@ -17,6 +17,13 @@ except ImportError:  # pragma: no cover - works without Ultralytics, as a plain 
     _DetectBase = nn.Module
 
 
+class RawLevels(list):
+    """YOLOv5's per-level raw logits (a list), which also answers Ultralytics' stride probe ``output["feats"]``."""
+
+    def __getitem__(self, key):
+        return self if key == "feats" else super().__getitem__(key)
+
+
 class LegacyDetect(_DetectBase):
     """YOLOv5 (v1.0-v7.0) anchor-based head.
 
@@ -73,6 +80,24 @@ class LegacyDetect(_DetectBase):
     def fuse(self) -> None:
         """Nothing to fuse in the head (Ultralytics calls this on every Detect)."""
 
+    def bias_init(self) -> None:
+        """YOLOv5's initial biases, called by Ultralytics once it has measured ``stride`` on a fresh YAML build.
+
+        Anchors are given in pixels and kept in grid units, so they are re-expressed if the measured strides differ
+        from the ones assumed at construction.
+        """
+        import math
+
+        measured = self.stride.to(torch.float32)
+        if "built_stride" in self._buffers and not torch.equal(measured, self._buffers["built_stride"]):
+            scale = (self._buffers["built_stride"] / measured).view(-1, 1, 1)
+            self._buffers["anchors"] = self._buffers["anchors"] * scale
+        with torch.no_grad():
+            for conv, stride in zip(self.m, measured.tolist()):
+                bias = conv.bias.view(self.na, -1)
+                bias[:, 4] += math.log(8 / (640 / stride) ** 2)  # about 8 objects per 640 image
+                bias[:, 5 : 5 + self.nc] += math.log(0.6 / (self.nc - 0.99)) if self.nc > 1 else 0.0
+
     def _anchor_pixels(self, i: int) -> torch.Tensor:
         """(1, na, 1, 1, 2) anchor sizes in pixels for level ``i``."""
         if "anchor_grid" in self._buffers:
@@ -99,7 +124,7 @@ class LegacyDetect(_DetectBase):
             bs, _, ny, nx = p.shape
             raw.append(p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
         if self.training:
-            return raw
+            return RawLevels(raw)
         y = torch.cat([self.decode(p, i) for i, p in enumerate(raw)], 1)  # (B, N, 5 + nc), YOLOv5's own layout
         boxes = y[..., :4]
         if getattr(self, "xyxy", False):

@@ -27,6 +27,7 @@ CONFIGS = ROOT / "configs"
 # config file -> (name to build it with, scale letter included; what row 0 builds)
 CONFIG_FILES = {
     "yolov5-focus.yaml": ("yolov5n-focus.yaml", "ultralytics.nn.modules.conv.Focus"),
+    "yolov5-focus-legacy.yaml": ("yolov5n-focus-legacy.yaml", "ultralytics.nn.modules.conv.Focus"),
     "yolov5-v6stem.yaml": ("yolov5n-v6stem.yaml", "ultralytics.nn.modules.conv.Conv"),
     "yolov8-s2d4.yaml": ("yolov8n-s2d4.yaml", "focus_surgery.layers.SpaceToDepth"),
     "yolov8-spd.yaml": ("yolov8n-spd.yaml", "focus_surgery.layers.SPDConv"),
@@ -181,7 +182,8 @@ def test_config_builds_and_runs(config_models, file):
     assert model.stride.tolist() == [8.0, 16.0, 32.0]
     with torch.no_grad():
         y = model(torch.rand(2, 3, 64, 96))[0]
-    assert y.shape == (2, 4 + 80, 8 * 12 + 4 * 6 + 2 * 3)  # boxes + classes for the P3, P4, P5 cells
+    per_cell = 3 if file == "yolov5-focus-legacy.yaml" else 1  # YOLOv5's head predicts 3 anchors per cell
+    assert y.shape == (2, 4 + 80, per_cell * (8 * 12 + 4 * 6 + 2 * 3))  # boxes + classes for the P3, P4, P5 cells
     assert [m.i for m in model.model] == list(range(len(model.model)))
     for m in model.model[:8]:
         if m.type.startswith("focus_surgery."):

@@ -47,6 +47,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+import torch
 from torch import nn
 
 from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
@@ -154,6 +155,20 @@ register_yaml_module("Focus", Focus, "scaled", ("c2", "k", "s", "p", "g", "act",
 register_yaml_module("SPDConv", SPDConv, "scaled", ("c2", "k", "block_size", "order"), _build_spdconv)
 register_yaml_module("SpaceToDepth", SpaceToDepth, _space_to_depth_channels, ("block_size", "order"))
 register_yaml_module("DepthToSpace", DepthToSpace, _depth_to_space_channels, ("block_size", "order"))
+
+
+def _build_legacy_detect(nc: int, anchors: list, ch: list[int]) -> nn.Module:
+    """YOLOv5's anchor head from a YAML row; strides assumed 8, 16, 32, ... until Ultralytics measures them."""
+    from ..legacy_detect import LegacyDetect
+
+    if not isinstance(anchors, (list, tuple)) or len(anchors) != len(ch):
+        raise ValueError(f"anchors must be one list [w0, h0, w1, h1, ...] per input level ({len(ch)} levels)")
+    stride = [8.0 * 2**i for i in range(len(ch))]
+    head = LegacyDetect(nc, anchors, ch, stride, anchor_grid_buffer=False)
+    head.register_buffer("built_stride", torch.tensor(stride), persistent=False)
+    return head
+
+
 
 
 # ------------------------------------------------------------------------------------------------------- parsing
@@ -453,6 +468,9 @@ def _hook(tasks: Any, version: str) -> str:
     check_hookable(tasks, version)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
+    from ..legacy_detect import LegacyDetect  # imports Ultralytics' Detect: only once Ultralytics is loaded
+
+    register_yaml_module("LegacyDetect", LegacyDetect, "inputs", ("nc", "anchors"), _build_legacy_detect)
     original = tasks.parse_model
     wrapped = _wrap(original)
     tasks.parse_model = wrapped  # DetectionModel & co. call it through tasks' globals
