@@ -15,6 +15,16 @@ from .remap import (
 )
 from .surgery import ConversionError, ConversionReport, convert
 from .verify import VerificationReport, verify
+from .integrations.import_hooks import call_when_imported as _call_when_imported
+
+
+def _register_timm() -> None:
+    from .integrations.timm import register
+
+    register()
+
+
+_call_when_imported("timm", _register_timm)  # timm models (*_s2d) exist once timm is imported; no timm needed
 
 __version__ = "0.1.0"
 
