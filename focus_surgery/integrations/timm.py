@@ -210,7 +210,10 @@ def model_names() -> list[str]:
 
 
 def register() -> list[str]:
-    """Register our models in timm's registry (idempotent); return their names."""
+    """Register our models in timm's registry and timm's conv types with the surgery (idempotent); return the names."""
+    from .timm_convs import register_conv_types
+
+    register_conv_types()
     convnext_features = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
     entries = [(b, SpaceToDepthResNet, args, s, None) for b, args in _RESNET_ARGS.items() for s in STEMS]
     entries += [(b, SpaceToDepthConvNeXt, args, s, convnext_features) for b, args in _CONVNEXT_ARGS.items() for s in CONVNEXT_STEMS]
