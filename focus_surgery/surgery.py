@@ -505,7 +505,11 @@ def convert(
     if verify:
         candidate = copy.deepcopy(model)
         _apply(candidate, [_Step(s.path, copy.deepcopy(s.new)) for s in steps])
-        report.verification = verify_models(model, candidate, inputs, input_shape, tolerance=tolerance)
+        try:
+            report.verification = verify_models(model, candidate, inputs, input_shape, tolerance=tolerance)
+        except ValueError as error:  # e.g. an input size the new space-to-depth block does not divide
+            paths = ", ".join(r.path or "<root>" for r in report.replaced)
+            raise ConversionError(f"{paths}: {error}; model left unchanged") from error
         if not report.verification.passed:
             raise ConversionError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)
