@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pathlib
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import focus_surgery as fs
 timm = pytest.importorskip("timm")
 fs_timm = pytest.importorskip("focus_surgery.integrations.timm")
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["resnet18_s2d", "resnet18_s2d_focus", "convnext_atto_s2d", "convnext_atto_s2d_focus"]
 
 
@@ -28,10 +30,24 @@ def test_import_registers_without_importing_timm():
         "import sys, focus_surgery; assert 'timm' not in sys.modules; import timm; "
         "print(','.join(timm.list_models('*s2d*')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = out.strip()
     assert set(out.split(",")) == set(fs_timm.model_names())
     code = "import timm, focus_surgery; print(timm.create_model('resnet18_s2d').conv1[0].block_size)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "4"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.strip() == "4"
+
+
+def test_import_works_without_timm():
+    code = (
+        "import sys, warnings; warnings.simplefilter('error'); sys.modules['timm'] = None  # timm not installed\n"
+        "import torch, focus_surgery as fs\n"
+        "model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1))\n"
+        "print(len(fs.convert(model, to='s2d', input_shape=(1, 3, 8, 8)).replaced))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 def test_registry_lists_every_variant_and_register_is_idempotent():

@@ -63,7 +63,7 @@ def _run(name: str, callbacks: list[Callable[[], None]]) -> None:
 
 def call_when_imported(name: str, callback: Callable[[], None]) -> None:
     """Call ``callback()`` now if module ``name`` is imported, else right after it is (once)."""
-    if name in sys.modules:
+    if sys.modules.get(name) is not None:  # None: imports of ``name`` are blocked
         _run(name, [callback])
         return
     _FINDER.callbacks.setdefault(name, []).append(callback)
