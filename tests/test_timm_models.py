@@ -204,3 +204,24 @@ def test_registered_stem_folds_to_one_conv_and_back(name):
     back = fs.convert(model, to="s2d", input_shape=(1, 3, 64, 64))
     assert back.verification.max_rel_err <= 1e-10
     assert fs.verify(reference, model, input_shape=(1, 3, 64, 64)).passed
+
+
+@pytest.mark.parametrize("order", fs.ORDERS)
+@pytest.mark.parametrize("block_size", [2, 3, 4, 8, 16])
+def test_per_phase_adaptation_every_block_size_and_order(block_size, order):
+    """Grey input to the 1-channel stem == grey replicated to RGB into the RGB stem; same for RGB repeated twice."""
+    from focus_surgery.in_chans import adapt_s2d_input_channels
+
+    torch.manual_seed(block_size)
+    weight = torch.randn(5, 3 * block_size**2, 3, 3, dtype=torch.float64)
+    s2d = fs.SpaceToDepth(block_size, order)
+    grey = torch.rand(2, 1, 4 * block_size, 4 * block_size, dtype=torch.float64)
+    rgb = torch.rand(2, 3, 4 * block_size, 4 * block_size, dtype=torch.float64)
+    conv = torch.nn.functional.conv2d
+    cases = [(grey, grey.expand(-1, 3, -1, -1), 1), (rgb.repeat(1, 2, 1, 1), rgb, 6)]
+    for image, rgb_image, in_chans in cases:
+        adapted = adapt_s2d_input_channels(weight, in_chans, block_size, order)
+        assert adapted.shape == (5, in_chans * block_size**2, 3, 3)
+        expected = conv(s2d(rgb_image.contiguous()), weight, padding=1)
+        error = float((conv(s2d(image), adapted, padding=1) - expected).abs().max())
+        assert error <= 1e-12 * max(1.0, float(expected.abs().max()))

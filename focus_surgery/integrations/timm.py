@@ -2,14 +2,10 @@
 
 After ``import focus_surgery`` (or ``focus_surgery.integrations.timm.register()``), ``timm.create_model`` knows:
 
-==========================  ==============================================================  ==============
-name                        stem                                                            stem reduction
-==========================  ==============================================================  ==============
-``resnet{18,50}_s2d``       SpaceToDepth(4, timm order) + 3x3 conv + BN + ReLU (TResNet)    4 (no max-pool)
-``resnet{18,50}_s2d_focus`` SpaceToDepth(2, yolov5 order) + 3x3 conv + BN + ReLU + max-pool 2 (as ResNet)
-``convnext_{atto,tiny}_s2d``        SpaceToDepth(4, timm) + 3x3 conv + LayerNorm2d          4 (as ConvNeXt)
-``convnext_{atto,tiny}_s2d_focus``  SpaceToDepth(2, yolov5) + 3x3 stride-2 conv + LayerNorm2d  4
-==========================  ==============================================================  ==============
+* ``resnet{18,50}_s2d``: SpaceToDepth(4, timm order) + 3x3 conv + BN + ReLU, no max-pool (TResNet's stem).
+* ``resnet{18,50}_s2d_focus``: SpaceToDepth(2, yolov5 order) + 3x3 conv + BN + ReLU + max-pool (YOLOv5's Focus).
+* ``convnext_{atto,tiny}_s2d``: SpaceToDepth(4, timm) + 3x3 conv + LayerNorm2d (stem reduction 4, as ConvNeXt).
+* ``convnext_{atto,tiny}_s2d_focus``: SpaceToDepth(2, yolov5) + 3x3 stride-2 conv + LayerNorm2d.
 
 Everything else (``num_classes``, ``in_chans``, ``drop_path_rate``, ``features_only``, ``pretrained_cfg_overlay``)
 is the base model's. Pretrained weights from a file adapt to any ``in_chans`` per pixel phase
@@ -88,6 +84,8 @@ class SpaceToDepthConvNeXt(ConvNeXt):
         if stem not in CONVNEXT_STEMS:
             raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(CONVNEXT_STEMS)}")
         block_size, order, stride = CONVNEXT_STEMS[stem]
+        if len(self.stem) != 2:
+            raise ValueError("SpaceToDepthConvNeXt replaces the patchify stem: leave stem_type at 'patch'")
         old, norm = self.stem[0], self.stem[1]
         new = space_to_depth_stem(
             self.in_chans, old.out_channels, block_size, order, stride, old.bias is not None, like=old.weight
