@@ -3,7 +3,7 @@
 * ``Conv2dSame`` (TF "SAME" padding, computed from the input size): for inputs whose size the stride divides,
   which space-to-depth needs anyway, its padding is fixed, ``(k - s)`` split with the extra pixel at the end. That
   equals a plain conv with symmetric padding and one leading zero tap per axis, whose space-to-depth form the core
-  builds. Folded back it stays a plain ``nn.Conv2d`` (exact for those input sizes).
+  builds. Folded back it is a plain ``nn.Conv2d`` (exact for those input sizes).
 * ``StdConv2d`` / ``ScaledStdConv2d`` (weight standardisation, BiT ResNetV2 and NF-Nets): zero-padding the kernel
   would change the standardisation statistics, and baking the standardised weight into a plain conv is exact
   only in the dtype it was baked in. ``SpaceToDepthStdConv`` keeps the original conv and its parameters,
@@ -26,10 +26,11 @@ from ..remap import strided_conv_to_s2d
 from ..surgery import ConversionError, register_conv_type, space_to_depth_form
 
 
-def _plain_conv(weight: torch.Tensor, conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
+def _plain_conv(weight: torch.Tensor, conv: nn.Conv2d, stride, padding: tuple[int, int]) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` with ``weight`` and ``conv``'s bias, groups, mode and requires_grad."""
     plain = nn.Conv2d(
-        conv.in_channels, conv.out_channels, tuple(weight.shape[2:]), conv.stride, padding, groups=conv.groups,
-        bias=conv.bias is not None, device=weight.device, dtype=weight.dtype,
+        weight.shape[1] * conv.groups, conv.out_channels, tuple(weight.shape[2:]), stride, padding,
+        groups=conv.groups, bias=conv.bias is not None, device=weight.device, dtype=weight.dtype,
     )
     plain.weight = nn.Parameter(weight.detach().clone(), requires_grad=conv.weight.requires_grad)
     if conv.bias is not None:
@@ -52,7 +53,7 @@ def same_padding_as_plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
         zeros.append(after - before)
         padding.append(after)
     weight = F.pad(conv.weight.detach(), (zeros[1], 0, zeros[0], 0))
-    return _plain_conv(weight, conv, (padding[0], padding[1]))
+    return _plain_conv(weight, conv, conv.stride, (padding[0], padding[1]))
 
 
 def _conv2d_same_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, str]:
