@@ -38,9 +38,9 @@ def test_stem_round_trip_is_exact(name, path, form):
     assert result.path == path
     assert result.stem_after.startswith(form)
     assert result.max_rel_err <= TOLERANCE
-    # A strided-conv stem comes back as the very same parameters (the added zero taps are dropped again).
-    if not name.startswith(("tresnet", "tf_")):
-        assert result.weights_restored
+    # The stem comes back as the very same parameters (added zero taps are dropped again); Conv2dSame comes back
+    # as a plain conv that keeps one zero tap for its asymmetric padding.
+    assert result.weights_restored == (not name.startswith("tf_"))
 
 
 def test_markdown_table_lists_each_row():
