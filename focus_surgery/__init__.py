@@ -4,6 +4,7 @@ Layers (``layers``), pure weight maps (``remap``), module surgery (``surgery``),
 checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in their own module.
 """
 
+from .integrations import auto_register as _auto_register, register
 from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
 from .orders import ORDERS
 from .remap import (
@@ -15,16 +16,6 @@ from .remap import (
 )
 from .surgery import ConversionError, ConversionReport, convert
 from .verify import VerificationReport, verify
-from .integrations.import_hooks import call_when_imported as _call_when_imported
-
-
-def _register_timm() -> None:
-    from .integrations.timm import register
-
-    register()
-
-
-_call_when_imported("timm", _register_timm)  # timm models (*_s2d) exist once timm is imported; no timm needed
 
 __version__ = "0.1.0"
 
@@ -42,7 +33,10 @@ __all__ = [
     "conv_to_focus_weight",
     "convert",
     "focus_to_conv_weight",
+    "register",
     "s2d_to_strided_conv",
     "strided_conv_to_s2d",
     "verify",
 ]
+
+_auto_register()  # Ultralytics YAML rows and timm models: immediate if loaded, else when loaded (never imports them)

@@ -30,6 +30,10 @@ class ConversionError(ValueError):
     """A conversion that would not be exact, or a verification that failed; the model is left unchanged."""
 
 
+class VerificationError(ConversionError):
+    """The converted model's outputs differ from the original's by more than the tolerance."""
+
+
 # Conv2d subclasses with their own forward (timm's StdConv2d, Conv2dSame, ...) are never treated as plain convs.
 # An integration teaches one with ``register_conv_type(cls, builder)``; ``builder(conv, to, order)`` returns the
 # exact space-to-depth form and its description. Modules with a ``to_strided_conv()`` method (returning the same
@@ -511,14 +515,17 @@ def convert(
             paths = ", ".join(r.path or "<root>" for r in report.replaced)
             raise ConversionError(f"{paths}: {error}; model left unchanged") from error
         if not report.verification.passed:
-            raise ConversionError(f"verification failed, model left unchanged: {report.verification}")
+            raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)
+    from .integrations.ultralytics import sync_yaml
+
+    sync_yaml(model, [s.path for s in steps])  # Ultralytics rebuilds a model from model.yaml to train it again
     return report
 
 
 def iter_stems(model: nn.Module) -> Iterator[dict[str, Any]]:
     """Describe each convertible stem of ``model`` (both directions), for ``inspect``."""
-    for to in ("conv", "s2d"):
+    for to in ("conv", "focus"):
         steps, skipped = plan(model, to, "stem")
         for step in steps:
             if step.record is not None:
