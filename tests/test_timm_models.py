@@ -225,3 +225,14 @@ def test_per_phase_adaptation_every_block_size_and_order(block_size, order):
         expected = conv(s2d(rgb_image.contiguous()), weight, padding=1)
         error = float((conv(s2d(image), adapted, padding=1) - expected).abs().max())
         assert error <= 1e-12 * max(1.0, float(expected.abs().max()))
+
+
+def test_pretrained_safetensors_file_with_other_in_chans(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    source = _build("convnext_atto_s2d_focus")
+    path = tmp_path / "rgb.safetensors"
+    safetensors_torch.save_file(source.state_dict(), str(path))
+    grey = timm.create_model(
+        "convnext_atto_s2d_focus", pretrained=True, in_chans=1, pretrained_cfg_overlay=dict(file=str(path))
+    )
+    _grey_check(source, grey.eval(), 64, tolerance=1e-6)  # float32 weights: see _grey_check
