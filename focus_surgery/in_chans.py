@@ -41,7 +41,7 @@ def adapt_s2d_input_channels(
     """Adapt the weight of a conv that reads space-to-depth channels to ``in_chans`` image channels, per phase.
 
     Args:
-        weight (torch.Tensor): Shape (O, C*bs*bs, k, k), the conv right after space-to-depth(``bs``) of a C-channel image.
+        weight (torch.Tensor): Shape (O, C*bs*bs, k, k): the conv after space-to-depth(``bs``) of a C-channel image.
         in_chans (int): Image channels of the target model.
         block_size (int): Space-to-depth block size ``bs``.
         order (str): Channel order of the space-to-depth (``yolov5``, ``timm`` or ``pixel_unshuffle``).

@@ -384,7 +384,8 @@ def _plan_conv_subclass(conv, path, to, order, steps, skipped) -> None:
     """Plan a strided ``nn.Conv2d`` subclass through its registered builder, or say why it stays."""
     use_order = order or ("pixel_unshuffle" if conv.groups != 1 else "yolov5")
     builder = CONV_TYPES.get(type(conv))
-    form = f"{type(conv).__name__}({'x'.join(map(str, conv.kernel_size))}, stride={conv.stride[0]}, padding={conv.padding})"
+    k = "x".join(map(str, conv.kernel_size))
+    form = f"{type(conv).__name__}({k}, stride={conv.stride[0]}, padding={conv.padding})"
     try:
         if builder is None:
             raise ConversionError(

@@ -152,7 +152,8 @@ def test_pretrained_in_chans_adapted_per_phase(tmp_path, name, in_chans):
     # Per phase: as one strided conv, the adapted stem is timm's own adaptation of the RGB stem as one conv.
     bs, order = model.conv1[0].block_size, model.conv1[0].order
     folded = fs.focus_to_conv_weight(model.conv1[1].weight.detach(), bs, order)
-    expected = timm.models.adapt_input_conv(in_chans, fs.focus_to_conv_weight(source.conv1[1].weight.detach(), bs, order))
+    rgb_folded = fs.focus_to_conv_weight(source.conv1[1].weight.detach(), bs, order)
+    expected = timm.models.adapt_input_conv(in_chans, rgb_folded)
     assert torch.allclose(folded, expected, rtol=1e-6, atol=1e-7)
 
 

@@ -164,7 +164,10 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-_RESNET_ARGS = {"resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)), "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3))}
+_RESNET_ARGS = {
+    "resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
+    "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
+}
 _CONVNEXT_ARGS = {
     "convnext_atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True),
     "convnext_tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
@@ -214,7 +217,11 @@ def register() -> list[str]:
     register_conv_types()
     convnext_features = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
     entries = [(b, SpaceToDepthResNet, args, s, None) for b, args in _RESNET_ARGS.items() for s in STEMS]
-    entries += [(b, SpaceToDepthConvNeXt, args, s, convnext_features) for b, args in _CONVNEXT_ARGS.items() for s in CONVNEXT_STEMS]
+    entries += [
+        (b, SpaceToDepthConvNeXt, args, s, convnext_features)
+        for b, args in _CONVNEXT_ARGS.items()
+        for s in CONVNEXT_STEMS
+    ]
     for base, model_cls, args, stem, feature_cfg in entries:
         name = _model_name(base, stem)
         if is_model(name) and getattr(model_entrypoint(name), "__module__", None) == __name__:

@@ -70,10 +70,13 @@ def stem_round_trip(name: str, size: tuple[int, int] | None = None, seed: int = 
         second = convert(model, to="s2d", order=first.replaced[0].order, input_shape=shape)
     if not first.replaced or not second.replaced:
         skipped = (first.skipped + second.skipped)[:1]
-        raise ConversionError(f"{name}: stem not converted" + (f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""))
+        why = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise ConversionError(f"{name}: stem not converted{why}")
     stem = first.replaced[0]
     before, after = list(original.state_dict().values()), list(model.state_dict().values())
-    restored = len(before) == len(after) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(before, after))
+    restored = len(before) == len(after) and all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in zip(before, after)
+    )
     return StemRoundTrip(
         name, stem.path, stem.old_form, stem.new_form,
         max(first.verification.max_rel_err, second.verification.max_rel_err), restored, shape,

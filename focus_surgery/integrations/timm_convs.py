@@ -137,7 +137,8 @@ def _std_conv_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, s
     cls = SpaceToDepthScaledStdConv if isinstance(conv, ScaledStdConv2d) else SpaceToDepthStdConv
     module = cls(conv=copy.deepcopy(conv), order=order)
     k = "x".join(map(str, module.kernel_shape[2:]))
-    return module.train(conv.training), f"{cls.__name__}(block_size={conv.stride[0]}, order={order}, k={k}, pad={tuple(module.pad)})"
+    form = f"{cls.__name__}(block_size={conv.stride[0]}, order={order}, k={k}, pad={tuple(module.pad)})"
+    return module.train(conv.training), form
 
 
 def register_conv_types() -> None:
