@@ -39,4 +39,4 @@ __all__ = [
     "verify",
 ]
 
-_auto_register()  # Ultralytics YAML rows: immediate if Ultralytics is loaded, else when it loads (never imports it)
+_auto_register()  # Ultralytics YAML rows and timm models: immediate if loaded, else when loaded (never imports them)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +32,22 @@ class ConversionError(ValueError):
 
 class VerificationError(ConversionError):
     """The converted model's outputs differ from the original's by more than the tolerance."""
+
+
+# Conv2d subclasses with their own forward (timm's StdConv2d, Conv2dSame, ...) are never treated as plain convs.
+# An integration teaches one with ``register_conv_type(cls, builder)``; ``builder(conv, to, order)`` returns the
+# exact space-to-depth form and its description. Modules with a ``to_strided_conv()`` method (returning the same
+# pair) fold themselves back for ``to="conv"``.
+CONV_TYPES: dict[type, Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]] = {}
+
+
+def register_conv_type(cls: type, builder: Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]) -> None:
+    """Teach the surgery the exact space-to-depth form of a ``nn.Conv2d`` subclass (idempotent)."""
+    CONV_TYPES[cls] = builder
+
+
+def _folds_itself(module: nn.Module) -> bool:
+    return callable(getattr(module, "to_strided_conv", None))
 
 
 @dataclass
@@ -218,6 +234,17 @@ def _to_space_to_depth(block: nn.Module, to: str, order: str) -> tuple[nn.Module
     return module.train(block.training), f"{new_form}(block_size={stride}, order={order}, k={k}, pad={form.pad})"
 
 
+def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Module, str]:
+    """Exact space-to-depth form (module, description) of a plain strided ``nn.Conv2d`` or conv block.
+
+    For ``register_conv_type`` builders whose conv has an exactly equivalent plain conv.
+    """
+    reason = _check_conv(_conv_of(block), order)
+    if reason:
+        raise ConversionError(reason)
+    return _to_space_to_depth(block, to, order)
+
+
 def _to_strided_conv(block_size: int, order: str, block: nn.Module, pad) -> tuple[nn.Module, str]:
     """Exact single strided conv (in the same conv block) for space-to-depth + ``block``."""
     conv = _conv_of(block)
@@ -255,7 +282,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _first_conv(module: nn.Module) -> nn.Conv2d:
-    return next(m for m in module.modules() if type(m) is nn.Conv2d)
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
 def _record(path, old, new, old_form, new_form, bs, order) -> Replacement:
@@ -331,7 +358,17 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
                         skipped.append(Skipped(path, str(error)))
                 if scope == "stem":
                     return True
-            elif type(child) is nn.Conv2d or is_conv_block(child):
+            elif _folds_itself(child):  # an integration's space-to-depth layer (e.g. timm StdConv2d in s2d form)
+                try:
+                    new, new_form = child.to_strided_conv()
+                    bs, order = getattr(child, "block_size", 0), getattr(child, "order", "")
+                    old_form = f"{type(child).__name__}(block_size={bs}, order={order})"
+                    steps.append(_Step(path, new, _record(path, child, new, old_form, new_form, bs, order)))
+                except (ValueError, ConversionError) as error:
+                    skipped.append(Skipped(path, str(error)))
+                if scope == "stem":
+                    return True
+            elif isinstance(child, nn.Conv2d) or is_conv_block(child):
                 if scope == "stem":
                     return True  # the stem is a plain conv: nothing to fold
             elif visit(child, path):
@@ -343,6 +380,26 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
     return steps, skipped
 
 
+def _plan_conv_subclass(conv, path, to, order, steps, skipped) -> None:
+    """Plan a strided ``nn.Conv2d`` subclass through its registered builder, or say why it stays."""
+    use_order = order or ("pixel_unshuffle" if conv.groups != 1 else "yolov5")
+    builder = CONV_TYPES.get(type(conv))
+    k = "x".join(map(str, conv.kernel_size))
+    form = f"{type(conv).__name__}({k}, stride={conv.stride[0]}, padding={conv.padding})"
+    try:
+        if builder is None:
+            raise ConversionError(
+                f"{_type_name(conv)} is a Conv2d subclass with its own forward and no registered space-to-depth "
+                "form (see focus_surgery.surgery.register_conv_type)"
+            )
+        if conv.stride[0] != conv.stride[1]:
+            raise ConversionError(f"stride {conv.stride} differs per axis: space-to-depth needs one block size")
+        new, new_form = builder(conv, to, use_order)
+        steps.append(_Step(path, new, _record(path, conv, new, form, new_form, conv.stride[0], use_order)))
+    except (ValueError, ConversionError) as error:
+        skipped.append(Skipped(path, str(error)))
+
+
 def _plan_to_s2d(model: nn.Module, to: str, scope: str, order: str | None) -> tuple[list[_Step], list[Skipped]]:
     steps: list[_Step] = []
     skipped: list[Skipped] = []
@@ -350,9 +407,19 @@ def _plan_to_s2d(model: nn.Module, to: str, scope: str, order: str | None) -> tu
     def visit(module: nn.Module, prefix: str) -> bool:
         for name, child in module.named_children():
             path = _join(prefix, name)
-            if _focus_parts(child) is not None or space_to_depth_params(child) is not None:
+            if _focus_parts(child) is not None or space_to_depth_params(child) is not None or _folds_itself(child):
                 if scope == "stem":
                     return True  # already in space-to-depth form
+                continue
+            if isinstance(child, nn.Conv2d) and type(child) is not nn.Conv2d:
+                if child.stride[0] < 2 and child.stride[1] < 2:
+                    if scope == "stem":
+                        skipped.append(Skipped(path, f"stem conv has stride {child.stride}: nothing to rewrite"))
+                        return True
+                    continue
+                _plan_conv_subclass(child, path, to, order, steps, skipped)
+                if scope == "stem":
+                    return True
                 continue
             if type(child) is nn.Conv2d or is_conv_block(child):
                 conv = _conv_of(child)
@@ -443,7 +510,11 @@ def convert(
     if verify:
         candidate = copy.deepcopy(model)
         _apply(candidate, [_Step(s.path, copy.deepcopy(s.new)) for s in steps])
-        report.verification = verify_models(model, candidate, inputs, input_shape, tolerance=tolerance)
+        try:
+            report.verification = verify_models(model, candidate, inputs, input_shape, tolerance=tolerance)
+        except ValueError as error:  # e.g. an input size the new space-to-depth block does not divide
+            paths = ", ".join(r.path or "<root>" for r in report.replaced)
+            raise ConversionError(f"{paths}: {error}; model left unchanged") from error
         if not report.verification.passed:
             raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)

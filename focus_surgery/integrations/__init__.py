@@ -28,6 +28,11 @@ def register() -> dict[str, str]:
         from .ultralytics import register as register_ultralytics
 
         hooked["ultralytics"] = register_ultralytics()
+    if importlib.util.find_spec("timm") is not None:
+        from .timm import register as register_timm
+
+        register_timm()
+        hooked["timm"] = sys.modules["timm"].__version__
     return hooked
 
 
@@ -75,8 +80,17 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         return None
 
 
+def _register_timm() -> None:
+    from .timm import register as register_timm
+
+    register_timm()
+
+
 def auto_register() -> None:
     """Called by ``import focus_surgery``: cheap, lazy, never raises (see the module docstring)."""
+    from .import_hooks import call_when_imported
+
+    call_when_imported("timm", _register_timm)  # timm models (*_s2d) once timm is imported; warns if that fails
     if _ULTRALYTICS_TASKS in sys.modules:
         _register_quietly()
     elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
