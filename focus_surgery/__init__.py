@@ -5,6 +5,7 @@ checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in t
 """
 
 from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
+from .optimize import OptimizeReport, optimize
 from .orders import ORDERS
 from .remap import (
     SpaceToDepthForm,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ORDERS",
+    "OptimizeReport",
     "ConversionError",
     "ConversionReport",
     "ConvBnAct",
@@ -32,6 +34,7 @@ __all__ = [
     "conv_to_focus_weight",
     "convert",
     "focus_to_conv_weight",
+    "optimize",
     "s2d_to_strided_conv",
     "strided_conv_to_s2d",
     "verify",
