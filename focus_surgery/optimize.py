@@ -18,7 +18,7 @@ from torch import nn
 from .stem_forms import StemForm, build_form, form_names, strided_block
 from .surgery import ConversionError, _carry_routing, plan
 from .timing import median, time_interleaved
-from .verify import DEFAULT_TOLERANCE, VerificationReport, verify as verify_models
+from .verify import DEFAULT_TOLERANCE, VerificationReport, infer_input_shape, verify as verify_models
 
 ORIGINAL = "original"  # the stem as the model has it, always a candidate: optimize never makes a model slower
 
@@ -245,17 +245,48 @@ def optimize(
     report.stems.append(
         StemChoice(stem.path, type(stem.original).__name__, list(x.shape), chosen, medians[ORIGINAL] / fastest, results)
     )
-    if chosen == ORIGINAL:
-        return model, report
-    winner = _carry_routing(model.get_submodule(stem.path), build_form(stem.block, chosen))
-    if verify:
+    if chosen != ORIGINAL:
+        report.verification = _apply(model, stem, chosen, inputs if verify else None, tolerance)
+    return model, report
+
+
+def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -> VerificationReport | None:
+    winner = _carry_routing(model.get_submodule(stem.path), build_form(stem.block, form))
+    verification = None
+    if inputs is not None:
         candidate_model = copy.deepcopy(model)
         _install(candidate_model, stem, copy.deepcopy(winner))
-        report.verification = verify_models(model, candidate_model, inputs, tolerance=tolerance)
-        if not report.verification.passed:
-            raise ConversionError(f"verification failed, model left unchanged: {report.verification}")
+        verification = verify_models(model, candidate_model, inputs, tolerance=tolerance)
+        if not verification.passed:
+            raise ConversionError(f"verification failed, model left unchanged: {verification}")
     _install(model, stem, winner)
-    return model, report
+    return verification
+
+
+def apply_form(
+    model: nn.Module, form: str, inputs=None, verify: bool = True, tolerance: float = DEFAULT_TOLERANCE
+) -> VerificationReport | None:
+    """Put the stem of ``model`` in ``form`` (a name from ``stem_forms.form_names()``) without timing, in place.
+
+    Used to carry a choice measured on one copy (e.g. float32) to another (the checkpoint's own dtype).
+
+    Returns:
+        (VerificationReport | None): The float64 verification of the whole model (None when ``verify`` is False).
+
+    Raises:
+        ValueError: Unknown form, or no stem with an exact strided form.
+        ConversionError: Verification failed; the model is left unchanged.
+    """
+    if form not in form_names():
+        raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")
+    stem, skipped = locate_stem(model)
+    if stem is None:
+        raise ValueError(f"no stem to rewrite ({'; '.join(skipped)})")
+    if verify and inputs is None:
+        inputs = torch.rand(infer_input_shape(model), generator=torch.Generator().manual_seed(0))
+    if verify:
+        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    return _apply(model, stem, form, inputs if verify else None, tolerance)
 
 
 def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repeats, warmup, device):
@@ -287,3 +318,57 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
             for key, value in model.named_buffers():
                 value.copy_(buffers[key])
         model.zero_grad(set_to_none=True)
+
+
+def fastest_model_checkpoint(content: dict, batch: int, size: int, verify: bool = True, repeats: int = 10):
+    """``convert --to fastest`` for a model checkpoint: time on a float32 copy, apply the pick to every model in it.
+
+    The checkpoint keeps its own dtype (Ultralytics saves float16): only the choice is carried over.
+
+    Returns:
+        (tuple[dict, OptimizeReport]): The checkpoint content (models changed in place) and the timing report.
+    """
+    models = [content[key] for key in ("model", "ema") if isinstance(content.get(key), nn.Module)]
+    probe = copy.deepcopy(models[0]).float().eval()
+    channels = infer_input_shape(probe)[1]
+    x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+    _, report = optimize(probe, x, repeats=repeats, verify=False)
+    if not report.stems:
+        raise ValueError(f"no stem to optimize ({'; '.join(report.skipped)})")
+    chosen = report.stems[0].chosen
+    if chosen != ORIGINAL:
+        for model in models:
+            report.verification = apply_form(model, chosen, verify=verify)
+    return content, report
+
+
+_KIND_OF_ORDER = {"yolov5": "focus_slices", "timm": "space_to_depth", "pixel_unshuffle": "pixel_unshuffle"}
+
+
+def fastest_state_dict_form(
+    state_dict: dict[str, torch.Tensor], batch: int, size: int, block_size: int = 2, order: str = "yolov5",
+    repeats: int = 10,
+) -> tuple[str, dict[str, float]]:
+    """Which of the two layouts a state dict can hold, ``"focus"`` or ``"conv"``, runs its stem faster here.
+
+    Returns:
+        (tuple[str, dict[str, float]]): The faster layout and the median milliseconds of both.
+    """
+    from .remap import focus_to_conv_weight
+    from .state_dict import find_stem
+
+    stem = find_stem(state_dict, block_size=block_size)
+    if stem is None:
+        raise ValueError("no Focus or conv stem found in the state dict (see `focus-surgery inspect`)")
+    weight = state_dict[stem.weight_key].detach().float()
+    if stem.form == "focus":
+        weight = focus_to_conv_weight(weight, block_size, order)
+    k = weight.shape[2] // block_size
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), block_size, block_size * (k // 2),
+                     bias=False)  # fmt: skip
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    forms = {"focus": build_form(conv, _KIND_OF_ORDER[order]), "conv": build_form(conv, "conv")}
+    x = torch.rand(batch, weight.shape[1], size, size, generator=torch.Generator().manual_seed(0))
+    times = time_interleaved({n: _step(m, (x,), False) for n, m in forms.items()}, torch.device("cpu"), repeats, 2)
+    medians = {name: median(t) * 1e3 for name, t in times.items()}
+    return min(medians, key=medians.get), medians
