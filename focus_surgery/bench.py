@@ -423,7 +423,7 @@ def run_benchmark(
     """Run every part; ``quick`` uses tiny shapes and a tiny checkpoint (seconds, for tests)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = cases or default_cases(device, quick)
-    repeats = repeats or (2 if quick else 10)
+    repeats = repeats or (2 if quick else 10 if device.type == "cuda" else 7)
     result: dict[str, Any] = {"environment": environment(device), "quick": quick}
     result["stems"] = bench_stems(cases, device, repeats, 1 if quick else 2, memory, progress)
     if conversion:
@@ -445,7 +445,8 @@ def format_report(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
         f"Measured {env['date_utc']} on {env.get('gpu') or env['cpu']}, {env['cpu_threads']} torch threads, "
-        f"torch {env['torch']}, Python {env['python']} (device {env['device']}).",
+        f"torch {env['torch']}, Python {env['python']} (device {env['device']}); "
+        f"{result['stems'][0]['repeats'] if result['stems'] else 0} interleaved rounds per shape.",
         "",
         "| stem | image | batch | mode | form | median ms | x fastest | peak MB | GFLOP/s | % of matmul |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -510,6 +511,7 @@ def plot_latency(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels: dict[tuple, list[dict]] = {}
     for case in result["stems"]:
@@ -524,8 +526,11 @@ def plot_latency(result: dict[str, Any], path: str | os.PathLike) -> Path:
             ms = [next(r["median_ms"] for r in c["forms"] if r["form"] == form) for c in cases]
             ax.plot([c["batch"] for c in cases], ms, marker="o", label=form,
                     linestyle="--" if form.endswith("channels_last") else "-")  # fmt: skip
+        batches = [c["batch"] for c in cases]
         ax.set(title=f"{stem} {size}x{size} {mode}", xlabel="batch", ylabel="median ms", xscale="log", yscale="log")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)

@@ -231,7 +231,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--sizes", help="comma list of image sizes (default 640 for YOLOv5, 224 for TResNet)")
     p.add_argument("--batches", help="comma list of batch sizes (default 1)")
     p.add_argument("--modes", help="comma list of forward,forward+backward (default both)")
-    p.add_argument("--repeats", type=int, help="interleaved rounds per shape (default 10, quick 2)")
+    p.add_argument("--repeats", type=int, help="interleaved rounds per shape (default 10 on GPU, 7 on CPU, quick 2)")
     p.add_argument("--no-conversion", action="store_true", help="skip the checkpoint conversion benchmark")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export benchmark")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")

@@ -18,8 +18,6 @@ rearrangement is a copy of the stem's own (BatchNorm, activation kept), only its
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +25,17 @@ from torch import nn
 from .layers import SpaceToDepth
 from .orders import check_block_size
 from .remap import strided_conv_to_s2d
-from .surgery import ConversionError, _check_conv, _conv_of, _focus_parts, _new_conv2d, _to_strided_conv, _with_conv
-from .surgery import is_conv_block
+from .surgery import (
+    ConversionError,
+    _check_conv,
+    _conv_of,
+    _focus_parts,
+    _new_conv2d,
+    _to_strided_conv,
+    _with_conv,
+    is_conv_block,
+    space_to_depth_params,
+)
 
 KINDS: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth")
 CHANNELS_LAST_SUFFIX = "+channels_last"
@@ -106,8 +113,6 @@ def strided_block(stem: nn.Module) -> nn.Module:
     """
     parts = _focus_parts(stem)
     if parts is None and isinstance(stem, nn.Sequential) and len(stem) == 2:
-        from .surgery import space_to_depth_params
-
         s2d = space_to_depth_params(stem[0])
         if s2d is not None and (type(stem[1]) is nn.Conv2d or is_conv_block(stem[1])):
             parts = (*s2d, stem[1], None)
@@ -162,8 +167,3 @@ def build_forms(stem: nn.Module, forms: list[str] | None = None) -> dict[str, St
     """Every requested exact form of ``stem`` (all of ``form_names()`` by default), keyed by form name."""
     block = strided_block(stem)
     return {form: build_form(block, form) for form in (forms or form_names())}
-
-
-def clone_form(form: StemForm) -> StemForm:
-    """An independent copy (for timing runs that may update BatchNorm statistics)."""
-    return copy.deepcopy(form)
