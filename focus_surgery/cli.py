@@ -15,8 +15,8 @@ import torch
 
 from .checkpoint_io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .state_dict import convert_state_dict, find_stem
-from .surgery import ConversionError, convert, iter_stems
-from .verify import DEFAULT_TOLERANCE, verify
+from .surgery import ConversionError, VerificationError, convert, iter_stems
+from .verify import DEFAULT_TOLERANCE, VerificationReport, verify
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -29,32 +29,44 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(result, default=str) if as_json else text)
 
 
-def _stem_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], block_size: int, order: str) -> float:
-    """Max abs difference, in float64, between the stems of two state dicts run on the same random input."""
+def _stem_module(state_dict: dict[str, torch.Tensor], block_size: int, order: str) -> torch.nn.Module:
+    """The stem conv of a state dict as a module (Focus: space-to-depth + same-padded conv; else strided conv)."""
     from .layers import SpaceToDepth
 
-    outputs = []
-    x = torch.rand(2, 3, 8 * block_size, 12 * block_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for sd in (a, b):
-        stem = find_stem(sd, block_size=block_size)
-        w = sd[stem.weight_key].double()
-        if stem.form == "focus":
-            outputs.append(torch.nn.functional.conv2d(SpaceToDepth(block_size, order)(x), w, padding=w.shape[2] // 2))
-        else:
-            k = w.shape[2] // block_size
-            outputs.append(torch.nn.functional.conv2d(x, w, stride=block_size, padding=block_size * (k // 2)))
-    return float((outputs[0] - outputs[1]).abs().max())
+    stem = find_stem(state_dict, block_size=block_size)
+    weight = state_dict[stem.weight_key]
+    out_ch, in_ch, kh, kw = weight.shape
+    if stem.form == "focus":
+        conv = torch.nn.Conv2d(in_ch, out_ch, (kh, kw), 1, (kh // 2, kw // 2), bias=False)
+        module = torch.nn.Sequential(SpaceToDepth(block_size, order), conv)
+    else:
+        k_h, k_w = kh // block_size, kw // block_size
+        conv = torch.nn.Conv2d(in_ch, out_ch, (kh, kw), block_size, (block_size * (k_h // 2), block_size * (k_w // 2)), bias=False)
+        module = conv
+    conv.weight.data.copy_(weight.float())
+    return module
 
 
-def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any]]:
-    content = dict(ckpt.content)
-    report = None
-    for key in ("model", "ema"):
-        if isinstance(content.get(key), torch.nn.Module):
-            content[key] = content[key]  # converted in place below; the loaded object is ours alone
-            report = convert(content[key], to=args.to, verify=args.verify) if report is None or key == "model" else report
-    if report is None or not report.replaced:
-        reason = "; ".join(f"{s.path}: {s.reason}" for s in (report.skipped if report else [])) or "no stem to convert"
+def _verify_state_dict_stems(a: dict, b: dict, block_size: int, order: str) -> VerificationReport:
+    """Run the stems of two state dicts on the same random input in float64."""
+    shape = (2, 3, 8 * block_size, 12 * block_size)
+    return verify(_stem_module(a, block_size, order), _stem_module(b, block_size, order), input_shape=shape)
+
+
+def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, Any]]:
+    """Convert every model object of a full checkpoint (``model`` and ``ema``); report the first."""
+    content = dict(ckpt.content)  # the loaded objects are ours alone: converting them in place is safe
+    try:
+        reports = [
+            convert(content[key], to=args.to, verify=args.verify)
+            for key in ("model", "ema")
+            if isinstance(content.get(key), torch.nn.Module)
+        ]
+    except VerificationError as error:
+        raise VerificationFailed(f"{ckpt.path}: {error}; nothing written") from None
+    report = reports[0]
+    if not report.replaced:
+        reason = "; ".join(f"{s.path}: {s.reason}" for s in report.skipped) or "no stem to convert"
         raise ConversionError(f"{ckpt.path}: nothing converted to {args.to} ({reason})")
     return content, report.to_dict()
 
@@ -69,16 +81,17 @@ def cmd_convert(args) -> int:
     elif ckpt.model is not None:
         content, report = _convert_model_checkpoint(ckpt, args)
         if dst.suffix == ".safetensors":
-            content = {k: v for k, v in ckpt.model.state_dict().items()}
+            content = dict(ckpt.model.state_dict())
         max_abs_err = report["max_abs_err"]
     else:
         content, stem = convert_state_dict(ckpt.state_dict, args.to, args.block_size, args.order)
         report = {"stem": stem.prefix, "from": stem.form, "to": args.to, "weight_key": stem.weight_key}
-        max_abs_err = _stem_error(ckpt.state_dict, content, args.block_size, args.order) if args.verify else None
-        report["max_abs_err"] = max_abs_err
-    passed = max_abs_err is None or max_abs_err <= DEFAULT_TOLERANCE * 10
-    if not passed:
-        raise VerificationFailed(f"verification failed: max_abs_err={max_abs_err:.3e}; {dst} not written")
+        max_abs_err = None
+        if args.verify:
+            check = _verify_state_dict_stems(ckpt.state_dict, content, args.block_size, args.order)
+            report["verification"], max_abs_err = check.to_dict(), check.max_abs_err
+            if not check.passed:
+                raise VerificationFailed(f"{src}: verification failed ({check}); {dst} not written")
     metadata = {"converted_by": "focus-surgery", "to": args.to}
     save_checkpoint(content, dst, metadata if dst.suffix == ".safetensors" else None)
     result = {"src": str(src), "dst": str(dst), "kind": ckpt.kind, "to": args.to, **report, "max_abs_err": max_abs_err}
@@ -122,6 +135,9 @@ def cmd_inspect(args) -> int:
             dtype=str(params[0].dtype).replace("torch.", "") if params else None,
             stems=list(iter_stems(model)),
         )
+        yaml = getattr(model, "yaml", None)
+        if isinstance(yaml, dict) and "nc" in yaml:
+            result["nc"] = yaml["nc"]
         for key in ("nc", "names", "stride"):
             if hasattr(model, key):
                 value = getattr(model, key)
@@ -132,8 +148,16 @@ def cmd_inspect(args) -> int:
         if stem:
             result["stems"][0]["converts_to"] = "focus" if stem.form == "conv" else "conv"
     lines = [f"{result['path']}: {result['kind']}" + (f" {result.get('model')}" if model is not None else "")]
+    for key in ("parameters", "dtype", "nc", "names"):
+        if key in result:
+            lines.append(f"  {key}: {result[key]}")
     for stem in result["stems"]:
-        lines.append("  stem: " + ", ".join(f"{k}={v}" for k, v in stem.items()))
+        if "skipped" in stem:
+            lines.append(f"  stem {stem['path']}: cannot convert to {stem['direction']}: {stem['skipped']}")
+        elif "old_form" in stem:
+            lines.append(f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} (convert --to {stem['direction']})")
+        else:
+            lines.append(f"  stem {stem['prefix']}: {stem['form']} form, weight {stem['shape']} (convert --to {stem['converts_to']})")
     if not result["stems"]:
         lines.append("  no Focus / space-to-depth / strided-conv stem found")
     _emit(result, args.json, "\n".join(lines))

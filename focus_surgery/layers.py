@@ -79,6 +79,7 @@ class DepthToSpace(nn.Module):
         layout = CHANNEL_LAYOUT[order]
         pos = {a: 1 + layout.index(a) for a in layout}  # axes of x.view(N, *layout, H, W)
         self.permutation = [0, pos["c"], 4, pos["y"], 5, pos["x"]]
+        self.channel_axis = layout.index("c")  # where C sits among the three split channel axes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C*bs*bs, H, W) -> (N, C, H*bs, W*bs)."""
@@ -91,8 +92,9 @@ class DepthToSpace(nn.Module):
         if self.order == "pixel_unshuffle":
             return F.pixel_shuffle(x, bs)
         c = cc // (bs * bs)
-        sizes = {"c": c, "y": bs, "x": bs}
-        split = x.view([n] + [sizes[a] for a in CHANNEL_LAYOUT[self.order]] + [h, w])
+        sizes = [bs, bs, bs]
+        sizes[self.channel_axis] = c
+        split = x.view([n] + sizes + [h, w])
         return split.permute(self.permutation).reshape(n, c, h * bs, w * bs)
 
     def extra_repr(self) -> str:

@@ -30,6 +30,10 @@ class ConversionError(ValueError):
     """A conversion that would not be exact, or a verification that failed; the model is left unchanged."""
 
 
+class VerificationError(ConversionError):
+    """The converted model's outputs differ from the original's by more than the tolerance."""
+
+
 @dataclass
 class Replacement:
     """One module replaced (or, for a dry run, that would be replaced)."""
@@ -441,14 +445,14 @@ def convert(
         _apply(candidate, [_Step(s.path, copy.deepcopy(s.new)) for s in steps])
         report.verification = verify_models(model, candidate, inputs, input_shape, tolerance=tolerance)
         if not report.verification.passed:
-            raise ConversionError(f"verification failed, model left unchanged: {report.verification}")
+            raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)
     return report
 
 
 def iter_stems(model: nn.Module) -> Iterator[dict[str, Any]]:
     """Describe each convertible stem of ``model`` (both directions), for ``inspect``."""
-    for to in ("conv", "s2d"):
+    for to in ("conv", "focus"):
         steps, skipped = plan(model, to, "stem")
         for step in steps:
             if step.record is not None:

@@ -79,7 +79,7 @@ def _input_channels_and_multiple(model: nn.Module) -> tuple[int, int]:
         elif type(module).__name__ == "Focus" and not any(isinstance(m, SpaceToDepth) for m in module.modules()):
             multiple *= 2  # YOLOv5 / Ultralytics Focus slices by 2
         elif isinstance(module, nn.Conv2d):
-            return module.in_channels * module.groups // (multiple * multiple), multiple
+            return module.in_channels // (multiple * multiple), multiple
     raise ValueError("cannot infer an input shape (no Conv2d in the model): pass inputs= or input_shape=")
 
 
@@ -152,8 +152,10 @@ def verify(
         a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
         if not torch.isfinite(a64).all():
             return failed(f"output {index} of the reference is not finite")
-        max_abs = max(max_abs, float((a64 - b64).abs().max()))  # NaN in the candidate propagates
+        if not torch.isfinite(b64).all():
+            return failed(f"output {index} of the candidate is not finite")
+        max_abs = max(max_abs, float((a64 - b64).abs().max()))
         scale = max(scale, float(a64.abs().max()))
-    passed = max_abs <= tolerance * max(1.0, scale)  # False for NaN
+    passed = max_abs <= tolerance * max(1.0, scale)
     rel = max_abs / scale if scale > 0 else max_abs
     return VerificationReport(max_abs, rel, scale, tolerance, bool(passed), len(ref_out), shapes, name)

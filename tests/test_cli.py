@@ -1,0 +1,141 @@
+"""The focus-surgery command, run as users run it (a subprocess): outputs, exit codes, atomic writes."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from focus_surgery.demo import build_focus_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LEGACY = ROOT / "tests" / "fixtures" / "yolov5-legacy"
+
+
+def run(*args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "focus_surgery", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def focus_state_dict(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd") / "focus.pt"
+    torch.save({f"model.{k}": v for k, v in build_focus_model().state_dict().items()}, path)
+    return path
+
+
+def test_convert_state_dict_with_verify_json(focus_state_dict, tmp_path):
+    before = digest(focus_state_dict)
+    dst = tmp_path / "conv.pt"
+    result = run("convert", focus_state_dict, dst, "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["max_abs_err"] <= 1e-10 and report["stem"] == "model.0" and report["to"] == "conv"
+    converted = torch.load(dst, weights_only=True)
+    assert converted["model.0.conv.weight"].shape == (16, 3, 6, 6) and "model.0.bn.running_var" in converted
+    assert digest(focus_state_dict) == before  # input untouched
+    back = tmp_path / "back.safetensors"
+    assert run("convert", dst, back, "--to", "focus").returncode == 0
+    from safetensors.torch import load_file
+
+    original = torch.load(focus_state_dict, weights_only=True)
+    restored = load_file(str(back))
+    assert original.keys() == restored.keys() and all(torch.equal(original[k], restored[k]) for k in original)
+    assert run("verify", focus_state_dict, back).returncode == 0
+
+
+def test_verify_detects_a_tampered_file(focus_state_dict, tmp_path):
+    tampered = torch.load(focus_state_dict, weights_only=True)
+    tampered["model.1.conv.weight"] = tampered["model.1.conv.weight"] + 1e-3
+    path = tmp_path / "tampered.pt"
+    torch.save(tampered, path)
+    result = run("verify", focus_state_dict, path, "--json")
+    assert result.returncode == 1 and json.loads(result.stdout)["passed"] is False
+
+
+def test_inspect_json(focus_state_dict):
+    result = run("inspect", focus_state_dict, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["stems"][0]["form"] == "focus" and info["stems"][0]["converts_to"] == "conv"
+
+
+def test_convert_ultralytics_checkpoint(tmp_path):
+    pytest.importorskip("ultralytics")
+    from ultralytics import YOLO
+
+    from tests.test_ultralytics_core import FOCUS_YAML
+
+    src, dst = tmp_path / "focus.pt", tmp_path / "conv.pt"
+    YOLO(str(FOCUS_YAML)).save(str(src))
+    result = run("convert", src, dst, "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["max_abs_err"] <= 1e-10 and report["replaced"][0]["new_form"].startswith("Conv(6x6")
+    info = json.loads(run("inspect", dst, "--json").stdout)
+    assert info["kind"] == "ultralytics" and [s["direction"] for s in info["stems"]] == ["focus"]
+    assert run("verify", src, dst).returncode == 0
+
+
+def test_demo_runs_and_reports():
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    assert "PASS" in result.stdout and "bit-identical: True" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "make_src,message",
+    [
+        (lambda tmp: tmp / "missing.pt", "no such file"),
+        (lambda tmp: tmp, "is a directory"),
+        (lambda tmp: (tmp / "empty.pt").write_bytes(b"") or tmp / "empty.pt", "empty file"),
+        (lambda tmp: LEGACY / "random_bytes.pt", "not a torch checkpoint"),
+        (lambda tmp: LEGACY / "truncated_half.pt", "truncated or corrupt zip"),
+        (lambda tmp: LEGACY / "malicious_reduce.pt", "refused to load"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_src, message, tmp_path):
+    src = make_src(tmp_path)
+    dst = tmp_path / "out" / "never.pt"
+    dst.parent.mkdir()
+    result = run("convert", src, dst)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert list(dst.parent.iterdir()) == []  # no partial output
+    assert not Path("/tmp/PWNED_focus_surgery").exists()  # nothing was executed
+
+
+def test_unwritable_destination_and_same_file(focus_state_dict, tmp_path):
+    result = run("convert", focus_state_dict, tmp_path / "no-such-folder" / "x.pt")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = run("convert", focus_state_dict, focus_state_dict)
+    assert result.returncode == 2 and "refusing to overwrite the input" in result.stderr
+
+
+def test_nothing_to_convert_is_bad_input(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"fc.weight": torch.randn(3, 3)}, path)
+    result = run("convert", path, tmp_path / "out.pt")
+    assert result.returncode == 2 and "no Focus or conv stem found" in result.stderr
+
+
+def test_interrupted_write_leaves_nothing(focus_state_dict, tmp_path, monkeypatch):
+    from focus_surgery import checkpoint_io
+
+    def explode(obj, path):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", explode)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_io.save_checkpoint({"a": torch.zeros(1)}, tmp_path / "out.pt")
+    assert list(tmp_path.iterdir()) == []
