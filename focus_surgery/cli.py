@@ -108,9 +108,12 @@ def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float
     from .optimize import fastest_model_checkpoint, fastest_state_dict_form
 
     if ckpt.model is not None:
-        content, report = fastest_model_checkpoint(dict(ckpt.content), args.batch, args.input_size, args.verify)
+        try:
+            content, report = fastest_model_checkpoint(dict(ckpt.content), args.batch, args.input_size, args.verify)
+        except VerificationError as error:
+            raise VerificationFailed(f"{ckpt.path}: {error}; nothing written") from None
         if Path(args.dst).suffix == ".safetensors":
-            content = ckpt.model.state_dict()
+            content = dict(ckpt.model.state_dict())
         return content, {"chosen": report.stems[0].chosen, **report.to_dict()}, report.max_abs_err
     sd = ckpt.state_dict
     form, medians = fastest_state_dict_form(sd, args.batch, args.input_size, args.block_size, args.order)
@@ -119,7 +122,12 @@ def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float
     if form == stem.form:
         return sd, report, None  # already the faster layout: written unchanged
     content = convert_state_dict(sd, form, args.block_size, args.order)[0]
-    max_abs_err = _stem_error(sd, content, args.block_size, args.order) if args.verify else None
+    max_abs_err = None
+    if args.verify:
+        check = _verify_state_dict_stems(sd, content, args.block_size, args.order)
+        report["verification"], max_abs_err = check.to_dict(), check.max_abs_err
+        if not check.passed:
+            raise VerificationFailed(f"{ckpt.path}: verification failed ({check}); nothing written")
     return content, report, max_abs_err
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .stem_forms import build_form, form_names, strided_block
-from .surgery import ConversionError, _carry_routing, plan
+from .surgery import VerificationError, _carry_routing, plan
 from .timing import median, time_interleaved
 from .verify import DEFAULT_TOLERANCE, VerificationReport, flatten_outputs, infer_input_shape, verify as verify_models
 
@@ -205,7 +205,7 @@ def optimize(
         (tuple[nn.Module, OptimizeReport]): ``model`` itself (changed in place) and what was measured and chosen.
 
     Raises:
-        ConversionError: The float64 verification of the chosen model failed (the model is left unchanged).
+        VerificationError: The float64 verification of the chosen model failed (the model is left unchanged).
         ValueError: Bad ``measure`` or form names, or inputs that never reach the stem.
     """
     if measure not in ("stem", "model"):
@@ -258,7 +258,7 @@ def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -
         _install(candidate_model, stem, copy.deepcopy(winner))
         verification = verify_models(model, candidate_model, inputs, tolerance=tolerance)
         if not verification.passed:
-            raise ConversionError(f"verification failed, model left unchanged: {verification}")
+            raise VerificationError(f"verification failed, model left unchanged: {verification}")
     _install(model, stem, winner)
     return verification
 
@@ -275,7 +275,7 @@ def apply_form(
 
     Raises:
         ValueError: Unknown form, or no stem with an exact strided form.
-        ConversionError: Verification failed; the model is left unchanged.
+        VerificationError: Verification failed; the model is left unchanged.
     """
     if form not in form_names():
         raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")
