@@ -1,5 +1,6 @@
 """The benchmark runs on tiny shapes and reports what it promises; no timing is asserted (shared machine)."""
 
+import copy
 import json
 import math
 import subprocess
@@ -9,13 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import focus_surgery as fs
 from focus_surgery import bench
 from focus_surgery.checkpoint_io import load_checkpoint
+from focus_surgery.cli import main
+from focus_surgery.demo import build_focus_model, randomize_batchnorm
 from focus_surgery.state_dict import find_stem
 from focus_surgery.stem_forms import form_names
 from focus_surgery.timing import peak_memory_bytes, time_interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
+FOCUS_YAML = ROOT / "tests" / "fixtures" / "yolo-focus-tiny.yaml"  # Ultralytics model with a Focus stem
 
 
 def _cli(*args, cwd=ROOT):
@@ -84,37 +89,45 @@ def test_cli_bench_quick_json_and_plot(tmp_path):
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_bench_bad_flags():
-    done = _cli("bench", "--stems", "yolov9")
-    assert done.returncode == 2 and "unknown stem" in done.stderr and "Traceback" not in done.stderr
+def test_cli_bench_bad_flags(capsys):
+    assert main(["bench", "--stems", "yolov9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stem" in err and "Traceback" not in err
 
 
-def test_cli_convert_to_fastest(tmp_path):
-    from focus_surgery.demo import build_focus_model
+def test_cli_convert_to_fastest_model_checkpoint_in_half(tmp_path, capsys):
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
 
-    model = build_focus_model()
-    src = tmp_path / "model.pt"
-    torch.save({"model": model, "epoch": 3}, src)
-    dst = tmp_path / "fastest.pt"
-    done = _cli("convert", str(src), str(dst), "--to", "fastest", "--input-size", "64", "--verify", "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    model = DetectionModel(str(FOCUS_YAML), verbose=False).eval()
+    randomize_batchnorm(model)
+    src, dst = tmp_path / "model.pt", tmp_path / "fastest.pt"
+    torch.save({"model": copy.deepcopy(model).half(), "ema": None, "epoch": 3}, src)
+    before = src.read_bytes()
+    assert main(["convert", str(src), str(dst), "--to", "fastest", "--input-size", "64", "--verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["chosen"] in {*form_names(), "original"}
+    assert src.read_bytes() == before  # the input is never touched
     out = load_checkpoint(dst)
-    assert out.content["epoch"] == 3
-    from focus_surgery import verify
+    assert out.content["epoch"] == 3 and next(out.model.parameters()).dtype == torch.float16  # dtype kept
+    if report["chosen"] != "original":
+        assert type(out.model.model[0]).__name__ == "StemForm" and out.model.model[0].form == report["chosen"]
+        assert report["verification"]["passed"] and report["max_abs_err"] <= 1e-10 * report["verification"]["output_scale"]
+    check = fs.verify(model.half(), out.model, input_shape=(1, 3, 64, 96))  # float64 copies of the same fp16 weights
+    assert check.passed and check.max_abs_err <= 1e-12 * max(1.0, check.output_scale)
 
-    check = verify(model, out.model, input_shape=(1, 3, 64, 96))
-    assert check.passed and check.max_abs_err <= 1e-12
 
-    sd_src = tmp_path / "sd.pt"
-    torch.save(model.state_dict(), sd_src)
-    done = _cli("convert", str(sd_src), str(tmp_path / "sd_fast.pt"), "--to", "fastest", "--input-size", "64",
-                "--verify", "--json")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+def test_cli_convert_to_fastest_state_dict(tmp_path, capsys):
+    model = build_focus_model()
+    src = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), src)
+    dst = tmp_path / "sd_fast.pt"
+    assert main(["convert", str(src), str(dst), "--to", "fastest", "--input-size", "64", "--verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["chosen"] in ("focus", "conv") and set(report["median_ms"]) == {"focus", "conv"}
-    converted = load_checkpoint(tmp_path / "sd_fast.pt").state_dict
+    converted = load_checkpoint(dst).state_dict
     assert find_stem(converted).form == report["chosen"]
-    if report["chosen"] == "conv":
-        assert report["max_abs_err"] <= 1e-12
+    if report["chosen"] == "conv":  # converted: verified in float64
+        assert report["verification"]["passed"] and report["max_abs_err"] <= 1e-12
+    else:  # already the faster layout: written unchanged
+        assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items())

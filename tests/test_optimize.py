@@ -4,6 +4,7 @@ No timing is asserted (the machine is shared); only that the choice follows the 
 """
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,15 +127,20 @@ def test_optimize_restricted_forms_and_separate_space_to_depth_layer():
     _assert_exact(reference, result, (1, 3, 32, 32))
 
 
-def test_optimize_ultralytics_model_keeps_routing():
+FOCUS_YAML = Path(__file__).parent / "fixtures" / "yolo-focus-tiny.yaml"  # Ultralytics model, Focus stem
+
+
+def test_optimize_ultralytics_focus_model_keeps_routing():
     pytest.importorskip("ultralytics")
     from ultralytics.nn.tasks import DetectionModel
 
-    model = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    model = DetectionModel(str(FOCUS_YAML), verbose=False).eval()
     reference = copy.deepcopy(model)
     result, report = fs.optimize(model, torch.rand(1, 3, 64, 64), forms=["focus_slices", "conv"], measure="model",
                                  repeats=1, warmup=1)  # fmt: skip
-    assert report.stems[0].path == "model.0"
+    (stem,) = report.stems
+    assert stem.path == "model.0" and stem.original_type == "Focus"
+    assert all(r.exact for r in stem.results)
     assert (result.model[0].i, result.model[0].f) == (0, -1)
     _assert_exact(reference, result, (1, 3, 64, 96))
 
