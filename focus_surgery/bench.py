@@ -332,7 +332,8 @@ def bench_conversion(
     With ``isolate`` each run is a fresh process (imports excluded from the time), so its resident high-water
     mark minus its resident size before the work is the memory that run needed; without it (quick mode) runs
     share this process and memory freed by one run may be reused by the next. Both read the same file from the
-    page cache (a first, dropped round warms it).
+    page cache (a first, dropped round warms it); before each run the earlier output is deleted and dirty pages
+    are flushed (``os.sync``), untimed, so no run pays for another's writes.
     """
     with tempfile.TemporaryDirectory(dir=folder, prefix="focus-surgery-bench-") as tmp:
         src = Path(tmp) / "yolov5x_size.pt"
@@ -345,7 +346,11 @@ def bench_conversion(
         runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for index in range(repeats + 1):  # the first round warms the page cache and is dropped
             for kind in kinds if index % 2 == 0 else kinds[::-1]:
-                result = _run_job(kind, src, Path(tmp) / f"{kind}.pt", isolate)
+                dst = Path(tmp) / f"{kind}.pt"
+                dst.unlink(missing_ok=True)  # no run pays for deleting an earlier output
+                if hasattr(os, "sync"):
+                    os.sync()  # nor for flushing an earlier run's dirty pages (the kernel throttles the next writer)
+                result = _run_job(kind, src, dst, isolate)
                 if index:
                     runs[kind].append(result)
     med = {k: median([r["seconds"] for r in v]) for k, v in runs.items()}
