@@ -434,7 +434,7 @@ def run_benchmark(
     if conversion:
         if progress:
             progress("conversion of a YOLOv5x-size checkpoint")
-        result["conversion"] = bench_conversion(1_000_000 if quick else 87_000_000, 1 if quick else 3, isolate=not quick)
+        result["conversion"] = bench_conversion(1_000_000 if quick else 87_000_000, 1 if quick else 5, isolate=not quick)
     if onnx:
         if progress:
             progress("ONNX export and onnxruntime")
