@@ -4,6 +4,7 @@ Layers (``layers``), pure weight maps (``remap``), module surgery (``surgery``),
 checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in their own module.
 """
 
+from .integrations import auto_register as _auto_register, register
 from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
 from .optimize import OptimizeReport, optimize
 from .orders import ORDERS
@@ -35,7 +36,10 @@ __all__ = [
     "convert",
     "focus_to_conv_weight",
     "optimize",
+    "register",
     "s2d_to_strided_conv",
     "strided_conv_to_s2d",
     "verify",
 ]
+
+_auto_register()  # Ultralytics YAML rows: immediate if Ultralytics is loaded, else when it loads (never imports it)

@@ -219,6 +219,9 @@ def atomic_write(destination: str | os.PathLike, write: Callable[[str], None], f
         raise CheckpointError(f"{destination}: folder {folder} is not writable")
     handle, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=folder)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should get the usual permissions
     try:
         write(tmp)
         if fsync:

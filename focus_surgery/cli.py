@@ -72,6 +72,13 @@ def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, A
 
 
 def cmd_convert(args) -> int:
+    from .legacy_cli import handle_convert  # YOLOv5-repository files, folders, Ultralytics models
+
+    if args.to == "fastest" and Path(args.src).is_dir():
+        raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
+    handled = handle_convert(args) if args.to != "fastest" else None  # fastest: one path for every model file
+    if handled is not None:
+        return handled
     src, dst = Path(args.src), Path(args.dst)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: refusing to overwrite the input; write to another file")
@@ -132,6 +139,11 @@ def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float
 
 
 def cmd_inspect(args) -> int:
+    from .legacy_cli import handle_inspect  # YOLOv5-repository files
+
+    handled = handle_inspect(args)
+    if handled is not None:
+        return handled
     ckpt = load_checkpoint(args.src)
     result: dict[str, Any] = {"path": str(ckpt.path), "kind": ckpt.kind}
     model = ckpt.model
@@ -173,6 +185,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from .legacy_cli import handle_verify  # YOLOv5-repository files and their .safetensors conversions
+
+    handled = handle_verify(args)
+    if handled is not None:
+        return handled
     a, b = load_checkpoint(args.a), load_checkpoint(args.b)
     if a.model is not None and b.model is not None:
         report = verify(a.model.float(), b.model.float())
@@ -205,8 +222,8 @@ def cmd_demo(args) -> int:
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert the stem of a checkpoint (Focus <-> one strided conv)")
-    p.add_argument("src", help="input checkpoint (.pt, .pth, .safetensors)")
-    p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only)")
+    p.add_argument("src", help="input checkpoint (.pt, .pth, .safetensors), or a folder of them")
+    p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
     p.add_argument("--to", choices=("conv", "focus", "s2d", "fastest"), default="conv",
                    help="target form (default conv); fastest: time every exact form here and keep the fastest")
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
@@ -214,6 +231,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
     p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
     p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
+    p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_convert)
 
@@ -292,5 +310,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"focus-surgery: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("focus-surgery: interrupted; nothing was written", file=sys.stderr)
+        print(f"focus-surgery: {getattr(args, 'dst', '')}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT

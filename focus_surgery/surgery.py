@@ -447,6 +447,9 @@ def convert(
         if not report.verification.passed:
             raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)
+    from .integrations.ultralytics import sync_yaml
+
+    sync_yaml(model, [s.path for s in steps])  # Ultralytics rebuilds a model from model.yaml to train it again
     return report
 
 

@@ -11,6 +11,8 @@ os.makedirs(os.environ["YOLO_CONFIG_DIR"], exist_ok=True)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+torch.set_num_threads(1)  # one thread per xdist worker: 2 workers on 2 cores, no oversubscription
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -1,0 +1,244 @@
+"""Convert a YOLOv5-repository checkpoint into an Ultralytics checkpoint (``.pt``) or ``.safetensors`` + JSON.
+
+The rebuilt model's Focus stem becomes ``Conv(c1, c2, 6, 2, 2)`` (or stays, ``to="focus"``; a v6+ conv stem can
+become a Focus). The conversion is measured in float64 against the rebuilt original before anything is written;
+writes are atomic. The ``.safetensors`` form needs no pickle: its JSON holds the architecture and
+``load_yolov5_safetensors`` rebuilds the model from the two files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint_io import CheckpointError, atomic_write, check_readable
+from .surgery import ConversionError, convert
+from .verify import DEFAULT_TOLERANCE, VerificationReport, verify
+from .yolov5_legacy import (
+    LegacyArchitecture,
+    LegacyCheckpoint,
+    build_model,
+    guess_release,
+    load_weights,
+    module_spec,
+    read_yolov5_checkpoint,
+    rebuild,
+)
+
+CONFIG_FORMAT = "focus-surgery/yolov5-legacy/1"
+OUTPUT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass
+class LegacyConversion:
+    """A converted YOLOv5 model and what was done to it."""
+
+    ckpt: LegacyCheckpoint
+    model: nn.Module  # float32, eval
+    arch: LegacyArchitecture  # of the converted model
+    stem_before: str
+    stem_after: str
+    replaced: list = field(default_factory=list)
+    verification: VerificationReport | None = None
+
+    @property
+    def max_abs_err(self) -> float | None:
+        return self.verification.max_abs_err if self.verification else None
+
+
+def _stem_name(model: nn.Module) -> str:
+    stem = model.model[0]
+    conv = next(m for m in stem.modules() if isinstance(m, nn.Conv2d))
+    k = "x".join(map(str, conv.kernel_size))
+    if type(stem).__name__ == "Focus":
+        return f"Focus(space-to-depth + {k} conv)"
+    return f"Conv({k}, stride {conv.stride[0]}, padding {conv.padding[0]})"
+
+
+def _stem_row(model: nn.Module, old_row: list) -> list:
+    """The yaml row of the (possibly converted) stem, channel argument kept unscaled as in the source yaml."""
+    stem = model.model[0]
+    conv = next(m for m in stem.modules() if isinstance(m, nn.Conv2d))
+    c2 = old_row[3][0]
+    if type(stem).__name__ == "Focus":
+        return [old_row[0], old_row[1], "Focus", [c2, conv.kernel_size[0], conv.stride[0], conv.padding[0]]]
+    return [old_row[0], old_row[1], "Conv", [c2, conv.kernel_size[0], conv.stride[0], conv.padding[0]]]
+
+
+def _current_architecture(model: nn.Module, arch: LegacyArchitecture) -> LegacyArchitecture:
+    """``arch`` updated to the live model: stem row and every torch leaf layer."""
+    new = copy.deepcopy(arch)
+    new.yaml["backbone"][0] = _stem_row(model, arch.yaml["backbone"][0])
+    new.leaves = {
+        path: module_spec(m)
+        for path, m in model.named_modules()
+        if path and not list(m.children()) and type(m).__module__.startswith("torch.nn")
+    }
+    return new
+
+
+def verification_shape(model: nn.Module) -> tuple[int, int, int, int]:
+    """A small non-square input every level of the model divides: (2, 3, 2*max_stride, 3*max_stride)."""
+    s = int(model.stride.max())
+    return 2, 3, 2 * s, 3 * s
+
+
+def convert_yolov5(src: str | os.PathLike, to: str = "conv", measure: bool = True,
+                   tolerance: float = DEFAULT_TOLERANCE) -> LegacyConversion:  # fmt: skip
+    """Read, rebuild and convert a YOLOv5-repository checkpoint; nothing is written.
+
+    Args:
+        src: The ``.pt`` file.
+        to (str): ``"conv"`` (Focus -> one 6x6 stride-2 conv) or ``"focus"`` (keep, or make, a Focus stem).
+        measure (bool): Compare converted and rebuilt original in float64 (``verification``).
+
+    Raises:
+        CheckpointError: Unreadable, hostile or unsupported file.
+        ConversionError: The stem cannot be converted exactly.
+    """
+    if to not in ("conv", "focus"):
+        raise ValueError(f"to={to!r}: a YOLOv5 checkpoint converts to 'conv' or 'focus'")
+    ckpt = read_yolov5_checkpoint(src)
+    model, arch = rebuild(ckpt)
+    original = copy.deepcopy(model) if measure else None
+    stem_before = _stem_name(model)
+    report = convert(model, to=to, scope="stem", verify=False, strict=True)
+    result = LegacyConversion(ckpt, model, _current_architecture(model, arch), stem_before, _stem_name(model),
+                              [vars(r) for r in report.replaced])  # fmt: skip
+    model.yaml["backbone"][0] = result.arch.yaml["backbone"][0]
+    if measure:
+        result.verification = verify(original, model, input_shape=verification_shape(model), tolerance=tolerance)
+    return result
+
+
+def _metadata(conv: LegacyConversion, to: str) -> dict[str, Any]:
+    return {
+        "converted_by": "focus-surgery",
+        "source": str(conv.ckpt.path),
+        "source_format": "yolov5-repository checkpoint",
+        "source_release": guess_release(conv.ckpt),
+        "source_dtype": str(conv.ckpt.dtype).replace("torch.", ""),
+        "to": to,
+        "stem_before": conv.stem_before,
+        "stem_after": conv.stem_after,
+        "max_abs_err": conv.max_abs_err,
+        "yolov5": conv.ckpt.metadata,
+    }
+
+
+def ultralytics_checkpoint(conv: LegacyConversion, to: str) -> dict[str, Any]:
+    """The dict ``torch.save`` writes: Ultralytics' checkpoint layout, model in the source dtype."""
+    import ultralytics
+
+    model = copy.deepcopy(conv.model)
+    if conv.ckpt.dtype == torch.float16:
+        model = model.half()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    meta = conv.ckpt.metadata
+    best = meta.get("best_fitness")
+    best = best[0] if isinstance(best, list) and len(best) == 1 else best
+    return {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "version": ultralytics.__version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": meta.get("epoch", -1),
+        "best_fitness": best if isinstance(best, (int, float)) or best is None else None,
+        "model": model,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": {"task": "detect", "imgsz": 640},
+        "train_metrics": {},
+        "train_results": {},
+        "focus_surgery": _metadata(conv, to),
+    }
+
+
+def config_path(dst: str | os.PathLike) -> Path:
+    """The JSON written beside a ``.safetensors`` output (``model.safetensors`` -> ``model.json``)."""
+    return Path(dst).with_suffix(".json")
+
+
+def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> list[Path]:
+    """Write ``dst`` (``.pt``/``.pth``: Ultralytics checkpoint; ``.safetensors``: tensors + JSON). Atomic.
+
+    Returns:
+        (list[Path]): The files written.
+    """
+    dst = Path(dst)
+    if dst.suffix not in OUTPUT_SUFFIXES:
+        raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
+    if dst.suffix != ".safetensors":
+        content = ultralytics_checkpoint(conv, to)
+        return [atomic_write(dst, lambda tmp: torch.save(content, tmp))]
+    from safetensors.torch import save_file
+
+    dtype = conv.ckpt.dtype if conv.ckpt.dtype.is_floating_point else torch.float32
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in conv.model.state_dict().items()
+    }
+    config = {"format": CONFIG_FORMAT, "dtype": str(dtype).replace("torch.", ""), "architecture": conv.arch.to_dict(),
+              "metadata": _metadata(conv, to)}  # fmt: skip
+    text = json.dumps(config, indent=1, default=str)
+    json_dst = config_path(dst)
+    if json_dst.resolve() == Path(conv.ckpt.path).resolve():
+        raise CheckpointError(f"{json_dst}: would overwrite the input")
+    written: list[Path] = []
+    try:
+        written.append(atomic_write(json_dst, lambda tmp: Path(tmp).write_text(text)))
+        written.append(atomic_write(dst, lambda tmp: save_file(tensors, tmp, metadata={"format": CONFIG_FORMAT,
+                                                                                        "config": json_dst.name})))  # fmt: skip
+    except BaseException:
+        for path in written:  # no half-written pair
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the Ultralytics model from a ``.safetensors`` written by ``save_conversion`` and its JSON; no pickle.
+
+    Returns:
+        (nn.Module): ``DetectionModel`` in float32, eval mode.
+    """
+    from safetensors.torch import load_file
+
+    path = check_readable(path)
+    json_path = config_path(path)
+    if not json_path.is_file():
+        raise CheckpointError(f"{path}: its architecture file {json_path.name} is missing")
+    try:
+        config = json.loads(json_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{json_path}: unreadable JSON ({error})") from None
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        raise CheckpointError(f"{json_path}: not a focus-surgery YOLOv5 architecture file")
+    model = build_model(LegacyArchitecture.from_dict(config["architecture"]), str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path}: corrupt safetensors file ({str(error).splitlines()[0]})") from None
+    load_weights(model, tensors, str(path))
+    model.yaml["backbone"][0] = config["architecture"]["yaml"]["backbone"][0]
+    return model.eval()
+
+
+__all__ = [
+    "ConversionError",
+    "LegacyConversion",
+    "config_path",
+    "convert_yolov5",
+    "load_yolov5_safetensors",
+    "save_conversion",
+    "ultralytics_checkpoint",
+]
