@@ -6,6 +6,7 @@ checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in t
 
 from .integrations import auto_register as _auto_register, register
 from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
+from .optimize import OptimizeReport, optimize
 from .orders import ORDERS
 from .remap import (
     SpaceToDepthForm,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ORDERS",
+    "OptimizeReport",
     "ConversionError",
     "ConversionReport",
     "ConvBnAct",
@@ -33,6 +35,7 @@ __all__ = [
     "conv_to_focus_weight",
     "convert",
     "focus_to_conv_weight",
+    "optimize",
     "register",
     "s2d_to_strided_conv",
     "strided_conv_to_s2d",

@@ -200,8 +200,11 @@ def _load_safetensors(path: Path) -> Checkpoint:
     return Checkpoint(path, "state_dict", tensors, dict(metadata))
 
 
-def atomic_write(destination: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(destination: str | os.PathLike, write: Callable[[str], None], fsync: bool = True) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file to ``destination``; on any failure remove it.
+
+    ``fsync=False`` skips flushing the file to disk before the rename: still atomic for a failed or interrupted run,
+    but not across a power loss; it saves the disk write time (about 2x ``torch.save``'s time for a large file).
 
     Raises:
         CheckpointError: The destination folder is missing or not writable.
@@ -221,8 +224,9 @@ def atomic_write(destination: str | os.PathLike, write: Callable[[str], None]) -
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should get the usual permissions
     try:
         write(tmp)
-        with open(tmp, "rb") as done:
-            os.fsync(done.fileno())
+        if fsync:
+            with open(tmp, "rb") as done:
+                os.fsync(done.fileno())
         os.replace(tmp, destination)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -230,11 +234,13 @@ def atomic_write(destination: str | os.PathLike, write: Callable[[str], None]) -
     return destination
 
 
-def save_checkpoint(content: Any, destination: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    content: Any, destination: str | os.PathLike, metadata: dict[str, str] | None = None, fsync: bool = True
+) -> Path:
     """Save atomically: ``.safetensors`` for a dict of tensors (with string metadata), else ``torch.save``."""
     if Path(destination).suffix == ".safetensors":
         from safetensors.torch import save_file
 
         tensors = {k: v.contiguous() for k, v in content.items()}
-        return atomic_write(destination, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    return atomic_write(destination, lambda tmp: torch.save(content, tmp))
+        return atomic_write(destination, lambda tmp: save_file(tensors, tmp, metadata=metadata), fsync)
+    return atomic_write(destination, lambda tmp: torch.save(content, tmp), fsync)

@@ -74,14 +74,18 @@ def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, A
 def cmd_convert(args) -> int:
     from .legacy_cli import handle_convert  # YOLOv5-repository files, folders, Ultralytics models
 
-    handled = handle_convert(args)
+    if args.to == "fastest" and Path(args.src).is_dir():
+        raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
+    handled = handle_convert(args) if args.to != "fastest" else None  # fastest: one path for every model file
     if handled is not None:
         return handled
     src, dst = Path(args.src), Path(args.dst)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: refusing to overwrite the input; write to another file")
     ckpt = load_checkpoint(src)
-    if ckpt.model is not None:
+    if args.to == "fastest":
+        content, report, max_abs_err = _convert_fastest(ckpt, args)
+    elif ckpt.model is not None:
         content, report = _convert_model_checkpoint(ckpt, args)
         if dst.suffix == ".safetensors":
             content = dict(ckpt.model.state_dict())
@@ -98,11 +102,40 @@ def cmd_convert(args) -> int:
     metadata = {"converted_by": "focus-surgery", "to": args.to}
     save_checkpoint(content, dst, metadata if dst.suffix == ".safetensors" else None)
     result = {"src": str(src), "dst": str(dst), "kind": ckpt.kind, "to": args.to, **report, "max_abs_err": max_abs_err}
-    text = f"converted {src} -> {dst} (stem to {args.to})" + (
+    target = f"fastest here: {report['chosen']}" if args.to == "fastest" else args.to
+    text = f"converted {src} -> {dst} (stem to {target})" + (
         f", verified: max_abs_err={max_abs_err:.3e}" if max_abs_err is not None else ""
     )
     _emit(result, args.json, text)
     return EXIT_OK
+
+
+def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float | None]:
+    """``convert --to fastest``: time the exact stem forms at --batch x 3 x --input-size^2 here, keep the fastest."""
+    from .optimize import fastest_model_checkpoint, fastest_state_dict_form
+
+    if ckpt.model is not None:
+        try:
+            content, report = fastest_model_checkpoint(dict(ckpt.content), args.batch, args.input_size, args.verify)
+        except VerificationError as error:
+            raise VerificationFailed(f"{ckpt.path}: {error}; nothing written") from None
+        if Path(args.dst).suffix == ".safetensors":
+            content = dict(ckpt.model.state_dict())
+        return content, {"chosen": report.stems[0].chosen, **report.to_dict()}, report.max_abs_err
+    sd = ckpt.state_dict
+    form, medians = fastest_state_dict_form(sd, args.batch, args.input_size, args.block_size, args.order)
+    stem = find_stem(sd, block_size=args.block_size)
+    report = {"stem": stem.prefix, "from": stem.form, "chosen": form, "median_ms": medians}
+    if form == stem.form:
+        return sd, report, None  # already the faster layout: written unchanged
+    content = convert_state_dict(sd, form, args.block_size, args.order)[0]
+    max_abs_err = None
+    if args.verify:
+        check = _verify_state_dict_stems(sd, content, args.block_size, args.order)
+        report["verification"], max_abs_err = check.to_dict(), check.max_abs_err
+        if not check.passed:
+            raise VerificationFailed(f"{ckpt.path}: verification failed ({check}); nothing written")
+    return content, report, max_abs_err
 
 
 def cmd_inspect(args) -> int:
@@ -191,7 +224,10 @@ def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert the stem of a checkpoint (Focus <-> one strided conv)")
     p.add_argument("src", help="input checkpoint (.pt, .pth, .safetensors), or a folder of them")
     p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
-    p.add_argument("--to", choices=("conv", "focus", "s2d"), default="conv", help="target form (default conv)")
+    p.add_argument("--to", choices=("conv", "focus", "s2d", "fastest"), default="conv",
+                   help="target form (default conv); fastest: time every exact form here and keep the fastest")
+    p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
+    p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
     p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
     p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
@@ -220,7 +256,39 @@ def _add_demo(sub) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
-COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo]
+def cmd_bench(args) -> int:
+    from .bench import cases_from_flags, format_report, plot_latency, run_benchmark
+
+    device = torch.device(args.device) if args.device else None
+    result = run_benchmark(
+        device, cases_from_flags(args.stems, args.sizes, args.batches, args.modes), args.quick, args.repeats,
+        conversion=not args.no_conversion, onnx=not args.no_onnx, memory=not args.no_memory,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.plot:
+        result["plot"] = str(plot_latency(result, args.plot))
+    _emit(result, args.json, format_report(result))
+    return EXIT_OK
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time every exact stem form, checkpoint conversion and ONNX export")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="PNG", help="also plot latency vs batch per form to this file")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and a tiny checkpoint (seconds)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--stems", help="comma list of yolov5n,yolov5s,yolov5m,yolov5l,yolov5x,tresnet_m")
+    p.add_argument("--sizes", help="comma list of image sizes (default 640 for YOLOv5, 224 for TResNet)")
+    p.add_argument("--batches", help="comma list of batch sizes (default 1)")
+    p.add_argument("--modes", help="comma list of forward,forward+backward (default both)")
+    p.add_argument("--repeats", type=int, help="interleaved rounds per shape (default 10 on GPU, 7 on CPU, quick 2)")
+    p.add_argument("--no-conversion", action="store_true", help="skip the checkpoint conversion benchmark")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export benchmark")
+    p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+    p.set_defaults(handler=cmd_bench)
+
+
+COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

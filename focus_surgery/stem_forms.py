@@ -1,0 +1,169 @@
+"""Every exact form of one stem, as modules built by weight remapping (no training, no approximation).
+
+A stem is a strided conv block (or anything that folds into one: a Focus, an SPDConv, space-to-depth + conv).
+With stride ``bs`` it can run as:
+
+=====================  ==================================================================================
+form                   computation
+=====================  ==================================================================================
+``focus_slices``       ``torch.cat`` of ``bs*bs`` strided slices (YOLOv5's Focus, order ``yolov5``) + conv
+``conv``               one conv of stride ``bs`` (YOLOv5 v6.0+)
+``pixel_unshuffle``    ``F.pixel_unshuffle`` (order ``pixel_unshuffle``) + conv
+``space_to_depth``     view / permute / reshape space-to-depth (order ``timm``, as TResNet) + conv
+=====================  ==================================================================================
+
+each also with ``+channels_last`` (input and weights in NHWC memory format). The conv block after the
+rearrangement is a copy of the stem's own (BatchNorm, activation kept), only its ``nn.Conv2d`` is new.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import SpaceToDepth
+from .orders import check_block_size
+from .remap import strided_conv_to_s2d
+from .surgery import (
+    ConversionError,
+    _check_conv,
+    _conv_of,
+    _focus_parts,
+    _new_conv2d,
+    _to_strided_conv,
+    _with_conv,
+    is_conv_block,
+    space_to_depth_params,
+)
+
+KINDS: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth")
+CHANNELS_LAST_SUFFIX = "+channels_last"
+_ORDER_OF_KIND = {"focus_slices": "yolov5", "pixel_unshuffle": "pixel_unshuffle", "space_to_depth": "timm"}
+
+
+def form_names(kinds: tuple[str, ...] = KINDS, channels_last: tuple[bool, ...] = (False, True)) -> list[str]:
+    """Names of the forms ``kinds`` x ``channels_last``, e.g. ``conv`` and ``conv+channels_last``."""
+    return [kind + (CHANNELS_LAST_SUFFIX if last else "") for last in channels_last for kind in kinds]
+
+
+class SliceSpaceToDepth(nn.Module):
+    """Space-to-depth by concatenating strided slices, as YOLOv5's ``Focus`` does (order ``yolov5``).
+
+    ``torch.cat([x[..., dy::bs, dx::bs] for dx in range(bs) for dy in range(bs)], 1)``.
+
+    Shapes:
+        Input (N, C, H, W), H and W divisible by ``bs``; output (N, C*bs*bs, H/bs, W/bs).
+    """
+
+    def __init__(self, block_size: int = 2):
+        super().__init__()
+        self.block_size = check_block_size(block_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bs = self.block_size
+        return torch.cat([x[..., dy::bs, dx::bs] for dx in range(bs) for dy in range(bs)], 1)
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}"
+
+
+class StemForm(nn.Module):
+    """One exact form of a stem: optional NHWC input, rearrangement, optional explicit pad, conv block.
+
+    Attributes:
+        form (str): Form name (see ``KINDS``, optionally with ``+channels_last``).
+        rearrange (nn.Module): Space-to-depth layer, or ``nn.Identity`` for the ``conv`` form.
+        pad (list[int] | None): ``F.pad`` amounts (left, right, top, bottom) when the padding is asymmetric.
+        conv (nn.Module): The conv block (or bare ``nn.Conv2d``).
+
+    Shapes:
+        Input (N, C, H, W), H and W divisible by the stride; output as the original stem's.
+    """
+
+    def __init__(self, form: str, rearrange: nn.Module, pad, conv: nn.Module, channels_last: bool = False):
+        super().__init__()
+        self.form = form
+        self.channels_last = channels_last
+        self.rearrange = rearrange
+        self.pad = list(pad) if pad is not None else None
+        self.conv = conv.to(memory_format=torch.channels_last) if channels_last else conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.rearrange(x)
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return self.conv(x)
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}" + (f", pad={tuple(self.pad)}" if self.pad is not None else "")
+
+
+def strided_block(stem: nn.Module) -> nn.Module:
+    """The stem as one strided conv block: a copy for Focus / SPDConv-like stems, ``stem`` itself if already one.
+
+    Args:
+        stem (nn.Module): A Focus-like module (ours, Ultralytics', YOLOv5's, SPDConv), a conv block whose conv has
+            stride >= 2, a bare strided ``nn.Conv2d``, or ``nn.Sequential(space_to_depth, conv_block)``.
+
+    Raises:
+        ConversionError: The stem has no exact strided-conv form (dilation, groups, asymmetric stride...).
+    """
+    parts = _focus_parts(stem)
+    if parts is None and isinstance(stem, nn.Sequential) and len(stem) == 2:
+        s2d = space_to_depth_params(stem[0])
+        if s2d is not None and (type(stem[1]) is nn.Conv2d or is_conv_block(stem[1])):
+            parts = (*s2d, stem[1], None)
+    if parts is not None:
+        block_size, order, block, pad = parts
+        reason = _check_conv(_conv_of(block), order)
+        if reason:
+            raise ConversionError(reason)
+        return _to_strided_conv(block_size, order, block, pad)[0]
+    if type(stem) is nn.Conv2d or is_conv_block(stem):
+        conv = _conv_of(stem)
+        if conv.stride[0] != conv.stride[1] or conv.stride[0] < 2:
+            raise ConversionError(f"stem conv stride {conv.stride} is not one stride >= 2: no space-to-depth form")
+        reason = _check_conv(conv, "yolov5")
+        if reason:
+            raise ConversionError(reason)
+        return stem
+    raise ConversionError(f"{type(stem).__name__} is not a Focus, space-to-depth + conv, or strided conv stem")
+
+
+def build_form(block: nn.Module, form: str) -> StemForm:
+    """Build one exact form of the strided conv block ``block`` (see ``strided_block``).
+
+    Args:
+        block (nn.Module): Conv block or bare ``nn.Conv2d`` with stride ``bs`` >= 2, equal on both axes.
+        form (str): One of ``form_names()``.
+
+    Returns:
+        (StemForm): New module (weights copied, never shared with ``block``), same device, dtype and train mode.
+    """
+    kind, _, suffix = form.partition("+")
+    if kind not in KINDS or suffix not in ("", CHANNELS_LAST_SUFFIX[1:]):
+        raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")
+    channels_last = bool(suffix)
+    conv = _conv_of(block)
+    bs = conv.stride[0]
+    if kind == "conv":
+        new_block = _with_conv(block, _new_conv2d(conv, conv.weight.detach(), conv.stride, conv.padding))
+        return StemForm(form, nn.Identity(), None, new_block, channels_last).train(block.training)
+    s2d = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, _ORDER_OF_KIND[kind])
+    padding = s2d.symmetric_padding
+    inner = _with_conv(block, _new_conv2d(conv, s2d.weight, 1, padding if padding is not None else 0))
+    rearrange = {
+        "focus_slices": lambda: SliceSpaceToDepth(bs),
+        "pixel_unshuffle": lambda: nn.PixelUnshuffle(bs),
+        "space_to_depth": lambda: SpaceToDepth(bs, "timm"),
+    }[kind]()
+    return StemForm(form, rearrange, None if padding is not None else s2d.pad, inner, channels_last).train(block.training)
+
+
+def build_forms(stem: nn.Module, forms: list[str] | None = None) -> dict[str, StemForm]:
+    """Every requested exact form of ``stem`` (all of ``form_names()`` by default), keyed by form name."""
+    block = strided_block(stem)
+    return {form: build_form(block, form) for form in (forms or form_names())}
