@@ -169,6 +169,11 @@ def _build_legacy_detect(nc: int, anchors: list, ch: list[int]) -> nn.Module:
     return head
 
 
+# LegacyDetect subclasses Ultralytics' Detect, so its module is imported by the builder only (no import cycle while
+# Ultralytics loads its parser); the row table records nn.Module as its class.
+register_yaml_module("LegacyDetect", nn.Module, "inputs", ("nc", "anchors"), _build_legacy_detect)
+
+
 
 
 # ------------------------------------------------------------------------------------------------------- parsing
@@ -468,9 +473,6 @@ def _hook(tasks: Any, version: str) -> str:
     check_hookable(tasks, version)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
-    from ..legacy_detect import LegacyDetect  # imports Ultralytics' Detect: only once Ultralytics is loaded
-
-    register_yaml_module("LegacyDetect", LegacyDetect, "inputs", ("nc", "anchors"), _build_legacy_detect)
     original = tasks.parse_model
     wrapped = _wrap(original)
     tasks.parse_model = wrapped  # DetectionModel & co. call it through tasks' globals
