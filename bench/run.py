@@ -5,7 +5,7 @@ the reduced CPU set otherwise), then writes
 
 * ``bench/results/results.json``: every number,
 * ``bench/results/latency_vs_batch.png``: latency vs batch per form,
-* the tables between the ``results`` markers of ``docs/speed.md``.
+* the tables between the ``results`` markers of ``README.md``.
 
 Flags are those of ``focus-surgery bench`` (``--stems``, ``--sizes``, ``--batches``, ``--modes``, ``--repeats``,
 ``--device``, ``--quick``), plus ``--no-write`` to print without touching the files.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from focus_surgery.bench import cases_from_flags, format_report, plot_latency, run_benchmark  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "speed.md"
+DOC = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 

@@ -1,7 +1,7 @@
-"""Write the timm stem-conversion table (docs/timm.md) from a real run: every architecture built with random weights,
+"""Write the timm stem-conversion table (README.md) from a real run: every architecture built with random weights,
 its stem converted to the other form and back, each step verified in float64.
 
-Usage: python scripts/timm_stem_table.py [--out docs/timm.md] [NAME ...]
+Usage: python scripts/timm_stem_table.py [--out README.md] [NAME ...]
 Without --out the table is printed; with it, the block between the TABLE markers of that file is replaced.
 """
 
