@@ -1,6 +1,6 @@
 """Regenerate the speed results: ``python bench/run.py`` (or ``./run bench`` for the table alone).
 
-Runs ``focus_surgery.bench.run_benchmark`` with its defaults for this machine (the full grid of the issue on a GPU,
+Runs ``focus_surgery.speed.bench.run_benchmark`` with its defaults for this machine (the full grid of the issue on a GPU,
 the reduced CPU set otherwise), then writes
 
 * ``bench/results/results.json``: every number,
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from focus_surgery.bench import cases_from_flags, format_report, plot_latency, run_benchmark  # noqa: E402
+from focus_surgery.speed.bench import cases_from_flags, format_report, plot_latency, run_benchmark  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "README.md"

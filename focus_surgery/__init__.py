@@ -6,7 +6,7 @@ checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in t
 
 from .integrations import auto_register as _auto_register, register
 from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
-from .optimize import OptimizeReport, optimize
+from .speed.optimize import OptimizeReport, optimize
 from .orders import ORDERS
 from .remap import (
     SpaceToDepthForm,

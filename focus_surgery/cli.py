@@ -72,7 +72,7 @@ def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, A
 
 
 def cmd_convert(args) -> int:
-    from .legacy_cli import handle_convert  # YOLOv5-repository files, folders, Ultralytics models
+    from .yolov5.cli import handle_convert  # YOLOv5-repository files, folders, Ultralytics models
 
     if args.to == "fastest" and Path(args.src).is_dir():
         raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
@@ -112,7 +112,7 @@ def cmd_convert(args) -> int:
 
 def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float | None]:
     """``convert --to fastest``: time the exact stem forms at --batch x 3 x --input-size^2 here, keep the fastest."""
-    from .optimize import fastest_model_checkpoint, fastest_state_dict_form
+    from .speed.optimize import fastest_model_checkpoint, fastest_state_dict_form
 
     if ckpt.model is not None:
         try:
@@ -139,7 +139,7 @@ def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float
 
 
 def cmd_inspect(args) -> int:
-    from .legacy_cli import handle_inspect  # YOLOv5-repository files
+    from .yolov5.cli import handle_inspect  # YOLOv5-repository files
 
     handled = handle_inspect(args)
     if handled is not None:
@@ -185,7 +185,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .legacy_cli import handle_verify  # YOLOv5-repository files and their .safetensors conversions
+    from .yolov5.cli import handle_verify  # YOLOv5-repository files and their .safetensors conversions
 
     handled = handle_verify(args)
     if handled is not None:
@@ -257,7 +257,7 @@ def _add_demo(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import cases_from_flags, format_report, plot_latency, run_benchmark
+    from .speed.bench import cases_from_flags, format_report, plot_latency, run_benchmark
 
     device = torch.device(args.device) if args.device else None
     result = run_benchmark(

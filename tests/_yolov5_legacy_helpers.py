@@ -95,7 +95,7 @@ def write_old_style_checkpoint(src: Path, dst: Path) -> None:
     ``numpy.core``, and module dicts without torch 2.x's private attributes. Trusted test data only: the records are
     turned back into objects of stand-in classes registered as ``models.yolo`` / ``models.common`` for the save.
     """
-    from focus_surgery.legacy_pickle import LegacyRecord, load_legacy_pickle
+    from focus_surgery.yolov5.unpickler import LegacyRecord, load_legacy_pickle
 
     content = load_legacy_pickle(src)
     fake = {name: types.ModuleType(name) for name in ("models", "models.yolo", "models.common")}
@@ -192,7 +192,7 @@ def make_yolov5_style_checkpoint(
 
     from ultralytics.nn.tasks import DetectionModel
 
-    from focus_surgery.legacy_detect import LegacyDetect
+    from focus_surgery.yolov5.detect import LegacyDetect
 
     torch.manual_seed(seed)
     body = copy.deepcopy(yaml)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import focus_surgery as fs
-from focus_surgery import bench
+from focus_surgery.speed import bench
 from focus_surgery.checkpoint_io import load_checkpoint
 from focus_surgery.cli import main
 from focus_surgery.demo import build_focus_model, randomize_batchnorm
 from focus_surgery.state_dict import find_stem
-from focus_surgery.stem_forms import form_names
-from focus_surgery.timing import peak_memory_bytes, time_interleaved
+from focus_surgery.speed.stem_forms import form_names
+from focus_surgery.speed.timing import peak_memory_bytes, time_interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 FOCUS_YAML = ROOT / "tests" / "fixtures" / "yolo-focus-tiny.yaml"  # Ultralytics model with a Focus stem

@@ -13,8 +13,8 @@ from torch import nn
 import focus_surgery as fs
 from focus_surgery.demo import build_focus_model, randomize_batchnorm
 from focus_surgery.layers import ConvBnAct, Focus
-from focus_surgery.optimize import ORIGINAL
-from focus_surgery.stem_forms import KINDS, StemForm, build_form, build_forms, form_names, strided_block
+from focus_surgery.speed.optimize import ORIGINAL
+from focus_surgery.speed.stem_forms import KINDS, StemForm, build_form, build_forms, form_names, strided_block
 from focus_surgery.surgery import ConversionError
 
 TOL = 1e-12  # float64 rounding of reordered sums; a wrong channel order gives errors of order 1

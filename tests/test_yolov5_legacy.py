@@ -30,11 +30,11 @@ from _yolov5_legacy_helpers import (
 
 from focus_surgery.checkpoint_io import CheckpointError
 from focus_surgery.cli import main
-from focus_surgery.legacy_convert import load_yolov5_safetensors
-from focus_surgery.legacy_detect import LegacyDetect
-from focus_surgery.legacy_pickle import LegacyRecord, load_legacy_pickle
+from focus_surgery.yolov5.convert import load_yolov5_safetensors
+from focus_surgery.yolov5.detect import LegacyDetect
+from focus_surgery.yolov5.unpickler import LegacyRecord, load_legacy_pickle
 from focus_surgery.surgery import convert
-from focus_surgery.yolov5_legacy import describe, read_yolov5_checkpoint, rebuild
+from focus_surgery.yolov5.rebuild import describe, read_yolov5_checkpoint, rebuild
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = list(MODELS)

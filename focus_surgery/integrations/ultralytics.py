@@ -159,7 +159,7 @@ register_yaml_module("DepthToSpace", DepthToSpace, _depth_to_space_channels, ("b
 
 def _build_legacy_detect(nc: int, anchors: list, ch: list[int]) -> nn.Module:
     """YOLOv5's anchor head from a YAML row; strides assumed 8, 16, 32, ... until Ultralytics measures them."""
-    from ..legacy_detect import LegacyDetect
+    from ..yolov5.detect import LegacyDetect
 
     if not isinstance(anchors, (list, tuple)) or len(anchors) != len(ch):
         raise ValueError(f"anchors must be one list [w0, h0, w1, h1, ...] per input level ({len(ch)} levels)")

@@ -32,7 +32,7 @@ try:  # numpy >= 2
 except ImportError:  # pragma: no cover - numpy < 2
     from numpy.core import multiarray as _multiarray
 
-from .checkpoint_io import CheckpointError, check_readable
+from ..checkpoint_io import CheckpointError, check_readable
 
 # Module prefixes whose classes become records (YOLOv5 layers and the torch layers inside them).
 RECORD_PREFIXES = ("models.yolo.", "models.common.", "models.experimental.", "torch.nn.modules.")

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .stem_forms import build_form, form_names, strided_block
-from .surgery import VerificationError, _carry_routing, plan
+from ..surgery import VerificationError, _carry_routing, plan
 from .timing import median, time_interleaved
-from .verify import DEFAULT_TOLERANCE, VerificationReport, flatten_outputs, infer_input_shape, verify as verify_models
+from ..verify import DEFAULT_TOLERANCE, VerificationReport, flatten_outputs, infer_input_shape, verify as verify_models
 
 ORIGINAL = "original"  # the stem as the model has it, always a candidate: optimize never makes a model slower
 
@@ -354,8 +354,8 @@ def fastest_state_dict_form(
     Returns:
         (tuple[str, dict[str, float]]): The faster layout and the median milliseconds of both.
     """
-    from .remap import focus_to_conv_weight
-    from .state_dict import find_stem
+    from ..remap import focus_to_conv_weight
+    from ..state_dict import find_stem
 
     stem = find_stem(state_dict, block_size=block_size)
     if stem is None:

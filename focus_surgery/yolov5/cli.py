@@ -16,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_io import CheckpointError, pickle_globals
-from .surgery import ConversionError
+from ..checkpoint_io import CheckpointError, pickle_globals
+from ..surgery import ConversionError
 
 YOLOV5_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -46,8 +46,8 @@ def convert_legacy_file(src: str, dst: str, to: str, measure: bool) -> dict[str,
         CheckpointError / ConversionError / ValueError: bad input (exit 2).
         VerificationFailed: the float64 check failed (exit 1); nothing written.
     """
-    from .cli import VerificationFailed
-    from .legacy_convert import convert_yolov5, save_conversion
+    from ..cli import VerificationFailed
+    from .convert import convert_yolov5, save_conversion
 
     if Path(dst).suffix not in (".pt", ".pth", ".safetensors"):
         raise CheckpointError(f"{dst}: unknown output type {Path(dst).suffix!r}; use .pt, .pth or .safetensors")
@@ -62,7 +62,7 @@ def convert_legacy_file(src: str, dst: str, to: str, measure: bool) -> dict[str,
         "max_abs_err": conv.max_abs_err,
         "max_rel_err": conv.verification.max_rel_err if conv.verification else None,
     }  # fmt: skip
-    from .yolov5_legacy import guess_release
+    from .rebuild import guess_release
 
     result["release"] = guess_release(conv.ckpt)
     return result
@@ -70,7 +70,7 @@ def convert_legacy_file(src: str, dst: str, to: str, measure: bool) -> dict[str,
 
 def _convert_generic(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
     """A non-YOLOv5 file through the core ``convert`` command, its printed JSON captured."""
-    from .cli import cmd_convert
+    from ..cli import cmd_convert
 
     ns = argparse.Namespace(**{**vars(args), "src": src, "dst": dst, "json": True, "core_only": True})
     buffer = io.StringIO()
@@ -167,7 +167,7 @@ def convert_folder(args: argparse.Namespace) -> int:
 
 def handle_convert(args: argparse.Namespace) -> int | None:
     """Take ``convert`` for folders, YOLOv5-repository files and Ultralytics models; None leaves it to the core."""
-    from .cli import EXIT_OK, _emit
+    from ..cli import EXIT_OK, _emit
 
     if getattr(args, "core_only", False):
         return None
@@ -188,13 +188,13 @@ def handle_convert(args: argparse.Namespace) -> int | None:
 
 def handle_inspect(args: argparse.Namespace) -> int | None:
     """``inspect`` of a YOLOv5-repository file; None for anything else."""
-    from .cli import EXIT_OK, _emit
+    from ..cli import EXIT_OK, _emit
 
     if Path(args.src).is_dir():
         raise CheckpointError(f"{args.src}: is a directory; inspect one checkpoint file")
     if checkpoint_family(args.src) != "yolov5":
         return None
-    from .yolov5_legacy import describe, read_yolov5_checkpoint
+    from .rebuild import describe, read_yolov5_checkpoint
 
     info = describe(read_yolov5_checkpoint(args.src))
     lines = [f"{info['path']}: YOLOv5-repository checkpoint, most likely release {info['release']}"]
@@ -212,12 +212,12 @@ def handle_inspect(args: argparse.Namespace) -> int | None:
 
 def _model_for_verify(path: str):
     """A float32 eval model for ``verify``: rebuilt YOLOv5 file, our safetensors + JSON, or None (core's job)."""
-    from .legacy_convert import config_path, load_yolov5_safetensors
+    from .convert import config_path, load_yolov5_safetensors
 
     if Path(path).suffix == ".safetensors" and config_path(path).is_file():
         return load_yolov5_safetensors(path)
     if checkpoint_family(path) == "yolov5":
-        from .yolov5_legacy import read_yolov5_checkpoint, rebuild
+        from .rebuild import read_yolov5_checkpoint, rebuild
 
         return rebuild(read_yolov5_checkpoint(path))[0]
     return None
@@ -225,10 +225,10 @@ def _model_for_verify(path: str):
 
 def handle_verify(args: argparse.Namespace) -> int | None:
     """``verify A B`` where either side is a YOLOv5-repository file or a converted ``.safetensors`` (float64)."""
-    from .checkpoint_io import load_checkpoint
-    from .cli import EXIT_OK, EXIT_VERIFY_FAILED, _emit
-    from .legacy_convert import verification_shape
-    from .verify import verify
+    from ..checkpoint_io import load_checkpoint
+    from ..cli import EXIT_OK, EXIT_VERIFY_FAILED, _emit
+    from .convert import verification_shape
+    from ..verify import verify
 
     for path in (args.a, args.b):
         if Path(path).is_dir():

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .demo import randomize_batchnorm
-from .layers import ConvBnAct, Focus, SpaceToDepth
+from ..demo import randomize_batchnorm
+from ..layers import ConvBnAct, Focus, SpaceToDepth
 from .optimize import optimize
 from .stem_forms import build_form, form_names, strided_block
 from .timing import matmul_reference, median, peak_memory_bytes, time_interleaved
@@ -287,8 +287,8 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
     Peak memory is the process's resident high-water mark (VmHWM, reset through ``/proc/self/clear_refs`` just
     before the work) minus its resident size then; ``ru_maxrss`` (never reset) where /proc is unavailable.
     """
-    from .checkpoint_io import load_checkpoint, save_checkpoint
-    from .state_dict import convert_state_dict
+    from ..checkpoint_io import load_checkpoint, save_checkpoint
+    from ..state_dict import convert_state_dict
 
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -311,7 +311,7 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
     return {"seconds": seconds, "rss_before": before, "peak_rss": peak_of()}
 
 
-_CONVERT_JOB = "import json, sys; from focus_surgery.bench import convert_once; print(json.dumps(convert_once(*sys.argv[1:4])))"
+_CONVERT_JOB = "import json, sys; from focus_surgery.speed.bench import convert_once; print(json.dumps(convert_once(*sys.argv[1:4])))"
 
 
 def _run_job(kind: str, src: Path, dst: Path, isolate: bool) -> dict[str, float]:

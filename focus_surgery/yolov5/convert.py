@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint_io import CheckpointError, atomic_write, check_readable
-from .surgery import ConversionError, convert
-from .verify import DEFAULT_TOLERANCE, VerificationReport, verify
-from .yolov5_legacy import (
+from ..checkpoint_io import CheckpointError, atomic_write, check_readable
+from ..surgery import ConversionError, convert
+from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
+from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
     build_model,

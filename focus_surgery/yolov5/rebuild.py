@@ -1,4 +1,4 @@
-"""Rebuild a YOLOv5-repository checkpoint (read as records, see ``legacy_pickle``) as an Ultralytics model.
+"""Rebuild a YOLOv5-repository checkpoint (read as records, see ``unpickler``) as an Ultralytics model.
 
 The recorded ``Model.yaml`` gives the layer graph; Ultralytics' own parser builds it (every YOLOv5 layer up to
 v7.0 has an Ultralytics twin with the same state-dict names). Where the twins differ in details, the record wins:
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint_io import CheckpointError
-from .legacy_detect import LegacyDetect
-from .legacy_pickle import LegacyRecord, load_legacy_pickle
+from ..checkpoint_io import CheckpointError
+from .detect import LegacyDetect
+from .unpickler import LegacyRecord, load_legacy_pickle
 
 # YOLOv5 yaml layer names we let Ultralytics' parser build (its parser resolves names to callables, so only these).
 KNOWN_LAYERS = frozenset(

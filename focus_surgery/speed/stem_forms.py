@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SpaceToDepth
-from .orders import check_block_size
-from .remap import strided_conv_to_s2d
-from .surgery import (
+from ..layers import SpaceToDepth
+from ..orders import check_block_size
+from ..remap import strided_conv_to_s2d
+from ..surgery import (
     ConversionError,
     _check_conv,
     _conv_of,

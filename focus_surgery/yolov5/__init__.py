@@ -1,0 +1,1 @@
+"""Old YOLOv5-repository checkpoints: safe unpickling, exact rebuild as Ultralytics models, conversion, CLI."""
