@@ -18,7 +18,7 @@ from torch import nn
 from .layers import Focus, SPDConv, SpaceToDepth
 from .orders import check_order
 from .remap import focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
-from .verify import DEFAULT_TOLERANCE, VerificationReport, verify as verify_models
+from .verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport, verify as verify_models
 
 TARGETS = ("conv", "focus", "s2d")
 SCOPES = ("stem", "all")
@@ -74,7 +74,7 @@ class Skipped:
 
 
 @dataclass
-class ConversionReport:
+class ConversionReport(VerifiedReport):
     """What ``convert`` did: each replacement, each module left alone, and the measured error."""
 
     to: str
@@ -82,15 +82,6 @@ class ConversionReport:
     replaced: list[Replacement] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     verification: VerificationReport | None = None
-
-    @property
-    def max_abs_err(self) -> float | None:
-        return self.verification.max_abs_err if self.verification else None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["max_abs_err"] = self.max_abs_err
-        return data
 
     def __str__(self) -> str:
         lines = [f"convert to={self.to!r} scope={self.scope!r}: {len(self.replaced)} replaced, {len(self.skipped)} left"]
@@ -248,6 +239,9 @@ def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Modul
 def _to_strided_conv(block_size: int, order: str, block: nn.Module, pad) -> tuple[nn.Module, str]:
     """Exact single strided conv (in the same conv block) for space-to-depth + ``block``."""
     conv = _conv_of(block)
+    reason = _check_conv(conv, order)
+    if reason:
+        raise ConversionError(reason)
     inner_stride = conv.stride[0]
     if pad is None:
         ph, pw = conv.padding
@@ -321,9 +315,6 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
             if parts is not None:
                 bs, order, block, pad = parts
                 try:
-                    reason = _check_conv(_conv_of(block), order)
-                    if reason:
-                        raise ConversionError(reason)
                     new, new_form = _to_strided_conv(bs, order, block, pad)
                     new = _carry_routing(child, new)
                     old_form = f"{type(child).__name__}(block_size={bs}, order={order})"
@@ -343,9 +334,6 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
                 else:
                     next_path = _join(prefix, nxt[0])
                     try:
-                        reason = _check_conv(_conv_of(block), order)
-                        if reason:
-                            raise ConversionError(reason)
                         new, new_form = _to_strided_conv(bs, order, block, None)
                         new = _carry_routing(block, new)
                         old_form = f"{type(child).__name__}(block_size={bs}, order={order}) + {type(block).__name__}"

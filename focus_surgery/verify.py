@@ -55,6 +55,21 @@ class VerificationReport:
         return text + (f" - {self.problem}" if self.problem else "")
 
 
+class VerifiedReport:
+    """Mixin for dataclass reports with a ``verification`` field: ``max_abs_err`` and a JSON-ready ``to_dict``."""
+
+    verification: VerificationReport | None
+
+    @property
+    def max_abs_err(self) -> float | None:
+        return self.verification.max_abs_err if self.verification else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["max_abs_err"] = self.max_abs_err
+        return data
+
+
 def flatten_outputs(output: Any) -> list[torch.Tensor]:
     """Tensors of a nested output (tensor, list, tuple, dict sorted by key), depth first."""
     if isinstance(output, torch.Tensor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
@@ -26,6 +27,21 @@ INPUT_SHA256 = {
 # Tolerances of the issue (float32 weights against the original code's float32 outputs)
 LOGIT_TOL, BOX_REL_TOL, SCORE_TOL = 1e-3, 2e-4, 1e-3
 
+
+
+@contextlib.contextmanager
+def modules_installed(fake: dict):
+    """Temporarily put stand-in modules (e.g. YOLOv5's ``models.common``) in ``sys.modules``, then restore."""
+    saved = {name: sys.modules.get(name) for name in fake}
+    sys.modules.update(fake)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
 def fixture_inputs() -> dict[str, torch.Tensor]:
     """The two fixture inputs, from the recipe in the fixture README, checked against their recorded hashes."""
@@ -125,16 +141,8 @@ def write_old_style_checkpoint(src: Path, dst: Path) -> None:
             return [revive(v) for v in value]
         return value
 
-    saved = {name: sys.modules.get(name) for name in fake}
-    sys.modules.update(fake)
-    try:
+    with modules_installed(fake):
         torch.save(revive(content), dst, _use_new_zipfile_serialization=False)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
     data = dst.read_bytes()
     assert b"numpy._core.multiarray" in data and data[:2] == b"\x80\x02"
     dst.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
@@ -250,16 +258,8 @@ def make_yolov5_style_checkpoint(
         obj.__dict__.update(state)
         return obj
 
-    saved = {name: sys.modules.get(name) for name in fake}
-    sys.modules.update(fake)
-    try:
+    with modules_installed(fake):
         content = {"epoch": -1, "best_fitness": np.array([0.25]), "model": as_yolov5(copy.deepcopy(model).half()),
                    "optimizer": None, "wandb_id": None}  # fmt: skip
         torch.save(content, dst)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
     return model.half().float()

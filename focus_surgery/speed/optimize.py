@@ -18,7 +18,7 @@ from torch import nn
 from .stem_forms import build_form, form_names, strided_block
 from ..surgery import VerificationError, _carry_routing, plan
 from .timing import median, time_interleaved
-from ..verify import DEFAULT_TOLERANCE, VerificationReport, flatten_outputs, infer_input_shape, verify as verify_models
+from ..verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport, flatten_outputs, infer_input_shape, verify as verify_models
 
 ORIGINAL = "original"  # the stem as the model has it, always a candidate: optimize never makes a model slower
 
@@ -47,7 +47,7 @@ class StemChoice:
 
 
 @dataclass
-class OptimizeReport:
+class OptimizeReport(VerifiedReport):
     """What ``optimize`` measured and chose."""
 
     device: str
@@ -56,15 +56,6 @@ class OptimizeReport:
     stems: list[StemChoice] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     verification: VerificationReport | None = None
-
-    @property
-    def max_abs_err(self) -> float | None:
-        return self.verification.max_abs_err if self.verification else None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["max_abs_err"] = self.max_abs_err
-        return data
 
     def __str__(self) -> str:
         lines = [f"optimize on {self.device} ({self.mode}, timing the {self.measure}):"]
