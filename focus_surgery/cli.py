@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConversionError, ValueError, OSError) as error:
         print(f"focus-surgery: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as error:  # noqa: BLE001 - e.g. a model whose forward fails: still one line, exit 2
+        print(f"focus-surgery: error: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"focus-surgery: {getattr(args, 'dst', '')}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -242,6 +242,8 @@ def _to_strided_conv(block_size: int, order: str, block: nn.Module, pad) -> tupl
     reason = _check_conv(conv, order)
     if reason:
         raise ConversionError(reason)
+    if conv.stride[0] != conv.stride[1]:
+        raise ConversionError(f"conv stride {conv.stride} differs per axis: one strided conv cannot express it")
     inner_stride = conv.stride[0]
     if pad is None:
         ph, pw = conv.padding

@@ -112,6 +112,12 @@ def infer_input_shape(model: nn.Module, batch: int = 2) -> tuple[int, int, int, 
     return batch, channels, 2 * multiple, 3 * multiple
 
 
+def _common_input_shape(reference: nn.Module, candidate: nn.Module) -> tuple[int, int, int, int]:
+    """A shape valid for both models: the least common multiple of each one's own valid height and width."""
+    a, b = infer_input_shape(reference), infer_input_shape(candidate)
+    return a[0], a[1], math.lcm(a[2], b[2]), math.lcm(a[3], b[3])
+
+
 def _prepare(model: nn.Module, dtype: torch.dtype | None, device: torch.device) -> nn.Module:
     model = copy.deepcopy(model).eval().to(device)
     return model.to(dtype) if dtype is not None else model
@@ -143,7 +149,7 @@ def verify(
     """
     device = next((p.device for p in reference.parameters()), torch.device("cpu"))
     if inputs is None:
-        shape = tuple(input_shape) if input_shape is not None else infer_input_shape(reference)
+        shape = tuple(input_shape) if input_shape is not None else _common_input_shape(reference, candidate)
         generator = torch.Generator().manual_seed(seed)
         inputs = torch.rand(shape, generator=generator, dtype=torch.float64)
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)

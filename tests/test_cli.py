@@ -139,3 +139,17 @@ def test_interrupted_write_leaves_nothing(focus_state_dict, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         checkpoint_io.save_checkpoint({"a": torch.zeros(1)}, tmp_path / "out.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unexpected_errors_are_one_line_exit_2(monkeypatch, capsys):
+    from focus_surgery import cli
+
+    def broken_forward(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied\nmore detail")
+
+    monkeypatch.setattr(cli, "cmd_inspect", broken_forward)
+    monkeypatch.setattr(cli, "COMMANDS", [cli._add_convert, cli._add_verify, cli._add_demo,
+                                          lambda sub: sub.add_parser("inspect").set_defaults(handler=broken_forward)])
+    assert cli.main(["inspect", "x.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "focus-surgery: error: RuntimeError: mat1 and mat2 shapes cannot be multiplied"

@@ -174,3 +174,16 @@ def test_timm_tresnet_stem_folds_into_one_12x12_conv():
     assert report.replaced[0].path == "body.conv1" and isinstance(model.body.s2d, nn.Identity)
     assert model.body.conv1.conv.kernel_size == (12, 12) and model.body.conv1.conv.stride == (4, 4)
     assert report.verification.passed and report.verification.max_rel_err <= 1e-10
+
+
+def test_focus_with_per_axis_inner_stride_is_refused_not_converted_wrongly():
+    model = nn.Sequential(fs.Focus(3, 8, 3, s=(1, 2)))
+    report = fs.convert(model, to="conv", verify=False)
+    assert not report.replaced and "differs per axis" in report.skipped[0].reason
+    assert isinstance(model[0], fs.Focus)
+
+
+def test_verification_input_suits_both_models():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 3, 1))  # stride 3: its s2d form needs sizes divisible by 3
+    report = fs.convert(model, to="s2d")
+    assert report.verification.passed and all(s % 3 == 0 for s in report.verification.input_shapes[0][2:])
