@@ -20,18 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-# Module prefixes whose classes may be rebuilt from a checkpoint (none of them runs code when unpickled).
-ALLOWED_MODULE_PREFIXES = ("torch.nn.modules.", "ultralytics.nn.", "focus_surgery.", "timm.layers.", "timm.models.")
-ALLOWED_GLOBALS = {
-    "builtins.set", "builtins.frozenset", "builtins.slice", "builtins.getattr", "collections.OrderedDict",
-    "collections.defaultdict", "_codecs.encode", "torch.Size", "torch.device", "torch.dtype", "torch.float16", "torch.float32",
-    "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
-    "torch.nn.parameter.Parameter", "torch.FloatStorage", "torch.HalfStorage", "torch.DoubleStorage",
-    "torch.LongStorage", "torch.IntStorage", "torch.BFloat16Storage", "torch.BoolStorage", "torch.ByteStorage",
-    "torch.storage.UntypedStorage", "torch._tensor._rebuild_from_type_v2",
-}  # fmt: skip
-# Names pickled under old spellings.
-_RENAMED = {"__builtin__.set": "builtins.set", "__builtin__.frozenset": "builtins.frozenset"}
+# Layer classes a model checkpoint may hold. They are rebuilt without running any of their code (no constructor,
+# no function from the file): ``__new__`` plus the pickled attributes, as ``torch.nn.Module.__setstate__`` does.
+MODULE_PREFIXES = (
+    "torch.nn.modules.", "ultralytics.nn.modules.", "ultralytics.nn.tasks.", "focus_surgery.", "timm.layers.",
+    "timm.models.",
+)  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -139,47 +133,64 @@ def pickle_globals(path: str | os.PathLike) -> list[str]:
     return found
 
 
-def _is_allowed(name: str) -> bool:
-    name = _RENAMED.get(name, name)
-    return name in ALLOWED_GLOBALS or name.startswith(ALLOWED_MODULE_PREFIXES)
-
-
-def _resolve(name: str) -> Any:
-    module, _, attr = _RENAMED.get(name, name).rpartition(".")
+def _module_class(qualname: str, path: Path) -> type[torch.nn.Module]:
+    """The installed layer class named ``qualname``; never a function, never a class defined elsewhere."""
+    module_name, _, name = qualname.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), attr)
+        cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
-        return None
+        raise CheckpointError(f"{path}: needs {qualname!r}, which is not installed here") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and f"{cls.__module__}.".startswith(MODULE_PREFIXES)):
+        raise CheckpointError(f"{path}: refused to load: {qualname!r} is not a layer class (nothing was executed)")
+    return cls
+
+
+def _materialize(value: Any, path: Path, memo: dict[int, Any]) -> Any:
+    """Turn the inert records of ``load_records`` into real layers: ``__new__`` + ``__setstate__``, no constructor."""
+    from .yolov5.unpickler import LegacyRecord
+
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, LegacyRecord):
+        if value.args:
+            raise CheckpointError(f"{path}: refused to load: {value.qualname} built with arguments (nothing was executed)")
+        cls = _module_class(value.qualname, path)
+        module = cls.__new__(cls)
+        memo[id(value)] = module  # before the state: modules may refer to each other
+        module.__setstate__(_materialize(value.state, path, memo))
+        return module
+    if isinstance(value, dict):
+        memo[id(value)] = value
+        for key in list(value):
+            value[key] = _materialize(value[key], path, memo)
+        return value
+    if isinstance(value, list):
+        memo[id(value)] = value
+        value[:] = [_materialize(v, path, memo) for v in value]
+        return value
+    if isinstance(value, tuple):
+        return type(value)(_materialize(v, path, memo) for v in value) if type(value) is tuple else value
+    return value
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load a ``.pt`` / ``.pth`` / ``.safetensors`` checkpoint without running code from it.
 
+    The pickle is read by a restricted unpickler that resolves only tensor rebuilders and containers and reads
+    every layer class as an inert record; records of installed layer classes (``MODULE_PREFIXES``) are then
+    rebuilt without calling their constructors. Anything else is refused by name.
+
     Raises:
         CheckpointError: Missing, empty, corrupt, truncated or hostile file (naming the refused global), or a
             checkpoint that needs a module that is not installed.
     """
+    from .yolov5.unpickler import load_records
+
     path = check_readable(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    globals_ = pickle_globals(path)
-    refused = list(dict.fromkeys(g for g in globals_ if not _is_allowed(g)))  # in pickle order
-    if refused:
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle imports {refused[0]!r}, which is not an allowed global "
-            "(nothing was executed)" + (f" and {len(refused) - 1} more" if len(refused) > 1 else "")
-        )
-    classes = [_resolve(g) for g in set(globals_)]
-    missing = sorted(g for g, c in zip(set(globals_), classes) if c is None)
-    if missing:
-        raise CheckpointError(f"{path}: needs {missing[0]!r}, which is not installed here")
-    try:
-        with torch.serialization.safe_globals([c for c in classes if c is not None]):
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: cannot load ({first_line[:200]})") from None
-    if isinstance(content, dict) and isinstance(content.get("model"), torch.nn.Module):
+    content = _materialize(load_records(path, MODULE_PREFIXES, "a model checkpoint"), path, {})
+    if isinstance(content, dict) and any(isinstance(content.get(k), torch.nn.Module) for k in ("model", "ema")):
         metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
         return Checkpoint(path, "ultralytics", content, metadata)
     if isinstance(content, dict) and all(isinstance(k, str) for k in content):

@@ -151,3 +151,29 @@ def test_unexpected_errors_are_one_line_exit_2(monkeypatch, capsys):
     assert cli.main(["inspect", "x.pt"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "focus-surgery: error: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+
+
+class _CallsOnLoad:
+    """Pickles as a call of ``func(*args)``: what a hostile checkpoint does with names we know."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("make_payload", [
+    # a function under an allowed package would write a file if it were called
+    lambda marker: _CallsOnLoad(__import__("focus_surgery.checkpoint_io").checkpoint_io.save_checkpoint,
+                                {"a": torch.zeros(1)}, str(marker)),
+    # a layer class called with arguments runs its constructor
+    lambda marker: _CallsOnLoad(torch.nn.Conv2d, 3, 8, 3),
+])
+def test_functions_and_constructors_of_allowed_packages_never_run(make_payload, tmp_path):
+    marker = tmp_path / "written-by-the-checkpoint.pt"
+    src = tmp_path / "hostile.pt"
+    torch.save({"model.0.weight": torch.zeros(1), "payload": make_payload(marker)}, src)
+    result = run("inspect", src)
+    assert result.returncode == 2 and "refused to load" in result.stderr
+    assert not marker.exists()

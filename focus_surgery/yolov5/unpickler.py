@@ -121,11 +121,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> torch.Ten
     return tensor.set_(storage._untyped_storage, storage_offset, torch.Size(size), tuple(stride))
 
 
-def _rebuild_parameter(data, *unused) -> torch.Tensor:
-    """Parameters come back as plain tensors: only their values are used."""
+def _rebuild_parameter(data, requires_grad=False, *unused) -> torch.Tensor:
+    """``torch._utils._rebuild_parameter[_with_state]``: an ``nn.Parameter`` over ``data``, hooks and state dropped."""
     if not isinstance(data, torch.Tensor):
         raise pickle.UnpicklingError("parameter without tensor data")
-    return data
+    return torch.nn.Parameter(data, requires_grad=bool(requires_grad) and data.is_floating_point())
 
 
 def _rebuild_from_type(func, new_type, args, state) -> torch.Tensor:
@@ -214,16 +214,17 @@ class RefusedGlobal(pickle.UnpicklingError):
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only allow-listed globals; storages come from ``load_storage(dtype, key, numel)``."""
 
-    def __init__(self, file, load_storage):
+    def __init__(self, file, load_storage, record_prefixes: tuple[str, ...] = RECORD_PREFIXES):
         super().__init__(file, encoding="latin1")
         self._load_storage = load_storage
         self._storages: dict[str, Any] = {}
+        self._record_prefixes = record_prefixes
 
     def find_class(self, module: str, name: str) -> Any:
         qualname = f"{module}.{name}"
         if qualname in _GLOBALS:
             return _GLOBALS[qualname]
-        if qualname.startswith(RECORD_PREFIXES) and name.isidentifier():
+        if qualname.startswith(self._record_prefixes) and name.isidentifier():
             return record_class(qualname)
         raise RefusedGlobal(qualname)
 
@@ -256,7 +257,7 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _load_zip(path: Path) -> Any:
+def _load_zip(path: Path, record_prefixes: tuple[str, ...]) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
@@ -273,10 +274,10 @@ def _load_zip(path: Path) -> Any:
                 raise CheckpointError(f"{path}: storage {key} is truncated")
             return _typed_storage(data, dtype)
 
-        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
+        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage, record_prefixes).load()
 
 
-def _load_legacy(path: Path) -> Any:
+def _load_legacy(path: Path, record_prefixes: tuple[str, ...]) -> Any:
     """The pre-1.6 torch format: magic, protocol and sys-info pickles, the object, its storage keys, raw storages."""
     pending: dict[str, tuple[torch.storage.TypedStorage, int]] = {}
 
@@ -287,7 +288,7 @@ def _load_legacy(path: Path) -> Any:
         return storage
 
     with open(path, "rb") as handle:
-        unpickler = _RestrictedUnpickler(handle, load_storage)
+        unpickler = _RestrictedUnpickler(handle, load_storage, record_prefixes)
         if unpickler.load() != LEGACY_MAGIC_NUMBER:
             raise CheckpointError(f"{path}: not a torch checkpoint (wrong magic number)")
         unpickler.load()  # protocol version
@@ -310,14 +311,21 @@ def _load_legacy(path: Path) -> Any:
     return content
 
 
-def load_legacy_pickle(path: str | os.PathLike) -> Any:
-    """Read a YOLOv5-repository checkpoint into plain data and ``LegacyRecord`` objects; no code from it runs.
+def load_records(
+    path: str | os.PathLike, record_prefixes: tuple[str, ...] = RECORD_PREFIXES, what: str = "a YOLOv5 checkpoint"
+) -> Any:
+    """Read a ``torch.save`` file into plain data and ``LegacyRecord`` objects; no code from it runs.
+
+    Only the fixed globals above are resolved (tensor and numpy rebuilders, containers); every class under
+    ``record_prefixes`` becomes an inert record (its name and pickled state); anything else is refused.
 
     Args:
         path: A ``.pt`` written by ``torch.save`` (zip archive or the pre-1.6 format).
+        record_prefixes: Module prefixes whose classes are read as records.
+        what: What the file should be, for the refusal message.
 
     Returns:
-        (Any): The checkpoint content, usually a dict with a ``model`` record of class ``models.yolo.Model``.
+        (Any): The checkpoint content, e.g. a dict with a ``model`` record of class ``models.yolo.Model``.
 
     Raises:
         CheckpointError: Missing / empty / truncated / corrupt file, or a pickle naming a global outside the
@@ -326,22 +334,27 @@ def load_legacy_pickle(path: str | os.PathLike) -> Any:
     path = check_readable(path)
     try:
         if zipfile.is_zipfile(path):
-            return _load_zip(path)
+            return _load_zip(path, record_prefixes)
         with open(path, "rb") as handle:
             head = handle.read(4)
         if head == b"PK\x03\x04":
             raise CheckpointError(f"{path}: truncated or corrupt zip archive (no central directory)")
         if head[:1] != b"\x80" and tarfile.is_tarfile(path):
             raise CheckpointError(f"{path}: legacy tar checkpoint (torch < 0.4); load and re-save it with torch 1.x")
-        return _load_legacy(path)
+        return _load_legacy(path, record_prefixes)
     except CheckpointError:
         raise
     except RefusedGlobal as error:
         raise CheckpointError(
-            f"{path}: refused to load: the pickle imports {error.qualname!r}, which a YOLOv5 checkpoint never needs "
+            f"{path}: refused to load: the pickle imports {error.qualname!r}, which {what} never needs "
             "(nothing was executed)"
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             struct.error, zipfile.BadZipFile, OSError, RuntimeError, MemoryError) as error:  # fmt: skip
         detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
+
+
+def load_legacy_pickle(path: str | os.PathLike) -> Any:
+    """Read a YOLOv5-repository checkpoint into plain data and records (``load_records`` with YOLOv5's classes)."""
+    return load_records(path)
