@@ -97,6 +97,7 @@ def cmd_convert(args) -> int:
         if args.verify:
             check = _verify_state_dict_stems(ckpt.state_dict, content, args.block_size, args.order)
             report["verification"], max_abs_err = check.to_dict(), check.max_abs_err
+            report["assumes"] = "a state dict has no geometry: both stems are run with same padding (k // 2)"
             if not check.passed:
                 raise VerificationFailed(f"{src}: verification failed ({check}); {dst} not written")
     metadata = {"converted_by": "focus-surgery", "to": args.to}

@@ -449,6 +449,9 @@ def plan(model: nn.Module, to: str = "conv", scope: str = "stem", order: str | N
         raise ValueError(f"unknown scope={scope!r}: use one of {', '.join(SCOPES)}")
     if order is not None:
         check_order(order)
+    root_is_stem = _focus_parts(model) is not None or type(model) is nn.Conv2d or is_conv_block(model)
+    if root_is_stem:  # a module cannot replace itself in place
+        return [], [Skipped("", f"the model itself is a {type(model).__name__}: wrap it, e.g. nn.Sequential(model)")]
     with torch.no_grad():
         if to == "conv":
             return _plan_to_conv(model, scope)

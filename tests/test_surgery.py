@@ -187,3 +187,8 @@ def test_verification_input_suits_both_models():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, 3, 1))  # stride 3: its s2d form needs sizes divisible by 3
     report = fs.convert(model, to="s2d")
     assert report.verification.passed and all(s % 3 == 0 for s in report.verification.input_shapes[0][2:])
+
+
+def test_a_model_that_is_itself_the_stem_is_reported():
+    report = fs.convert(fs.Focus(3, 8, 3), to="conv")
+    assert not report.replaced and "wrap it" in report.skipped[0].reason
