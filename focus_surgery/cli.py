@@ -1,4 +1,4 @@
-"""Command line: ``focus-surgery convert | inspect | verify | demo`` (also ``python -m focus_surgery``).
+"""Command line: ``focus-surgery convert | inspect | verify | bench | demo`` (also ``python -m focus_surgery``).
 
 Exit codes: 0 success, 1 verification failed, 2 bad input (one-line error on stderr, no traceback).
 """
