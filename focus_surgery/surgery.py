@@ -9,6 +9,7 @@ conv block inside a Focus (Ultralytics ``Conv``, timm ``ConvNormAct``, YOLOv5's 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -314,10 +315,16 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
             path = _join(prefix, name)
             parts = _focus_parts(child)
             s2d = space_to_depth_params(child)
+            fold: Callable[[], tuple[nn.Module, str]] | None = None
             if parts is not None:
                 bs, order, block, pad = parts
+                fold = functools.partial(_to_strided_conv, bs, order, block, pad)
+            elif _folds_itself(child):  # an integration's space-to-depth layer (e.g. timm StdConv2d in s2d form)
+                bs, order = getattr(child, "block_size", 0), getattr(child, "order", "")
+                fold = child.to_strided_conv
+            if fold is not None:
                 try:
-                    new, new_form = _to_strided_conv(bs, order, block, pad)
+                    new, new_form = fold()
                     new = _carry_routing(child, new)
                     old_form = f"{type(child).__name__}(block_size={bs}, order={order})"
                     steps.append(_Step(path, new, _record(path, child, new, old_form, new_form, bs, order)))
@@ -346,16 +353,6 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
                         index += 1
                     except (ValueError, ConversionError) as error:
                         skipped.append(Skipped(path, str(error)))
-                if scope == "stem":
-                    return True
-            elif _folds_itself(child):  # an integration's space-to-depth layer (e.g. timm StdConv2d in s2d form)
-                try:
-                    new, new_form = child.to_strided_conv()
-                    bs, order = getattr(child, "block_size", 0), getattr(child, "order", "")
-                    old_form = f"{type(child).__name__}(block_size={bs}, order={order})"
-                    steps.append(_Step(path, new, _record(path, child, new, old_form, new_form, bs, order)))
-                except (ValueError, ConversionError) as error:
-                    skipped.append(Skipped(path, str(error)))
                 if scope == "stem":
                     return True
             elif isinstance(child, nn.Conv2d) or is_conv_block(child):
