@@ -166,24 +166,21 @@ def strided_conv_to_s2d(
 def _fold_1d(taps_zero: torch.Tensor, block_size: int, pad_before: int, pad_after: int) -> tuple[int, int, int]:
     """(trim before, trim after, padding) of the smallest symmetric strided conv equal to one s2d axis, or raise.
 
-    Dropping ``t0`` leading zero taps keeps the alignment if the padding drops by ``t0`` too; the output length
-    then matches the space-to-depth form when ``(t1 - t0) // bs == pad_after - pad_before``.
+    A negative trim adds that many zero taps. Changing the leading taps by ``t0`` keeps the alignment if the
+    padding changes by ``t0`` too; the output length then matches the space-to-depth form when
+    ``(t1 - t0) // bs == pad_after - pad_before``. Only zero taps are ever dropped, so the result is exact.
     """
     size = taps_zero.numel()
     lead = int(torch.cumprod(taps_zero.to(torch.int64), 0).sum())  # leading all-zero taps
     trail = int(torch.cumprod(taps_zero.flip(0).to(torch.int64), 0).sum())  # trailing all-zero taps
+    most_added = block_size * (abs(pad_after - pad_before) + max(0, -pad_before) + 1)  # enough for any pad, crops too
     fits = [
         (t0, t1)
-        for t0 in range(min(lead, block_size * pad_before, size - 1) + 1)
-        for t1 in range(min(trail, size - 1 - t0) + 1)
+        for t0 in range(-most_added, min(lead, block_size * pad_before, size - 1) + 1)
+        for t1 in range(-most_added, min(trail, size - 1 - max(t0, 0)) + 1)
         if (t1 - t0) // block_size == pad_after - pad_before
     ]
-    if not fits:
-        raise ValueError(
-            f"space-to-depth pad ({pad_before}, {pad_after}) has no symmetric strided-conv equivalent "
-            "(the kernel taps it would need to drop are not zero)"
-        )
-    t0, t1 = max(fits, key=lambda t: (t[0] + t[1], t[0]))
+    t0, t1 = max(fits, key=lambda t: (t[0] + t[1], t[0]))  # smallest kernel, then the least padding
     return t0, t1, block_size * pad_before - t0
 
 
@@ -196,7 +193,8 @@ def s2d_to_strided_conv(
     """Fold space-to-depth + pad + stride-1 conv back into one conv of stride ``block_size``, exactly.
 
     Inverse of ``strided_conv_to_s2d``: zero taps that were added are dropped again, so a round trip is
-    bit-identical. With symmetric ``pad = (p, p, p, p)`` this is ``focus_to_conv_weight`` with padding ``bs*p``.
+    bit-identical. Other pads get zero taps added where needed (e.g. pad (1, 0) of a 2-tap s2d kernel with no zero
+    tap becomes a 5-tap conv with padding 2). With symmetric ``pad = (p, p, p, p)`` this is ``focus_to_conv_weight`` with padding ``bs*p``.
 
     Args:
         weight (torch.Tensor): Shape (O, C*bs*bs, kh, kw), the stride-1 conv weight.
@@ -208,11 +206,13 @@ def s2d_to_strided_conv(
         (tuple[torch.Tensor, tuple[int, int]]): Weight (O, C, KH, KW) and its symmetric (pad_h, pad_w).
 
     Raises:
-        ValueError: If the padding cannot be expressed by a symmetric conv padding.
+        ValueError: If ``weight`` is not a conv weight reading space-to-depth channels of this block size.
     """
     big = focus_to_conv_weight(weight, block_size, order)
     left, right, top, bottom = pad or (0, 0, 0, 0)
     zero = big == 0
     h0, h1, ph = _fold_1d(zero.all(dim=3).all(dim=1).all(dim=0), block_size, top, bottom)
     w0, w1, pw = _fold_1d(zero.all(dim=2).all(dim=1).all(dim=0), block_size, left, right)
-    return big[:, :, h0 : big.shape[2] - h1, w0 : big.shape[3] - w1].contiguous(), (ph, pw)
+    grown = F.pad(big, (max(-w0, 0), max(-w1, 0), max(-h0, 0), max(-h1, 0)))  # zero taps to add, if any
+    h0, h1, w0, w1 = max(h0, 0), max(h1, 0), max(w0, 0), max(w1, 0)  # zero taps to drop
+    return grown[:, :, h0 : grown.shape[2] - h1, w0 : grown.shape[3] - w1].contiguous(), (ph, pw)

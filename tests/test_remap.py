@@ -121,8 +121,6 @@ def test_rectangular_kernel_and_padding():
         (lambda: strided_conv_to_s2d(torch.randn(4, 3, 3, 3), (2, 1), 1), "differs per axis"),
         (lambda: strided_conv_to_s2d(torch.randn(4, 3, 3, 3), 1, 1), "block_size must be an integer >= 2"),
         (lambda: strided_conv_to_s2d(torch.randn(4, 3, 3, 3), 2, -1), "padding must be >= 0"),
-        # asymmetric pad whose taps are not zero: no symmetric strided conv exists
-        (lambda: s2d_to_strided_conv(torch.ones(4, 12, 2, 2), 2, (1, 0, 1, 0)), "no symmetric strided-conv"),
     ],
 )
 def test_impossible_conversions_are_refused(call, message):
@@ -141,3 +139,17 @@ def test_matches_the_yolov5_v6_conversion_of_a_real_checkpoint():
     focus = torch.from_numpy(v5["focus_conv_weight"])
     assert torch.equal(focus_to_conv_weight(focus, 2, "yolov5"), torch.from_numpy(v6["stem_conv_weight"]))
     assert torch.equal(conv_to_focus_weight(torch.from_numpy(v6["stem_conv_weight"])), focus)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(
+    "bs,k,pad", [(2, 2, (1, 0, 1, 0)), (2, 2, (0, 1, 0, 1)), (3, 2, (2, 0, 1, 1)), (2, 3, (0, 2, 1, 0)), (2, 2, (-1, 0, 0, -1)), (2, 2, (-1, -1, 0, 0))]
+)
+def test_any_space_to_depth_pad_folds_into_one_strided_conv(order, bs, k, pad):
+    """SPD-Conv with any explicit pad (crops too) and no zero taps: the strided conv gets zero taps added, exactly."""
+    w = torch.randn(4, 3 * bs * bs, k, k, dtype=torch.float64)
+    weight, padding = s2d_to_strided_conv(w, bs, pad, order)
+    x = torch.randn(2, 3, 6 * bs, 5 * bs, dtype=torch.float64)
+    ref = F.conv2d(F.pad(SpaceToDepth(bs, order)(x), pad), w)
+    out = F.conv2d(x, weight, None, bs, padding)
+    assert out.shape == ref.shape and (out - ref).abs().max() <= EXACT
