@@ -1,10 +1,11 @@
 """Checkpoint I/O: safe loading (no code runs from a file), atomic saving.
 
-A ``.pt`` file is a pickle, and unpickling can run any code. We scan the pickle's globals first, without
-executing anything, and refuse every global outside an allow-list (torch modules and tensor rebuilders,
-Ultralytics and focus-surgery layers, plain containers); then ``torch.load(weights_only=True)`` admits exactly
-those globals. Writes go to a temporary file in the destination folder and are renamed into place, so a failed
-or interrupted write never leaves a partial file and never touches the source.
+A ``.pt`` file is a pickle, and unpickling can run any code. We never unpickle with ``pickle`` or
+``torch.load(weights_only=False)``: a restricted unpickler (``yolov5/unpickler.py``) resolves only tensor rebuilders
+and containers, reads every layer class as an inert record and refuses every other global by name; records of
+installed layer classes are then rebuilt without running their constructors. Writes go to a temporary file in the
+destination folder and are renamed into place, so a failed or interrupted write never leaves a partial file and
+never touches the source.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def pickle_globals(path: str | os.PathLike) -> list[str]:
 def _module_class(qualname: str, path: Path) -> type[torch.nn.Module]:
     """The installed layer class named ``qualname``; never a function, never a class defined elsewhere."""
     module_name, _, name = qualname.rpartition(".")
+    if "__main__" in module_name.split("."):  # importing a __main__ runs a program
+        raise CheckpointError(f"{path}: refused to load: {qualname!r} is not a layer class (nothing was executed)")
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
@@ -189,7 +192,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = check_readable(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    content = _materialize(load_records(path, MODULE_PREFIXES, "a model checkpoint"), path, {})
+    try:
+        content = _materialize(load_records(path, MODULE_PREFIXES, "a model checkpoint"), path, {})
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a torch checkpoint (nested too deeply)") from None
     if isinstance(content, dict) and any(isinstance(content.get(k), torch.nn.Module) for k in ("model", "ema")):
         metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
         return Checkpoint(path, "ultralytics", content, metadata)

@@ -177,3 +177,40 @@ def test_functions_and_constructors_of_allowed_packages_never_run(make_payload, 
     result = run("inspect", src)
     assert result.returncode == 2 and "refused to load" in result.stderr
     assert not marker.exists()
+
+
+def test_hostile_numpy_dtype_and_storage_tampering_are_refused(tmp_path):
+    """A pickle may not give numpy an object-typed field, nor change the shared storage stand-ins for later files."""
+    import zipfile
+
+    from focus_surgery.checkpoint_io import CheckpointError, load_checkpoint
+
+    class ObjectFieldDtype:  # numpy.dtype("V8") whose state then claims an object field
+        def __reduce__(self):
+            return (__import__("numpy").dtype, ("V8", False, True), (3, "|", None, ("x",), {"x": (object, 0)}, 8, 1, 63))
+
+    dtype_file = tmp_path / "dtype.pt"
+    torch.save({"w": torch.arange(4.0), "payload": ObjectFieldDtype()}, dtype_file)
+    with pytest.raises(CheckpointError, match="numpy dtype with fields"):
+        load_checkpoint(dtype_file)
+    # BUILD on torch.FloatStorage's stand-in, setting its dtype to float16 (hand-written pickle, protocol 2)
+    storage_file = tmp_path / "storage.pt"
+    retype = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypectorch\nfloat16\nsb."
+    with zipfile.ZipFile(storage_file, "w") as archive:
+        archive.writestr("archive/data.pkl", retype)
+    with pytest.raises(CheckpointError, match="refusing to set the state"):
+        load_checkpoint(storage_file)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(4.0)}, good)
+    assert torch.equal(load_checkpoint(good).content["w"], torch.arange(4.0))  # still float32, values intact
+
+
+def test_state_dict_with_metadata_loads(tmp_path):
+    """model.state_dict() is an OrderedDict carrying ``_metadata``: its state is set on load, and that is allowed."""
+    from focus_surgery.checkpoint_io import load_checkpoint
+
+    path = tmp_path / "sd.pt"
+    state = build_focus_model().state_dict()
+    torch.save(state, path)
+    loaded = load_checkpoint(path).content
+    assert loaded.keys() == state.keys() and getattr(loaded, "_metadata", None) == state._metadata

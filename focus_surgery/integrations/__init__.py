@@ -8,11 +8,8 @@ focus-surgery never imports Ultralytics (about a second) by itself.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.util
 import sys
-import warnings
-from typing import Any
 
 _ULTRALYTICS_TASKS = "ultralytics.nn.tasks"
 
@@ -36,48 +33,10 @@ def register() -> dict[str, str]:
     return hooked
 
 
-def _register_quietly(_module: Any = None) -> None:
-    """Automatic registration: a failure becomes a warning, never an ImportError in someone else's import."""
-    try:
-        from .ultralytics import register as register_ultralytics
+def _register_ultralytics() -> None:
+    from .ultralytics import register as register_ultralytics
 
-        register_ultralytics()
-    except Exception as error:  # noqa: BLE001 - must not break `import ultralytics`
-        warnings.warn(f"focus-surgery: Ultralytics YAML rows not registered: {error}", RuntimeWarning, stacklevel=2)
-
-
-class _HookedLoader(importlib.abc.Loader):
-    """Runs the real loader, then registers; everything else (get_source, ...) is the real loader's."""
-
-    def __init__(self, loader: importlib.abc.Loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _register_quietly(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """One-shot finder: when ``ultralytics.nn.tasks`` is first imported, register right after it has executed."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _ULTRALYTICS_TASKS:
-            return None
-        sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not self]
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find else None
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _HookedLoader(spec.loader)
-                return spec
-        return None
+    register_ultralytics()
 
 
 def _register_timm() -> None:
@@ -91,12 +50,9 @@ def auto_register() -> None:
     from .import_hooks import call_when_imported
 
     call_when_imported("timm", _register_timm)  # timm models (*_s2d) once timm is imported; warns if that fails
-    if _ULTRALYTICS_TASKS in sys.modules:
-        _register_quietly()
-    elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
-        try:
-            installed = importlib.util.find_spec("ultralytics") is not None
-        except (ImportError, ValueError):
-            installed = False
-        if installed:
-            sys.meta_path.insert(0, _RegisterAfterImport())
+    try:
+        installed = importlib.util.find_spec("ultralytics") is not None
+    except (ImportError, ValueError):  # ValueError: imports of ultralytics are blocked
+        installed = False
+    if installed:  # our YAML rows once Ultralytics has loaded its parser; warns if that fails
+        call_when_imported(_ULTRALYTICS_TASKS, _register_ultralytics)

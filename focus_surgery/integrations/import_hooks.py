@@ -28,6 +28,9 @@ class _PostImportLoader(importlib.abc.Loader):
         self.loader.exec_module(module)
         _run(module.__name__, self.callbacks)
 
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)  # get_resource_reader, get_source, ...: the real loader's
+
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):
     """Finds nothing itself: wraps the loader the other finders return for the watched names."""

@@ -317,7 +317,7 @@ _CONVERT_JOB = "import json, sys; from focus_surgery.speed.bench import convert_
 def _run_job(kind: str, src: Path, dst: Path, isolate: bool) -> dict[str, float]:
     if not isolate:
         return convert_once(kind, src, dst)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),  # the checkout
                                                        os.environ.get("PYTHONPATH", "")]))  # fmt: skip
     out = subprocess.run([sys.executable, "-c", _CONVERT_JOB, kind, str(src), str(dst)], capture_output=True,
                          text=True, env=env, check=True)  # fmt: skip

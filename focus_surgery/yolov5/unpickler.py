@@ -27,11 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-try:  # numpy >= 2
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # pragma: no cover - numpy < 2
-    from numpy.core import multiarray as _multiarray
-
 from ..checkpoint_io import CheckpointError, check_readable
 
 # Module prefixes whose classes become records (YOLOv5 layers and the torch layers inside them).
@@ -109,14 +104,29 @@ class LegacyRecord:
 
 
 class _StorageType:
-    """Stand-in for ``torch.<Type>Storage`` in a persistent id: only its dtype matters."""
+    """Stand-in for ``torch.<Type>Storage`` in a persistent id: only its dtype matters. Immutable: a pickle must
+    not be able to change how later files load."""
+
+    __slots__ = ("dtype",)
 
     def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, name, value):
+        raise pickle.UnpicklingError("a storage type cannot be modified")
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> torch.Tensor:
     """``torch._utils._rebuild_tensor[_v2]`` without hooks or metadata: a plain tensor viewing ``storage``."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError("tensor without a storage")
+    size, stride, offset = tuple(int(v) for v in size), tuple(int(v) for v in stride), int(storage_offset)
+    if len(size) != len(stride) or offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
+        raise pickle.UnpicklingError("tensor with a negative size, stride or offset")
+    extent = 0 if 0 in size else offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+    available = storage._untyped_storage.nbytes() // _element_size(storage.dtype)
+    if extent > available:
+        raise pickle.UnpicklingError(f"tensor reaches element {extent} of a storage of {available}")
     tensor = torch.empty((0,), dtype=storage.dtype)
     return tensor.set_(storage._untyped_storage, storage_offset, torch.Size(size), tuple(stride))
 
@@ -148,16 +158,91 @@ def _reconstructor(cls, base, state=None):
     return cls.__new__(cls)
 
 
-def _numpy_reconstruct(*args):
-    if not (args and args[0] is np.ndarray):
+_NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: no objects, no structured fields
+
+
+class _DtypeSpec:
+    """What a pickle asked ``numpy.dtype(...)`` for; becomes a real dtype only if it is a plain numeric one."""
+
+    def __init__(self, spec, *unused):
+        self.spec, self.byteorder = spec, "="
+
+    def __setstate__(self, state) -> None:
+        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) >= 5 and all(part is None for part in state[2:5])):
+            raise pickle.UnpicklingError("numpy dtype with fields or sub-arrays")
+        self.byteorder = state[1]
+
+    def to_numpy(self) -> np.dtype:
+        if not isinstance(self.spec, str) or self.byteorder not in ("<", ">", "=", "|"):
+            raise pickle.UnpicklingError("unsupported numpy dtype")
+        dtype = np.dtype(self.spec)
+        if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"numpy dtype {self.spec!r} is not a plain number type")
+        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+
+
+class _ArraySpec:
+    """What ``numpy.core.multiarray._reconstruct`` + its state describe; ``to_numpy`` copies the validated bytes."""
+
+    def __init__(self):
+        self.state = None
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+    def to_numpy(self) -> np.ndarray:
+        if not (isinstance(self.state, tuple) and len(self.state) == 5):
+            raise pickle.UnpicklingError("numpy array without its data")
+        _, shape, dtype, fortran, raw = self.state
+        if not isinstance(dtype, _DtypeSpec) or not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("numpy array of an unsupported kind")
+        dtype = dtype.to_numpy()
+        shape = tuple(int(n) for n in shape)
+        if any(n < 0 for n in shape) or int(np.prod(shape)) * dtype.itemsize != len(raw):
+            raise pickle.UnpicklingError("numpy array whose data does not match its shape")
+        return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+_NDARRAY = object()  # stands for numpy.ndarray as the first argument of _reconstruct; not callable
+
+
+def _numpy_reconstruct(cls, *unused) -> _ArraySpec:
+    if cls is not _NDARRAY:
         raise pickle.UnpicklingError("numpy _reconstruct of something other than an ndarray")
-    return _multiarray._reconstruct(*args)
+    return _ArraySpec()
 
 
-def _numpy_scalar(dtype, *args):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("numpy scalar of object dtype")
-    return _multiarray.scalar(dtype, *args)
+def _numpy_scalar(dtype, raw=b"", *unused):
+    if not isinstance(dtype, _DtypeSpec) or not isinstance(raw, (bytes, bytearray)):
+        raise pickle.UnpicklingError("numpy scalar of an unsupported kind")
+    dtype = dtype.to_numpy()
+    if len(raw) != dtype.itemsize:
+        raise pickle.UnpicklingError("numpy scalar whose data does not match its type")
+    return np.frombuffer(bytes(raw), dtype=dtype)[0]
+
+
+def _finish_arrays(value: Any, memo: dict[int, Any]) -> Any:
+    """Replace every ``_ArraySpec`` (in containers and record states) by its numpy array."""
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, _ArraySpec):
+        memo[id(value)] = value.to_numpy()
+    elif isinstance(value, LegacyRecord):
+        memo[id(value)] = value
+        _finish_arrays(value.state, memo)
+    elif isinstance(value, dict):
+        memo[id(value)] = value
+        for key in list(value):
+            value[key] = _finish_arrays(value[key], memo)
+    elif isinstance(value, list):
+        memo[id(value)] = value
+        value[:] = [_finish_arrays(v, memo) for v in value]
+    elif type(value) is tuple:
+        memo[id(value)] = tuple(_finish_arrays(v, memo) for v in value)
+    else:
+        return value
+    return memo[id(value)]
 
 
 def _fixed_globals() -> dict[str, Any]:
@@ -178,8 +263,8 @@ def _fixed_globals() -> dict[str, Any]:
     for core in ("numpy.core", "numpy._core"):  # numpy < 2 and numpy >= 2 spellings
         table[f"{core}.multiarray._reconstruct"] = _numpy_reconstruct
         table[f"{core}.multiarray.scalar"] = _numpy_scalar
-    table["numpy.ndarray"] = np.ndarray
-    table["numpy.dtype"] = np.dtype
+    table["numpy.ndarray"] = _NDARRAY
+    table["numpy.dtype"] = _DtypeSpec
     for name, dtype in STORAGE_DTYPES.items():
         table[name] = _StorageType(dtype)
     for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int32, torch.uint8):
@@ -211,8 +296,26 @@ class RefusedGlobal(pickle.UnpicklingError):
         self.qualname = qualname
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only allow-listed globals; storages come from ``load_storage(dtype, key, numel)``."""
+# The only objects whose state a pickle may set: fresh instances made by this load (records, numpy specs, the
+# OrderedDict of a state dict with its ``_metadata``), never a shared global such as a storage stand-in.
+_BUILDABLE = (LegacyRecord, _DtypeSpec, _ArraySpec, OrderedDict)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only allow-listed globals; storages come from ``load_storage(dtype, key, numel)``.
+
+    The pure-Python unpickler, so that BUILD (setting an object's state) can be limited to inert records: a pickle
+    must not reach into the functions and constants it was allowed to name.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        if not isinstance(self.stack[-2], _BUILDABLE):
+            raise pickle.UnpicklingError(f"refusing to set the state of a {type(self.stack[-2]).__name__}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def __init__(self, file, load_storage, record_prefixes: tuple[str, ...] = RECORD_PREFIXES):
         super().__init__(file, encoding="latin1")
@@ -274,7 +377,8 @@ def _load_zip(path: Path, record_prefixes: tuple[str, ...]) -> Any:
                 raise CheckpointError(f"{path}: storage {key} is truncated")
             return _typed_storage(data, dtype)
 
-        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage, record_prefixes).load()
+        content = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage, record_prefixes).load()
+        return _finish_arrays(content, {})
 
 
 def _load_legacy(path: Path, record_prefixes: tuple[str, ...]) -> Any:
@@ -308,7 +412,7 @@ def _load_legacy(path: Path, record_prefixes: tuple[str, ...]) -> Any:
             if count != numel or len(data) != nbytes:
                 raise CheckpointError(f"{path}: truncated or corrupt storage {key}")
             storage._untyped_storage.copy_(_typed_storage(data, storage.dtype)._untyped_storage)
-    return content
+    return _finish_arrays(content, {})
 
 
 def load_records(
@@ -350,7 +454,7 @@ def load_records(
             "(nothing was executed)"
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            struct.error, zipfile.BadZipFile, OSError, RuntimeError, MemoryError) as error:  # fmt: skip
+            struct.error, zipfile.BadZipFile, OSError, RuntimeError, MemoryError, RecursionError) as error:  # fmt: skip
         detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
 
