@@ -154,3 +154,12 @@ def test_optimize_bad_input():
     linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     result, report = fs.optimize(linear, torch.rand(1, 3, 2, 2))
     assert result is linear and not report.stems and report.skipped
+
+
+def test_optimize_keeps_the_callers_gradients():
+    model = build_focus_model().train()
+    model(torch.rand(1, 3, 32, 32)).sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if not k.startswith("0.")}
+    result, _ = fs.optimize(model, torch.rand(2, 3, 32, 32), backward=True, measure="model", repeats=2, warmup=1)
+    after = dict(result.named_parameters())
+    assert all(torch.equal(after[k].grad, g) for k, g in grads.items())

@@ -287,6 +287,7 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
         calls = {name: _step(module, (x,), backward) for name, module in copies.items()}
         return time_interleaved(calls, device, repeats, warmup)
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}  # training-mode BN stats, restored below
+    grads = {k: p.grad for k, p in model.named_parameters()}  # the caller's gradients, restored below
     at_path = model.get_submodule(stem.path)  # Ultralytics routes by attributes (i, f) of each row: keep them
     installed = {
         name: (module if name == ORIGINAL else _carry_routing(at_path, copy.deepcopy(module)))
@@ -308,7 +309,8 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
         with torch.no_grad():
             for key, value in model.named_buffers():
                 value.copy_(buffers[key])
-        model.zero_grad(set_to_none=True)
+        for key, parameter in model.named_parameters():
+            parameter.grad = grads.get(key)
 
 
 def fastest_model_checkpoint(content: dict, batch: int, size: int, verify: bool = True, repeats: int = 10):
