@@ -53,6 +53,18 @@ def _verify_state_dict_stems(a: dict, b: dict, block_size: int, order: str) -> V
     return verify(_stem_module(a, block_size, order), _stem_module(b, block_size, order), input_shape=shape)
 
 
+def _check_state_dict_stems(before: dict, after: dict, args, report: dict[str, Any]) -> float | None:
+    """``--verify`` for state dicts: record the float64 stem check in ``report``; raise if it failed (exit 1)."""
+    if not args.verify:
+        return None
+    check = _verify_state_dict_stems(before, after, args.block_size, args.order)
+    report["verification"] = check.to_dict()
+    report["assumes"] = "a state dict has no geometry: both stems are run with same padding (k // 2)"
+    if not check.passed:
+        raise VerificationFailed(f"{args.src}: verification failed ({check}); {args.dst} not written")
+    return check.max_abs_err
+
+
 def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, Any]]:
     """Convert every model object of a full checkpoint (``model`` and ``ema``); report the first."""
     content = dict(ckpt.content)  # the loaded objects are ours alone: converting them in place is safe
@@ -93,13 +105,7 @@ def cmd_convert(args) -> int:
     else:
         content, stem = convert_state_dict(ckpt.state_dict, args.to, args.block_size, args.order)
         report = {"stem": stem.prefix, "from": stem.form, "to": args.to, "weight_key": stem.weight_key}
-        max_abs_err = None
-        if args.verify:
-            check = _verify_state_dict_stems(ckpt.state_dict, content, args.block_size, args.order)
-            report["verification"], max_abs_err = check.to_dict(), check.max_abs_err
-            report["assumes"] = "a state dict has no geometry: both stems are run with same padding (k // 2)"
-            if not check.passed:
-                raise VerificationFailed(f"{src}: verification failed ({check}); {dst} not written")
+        max_abs_err = _check_state_dict_stems(ckpt.state_dict, content, args, report)
     metadata = {"converted_by": "focus-surgery", "to": args.to}
     save_checkpoint(content, dst, metadata if dst.suffix == ".safetensors" else None)
     result = {"src": str(src), "dst": str(dst), "kind": ckpt.kind, "to": args.to, **report, "max_abs_err": max_abs_err}
@@ -130,13 +136,7 @@ def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float
     if form == stem.form:
         return sd, report, None  # already the faster layout: written unchanged
     content = convert_state_dict(sd, form, args.block_size, args.order)[0]
-    max_abs_err = None
-    if args.verify:
-        check = _verify_state_dict_stems(sd, content, args.block_size, args.order)
-        report["verification"], max_abs_err = check.to_dict(), check.max_abs_err
-        if not check.passed:
-            raise VerificationFailed(f"{ckpt.path}: verification failed ({check}); nothing written")
-    return content, report, max_abs_err
+    return content, report, _check_state_dict_stems(sd, content, args, report)
 
 
 def cmd_inspect(args) -> int:

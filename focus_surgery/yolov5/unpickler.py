@@ -283,11 +283,6 @@ def record_class(qualname: str) -> type:
     return _RECORD_CLASSES[qualname]
 
 
-def is_allowed_global(qualname: str) -> bool:
-    """True for the globals a YOLOv5-repository checkpoint may name."""
-    return qualname in _GLOBALS or qualname.startswith(RECORD_PREFIXES)
-
-
 class RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a global outside the allow-list."""
 
