@@ -366,11 +366,16 @@ def _load_zip(path: Path, record_prefixes: tuple[str, ...]) -> Any:
         if byteorder in names and archive.read(byteorder).strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
 
+        readers: list[Any] = []  # torch's own record reader, opened on the first storage (pickle-free, no copy)
+
         def load_storage(dtype, key, numel):
-            data = archive.read(f"{prefix}data/{key}")
-            if len(data) < numel * _element_size(dtype):
-                raise CheckpointError(f"{path}: storage {key} is truncated")
-            return _typed_storage(data, dtype)
+            if not readers:
+                readers.append(torch._C.PyTorchFileReader(str(path)))
+            reader, name = readers[0], f"data/{key}"
+            if not reader.has_record(name) or reader.get_record_size(name) < numel * _element_size(dtype):
+                raise CheckpointError(f"{path}: storage {key} is missing or truncated")
+            raw = reader.get_storage_from_record(name, reader.get_record_size(name), torch.uint8)
+            return torch.storage.TypedStorage(wrap_storage=raw.untyped_storage(), dtype=dtype, _internal=True)
 
         content = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage, record_prefixes).load()
         return _finish_arrays(content, {})
