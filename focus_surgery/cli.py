@@ -19,14 +19,27 @@ from .surgery import ConversionError, VerificationError, convert, iter_stems
 from .verify import DEFAULT_TOLERANCE, VerificationReport, verify
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+FORWARD_LIMIT = 1 << 30  # bytes one operation of a verification forward may allocate (models from files)
 
 
 class VerificationFailed(Exception):
     """Raised by a sub-command whose verification did not pass (exit code 1)."""
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (strings from a file must not drive the terminal); lines kept."""
+    return "\n".join(
+        "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in line) for line in str(text).split("\n")
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return printable(text.splitlines()[0]) if text else type(error).__name__
+
+
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
-    print(json.dumps(result, default=str) if as_json else text)
+    print(json.dumps(result, default=str) if as_json else printable(text))
 
 
 def _stem_module(state_dict: dict[str, torch.Tensor], block_size: int, order: str) -> torch.nn.Module:
@@ -233,6 +246,10 @@ def _add_convert(sub) -> None:
     p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
     p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
     p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="folder input: seconds one file may take before it is stopped and reported (default 300)")
+    p.add_argument("--max-memory", type=float, default=8.0,
+                   help="folder input: memory one file's conversion may use, GiB (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_convert)
 
@@ -301,18 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from .atomic_io import Interrupted, cleanup_on_signals
+    from .limits import forward_memory_limit
+    from .loader import reading_once
+
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings(), cleanup_on_signals(), reading_once(), forward_memory_limit(FORWARD_LIMIT):
+            warnings.simplefilter("ignore")  # library warnings would turn a one-line error into several
+            return args.handler(args)
     except VerificationFailed as error:
-        print(f"focus-surgery: {error}", file=sys.stderr)
+        print(f"focus-surgery: {_one_line(error)}", file=sys.stderr)
         return EXIT_VERIFY_FAILED
+    except MemoryError as error:
+        why = _one_line(error) if str(error) else "ran out of memory"
+        print(f"focus-surgery: error: {getattr(args, 'src', getattr(args, 'a', ''))}: {why}; nothing was written",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
     except (CheckpointError, ConversionError, ValueError, OSError) as error:
-        print(f"focus-surgery: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        print(f"focus-surgery: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 - e.g. a model whose forward fails: still one line, exit 2
-        print(f"focus-surgery: error: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", file=sys.stderr)
+        print(f"focus-surgery: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"focus-surgery: {getattr(args, 'dst', '')}: interrupted; nothing was written", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as error:
+        why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+        print(f"focus-surgery: {getattr(args, 'dst', '')}: {why}; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -25,6 +26,7 @@ TARGETS = ("conv", "focus", "s2d")
 SCOPES = ("stem", "all")
 _BLOCK_EXTRAS = {"bn", "act", "aa", "drop", "norm"}  # children a conv block may have besides `conv`
 ROUTING_ATTRIBUTES = ("i", "f", "type", "np")  # Ultralytics' per-row routing attributes
+MAX_KERNEL_GROWTH, MAX_GROWN_WEIGHT = 16, 1 << 22  # a space-to-depth kernel only zero-pads: refuse what is mostly zeros
 
 
 class ConversionError(ValueError):
@@ -153,6 +155,13 @@ def _check_conv(conv: nn.Conv2d, order: str | None) -> str | None:
         return f"string padding {conv.padding!r} is not supported"
     if conv.groups != 1 and order != "pixel_unshuffle":
         return f"groups={conv.groups} has an exact form only with order='pixel_unshuffle' (channels stay grouped)"
+    s, kernel, padding = conv.stride[0], conv.kernel_size, conv.padding
+    if s >= 2 and not isinstance(padding, str):
+        taps = [math.ceil((k + (-p) % s) / s) * s for k, p in zip(kernel, padding)]
+        growth = taps[0] * taps[1] / (kernel[0] * kernel[1])
+        if growth > MAX_KERNEL_GROWTH and conv.weight.numel() * growth > MAX_GROWN_WEIGHT:
+            return (f"stride {s} on a {kernel[0]}x{kernel[1]} kernel: the space-to-depth weight would be {growth:.0f}x "
+                    "larger, mostly zeros; left as a strided conv")  # fmt: skip
     return None
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .layers import SpaceToDepth
+from .limits import checked_forward
 
 DEFAULT_TOLERANCE = 1e-10
 
@@ -154,8 +155,9 @@ def verify(
         inputs = torch.rand(shape, generator=generator, dtype=torch.float64)
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     args = tuple(a.to(device=device, dtype=dtype or a.dtype) if a.is_floating_point() else a.to(device) for a in args)
-    ref_out = flatten_outputs(_prepare(reference, dtype, device)(*args))
-    cand_out = flatten_outputs(_prepare(candidate, dtype, device)(*args))
+    with checked_forward():  # bounded when the caller set a forward_memory_limit (models read from files)
+        ref_out = flatten_outputs(_prepare(reference, dtype, device)(*args))
+        cand_out = flatten_outputs(_prepare(candidate, dtype, device)(*args))
     shapes = [list(a.shape) for a in args]
     name = str(dtype or args[0].dtype).replace("torch.", "")
 

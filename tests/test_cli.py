@@ -198,7 +198,7 @@ def test_hostile_numpy_dtype_and_storage_tampering_are_refused(tmp_path):
     retype = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypectorch\nfloat16\nsb."
     with zipfile.ZipFile(storage_file, "w") as archive:
         archive.writestr("archive/data.pkl", retype)
-    with pytest.raises(CheckpointError, match="refusing to set the state"):
+    with pytest.raises(CheckpointError, match="refused to load: setting the state"):
         load_checkpoint(storage_file)
     good = tmp_path / "good.pt"
     torch.save({"w": torch.arange(4.0)}, good)

@@ -282,7 +282,8 @@ def _status_bytes(field: str) -> int:
 def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, float]:
     """One timed run: ``"plain"`` (torch.load + torch.save), ``"plain+fsync"`` (the same, flushed to disk),
     ``"convert"`` (focus-surgery's path: safe load, remap, atomic save flushed to disk, as the CLI does) or
-    ``"convert-no-fsync"`` (the same without the flush).
+    ``"convert-no-fsync"`` (the same without the flush), ``"load"`` (the safe loader alone, ``loader.read_checkpoint``:
+    its time and memory against the file's size) or ``"torch-load"`` (``torch.load(weights_only=True)`` alone).
 
     Peak memory is the process's resident high-water mark (VmHWM, reset through ``/proc/self/clear_refs`` just
     before the work) minus its resident size then; ``ru_maxrss`` (never reset) where /proc is unavailable.
@@ -299,7 +300,13 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
 
         before, peak_of = 0, (lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     t0 = time.perf_counter()
-    if kind.startswith("plain"):
+    if kind == "load":
+        from ..loader import read_checkpoint
+
+        read_checkpoint(src)
+    elif kind == "torch-load":
+        torch.load(src, map_location="cpu", weights_only=True)
+    elif kind.startswith("plain"):
         torch.save(torch.load(src, map_location="cpu", weights_only=True), dst)
         if kind == "plain+fsync":
             with open(dst, "rb") as handle:
@@ -342,7 +349,7 @@ def bench_conversion(
         torch.save(sd, src)
         del sd
         size = src.stat().st_size
-        kinds = ["plain", "convert", "plain+fsync", "convert-no-fsync"]
+        kinds = ["plain", "convert", "plain+fsync", "convert-no-fsync", "load", "torch-load"]
         runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for index in range(repeats + 1):  # the first round warms the page cache and is dropped
             for kind in kinds if index % 2 == 0 else kinds[::-1]:
@@ -363,6 +370,8 @@ def bench_conversion(
         "time_ratio_no_fsync": med["convert-no-fsync"] / med["plain"],
         "plain_peak_mb": mem["plain"] / 2**20, "convert_peak_mb": mem["convert"] / 2**20,
         "convert_peak_over_file_size": mem["convert"] / size, "plain_peak_over_file_size": mem["plain"] / size,
+        "load_s": med["load"], "torch_load_s": med["torch-load"], "load_time_ratio": med["load"] / med["torch-load"],
+        "load_mb_per_s": size / 2**20 / med["load"], "load_peak_over_file_size": mem["load"] / size,
     }  # fmt: skip
 
 
@@ -486,11 +495,16 @@ def format_report(result: dict[str, Any]) -> str:
             f"{conv['convert_peak_over_file_size']:.2f} |",
             f"| torch.load + torch.save + fsync | {conv['plain_fsync_s']:.2f} | | |",
             f"| focus-surgery convert without fsync | {conv['convert_no_fsync_s']:.2f} | | |",
+            f"| safe loader alone (`loader.read_checkpoint`) | {conv['load_s']:.2f} | "
+            f"{conv['load_peak_over_file_size'] * conv['file_mb']:.0f} | {conv['load_peak_over_file_size']:.2f} |",
+            f"| torch.load(weights_only=True) alone | {conv['torch_load_s']:.2f} | | |",
             "", f"Conversion / plain load+save: **{conv['time_ratio']:.2f}x** as the CLI does it (it flushes the file "
             f"to disk before the atomic rename); **{conv['time_ratio_same_durability']:.2f}x** against a plain "
             f"load+save flushed the same way; **{conv['time_ratio_no_fsync']:.2f}x** without the flush.",
             "", f"Targets: time <= 1.5x plain load+save; peak memory <= 2x the file size (measured "
             f"**{conv['convert_peak_over_file_size']:.2f}x**).",
+            "", f"Safe loader: {conv['load_mb_per_s']:.0f} MB/s, **{conv['load_time_ratio']:.2f}x** torch.load's time, "
+            f"peak memory **{conv['load_peak_over_file_size']:.2f}x** the file (bound: 2x the file + 256 MiB).",
         ]  # fmt: skip
     onnx_result = result.get("onnx")
     if onnx_result and "forms" in onnx_result:

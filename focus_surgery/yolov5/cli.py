@@ -12,11 +12,11 @@ import io
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint_io import CheckpointError, pickle_globals
+from ..checkpoint_io import CheckpointError
+from ..loader import read_checkpoint
 from ..surgery import ConversionError
 
 YOLOV5_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
@@ -24,14 +24,15 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
 def checkpoint_family(path: str | os.PathLike) -> str:
-    """``"yolov5"``, ``"ultralytics"`` or ``"other"``, from the pickle's globals (static scan, nothing runs).
+    """``"yolov5"``, ``"ultralytics"`` or ``"other"``, from the globals the safe load met (inside
+    ``loader.reading_once``, the conversion that follows reuses this read).
 
     Raises:
         CheckpointError: Missing, empty, unreadable file.
     """
     if Path(path).suffix == ".safetensors":
         return "other"
-    names = pickle_globals(path)
+    names = read_checkpoint(path).globals
     if any(n.startswith(YOLOV5_MODULES) for n in names):
         return "yolov5"
     if any(n.startswith("ultralytics.nn.tasks.") for n in names):
@@ -98,31 +99,29 @@ def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
     return _convert_generic(src, dst, args)
 
 
-def _worker(job: tuple[str, str, dict]) -> tuple[str, dict | None, str | None]:
-    src, dst, options = job
+def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
+    """One file of a folder run, inside its isolated child process (see ``folder.convert_isolated``)."""
+    import warnings
+
+    from ..loader import reading_once
+
     args = argparse.Namespace(**options)
     if args.workers > 1:  # parallelism comes from the processes; threads inside them would only contend
         import torch
 
         torch.set_num_threads(1)
-    try:
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        return src, convert_one(src, dst, args), None
-    except Exception as error:  # noqa: BLE001 - one bad file must not stop the batch; its reason is reported
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return src, None, message
-
-
-def _progress(done: int, total: int, name: str) -> None:
-    width = 24
-    filled = width * done // max(total, 1)
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}", end="", file=sys.stderr)
-    if done == total:
-        print(file=sys.stderr)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), reading_once():
+        warnings.simplefilter("ignore")
+        return convert_one(src, dst, args)
 
 
 def convert_folder(args: argparse.Namespace) -> int:
-    """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR."""
+    """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR, each file in
+    its own child process (a crashing, hanging or memory-hungry file fails alone)."""
+    from ..cli import printable
+    from ..folder import checkpoint_files, convert_isolated, progress_bar, worker_options
+
     src_dir, out_dir = Path(args.src), Path(args.dst)
     if (out_dir.exists() and not out_dir.is_dir()) or (
         not out_dir.exists() and out_dir.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors")
@@ -132,36 +131,28 @@ def convert_folder(args: argparse.Namespace) -> int:
         )
     if out_dir.resolve() == src_dir.resolve():
         raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
-    files = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
-    files = [p for p in files if out_dir.resolve() not in p.resolve().parents]
+    files = checkpoint_files(src_dir, out_dir, CHECKPOINT_SUFFIXES)
     if not files:
         raise CheckpointError(f"{src_dir}: no .pt / .pth files in this folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = {k: v for k, v in vars(args).items() if k != "handler"}
-    jobs = [(str(p), str(out_dir / p.relative_to(src_dir)), options) for p in files]
+    jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
     workers = max(1, int(getattr(args, "workers", 1) or 1))
-    results: list[tuple[str, dict | None, str | None]] = []
-    if workers == 1:
-        for job in jobs:
-            results.append(_worker(job))
-            _progress(len(results), len(jobs), Path(job[0]).name)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_worker, jobs):
-                results.append(result)
-                _progress(len(results), len(jobs), Path(result[0]).name)
-    converted = [r for _, r, e in results if r is not None]
-    failed = [{"file": s, "reason": e} for s, r, e in results if r is None]
+    outcomes = convert_isolated(
+        jobs, _convert_in_child, worker_options(vars(args)), workers, float(args.timeout),
+        int(float(args.max_memory) * 2**30), progress_bar,
+    )  # fmt: skip
+    converted = [o.result for o in outcomes if o.result is not None]
+    failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]
     summary = {"src": str(src_dir), "dst": str(out_dir), "converted": converted, "failed": failed}
     if args.json:
         print(json.dumps(summary, default=str))
     else:
-        print(f"converted {len(converted)}, failed {len(failed)} (of {len(results)} files under {src_dir})")
+        print(printable(f"converted {len(converted)}, failed {len(failed)} (of {len(outcomes)} files under {src_dir})"))
         for item in converted:
             err = item.get("max_abs_err")
-            print(f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else ""))
+            print(printable(f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")))
         for item in failed:
-            print(f"  FAIL  {item['file']}: {item['reason']}")
+            print(printable(f"  FAIL  {item['file']}: {item['reason']}"))
     return 2 if failed else 0
 
 

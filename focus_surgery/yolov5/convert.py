@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic_io import atomic_write_all
 from ..checkpoint_io import CheckpointError, atomic_write, check_readable
 from ..surgery import ConversionError, convert
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
@@ -180,8 +181,9 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
         raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
     if dst.suffix != ".safetensors":
         content = ultralytics_checkpoint(conv, to)
-        return [atomic_write(dst, lambda tmp: torch.save(content, tmp))]
-    from safetensors.torch import save_file
+        from ..checkpoint_io import torch_save
+
+        return [atomic_write(dst, lambda tmp: torch_save(content, tmp))]
 
     dtype = conv.ckpt.dtype if conv.ckpt.dtype.is_floating_point else torch.float32
     tensors = {
@@ -193,16 +195,26 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
     json_dst = config_path(dst)
     if json_dst.resolve() == Path(conv.ckpt.path).resolve():
         raise CheckpointError(f"{json_dst}: would overwrite the input")
-    written: list[Path] = []
+    if json_dst.exists() and not _is_our_config(json_dst):
+        raise CheckpointError(f"{json_dst}: exists and was not written by focus-surgery; move it away or choose "
+                              "another output name (the architecture is written beside the .safetensors)")  # fmt: skip
+    from ..checkpoint_io import safetensors_save
+
+    metadata = {"format": CONFIG_FORMAT, "config": json_dst.name}
+    return atomic_write_all([  # both written in full first; then the tensors, then the JSON describing them
+        (dst, lambda tmp: safetensors_save(tensors, tmp, metadata)),
+        (json_dst, lambda tmp: Path(tmp).write_text(text)),
+    ])  # fmt: skip
+
+
+def _is_our_config(path: Path) -> bool:
+    """Whether ``path`` is an architecture JSON an earlier conversion wrote (safe to replace)."""
     try:
-        written.append(atomic_write(json_dst, lambda tmp: Path(tmp).write_text(text)))
-        written.append(atomic_write(dst, lambda tmp: save_file(tensors, tmp, metadata={"format": CONFIG_FORMAT,
-                                                                                        "config": json_dst.name})))  # fmt: skip
-    except BaseException:
-        for path in written:  # no half-written pair
-            path.unlink(missing_ok=True)
-        raise
-    return written
+        if path.stat().st_size > 64 << 20:
+            return False
+        return json.loads(path.read_text()).get("format") == CONFIG_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
@@ -211,7 +223,7 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
     Returns:
         (nn.Module): ``DetectionModel`` in float32, eval mode.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = check_readable(path)
     json_path = config_path(path)
@@ -225,7 +237,7 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"{json_path}: not a focus-surgery YOLOv5 architecture file")
     model = build_model(LegacyArchitecture.from_dict(config["architecture"]), str(path))
     try:
-        tensors = load_file(str(path))
+        tensors = load(path.read_bytes())  # bytes, not a path: file names need not be UTF-8
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path}: corrupt safetensors file ({str(error).splitlines()[0]})") from None
     load_weights(model, tensors, str(path))

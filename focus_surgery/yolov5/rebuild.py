@@ -10,6 +10,7 @@ every torch leaf layer (convs, norms, activations, pools, upsamples) is rebuilt 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
+from ..loader.layers import check_hyperparameters
 from .detect import LegacyDetect
 from .unpickler import LegacyRecord, load_legacy_pickle
 
@@ -71,16 +73,29 @@ class LegacyCheckpoint:
         return floats[0] if floats else torch.float32
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy of metadata (numpy and tensors become numbers / lists)."""
+PLAIN_BUDGET = 200_000  # values a metadata entry may expand to (a shared sub-list counts each time it appears)
+
+
+def _plain(value: Any, budget: list[int] | None = None) -> Any:
+    """JSON-friendly copy of metadata (numpy and tensors become numbers / lists).
+
+    A file can share one list many times over (2^40 paths in a few KB); expanding it is bounded by a budget.
+    """
+    budget = [PLAIN_BUDGET] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CheckpointError("metadata expands to more values than a checkpoint holds (shared or nested too much)")
     if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
+        if getattr(value, "size", 0) > PLAIN_BUDGET or (isinstance(value, torch.Tensor) and value.numel() > PLAIN_BUDGET):
+            return f"<array of {tuple(value.shape)}>"
         value = value.tolist()
+        budget[0] -= len(value) if isinstance(value, list) else 0
     if value is None or isinstance(value, (float, int, str, bool)):
         return value
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, budget) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, budget) for k, v in value.items()}
     return repr(value)[:200]
 
 
@@ -101,10 +116,17 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
     model = content[key]
     if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
         raise CheckpointError(f"{path}: the YOLOv5 model has no yaml architecture dict; cannot rebuild it")
-    metadata = {k: _plain(v) for k, v in content.items() if k not in ("model", "ema", "optimizer")}
-    for attr in ("hyp", "gr", "yaml_file"):
-        if model.get(attr) is not None:
-            metadata[attr] = _plain(model.get(attr))
+    try:
+        budget = [PLAIN_BUDGET]
+        metadata = {str(k): _plain(v, budget) for k, v in content.items() if k not in ("model", "ema", "optimizer")}
+        for attr in ("hyp", "gr", "yaml_file"):
+            if model.get(attr) is not None:
+                metadata[attr] = _plain(model.get(attr), budget)
+        model.state["yaml"] = _plain(model.get("yaml"), [PLAIN_BUDGET])  # plain data from here on, bounded
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: metadata nested too deeply") from None
     metadata["source_key"] = key
     return LegacyCheckpoint(str(path), content, key, metadata)
 
@@ -121,6 +143,10 @@ def leaf_spec(record: LegacyRecord) -> dict[str, Any]:
     name = record.name
     if name not in LEAF_ARGS or not record.qualname.startswith("torch.nn.modules."):
         raise CheckpointError(f"layer type {record.qualname} is not supported")
+    try:
+        check_hyperparameters(getattr(nn, name), record.state, record.qualname)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     args = {a: _plain(record.get(a)) for a in LEAF_ARGS[name] if a in record.state}
     if name == "Conv2d":
         args["bias"] = (record.get("_parameters") or {}).get("bias") is not None
@@ -224,6 +250,53 @@ def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
             raise CheckpointError(f"{path}: yaml row {i} is malformed ({str(row)[:60]})")
 
 
+MAX_ROW_NUMBER = 64  # kernel sizes, strides, scale factors in a yaml row's arguments
+
+
+def _numbers_in(values: Any) -> list[float]:
+    found: list[float] = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        if isinstance(v, (list, tuple)):
+            found += _numbers_in(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            found.append(v)
+    return found
+
+
+def _check_scaling(yaml: dict, model: LegacyRecord, det: LegacyRecord, path: str) -> None:
+    """Refuse multipliers, repeats, widths and class counts that the recorded layers do not have.
+
+    Ultralytics' parser builds what the yaml says: a ``depth_multiple`` of 1e7 or an ``nc`` of 1e9 in a few bytes
+    would make it build millions of blocks. Every number it scales is checked against the weights in the file first.
+    """
+    gd, gw = yaml.get("depth_multiple", 1.0), yaml.get("width_multiple", 1.0)
+    for key, value in (("depth_multiple", gd), ("width_multiple", gw)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4:
+            raise CheckpointError(f"{path}: yaml {key} = {value!r} is out of range (0, 4]")
+    layers = list(model.children()["model"].children().values())
+    rows = list(yaml["backbone"]) + list(yaml["head"])
+    if len(rows) != len(layers):
+        raise CheckpointError(f"{path}: the yaml has {len(rows)} rows but the model {len(layers)} layers")
+    for i, ((_, n, name, args), layer) in enumerate(zip(rows[:-1], layers)):
+        modules = sum(1 for _ in layer.named_modules())
+        repeats = max(round(n * gd), 1) if n > 1 else n
+        if repeats < 1 or repeats > modules:
+            raise CheckpointError(f"{path}: yaml row {i} repeats its block {repeats} times; layer {i} has {modules} modules")
+        widths = [r.get("out_channels") for _, r in layer.named_modules() if r.name == "Conv2d"]
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and name not in ("Concat", "nn.Upsample"):
+            width = math.ceil(args[0] * gw / 8) * 8
+            if not widths or not all(isinstance(w, int) for w in widths) or width > max(widths):
+                raise CheckpointError(f"{path}: yaml row {i} asks for {width} channels; layer {i} has at most {max(widths, default=0)}")
+        if any(not math.isfinite(v) or abs(v) > MAX_ROW_NUMBER for v in _numbers_in(args[1:])):
+            raise CheckpointError(f"{path}: yaml row {i} has an argument out of range ({str(args)[:60]})")
+    nc, outputs = det.get("nc"), [c.get("out_channels") for c in det.children().get("m", det).children().values()]
+    anchors_per_level = det.get("na")
+    if not (isinstance(nc, int) and 0 < nc <= 100_000 and isinstance(anchors_per_level, int) and outputs
+            and all(o == anchors_per_level * (nc + 5) for o in outputs)):  # fmt: skip
+        raise CheckpointError(f"{path}: Detect has nc={nc!r} and na={anchors_per_level!r}, which its output convs "
+                              f"({outputs[:3]} channels) do not match")  # fmt: skip
+
+
 def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     """Read the architecture of a YOLOv5 checkpoint from its records (yaml, leaves, head, names)."""
     model, det = ckpt.model, ckpt.detect
@@ -231,6 +304,7 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     _check_rows(yaml, ckpt.path)
     if det.name != "Detect":
         raise CheckpointError(f"{ckpt.path}: last layer is {det.qualname}, not Detect")
+    _check_scaling(yaml, model, det, ckpt.path)
     buffers = det.get("_buffers") or {}
     stride = [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()]
     if "anchor_grid" in buffers:  # v1.0-v5.0: pixel anchors kept as a buffer
@@ -254,7 +328,11 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
                       and isinstance(v, (bool, int, float))}  # fmt: skip
             if values:
                 plain[path] = values
-    return LegacyArchitecture(yaml, detect, _record_leaves(model), sorted(model.get("save") or []), names, plain)
+    try:
+        leaves = _record_leaves(model)
+    except CheckpointError as error:
+        raise CheckpointError(f"{ckpt.path}: {error}") from None
+    return LegacyArchitecture(yaml, detect, leaves, sorted(model.get("save") or []), names, plain)
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:

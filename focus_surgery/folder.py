@@ -1,0 +1,161 @@
+"""``convert DIR OUTDIR``: every checkpoint under a folder, each in its own child process.
+
+A file is untrusted input: one that crashes the converter (a signal), hangs past ``--timeout`` or passes the
+memory limit must not take the batch with it. Each file is converted in a fresh child (forked from a server that
+has already imported torch, so a child starts in milliseconds) under an address-space limit; the parent only
+collects results, kills a child that runs too long, removes what a killed child left behind, and prints the summary.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from .atomic_io import remove_stale_temporaries
+
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MEMORY_GB = 8.0
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one file: ``result`` (a JSON-able report) or ``error`` (one line)."""
+
+    src: str
+    dst: str
+    result: dict | None = None
+    error: str | None = None
+
+
+def _address_space() -> int:
+    """This process's current virtual size in bytes (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn: Connection) -> None:
+    try:
+        import resource
+
+        limit = _address_space() + memory  # what is already mapped (torch's libraries) plus the budget
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass  # no limit where the platform has none
+    try:
+        conn.send((work(src, dst, options), None))
+    except MemoryError:
+        conn.send((None, f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"))
+    except BaseException as error:  # noqa: BLE001 - reported as this file's failure, in one line
+        text = str(error).strip()
+        conn.send((None, text.splitlines()[0] if text else type(error).__name__))
+    finally:
+        conn.close()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "focus_surgery.cli"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def convert_isolated(
+    jobs: list[tuple[str, str]],
+    work: Callable[[str, str, dict], dict],
+    options: dict,
+    workers: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_bytes: int = int(DEFAULT_MEMORY_GB * 2**30),
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[FileOutcome]:
+    """Run ``work(src, dst, options)`` for each job in its own child process, ``workers`` at a time.
+
+    Returns:
+        (list[FileOutcome]): One per job, in job order.
+    """
+    context = _context()
+    outcomes = [FileOutcome(src, dst) for src, dst in jobs]
+    waiting = list(range(len(jobs)))
+    running: dict[int, tuple[Any, Connection, float]] = {}  # job index: (process, receiving end, start time)
+    finished = 0
+
+    def finish(index: int, result: dict | None, error: str | None) -> None:
+        nonlocal finished
+        outcomes[index].result, outcomes[index].error = result, error
+        finished += 1
+        if progress:
+            progress(finished, len(jobs), Path(jobs[index][0]).name)
+
+    try:
+        while waiting or running:
+            while waiting and len(running) < max(1, workers):
+                index = waiting.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(work, *jobs[index], options, memory_bytes, send), daemon=True)
+                process.start()
+                send.close()
+                running[index] = (process, receive, time.monotonic())
+            ready = wait([conn for _, conn, _ in running.values()] + [p.sentinel for p, _, _ in running.values()], 0.5)
+            now = time.monotonic()
+            for index, (process, conn, started) in list(running.items()):
+                result = error = None
+                if conn in ready or process.sentinel in ready:
+                    try:
+                        result, error = conn.recv()
+                    except (EOFError, OSError):  # died without a word: a crash or the kernel's OOM killer
+                        process.join(5)
+                        code = process.exitcode
+                        reason = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
+                        error = f"crashed ({reason}); the file is corrupt or hostile"
+                elif now - started > timeout_s:
+                    process.kill()
+                    error = f"took longer than {timeout_s:g} s (--timeout); stopped"
+                else:
+                    continue
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+                conn.close()
+                del running[index]
+                if error is not None:
+                    remove_stale_temporaries(Path(jobs[index][1]))  # what a killed child may have left
+                finish(index, result, error)
+    finally:
+        for process, conn, _ in running.values():
+            process.kill()
+            process.join()
+            conn.close()
+    return outcomes
+
+
+def progress_bar(done: int, total: int, name: str) -> None:
+    width = 24
+    filled = width * done // max(total, 1)
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}", end="", file=sys.stderr)
+    if done == total:
+        print(file=sys.stderr)
+
+
+def checkpoint_files(src_dir: Path, out_dir: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Every checkpoint file under ``src_dir`` (sorted), skipping what lies inside ``out_dir``."""
+    out = out_dir.resolve()
+    return [p for p in sorted(src_dir.rglob("*")) if p.is_file() and p.suffix in suffixes and out not in p.resolve().parents]
+
+
+def worker_options(options: dict) -> dict:
+    """Options a child needs (picklable values only)."""
+    return {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}

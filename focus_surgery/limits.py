@@ -1,0 +1,77 @@
+"""Bounded forward passes for models read from files.
+
+A model rebuilt from a checkpoint runs its own layers' code with hyper-parameters the file chose (upsampling
+factors, attention sizes, ...); a few bytes can ask for gigabytes. Inside ``forward_memory_limit(n)``, every
+forward that ``verify`` runs checks each operation's output size on the meta device (shapes only, no memory)
+before the real operation allocates it, and stops with ``AllocationRefused`` when one output would exceed ``n``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("focus_surgery_forward_limit", default=None)
+
+
+class AllocationRefused(MemoryError):
+    """One operation of a forward pass would allocate more than the limit."""
+
+
+@contextlib.contextmanager
+def forward_memory_limit(max_bytes: int | None) -> Iterator[None]:
+    """Within this block, forwards run by ``verify`` refuse any single output larger than ``max_bytes``."""
+    token = _LIMIT.set(max_bytes)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
+
+
+def current_limit() -> int | None:
+    return _LIMIT.get()
+
+
+def _to_meta(value: Any) -> Any:
+    return value.to("meta") if isinstance(value, torch.Tensor) else value
+
+
+class _CheckedOps(TorchDispatchMode):
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        meta_kwargs = tree_map(_to_meta, kwargs)
+        if not any(isinstance(v, torch.Tensor) for v in flat) and "device" in kwargs:
+            meta_kwargs["device"] = torch.device("meta")  # a factory (zeros, arange, ...): size it without memory
+        try:
+            shapes = func(*tree_map(_to_meta, args), **meta_kwargs)
+        except Exception:  # noqa: BLE001 - data-dependent ops have no meta kernel; their outputs follow their inputs
+            shapes = None
+        if shapes is not None:
+            nbytes = sum(t.numel() * t.element_size() for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor))
+            if nbytes > self.max_bytes:
+                raise AllocationRefused(
+                    f"{func.__name__} would allocate {nbytes / 2**30:.1f} GiB (limit {self.max_bytes / 2**30:.1f} GiB); "
+                    "the model's hyper-parameters are not plausible"
+                )
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def checked_forward() -> Iterator[None]:
+    """Apply the current ``forward_memory_limit`` (if any) to the torch operations inside this block."""
+    limit = _LIMIT.get()
+    if limit is None:
+        yield
+        return
+    with _CheckedOps(limit):
+        yield

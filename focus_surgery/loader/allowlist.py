@@ -1,0 +1,130 @@
+"""What a checkpoint's pickle may name, as data: every entry says what the file gets and why it is safe.
+
+Three kinds of names are admitted, and nothing else:
+
+* ``GLOBALS``: a fixed stand-in per name - a validating rebuilder (tensors, storages, numpy values), an inert
+  container type, or a non-callable marker. No torch or numpy class is ever callable from a file.
+* ``RECORD_MODULES``: classes in these modules become ``Record`` objects (name + pickled state); no class of the
+  file is imported and none of its code runs. Layer classes of installed packages may later be rebuilt from the
+  record (``loader.layers``), again without running their constructors.
+* ``ENUMS``: enum members, read as named references.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import rebuilders as rb
+from .records import Namespace
+
+
+@dataclass(frozen=True)
+class Allowed:
+    value: Any
+    reason: str
+    needs_budget: bool = False  # a tensor rebuilder: bound to the load's size budget
+
+
+STORAGE_DTYPES = {
+    "torch.HalfStorage": torch.float16, "torch.FloatStorage": torch.float32, "torch.DoubleStorage": torch.float64,
+    "torch.BFloat16Storage": torch.bfloat16, "torch.LongStorage": torch.int64, "torch.IntStorage": torch.int32,
+    "torch.ShortStorage": torch.int16, "torch.CharStorage": torch.int8, "torch.ByteStorage": torch.uint8,
+    "torch.BoolStorage": torch.bool,
+}  # fmt: skip
+
+
+class StorageType:
+    """Stand-in for ``torch.<Type>Storage`` in a persistent id: only its dtype matters. Immutable: a pickle must
+    not be able to change how later files load."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: torch.dtype):
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, name, value):
+        raise TypeError("a storage type cannot be modified")
+
+
+def _table() -> dict[str, Allowed]:
+    table: dict[str, Allowed] = {}
+
+    def add(names: tuple[str, ...], value: Any, reason: str, needs_budget: bool = False) -> None:
+        for name in names:
+            table[name] = Allowed(value, reason, needs_budget)
+
+    add(("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor"), rb.rebuild_tensor,
+        "every tensor: a view of a storage, extent and logical size checked against the file", needs_budget=True)
+    add(("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"), rb.rebuild_parameter,
+        "nn.Parameter over a tensor read above; hooks and state dropped")
+    add(("torch._tensor._rebuild_from_type_v2",), rb.rebuild_from_type,
+        "tensors with a Python type tag: only our rebuilders, the tag must be a plain tensor type")
+    for name, marker in rb.TENSOR_TYPES.items():
+        add((name,), marker, "named as the type tag of _rebuild_from_type_v2; a marker, never callable")
+    add(("torch.Size",), rb.torch_size, "shape tuples: integers only")
+    add(("torch.device",), rb.torch_device, "device of a tensor or setting: known device kinds only")
+    for name, dtype in STORAGE_DTYPES.items():
+        add((name,), StorageType(dtype), "storage type in a persistent id; only its dtype is read")
+    for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int32,
+                  torch.int16, torch.int8, torch.uint8, torch.bool):  # fmt: skip
+        add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
+    add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
+    for py in ("builtins", "__builtin__"):
+        add((f"{py}.set",), set, "an inert container")
+        add((f"{py}.frozenset",), frozenset, "an inert container")
+        add((f"{py}.slice",), slice, "an inert value (YOLOv5 v1.0 metadata)")
+        add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
+        add((f"{py}.getattr",), rb.named_reference,
+            "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference")
+    add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes")
+    add(("copyreg._reconstructor", "copy_reg._reconstructor"), rb.reconstructor,
+        "protocol 0/1 objects: record classes only")
+    for core in ("numpy.core", "numpy._core"):  # numpy < 2 and numpy >= 2 spellings
+        add((f"{core}.multiarray._reconstruct",), rb.numpy_reconstruct, "numpy arrays: plain number dtypes only")
+        add((f"{core}.multiarray.scalar",), rb.numpy_scalar, "numpy scalars (metrics): plain number dtypes only")
+    add(("numpy.ndarray",), rb.NDARRAY, "argument of _reconstruct; a marker")
+    add(("numpy.dtype",), rb.DtypeSpec, "numpy dtypes: plain number types only")
+    for cls in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
+        add((f"pathlib.{cls}",), rb.path_string, "paths in training options (YOLOv5 train.py since 2024): as text")
+    for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
+        add((name,), Namespace, "training arguments (Ultralytics model.args): read as a dict")
+    return table
+
+
+GLOBALS: dict[str, Allowed] = _table()
+
+# Modules whose classes are read as records. "pkg.*" admits every module under pkg; other entries are exact.
+RECORD_MODULES: dict[str, str] = {
+    "models.yolo": "YOLOv5 / yolov3 / yolov7 / YOLOR repositories: Model, Detect and heads",
+    "models.common": "those repositories' layers (Focus, Conv, C3, ReOrg, ...)",
+    "models.experimental": "those repositories' experimental layers (MixConv2d, Ensemble, ...)",
+    "torch.nn.modules.*": "torch layers inside a pickled model",
+    "ultralytics.nn.tasks": "Ultralytics model classes",
+    "ultralytics.nn.modules.*": "Ultralytics layers",
+    "timm.layers.*": "timm layers",
+    "timm.models.*": "timm models",
+    "focus_surgery.*": "our own layers in converted models",
+    "torchvision.transforms.transforms": "YOLOv5 v7.0 classification models keep their preprocessing transforms",
+    "yolox.models.*": "YOLOX models saved whole",
+}
+
+ENUMS: dict[str, str] = {
+    "torchvision.transforms.functional.InterpolationMode": "an interpolation setting of a recorded transform",
+    "torchvision.transforms.InterpolationMode": "an interpolation setting of a recorded transform",
+}
+
+
+def is_record_module(module: str) -> bool:
+    """Whether classes of ``module`` are read as records (``RECORD_MODULES``)."""
+    for pattern in RECORD_MODULES:
+        if pattern.endswith(".*"):
+            base = pattern[:-2]
+            if module.startswith(base + ".") and all(part.isidentifier() for part in module.split(".")):
+                return True
+        elif module == pattern:
+            return True
+    return False

@@ -1,0 +1,179 @@
+"""The two ``torch.save`` containers, read with every size checked against the file before anything is allocated.
+
+* zip (torch >= 1.6): ``<archive>/data.pkl`` plus one record per storage, ``<archive>/data/<key>``. Every record's
+  declared size must fit in the file (no zip bombs), the pickle must be small, every storage's CRC-32 is checked.
+* legacy (torch < 1.6): magic number, protocol and sys-info pickles, the object pickle, its storage keys, then
+  the raw storages. A storage's declared size must fit in what is left of the file; every storage must be filled
+  by the file (never uninitialised memory).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from .errors import CheckpointError
+from .rebuilders import TensorBudget, element_size
+from .unpickler import RestrictedUnpickler
+
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+MAX_PICKLE_BYTES = 64 << 20  # a model's pickle (structure, not weights) is kilobytes to a few megabytes
+TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's own size (expanded anchor grids)
+
+
+def tensor_budget(file_size: int) -> TensorBudget:
+    """Logical size of all tensors one file may describe: twice its size plus a fixed slack."""
+    return TensorBudget(2 * file_size + TENSOR_SLACK_BYTES)
+
+
+def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
+    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def load_zip(path: Path, file_size: int) -> tuple[Any, set[str]]:
+    """Read a zip checkpoint; returns (content, globals the pickle named)."""
+    with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        infos = archive.infolist()
+        if not infos:
+            raise CheckpointError(f"{path}: empty zip archive, not a torch checkpoint")
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names):
+            duplicate = next(n for n in names if names.count(n) > 1)
+            raise CheckpointError(f"{path}: zip archive holds two records named {duplicate!r}; not a torch checkpoint")
+        for info in infos:
+            if info.file_size > file_size:
+                raise CheckpointError(
+                    f"{path}: record {info.filename!r} unpacks to {info.file_size:,} bytes, more than the whole file "
+                    f"({file_size:,}): a zip bomb or not a torch checkpoint"
+                )
+        # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
+        prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
+        by_name = {info.filename[len(prefix):]: info for info in infos if info.filename.startswith(prefix)}
+        pickle_info = by_name.get("data.pkl")
+        if pickle_info is None:
+            raise CheckpointError(f"{path}: zip archive without {prefix}data.pkl, not a torch checkpoint")
+        if pickle_info.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"{path}: its pickle is {pickle_info.file_size:,} bytes, more than a model's "
+                                  f"structure needs ({MAX_PICKLE_BYTES:,}); not a torch checkpoint")  # fmt: skip
+        order = by_name.get("byteorder")
+        if order is not None and archive.read(order).strip() not in (b"little", b""):
+            raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
+        data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
+
+        budget = tensor_budget(file_size)
+        unpacked = [0]
+        storages: dict[str, torch.storage.TypedStorage] = {}
+        readers: list[Any] = []  # torch's own record reader (no pickle, no extra copy), opened on first use
+        stream = open(path, "rb")  # a file object also serves names that are not valid UTF-8
+
+        def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
+            if view is not None:
+                raise pickle.UnpicklingError("storage view in a zip checkpoint")
+            if key not in storages:
+                info = by_name.get(f"data/{key}")
+                if info is None:
+                    raise CheckpointError(f"{path}: storage {key} is missing")
+                nbytes = numel * element_size(dtype)
+                if info.file_size < nbytes:
+                    raise CheckpointError(f"{path}: storage {key} is truncated ({info.file_size:,} of {nbytes:,} bytes)")
+                unpacked[0] += info.file_size
+                if unpacked[0] > file_size:
+                    raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
+                if not readers:
+                    readers.append(torch._C.PyTorchFileReader(stream))
+                raw = readers[0].get_storage_from_record(f"data/{key}", info.file_size, torch.uint8).untyped_storage()
+                as_bytes = torch.empty((0,), dtype=torch.uint8).set_(raw).numpy()  # a view, no copy
+                if len(as_bytes) != info.file_size or zlib.crc32(as_bytes) != info.CRC:
+                    raise CheckpointError(f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt")
+                storages[key] = _typed(raw, dtype)
+            storage = storages[key]
+            if storage.dtype != dtype:
+                raise pickle.UnpicklingError(f"storage {key} read with two dtypes")
+            return storage
+
+        try:
+            unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budget)
+            content = unpickler.load()
+        finally:
+            readers.clear()
+            stream.close()
+        return content, unpickler.globals_seen
+
+
+def load_legacy(path: Path, file_size: int) -> tuple[Any, set[str]]:
+    """Read a pre-1.6 torch checkpoint; returns (content, globals the pickle named)."""
+    budget = tensor_budget(file_size)
+    pending: dict[str, tuple[torch.UntypedStorage, int]] = {}  # key: (storage, element size)
+    with open(path, "rb") as handle:
+
+        def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
+            nbytes = numel * element_size(dtype)
+            if key not in pending:
+                room = file_size - handle.tell()
+                if nbytes > room or sum(s.nbytes() for s, _ in pending.values()) + nbytes > file_size:
+                    raise CheckpointError(f"{path}: storage {key} declares {nbytes:,} bytes, more than the file holds")
+                # zeroed, then filled from the file below: never uninitialised memory
+                pending[key] = (torch.UntypedStorage(nbytes).fill_(0), element_size(dtype))
+            base = pending[key][0]
+            if view is None:
+                return _typed(base, dtype)
+            if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int for v in view[1:])):
+                raise pickle.UnpicklingError("malformed storage view")
+            _, offset, size = view
+            element = element_size(dtype)
+            if offset < 0 or size < 0 or (offset + size) * element > base.nbytes():
+                raise pickle.UnpicklingError("storage view outside its storage")
+            return _typed(base[offset * element : (offset + size) * element], dtype)
+
+        unpickler = RestrictedUnpickler(handle, load_storage, budget)
+        if unpickler.load() != LEGACY_MAGIC_NUMBER:
+            raise CheckpointError(f"{path}: not a torch checkpoint (wrong magic number)")
+        unpickler.load()  # protocol version
+        sys_info = unpickler.load()
+        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+            raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
+        content = unpickler.load()
+        keys = unpickler.load()
+        if not isinstance(keys, list) or len(set(map(str, keys))) != len(keys):
+            raise CheckpointError(f"{path}: corrupt storage list")
+        filled: set[str] = set()
+        for key in map(str, keys):
+            if key not in pending:
+                raise CheckpointError(f"{path}: storage {key} is listed but never used")
+            storage, element = pending[key]
+            header = handle.read(8)
+            if len(header) < 8:
+                raise CheckpointError(f"{path}: truncated (storage {key} missing)")
+            count = struct.unpack("<q", header)[0]
+            data = handle.read(storage.nbytes())
+            if count * element != storage.nbytes() or len(data) != storage.nbytes():
+                raise CheckpointError(f"{path}: truncated or corrupt storage {key}")
+            if data:
+                storage.copy_(torch.UntypedStorage.from_buffer(bytearray(data), dtype=torch.uint8))
+            filled.add(key)
+        missing = sorted(set(pending) - filled)
+        if missing:
+            raise CheckpointError(f"{path}: storage {missing[0]} has no data in the file")
+    return content, unpickler.globals_seen
+
+
+def read_container(path: Path, file_size: int) -> tuple[Any, set[str], str]:
+    """(content, globals, container name) of a ``torch.save`` file; refuses other formats with a reason."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if zipfile.is_zipfile(path):
+        return (*load_zip(path, file_size), "zip")
+    if head[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{path}: truncated or corrupt zip archive (no central directory); re-save it")
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise CheckpointError(f"{path}: legacy tar checkpoint (torch < 0.4); load and re-save it with torch 1.x")
+    if head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
+    return (*load_legacy(path, file_size), "legacy")

@@ -1,0 +1,223 @@
+"""Rebuild records of installed layer classes into real modules, from validated hyper-parameters only.
+
+A record becomes its class through ``cls.__new__`` + ``__setstate__`` (what ``torch.load`` does), never through
+a constructor or a function from the file. Before that, the hyper-parameters that drive loops or allocations in
+torch's layers (kernel sizes, paddings, scale factors, layer counts) are checked against the layer's own weights
+and sane ranges; hooks stored in a file are dropped (they are functions: code, not data).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .walk import objects
+from .records import NamedReference, Record
+
+# Packages whose layer classes a model checkpoint may hold.
+MODULE_PREFIXES = (
+    "torch.nn.modules.", "ultralytics.nn.modules.", "ultralytics.nn.tasks.", "focus_surgery.", "timm.layers.",
+    "timm.models.",
+)  # fmt: skip
+MAX_GEOMETRY = 4096  # kernel, stride, padding, dilation, output size of one layer
+MAX_SCALE = 64  # upsampling / pixel-shuffle factor
+MAX_LAYERS = 1024  # stacked recurrent / transformer layers
+_HOOK_SLOTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+               "_forward_hooks_always_called")  # fmt: skip
+
+
+def module_class(qualname: str, path: Path) -> type[nn.Module]:
+    """The installed layer class named ``qualname``; never a function, never a class defined elsewhere."""
+    module_name, _, name = qualname.rpartition(".")
+    if "__main__" in module_name.split(".") or not f"{module_name}.".startswith(MODULE_PREFIXES):
+        raise CheckpointError(f"{path}: refused to load: {qualname!r} is not a layer class (nothing was executed)")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"{path}: needs {qualname!r}, which is not installed here") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and f"{cls.__module__}.".startswith(MODULE_PREFIXES)):
+        raise CheckpointError(f"{path}: refused to load: {qualname!r} is not a layer class (nothing was executed)")
+    return cls
+
+
+def _numbers(value: Any) -> list[float]:
+    values = value if isinstance(value, (tuple, list)) else [value]
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _weight(state: dict, name: str = "weight") -> torch.Tensor | None:
+    tensors = state.get("_parameters") or {}
+    value = tensors.get(name) if isinstance(tensors, dict) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def check_hyperparameters(cls: type, state: dict, where: str) -> None:
+    """Raise ValueError if a torch layer's hyper-parameters are out of range or disagree with its weights."""
+
+    def bounded(attr: str, high: float, low: float = 0) -> None:
+        for v in _numbers(state.get(attr)):
+            if not (math.isfinite(v) and low <= v <= high):
+                raise ValueError(f"{where}: {cls.__name__}.{attr} = {v} is out of range")
+
+    for attr in ("kernel_size", "padding", "output_size", "size"):
+        bounded(attr, MAX_GEOMETRY)
+    for attr in ("stride", "dilation", "output_padding"):
+        bounded(attr, MAX_SCALE)
+    for attr in ("scale_factor", "upscale_factor", "downscale_factor"):
+        bounded(attr, MAX_SCALE)
+    if issubclass(cls, nn.modules.conv._ConvNd):
+        w, groups = _weight(state), state.get("groups")
+        if w is None or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{where}: {cls.__name__} without weight or groups")
+        out_c, in_c = state.get("out_channels"), state.get("in_channels")
+        kernel = tuple(state.get("kernel_size") or ())
+        transposed = bool(state.get("transposed"))
+        expected = (in_c, out_c // groups) if transposed else (out_c, in_c // groups)
+        if tuple(w.shape) != (*expected, *kernel):
+            raise ValueError(f"{where}: {cls.__name__} weight {tuple(w.shape)} disagrees with its settings")
+    if issubclass(cls, nn.Linear):
+        w = _weight(state)
+        if w is None or tuple(w.shape) != (state.get("out_features"), state.get("in_features")):
+            raise ValueError(f"{where}: Linear weight disagrees with its settings")
+    if issubclass(cls, nn.modules.batchnorm._NormBase):
+        w = _weight(state)
+        if w is not None and w.shape != (state.get("num_features"),):
+            raise ValueError(f"{where}: {cls.__name__} weight disagrees with num_features")
+    if issubclass(cls, nn.RNNBase):
+        layers, bidirectional = state.get("num_layers"), state.get("bidirectional")
+        names = state.get("_flat_weights_names")
+        if not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
+            raise ValueError(f"{where}: {cls.__name__}.num_layers = {layers!r} is out of range")
+        per_layer = len(names) // (layers * (2 if bidirectional else 1)) if isinstance(names, list) else 0
+        if not isinstance(names, list) or per_layer not in (2, 3, 4, 5) or len(names) != len(state.get("_parameters") or {}):
+            raise ValueError(f"{where}: {cls.__name__} weights disagree with num_layers")
+    if issubclass(cls, nn.MultiheadAttention):
+        embed, heads = state.get("embed_dim"), state.get("num_heads")
+        if not (isinstance(embed, int) and isinstance(heads, int) and 0 < heads <= embed and embed % heads == 0):
+            raise ValueError(f"{where}: MultiheadAttention embed_dim / num_heads out of range")
+        w = _weight(state, "in_proj_weight")
+        if w is not None and tuple(w.shape) != (3 * embed, embed):
+            raise ValueError(f"{where}: MultiheadAttention weights disagree with embed_dim")
+    for attr in ("num_layers", "num_heads", "groups"):
+        bounded(attr, 1 << 20)
+
+
+def _without_hooks(state: dict) -> dict:
+    """Drop stored hooks that are functions from the file (records of functions, references); keep empty dicts."""
+    for slot in _HOOK_SLOTS:
+        hooks = state.get(slot)
+        if isinstance(hooks, dict):
+            for key in [k for k, v in hooks.items() if isinstance(v, (Record, NamedReference, type))]:
+                del hooks[key]
+    return state
+
+
+MAX_EXPANSION = 16  # torch's own walks (state_dict, .to, ...) follow every path; allow modest sharing (activations)
+
+
+def check_module_tree(records: list[Record], path: Path) -> None:
+    """Refuse module graphs that torch would walk exponentially or forever.
+
+    ``nn.Module.state_dict()``, ``.to()`` and ``.apply()`` visit a shared sub-module once per path to it. A shared
+    activation is common; a chain of layers each holding the previous one twice (2^40 paths in a few KB) or a
+    module containing itself is not a model.
+    """
+    paths: dict[int, int] = {}
+    for root in records:
+        stack: list[tuple[Record, bool]] = [(root, False)]
+        on_stack: set[int] = set()
+        while stack:
+            record, done = stack.pop()
+            if done:
+                on_stack.discard(id(record))
+                paths[id(record)] = 1 + sum(paths[id(c)] for c in record.children().values())
+                continue
+            if id(record) in paths:
+                continue
+            if id(record) in on_stack:
+                raise CheckpointError(f"{path}: refused to load: a {record.qualname} contains itself")
+            on_stack.add(id(record))
+            stack.append((record, True))
+            for child in record.children().values():
+                if id(child) in on_stack:
+                    raise CheckpointError(f"{path}: refused to load: a {child.qualname} contains itself")
+                if id(child) not in paths:
+                    stack.append((child, False))
+    total = max((paths[id(r)] for r in records), default=0)
+    if total > MAX_EXPANSION * len(paths) + 1000:
+        raise CheckpointError(f"{path}: refused to load: its {len(paths):,} layers are shared so often that torch "
+                              f"would visit {total:,} (a module graph built to exhaust time)")  # fmt: skip
+
+
+def materialize(value: Any, path: Path) -> Any:
+    """Turn the records under ``value`` into real layers (installed classes only; see ``module_class``).
+
+    Every shared object is rebuilt once; containers are updated in place (they belong to this load alone).
+
+    Raises:
+        CheckpointError: A record of a class that is not an installed layer, or invalid hyper-parameters.
+    """
+    memo: dict[int, Any] = {}
+    pending: list[tuple[Record, nn.Module]] = []
+
+    def convert(obj: Any) -> Any:
+        key = id(obj)
+        if key in memo:
+            return memo[key]
+        if isinstance(obj, Record):
+            cls = module_class(obj.qualname, path)
+            memo[key] = cls.__new__(cls)  # before the state: modules may refer to each other
+            pending.append((obj, memo[key]))
+            return memo[key]
+        if isinstance(obj, dict):
+            memo[key] = obj
+            stack.append(obj)
+            return obj
+        if isinstance(obj, list):
+            memo[key] = obj
+            stack.append(obj)
+            return obj
+        if type(obj) is tuple:
+            memo[key] = obj  # provisional: a tuple cannot contain itself
+            memo[key] = tuple(convert(v) for v in obj)
+            return memo[key]
+        return obj
+
+    check_module_tree([obj for obj in objects(value) if isinstance(obj, Record)], path)
+    stack: list[Any] = []
+    result = convert(value)
+    while stack or pending:
+        while stack:
+            container = stack.pop()
+            if isinstance(container, dict):
+                for k in list(container):
+                    container[k] = convert(container[k])
+            else:
+                container[:] = [convert(v) for v in container]
+        if pending:
+            record, module = pending.pop()
+            state = convert(record.state)
+            while stack:  # finish the state's containers before the layer sees them
+                container = stack.pop()
+                if isinstance(container, dict):
+                    for k in list(container):
+                        container[k] = convert(container[k])
+                else:
+                    container[:] = [convert(v) for v in container]
+            try:
+                check_hyperparameters(type(module), state, record.qualname)
+                module.__setstate__(_without_hooks(state))
+            except CheckpointError:
+                raise
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+                detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+                raise CheckpointError(f"{path}: refused to load: {detail}") from None
+    return result

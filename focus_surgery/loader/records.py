@@ -1,0 +1,137 @@
+"""Inert stand-ins for the objects a checkpoint pickles: records of classes, references and data-only values.
+
+Nothing here runs code named by a file. A ``Record`` keeps a class's qualified name and its pickled state; the
+traversals walk each shared object once (a file can make a small graph whose paths are exponentially many).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .errors import Refused
+
+
+class Record:
+    """An object read from a checkpoint, kept as data: the name of its class and its pickled state.
+
+    Attributes:
+        qualname (str): ``module.Class`` as written in the file, e.g. ``models.common.Focus``.
+        state (dict): The pickled ``__dict__`` (for modules: ``_parameters``, ``_buffers``, ``_modules``, ...).
+    """
+
+    qualname = "?"
+
+    def __new__(cls, *args, **kwargs):
+        if args or kwargs:  # a constructor call with arguments is behaviour, not data
+            raise Refused(f"{cls.qualname} built with arguments")
+        obj = object.__new__(cls)
+        obj.state = {}
+        return obj
+
+    def __setstate__(self, state) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            for part in state:
+                if isinstance(part, dict):
+                    self.state.update(part)
+        elif isinstance(state, dict):
+            self.state.update(state)
+        else:
+            self.state["__state__"] = state
+
+    def __reduce__(self):
+        raise TypeError(f"a {self.qualname} record is data read from a checkpoint; it cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"<record {self.qualname}>"
+
+    @property
+    def args(self) -> tuple:
+        """Constructor arguments (always empty: records with arguments are refused)."""
+        return ()
+
+    @property
+    def name(self) -> str:
+        """The class name alone, e.g. ``Focus``."""
+        return self.qualname.rpartition(".")[2]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.state.get(key, default)
+
+    def children(self) -> dict[str, Record]:
+        """Sub-module records in registration order (``_modules``), skipping empty slots and non-records."""
+        modules = self.state.get("_modules")
+        if not isinstance(modules, dict):
+            return {}
+        return {str(k): v for k, v in modules.items() if isinstance(v, Record)}
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        """(path, record) for this record and every sub-module, depth first; each shared record once, as
+        ``nn.Module.named_modules`` does."""
+        seen: set[int] = set()
+        stack: list[tuple[str, Record]] = [(prefix, self)]
+        while stack:
+            path, record = stack.pop()
+            if id(record) in seen:
+                continue
+            seen.add(id(record))
+            yield path, record
+            children = list(record.children().items())
+            stack.extend((f"{path}.{name}" if path else name, child) for name, child in reversed(children))
+
+    def state_dict(self, prefix: str = "") -> OrderedDict[str, torch.Tensor]:
+        """The tensors ``nn.Module.state_dict()`` would return (parameters, persistent buffers), by name; a
+        shared sub-module contributes its tensors under its first path only."""
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for path, record in self.named_modules(prefix.rstrip(".")):
+            non_persistent = record.state.get("_non_persistent_buffers_set") or set()
+            head = f"{path}." if path else ""
+            for kind in ("_parameters", "_buffers"):
+                tensors = record.state.get(kind)
+                if not isinstance(tensors, dict):
+                    continue
+                for name, tensor in tensors.items():
+                    if isinstance(tensor, torch.Tensor) and not (kind == "_buffers" and name in non_persistent):
+                        out[head + str(name)] = tensor
+        return out
+
+
+class NamedReference:
+    """A function or method a checkpoint refers to by name (e.g. ``models.yolo.Detect.forward``); never callable."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str):
+        self.qualname = qualname
+
+    def __reduce__(self):
+        return (str, (f"<reference {self.qualname}>",))  # written back as its description, never as code
+
+    def __repr__(self) -> str:
+        return f"<reference {self.qualname}>"
+
+
+class Namespace(dict):
+    """A ``SimpleNamespace`` / ``argparse.Namespace`` / Ultralytics ``IterableSimpleNamespace`` read as a dict."""
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("namespace state is not a dict")
+        self.update(state)
+
+    def __reduce__(self):
+        return (dict, (), None, None, iter(self.items()))  # saved back as a plain dict
+
+
+_RECORD_CLASSES: dict[str, type] = {}
+
+
+def record_class(qualname: str) -> type[Record]:
+    """The (cached) record class standing for ``qualname``; a plain subclass of ``Record``."""
+    if qualname not in _RECORD_CLASSES:
+        _RECORD_CLASSES[qualname] = type(qualname.rpartition(".")[2], (Record,), {"qualname": qualname})
+    return _RECORD_CLASSES[qualname]

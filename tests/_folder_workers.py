@@ -1,0 +1,29 @@
+"""Work functions for tests/test_folder_isolation.py, importable by the folder runner's child processes."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def write_marker(src: str, dst: str, options: dict) -> dict:
+    Path(dst).write_text(Path(src).read_text())
+    return {"src": src, "dst": dst}
+
+
+def by_content(src: str, dst: str, options: dict) -> dict:
+    """Behave as the file says: crash, hang, allocate, fail, or convert."""
+    kind = Path(src).read_text().strip()
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "hang":
+        time.sleep(3600)
+    if kind == "memory":
+        blocks = [bytearray(256 << 20) for _ in range(64)]  # 16 GiB: past any limit the test sets
+        return {"allocated": len(blocks)}
+    if kind == "error":
+        raise ValueError(f"{src}: not a checkpoint\nsecond line that must not be shown")
+    if kind == "tempfile-then-hang":
+        Path(dst).parent.joinpath(f".{Path(dst).name}.{os.getpid()}-abc.focus-surgery-tmp").write_text("partial")
+        time.sleep(3600)
+    return write_marker(src, dst, options)

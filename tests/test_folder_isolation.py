@@ -1,0 +1,44 @@
+"""Folder conversion isolates each file: a crash, a hang or a memory blow-up fails that file alone."""
+
+import time
+from pathlib import Path
+
+from focus_surgery.folder import convert_isolated
+from tests._folder_workers import by_content
+
+
+def _jobs(tmp_path: Path, kinds: list[str]) -> list[tuple[str, str]]:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    jobs = []
+    for i, kind in enumerate(kinds):
+        src = tmp_path / "in" / f"{i}-{kind}.pt"
+        src.write_text(kind)
+        jobs.append((str(src), str(tmp_path / "out" / src.name)))
+    return jobs
+
+
+def test_crash_hang_memory_and_errors_fail_alone(tmp_path):
+    kinds = ["ok", "segfault", "ok", "hang", "memory", "error", "ok", "tempfile-then-hang"]
+    jobs = _jobs(tmp_path, kinds)
+    start = time.monotonic()
+    outcomes = convert_isolated(jobs, by_content, {}, workers=2, timeout_s=4, memory_bytes=1 << 30)
+    elapsed = time.monotonic() - start
+    by_kind = dict(zip(kinds, outcomes))
+    for outcome, kind in zip(outcomes, kinds):
+        if kind == "ok":
+            assert outcome.error is None and Path(outcome.dst).read_text() == "ok"
+    assert "crashed (SIGSEGV)" in by_kind["segfault"].error
+    assert "longer than 4 s" in by_kind["hang"].error
+    assert "memory limit" in by_kind["memory"].error
+    assert by_kind["error"].error.endswith("not a checkpoint") and "\n" not in by_kind["error"].error
+    assert "longer than 4 s" in by_kind["tempfile-then-hang"].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0-ok.pt", "2-ok.pt", "6-ok.pt"]  # no debris
+    assert elapsed < 30  # two hangs of 4 s on 2 workers, not 2 hours
+
+
+def test_results_come_back_in_job_order(tmp_path):
+    jobs = _jobs(tmp_path, ["ok"] * 5)
+    outcomes = convert_isolated(jobs, by_content, {}, workers=3)
+    assert [o.src for o in outcomes] == [src for src, _ in jobs]
+    assert all(o.result == {"src": o.src, "dst": o.dst} for o in outcomes)
