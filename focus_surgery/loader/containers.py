@@ -55,6 +55,10 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, set[str]]:
                 )
         # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
+        stray = next((n for n in names if not n.startswith(prefix)), None)
+        if stray is not None:  # torch refuses these too
+            raise CheckpointError(f"{path}: zip record {stray!r} lies outside the archive folder {prefix!r}; "
+                                  "not a torch checkpoint")  # fmt: skip
         by_name = {info.filename[len(prefix):]: info for info in infos if info.filename.startswith(prefix)}
         pickle_info = by_name.get("data.pkl")
         if pickle_info is None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import Refused
 from .records import NamedReference, Record
 
 _MAX_DIMS = 16
@@ -144,7 +145,7 @@ def named_reference(owner, name) -> NamedReference:
         return NamedReference(f"{owner.qualname}.{name}")
     if isinstance(owner, Record):
         return NamedReference(f"{owner.qualname}.{name}")
-    raise pickle.UnpicklingError("getattr on something other than a recorded class")
+    raise Refused("getattr on something other than a recorded class")
 
 
 def enum_value(qualname: str):
