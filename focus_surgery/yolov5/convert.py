@@ -235,11 +235,15 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"{json_path}: unreadable JSON ({error})") from None
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise CheckpointError(f"{json_path}: not a focus-surgery YOLOv5 architecture file")
-    model = build_model(LegacyArchitecture.from_dict(config["architecture"]), str(path))
     try:
         tensors = load(path.read_bytes())  # bytes, not a path: file names need not be UTF-8
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path}: corrupt safetensors file ({str(error).splitlines()[0]})") from None
+    try:
+        arch = LegacyArchitecture.from_dict(config["architecture"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{json_path}: malformed architecture ({type(error).__name__}: {error})") from None
+    model = build_model(arch, tensors, str(path))
     load_weights(model, tensors, str(path))
     model.yaml["backbone"][0] = config["architecture"]["yaml"]["backbone"][0]
     return model.eval()

@@ -263,38 +263,44 @@ def _numbers_in(values: Any) -> list[float]:
     return found
 
 
-def _check_scaling(yaml: dict, model: LegacyRecord, det: LegacyRecord, path: str) -> None:
-    """Refuse multipliers, repeats, widths and class counts that the recorded layers do not have.
+def check_scaling(yaml: dict, weights: dict[str, torch.Tensor], detect: dict, path: str) -> None:
+    """Refuse multipliers, repeats, widths and class counts that the weights in the file do not have.
 
     Ultralytics' parser builds what the yaml says: a ``depth_multiple`` of 1e7 or an ``nc`` of 1e9 in a few bytes
-    would make it build millions of blocks. Every number it scales is checked against the weights in the file first.
+    would make it build millions of blocks. Every number it scales is checked against the weights first.
+
+    Args:
+        yaml (dict): Backbone and head rows (the Detect row left out), multipliers.
+        weights (dict): The model's tensors by name (``model.<i>....``).
+        detect (dict): ``nc``, ``anchors`` (one list per level) of the head.
     """
     gd, gw = yaml.get("depth_multiple", 1.0), yaml.get("width_multiple", 1.0)
     for key, value in (("depth_multiple", gd), ("width_multiple", gw)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4:
             raise CheckpointError(f"{path}: yaml {key} = {value!r} is out of range (0, 4]")
-    layers = list(model.children()["model"].children().values())
+    convs: dict[int, list[int]] = {}  # layer index: output channels of each conv weight in it
+    for key, tensor in weights.items():
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit() and tensor.ndim == 4:
+            convs.setdefault(int(parts[1]), []).append(int(tensor.shape[0]))
     rows = list(yaml["backbone"]) + list(yaml["head"])
-    if len(rows) != len(layers):
-        raise CheckpointError(f"{path}: the yaml has {len(rows)} rows but the model {len(layers)} layers")
-    for i, ((_, n, name, args), layer) in enumerate(zip(rows[:-1], layers)):
-        modules = sum(1 for _ in layer.named_modules())
+    for i, (_, n, name, args) in enumerate(rows):
+        layer = convs.get(i, [])
         repeats = max(round(n * gd), 1) if n > 1 else n
-        if repeats < 1 or repeats > modules:
-            raise CheckpointError(f"{path}: yaml row {i} repeats its block {repeats} times; layer {i} has {modules} modules")
-        widths = [r.get("out_channels") for _, r in layer.named_modules() if r.name == "Conv2d"]
+        if repeats < 1 or (repeats > 1 and repeats > len(layer)):
+            raise CheckpointError(f"{path}: yaml row {i} repeats its block {repeats} times; layer {i} has {len(layer)} convs")
         if args and isinstance(args[0], int) and not isinstance(args[0], bool) and name not in ("Concat", "nn.Upsample"):
             width = math.ceil(args[0] * gw / 8) * 8
-            if not widths or not all(isinstance(w, int) for w in widths) or width > max(widths):
-                raise CheckpointError(f"{path}: yaml row {i} asks for {width} channels; layer {i} has at most {max(widths, default=0)}")
+            if width > max(layer, default=0):
+                raise CheckpointError(f"{path}: yaml row {i} asks for {width} channels; layer {i} has at most {max(layer, default=0)}")
         if any(not math.isfinite(v) or abs(v) > MAX_ROW_NUMBER for v in _numbers_in(args[1:])):
             raise CheckpointError(f"{path}: yaml row {i} has an argument out of range ({str(args)[:60]})")
-    nc, outputs = det.get("nc"), [c.get("out_channels") for c in det.children().get("m", det).children().values()]
-    anchors_per_level = det.get("na")
-    if not (isinstance(nc, int) and 0 < nc <= 100_000 and isinstance(anchors_per_level, int) and outputs
-            and all(o == anchors_per_level * (nc + 5) for o in outputs)):  # fmt: skip
-        raise CheckpointError(f"{path}: Detect has nc={nc!r} and na={anchors_per_level!r}, which its output convs "
-                              f"({outputs[:3]} channels) do not match")  # fmt: skip
+    nc, anchors = detect.get("nc"), detect.get("anchors") or []
+    outputs = convs.get(len(rows), [])
+    per_level = len(anchors[0]) // 2 if anchors and isinstance(anchors[0], list) else 0
+    if not (isinstance(nc, int) and 0 < nc <= 100_000 and outputs and all(o == per_level * (nc + 5) for o in outputs)):
+        raise CheckpointError(f"{path}: the head has nc={nc!r} and {per_level} anchors per level, which its output "
+                              f"convs ({outputs[:3]} channels) do not match")  # fmt: skip
 
 
 def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
@@ -304,7 +310,6 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     _check_rows(yaml, ckpt.path)
     if det.name != "Detect":
         raise CheckpointError(f"{ckpt.path}: last layer is {det.qualname}, not Detect")
-    _check_scaling(yaml, model, det, ckpt.path)
     buffers = det.get("_buffers") or {}
     stride = [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()]
     if "anchor_grid" in buffers:  # v1.0-v5.0: pixel anchors kept as a buffer
@@ -340,7 +345,7 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def build_model(arch: LegacyArchitecture, source: str = "checkpoint") -> nn.Module:
+def build_model(arch: LegacyArchitecture, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
     """Build the Ultralytics ``DetectionModel`` (float32, eval mode, random weights) for ``arch``.
 
     Raises:
@@ -352,6 +357,7 @@ def build_model(arch: LegacyArchitecture, source: str = "checkpoint") -> nn.Modu
     from ultralytics.nn.tasks import DetectionModel
 
     _check_rows(arch.yaml, source, detect_last=False)  # also when the architecture comes from a JSON file
+    check_scaling(arch.yaml, weights, arch.detect, source)  # before the parser builds anything
     yaml = {k: copy.deepcopy(arch.yaml[k]) for k in YAML_KEYS if k in arch.yaml}  # no `activation` string to eval
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -417,8 +423,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 def rebuild(ckpt: LegacyCheckpoint) -> tuple[nn.Module, LegacyArchitecture]:
     """The Ultralytics ``DetectionModel`` equivalent to the checkpoint's YOLOv5 model (float32, eval), and its arch."""
     arch = legacy_architecture(ckpt)
-    model = build_model(arch, ckpt.path)
-    load_weights(model, ckpt.model.state_dict(), ckpt.path)
+    weights = ckpt.model.state_dict()
+    model = build_model(arch, weights, ckpt.path)
+    load_weights(model, weights, ckpt.path)
     return model, arch
 
 
