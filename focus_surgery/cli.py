@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"focus-surgery: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 - e.g. a model whose forward fails: still one line, exit 2
-        print(f"focus-surgery: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
+        source = getattr(args, "src", None) or getattr(args, "a", "")
+        print(printable(f"focus-surgery: error: {source}: {type(error).__name__}: {_one_line(error)}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Interrupted) as error:
         why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)

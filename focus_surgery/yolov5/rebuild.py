@@ -114,6 +114,7 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
     if key is None:
         raise CheckpointError(f"{path}: no YOLOv5 models.yolo.Model inside (keys: {sorted(map(str, content))[:8]})")
     model = content[key]
+    _check_class_counts(model, str(path))
     if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
         raise CheckpointError(f"{path}: the YOLOv5 model has no yaml architecture dict; cannot rebuild it")
     try:
@@ -129,6 +130,27 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
         raise CheckpointError(f"{path}: metadata nested too deeply") from None
     metadata["source_key"] = key
     return LegacyCheckpoint(str(path), content, key, metadata)
+
+
+MAX_CLASSES = 100_000
+
+
+def _check_class_counts(model: LegacyRecord, path: str) -> None:
+    """Every class count in the file is a sane integer, and a Detect head's convs have the channels it implies
+    (``inspect`` lists one name per class: an ``nc`` of 1e9 in a few bytes must not make a billion)."""
+    layers = list(model.children()["model"].children().values())
+    head = layers[-1] if layers else None
+    yaml = model.get("yaml") if isinstance(model.get("yaml"), dict) else {}
+    for where, value in (("model.nc", model.get("nc")), ("yaml nc", yaml.get("nc")),
+                         ("head nc", head.get("nc") if head is not None else None)):  # fmt: skip
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CLASSES):
+            raise CheckpointError(f"{path}: {where} = {str(value)[:20]} is not a class count (1..{MAX_CLASSES})")
+    if head is not None and head.name == "Detect":
+        nc, na = head.get("nc"), head.get("na")
+        outputs = [c.get("out_channels") for c in (head.children().get("m") or head).children().values()]
+        if not (isinstance(nc, int) and isinstance(na, int) and outputs and all(o == na * (nc + 5) for o in outputs)):
+            raise CheckpointError(f"{path}: Detect has nc={str(nc)[:20]} and na={str(na)[:20]}, which its output convs "
+                                  f"({outputs[:3]} channels) do not match")  # fmt: skip
 
 
 def _is_yolov5_model(obj: Any) -> bool:
@@ -453,7 +475,9 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
     layers = list(model.children()["model"].children().values())
     stem = layers[0]
     stem_act = next((r.name for _, r in stem.named_modules() if r.name in ACTIVATIONS), None)
-    stem_conv = next(r for _, r in stem.named_modules() if r.name == "Conv2d")
+    stem_conv = next((r for _, r in stem.named_modules() if r.name == "Conv2d"), None)
+    if stem_conv is None:
+        raise CheckpointError(f"{ckpt.path}: layer 0 ({stem.qualname}) holds no conv; not a YOLOv5 stem")
     yaml = model.get("yaml") or {}
     counts: dict[str, int] = {}
     for layer in layers:
