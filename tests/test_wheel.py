@@ -35,7 +35,7 @@ import focus_surgery
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_TESTS = ("test_orders.py", "test_layers.py", "test_remap.py", "test_verify.py", "test_surgery.py",
-               "test_model_configs.py")
+               "test_model_configs.py", "test_public_api_typed.py")
 OWN_ENTRY = re.compile(r"^(__editable__[._]+)?focus_surgery", re.IGNORECASE)  # ours in site-packages: not reused
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
                                      ".pytest_cache", "runs", "out")
