@@ -119,6 +119,7 @@ def test_sdist_builds_the_same_wheel(dist):
     with tarfile.open(dist.sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     assert {"LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "setup.py", "configs/yolov8-spd.yaml"} <= names
+    assert not [n for n in names if n.startswith("tests/")]  # no half test suite without its fixtures
 
 
 @pytest.fixture(scope="module")
