@@ -21,7 +21,10 @@ def config_dir() -> Path:
     """The folder holding the shipped configs: ``focus_surgery/configs`` when installed, the top-level ``configs``
     of a checkout (or an editable install) otherwise."""
     installed = Path(__file__).resolve().parent / "configs"
-    return installed if installed.is_dir() else installed.parent.parent / "configs"
+    checkout = installed.parent.parent
+    if installed.is_dir() or not (checkout / "pyproject.toml").is_file():
+        return installed
+    return checkout / "configs"
 
 
 def find_config(name: str | Path) -> str | None:
