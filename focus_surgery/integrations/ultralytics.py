@@ -491,7 +491,8 @@ def register() -> str:
 
 
 def _hook(tasks: Any, version: str) -> str:
-    """Replace ``tasks.parse_model`` (and ``ultralytics.nn.parse_model`` if already bound) by the wrapper."""
+    """Replace ``tasks.parse_model`` (and ``ultralytics.nn.parse_model`` if already bound) and ``tasks.check_yaml`` by
+    the wrappers."""
     check_hookable(tasks, version)
     check_yaml = getattr(tasks, "check_yaml", None)  # yaml_model_load finds config files through it
     if check_yaml is not None and not hasattr(check_yaml, _WRAPPED_MARK):
@@ -508,7 +509,7 @@ def _hook(tasks: Any, version: str) -> str:
 
 
 def unregister() -> None:
-    """Restore Ultralytics' own parser (for tests and for users who want it back)."""
+    """Restore Ultralytics' own parser and config lookup (for tests and for users who want them back)."""
     tasks = sys.modules.get("ultralytics.nn.tasks")
     if tasks is not None and hasattr(getattr(tasks, "check_yaml", None), _WRAPPED_MARK):
         tasks.check_yaml = getattr(tasks.check_yaml, _WRAPPED_MARK)
