@@ -4,8 +4,10 @@ Layers (``layers``), pure weight maps (``remap``), module surgery (``surgery``),
 checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in their own module.
 """
 
+from ._version import __version__
 from .integrations import auto_register as _auto_register, register
 from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
+from .model_configs import list_configs
 from .speed.optimize import OptimizeReport, optimize
 from .orders import ORDERS
 from .remap import (
@@ -17,8 +19,6 @@ from .remap import (
 )
 from .surgery import ConversionError, ConversionReport, convert
 from .verify import VerificationReport, verify
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ORDERS",
@@ -35,6 +35,7 @@ __all__ = [
     "conv_to_focus_weight",
     "convert",
     "focus_to_conv_weight",
+    "list_configs",
     "optimize",
     "register",
     "s2d_to_strided_conv",

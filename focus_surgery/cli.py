@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from ._version import __version__
 from .checkpoint_io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .state_dict import convert_state_dict, find_stem
 from .surgery import ConversionError, VerificationError, convert, iter_stems
@@ -311,6 +312,7 @@ COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focus-surgery", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

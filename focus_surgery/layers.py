@@ -110,7 +110,17 @@ class ConvBnAct(nn.Module):
 
     default_act = nn.SiLU()
 
-    def __init__(self, c1: int, c2: int, k=1, s=1, p=None, g: int = 1, d: int = 1, act: bool | nn.Module = True):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int | tuple[int, int] = 1,
+        s: int | tuple[int, int] = 1,
+        p: int | tuple[int, int] | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         self.bn = nn.BatchNorm2d(c2)
@@ -146,9 +156,9 @@ class Focus(nn.Module):
         self,
         c1: int,
         c2: int,
-        k=1,
-        s=1,
-        p=None,
+        k: int | tuple[int, int] = 1,
+        s: int | tuple[int, int] = 1,
+        p: int | tuple[int, int] | None = None,
         g: int = 1,
         act: bool | nn.Module = True,
         block_size: int = 2,
@@ -187,7 +197,7 @@ class SPDConv(nn.Module):
         self,
         c1: int,
         c2: int,
-        k=3,
+        k: int | tuple[int, int] = 3,
         block_size: int = 2,
         order: str = "yolov5",
         act: bool | nn.Module = True,

@@ -35,6 +35,10 @@ row                args                                      output channels    
 
 The conv inside every row is an Ultralytics ``Conv``, so ``model.fuse()`` folds its BatchNorm. Other modules add
 rows with ``register_yaml_module`` (e.g. a YOLOv5 anchor head with the ``"inputs"`` rule).
+
+``register()`` also wraps ``check_yaml`` in ``ultralytics.nn.tasks`` (what ``yaml_model_load`` finds config files
+with), so the configs shipped in ``focus_surgery/configs`` resolve by name, scale letter included, after a local file
+and Ultralytics' own configs (``focus_surgery.model_configs``).
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ import functools
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
 from torch import nn
 
 from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
+from ..model_configs import find_config
 from ..orders import check_block_size
 
 SUPPORTED_VERSIONS = ">=8.3,<8.5"  # tested: 8.4.190 (all tests), 8.3.0 (YAML building)
@@ -448,6 +454,21 @@ def _wrap(original: Callable) -> Callable:
     return parse_model
 
 
+def _wrap_check_yaml(original: Callable) -> Callable:
+    """Ultralytics' ``check_yaml`` that also finds our shipped configs by name (``focus_surgery.model_configs``), asked
+    only after Ultralytics' own search (a local file, then its package) found nothing; other names pass untouched."""
+
+    @functools.wraps(original)
+    def check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
+        ours = find_config(file) if isinstance(file, (str, Path)) else None
+        if ours is None:
+            return original(file, suffix, hard=hard)
+        return original(file, suffix, hard=False) or ours
+
+    setattr(check_yaml, _WRAPPED_MARK, original)
+    return check_yaml
+
+
 def is_registered() -> bool:
     """True if Ultralytics' parser is currently hooked."""
     tasks = sys.modules.get("ultralytics.nn.tasks")
@@ -455,7 +476,8 @@ def is_registered() -> bool:
 
 
 def register() -> str:
-    """Hook Ultralytics' YAML parser so the registered rows build; idempotent. Returns the Ultralytics version.
+    """Hook Ultralytics' YAML parser so the registered rows build, and its config lookup so our shipped configs are
+    found by name (``YOLO("yolov8n-spd.yaml")``); idempotent. Returns the Ultralytics version.
 
     Raises:
         ImportError: Ultralytics is not installed.
@@ -469,8 +491,12 @@ def register() -> str:
 
 
 def _hook(tasks: Any, version: str) -> str:
-    """Replace ``tasks.parse_model`` (and ``ultralytics.nn.parse_model`` if already bound) by the wrapper."""
+    """Replace ``tasks.parse_model`` (and ``ultralytics.nn.parse_model`` if already bound) and ``tasks.check_yaml`` by
+    the wrappers."""
     check_hookable(tasks, version)
+    check_yaml = getattr(tasks, "check_yaml", None)  # yaml_model_load finds config files through it
+    if check_yaml is not None and not hasattr(check_yaml, _WRAPPED_MARK):
+        tasks.check_yaml = _wrap_check_yaml(check_yaml)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
     original = tasks.parse_model
@@ -483,8 +509,10 @@ def _hook(tasks: Any, version: str) -> str:
 
 
 def unregister() -> None:
-    """Restore Ultralytics' own parser (for tests and for users who want it back)."""
+    """Restore Ultralytics' own parser and config lookup (for tests and for users who want them back)."""
     tasks = sys.modules.get("ultralytics.nn.tasks")
+    if tasks is not None and hasattr(getattr(tasks, "check_yaml", None), _WRAPPED_MARK):
+        tasks.check_yaml = getattr(tasks.check_yaml, _WRAPPED_MARK)
     if tasks is None or not hasattr(tasks.parse_model, _WRAPPED_MARK):
         return
     wrapped = tasks.parse_model
