@@ -50,7 +50,8 @@ class Outcome:
 
     def __str__(self) -> str:
         how = "timed out" if self.timed_out else (f"signal {self.signal}" if self.signal else f"exit {self.returncode}")
-        return (f"{' '.join(self.argv)}: {how} after {self.seconds:.1f} s, peak RSS {self.peak_rss / 2**20:.0f} MiB, "
+        args = " ".join(os.fsencode(a).decode("utf-8", "backslashreplace") for a in self.argv)  # printable names
+        return (f"{args}: {how} after {self.seconds:.1f} s, peak RSS {self.peak_rss / 2**20:.0f} MiB, "
                 f"stderr {self.stderr[-600:]!r}")  # fmt: skip
 
 

@@ -46,6 +46,7 @@ class Hostile:
     command: tuple[str, ...] = ("inspect", "{src}")
     effect: str = ""
     message: str = ""
+    wrong: str = ""  # a word the message must not contain (lower case): what the old, untrue message said
     valid: bool = False  # a file that must load (exit 0)
     extra: dict = field(default_factory=dict)
 
@@ -354,7 +355,7 @@ def dag_modules(tmp: Path) -> Hostile:
     p = PickleWriter()
     p.dict({"model": module_dag, "epoch": -1})
     path = torch_zip(tmp / "dag-modules.pt", p.stop())
-    return Hostile(path, effect="hang: shared sub-modules (_modules DAG) walked path by path (2**40)")
+    return Hostile(path, ("convert", "{src}", "{dst}"), effect="hang: shared sub-modules (_modules DAG) walked path by path (2**40)")
 
 
 def dag_modules_yolov5(tmp: Path) -> Hostile:
@@ -393,7 +394,9 @@ def yaml_width(tmp: Path) -> Hostile:
 def yaml_nc(tmp: Path) -> Hostile:
     """nc = 1e9 everywhere and no ``names``: ``inspect`` makes a billion class names, ``convert`` a 3e9-channel head."""
     names = re.escape(pickle.BINUNICODE + struct.pack("<I", 5) + b"names")
-    edits = [set_small_int("nc", 10**9), (names, pickle.BINUNICODE + struct.pack("<I", 5) + b"namez")]
+    model_nc = rb"(j....)K\x03(X\x03\x00\x00\x00hyp)"  # the Model's own nc: its key is a memo get of "nc"
+    edits = [set_small_int("nc", 10**9), (names, pickle.BINUNICODE + struct.pack("<I", 5) + b"namez"),
+             (model_nc, lambda m: m.group(1) + pickle.BININT + struct.pack("<i", 10**9) + m.group(2))]
     path = edit_pickle(YOLOV5_FILE, tmp / "yaml-nc.pt", edits)
     return Hostile(path, effect="memory/time: names = range(int(nc)) with nc = 1e9")
 
@@ -603,7 +606,7 @@ def two_archives(tmp: Path) -> Hostile:
 
 
 def urandom(tmp: Path) -> Hostile:
-    return Hostile(Path("/dev/urandom"), effect='called "empty file"')
+    return Hostile(Path("/dev/urandom"), wrong="empty", effect='called "empty file"')
 
 
 def torch_tar(tmp: Path) -> Hostile:

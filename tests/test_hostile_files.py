@@ -53,7 +53,8 @@ def argv(command: tuple[str, ...], src: Path, dst: Path) -> list[str | Path]:
     return [src if a == "{src}" else dst if a == "{dst}" else a for a in command]
 
 
-def assert_refused(outcome, src: Path, out_dir: Path, before: str, baseline: int, message: str = "") -> None:
+def assert_refused(outcome, src: Path, out_dir: Path, before: str, baseline: int, message: str = "",
+                   wrong: str = "") -> None:  # fmt: skip
     """Exit 2, one stderr line naming the file, nothing written, input unchanged, time and memory bounded."""
     assert not outcome.timed_out, f"hang: killed after {TIME_LIMIT:.0f} s: {outcome}"
     assert outcome.signal is None, f"crash: {outcome}"
@@ -64,6 +65,8 @@ def assert_refused(outcome, src: Path, out_dir: Path, before: str, baseline: int
     assert not ALLOCATION_FAILURE.search(lines[0]), f"refused only when an allocation failed: {lines[0]}"
     if message:
         assert message in lines[0].lower(), f"message should say {message!r}: {lines[0]}"
+    if wrong:
+        assert wrong not in lines[0].lower(), f"untrue message ({wrong!r}): {lines[0]}"
     assert sorted(p.name for p in out_dir.iterdir()) == [], "output or temporary file left behind"
     assert digest(src) == before, "input modified"
     assert outcome.peak_rss <= baseline + MEMORY_MARGIN, (
@@ -78,7 +81,7 @@ def test_hostile_file_is_refused(name, cli, baseline_rss, tmp_path):
     hostile = HOSTILE[name](src_dir)
     before = digest(hostile.path)
     outcome = cli.run(*argv(hostile.command, hostile.path, out_dir / "converted.pt"))
-    assert_refused(outcome, hostile.path, out_dir, before, baseline_rss, hostile.message)
+    assert_refused(outcome, hostile.path, out_dir, before, baseline_rss, hostile.message, hostile.wrong)
     assert not Path("/tmp/focus-surgery-pwned").exists()
 
 
