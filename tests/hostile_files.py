@@ -16,7 +16,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,7 +48,6 @@ class Hostile:
     message: str = ""
     wrong: str = ""  # a word the message must not contain (lower case): what the old, untrue message said
     valid: bool = False  # a file that must load (exit 0)
-    extra: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ pickle opcodes

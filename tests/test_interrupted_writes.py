@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DICT = ROOT / "checkpoints" / "focus-backbone.pt"
 YOLOV5 = ROOT / "tests" / "fixtures" / "yolov5-legacy" / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt"
-BIG_MB = 320  # large enough that torch.save takes a while; small enough for CI disks (input + one output)
+BIG_MB = 200  # large enough that torch.save takes a while; small enough for CI disks (input + one output)
 
 
 def env() -> dict[str, str]:
@@ -77,9 +77,11 @@ def convert_and_signal(src: Path, dst: Path, sig: int) -> tuple[subprocess.Popen
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
-@pytest.mark.parametrize("old", [False, True], ids=["new-destination", "old-destination"])
+@pytest.mark.parametrize(("sig", "old"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True),
+                                          (signal.SIGHUP, False)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-old-destination", "SIGHUP"])  # fmt: skip
 def test_signal_during_write_leaves_nothing(big_checkpoint, tmp_path, sig, old):
+    """SIGINT is the control (cleaned up before issue 9); SIGTERM and SIGHUP must clean up the same way."""
     dst = tmp_path / "big-conv.pt"
     if old:
         dst.write_bytes(b"the previous result")
