@@ -7,9 +7,11 @@ sets ``RLIMIT_AS`` to its own size after the imports plus ``AS_HEADROOM``, point
 allocation ends that child only; the server reports its exit code or signal, its wall time and its peak RSS
 (``wait4``). ``run_fresh`` runs the real ``python -m focus_surgery`` for the checks that must see the real program.
 
-Baseline measured on this machine (torch 2.14.1, Ultralytics 8.4.19, Python 3.11): importing torch + Ultralytics +
-focus_surgery takes a 3.4 GB address space (VmPeak, mostly reserved, not resident) and 0.77-0.94 GB RSS; the
-limit is that plus 4 GiB. Peak-RSS bounds are stated relative to a valid file's run in the same server.
+Baseline measured on this machine (torch 2.14.1, Ultralytics 8.4.19, Python 3.11): ``python -m focus_surgery``
+after importing torch + Ultralytics has a 3.4 GB address space (VmPeak, mostly reserved, not resident) and a peak
+RSS of 0.87-0.94 GB; the run's limit is its own size after the imports plus ``AS_HEADROOM`` (4 GiB). A forked
+child counts only the pages it touches: 310-320 MiB peak RSS for a refused file, 340-390 MiB for a valid YOLOv5
+conversion, which is the baseline the hostile-file test states its memory bound against.
 """
 
 from __future__ import annotations

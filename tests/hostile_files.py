@@ -491,6 +491,16 @@ def stride_zero(tmp: Path) -> Hostile:
     return Hostile(path, ("verify", "{src}", "{src}"), effect="memory: verify's .double() expands the view")
 
 
+def stride_zero_output(tmp: Path) -> Hostile:
+    """One float viewed as (2**14, 2**14) with strides (0, 0), beside a Focus stem: a .safetensors output of it
+    is 1 GiB (``contiguous()`` before the write) from a 35 KB input."""
+    extent = 1 << 14
+    pkl, storages = state_dict_pickle(stem_tensors(), {"huge": lambda q: q.tensor("z", 1, (extent, extent), (0, 0))})
+    storages["z"] = struct.pack("<f", 1.0)
+    path = torch_zip(tmp / "stride-zero-output.pt", pkl, storages)
+    return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 1 GiB output from 35 KB")
+
+
 def legacy_huge_numel(tmp: Path) -> Hostile:
     p = PickleWriter()
     obj = p.dict({"w": lambda q: q.tensor("0", 10**11, (4,), (1,))}, ordered=True).stop()
@@ -657,7 +667,7 @@ def non_utf8_name_yolov5(tmp: Path) -> Hostile:
 
 HOSTILE: dict[str, Callable[[Path], Hostile]] = {f.__name__: f for f in (
     cdata_bare, cdata_in_yolov5, cdata_in_zip, dag_plain, dag_yolov5, dag_modules, dag_modules_yolov5, lstm_layers,
-    yaml_depth, yaml_width, yaml_nc, conv_stride, upsample_scale, zip_bomb_pickle, zip_bomb_storage, stride_zero,
+    yaml_depth, yaml_width, yaml_nc, conv_stride, upsample_scale, zip_bomb_pickle, zip_bomb_storage, stride_zero, stride_zero_output,
     legacy_huge_numel, legacy_unfilled, uninitialised, crc_flip, os_system_yolov5, main_import, main_import_plain,
     big_endian, big_endian_legacy, truncated_storage, many_pickles, two_data_pkl, two_archives, urandom, torch_tar,
 )}  # fmt: skip

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from _bounded_cli import TIME_LIMIT, BoundedCLI, run_fresh
-from hostile_files import HOSTILE, VALID_ODD, YOLOV5_FILE, cdata_bare, cdata_in_yolov5
+from hostile_files import HOSTILE, STATE_DICT_FILE, VALID_ODD, YOLOV5_FILE, cdata_bare, cdata_in_yolov5, lstm_layers
 
 MEMORY_MARGIN = 256 << 20
 ALLOCATION_FAILURE = re.compile(r"MemoryError|can't allocate|cannot allocate|out of memory|bad_alloc|std::", re.I)
@@ -50,7 +50,9 @@ def digest(path: Path) -> str:
 
 
 def argv(command: tuple[str, ...], src: Path, dst: Path) -> list[str | Path]:
-    return [src if a == "{src}" else dst if a == "{dst}" else a for a in command]
+    """``{src}`` / ``{dst}`` replaced; ``{dst}.safetensors`` swaps the output's suffix."""
+    return [src if a == "{src}" else dst.with_suffix(a[5:]) if a.startswith("{dst}.") else dst if a == "{dst}" else a
+            for a in command]  # fmt: skip
 
 
 def assert_refused(outcome, src: Path, out_dir: Path, before: str, baseline: int, message: str = "",
@@ -127,3 +129,35 @@ def test_non_utf8_name_converts_to_non_utf8_name(cli, tmp_path):
     dst = tmp_path / os.fsdecode(b"out-\xfe.pt")
     outcome = cli.run("convert", odd.path, dst)
     assert outcome.returncode == 0 and dst.is_file(), str(outcome)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_folder_run_survives_a_crashing_and_a_hanging_file(workers, cli, tmp_path):
+    """convert DIR OUTDIR: the crashing file and the hanging one are reported as failed (exit 2), the good one
+    converts, and the run ends within the per-file --timeout (folder mode isolates each file)."""
+    src_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    src_dir.mkdir()
+    (src_dir / "good.pt").write_bytes(STATE_DICT_FILE.read_bytes())
+    cdata_bare(src_dir).path.rename(src_dir / "crash.pt")
+    lstm_layers(src_dir).path.rename(src_dir / "hang.pt")
+    outcome = cli.run("convert", src_dir, out_dir, "--workers", str(workers), "--timeout", "10", limit=90)
+    assert not outcome.timed_out and outcome.signal is None, str(outcome)
+    written = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    assert written == ["good.pt"], f"the good file must convert, nothing else ({written}): {outcome}"
+    assert outcome.returncode == 2, str(outcome)
+    report = (outcome.stdout + outcome.stderr).decode()
+    assert "crash.pt" in report and "hang.pt" in report, report
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_folder_run_survives_a_crashing_file(workers, cli, tmp_path):
+    """Without --timeout: a file that crashes its converter is one failed file, not the end of the batch."""
+    src_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    src_dir.mkdir()
+    (src_dir / "good.pt").write_bytes(STATE_DICT_FILE.read_bytes())
+    cdata_bare(src_dir).path.rename(src_dir / "crash.pt")
+    outcome = cli.run("convert", src_dir, out_dir, "--workers", str(workers), limit=90)
+    assert not outcome.timed_out and outcome.signal is None, str(outcome)
+    written = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    assert written == ["good.pt"], f"the good file must convert, nothing else ({written}): {outcome}"
+    assert outcome.returncode == 2 and "crash.pt" in (outcome.stdout + outcome.stderr).decode(), str(outcome)
