@@ -7,7 +7,7 @@ sets ``RLIMIT_AS`` to its own size after the imports plus ``AS_HEADROOM``, point
 allocation ends that child only; the server reports its exit code or signal, its wall time and its peak RSS
 (``wait4``). ``run_fresh`` runs the real ``python -m focus_surgery`` for the checks that must see the real program.
 
-Baseline measured on this machine (torch 2.14.1, Ultralytics 8.4.19, Python 3.11): ``python -m focus_surgery``
+Baseline measured on this machine (torch 2.14.1, Ultralytics 8.4.190, Python 3.11): ``python -m focus_surgery``
 after importing torch + Ultralytics has a 3.4 GB address space (VmPeak, mostly reserved, not resident) and a peak
 RSS of 0.87-0.94 GB; the run's limit is its own size after the imports plus ``AS_HEADROOM`` (4 GiB). A forked
 child counts only the pages it touches: 310-320 MiB peak RSS for a refused file, 340-390 MiB for a valid YOLOv5
@@ -88,8 +88,9 @@ def _child(argv: list[str], out: str, err: str, headroom: int) -> None:
         os.dup2(handle, fd)
         os.close(handle)
     # text streams as the interpreter makes them: stdout with the locale's error handler, stderr backslashreplace
-    sys.stdout = open(1, "w", encoding=sys.__stdout__.encoding, errors=sys.__stdout__.errors, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", encoding=sys.__stderr__.encoding, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    real_out, real_err = sys.__stdout__, sys.__stderr__
+    sys.stdout = open(1, "w", encoding=real_out.encoding, errors=real_out.errors, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding=real_err.encoding, errors="backslashreplace", closefd=False)  # noqa: SIM115
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = ["focus_surgery", *argv]
     code = 0

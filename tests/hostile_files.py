@@ -354,7 +354,8 @@ def dag_modules(tmp: Path) -> Hostile:
     p = PickleWriter()
     p.dict({"model": module_dag, "epoch": -1})
     path = torch_zip(tmp / "dag-modules.pt", p.stop())
-    return Hostile(path, ("convert", "{src}", "{dst}"), effect="hang: shared sub-modules (_modules DAG) walked path by path (2**40)")
+    return Hostile(path, ("convert", "{src}", "{dst}"),
+                   effect="bounded today (torch's named_modules is memoised); a walk of _modules must stay so")
 
 
 def dag_modules_yolov5(tmp: Path) -> Hostile:
@@ -634,7 +635,8 @@ def torch_tar(tmp: Path) -> Hostile:
 def escape_names(tmp: Path) -> Hostile:
     """A valid YOLOv5 checkpoint whose class names hold terminal escape sequences (title change, clear screen)."""
     evil = ESCAPE_TEXT
-    edits = [(re.escape(pickle.BINUNICODE + struct.pack("<I", 6) + b"widget"), lambda m: bytes(PickleWriter().str(evil).out[2:]))]
+    widget = re.escape(pickle.BINUNICODE + struct.pack("<I", 6) + b"widget")  # the first class name
+    edits = [(widget, lambda m: bytes(PickleWriter().str(evil).out[2:]))]
     path = edit_pickle(YOLOV5_FILE, tmp / "escape-names.pt", edits)
     return Hostile(path, valid=True, effect="escape sequences reach the terminal")
 
@@ -667,7 +669,8 @@ def non_utf8_name_yolov5(tmp: Path) -> Hostile:
 
 HOSTILE: dict[str, Callable[[Path], Hostile]] = {f.__name__: f for f in (
     cdata_bare, cdata_in_yolov5, cdata_in_zip, dag_plain, dag_yolov5, dag_modules, dag_modules_yolov5, lstm_layers,
-    yaml_depth, yaml_width, yaml_nc, conv_stride, upsample_scale, zip_bomb_pickle, zip_bomb_storage, stride_zero, stride_zero_output,
+    yaml_depth, yaml_width, yaml_nc, conv_stride, upsample_scale, zip_bomb_pickle, zip_bomb_storage, stride_zero,
+    stride_zero_output,
     legacy_huge_numel, legacy_unfilled, uninitialised, crc_flip, os_system_yolov5, main_import, main_import_plain,
     big_endian, big_endian_legacy, truncated_storage, many_pickles, two_data_pkl, two_archives, urandom, torch_tar,
 )}  # fmt: skip
