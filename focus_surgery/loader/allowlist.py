@@ -109,6 +109,7 @@ RECORD_MODULES: dict[str, str] = {
     "timm.models.*": "timm models",
     "focus_surgery.*": "our own layers in converted models",
     "torchvision.transforms.transforms": "YOLOv5 v7.0 classification models keep their preprocessing transforms",
+    "utils.augmentations": "YOLOv5's own preprocessing transforms, kept by its classification models",
     "yolox.models.*": "YOLOX models saved whole",
 }
 
