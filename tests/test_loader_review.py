@@ -176,9 +176,9 @@ def test_pathlib_parts_of_a_memoized_string_are_bounded(tmp_path):
 
 
 def test_many_small_objects_from_one_byte_opcodes_are_bounded(tmp_path):
-    """EMPTY_SET is one byte and makes a 216-byte set (EMPTY_DICT 64, EMPTY_LIST 56): a 300 KB pickle builds
-    ~100 MB of objects, a 64 MiB one (the pickle limit) ~14 GB. No count of objects built per byte of pickle."""
-    path = zip_checkpoint(tmp_path / "sets.pt", b"\x80\x04(" + b"\x8f" * 300_000 + b"l.")
+    """EMPTY_SET is one byte and makes a 216-byte set (EMPTY_DICT 64, EMPTY_LIST 56): a 150 KB pickle builds
+    ~35 MB of objects, a 64 MiB one (the pickle limit) ~14 GB. No count of objects built per byte of pickle."""
+    path = zip_checkpoint(tmp_path / "sets.pt", b"\x80\x04(" + b"\x8f" * 150_000 + b"l.")
     result = probe(path, timeout=120)
     size = path.stat().st_size
     assert result is not None
@@ -187,7 +187,7 @@ def test_many_small_objects_from_one_byte_opcodes_are_bounded(tmp_path):
 
 def test_legacy_storage_count_is_linear(tmp_path):
     """containers.load_legacy sums the sizes of every pending storage for each new one (O(n^2)): 8000 empty
-    storages (a 250 KB file) take minutes; a linear loader needs well under a second."""
+    storages (a 250 KB file) take 15 s to minutes; a linear loader needs well under a second."""
     storage = G("torch", "FloatStorage") + b"q\x00"
     items = b"".join(b"(U\x07storageh\x00" + S(str(i)) + b"U\x03cpuK\x00tQ" for i in range(8000))
     path = legacy_checkpoint(tmp_path / "many.pt", b"\x80\x02" + storage + b"]q\x01(" + items + b"e.")
@@ -197,15 +197,15 @@ def test_legacy_storage_count_is_linear(tmp_path):
 
 def test_zip_duplicate_record_names_are_found_in_linear_time(tmp_path):
     """containers.load_zip finds the duplicate with ``names.count(n)`` for each name (O(n^2)): 20000 records with
-    the duplicate last take ~30 s."""
+    the duplicate last take 10-30 s (linear: well under a second)."""
     with zipfile.ZipFile(tmp_path / "dup.pt", "w") as z, pytest.warns(UserWarning):
         z.writestr("archive/data.pkl", b"\x80\x02}.")
-        for i in range(20000):
+        for i in range(16000):
             z.writestr(f"archive/data/{i}", b"")
-        z.writestr("archive/data/19999", b"")
+        z.writestr("archive/data/15999", b"")
     result = probe(tmp_path / "dup.pt", timeout=60)
     assert result is not None and result["outcome"].startswith("error")
-    assert result["seconds"] < 5, f"duplicate-name check took {result['seconds']:.1f} s"
+    assert result["seconds"] < 3, f"duplicate-name check took {result['seconds']:.1f} s"
 
 
 def test_inspect_names_dag_does_not_hang(tmp_path):
@@ -327,6 +327,56 @@ def test_crc_of_unread_records_is_checked(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="CRC"):
         read_checkpoint(path)
+
+
+def test_plain_metadata_of_a_slice_is_bounded():
+    """yolov5/rebuild._plain budgets lists, tuples and dicts but falls back to ``repr(value)[:200]`` for anything
+    else: a ``slice`` (allow-listed, constructible from a file) over a shared list DAG makes ``repr`` expand 2^40
+    paths before the slice to 200 characters."""
+    code = (
+        "from focus_surgery.yolov5.rebuild import _plain\n"
+        "l = ['a']\n"
+        "for _ in range(40): l = [l, l]\n"
+        "print(len(str(_plain({'opt': slice(l, None, None)}))))\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", code], env=_env(), timeout=30, capture_output=True,
+                       preexec_fn=_limit_memory(4))  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("_plain(slice(<list DAG>)) hung in repr()")
+
+
+def test_folder_run_sigterm_leaves_no_temporary(tmp_path):
+    """folder.convert_isolated: SIGTERM to the parent raises ``Interrupted``; its ``finally`` SIGKILLs the running
+    children but does not remove their temporaries (``remove_stale_temporaries`` only runs for a child that
+    failed on its own), so a partial ``.<name>.<pid>-*.focus-surgery-tmp`` stays in OUTDIR. Measured with the real
+    CLI on a 400 MB file: the partial temp file is left after ``kill -TERM``."""
+    import signal
+    import time
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in" / "a.pt").write_text("tempfile-then-hang")
+    code = (
+        "import sys\n"
+        "from focus_surgery.atomic_io import cleanup_on_signals\n"
+        "from focus_surgery.folder import convert_isolated\n"
+        "from tests._folder_workers import by_content\n"
+        "with cleanup_on_signals():\n"
+        "    convert_isolated([(sys.argv[1], sys.argv[2])], by_content, {}, timeout_s=600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "in" / "a.pt"), str(tmp_path / "out" / "a.pt")],
+                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "out").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list((tmp_path / "out").iterdir()), "the child never started"
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(30)
+    finally:
+        parent.kill()
+    assert list((tmp_path / "out").iterdir()) == [], "temporary file left by a SIGTERM of a folder run"
 
 
 # ================================================================================ attacks that are stopped
