@@ -438,3 +438,16 @@ def test_held_zip_bomb_and_storage_crc(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="CRC"):
         read_checkpoint(path)
+
+
+def test_safetensors_with_a_deeply_nested_header_is_a_checkpoint_error(tmp_path):
+    """checkpoint_io._load_safetensors catches SafetensorError, OSError, ValueError, AttributeError; ``json.loads``
+    of a header nested 100k deep raises RecursionError, which the CLI prints as "RecursionError: ..." without the
+    file name."""
+    from focus_surgery.checkpoint_io import CheckpointError
+
+    header = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointError, match="deep.safetensors"):
+        load(path)
