@@ -88,7 +88,8 @@ def cleanup_on_signals() -> Iterator[None]:
 def _write_error(destination: Path, error: BaseException) -> CheckpointError:
     free = shutil.disk_usage(destination.parent).free if destination.parent.exists() else None
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or (free is not None and free < (64 << 20)):
+    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if full or ("unexpected pos" in text and free is not None and free < (64 << 20)):  # torch's zip writer
         return CheckpointError(f"{destination}: write failed: the disk is full ({free or 0:,} bytes free); "
                                "free some space and run again (nothing was written)")  # fmt: skip
     return CheckpointError(f"{destination}: write failed ({text}); nothing was written")
@@ -105,16 +106,19 @@ def _check_destination(destination: Path) -> Path:
     return folder
 
 
-def _new_temporary(destination: Path, folder: Path) -> Path:
+def _final_mode(destination: Path) -> int:
+    """The permission bits the written file gets: those of the file it replaces, else the usual 0666 & ~umask."""
     try:
-        mode = destination.stat().st_mode & 0o7777  # a replaced file keeps its permissions
+        return destination.stat().st_mode & 0o777  # never set-id bits
     except OSError:
         umask = os.umask(0)
         os.umask(umask)
-        mode = 0o666 & ~umask
+        return 0o666 & ~umask
+
+
+def _new_temporary(destination: Path, folder: Path) -> Path:
     tmp = folder / f"{_tmp_prefix(destination)}{os.getpid()}-{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    os.chmod(tmp, mode)
     return tmp
 
 
@@ -140,6 +144,7 @@ def atomic_write_all(
                 remove_stale_temporaries(destination)
                 temporaries.append(_new_temporary(destination, folder))
                 write(str(temporaries[-1]))
+                os.chmod(temporaries[-1], _final_mode(destination))  # after the write: a 0444 mode still writes
                 if fsync:
                     with open(temporaries[-1], "rb") as done:
                         os.fsync(done.fileno())

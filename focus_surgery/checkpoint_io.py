@@ -102,7 +102,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
             raise ValueError("header larger than the file")
         metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
         tensors = load(data)
-    except (SafetensorError, OSError, ValueError, AttributeError) as error:
+    except (SafetensorError, OSError, ValueError, AttributeError, RecursionError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: corrupt safetensors file ({detail})") from None
     return Checkpoint(path, "state_dict", tensors, {str(k): str(v) for k, v in dict(metadata).items()})

@@ -55,8 +55,9 @@ def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: 
         pass  # no limit where the platform has none
     try:
         conn.send((work(src, dst, options), None))
-    except MemoryError:
-        conn.send((None, f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"))
+    except MemoryError as error:  # a refused allocation says why; a failed one hit the limit
+        conn.send((None, str(error).splitlines()[0] if str(error) else
+                   f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"))
     except BaseException as error:  # noqa: BLE001 - reported as this file's failure, in one line
         text = str(error).strip()
         conn.send((None, text.splitlines()[0] if text else type(error).__name__))
@@ -134,15 +135,19 @@ def convert_isolated(
                 if error is not None:
                     remove_stale_temporaries(Path(jobs[index][1]))  # what a killed child may have left
                 finish(index, result, error)
-    finally:
-        for process, conn, _ in running.values():
+    finally:  # interrupted (SIGTERM, Ctrl-C): stop the children and remove what they were writing
+        for index, (process, conn, _) in running.items():
             process.kill()
             process.join()
             conn.close()
+            dst = Path(jobs[index][1])
+            for written in (dst, dst.with_suffix(".json")):
+                remove_stale_temporaries(written)
     return outcomes
 
 
 def progress_bar(done: int, total: int, name: str) -> None:
+    name = "".join(c if c.isprintable() else "?" for c in name)  # file names must not drive the terminal
     width = 24
     filled = width * done // max(total, 1)
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}", end="", file=sys.stderr)

@@ -30,8 +30,9 @@ from typing import Any, Iterator
 
 from .containers import read_container
 from .errors import CheckpointError, Refused
-from .rebuilders import ArraySpec
+from .rebuilders import ArraySpec, DtypeSpec
 from .records import NamedReference, Namespace, Record, record_class
+from .unpickler import RestrictedUnpickler
 from .walk import MAX_DEPTH, objects, walk
 
 __all__ = ["CheckpointError", "Loaded", "NamedReference", "Namespace", "Record", "check_readable",
@@ -74,21 +75,36 @@ def check_readable(path: str | os.PathLike) -> Path:
     return path
 
 
-def _finish_arrays(content: Any) -> Any:
-    """Replace every numpy array description by its validated array (tuples are rebuilt, once each)."""
-    rebuilt: dict[int, Any] = {}
+def _finish(content: Any, unpickler: RestrictedUnpickler) -> Any:
+    """Turn what only the unpickler needed into plain values, once per shared object.
+
+    numpy array and dtype descriptions become validated numpy values; the loader's own rebuilders, markers and
+    record classes, where a file left them as values instead of calling them, become named references (an output
+    must never hold a function of ours or a class of the file's).
+    """
+    names = unpickler.names_of_handed_out()
+    done: dict[int, Any] = {}
 
     def finish(obj: Any) -> Any:
+        key = id(obj)
+        if key in done:
+            return done[key]
         if isinstance(obj, ArraySpec):
-            if id(obj) not in rebuilt:
-                rebuilt[id(obj)] = obj.to_numpy()
-            return rebuilt[id(obj)]
-        if type(obj) is tuple and any(isinstance(v, (ArraySpec, tuple)) for v in obj):
-            if id(obj) not in rebuilt:
-                rebuilt[id(obj)] = obj  # a tuple that contains itself cannot exist; shared ones are rebuilt once
-                rebuilt[id(obj)] = tuple(finish(v) for v in obj)
-            return rebuilt[id(obj)]
-        return obj
+            done[key] = obj.to_numpy(unpickler.budgets)
+        elif isinstance(obj, DtypeSpec):
+            done[key] = obj.to_numpy()
+        elif key in names:
+            done[key] = NamedReference(names[key])
+        elif isinstance(obj, type) and issubclass(obj, Record):
+            done[key] = NamedReference(obj.qualname)
+        elif type(obj) is tuple:
+            done[key] = obj  # provisional: a tuple cannot contain itself
+            done[key] = tuple(finish(v) for v in obj)
+        elif type(obj) is slice:
+            done[key] = slice(finish(obj.start), finish(obj.stop), finish(obj.step))
+        else:
+            return obj
+        return done[key]
 
     content = finish(content)
     walk(content, finish)
@@ -120,6 +136,8 @@ def _fresh_copy(value: Any, memo: dict[int, Any]) -> Any:
     if isinstance(value, dict):
         copy = memo[id(value)] = type(value)() if type(value) in (dict, OrderedDict, Namespace) else dict()
         copy.update((k, _fresh_copy(v, memo)) for k, v in value.items())
+        if getattr(value, "__dict__", None):  # a state dict's _metadata
+            copy.__dict__.update(value.__dict__)
         return copy
     if isinstance(value, list):
         copy = memo[id(value)] = []
@@ -130,6 +148,9 @@ def _fresh_copy(value: Any, memo: dict[int, Any]) -> Any:
         return memo[id(value)]
     if isinstance(value, set):
         memo[id(value)] = {_fresh_copy(v, memo) for v in value}
+        return memo[id(value)]
+    if type(value) is slice:
+        memo[id(value)] = slice(_fresh_copy(value.start, memo), _fresh_copy(value.stop, memo), _fresh_copy(value.step, memo))
         return memo[id(value)]
     return value
 
@@ -157,8 +178,8 @@ def _read(path: Path, file_size: int) -> Loaded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's deprecation notes would turn one error into several lines
-            content, names, container = read_container(path, file_size)
-            content = _finish_arrays(content)
+            content, unpickler, container = read_container(path, file_size)
+            content = _finish(content, unpickler)
     except CheckpointError:
         raise
     except Refused as error:
@@ -171,4 +192,4 @@ def _read(path: Path, file_size: int) -> Loaded:
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:
             raise CheckpointError(f"{path}: {detail}; the file is corrupt") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
-    return Loaded(path, content, frozenset(names), container)
+    return Loaded(path, content, frozenset(unpickler.globals_seen), container)

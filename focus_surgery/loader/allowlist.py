@@ -26,7 +26,7 @@ from .records import Namespace
 class Allowed:
     value: Any
     reason: str
-    needs_budget: bool = False  # a tensor rebuilder: bound to the load's size budget
+    needs_budget: bool = False  # a rebuilder that builds from sizes or copies bytes: bound to the load's budgets
 
 
 STORAGE_DTYPES = {
@@ -80,16 +80,19 @@ def _table() -> dict[str, Allowed]:
         add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
         add((f"{py}.getattr",), rb.named_reference,
             "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference")
-    add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes")
+    add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes",
+        needs_budget=True)
     add(("copyreg._reconstructor", "copy_reg._reconstructor"), rb.reconstructor,
         "protocol 0/1 objects: record classes only")
     for core in ("numpy.core", "numpy._core"):  # numpy < 2 and numpy >= 2 spellings
         add((f"{core}.multiarray._reconstruct",), rb.numpy_reconstruct, "numpy arrays: plain number dtypes only")
-        add((f"{core}.multiarray.scalar",), rb.numpy_scalar, "numpy scalars (metrics): plain number dtypes only")
+        add((f"{core}.multiarray.scalar",), rb.numpy_scalar, "numpy scalars (metrics): plain number dtypes only",
+            needs_budget=True)
     add(("numpy.ndarray",), rb.NDARRAY, "argument of _reconstruct; a marker")
     add(("numpy.dtype",), rb.DtypeSpec, "numpy dtypes: plain number types only")
     for cls in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
-        add((f"pathlib.{cls}",), rb.path_string, "paths in training options (YOLOv5 train.py since 2024): as text")
+        add((f"pathlib.{cls}",), rb.path_string, "paths in training options (YOLOv5 train.py since 2024): as text",
+            needs_budget=True)
     for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
         add((name,), Namespace, "training arguments (Ultralytics model.args): read as a dict")
     return table

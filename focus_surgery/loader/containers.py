@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import torch
 
 from .errors import CheckpointError
-from .rebuilders import TensorBudget, element_size
+from .rebuilders import Budgets, element_size
 from .unpickler import RestrictedUnpickler
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -28,25 +28,58 @@ MAX_PICKLE_BYTES = 64 << 20  # a model's pickle (structure, not weights) is kilo
 TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's own size (expanded anchor grids)
 
 
-def tensor_budget(file_size: int) -> TensorBudget:
-    """Logical size of all tensors one file may describe: twice its size plus a fixed slack."""
-    return TensorBudget(2 * file_size + TENSOR_SLACK_BYTES)
+OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four times the file's size
+
+
+def budgets_for(file_size: int) -> Budgets:
+    """What one file may build: tensors of at most twice its size plus a slack (expanded anchor grids of real
+    YOLOv5 files), Python objects and copied values of at most four times its size plus a slack."""
+    return Budgets(2 * file_size + TENSOR_SLACK_BYTES, 4 * file_size + OBJECT_SLACK_BYTES)
+
+
+class BoundedReader:
+    """A file handle whose reads never ask for more than the file has left (a pickle's declared string length
+    is checked before Python allocates a buffer for it)."""
+
+    def __init__(self, handle: BinaryIO, size: int):
+        self._handle, self._size = handle, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._handle.tell()
+        if n is None or n < 0 or n > left:
+            if n is not None and n > left >= 0:
+                raise pickle.UnpicklingError(f"a record of {n:,} bytes with {left:,} left in the file (truncated?)")
+            n = left
+        return self._handle.read(n)
+
+    def readline(self) -> bytes:
+        return self._handle.readline(1 << 16)
+
+    def readinto(self, buffer) -> int:
+        if len(buffer) > self._size - self._handle.tell():
+            raise pickle.UnpicklingError("a record longer than what is left of the file")
+        return self._handle.readinto(buffer)
+
+    def tell(self) -> int:
+        return self._handle.tell()
 
 
 def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def load_zip(path: Path, file_size: int) -> tuple[Any, set[str]]:
-    """Read a zip checkpoint; returns (content, globals the pickle named)."""
+def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
+    """Read a zip checkpoint; returns (content, the unpickler that read it: its globals and budgets)."""
     with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
         infos = archive.infolist()
         if not infos:
             raise CheckpointError(f"{path}: empty zip archive, not a torch checkpoint")
         names = [info.filename for info in infos]
-        if len(set(names)) != len(names):
-            duplicate = next(n for n in names if names.count(n) > 1)
-            raise CheckpointError(f"{path}: zip archive holds two records named {duplicate!r}; not a torch checkpoint")
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise CheckpointError(f"{path}: zip archive holds two records named {name!r}; not a torch checkpoint")
+            seen.add(name)
         for info in infos:
             if info.file_size > file_size:
                 raise CheckpointError(
@@ -71,7 +104,7 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, set[str]]:
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
         data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
 
-        budget = tensor_budget(file_size)
+        budgets = budgets_for(file_size)
         unpacked = [0]
         storages: dict[str, torch.storage.TypedStorage] = {}
         readers: list[Any] = []  # torch's own record reader (no pickle, no extra copy), opened on first use
@@ -103,25 +136,33 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, set[str]]:
             return storage
 
         try:
-            unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budget)
+            unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets)
             content = unpickler.load()
         finally:
             readers.clear()
             stream.close()
-        return content, unpickler.globals_seen
+        read = {f"data/{key}" for key in storages} | {"data.pkl", "byteorder"}
+        for name, info in by_name.items():  # every record's CRC-32, also of those the load did not need
+            if name not in read:
+                with archive.open(info) as record:  # zipfile checks the CRC-32 at the end of the record
+                    while record.read(1 << 20):
+                        pass
+        return content, unpickler
 
 
-def load_legacy(path: Path, file_size: int) -> tuple[Any, set[str]]:
-    """Read a pre-1.6 torch checkpoint; returns (content, globals the pickle named)."""
-    budget = tensor_budget(file_size)
+def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
+    """Read a pre-1.6 torch checkpoint; returns (content, the unpickler that read it: its globals and budgets)."""
+    budgets = budgets_for(file_size)
     pending: dict[str, tuple[torch.UntypedStorage, int]] = {}  # key: (storage, element size)
-    with open(path, "rb") as handle:
+    declared = [0]
+    with open(path, "rb") as raw_handle:
+        handle = BoundedReader(raw_handle, file_size)
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
             nbytes = numel * element_size(dtype)
             if key not in pending:
-                room = file_size - handle.tell()
-                if nbytes > room or sum(s.nbytes() for s, _ in pending.values()) + nbytes > file_size:
+                declared[0] += nbytes
+                if nbytes > file_size - handle.tell() or declared[0] > file_size:
                     raise CheckpointError(f"{path}: storage {key} declares {nbytes:,} bytes, more than the file holds")
                 # zeroed, then filled from the file below: never uninitialised memory
                 pending[key] = (torch.UntypedStorage(nbytes).fill_(0), element_size(dtype))
@@ -136,7 +177,7 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, set[str]]:
                 raise pickle.UnpicklingError("storage view outside its storage")
             return _typed(base[offset * element : (offset + size) * element], dtype)
 
-        unpickler = RestrictedUnpickler(handle, load_storage, budget)
+        unpickler = RestrictedUnpickler(handle, load_storage, budgets)
         if unpickler.load() != LEGACY_MAGIC_NUMBER:
             raise CheckpointError(f"{path}: not a torch checkpoint (wrong magic number)")
         unpickler.load()  # protocol version
@@ -156,28 +197,32 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, set[str]]:
             if len(header) < 8:
                 raise CheckpointError(f"{path}: truncated (storage {key} missing)")
             count = struct.unpack("<q", header)[0]
+            if count * element != storage.nbytes():
+                raise CheckpointError(f"{path}: corrupt storage {key} (size {count} does not match its use)")
             data = handle.read(storage.nbytes())
-            if count * element != storage.nbytes() or len(data) != storage.nbytes():
-                raise CheckpointError(f"{path}: truncated or corrupt storage {key}")
+            if len(data) != storage.nbytes():
+                raise CheckpointError(f"{path}: truncated storage {key}")
             if data:
                 storage.copy_(torch.UntypedStorage.from_buffer(bytearray(data), dtype=torch.uint8))
             filled.add(key)
         missing = sorted(set(pending) - filled)
         if missing:
             raise CheckpointError(f"{path}: storage {missing[0]} has no data in the file")
-    return content, unpickler.globals_seen
+    return content, unpickler
 
 
-def read_container(path: Path, file_size: int) -> tuple[Any, set[str], str]:
-    """(content, globals, container name) of a ``torch.save`` file; refuses other formats with a reason."""
+def read_container(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler, str]:
+    """(content, the unpickler that read it, container name) of a ``torch.save`` file; refuses other formats."""
     with open(path, "rb") as handle:
         head = handle.read(512)
     if zipfile.is_zipfile(path):
-        return (*load_zip(path, file_size), "zip")
+        content, unpickler = load_zip(path, file_size)
+        return content, unpickler, "zip"
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{path}: truncated or corrupt zip archive (no central directory); re-save it")
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError(f"{path}: legacy tar checkpoint (torch < 0.4); load and re-save it with torch 1.x")
     if head[:1] != b"\x80":
         raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
-    return (*load_legacy(path, file_size), "legacy")
+    content, unpickler = load_legacy(path, file_size)
+    return content, unpickler, "legacy"

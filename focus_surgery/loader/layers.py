@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,10 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
 
 
 def _without_hooks(state: dict) -> dict:
-    """Drop stored hooks that are functions from the file (records of functions, references); keep empty dicts."""
+    """Every hook slot emptied: hooks are functions - code, not data - whatever a file put there."""
     for slot in _HOOK_SLOTS:
-        hooks = state.get(slot)
-        if isinstance(hooks, dict):
-            for key in [k for k, v in hooks.items() if isinstance(v, (Record, NamedReference, type))]:
-                del hooks[key]
+        if slot in state:
+            state[slot] = OrderedDict()
     return state
 
 
@@ -166,7 +165,8 @@ def materialize(value: Any, path: Path) -> Any:
         CheckpointError: A record of a class that is not an installed layer, or invalid hyper-parameters.
     """
     memo: dict[int, Any] = {}
-    pending: list[tuple[Record, nn.Module]] = []
+    pending: list[tuple[Record, nn.Module]] = []  # modules made, their state still to set
+    containers: list[Any] = []  # lists and dicts whose items are still to convert
 
     def convert(obj: Any) -> Any:
         key = id(obj)
@@ -176,48 +176,39 @@ def materialize(value: Any, path: Path) -> Any:
             cls = module_class(obj.qualname, path)
             memo[key] = cls.__new__(cls)  # before the state: modules may refer to each other
             pending.append((obj, memo[key]))
-            return memo[key]
-        if isinstance(obj, dict):
+        elif isinstance(obj, (dict, list)):
             memo[key] = obj
-            stack.append(obj)
-            return obj
-        if isinstance(obj, list):
-            memo[key] = obj
-            stack.append(obj)
-            return obj
-        if type(obj) is tuple:
+            containers.append(obj)
+        elif type(obj) is tuple:
             memo[key] = obj  # provisional: a tuple cannot contain itself
             memo[key] = tuple(convert(v) for v in obj)
-            return memo[key]
-        return obj
+        else:
+            return obj
+        return memo[key]
 
-    check_module_tree([obj for obj in objects(value) if isinstance(obj, Record)], path)
-    stack: list[Any] = []
-    result = convert(value)
-    while stack or pending:
-        while stack:
-            container = stack.pop()
+    def finish_containers() -> None:
+        while containers:
+            container = containers.pop()
             if isinstance(container, dict):
                 for k in list(container):
                     container[k] = convert(container[k])
             else:
                 container[:] = [convert(v) for v in container]
-        if pending:
-            record, module = pending.pop()
-            state = convert(record.state)
-            while stack:  # finish the state's containers before the layer sees them
-                container = stack.pop()
-                if isinstance(container, dict):
-                    for k in list(container):
-                        container[k] = convert(container[k])
-                else:
-                    container[:] = [convert(v) for v in container]
-            try:
-                check_hyperparameters(type(module), state, record.qualname)
-                module.__setstate__(_without_hooks(state))
-            except CheckpointError:
-                raise
-            except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
-                detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-                raise CheckpointError(f"{path}: refused to load: {detail}") from None
+
+    check_module_tree([obj for obj in objects(value) if isinstance(obj, Record)], path)
+    result = convert(value)
+    finish_containers()
+    while pending:
+        record, module = pending.pop()
+        state = convert(record.state)
+        finish_containers()  # the state's containers are complete before the layer sees them
+        try:
+            check_hyperparameters(type(module), state, record.qualname)
+            module.__setstate__(_without_hooks(state))
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+            detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise CheckpointError(f"{path}: refused to load: {detail}") from None
+        finish_containers()
     return result

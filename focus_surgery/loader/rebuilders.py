@@ -21,19 +21,25 @@ from .records import NamedReference, Record
 _MAX_DIMS = 16
 
 
-class TensorBudget:
-    """Bounds the total logical size of the tensors one file may describe (stride-0 views included)."""
+class Budget:
+    """A size limit derived from the file's own size: what one load may build of one kind."""
 
-    def __init__(self, limit_bytes: int):
-        self.limit, self.used = limit_bytes, 0
+    def __init__(self, limit_bytes: int, kind: str):
+        self.limit, self.used, self.kind = limit_bytes, 0, kind
 
     def take(self, nbytes: int, what: str) -> None:
         self.used += nbytes
         if self.used > self.limit:
-            raise pickle.UnpicklingError(
-                f"{what} brings the tensors' logical size to {self.used:,} bytes, more than this file can hold "
-                f"({self.limit:,}); an expanded (stride-0) or inflated tensor"
-            )
+            raise Refused(f"{what} brings the {self.kind} to {self.used:,} bytes, more than this file can hold "
+                          f"({self.limit:,})")  # fmt: skip
+
+
+class Budgets:
+    """The two limits of one load: tensors' logical size (stride-0 views included) and Python objects and values
+    built by the unpickler (each opcode, each copied string or array)."""
+
+    def __init__(self, tensors: int, objects: int):
+        self.tensors, self.objects = Budget(tensors, "tensors' logical size"), Budget(objects, "objects built")
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -48,7 +54,7 @@ def _ints(values: Any, what: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def rebuild_tensor(budget: TensorBudget, storage, storage_offset, size, stride, *unused) -> torch.Tensor:
+def rebuild_tensor(budgets: Budgets, storage, storage_offset, size, stride, *unused) -> torch.Tensor:
     """``torch._utils._rebuild_tensor[_v2]`` without hooks or metadata: a plain tensor viewing ``storage``."""
     if not isinstance(storage, torch.storage.TypedStorage):
         raise pickle.UnpicklingError("tensor without a storage")
@@ -65,7 +71,7 @@ def rebuild_tensor(budget: TensorBudget, storage, storage_offset, size, stride, 
     numel = 1
     for n in size:
         numel *= n
-    budget.take(numel * itemsize, f"a tensor of shape {list(size)}")
+    budgets.tensors.take(numel * itemsize, f"a tensor of shape {list(size)}")
     tensor = torch.empty((0,), dtype=storage.dtype)
     return tensor.set_(storage._untyped_storage, offset, torch.Size(size), stride)
 
@@ -93,21 +99,35 @@ class TypeMarker:
 TENSOR_TYPES = {name: TypeMarker(name) for name in ("torch.Tensor", "torch.nn.parameter.Parameter")}
 
 
+class BoundRebuilder:
+    """A rebuilder tied to one load's budgets (what a file gets for a name whose entry ``needs_budget``)."""
+
+    __slots__ = ("func", "budgets", "qualname")
+
+    def __init__(self, func, budgets: Budgets, qualname: str):
+        self.func, self.budgets, self.qualname = func, budgets, qualname
+
+    def __call__(self, *args):
+        return self.func(self.budgets, *args)
+
+
 def rebuild_from_type(func, new_type, args, state) -> torch.Tensor:
     """``torch._tensor._rebuild_from_type_v2``: only our tensor rebuilders, only plain tensor types, state dropped."""
-    if not getattr(func, "_focus_surgery_tensor_rebuilder", False) or new_type not in TENSOR_TYPES.values():
+    is_tensor_rebuilder = isinstance(func, BoundRebuilder) and func.func is rebuild_tensor
+    if not (is_tensor_rebuilder or func is rebuild_parameter) or new_type not in TENSOR_TYPES.values():
         raise pickle.UnpicklingError("_rebuild_from_type_v2 with an unexpected function or type")
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("_rebuild_from_type_v2 without an argument tuple")
     return func(*args)
 
 
-def encode(text: str, encoding: str = "utf-8") -> bytes:
+def encode(budgets: Budgets, text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for bytes (latin1 / utf-8 only)."""
     if not isinstance(text, str) or not isinstance(encoding, str):
         raise pickle.UnpicklingError("_codecs.encode of something other than text")
     if codecs.lookup(encoding).name not in ("latin-1", "iso8859-1", "utf-8"):
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    budgets.objects.take(len(text) * 2, "bytes from _codecs.encode")  # one string may be encoded many times
     return codecs.encode(text, encoding)
 
 
@@ -130,10 +150,11 @@ def torch_device(kind, index=None) -> torch.device:
     return torch.device(kind) if index is None else torch.device(kind, index)
 
 
-def path_string(*parts) -> str:
+def path_string(budgets: Budgets, *parts) -> str:
     """A ``pathlib`` path read as the text it holds (a path is data; its class is not needed)."""
     if not all(isinstance(p, str) for p in parts):
         raise pickle.UnpicklingError("path made of something other than text")
+    budgets.objects.take(sum(len(p) + 1 for p in parts) * 2, "a path")
     return str(pathlib.PurePosixPath(*parts)) if parts else "."
 
 
@@ -195,7 +216,7 @@ class ArraySpec:
     def __setstate__(self, state) -> None:
         self.state = state
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self, budgets: Budgets) -> np.ndarray:
         if not (isinstance(self.state, tuple) and len(self.state) == 5):
             raise pickle.UnpicklingError("numpy array without its data")
         _, shape, dtype, fortran, raw = self.state
@@ -208,6 +229,7 @@ class ArraySpec:
             count *= n
         if any(n < 0 for n in shape) or count * dtype.itemsize != len(raw):
             raise pickle.UnpicklingError("numpy array whose data does not match its shape")
+        budgets.objects.take(len(raw), "a numpy array")
         return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
@@ -220,10 +242,11 @@ def numpy_reconstruct(cls, *unused) -> ArraySpec:
     return ArraySpec()
 
 
-def numpy_scalar(dtype, raw=b"", *unused):
+def numpy_scalar(budgets: Budgets, dtype, raw=b"", *unused):
     if not isinstance(dtype, DtypeSpec) or not isinstance(raw, (bytes, bytearray)):
         raise pickle.UnpicklingError("numpy scalar of an unsupported kind")
     dtype = dtype.to_numpy()
     if len(raw) != dtype.itemsize:
         raise pickle.UnpicklingError("numpy scalar whose data does not match its type")
+    budgets.objects.take(64, "a numpy scalar")
     return np.frombuffer(bytes(raw), dtype=dtype)[0]

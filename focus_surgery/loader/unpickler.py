@@ -1,21 +1,28 @@
 """A restricted unpickler: only the names of ``allowlist`` resolve, only our rebuilders and inert types are called.
 
-The pure-Python unpickler is used so that every opcode that calls or builds something (REDUCE, NEWOBJ[_EX],
-OBJ, INST, BUILD) can be checked: a pickle must not call a marker, reach a torch class's hidden constructor
-keywords, or set the state of anything but a fresh inert object.
+The pure-Python unpickler is used so that every opcode can be checked: anything that calls or builds (REDUCE,
+NEWOBJ[_EX], OBJ, INST, BUILD) may only reach our rebuilders, record classes and inert containers; dictionary keys
+and set members must be small plain values (hashing a shared or deeply nested tuple walks every path of it, in C);
+and every opcode is charged to the load's object budget, so that a pickle of one-byte opcodes cannot build objects
+hundreds of times its size.
 """
 
 from __future__ import annotations
 
-import functools
 import pickle
 from collections import OrderedDict
 from typing import Any, Callable
 
-from .errors import Refused
+import torch
+
 from .allowlist import ENUMS, GLOBALS, StorageType, is_record_module
-from .rebuilders import ArraySpec, DtypeSpec, TensorBudget, enum_value
-from .records import Namespace, Record, record_class
+from .errors import Refused
+from .rebuilders import ArraySpec, BoundRebuilder, Budgets, DtypeSpec, TypeMarker, enum_value
+from .records import NamedReference, Namespace, Record, record_class
+
+OPCODE_COST = 256  # bytes charged for an opcode that builds an object: more than any builds (an empty set: 216)
+_ATOMS = (str, bytes, int, float, bool, type(None), torch.dtype)
+_MAX_KEY_TUPLE = 16
 
 
 class RefusedGlobal(Refused):
@@ -26,9 +33,19 @@ class RefusedGlobal(Refused):
         self.qualname = qualname
 
 
+def _check_key(key: Any) -> None:
+    """Keys and set members are hashed: only plain values, or short flat tuples of them."""
+    if isinstance(key, _ATOMS) or isinstance(key, (Record, NamedReference)):
+        return
+    if type(key) is tuple and len(key) <= _MAX_KEY_TUPLE and all(isinstance(k, _ATOMS) for k in key):
+        return
+    raise Refused(f"a dictionary key or set member of type {type(key).__name__} (only plain values are hashed)")
+
+
 # The only objects whose state a pickle may set: fresh instances made by this load.
 _BUILDABLE = (Record, DtypeSpec, ArraySpec, OrderedDict, Namespace)
-_CONSTRUCTIBLE = (OrderedDict, set, frozenset, slice, Namespace, DtypeSpec)
+_CONTAINERS = (OrderedDict, set, frozenset, Namespace)  # callable with an iterable; their keys are checked
+_CONSTRUCTIBLE = (*_CONTAINERS, slice, DtypeSpec)
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -40,12 +57,11 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, load_storage: Callable[..., Any], budget: TensorBudget):
+    def __init__(self, file, load_storage: Callable[..., Any], budgets: Budgets):
         super().__init__(file, encoding="latin1")
         self._load_storage = load_storage
-        self._budget = budget
-        self._callables: set[int] = set()  # ids of the functions this load handed out ...
-        self._handed_out: list[Any] = []  # ... kept alive, so that no other object can take their id
+        self.budgets = budgets
+        self._handed_out: dict[int, tuple[Any, str]] = {}  # id: (object kept alive, its name in the file)
         self.globals_seen: set[str] = set()
 
     # ------------------------------------------------------------------ names
@@ -57,41 +73,63 @@ class RestrictedUnpickler(pickle._Unpickler):
         if allowed is not None:
             value = allowed.value
             if allowed.needs_budget:
-                value = functools.partial(value, self._budget)
-                value._focus_surgery_tensor_rebuilder = True
-            if callable(value) and not isinstance(value, type):
-                self._hand_out(value)
+                value = BoundRebuilder(value, self.budgets, qualname)
+            if not isinstance(value, (type, torch.dtype)):
+                self._handed_out.setdefault(id(value), (value, qualname))
             return value
         if qualname in ENUMS:
-            return self._hand_out(enum_value(qualname))
+            reader = enum_value(qualname)
+            self._handed_out[id(reader)] = (reader, qualname)
+            return reader
         if name.isidentifier() and is_record_module(module):
             return record_class(qualname)
         raise RefusedGlobal(qualname)
 
-    def _hand_out(self, func: Any) -> Any:
-        self._callables.add(id(func))
-        self._handed_out.append(func)
-        return func
+    def names_of_handed_out(self) -> dict[int, str]:
+        """``id(object): name`` of every function and marker this load gave the pickle (to be replaced by names)."""
+        return {key: name for key, (_, name) in self._handed_out.items()}
 
     def _check_callable(self, func: Any, opcode: str) -> None:
-        if id(func) in self._callables:
+        if id(func) in self._handed_out and callable(func) and not isinstance(func, (TypeMarker, StorageType)):
             return
         if isinstance(func, type) and (issubclass(func, Record) or func in _CONSTRUCTIBLE):
             return
-        raise Refused(f"{opcode} of {getattr(func, 'qualname', type(func).__name__)}, which is not callable")
+        name = getattr(func, "qualname", None) or type(func).__name__
+        raise Refused(f"{opcode} of {name}, which is not callable")
+
+    def _check_container_args(self, func: Any, args: Any) -> None:
+        if func in _CONTAINERS and args:
+            items = args[0]
+            if isinstance(items, dict):
+                items = list(items)
+            if not isinstance(items, (list, tuple)):
+                raise Refused(f"{func.__name__} built from a {type(items).__name__}")
+            for item in items:
+                if func in (set, frozenset):
+                    _check_key(item)
+                elif isinstance(item, (list, tuple)) and len(item) == 2:
+                    _check_key(item[0])
+                elif not isinstance(item, str):
+                    raise Refused(f"{func.__name__} built from items that are not pairs")
+
+    # ------------------------------------------------------------------ opcodes that call, build or hash
 
     def load_reduce(self) -> None:
-        self._check_callable(self.stack[-2], "REDUCE")
+        func, args = self.stack[-2], self.stack[-1]
+        self._check_callable(func, "REDUCE")
+        self._check_container_args(func, args)
         pickle._Unpickler.load_reduce(self)
 
     def load_newobj(self) -> None:
         self._check_callable(self.stack[-2], "NEWOBJ")
+        self._check_container_args(self.stack[-2], self.stack[-1])
         pickle._Unpickler.load_newobj(self)
 
     def load_newobj_ex(self) -> None:
         self._check_callable(self.stack[-3], "NEWOBJ_EX")
         if self.stack[-1]:  # keyword arguments to a constructor: the way into torch.Tensor(cdata=...)
             raise Refused("NEWOBJ_EX with keyword arguments to a constructor")
+        self._check_container_args(self.stack[-3], self.stack[-2])
         pickle._Unpickler.load_newobj_ex(self)
 
     def load_obj(self) -> None:
@@ -101,12 +139,36 @@ class RestrictedUnpickler(pickle._Unpickler):
         raise Refused("INST opcode (protocol 0 class call) is not used by torch checkpoints")
 
     def load_build(self) -> None:
-        if not isinstance(self.stack[-2], _BUILDABLE):
-            raise Refused(f"setting the state of a {type(self.stack[-2]).__name__}")
+        target, state = self.stack[-2], self.stack[-1]
+        if not isinstance(target, _BUILDABLE):
+            raise Refused(f"setting the state of a {type(target).__name__}")
+        if isinstance(target, OrderedDict) and not isinstance(target, Namespace):
+            # a state dict's only attribute is _metadata; nothing else may be set on a container
+            if not (isinstance(state, dict) and set(state) <= {"_metadata"}):
+                raise Refused("setting attributes other than _metadata on an OrderedDict")
         pickle._Unpickler.load_build(self)
 
     def load_ext(self, *args) -> None:
         raise Refused("pickle extension registry codes are not used by torch checkpoints")
+
+    def load_setitem(self) -> None:
+        _check_key(self.stack[-2])
+        pickle._Unpickler.load_setitem(self)
+
+    def load_setitems(self) -> None:
+        for key in self.stack[::2]:  # after a MARK the base class keeps just the marked items on self.stack
+            _check_key(key)
+        pickle._Unpickler.load_setitems(self)
+
+    def load_additems(self) -> None:
+        for item in self.stack:
+            _check_key(item)
+        pickle._Unpickler.load_additems(self)
+
+    def load_frozenset(self) -> None:
+        for item in self.stack:
+            _check_key(item)
+        pickle._Unpickler.load_frozenset(self)
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
@@ -114,6 +176,10 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.OBJ[0]] = load_obj
     dispatch[pickle.INST[0]] = load_inst
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
     for _code in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_code[0]] = load_ext
 
@@ -131,3 +197,24 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError("storage with an invalid key or size")
         view = pid[5] if len(pid) > 5 else None
         return self._load_storage(pid[1].dtype, key, numel, view)
+
+
+def _charged(handler: Callable, cost: int) -> Callable:
+    def run(self: RestrictedUnpickler) -> None:
+        self.budgets.objects.take(cost, "the pickle's objects")
+        handler(self)
+
+    return run
+
+
+# What one opcode may build, in bytes (CPython 3.11, 64-bit): containers and objects are charged the most, a memo
+# entry or an added item a dict slot; strings and numbers carry their bytes in the pickle itself.
+_BUILDERS = (pickle.EMPTY_SET, pickle.EMPTY_DICT, pickle.EMPTY_LIST, pickle.LIST, pickle.DICT, pickle.TUPLE,
+             pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET, pickle.NEWOBJ, pickle.NEWOBJ_EX,
+             pickle.REDUCE, pickle.BUILD, pickle.GLOBAL, pickle.STACK_GLOBAL, pickle.BINPERSID, pickle.PERSID)
+_SLOTS = (pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE, pickle.PUT, pickle.APPEND, pickle.APPENDS,
+          pickle.SETITEM, pickle.SETITEMS, pickle.ADDITEMS, pickle.MARK)
+_COSTS = {**{code[0]: OPCODE_COST for code in _BUILDERS}, **{code[0]: 96 for code in _SLOTS}}
+RestrictedUnpickler.dispatch = {
+    code: _charged(handler, _COSTS.get(code, 32)) for code, handler in RestrictedUnpickler.dispatch.items()
+}

@@ -21,6 +21,8 @@ def _items(obj: Any) -> list[Any] | None:
         return list(obj.values())
     if isinstance(obj, (list, tuple, set, frozenset)):
         return list(obj)
+    if isinstance(obj, slice):
+        return [obj.start, obj.stop, obj.step]
     return None
 
 

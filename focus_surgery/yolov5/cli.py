@@ -111,7 +111,10 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
 
         torch.set_num_threads(1)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), reading_once():
+    from ..cli import FORWARD_LIMIT
+    from ..limits import forward_memory_limit
+
+    with warnings.catch_warnings(), reading_once(), forward_memory_limit(FORWARD_LIMIT):
         warnings.simplefilter("ignore")
         return convert_one(src, dst, args)
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
+from ..loader import NamedReference
 from ..loader.layers import check_hyperparameters
 from .detect import LegacyDetect
 from .unpickler import LegacyRecord, load_legacy_pickle
@@ -96,7 +97,11 @@ def _plain(value: Any, budget: list[int] | None = None) -> Any:
         return [_plain(v, budget) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v, budget) for k, v in value.items()}
-    return repr(value)[:200]
+    if isinstance(value, slice):
+        return {"slice": [_plain(value.start, budget), _plain(value.stop, budget), _plain(value.step, budget)]}
+    if isinstance(value, (set, frozenset)):
+        return [_plain(v, budget) for v in value]
+    return f"<{type(value).__name__}>" if not isinstance(value, NamedReference) else repr(value)  # never repr() data
 
 
 def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
