@@ -70,7 +70,7 @@ def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, A
     content = dict(ckpt.content)  # the loaded objects are ours alone: converting them in place is safe
     try:
         reports = [
-            convert(content[key], to=args.to, verify=args.verify)
+            convert(content[key], to=args.to, scope=args.scope, verify=args.verify)
             for key in ("model", "ema")
             if isinstance(content.get(key), torch.nn.Module)
         ]
@@ -227,6 +227,8 @@ def _add_convert(sub) -> None:
     p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
     p.add_argument("--to", choices=("conv", "focus", "s2d", "fastest"), default="conv",
                    help="target form (default conv); fastest: time every exact form here and keep the fastest")
+    p.add_argument("--scope", choices=("stem", "all"), default="stem",
+                   help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv")
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
