@@ -1,101 +1,20 @@
-"""Command-line handling of YOLOv5-repository checkpoints and of folders of checkpoints.
+"""``convert DIR OUTDIR``: every checkpoint under a folder through ``files.convert_one``, with a summary.
 
-``cli.cmd_convert`` / ``cli.cmd_inspect`` call ``handle_convert`` / ``handle_inspect`` first; these return an exit
-code when they took the job (a YOLOv5-repository file, a folder, an Ultralytics model) and None otherwise.
+(Moving to ``focus_surgery/folder.py``, which runs each file in an isolated child process.)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from ..checkpoint_io import CheckpointError, pickle_globals
-from ..surgery import ConversionError
+from ..checkpoint_io import CheckpointError
+from ..files import convert_one
 
-YOLOV5_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-
-
-def checkpoint_family(path: str | os.PathLike) -> str:
-    """``"yolov5"``, ``"ultralytics"`` or ``"other"``, from the pickle's globals (static scan, nothing runs).
-
-    Raises:
-        CheckpointError: Missing, empty, unreadable file.
-    """
-    if Path(path).suffix == ".safetensors":
-        return "other"
-    names = pickle_globals(path)
-    if any(n.startswith(YOLOV5_MODULES) for n in names):
-        return "yolov5"
-    if any(n.startswith("ultralytics.nn.tasks.") for n in names):
-        return "ultralytics"
-    return "other"
-
-
-def convert_legacy_file(src: str, dst: str, to: str, measure: bool) -> dict[str, Any]:
-    """Convert one YOLOv5-repository checkpoint and write it; the result as a dict (``max_abs_err`` included).
-
-    Raises:
-        CheckpointError / ConversionError / ValueError: bad input (exit 2).
-        VerificationFailed: the float64 check failed (exit 1); nothing written.
-    """
-    from ..cli import VerificationFailed
-    from .convert import convert_yolov5, save_conversion
-
-    if Path(dst).suffix not in (".pt", ".pth", ".safetensors"):
-        raise CheckpointError(f"{dst}: unknown output type {Path(dst).suffix!r}; use .pt, .pth or .safetensors")
-    conv = convert_yolov5(src, to=to, measure=measure)
-    if conv.verification is not None and not conv.verification.passed:
-        raise VerificationFailed(f"{src}: verification failed ({conv.verification}); {dst} not written")
-    written = save_conversion(conv, dst, to)
-    result = {
-        "src": str(src), "dst": str(dst), "kind": "yolov5", "release": None, "to": to,
-        "stem_before": conv.stem_before, "stem_after": conv.stem_after, "replaced": conv.replaced,
-        "dtype": str(conv.ckpt.dtype).replace("torch.", ""), "written": [str(p) for p in written],
-        "max_abs_err": conv.max_abs_err,
-        "max_rel_err": conv.verification.max_rel_err if conv.verification else None,
-    }  # fmt: skip
-    from .rebuild import guess_release
-
-    result["release"] = guess_release(conv.ckpt)
-    return result
-
-
-def _convert_generic(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
-    """A non-YOLOv5 file through the core ``convert`` command, its printed JSON captured."""
-    from ..cli import cmd_convert
-
-    ns = argparse.Namespace(**{**vars(args), "src": src, "dst": dst, "json": True, "core_only": True})
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        cmd_convert(ns)
-    return json.loads(buffer.getvalue().strip().splitlines()[-1])
-
-
-def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Convert any single checkpoint (dispatching on its family); raises on failure."""
-    if Path(src).resolve() == Path(dst).resolve():
-        raise CheckpointError(f"{dst}: refusing to overwrite the input; write to another file")
-    family = checkpoint_family(src)
-    if family == "yolov5":
-        return convert_legacy_file(src, dst, args.to, args.verify)
-    if family == "ultralytics":
-        try:
-            result = _convert_generic(src, dst, args)
-        except ConversionError as error:
-            raise ConversionError(
-                f"{src}: already a current Ultralytics model, and its stem does not convert to {args.to} ({error})"
-            ) from None
-        result["note"] = "already a current Ultralytics model; its stem was converted"
-        return result
-    return _convert_generic(src, dst, args)
 
 
 def _worker(job: tuple[str, str, dict]) -> tuple[str, dict | None, str | None]:
@@ -107,7 +26,7 @@ def _worker(job: tuple[str, str, dict]) -> tuple[str, dict | None, str | None]:
         torch.set_num_threads(1)
     try:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        return src, convert_one(src, dst, args), None
+        return src, convert_one(src, dst, args), None  # one JSON-able dict per file
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the batch; its reason is reported
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         return src, None, message
@@ -163,85 +82,3 @@ def convert_folder(args: argparse.Namespace) -> int:
         for item in failed:
             print(f"  FAIL  {item['file']}: {item['reason']}")
     return 2 if failed else 0
-
-
-def handle_convert(args: argparse.Namespace) -> int | None:
-    """Take ``convert`` for folders, YOLOv5-repository files and Ultralytics models; None leaves it to the core."""
-    from ..cli import EXIT_OK, _emit
-
-    if getattr(args, "core_only", False):
-        return None
-    if Path(args.src).is_dir():
-        return convert_folder(args)
-    family = checkpoint_family(args.src)  # also reports missing / empty / unreadable files
-    if family == "other":
-        return None
-    result = convert_one(args.src, args.dst, args)
-    err = result.get("max_abs_err")
-    text = (f"converted {args.src} -> {args.dst} ({result.get('stem_before', 'stem')} -> {result.get('stem_after', args.to)})"
-            + (f", verified: max_abs_err={err:.3e}" if err is not None else ""))  # fmt: skip
-    if family == "ultralytics" and not args.json:
-        text = f"{args.src} is already a current Ultralytics model; " + text
-    _emit(result, args.json, text)
-    return EXIT_OK
-
-
-def handle_inspect(args: argparse.Namespace) -> int | None:
-    """``inspect`` of a YOLOv5-repository file; None for anything else."""
-    from ..cli import EXIT_OK, _emit
-
-    if Path(args.src).is_dir():
-        raise CheckpointError(f"{args.src}: is a directory; inspect one checkpoint file")
-    if checkpoint_family(args.src) != "yolov5":
-        return None
-    from .rebuild import describe, read_yolov5_checkpoint
-
-    info = describe(read_yolov5_checkpoint(args.src))
-    lines = [f"{info['path']}: YOLOv5-repository checkpoint, most likely release {info['release']}"]
-    types = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in info["layer_types"].items())
-    lines.append(f"  architecture: {info['layers']} layers ({types}); depth {info['depth_multiple']}, "
-                 f"width {info['width_multiple']}; {info['parameters']:,} parameters")  # fmt: skip
-    lines.append(f"  stem: {info['stem']}, activation {info['stem_activation']}")
-    lines.append(f"  nc: {info['nc']}  names: {info['names']}")
-    lines.append(f"  anchors (px): {info['anchors']}  strides: {info['stride']}")
-    lines.append(f"  dtype: {info['dtype']}  epoch: {info['epoch']}  best fitness: {info['best_fitness']}")
-    lines.append(f"  converts: {info['converts']}")
-    _emit(info, args.json, "\n".join(lines))
-    return EXIT_OK
-
-
-def _model_for_verify(path: str):
-    """A float32 eval model for ``verify``: rebuilt YOLOv5 file, our safetensors + JSON, or None (core's job)."""
-    from .convert import config_path, load_yolov5_safetensors
-
-    if Path(path).suffix == ".safetensors" and config_path(path).is_file():
-        return load_yolov5_safetensors(path)
-    if checkpoint_family(path) == "yolov5":
-        from .rebuild import read_yolov5_checkpoint, rebuild
-
-        return rebuild(read_yolov5_checkpoint(path))[0]
-    return None
-
-
-def handle_verify(args: argparse.Namespace) -> int | None:
-    """``verify A B`` where either side is a YOLOv5-repository file or a converted ``.safetensors`` (float64)."""
-    from ..checkpoint_io import load_checkpoint
-    from ..cli import EXIT_OK, EXIT_VERIFY_FAILED, _emit
-    from .convert import verification_shape
-    from ..verify import verify
-
-    for path in (args.a, args.b):
-        if Path(path).is_dir():
-            raise CheckpointError(f"{path}: is a directory; verify compares two checkpoint files")
-    models = [_model_for_verify(p) for p in (args.a, args.b)]
-    if all(m is None for m in models):
-        return None
-    for i, path in enumerate((args.a, args.b)):
-        if models[i] is None:
-            models[i] = load_checkpoint(path).model
-            if models[i] is None:
-                raise CheckpointError(f"{path}: holds tensors only, no model to run against {args.a}")
-            models[i] = models[i].float().eval()
-    report = verify(models[0], models[1], input_shape=verification_shape(models[0]))
-    _emit({"a": args.a, "b": args.b, **report.to_dict()}, args.json, str(report))
-    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED

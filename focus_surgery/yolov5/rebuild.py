@@ -90,7 +90,15 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
     Raises:
         CheckpointError: Unreadable or hostile file, or one without a YOLOv5 ``models.yolo.Model``.
     """
-    content = load_legacy_pickle(path)
+    return yolov5_checkpoint(load_legacy_pickle(path), path)
+
+
+def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint:
+    """The ``LegacyCheckpoint`` of content already read by the safe loader (records in place of objects).
+
+    Raises:
+        CheckpointError: No YOLOv5 ``models.yolo.Model`` inside, or one without its yaml architecture dict.
+    """
     if isinstance(content, LegacyRecord):  # torch.save(model) rather than a training dict
         content = {"model": content}
     if not isinstance(content, dict):
