@@ -19,7 +19,7 @@ def stem_module(state_dict: dict[str, torch.Tensor], block_size: int, order: str
     stem = find_stem(state_dict, block_size=block_size)
     weight = state_dict[stem.weight_key]
     out_ch, in_ch, kh, kw = weight.shape
-    if stem.form == "focus":
+    if stem.form in ("focus", "reorg"):
         conv = nn.Conv2d(in_ch, out_ch, (kh, kw), 1, (kh // 2, kw // 2), bias=False)
         module: nn.Module = nn.Sequential(SpaceToDepth(block_size, order), conv)
     else:
@@ -60,7 +60,7 @@ def compare_state_dicts(a: dict, b: dict, block_size: int = 2, order: str = "yol
             result["problem"] = f"{key} has shape {tuple(a[key].shape)} vs {tuple(b[key].shape)}: not the same model"
             return result
         if a[key].numel():
-            errors.append(float((a[key].double() - b[key].double()).abs().max()))
+            errors.append(float((a[key].detach().double() - b[key].detach().double()).abs().max()))
     result["tensors"] = len(errors)
     if not errors:
         result["problem"] = "no tensors to compare: nothing was verified"

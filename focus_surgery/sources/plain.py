@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint_io import CheckpointError, save_checkpoint
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
-from ..state_dict import StemKeys, convert_state_dict, find_stem
+from ..state_dict import convert_state_dict, find_stem
 from .base import ConvertOptions, Source, VerificationFailed
 from .compare import STEM_ASSUMES, compare_state_dicts, verify_stems
 from .loading import Loaded
@@ -41,12 +41,13 @@ def _at(content: dict, place: str | None) -> dict:
     return content if place is None else content[place]
 
 
-def _remap_optimizer(optimizer: Any, stem: StemKeys, to: str, block_size: int, order: str) -> str:
-    """Remap the optimizer state of the stem weight in place (identified by its unique shape); say what was done."""
+def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size: int, order: str) -> str:
+    """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
+    state has the stem weight's ``shape``; say what was done. Exact: momentum is linear in the gradients."""
     state = optimizer.get("state") if isinstance(optimizer, dict) else None
     if not isinstance(state, dict) or not state:
         return "no optimizer state"
-    old = torch.Size(stem.shape)
+    old = torch.Size(shape)
     owners = [pid for pid, entry in state.items() if isinstance(entry, dict)
               and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())]  # fmt: skip
     if len(owners) != 1:
@@ -143,7 +144,8 @@ class PlainStateDictSource(Source):
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
             stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
-            report["optimizer"] = _remap_optimizer(new_content["optimizer"], stem, options.to, options.block_size, options.order)
+            report["optimizer"] = remap_optimizer_state(new_content["optimizer"], stem.shape, options.to,
+                                                        options.block_size, options.order)  # fmt: skip
         if checks:
             report["verification"] = checks[0]
             report["max_abs_err"] = max(c["stem"]["max_abs_err"] for c in checks)
