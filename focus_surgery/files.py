@@ -14,7 +14,6 @@ from typing import Any
 
 from .checkpoint_io import CheckpointError
 from .sources import ConvertOptions, VerificationFailed, load, source_for
-from .sources.compare import compare_state_dicts
 from .verify import verify
 
 __all__ = ["ConvertOptions", "VerificationFailed", "convert_file", "convert_one", "inspect_file", "verify_files"]
@@ -88,7 +87,7 @@ def verify_files(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, Any]:
         result = {"a": str(a), "b": str(b), "compared": "outputs of both models in float64", **report.to_dict()}
         result["summary"] = f"{report} [{result['compared']}]"
         return result
-    check = compare_state_dicts(sources[0].state_dict(loaded[0]), sources[1].state_dict(loaded[1]))
+    check = sources[1].compare_tensors(sources[0].state_dict(loaded[0]), sources[1].state_dict(loaded[1]))
     result = {"a": str(a), "b": str(b), **check}
     verdict = "PASS" if check["passed"] else "FAIL"
     err = check["max_abs_err"]

@@ -34,12 +34,14 @@ def source_for(loaded: Loaded) -> Source:
     raise CheckpointError(f"{loaded.path}: not a checkpoint any source reads ({', '.join(s.name for s in SOURCES)})")
 
 
+from .darknet import DarknetSource  # noqa: E402
 from .yolov7 import Yolov7Source  # noqa: E402
 from .yolov5 import Yolov5Source  # noqa: E402
 from .torch_model import TorchModelSource  # noqa: E402
 from .yolox import YoloxSource  # noqa: E402
 from .plain import PlainStateDictSource  # noqa: E402
 
+register_source(DarknetSource())
 register_source(Yolov7Source())
 register_source(Yolov5Source())
 register_source(TorchModelSource())

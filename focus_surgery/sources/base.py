@@ -64,6 +64,12 @@ class Source:
         """The tensors ``verify`` compares when no model can be run."""
         raise NotImplementedError
 
+    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
+        """``verify`` of two state dicts of this source (the stem remapped where the forms differ)."""
+        from .compare import compare_state_dicts
+
+        return compare_state_dicts(a, b)
+
 
 class VerificationFailed(Exception):
     """The float64 check of a conversion or of ``verify`` did not pass (exit code 1)."""
