@@ -149,3 +149,28 @@ def test_yaml_rows_pickle_no_focus_surgery_function():
     assert "_check_block_divides" not in names
     with pytest.raises(ValueError, match=r"^YAML row 1 .*feature map 5x5 is not divisible by block_size 2"):
         model.model[1](torch.rand(1, 64, 5, 5))
+
+
+def test_sync_yaml_rewrites_a_reorg_row_and_its_conv_row():
+    """yolov7 / YOLOR models (their code, here test-only copies): ReOrg row -> nn.Identity, conv row -> Conv [c2, 6, 2, 2]."""
+    from tests.family_models.reorg import BaseConv
+
+    class Conv(BaseConv):  # yolov7's models.common.Conv: conv + bn + act
+        pass
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Sequential(ReOrg(), Conv(12, 8, 3, 1), Conv(8, 16, 3, 2))
+            for i, m in enumerate(self.model):
+                m.i, m.f = i, -1
+            self.yaml = {"backbone": [[-1, 1, "ReOrg", []], [-1, 1, "Conv", [64, 3, 1]], [-1, 1, "Conv", [128, 3, 2]]],
+                         "head": []}  # fmt: skip
+
+        def forward(self, x):
+            return self.model(x)
+
+    model = Model().eval()
+    report = fs.convert(model, to="conv")
+    assert report.verification.passed and [r.path for r in report.replaced] == ["model.1"]
+    assert model.yaml["backbone"] == [[-1, 1, "nn.Identity", []], [-1, 1, "Conv", [64, 6, 2, 2]], [-1, 1, "Conv", [128, 3, 2]]]

@@ -381,7 +381,13 @@ def _row_after_surgery(row: list, module: nn.Module) -> list | None:
     if cls is nn.Identity:
         return [row[0], 1, "nn.Identity", []]
     c2 = row[3][0] if row[3] else None
-    if not cls.__module__.startswith("ultralytics.") or isinstance(c2, bool) or not isinstance(c2, int):
+    if isinstance(c2, bool) or not isinstance(c2, int):
+        return None
+    if not cls.__module__.startswith("ultralytics."):
+        # another zoo's `Conv(c1, c2, k, s, p)` row (yolov7 / YOLOR after a ReOrg row was folded into it)
+        if cls.__name__ == "Conv" and row[2] == "Conv" and type(getattr(module, "conv", None)) is nn.Conv2d:
+            args = _conv_row_args(c2, module.conv, getattr(module, "act", nn.Identity()))
+            return [row[0], row[1], "Conv", args] if args and len(args) == 4 else None
         return None
     if cls.__name__ == "Conv" and type(module.conv) is nn.Conv2d:
         args = _conv_row_args(c2, module.conv, module.act)
