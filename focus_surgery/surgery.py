@@ -43,6 +43,17 @@ class VerificationError(ConversionError):
 CONV_TYPES: dict[type, Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]] = {}
 
 
+# Called with (model, replaced paths) after every applied conversion. Integrations register here (the core never
+# imports a framework): the Ultralytics integration rewrites ``model.yaml`` so a model rebuilt from it matches.
+POST_APPLY: list[Callable[[nn.Module, list[str]], Any]] = []
+
+
+def register_post_apply(hook: Callable[[nn.Module, list[str]], Any]) -> None:
+    """Run ``hook(model, paths)`` after each applied conversion (idempotent)."""
+    if hook not in POST_APPLY:
+        POST_APPLY.append(hook)
+
+
 def register_conv_type(cls: type, builder: Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]) -> None:
     """Teach the surgery the exact space-to-depth form of a ``nn.Conv2d`` subclass (idempotent)."""
     CONV_TYPES[cls] = builder
@@ -561,9 +572,8 @@ def convert(
         if not report.verification.passed:
             raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)
-    from .integrations.ultralytics import sync_yaml
-
-    sync_yaml(model, [s.path for s in steps])  # Ultralytics rebuilds a model from model.yaml to train it again
+    for hook in POST_APPLY:  # e.g. the Ultralytics integration's sync_yaml: model.yaml follows the surgery
+        hook(model, [s.path for s in steps])
     return report
 
 
