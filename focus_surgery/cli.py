@@ -62,6 +62,8 @@ def _add_convert(sub) -> None:
                    help="target form (default conv); fastest: time every exact form here and keep the fastest")
     p.add_argument("--scope", choices=("stem", "all"), default="stem",
                    help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv")
+    p.add_argument("--layout", choices=("ultralytics", "yolov5"), default="ultralytics",
+                   help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout")
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")

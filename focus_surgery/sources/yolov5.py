@@ -77,6 +77,10 @@ class Yolov5Source(Source):
             raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
         if options.to not in ("conv", "focus"):
             raise ValueError(f"{loaded.path}: a YOLOv5 checkpoint converts --to conv or focus, not {options.to}")
+        if options.layout == "yolov5":
+            return self._convert_in_yolov5_layout(loaded, dst, options)
+        if options.layout != "ultralytics":
+            raise ValueError(f"--layout {options.layout!r}: use ultralytics or yolov5")
         conv = convert_yolov5(self._checkpoint(loaded), to=options.to, measure=options.verify)
         if conv.verification is not None and not conv.verification.passed:
             raise VerificationFailed(f"{loaded.path}: verification failed ({conv.verification}); {dst} not written")
@@ -89,3 +93,49 @@ class Yolov5Source(Source):
             "max_rel_err": conv.verification.max_rel_err if conv.verification else None,
             "verification": conv.verification.to_dict() if conv.verification else None,
         }  # fmt: skip
+
+    def _convert_in_yolov5_layout(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
+        """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem)."""
+        from ..verify import verify
+        from ..yolov5.rebuild import guess_release, rebuild, yolov5_checkpoint
+        from ..yolov5.records_stem import convert_stem_record
+        from .compare import compare_state_dicts
+        from .records_io import save_records
+
+        ckpt = self._checkpoint(loaded)
+        release = guess_release(ckpt)
+        before = ckpt.model.state_dict()
+        original = _runnable(ckpt) if options.verify else None
+        models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
+        changes = [convert_stem_record(ckpt.content[k], options.to, str(loaded.path)) for k in models]
+        report: dict[str, Any] = {"source": self.name, "kind": "yolov5", "layout": "yolov5", "release": release,
+                                  "to": options.to, "stem_before": changes[0]["from"], "stem_after": changes[0]["to"],
+                                  "replaced": changes[0], "converted": models, "max_abs_err": None}  # fmt: skip
+        if options.verify:
+            after = yolov5_checkpoint(ckpt.content, str(loaded.path))
+            converted = _runnable(after)
+            if original is not None and converted is not None:
+                check = verify(original, converted)
+                report["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
+                passed, err = check.passed, check.max_abs_err
+            else:  # a head without an Ultralytics counterpart: the weights alone
+                check = compare_state_dicts(before, after.model.state_dict(), tolerance=0.0)
+                report["verification"] = check
+                passed, err = check["passed"], 0.0 if check["passed"] else check["max_abs_err"]
+            report["max_abs_err"] = err
+            if not passed:
+                raise VerificationFailed(f"{loaded.path}: verification failed; {dst} not written")
+        if dst.suffix == ".safetensors":
+            raise CheckpointError(f"{dst}: --layout yolov5 writes the repository's pickle layout: use .pt")
+        save_records(ckpt.content, dst)
+        return report
+
+
+def _runnable(ckpt) -> nn.Module | None:
+    """The rebuilt (Ultralytics) model of a YOLOv5 checkpoint, or None for heads without a counterpart."""
+    from ..yolov5.rebuild import rebuild
+
+    try:
+        return rebuild(ckpt)[0]
+    except CheckpointError:
+        return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ LEAF_ARGS: dict[str, tuple[str, ...]] = {
     "MaxPool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     "Upsample": ("size", "scale_factor", "mode", "align_corners"),
     "LeakyReLU": ("negative_slope", "inplace"),
+    "ZeroPad2d": ("padding",),
+    "Linear": ("in_features", "out_features"),  # C3TR's TransformerLayer
+    "NonDynamicallyQuantizableLinear": ("in_features", "out_features"),  # nn.MultiheadAttention.out_proj
+    "Dropout": ("p", "inplace"),
     **{name: ("inplace",) for name in ("SiLU", "Hardswish", "ReLU", "ReLU6", "Mish")},
     **{name: () for name in ("Sigmoid", "Tanh", "Identity", "GELU")},
 }
@@ -107,6 +112,8 @@ def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint
     if key is None:
         raise CheckpointError(f"{path}: no YOLOv5 models.yolo.Model inside (keys: {sorted(map(str, content))[:8]})")
     model = content[key]
+    if not isinstance(model.get("yaml"), dict) and isinstance(model.get("md"), dict):
+        model.state["yaml"] = model.state["md"]  # v1.0 kept the model dict under `md`
     if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
         raise CheckpointError(f"{path}: the YOLOv5 model has no yaml architecture dict; cannot rebuild it")
     metadata = {k: _plain(v) for k, v in content.items() if k not in ("model", "ema", "optimizer")}
@@ -114,6 +121,8 @@ def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint
         if model.get(attr) is not None:
             metadata[attr] = _plain(model.get(attr))
     metadata["source_key"] = key
+    if "md" in model.state:
+        metadata["yaml_key"] = "md"
     return LegacyCheckpoint(str(path), content, key, metadata)
 
 
@@ -130,7 +139,7 @@ def leaf_spec(record: LegacyRecord) -> dict[str, Any]:
     if name not in LEAF_ARGS or not record.qualname.startswith("torch.nn.modules."):
         raise CheckpointError(f"layer type {record.qualname} is not supported")
     args = {a: _plain(record.get(a)) for a in LEAF_ARGS[name] if a in record.state}
-    if name == "Conv2d":
+    if name in ("Conv2d", "Linear", "NonDynamicallyQuantizableLinear"):
         args["bias"] = (record.get("_parameters") or {}).get("bias") is not None
     return {"type": name, "args": args}
 
@@ -141,7 +150,7 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
     if name not in LEAF_ARGS:
         raise ValueError(f"layer type {name} is not supported")
     args = {a: _plain(getattr(module, a)) for a in LEAF_ARGS[name] if hasattr(module, a)}
-    if name == "Conv2d":
+    if name in ("Conv2d", "Linear", "NonDynamicallyQuantizableLinear"):
         args["bias"] = module.bias is not None
     return {"type": name, "args": args}
 
@@ -151,7 +160,7 @@ def make_leaf(spec: dict[str, Any]) -> nn.Module:
     name, args = spec["type"], dict(spec["args"])
     if name not in LEAF_ARGS:
         raise CheckpointError(f"layer type {name} is not supported")
-    for key in ("kernel_size", "stride", "padding", "dilation", "size"):
+    for key in ("kernel_size", "stride", "padding", "dilation", "size"):  # JSON lists back to tuples
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
     if name == "Upsample" and isinstance(args.get("scale_factor"), list):
@@ -159,17 +168,20 @@ def make_leaf(spec: dict[str, Any]) -> nn.Module:
     if name in ("Sigmoid", "Tanh", "Identity", "GELU"):
         args = {}
     try:
-        return getattr(nn, name)(**args)
+        return (getattr(nn, name, None) or getattr(nn.modules.linear, name))(**args)
     except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"cannot build {name} from {args} ({error})") from None
 
 
-def _record_leaves(model: LegacyRecord) -> dict[str, dict[str, Any]]:
+def _record_leaves(model: LegacyRecord, source: str = "checkpoint") -> dict[str, dict[str, Any]]:
     """Spec of every torch leaf layer under the recorded ``Model``, by path (``model.0.conv.conv``, ...)."""
     leaves = {}
     for path, record in model.named_modules():
         if path and not record.children() and record.qualname.startswith("torch.nn.modules."):
-            leaves[path] = leaf_spec(record)
+            try:
+                leaves[path] = leaf_spec(record)
+            except CheckpointError as error:
+                raise CheckpointError(f"{source}: layer {path}: {error}") from None
     return leaves
 
 
@@ -225,8 +237,12 @@ def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
         f, n, name, args = row
         last = detect_last and i == len(rows) - 1
         if last and name != "Detect":
-            raise CheckpointError(f"{path}: last layer is {name!r}, not Detect; only YOLOv5 detection models convert")
-        if not last and name not in KNOWN_LAYERS:
+            raise CheckpointError(
+                f"{path}: the head is {name!r}, which has no Ultralytics counterpart here; convert its stem in the "
+                "YOLOv5 repository's own layout with --layout yolov5"
+            )
+        torch_row = name.startswith("nn.") and name[3:] in LEAF_ARGS  # nn.MaxPool2d, nn.Upsample: Ultralytics resolves
+        if not last and name not in KNOWN_LAYERS and not torch_row:
             raise CheckpointError(f"{path}: yaml layer {i} is {name!r}, which has no supported Ultralytics counterpart")
         if not (isinstance(n, int) and isinstance(args, list) and (isinstance(f, (int, list)))):
             raise CheckpointError(f"{path}: yaml row {i} is malformed ({str(row)[:60]})")
@@ -262,7 +278,7 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
                       and isinstance(v, (bool, int, float))}  # fmt: skip
             if values:
                 plain[path] = values
-    return LegacyArchitecture(yaml, detect, _record_leaves(model), sorted(model.get("save") or []), names, plain)
+    return LegacyArchitecture(yaml, detect, _record_leaves(model, ckpt.path), sorted(model.get("save") or []), names, plain)
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -359,6 +375,14 @@ def guess_release(ckpt: LegacyCheckpoint) -> str:
     acts = {b.children()["act"].name for b in conv_blocks}  # the Conv blocks' activation changed per release
     has_grid_buffer = "anchor_grid" in (ckpt.detect.get("_buffers") or {})
     hyp = ckpt.model.get("hyp") or {}
+    yaml_file = str(ckpt.model.get("yaml_file") or "")
+    first = (ckpt.model.get("yaml") or {}).get("backbone", [[None] * 4])[0]
+    if Path(yaml_file).name.startswith("yolov3") and "hub" not in Path(yaml_file).parts:
+        return "yolov3 repository (v9.x)"
+    if not yaml_file and first[2] == "Conv" and len(first[3]) > 2 and first[3][2] == 1:
+        return "a YOLOv3 architecture (yolov3 repository v9.x, or YOLOv5's hub yolov3)"
+    if ckpt.metadata.get("yaml_key") == "md":
+        return "v1.0"
     if not has_grid_buffer:
         return "v6.0-v7.0" if "Focus" not in layers else "v6.0-v7.0 (with a Focus stem)"
     if "SiLU" in acts:
