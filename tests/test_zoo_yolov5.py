@@ -109,3 +109,21 @@ def test_yolov3_repository_is_recognised(tmp_path):
 
     src = _edited(MODELS["v6.0"], tmp_path / "yolov3.pt", as_yolov3)
     assert inspect_file(src)["release"] == "yolov3 repository (v9.x)"
+
+
+def test_v1_head_rows_are_refused_in_the_ultralytics_layout_and_convert_in_the_yolov5_layout(tmp_path, capsys):
+    """v1.0's yaml ends with nn.Conv2d output rows and a Detect without convs (models/yolov5s.yaml at v1.0)."""
+
+    def to_v1_head(content):
+        model = content["model"]
+        model.state["md"] = model.state.pop("yaml")
+        model.state["md"]["head"][-2] = [-1, 1, "nn.Conv2d", ["na * (nc + 5)", 1, 1]]
+
+    src = _edited(MODELS["v2.0"], tmp_path / "v1.pt", to_v1_head)
+    assert main(["convert", str(src), str(tmp_path / "u.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "'nn.Conv2d' (v1.0's head" in err and "--layout yolov5" in err and str(src) in err
+    report = convert_file(src, tmp_path / "y.pt", layout="yolov5", verify=True)
+    assert report["release"] == "v1.0" and report["verification"]["passed"]  # weights: stem remapped, rest identical
+    written = load(tmp_path / "y.pt").content["model"]
+    assert "yaml" not in written.state and written.get("md")["backbone"][0][2:] == ["Conv", [64, 6, 2, 2]]

@@ -106,7 +106,9 @@ class DarknetSource(Source):
         content = {**loaded.content, "model": type(loaded.content["model"])(model)}
         report: dict[str, Any] = {"source": self.name, "kind": "darknet", "to": "conv", "stem": key,
                                   "weight": [list(old.shape), list(model[key].shape)], "cfg": CFG_CHANGE,
-                                  "max_abs_err": None}  # fmt: skip
+                                  "max_abs_err": None,
+                                  "assumes": "the tensor-less rows before the stem conv are YOLOR's [reorg] "
+                                             "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)"}  # fmt: skip
         if isinstance(content.get("optimizer"), dict):
             import copy
 

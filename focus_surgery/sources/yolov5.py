@@ -127,6 +127,9 @@ class Yolov5Source(Source):
                 raise VerificationFailed(f"{loaded.path}: verification failed; {dst} not written")
         if dst.suffix == ".safetensors":
             raise CheckpointError(f"{dst}: --layout yolov5 writes the repository's pickle layout: use .pt")
+        if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
+            for key in models:
+                ckpt.content[key].state.pop("yaml", None)
         save_records(ckpt.content, dst)
         return report
 

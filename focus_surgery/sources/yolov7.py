@@ -178,6 +178,8 @@ class Yolov7Source(Source):
                     sync_yaml_rows(model.get("yaml"), index, bs)
             yamls.add(id(model.get("yaml")))
         report["yaml"] = "ReOrg row -> nn.Identity, its conv row -> Conv [c2, 6, 2, 2]: row indices unchanged"
+        report["assumes"] = ("the file's code is never run: its ReOrg class computes what the yolov7 / YOLOR code's "
+                             "does, space-to-depth(2, yolov5 order)")  # fmt: skip
         if isinstance(content.get("optimizer"), dict):
             change = report["replaced"][0]
             report["optimizer"] = remap_optimizer_state(content["optimizer"], change["weight"][0], "conv",

@@ -28,6 +28,7 @@ KNOWN_LAYERS = frozenset(
     {"Focus", "Conv", "DWConv", "Bottleneck", "BottleneckCSP", "C3", "C3TR", "C3Ghost", "GhostConv",
      "GhostBottleneck", "SPP", "SPPF", "Concat", "nn.Upsample"}
 )  # fmt: skip
+TORCH_ROWS = frozenset({"MaxPool2d", "Upsample", "ZeroPad2d", "Identity", "Dropout"})  # args passed as written
 ACTIVATIONS = ("LeakyReLU", "SiLU", "Hardswish", "ReLU", "ReLU6", "Sigmoid", "Tanh", "Identity", "Mish", "GELU")
 # Hyper-parameters of each torch leaf layer, as stored in its pickled __dict__ (constructor name: attribute name).
 LEAF_ARGS: dict[str, tuple[str, ...]] = {
@@ -241,7 +242,12 @@ def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
                 f"{path}: the head is {name!r}, which has no Ultralytics counterpart here; convert its stem in the "
                 "YOLOv5 repository's own layout with --layout yolov5"
             )
-        torch_row = name.startswith("nn.") and name[3:] in LEAF_ARGS  # nn.MaxPool2d, nn.Upsample: Ultralytics resolves
+        if name == "nn.Conv2d":  # v1.0: output convs as yaml rows, a Detect without convs
+            raise CheckpointError(
+                f"{path}: yaml layer {i} is 'nn.Conv2d' (v1.0's head: output convs as rows, Detect without convs), "
+                "which has no Ultralytics counterpart; convert its stem with --layout yolov5"
+            )
+        torch_row = name.startswith("nn.") and name[3:] in TORCH_ROWS  # rows Ultralytics resolves and passes through
         if not last and name not in KNOWN_LAYERS and not torch_row:
             raise CheckpointError(f"{path}: yaml layer {i} is {name!r}, which has no supported Ultralytics counterpart")
         if not (isinstance(n, int) and isinstance(args, list) and (isinstance(f, (int, list)))):
