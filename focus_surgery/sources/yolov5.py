@@ -12,6 +12,7 @@ from torch import nn
 from ..checkpoint_io import CheckpointError
 from .base import ConvertOptions, Source, VerificationFailed
 from .loading import Loaded
+from .plain import PlainStateDictSource
 
 YOLOV5_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
 
@@ -49,9 +50,8 @@ class Yolov5Source(Source):
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         from ..yolov5.rebuild import describe
 
-        if loaded.path.suffix == ".safetensors":
-            raise CheckpointError(f"{loaded.path}: a converted YOLOv5 model: inspect its .pt, or load it with "
-                                  "focus_surgery.yolov5.convert.load_yolov5_safetensors")  # fmt: skip
+        if loaded.path.suffix == ".safetensors":  # our tensors + JSON: described as the state dict it is
+            return PlainStateDictSource().inspect(loaded)
         info = describe(self._checkpoint(loaded))
         info["source"] = self.name
         types = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in info["layer_types"].items())
@@ -71,8 +71,8 @@ class Yolov5Source(Source):
         from ..yolov5.convert import OUTPUT_SUFFIXES, convert_yolov5, save_conversion
         from ..yolov5.rebuild import guess_release
 
-        if loaded.path.suffix == ".safetensors":
-            raise CheckpointError(f"{loaded.path}: already converted by focus-surgery; convert the original .pt")
+        if loaded.path.suffix == ".safetensors":  # our tensors + JSON: its stem converts as a state dict's
+            return PlainStateDictSource().convert(loaded, dst, options)
         if dst.suffix not in OUTPUT_SUFFIXES:
             raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
         if options.to not in ("conv", "focus"):
