@@ -127,3 +127,35 @@ def test_v1_head_rows_are_refused_in_the_ultralytics_layout_and_convert_in_the_y
     assert report["release"] == "v1.0" and report["verification"]["passed"]  # weights: stem remapped, rest identical
     written = load(tmp_path / "y.pt").content["model"]
     assert "yaml" not in written.state and written.get("md")["backbone"][0][2:] == ["Conv", [64, 6, 2, 2]]
+
+
+@pytest.mark.parametrize("release", ["v2.0", "v4.0"])
+def test_yolov5_layout_loads_in_the_yolov5_code(tmp_path, release):
+    """--layout yolov5 output run by (a test-only copy of) the current YOLOv5 code: the original code's outputs."""
+    import sys
+
+    import numpy as np
+
+    from tests._yolov5_legacy_helpers import BOX_REL_TOL, SCORE_TOL, fixture_inputs
+
+    src, dst = MODELS[release], tmp_path / "conv.pt"
+    convert_file(src, dst, layout="yolov5")
+    code = str(Path(__file__).parent / "family_models" / "yolov5")
+    sys.path.insert(0, code)
+    try:
+        from models.yolo import attempt_load
+
+        original, converted = attempt_load(src), attempt_load(dst)
+        assert type(converted.model[0]).__name__ == "Conv" and converted.model[0].conv.kernel_size == (6, 6)
+        x = fixture_inputs()["256"]
+        with torch.no_grad():
+            ours = converted(x)[0].numpy()
+            theirs64, ours64 = original.double()(x.double())[0], converted.double()(x.double())[0]
+    finally:
+        sys.path.remove(code)
+        for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+            del sys.modules[name]
+    out = np.load(src.with_suffix(".ref.npz"))["out_256"]  # the original code's float32 output (B, N, 5 + nc)
+    assert np.abs(ours[..., :4] - out[..., :4]).max() <= BOX_REL_TOL * np.abs(out[..., :4]).max()
+    assert np.abs(ours[..., 4:] - out[..., 4:]).max() <= SCORE_TOL
+    assert float((ours64 - theirs64).abs().max() / theirs64.abs().max()) <= 1e-9
