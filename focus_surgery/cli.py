@@ -14,17 +14,12 @@ from typing import Any, Callable
 import torch
 
 from ._version import __version__
-from .checkpoint_io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .state_dict import convert_state_dict, find_stem
-from .surgery import ConversionError, VerificationError, convert, iter_stems
-from .verify import DEFAULT_TOLERANCE, VerificationReport, verify
+from .checkpoint_io import CheckpointError
+from .files import VerificationFailed, convert_one, inspect_file, verify_files
+from .surgery import ConversionError
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 FORWARD_LIMIT = 1 << 30  # bytes one operation of a verification forward may allocate (models from files)
-
-
-class VerificationFailed(Exception):
-    """Raised by a sub-command whose verification did not pass (exit code 1)."""
 
 
 def printable(text: str) -> str:
@@ -39,192 +34,30 @@ def _one_line(error: BaseException) -> str:
     return printable(text.splitlines()[0]) if text else type(error).__name__
 
 
-def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
-    print(json.dumps(result, default=str) if as_json else printable(text))
-
-
-def _stem_module(state_dict: dict[str, torch.Tensor], block_size: int, order: str) -> torch.nn.Module:
-    """The stem conv of a state dict as a module (Focus: space-to-depth + same-padded conv; else strided conv)."""
-    from .layers import SpaceToDepth
-
-    stem = find_stem(state_dict, block_size=block_size)
-    weight = state_dict[stem.weight_key]
-    out_ch, in_ch, kh, kw = weight.shape
-    if stem.form == "focus":
-        conv = torch.nn.Conv2d(in_ch, out_ch, (kh, kw), 1, (kh // 2, kw // 2), bias=False)
-        module = torch.nn.Sequential(SpaceToDepth(block_size, order), conv)
-    else:
-        k_h, k_w = kh // block_size, kw // block_size
-        conv = torch.nn.Conv2d(in_ch, out_ch, (kh, kw), block_size, (block_size * (k_h // 2), block_size * (k_w // 2)), bias=False)
-        module = conv
-    conv.weight.data.copy_(weight.float())
-    return module
-
-
-def _verify_state_dict_stems(a: dict, b: dict, block_size: int, order: str) -> VerificationReport:
-    """Run the stems of two state dicts on the same random input in float64."""
-    shape = (2, 3, 8 * block_size, 12 * block_size)
-    return verify(_stem_module(a, block_size, order), _stem_module(b, block_size, order), input_shape=shape)
-
-
-def _check_state_dict_stems(before: dict, after: dict, args, report: dict[str, Any]) -> float | None:
-    """``--verify`` for state dicts: record the float64 stem check in ``report``; raise if it failed (exit 1)."""
-    if not args.verify:
-        return None
-    check = _verify_state_dict_stems(before, after, args.block_size, args.order)
-    report["verification"] = check.to_dict()
-    report["assumes"] = "a state dict has no geometry: both stems are run with same padding (k // 2)"
-    if not check.passed:
-        raise VerificationFailed(f"{args.src}: verification failed ({check}); {args.dst} not written")
-    return check.max_abs_err
-
-
-def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, Any]]:
-    """Convert every model object of a full checkpoint (``model`` and ``ema``); report the first."""
-    content = dict(ckpt.content)  # the loaded objects are ours alone: converting them in place is safe
-    try:
-        reports = [
-            convert(content[key], to=args.to, verify=args.verify)
-            for key in ("model", "ema")
-            if isinstance(content.get(key), torch.nn.Module)
-        ]
-    except VerificationError as error:
-        raise VerificationFailed(f"{ckpt.path}: {error}; nothing written") from None
-    report = reports[0]
-    if not report.replaced:
-        reason = "; ".join(f"{s.path}: {s.reason}" for s in report.skipped) or "no stem to convert"
-        raise ConversionError(f"{ckpt.path}: nothing converted to {args.to} ({reason})")
-    return content, report.to_dict()
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(result, default=str) if as_json else printable(result["summary"]))
 
 
 def cmd_convert(args) -> int:
-    from .yolov5.cli import handle_convert  # YOLOv5-repository files, folders, Ultralytics models
+    if Path(args.src).is_dir():
+        if args.to == "fastest":
+            raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
+        from .folder import convert_folder  # one isolated child process per file
 
-    if args.to == "fastest" and Path(args.src).is_dir():
-        raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
-    handled = handle_convert(args) if args.to != "fastest" else None  # fastest: one path for every model file
-    if handled is not None:
-        return handled
-    src, dst = Path(args.src), Path(args.dst)
-    if src.resolve() == dst.resolve():
-        raise CheckpointError(f"{dst}: refusing to overwrite the input; write to another file")
-    ckpt = load_checkpoint(src)
-    if args.to == "fastest":
-        content, report, max_abs_err = _convert_fastest(ckpt, args)
-    elif ckpt.model is not None:
-        content, report = _convert_model_checkpoint(ckpt, args)
-        if dst.suffix == ".safetensors":
-            content = dict(ckpt.model.state_dict())
-        max_abs_err = report["max_abs_err"]
-    else:
-        content, stem = convert_state_dict(ckpt.state_dict, args.to, args.block_size, args.order)
-        report = {"stem": stem.prefix, "from": stem.form, "to": args.to, "weight_key": stem.weight_key}
-        max_abs_err = _check_state_dict_stems(ckpt.state_dict, content, args, report)
-    metadata = {"converted_by": "focus-surgery", "to": args.to}
-    save_checkpoint(content, dst, metadata if dst.suffix == ".safetensors" else None)
-    result = {"src": str(src), "dst": str(dst), "kind": ckpt.kind, "to": args.to, **report, "max_abs_err": max_abs_err}
-    target = f"fastest here: {report['chosen']}" if args.to == "fastest" else args.to
-    text = f"converted {src} -> {dst} (stem to {target})" + (
-        f", verified: max_abs_err={max_abs_err:.3e}" if max_abs_err is not None else ""
-    )
-    _emit(result, args.json, text)
+        return convert_folder(args)
+    _emit(convert_one(args.src, args.dst, args), args.json)
     return EXIT_OK
 
 
-def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float | None]:
-    """``convert --to fastest``: time the exact stem forms at --batch x 3 x --input-size^2 here, keep the fastest."""
-    from .speed.optimize import fastest_model_checkpoint, fastest_state_dict_form
-
-    if ckpt.model is not None:
-        try:
-            content, report = fastest_model_checkpoint(dict(ckpt.content), args.batch, args.input_size, args.verify)
-        except VerificationError as error:
-            raise VerificationFailed(f"{ckpt.path}: {error}; nothing written") from None
-        if Path(args.dst).suffix == ".safetensors":
-            content = dict(ckpt.model.state_dict())
-        return content, {"chosen": report.stems[0].chosen, **report.to_dict()}, report.max_abs_err
-    sd = ckpt.state_dict
-    form, medians = fastest_state_dict_form(sd, args.batch, args.input_size, args.block_size, args.order)
-    stem = find_stem(sd, block_size=args.block_size)
-    report = {"stem": stem.prefix, "from": stem.form, "chosen": form, "median_ms": medians}
-    if form == stem.form:
-        return sd, report, None  # already the faster layout: written unchanged
-    content = convert_state_dict(sd, form, args.block_size, args.order)[0]
-    return content, report, _check_state_dict_stems(sd, content, args, report)
-
-
 def cmd_inspect(args) -> int:
-    from .yolov5.cli import handle_inspect  # YOLOv5-repository files
-
-    handled = handle_inspect(args)
-    if handled is not None:
-        return handled
-    ckpt = load_checkpoint(args.src)
-    result: dict[str, Any] = {"path": str(ckpt.path), "kind": ckpt.kind}
-    model = ckpt.model
-    if model is not None:
-        params = list(model.parameters())
-        result.update(
-            model=type(model).__name__,
-            parameters=sum(p.numel() for p in params),
-            dtype=str(params[0].dtype).replace("torch.", "") if params else None,
-            stems=list(iter_stems(model)),
-        )
-        yaml = getattr(model, "yaml", None)
-        if isinstance(yaml, dict) and "nc" in yaml:
-            result["nc"] = yaml["nc"]
-        for key in ("nc", "names", "stride"):
-            if hasattr(model, key):
-                value = getattr(model, key)
-                result[key] = value.tolist() if isinstance(value, torch.Tensor) else value
-    else:
-        stem = find_stem(ckpt.state_dict)
-        result.update(tensors=len(ckpt.state_dict), stems=[vars(stem)] if stem else [])
-        if stem:
-            result["stems"][0]["converts_to"] = "focus" if stem.form == "conv" else "conv"
-    lines = [f"{result['path']}: {result['kind']}" + (f" {result.get('model')}" if model is not None else "")]
-    for key in ("parameters", "dtype", "nc", "names"):
-        if key in result:
-            lines.append(f"  {key}: {result[key]}")
-    for stem in result["stems"]:
-        if "skipped" in stem:
-            lines.append(f"  stem {stem['path']}: cannot convert to {stem['direction']}: {stem['skipped']}")
-        elif "old_form" in stem:
-            lines.append(f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} (convert --to {stem['direction']})")
-        else:
-            lines.append(f"  stem {stem['prefix']}: {stem['form']} form, weight {stem['shape']} (convert --to {stem['converts_to']})")
-    if not result["stems"]:
-        lines.append("  no Focus / space-to-depth / strided-conv stem found")
-    _emit(result, args.json, "\n".join(lines))
+    _emit(inspect_file(args.src), args.json)
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
-    from .yolov5.cli import handle_verify  # YOLOv5-repository files and their .safetensors conversions
-
-    handled = handle_verify(args)
-    if handled is not None:
-        return handled
-    a, b = load_checkpoint(args.a), load_checkpoint(args.b)
-    if a.model is not None and b.model is not None:
-        report = verify(a.model.float(), b.model.float())
-        result = {"a": args.a, "b": args.b, **report.to_dict()}
-        passed, text = report.passed, str(report)
-    else:
-        sa, sb = a.state_dict, b.state_dict
-        stem_a, stem_b = find_stem(sa), find_stem(sb)
-        if stem_a and stem_b and stem_a.form != stem_b.form:
-            sa = convert_state_dict(sa, stem_b.form)[0]
-        if sa.keys() != sb.keys():
-            missing = sorted(set(sa) ^ set(sb))[:3]
-            raise CheckpointError(f"{args.b}: keys differ from {args.a} (e.g. {missing}); not the same model")
-        errors = [float((sa[k].double() - sb[k].double()).abs().max()) if sa[k].numel() else 0.0 for k in sa]
-        max_abs = max(errors, default=0.0)
-        passed = max_abs <= DEFAULT_TOLERANCE
-        result = {"a": args.a, "b": args.b, "max_abs_err": max_abs, "passed": passed, "tensors": len(errors)}
-        text = f"{'PASS' if passed else 'FAIL'}: max_abs_err={max_abs:.3e} over {len(errors)} tensors"
-    _emit(result, args.json, text)
-    return EXIT_OK if passed else EXIT_VERIFY_FAILED
+    result = verify_files(args.a, args.b)
+    _emit(result, args.json)
+    return EXIT_OK if result["passed"] else EXIT_VERIFY_FAILED
 
 
 def cmd_demo(args) -> int:
@@ -241,6 +74,10 @@ def _add_convert(sub) -> None:
     p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
     p.add_argument("--to", choices=("conv", "focus", "s2d", "fastest"), default="conv",
                    help="target form (default conv); fastest: time every exact form here and keep the fastest")
+    p.add_argument("--scope", choices=("stem", "all"), default="stem",
+                   help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv")
+    p.add_argument("--layout", choices=("ultralytics", "yolov5"), default="ultralytics",
+                   help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout")
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
@@ -286,7 +123,7 @@ def cmd_bench(args) -> int:
     )
     if args.plot:
         result["plot"] = str(plot_latency(result, args.plot))
-    _emit(result, args.json, format_report(result))
+    _emit({**result, "summary": format_report(result)} if not args.json else result, args.json)
     return EXIT_OK
 
 

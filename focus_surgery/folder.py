@@ -8,6 +8,8 @@ collects results, kills a child that runs too long, removes what a killed child 
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing
 import signal
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic_io import remove_stale_temporaries
+from .loader import CheckpointError
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_GB = 8.0
@@ -164,3 +167,147 @@ def checkpoint_files(src_dir: Path, out_dir: Path, suffixes: tuple[str, ...]) ->
 def worker_options(options: dict) -> dict:
     """Options a child needs (picklable values only)."""
     return {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
+    """One file of a folder run, inside its isolated child process: the CLI's bounds apply here too."""
+    import warnings
+
+    from . import files
+    from .cli import FORWARD_LIMIT
+    from .limits import forward_memory_limit
+    from .loader import reading_once
+
+    args = argparse.Namespace(**options)
+    if args.workers > 1:  # parallelism comes from the processes; threads inside them would only contend
+        import torch
+
+        torch.set_num_threads(1)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), reading_once(), forward_memory_limit(FORWARD_LIMIT):
+        warnings.simplefilter("ignore")
+        return files.convert_one(src, dst, args)
+
+
+def convert_folder(args: argparse.Namespace) -> int:
+    """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR, each file in
+    its own child process (a crashing, hanging or memory-hungry file fails alone)."""
+    from .cli import printable
+
+    src_dir, out_dir = Path(args.src), Path(args.dst)
+    if (out_dir.exists() and not out_dir.is_dir()) or (
+        not out_dir.exists() and out_dir.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors")
+    ):
+        raise CheckpointError(
+            f"{src_dir}: is a directory, not a checkpoint file (to convert every checkpoint in it, give an output folder)"
+        )
+    if out_dir.resolve() == src_dir.resolve():
+        raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
+    files = checkpoint_files(src_dir, out_dir, CHECKPOINT_SUFFIXES)
+    if not files:
+        raise CheckpointError(f"{src_dir}: no .pt / .pth files in this folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
+    workers = max(1, int(getattr(args, "workers", 1) or 1))
+    outcomes = convert_isolated(
+        jobs, _convert_in_child, worker_options(vars(args)), workers, float(args.timeout),
+        int(float(args.max_memory) * 2**30), progress_bar,
+    )  # fmt: skip
+    converted = [o.result for o in outcomes if o.result is not None]
+    failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]
+    summary = {"src": str(src_dir), "dst": str(out_dir), "converted": converted, "failed": failed}
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(printable(f"converted {len(converted)}, failed {len(failed)} (of {len(outcomes)} files under {src_dir})"))
+        for item in converted:
+            err = item.get("max_abs_err")
+            print(printable(f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")))
+        for item in failed:
+            print(printable(f"  FAIL  {item['file']}: {item['reason']}"))
+    return 2 if failed else 0
+
+
+def handle_convert(args: argparse.Namespace) -> int | None:
+    """Take ``convert`` for folders, YOLOv5-repository files and Ultralytics models; None leaves it to the core."""
+    from ..cli import EXIT_OK, _emit
+
+    if getattr(args, "core_only", False):
+        return None
+    if Path(args.src).is_dir():
+        return convert_folder(args)
+    family = checkpoint_family(args.src)  # also reports missing / empty / unreadable files
+    if family == "other":
+        return None
+    result = convert_one(args.src, args.dst, args)
+    err = result.get("max_abs_err")
+    text = (f"converted {args.src} -> {args.dst} ({result.get('stem_before', 'stem')} -> {result.get('stem_after', args.to)})"
+            + (f", verified: max_abs_err={err:.3e}" if err is not None else ""))  # fmt: skip
+    if family == "ultralytics" and not args.json:
+        text = f"{args.src} is already a current Ultralytics model; " + text
+    _emit(result, args.json, text)
+    return EXIT_OK
+
+
+def handle_inspect(args: argparse.Namespace) -> int | None:
+    """``inspect`` of a YOLOv5-repository file; None for anything else."""
+    from ..cli import EXIT_OK, _emit
+
+    if Path(args.src).is_dir():
+        raise CheckpointError(f"{args.src}: is a directory; inspect one checkpoint file")
+    if checkpoint_family(args.src) != "yolov5":
+        return None
+    from .rebuild import describe, read_yolov5_checkpoint
+
+    info = describe(read_yolov5_checkpoint(args.src))
+    lines = [f"{info['path']}: YOLOv5-repository checkpoint, most likely release {info['release']}"]
+    types = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in info["layer_types"].items())
+    lines.append(f"  architecture: {info['layers']} layers ({types}); depth {info['depth_multiple']}, "
+                 f"width {info['width_multiple']}; {info['parameters']:,} parameters")  # fmt: skip
+    lines.append(f"  stem: {info['stem']}, activation {info['stem_activation']}")
+    lines.append(f"  nc: {info['nc']}  names: {info['names']}")
+    lines.append(f"  anchors (px): {info['anchors']}  strides: {info['stride']}")
+    lines.append(f"  dtype: {info['dtype']}  epoch: {info['epoch']}  best fitness: {info['best_fitness']}")
+    lines.append(f"  converts: {info['converts']}")
+    _emit(info, args.json, "\n".join(lines))
+    return EXIT_OK
+
+
+def _model_for_verify(path: str):
+    """A float32 eval model for ``verify``: rebuilt YOLOv5 file, our safetensors + JSON, or None (core's job)."""
+    from .convert import config_path, load_yolov5_safetensors
+
+    if Path(path).suffix == ".safetensors" and config_path(path).is_file():
+        return load_yolov5_safetensors(path)
+    if checkpoint_family(path) == "yolov5":
+        from .rebuild import read_yolov5_checkpoint, rebuild
+
+        return rebuild(read_yolov5_checkpoint(path))[0]
+    return None
+
+
+def handle_verify(args: argparse.Namespace) -> int | None:
+    """``verify A B`` where either side is a YOLOv5-repository file or a converted ``.safetensors`` (float64)."""
+    from ..checkpoint_io import load_checkpoint
+    from ..cli import EXIT_OK, EXIT_VERIFY_FAILED, _emit
+    from .convert import verification_shape
+    from ..verify import verify
+
+    for path in (args.a, args.b):
+        if Path(path).is_dir():
+            raise CheckpointError(f"{path}: is a directory; verify compares two checkpoint files")
+    models = [_model_for_verify(p) for p in (args.a, args.b)]
+    if all(m is None for m in models):
+        return None
+    for i, path in enumerate((args.a, args.b)):
+        if models[i] is None:
+            models[i] = load_checkpoint(path).model
+            if models[i] is None:
+                raise CheckpointError(f"{path}: holds tensors only, no model to run against {args.a}")
+            models[i] = models[i].float().eval()
+    report = verify(models[0], models[1], input_shape=verification_shape(models[0]))
+    _emit({"a": args.a, "b": args.b, **report.to_dict()}, args.json, str(report))
+    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED

@@ -37,17 +37,25 @@ class SpaceToDepth(nn.Module):
         Input (N, C, H, W) with H and W divisible by ``bs``; output (N, C*bs*bs, H/bs, W/bs).
     """
 
+    yaml_row = ""  # "YAML row i [...]" when built from an Ultralytics YAML row (class default: old pickles)
+
     def __init__(self, block_size: int = 2, order: str = "yolov5"):
         super().__init__()
         self.block_size = check_block_size(block_size)
         self.order = check_order(order)
         self.permutation = [0] + [_AXIS[a] for a in CHANNEL_LAYOUT[order]] + [2, 4]
+        self.yaml_row = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C*bs*bs, H/bs, W/bs)."""
         n, c, h, w = x.shape
         bs = self.block_size
         if h % bs != 0 or w % bs != 0:
+            if self.yaml_row:  # built from an Ultralytics YAML row: the error names the row
+                raise ValueError(
+                    self.yaml_row + ": feature map " + str(h) + "x" + str(w) + " is not divisible by block_size "
+                    + str(bs) + "; use an input size that is a multiple of the model stride"
+                )
             raise ValueError(
                 "SpaceToDepth: input height and width (" + str(h) + "x" + str(w) + ") must be divisible by "
                 "block_size " + str(bs) + "; resize or pad the image to a multiple of " + str(bs)

@@ -3,7 +3,9 @@
 A state dict has no strides or paddings, so the stem is recognised by its key layout:
 
 * Focus (YOLOv5 / Ultralytics / ours): ``P.conv.conv.weight`` (O, C*bs*bs, k, k) and ``P.conv.bn.*``;
-* its conv form (YOLOv5 v6.0+, Ultralytics ``Conv``): ``P.conv.weight`` (O, C, bs*k, bs*k) and ``P.bn.*``.
+* its conv form (YOLOv5 v6.0+, Ultralytics ``Conv``): ``P.conv.weight`` (O, C, bs*k, bs*k) and ``P.bn.*``;
+* a weightless space-to-depth row before a conv block (yolov7 / YOLOR ``ReOrg``): ``P.conv.weight`` (O, C*bs*bs, k, k)
+  and ``P.bn.*`` ("reorg": converts to conv with the same keys).
 
 The stem is the first 4-D weight in the dict. Every other entry is passed through unchanged.
 """
@@ -22,7 +24,7 @@ class StemKeys:
     """Where the stem is: ``prefix`` (e.g. ``model.0``), its form, and its weight's key and shape."""
 
     prefix: str
-    form: str  # "focus" | "conv"
+    form: str  # "focus" | "conv" | "reorg"
     weight_key: str
     shape: list[int]
 
@@ -37,6 +39,10 @@ def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_s
         return StemKeys(key[: -len(".conv.conv.weight")], "focus", key, shape)
     if key.endswith(".conv.weight") and shape[1] == in_channels and shape[2] % block_size == 0 == shape[3] % block_size:
         return StemKeys(key[: -len(".conv.weight")], "conv", key, shape)
+    if key.endswith(".conv.weight") and shape[1] == in_channels * block_size**2:
+        # a weightless space-to-depth row (yolov7 / YOLOR ReOrg) before a conv block: the keys stay, only the weight
+        # changes; "P" is the conv row (P.conv.weight, P.bn.*)
+        return StemKeys(key[: -len(".conv.weight")], "reorg", key, shape)
     return None
 
 
@@ -62,6 +68,12 @@ def convert_state_dict(
         )
     if stem.form == to:
         raise ValueError(f"the stem at {stem.prefix!r} is already in {to} form")
+    if stem.form == "reorg":
+        if to != "conv":
+            raise ValueError(f"the stem at {stem.prefix!r} (space-to-depth row + conv) converts to 'conv' only")
+        result = dict(state_dict)
+        result[stem.weight_key] = focus_to_conv_weight(state_dict[stem.weight_key], block_size, order)
+        return result, stem
     old_inner, new_inner = (f"{stem.prefix}.conv.", f"{stem.prefix}.") if to == "conv" else (
         f"{stem.prefix}.", f"{stem.prefix}.conv.")
     remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight

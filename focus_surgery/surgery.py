@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from . import stems
 from .layers import Focus, SPDConv, SpaceToDepth
 from .orders import check_order
 from .remap import focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
@@ -44,9 +45,24 @@ class VerificationError(ConversionError):
 CONV_TYPES: dict[type, Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]] = {}
 
 
+# Called with (model, replaced paths) after every applied conversion. Integrations register here (the core never
+# imports a framework): the Ultralytics integration rewrites ``model.yaml`` so a model rebuilt from it matches.
+POST_APPLY: list[Callable[[nn.Module, list[str]], Any]] = []
+
+
+def register_post_apply(hook: Callable[[nn.Module, list[str]], Any]) -> None:
+    """Run ``hook(model, paths)`` after each applied conversion (idempotent)."""
+    if hook not in POST_APPLY:
+        POST_APPLY.append(hook)
+
+
 def register_conv_type(cls: type, builder: Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]) -> None:
     """Teach the surgery the exact space-to-depth form of a ``nn.Conv2d`` subclass (idempotent)."""
     CONV_TYPES[cls] = builder
+
+
+def _refuse(problem: str) -> tuple[nn.Module, str]:
+    raise ConversionError(problem)
 
 
 def _folds_itself(module: nn.Module) -> bool:
@@ -141,7 +157,44 @@ def _focus_parts(module: nn.Module) -> tuple[int, str, nn.Module, tuple[int, int
         return module.s2d.block_size, module.s2d.order, module.conv, pad
     names = [name for name, _ in module.named_children()]
     if type(module).__name__ == "Focus" and names == ["conv"] and is_conv_block(module.conv):
-        return 2, "yolov5", module.conv, None  # Ultralytics' or the YOLOv5 repository's Focus (fixed slicing)
+        # Ultralytics', YOLOv5's or YOLOX's Focus, found by name: the slicing is probed, never assumed
+        return 2, "yolov5", module.conv, None
+    return None
+
+
+def focus_slicing_problem(module: nn.Module) -> tuple[int, str, str | None]:
+    """(block size, order, problem) of a ``Focus`` found by name, read by running its slicing (``stems.probe``).
+
+    ``problem`` is None when the slicing is a space-to-depth in a named order, else why it cannot be converted.
+    """
+    if isinstance(module, (Focus, SPDConv)):
+        return module.s2d.block_size, module.s2d.order, None
+    conv = _conv_of(module.conv)
+    if conv.in_channels % 4:
+        return 2, "yolov5", f"its conv reads {conv.in_channels} channels, not C*4"
+    try:
+        info = stems.slicing_of(module, conv.in_channels // 4)
+    except stems.NotSpaceToDepth as error:
+        return 2, "yolov5", f"its slicing is not a space-to-depth ({error})"
+    if info.order is None:
+        return info.block_size, "yolov5", f"its slicing is {info.describe()}: refused, not converted"
+    return info.block_size, info.order, None
+
+
+def probed_space_to_depth(module: nn.Module, block: nn.Module | None) -> tuple[int, str] | str | None:
+    """(block size, order) of a weightless module of unknown type that feeds the conv ``block`` and computes a
+    space-to-depth (``ReOrg``, ``Reorg``, ...), a refusal message for one in an unnamed order, else None."""
+    if block is None or not (type(block) is nn.Conv2d or is_conv_block(block)):
+        return None
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()) or list(module.children()):
+        return None
+    for bs in (2, 3, 4):
+        channels, rest = divmod(_conv_of(block).in_channels, bs * bs)
+        info = stems.recognize(module, channels) if channels and not rest else None
+        if info is not None and info.block_size == bs:
+            if info.order is None:
+                return f"{type(module).__name__} computes {info.describe()}: refused, not converted"
+            return info.block_size, info.order
     return None
 
 
@@ -327,7 +380,9 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
             fold: Callable[[], tuple[nn.Module, str]] | None = None
             if parts is not None:
                 bs, order, block, pad = parts
-                fold = functools.partial(_to_strided_conv, bs, order, block, pad)
+                bs, order, problem = focus_slicing_problem(child)
+                fold = (functools.partial(_to_strided_conv, bs, order, block, pad) if problem is None
+                        else functools.partial(_refuse, problem))  # fmt: skip
             elif _folds_itself(child):  # an integration's space-to-depth layer (e.g. timm StdConv2d in s2d form)
                 bs, order = getattr(child, "block_size", 0), getattr(child, "order", "")
                 fold = child.to_strided_conv
@@ -341,10 +396,19 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
                     skipped.append(Skipped(path, str(error)))
                 if scope == "stem":
                     return True
-            elif s2d is not None:
+            elif s2d is not None or isinstance(
+                probed := probed_space_to_depth(child, children[index + 1][1] if index + 1 < len(children) else None),
+                (tuple, str),
+            ):
                 nxt = children[index + 1] if index + 1 < len(children) else None
                 block = nxt[1] if nxt is not None else None
-                bs, order = s2d
+                if s2d is None and isinstance(probed, str):
+                    skipped.append(Skipped(path, probed))
+                    if scope == "stem":
+                        return True
+                    index += 1
+                    continue
+                bs, order = s2d if s2d is not None else probed
                 if block is None or not (type(block) is nn.Conv2d or is_conv_block(block)):
                     skipped.append(Skipped(path, "space-to-depth is not followed by a conv in the same container"))
                 elif not isinstance(module, nn.Sequential) or not _feeds_only_next(module, index):
@@ -517,9 +581,8 @@ def convert(
         if not report.verification.passed:
             raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
     _apply(model, steps)
-    from .integrations.ultralytics import sync_yaml
-
-    sync_yaml(model, [s.path for s in steps])  # Ultralytics rebuilds a model from model.yaml to train it again
+    for hook in POST_APPLY:  # e.g. the Ultralytics integration's sync_yaml: model.yaml follows the surgery
+        hook(model, [s.path for s in steps])
     return report
 
 

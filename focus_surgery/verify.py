@@ -12,6 +12,7 @@ from torch import nn
 
 from .layers import SpaceToDepth
 from .limits import checked_forward
+from .stems import recognize
 
 DEFAULT_TOLERANCE = 1e-10
 
@@ -26,7 +27,8 @@ class VerificationReport:
         output_scale (float): Largest absolute value of the reference outputs.
         tolerance (float): Pass threshold on ``max_rel_err`` (scale floored at 1, so tiny outputs are judged
             absolutely).
-        passed (bool): Whether the structures match and ``max_abs_err <= tolerance * max(1, output_scale)``.
+        passed (bool): Whether the structures match, something non-zero was compared, and
+            ``max_abs_err <= tolerance * max(1, output_scale)``. Zero outputs or an output scale of 0 never pass.
         num_outputs (int): Number of output tensors compared.
         input_shapes (list): Shapes of the inputs used.
         dtype (str): Dtype the comparison ran in.
@@ -96,6 +98,9 @@ def _input_channels_and_multiple(model: nn.Module) -> tuple[int, int]:
             multiple *= 2  # YOLOv5 / Ultralytics Focus slices by 2
         elif isinstance(module, nn.Conv2d):
             return module.in_channels // (multiple * multiple), multiple
+        elif not list(module.children()) and not list(module.parameters()) and not list(module.buffers()):
+            found = recognize(module, 1)  # a weightless layer of unknown type (ReOrg, ...): what does it compute?
+            multiple *= found.block_size if found is not None else 1
     raise ValueError("cannot infer an input shape (no Conv2d in the model): pass inputs= or input_shape=")
 
 
@@ -179,6 +184,12 @@ def verify(
             return failed(f"output {index} of the candidate is not finite")
         max_abs = max(max_abs, float((a64 - b64).abs().max()))
         scale = max(scale, float(a64.abs().max()))
+    compared = sum(1 for a in ref_out if a.numel())
+    if not compared:  # nothing compared is never a pass
+        return failed(f"the models returned {len(ref_out)} output tensor(s) with 0 elements: nothing to compare")
+    if scale == 0.0:  # all-zero outputs agree with any other all-zero model: no evidence either way
+        return VerificationReport(max_abs, math.inf, 0.0, tolerance, False, len(ref_out), shapes, name,
+                                  "the reference outputs are all zero (output scale 0): nothing was compared")  # fmt: skip
     passed = max_abs <= tolerance * max(1.0, scale)
     rel = max_abs / scale if scale > 0 else max_abs
     return VerificationReport(max_abs, rel, scale, tolerance, bool(passed), len(ref_out), shapes, name)

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 AS_HEADROOM = 4 << 30  # address space a run may add to what the imports took
 TIME_LIMIT = 30.0  # seconds a run may take before it is killed (the files are <= 2 MB; a run takes < 2 s)
-WARM_IMPORTS = ("focus_surgery.cli", "focus_surgery.yolov5.cli", "focus_surgery.yolov5.rebuild",
+WARM_IMPORTS = ("focus_surgery.cli", "focus_surgery.folder", "focus_surgery.yolov5.rebuild",
                 "focus_surgery.yolov5.convert", "focus_surgery.loader", "focus_surgery.folder", "ultralytics.nn.tasks",
                 "safetensors.torch")  # fmt: skip
 

@@ -455,11 +455,11 @@ def test_safetensors_with_a_deeply_nested_header_is_a_checkpoint_error(tmp_path)
 
 def test_folder_children_bound_verification_forwards(tmp_path, monkeypatch):
     """cli.main wraps a single-file run in ``forward_memory_limit(1 GiB)``, but a folder run converts each file in
-    a forkserver child through ``yolov5.cli._convert_in_child``, which sets no limit (context variables do not
+    a forkserver child through ``folder._convert_in_child``, which sets no limit (context variables do not
     cross processes): every verification forward of a folder run is unbounded (only RLIMIT_AS, 8 GiB, stops it)."""
     from focus_surgery import limits
-    from focus_surgery.yolov5 import cli as yolov5_cli
+    from focus_surgery import files, folder
 
-    monkeypatch.setattr(yolov5_cli, "convert_one", lambda src, dst, args: {"limit": limits.current_limit()})
-    result = yolov5_cli._convert_in_child(str(tmp_path / "a.pt"), str(tmp_path / "out" / "a.pt"), {"workers": 1})
+    monkeypatch.setattr(files, "convert_one", lambda src, dst, args: {"limit": limits.current_limit()})
+    result = folder._convert_in_child(str(tmp_path / "a.pt"), str(tmp_path / "out" / "a.pt"), {"workers": 1})
     assert result["limit"] is not None, "no forward_memory_limit inside a folder run's child"

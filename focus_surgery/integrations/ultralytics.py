@@ -195,14 +195,31 @@ def _input_index(i: int, f: int) -> int:
 
 
 def _check_block_divides(module: nn.Module, inputs: tuple) -> None:
-    """Forward pre-hook on space-to-depth rows: a feature map the block size does not divide names the YAML row."""
-    block_size = module.block_size if isinstance(module, SpaceToDepth) else module.s2d.block_size
-    h, w = inputs[0].shape[-2:]
-    if h % block_size or w % block_size:
-        raise ValueError(
-            f"{module.yaml_row}: feature map {h}x{w} is not divisible by block_size {block_size}; "
-            f"use an input size that is a multiple of the model stride"
-        )
+    """Kept only as a name: checkpoints saved before 0.x pickled it as a forward pre-hook (see ``drop_legacy_hooks``).
+
+    The YAML rows register no hook any more; the space-to-depth layer raises the row's error itself.
+    """
+    return None
+
+
+LEGACY_HOOK = f"{__name__}._check_block_divides"
+
+
+def drop_legacy_hooks(model: nn.Module) -> int:
+    """Remove the ``_check_block_divides`` pre-hooks that old plugin checkpoints carry (as loaded: the function or
+    the loader's inert stand-in for it); returns how many were removed. The layers check sizes themselves now."""
+    removed = 0
+    for module in model.modules():
+        hooks = module._forward_pre_hooks
+        for key in [k for k, hook in hooks.items() if _is_legacy_hook(hook)]:
+            del hooks[key]
+            removed += 1
+    return removed
+
+
+def _is_legacy_hook(hook: Any) -> bool:
+    name = getattr(hook, "qualname", None) or f"{getattr(hook, '__module__', '')}.{getattr(hook, '__qualname__', '')}"
+    return name == LEGACY_HOOK or name.endswith("._check_block_divides")
 
 
 def _resolve_arg(arg: Any, d: dict) -> Any:
@@ -292,9 +309,9 @@ def _build(row: _Row, c_in, placeholder: nn.Module) -> nn.Module:
             module = spec.build(*args)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{row.text}: {str(error).splitlines()[0]}; {spec.signature()}") from None
-    if isinstance(module, (Focus, SPDConv, SpaceToDepth)):  # ours only: the hook must not tie Ultralytics' to us
+    if isinstance(module, (Focus, SPDConv, SpaceToDepth)):  # ours only: Ultralytics' Focus stays plain Ultralytics
         module.yaml_row = row.text
-        module.register_forward_pre_hook(_check_block_divides)
+        (module if isinstance(module, SpaceToDepth) else module.s2d).yaml_row = row.text  # it raises naming the row
     return module
 
 
@@ -370,7 +387,13 @@ def _row_after_surgery(row: list, module: nn.Module) -> list | None:
     if cls is nn.Identity:
         return [row[0], 1, "nn.Identity", []]
     c2 = row[3][0] if row[3] else None
-    if not cls.__module__.startswith("ultralytics.") or isinstance(c2, bool) or not isinstance(c2, int):
+    if isinstance(c2, bool) or not isinstance(c2, int):
+        return None
+    if not cls.__module__.startswith("ultralytics."):
+        # another zoo's `Conv(c1, c2, k, s, p)` row (yolov7 / YOLOR after a ReOrg row was folded into it)
+        if cls.__name__ == "Conv" and row[2] == "Conv" and type(getattr(module, "conv", None)) is nn.Conv2d:
+            args = _conv_row_args(c2, module.conv, getattr(module, "act", nn.Identity()))
+            return [row[0], row[1], "Conv", args] if args and len(args) == 4 else None
         return None
     if cls.__name__ == "Conv" and type(module.conv) is nn.Conv2d:
         args = _conv_row_args(c2, module.conv, module.act)

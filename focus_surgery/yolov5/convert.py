@@ -92,12 +92,12 @@ def verification_shape(model: nn.Module) -> tuple[int, int, int, int]:
     return 2, 3, 2 * s, 3 * s
 
 
-def convert_yolov5(src: str | os.PathLike, to: str = "conv", measure: bool = True,
+def convert_yolov5(src: str | os.PathLike | LegacyCheckpoint, to: str = "conv", measure: bool = True,
                    tolerance: float = DEFAULT_TOLERANCE) -> LegacyConversion:  # fmt: skip
     """Read, rebuild and convert a YOLOv5-repository checkpoint; nothing is written.
 
     Args:
-        src: The ``.pt`` file.
+        src: The ``.pt`` file, or its ``LegacyCheckpoint`` already read.
         to (str): ``"conv"`` (Focus -> one 6x6 stride-2 conv) or ``"focus"`` (keep, or make, a Focus stem).
         measure (bool): Compare converted and rebuilt original in float64 (``verification``).
 
@@ -107,7 +107,7 @@ def convert_yolov5(src: str | os.PathLike, to: str = "conv", measure: bool = Tru
     """
     if to not in ("conv", "focus"):
         raise ValueError(f"to={to!r}: a YOLOv5 checkpoint converts to 'conv' or 'focus'")
-    ckpt = read_yolov5_checkpoint(src)
+    ckpt = src if isinstance(src, LegacyCheckpoint) else read_yolov5_checkpoint(src)
     model, arch = rebuild(ckpt)
     original = copy.deepcopy(model) if measure else None
     stem_before = _stem_name(model)

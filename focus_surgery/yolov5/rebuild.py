@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ KNOWN_LAYERS = frozenset(
     {"Focus", "Conv", "DWConv", "Bottleneck", "BottleneckCSP", "C3", "C3TR", "C3Ghost", "GhostConv",
      "GhostBottleneck", "SPP", "SPPF", "Concat", "nn.Upsample"}
 )  # fmt: skip
+TORCH_ROWS = frozenset({"MaxPool2d", "Upsample", "ZeroPad2d", "Identity", "Dropout"})  # args passed as written
 ACTIVATIONS = ("LeakyReLU", "SiLU", "Hardswish", "ReLU", "ReLU6", "Sigmoid", "Tanh", "Identity", "Mish", "GELU")
 # Hyper-parameters of each torch leaf layer, as stored in its pickled __dict__ (constructor name: attribute name).
 LEAF_ARGS: dict[str, tuple[str, ...]] = {
@@ -38,6 +40,10 @@ LEAF_ARGS: dict[str, tuple[str, ...]] = {
     "MaxPool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     "Upsample": ("size", "scale_factor", "mode", "align_corners"),
     "LeakyReLU": ("negative_slope", "inplace"),
+    "ZeroPad2d": ("padding",),
+    "Linear": ("in_features", "out_features"),  # C3TR's TransformerLayer
+    "NonDynamicallyQuantizableLinear": ("in_features", "out_features"),  # nn.MultiheadAttention.out_proj
+    "Dropout": ("p", "inplace"),
     **{name: ("inplace",) for name in ("SiLU", "Hardswish", "ReLU", "ReLU6", "Mish")},
     **{name: () for name in ("Sigmoid", "Tanh", "Identity", "GELU")},
 }
@@ -110,7 +116,15 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
     Raises:
         CheckpointError: Unreadable or hostile file, or one without a YOLOv5 ``models.yolo.Model``.
     """
-    content = load_legacy_pickle(path)
+    return yolov5_checkpoint(load_legacy_pickle(path), path)
+
+
+def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint:
+    """The ``LegacyCheckpoint`` of content already read by the safe loader (records in place of objects).
+
+    Raises:
+        CheckpointError: No YOLOv5 ``models.yolo.Model`` inside, or one without its yaml architecture dict.
+    """
     if isinstance(content, LegacyRecord):  # torch.save(model) rather than a training dict
         content = {"model": content}
     if not isinstance(content, dict):
@@ -120,6 +134,8 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
         raise CheckpointError(f"{path}: no YOLOv5 models.yolo.Model inside (keys: {sorted(map(str, content))[:8]})")
     model = content[key]
     _check_class_counts(model, str(path))
+    if not isinstance(model.get("yaml"), dict) and isinstance(model.get("md"), dict):
+        model.state["yaml"] = model.state["md"]  # v1.0 kept the model dict under `md`
     if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
         raise CheckpointError(f"{path}: the YOLOv5 model has no yaml architecture dict; cannot rebuild it")
     try:
@@ -134,6 +150,8 @@ def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
     except RecursionError:
         raise CheckpointError(f"{path}: metadata nested too deeply") from None
     metadata["source_key"] = key
+    if "md" in model.state:
+        metadata["yaml_key"] = "md"
     return LegacyCheckpoint(str(path), content, key, metadata)
 
 
@@ -175,7 +193,7 @@ def leaf_spec(record: LegacyRecord) -> dict[str, Any]:
     except ValueError as error:
         raise CheckpointError(str(error)) from None
     args = {a: _plain(record.get(a)) for a in LEAF_ARGS[name] if a in record.state}
-    if name == "Conv2d":
+    if name in ("Conv2d", "Linear", "NonDynamicallyQuantizableLinear"):
         args["bias"] = (record.get("_parameters") or {}).get("bias") is not None
     return {"type": name, "args": args}
 
@@ -186,7 +204,7 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
     if name not in LEAF_ARGS:
         raise ValueError(f"layer type {name} is not supported")
     args = {a: _plain(getattr(module, a)) for a in LEAF_ARGS[name] if hasattr(module, a)}
-    if name == "Conv2d":
+    if name in ("Conv2d", "Linear", "NonDynamicallyQuantizableLinear"):
         args["bias"] = module.bias is not None
     return {"type": name, "args": args}
 
@@ -196,7 +214,7 @@ def make_leaf(spec: dict[str, Any]) -> nn.Module:
     name, args = spec["type"], dict(spec["args"])
     if name not in LEAF_ARGS:
         raise CheckpointError(f"layer type {name} is not supported")
-    for key in ("kernel_size", "stride", "padding", "dilation", "size"):
+    for key in ("kernel_size", "stride", "padding", "dilation", "size"):  # JSON lists back to tuples
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
     if name == "Upsample" and isinstance(args.get("scale_factor"), list):
@@ -204,17 +222,20 @@ def make_leaf(spec: dict[str, Any]) -> nn.Module:
     if name in ("Sigmoid", "Tanh", "Identity", "GELU"):
         args = {}
     try:
-        return getattr(nn, name)(**args)
+        return (getattr(nn, name, None) or getattr(nn.modules.linear, name))(**args)
     except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"cannot build {name} from {args} ({error})") from None
 
 
-def _record_leaves(model: LegacyRecord) -> dict[str, dict[str, Any]]:
+def _record_leaves(model: LegacyRecord, source: str = "checkpoint") -> dict[str, dict[str, Any]]:
     """Spec of every torch leaf layer under the recorded ``Model``, by path (``model.0.conv.conv``, ...)."""
     leaves = {}
     for path, record in model.named_modules():
         if path and not record.children() and record.qualname.startswith("torch.nn.modules."):
-            leaves[path] = leaf_spec(record)
+            try:
+                leaves[path] = leaf_spec(record)
+            except CheckpointError as error:
+                raise CheckpointError(f"{source}: layer {path}: {error}") from None
     return leaves
 
 
@@ -270,8 +291,17 @@ def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
         f, n, name, args = row
         last = detect_last and i == len(rows) - 1
         if last and name != "Detect":
-            raise CheckpointError(f"{path}: last layer is {name!r}, not Detect; only YOLOv5 detection models convert")
-        if not last and name not in KNOWN_LAYERS:
+            raise CheckpointError(
+                f"{path}: the head is {name!r}, which has no Ultralytics counterpart here; convert its stem in the "
+                "YOLOv5 repository's own layout with --layout yolov5"
+            )
+        if name == "nn.Conv2d":  # v1.0: output convs as yaml rows, a Detect without convs
+            raise CheckpointError(
+                f"{path}: yaml layer {i} is 'nn.Conv2d' (v1.0's head: output convs as rows, Detect without convs), "
+                "which has no Ultralytics counterpart; convert its stem with --layout yolov5"
+            )
+        torch_row = name.startswith("nn.") and name[3:] in TORCH_ROWS  # rows Ultralytics resolves and passes through
+        if not last and name not in KNOWN_LAYERS and not torch_row:
             raise CheckpointError(f"{path}: yaml layer {i} is {name!r}, which has no supported Ultralytics counterpart")
         if not (isinstance(n, int) and isinstance(args, list) and (isinstance(f, (int, list)))):
             raise CheckpointError(f"{path}: yaml row {i} is malformed ({str(row)[:60]})")
@@ -360,11 +390,7 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
                       and isinstance(v, (bool, int, float))}  # fmt: skip
             if values:
                 plain[path] = values
-    try:
-        leaves = _record_leaves(model)
-    except CheckpointError as error:
-        raise CheckpointError(f"{ckpt.path}: {error}") from None
-    return LegacyArchitecture(yaml, detect, leaves, sorted(model.get("save") or []), names, plain)
+    return LegacyArchitecture(yaml, detect, _record_leaves(model, ckpt.path), sorted(model.get("save") or []), names, plain)
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -463,6 +489,14 @@ def guess_release(ckpt: LegacyCheckpoint) -> str:
     acts = {b.children()["act"].name for b in conv_blocks}  # the Conv blocks' activation changed per release
     has_grid_buffer = "anchor_grid" in (ckpt.detect.get("_buffers") or {})
     hyp = ckpt.model.get("hyp") or {}
+    yaml_file = str(ckpt.model.get("yaml_file") or "")
+    first = (ckpt.model.get("yaml") or {}).get("backbone", [[None] * 4])[0]
+    if Path(yaml_file).name.startswith("yolov3") and "hub" not in Path(yaml_file).parts:
+        return "yolov3 repository (v9.x)"
+    if not yaml_file and first[2] == "Conv" and len(first[3]) > 2 and first[3][2] == 1:
+        return "a YOLOv3 architecture (yolov3 repository v9.x, or YOLOv5's hub yolov3)"
+    if ckpt.metadata.get("yaml_key") == "md":
+        return "v1.0"
     if not has_grid_buffer:
         return "v6.0-v7.0" if "Focus" not in layers else "v6.0-v7.0 (with a Focus stem)"
     if "SiLU" in acts:

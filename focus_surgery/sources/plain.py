@@ -1,0 +1,194 @@
+"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``.
+
+The stem is found by its key layout (``state_dict.find_stem``). The output keeps the file's wrapper, every other
+entry (optimizer, epoch, ...), key order and dtype; the optimizer's state for the stem weight (momentum buffers) is
+remapped with the same permutation, which is exact because momentum is linear in the gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint_io import CheckpointError, save_checkpoint
+from ..remap import conv_to_focus_weight, focus_to_conv_weight
+from ..state_dict import convert_state_dict, find_stem
+from .base import ConvertOptions, Source, VerificationFailed
+from .compare import STEM_ASSUMES, compare_state_dicts, verify_stems
+from .loading import Loaded
+
+WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
+
+
+def tensors(mapping: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def stem_places(content: Any, block_size: int = 2) -> list[str | None]:
+    """Where state dicts with a stem are: ``[None]`` for the top level, else the wrapper keys (model, ema, ...)."""
+    if not isinstance(content, dict):
+        return []
+    if find_stem(tensors(content), block_size=block_size):
+        return [None]
+    return [k for k in WRAPPER_KEYS if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)]
+
+
+def _at(content: dict, place: str | None) -> dict:
+    return content if place is None else content[place]
+
+
+def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size: int, order: str) -> str:
+    """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
+    state has the stem weight's ``shape``; say what was done. Exact: momentum is linear in the gradients."""
+    state = optimizer.get("state") if isinstance(optimizer, dict) else None
+    if not isinstance(state, dict) or not state:
+        return "no optimizer state"
+    old = torch.Size(shape)
+    owners = [pid for pid, entry in state.items() if isinstance(entry, dict)
+              and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())]  # fmt: skip
+    if len(owners) != 1:
+        return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
+    remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
+    entry = state[owners[0]]
+    for key, value in entry.items():
+        if isinstance(value, torch.Tensor) and value.shape == old:
+            entry[key] = remap(value, block_size, order)
+    return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
+
+
+def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
+    """``converted`` in the original's container type, non-tensor entries kept in place."""
+    out = OrderedDict() if isinstance(original, OrderedDict) else {}
+    renamed = iter(k for k in converted if k not in original)
+    for key, value in original.items():
+        if key in converted:
+            out[key] = converted[key]
+        elif isinstance(value, torch.Tensor):
+            new_key = next(renamed)  # the stem's keys, renamed in the same order
+            out[new_key] = converted[new_key]
+        else:
+            out[key] = value
+    if hasattr(original, "_metadata"):
+        out._metadata = copy.deepcopy(original._metadata)
+    return out
+
+
+class PlainStateDictSource(Source):
+    name = "state_dict"
+    description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
+    not_found = (
+        "no Focus or conv stem found: the first conv weight is neither '<prefix>.conv.conv.weight' with {} input "
+        "channels nor '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
+    )
+
+    def claims(self, loaded: Loaded) -> bool:
+        content = loaded.content
+        return isinstance(content, dict) and not loaded.names and all(isinstance(k, str) for k in content)
+
+    def _places(self, loaded: Loaded, block_size: int) -> list[str | None]:
+        places = stem_places(loaded.content, block_size)
+        if not places:
+            raise ValueError(f"{loaded.path}: " + self.not_found.format(3 * block_size**2))
+        return places
+
+    def state_dict(self, loaded: Loaded) -> dict:
+        places = stem_places(loaded.content) or [None]
+        return tensors(_at(loaded.content, places[0]) if isinstance(loaded.content, dict) else {})
+
+    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+        places = stem_places(loaded.content)
+        sd = self.state_dict(loaded)
+        stem = find_stem(sd)
+        stems = [{**vars(stem), "converts_to": "focus" if stem.form == "conv" else "conv"}] if stem else []
+        others = [k for k in loaded.content if k not in places] if places and places[0] else []
+        result = {"path": str(loaded.path), "kind": "state_dict", "source": self.name, "wrapper": places[0] if places else None,
+                  "tensors": len(sd), "stems": stems, "other_keys": others}  # fmt: skip
+        where = f" under '{places[0]}'" if places and places[0] else ""
+        lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
+        if others:
+            lines.append(f"  also holds: {', '.join(map(str, others))}")
+        for s in stems:
+            lines.append(f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})")
+        if not stems:
+            lines.append("  no Focus / space-to-depth / strided-conv stem found")
+        result["lines"] = lines
+        return result
+
+    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
+        if options.scope != "stem":
+            raise ValueError(f"{loaded.path}: a state dict has no layer graph; only its stem converts (--scope stem)")
+        places = self._places(loaded, options.block_size)
+        content = loaded.content
+        if options.to == "fastest":
+            return self._fastest(loaded, dst, options, places)
+        new_content = dict(content) if places[0] is not None else None
+        report: dict[str, Any] = {"source": self.name, "kind": "state_dict", "to": options.to,
+                                  "wrapper": places[0], "converted": [p for p in places if p is not None]}  # fmt: skip
+        checks = []
+        for place in places:
+            before = tensors(_at(content, place))
+            after, stem = convert_state_dict(before, options.to, options.block_size, options.order)
+            if place is None:
+                new_content = _with_tensors(content, after)
+            else:
+                new_content[place] = _with_tensors(content[place], after)
+            if place == places[0]:
+                report.update(stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:])
+                report["from"] = stem.form
+            if options.verify:
+                checks.append(self._check(before, after, options))
+        if places[0] is not None and isinstance(content.get("optimizer"), dict):
+            new_content["optimizer"] = copy.deepcopy(content["optimizer"])
+            stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
+            report["optimizer"] = remap_optimizer_state(new_content["optimizer"], stem.shape, options.to,
+                                                        options.block_size, options.order)  # fmt: skip
+        if checks:
+            report["verification"] = checks[0]
+            report["max_abs_err"] = max(c["stem"]["max_abs_err"] for c in checks)
+            report["assumes"] = STEM_ASSUMES.format(options.order)
+            failed = [c for c in checks if not c["passed"]]
+            if failed:
+                raise VerificationFailed(f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written")
+        else:
+            report["max_abs_err"] = None
+        self.write(new_content, places[0], dst, options.to)
+        return report
+
+    @staticmethod
+    def _check(before: dict, after: dict, options: ConvertOptions) -> dict[str, Any]:
+        """The remapped stem run in float64, and every other tensor compared bit for bit."""
+        stem = verify_stems(before, after, options.block_size, options.order)
+        rest = compare_state_dicts(before, after, options.block_size, options.order, tolerance=0.0)
+        passed = stem.passed and rest["passed"]
+        problem = "" if passed else (stem.problem or str(stem) if not stem.passed else rest["problem"])
+        return {"stem": stem.to_dict(), "tensors": rest, "passed": passed, "problem": problem,
+                "compared": "the stem run before and after in float64; " + rest["compared"]}  # fmt: skip
+
+    @staticmethod
+    def write(content: dict, place: str | None, dst: Path, to: str) -> None:
+        if dst.suffix == ".safetensors":
+            metadata = {"converted_by": "focus-surgery", "to": to, **({"wrapper": place} if place else {})}
+            save_checkpoint(tensors(_at(content, place)), dst, metadata)
+        elif dst.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl"):
+            save_checkpoint(content, dst)
+        else:
+            raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
+
+    def _fastest(self, loaded: Loaded, dst: Path, options: ConvertOptions, places: list) -> dict[str, Any]:
+        from ..speed.optimize import fastest_state_dict_form
+
+        sd = tensors(_at(loaded.content, places[0]))
+        form, medians = fastest_state_dict_form(sd, options.batch, options.input_size, options.block_size, options.order)
+        stem = find_stem(sd, block_size=options.block_size)
+        report = {"source": self.name, "kind": "state_dict", "to": "fastest", "stem": stem.prefix, "from": stem.form,
+                  "chosen": form, "median_ms": medians, "max_abs_err": None}  # fmt: skip
+        if form == stem.form:
+            self.write(loaded.content, places[0], dst, form)  # already the faster layout: written unchanged
+            return report
+        result = self.convert(loaded, dst, ConvertOptions(**{**vars(options), "to": form}))
+        result.update(to="fastest", chosen=form, median_ms=medians)
+        return result

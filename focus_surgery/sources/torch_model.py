@@ -1,0 +1,117 @@
+"""Checkpoints holding whole model objects of installed classes: current Ultralytics files, and any torch / timm /
+focus-surgery model saved as ``{"model": ..., "ema": ...}``. Converted with ``surgery.convert`` in place of the
+loaded objects, so the wrapper, metadata, optimizer and dtype are written back unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint_io import MODULE_PREFIXES, save_checkpoint
+from ..surgery import ConversionError, VerificationError, convert, iter_stems
+from .base import ConvertOptions, Source, VerificationFailed
+from .loading import Loaded
+
+ULTRALYTICS = "ultralytics.nn.tasks."
+ALREADY = "already a current Ultralytics model"
+
+
+def _drop_plugin_hooks(model: nn.Module) -> None:
+    """Old plugin checkpoints pickled a ``_check_block_divides`` pre-hook on their YAML rows: drop it."""
+    from ..integrations.ultralytics import drop_legacy_hooks
+
+    drop_legacy_hooks(model)
+
+
+class TorchModelSource(Source):
+    name = "ultralytics"
+    description = "checkpoint with a model object of installed classes (Ultralytics, torch, timm, focus-surgery)"
+
+    def claims(self, loaded: Loaded) -> bool:
+        content = loaded.content
+        from ..yolov5.unpickler import LegacyRecord
+
+        holds_model = isinstance(content, dict) and any(isinstance(content.get(k), LegacyRecord) for k in ("model", "ema"))
+        return holds_model and all(n.startswith(MODULE_PREFIXES) for n in loaded.names)
+
+    def _models(self, loaded: Loaded) -> dict[str, nn.Module]:
+        content = loaded.checkpoint().content
+        models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), nn.Module)}
+        for model in models.values():
+            _drop_plugin_hooks(model)
+        return models
+
+    def model(self, loaded: Loaded) -> nn.Module | None:
+        models = self._models(loaded)
+        model = models.get("ema") or models.get("model")
+        return model.float().eval() if model is not None else None
+
+    def state_dict(self, loaded: Loaded) -> dict:
+        model = self.model(loaded)
+        return dict(model.state_dict()) if model is not None else {}
+
+    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+        ckpt = loaded.checkpoint()
+        model = ckpt.model
+        _drop_plugin_hooks(model)
+        params = list(model.parameters())
+        result: dict[str, Any] = {
+            "path": str(loaded.path), "kind": ckpt.kind, "source": self.name, "model": type(model).__name__,
+            "parameters": sum(p.numel() for p in params),
+            "dtype": str(params[0].dtype).replace("torch.", "") if params else None, "stems": list(iter_stems(model)),
+        }  # fmt: skip
+        yaml = getattr(model, "yaml", None)
+        if isinstance(yaml, dict) and "nc" in yaml:
+            result["nc"] = yaml["nc"]
+        for key in ("nc", "names", "stride"):
+            if hasattr(model, key):
+                value = getattr(model, key)
+                result[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+        lines = [f"{result['path']}: {result['kind']} {result['model']}"]
+        lines += [f"  {key}: {result[key]}" for key in ("parameters", "dtype", "nc", "names") if key in result]
+        for stem in result["stems"]:
+            if "skipped" in stem:
+                lines.append(f"  stem {stem['path']}: cannot convert to {stem['direction']}: {stem['skipped']}")
+            else:
+                lines.append(f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} (convert --to {stem['direction']})")
+        if not result["stems"]:
+            lines.append("  no Focus / space-to-depth / strided-conv stem found")
+        result["lines"] = lines
+        return result
+
+    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
+        ultralytics = loaded.named(ULTRALYTICS)
+        ckpt = loaded.checkpoint()
+        models = self._models(loaded)
+        content = ckpt.content  # the loaded objects are ours alone: converting them in place is safe
+        if options.to == "fastest":
+            from ..speed.optimize import fastest_model_checkpoint
+
+            try:
+                content, fast = fastest_model_checkpoint(content, options.batch, options.input_size, options.verify)
+            except VerificationError as error:
+                raise VerificationFailed(f"{loaded.path}: {error}; nothing written") from None
+            report = {"chosen": fast.stems[0].chosen, **fast.to_dict(), "max_abs_err": fast.max_abs_err}
+        else:
+            try:
+                reports = [convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()]
+            except VerificationError as error:
+                raise VerificationFailed(f"{loaded.path}: {error}; nothing written") from None
+            first = reports[0]
+            if not first.replaced:
+                reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
+                note = f"{ALREADY}, and its stem does not convert to {options.to} " if ultralytics else "nothing converted "
+                raise ConversionError(f"{loaded.path}: {note}({reason})")
+            report = first.to_dict()
+        if dst.suffix == ".safetensors":
+            model = models.get("ema") or models.get("model")
+            save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
+        else:
+            save_checkpoint(content, dst)
+        result = {"source": self.name, "kind": ckpt.kind, "to": options.to, "scope": options.scope, **report}
+        if ultralytics:
+            result["note"] = f"{ALREADY}; its stem was converted"
+        return result

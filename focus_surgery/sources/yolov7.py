@@ -1,0 +1,248 @@
+"""yolov7 and YOLOR (``paper`` branch) repository checkpoints: pickled ``models.yolo.Model`` whose first rows are a
+weightless ``ReOrg`` and a ``Conv(12, C, 3, 1)`` (W6 / E6 / D6 / E6E, YOLOR-P6 / W6 / E6 / D6).
+
+The file's classes are read as inert records and never run, so the space-to-depth row is identified by what its
+class computes in that repository (``SPACE_TO_DEPTH``; the tests probe a copy of that code with
+``stems.recognize`` to pin the block size and channel order). The conversion edits the records: the ``ReOrg`` row
+becomes ``nn.Identity`` (so every row index later rows refer to stays valid), the conv row becomes
+``Conv(3, C, 6, 2, 2)`` with the remapped weight, and ``model.yaml`` says the same (``[-1, 1, nn.Identity, []]``,
+``[-1, 1, Conv, [c2, 6, 2, 2]]``), so the repository's ``attempt_load`` and its fine-tuning path (which rebuilds
+the model from that yaml) both take the converted file. Everything else (epoch, optimizer, EMA, names, dtype,
+``requires_grad``) is written back as it was, under the original class names.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint_io import CheckpointError, save_checkpoint
+from ..remap import focus_to_conv_weight
+from ..yolov5.unpickler import LegacyRecord, record_class
+from .base import ConvertOptions, Source, VerificationFailed
+from .compare import compare_state_dicts
+from .loading import Loaded
+from .plain import remap_optimizer_state
+
+# Weightless rows, by the class the file names, and what that class computes in its repository (block, order).
+SPACE_TO_DEPTH = {"models.common.ReOrg": (2, "yolov5")}
+FAMILY_MARKS = {  # classes only yolov7 / YOLOR (paper) define (YOLOv5 and the yolov3 repository have none of them)
+    "models.common.ReOrg", "models.common.DownC", "models.common.SPPCSPC", "models.common.ImplicitA",
+    "models.common.ImplicitM", "models.common.RepConv", "models.common.BottleneckCSPF", "models.common.SPPCSP",
+    "models.yolo.IDetect", "models.yolo.IAuxDetect", "models.yolo.IBin", "models.yolo.IKeypoint",
+}  # fmt: skip
+IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def family(names: frozenset) -> str:
+    """``yolov7`` or ``yolor-paper``, from the classes the pickle named."""
+    yolov7 = {"models.common.DownC", "models.common.SPPCSPC", "models.yolo.IAuxDetect", "models.common.RepConv"}
+    return "yolov7" if names & yolov7 else "yolor-paper"
+
+
+def _layers(model: LegacyRecord) -> dict[str, LegacyRecord]:
+    return model.children()["model"].state["_modules"]
+
+
+def _is_conv_row(record: LegacyRecord) -> bool:
+    children = record.children()
+    conv = children.get("conv")
+    return (conv is not None and conv.qualname == "torch.nn.modules.conv.Conv2d" and set(children) <= {"conv", "bn", "act"}
+            and tuple(conv.get("stride")) == (1, 1) and conv.get("groups") == 1 and tuple(conv.get("dilation")) == (1, 1))  # fmt: skip
+
+
+def stem_rows(model: LegacyRecord, scope: str = "stem") -> list[tuple[int, int, str]]:
+    """(row, block size, order) of each weightless space-to-depth row followed by a conv row that alone reads it."""
+    layers = list(_layers(model).values())
+    found = []
+    for i, layer in enumerate(layers[:-1]):
+        if layer.qualname not in SPACE_TO_DEPTH:
+            continue
+        nxt = layers[i + 1]
+        readers = [r for r in layers[i + 2 :] if i in (r.get("f") if isinstance(r.get("f"), list) else [r.get("f")])]
+        if nxt.get("f") == -1 and _is_conv_row(nxt) and not readers:
+            found.append((i, *SPACE_TO_DEPTH[layer.qualname]))
+        if scope == "stem":
+            break
+    return found
+
+
+def _identity_record(old: LegacyRecord) -> LegacyRecord:
+    """An ``nn.Identity`` record with ``old``'s routing attributes (i, f, type, np)."""
+    record = record_class(IDENTITY)()
+    record.state.update(copy.copy(nn.Identity().__dict__))
+    record.state.update({k: old.get(k) for k in ("training", "i", "f")}, type=IDENTITY, np=0)
+    return record
+
+
+def _convert_row(layers: dict, index: int, block_size: int, order: str) -> dict[str, Any]:
+    """ReOrg row ``index`` -> Identity; conv row ``index + 1`` -> one strided conv (weight remapped)."""
+    keys = list(layers)
+    old_s2d, row = layers[keys[index]], layers[keys[index + 1]]
+    conv = row.children()["conv"]
+    weight = conv.state["_parameters"]["weight"]
+    k = tuple(conv.get("kernel_size"))
+    pad = tuple(conv.get("padding"))
+    new_weight = focus_to_conv_weight(weight.detach(), block_size, order)
+    conv.state["_parameters"]["weight"] = nn.Parameter(new_weight, requires_grad=weight.requires_grad)
+    conv.state.update(
+        in_channels=conv.get("in_channels") // block_size**2, kernel_size=(block_size * k[0], block_size * k[1]),
+        stride=(block_size, block_size), padding=(block_size * pad[0], block_size * pad[1]),
+        _reversed_padding_repeated_twice=(block_size * pad[1],) * 2 + (block_size * pad[0],) * 2,
+    )  # fmt: skip
+    layers[keys[index]] = _identity_record(old_s2d)
+    return {"rows": [index, index + 1], "from": f"{old_s2d.name} + Conv({'x'.join(map(str, k))}, stride 1)",
+            "to": f"Identity + Conv({block_size * k[0]}x{block_size * k[1]}, stride {block_size}, padding "
+                  f"{block_size * pad[0]})", "weight": [list(weight.shape), list(new_weight.shape)],
+            "block_size": block_size, "order": order}  # fmt: skip
+
+
+def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
+    """ReOrg row -> ``[f, 1, nn.Identity, []]``; its conv row -> ``[f, n, Conv, [c2, bs*k, bs, bs*p]]`` (c2 unscaled)."""
+    rows = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
+    s2d_row, conv_row = rows[index], rows[index + 1]
+    args = list(conv_row[3])
+    k = args[1] if len(args) > 1 else 1
+    p = args[3] if len(args) > 3 and args[3] is not None else k // 2
+    new_conv = [conv_row[0], conv_row[1], conv_row[2], [args[0], block_size * k, block_size, block_size * p, *args[4:]]]
+    for position, new in ((index, [s2d_row[0], 1, "nn.Identity", []]), (index + 1, new_conv)):
+        section, j = ("backbone", position) if position < len(yaml["backbone"]) else ("head", position - len(yaml["backbone"]))
+        yaml[section][j] = new
+
+
+class Yolov7Source(Source):
+    name = "yolov7"
+    description = "yolov7 / YOLOR (paper branch) repository checkpoint (models.yolo.Model with ReOrg)"
+
+    def claims(self, loaded: Loaded) -> bool:
+        return isinstance(loaded.content, dict) and bool(loaded.names & FAMILY_MARKS)
+
+    def _models(self, content: dict) -> dict[str, LegacyRecord]:
+        models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), LegacyRecord)}
+        if not models or not all(m.qualname == "models.yolo.Model" and "model" in m.children() for m in models.values()):
+            raise CheckpointError(f"no models.yolo.Model under 'model' / 'ema' (keys: {sorted(map(str, content))[:8]})")
+        return models
+
+    def state_dict(self, loaded: Loaded) -> dict:
+        models = self._models(loaded.content)
+        return (models.get("ema") or models["model"]).state_dict()  # attempt_load takes the EMA when there is one
+
+    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+        models = self._models(loaded.content)
+        model = models.get("ema") or models["model"]
+        rows = stem_rows(model)
+        layers = list(_layers(model).values())
+        sd = model.state_dict()
+        floats = [t.dtype for t in sd.values() if t.is_floating_point()]
+        stems = [{"rows": [i, i + 1], "form": f"{layers[i].name} + {layers[i + 1].name}", "block_size": bs, "order": order,
+                  "converts_to": "conv"} for i, bs, order in rows]  # fmt: skip
+        info = {"path": str(loaded.path), "kind": family(loaded.names), "source": self.name, "layers": len(layers),
+                "nc": model.get("nc"), "names": model.get("names"), "epoch": loaded.content.get("epoch"),
+                "dtype": str(floats[0]).replace("torch.", "") if floats else None, "stems": stems,
+                "models": sorted(models)}  # fmt: skip
+        lines = [f"{loaded.path}: {info['kind']} repository checkpoint ({', '.join(sorted(models))}), {len(layers)} rows, "
+                 f"nc {info['nc']}, {info['dtype']}, epoch {info['epoch']}"]  # fmt: skip
+        lines += [f"  stem rows {s['rows']}: {s['form']} = space-to-depth(block_size={s['block_size']}, order="
+                  f"{s['order']}) + conv (convert --to conv)" for s in stems]  # fmt: skip
+        if not stems:
+            lines.append("  no ReOrg + Conv stem found")
+        info["lines"] = lines
+        return info
+
+    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
+        if options.to != "conv":
+            raise ValueError(f"{loaded.path}: a {family(loaded.names)} checkpoint converts --to conv (its ReOrg stem)")
+        content = loaded.content
+        models = self._models(content)
+        before = {k: m.state_dict() for k, m in models.items()}  # tensors are replaced, never changed in place
+        originals: dict[str, dict[int, nn.Module]] = {}  # live copies of the stem conv rows, taken before the edit
+        report: dict[str, Any] = {"source": self.name, "kind": family(loaded.names), "to": "conv", "scope": options.scope,
+                                  "converted": sorted(models), "replaced": []}  # fmt: skip
+        yamls: set[int] = set()
+        for key, model in models.items():
+            rows = stem_rows(model, options.scope)
+            if not rows:
+                raise CheckpointError(f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is "
+                                      f"{list(_layers(model).values())[0].qualname})")  # fmt: skip
+            if options.verify:
+                originals[key] = {i + 1: _live(_layers(model)[str(i + 1)]) for i, _, _ in rows}
+            for index, bs, order in reversed(rows):
+                change = _convert_row(_layers(model), index, bs, order)
+                if key == sorted(models)[0]:
+                    report["replaced"].insert(0, change)
+                if isinstance(model.get("yaml"), dict) and id(model.get("yaml")) not in yamls:
+                    sync_yaml_rows(model.get("yaml"), index, bs)
+            yamls.add(id(model.get("yaml")))
+        report["yaml"] = "ReOrg row -> nn.Identity, its conv row -> Conv [c2, 6, 2, 2]: row indices unchanged"
+        report["assumes"] = ("the file's code is never run: its ReOrg class computes what the yolov7 / YOLOR code's "
+                             "does, space-to-depth(2, yolov5 order)")  # fmt: skip
+        if isinstance(content.get("optimizer"), dict):
+            change = report["replaced"][0]
+            report["optimizer"] = remap_optimizer_state(content["optimizer"], change["weight"][0], "conv",
+                                                        change["block_size"], change["order"])  # fmt: skip
+        if options.verify:
+            checks = [self._check(originals[k], models[k], before[k], report["replaced"]) for k in models]
+            report["verification"] = checks[0]
+            report["max_abs_err"] = max(c["stem_max_abs_err"] for c in checks)
+            failed = [c for c in checks if not c["passed"]]
+            if failed:
+                raise VerificationFailed(f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written")
+        else:
+            report["max_abs_err"] = None
+        self._write(content, models, dst)
+        return report
+
+    @staticmethod
+    def _check(original: dict[int, nn.Module], converted: LegacyRecord, before: dict, changes: list) -> dict[str, Any]:
+        """Each converted stem run before and after in float64; every other tensor compared bit for bit."""
+        from ..layers import SpaceToDepth
+        from ..verify import verify
+
+        stem_errors = []
+        for change in changes:
+            i = change["rows"][1]
+            old = original[i]
+            new = _live(_layers(converted)[str(i)])
+            ref = nn.Sequential(SpaceToDepth(change["block_size"], change["order"]), old)
+            c = new.conv.in_channels
+            stem_errors.append(verify(ref, new, input_shape=(2, c, 16 * change["block_size"], 24 * change["block_size"])))
+        rest = compare_state_dicts(before, converted.state_dict(), tolerance=0.0)
+        passed = all(r.passed for r in stem_errors) and rest["passed"]
+        problem = "" if passed else next((str(r) for r in stem_errors if not r.passed), rest.get("problem", ""))
+        return {"stem": [r.to_dict() for r in stem_errors], "stem_max_abs_err": max(r.max_abs_err for r in stem_errors),
+                "tensors": rest, "passed": passed, "problem": problem,
+                "compared": "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; "
+                            + rest["compared"] + "; the rest of the model is not run (its code is the repository's)"}  # fmt: skip
+
+    @staticmethod
+    def _write(content: dict, models: dict, dst: Path) -> None:
+        if dst.suffix == ".safetensors":
+            model = models.get("ema") or models["model"]
+            tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+            save_checkpoint(tensors, dst, {"converted_by": "focus-surgery", "to": "conv"})
+        elif dst.suffix in (".pt", ".pth"):
+            from .records_io import save_records
+
+            save_records(content, dst)
+        else:
+            raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
+
+
+def _live(row: LegacyRecord) -> nn.Module:
+    """A float64 conv block (conv, bn, act) built from the torch leaf records of a ``Conv`` row."""
+    from ..yolov5.rebuild import leaf_spec, make_leaf
+
+    block = nn.Module()
+    for name, child in row.children().items():
+        leaf = make_leaf(leaf_spec(child))
+        leaf.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in child.state_dict().items()})
+        setattr(block, name, leaf)
+    block.forward = lambda x: block.act(block.bn(block.conv(x)))  # yolov7 / YOLOR Conv.forward
+    return block.double().eval()
+
+
+__all__ = ["SPACE_TO_DEPTH", "Yolov7Source", "stem_rows", "sync_yaml_rows"]

@@ -1,0 +1,42 @@
+"""YOLOX / DAMO-YOLO trainer files: ``{"start_epoch", "model": state_dict, "optimizer", "best_ap", "curr_ap"}``.
+
+The stem is ``backbone.backbone.stem`` (``Focus(3, C, ksize=3)``: YOLOv5's slicing, then ``BaseConv``). Converted
+like any nested state dict: the output keeps the trainer's keys, the optimizer (stem momentum remapped) and dtype,
+and loads strictly into a YOLOX model whose stem is ``BaseConv(3, C, 6, 2)`` (ksize 6, stride 2: padding 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .loading import Loaded
+from .plain import PlainStateDictSource, tensors
+
+TRAINER_KEYS = {"start_epoch", "model", "optimizer"}
+STEM_KEY = "backbone.backbone.stem.conv.conv.weight"
+MODEL_CHANGE = ("in yolox/models/darknet.py, CSPDarknet.__init__: self.stem = BaseConv(3, base_channels, ksize=6, "
+                "stride=2, act=act) instead of Focus(3, base_channels, ksize=3, act=act)")  # fmt: skip
+
+
+class YoloxSource(PlainStateDictSource):
+    name = "yolox"
+    description = "YOLOX / DAMO-YOLO trainer checkpoint (state dict under 'model')"
+
+    def claims(self, loaded: Loaded) -> bool:
+        content = loaded.content
+        if not (super().claims(loaded) and TRAINER_KEYS <= set(content) and isinstance(content["model"], dict)):
+            return False
+        keys = tensors(content["model"])
+        return any(k.startswith(("backbone.backbone.stem.", "backbone.stem.")) for k in keys)
+
+    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+        result = super().inspect(loaded)
+        result["lines"][0] = f"{loaded.path}: {self.description}, epoch {loaded.content.get('start_epoch')}"
+        result["after_conversion"] = MODEL_CHANGE
+        return result
+
+    def convert(self, loaded, dst, options) -> dict[str, Any]:
+        report = super().convert(loaded, dst, options)
+        if options.to == "conv":
+            report["loads_into"] = MODEL_CHANGE
+        return report
