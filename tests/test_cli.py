@@ -150,7 +150,7 @@ def test_unexpected_errors_are_one_line_exit_2(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_inspect", broken_forward)  # the parser binds the handler when it is built
     assert cli.main(["inspect", "x.pt"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "focus-surgery: error: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+    assert err.strip() == "focus-surgery: error: x.pt: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
 
 
 class _CallsOnLoad:

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint_io import MODULE_PREFIXES, save_checkpoint
+from ..checkpoint_io import MODULE_PREFIXES, CheckpointError, save_checkpoint
+from ..loader.plain import to_plain
 from ..surgery import ConversionError, VerificationError, convert, iter_stems
 from .base import ConvertOptions, Source, VerificationFailed
 from .loading import Loaded
@@ -68,8 +69,10 @@ class TorchModelSource(Source):
             result["nc"] = yaml["nc"]
         for key in ("nc", "names", "stride"):
             if hasattr(model, key):
-                value = getattr(model, key)
-                result[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+                try:
+                    result[key] = to_plain(getattr(model, key))  # bounded: values from the file
+                except CheckpointError as error:
+                    raise CheckpointError(f"{loaded.path}: model.{key}: {error}") from None
         lines = [f"{result['path']}: {result['kind']} {result['model']}"]
         lines += [f"  {key}: {result[key]}" for key in ("parameters", "dtype", "nc", "names") if key in result]
         for stem in result["stems"]:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
-from ..loader import NamedReference
+from ..loader.plain import PLAIN_BUDGET
+from ..loader.plain import to_plain as _plain
 from ..loader.layers import check_hyperparameters
 from .detect import LegacyDetect
 from .unpickler import LegacyRecord, load_legacy_pickle
@@ -78,36 +79,6 @@ class LegacyCheckpoint:
     def dtype(self) -> torch.dtype:
         floats = [t.dtype for t in self.model.state_dict().values() if t.is_floating_point()]
         return floats[0] if floats else torch.float32
-
-
-PLAIN_BUDGET = 200_000  # values a metadata entry may expand to (a shared sub-list counts each time it appears)
-
-
-def _plain(value: Any, budget: list[int] | None = None) -> Any:
-    """JSON-friendly copy of metadata (numpy and tensors become numbers / lists).
-
-    A file can share one list many times over (2^40 paths in a few KB); expanding it is bounded by a budget.
-    """
-    budget = [PLAIN_BUDGET] if budget is None else budget
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise CheckpointError("metadata expands to more values than a checkpoint holds (shared or nested too much)")
-    if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
-        if getattr(value, "size", 0) > PLAIN_BUDGET or (isinstance(value, torch.Tensor) and value.numel() > PLAIN_BUDGET):
-            return f"<array of {tuple(value.shape)}>"
-        value = value.tolist()
-        budget[0] -= len(value) if isinstance(value, list) else 0
-    if value is None or isinstance(value, (float, int, str, bool)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, budget) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v, budget) for k, v in value.items()}
-    if isinstance(value, slice):
-        return {"slice": [_plain(value.start, budget), _plain(value.stop, budget), _plain(value.step, budget)]}
-    if isinstance(value, (set, frozenset)):
-        return [_plain(v, budget) for v in value]
-    return f"<{type(value).__name__}>" if not isinstance(value, NamedReference) else repr(value)  # never repr() data
 
 
 def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
