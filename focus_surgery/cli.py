@@ -98,6 +98,10 @@ def _convert_model_checkpoint(ckpt: Checkpoint, args) -> tuple[dict, dict[str, A
 
 
 def cmd_convert(args) -> int:
+    if str(args.src).lower().endswith(".onnx"):  # deployed ONNX graphs: focus_surgery/onnx_graph
+        from .onnx_graph.cli import convert_command
+
+        return convert_command(args)
     from .yolov5.cli import handle_convert  # YOLOv5-repository files, folders, Ultralytics models
 
     if args.to == "fastest" and Path(args.src).is_dir():
@@ -154,6 +158,10 @@ def _convert_fastest(ckpt: Checkpoint, args) -> tuple[Any, dict[str, Any], float
 
 
 def cmd_inspect(args) -> int:
+    if str(args.src).lower().endswith(".onnx"):  # deployed ONNX graphs: focus_surgery/onnx_graph
+        from .onnx_graph.cli import inspect_command
+
+        return inspect_command(args)
     from .yolov5.cli import handle_inspect  # YOLOv5-repository files
 
     handled = handle_inspect(args)

@@ -7,8 +7,9 @@ Three families, each identified from the graph's own numbers (never from node na
   Branch ``k`` holds pixel phase ``(dy, dx)`` = the slice starts, step ``bs``; the order is the channel-layout of
   ``orders.py`` whose ``ch(0, dy, dx)`` equals ``k`` (YOLOv5 / YOLOX Focus, yolov7 ReOrg: ``yolov5``).
 * ``SpaceToDepth``: the ONNX op (DCR, channel order ``timm``), block size from its attribute.
-* ``reshape-transpose``: ``Reshape`` to ``(N, C, H/bs, bs, W/bs, bs)``, ``Transpose``, ``Reshape`` back to 4-D,
-  as torch exports ``PixelUnshuffle``, timm's ``SpaceToDepth`` and ours; the order is the one whose
+* ``reshape-transpose``: ``Reshape`` to ``(N, C, H/bs, bs, W/bs, bs)``, ``Transpose``, ``Reshape`` back to 4-D (with
+  ``Squeeze``/``Unsqueeze`` steps in some exports), as torch exports ``PixelUnshuffle``, timm's ``SpaceToDepth``
+  and ours (the inverse of ``DepthToSpace`` DCR / CRD); the order is the one whose
   ``SpaceToDepth(bs, order).permutation`` equals the Transpose's ``perm``.
 
 Anything else that looks like one (a strided Slice or a 6-D Transpose before a Conv) is reported with the reason
@@ -25,8 +26,8 @@ import numpy as np
 from ..layers import SpaceToDepth
 from ..orders import CHANNEL_LAYOUT, channel_index
 
-LAYOUT_OPS = ("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth")
-_DATA_INPUTS = {"Slice": 1, "Reshape": 1, "Transpose": 1, "SpaceToDepth": 1}  # Concat: every input is data
+LAYOUT_OPS = ("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze")
+_DATA_INPUTS = {"Slice": 1, "Reshape": 1, "Transpose": 1, "SpaceToDepth": 1, "Squeeze": 1, "Unsqueeze": 1}  # Concat: every input is data
 _OPEN_END = 2**31 - 1  # torch exports "to the end" as INT64_MAX; anything this large reads to the end
 
 
@@ -248,25 +249,30 @@ def _identify_slices(index: GraphIndex, nodes: list[int], conv_input: str, root:
 
 def _identify_reshape_transpose(index: GraphIndex, nodes: list[int], conv_input: str, root: str,
                                 channels_after: int, channels_before: int | None) -> tuple[int, str] | str:  # fmt: skip
-    """(block size, order) of Reshape(6-D) -> Transpose -> Reshape(4-D), else the reason."""
-    ops = [index.graph.node[i].op_type for i in nodes]
-    if sorted(ops) != ["Reshape", "Reshape", "Transpose"]:
-        return f"layout chain {ops} is not Reshape -> Transpose -> Reshape"
-    last = index.graph.node[index.producer[conv_input]]
-    middle = index.graph.node[index.producer[last.input[0]]] if last.input[0] in index.producer else None
-    first = index.graph.node[index.producer[middle.input[0]]] if middle is not None and middle.input[0] in index.producer else None
-    if last.op_type != "Reshape" or middle is None or middle.op_type != "Transpose" or first is None or first.input[0] != root:
-        return "not Reshape -> Transpose -> Reshape in that order"
-    perm = list(_attr(middle, "perm", []))
-    shape = index.const(first.input[1])
-    if shape is not None:
-        if len(shape) != 6 or shape[3] != shape[5] or shape[3] < 2:
-            return f"first Reshape to {shape.tolist()}, not (N, C, H/bs, bs, W/bs, bs)"
-        bs = int(shape[3])
-    elif channels_before:
+    """(block size, order) of a linear Reshape/Squeeze/Unsqueeze chain around one 6-D Transpose, else the reason.
+
+    The Transpose must permute ``(N, C, H/bs, bs, W/bs, bs)`` the way ``SpaceToDepth(bs, order)`` does; the reshapes
+    around it are proven by ``probe.py`` (dynamic exports compute them from ``Shape``).
+    """
+    chain, name = [], conv_input
+    while name != root:
+        node = index.graph.node[index.producer[name]] if name in index.producer else None
+        if node is None or node.op_type not in ("Reshape", "Transpose", "Squeeze", "Unsqueeze"):
+            return f"layout chain holds {node.op_type if node is not None else name!r}, not only reshapes and one Transpose"
+        chain.append(node)
+        name = node.input[0]
+    transposes = [i for i, node in enumerate(chain) if node.op_type == "Transpose"]
+    if len(transposes) != 1 or len(chain) != len(nodes):
+        return "not one Transpose between reshapes on a single path"
+    perm = list(_attr(chain[transposes[0]], "perm", []))
+    before = chain[transposes[0] + 1] if transposes[0] + 1 < len(chain) else None
+    shape = index.const(before.input[1]) if before is not None and before.op_type == "Reshape" else None
+    if channels_before:
         bs = int(round((channels_after / channels_before) ** 0.5))
+    elif shape is not None and len(shape) == 6 and shape[3] == shape[5]:
+        bs = int(shape[3])
     else:
-        return "block size unknown: the first Reshape's shape is computed and the input's channel count is unknown"
+        return "block size unknown: the input's channel count is unknown and the 6-D Reshape is computed"
     if bs < 2 or (channels_before and bs * bs * channels_before != channels_after):
         return f"Conv reads {channels_after} channels, not {channels_before} x a square block"
     for order in CHANNEL_LAYOUT:
