@@ -92,6 +92,14 @@ def analyse(model) -> list[OnnxStem]:
     return stems
 
 
+def fold(model) -> tuple[Any, list[OnnxStem]]:
+    """In memory: ``model`` with every proven stem folded into its Conv (a copy), and the stems found."""
+    from .rewrite import rewrite
+
+    stems = analyse(model)
+    return rewrite(model, stems), stems
+
+
 def inspect_onnx(src: str | os.PathLike) -> OnnxReport:
     """The space-to-depth stems of an ONNX file: which convert, which are left and why (nothing is written)."""
     model = load_onnx(src)
@@ -119,19 +127,17 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike | None = None, v
         OnnxSurgeryError: Bad input, or no stem to convert (the reasons of those skipped are in the message).
         OnnxVerificationError: The outputs differ beyond ``tolerance``; nothing written.
     """
-    from .rewrite import rewrite
     from .runtime import compare
 
     if dst is not None and Path(src).resolve() == Path(dst).resolve():
         raise OnnxSurgeryError(f"{dst}: refusing to overwrite the input; write to another file")
     model = load_onnx(src)
-    stems = analyse(model)
+    out, stems = fold(model)
     report = OnnxReport(str(src), str(dst) if dst is not None else None, _opset(model), stems, len(model.graph.node),
                         ops_before=_op_counts(model))  # fmt: skip
     if not report.replaced:
         why = "; ".join(f"{s.conv}: {s.reason}" for s in stems) or "no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv"
         raise OnnxSurgeryError(f"{src}: no space-to-depth stem to fold ({why})")
-    out = rewrite(model, stems)
     report.nodes_after, report.ops_after = len(out.graph.node), _op_counts(out)
     if verify:
         report.verification = compare(model, out, tolerance)
@@ -143,4 +149,4 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike | None = None, v
 
 
 __all__ = ["OnnxReport", "OnnxStem", "OnnxSurgeryError", "OnnxVerification", "OnnxVerificationError",
-           "convert_onnx", "find_stems", "inspect_onnx"]  # fmt: skip
+           "convert_onnx", "find_stems", "fold", "inspect_onnx"]  # fmt: skip
