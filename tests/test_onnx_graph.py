@@ -158,10 +158,12 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _check_folded(src: Path, dst: Path, block_size: int, order: str, shapes) -> None:
-    """No layout op reads the image any more; the stem Conv's weight is GUIDE section 1's map, exactly."""
+def _check_folded(src: Path, dst: Path, block_size: int, order: str, shapes, stem_only: bool = True) -> None:
+    """Only the Conv reads the image (a stem-only graph has no layout op left); its weight is GUIDE section 1's map,
+    exactly; names, opset and onnxruntime outputs as before (float32 rounding level)."""
     before, after = onnx.load(str(src)), onnx.load(str(dst))
-    assert not LAYOUT_OPS & set(_ops(after)), _ops(after)
+    assert [n.op_type for n in after.graph.node if "images" in n.input] == ["Conv"]
+    assert not stem_only or not LAYOUT_OPS & set(_ops(after)), _ops(after)
     conv_before = next(n for n in before.graph.node if n.op_type == "Conv")
     conv_after = _stem_conv(after)
     w = torch.from_numpy(_initializer(before, conv_before.input[1])).double()
@@ -209,7 +211,7 @@ def test_dynamic_axes_kept_and_checked_at_several_sizes(name, tmp_path):
     _check_folded(src, tmp_path / "conv.onnx", block_size, order, [(2, 3, 64, 96), (1, 3, 16, 48)])
 
 
-@pytest.mark.parametrize("name", ["ultralytics_focus", "pixel_unshuffle"])
+@pytest.mark.parametrize("name", ["ultralytics_focus", "fs_focus"])  # slices, Reshape-Transpose
 def test_dynamo_exports_fold_exactly(name, tmp_path):
     pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript (pinned in requirements-dev.txt)")
     _, block_size, order, family = MODELS[name]
@@ -217,6 +219,37 @@ def test_dynamo_exports_fold_exactly(name, tmp_path):
     report = convert_onnx(src, tmp_path / "conv.onnx")
     assert [(s.family, s.block_size, s.order) for s in report.replaced] == [(family, block_size, order)]
     _check_folded(src, tmp_path / "conv.onnx", block_size, order, [(1, 3, 32, 32)])
+
+
+def test_onnxslim_simplified_graphs_fold(tmp_path):
+    onnxslim = pytest.importorskip("onnxslim")
+    for name, opset in (("ultralytics_focus", 13), ("fs_focus", 17)):
+        src = export(name, tmp_path / f"{name}.onnx", opset, dynamic=True)
+        slim = tmp_path / f"{name}-slim.onnx"
+        onnx.save(onnxslim.slim(onnx.load(str(src))), str(slim))
+        convert_onnx(slim, tmp_path / f"{name}-conv.onnx")
+        _check_folded(slim, tmp_path / f"{name}-conv.onnx", 2, "yolov5", [(1, 3, 32, 64)])
+
+
+def test_yolov5_v4_checkpoint_rebuilt_and_exported(tmp_path):
+    """A real YOLOv5 v4.0 model (the repository's own checkpoint, rebuilt) exported whole with a dynamic input."""
+    from _yolov5_legacy_helpers import MODELS as YOLOV5
+
+    from focus_surgery.yolov5.rebuild import read_yolov5_checkpoint, rebuild
+
+    model = rebuild(read_yolov5_checkpoint(YOLOV5["v4.0"]))[0].float().eval()
+    src, dst = tmp_path / "yolov5s-v4.onnx", tmp_path / "yolov5s-v4-conv.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 3, 64, 64),), str(src), dynamo=False, opset_version=12,
+                          input_names=["images"], output_names=["out"],
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})  # fmt: skip
+    report = convert_onnx(src, dst)
+    assert [(s.family, s.block_size, s.order) for s in report.replaced] == [("slices", 2, "yolov5")]
+    assert report.verification.passed and len(report.verification.inputs) == 2
+    before, after = _ops(onnx.load(str(src))), _ops(onnx.load(str(dst)))
+    assert after["Conv"] == before["Conv"] and before["Slice"] - after.get("Slice", 0) >= 4  # head Slices remain
+    _check_folded(src, dst, 2, "yolov5", [(1, 3, 64, 96)], stem_only=False)
 
 
 def test_other_nodes_and_initializers_are_kept(tmp_path):
@@ -238,13 +271,14 @@ def _const(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
-def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer: bool = False, channels: int = 3):
+def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer: bool = False, channels: int = 3,
+                 end: int = 2**63 - 1, size: int | str = 24):  # fmt: skip
     """image -> one Slice per phase (or one per axis) -> Concat -> Conv; phases as (dy, dx) in concat order."""
     rng = np.random.default_rng(0)
     if split_axes:
-        inits = [_const("end1", [2**63 - 1]), _const("step1", [step]), _const("ax2", [2]), _const("ax3", [3])]
+        inits = [_const("end1", [end]), _const("step1", [step]), _const("ax2", [2]), _const("ax3", [3])]
     else:
-        inits = [_const("end", [2**63 - 1, 2**63 - 1]), _const("steps", [step, step]), _const("axes", [2, 3])]
+        inits = [_const("end", [end, end]), _const("steps", [step, step]), _const("axes", [2, 3])]
     nodes, branches = [], []
     for k, (dy, dx) in enumerate(phases):
         if split_axes:
@@ -262,7 +296,7 @@ def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, "oh", "ow"])]
     if extra_consumer:
         outputs.append(helper.make_tensor_value_info("phase0", TensorProto.FLOAT, ["n", channels, "ph", "pw"]))
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, channels, 24, 24])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, channels, size, size])
     graph = helper.make_graph(nodes, "g", [image], outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
@@ -285,6 +319,15 @@ def test_hand_built_slice_chains(phases, order, split_axes, tmp_path):
     feed = {"image": np.random.default_rng(2).random((1, 3, 24, 24), dtype=np.float32)}
     a, b = _run(src, feed)[0], _run(after, feed)[0]
     assert np.abs(a.astype(np.float64) - b).max() / np.abs(a).max() <= 1e-5
+
+
+def test_slice_ends_at_the_static_size_read_to_the_end(tmp_path):
+    """End 24 on a static 24x24 image reads to the end (folds); on a dynamic image it may crop (left alone)."""
+    onnx.save(_slice_graph(YOLOV5_PHASES, split_axes=True, end=24), str(tmp_path / "static.onnx"))
+    assert [s.order for s in convert_onnx(tmp_path / "static.onnx", tmp_path / "conv.onnx").replaced] == ["yolov5"]
+    onnx.save(_slice_graph(YOLOV5_PHASES, end=24, size="h"), str(tmp_path / "dynamic.onnx"))
+    (stem,) = inspect_onnx(tmp_path / "dynamic.onnx").stems
+    assert not stem.convertible and "not start::step to the end" in stem.reason
 
 
 def test_hand_built_block_size_3_and_onnx_space_to_depth(tmp_path):

@@ -179,8 +179,11 @@ def _exclusive(index: GraphIndex, nodes: list[int], conv: int) -> str | None:
     return None
 
 
-def _slice_phase(index: GraphIndex, node, rank: int = 4) -> dict[int, tuple[int, int]] | str:
-    """{axis: (start, step)} of one Slice that keeps whole axes except strided spatial ones, else the reason."""
+def _slice_phase(index: GraphIndex, node, dims: list | None, rank: int = 4) -> dict[int, tuple[int, int]] | str:
+    """{axis: (start, step)} of one Slice that keeps whole axes except strided spatial ones, else the reason.
+
+    ``dims`` are the sliced image's (int when static): an end at or past a static size also reads to the end.
+    """
     if len(node.input) < 3:
         return "Slice with attributes (opset < 10) cannot stride"
     starts, ends = index.const(node.input[1]), index.const(node.input[2])
@@ -195,7 +198,8 @@ def _slice_phase(index: GraphIndex, node, rank: int = 4) -> dict[int, tuple[int,
     out: dict[int, tuple[int, int]] = {}
     for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes.tolist(), steps.tolist()):
         axis = axis + rank if axis < 0 else axis
-        if end < _OPEN_END or start < 0 or step < 1:
+        size = dims[axis] if dims and len(dims) == rank and 0 <= axis < rank and isinstance(dims[axis], int) else None
+        if (end < _OPEN_END and (size is None or end < size)) or start < 0 or step < 1:
             return f"slice on axis {axis} is not start::step to the end (start {start}, end {end}, step {step})"
         if step == 1 and start == 0:
             continue  # a whole axis: no-op
@@ -207,7 +211,7 @@ def _slice_phase(index: GraphIndex, node, rank: int = 4) -> dict[int, tuple[int,
     return out
 
 
-def _identify_slices(index: GraphIndex, nodes: list[int], conv_input: str, root: str) -> tuple[int, str] | str:
+def _identify_slices(index: GraphIndex, conv_input: str, root: str, dims: list | None) -> tuple[int, str] | str:
     """(block size, order) of a Concat of strided-Slice branches, else the reason it is not a space-to-depth."""
     last = index.graph.node[index.producer[conv_input]]
     if last.op_type != "Concat":
@@ -223,7 +227,7 @@ def _identify_slices(index: GraphIndex, nodes: list[int], conv_input: str, root:
             node = index.graph.node[index.producer[name]] if name in index.producer else None
             if node is None or node.op_type != "Slice":
                 return f"Concat input {branch!r} is not a chain of Slices of {root!r}"
-            phase = _slice_phase(index, node)
+            phase = _slice_phase(index, node, dims)
             if isinstance(phase, str):
                 return phase
             for axis, value in phase.items():
@@ -345,7 +349,7 @@ def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: 
         return reason
     channels_after = int(index.initializers[conv.input[1]].dims[1])
     if stem.family == "slices":
-        found = _identify_slices(index, stem.nodes, stem.conv_input, stem.root)
+        found = _identify_slices(index, stem.conv_input, stem.root, shapes.get(stem.root))
     elif stem.family == "SpaceToDepth":
         node = index.graph.node[stem.nodes[0]]
         found = (int(_attr(node, "blocksize")), "timm") if len(stem.nodes) == 1 else "SpaceToDepth with other layout ops"
