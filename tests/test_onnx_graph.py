@@ -271,7 +271,7 @@ def _const(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
-def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer: bool = False, channels: int = 3,
+def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer: str = "", channels: int = 3,
                  end: int = 2**63 - 1, size: int | str = 24):  # fmt: skip
     """image -> one Slice per phase (or one per axis) -> Concat -> Conv; phases as (dy, dx) in concat order."""
     rng = np.random.default_rng(0)
@@ -294,8 +294,11 @@ def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer
     nodes.append(helper.make_node("Concat", branches, ["s2d"], axis=1))
     nodes.append(helper.make_node("Conv", ["s2d", "w", "b"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="stem"))
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, "oh", "ow"])]
-    if extra_consumer:
+    if extra_consumer == "output":  # a slice is also a graph output
         outputs.append(helper.make_tensor_value_info("phase0", TensorProto.FLOAT, ["n", channels, "ph", "pw"]))
+    elif extra_consumer == "node":  # a slice also feeds another node
+        nodes.append(helper.make_node("ReduceMax", ["phase1"], ["peak"], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("peak", TensorProto.FLOAT, []))
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, channels, size, size])
     graph = helper.make_graph(nodes, "g", [image], outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -376,11 +379,14 @@ def test_not_a_space_to_depth_is_left_and_reported(kind, phases, step, reason, t
     assert not (tmp_path / "conv.onnx").exists()
 
 
-def test_slices_with_other_consumers_are_left(tmp_path):
+@pytest.mark.parametrize("consumer,reason", [("output", "is also a graph output"), ("node", "also feeds")])
+def test_slices_with_other_consumers_are_left(consumer, reason, tmp_path):
     src = tmp_path / "m.onnx"
-    onnx.save(_slice_graph(YOLOV5_PHASES, extra_consumer=True), str(src))
+    onnx.save(_slice_graph(YOLOV5_PHASES, extra_consumer=consumer), str(src))
     (stem,) = inspect_onnx(src).stems
-    assert not stem.convertible and "graph output" in stem.reason
+    assert not stem.convertible and reason in stem.reason, stem.reason
+    with pytest.raises(OnnxSurgeryError, match=reason):
+        convert_onnx(src, tmp_path / "conv.onnx")
 
 
 class _WrongReshape(nn.Module):
