@@ -361,6 +361,37 @@ def test_hand_built_block_size_3_and_onnx_space_to_depth(tmp_path):
         assert np.abs(a.astype(np.float64) - b).max() / np.abs(a).max() <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
+def test_weight_permutation_is_bit_exact_in_every_dtype(dtype):
+    """``remap_weight`` (numpy, any dtype) equals ``fs.focus_to_conv_weight`` bit for bit."""
+    from focus_surgery.onnx_graph.rewrite import remap_weight
+
+    w = torch.randn(5, 12, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        array, back = w.float().numpy().astype(ml_dtypes.bfloat16), lambda a: torch.from_numpy(a.astype(np.float32))
+        expected = fs.focus_to_conv_weight(w.to(torch.bfloat16), 2, "yolov5").float()
+    else:
+        array, back = w.numpy().astype(dtype), torch.from_numpy
+        expected = fs.focus_to_conv_weight(torch.from_numpy(array.copy()), 2, "yolov5")
+    got = remap_weight(array, 2, "yolov5")
+    assert got.dtype == array.dtype and torch.equal(back(got), expected)
+
+
+def test_nan_in_the_rewritten_outputs_fails_verification():
+    from focus_surgery.onnx_graph.runtime import compare
+
+    def model(value: float):
+        graph = helper.make_graph([helper.make_node("Add", ["images", "c"], ["out"])], "g",
+                                  [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3])],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])],
+                                  [numpy_helper.from_array(np.array([0, value, 0], dtype=np.float32), "c")])  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    assert compare(model(1.0), model(1.0)).passed
+    assert not compare(model(1.0), model(float("nan"))).passed
+
+
 # ------------------------------------------------------------------------------------------------- negative cases
 
 

@@ -81,8 +81,10 @@ def compare(reference, candidate, tolerance: float | None = None) -> OnnxVerific
             if a.shape != b.shape:
                 return OnnxVerification(float("inf"), float("inf"), 0.0, False, shapes, outputs)
             a64, b64 = a.astype(np.float64), b.astype(np.float64)
-            err = float(np.abs(a64 - b64).max()) if a.size else 0.0
-            scale = float(np.abs(a64).max()) if a.size else 0.0
+            diff = np.abs(a64 - b64)
+            diff[np.isnan(a64) & np.isnan(b64)] = 0.0  # NaN where the original has NaN too is no difference
+            err = (float("inf") if np.isnan(diff).any() else float(diff.max())) if a.size else 0.0
+            scale = float(np.nanmax(np.abs(a64))) if a.size and not np.isnan(a64).all() else 0.0
             max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale if scale > 0 else err)
     tolerance = tolerance if tolerance is not None else TOLERANCE.get(dtype, 1e-5)
     passed = bool(np.isfinite(max_rel) and max_rel <= tolerance)
