@@ -84,6 +84,11 @@ class TResNetSpaceToDepth(nn.Module):
         return self.conv(x.view(n, c * 16, h // 4, w // 4))
 
 
+def _ultralytics_package_focus():
+    conv = pytest.importorskip("ultralytics.nn.modules.conv")
+    return conv.Focus(3, 8, 3)  # the class itself: Conv(12, 8, 3) with BatchNorm and SiLU
+
+
 def _pixel_unshuffle():
     return nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 8, 3, 1, 1))
 
@@ -92,6 +97,7 @@ def _pixel_unshuffle():
 MODELS = {
     "fs_focus": (lambda: fs.Focus(3, 8, k=3), 2, "yolov5", "reshape-transpose"),
     "ultralytics_focus": (UltralyticsFocus, 2, "yolov5", "slices"),
+    "ultralytics_package_focus": (_ultralytics_package_focus, 2, "yolov5", "slices"),
     "yolox_focus": (YoloxFocus, 2, "yolov5", "slices"),
     "reorg": (ReOrgStem, 2, "yolov5", "slices"),
     "pixel_unshuffle": (_pixel_unshuffle, 2, "pixel_unshuffle", "reshape-transpose"),
