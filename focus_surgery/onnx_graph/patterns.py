@@ -44,6 +44,8 @@ class OnnxStem:
         order (str | None): Identified channel order, None when unknown.
         reason (str | None): Why the chain is left unchanged; None when it converts.
         ops (dict[str, int]): Node count per op type in the chain.
+        conv_index (int): Index of the Conv in ``graph.node``.
+        conv_input (str): The tensor the Conv reads (the chain's output).
     """
 
     conv: str
