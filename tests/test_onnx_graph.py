@@ -190,7 +190,7 @@ def _check_folded(src: Path, dst: Path, block_size: int, order: str, shapes, ste
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+@pytest.mark.parametrize("opset", [11, 13, 14, 17, 18])
 def test_torchscript_exports_fold_exactly(name, opset, tmp_path):
     _, block_size, order, family = MODELS[name]
     src = export(name, tmp_path / "m.onnx", opset)
