@@ -17,6 +17,7 @@ from .remap import (
     s2d_to_strided_conv,
     strided_conv_to_s2d,
 )
+from .onnx_graph import convert_onnx, inspect_onnx  # imports onnx only when called
 from .surgery import ConversionError, ConversionReport, convert
 from .verify import VerificationReport, verify
 
@@ -34,7 +35,9 @@ __all__ = [
     "VerificationReport",
     "conv_to_focus_weight",
     "convert",
+    "convert_onnx",
     "focus_to_conv_weight",
+    "inspect_onnx",
     "list_configs",
     "optimize",
     "register",

@@ -39,6 +39,10 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_convert(args) -> int:
+    if str(args.src).lower().endswith(".onnx"):  # deployed ONNX graphs: focus_surgery/onnx_graph
+        from .onnx_graph.cli import convert_command
+
+        return convert_command(args)
     if Path(args.src).is_dir():
         if args.to == "fastest":
             raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
@@ -50,6 +54,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    if str(args.src).lower().endswith(".onnx"):  # deployed ONNX graphs: focus_surgery/onnx_graph
+        from .onnx_graph.cli import inspect_command
+
+        return inspect_command(args)
     _emit(inspect_file(args.src), args.json)
     return EXIT_OK
 

@@ -86,6 +86,9 @@ def test_cli_bench_quick_json_and_plot(tmp_path):
     onnx = {row["form"]: row for row in result["onnx"]["forms"]}
     assert onnx["focus_slices"]["slice"] > 0 and onnx["focus_slices"]["concat"] == 1
     assert onnx["conv"]["slice"] == 0 and onnx["conv"]["concat"] == 0
+    folded, surgery = onnx[bench.FOLDED], result["onnx"]["surgery"]  # the exported Focus graph after ONNX surgery
+    assert folded["slice"] == 0 and folded["concat"] == 0 and folded["median_ms"] > 0
+    assert surgery["nodes_after"] < surgery["nodes_before"] == onnx["focus_slices"]["nodes"]
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -7,7 +7,8 @@ Four parts, each returning plain dicts (JSON-ready):
   matmul of the same FLOP count: median time, ratio to the fastest, peak memory, GFLOP/s.
 * ``bench_conversion``: converting a YOLOv5x-size checkpoint vs a plain ``torch.load`` + ``torch.save`` of the
   same file, side by side in fresh processes: time ratio and peak memory over file size.
-* ``bench_onnx``: ONNX export of the Focus (slicing) and converted stems: node counts and onnxruntime latency.
+* ``bench_onnx``: ONNX export of the Focus (slicing) and converted stems, and the Focus graph rewritten by
+  ``convert_onnx`` (graph surgery on the exported file): node counts and onnxruntime latency, side by side.
 * ``plot_latency``: latency vs batch per form.
 
 On the CPU the full grid of shapes takes hours, so the default there is a reduced set (``CPU_DEFAULT``); the full
@@ -38,6 +39,7 @@ from .optimize import optimize
 from .stem_forms import build_form, form_names, strided_block
 from .timing import matmul_reference, median, peak_memory_bytes, time_interleaved
 
+FOLDED = "focus_slices -> folded"  # the exported Focus graph after ONNX surgery (convert model.onnx)
 OPTIMIZED = "optimize"  # the row of the form optimize() picked for the case, re-timed side by side
 MATMUL = "matmul"
 
@@ -380,30 +382,39 @@ def bench_conversion(
 
 def bench_onnx(stem: str = "yolov5s", size: int = 640, batch: int = 1, repeats: int = 20,
                forms: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth")) -> dict[str, Any]:  # fmt: skip
-    """Export each form to ONNX (opset 17): node counts by type and onnxruntime CPU latency, interleaved."""
+    """Export each form to ONNX (opset 17): node counts by type and onnxruntime CPU latency, interleaved.
+
+    The exported ``focus_slices`` graph is also rewritten by ``onnx_graph.fold`` (what ``focus-surgery convert
+    model.onnx`` does) and timed in the same interleaved rounds as row ``focus_slices -> folded``.
+    """
     import warnings
 
     import onnx
     import onnxruntime as ort
 
+    from ..onnx_graph import fold
+
     torch.manual_seed(0)
     block = strided_block(randomize_batchnorm(STEMS[stem]()).eval())
     x = torch.rand(batch, 3, size, size)
-    sessions, nodes = {}, {}
+    sessions, nodes, models = {}, {}, {}
     for name in forms:
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(build_form(block, name).eval(), (x,), buffer, dynamo=False, opset_version=17,
                               input_names=["images"], output_names=["out"])  # fmt: skip
-        graph = onnx.load_from_string(buffer.getvalue()).graph
+        models[name] = onnx.load_from_string(buffer.getvalue())
+    if "focus_slices" in models:
+        models[FOLDED] = fold(models["focus_slices"])[0]
+    for name, model in models.items():
         counts: dict[str, int] = {}
-        for node in graph.node:
+        for node in model.graph.node:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
         nodes[name] = counts
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        sessions[name] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = {"images": x.numpy()}
     calls = {name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}
     times = time_interleaved(calls, torch.device("cpu"), repeats, 2)
@@ -415,9 +426,14 @@ def bench_onnx(stem: str = "yolov5s", size: int = 640, batch: int = 1, repeats: 
             {"form": name, "nodes": sum(nodes[name].values()), "slice": nodes[name].get("Slice", 0),
              "concat": nodes[name].get("Concat", 0), "node_types": nodes[name], "median_ms": medians[name] * 1e3,
              "ratio_to_fastest": medians[name] / fastest}
-            for name in forms
+            for name in models
         ],
         "focus_over_conv": medians["focus_slices"] / medians["conv"] if "conv" in medians and "focus_slices" in medians else None,
+        "surgery": {
+            "nodes_before": sum(nodes["focus_slices"].values()), "nodes_after": sum(nodes[FOLDED].values()),
+            "median_ms_before": medians["focus_slices"] * 1e3, "median_ms_after": medians[FOLDED] * 1e3,
+            "before_over_after": medians["focus_slices"] / medians[FOLDED],
+        } if FOLDED in medians else None,
     }  # fmt: skip
 
 
@@ -516,6 +532,12 @@ def format_report(result: dict[str, Any]) -> str:
         for row in onnx_result["forms"]:
             lines.append(f"| {row['form']} | {row['nodes']} | {row['slice']} | {row['concat']} | "
                          f"{row['median_ms']:.2f} | {row['ratio_to_fastest']:.2f} |")  # fmt: skip
+        surgery = onnx_result.get("surgery")
+        if surgery:
+            lines.append(f"\nONNX surgery on the exported Focus graph (`focus-surgery convert model.onnx`): "
+                         f"{surgery['nodes_before']} -> {surgery['nodes_after']} nodes, onnxruntime median "
+                         f"{surgery['median_ms_before']:.2f} -> {surgery['median_ms_after']:.2f} ms "
+                         f"(original / rewritten **{surgery['before_over_after']:.2f}x**, same rounds).")  # fmt: skip
         if onnx_result.get("focus_over_conv"):
             lines.append(f"\nFocus (slicing) / converted conv latency in onnxruntime: "
                          f"**{onnx_result['focus_over_conv']:.2f}x**.")  # fmt: skip

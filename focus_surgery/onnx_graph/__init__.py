@@ -1,0 +1,152 @@
+"""Surgery on deployed ONNX files: fold a Focus / space-to-depth stem into one strided Conv, exactly.
+
+``io`` (load, check, atomic save), ``patterns`` (find and identify chains), ``probe`` (prove them on index inputs),
+``rewrite`` (fold them into the Conv), ``runtime`` (onnxruntime comparison), ``cli`` (the ``.onnx`` side of
+``convert`` and ``inspect``). Needs the ``onnx`` extra (onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .io import OnnxSurgeryError, load_onnx, save_onnx
+from .patterns import OnnxStem, find_stems
+from .runtime import OnnxVerification
+
+
+class OnnxVerificationError(Exception):
+    """The rewritten graph's outputs differ from the original's beyond tolerance (nothing was written)."""
+
+    def __init__(self, message: str, report: "OnnxReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class OnnxReport:
+    """What ``convert_onnx`` / ``inspect_onnx`` found and did."""
+
+    src: str
+    dst: str | None
+    opset: int
+    stems: list[OnnxStem]
+    nodes_before: int
+    nodes_after: int | None = None
+    verification: OnnxVerification | None = None
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def replaced(self) -> list[OnnxStem]:
+        return [s for s in self.stems if s.convertible]
+
+    @property
+    def skipped(self) -> list[OnnxStem]:
+        return [s for s in self.stems if not s.convertible]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "src": self.src, "dst": self.dst, "opset": self.opset, "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after, "ops_before": self.ops_before, "ops_after": self.ops_after,
+            "replaced": [s.to_dict() for s in self.replaced], "skipped": [s.to_dict() for s in self.skipped],
+            "verification": self.verification.to_dict() if self.verification else None,
+            "max_abs_err": self.verification.max_abs_err if self.verification else None,
+        }  # fmt: skip
+
+
+def _op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _shapes(model) -> dict[str, list]:
+    """Tensor name -> dims (int, or the symbolic name / None) from ONNX shape inference; {} if it fails."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shapes only refine the search; without them dynamic dims are probed
+        inferred = model
+    graph = inferred.graph
+    shapes = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    return shapes
+
+
+def analyse(model) -> list[OnnxStem]:
+    """``find_stems`` plus the index-tensor proof of every identified chain (a chain that fails it is skipped)."""
+    from .probe import probe_stem
+
+    shapes = _shapes(model)
+    stems = find_stems(model, shapes)
+    for stem in stems:
+        if stem.convertible:
+            stem.reason = probe_stem(model, stem, shapes.get(stem.root))
+    return stems
+
+
+def fold(model) -> tuple[Any, list[OnnxStem]]:
+    """In memory: ``model`` with every proven stem folded into its Conv (a copy), and the stems found."""
+    from .rewrite import rewrite
+
+    stems = analyse(model)
+    return rewrite(model, stems), stems
+
+
+def inspect_onnx(src: str | os.PathLike) -> OnnxReport:
+    """The space-to-depth stems of an ONNX file: which convert, which are left and why (nothing is written)."""
+    model = load_onnx(src)
+    return OnnxReport(str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model))
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike | None = None, verify: bool = True,
+                 tolerance: float | None = None) -> OnnxReport:  # fmt: skip
+    """Fold every Focus / space-to-depth stem of an ONNX file into its Conv; write ``dst`` atomically.
+
+    Args:
+        src (str | PathLike): The ONNX file (every tensor inside it; not modified).
+        dst (str | PathLike | None): Output file, written only when verification passes; None writes nothing.
+        verify (bool): Compare both graphs in onnxruntime on random inputs (dynamic axes at two sizes).
+        tolerance (float | None): Max relative error; default float32 rounding level (1e-5).
+
+    Returns:
+        (OnnxReport): Stems replaced and skipped (with reasons), node counts, the measured error.
+
+    Raises:
+        OnnxSurgeryError: Bad input, or no stem to convert (the reasons of those skipped are in the message).
+        OnnxVerificationError: The outputs differ beyond ``tolerance``; nothing written.
+    """
+    from .runtime import compare
+
+    if dst is not None and Path(src).resolve() == Path(dst).resolve():
+        raise OnnxSurgeryError(f"{dst}: refusing to overwrite the input; write to another file")
+    model = load_onnx(src)
+    out, stems = fold(model)
+    report = OnnxReport(str(src), str(dst) if dst is not None else None, _opset(model), stems, len(model.graph.node),
+                        ops_before=_op_counts(model))  # fmt: skip
+    if not report.replaced:
+        why = "; ".join(f"{s.conv}: {s.reason}" for s in stems) or "no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv"
+        raise OnnxSurgeryError(f"{src}: no space-to-depth stem to fold ({why})")
+    report.nodes_after, report.ops_after = len(out.graph.node), _op_counts(out)
+    if verify:
+        report.verification = compare(model, out, tolerance)
+        if not report.verification.passed:
+            raise OnnxVerificationError(f"{src}: verification failed ({report.verification}); nothing written", report)
+    if dst is not None:
+        save_onnx(out, dst)
+    return report
+
+
+__all__ = ["OnnxReport", "OnnxStem", "OnnxSurgeryError", "OnnxVerification", "OnnxVerificationError",
+           "convert_onnx", "find_stems", "fold", "inspect_onnx"]  # fmt: skip

@@ -1,0 +1,366 @@
+"""Find space-to-depth chains feeding a ``Conv`` in an ONNX graph and read their block size and channel order.
+
+Three families, each identified from the graph's own numbers (never from node names):
+
+* ``slices``: a ``Concat`` on the channel axis of ``bs*bs`` branches, each a chain of strided ``Slice`` nodes
+  (one Slice over both spatial axes, or one per axis, shared between branches or not) reading the same tensor.
+  Branch ``k`` holds pixel phase ``(dy, dx)`` = the slice starts, step ``bs``; the order is the channel-layout of
+  ``orders.py`` whose ``ch(0, dy, dx)`` equals ``k`` (YOLOv5 / YOLOX Focus, yolov7 ReOrg: ``yolov5``).
+* ``SpaceToDepth``: the ONNX op (DCR, channel order ``timm``), block size from its attribute.
+* ``reshape-transpose``: ``Reshape`` to ``(N, C, H/bs, bs, W/bs, bs)``, ``Transpose``, ``Reshape`` back to 4-D (with
+  ``Squeeze``/``Unsqueeze`` steps in some exports), as torch exports ``PixelUnshuffle``, timm's ``SpaceToDepth``
+  and ours (the inverse of ``DepthToSpace`` DCR / CRD); the order is the one whose
+  ``SpaceToDepth(bs, order).permutation`` equals the Transpose's ``perm``.
+
+Anything else that looks like one (a strided Slice or a 6-D Transpose before a Conv) is reported with the reason
+it was left alone. ``probe.py`` then proves each match by running the chain on an index tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..layers import SpaceToDepth
+from ..orders import CHANNEL_LAYOUT, channel_index
+
+LAYOUT_OPS = ("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze")
+_DATA_INPUTS = {"Slice": 1, "Reshape": 1, "Transpose": 1, "SpaceToDepth": 1, "Squeeze": 1, "Unsqueeze": 1}  # Concat: every input is data
+_OPEN_END = 2**31 - 1  # torch exports "to the end" as INT64_MAX; anything this large reads to the end
+
+
+@dataclass
+class OnnxStem:
+    """One space-to-depth chain feeding a Conv.
+
+    Attributes:
+        conv (str): Name of the Conv node (its output name when unnamed).
+        root (str): The tensor the chain reads (N, C, H, W).
+        family (str): ``slices``, ``SpaceToDepth`` or ``reshape-transpose``.
+        nodes (list[int]): Indices of the chain's nodes in ``graph.node`` (the Conv excluded).
+        block_size (int | None): Identified block size, None when unknown.
+        order (str | None): Identified channel order, None when unknown.
+        reason (str | None): Why the chain is left unchanged; None when it converts.
+        ops (dict[str, int]): Node count per op type in the chain.
+        conv_index (int): Index of the Conv in ``graph.node``.
+        conv_input (str): The tensor the Conv reads (the chain's output).
+    """
+
+    conv: str
+    root: str
+    family: str
+    nodes: list[int]
+    block_size: int | None = None
+    order: str | None = None
+    reason: str | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+    conv_index: int = -1
+    conv_input: str = ""
+
+    @property
+    def convertible(self) -> bool:
+        return self.reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("conv", "root", "family", "block_size", "order", "reason", "ops")
+        return {k: getattr(self, k) for k in keys}
+
+
+class GraphIndex:
+    """Producers, consumers and constant values of one graph (outer-scope uses by subgraphs count as consumers)."""
+
+    def __init__(self, graph):
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for index, node in enumerate(graph.node):
+            for name in node.output:
+                self.producer[name] = index
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(index)
+            for name in _subgraph_inputs(node):
+                self.consumers.setdefault(name, []).append(-1)  # used inside an If/Loop/Scan body
+        self.outputs = {o.name for o in graph.output}
+        self.inputs = {i.name for i in graph.input}
+        self.initializers = {t.name: t for t in graph.initializer}
+        self._numpy_helper = numpy_helper
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or a Constant node's output, else None (computed at run time)."""
+        if name in self.initializers and name not in self.inputs:
+            return self._numpy_helper.to_array(self.initializers[name])
+        index = self.producer.get(name)
+        if index is None or self.graph.node[index].op_type != "Constant":
+            return None
+        from onnx import helper
+
+        for attr in self.graph.node[index].attribute:
+            value = helper.get_attribute_value(attr)
+            if attr.name == "value":
+                return self._numpy_helper.to_array(value)
+            if attr.name in ("value_int", "value_ints", "value_float", "value_floats"):
+                return np.asarray(value)
+        return None
+
+    def node_name(self, index: int) -> str:
+        node = self.graph.node[index]
+        return node.name or node.output[0]
+
+
+def _subgraph_inputs(node) -> set[str]:
+    """Names a node's subgraphs read (they may come from the outer graph)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for sub in graphs:
+            for inner in sub.node:
+                names.update(inner.input)
+                names.update(_subgraph_inputs(inner))
+    return names
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str]]:
+    """Layout nodes on the data path that computes ``tensor``, and the tensors that path starts from."""
+    nodes: list[int] = []
+    roots: set[str] = set()
+    stack = [tensor]
+    while stack:
+        name = stack.pop()
+        producer = index.producer.get(name)
+        node = index.graph.node[producer] if producer is not None else None
+        if node is None or node.op_type not in LAYOUT_OPS or node.domain not in ("", "ai.onnx"):
+            roots.add(name)
+            continue
+        if producer in nodes:
+            continue
+        nodes.append(producer)
+        count = _DATA_INPUTS.get(node.op_type, len(node.input))
+        stack.extend(node.input[:count])
+    return sorted(nodes), roots
+
+
+def _looks_like_s2d(index: GraphIndex, nodes: list[int]) -> bool:
+    """A strided Slice, a SpaceToDepth or a 6-D Transpose: worth identifying (or reporting)."""
+    for i in nodes:
+        node = index.graph.node[i]
+        if node.op_type == "SpaceToDepth":
+            return True
+        if node.op_type == "Transpose" and len(_attr(node, "perm", [])) == 6:
+            return True
+        if node.op_type == "Slice" and len(node.input) > 4:
+            steps = index.const(node.input[4])
+            if steps is None or np.any(np.abs(steps) > 1):
+                return True
+    return False
+
+
+def _exclusive(index: GraphIndex, nodes: list[int], conv: int) -> str | None:
+    """None if every tensor the chain makes is read only by the chain (and the Conv), else the reason."""
+    inside = set(nodes) | {conv}
+    for i in nodes:
+        for name in index.graph.node[i].output:
+            if name in index.outputs:
+                return f"{name!r} (made by {index.node_name(i)}) is also a graph output"
+            others = [c for c in index.consumers.get(name, []) if c not in inside]
+            if others:
+                who = "a subgraph" if others[0] < 0 else index.node_name(others[0])
+                return f"{name!r} (made by {index.node_name(i)}) also feeds {who}"
+    return None
+
+
+def _slice_phase(index: GraphIndex, node, dims: list | None, rank: int = 4) -> dict[int, tuple[int, int]] | str:
+    """{axis: (start, step)} of one Slice that keeps whole axes except strided spatial ones, else the reason.
+
+    ``dims`` are the sliced image's (int when static): an end at or past a static size also reads to the end.
+    """
+    if len(node.input) < 3:
+        return "Slice with attributes (opset < 10) cannot stride"
+    starts, ends = index.const(node.input[1]), index.const(node.input[2])
+    axes = index.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    steps = index.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None) or (
+        len(node.input) > 4 and node.input[4] and steps is None
+    ):
+        return "slice starts/ends/axes/steps are computed at run time"
+    axes = axes if axes is not None else np.arange(len(starts))
+    steps = steps if steps is not None else np.ones(len(starts), dtype=np.int64)
+    out: dict[int, tuple[int, int]] = {}
+    for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes.tolist(), steps.tolist()):
+        axis = axis + rank if axis < 0 else axis
+        size = dims[axis] if dims and len(dims) == rank and 0 <= axis < rank and isinstance(dims[axis], int) else None
+        if (end < _OPEN_END and (size is None or end < size)) or start < 0 or step < 1:
+            return f"slice on axis {axis} is not start::step to the end (start {start}, end {end}, step {step})"
+        if step == 1 and start == 0:
+            continue  # a whole axis: no-op
+        if axis not in (2, 3) or start >= step:
+            return f"slice [{start}::{step}] on axis {axis} is not a pixel phase of a spatial axis"
+        if axis in out:
+            return f"axis {axis} sliced twice"
+        out[axis] = (start, step)
+    return out
+
+
+def _identify_slices(index: GraphIndex, conv_input: str, root: str, dims: list | None) -> tuple[int, str] | str:
+    """(block size, order) of a Concat of strided-Slice branches, else the reason it is not a space-to-depth."""
+    last = index.graph.node[index.producer[conv_input]]
+    if last.op_type != "Concat":
+        return f"the chain ends in {last.op_type}, not a Concat of slices"
+    if _attr(last, "axis") not in (1, -3):
+        return f"Concat on axis {_attr(last, 'axis')}, not the channel axis"
+    phases: list[tuple[int, int]] = []
+    steps: set[int] = set()
+    for branch in last.input:
+        merged: dict[int, tuple[int, int]] = {}
+        name = branch
+        while name != root:
+            node = index.graph.node[index.producer[name]] if name in index.producer else None
+            if node is None or node.op_type != "Slice":
+                return f"Concat input {branch!r} is not a chain of Slices of {root!r}"
+            phase = _slice_phase(index, node, dims)
+            if isinstance(phase, str):
+                return phase
+            for axis, value in phase.items():
+                if axis in merged:
+                    return f"axis {axis} sliced twice in branch {branch!r}"
+                merged[axis] = value
+            name = node.input[0]
+        if set(merged) != {2, 3}:
+            return f"branch {branch!r} does not stride both spatial axes"
+        steps.update(step for _, step in merged.values())
+        phases.append((merged[2][0], merged[3][0]))
+    if len(steps) != 1:
+        return f"slice steps differ ({sorted(steps)}): no single block size"
+    bs = steps.pop()
+    if sorted(phases) != [(dy, dx) for dy in range(bs) for dx in range(bs)]:
+        return f"{len(phases)} branches with phases {phases}: not each of the {bs}x{bs} pixel phases once"
+    # channels of a Concat of phase blocks: ch = k*C + c, so only layouts whose fastest axis is "c" can match
+    for order, layout in CHANNEL_LAYOUT.items():
+        if layout[-1] == "c" and all(channel_index(0, dy, dx, 1, bs, order) == k for k, (dy, dx) in enumerate(phases)):
+            return bs, order
+    return f"phase order {phases} is none of the space-to-depth orders ({', '.join(CHANNEL_LAYOUT)})"
+
+
+def _identify_reshape_transpose(index: GraphIndex, nodes: list[int], conv_input: str, root: str,
+                                channels_after: int, channels_before: int | None) -> tuple[int, str] | str:  # fmt: skip
+    """(block size, order) of a linear Reshape/Squeeze/Unsqueeze chain around one 6-D Transpose, else the reason.
+
+    The Transpose must permute ``(N, C, H/bs, bs, W/bs, bs)`` the way ``SpaceToDepth(bs, order)`` does; the reshapes
+    around it are proven by ``probe.py`` (dynamic exports compute them from ``Shape``).
+    """
+    chain, name = [], conv_input
+    while name != root:
+        node = index.graph.node[index.producer[name]] if name in index.producer else None
+        if node is None or node.op_type not in ("Reshape", "Transpose", "Squeeze", "Unsqueeze"):
+            return f"layout chain holds {node.op_type if node is not None else name!r}, not only reshapes and one Transpose"
+        chain.append(node)
+        name = node.input[0]
+    transposes = [i for i, node in enumerate(chain) if node.op_type == "Transpose"]
+    if len(transposes) != 1 or len(chain) != len(nodes):
+        return "not one Transpose between reshapes on a single path"
+    perm = list(_attr(chain[transposes[0]], "perm", []))
+    before = chain[transposes[0] + 1] if transposes[0] + 1 < len(chain) else None
+    shape = index.const(before.input[1]) if before is not None and before.op_type == "Reshape" else None
+    if channels_before:
+        bs = int(round((channels_after / channels_before) ** 0.5))
+    elif shape is not None and len(shape) == 6 and shape[3] == shape[5]:
+        bs = int(shape[3])
+    else:
+        return "block size unknown: the input's channel count is unknown and the 6-D Reshape is computed"
+    if bs < 2 or (channels_before and bs * bs * channels_before != channels_after):
+        return f"Conv reads {channels_after} channels, not {channels_before} x a square block"
+    for order in CHANNEL_LAYOUT:
+        if SpaceToDepth(bs, order).permutation == perm:
+            return bs, order
+    return f"Transpose perm {perm} is none of the space-to-depth orders ({', '.join(CHANNEL_LAYOUT)})"
+
+
+def _conv_reason(index: GraphIndex, conv) -> str | None:
+    """None if the Conv can absorb a space-to-depth exactly (GUIDE section 1), else why not."""
+    if len(conv.input) < 2 or conv.input[1] not in index.initializers or conv.input[1] in index.inputs:
+        return "the Conv's weight is not a constant initializer"
+    if len(conv.input) > 2 and conv.input[2] and index.const(conv.input[2]) is None:
+        return "the Conv's bias is not a constant"
+    weight = index.initializers[conv.input[1]]
+    if len(weight.dims) != 4:
+        return f"{len(weight.dims) - 2}-D Conv, not 2-D"
+    if _attr(conv, "group", 1) != 1:
+        return f"grouped Conv (group={_attr(conv, 'group')}) is not equivalent to one strided conv"
+    if any(d != 1 for d in _attr(conv, "dilations", [1, 1])):
+        return f"dilated Conv ({list(_attr(conv, 'dilations'))}) is not equivalent to one strided conv"
+    auto_pad = _attr(conv, "auto_pad", b"NOTSET")
+    if auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+        return f"Conv auto_pad={auto_pad!r}: padding depends on the input size"
+    return None
+
+
+def _root_channels(shapes: dict[str, list], root: str) -> int | None:
+    dims = shapes.get(root)
+    return dims[1] if dims and len(dims) == 4 and isinstance(dims[1], int) else None
+
+
+def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
+    """Every space-to-depth-like chain feeding a Conv in ``model.graph``, identified or with the reason it is not.
+
+    Args:
+        model (onnx.ModelProto): The model (not modified).
+        shapes (dict[str, list] | None): Tensor name -> dims (int or symbolic str), e.g. from shape inference.
+
+    Returns:
+        (list[OnnxStem]): In graph order; ``stem.convertible`` tells which ones ``rewrite`` replaces.
+    """
+    graph = model.graph
+    index = GraphIndex(graph)
+    shapes = shapes or {}
+    stems = []
+    for conv_index, conv in enumerate(graph.node):
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or not conv.input:
+            continue
+        nodes, roots = _walk_chain(index, conv.input[0])
+        if not nodes or not _looks_like_s2d(index, nodes):
+            continue
+        ops: dict[str, int] = {}
+        for i in nodes:
+            ops[graph.node[i].op_type] = ops.get(graph.node[i].op_type, 0) + 1
+        family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
+        stem = OnnxStem(index.node_name(conv_index), sorted(roots)[0], family, nodes, ops=ops,
+                        conv_index=conv_index, conv_input=conv.input[0])  # fmt: skip
+        stem.reason = _identify(index, stem, roots, conv, shapes)
+        stems.append(stem)
+    return stems
+
+
+def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: dict[str, list]) -> str | None:
+    """Fill ``stem.block_size`` / ``stem.order``; return the reason it cannot convert, or None."""
+    if len(roots) != 1:
+        return f"the chain reads {len(roots)} tensors ({', '.join(sorted(roots))}), not one image"
+    reason = _exclusive(index, stem.nodes, stem.conv_index) or _conv_reason(index, conv)
+    if reason:
+        return reason
+    channels_after = int(index.initializers[conv.input[1]].dims[1])
+    if stem.family == "slices":
+        found = _identify_slices(index, stem.conv_input, stem.root, shapes.get(stem.root))
+    elif stem.family == "SpaceToDepth":
+        node = index.graph.node[stem.nodes[0]]
+        found = (int(_attr(node, "blocksize")), "timm") if len(stem.nodes) == 1 else "SpaceToDepth with other layout ops"
+    else:
+        found = _identify_reshape_transpose(index, stem.nodes, stem.conv_input, stem.root, channels_after,
+                                            _root_channels(shapes, stem.root))  # fmt: skip
+    if isinstance(found, str):
+        return found
+    stem.block_size, stem.order = found
+    if channels_after % (stem.block_size**2):
+        return f"Conv reads {channels_after} channels, not a multiple of block_size**2 = {stem.block_size**2}"
+    return None
