@@ -29,28 +29,84 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(result, default=str) if as_json else text)
 
 
-def _stem_module(state_dict: dict[str, torch.Tensor], block_size: int, order: str) -> torch.nn.Module:
-    """The stem conv of a state dict as a module (Focus: space-to-depth + same-padded conv; else strided conv)."""
-    from .layers import SpaceToDepth
-
-    stem = find_stem(state_dict, block_size=block_size)
-    weight = state_dict[stem.weight_key]
-    out_ch, in_ch, kh, kw = weight.shape
-    if stem.form == "focus":
-        conv = torch.nn.Conv2d(in_ch, out_ch, (kh, kw), 1, (kh // 2, kw // 2), bias=False)
-        module = torch.nn.Sequential(SpaceToDepth(block_size, order), conv)
-    else:
-        k_h, k_w = kh // block_size, kw // block_size
-        conv = torch.nn.Conv2d(in_ch, out_ch, (kh, kw), block_size, (block_size * (k_h // 2), block_size * (k_w // 2)), bias=False)
-        module = conv
-    conv.weight.data.copy_(weight.float())
-    return module
+# GUIDE section 1's channel table written out: the state-dict check runs the Focus stem by this definition, not by
+# ``orders.CHANNEL_LAYOUT`` (which the conversion uses), so a wrong table or remap cannot agree with itself.
+_CHANNEL_BY_DEFINITION: dict[str, Callable[[int, int, int, int, int], int]] = {
+    "yolov5": lambda c, dy, dx, channels, bs: (dx * bs + dy) * channels + c,
+    "timm": lambda c, dy, dx, channels, bs: (dy * bs + dx) * channels + c,
+    "pixel_unshuffle": lambda c, dy, dx, channels, bs: c * bs * bs + dy * bs + dx,
+}
 
 
-def _verify_state_dict_stems(a: dict, b: dict, block_size: int, order: str) -> VerificationReport:
-    """Run the stems of two state dicts on the same random input in float64."""
-    shape = (2, 3, 8 * block_size, 12 * block_size)
-    return verify(_stem_module(a, block_size, order), _stem_module(b, block_size, order), input_shape=shape)
+class _StateDictStem(torch.nn.Module):
+    """A state dict's stem run as it computes: Focus form = space-to-depth (by definition) + stride-1 conv with
+    padding k // 2; conv form = one conv of stride ``bs`` and padding ``bs * (k // bs // 2)``; then its BatchNorm.
+
+    Shapes:
+        Input (N, C, H, W) with H, W divisible by ``bs``; output (N, O, H / bs, W / bs).
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], stem, block_size: int, order: str):
+        super().__init__()
+        inner = f"{stem.prefix}.conv" if stem.form == "focus" else stem.prefix  # holds .conv.* and .bn.*
+        self.focus, self.bs, self.order = stem.form == "focus", block_size, order
+        weight = state_dict[stem.weight_key]
+        self.weight = torch.nn.Parameter(weight.detach().clone())
+        bias = state_dict.get(f"{inner}.conv.bias")
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone())
+        self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if k.startswith(f"{inner}.bn."))
+        self.bn = None
+        if self.bn_keys:
+            self.bn = torch.nn.BatchNorm2d(weight.shape[0])
+            self.bn.load_state_dict({k: state_dict[f"{inner}.bn.{k}"] for k in self.bn_keys}, strict=False)
+        kh, kw = weight.shape[-2:] if self.focus else (weight.shape[-2] // block_size, weight.shape[-1] // block_size)
+        self.stride = 1 if self.focus else block_size
+        self.padding = (kh // 2, kw // 2) if self.focus else (block_size * (kh // 2), block_size * (kw // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.focus:
+            n, c, h, w = x.shape
+            bs, channel = self.bs, _CHANNEL_BY_DEFINITION[self.order]
+            y = x.new_empty(n, c * bs * bs, h // bs, w // bs)
+            for ci in range(c):
+                for dy in range(bs):
+                    for dx in range(bs):
+                        y[:, channel(ci, dy, dx, c, bs)] = x[:, ci, dy::bs, dx::bs]
+            x = y
+        x = torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return self.bn(x) if self.bn is not None else x
+
+
+def _verify_state_dict_stems(before: dict, after: dict, block_size: int, order: str) -> VerificationReport:
+    """Run the original stem and the converted one (conv + BatchNorm) on the same random input in float64.
+
+    Tensors outside the stem must be passed through unchanged and the BatchNorm must be the same set of entries;
+    a report with ``passed=False`` and a ``problem`` says otherwise.
+    """
+    from .orders import check_order
+
+    check_order(order)
+    stems = [find_stem(sd, block_size=block_size) for sd in (before, after)]
+    if None in stems:
+        return VerificationReport(float("inf"), float("inf"), float("nan"), DEFAULT_TOLERANCE, False, 0, [], "float64",
+                                  "the converted state dict has no recognisable stem")
+    reference, candidate = (_StateDictStem(sd, s, block_size, order) for sd, s in zip((before, after), stems))
+    in_channels = stems[0].shape[1] // (block_size**2 if stems[0].form == "focus" else 1)
+    shape = (2, in_channels, 8 * block_size, 12 * block_size)
+    report = verify(reference, candidate, input_shape=shape)
+    stem_keys = [_stem_entries(sd, s) for sd, s in zip((before, after), stems)]
+    rest = [{k: v for k, v in sd.items() if k not in keys} for sd, keys in zip((before, after), stem_keys)]
+    changed = sorted(set(rest[0]) ^ set(rest[1])) or [k for k in rest[0] if not torch.equal(rest[0][k], rest[1][k])]
+    problem = (f"BatchNorm entries differ: {reference.bn_keys} -> {candidate.bn_keys}" if reference.bn_keys != candidate.bn_keys
+               else f"tensors outside the stem changed (e.g. {changed[:3]})" if changed else "")
+    if problem:
+        report.passed, report.problem = False, problem
+    return report
+
+
+def _stem_entries(state_dict: dict, stem) -> set[str]:
+    inner = f"{stem.prefix}.conv" if stem.form == "focus" else stem.prefix
+    return {k for k in state_dict if k.startswith((f"{inner}.conv.", f"{inner}.bn."))}
 
 
 def _check_state_dict_stems(before: dict, after: dict, args, report: dict[str, Any]) -> float | None:
@@ -59,7 +115,10 @@ def _check_state_dict_stems(before: dict, after: dict, args, report: dict[str, A
         return None
     check = _verify_state_dict_stems(before, after, args.block_size, args.order)
     report["verification"] = check.to_dict()
-    report["assumes"] = "a state dict has no geometry: both stems are run with same padding (k // 2)"
+    report["assumes"] = (
+        "a state dict has no geometry: the Focus stem is run with --order and same padding (k // 2); a wrong "
+        "--order cannot be seen from the weights"
+    )
     if not check.passed:
         raise VerificationFailed(f"{args.src}: verification failed ({check}); {args.dst} not written")
     return check.max_abs_err
