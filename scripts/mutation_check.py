@@ -82,7 +82,8 @@ MUTANTS = [
            "    if not check.passed:\n        raise VerificationFailed(f\"{args.src}: verification failed",
            "    if False:\n        raise VerificationFailed(f\"{args.src}: verification failed", STATE_DICT),
     Mutant("convert --verify ignores tensors outside the stem", "focus_surgery/cli.py",
-           "changed = sorted(set(rest[0]) ^ set(rest[1])) or", "changed = [] or", STATE_DICT),
+           "changed = sorted(set(rest[0]) ^ set(rest[1])) or [k for k in rest[0] if not torch.equal(rest[0][k], rest[1][k])]",
+           "changed = []", STATE_DICT),
     # atomic writes
     Mutant("atomic write leaves its temporary file on failure", "focus_surgery/checkpoint_io.py",
            "        Path(tmp).unlink(missing_ok=True)\n        raise", "        raise", STATE_DICT),
