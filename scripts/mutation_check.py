@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/mutation_check.py              # every mutant (about 10 minutes on 2 cores)
     .venv/bin/python scripts/mutation_check.py --list       # the mutants and the tests each runs
-    .venv/bin/python scripts/mutation_check.py --only order # mutants whose name contains "order"
+    .venv/bin/python scripts/mutation_check.py --only order,pad  # mutants whose name contains "order" or "pad"
     .venv/bin/python scripts/mutation_check.py --loader     # also the loader's mutants (LOADER_MUTANTS below)
 
 The repository is copied once into a temporary folder; each mutant edits one file of that copy (an exact snippet
@@ -172,13 +172,13 @@ def check(mutants: list[Mutant], timeout: int) -> list[tuple[Mutant, str, str, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="run the mutants whose name contains this text")
+    parser.add_argument("--only", help="run the mutants whose name contains one of these texts (comma-separated)")
     parser.add_argument("--loader", action="store_true", help="also the loader's mutants (LOADER_MUTANTS)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per mutant (default 600)")
     args = parser.parse_args(argv)
     mutants = MUTANTS + (LOADER_MUTANTS if args.loader else [])
-    mutants = [m for m in mutants if not args.only or args.only in m.name]
+    mutants = [m for m in mutants if not args.only or any(t in m.name for t in args.only.split(","))]
     if args.list:
         for m in mutants:
             print(f"{m.name}: {m.path} -> {' '.join(m.tests)}")

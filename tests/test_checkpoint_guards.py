@@ -84,12 +84,12 @@ def assert_refused(path: Path, capsys, *needles: str) -> None:
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     message = str(info.value)
-    assert str(path) in message and all(n in message for n in needles), message
+    assert str(path) in message and all(n in message.replace(str(path), "") for n in needles), message
     for command in (["inspect", str(path)], ["convert", str(path), str(path.with_name("never.pt"))]):
         capsys.readouterr()
         assert main(command) == 2
         err = capsys.readouterr().err
-        assert len(err.strip().splitlines()) == 1 and all(n in err for n in needles), err
+        assert len(err.strip().splitlines()) == 1 and all(n in err.replace(str(path), "") for n in needles), err
     assert not path.with_name("never.pt").exists()
 
 
@@ -156,4 +156,4 @@ def test_truncated_legacy_storage_is_refused(tmp_path, capsys):
     assert torch.equal(load_checkpoint(whole).content["w"], torch.arange(64.0))
     path = tmp_path / "cut.pt"
     path.write_bytes(whole.read_bytes()[:-100])
-    assert_refused(path, capsys, "truncated")
+    assert_refused(path, capsys, "truncated or corrupt storage")
