@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint_io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .state_dict import convert_state_dict, find_stem
+from .state_dict import StemKeys, convert_state_dict, find_stem
 from .surgery import ConversionError, VerificationError, convert, iter_stems
 from .verify import DEFAULT_TOLERANCE, VerificationReport, verify
 
@@ -46,9 +46,9 @@ class _StateDictStem(torch.nn.Module):
         Input (N, C, H, W) with H, W divisible by ``bs``; output (N, O, H / bs, W / bs).
     """
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], stem, block_size: int, order: str):
+    def __init__(self, state_dict: dict[str, torch.Tensor], stem: StemKeys, block_size: int, order: str):
         super().__init__()
-        inner = f"{stem.prefix}.conv" if stem.form == "focus" else stem.prefix  # holds .conv.* and .bn.*
+        inner = _inner_prefix(stem)
         self.focus, self.bs, self.order = stem.form == "focus", block_size, order
         weight = state_dict[stem.weight_key]
         self.weight = torch.nn.Parameter(weight.detach().clone())
@@ -104,8 +104,13 @@ def _verify_state_dict_stems(before: dict, after: dict, block_size: int, order: 
     return report
 
 
-def _stem_entries(state_dict: dict, stem) -> set[str]:
-    inner = f"{stem.prefix}.conv" if stem.form == "focus" else stem.prefix
+def _inner_prefix(stem: StemKeys) -> str:
+    """Where the stem's ``conv.*`` and ``bn.*`` entries live: ``P.conv`` in the Focus form, ``P`` in the conv form."""
+    return f"{stem.prefix}.conv" if stem.form == "focus" else stem.prefix
+
+
+def _stem_entries(state_dict: dict, stem: StemKeys) -> set[str]:
+    inner = _inner_prefix(stem)
     return {k for k in state_dict if k.startswith((f"{inner}.conv.", f"{inner}.bn."))}
 
 

@@ -64,13 +64,8 @@ def test_given_inputs_are_used():
         fs.verify(model, model, inputs=torch.rand(1, 3, 15, 8))
 
 
-class Pair(nn.Module):
+class Pair(Nested):
     """Two outputs; only the second one depends on ``scale``."""
-
-    def __init__(self, scale=1.0):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, 1, 1)
-        self.scale = scale
 
     def forward(self, x):
         y = self.conv(x)
