@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import sys
 import types
 from pathlib import Path
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "yolov5-legacy"
-SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "yolov5-legacy"
+SHARED_FIXTURES = Path(  # the project's full set, beside the checkout unless the variable says where
+    os.environ.get("FOCUS_SURGERY_SHARED_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "yolov5-legacy"
+)
 MODELS = {
     "v2.0": FIXTURES / "yolov5s-v2.0-d0.33-w0.125-nc3-seed104-fp16.pt",
     "v4.0": FIXTURES / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt",

@@ -192,3 +192,15 @@ def test_verification_input_suits_both_models():
 def test_a_model_that_is_itself_the_stem_is_reported():
     report = fs.convert(fs.Focus(3, 8, 3), to="conv")
     assert not report.replaced and "wrap it" in report.skipped[0].reason
+
+
+@pytest.mark.parametrize("order", fs.ORDERS)
+def test_space_to_depth_then_strided_conv_with_other_padding_per_axis_folds(order):
+    """Inner stride 2 and padding (1, 2): the folded conv keeps height and width padding apart (6x10/4, pad (2, 4))."""
+    model = nn.Sequential(fs.SpaceToDepth(2, order), nn.Conv2d(12, 8, (3, 5), stride=2, padding=(1, 2)), nn.BatchNorm2d(8))
+    reference = copy.deepcopy(randomize_batchnorm(model, seed=4).eval())
+    report = fs.convert(model, to="conv", input_shape=(2, 3, 32, 48))
+    conv = model[1]
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((6, 10), (4, 4), (2, 4)) and report.verification.passed
+    final = fs.verify(reference, model, input_shape=(1, 3, 64, 40))
+    assert final.passed and final.max_rel_err <= 1e-10, final

@@ -11,9 +11,8 @@ from torch import nn
 import focus_surgery as fs
 from focus_surgery.orders import ORDERS
 
-timm = pytest.importorskip("timm")
-timm_check = pytest.importorskip("focus_surgery.integrations.timm_check")
-timm_convs = pytest.importorskip("focus_surgery.integrations.timm_convs")
+timm = pytest.importorskip("timm")  # optional third-party package: skip without it
+from focus_surgery.integrations import timm_check, timm_convs  # noqa: E402  ours: an import error fails
 
 TOLERANCE = 1e-10  # max abs error relative to the output scale, float64
 # (architecture, stem path, expected form after the first conversion); the big ones are marked slow.

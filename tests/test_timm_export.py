@@ -10,9 +10,9 @@ from torch import nn
 
 import focus_surgery as fs
 
-timm = pytest.importorskip("timm")
-pytest.importorskip("focus_surgery.integrations.timm")
+timm = pytest.importorskip("timm")  # optional third-party packages: skip without them
 ort = pytest.importorskip("onnxruntime")
+import focus_surgery.integrations.timm  # noqa: E402, F401  ours: an import error fails
 
 
 def _mobilenet_all_s2d():

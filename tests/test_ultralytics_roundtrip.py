@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from _stem_check import TOLERANCE, relative_errors
 
-pytest.importorskip("ultralytics")
+pytest.importorskip("ultralytics")  # optional third-party packages
 pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,12 @@ x = torch.from_numpy(np.load(out + "/input.npy"))
 with torch.no_grad():
     y = model(x)[0].numpy()
 np.save(out + "/torch.npy", y)
+model64, seen = copy.deepcopy(model).double(), []  # float64: the stem's feature map and every raw output
+model64.model[0].register_forward_hook(lambda module, args, output: seen.append(output))
+def flat(o):
+    return [o] if isinstance(o, torch.Tensor) else [t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
+with torch.no_grad():
+    np.savez(out + "/float64.npz", *[t.numpy() for t in [*seen[:1], *flat(model64(x.double()))]])
 from ultralytics.nn.tasks import DetectionModel  # what Ultralytics does to train the checkpoint again
 rebuilt = DetectionModel(copy.deepcopy(model.yaml), nc=model.nc, verbose=False).eval()
 rebuilt.load_state_dict(model.state_dict(), strict=True)
@@ -126,6 +134,8 @@ def round_trip(tmp_path_factory):
         result = _run(["-c", DEPLOY, str(weights), str(image), str(out), mode])
         reports[name] = json.loads(result.stdout.strip().splitlines()[-1])
         reports[name]["torch"] = np.load(out / "torch.npy")
+        with np.load(out / "float64.npz") as arrays:
+            reports[name]["float64"] = [torch.from_numpy(arrays[f"arr_{i}"]) for i in range(len(arrays.files))]
     return {"cli": json.loads(cli.stdout), **reports}
 
 
@@ -147,6 +157,10 @@ def test_plain_ultralytics_loads_the_converted_model_and_predicts_the_same(round
     error = float(np.abs(converted["torch"] - trained["torch"]).max())
     print(f"converted vs trained (float32 torch): max_abs_err={error:.3e}, output scale {scale:.1f}")
     assert error <= 1e-4 * max(1.0, scale), f"converted model differs by {error:.3e} (scale {scale:.1f})"
+    # what sees the stem: its feature map and every raw output in float64, each relative to its own scale
+    errors = relative_errors(trained["float64"], converted["float64"])
+    print(f"float64 relative errors: stem map {errors[0]:.1e}, raw outputs up to {max(errors[1:]):.1e}")
+    assert len(errors) > 2 and max(errors) <= TOLERANCE, errors
     assert converted["rebuilt_error"] == 0.0  # model.yaml follows the surgery: plain Ultralytics can train it again
     boxes_a, boxes_b = np.array(trained["boxes"]), np.array(converted["boxes"])
     assert boxes_a.shape == boxes_b.shape and boxes_a.shape[0] > 0

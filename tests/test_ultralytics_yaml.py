@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _stem_check import assert_same_stem
 from torch import nn
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-ultralytics = pytest.importorskip("ultralytics")
+ultralytics = pytest.importorskip("ultralytics")  # optional third-party package
 
 import focus_surgery as fs  # noqa: E402
 from focus_surgery.demo import randomize_batchnorm  # noqa: E402
@@ -195,13 +196,11 @@ def test_focus_config_converts_into_the_v6_config(config_models):
     """The two YOLOv5 configs are one model: the converted Focus model's weights load strictly into the v6 one."""
     focus = randomize_batchnorm(copy.deepcopy(config_models["yolov5-focus.yaml"].model), seed=2).eval()
     v6 = copy.deepcopy(config_models["yolov5-v6stem.yaml"].model).eval()
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        expected = focus(x)[0]
-        fs.convert(focus, to="conv", verify=False)  # the outputs below are the check
-        v6.load_state_dict(focus.state_dict(), strict=True)
-        assert v6.model[0].conv.weight.shape == (16, 3, 6, 6)
-        torch.testing.assert_close(v6(x)[0], expected, rtol=1e-4, atol=1e-4)
+    original = copy.deepcopy(focus)
+    fs.convert(focus, to="conv", verify=False)  # the check below is the verification
+    v6.load_state_dict(focus.state_dict(), strict=True)
+    assert v6.model[0].conv.weight.shape == (16, 3, 6, 6)
+    assert_same_stem(original, v6, torch.rand(2, 3, 64, 96))  # stem map and raw outputs, float64, each to 1e-10
 
 
 def test_scale_letters_scale_our_rows_like_ultralytics_conv(tmp_path):
@@ -295,16 +294,18 @@ def test_fuse_and_pickle_round_trip(tmp_path):
         restored = torch.load(io.BytesIO(_saved(model)), weights_only=False)  # Ultralytics pickles whole models
         assert type(restored.model[0]) is fs.Focus and restored.model[0].yaml_row.startswith("YAML row 0")
         assert torch.equal(restored(x)[0], before)
-        fused = copy.deepcopy(model).fuse(verbose=False)
-        inner = [fused.model[0].conv, fused.model[4].conv, fused.model[5].conv]
-        assert all(not hasattr(m, "bn") and m.conv.bias is not None for m in inner)  # BatchNorm folded
-        torch.testing.assert_close(fused(x)[0], before, rtol=1e-4, atol=1e-4)
+    fused = copy.deepcopy(model).double().fuse(verbose=False)  # folded in float64: exact to round-off
+    inner = [fused.model[0].conv, fused.model[4].conv, fused.model[5].conv]
+    assert all(not hasattr(m, "bn") and m.conv.bias is not None for m in inner)  # BatchNorm folded
+    assert_same_stem(model, fused, x)
     saved = tmp_path / "mixed.pt"
     yolo.save(saved)
-    again = _yolo(saved)
-    assert type(again.model.model[4]) is fs.SPDConv
-    with torch.no_grad():
-        torch.testing.assert_close(again.model.float().eval()(x)[0], before, rtol=1e-3, atol=1e-3)  # saved in fp16
+    again = _yolo(saved).model.float()
+    assert type(again.model[4]) is fs.SPDConv
+    in_fp16 = copy.deepcopy(model).half()  # Ultralytics saves in fp16: the same values, exactly
+    assert again.state_dict().keys() == in_fp16.state_dict().keys()
+    assert all(torch.equal(t.float(), again.state_dict()[k]) for k, t in in_fp16.state_dict().items())
+    assert_same_stem(in_fp16, again, x)
 
 
 def _saved(model: nn.Module) -> bytes:

@@ -62,3 +62,18 @@ def test_given_inputs_are_used():
     assert report.input_shapes == [[3, 3, 16, 8]]
     with pytest.raises(ValueError, match="divisible"):
         fs.verify(model, model, inputs=torch.rand(1, 3, 15, 8))
+
+
+class Pair(Nested):
+    """Two outputs; only the second one depends on ``scale``."""
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, y * self.scale
+
+
+def test_every_output_is_compared_not_only_the_first():
+    a, b = Pair(), Pair(scale=1 + 1e-6)
+    b.load_state_dict(a.state_dict())
+    report = fs.verify(a, b, input_shape=(1, 3, 8, 8))
+    assert report.num_outputs == 2 and not report.passed and report.max_abs_err > 0

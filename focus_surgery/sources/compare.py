@@ -2,38 +2,81 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..layers import SpaceToDepth
-from ..state_dict import convert_state_dict, find_stem
+from ..orders import check_order
+from ..state_dict import StemKeys, convert_state_dict, find_stem
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
 
-STEM_ASSUMES = "a state dict has no geometry: both stems are run with same padding (k // 2) and the given order ({})"
+STEM_ASSUMES = ("a state dict has no geometry: both stems are run with same padding (k // 2) and the given order ({}); "
+                "a wrong --order cannot be seen from the weights")
 
 
-def stem_module(state_dict: dict[str, torch.Tensor], block_size: int, order: str) -> nn.Module:
-    """The stem conv of a state dict as a module (Focus: space-to-depth + same-padded conv; else strided conv)."""
-    stem = find_stem(state_dict, block_size=block_size)
-    weight = state_dict[stem.weight_key]
-    out_ch, in_ch, kh, kw = weight.shape
-    if stem.form in ("focus", "reorg"):
-        conv = nn.Conv2d(in_ch, out_ch, (kh, kw), 1, (kh // 2, kw // 2), bias=False)
-        module: nn.Module = nn.Sequential(SpaceToDepth(block_size, order), conv)
-    else:
-        k_h, k_w = kh // block_size, kw // block_size
-        padding = (block_size * (k_h // 2), block_size * (k_w // 2))
-        conv = module = nn.Conv2d(in_ch, out_ch, (kh, kw), block_size, padding, bias=False)
-    conv.weight.data.copy_(weight.float())
-    return module
+# GUIDE section 1's channel table written out: the stem check runs the space-to-depth by this definition, not by
+# ``orders`` (which the conversion uses), so a wrong table or remap cannot agree with itself.
+_CHANNEL_BY_DEFINITION: dict[str, Callable[[int, int, int, int, int], int]] = {
+    "yolov5": lambda c, dy, dx, channels, bs: (dx * bs + dy) * channels + c,
+    "timm": lambda c, dy, dx, channels, bs: (dy * bs + dx) * channels + c,
+    "pixel_unshuffle": lambda c, dy, dx, channels, bs: c * bs * bs + dy * bs + dx,
+}
+
+
+class StateDictStem(nn.Module):
+    """A state dict's stem run as it computes: Focus / ReOrg form = space-to-depth (by definition) + stride-1 conv
+    with padding k // 2; conv form = one conv of stride ``bs`` and padding ``bs * (k // bs // 2)``; then its
+    bias and BatchNorm.
+
+    Shapes:
+        Input (N, C, H, W) with H, W divisible by ``bs``; output (N, O, H / bs, W / bs).
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], stem: StemKeys, block_size: int, order: str):
+        super().__init__()
+        inner = stem.weight_key[: -len(".conv.weight")]  # where the stem's conv.* and bn.* entries live
+        self.s2d, self.bs, self.order = stem.form in ("focus", "reorg"), block_size, order
+        weight = state_dict[stem.weight_key]
+        self.weight = nn.Parameter(weight.detach().clone())
+        bias = state_dict.get(f"{inner}.conv.bias")
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if k.startswith(f"{inner}.bn."))
+        self.bn = None
+        if self.bn_keys:
+            self.bn = nn.BatchNorm2d(weight.shape[0])
+            self.bn.load_state_dict({k: state_dict[f"{inner}.bn.{k}"] for k in self.bn_keys}, strict=False)
+        kh, kw = weight.shape[-2:] if self.s2d else (weight.shape[-2] // block_size, weight.shape[-1] // block_size)
+        self.stride = 1 if self.s2d else block_size
+        self.padding = (kh // 2, kw // 2) if self.s2d else (block_size * (kh // 2), block_size * (kw // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.s2d:
+            n, c, h, w = x.shape
+            bs, channel = self.bs, _CHANNEL_BY_DEFINITION[self.order]
+            y = x.new_empty(n, c * bs * bs, h // bs, w // bs)
+            for ci in range(c):
+                for dy in range(bs):
+                    for dx in range(bs):
+                        y[:, channel(ci, dy, dx, c, bs)] = x[:, ci, dy::bs, dx::bs]
+            x = y
+        x = nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return self.bn(x) if self.bn is not None else x
 
 
 def verify_stems(before: dict, after: dict, block_size: int, order: str) -> VerificationReport:
-    """Run the stems of two state dicts on the same random input in float64."""
-    shape = (2, 3, 8 * block_size, 12 * block_size)
-    return verify(stem_module(before, block_size, order), stem_module(after, block_size, order), input_shape=shape)
+    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64."""
+    check_order(order)
+    stems = [find_stem(sd, block_size=block_size) for sd in (before, after)]
+    if None in stems:
+        return VerificationReport(float("inf"), float("inf"), float("nan"), DEFAULT_TOLERANCE, False, 0, [], "float64",
+                                  "a state dict has no recognisable stem")  # fmt: skip
+    reference, candidate = (StateDictStem(sd, s, block_size, order) for sd, s in zip((before, after), stems))
+    in_channels = stems[0].shape[1] // (block_size**2 if reference.s2d else 1)
+    report = verify(reference, candidate, input_shape=(2, in_channels, 8 * block_size, 12 * block_size))
+    if reference.bn_keys != candidate.bn_keys:
+        report.passed, report.problem = False, f"BatchNorm entries differ: {reference.bn_keys} -> {candidate.bn_keys}"
+    return report
 
 
 def compare_state_dicts(a: dict, b: dict, block_size: int = 2, order: str = "yolov5",
