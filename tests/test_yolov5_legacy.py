@@ -340,8 +340,8 @@ def test_safetensors_and_json_rebuild_without_pickle(converted, tmp_path, capsys
 
 
 V50_FP32 = FIXTURES / "yolov5s-v5.0-d0.33-w0.125-nc3-seed102-fp32.pt"  # the v6.0 file holds it converted by hand
-SHARED_MODELS = sorted(SHARED_FIXTURES.glob("yolov5s-*.pt")) if SHARED_FIXTURES.is_dir() else []
-SHARED_ONLY = [p for p in SHARED_MODELS if not (FIXTURES / p.name).is_file()]
+# every real model of the fixture set (all copied into the repository), except the two other tests' subjects
+OTHER_MODELS = [p for p in sorted(FIXTURES.glob("yolov5s-*.pt")) if p not in (V50_FP32, MODELS["v6.0"])]
 
 
 def _rebuild_compare_convert(path: Path):
@@ -363,16 +363,9 @@ def test_v50_converts_to_the_hand_made_v60_file_bit_for_bit():
         assert torch.equal(ours[key], tensor), key  # the same permutation, bit for bit
 
 
-@pytest.mark.parametrize(
-    "path",
-    SHARED_ONLY or [pytest.param(None, marks=pytest.mark.skip(reason=f"the shared fixture set is not at {SHARED_FIXTURES}"))],
-    ids=lambda p: p.name[:30] if p else "absent",
-)
-def test_rest_of_shared_fixture_set(path):
-    """Where the project's full fixture set is beside the checkout (CI): the models not copied here.
-
-    ``./run test`` turns the skip into a failure when the set is missing (tests/conftest.py).
-    """
+@pytest.mark.parametrize("path", OTHER_MODELS, ids=lambda p: p.name[:30])
+def test_every_fixture_model_matches_the_original_code_before_and_after(path):
+    """Each real file of the fixture set (v2.0-v5.0, fp16 and fp32, 3 and 80 classes): rebuilt and converted."""
     _rebuild_compare_convert(path)
 
 

@@ -13,9 +13,7 @@ from tests.family_models.reorg import ReOrg as Reorg  # utils/layers.py Reorg sl
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "tests" / "fixtures" / "focus-family" / "yolor_w6-div32.cfg"
-SHARED = next((p / "shared" / "fixtures" / "focus-family" / "yolor" / "yolor_w6-div32_last.pt"
-               for p in (ROOT.parent, ROOT.parent.parent)
-               if (p / "shared" / "fixtures" / "focus-family" / "yolor").is_dir()), Path("/nonexistent"))  # fmt: skip
+SHARED = ROOT / "tests" / "fixtures" / "focus-family" / "yolor_w6-div32_last.pt"  # copied from the shared set
 
 
 def darknet_rows(cfg_text: str, rows: int = 2) -> nn.ModuleList:
@@ -96,6 +94,5 @@ def test_darknet_layout_file(tmp_path):
     assert torch.equal(momentum[..., 1:, 1:], fs.focus_to_conv_weight(optimizer["state"][0]["momentum_buffer"], 2, "yolov5"))
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="the shared focus-family set is not beside the checkout")
 def test_yolor_main_file_written_by_yolor(tmp_path):
     _check_file(SHARED, tmp_path / "conv.pt")

@@ -14,8 +14,7 @@ from focus_surgery.files import convert_file, inspect_file, verify_files
 from tests.family_models.reorg import BaseConv, Focus
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_YOLOX = next((p / "shared" / "fixtures" / "focus-family" / "yolox" for p in (ROOT.parent, ROOT.parent.parent)
-                     if (p / "shared" / "fixtures" / "focus-family" / "yolox").is_dir()), Path("/nonexistent"))  # fmt: skip
+SHARED_YOLOX = ROOT / "tests" / "fixtures" / "focus-family" / "yolox"  # copied from the shared focus-family set
 REL_TOL = 1e-9
 
 
@@ -81,7 +80,6 @@ def test_yolox_trainer_file_converts_and_loads_into_a_conv_stem_yolox(tmp_path):
     assert report.passed and report.max_rel_err <= REL_TOL
 
 
-@pytest.mark.skipif(not SHARED_YOLOX.is_dir(), reason="the shared focus-family set is not beside the checkout")
 @pytest.mark.parametrize("name, width", [("yolox_d033_w0078125_nc4_ckpt.pth", 5), ("yolox_nano_w009375_nc2_ckpt.pth", 6)])
 def test_yolox_files_written_by_yolox(tmp_path, name, width):
     src, dst = SHARED_YOLOX / name, tmp_path / name
