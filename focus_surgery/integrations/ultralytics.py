@@ -471,6 +471,9 @@ def register() -> str:
 def _hook(tasks: Any, version: str) -> str:
     """Replace ``tasks.parse_model`` (and ``ultralytics.nn.parse_model`` if already bound) by the wrapper."""
     check_hookable(tasks, version)
+    from ..yolov5.training import install as install_yolov5_training
+
+    install_yolov5_training(tasks)  # YOLOv5's loss for LegacyDetect heads (idempotent)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
     original = tasks.parse_model

@@ -1,0 +1,108 @@
+"""Training ``LegacyDetect`` models with Ultralytics' own trainer, YOLOv5's loss and hyper-parameters.
+
+Nothing installed is edited; ``install()`` (run by ``focus_surgery.register()`` / ``import focus_surgery`` once
+Ultralytics is loaded) wraps, in memory:
+
+* ``DetectionModel.init_criterion``: a model whose head is a ``LegacyDetect`` gets ``YOLOv5Loss`` with the model's
+  YOLOv5 hyper-parameters (``model.yaml["yolov5_hyp"]``, else YOLOv5's defaults) scaled as YOLOv5's ``train.py``
+  scales them; every other model gets Ultralytics' own criterion.
+* ``DetectionTrainer.set_model_attributes`` (runs after the model is built, before the dataloaders and the
+  optimizer): YOLOv5's learning-rate, warm-up and augmentation values replace Ultralytics' defaults, and YOLOv5's
+  autoanchor runs once the training labels are known (``DetectionTrainer._build_train_pipeline``).
+
+Checkpoints that Ultralytics writes hold a plain ``DetectionModel`` with a ``LegacyDetect`` head and the YAML with
+its hyper-parameters: they load wherever ``focus_surgery`` is importable, and training resumes with the same loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+from torch import nn
+
+from .hyp import HYP_KEY, apply_to_args, base_hyp, scale_gains
+from .loss import YOLOv5Loss
+
+_WRAPPED_MARK = "__focus_surgery_original__"
+_TRAINER_MODULE = "ultralytics.models.yolo.detect.train"
+
+
+def legacy_head(model: nn.Module) -> nn.Module | None:
+    """The ``LegacyDetect`` head of an Ultralytics model, or None."""
+    from .detect import LegacyDetect
+
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    return head if isinstance(head, LegacyDetect) else None
+
+
+def _arg(args: Any, name: str, default: Any) -> Any:
+    if isinstance(args, dict):
+        return args.get(name, default)
+    return getattr(args, name, default)
+
+
+def model_hyp(model: nn.Module) -> dict[str, Any]:
+    """The model's unscaled YOLOv5 hyper-parameters: its YAML's ``yolov5_hyp`` over YOLOv5's defaults."""
+    yaml = getattr(model, "yaml", None)
+    return base_hyp(yaml.get(HYP_KEY) if isinstance(yaml, dict) else None)
+
+
+def yolov5_criterion(model: nn.Module) -> YOLOv5Loss:
+    """YOLOv5's loss for ``model`` (a ``DetectionModel`` with a ``LegacyDetect`` head), gains scaled for its
+    number of levels and classes and the training image size (``model.args.imgsz``, 640 if unknown)."""
+    head = legacy_head(model)
+    imgsz = _arg(getattr(model, "args", None), "imgsz", 640)
+    imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
+    return YOLOv5Loss(head, scale_gains(model_hyp(model), head.nl, head.nc, imgsz))
+
+
+def _wrap_init_criterion(original):
+    @functools.wraps(original)
+    def init_criterion(self):
+        return yolov5_criterion(self) if legacy_head(self) is not None else original(self)
+
+    setattr(init_criterion, _WRAPPED_MARK, original)
+    return init_criterion
+
+
+def _wrap_set_model_attributes(original):
+    @functools.wraps(original)
+    def set_model_attributes(self):
+        original(self)
+        if legacy_head(self.model) is not None and not getattr(self, "resume", False):
+            from ultralytics.cfg import DEFAULT_CFG_DICT
+            from ultralytics.utils import LOGGER
+
+            changed = apply_to_args(self.args, model_hyp(self.model), DEFAULT_CFG_DICT)
+            if changed:
+                LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
+
+    setattr(set_model_attributes, _WRAPPED_MARK, original)
+    return set_model_attributes
+
+
+def install_loss(tasks: Any) -> None:
+    """Wrap ``tasks.DetectionModel.init_criterion`` (``tasks`` is ``ultralytics.nn.tasks``); idempotent."""
+    cls = tasks.DetectionModel
+    if not hasattr(cls.init_criterion, _WRAPPED_MARK):
+        cls.init_criterion = _wrap_init_criterion(cls.init_criterion)
+
+
+def install_trainer(train_module: Any) -> None:
+    """Wrap the detection trainer's ``set_model_attributes``; idempotent."""
+    cls = train_module.DetectionTrainer
+    if not hasattr(cls.set_model_attributes, _WRAPPED_MARK):
+        cls.set_model_attributes = _wrap_set_model_attributes(cls.set_model_attributes)
+
+
+def install(tasks: Any) -> None:
+    """Install the loss hook on ``tasks`` (``ultralytics.nn.tasks``) now, the trainer hook once Ultralytics' trainer
+    module is imported."""
+    from ..integrations.import_hooks import call_when_imported
+
+    if hasattr(tasks, "DetectionModel"):
+        install_loss(tasks)
+    call_when_imported(_TRAINER_MODULE, lambda: install_trainer(sys.modules[_TRAINER_MODULE]))

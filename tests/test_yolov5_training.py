@@ -1,0 +1,124 @@
+"""Training LegacyDetect models (converted YOLOv5 checkpoints, YAMLs with a LegacyDetect row) with Ultralytics'
+trainer and YOLOv5's loss: the loss goes down, checkpoints load, resume and convert back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import focus_surgery  # noqa: F401  (registers the rows and the loss hook)
+from focus_surgery.yolov5.hyp import HYP_KEY
+from focus_surgery.yolov5.loss import YOLOv5Loss
+from focus_surgery.yolov5.training import legacy_head, yolov5_criterion
+
+from _yolo_synthetic_data import write_dataset
+
+pytest.importorskip("ultralytics")
+from ultralytics import YOLO  # noqa: E402
+
+V4_FIXTURE = Path(__file__).parent / "fixtures" / "yolov5-legacy" / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt"
+TRAIN = dict(imgsz=64, batch=4, workers=0, amp=False, plots=False, device="cpu", exist_ok=True, verbose=False,
+             warmup_epochs=0, val=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), n_train=8, n_val=8)
+
+
+def _fixed_batch(data: Path) -> dict[str, torch.Tensor]:
+    """The validation images (64 px, no augmentation) and labels as one Ultralytics batch."""
+    import cv2
+
+    root = data.parent
+    imgs, idx, cls, boxes = [], [], [], []
+    for k, path in enumerate(sorted((root / "images" / "val").glob("*.png"))):
+        imgs.append(torch.from_numpy(cv2.imread(str(path))[..., ::-1].copy()).permute(2, 0, 1).float() / 255)
+        rows = np.loadtxt(root / "labels" / "val" / f"{path.stem}.txt", ndmin=2)
+        idx += [k] * len(rows)
+        cls.append(torch.from_numpy(rows[:, :1]).float())
+        boxes.append(torch.from_numpy(rows[:, 1:]).float())
+    return {"img": torch.stack(imgs), "batch_idx": torch.tensor(idx, dtype=torch.float32),
+            "cls": torch.cat(cls), "bboxes": torch.cat(boxes)}  # fmt: skip
+
+
+def _loss(model: torch.nn.Module, batch: dict) -> float:
+    """YOLOv5 loss of ``model`` (eval mode: BatchNorm statistics fixed) on ``batch``, gains for 64 px."""
+    model = model.float().eval()
+    model.args = {"imgsz": 64}
+    with torch.no_grad():
+        return float(yolov5_criterion(model)(model(batch["img"]), batch)[0])
+
+
+def test_criterion_hook_picks_yolov5_loss_only_for_legacy_heads():
+    legacy = YOLO("configs/yolov5n-focus-legacy.yaml").model
+    legacy.args = {"imgsz": 640}
+    assert isinstance(legacy.init_criterion(), YOLOv5Loss)
+    plain = YOLO("yolov8n.yaml").model
+    plain.args = legacy.args
+    from ultralytics.cfg import get_cfg
+
+    plain.args = get_cfg()
+    assert not isinstance(plain.init_criterion(), YOLOv5Loss)
+
+
+def test_yaml_model_trains_and_lowers_the_loss(data, tmp_path):
+    model = YOLO("configs/yolov5n-focus-legacy.yaml")
+    batch = _fixed_batch(data)
+    before = _loss(YOLO("configs/yolov5n-focus-legacy.yaml").model, batch)
+    model.train(data=str(data), epochs=2, project=str(tmp_path), name="yaml", optimizer="SGD", lr0=0.02, **TRAIN)
+    weights = tmp_path / "yaml" / "weights"
+    csv = (tmp_path / "yaml" / "results.csv").read_text().splitlines()
+    assert "train/obj_loss" in csv[0] and len(csv) == 3  # Ultralytics' logging with YOLOv5's loss names
+    for name in ("last.pt", "best.pt"):
+        trained = YOLO(weights / name)
+        assert legacy_head(trained.model) is not None
+        after = _loss(trained.model, batch)
+        assert after < before, (name, before, after)
+        assert isinstance(trained.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)[0].boxes.data,
+                          torch.Tensor)  # fmt: skip
+    # the trained Focus model converts with focus-surgery (Focus -> one 6x6 stride-2 conv), verified
+    out = tmp_path / "conv.pt"
+    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(weights / "last.pt"), str(out),
+                          "--verify"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert type(YOLO(out).model.model[0]).__name__ == "Conv"
+
+
+def test_converted_checkpoint_fine_tunes_resumes_and_converts(data, tmp_path):
+    converted = tmp_path / "v4-conv.pt"
+    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(V4_FIXTURE), str(converted)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    model = YOLO(converted)
+    assert model.model.yaml[HYP_KEY]["lrf"] == 0.2  # the checkpoint's own hyp travels in the YAML
+
+    def interrupt(trainer):  # a crash right after epoch 1 was saved
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    model.add_callback("on_model_save", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(data=str(data), epochs=2, project=str(tmp_path), name="ft", **TRAIN)
+    last = tmp_path / "ft" / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None
+    assert ckpt["train_args"]["lrf"] == 0.2  # YOLOv5's value replaced Ultralytics' default 0.01
+    resumed = YOLO(last)
+    resumed.train(resume=True)
+    assert resumed.trainer.start_epoch == 1  # continued, not restarted
+    final = torch.load(last, weights_only=False)
+    assert final["train_args"]["epochs"] == 2 and len((tmp_path / "ft" / "results.csv").read_text().splitlines()) == 3
+    for name in ("last.pt", "best.pt"):
+        trained = YOLO(tmp_path / "ft" / "weights" / name)
+        assert legacy_head(trained.model) is not None and trained.model.yaml[HYP_KEY]["lrf"] == 0.2
+    back = tmp_path / "focus.pt"
+    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(last), str(back), "--to", "focus",
+                          "--verify"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert type(YOLO(back).model.model[0]).__name__ == "Focus"
