@@ -122,3 +122,32 @@ def test_converted_checkpoint_fine_tunes_resumes_and_converts(data, tmp_path):
                           "--verify"], capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert type(YOLO(back).model.model[0]).__name__ == "Focus"
+
+
+@pytest.fixture(scope="module")
+def v2_converted(tmp_path_factory) -> Path:
+    v2 = Path(__file__).parent / "fixtures" / "yolov5-legacy" / "yolov5s-v2.0-d0.33-w0.125-nc3-seed104-fp16.pt"
+    converted = tmp_path_factory.mktemp("v2") / "v2.pt"
+    assert subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(v2), str(converted)]).returncode == 0
+    return converted
+
+
+@pytest.mark.parametrize("nc", [3, 2])
+def test_old_release_layers_survive_the_trainer_rebuild(v2_converted, tmp_path, nc):
+    """A v2.0 model (LeakyReLU, YOLOv5's BottleneckCSP) is trained as loaded, not as its YAML rebuilds it (SiLU)."""
+    from ultralytics.models.yolo.detect.train import DetectionTrainer
+
+    converted = v2_converted
+    data = write_dataset(tmp_path / "data", n_train=2, n_val=2, nc=nc)
+    loaded = YOLO(converted).model.float().eval()
+    trainer = DetectionTrainer(overrides={"model": str(converted), "data": str(data), "device": "cpu"})
+    built = trainer.get_model(cfg=loaded.yaml, weights=loaded, verbose=False).eval()
+    acts = {type(m).__name__ for m in built.modules() if "ReLU" in type(m).__name__ or "SiLU" in type(m).__name__}
+    assert acts == {"LeakyReLU"}
+    assert legacy_head(built).nc == nc and all(p.requires_grad for p in built.parameters())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        if nc == 3:
+            assert torch.equal(built(x)[0], loaded(x)[0])
+        else:  # new head, same body
+            assert torch.equal(built.model[:-1][0](x), loaded.model[0](x))

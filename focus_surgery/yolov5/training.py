@@ -6,6 +6,10 @@ Ultralytics is loaded) wraps, in memory:
 * ``DetectionModel.init_criterion``: a model whose head is a ``LegacyDetect`` gets ``YOLOv5Loss`` with the model's
   YOLOv5 hyper-parameters (``model.yaml["yolov5_hyp"]``, else YOLOv5's defaults) scaled as YOLOv5's ``train.py``
   scales them; every other model gets Ultralytics' own criterion.
+* ``DetectionTrainer.get_model``: Ultralytics rebuilds a model from its YAML before loading the weights, which
+  turns YOLOv5 v1.0-v3.1 layers (LeakyReLU / Hardswish activations, YOLOv5's BottleneckCSP) into today's (SiLU).
+  When the rebuilt layers differ from the loaded model's, the loaded model itself is trained (with a new head when
+  the dataset's class count differs).
 * ``DetectionTrainer.set_model_attributes`` (runs after the model is built, before the dataloaders and the
   optimizer): YOLOv5's learning-rate, warm-up and augmentation values replace Ultralytics' defaults, and YOLOv5's
   autoanchor runs once the training labels are known (``DetectionTrainer._build_train_pipeline``).
@@ -16,6 +20,7 @@ its hyper-parameters: they load wherever ``focus_surgery`` is importable, and tr
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 from typing import Any
@@ -84,6 +89,42 @@ def _wrap_set_model_attributes(original):
     return set_model_attributes
 
 
+def _layer_signature(model: nn.Module) -> list[tuple[str, str, tuple]]:
+    """(path, class name, parameter / buffer shapes) of every leaf layer, head excluded."""
+    head = legacy_head(model)
+    head_ids = {id(m) for m in head.modules()} if head is not None else set()
+    return [
+        (path, type(m).__name__, tuple(tuple(t.shape) for t in m.state_dict().values()))
+        for path, m in model.named_modules()
+        if not list(m.children()) and id(m) not in head_ids
+    ]
+
+
+def keep_loaded_layers(built: nn.Module, loaded: nn.Module) -> nn.Module:
+    """``built`` (rebuilt from the YAML, weights loaded), or a copy of ``loaded`` when its layers differ from
+    ``built``'s (a v1.0-v3.1 model); the copy takes ``built``'s head if the class count changed."""
+    if legacy_head(loaded) is None or _layer_signature(built) == _layer_signature(loaded):
+        return built
+    model = copy.deepcopy(loaded).float()
+    if legacy_head(built).nc != legacy_head(loaded).nc:
+        model.model[-1] = built.model[-1]
+    model.yaml, model.names = built.yaml, built.names
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.train()
+
+
+def _wrap_get_model(original):
+    @functools.wraps(original)
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        built = original(self, cfg=cfg, weights=weights, verbose=verbose)
+        loaded = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        return keep_loaded_layers(built, loaded) if isinstance(loaded, nn.Module) else built
+
+    setattr(get_model, _WRAPPED_MARK, original)
+    return get_model
+
+
 def install_loss(tasks: Any) -> None:
     """Wrap ``tasks.DetectionModel.init_criterion`` (``tasks`` is ``ultralytics.nn.tasks``); idempotent."""
     cls = tasks.DetectionModel
@@ -92,10 +133,12 @@ def install_loss(tasks: Any) -> None:
 
 
 def install_trainer(train_module: Any) -> None:
-    """Wrap the detection trainer's ``set_model_attributes``; idempotent."""
+    """Wrap the detection trainer's ``get_model`` and ``set_model_attributes``; idempotent."""
     cls = train_module.DetectionTrainer
     if not hasattr(cls.set_model_attributes, _WRAPPED_MARK):
         cls.set_model_attributes = _wrap_set_model_attributes(cls.set_model_attributes)
+    if not hasattr(cls.get_model, _WRAPPED_MARK):
+        cls.get_model = _wrap_get_model(cls.get_model)
 
 
 def install(tasks: Any) -> None:
