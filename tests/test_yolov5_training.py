@@ -67,17 +67,32 @@ def test_criterion_hook_picks_yolov5_loss_only_for_legacy_heads():
     assert not isinstance(plain.init_criterion(), YOLOv5Loss)
 
 
+@pytest.mark.slow
 def test_yaml_model_trains_and_lowers_the_loss(data, tmp_path):
-    model = YOLO("configs/yolov5n-focus-legacy.yaml")
-    batch = _fixed_batch(data)
-    before = _loss(YOLO("configs/yolov5n-focus-legacy.yaml").model, batch)
+    """configs/yolov5-focus-legacy.yaml with anchors 6x too large for 64 px images: autoanchor replaces them at the
+    start (YOLOv5's default), then two epochs lower the loss."""
+    import yaml
+
+    cfg = yaml.safe_load(Path("configs/yolov5-focus-legacy.yaml").read_text())
+    cfg["anchors"] = [[a * 6 for a in row] for row in cfg["anchors"]]
+    path = tmp_path / "yolov5n-legacy.yaml"  # scale letter n in the name, as for Ultralytics' YAMLs
+    path.write_text(yaml.safe_dump(cfg))
+    model = YOLO(path)
     model.train(data=str(data), epochs=2, project=str(tmp_path), name="yaml", optimizer="SGD", lr0=0.02, **TRAIN)
+    anchors = model.trainer.model.yaml["anchors"]
+    assert anchors != cfg["anchors"] and max(max(row) for row in anchors) < 64  # autoanchor fitted 64 px labels
+    fresh = tmp_path / "yolov5n-fitted.yaml"  # the untrained model with the fitted anchors: the loss before
+    fresh.write_text(yaml.safe_dump({**cfg, "anchors": anchors}))
+    batch = _fixed_batch(data)
+    before = _loss(YOLO(fresh).model, batch)
     weights = tmp_path / "yaml" / "weights"
     csv = (tmp_path / "yaml" / "results.csv").read_text().splitlines()
     assert "train/obj_loss" in csv[0] and len(csv) == 3  # Ultralytics' logging with YOLOv5's loss names
     for name in ("last.pt", "best.pt"):
         trained = YOLO(weights / name)
-        assert legacy_head(trained.model) is not None
+        assert legacy_head(trained.model) is not None and trained.model.yaml["anchors"] == anchors
+        px = (legacy_head(trained.model).anchors * legacy_head(trained.model).stride.view(-1, 1, 1)).view(3, -1)
+        assert torch.allclose(px.float(), torch.tensor(anchors), atol=0.02)  # the buffer and the YAML agree
         after = _loss(trained.model, batch)
         assert after < before, (name, before, after)
         assert isinstance(trained.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)[0].boxes.data,
@@ -90,6 +105,7 @@ def test_yaml_model_trains_and_lowers_the_loss(data, tmp_path):
     assert type(YOLO(out).model.model[0]).__name__ == "Conv"
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_fine_tunes_resumes_and_converts(data, tmp_path):
     converted = tmp_path / "v4-conv.pt"
     run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(V4_FIXTURE), str(converted)],

@@ -22,6 +22,8 @@ HYP_SCRATCH_V5 = {
 }  # fmt: skip
 # data/hyps/hyp.scratch-low.yaml of v6.0-v7.0 (the default of train.py there)
 HYP_SCRATCH_LOW_V7 = {**HYP_SCRATCH_V5, "lrf": 0.01, "copy_paste": 0.0}
+# Not a YOLOv5 hyp: its train.py --noautoanchor flag, kept with the hyp here (1: check anchors, 0: do not)
+AUTOANCHOR_DEFAULT = 1.0
 
 # The loss reads these; every other key is a training argument.
 LOSS_KEYS = ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing")
@@ -39,8 +41,9 @@ def base_hyp(stored: Mapping[str, Any] | None) -> dict[str, Any]:
     """YOLOv5's defaults (v7.0 ``hyp.scratch-low``) updated with ``stored``; v1.0-v2.0's ``giou`` is ``box``."""
     hyp = dict(HYP_SCRATCH_LOW_V7)
     hyp["label_smoothing"] = 0.0
+    hyp["autoanchor"] = AUTOANCHOR_DEFAULT
     for key, value in dict(stored or {}).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)):  # bool counts as 0/1 (autoanchor)
             continue  # e.g. v2.0's 'optimizer': 'SGD'
         hyp["box" if key == "giou" else key] = float(value)
     return hyp

@@ -25,6 +25,7 @@ import functools
 import sys
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .hyp import HYP_KEY, apply_to_args, base_hyp, scale_gains
@@ -125,6 +126,41 @@ def _wrap_get_model(original):
     return get_model
 
 
+def run_autoanchor(trainer: Any) -> dict | None:
+    """YOLOv5's ``check_anchors`` on the trainer's model and training labels; the YAML's anchors follow."""
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from .autoanchor import check_anchors
+
+    model = unwrap_model(trainer.model)
+    head, hyp = legacy_head(model), model_hyp(model)
+    if head is None or getattr(trainer, "resume", False) or not hyp.get("autoanchor", 1):
+        return None
+    labels = trainer.train_loader.dataset.labels
+    shapes = np.array([lb["shape"][::-1] for lb in labels], dtype=np.float64)  # (width, height)
+    imgsz = trainer.args.imgsz
+    report = check_anchors(head, shapes, [lb["bboxes"] for lb in labels], thr=hyp["anchor_t"],
+                           imgsz=max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz))  # fmt: skip
+    message = f"AutoAnchor: {report['anchors_per_target']:.2f} anchors/target, {report['bpr']:.3f} best possible recall"
+    if report["replaced"]:
+        px = (head.anchors * head.stride.view(-1, 1, 1).to(head.anchors)).view(head.nl, -1)
+        model.yaml["anchors"] = [[round(float(v), 2) for v in row] for row in px.tolist()]
+        message += f"; new anchors ({report['new_bpr']:.3f}): {model.yaml['anchors']}"
+    LOGGER.info(message)
+    return report
+
+
+def _wrap_build_train_pipeline(original):
+    @functools.wraps(original)
+    def _build_train_pipeline(self):
+        original(self)
+        run_autoanchor(self)
+
+    setattr(_build_train_pipeline, _WRAPPED_MARK, original)
+    return _build_train_pipeline
+
+
 def install_loss(tasks: Any) -> None:
     """Wrap ``tasks.DetectionModel.init_criterion`` (``tasks`` is ``ultralytics.nn.tasks``); idempotent."""
     cls = tasks.DetectionModel
@@ -133,12 +169,15 @@ def install_loss(tasks: Any) -> None:
 
 
 def install_trainer(train_module: Any) -> None:
-    """Wrap the detection trainer's ``get_model`` and ``set_model_attributes``; idempotent."""
+    """Wrap the detection trainer's ``get_model``, ``set_model_attributes`` and ``_build_train_pipeline``;
+    idempotent."""
     cls = train_module.DetectionTrainer
     if not hasattr(cls.set_model_attributes, _WRAPPED_MARK):
         cls.set_model_attributes = _wrap_set_model_attributes(cls.set_model_attributes)
     if not hasattr(cls.get_model, _WRAPPED_MARK):
         cls.get_model = _wrap_get_model(cls.get_model)
+    if not hasattr(cls._build_train_pipeline, _WRAPPED_MARK):
+        cls._build_train_pipeline = _wrap_build_train_pipeline(cls._build_train_pipeline)
 
 
 def install(tasks: Any) -> None:
