@@ -19,7 +19,7 @@ from focus_surgery.yolov5.loss import YOLOv5Loss, complete_iou
 
 FIXTURES = Path(__file__).parent / "fixtures" / "yolov5-loss"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.npz"))
-REL_TOL = 1e-5
+REL_TOL = 1e-12  # the issue asks <= 1e-5; measured: 0 (bit-identical) for every case and component
 
 
 def _load(case: str) -> dict:
@@ -36,11 +36,11 @@ def _head(ref: dict) -> LegacyDetect:
     return head
 
 
-def _ours(ref: dict, hyp: dict | None = None):
+def _ours(ref: dict, hyp: dict | None = None, case_release: str = "v7.0"):
     head = _head(ref)
     p = [torch.from_numpy(ref[f"p{i}"]).requires_grad_() for i in range(head.nl)]
     targets = torch.from_numpy(ref["targets"])
-    criterion = YOLOv5Loss(head, hyp or json.loads(str(ref["hyp"])))
+    criterion = YOLOv5Loss(head, hyp or json.loads(str(ref["hyp"])), release=case_release)
     total, parts = criterion.compute(p, targets)
     return total, parts, p, criterion
 
@@ -48,7 +48,7 @@ def _ours(ref: dict, hyp: dict | None = None):
 @pytest.mark.parametrize("case", CASES)
 def test_loss_equals_original(case):
     ref = _load(case)
-    total, parts, p, _ = _ours(ref)
+    total, parts, p, _ = _ours(ref, case_release=case.split("-")[0])  # each release's own CIoU variant
     assert parts.dtype == torch.float64
     for name, ours in zip(("lbox", "lobj", "lcls"), parts.tolist()):
         theirs = float(ref[name].reshape(-1)[0])
@@ -91,6 +91,13 @@ def test_neighbour_cells_and_border_clamp():
     assert sorted(set(zip(gx[first].tolist(), gy[first].tolist()))) == [(1, 2), (1, 3), (2, 2)]
     assert gx.max() == 3 and gy.max() == 3  # x = y = 4.0 cells (the border) clamps into the grid
     assert tbox[tcls == 0][:, :2].max() == 1.0
+
+
+def test_release_variants_of_ciou_differ_slightly():
+    """v3.0-v6.1 recompute w, h from the corners (+eps on h); v6.2+ do not: about 1e-8 apart, both far within 1e-5."""
+    ref = _load("v7.0-nc3-smooth")
+    v5, v7 = _ours(ref, case_release="v5.0")[1], _ours(ref, case_release="v7.0")[1]
+    assert not torch.equal(v5, v7) and torch.allclose(v5, v7, rtol=1e-6)
 
 
 def test_complete_iou_identical_boxes_is_one():

@@ -22,7 +22,7 @@ from torch import nn
 from ..checkpoint_io import CheckpointError, atomic_write, check_readable
 from ..surgery import ConversionError, convert
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
-from .hyp import HYP_KEY, checkpoint_hyp
+from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -118,6 +118,7 @@ def convert_yolov5(src: str | os.PathLike, to: str = "conv", measure: bool = Tru
     hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
     if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
         model.yaml[HYP_KEY] = {k: v for k, v in hyp.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    model.yaml[RELEASE_KEY] = guess_release(ckpt)  # the loss follows that release's CIoU variant
     if measure:
         result.verification = verify(original, model, input_shape=verification_shape(model), tolerance=tolerance)
     return result

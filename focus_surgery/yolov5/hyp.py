@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 HYP_KEY = "yolov5_hyp"  # top-level model-YAML key
+RELEASE_KEY = "yolov5_release"  # the release a converted checkpoint was written by (as guessed), for the loss
 
 # data/hyp.scratch.yaml of v5.0 (v3.0-v5.0 differ only in lrf / augmentation defaults we do not rely on)
 HYP_SCRATCH_V5 = {

@@ -25,12 +25,14 @@ _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))
 _NEIGHBOUR_BIAS = 0.5
 
 
-def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """CIoU of paired boxes given as centre xywh, YOLOv5's formula (its ``eps`` placements included).
+def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7, corners_wh: bool = False) -> torch.Tensor:
+    """CIoU of paired boxes given as centre xywh, YOLOv5's formula with its ``eps`` placements.
 
     Args:
         box1 (torch.Tensor): (n, 4) predictions.
         box2 (torch.Tensor): (n, 4) targets.
+        corners_wh (bool): v3.0-v6.1's variant: widths and heights recomputed from the corners and ``eps`` added to
+            the heights (v6.2+ use the given ones); the two differ by about 1e-8 relative.
 
     Returns:
         (torch.Tensor): (n,) CIoU; the aspect-ratio weight ``alpha`` is treated as a constant, as in YOLOv5.
@@ -41,8 +43,9 @@ def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> t
     inter = (torch.min(right1, right2) - torch.max(left1, left2)).clamp(0) * (
         torch.min(bottom1, bottom2) - torch.max(top1, top2)
     ).clamp(0)
-    w1, h1 = right1 - left1, bottom1 - top1 + eps
-    w2, h2 = right2 - left2, bottom2 - top2 + eps
+    if corners_wh:
+        w1, h1 = right1 - left1, bottom1 - top1 + eps
+        w2, h2 = right2 - left2, bottom2 - top2 + eps
     union = w1 * h1 + w2 * h2 - inter + eps
     iou = inter / union
     enclose_w = torch.max(right1, right2) - torch.min(left1, left2)
@@ -53,6 +56,12 @@ def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> t
     with torch.no_grad():
         alpha = v / (v - iou + (1 + eps))
     return iou - (centre2 / diagonal2 + v * alpha)
+
+
+def corners_wh_release(release: str | None) -> bool:
+    """True for releases before v6.2 (their CIoU recomputes w, h from corners); a v6.0-v7.0 file or a YAML
+    model (release unknown) uses v7.0's."""
+    return bool(release) and release.startswith(("v1.", "v2.", "v3.", "v4.", "v5.", "v6.0", "v6.1"))
 
 
 class FocalBCE(nn.Module):
@@ -78,6 +87,7 @@ class YOLOv5Loss:
         head (nn.Module): The ``LegacyDetect`` head (``nl``, ``na``, ``nc``, ``anchors`` in grid units).
         hyp (Mapping): Scaled YOLOv5 hyper-parameters (``box``, ``obj``, ``cls``, ``cls_pw``, ``obj_pw``,
             ``anchor_t``, ``fl_gamma``, ``label_smoothing``), see ``hyp.scale_gains``.
+        release (str | None): The YOLOv5 release whose CIoU variant to use (``corners_wh_release``); v7.0's if None.
 
     Shapes:
         preds: list of ``nl`` raw maps (B, na, H_i, W_i, 5 + nc), or the eval output ``(y, raw)``.
@@ -85,22 +95,29 @@ class YOLOv5Loss:
         Returns ``(loss * B, {"box_loss", "obj_loss", "cls_loss"})``, each item a detached scalar.
     """
 
-    def __init__(self, head: nn.Module, hyp: Mapping[str, Any]):
+    def __init__(self, head: nn.Module, hyp: Mapping[str, Any], release: str | None = None):
         missing = [k for k in LOSS_KEYS if k not in hyp]
         if missing:
             raise ValueError(f"YOLOv5 loss needs hyper-parameters {', '.join(missing)}")
         self.hyp = {k: float(hyp[k]) for k in LOSS_KEYS}
+        self.corners_wh = corners_wh_release(release)
         self.nl, self.na, self.nc = head.nl, head.na, head.nc
         self.anchors = head.anchors  # (nl, na, 2) grid units; the live buffer (autoanchor may change it)
         self.balance = [4.0, 1.0, 0.4] if self.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][: self.nl]
         eps = self.hyp["label_smoothing"]
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
-        device = self.anchors.device
-        self.bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["cls_pw"]], device=device))
-        self.bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["obj_pw"]], device=device))
-        if self.hyp["fl_gamma"] > 0:
-            self.bce_cls = FocalBCE(self.bce_cls, self.hyp["fl_gamma"])
-            self.bce_obj = FocalBCE(self.bce_obj, self.hyp["fl_gamma"])
+        self._criteria: dict = {}  # (dtype, device) -> (class BCE, objectness BCE)
+
+    def criteria(self, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, nn.Module]:
+        """Class and objectness BCE (focal when ``fl_gamma > 0``) with positive weights in the logits' dtype."""
+        key = (dtype, device)
+        if key not in self._criteria:
+            bce = [nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp[k]], dtype=dtype, device=device))
+                   for k in ("cls_pw", "obj_pw")]  # fmt: skip
+            if self.hyp["fl_gamma"] > 0:
+                bce = [FocalBCE(b, self.hyp["fl_gamma"]) for b in bce]
+            self._criteria[key] = tuple(bce)
+        return self._criteria[key]
 
     def __call__(self, preds, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         levels = preds[1] if isinstance(preds, tuple) else preds
@@ -121,6 +138,7 @@ class YOLOv5Loss:
         device, dtype = p[0].device, p[0].dtype
         lbox, lobj, lcls = (torch.zeros(1, device=device, dtype=dtype) for _ in range(3))
         anchors = self.anchors.to(device=device, dtype=dtype)
+        bce_cls, bce_obj = self.criteria(dtype, device)
         for i, (pi, (img, anchor, gy, gx, tbox, tcls)) in enumerate(zip(p, self.build_targets(p, targets, anchors))):
             tobj = torch.zeros(pi.shape[:4], dtype=dtype, device=device)
             n = img.shape[0]
@@ -128,14 +146,14 @@ class YOLOv5Loss:
                 ps = pi[img, anchor, gy, gx]  # (n, 5 + nc) predictions at the assigned cells
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[i][anchor]
-                iou = complete_iou(torch.cat((pxy, pwh), 1), tbox)
+                iou = complete_iou(torch.cat((pxy, pwh), 1), tbox, corners_wh=self.corners_wh)
                 lbox = lbox + (1.0 - iou).mean()
                 tobj[img, anchor, gy, gx] = iou.detach().clamp(0).to(dtype)
                 if self.nc > 1:
                     t = torch.full_like(ps[:, 5:], self.cls_neg)
                     t[range(n), tcls] = self.cls_pos
-                    lcls = lcls + self.bce_cls(ps[:, 5:], t)
-            lobj = lobj + self.bce_obj(pi[..., 4], tobj) * self.balance[i]
+                    lcls = lcls + bce_cls(ps[:, 5:], t)
+            lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
         lbox, lobj, lcls = lbox * self.hyp["box"], lobj * self.hyp["obj"], lcls * self.hyp["cls"]
         return (lbox + lobj + lcls) * p[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
 

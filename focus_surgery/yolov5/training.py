@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .hyp import HYP_KEY, apply_to_args, base_hyp, scale_gains
+from .hyp import HYP_KEY, RELEASE_KEY, apply_to_args, base_hyp, scale_gains
 from .loss import YOLOv5Loss
 
 _WRAPPED_MARK = "__focus_surgery_original__"
@@ -62,7 +62,8 @@ def yolov5_criterion(model: nn.Module) -> YOLOv5Loss:
     head = legacy_head(model)
     imgsz = _arg(getattr(model, "args", None), "imgsz", 640)
     imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
-    return YOLOv5Loss(head, scale_gains(model_hyp(model), head.nl, head.nc, imgsz))
+    yaml = model.yaml if isinstance(getattr(model, "yaml", None), dict) else {}
+    return YOLOv5Loss(head, scale_gains(model_hyp(model), head.nl, head.nc, imgsz), release=yaml.get(RELEASE_KEY))
 
 
 def _wrap_init_criterion(original):
