@@ -59,10 +59,9 @@ def test_criterion_hook_picks_yolov5_loss_only_for_legacy_heads():
     legacy = YOLO("configs/yolov5n-focus-legacy.yaml").model
     legacy.args = {"imgsz": 640}
     assert isinstance(legacy.init_criterion(), YOLOv5Loss)
-    plain = YOLO("yolov8n.yaml").model
-    plain.args = legacy.args
     from ultralytics.cfg import get_cfg
 
+    plain = YOLO("yolov8n.yaml").model
     plain.args = get_cfg()
     assert not isinstance(plain.init_criterion(), YOLOv5Loss)
 

@@ -84,7 +84,8 @@ def apply_to_args(args: Any, hyp: Mapping[str, Any], defaults: Mapping[str, Any]
     """
     changed = []
     for key in ULTRALYTICS_ARGS:
-        if key in hyp and hasattr(args, key) and getattr(args, key) == defaults.get(key) and hyp[key] != defaults.get(key):
+        default = defaults.get(key)
+        if key in hyp and hasattr(args, key) and getattr(args, key) == default and hyp[key] != default:
             setattr(args, key, type(defaults[key])(hyp[key]) if isinstance(defaults[key], float) else hyp[key])
             changed.append(key)
     return changed

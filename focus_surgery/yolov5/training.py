@@ -11,8 +11,10 @@ Ultralytics is loaded) wraps, in memory:
   When the rebuilt layers differ from the loaded model's, the loaded model itself is trained (with a new head when
   the dataset's class count differs).
 * ``DetectionTrainer.set_model_attributes`` (runs after the model is built, before the dataloaders and the
-  optimizer): YOLOv5's learning-rate, warm-up and augmentation values replace Ultralytics' defaults, and YOLOv5's
-  autoanchor runs once the training labels are known (``DetectionTrainer._build_train_pipeline``).
+  optimizer): YOLOv5's learning-rate, warm-up and augmentation values replace Ultralytics' defaults.
+* ``DetectionTrainer._build_train_pipeline``: once the training labels are loaded (before the EMA copy is made),
+  YOLOv5's autoanchor checks the anchors and replaces them if k-means + evolution fit better, unless the
+  hyper-parameters say ``autoanchor: 0`` (YOLOv5's ``--noautoanchor``) or training resumes.
 
 Checkpoints that Ultralytics writes hold a plain ``DetectionModel`` with a ``LegacyDetect`` head and the YAML with
 its hyper-parameters: they load wherever ``focus_surgery`` is importable, and training resumes with the same loss.
