@@ -520,6 +520,9 @@ def _hook(tasks: Any, version: str) -> str:
     check_yaml = getattr(tasks, "check_yaml", None)  # yaml_model_load finds config files through it
     if check_yaml is not None and not hasattr(check_yaml, _WRAPPED_MARK):
         tasks.check_yaml = _wrap_check_yaml(check_yaml)
+    from ..yolov5.training import install as install_yolov5_training
+
+    install_yolov5_training(tasks)  # YOLOv5's loss for LegacyDetect heads (idempotent)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
     original = tasks.parse_model

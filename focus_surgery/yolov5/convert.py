@@ -23,6 +23,7 @@ from ..atomic_io import atomic_write_all
 from ..checkpoint_io import CheckpointError, atomic_write, check_readable
 from ..surgery import ConversionError, convert
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
+from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -115,6 +116,10 @@ def convert_yolov5(src: str | os.PathLike | LegacyCheckpoint, to: str = "conv", 
     result = LegacyConversion(ckpt, model, _current_architecture(model, arch), stem_before, _stem_name(model),
                               [vars(r) for r in report.replaced])  # fmt: skip
     model.yaml["backbone"][0] = result.arch.yaml["backbone"][0]
+    hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
+    if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
+        model.yaml[HYP_KEY] = {k: v for k, v in hyp.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    model.yaml[RELEASE_KEY] = guess_release(ckpt)  # the loss follows that release's CIoU variant
     if measure:
         result.verification = verify(original, model, input_shape=verification_shape(model), tolerance=tolerance)
     return result

@@ -63,6 +63,16 @@ class LegacyDetect(_DetectBase):
         self.cv2 = self.cv3 = None  # no Ultralytics branches: fuse()/is_fused() see nothing to do
 
     @property
+    def cv2(self) -> tuple:
+        """No Ultralytics box branches: an empty tuple, so ``DetectionModel.load`` compares no branch widths (a data
+        descriptor, so checkpoints pickled with ``cv2 = None`` read the same)."""
+        return ()
+
+    @cv2.setter
+    def cv2(self, value) -> None:
+        pass
+
+    @property
     def anchors(self) -> torch.Tensor:
         """Anchors in grid units, (nl, na, 2) (a buffer; a property because ``Detect`` has a class attribute)."""
         return self._buffers["anchors"]

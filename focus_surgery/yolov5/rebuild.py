@@ -424,7 +424,10 @@ def build_model(arch: LegacyArchitecture, weights: dict[str, torch.Tensor], sour
     model.save = list(arch.save)
     model.stride = head.stride.clone()
     model.names = dict(arch.names)
-    model.yaml["head"] = list(model.yaml["head"]) + [[d["f"], 1, "LegacyDetect", [d["nc"], d["anchors"]]]]
+    # "nc" / "anchors" name the top-level keys, so a rebuild from the YAML (Ultralytics does that to train) follows a
+    # new class count, and the anchors are the checkpoint's own (autoanchor may have changed them in training)
+    model.yaml["nc"], model.yaml["anchors"] = d["nc"], copy.deepcopy(d["anchors"])
+    model.yaml["head"] = list(model.yaml["head"]) + [[d["f"], 1, "LegacyDetect", ["nc", "anchors"]]]
     return model.float().eval()
 
 

@@ -1,0 +1,193 @@
+"""Training ``LegacyDetect`` models with Ultralytics' own trainer, YOLOv5's loss and hyper-parameters.
+
+Nothing installed is edited; ``install()`` (run by ``focus_surgery.register()`` / ``import focus_surgery`` once
+Ultralytics is loaded) wraps, in memory:
+
+* ``DetectionModel.init_criterion``: a model whose head is a ``LegacyDetect`` gets ``YOLOv5Loss`` with the model's
+  YOLOv5 hyper-parameters (``model.yaml["yolov5_hyp"]``, else YOLOv5's defaults) scaled as YOLOv5's ``train.py``
+  scales them; every other model gets Ultralytics' own criterion.
+* ``DetectionTrainer.get_model``: Ultralytics rebuilds a model from its YAML before loading the weights, which
+  turns YOLOv5 v1.0-v3.1 layers (LeakyReLU / Hardswish activations, YOLOv5's BottleneckCSP) into today's (SiLU).
+  When the rebuilt layers differ from the loaded model's, the loaded model itself is trained (with a new head when
+  the dataset's class count differs).
+* ``DetectionTrainer.set_model_attributes`` (runs after the model is built, before the dataloaders and the
+  optimizer): YOLOv5's learning-rate, warm-up and augmentation values replace Ultralytics' defaults.
+* ``DetectionTrainer._build_train_pipeline``: once the training labels are loaded (before the EMA copy is made),
+  YOLOv5's autoanchor checks the anchors and replaces them if k-means + evolution fit better, unless the
+  hyper-parameters say ``autoanchor: 0`` (YOLOv5's ``--noautoanchor``) or training resumes.
+
+Checkpoints that Ultralytics writes hold a plain ``DetectionModel`` with a ``LegacyDetect`` head and the YAML with
+its hyper-parameters: they load wherever ``focus_surgery`` is importable, and training resumes with the same loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .hyp import HYP_KEY, RELEASE_KEY, apply_to_args, base_hyp, scale_gains
+from .loss import YOLOv5Loss
+
+_WRAPPED_MARK = "__focus_surgery_original__"
+_TRAINER_MODULE = "ultralytics.models.yolo.detect.train"
+
+
+def legacy_head(model: nn.Module) -> nn.Module | None:
+    """The ``LegacyDetect`` head of an Ultralytics model, or None."""
+    from .detect import LegacyDetect
+
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    return head if isinstance(head, LegacyDetect) else None
+
+
+def _arg(args: Any, name: str, default: Any) -> Any:
+    if isinstance(args, dict):
+        return args.get(name, default)
+    return getattr(args, name, default)
+
+
+def model_hyp(model: nn.Module) -> dict[str, Any]:
+    """The model's unscaled YOLOv5 hyper-parameters: its YAML's ``yolov5_hyp`` over YOLOv5's defaults."""
+    yaml = getattr(model, "yaml", None)
+    return base_hyp(yaml.get(HYP_KEY) if isinstance(yaml, dict) else None)
+
+
+def yolov5_criterion(model: nn.Module) -> YOLOv5Loss:
+    """YOLOv5's loss for ``model`` (a ``DetectionModel`` with a ``LegacyDetect`` head), gains scaled for its
+    number of levels and classes and the training image size (``model.args.imgsz``, 640 if unknown)."""
+    head = legacy_head(model)
+    imgsz = _arg(getattr(model, "args", None), "imgsz", 640)
+    imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
+    yaml = model.yaml if isinstance(getattr(model, "yaml", None), dict) else {}
+    return YOLOv5Loss(head, scale_gains(model_hyp(model), head.nl, head.nc, imgsz), release=yaml.get(RELEASE_KEY))
+
+
+def _wrap_init_criterion(original):
+    @functools.wraps(original)
+    def init_criterion(self):
+        return yolov5_criterion(self) if legacy_head(self) is not None else original(self)
+
+    setattr(init_criterion, _WRAPPED_MARK, original)
+    return init_criterion
+
+
+def _wrap_set_model_attributes(original):
+    @functools.wraps(original)
+    def set_model_attributes(self):
+        original(self)
+        if legacy_head(self.model) is not None and not getattr(self, "resume", False):
+            from ultralytics.cfg import DEFAULT_CFG_DICT
+            from ultralytics.utils import LOGGER
+
+            changed = apply_to_args(self.args, model_hyp(self.model), DEFAULT_CFG_DICT)
+            if changed:
+                LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
+
+    setattr(set_model_attributes, _WRAPPED_MARK, original)
+    return set_model_attributes
+
+
+def _layer_signature(model: nn.Module) -> list[tuple[str, str, tuple]]:
+    """(path, class name, parameter / buffer shapes) of every leaf layer, head excluded."""
+    head = legacy_head(model)
+    head_ids = {id(m) for m in head.modules()} if head is not None else set()
+    return [
+        (path, type(m).__name__, tuple(tuple(t.shape) for t in m.state_dict().values()))
+        for path, m in model.named_modules()
+        if not list(m.children()) and id(m) not in head_ids
+    ]
+
+
+def keep_loaded_layers(built: nn.Module, loaded: nn.Module) -> nn.Module:
+    """``built`` (rebuilt from the YAML, weights loaded), or a copy of ``loaded`` when its layers differ from
+    ``built``'s (a v1.0-v3.1 model); the copy takes ``built``'s head if the class count changed."""
+    if legacy_head(loaded) is None or _layer_signature(built) == _layer_signature(loaded):
+        return built
+    model = copy.deepcopy(loaded).float()
+    if legacy_head(built).nc != legacy_head(loaded).nc:
+        model.model[-1] = built.model[-1]
+    model.yaml, model.names = built.yaml, built.names
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.train()
+
+
+def _wrap_get_model(original):
+    @functools.wraps(original)
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        built = original(self, cfg=cfg, weights=weights, verbose=verbose)
+        loaded = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        return keep_loaded_layers(built, loaded) if isinstance(loaded, nn.Module) else built
+
+    setattr(get_model, _WRAPPED_MARK, original)
+    return get_model
+
+
+def run_autoanchor(trainer: Any) -> dict | None:
+    """YOLOv5's ``check_anchors`` on the trainer's model and training labels; the YAML's anchors follow."""
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from .autoanchor import check_anchors
+
+    model = unwrap_model(trainer.model)
+    head, hyp = legacy_head(model), model_hyp(model)
+    if head is None or getattr(trainer, "resume", False) or not hyp.get("autoanchor", 1):
+        return None
+    labels = trainer.train_loader.dataset.labels
+    shapes = np.array([lb["shape"][::-1] for lb in labels], dtype=np.float64)  # (width, height)
+    imgsz = trainer.args.imgsz
+    report = check_anchors(head, shapes, [lb["bboxes"] for lb in labels], thr=hyp["anchor_t"],
+                           imgsz=max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz))  # fmt: skip
+    message = f"AutoAnchor: {report['anchors_per_target']:.2f} anchors/target, {report['bpr']:.3f} best possible recall"
+    if report["replaced"]:
+        px = (head.anchors * head.stride.view(-1, 1, 1).to(head.anchors)).view(head.nl, -1)
+        model.yaml["anchors"] = [[round(float(v), 2) for v in row] for row in px.tolist()]
+        message += f"; new anchors ({report['new_bpr']:.3f}): {model.yaml['anchors']}"
+    LOGGER.info(message)
+    return report
+
+
+def _wrap_build_train_pipeline(original):
+    @functools.wraps(original)
+    def _build_train_pipeline(self):
+        original(self)
+        run_autoanchor(self)
+
+    setattr(_build_train_pipeline, _WRAPPED_MARK, original)
+    return _build_train_pipeline
+
+
+def install_loss(tasks: Any) -> None:
+    """Wrap ``tasks.DetectionModel.init_criterion`` (``tasks`` is ``ultralytics.nn.tasks``); idempotent."""
+    cls = tasks.DetectionModel
+    if not hasattr(cls.init_criterion, _WRAPPED_MARK):
+        cls.init_criterion = _wrap_init_criterion(cls.init_criterion)
+
+
+def install_trainer(train_module: Any) -> None:
+    """Wrap the detection trainer's ``get_model``, ``set_model_attributes`` and ``_build_train_pipeline``;
+    idempotent."""
+    cls = train_module.DetectionTrainer
+    if not hasattr(cls.set_model_attributes, _WRAPPED_MARK):
+        cls.set_model_attributes = _wrap_set_model_attributes(cls.set_model_attributes)
+    if not hasattr(cls.get_model, _WRAPPED_MARK):
+        cls.get_model = _wrap_get_model(cls.get_model)
+    if not hasattr(cls._build_train_pipeline, _WRAPPED_MARK):
+        cls._build_train_pipeline = _wrap_build_train_pipeline(cls._build_train_pipeline)
+
+
+def install(tasks: Any) -> None:
+    """Install the loss hook on ``tasks`` (``ultralytics.nn.tasks``) now, the trainer hook once Ultralytics' trainer
+    module is imported."""
+    from ..integrations.import_hooks import call_when_imported
+
+    if hasattr(tasks, "DetectionModel"):
+        install_loss(tasks)
+    call_when_imported(_TRAINER_MODULE, lambda: install_trainer(sys.modules[_TRAINER_MODULE]))
