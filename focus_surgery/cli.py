@@ -152,11 +152,11 @@ def _add_bench(sub) -> None:
     p.set_defaults(handler=cmd_bench)
 
 
-def _add_yolo(sub) -> None:  # Ultralytics' own CLI with our YAML rows registered (focus_surgery/yolo_cli.py)
+def _add_yolo(sub) -> None:  # Ultralytics' own CLI with our YAML rows registered (focus_surgery/yolo.py)
     p = sub.add_parser("yolo", help="Ultralytics' yolo command with focus-surgery's layers: focus-surgery yolo train "
                        "model=configs/yolov8n-spd.yaml data=...", add_help=False)  # fmt: skip
     p.add_argument("yolo_args", nargs=argparse.REMAINDER, help="passed unchanged to Ultralytics")
-    p.set_defaults(handler=lambda args: __import__("focus_surgery.yolo_cli", fromlist=["run_yolo"]).run_yolo(args.yolo_args))
+    p.set_defaults(handler=lambda args: __import__("focus_surgery.yolo", fromlist=["run_yolo"]).run_yolo(args.yolo_args))
 
 
 COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo, _add_bench, _add_yolo]
