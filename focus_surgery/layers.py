@@ -8,6 +8,8 @@ ONNX (``SpaceToDepth`` becomes Reshape + Transpose, or SpaceToDepth/DepthToSpace
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -238,3 +240,28 @@ class SPDConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad={tuple(self.pad)}" if self.pad is not None else ""
+
+
+class FoldedSpaceToDepth(nn.Identity):
+    """What ``convert(to="conv")`` leaves where a space-to-depth layer was folded into the next conv.
+
+    An identity (no parameters, nothing in the state dict) that remembers the layer it replaces, so a conversion
+    back (``to="s2d"``) restores the same layer and the same parameter names.
+
+    Args:
+        original (nn.Module): The parameter-free space-to-depth layer (ours, timm's, ``nn.PixelUnshuffle``).
+        block_size (int): Its block size. order (str): Its channel order.
+    """
+
+    def __init__(self, original: nn.Module, block_size: int, order: str):
+        super().__init__()
+        self.block_size = block_size
+        self.order = order
+        self.__dict__["_original"] = original  # not a submodule: not in the state dict, not traced or scripted
+
+    def original(self) -> nn.Module:
+        """A copy of the space-to-depth layer that was folded."""
+        return copy.deepcopy(self.__dict__["_original"])
+
+    def extra_repr(self) -> str:
+        return f"folded {type(self.__dict__['_original']).__name__}(block_size={self.block_size}, order={self.order!r})"

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .layers import Focus, SPDConv, SpaceToDepth
+from .layers import Focus, FoldedSpaceToDepth, SPDConv, SpaceToDepth
 from .orders import check_order
-from .remap import focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
+from .remap import conv_to_focus_weight, focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
 from .verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport, verify as verify_models
 
 TARGETS = ("conv", "focus", "s2d")
@@ -302,6 +302,34 @@ def _feeds_only_next(sequence: nn.Sequential, index: int) -> bool:
     return True
 
 
+def _folded_placeholder(s2d: nn.Module, block_size: int, order: str) -> nn.Module:
+    """What stays where a space-to-depth layer is folded: an identity that can restore it (plain Identity in an
+    Ultralytics model, whose YAML rows know only ``nn.Identity``)."""
+    if hasattr(s2d, "f"):
+        return nn.Identity()
+    return FoldedSpaceToDepth(copy.deepcopy(s2d), block_size, order)
+
+
+def _unfold_pair(placeholder: FoldedSpaceToDepth, block: nn.Module, order: str | None):
+    """(space-to-depth layer, conv block, description) restoring a pair folded by ``to="conv"``, or None.
+
+    Exact by the Focus identity (GUIDE section 1): a conv of kernel, stride and padding divisible by the block size
+    is space-to-depth + a conv of kernel / bs, stride / bs, padding / bs.
+    """
+    conv, bs = _conv_of(block), placeholder.block_size
+    sizes = (*conv.kernel_size, *conv.stride, *conv.padding)
+    if (order not in (None, placeholder.order) or _check_conv(conv, placeholder.order) or any(v % bs for v in sizes)
+            or conv.stride[0] != conv.stride[1]):
+        return None
+    weight = conv_to_focus_weight(conv.weight.detach(), bs, placeholder.order)
+    stride, padding = conv.stride[0] // bs, (conv.padding[0] // bs, conv.padding[1] // bs)
+    inner = _with_conv(block, _new_conv2d(conv, weight, stride, padding))
+    k = "x".join(map(str, weight.shape[2:]))
+    s2d = placeholder.original().train(block.training)
+    form = f"{type(s2d).__name__}(block_size={bs}, order={placeholder.order}) + Conv({k}, stride={stride}, padding={padding})"
+    return s2d, inner.train(block.training), form
+
+
 def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipped]]:
     steps: list[_Step] = []
     skipped: list[Skipped] = []
@@ -346,7 +374,7 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
                         new, new_form = _to_strided_conv(bs, order, block, None)
                         new = _carry_routing(block, new)
                         old_form = f"{type(child).__name__}(block_size={bs}, order={order}) + {type(block).__name__}"
-                        steps.append(_Step(path, _carry_routing(child, nn.Identity())))
+                        steps.append(_Step(path, _carry_routing(child, _folded_placeholder(child, bs, order))))
                         steps.append(
                             _Step(next_path, new, _record(next_path, block, new, old_form, new_form, bs, order))
                         )
@@ -392,8 +420,23 @@ def _plan_to_s2d(model: nn.Module, to: str, scope: str, order: str | None) -> tu
     skipped: list[Skipped] = []
 
     def visit(module: nn.Module, prefix: str) -> bool:
+        previous: tuple[str, nn.Module] | None = None
         for name, child in module.named_children():
             path = _join(prefix, name)
+            before, previous = previous, (path, child)
+            unfolded = None
+            if before is not None and isinstance(before[1], FoldedSpaceToDepth) and isinstance(module, nn.Sequential):
+                if type(child) is nn.Conv2d or is_conv_block(child):
+                    unfolded = _unfold_pair(before[1], child, order)
+            if unfolded is not None:  # a pair that to="conv" folded: put the same layers back
+                s2d, inner, new_form = unfolded
+                conv = _conv_of(child)
+                old_form = f"{type(child).__name__}({'x'.join(map(str, conv.kernel_size))}, stride={conv.stride[0]}, padding={conv.padding})"
+                steps.append(_Step(before[0], s2d))
+                steps.append(_Step(path, inner, _record(path, child, inner, old_form, new_form, before[1].block_size, before[1].order)))
+                if scope == "stem":
+                    return True
+                continue
             if _focus_parts(child) is not None or space_to_depth_params(child) is not None or _folds_itself(child):
                 if scope == "stem":
                     return True  # already in space-to-depth form
