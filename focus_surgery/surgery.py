@@ -47,6 +47,17 @@ def register_conv_type(cls: type, builder: Callable[[nn.Conv2d, str, str], tuple
     CONV_TYPES[cls] = builder
 
 
+# Integrations keep their own bookkeeping in step with a conversion (e.g. timm's ``pretrained_cfg["first_conv"]``):
+# ``hook(model, paths)`` runs after the replacements at ``paths`` are applied.
+POST_APPLY_HOOKS: list[Callable[[nn.Module, list[str]], None]] = []
+
+
+def register_post_apply_hook(hook: Callable[[nn.Module, list[str]], None]) -> None:
+    """Run ``hook(model, replaced_paths)`` after every applied conversion (idempotent)."""
+    if hook not in POST_APPLY_HOOKS:
+        POST_APPLY_HOOKS.append(hook)
+
+
 def _folds_itself(module: nn.Module) -> bool:
     return callable(getattr(module, "to_strided_conv", None))
 
@@ -554,6 +565,8 @@ def convert(
     from .integrations.ultralytics import sync_yaml
 
     sync_yaml(model, [s.path for s in steps])  # Ultralytics rebuilds a model from model.yaml to train it again
+    for hook in POST_APPLY_HOOKS:
+        hook(model, [s.path for s in steps])
     return report
 
 

@@ -127,6 +127,40 @@ def create_s2d_model(model_cls: type[nn.Module], variant: str, pretrained: bool,
     return model
 
 
+def follow_first_conv(model: nn.Module, paths: list[str]) -> None:
+    """After ``convert`` replaced the modules at ``paths``: point ``pretrained_cfg["first_conv"]`` at the stem's conv.
+
+    timm names the stem conv there (its weight is ``first_conv + ".weight"``); a conversion moves it, e.g. ``conv1``
+    becomes ``conv1.conv`` inside an ``SPDConv`` and back. The cfg is replaced by a copy, never edited in place.
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = cfg.get("first_conv") if isinstance(cfg, dict) else None
+    if not names:
+        return
+    single = isinstance(names, str)
+    moved = [_moved_conv(model, name, paths) for name in ([names] if single else names)]
+    new = moved[0] if single else type(names)(moved)
+    if new == names:
+        return
+    model.pretrained_cfg = dict(cfg, first_conv=new)
+    if getattr(model, "default_cfg", None) is cfg:
+        model.default_cfg = model.pretrained_cfg
+    traits = getattr(model, "_traits", None)  # timm >= 1.0.31 keeps a copy; left alone unless it is this one
+    if isinstance(traits, dict) and traits.get("first_conv") == names:
+        traits["first_conv"] = new
+
+
+def _moved_conv(model: nn.Module, name: str, paths: list[str]) -> str:
+    """Where the conv named ``name`` is now: the first conv inside the replacement that covers it."""
+    for path in paths:
+        if path and (name == path or name.startswith(path + ".")):
+            found = (n for n, m in model.get_submodule(path).named_modules() if isinstance(m, nn.Conv2d))
+            inner = next(found, None)
+            if inner is not None:
+                return f"{path}.{inner}" if inner else path
+    return name
+
+
 def model_names() -> list[str]:
     """Names of every model this integration registers."""
     return [f"{b}_s2d{s}" for b in ("resnet18", "resnet50", "convnext_atto", "convnext_tiny") for s in ("", "_focus")]
@@ -138,11 +172,13 @@ def register() -> list[str]:
     Raises:
         RuntimeError: The installed timm lacks an API the integration needs (the message names the version range).
     """
+    from ..surgery import register_post_apply_hook
     from .timm_convs import register_conv_types
     from .timm_version import check_timm
 
     check_timm()
     register_conv_types()
+    register_post_apply_hook(follow_first_conv)
     from .timm_models import convnext, resnet  # noqa: F401  (importing registers the models)
 
     return model_names()
