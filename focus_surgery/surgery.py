@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -94,6 +95,7 @@ class ConversionReport(VerifiedReport):
     replaced: list[Replacement] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     verification: VerificationReport | None = None
+    narrowed_inputs: list[str] = field(default_factory=list)  # input sizes the converted model no longer accepts
 
     def __str__(self) -> str:
         lines = [f"convert to={self.to!r} scope={self.scope!r}: {len(self.replaced)} replaced, {len(self.skipped)} left"]
@@ -104,6 +106,7 @@ class ConversionReport(VerifiedReport):
             )
         for s in self.skipped:
             lines.append(f"  {s.path or '<root>'}: left unchanged - {s.reason}")
+        lines += [f"  note: {note}" for note in self.narrowed_inputs]
         if self.verification is not None:
             lines.append(f"  verify: {self.verification}")
         return "\n".join(lines)
@@ -509,6 +512,36 @@ def plan(model: nn.Module, to: str = "conv", scope: str = "stem", order: str | N
         return _plan_to_s2d(model, to, scope, order)
 
 
+def input_multiple(module: nn.Module) -> int:
+    """What ``module``'s input height and width must be multiples of (1: any size), from its space-to-depth layers.
+
+    A module whose ``accepts_any_input_size`` is true pads its input to whole blocks itself (timm's SAME convs).
+    """
+    if getattr(module, "accepts_any_input_size", False):
+        return 1
+    multiple = 1
+    for sub in module.modules():
+        params = space_to_depth_params(sub)
+        if params is None and not isinstance(sub, (Focus, SPDConv)):  # ours hold a SpaceToDepth, seen on its own
+            params = _focus_parts(sub)  # Ultralytics' / YOLOv5's Focus slices by 2
+        if params is not None:
+            multiple = math.lcm(multiple, params[0])
+    return multiple
+
+
+def _narrowed_inputs(model: nn.Module, steps: list[_Step], scope: str) -> list[str]:
+    """A note per replacement that accepts fewer input sizes than the module it replaces, naming the sizes."""
+    notes = []
+    for step in steps:  # helper steps too: a restored space-to-depth layer narrows on its own
+        old, new = input_multiple(model.get_submodule(step.path)), input_multiple(step.new)
+        if new % old or new == old:
+            continue
+        was = "any height and width" if old == 1 else f"multiples of {old}"
+        what = "the converted model accepts only images" if scope == "stem" else "accepts only inputs"
+        notes.append(f"{step.path}: {what} with height and width divisible by {new} (the original accepted {was})")
+    return notes
+
+
 def _apply(model: nn.Module, steps: list[_Step]) -> None:
     for step in steps:
         parent_path, _, name = step.path.rpartition(".")
@@ -547,6 +580,7 @@ def convert(
     """
     steps, skipped = plan(model, to, scope, order)
     report = ConversionReport(to, scope, [s.record for s in steps if s.record is not None], skipped)
+    report.narrowed_inputs = _narrowed_inputs(model, steps, scope)
     if strict and skipped:
         raise ConversionError(f"{skipped[0].path}: {skipped[0].reason}")
     if not steps:

@@ -80,6 +80,8 @@ class SpaceToDepthConv2dSame(nn.Module):
         Input (N, C, H, W), any H and W (as the original); output (N, O, ceil(H/s), ceil(W/s)), as the original.
     """
 
+    accepts_any_input_size = True  # pads to whole blocks itself: the conversion narrows no input size
+
     def __init__(self, conv: nn.Conv2d, order: str):
         super().__init__()
         _check_same_conv(conv, order)
@@ -166,6 +168,11 @@ class SpaceToDepthStdConv(nn.Module):
     @property
     def order(self) -> str:
         return self.s2d.order
+
+    @property
+    def accepts_any_input_size(self) -> bool:
+        """True for the dynamic-SAME convs (padded to whole blocks); else H and W must be divisible by the stride."""
+        return self.same_pad
 
     def gain(self) -> Optional[torch.Tensor]:
         """Per-channel scale applied by the standardisation (None: plain weight standardisation)."""
