@@ -47,7 +47,7 @@ class SpaceToDepthConvNeXt(ConvNeXt):
 
 def _create(variant: str, pretrained: bool, stem: str, **kwargs: Any) -> SpaceToDepthConvNeXt:
     # timm's _create_convnext passes this feature_cfg; a fresh dict per call, since timm's builder edits it in place.
-    feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True, **(kwargs.pop("feature_cfg", None) or {}))
+    feature_cfg = {"out_indices": (0, 1, 2, 3), "flatten_sequential": True, **(kwargs.pop("feature_cfg", None) or {})}
     return create_s2d_model(SpaceToDepthConvNeXt, variant, pretrained, stem=stem, feature_cfg=feature_cfg, **kwargs)
 
 
