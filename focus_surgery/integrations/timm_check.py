@@ -129,7 +129,7 @@ def markdown_table(rows: list[StemRoundTrip]) -> str:
     """The README table: architecture, stem before, stem after, error, what comes back."""
     lines = [
         "| architecture | stem module | stem before | stem after | max rel. error | restored | other size | "
-        "s2d form input sizes |",
+        "converted form accepts |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -137,6 +137,6 @@ def markdown_table(rows: list[StemRoundTrip]) -> str:
         sizes = r.narrowed.replace("the converted model accepts only images with ", "").split(" (the original")[0]
         lines.append(
             f"| `{r.architecture}` | `{r.path}` | `{r.stem_before}` | `{r.stem_after}` | {r.max_rel_err:.1e} "
-            f"| {'yes' if r.restored else 'no'} | {odd} | {sizes or 'any'} |"
+            f"| {'yes' if r.restored and r.first_conv_ok else 'no'} | {odd} | {sizes or 'any'} |"
         )
     return "\n".join(lines)
