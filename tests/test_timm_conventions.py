@@ -267,3 +267,13 @@ def test_round_trip_of_our_models_keeps_parameter_names():
     assert [(n, type(m)) for n, m in model.named_modules()] == [(n, type(m)) for n, m in reference.named_modules()]
     assert list(model.state_dict()) == list(reference.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_declared_ultralytics_range_is_the_tested_one():
+    """pyproject's Ultralytics range is the integration's, and its lower bound is the version CI installs."""
+    fs_ultralytics = pytest.importorskip("focus_surgery.integrations.ultralytics")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert f'"ultralytics{fs_ultralytics.SUPPORTED_VERSIONS}"' in (root / "pyproject.toml").read_text()
+    low = ".".join(map(str, fs_ultralytics._SUPPORTED_RANGE[0]))
+    assert fs_ultralytics.SUPPORTED_VERSIONS.startswith(f">={low},")
+    assert f"ultralytics=={low}" in (root / "requirements-dev.txt").read_text()
