@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows.append(stem_round_trip(name))
         except (ConversionError, RuntimeError) as error:  # listed under the table: the README says what is not done
-            failed.append(f"* `{name}`: {error}")
+            failed.append(f"* `{name}`: {str(error).removeprefix(f'{name}: ')}")
             print(f"{name}: {error}", file=sys.stderr)
             continue
         print(f"{name}: {rows[-1].max_rel_err:.1e} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)

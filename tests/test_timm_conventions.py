@@ -90,20 +90,23 @@ def test_divisibility_error_survives_fx_and_script(order):
 
 @pytest.mark.parametrize("name", SMALL)
 def test_model_fx_forward_backward_script_export(name):
-    """As timm's test_model_forward_fx / backward_fx / forward_torchscript, plus torch.export."""
+    """As timm's test_model_forward_fx / backward_fx / forward_torchscript, plus torch.export (one per family)."""
     model = _tiny(name, num_classes=7)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-        traced = torch.fx.symbolic_trace(model)
+        traced = torch.fx.symbolic_trace(copy.deepcopy(model))
         assert torch.equal(traced(x), expected)
+    traced.train()(x).mean().backward()
+    assert all(p.grad is not None for p in traced.parameters())
+    if name.endswith("_focus"):  # TorchScript and export once per model family: the slow part
+        return
+    with torch.no_grad():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             assert torch.allclose(torch.jit.script(model)(x), expected, rtol=1e-5, atol=1e-6)
         exported = torch.export.export(model, (x,)).module()
         assert torch.allclose(exported(x), expected, rtol=1e-5, atol=1e-6)
-    traced.train()(x).mean().backward()
-    assert all(p.grad is not None for p in traced.parameters())
 
 
 def _timm_fx(model: nn.Module) -> nn.Module:
@@ -125,10 +128,12 @@ def test_converted_models_trace_and_compile_without_graph_breaks():
         with torch.no_grad():
             expected = model(x)
             assert torch.allclose(_timm_fx(model)(x), expected, rtol=1e-5, atol=1e-6)
+    part = nn.Sequential(every.conv1, every.bn1, every.act1, every.maxpool, every.layer1, every.layer2)
+    x = torch.rand(1, 3, 64, 96)
     torch._dynamo.reset()
-    compiled = torch.compile(every, fullgraph=True, backend="eager")  # SPDConv pads, SpaceToDepth, folded Focus
+    compiled = torch.compile(part, fullgraph=True, backend="eager")  # s2d stem, SPDConv with pads, downsample
     with torch.no_grad():
-        assert torch.allclose(compiled(x), expected, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(compiled(x), part(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", SMALL)
