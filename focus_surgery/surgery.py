@@ -340,8 +340,24 @@ def _unfold_pair(placeholder: FoldedSpaceToDepth, block: nn.Module, order: str |
     inner = _with_conv(block, _new_conv2d(conv, weight, stride, padding))
     k = "x".join(map(str, weight.shape[2:]))
     s2d = placeholder.original().train(block.training)
-    form = f"{type(s2d).__name__}(block_size={bs}, order={placeholder.order}) + Conv({k}, stride={stride}, padding={padding})"
-    return s2d, inner.train(block.training), form
+    form = f"{type(s2d).__name__}(block_size={bs}, order={placeholder.order}) + Conv({k}, stride={stride}, "
+    return s2d, inner.train(block.training), form + f"padding={padding})"
+
+
+def _plan_unfold(before: tuple[str, nn.Module] | None, path: str, block: nn.Module, order, steps) -> bool:
+    """Plan putting back a pair that ``to="conv"`` folded (placeholder ``before``, conv ``block``); True if planned."""
+    if before is None or not isinstance(before[1], FoldedSpaceToDepth):
+        return False
+    unfolded = _unfold_pair(before[1], block, order) if type(block) is nn.Conv2d or is_conv_block(block) else None
+    if unfolded is None:
+        return False
+    s2d, inner, new_form = unfolded
+    conv, placeholder = _conv_of(block), before[1]
+    k = "x".join(map(str, conv.kernel_size))
+    old_form = f"{type(block).__name__}({k}, stride={conv.stride[0]}, padding={conv.padding})"
+    record = _record(path, block, inner, old_form, new_form, placeholder.block_size, placeholder.order)
+    steps += [_Step(before[0], s2d), _Step(path, inner, record)]
+    return True
 
 
 def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipped]]:
@@ -438,16 +454,7 @@ def _plan_to_s2d(model: nn.Module, to: str, scope: str, order: str | None) -> tu
         for name, child in module.named_children():
             path = _join(prefix, name)
             before, previous = previous, (path, child)
-            unfolded = None
-            if before is not None and isinstance(before[1], FoldedSpaceToDepth) and isinstance(module, nn.Sequential):
-                if type(child) is nn.Conv2d or is_conv_block(child):
-                    unfolded = _unfold_pair(before[1], child, order)
-            if unfolded is not None:  # a pair that to="conv" folded: put the same layers back
-                s2d, inner, new_form = unfolded
-                conv = _conv_of(child)
-                old_form = f"{type(child).__name__}({'x'.join(map(str, conv.kernel_size))}, stride={conv.stride[0]}, padding={conv.padding})"
-                steps.append(_Step(before[0], s2d))
-                steps.append(_Step(path, inner, _record(path, child, inner, old_form, new_form, before[1].block_size, before[1].order)))
+            if isinstance(module, nn.Sequential) and _plan_unfold(before, path, child, order, steps):
                 if scope == "stem":
                     return True
                 continue

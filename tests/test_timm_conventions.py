@@ -124,7 +124,8 @@ def test_converted_models_trace_and_compile_without_graph_breaks():
     fs.convert(folded, to="conv", input_shape=(1, 3, 64, 64))
     every = _tiny("resnet18_s2d_focus", num_classes=5)
     fs.convert(every, to="s2d", scope="all", input_shape=(1, 3, 64, 64))
-    for model, x in [(same, torch.rand(1, 3, 65, 63)), (folded, torch.rand(1, 3, 64, 64)), (every, torch.rand(1, 3, 64, 96))]:
+    cases = [(same, torch.rand(1, 3, 65, 63)), (folded, torch.rand(1, 3, 64, 64)), (every, torch.rand(1, 3, 64, 96))]
+    for model, x in cases:
         with torch.no_grad():
             expected = model(x)
             assert torch.allclose(_timm_fx(model)(x), expected, rtol=1e-5, atol=1e-6)

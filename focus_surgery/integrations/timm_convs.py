@@ -63,7 +63,8 @@ def pad_same_to_blocks(x: torch.Tensor, kernel: list[int], stride: int) -> torch
 def _check_same_conv(conv: nn.Conv2d, order: str) -> None:
     if conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1]:
         raise ConversionError(
-            f"{type(conv).__name__} with stride {conv.stride}, dilation {conv.dilation} has no exact space-to-depth form"
+            f"{type(conv).__name__} with stride {conv.stride}, dilation {conv.dilation} has no exact "
+            "space-to-depth form"
         )
     if conv.groups != 1 and order != "pixel_unshuffle":
         raise ConversionError(f"groups={conv.groups} needs order='pixel_unshuffle'")
@@ -149,7 +150,7 @@ class SpaceToDepthStdConv(nn.Module):
         super().__init__()
         _check_same_conv(conv, order)
         if isinstance(conv.padding, str):
-            raise ConversionError(f"{type(conv).__name__} with padding {conv.padding!r} has no exact space-to-depth form")
+            raise ConversionError(f"{type(conv).__name__} with padding {conv.padding!r}: no exact space-to-depth form")
         self.conv = conv
         self.s2d = SpaceToDepth(conv.stride[0], order)
         self.same_pad = bool(getattr(conv, "same_pad", False))  # timm's ...Same convs pad dynamically
@@ -207,7 +208,7 @@ class SpaceToDepthStdConv(nn.Module):
 
 
 class SpaceToDepthScaledStdConv(SpaceToDepthStdConv):
-    """``SpaceToDepthStdConv`` for timm ``ScaledStdConv2d(Same)`` (NF-Nets): standardisation scaled by ``gain * scale``."""
+    """``SpaceToDepthStdConv`` for timm ``ScaledStdConv2d(Same)`` (NF-Nets): standardisation scaled by gain * scale."""
 
     def gain(self) -> Optional[torch.Tensor]:
         return (self.conv.gain * self.conv.scale).view(-1)
