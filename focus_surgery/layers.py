@@ -1,10 +1,14 @@
 """Layers: space-to-depth, its inverse, and the conv blocks built on it. They know nothing of models.
 
 Shapes use ``bs`` for the block size. Every layer is pure reshape/permute plus standard convs, so it scripts with
-TorchScript and exports to ONNX (``SpaceToDepth`` becomes Reshape + Transpose, or SpaceToDepth/DepthToSpace ops).
+TorchScript, traces with ``torch.fx`` (the size checks are FX leaf functions), exports with ``torch.export`` and to
+ONNX (``SpaceToDepth`` becomes Reshape + Transpose, or SpaceToDepth/DepthToSpace ops) and compiles with
+``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,36 @@ def autopad(k: int | tuple[int, int], p: int | tuple[int, int] | None = None, d:
     if isinstance(k, int):
         return (d * (k - 1) + 1) // 2
     return tuple((d * (x - 1) + 1) // 2 for x in k)
+
+
+@torch.fx.wrap  # a leaf in torch.fx graphs: FX cannot branch on a traced shape, the traced graph still checks
+def check_divisible(x: torch.Tensor, block_size: int, yaml_row: str = "") -> torch.Tensor:
+    """``x`` unchanged if its height and width are divisible by ``block_size``, else a ValueError naming the fix
+    (and the Ultralytics YAML row the layer was built from, if any)."""
+    h, w = x.shape[-2], x.shape[-1]
+    if h % block_size != 0 or w % block_size != 0:
+        if yaml_row:
+            raise ValueError(
+                yaml_row + ": feature map " + str(h) + "x" + str(w) + " is not divisible by block_size "
+                + str(block_size) + "; use an input size that is a multiple of the model stride"
+            )
+        raise ValueError(
+            "SpaceToDepth: input height and width (" + str(h) + "x" + str(w) + ") must be divisible by "
+            "block_size " + str(block_size) + "; resize or pad the image to a multiple of " + str(block_size)
+        )
+    return x
+
+
+@torch.fx.wrap
+def check_channels_divisible(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``x`` unchanged if its channels are divisible by ``block_size**2``, else a ValueError."""
+    channels = x.shape[1]
+    if channels % (block_size * block_size) != 0:
+        raise ValueError(
+            "DepthToSpace: " + str(channels) + " input channels are not divisible by block_size**2 = "
+            + str(block_size * block_size)
+        )
+    return x
 
 
 class SpaceToDepth(nn.Module):
@@ -48,18 +82,9 @@ class SpaceToDepth(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C*bs*bs, H/bs, W/bs)."""
-        n, c, h, w = x.shape
         bs = self.block_size
-        if h % bs != 0 or w % bs != 0:
-            if self.yaml_row:  # built from an Ultralytics YAML row: the error names the row
-                raise ValueError(
-                    self.yaml_row + ": feature map " + str(h) + "x" + str(w) + " is not divisible by block_size "
-                    + str(bs) + "; use an input size that is a multiple of the model stride"
-                )
-            raise ValueError(
-                "SpaceToDepth: input height and width (" + str(h) + "x" + str(w) + ") must be divisible by "
-                "block_size " + str(bs) + "; resize or pad the image to a multiple of " + str(bs)
-            )
+        x = check_divisible(x, bs, self.yaml_row)
+        n, c, h, w = x.shape
         if self.order == "pixel_unshuffle":
             return F.pixel_unshuffle(x, bs)
         blocks = x.view(n, c, h // bs, bs, w // bs, bs)
@@ -91,12 +116,9 @@ class DepthToSpace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C*bs*bs, H, W) -> (N, C, H*bs, W*bs)."""
-        n, cc, h, w = x.shape
         bs = self.block_size
-        if cc % (bs * bs) != 0:
-            raise ValueError(
-                "DepthToSpace: " + str(cc) + " input channels are not divisible by block_size**2 = " + str(bs * bs)
-            )
+        x = check_channels_divisible(x, bs)
+        n, cc, h, w = x.shape
         if self.order == "pixel_unshuffle":
             return F.pixel_shuffle(x, bs)
         c = cc // (bs * bs)
@@ -237,3 +259,28 @@ class SPDConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad={tuple(self.pad)}" if self.pad is not None else ""
+
+
+class FoldedSpaceToDepth(nn.Identity):
+    """What ``convert(to="conv")`` leaves where a space-to-depth layer was folded into the next conv.
+
+    An identity (no parameters, nothing in the state dict) that remembers the layer it replaces, so a conversion
+    back (``to="s2d"``) restores the same layer and the same parameter names.
+
+    Args:
+        original (nn.Module): The parameter-free space-to-depth layer (ours, timm's, ``nn.PixelUnshuffle``).
+        block_size (int): Its block size. order (str): Its channel order.
+    """
+
+    def __init__(self, original: nn.Module, block_size: int, order: str):
+        super().__init__()
+        self.block_size = block_size
+        self.order = order
+        self.__dict__["_original"] = original  # not a submodule: not in the state dict, not traced or scripted
+
+    def original(self) -> nn.Module:
+        """A copy of the space-to-depth layer that was folded."""
+        return copy.deepcopy(self.__dict__["_original"])
+
+    def extra_repr(self) -> str:
+        return f"folded {type(self.__dict__['_original']).__name__}(block_size={self.block_size}, order={self.order!r})"

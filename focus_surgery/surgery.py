@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from . import stems
-from .layers import Focus, SPDConv, SpaceToDepth
+from .layers import Focus, FoldedSpaceToDepth, SPDConv, SpaceToDepth
 from .orders import check_order
-from .remap import focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
+from .remap import conv_to_focus_weight, focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
 from .verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport, verify as verify_models
 
 TARGETS = ("conv", "focus", "s2d")
@@ -101,6 +101,7 @@ class ConversionReport(VerifiedReport):
     replaced: list[Replacement] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     verification: VerificationReport | None = None
+    narrowed_inputs: list[str] = field(default_factory=list)  # input sizes the converted model no longer accepts
 
     def __str__(self) -> str:
         lines = [f"convert to={self.to!r} scope={self.scope!r}: {len(self.replaced)} replaced, {len(self.skipped)} left"]
@@ -111,6 +112,7 @@ class ConversionReport(VerifiedReport):
             )
         for s in self.skipped:
             lines.append(f"  {s.path or '<root>'}: left unchanged - {s.reason}")
+        lines += [f"  note: {note}" for note in self.narrowed_inputs]
         if self.verification is not None:
             lines.append(f"  verify: {self.verification}")
         return "\n".join(lines)
@@ -364,6 +366,50 @@ def _feeds_only_next(sequence: nn.Sequential, index: int) -> bool:
     return True
 
 
+def _folded_placeholder(s2d: nn.Module, block_size: int, order: str) -> nn.Module:
+    """What stays where a space-to-depth layer is folded: an identity that can restore it (plain Identity in an
+    Ultralytics model, whose YAML rows know only ``nn.Identity``)."""
+    if hasattr(s2d, "f"):
+        return nn.Identity()
+    return FoldedSpaceToDepth(copy.deepcopy(s2d), block_size, order)
+
+
+def _unfold_pair(placeholder: FoldedSpaceToDepth, block: nn.Module, order: str | None):
+    """(space-to-depth layer, conv block, description) restoring a pair folded by ``to="conv"``, or None.
+
+    Exact by the Focus identity (GUIDE section 1): a conv of kernel, stride and padding divisible by the block size
+    is space-to-depth + a conv of kernel / bs, stride / bs, padding / bs.
+    """
+    conv, bs = _conv_of(block), placeholder.block_size
+    sizes = (*conv.kernel_size, *conv.stride, *conv.padding)
+    if (order not in (None, placeholder.order) or _check_conv(conv, placeholder.order) or any(v % bs for v in sizes)
+            or conv.stride[0] != conv.stride[1]):
+        return None
+    weight = conv_to_focus_weight(conv.weight.detach(), bs, placeholder.order)
+    stride, padding = conv.stride[0] // bs, (conv.padding[0] // bs, conv.padding[1] // bs)
+    inner = _with_conv(block, _new_conv2d(conv, weight, stride, padding))
+    k = "x".join(map(str, weight.shape[2:]))
+    s2d = placeholder.original().train(block.training)
+    form = f"{type(s2d).__name__}(block_size={bs}, order={placeholder.order}) + Conv({k}, stride={stride}, "
+    return s2d, inner.train(block.training), form + f"padding={padding})"
+
+
+def _plan_unfold(before: tuple[str, nn.Module] | None, path: str, block: nn.Module, order, steps) -> bool:
+    """Plan putting back a pair that ``to="conv"`` folded (placeholder ``before``, conv ``block``); True if planned."""
+    if before is None or not isinstance(before[1], FoldedSpaceToDepth):
+        return False
+    unfolded = _unfold_pair(before[1], block, order) if type(block) is nn.Conv2d or is_conv_block(block) else None
+    if unfolded is None:
+        return False
+    s2d, inner, new_form = unfolded
+    conv, placeholder = _conv_of(block), before[1]
+    k = "x".join(map(str, conv.kernel_size))
+    old_form = f"{type(block).__name__}({k}, stride={conv.stride[0]}, padding={conv.padding})"
+    record = _record(path, block, inner, old_form, new_form, placeholder.block_size, placeholder.order)
+    steps += [_Step(before[0], s2d), _Step(path, inner, record)]
+    return True
+
+
 def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipped]]:
     steps: list[_Step] = []
     skipped: list[Skipped] = []
@@ -419,7 +465,7 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
                         new, new_form = _to_strided_conv(bs, order, block, None)
                         new = _carry_routing(block, new)
                         old_form = f"{type(child).__name__}(block_size={bs}, order={order}) + {type(block).__name__}"
-                        steps.append(_Step(path, _carry_routing(child, nn.Identity())))
+                        steps.append(_Step(path, _carry_routing(child, _folded_placeholder(child, bs, order))))
                         steps.append(
                             _Step(next_path, new, _record(next_path, block, new, old_form, new_form, bs, order))
                         )
@@ -465,8 +511,14 @@ def _plan_to_s2d(model: nn.Module, to: str, scope: str, order: str | None) -> tu
     skipped: list[Skipped] = []
 
     def visit(module: nn.Module, prefix: str) -> bool:
+        previous: tuple[str, nn.Module] | None = None
         for name, child in module.named_children():
             path = _join(prefix, name)
+            before, previous = previous, (path, child)
+            if isinstance(module, nn.Sequential) and _plan_unfold(before, path, child, order, steps):
+                if scope == "stem":
+                    return True
+                continue
             if _focus_parts(child) is not None or space_to_depth_params(child) is not None or _folds_itself(child):
                 if scope == "stem":
                     return True  # already in space-to-depth form
@@ -528,6 +580,36 @@ def plan(model: nn.Module, to: str = "conv", scope: str = "stem", order: str | N
         return _plan_to_s2d(model, to, scope, order)
 
 
+def input_multiple(module: nn.Module) -> int:
+    """What ``module``'s input height and width must be multiples of (1: any size), from its space-to-depth layers.
+
+    A module whose ``accepts_any_input_size`` is true pads its input to whole blocks itself (timm's SAME convs).
+    """
+    if getattr(module, "accepts_any_input_size", False):
+        return 1
+    multiple = 1
+    for sub in module.modules():
+        params = space_to_depth_params(sub)
+        if params is None and not isinstance(sub, (Focus, SPDConv)):  # ours hold a SpaceToDepth, seen on its own
+            params = _focus_parts(sub)  # Ultralytics' / YOLOv5's Focus slices by 2
+        if params is not None:
+            multiple = math.lcm(multiple, params[0])
+    return multiple
+
+
+def _narrowed_inputs(model: nn.Module, steps: list[_Step], scope: str) -> list[str]:
+    """A note per replacement that accepts fewer input sizes than the module it replaces, naming the sizes."""
+    notes = []
+    for step in steps:  # helper steps too: a restored space-to-depth layer narrows on its own
+        old, new = input_multiple(model.get_submodule(step.path)), input_multiple(step.new)
+        if new % old or new == old:
+            continue
+        was = "any height and width" if old == 1 else f"multiples of {old}"
+        what = "the converted model accepts only images" if scope == "stem" else "accepts only inputs"
+        notes.append(f"{step.path}: {what} with height and width divisible by {new} (the original accepted {was})")
+    return notes
+
+
 def _apply(model: nn.Module, steps: list[_Step]) -> None:
     for step in steps:
         parent_path, _, name = step.path.rpartition(".")
@@ -566,6 +648,7 @@ def convert(
     """
     steps, skipped = plan(model, to, scope, order)
     report = ConversionReport(to, scope, [s.record for s in steps if s.record is not None], skipped)
+    report.narrowed_inputs = _narrowed_inputs(model, steps, scope)
     if strict and skipped:
         raise ConversionError(f"{skipped[0].path}: {skipped[0].reason}")
     if not steps:

@@ -84,7 +84,7 @@ def flatten_outputs(output: Any) -> list[torch.Tensor]:
     return []
 
 
-def _input_channels_and_multiple(model: nn.Module) -> tuple[int, int]:
+def input_channels_and_multiple(model: nn.Module) -> tuple[int, int]:
     """Input channels of the first conv, and the product of the space-to-depth block sizes before it."""
     multiple = 1
     for module in model.modules():
@@ -104,12 +104,19 @@ def _input_channels_and_multiple(model: nn.Module) -> tuple[int, int]:
     raise ValueError("cannot infer an input shape (no Conv2d in the model): pass inputs= or input_shape=")
 
 
-def infer_input_shape(model: nn.Module, batch: int = 2) -> tuple[int, int, int, int]:
-    """A valid, non-square input shape for ``model``: timm's configured size, Ultralytics' stride, or a small size."""
-    channels, multiple = _input_channels_and_multiple(model)
+def infer_input_shape(model: nn.Module, batch: int = 2, multiple: int = 1) -> tuple[int, int, int, int]:
+    """A valid, non-square input shape for ``model``: timm's configured size, Ultralytics' stride, or a small size.
+
+    Height and width are multiples of ``multiple`` too (timm's configured size is rounded up to one, e.g. 299 -> 300
+    for a space-to-depth(2) stem, unless the cfg says the model needs exactly that size).
+    """
+    channels, own = input_channels_and_multiple(model)
+    multiple = math.lcm(own, multiple)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         _, h, w = cfg["input_size"]
+        if not cfg.get("fixed_input_size"):
+            h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
         return batch, channels, h, w  # ViTs only accept their configured size
     stride = getattr(model, "stride", None)
     if isinstance(stride, torch.Tensor) and stride.numel():
@@ -120,7 +127,8 @@ def infer_input_shape(model: nn.Module, batch: int = 2) -> tuple[int, int, int, 
 
 def _common_input_shape(reference: nn.Module, candidate: nn.Module) -> tuple[int, int, int, int]:
     """A shape valid for both models: the least common multiple of each one's own valid height and width."""
-    a, b = infer_input_shape(reference), infer_input_shape(candidate)
+    multiple = math.lcm(input_channels_and_multiple(reference)[1], input_channels_and_multiple(candidate)[1])
+    a, b = infer_input_shape(reference, multiple=multiple), infer_input_shape(candidate, multiple=multiple)
     return a[0], a[1], math.lcm(a[2], b[2]), math.lcm(a[3], b[3])
 
 

@@ -81,7 +81,7 @@ def test_register_is_idempotent_and_hooks_the_installed_version():
     assert getattr(parser, "__focus_surgery_original__").__module__ == "ultralytics.nn.tasks"
     assert ultralytics.nn.parse_model is parser  # the re-export is hooked too
     low, high = fs_ultralytics._SUPPORTED_RANGE
-    assert low <= fs_ultralytics._version_tuple(ultralytics.__version__)[:2] < high, "installed version not in range"
+    assert low <= fs_ultralytics._version_tuple(ultralytics.__version__) < high, "installed version not in range"
 
 
 def test_unregister_restores_ultralytics_parser_then_register_again():
@@ -114,7 +114,7 @@ def test_unhookable_ultralytics_fails_naming_supported_versions(missing):
 
 def test_parser_with_other_signature_is_refused():
     fake = types.SimpleNamespace(parse_model=lambda cfg, channels: None, Conv=1, Concat=1, HGStem=1)
-    with pytest.raises(RuntimeError, match=r"parse_model\(d, ch, verbose\).*ultralytics>=8\.3,<8\.5"):
+    with pytest.raises(RuntimeError, match=r"parse_model\(d, ch, verbose\).*ultralytics>=8\.4\.190,<8\.5"):
         fs_ultralytics.check_hookable(fake, "8.4.0")
 
 

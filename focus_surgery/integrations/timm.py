@@ -7,9 +7,11 @@ After ``import focus_surgery`` (or ``focus_surgery.integrations.timm.register()`
 * ``convnext_{atto,tiny}_s2d``: SpaceToDepth(4, timm) + 3x3 conv + LayerNorm2d (stem reduction 4, as ConvNeXt).
 * ``convnext_{atto,tiny}_s2d_focus``: SpaceToDepth(2, yolov5) + 3x3 stride-2 conv + LayerNorm2d.
 
-Everything else (``num_classes``, ``in_chans``, ``drop_path_rate``, ``features_only``, ``pretrained_cfg_overlay``)
-is the base model's. Pretrained weights from a file adapt to any ``in_chans`` per pixel phase
-(``adapt_state_dict_in_chans``, also usable for TResNet, whose stem timm can only adapt to 1 channel).
+The models live in ``timm_models/resnet.py`` and ``timm_models/convnext.py``, so timm files them under its own
+``resnet`` and ``convnext`` modules. Everything else (``num_classes``, ``in_chans``, ``drop_path_rate``,
+``features_only`` with every ``feature_cls``, ``feature_cfg``, ``pretrained_cfg_overlay``) is the base model's.
+Pretrained weights from a file adapt to any ``in_chans`` per pixel phase (``adapt_state_dict_in_chans``, also
+usable for TResNet, whose stem timm can only adapt to 1 channel).
 This module imports timm; ``focus_surgery`` itself imports it only when timm is imported (see ``import_hooks``).
 """
 
@@ -19,18 +21,12 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, model_entrypoint, register_model
-from timm.models.convnext import ConvNeXt
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from timm.models import build_model_with_cfg, get_pretrained_cfg_value
 from torch import nn
 
 from ..in_chans import adapt_s2d_input_channels
 from ..layers import SpaceToDepth
 from ..surgery import is_conv_block, space_to_depth_params
-
-STEMS = {"s2d": (4, "timm", 1), "focus": (2, "yolov5", 1)}  # stem -> (block size, order, conv stride) for ResNet
-CONVNEXT_STEMS = {"s2d": (4, "timm", 1), "focus": (2, "yolov5", 2)}  # ConvNeXt's stem must reduce by 4
 
 
 def space_to_depth_stem(
@@ -44,57 +40,6 @@ def space_to_depth_stem(
     factory = {"device": like.device, "dtype": like.dtype} if like is not None else {}
     conv = nn.Conv2d(in_chans * block_size * block_size, out_chs, 3, stride, 1, bias=bias, **factory)
     return nn.Sequential(SpaceToDepth(block_size, order), conv)
-
-
-class SpaceToDepthResNet(ResNet):
-    """timm ``ResNet`` whose 7x7/2 stem conv is space-to-depth + 3x3 conv.
-
-    Args:
-        stem (str): ``"s2d"``: SpaceToDepth(4) + 3x3 conv and no max-pool (TResNet); ``"focus"``: SpaceToDepth(2) +
-            3x3 conv, max-pool kept (YOLOv5's Focus). Feature reductions are those of the stem.
-        **kwargs: ``timm.models.resnet.ResNet`` arguments (``block``, ``layers``, ``in_chans``, ...).
-    """
-
-    def __init__(self, stem: str = "s2d", **kwargs: Any):
-        super().__init__(**kwargs)
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
-        block_size, order, stride = STEMS[stem]
-        old = self.conv1
-        if not isinstance(old, nn.Conv2d):
-            raise ValueError("SpaceToDepthResNet replaces the single-conv stem: leave stem_type at its default")
-        self.conv1 = space_to_depth_stem(self.in_chans, old.out_channels, block_size, order, stride, like=old.weight)
-        nn.init.kaiming_normal_(self.conv1[1].weight, mode="fan_out", nonlinearity="relu")
-        if stem == "s2d":
-            self.maxpool = nn.Identity()
-        self.feature_info[0] = dict(self.feature_info[0], reduction=block_size * stride)
-        self._traits = {"first_conv": None}  # timm's adapt_input_conv cannot do s2d stems: our filter does
-
-
-class SpaceToDepthConvNeXt(ConvNeXt):
-    """timm ``ConvNeXt`` whose 4x4/4 patchify stem conv is space-to-depth + 3x3 conv (stem reduction stays 4).
-
-    Args:
-        stem (str): ``"s2d"``: SpaceToDepth(4) + 3x3 conv; ``"focus"``: SpaceToDepth(2) + 3x3 stride-2 conv.
-        **kwargs: ``timm.models.convnext.ConvNeXt`` arguments (``depths``, ``dims``, ``in_chans``, ...).
-    """
-
-    def __init__(self, stem: str = "s2d", **kwargs: Any):
-        super().__init__(**kwargs)
-        if stem not in CONVNEXT_STEMS:
-            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(CONVNEXT_STEMS)}")
-        block_size, order, stride = CONVNEXT_STEMS[stem]
-        if len(self.stem) != 2:
-            raise ValueError("SpaceToDepthConvNeXt replaces the patchify stem: leave stem_type at 'patch'")
-        old, norm = self.stem[0], self.stem[1]
-        new = space_to_depth_stem(
-            self.in_chans, old.out_channels, block_size, order, stride, old.bias is not None, like=old.weight
-        )
-        trunc_normal_(new[1].weight, std=0.02)
-        if new[1].bias is not None:
-            nn.init.zeros_(new[1].bias)
-        self.stem = nn.Sequential(new[0], new[1], norm)
-        self._traits = {"first_conv": None}
 
 
 # ----------------------------------------------------------------------------------------- pretrained weights
@@ -156,7 +101,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 # ------------------------------------------------------------------------------------------------- registration
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
+def default_cfg(**kwargs: Any) -> dict[str, Any]:
+    """A pretrained cfg of our models (ImageNet defaults as timm's ResNet / ConvNeXt); ``kwargs`` override."""
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
         "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
@@ -164,69 +110,75 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-_RESNET_ARGS = {
-    "resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
-    "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
-}
-_CONVNEXT_ARGS = {
-    "convnext_atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True),
-    "convnext_tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-}
+def create_s2d_model(model_cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """``build_model_with_cfg`` for our models: our checkpoint filter adapts the stem to ``in_chans``, timm's not.
+
+    timm adapts the conv named by ``pretrained_cfg["first_conv"]`` to ``in_chans`` itself, which is wrong for a
+    space-to-depth stem (and on timm < 1.0.31 drops the weight silently). The public way to turn that off in every
+    timm 1.x is ``first_conv=None`` in the cfg the weights load with; the model's cfg names the conv again after.
+    """
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    declared = overlay.get("first_conv", get_pretrained_cfg_value(variant, "first_conv"))
+    model = build_model_with_cfg(
+        model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_cfg_overlay=dict(overlay, first_conv=None), **kwargs,
+    )
+    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, first_conv=declared)
+    return model
 
 
-def _model_name(base: str, stem: str) -> str:
-    return f"{base}_s2d" if stem == "s2d" else f"{base}_s2d_focus"
+def follow_first_conv(model: nn.Module, paths: list[str]) -> None:
+    """After ``convert`` replaced the modules at ``paths``: point ``pretrained_cfg["first_conv"]`` at the stem's conv.
+
+    timm names the stem conv there (its weight is ``first_conv + ".weight"``); a conversion moves it, e.g. ``conv1``
+    becomes ``conv1.conv`` inside an ``SPDConv`` and back. The cfg is replaced by a copy, never edited in place.
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = cfg.get("first_conv") if isinstance(cfg, dict) else None
+    if not names:
+        return
+    single = isinstance(names, str)
+    moved = [_moved_conv(model, name, paths) for name in ([names] if single else names)]
+    new = moved[0] if single else type(names)(moved)
+    if new == names:
+        return
+    model.pretrained_cfg = dict(cfg, first_conv=new)
+    if getattr(model, "default_cfg", None) is cfg:
+        model.default_cfg = model.pretrained_cfg
+    traits = getattr(model, "_traits", None)  # timm >= 1.0.31 keeps a copy; left alone unless it is this one
+    if isinstance(traits, dict) and traits.get("first_conv") == names:
+        traits["first_conv"] = new
 
 
-# timm's register_model reads the default cfgs from the entrypoint's module under this name.
-default_cfgs = generate_default_cfgs(
-    {
-        **{_model_name(b, s): _cfg(first_conv="conv1.1", classifier="fc") for b in _RESNET_ARGS for s in STEMS},
-        **{
-            _model_name(b, s): _cfg(first_conv="stem.1", classifier="head.fc")
-            for b in _CONVNEXT_ARGS for s in CONVNEXT_STEMS
-        },
-    }
-)
-
-
-def _entrypoint(name: str, model_cls: type[nn.Module], base_args: dict[str, Any], stem: str, feature_cfg=None):
-    def create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        return build_model_with_cfg(
-            model_cls, name, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg,
-            **dict(base_args, stem=stem), **kwargs,
-        )
-
-    create.__name__ = create.__qualname__ = name
-    create.__module__ = __name__
-    create.__doc__ = f"{name}: {model_cls.__name__} with a {stem!r} space-to-depth stem (focus_surgery)."
-    return create
+def _moved_conv(model: nn.Module, name: str, paths: list[str]) -> str:
+    """Where the conv named ``name`` is now: the first conv inside the replacement that covers it."""
+    for path in paths:
+        if path and (name == path or name.startswith(path + ".")):
+            found = (n for n, m in model.get_submodule(path).named_modules() if isinstance(m, nn.Conv2d))
+            inner = next(found, None)
+            if inner is not None:
+                return f"{path}.{inner}" if inner else path
+    return name
 
 
 def model_names() -> list[str]:
-    """Names of every model this module registers."""
-    return [_model_name(b, s) for b in _RESNET_ARGS for s in STEMS] + [
-        _model_name(b, s) for b in _CONVNEXT_ARGS for s in CONVNEXT_STEMS
-    ]
+    """Names of every model this integration registers."""
+    return [f"{b}_s2d{s}" for b in ("resnet18", "resnet50", "convnext_atto", "convnext_tiny") for s in ("", "_focus")]
 
 
 def register() -> list[str]:
-    """Register our models in timm's registry and timm's conv types with the surgery (idempotent); return the names."""
-    from .timm_convs import register_conv_types
+    """Register our models in timm's registry and timm's conv types with the surgery (idempotent); return the names.
 
+    Raises:
+        RuntimeError: The installed timm lacks an API the integration needs (the message names the version range).
+    """
+    from ..surgery import register_post_apply
+    from .timm_convs import register_conv_types
+    from .timm_version import check_timm
+
+    check_timm()
     register_conv_types()
-    convnext_features = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
-    entries = [(b, SpaceToDepthResNet, args, s, None) for b, args in _RESNET_ARGS.items() for s in STEMS]
-    entries += [
-        (b, SpaceToDepthConvNeXt, args, s, convnext_features)
-        for b, args in _CONVNEXT_ARGS.items()
-        for s in CONVNEXT_STEMS
-    ]
-    for base, model_cls, args, stem, feature_cfg in entries:
-        name = _model_name(base, stem)
-        if is_model(name) and getattr(model_entrypoint(name), "__module__", None) == __name__:
-            continue  # already ours
-        fn = _entrypoint(name, model_cls, args, stem, feature_cfg)
-        globals()[name] = fn  # register_model looks the entrypoint's module up; keep the fn importable there too
-        register_model(fn)
+    register_post_apply(follow_first_conv)
+    from .timm_models import convnext, resnet  # noqa: F401  (importing registers the models)
+
     return model_names()

@@ -1,14 +1,16 @@
-"""timm's Conv2d subclasses taught to the module surgery, so ``convert`` is exact on every timm stem.
+"""timm's Conv2d subclasses taught to the module surgery, so ``convert`` is exact on every timm stem, both ways.
 
-* ``Conv2dSame`` (TF "SAME" padding, computed from the input size): for inputs whose size the stride divides,
-  which space-to-depth needs anyway, its padding is fixed, ``(k - s)`` split with the extra pixel at the end. That
-  equals a plain conv with symmetric padding and one leading zero tap per axis, whose space-to-depth form the core
-  builds. Folded back it is a plain ``nn.Conv2d`` (exact for those input sizes).
-* ``StdConv2d`` / ``ScaledStdConv2d`` (weight standardisation, BiT ResNetV2 and NF-Nets): zero-padding the kernel
-  would change the standardisation statistics, and baking the standardised weight into a plain conv is exact
-  only in the dtype it was baked in. ``SpaceToDepthStdConv`` keeps the original conv and its parameters,
-  standardises exactly as it does, then moves the standardised taps into space-to-depth layout with a fixed
-  gather (a permutation plus zeros). Folding back returns the original conv, untouched.
+* ``Conv2dSame`` (TF "SAME" padding, computed from the input size): ``SpaceToDepthConv2dSame`` pads the image as
+  the original would, then with zeros at the end up to whole blocks, and runs space-to-depth + a stride-1 conv whose
+  kernel is the original's with zero taps appended. That is exact at every input size the original accepts (odd
+  ones included: the SAME padding changes with the size, the block grid does not), and folds back to the very
+  ``Conv2dSame`` with its own parameter names, so the original checkpoint loads again.
+* ``StdConv2d`` / ``ScaledStdConv2d`` and their ``...Same`` variants (weight standardisation: BiT ResNetV2, NF-Nets,
+  ``dm_nfnet``): zero-padding the kernel would change the standardisation statistics, and baking the standardised
+  weight into a plain conv is exact only in the dtype it was baked in. ``SpaceToDepthStdConv`` keeps the original
+  conv and its parameters, standardises exactly as it does, then moves the standardised taps into space-to-depth
+  layout with a fixed gather (a permutation plus zeros); dynamic SAME padding is done as for ``Conv2dSame``.
+  Folding back returns the original conv, untouched.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
+from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from torch import nn
 
 from ..layers import SpaceToDepth
-from ..remap import strided_conv_to_s2d
-from ..surgery import ConversionError, register_conv_type, space_to_depth_form
+from ..remap import conv_to_focus_weight, focus_to_conv_weight, strided_conv_to_s2d
+from ..surgery import ConversionError, register_conv_type
 
 
 def _plain_conv(weight: torch.Tensor, conv: nn.Conv2d, stride, padding: tuple[int, int]) -> nn.Conv2d:
@@ -38,26 +40,98 @@ def _plain_conv(weight: torch.Tensor, conv: nn.Conv2d, stride, padding: tuple[in
     return plain.train(conv.training)
 
 
-def same_padding_as_plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """A plain ``nn.Conv2d`` equal to a TF-"SAME" ``Conv2dSame`` on inputs whose height and width its stride divides.
+def _blocks_pad(size: int, kernel: int, stride: int) -> list[int]:
+    """(before, after) zeros along one axis: TF-SAME padding, then up to the blocks the s2d conv reads."""
+    out = (size + stride - 1) // stride  # SAME: ceil(size / stride) outputs
+    total = max((out - 1) * stride + kernel - size, 0)
+    taps = (kernel + stride - 1) // stride  # kernel of the stride-1 conv over blocks
+    return [total // 2, stride * (out + taps - 1) - size - total // 2]
 
-    Per axis the SAME padding is then ``max(k - s, 0)``, ``before = total // 2`` and ``after = total - before``;
-    symmetric padding ``after`` plus ``after - before`` leading zero taps reads exactly the same pixels.
+
+@torch.fx.wrap  # sizes are Python ints here: a leaf in torch.fx graphs, as timm's own pad_same
+def pad_same_to_blocks(x: torch.Tensor, kernel: list[int], stride: int) -> torch.Tensor:
+    """TF-SAME zero padding of a ``kernel`` / ``stride`` conv, then zeros at the end up to whole ``stride`` blocks.
+
+    Shapes:
+        Input (N, C, H, W), any H and W; output (N, C, s*(ceil(H/s) + ceil(kh/s) - 1), ...) for stride ``s``.
     """
-    if conv.dilation != (1, 1):
-        raise ConversionError(f"Conv2dSame with dilation {conv.dilation} has no exact space-to-depth form")
-    zeros, padding = [], []
-    for kernel, stride in zip(conv.kernel_size, conv.stride):
-        total = max(kernel - stride, 0)
-        before, after = total // 2, total - total // 2
-        zeros.append(after - before)
-        padding.append(after)
-    weight = F.pad(conv.weight.detach(), (zeros[1], 0, zeros[0], 0))
-    return _plain_conv(weight, conv, conv.stride, (padding[0], padding[1]))
+    top_bottom = _blocks_pad(x.shape[-2], kernel[0], stride)
+    left_right = _blocks_pad(x.shape[-1], kernel[1], stride)
+    return F.pad(x, left_right + top_bottom)
+
+
+def _check_same_conv(conv: nn.Conv2d, order: str) -> None:
+    if conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1]:
+        raise ConversionError(
+            f"{type(conv).__name__} with stride {conv.stride}, dilation {conv.dilation} has no exact "
+            "space-to-depth form"
+        )
+    if conv.groups != 1 and order != "pixel_unshuffle":
+        raise ConversionError(f"groups={conv.groups} needs order='pixel_unshuffle'")
+
+
+class SpaceToDepthConv2dSame(nn.Module):
+    """timm ``Conv2dSame`` (TF "SAME", stride ``s``) as SAME padding + space-to-depth(``s``) + stride-1 conv, exactly.
+
+    Args:
+        conv (Conv2dSame): The strided conv; its kernel gets zero taps appended up to a multiple of ``s``.
+        order (str): Space-to-depth channel order.
+
+    Shapes:
+        Input (N, C, H, W), any H and W (as the original); output (N, O, ceil(H/s), ceil(W/s)), as the original.
+    """
+
+    accepts_any_input_size = True  # pads to whole blocks itself: the conversion narrows no input size
+
+    def __init__(self, conv: nn.Conv2d, order: str):
+        super().__init__()
+        _check_same_conv(conv, order)
+        stride = conv.stride[0]
+        self.kernel_size = list(conv.kernel_size)
+        weight = conv.weight.detach()
+        zeros = [-k % stride for k in self.kernel_size]
+        weight = conv_to_focus_weight(F.pad(weight, (0, zeros[1], 0, zeros[0])), stride, order)
+        self.s2d = SpaceToDepth(stride, order)
+        self.conv = _plain_conv(weight, conv, 1, (0, 0))
+        self.train(conv.training)
+
+    @property
+    def block_size(self) -> int:
+        return self.s2d.block_size
+
+    @property
+    def order(self) -> str:
+        return self.s2d.order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.s2d(pad_same_to_blocks(x, self.kernel_size, self.s2d.block_size)))
+
+    def to_strided_conv(self) -> tuple[nn.Module, str]:
+        """The ``Conv2dSame`` this computes, for ``convert(to="conv")``; raises if trained taps are not zero."""
+        big = focus_to_conv_weight(self.conv.weight.detach(), self.block_size, self.order)
+        kh, kw = self.kernel_size
+        if big[:, :, kh:].any() or big[:, :, :, kw:].any():
+            raise ConversionError(
+                f"the zero taps added to the {kh}x{kw} Conv2dSame kernel are no longer zero (trained?): "
+                "no exact Conv2dSame form"
+            )
+        conv = Conv2dSame(
+            big.shape[1] * self.conv.groups, big.shape[0], (kh, kw), self.block_size, groups=self.conv.groups,
+            bias=self.conv.bias is not None, device=big.device, dtype=big.dtype,
+        )
+        conv.weight = nn.Parameter(big[:, :, :kh, :kw].contiguous(), requires_grad=self.conv.weight.requires_grad)
+        if self.conv.bias is not None:
+            conv.bias = nn.Parameter(self.conv.bias.detach().clone(), requires_grad=self.conv.bias.requires_grad)
+        return conv.train(self.training), f"Conv2dSame({kh}x{kw}, stride={self.block_size}, padding=SAME)"
+
+    def extra_repr(self) -> str:
+        return "padding=SAME (any input size)"
 
 
 def _conv2d_same_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, str]:
-    return space_to_depth_form(same_padding_as_plain_conv(conv), to, order)
+    module = SpaceToDepthConv2dSame(conv, order)
+    k = "x".join(map(str, module.conv.kernel_size))
+    return module, f"SpaceToDepthConv2dSame(block_size={conv.stride[0]}, order={order}, k={k}, pad=SAME)"
 
 
 class SpaceToDepthStdConv(nn.Module):
@@ -74,21 +148,19 @@ class SpaceToDepthStdConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, order: str):
         super().__init__()
-        if conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1] or isinstance(conv.padding, str):
-            raise ConversionError(
-                f"{type(conv).__name__} with stride {conv.stride}, dilation {conv.dilation}, padding "
-                f"{conv.padding!r} has no exact space-to-depth form"
-            )
-        if conv.groups != 1 and order != "pixel_unshuffle":
-            raise ConversionError(f"groups={conv.groups} needs order='pixel_unshuffle'")
+        _check_same_conv(conv, order)
+        if isinstance(conv.padding, str):
+            raise ConversionError(f"{type(conv).__name__} with padding {conv.padding!r}: no exact space-to-depth form")
         self.conv = conv
         self.s2d = SpaceToDepth(conv.stride[0], order)
+        self.same_pad = bool(getattr(conv, "same_pad", False))  # timm's ...Same convs pad dynamically
+        self.kernel_size = list(conv.kernel_size)
         # Tap t of the flattened original kernel lands where this index holds t + 1; 0 marks an added zero tap.
         taps = torch.arange(1, conv.weight[0].numel() + 1, dtype=torch.float64).reshape(1, *conv.weight.shape[1:])
-        form = strided_conv_to_s2d(taps, conv.stride, conv.padding, order)
+        form = strided_conv_to_s2d(taps, conv.stride, 0 if self.same_pad else conv.padding, order)
         self.register_buffer("tap_index", form.weight.round().long().flatten(), persistent=False)
         self.kernel_shape = [conv.out_channels] + list(form.weight.shape[1:])
-        self.pad = list(form.pad)
+        self.pad = [0, 0, 0, 0] if self.same_pad else list(form.pad)
 
     @property
     def block_size(self) -> int:
@@ -97,6 +169,11 @@ class SpaceToDepthStdConv(nn.Module):
     @property
     def order(self) -> str:
         return self.s2d.order
+
+    @property
+    def accepts_any_input_size(self) -> bool:
+        """True for the dynamic-SAME convs (padded to whole blocks); else H and W must be divisible by the stride."""
+        return self.same_pad
 
     def gain(self) -> Optional[torch.Tensor]:
         """Per-channel scale applied by the standardisation (None: plain weight standardisation)."""
@@ -114,7 +191,11 @@ class SpaceToDepthStdConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = F.pad(self.standardized_weight().reshape(self.conv.out_channels, -1), (1, 0))  # column 0 = zero tap
         weight = flat[:, self.tap_index].reshape(self.kernel_shape)
-        return F.conv2d(F.pad(self.s2d(x), self.pad), weight, self.conv.bias, 1, 0, 1, self.conv.groups)
+        if self.same_pad:
+            x = self.s2d(pad_same_to_blocks(x, self.kernel_size, self.s2d.block_size))
+        else:
+            x = F.pad(self.s2d(x), self.pad)
+        return F.conv2d(x, weight, self.conv.bias, 1, 0, 1, self.conv.groups)
 
     def to_strided_conv(self) -> tuple[nn.Module, str]:
         """The original strided conv (a copy), for ``convert(to="conv")``."""
@@ -123,26 +204,28 @@ class SpaceToDepthStdConv(nn.Module):
         return conv, f"{type(conv).__name__}({k}, stride={conv.stride[0]}, padding={conv.padding})"
 
     def extra_repr(self) -> str:
-        return f"kernel={tuple(self.kernel_shape)}, pad={tuple(self.pad)}"
+        return f"kernel={tuple(self.kernel_shape)}, pad={'SAME' if self.same_pad else tuple(self.pad)}"
 
 
 class SpaceToDepthScaledStdConv(SpaceToDepthStdConv):
-    """``SpaceToDepthStdConv`` for timm ``ScaledStdConv2d`` (NF-Nets): standardisation scaled by ``gain * scale``."""
+    """``SpaceToDepthStdConv`` for timm ``ScaledStdConv2d(Same)`` (NF-Nets): standardisation scaled by gain * scale."""
 
     def gain(self) -> Optional[torch.Tensor]:
         return (self.conv.gain * self.conv.scale).view(-1)
 
 
 def _std_conv_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, str]:
-    cls = SpaceToDepthScaledStdConv if isinstance(conv, ScaledStdConv2d) else SpaceToDepthStdConv
+    scaled = isinstance(conv, (ScaledStdConv2d, ScaledStdConv2dSame))
+    cls = SpaceToDepthScaledStdConv if scaled else SpaceToDepthStdConv
     module = cls(conv=copy.deepcopy(conv), order=order)
     k = "x".join(map(str, module.kernel_shape[2:]))
-    form = f"{cls.__name__}(block_size={conv.stride[0]}, order={order}, k={k}, pad={tuple(module.pad)})"
+    pad = "SAME" if module.same_pad else tuple(module.pad)
+    form = f"{cls.__name__}(block_size={conv.stride[0]}, order={order}, k={k}, pad={pad})"
     return module.train(conv.training), form
 
 
 def register_conv_types() -> None:
     """Teach ``focus_surgery.convert`` timm's Conv2d subclasses (idempotent)."""
     register_conv_type(Conv2dSame, _conv2d_same_to_s2d)
-    register_conv_type(StdConv2d, _std_conv_to_s2d)
-    register_conv_type(ScaledStdConv2d, _std_conv_to_s2d)
+    for cls in (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame):
+        register_conv_type(cls, _std_conv_to_s2d)

@@ -59,8 +59,8 @@ from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
 from ..model_configs import find_config
 from ..orders import check_block_size
 
-SUPPORTED_VERSIONS = ">=8.3,<8.5"  # tested: 8.4.190 (all tests), 8.3.0 (YAML building)
-_SUPPORTED_RANGE = ((8, 3), (8, 5))  # [low, high)
+SUPPORTED_VERSIONS = ">=8.4.190,<8.5"  # what CI tests (requirements-dev.txt); pyproject.toml declares the same
+_SUPPORTED_RANGE = ((8, 4, 190), (8, 5))  # [low, high)
 _NEEDED_GLOBALS = ("parse_model", "Conv", "Concat", "HGStem")  # what the wrapper relies on in ultralytics.nn.tasks
 _WRAPPED_MARK = "__focus_surgery_original__"
 
@@ -458,7 +458,7 @@ def check_hookable(tasks: Any, version: str) -> None:
             f"focus-surgery cannot hook Ultralytics {version}: ultralytics.nn.tasks lacks {', '.join(missing)}; "
             f"supported versions are ultralytics{SUPPORTED_VERSIONS} (pip install 'ultralytics{SUPPORTED_VERSIONS}')"
         )
-    if not low <= _version_tuple(version)[:2] < high:
+    if not low <= _version_tuple(version) < high:
         import warnings
 
         warnings.warn(
