@@ -90,7 +90,7 @@ def _write_error(destination: Path, error: BaseException) -> CheckpointError:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     full = isinstance(error, OSError) and error.errno == errno.ENOSPC
     if full or ("unexpected pos" in text and free is not None and free < (64 << 20)):  # torch's zip writer
-        return CheckpointError(f"{destination}: write failed: the disk is full ({free or 0:,} bytes free); "
+        return CheckpointError(f"{destination}: write failed ({text}): the disk is full ({free or 0:,} bytes free); "
                                "free some space and run again (nothing was written)")  # fmt: skip
     return CheckpointError(f"{destination}: write failed ({text}); nothing was written")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from focus_surgery import checkpoint_io, cli, orders, state_dict
+from focus_surgery.sources import plain as plain_source
 
 # GUIDE section 1, written out independently of focus_surgery.orders: output channel of (c, dy, dx)
 CH = {
@@ -94,9 +95,9 @@ def _drops_the_bias_of_the_batchnorm(sd, *args, **kwargs):
 REAL_REMAP, REAL_CONVERT = state_dict.focus_to_conv_weight, state_dict.convert_state_dict
 PLANTED = {  # bug -> (object, attribute, replacement)
     "remap with the wrong channel order": (state_dict, "focus_to_conv_weight", _wrong_order),
-    "fresh BatchNorm statistics": (cli, "convert_state_dict", _fresh_batchnorm),
-    "another tensor changed": (cli, "convert_state_dict", _touches_another_layer),
-    "a BatchNorm entry lost": (cli, "convert_state_dict", _drops_the_bias_of_the_batchnorm),
+    "fresh BatchNorm statistics": (plain_source, "convert_state_dict", _fresh_batchnorm),
+    "another tensor changed": (plain_source, "convert_state_dict", _touches_another_layer),
+    "a BatchNorm entry lost": (plain_source, "convert_state_dict", _drops_the_bias_of_the_batchnorm),
 }
 
 
@@ -122,9 +123,10 @@ def test_verify_of_a_correct_conversion_measures_float64_zero(tmp_path, capsys):
     import json
 
     report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["verification"]["dtype"] == "float64" and report["verification"]["passed"]
-    assert report["max_abs_err"] <= 1e-12 * max(1.0, report["verification"]["output_scale"])
-    assert report["verification"]["output_scale"] > 1  # the BatchNorm'd stem output, not zeros
+    stem = report["verification"]["stem"]  # the stem run before and after (the other tensors: "tensors")
+    assert code == 0 and stem["dtype"] == "float64" and stem["passed"] and report["verification"]["passed"]
+    assert report["max_abs_err"] <= 1e-12 * max(1.0, stem["output_scale"])
+    assert stem["output_scale"] > 1  # the BatchNorm'd stem output, not zeros
 
 
 # --------------------------------------------------------------------------------------------- atomic writes

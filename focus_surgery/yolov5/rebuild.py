@@ -23,7 +23,7 @@ from torch import nn
 from ..checkpoint_io import CheckpointError
 from ..loader.plain import PLAIN_BUDGET
 from ..loader.plain import to_plain as _plain
-from ..loader.layers import check_hyperparameters
+from ..loader.layers import check_hyperparameters, module_class
 from .detect import LegacyDetect
 from .unpickler import LegacyRecord, load_legacy_pickle
 
@@ -105,17 +105,19 @@ def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint
         raise CheckpointError(f"{path}: no YOLOv5 models.yolo.Model inside (keys: {sorted(map(str, content))[:8]})")
     model = content[key]
     _check_class_counts(model, str(path))
-    if not isinstance(model.get("yaml"), dict) and isinstance(model.get("md"), dict):
+    v1_md = not isinstance(model.get("yaml"), dict) and isinstance(model.get("md"), dict)
+    if v1_md:
         model.state["yaml"] = model.state["md"]  # v1.0 kept the model dict under `md`
-    if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
-        raise CheckpointError(f"{path}: the YOLOv5 model has no yaml architecture dict; cannot rebuild it")
     try:
         budget = [PLAIN_BUDGET]
         metadata = {str(k): _plain(v, budget) for k, v in content.items() if k not in ("model", "ema", "optimizer")}
         for attr in ("hyp", "gr", "yaml_file"):
             if model.get(attr) is not None:
                 metadata[attr] = _plain(model.get(attr), budget)
-        model.state["yaml"] = _plain(model.get("yaml"), [PLAIN_BUDGET])  # plain data from here on, bounded
+        if isinstance(model.get("yaml"), dict):
+            model.state["yaml"] = _plain(model.get("yaml"), [PLAIN_BUDGET])  # plain data from here on, bounded
+        if v1_md:
+            model.state["md"] = model.state["yaml"]  # one dict under both names, as the reader aliased it
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     except RecursionError:
@@ -160,7 +162,7 @@ def leaf_spec(record: LegacyRecord) -> dict[str, Any]:
     if name not in LEAF_ARGS or not record.qualname.startswith("torch.nn.modules."):
         raise CheckpointError(f"layer type {record.qualname} is not supported")
     try:
-        check_hyperparameters(getattr(nn, name), record.state, record.qualname)
+        check_hyperparameters(module_class(record.qualname, Path(record.qualname)), record.state, record.qualname)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
     args = {a: _plain(record.get(a)) for a in LEAF_ARGS[name] if a in record.state}
@@ -334,6 +336,9 @@ def check_scaling(yaml: dict, weights: dict[str, torch.Tensor], detect: dict, pa
 def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     """Read the architecture of a YOLOv5 checkpoint from its records (yaml, leaves, head, names)."""
     model, det = ckpt.model, ckpt.detect
+    if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
+        raise CheckpointError(f"{ckpt.path}: the YOLOv5 model has no yaml architecture dict, so no Ultralytics model can "
+                              "be rebuilt; convert its stem in the repository's own layout with --layout yolov5")  # fmt: skip
     yaml = copy.deepcopy(model.get("yaml"))
     _check_rows(yaml, ckpt.path)
     if det.name != "Detect":
@@ -531,10 +536,10 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         "parameters": params,
         "stem": stem_text,
         "stem_activation": stem_act,
-        "nc": int(det.get("nc")),
+        "nc": det.get("nc") if det.get("nc") is not None else model.get("nc"),  # a Classify head keeps none
         "names": names,
         "anchors": anchors,
-        "stride": [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()],
+        "stride": [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()] if det.get("stride") is not None else None,
         "dtype": str(ckpt.dtype).replace("torch.", ""),
         "epoch": ckpt.metadata.get("epoch"),
         "best_fitness": _first(ckpt.metadata.get("best_fitness")),
