@@ -77,6 +77,8 @@ def _table() -> dict[str, Allowed]:
         add((f"{py}.set",), set, "an inert container")
         add((f"{py}.frozenset",), frozenset, "an inert container")
         add((f"{py}.slice",), slice, "an inert value (YOLOv5 v1.0 metadata)")
+        add((f"{py}.dict",), dict, "a plain dict (our outputs write read namespaces this way); keys checked")
+        add((f"{py}.str", "__builtin__.unicode"), rb.text_value, "text (our outputs write named references this way)")
         add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
         add((f"{py}.getattr",), rb.named_reference,
             "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference")

@@ -138,6 +138,13 @@ def reconstructor(cls, base, state=None):
     return cls.__new__(cls)
 
 
+def text_value(value="") -> str:
+    """``str(text)`` as pickles write a text value (our own outputs write named references this way)."""
+    if not isinstance(value, str):
+        raise Refused("str() of something other than text")
+    return value
+
+
 def torch_size(dims=()) -> torch.Size:
     return torch.Size(_ints(dims, "torch.Size"))
 

@@ -43,8 +43,8 @@ def _check_key(key: Any) -> None:
 
 
 # The only objects whose state a pickle may set: fresh instances made by this load.
-_BUILDABLE = (Record, DtypeSpec, ArraySpec, OrderedDict, Namespace)
-_CONTAINERS = (OrderedDict, set, frozenset, Namespace)  # callable with an iterable; their keys are checked
+_BUILDABLE = (Record, DtypeSpec, ArraySpec, OrderedDict, Namespace)  # a plain dict's state is never set
+_CONTAINERS = (OrderedDict, dict, set, frozenset, Namespace)  # callable with an iterable; their keys are checked
 _CONSTRUCTIBLE = (*_CONTAINERS, slice, DtypeSpec)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..checkpoint_io import CheckpointError, save_checkpoint
+from ..surgery import ConversionError
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import convert_state_dict, find_stem
 from .base import ConvertOptions, Source, VerificationFailed
@@ -68,7 +69,9 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
         if key in converted:
             out[key] = converted[key]
         elif isinstance(value, torch.Tensor):
-            new_key = next(renamed)  # the stem's keys, renamed in the same order
+            new_key = next(renamed, None)  # the stem's keys, renamed in the same order
+            if new_key is None:
+                raise ConversionError(f"the converted state dict lost the entry {key!r}")
             out[new_key] = converted[new_key]
         else:
             out[key] = value
@@ -132,6 +135,10 @@ class PlainStateDictSource(Source):
         for place in places:
             before = tensors(_at(content, place))
             after, stem = convert_state_dict(before, options.to, options.block_size, options.order)
+            if options.verify:  # before the output is assembled: a broken conversion is a failed check, not a crash
+                checks.append(self._check(before, after, options))
+                if not checks[-1]["passed"]:
+                    break
             if place is None:
                 new_content = _with_tensors(content, after)
             else:
@@ -139,8 +146,6 @@ class PlainStateDictSource(Source):
             if place == places[0]:
                 report.update(stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:])
                 report["from"] = stem.form
-            if options.verify:
-                checks.append(self._check(before, after, options))
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
             stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)

@@ -308,10 +308,10 @@ def check_scaling(yaml: dict, weights: dict[str, torch.Tensor], detect: dict, pa
     for key, value in (("depth_multiple", gd), ("width_multiple", gw)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4:
             raise CheckpointError(f"{path}: yaml {key} = {value!r} is out of range (0, 4]")
-    convs: dict[int, list[int]] = {}  # layer index: output channels of each conv weight in it
+    convs: dict[int, list[int]] = {}  # layer index: output channels of each conv (or linear) weight in it
     for key, tensor in weights.items():
         parts = key.split(".")
-        if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit() and tensor.ndim == 4:
+        if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit() and tensor.ndim in (2, 4):  # convs, linears
             convs.setdefault(int(parts[1]), []).append(int(tensor.shape[0]))
     rows = list(yaml["backbone"]) + list(yaml["head"])
     for i, (_, n, name, args) in enumerate(rows):
@@ -319,7 +319,8 @@ def check_scaling(yaml: dict, weights: dict[str, torch.Tensor], detect: dict, pa
         repeats = max(round(n * gd), 1) if n > 1 else n
         if repeats < 1 or (repeats > 1 and repeats > len(layer)):
             raise CheckpointError(f"{path}: yaml row {i} repeats its block {repeats} times; layer {i} has {len(layer)} convs")
-        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and name not in ("Concat", "nn.Upsample"):
+        channel_row = name != "Concat" and not name.startswith("nn.")  # torch rows' arguments are not channels
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and channel_row:
             width = math.ceil(args[0] * gw / 8) * 8
             if width > max(layer, default=0):
                 raise CheckpointError(f"{path}: yaml row {i} asks for {width} channels; layer {i} has at most {max(layer, default=0)}")
