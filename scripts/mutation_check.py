@@ -102,24 +102,33 @@ MUTANTS = [
 # The safe loader is moving to focus_surgery/loader/ (the lead's rewrite): these entries name today's files.
 # After the move, change `path` (and `old` where the code changed); a mutant whose snippet is gone reports "stale".
 # The guard tests (tests/test_checkpoint_guards.py) use only load_checkpoint and the CLI, so they need no change.
-LOADER = ("tests/test_checkpoint_guards.py", "tests/test_cli.py", "tests/test_yolov5_legacy.py")
+LOADER = ("tests/test_checkpoint_guards.py", "tests/test_loader.py", "tests/test_loader_review.py", "tests/test_cli.py",
+          "tests/test_yolov5_legacy.py")
 LOADER_MUTANTS = [
-    Mutant("loader imports classes from __main__ modules", "focus_surgery/checkpoint_io.py",
-           'if "__main__" in module_name.split("."):', "if False:", LOADER),
-    Mutant("loader lets a tensor reach past its storage", "focus_surgery/yolov5/unpickler.py",
+    Mutant("loader imports classes from __main__ modules", "focus_surgery/loader/layers.py",
+           'if "__main__" in module_name.split(".") or', "if", LOADER),
+    Mutant("loader lets a tensor reach past its storage", "focus_surgery/loader/rebuilders.py",
            "if extent > available:", "if False:", LOADER),
-    Mutant("loader reads big-endian zip archives", "focus_surgery/yolov5/unpickler.py",
-           'archive.read(byteorder).strip() not in (b"little", b"")', "False", LOADER),
-    Mutant("loader reads big-endian legacy files", "focus_surgery/yolov5/unpickler.py",
+    Mutant("loader reads big-endian zip archives", "focus_surgery/loader/containers.py",
+           'archive.read(order).strip() not in (b"little", b"")', "False", LOADER),
+    Mutant("loader reads big-endian legacy files", "focus_surgery/loader/containers.py",
            'not sys_info.get("little_endian", True)', "False", LOADER),
-    Mutant("loader accepts a short zip storage", "focus_surgery/yolov5/unpickler.py",
-           "or reader.get_record_size(name) < numel * _element_size(dtype):", ":", LOADER),
-    Mutant("loader accepts a short legacy storage", "focus_surgery/yolov5/unpickler.py",
-           "if count != numel or len(data) != nbytes:", "if False:", LOADER),
-    Mutant("unpickler reads any global as an inert record", "focus_surgery/yolov5/unpickler.py",
+    Mutant("loader accepts a short zip storage", "focus_surgery/loader/containers.py",
+           "if info.file_size < nbytes:", "if False:", LOADER),
+    Mutant("loader accepts a legacy storage larger than the file", "focus_surgery/loader/containers.py",
+           "if nbytes > file_size - handle.tell() or declared[0] > file_size:", "if False:", LOADER),
+    Mutant("loader skips the CRC-32 of storages", "focus_surgery/loader/containers.py",
+           "if len(as_bytes) != info.file_size or zlib.crc32(as_bytes) != info.CRC:", "if False:", LOADER),
+    Mutant("unpickler reads any global as an inert record", "focus_surgery/loader/unpickler.py",
            "        raise RefusedGlobal(qualname)", "        return record_class(qualname)", LOADER),
-    Mutant("unpickler sets the state of any object", "focus_surgery/yolov5/unpickler.py",
-           "if not isinstance(self.stack[-2], _BUILDABLE):", "if False:", LOADER),
+    Mutant("unpickler sets the state of any object", "focus_surgery/loader/unpickler.py",
+           "if not isinstance(target, _BUILDABLE):", "if False:", LOADER),
+    Mutant("unpickler passes keyword arguments to constructors", "focus_surgery/loader/unpickler.py",
+           "if self.stack[-1]:  # keyword arguments", "if False:  # keyword arguments", LOADER),
+    Mutant("unpickler hashes any dictionary key", "focus_surgery/loader/unpickler.py",
+           "    raise Refused(f\"a dictionary key or set member", "    return\n    raise Refused(f\"a dictionary key or set member", LOADER),
+    Mutant("tensors' logical size unbounded", "focus_surgery/loader/rebuilders.py",
+           "        if self.used > self.limit:", "        if False:", LOADER),
 ]  # fmt: skip
 
 
