@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 verification failed, 2 bad input (one-line error on std
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -34,8 +35,16 @@ def _one_line(error: BaseException) -> str:
     return printable(text.splitlines()[0]) if text else type(error).__name__
 
 
+_REPORT_STREAM: list[Any] = []  # where reports go; with --json everything else printed goes to stderr
+
+
+def report_stream() -> Any:
+    """The stream a sub-command's report goes to (stdout; kept free of library chatter under --json)."""
+    return _REPORT_STREAM[-1] if _REPORT_STREAM else sys.stdout
+
+
 def _emit(result: dict[str, Any], as_json: bool) -> None:
-    print(json.dumps(result, default=str) if as_json else printable(result["summary"]))
+    print(json.dumps(result, default=str) if as_json else printable(result["summary"]), file=report_stream())
 
 
 def cmd_convert(args) -> int:
@@ -179,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     from .loader import reading_once
 
     args = build_parser().parse_args(argv)
+    _REPORT_STREAM.append(sys.stdout)
+    # --json promises one JSON object on stdout: what libraries print (Ultralytics' first-run settings notice) goes
+    # to stderr instead
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings(), cleanup_on_signals(), reading_once(), forward_memory_limit(FORWARD_LIMIT):
+        with warnings.catch_warnings(), cleanup_on_signals(), reading_once(), forward_memory_limit(FORWARD_LIMIT), \
+                quiet_stdout:  # fmt: skip
             warnings.simplefilter("ignore")  # library warnings would turn a one-line error into several
             return args.handler(args)
     except VerificationFailed as error:
@@ -202,3 +216,5 @@ def main(argv: list[str] | None = None) -> int:
         why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
         print(f"focus-surgery: {getattr(args, 'dst', '')}: {why}; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        _REPORT_STREAM.pop()

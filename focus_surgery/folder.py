@@ -195,7 +195,7 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
 def convert_folder(args: argparse.Namespace) -> int:
     """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR, each file in
     its own child process (a crashing, hanging or memory-hungry file fails alone)."""
-    from .cli import printable
+    from .cli import printable, report_stream
 
     src_dir, out_dir = Path(args.src), Path(args.dst)
     if (out_dir.exists() and not out_dir.is_dir()) or (
@@ -220,7 +220,7 @@ def convert_folder(args: argparse.Namespace) -> int:
     failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]
     summary = {"src": str(src_dir), "dst": str(out_dir), "converted": converted, "failed": failed}
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(summary, default=str), file=report_stream())
     else:
         print(printable(f"converted {len(converted)}, failed {len(failed)} (of {len(outcomes)} files under {src_dir})"))
         for item in converted:

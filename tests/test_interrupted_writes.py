@@ -56,10 +56,16 @@ def big_checkpoint(tmp_path_factory):
     path.unlink(missing_ok=True)
 
 
+def default_sigint() -> None:
+    """A user's Ctrl-C reaches the program even when this test runs in a background job (which ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def convert_and_signal(src: Path, dst: Path, sig: int) -> tuple[subprocess.Popen, bytes, bool]:
     """Start ``convert src dst``, send ``sig`` once its temporary file appears; (process, stderr, signalled)."""
     proc = subprocess.Popen([sys.executable, "-m", "focus_surgery", "convert", str(src), str(dst)], cwd=ROOT,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=default_sigint)  # fmt: skip
     signalled, deadline = False, time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if temp_files(dst.parent, dst.name):

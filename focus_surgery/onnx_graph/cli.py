@@ -17,9 +17,9 @@ def _require_onnx() -> None:
 
 
 def _emit(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    from ..cli import printable  # node names come from the file: escaped before they reach a terminal
+    from ..cli import printable, report_stream  # node names come from the file: escaped before the terminal
 
-    print(json.dumps(result, default=str) if as_json else printable("\n".join(lines)))
+    print(json.dumps(result, default=str) if as_json else printable("\n".join(lines)), file=report_stream())
 
 
 def _stem_lines(report) -> list[str]:
