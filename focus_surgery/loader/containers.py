@@ -14,6 +14,7 @@ import pickle
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -127,18 +128,26 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
                     readers.append(torch._C.PyTorchFileReader(stream))
                 raw = readers[0].get_storage_from_record(f"data/{key}", info.file_size, torch.uint8).untyped_storage()
                 as_bytes = torch.empty((0,), dtype=torch.uint8).set_(raw).numpy()  # a view, no copy
-                if len(as_bytes) != info.file_size or zlib.crc32(as_bytes) != info.CRC:
-                    raise CheckpointError(f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt")
+                if len(as_bytes) != info.file_size:
+                    raise CheckpointError(f"{path}: record {info.filename!r} is shorter than its zip entry says")
+                # zlib releases the GIL: the checksums run beside the unpickling and are all checked below
+                crcs.append((info, crc_pool.submit(zlib.crc32, as_bytes)))
                 storages[key] = _typed(raw, dtype)
             storage = storages[key]
             if storage.dtype != dtype:
                 raise pickle.UnpicklingError(f"storage {key} read with two dtypes")
             return storage
 
+        crcs: list[tuple[zipfile.ZipInfo, Any]] = []
+        crc_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="focus-surgery-crc")
         try:
             unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets)
             content = unpickler.load()
+            for info, crc in crcs:
+                if crc.result() != info.CRC:
+                    raise CheckpointError(f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt")
         finally:
+            crc_pool.shutdown(wait=True, cancel_futures=True)
             readers.clear()
             stream.close()
         read = {f"data/{key}" for key in storages} | {"data.pkl", "byteorder"}

@@ -43,7 +43,7 @@ class Budgets:
 
 
 def element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def _ints(values: Any, what: str) -> tuple[int, ...]:
