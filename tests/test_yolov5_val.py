@@ -42,8 +42,9 @@ def _val(model: YOLO, data: Path, tmp_path: Path):
 
 def test_converted_model_val_equals_yolov5_val_py(data, tmp_path):
     converted = tmp_path / "v7-conv.pt"
-    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(FIXTURE / "yolov5s-v7.0-w0.0625-nc3-seed7.pt"),
-                          str(converted)], capture_output=True, text=True)  # fmt: skip
+    original = FIXTURE / "yolov5s-v7.0-w0.0625-nc3-seed7.pt"
+    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(original), str(converted)],
+                         capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     box = _val(YOLO(converted), data, tmp_path).box
     assert abs(box.map50 - REFERENCE["map50"]) <= 1e-3, (box.map50, REFERENCE["map50"])
