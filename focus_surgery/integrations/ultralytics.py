@@ -523,6 +523,9 @@ def _hook(tasks: Any, version: str) -> str:
     from ..yolov5.training import install as install_yolov5_training
 
     install_yolov5_training(tasks)  # YOLOv5's loss for LegacyDetect heads (idempotent)
+    from ..yolov5.validation import install as install_yolov5_validation
+
+    install_yolov5_validation()  # YOLOv5's val.py matching for LegacyDetect heads (idempotent)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
     original = tasks.parse_model

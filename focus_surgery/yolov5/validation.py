@@ -1,0 +1,221 @@
+"""Validating ``LegacyDetect`` models with Ultralytics' validator and YOLOv5's own ``val.py`` rules.
+
+Nothing installed is edited; ``install_validator()`` (run once Ultralytics' detection validator module is imported)
+wraps, in memory, five methods of ``DetectionValidator``:
+
+* ``init_metrics``: notes whether the validated model has a ``LegacyDetect`` head;
+* ``postprocess``: for such a model, YOLOv5's ``non_max_suppression`` as ``val.py`` calls it (multi-label, candidates
+  with ``obj * cls > conf``, sorted by confidence before torchvision's NMS, per-class offsets of 7680 px, at most
+  30000 boxes in and ``max_det`` out). The sort matters when scores tie (flat image regions, letterbox padding):
+  NMS then keeps the same one of the tied boxes as YOLOv5;
+* ``_process_batch``: for such a model, predictions and labels are compared in the original image's pixels,
+  predictions clipped to the image, as ``val.py`` does (Ultralytics compares them in the letterboxed image, unclipped,
+  so a box reaching into the padding scores a different IoU);
+* ``match_predictions``: for such a model, predictions are matched to labels as YOLOv5's ``process_batch`` does (per
+  IoU threshold: each detection keeps its highest-IoU label, then each label its first detection, i.e. the most
+  confident), not greedily by confidence over the still unclaimed labels as Ultralytics does;
+* ``get_stats``: for such a model, average precision as YOLOv5's ``compute_ap`` (the precision envelope interpolated
+  linearly from the last recall to recall 1 at precision 0; Ultralytics drops it to 0 right after the last recall).
+  ``ultralytics.utils.metrics.compute_ap`` is swapped for the duration of that call only.
+
+Every other model gets Ultralytics' own NMS and matching, unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .training import legacy_head
+
+_WRAPPED_MARK = "__focus_surgery_original__"
+_VALIDATOR_MODULE = "ultralytics.models.yolo.detect.val"
+_FLAG = "_focus_surgery_yolov5"
+
+
+def has_legacy_head(model: Any) -> bool:
+    """True for a ``DetectionModel`` with a ``LegacyDetect`` head, or an ``AutoBackend`` wrapping one."""
+    return isinstance(model, nn.Module) and any(
+        legacy_head(m) is not None for m in (model, getattr(model, "model", None)) if isinstance(m, nn.Module)
+    )
+
+
+def yolov5_matches(pred_classes: torch.Tensor, true_classes: torch.Tensor, iou: torch.Tensor,
+                   thresholds: np.ndarray) -> np.ndarray:  # fmt: skip
+    """YOLOv5's ``process_batch`` matching.
+
+    Args:
+        pred_classes (torch.Tensor): Predicted classes (N,).
+        true_classes (torch.Tensor): Label classes (M,).
+        iou (torch.Tensor): IoU of labels (rows) with predictions (columns), (M, N).
+        thresholds (np.ndarray): IoU thresholds (T,).
+
+    Returns:
+        (np.ndarray): Boolean (N, T), True where the prediction is a true positive at that threshold.
+    """
+    correct = np.zeros((pred_classes.shape[0], len(thresholds)), dtype=bool)
+    correct_class = (true_classes[:, None] == pred_classes).cpu().numpy()
+    iou = iou.cpu().numpy()
+    for i, threshold in enumerate(thresholds):
+        label, det = np.nonzero((iou >= threshold) & correct_class)
+        if not len(label):
+            continue
+        matches = np.stack((label, det, iou[label, det]), 1)
+        if len(label) > 1:  # each detection's best-IoU label; then per label the lowest detection index (np.unique)
+            matches = matches[matches[:, 2].argsort()[::-1]]
+            matches = matches[np.unique(matches[:, 1], return_index=True)[1]]
+            matches = matches[np.unique(matches[:, 0], return_index=True)[1]]
+        correct[matches[:, 1].astype(int), i] = True
+    return correct
+
+
+def yolov5_nms(prediction: torch.Tensor, conf_thres: float, iou_thres: float, agnostic: bool = False,
+               max_det: int = 300, max_nms: int = 30000, max_wh: int = 7680) -> list[torch.Tensor]:  # fmt: skip
+    """YOLOv5's multi-label ``non_max_suppression`` (v7.0, no masks) on a ``LegacyDetect`` output.
+
+    Args:
+        prediction (torch.Tensor): (B, 4 + nc, N): xywh boxes, then ``obj * cls`` scores.
+        conf_thres (float): Score threshold.
+        iou_thres (float): NMS IoU threshold.
+        agnostic (bool): One NMS over all classes.
+        max_det (int): Detections kept per image.
+        max_nms (int): Candidates passed to NMS per image (the best by score).
+        max_wh (int): Per-class box offset in pixels.
+
+    Returns:
+        (list[torch.Tensor]): Per image (n, 6): xyxy, score, class; by descending score.
+    """
+    import torchvision
+
+    nc = prediction.shape[1] - 4
+    output = []
+    for x in prediction.transpose(-1, -2):
+        xy, wh, cls = x[:, :2], x[:, 2:4], x[:, 4:]
+        box = torch.cat((xy - wh / 2, xy + wh / 2), 1)  # xywh -> xyxy
+        if nc > 1:
+            i, j = (cls > conf_thres).nonzero(as_tuple=False).T
+            x = torch.cat((box[i], cls[i, j, None], j[:, None].float()), 1)
+        else:
+            conf, j = cls.max(1, keepdim=True)
+            x = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        x = x[x[:, 4].argsort(descending=True)[:max_nms]]  # YOLOv5 sorts before NMS: ties resolve as there
+        keep = torchvision.ops.nms(x[:, :4] + x[:, 5:6] * (0 if agnostic else max_wh), x[:, 4], iou_thres)
+        output.append(x[keep[:max_det]])
+    return output
+
+
+def yolov5_compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """YOLOv5's ``compute_ap``: 101-point interpolated area under the precision envelope.
+
+    Returns:
+        (tuple): AP, the precision envelope and the recall it is sampled at (with sentinels).
+    """
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision, [0.0])))))
+    x = np.linspace(0, 1, 101)
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    return float(trapezoid(np.interp(x, mrec, mpre), x)), mpre, mrec
+
+
+@contextlib.contextmanager
+def _yolov5_average_precision():
+    from ultralytics.utils import metrics
+
+    original = metrics.compute_ap
+    metrics.compute_ap = yolov5_compute_ap
+    try:
+        yield
+    finally:
+        metrics.compute_ap = original
+
+
+def _wrap_init_metrics(original):
+    @functools.wraps(original)
+    def init_metrics(self, model):
+        setattr(self, _FLAG, has_legacy_head(model))
+        return original(self, model)
+
+    setattr(init_metrics, _WRAPPED_MARK, original)
+    return init_metrics
+
+
+def _wrap_postprocess(original):
+    @functools.wraps(original)
+    def postprocess(self, preds):
+        if not getattr(self, _FLAG, False):
+            return original(self, preds)
+        preds = preds[0] if isinstance(preds, (list, tuple)) else preds
+        out = yolov5_nms(preds, self.args.conf, self.args.iou, agnostic=self.args.single_cls or self.args.agnostic_nms,
+                         max_det=self.args.max_det)  # fmt: skip
+        return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in out]
+
+    setattr(postprocess, _WRAPPED_MARK, original)
+    return postprocess
+
+
+def _wrap_process_batch(original):
+    @functools.wraps(original)
+    def _process_batch(self, preds, batch):
+        if not getattr(self, _FLAG, False) or not len(batch["cls"]) or not len(preds["cls"]):
+            return original(self, preds, batch)
+        from ultralytics.utils import ops
+        from ultralytics.utils.metrics import box_iou
+
+        native = [ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"], ratio_pad=batch["ratio_pad"])
+                  for b in (batch["bboxes"], preds["bboxes"])]  # fmt: skip
+        return {"tp": self.match_predictions(preds["cls"], batch["cls"], box_iou(*native)).cpu().numpy()}
+
+    setattr(_process_batch, _WRAPPED_MARK, original)
+    return _process_batch
+
+
+def _wrap_get_stats(original):
+    @functools.wraps(original)
+    def get_stats(self):
+        if not getattr(self, _FLAG, False):
+            return original(self)
+        with _yolov5_average_precision():
+            return original(self)
+
+    setattr(get_stats, _WRAPPED_MARK, original)
+    return get_stats
+
+
+def _wrap_match_predictions(original):
+    @functools.wraps(original)
+    def match_predictions(self, pred_classes, true_classes, iou, *args, **kwargs):
+        if not getattr(self, _FLAG, False):
+            return original(self, pred_classes, true_classes, iou, *args, **kwargs)
+        return torch.from_numpy(yolov5_matches(pred_classes, true_classes, iou, self.iouv.cpu().numpy()))
+
+    setattr(match_predictions, _WRAPPED_MARK, original)
+    return match_predictions
+
+
+def install_validator(val_module: Any) -> None:
+    """Wrap ``val_module.DetectionValidator``'s ``init_metrics``, ``postprocess``, ``_process_batch``,
+    ``match_predictions`` and ``get_stats``; idempotent."""
+    cls = val_module.DetectionValidator
+    if not hasattr(cls.init_metrics, _WRAPPED_MARK):
+        cls.init_metrics = _wrap_init_metrics(cls.init_metrics)
+    if not hasattr(cls.postprocess, _WRAPPED_MARK):
+        cls.postprocess = _wrap_postprocess(cls.postprocess)
+    if not hasattr(cls._process_batch, _WRAPPED_MARK):
+        cls._process_batch = _wrap_process_batch(cls._process_batch)
+    if not hasattr(cls.get_stats, _WRAPPED_MARK):
+        cls.get_stats = _wrap_get_stats(cls.get_stats)
+    if not hasattr(cls.match_predictions, _WRAPPED_MARK):
+        cls.match_predictions = _wrap_match_predictions(cls.match_predictions)
+
+
+def install() -> None:
+    """Install the validator hooks once Ultralytics' detection validator module is imported."""
+    from ..integrations.import_hooks import call_when_imported
+
+    call_when_imported(_VALIDATOR_MODULE, lambda: install_validator(sys.modules[_VALIDATOR_MODULE]))

@@ -1,0 +1,81 @@
+"""Validation of LegacyDetect models: ``model.val()`` gives the metrics of YOLOv5's own ``val.py`` (v7.0) for the
+same model, data and settings; Ultralytics' own models keep Ultralytics' validator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import focus_surgery  # noqa: F401  (registers the rows and the validator hooks)
+from focus_surgery.yolov5.validation import yolov5_matches
+
+from _yolo_synthetic_data import write_dataset
+
+pytest.importorskip("ultralytics")
+from ultralytics import YOLO  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "fixtures" / "yolov5-val"
+REFERENCE = json.loads((FIXTURE / "reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The fixture's dataset: the synthetic images it was made with, its labels (see fixtures/yolov5-val)."""
+    root = tmp_path_factory.mktemp("yolov5-val")
+    yaml = write_dataset(root, n_train=2, n_val=REFERENCE["n_val"], size=REFERENCE["size"], seed=REFERENCE["seed"])
+    for stem, rows in REFERENCE["labels"].items():
+        (root / "labels" / "val" / f"{stem}.txt").write_text("\n".join(rows) + "\n")
+    return yaml
+
+
+def _val(model: YOLO, data: Path, tmp_path: Path):
+    return model.val(data=str(data), imgsz=REFERENCE["size"], batch=REFERENCE["batch_size"],
+                     conf=REFERENCE["conf_thres"], iou=REFERENCE["iou_thres"], device="cpu", workers=0, plots=False,
+                     verbose=False, project=str(tmp_path), name="val", exist_ok=True)  # fmt: skip
+
+
+def test_converted_model_val_equals_yolov5_val_py(data, tmp_path):
+    converted = tmp_path / "v7-conv.pt"
+    original = FIXTURE / "yolov5s-v7.0-w0.0625-nc3-seed7.pt"
+    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(original), str(converted)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    box = _val(YOLO(converted), data, tmp_path).box
+    assert abs(box.map50 - REFERENCE["map50"]) <= 1e-3, (box.map50, REFERENCE["map50"])
+    assert abs(box.map - REFERENCE["map50_95"]) <= 1e-3, (box.map, REFERENCE["map50_95"])
+    assert abs(box.mp - REFERENCE["precision"]) <= 1e-3 and abs(box.mr - REFERENCE["recall"]) <= 1e-3
+
+
+# Labels L0, L1 (rows), detections d0, d1 (columns, by descending confidence), all one class. Both detections fit
+# L1 best; d1 also fits L0. Ultralytics: d0 takes L1, d1 the unclaimed L0 (two hits). YOLOv5's process_batch keeps
+# each detection's best label, then one detection per label: d1 loses L1 to d0 and never tries L0 (one hit).
+IOU = torch.tensor([[0.0, 0.6], [0.9, 0.8]])
+CLASSES = torch.zeros(2)
+
+
+def test_yolov5_matching_is_process_batch():
+    correct = yolov5_matches(CLASSES, CLASSES, IOU, np.array([0.5, 0.85]))
+    assert correct.tolist() == [[True, True], [False, False]]
+
+
+def test_ultralytics_models_keep_ultralytics_validator(data, tmp_path):
+    from ultralytics.models.yolo.detect.val import DetectionValidator
+    from ultralytics.utils import metrics
+
+    compute_ap = metrics.compute_ap
+    seen = []
+    model = YOLO("yolov8n.yaml")  # an Ultralytics head: none of YOLOv5's rules apply
+    model.add_callback("on_val_end", lambda v: seen.append(getattr(v, "_focus_surgery_yolov5", None)))
+    _val(model, data, tmp_path)
+    assert seen == [False]
+    assert metrics.compute_ap is compute_ap  # swapped only during a LegacyDetect model's get_stats
+    v = DetectionValidator(args={"conf": 0.001, "iou": 0.6})
+    v.iouv = torch.linspace(0.5, 0.95, 10)
+    greedy = v.match_predictions(CLASSES, CLASSES, IOU).tolist()
+    assert greedy[0][0] and greedy[1][0]  # Ultralytics' own (confidence-greedy) matching, unchanged
