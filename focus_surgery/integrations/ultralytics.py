@@ -195,31 +195,10 @@ def _input_index(i: int, f: int) -> int:
 
 
 def _check_block_divides(module: nn.Module, inputs: tuple) -> None:
-    """Kept only as a name: checkpoints saved before 0.x pickled it as a forward pre-hook (see ``drop_legacy_hooks``).
-
-    The YAML rows register no hook any more; the space-to-depth layer raises the row's error itself.
-    """
+    """Kept only as a name: checkpoints saved before 0.1 pickled it as a forward pre-hook. The loader empties every
+    hook slot of a loaded layer (``loader.layers``), so such files convert; the YAML rows register no hook any more
+    and the space-to-depth layer raises the row's error itself."""
     return None
-
-
-LEGACY_HOOK = f"{__name__}._check_block_divides"
-
-
-def drop_legacy_hooks(model: nn.Module) -> int:
-    """Remove the ``_check_block_divides`` pre-hooks that old plugin checkpoints carry (as loaded: the function or
-    the loader's inert stand-in for it); returns how many were removed. The layers check sizes themselves now."""
-    removed = 0
-    for module in model.modules():
-        hooks = module._forward_pre_hooks
-        for key in [k for k, hook in hooks.items() if _is_legacy_hook(hook)]:
-            del hooks[key]
-            removed += 1
-    return removed
-
-
-def _is_legacy_hook(hook: Any) -> bool:
-    name = getattr(hook, "qualname", None) or f"{getattr(hook, '__module__', '')}.{getattr(hook, '__qualname__', '')}"
-    return name == LEGACY_HOOK or name.endswith("._check_block_divides")
 
 
 def _resolve_arg(arg: Any, d: dict) -> Any:

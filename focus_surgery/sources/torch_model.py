@@ -20,13 +20,6 @@ ULTRALYTICS = "ultralytics.nn.tasks."
 ALREADY = "already a current Ultralytics model"
 
 
-def _drop_plugin_hooks(model: nn.Module) -> None:
-    """Old plugin checkpoints pickled a ``_check_block_divides`` pre-hook on their YAML rows: drop it."""
-    from ..integrations.ultralytics import drop_legacy_hooks
-
-    drop_legacy_hooks(model)
-
-
 class TorchModelSource(Source):
     name = "ultralytics"
     description = "checkpoint with a model object of installed classes (Ultralytics, torch, timm, focus-surgery)"
@@ -40,10 +33,7 @@ class TorchModelSource(Source):
 
     def _models(self, loaded: Loaded) -> dict[str, nn.Module]:
         content = loaded.checkpoint().content
-        models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), nn.Module)}
-        for model in models.values():
-            _drop_plugin_hooks(model)
-        return models
+        return {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), nn.Module)}
 
     def model(self, loaded: Loaded) -> nn.Module | None:
         models = self._models(loaded)
@@ -57,7 +47,6 @@ class TorchModelSource(Source):
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         ckpt = loaded.checkpoint()
         model = ckpt.model
-        _drop_plugin_hooks(model)
         params = list(model.parameters())
         result: dict[str, Any] = {
             "path": str(loaded.path), "kind": ckpt.kind, "source": self.name, "model": type(model).__name__,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -33,7 +33,7 @@ from torch import nn
 from .hyp import HYP_KEY, RELEASE_KEY, apply_to_args, base_hyp, scale_gains
 from .loss import YOLOv5Loss
 
-_WRAPPED_MARK = "__focus_surgery_original__"
+WRAPPED_MARK = "__focus_surgery_original__"
 _TRAINER_MODULE = "ultralytics.models.yolo.detect.train"
 
 
@@ -73,7 +73,7 @@ def _wrap_init_criterion(original):
     def init_criterion(self):
         return yolov5_criterion(self) if legacy_head(self) is not None else original(self)
 
-    setattr(init_criterion, _WRAPPED_MARK, original)
+    setattr(init_criterion, WRAPPED_MARK, original)
     return init_criterion
 
 
@@ -89,7 +89,7 @@ def _wrap_set_model_attributes(original):
             if changed:
                 LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
 
-    setattr(set_model_attributes, _WRAPPED_MARK, original)
+    setattr(set_model_attributes, WRAPPED_MARK, original)
     return set_model_attributes
 
 
@@ -125,7 +125,7 @@ def _wrap_get_model(original):
         loaded = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
         return keep_loaded_layers(built, loaded) if isinstance(loaded, nn.Module) else built
 
-    setattr(get_model, _WRAPPED_MARK, original)
+    setattr(get_model, WRAPPED_MARK, original)
     return get_model
 
 
@@ -160,27 +160,30 @@ def _wrap_build_train_pipeline(original):
         original(self)
         run_autoanchor(self)
 
-    setattr(_build_train_pipeline, _WRAPPED_MARK, original)
+    setattr(_build_train_pipeline, WRAPPED_MARK, original)
     return _build_train_pipeline
+
+
+def wrap_methods(cls: type, wrappers: dict[str, Callable[[Callable], Callable]]) -> None:
+    """Replace each method ``name`` of ``cls`` by ``wrap(original)``, once: a wrapper carries ``WRAPPED_MARK``."""
+    for name, wrap in wrappers.items():
+        if not hasattr(getattr(cls, name), WRAPPED_MARK):
+            setattr(cls, name, wrap(getattr(cls, name)))
 
 
 def install_loss(tasks: Any) -> None:
     """Wrap ``tasks.DetectionModel.init_criterion`` (``tasks`` is ``ultralytics.nn.tasks``); idempotent."""
-    cls = tasks.DetectionModel
-    if not hasattr(cls.init_criterion, _WRAPPED_MARK):
-        cls.init_criterion = _wrap_init_criterion(cls.init_criterion)
+    wrap_methods(tasks.DetectionModel, {"init_criterion": _wrap_init_criterion})
 
 
 def install_trainer(train_module: Any) -> None:
     """Wrap the detection trainer's ``get_model``, ``set_model_attributes`` and ``_build_train_pipeline``;
     idempotent."""
-    cls = train_module.DetectionTrainer
-    if not hasattr(cls.set_model_attributes, _WRAPPED_MARK):
-        cls.set_model_attributes = _wrap_set_model_attributes(cls.set_model_attributes)
-    if not hasattr(cls.get_model, _WRAPPED_MARK):
-        cls.get_model = _wrap_get_model(cls.get_model)
-    if not hasattr(cls._build_train_pipeline, _WRAPPED_MARK):
-        cls._build_train_pipeline = _wrap_build_train_pipeline(cls._build_train_pipeline)
+    wrap_methods(train_module.DetectionTrainer, {
+        "set_model_attributes": _wrap_set_model_attributes,
+        "get_model": _wrap_get_model,
+        "_build_train_pipeline": _wrap_build_train_pipeline,
+    })  # fmt: skip
 
 
 def install(tasks: Any) -> None:

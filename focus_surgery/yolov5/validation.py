@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .training import legacy_head
+from .training import WRAPPED_MARK, legacy_head, wrap_methods
 
-_WRAPPED_MARK = "__focus_surgery_original__"
 _VALIDATOR_MODULE = "ultralytics.models.yolo.detect.val"
 _FLAG = "_focus_surgery_yolov5"
 
@@ -141,7 +140,7 @@ def _wrap_init_metrics(original):
         setattr(self, _FLAG, has_legacy_head(model))
         return original(self, model)
 
-    setattr(init_metrics, _WRAPPED_MARK, original)
+    setattr(init_metrics, WRAPPED_MARK, original)
     return init_metrics
 
 
@@ -155,7 +154,7 @@ def _wrap_postprocess(original):
                          max_det=self.args.max_det)  # fmt: skip
         return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in out]
 
-    setattr(postprocess, _WRAPPED_MARK, original)
+    setattr(postprocess, WRAPPED_MARK, original)
     return postprocess
 
 
@@ -171,7 +170,7 @@ def _wrap_process_batch(original):
                   for b in (batch["bboxes"], preds["bboxes"])]  # fmt: skip
         return {"tp": self.match_predictions(preds["cls"], batch["cls"], box_iou(*native)).cpu().numpy()}
 
-    setattr(_process_batch, _WRAPPED_MARK, original)
+    setattr(_process_batch, WRAPPED_MARK, original)
     return _process_batch
 
 
@@ -183,7 +182,7 @@ def _wrap_get_stats(original):
         with _yolov5_average_precision():
             return original(self)
 
-    setattr(get_stats, _WRAPPED_MARK, original)
+    setattr(get_stats, WRAPPED_MARK, original)
     return get_stats
 
 
@@ -194,24 +193,20 @@ def _wrap_match_predictions(original):
             return original(self, pred_classes, true_classes, iou, *args, **kwargs)
         return torch.from_numpy(yolov5_matches(pred_classes, true_classes, iou, self.iouv.cpu().numpy()))
 
-    setattr(match_predictions, _WRAPPED_MARK, original)
+    setattr(match_predictions, WRAPPED_MARK, original)
     return match_predictions
 
 
 def install_validator(val_module: Any) -> None:
     """Wrap ``val_module.DetectionValidator``'s ``init_metrics``, ``postprocess``, ``_process_batch``,
     ``match_predictions`` and ``get_stats``; idempotent."""
-    cls = val_module.DetectionValidator
-    if not hasattr(cls.init_metrics, _WRAPPED_MARK):
-        cls.init_metrics = _wrap_init_metrics(cls.init_metrics)
-    if not hasattr(cls.postprocess, _WRAPPED_MARK):
-        cls.postprocess = _wrap_postprocess(cls.postprocess)
-    if not hasattr(cls._process_batch, _WRAPPED_MARK):
-        cls._process_batch = _wrap_process_batch(cls._process_batch)
-    if not hasattr(cls.get_stats, _WRAPPED_MARK):
-        cls.get_stats = _wrap_get_stats(cls.get_stats)
-    if not hasattr(cls.match_predictions, _WRAPPED_MARK):
-        cls.match_predictions = _wrap_match_predictions(cls.match_predictions)
+    wrap_methods(val_module.DetectionValidator, {
+        "init_metrics": _wrap_init_metrics,
+        "postprocess": _wrap_postprocess,
+        "_process_batch": _wrap_process_batch,
+        "get_stats": _wrap_get_stats,
+        "match_predictions": _wrap_match_predictions,
+    })  # fmt: skip
 
 
 def install() -> None:
