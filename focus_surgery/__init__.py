@@ -23,6 +23,7 @@ from .verify import VerificationReport, verify
 
 __all__ = [
     "ORDERS",
+    "__version__",
     "OptimizeReport",
     "ConversionError",
     "ConversionReport",

@@ -187,7 +187,8 @@ class BoundedCLI:
         self.proc.wait(timeout=30)
 
 
-def run_fresh(*args: str | os.PathLike, limit: float = 120.0, headroom: int = AS_HEADROOM) -> Outcome:
+def run_fresh(*args: str | os.PathLike, limit: float = 120.0, headroom: int = AS_HEADROOM,
+              cwd: str | os.PathLike = ROOT) -> Outcome:  # fmt: skip
     """The real ``python -m focus_surgery ARGS`` in a new process (address space: 3.5 GiB imports + headroom)."""
     import resource
 
@@ -197,7 +198,7 @@ def run_fresh(*args: str | os.PathLike, limit: float = 120.0, headroom: int = AS
 
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "focus_surgery", *map(os.fspath, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT, env=_environment(), preexec_fn=limits)  # fmt: skip
+                            stderr=subprocess.PIPE, cwd=cwd, env=_environment(), preexec_fn=limits)  # fmt: skip
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=limit)

@@ -1,6 +1,5 @@
 """The safe loader's rules, one by one: what a file may name, what it becomes, what is refused."""
 
-import io
 import os
 import pathlib
 import pickle

@@ -8,7 +8,6 @@ hang or crash runs in a subprocess under a time limit and an address-space limit
 from __future__ import annotations
 
 import collections
-import io
 import os
 import pickle
 import resource

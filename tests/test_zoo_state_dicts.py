@@ -1,6 +1,5 @@
 """State-dict sources: plain (top level or nested, wrapper kept), YOLOX trainer files; the plugin's own checkpoints."""
 
-import copy
 from pathlib import Path
 
 import pytest

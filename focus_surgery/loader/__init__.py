@@ -36,7 +36,7 @@ from .unpickler import RestrictedUnpickler
 from .walk import MAX_DEPTH, objects, walk
 
 __all__ = ["CheckpointError", "Loaded", "NamedReference", "Namespace", "Record", "check_readable",
-           "objects", "read_checkpoint", "reading_once", "record_class", "walk"]  # fmt: skip
+           "MAX_DEPTH", "objects", "read_checkpoint", "reading_once", "record_class", "walk"]  # fmt: skip
 
 @dataclass
 class Loaded:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .walk import objects
-from .records import NamedReference, Record
+from .records import Record
 
 # Packages whose layer classes a model checkpoint may hold.
 MODULE_PREFIXES = (

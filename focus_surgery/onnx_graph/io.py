@@ -23,7 +23,6 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
     """
     import onnx
     from google.protobuf.message import DecodeError
-    from onnx.external_data_helper import uses_external_data
 
     try:
         path = check_readable(path)
@@ -41,10 +40,10 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
         raise OnnxSurgeryError(f"{path}: not an ONNX model ({str(error).splitlines()[0] if str(error) else 'parse error'})") from None
     if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
         raise OnnxSurgeryError(f"{path}: not an ONNX model (no IR version or no graph); export it with torch.onnx.export")
-    external = [t.name for t in model.graph.initializer if uses_external_data(t)]
+    external = external_tensor_names(model)
     if external:
         raise OnnxSurgeryError(
-            f"{path}: {len(external)} tensor(s) (e.g. {external[0]!r}) live in external data files, not supported: "
+            f"{path}: {len(external)} tensor(s) (e.g. {external[0]!r}) point at external data files, not supported: "
             "re-save as one file with onnx.save(onnx.load(path), out, save_as_external_data=False) if under 2 GiB"
         )
     if check:
@@ -56,9 +55,48 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
     return model
 
 
+def external_tensor_names(model) -> list[str]:
+    """Names of every tensor anywhere in ``model`` whose data lives in another file.
+
+    Walks every message of the protobuf (graph initializers, Constant attributes, sparse tensors, subgraphs of
+    If / Loop / Scan, model-local functions, training graphs) with an explicit stack, so no nesting escapes it: such
+    a tensor would make ONNX read a file it names when evaluated and write one when saved.
+    """
+    from onnx import TensorProto
+
+    found: list[str] = []
+    stack = [model]
+    while stack:
+        message = stack.pop()
+        if isinstance(message, TensorProto):
+            if message.data_location == TensorProto.EXTERNAL or len(message.external_data):
+                found.append(message.name or "<unnamed>")
+            continue  # a tensor holds no further tensors; its raw bytes are never copied here
+        for descriptor, value in message.ListFields():
+            if descriptor.type != descriptor.TYPE_MESSAGE:
+                continue
+            if descriptor.label == descriptor.LABEL_REPEATED:
+                stack.extend(value)
+            else:
+                stack.append(value)
+    return found
+
+
 def save_onnx(model, destination: str | os.PathLike) -> Path:
-    """Check ``model`` and write it atomically (temporary file + rename): no partial file on failure."""
+    """Check ``model`` and write it atomically (temporary file + rename): no partial file on failure.
+
+    The bytes are serialised here and written to our own temporary file: ``onnx.save_model`` would also write
+    any external-data tensor to the file its ``location`` names, a path the input chose.
+    """
     import onnx
 
+    if external_tensor_names(model):
+        raise OnnxSurgeryError(f"{destination}: the graph references external data files; refusing to write it")
     onnx.checker.check_model(model)
-    return atomic_write(destination, lambda tmp: onnx.save_model(model, tmp))
+    data = model.SerializeToString()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+    return atomic_write(destination, write)

@@ -97,7 +97,7 @@ class Yolov5Source(Source):
     def _convert_in_yolov5_layout(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
         """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem)."""
         from ..verify import verify
-        from ..yolov5.rebuild import guess_release, rebuild, yolov5_checkpoint
+        from ..yolov5.rebuild import guess_release, yolov5_checkpoint
         from ..yolov5.records_stem import convert_stem_record
         from .compare import compare_state_dicts
         from .records_io import save_records

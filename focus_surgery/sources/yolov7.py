@@ -17,7 +17,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError, save_checkpoint

@@ -9,8 +9,8 @@ side on the real device and shape, installs the fastest, and verifies the whole 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn

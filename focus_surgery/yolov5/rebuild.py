@@ -16,7 +16,6 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
