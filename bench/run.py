@@ -1,6 +1,7 @@
 """Regenerate the speed results: ``python bench/run.py`` (or ``./run bench`` for the table alone).
 
-Runs ``focus_surgery.speed.bench.run_benchmark`` with its defaults for this machine (the full grid of the issue on a GPU,
+Runs ``focus_surgery.speed.bench.run_benchmark`` with its defaults for this machine (the full grid of the issue on a
+GPU,
 the reduced CPU set otherwise), then writes
 
 * ``bench/results/results.json``: every number,
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the tables, write nothing")
     args = parser.parse_args(argv)
     result = run_benchmark(
-        args.device, cases_from_flags(args.stems, args.sizes, args.batches, args.modes), args.quick, args.repeats,
+        args.device,
+        cases_from_flags(args.stems, args.sizes, args.batches, args.modes),
+        args.quick,
+        args.repeats,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     report = format_report(result)

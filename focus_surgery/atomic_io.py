@@ -49,7 +49,7 @@ def remove_stale_temporaries(destination: Path) -> list[Path]:
         for entry in os.scandir(folder):
             if not (entry.name.startswith(prefix) and entry.name.endswith(TMP_SUFFIX)):
                 continue
-            pid_text = entry.name[len(prefix):-len(TMP_SUFFIX)].partition("-")[0]
+            pid_text = entry.name[len(prefix) : -len(TMP_SUFFIX)].partition("-")[0]
             if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
@@ -90,8 +90,10 @@ def _write_error(destination: Path, error: BaseException) -> CheckpointError:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     full = isinstance(error, OSError) and error.errno == errno.ENOSPC
     if full or ("unexpected pos" in text and free is not None and free < (64 << 20)):  # torch's zip writer
-        return CheckpointError(f"{destination}: write failed ({text}): the disk is full ({free or 0:,} bytes free); "
-                               "free some space and run again (nothing was written)")  # fmt: skip
+        return CheckpointError(
+            f"{destination}: write failed ({text}): the disk is full ({free or 0:,} bytes free); "
+            "free some space and run again (nothing was written)"
+        )
     return CheckpointError(f"{destination}: write failed ({text}); nothing was written")
 
 
@@ -122,9 +124,7 @@ def _new_temporary(destination: Path, folder: Path) -> Path:
     return tmp
 
 
-def atomic_write_all(
-    writes: list[tuple[str | os.PathLike, Callable[[str], None]]], fsync: bool = True
-) -> list[Path]:
+def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]]], fsync: bool = True) -> list[Path]:
     """Write every ``(destination, write)`` pair to its own temporary file first, then rename them in order.
 
     A failure or interrupt while writing leaves every destination as it was; the renames come last, in the given

@@ -20,8 +20,17 @@ from .atomic_io import atomic_write
 from .loader import CheckpointError, check_readable, read_checkpoint
 from .loader.layers import MODULE_PREFIXES, materialize
 
-__all__ = ["MODULE_PREFIXES", "Checkpoint", "CheckpointError", "atomic_write", "check_readable", "load_checkpoint",
-           "safetensors_save", "save_checkpoint", "torch_save"]  # fmt: skip
+__all__ = [
+    "MODULE_PREFIXES",
+    "Checkpoint",
+    "CheckpointError",
+    "atomic_write",
+    "check_readable",
+    "load_checkpoint",
+    "safetensors_save",
+    "save_checkpoint",
+    "torch_save",
+]
 
 
 @dataclass

@@ -89,22 +89,42 @@ def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert the stem of a checkpoint (Focus <-> one strided conv)")
     p.add_argument("src", help="input checkpoint (.pt, .pth, .safetensors), or a folder of them")
     p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
-    p.add_argument("--to", choices=("conv", "focus", "s2d", "fastest"), default="conv",
-                   help="target form (default conv); fastest: time every exact form here and keep the fastest")
-    p.add_argument("--scope", choices=("stem", "all"), default="stem",
-                   help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv")
-    p.add_argument("--layout", choices=("ultralytics", "yolov5"), default="ultralytics",
-                   help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout")
+    p.add_argument(
+        "--to",
+        choices=("conv", "focus", "s2d", "fastest"),
+        default="conv",
+        help="target form (default conv); fastest: time every exact form here and keep the fastest",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("stem", "all"),
+        default="stem",
+        help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("ultralytics", "yolov5"),
+        default="ultralytics",
+        help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout",
+    )
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
     p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
     p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
     p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="folder input: seconds one file may take before it is stopped and reported (default 300)")
-    p.add_argument("--max-memory", type=float, default=8.0,
-                   help="folder input: memory one file's conversion may use, GiB (default 8)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="folder input: seconds one file may take before it is stopped and reported (default 300)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=8.0,
+        help="folder input: memory one file's conversion may use, GiB (default 8)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_convert)
 
@@ -134,8 +154,13 @@ def cmd_bench(args) -> int:
 
     device = torch.device(args.device) if args.device else None
     result = run_benchmark(
-        device, cases_from_flags(args.stems, args.sizes, args.batches, args.modes), args.quick, args.repeats,
-        conversion=not args.no_conversion, onnx=not args.no_onnx, memory=not args.no_memory,
+        device,
+        cases_from_flags(args.stems, args.sizes, args.batches, args.modes),
+        args.quick,
+        args.repeats,
+        conversion=not args.no_conversion,
+        onnx=not args.no_onnx,
+        memory=not args.no_memory,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.plot:
@@ -162,10 +187,16 @@ def _add_bench(sub) -> None:
 
 
 def _add_yolo(sub) -> None:  # Ultralytics' own CLI with our YAML rows registered (focus_surgery/yolo.py)
-    p = sub.add_parser("yolo", help="Ultralytics' yolo command with focus-surgery's layers: focus-surgery yolo train "
-                       "model=configs/yolov8n-spd.yaml data=...", add_help=False)  # fmt: skip
+    p = sub.add_parser(
+        "yolo",
+        help="Ultralytics' yolo command with focus-surgery's layers: focus-surgery yolo train "
+        "model=configs/yolov8n-spd.yaml data=...",
+        add_help=False,
+    )
     p.add_argument("yolo_args", nargs=argparse.REMAINDER, help="passed unchanged to Ultralytics")
-    p.set_defaults(handler=lambda args: __import__("focus_surgery.yolo", fromlist=["run_yolo"]).run_yolo(args.yolo_args))
+    p.set_defaults(
+        handler=lambda args: __import__("focus_surgery.yolo", fromlist=["run_yolo"]).run_yolo(args.yolo_args)
+    )
 
 
 COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo, _add_bench, _add_yolo]
@@ -193,8 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     # to stderr instead
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings(), cleanup_on_signals(), reading_once(), forward_memory_limit(FORWARD_LIMIT), \
-                quiet_stdout:  # fmt: skip
+        with (
+            warnings.catch_warnings(),
+            cleanup_on_signals(),
+            reading_once(),
+            forward_memory_limit(FORWARD_LIMIT),
+            quiet_stdout,
+        ):
             warnings.simplefilter("ignore")  # library warnings would turn a one-line error into several
             return args.handler(args)
     except VerificationFailed as error:
@@ -202,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_VERIFY_FAILED
     except MemoryError as error:
         why = _one_line(error) if str(error) else "ran out of memory"
-        print(f"focus-surgery: error: {getattr(args, 'src', getattr(args, 'a', ''))}: {why}; nothing was written",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"focus-surgery: error: {getattr(args, 'src', getattr(args, 'a', ''))}: {why}; nothing was written",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except (CheckpointError, ConversionError, ValueError, OSError) as error:
         print(f"focus-surgery: error: {_one_line(error)}", file=sys.stderr)

@@ -41,9 +41,14 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     result = {"src": str(src), "dst": str(dst), **report}
     err = result.get("max_abs_err")
     before, after = result.get("stem_before", "stem"), result.get("stem_after", result.get("chosen", opts.to))
-    text = f"converted {src} -> {dst} ({before} -> {after})" if "stem_before" in result else (
-        f"converted {src} -> {dst} (stem to {'fastest here: ' + str(after) if opts.to == 'fastest' else opts.to}"
-        f"{', scope all' if opts.scope == 'all' else ''})")  # fmt: skip
+    text = (
+        f"converted {src} -> {dst} ({before} -> {after})"
+        if "stem_before" in result
+        else (
+            f"converted {src} -> {dst} (stem to {'fastest here: ' + str(after) if opts.to == 'fastest' else opts.to}"
+            f"{', scope all' if opts.scope == 'all' else ''})"
+        )
+    )
     if err is not None:
         text += f", verified: max_abs_err={err:.3e}"
     if result.get("note"):

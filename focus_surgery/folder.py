@@ -48,7 +48,9 @@ def _address_space() -> int:
     return 0
 
 
-def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn: Connection) -> None:
+def _child(
+    work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn: Connection
+) -> None:
     try:
         import resource
 
@@ -59,8 +61,14 @@ def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: 
     try:
         conn.send((work(src, dst, options), None))
     except MemoryError as error:  # a refused allocation says why; a failed one hit the limit
-        conn.send((None, str(error).splitlines()[0] if str(error) else
-                   f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"))
+        conn.send(
+            (
+                None,
+                str(error).splitlines()[0]
+                if str(error)
+                else f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)",
+            )
+        )
     except BaseException as error:  # noqa: BLE001 - reported as this file's failure, in one line
         text = str(error).strip()
         conn.send((None, text.splitlines()[0] if text else type(error).__name__))
@@ -108,7 +116,9 @@ def convert_isolated(
             while waiting and len(running) < max(1, workers):
                 index = waiting.pop(0)
                 receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(work, *jobs[index], options, memory_bytes, send), daemon=True)
+                process = context.Process(
+                    target=_child, args=(work, *jobs[index], options, memory_bytes, send), daemon=True
+                )
                 process.start()
                 send.close()
                 running[index] = (process, receive, time.monotonic())
@@ -161,7 +171,9 @@ def progress_bar(done: int, total: int, name: str) -> None:
 def checkpoint_files(src_dir: Path, out_dir: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Every checkpoint file under ``src_dir`` (sorted), skipping what lies inside ``out_dir``."""
     out = out_dir.resolve()
-    return [p for p in sorted(src_dir.rglob("*")) if p.is_file() and p.suffix in suffixes and out not in p.resolve().parents]
+    return [
+        p for p in sorted(src_dir.rglob("*")) if p.is_file() and p.suffix in suffixes and out not in p.resolve().parents
+    ]
 
 
 def worker_options(options: dict) -> dict:
@@ -202,7 +214,8 @@ def convert_folder(args: argparse.Namespace) -> int:
         not out_dir.exists() and out_dir.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors")
     ):
         raise CheckpointError(
-            f"{src_dir}: is a directory, not a checkpoint file (to convert every checkpoint in it, give an output folder)"
+            f"{src_dir}: is a directory, not a checkpoint file "
+            "(to convert every checkpoint in it, give an output folder)"
         )
     if out_dir.resolve() == src_dir.resolve():
         raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
@@ -213,9 +226,14 @@ def convert_folder(args: argparse.Namespace) -> int:
     jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
     workers = max(1, int(getattr(args, "workers", 1) or 1))
     outcomes = convert_isolated(
-        jobs, _convert_in_child, worker_options(vars(args)), workers, float(args.timeout),
-        int(float(args.max_memory) * 2**30), progress_bar,
-    )  # fmt: skip
+        jobs,
+        _convert_in_child,
+        worker_options(vars(args)),
+        workers,
+        float(args.timeout),
+        int(float(args.max_memory) * 2**30),
+        progress_bar,
+    )
     converted = [o.result for o in outcomes if o.result is not None]
     failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]
     summary = {"src": str(src_dir), "dst": str(out_dir), "converted": converted, "failed": failed}
@@ -225,7 +243,11 @@ def convert_folder(args: argparse.Namespace) -> int:
         print(printable(f"converted {len(converted)}, failed {len(failed)} (of {len(outcomes)} files under {src_dir})"))
         for item in converted:
             err = item.get("max_abs_err")
-            print(printable(f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")))
+            print(
+                printable(
+                    f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")
+                )
+            )
         for item in failed:
             print(printable(f"  FAIL  {item['file']}: {item['reason']}"))
     return 2 if failed else 0

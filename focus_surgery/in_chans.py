@@ -35,9 +35,7 @@ def adapt_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return repeated * (base / in_chans)
 
 
-def adapt_s2d_input_channels(
-    weight: torch.Tensor, in_chans: int, block_size: int, order: str = "timm"
-) -> torch.Tensor:
+def adapt_s2d_input_channels(weight: torch.Tensor, in_chans: int, block_size: int, order: str = "timm") -> torch.Tensor:
     """Adapt the weight of a conv that reads space-to-depth channels to ``in_chans`` image channels, per phase.
 
     Args:

@@ -36,8 +36,14 @@ def check_divisible(x: torch.Tensor, block_size: int, yaml_row: str = "") -> tor
     if h % block_size != 0 or w % block_size != 0:
         if yaml_row:
             raise ValueError(
-                yaml_row + ": feature map " + str(h) + "x" + str(w) + " is not divisible by block_size "
-                + str(block_size) + "; use an input size that is a multiple of the model stride"
+                yaml_row
+                + ": feature map "
+                + str(h)
+                + "x"
+                + str(w)
+                + " is not divisible by block_size "
+                + str(block_size)
+                + "; use an input size that is a multiple of the model stride"
             )
         raise ValueError(
             "SpaceToDepth: input height and width (" + str(h) + "x" + str(w) + ") must be divisible by "
@@ -52,7 +58,9 @@ def check_channels_divisible(x: torch.Tensor, block_size: int) -> torch.Tensor:
     channels = x.shape[1]
     if channels % (block_size * block_size) != 0:
         raise ValueError(
-            "DepthToSpace: " + str(channels) + " input channels are not divisible by block_size**2 = "
+            "DepthToSpace: "
+            + str(channels)
+            + " input channels are not divisible by block_size**2 = "
             + str(block_size * block_size)
         )
     return x

@@ -60,7 +60,8 @@ class _CheckedOps(TorchDispatchMode):
             nbytes = sum(t.numel() * t.element_size() for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor))
             if nbytes > self.max_bytes:
                 raise AllocationRefused(
-                    f"{func.__name__} would allocate {nbytes / 2**30:.1f} GiB (limit {self.max_bytes / 2**30:.1f} GiB); "
+                    f"{func.__name__} would allocate {nbytes / 2**30:.1f} GiB "
+                    f"(limit {self.max_bytes / 2**30:.1f} GiB); "
                     "the model's hyper-parameters are not plausible"
                 )
         return func(*args, **kwargs)

@@ -194,7 +194,8 @@ def s2d_to_strided_conv(
 
     Inverse of ``strided_conv_to_s2d``: zero taps that were added are dropped again, so a round trip is
     bit-identical. Other pads get zero taps added where needed (e.g. pad (1, 0) of a 2-tap s2d kernel with no zero
-    tap becomes a 5-tap conv with padding 2). With symmetric ``pad = (p, p, p, p)`` this is ``focus_to_conv_weight`` with padding ``bs*p``.
+    tap becomes a 5-tap conv with padding 2). With symmetric ``pad = (p, p, p, p)``
+    this is ``focus_to_conv_weight`` with padding ``bs*p``.
 
     Args:
         weight (torch.Tensor): Shape (O, C*bs*bs, kh, kw), the stride-1 conv weight.

@@ -74,8 +74,9 @@ def convert_state_dict(
         result = dict(state_dict)
         result[stem.weight_key] = focus_to_conv_weight(state_dict[stem.weight_key], block_size, order)
         return result, stem
-    old_inner, new_inner = (f"{stem.prefix}.conv.", f"{stem.prefix}.") if to == "conv" else (
-        f"{stem.prefix}.", f"{stem.prefix}.conv.")
+    old_inner, new_inner = (
+        (f"{stem.prefix}.conv.", f"{stem.prefix}.") if to == "conv" else (f"{stem.prefix}.", f"{stem.prefix}.conv.")
+    )
     remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
     result: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
@@ -83,7 +84,7 @@ def convert_state_dict(
             new_key = new_inner + "conv.weight"
             result[new_key] = remap(value, block_size, order)
         elif key.startswith(old_inner + "bn.") or key == old_inner + "conv.bias":
-            result[new_inner + key[len(old_inner):]] = value
+            result[new_inner + key[len(old_inner) :]] = value
         else:
             result[key] = value
     return result, stem

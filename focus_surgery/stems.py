@@ -98,7 +98,11 @@ def probe(module: nn.Module, channels: int = 3) -> SpaceToDepthInfo:
     if len(set(channel_map)) != oc:
         raise NotSpaceToDepth("some input pixels are read twice and others never")
     order = next(
-        (o for o in ORDERS if all(channel_index(c, dy, dx, channels, bs, o) == k for k, (c, dy, dx) in enumerate(channel_map))),
+        (
+            o
+            for o in ORDERS
+            if all(channel_index(c, dy, dx, channels, bs, o) == k for k, (c, dy, dx) in enumerate(channel_map))
+        ),
         None,
     )
     return SpaceToDepthInfo(bs, order, channels, tuple(channel_map))

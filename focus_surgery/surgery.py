@@ -104,7 +104,9 @@ class ConversionReport(VerifiedReport):
     narrowed_inputs: list[str] = field(default_factory=list)  # input sizes the converted model no longer accepts
 
     def __str__(self) -> str:
-        lines = [f"convert to={self.to!r} scope={self.scope!r}: {len(self.replaced)} replaced, {len(self.skipped)} left"]
+        lines = [
+            f"convert to={self.to!r} scope={self.scope!r}: {len(self.replaced)} replaced, {len(self.skipped)} left"
+        ]
         for r in self.replaced:
             lines.append(
                 f"  {r.path or '<root>'}: {r.old_form} -> {r.new_form}  "
@@ -215,8 +217,10 @@ def _check_conv(conv: nn.Conv2d, order: str | None) -> str | None:
         taps = [math.ceil((k + (-p) % s) / s) * s for k, p in zip(kernel, padding)]
         growth = taps[0] * taps[1] / (kernel[0] * kernel[1])
         if growth > MAX_KERNEL_GROWTH and conv.weight.numel() * growth > MAX_GROWN_WEIGHT:
-            return (f"stride {s} on a {kernel[0]}x{kernel[1]} kernel: the space-to-depth weight would be {growth:.0f}x "
-                    "larger, mostly zeros; left as a strided conv")  # fmt: skip
+            return (
+                f"stride {s} on a {kernel[0]}x{kernel[1]} kernel: the space-to-depth weight would be {growth:.0f}x "
+                "larger, mostly zeros; left as a strided conv"
+            )
     return None
 
 
@@ -227,8 +231,15 @@ def _new_conv2d(template: nn.Conv2d, weight: torch.Tensor, stride, padding) -> n
     """A plain ``nn.Conv2d`` with ``weight``, the template's bias, groups, dtype, device, mode and requires_grad."""
     groups = template.groups
     conv = nn.Conv2d(
-        weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride, padding, groups=groups,
-        bias=template.bias is not None, device=weight.device, dtype=weight.dtype,
+        weight.shape[1] * groups,
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride,
+        padding,
+        groups=groups,
+        bias=template.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     conv.weight = nn.Parameter(weight.detach().clone(), requires_grad=template.weight.requires_grad)
     if template.bias is not None:
@@ -382,8 +393,12 @@ def _unfold_pair(placeholder: FoldedSpaceToDepth, block: nn.Module, order: str |
     """
     conv, bs = _conv_of(block), placeholder.block_size
     sizes = (*conv.kernel_size, *conv.stride, *conv.padding)
-    if (order not in (None, placeholder.order) or _check_conv(conv, placeholder.order) or any(v % bs for v in sizes)
-            or conv.stride[0] != conv.stride[1]):
+    if (
+        order not in (None, placeholder.order)
+        or _check_conv(conv, placeholder.order)
+        or any(v % bs for v in sizes)
+        or conv.stride[0] != conv.stride[1]
+    ):
         return None
     weight = conv_to_focus_weight(conv.weight.detach(), bs, placeholder.order)
     stride, padding = conv.stride[0] // bs, (conv.padding[0] // bs, conv.padding[1] // bs)
@@ -427,8 +442,11 @@ def _plan_to_conv(model: nn.Module, scope: str) -> tuple[list[_Step], list[Skipp
             if parts is not None:
                 bs, order, block, pad = parts
                 bs, order, problem = focus_slicing_problem(child)
-                fold = (functools.partial(_to_strided_conv, bs, order, block, pad) if problem is None
-                        else functools.partial(_refuse, problem))  # fmt: skip
+                fold = (
+                    functools.partial(_to_strided_conv, bs, order, block, pad)
+                    if problem is None
+                    else functools.partial(_refuse, problem)
+                )
             elif _folds_itself(child):  # an integration's space-to-depth layer (e.g. timm StdConv2d in s2d form)
                 bs, order = getattr(child, "block_size", 0), getattr(child, "order", "")
                 fold = child.to_strided_conv
@@ -550,7 +568,8 @@ def _plan_to_s2d(model: nn.Module, to: str, scope: str, order: str | None) -> tu
                 else:
                     new, new_form = _to_space_to_depth(child, to, use_order)
                     new = _carry_routing(child, new)
-                    old_form = f"{type(child).__name__}({'x'.join(map(str, conv.kernel_size))}, stride={stride[0]}, padding={conv.padding})"
+                    kernel = "x".join(map(str, conv.kernel_size))
+                    old_form = f"{type(child).__name__}({kernel}, stride={stride[0]}, padding={conv.padding})"
                     steps.append(_Step(path, new, _record(path, child, new, old_form, new_form, stride[0], use_order)))
                 if scope == "stem":
                     return True

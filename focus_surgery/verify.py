@@ -182,7 +182,9 @@ def verify(
     max_abs, scale = 0.0, 0.0
     for index, (a, b) in enumerate(zip(ref_out, cand_out)):
         if a.shape != b.shape:
-            return failed(f"output {index} has shape {tuple(a.shape)} in the reference, {tuple(b.shape)} in the candidate")
+            return failed(
+                f"output {index} has shape {tuple(a.shape)} in the reference, {tuple(b.shape)} in the candidate"
+            )
         if a.numel() == 0:
             continue
         a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
@@ -196,8 +198,17 @@ def verify(
     if not compared:  # nothing compared is never a pass
         return failed(f"the models returned {len(ref_out)} output tensor(s) with 0 elements: nothing to compare")
     if scale == 0.0:  # all-zero outputs agree with any other all-zero model: no evidence either way
-        return VerificationReport(max_abs, math.inf, 0.0, tolerance, False, len(ref_out), shapes, name,
-                                  "the reference outputs are all zero (output scale 0): nothing was compared")  # fmt: skip
+        return VerificationReport(
+            max_abs,
+            math.inf,
+            0.0,
+            tolerance,
+            False,
+            len(ref_out),
+            shapes,
+            name,
+            "the reference outputs are all zero (output scale 0): nothing was compared",
+        )
     passed = max_abs <= tolerance * max(1.0, scale)
     rel = max_abs / scale if scale > 0 else max_abs
     return VerificationReport(max_abs, rel, scale, tolerance, bool(passed), len(ref_out), shapes, name)

@@ -1,4 +1,6 @@
-"""Ultralytics' ``yolo`` command with focus-surgery loaded: ``focus-surgery yolo ...`` or ``python -m focus_surgery.yolo ...``.
+"""Ultralytics' ``yolo`` command with focus-surgery loaded.
+
+``focus-surgery yolo ...`` or ``python -m focus_surgery.yolo ...``.
 
 Plain ``yolo`` is a console script that imports only Ultralytics, and Ultralytics loads no plugins: nothing of
 focus-surgery runs in that process, so its parser cannot build a ``SPDConv`` / ``SpaceToDepth`` / ``LegacyDetect``

@@ -1,7 +1,7 @@
 """Regenerate the sample checkpoints in checkpoints/ (random weights, fixed seeds; no download).
 
-    ./run  # once, to create .venv
-    .venv/bin/python scripts/make_sample_checkpoints.py
+./run  # once, to create .venv
+.venv/bin/python scripts/make_sample_checkpoints.py
 """
 
 from __future__ import annotations

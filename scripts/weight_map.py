@@ -20,7 +20,9 @@ def tap_sources(block_size: int, kernel: int, channels: int, order: str) -> list
     """For each input channel, the grid of 'ch@(u,v)' labels of the strided kernel's taps."""
     focus_channels = channels * block_size * block_size
     # Encode (channel, u, v) in the weight values, then read them back from the remapped kernel.
-    codes = torch.arange(focus_channels * kernel * kernel, dtype=torch.float64).reshape(1, focus_channels, kernel, kernel)
+    codes = torch.arange(focus_channels * kernel * kernel, dtype=torch.float64).reshape(
+        1, focus_channels, kernel, kernel
+    )
     big = focus_to_conv_weight(codes, block_size, order)[0].long()
     grids = []
     for c in range(channels):

@@ -28,9 +28,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 AS_HEADROOM = 4 << 30  # address space a run may add to what the imports took
 TIME_LIMIT = 30.0  # seconds a run may take before it is killed (the files are <= 2 MB; a run takes < 2 s)
-WARM_IMPORTS = ("focus_surgery.cli", "focus_surgery.folder", "focus_surgery.yolov5.rebuild",
-                "focus_surgery.yolov5.convert", "focus_surgery.loader", "focus_surgery.folder", "ultralytics.nn.tasks",
-                "safetensors.torch")  # fmt: skip
+WARM_IMPORTS = (
+    "focus_surgery.cli",
+    "focus_surgery.folder",
+    "focus_surgery.yolov5.rebuild",
+    "focus_surgery.yolov5.convert",
+    "focus_surgery.loader",
+    "focus_surgery.folder",
+    "ultralytics.nn.tasks",
+    "safetensors.torch",
+)
 
 
 @dataclass
@@ -53,8 +60,10 @@ class Outcome:
     def __str__(self) -> str:
         how = "timed out" if self.timed_out else (f"signal {self.signal}" if self.signal else f"exit {self.returncode}")
         args = " ".join(os.fsencode(a).decode("utf-8", "backslashreplace") for a in self.argv)  # printable names
-        return (f"{args}: {how} after {self.seconds:.1f} s, peak RSS {self.peak_rss / 2**20:.0f} MiB, "
-                f"stderr {self.stderr[-600:]!r}")  # fmt: skip
+        return (
+            f"{args}: {how} after {self.seconds:.1f} s, peak RSS {self.peak_rss / 2**20:.0f} MiB, "
+            f"stderr {self.stderr[-600:]!r}"
+        )
 
 
 def _environment() -> dict[str, str]:
@@ -149,9 +158,13 @@ def serve() -> None:
                 break
             time.sleep(0.02)
         seconds = time.monotonic() - started
-        result = {"seconds": seconds, "timed_out": timed_out, "peak_rss": usage.ru_maxrss * 1024,
-                  "returncode": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                  "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}  # fmt: skip
+        result = {
+            "seconds": seconds,
+            "timed_out": timed_out,
+            "peak_rss": usage.ru_maxrss * 1024,
+            "returncode": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        }
         print(json.dumps(result), file=reply, flush=True)
 
 
@@ -164,8 +177,14 @@ class BoundedCLI:
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
         self.count = 0
-        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     cwd=ROOT, env=_environment(), text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env=_environment(),
+            text=True,
+        )
         ready = json.loads(self.proc.stdout.readline() or "{}")
         if not ready.get("ready"):
             raise RuntimeError("the CLI fork server did not start")
@@ -178,17 +197,25 @@ class BoundedCLI:
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         result = json.loads(self.proc.stdout.readline())
-        return Outcome([os.fsdecode(a) for a in map(os.fspath, args)], result["returncode"], result["signal"],
-                       result["timed_out"], result["seconds"], result["peak_rss"], out.read_bytes(),
-                       err.read_bytes())  # fmt: skip
+        return Outcome(
+            [os.fsdecode(a) for a in map(os.fspath, args)],
+            result["returncode"],
+            result["signal"],
+            result["timed_out"],
+            result["seconds"],
+            result["peak_rss"],
+            out.read_bytes(),
+            err.read_bytes(),
+        )
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
 
 
-def run_fresh(*args: str | os.PathLike, limit: float = 120.0, headroom: int = AS_HEADROOM,
-              cwd: str | os.PathLike = ROOT) -> Outcome:  # fmt: skip
+def run_fresh(
+    *args: str | os.PathLike, limit: float = 120.0, headroom: int = AS_HEADROOM, cwd: str | os.PathLike = ROOT
+) -> Outcome:
     """The real ``python -m focus_surgery ARGS`` in a new process (address space: 3.5 GiB imports + headroom)."""
     import resource
 
@@ -197,8 +224,14 @@ def run_fresh(*args: str | os.PathLike, limit: float = 120.0, headroom: int = AS
         resource.setrlimit(resource.RLIMIT_AS, ((7 << 29) + headroom, (7 << 29) + headroom))
 
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "focus_surgery", *map(os.fspath, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=cwd, env=_environment(), preexec_fn=limits)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "focus_surgery", *map(os.fspath, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=_environment(),
+        preexec_fn=limits,
+    )
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=limit)
@@ -207,8 +240,16 @@ def run_fresh(*args: str | os.PathLike, limit: float = 120.0, headroom: int = AS
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
     code = proc.returncode
-    return Outcome([os.fsdecode(os.fspath(a)) for a in args], code if code >= 0 else None,
-                   -code if code < 0 else None, timed_out, time.monotonic() - started, 0, stdout, stderr)  # fmt: skip
+    return Outcome(
+        [os.fsdecode(os.fspath(a)) for a in args],
+        code if code >= 0 else None,
+        -code if code < 0 else None,
+        timed_out,
+        time.monotonic() - started,
+        0,
+        stdout,
+        stderr,
+    )
 
 
 if __name__ == "__main__":

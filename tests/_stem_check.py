@@ -53,7 +53,9 @@ def stem_error(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) -> f
     return max(relative_errors(outputs_float64(reference, x), outputs_float64(candidate, x)))
 
 
-def assert_same_stem(reference: nn.Module, candidate: nn.Module, x: torch.Tensor, tolerance: float = TOLERANCE) -> float:
+def assert_same_stem(
+    reference: nn.Module, candidate: nn.Module, x: torch.Tensor, tolerance: float = TOLERANCE
+) -> float:
     error = stem_error(reference, candidate, x)
     assert error <= tolerance, f"stem map / raw outputs differ: max relative error {error:.3e} > {tolerance:.0e}"
     return error
@@ -87,5 +89,8 @@ def plant_fresh_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-PLANTED = {"wrong channel order": plant_wrong_order, "shifted pad": plant_shifted_pad,
-           "fresh BatchNorm statistics": plant_fresh_batchnorm}  # fmt: skip
+PLANTED = {
+    "wrong channel order": plant_wrong_order,
+    "shifted pad": plant_shifted_pad,
+    "fresh BatchNorm statistics": plant_fresh_batchnorm,
+}

@@ -50,10 +50,21 @@ model.train(data=str(data), epochs=2, imgsz=64, batch=2, workers=0, amp=False, p
 def write_interrupted_last_pt(tmp: Path) -> Path:
     """Train the tiny Focus detector for two epochs in ``tmp``; return ``last.pt`` as it was after epoch 1."""
     out = tmp / "last.pt"
-    env = dict(os.environ, YOLO_OFFLINE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
-               YOLO_CONFIG_DIR=str(tmp / "ultralytics-config"))  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", _TRAIN, str(tmp / "train"), str(out), str(TINY_YAML)],
-                            capture_output=True, text=True, cwd=tmp, env=env, timeout=300)  # fmt: skip
+    env = dict(
+        os.environ,
+        YOLO_OFFLINE="1",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        YOLO_CONFIG_DIR=str(tmp / "ultralytics-config"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN, str(tmp / "train"), str(out), str(TINY_YAML)],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        env=env,
+        timeout=300,
+    )
     if result.returncode or not out.is_file():
         raise RuntimeError(f"Ultralytics training failed: {result.stderr[-2000:]}")
     return out

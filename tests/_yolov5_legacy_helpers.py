@@ -15,7 +15,8 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "yolov5-legacy"
 SHARED_FIXTURES = Path(  # the project's full set, beside the checkout unless the variable says where
-    os.environ.get("FOCUS_SURGERY_SHARED_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "yolov5-legacy"
+    os.environ.get("FOCUS_SURGERY_SHARED_FIXTURES")
+    or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "yolov5-legacy"
 )
 MODELS = {
     "v2.0": FIXTURES / "yolov5s-v2.0-d0.33-w0.125-nc3-seed104-fp16.pt",
@@ -31,7 +32,6 @@ INPUT_SHA256 = {
 LOGIT_TOL, BOX_REL_TOL, SCORE_TOL = 1e-3, 2e-4, 1e-3
 
 
-
 @contextlib.contextmanager
 def modules_installed(fake: dict):
     """Temporarily put stand-in modules (e.g. YOLOv5's ``models.common``) in ``sys.modules``, then restore."""
@@ -45,6 +45,7 @@ def modules_installed(fake: dict):
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+
 
 def fixture_inputs() -> dict[str, torch.Tensor]:
     """The two fixture inputs, from the recipe in the fixture README, checked against their recorded hashes."""
@@ -103,10 +104,15 @@ def sha256(path: Path) -> str:
 
 # Private nn.Module attributes that torch 2.x adds and 2020-era files lack
 NEW_PRIVATE_ATTRIBUTES = {
-    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
-    "_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_backward_pre_hooks", "_non_persistent_buffers_set",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+    "_backward_pre_hooks",
+    "_non_persistent_buffers_set",
     "_is_full_backward_hook",
-}  # fmt: skip
+}
 
 
 def write_old_style_checkpoint(src: Path, dst: Path) -> None:
@@ -171,23 +177,54 @@ def write_old_zip_checkpoint(src: Path, dst: Path) -> None:
 
 
 YOLOV5S6_V50_YAML = {  # models/hub/yolov5s6.yaml of YOLOv5 v5.0 (P6: four levels, strides 8-64), narrowed
-    "nc": 5, "depth_multiple": 0.33, "width_multiple": 0.125,
-    "anchors": [[19, 27, 44, 40, 38, 94], [96, 68, 86, 152, 180, 137], [140, 301, 303, 264, 238, 542],
-                [436, 615, 739, 380, 925, 792]],
-    "backbone": [[-1, 1, "Focus", [64, 3]], [-1, 1, "Conv", [128, 3, 2]], [-1, 3, "C3", [128]],
-                 [-1, 1, "Conv", [256, 3, 2]], [-1, 9, "C3", [256]], [-1, 1, "Conv", [512, 3, 2]],
-                 [-1, 9, "C3", [512]], [-1, 1, "Conv", [768, 3, 2]], [-1, 3, "C3", [768]],
-                 [-1, 1, "Conv", [1024, 3, 2]], [-1, 1, "SPP", [1024, [3, 5, 7]]], [-1, 3, "C3", [1024, False]]],
-    "head": [[-1, 1, "Conv", [768, 1, 1]], [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
-             [[-1, 8], 1, "Concat", [1]], [-1, 3, "C3", [768, False]], [-1, 1, "Conv", [512, 1, 1]],
-             [-1, 1, "nn.Upsample", ["None", 2, "nearest"]], [[-1, 6], 1, "Concat", [1]],
-             [-1, 3, "C3", [512, False]], [-1, 1, "Conv", [256, 1, 1]],
-             [-1, 1, "nn.Upsample", ["None", 2, "nearest"]], [[-1, 4], 1, "Concat", [1]],
-             [-1, 3, "C3", [256, False]], [-1, 1, "Conv", [256, 3, 2]], [[-1, 20], 1, "Concat", [1]],
-             [-1, 3, "C3", [512, False]], [-1, 1, "Conv", [512, 3, 2]], [[-1, 16], 1, "Concat", [1]],
-             [-1, 3, "C3", [768, False]], [-1, 1, "Conv", [768, 3, 2]], [[-1, 12], 1, "Concat", [1]],
-             [-1, 3, "C3", [1024, False]], [[23, 26, 29, 32], 1, "Detect", ["nc", "anchors"]]],
-}  # fmt: skip
+    "nc": 5,
+    "depth_multiple": 0.33,
+    "width_multiple": 0.125,
+    "anchors": [
+        [19, 27, 44, 40, 38, 94],
+        [96, 68, 86, 152, 180, 137],
+        [140, 301, 303, 264, 238, 542],
+        [436, 615, 739, 380, 925, 792],
+    ],
+    "backbone": [
+        [-1, 1, "Focus", [64, 3]],
+        [-1, 1, "Conv", [128, 3, 2]],
+        [-1, 3, "C3", [128]],
+        [-1, 1, "Conv", [256, 3, 2]],
+        [-1, 9, "C3", [256]],
+        [-1, 1, "Conv", [512, 3, 2]],
+        [-1, 9, "C3", [512]],
+        [-1, 1, "Conv", [768, 3, 2]],
+        [-1, 3, "C3", [768]],
+        [-1, 1, "Conv", [1024, 3, 2]],
+        [-1, 1, "SPP", [1024, [3, 5, 7]]],
+        [-1, 3, "C3", [1024, False]],
+    ],
+    "head": [
+        [-1, 1, "Conv", [768, 1, 1]],
+        [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
+        [[-1, 8], 1, "Concat", [1]],
+        [-1, 3, "C3", [768, False]],
+        [-1, 1, "Conv", [512, 1, 1]],
+        [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
+        [[-1, 6], 1, "Concat", [1]],
+        [-1, 3, "C3", [512, False]],
+        [-1, 1, "Conv", [256, 1, 1]],
+        [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
+        [[-1, 4], 1, "Concat", [1]],
+        [-1, 3, "C3", [256, False]],
+        [-1, 1, "Conv", [256, 3, 2]],
+        [[-1, 20], 1, "Concat", [1]],
+        [-1, 3, "C3", [512, False]],
+        [-1, 1, "Conv", [512, 3, 2]],
+        [[-1, 16], 1, "Concat", [1]],
+        [-1, 3, "C3", [768, False]],
+        [-1, 1, "Conv", [768, 3, 2]],
+        [[-1, 12], 1, "Concat", [1]],
+        [-1, 3, "C3", [1024, False]],
+        [[23, 26, 29, 32], 1, "Detect", ["nc", "anchors"]],
+    ],
+}
 
 
 def make_yolov5_style_checkpoint(
@@ -216,8 +253,14 @@ def make_yolov5_style_checkpoint(
     head = LegacyDetect(yaml["nc"], yaml["anchors"], ch, strides)
     head.i, head.f = len(model.model), detect_row[0]
     model.model.append(head)
-    model.save = sorted({x for row in body["backbone"] + yaml["head"] for x in
-                         ([row[0]] if isinstance(row[0], int) else row[0]) if x != -1})  # fmt: skip
+    model.save = sorted(
+        {
+            x
+            for row in body["backbone"] + yaml["head"]
+            for x in ([row[0]] if isinstance(row[0], int) else row[0])
+            if x != -1
+        }
+    )
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -254,15 +297,25 @@ def make_yolov5_style_checkpoint(
         state = {k: v for k, v in vars(m).items() if k not in ("cv2", "cv3")}
         state["_modules"] = type(m._modules)((k, as_yolov5(v)) for k, v in m._modules.items())
         if kind is DetectionModel:
-            state.update(yaml=copy.deepcopy(yaml), names=[f"class{i}" for i in range(yaml["nc"])],
-                         nc=yaml["nc"], stride=torch.tensor(strides), hyp={"lr0": 0.01, "box": 0.05})  # fmt: skip
+            state.update(
+                yaml=copy.deepcopy(yaml),
+                names=[f"class{i}" for i in range(yaml["nc"])],
+                nc=yaml["nc"],
+                stride=torch.tensor(strides),
+                hyp={"lr0": 0.01, "box": 0.05},
+            )
         if "type" in state:  # YOLOv5 records its own module path per row
             state["type"] = f"{cls.__module__}.{cls.__qualname__}"
         obj.__dict__.update(state)
         return obj
 
     with modules_installed(fake):
-        content = {"epoch": -1, "best_fitness": np.array([0.25]), "model": as_yolov5(copy.deepcopy(model).half()),
-                   "optimizer": None, "wandb_id": None}  # fmt: skip
+        content = {
+            "epoch": -1,
+            "best_fitness": np.array([0.25]),
+            "model": as_yolov5(copy.deepcopy(model).half()),
+            "optimizer": None,
+            "wandb_id": None,
+        }
         torch.save(content, dst)
     return model.half().float()

@@ -145,17 +145,25 @@ class PickleWriter:
         self.glob(module, name).raw(pickle.EMPTY_TUPLE + pickle.NEWOBJ)
         return self.dict(state).raw(pickle.BUILD)
 
-    def module(self, module: str, name: str, attrs: dict, children: dict | None = None,
-               parameters: dict | None = None) -> PickleWriter:  # fmt: skip
+    def module(
+        self, module: str, name: str, attrs: dict, children: dict | None = None, parameters: dict | None = None
+    ) -> PickleWriter:
         """An ``nn.Module``-shaped record: the private dicts torch pickles plus ``attrs``."""
-        state = {"training": False, "_parameters": lambda p: p.dict(parameters or {}, ordered=True),
-                 "_buffers": lambda p: p.dict({}, ordered=True), "_non_persistent_buffers_set": lambda p: p.glob(
-                     "builtins", "set").raw(pickle.EMPTY_LIST).raw(pickle.TUPLE1 + pickle.REDUCE),
-                 "_modules": lambda p: p.dict(children or {}, ordered=True), **attrs}  # fmt: skip
+        state = {
+            "training": False,
+            "_parameters": lambda p: p.dict(parameters or {}, ordered=True),
+            "_buffers": lambda p: p.dict({}, ordered=True),
+            "_non_persistent_buffers_set": lambda p: (
+                p.glob("builtins", "set").raw(pickle.EMPTY_LIST).raw(pickle.TUPLE1 + pickle.REDUCE)
+            ),
+            "_modules": lambda p: p.dict(children or {}, ordered=True),
+            **attrs,
+        }
         return self.record(module, name, state)
 
-    def tensor(self, key: str, numel: int, size: tuple, stride: tuple, offset: int = 0,
-               storage: str = "FloatStorage") -> PickleWriter:  # fmt: skip
+    def tensor(
+        self, key: str, numel: int, size: tuple, stride: tuple, offset: int = 0, storage: str = "FloatStorage"
+    ) -> PickleWriter:
         """``torch._utils._rebuild_tensor_v2`` over persistent storage ``key`` of ``numel`` elements."""
         self.glob("torch._utils", "_rebuild_tensor_v2").mark()
         self.mark().str("storage").glob("torch", storage).str(key).str("cpu").int(numel).tuple()
@@ -196,8 +204,12 @@ def module_dag(p: PickleWriter, levels: int = DAG_LEVELS, memo: int = 800_000) -
     p.module("torch.nn.modules.activation", "SiLU", {"inplace": False}).put(memo)
     for i in range(levels):
         prev = memo + i
-        p.raw(pickle.POP).module("torch.nn.modules.container", "Sequential", {},
-                                 {"0": lambda q, prev=prev: q.get(prev), "1": lambda q, prev=prev: q.get(prev)})
+        p.raw(pickle.POP).module(
+            "torch.nn.modules.container",
+            "Sequential",
+            {},
+            {"0": lambda q, prev=prev: q.get(prev), "1": lambda q, prev=prev: q.get(prev)},
+        )
         p.put(memo + i + 1)
     return p
 
@@ -211,8 +223,9 @@ def zip_entries(path: Path) -> dict[str, bytes]:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
 
-def write_zip(dst: Path, entries: dict[str, bytes] | list[tuple[str, bytes]],
-              compress: dict[str, int] | None = None) -> Path:  # fmt: skip
+def write_zip(
+    dst: Path, entries: dict[str, bytes] | list[tuple[str, bytes]], compress: dict[str, int] | None = None
+) -> Path:
     """A zip archive of ``entries`` (stored unless ``compress`` names a record); duplicates allowed in a list."""
     items = entries.items() if isinstance(entries, dict) else entries
     with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as archive:
@@ -223,8 +236,13 @@ def write_zip(dst: Path, entries: dict[str, bytes] | list[tuple[str, bytes]],
     return dst
 
 
-def torch_zip(dst: Path, pkl: bytes, storages: dict[str, bytes] | None = None, prefix: str = "archive",
-              byteorder: bytes = b"little") -> Path:  # fmt: skip
+def torch_zip(
+    dst: Path,
+    pkl: bytes,
+    storages: dict[str, bytes] | None = None,
+    prefix: str = "archive",
+    byteorder: bytes = b"little",
+) -> Path:
     """A torch >= 1.6 archive: ``<prefix>/data.pkl``, ``byteorder``, ``data/<key>`` records, ``version``."""
     entries = {f"{prefix}/data.pkl": pkl, f"{prefix}/byteorder": byteorder}
     entries.update({f"{prefix}/data/{k}": v for k, v in (storages or {}).items()})
@@ -299,15 +317,26 @@ def stem_tensors() -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if v.is_floating_point()}
 
 
-def legacy_file(dst: Path, pkl_object: bytes, storages: list[tuple[str, bytes]], keys: list[str] | None = None,
-                little_endian: bool = True, counts: dict[str, int] | None = None) -> Path:  # fmt: skip
+def legacy_file(
+    dst: Path,
+    pkl_object: bytes,
+    storages: list[tuple[str, bytes]],
+    keys: list[str] | None = None,
+    little_endian: bool = True,
+    counts: dict[str, int] | None = None,
+) -> Path:
     """The pre-1.6 torch container: magic, protocol and sys-info pickles, the object, its storage keys, then per key
     an 8-byte element count and the raw bytes (float32 storages)."""
     out = bytearray()
     out += PickleWriter().int(LEGACY_MAGIC_NUMBER).stop()
     out += PickleWriter().int(1001).stop()
-    out += PickleWriter().dict({"protocol_version": 1001, "little_endian": little_endian,
-                                "type_sizes": {"short": 2, "int": 4, "long": 4}}).stop()  # fmt: skip
+    out += (
+        PickleWriter()
+        .dict(
+            {"protocol_version": 1001, "little_endian": little_endian, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+        )
+        .stop()
+    )
     out += pkl_object
     keys = [k for k, _ in storages] if keys is None else keys
     out += PickleWriter().value(keys).stop()
@@ -342,13 +371,15 @@ def dag_plain(tmp: Path) -> Hostile:
     pkl, storages = state_dict_pickle(stem_tensors(), {"meta": tuple_dag})
     path = torch_zip(tmp / "dag-tuples.pt", pkl, storages)
     # shared data is data: read and passed through in linear time (it used to hang: walked path by path, 2**40)
-    return Hostile(path, ("convert", "{src}", "{dst}"), effect="hang: tuple DAG walked path by path (2**40)",
-                   valid=True)
+    return Hostile(
+        path, ("convert", "{src}", "{dst}"), effect="hang: tuple DAG walked path by path (2**40)", valid=True
+    )
 
 
 def dag_yolov5(tmp: Path) -> Hostile:
-    path = splice_item(YOLOV5_FILE, tmp / "dag-lists-yolov5.pt", "training_results",
-                       lambda p: tuple_dag(p, as_list=True))  # fmt: skip
+    path = splice_item(
+        YOLOV5_FILE, tmp / "dag-lists-yolov5.pt", "training_results", lambda p: tuple_dag(p, as_list=True)
+    )
     return Hostile(path, effect="hang: list DAG in YOLOv5 metadata walked path by path (2**40)")
 
 
@@ -356,16 +387,25 @@ def dag_modules(tmp: Path) -> Hostile:
     p = PickleWriter()
     p.dict({"model": module_dag, "epoch": -1})
     path = torch_zip(tmp / "dag-modules.pt", p.stop())
-    return Hostile(path, ("convert", "{src}", "{dst}"),
-                   effect="bounded today (torch's named_modules is memoised); a walk of _modules must stay so")
+    return Hostile(
+        path,
+        ("convert", "{src}", "{dst}"),
+        effect="bounded today (torch's named_modules is memoised); a walk of _modules must stay so",
+    )
 
 
 def dag_modules_yolov5(tmp: Path) -> Hostile:
     """A YOLOv5 ``Model`` record (as ``ema``) whose first layer is a 2**40-path module DAG."""
 
     def model(p: PickleWriter) -> PickleWriter:
-        yaml = {"nc": 3, "depth_multiple": 0.33, "width_multiple": 0.125, "anchors": 3,
-                "backbone": [[-1, 1, "Conv", [16, 3, 2]]], "head": [[-1, 1, "Detect", ["nc", "anchors"]]]}  # fmt: skip
+        yaml = {
+            "nc": 3,
+            "depth_multiple": 0.33,
+            "width_multiple": 0.125,
+            "anchors": 3,
+            "backbone": [[-1, 1, "Conv", [16, 3, 2]]],
+            "head": [[-1, 1, "Detect", ["nc", "anchors"]]],
+        }
         layers = lambda q: q.module("torch.nn.modules.container", "Sequential", {}, {"0": module_dag})  # noqa: E731
         return p.module("models.yolo", "Model", {"yaml": yaml, "names": ["a", "b", "c"]}, {"model": layers})
 
@@ -374,9 +414,19 @@ def dag_modules_yolov5(tmp: Path) -> Hostile:
 
 
 def lstm_layers(tmp: Path) -> Hostile:
-    lstm = {"mode": "LSTM", "input_size": 4, "hidden_size": 4, "num_layers": 10**12, "bias": True,
-            "batch_first": False, "dropout": 0.0, "bidirectional": False, "proj_size": 0,
-            "_flat_weights_names": [], "_all_weights": [[0]]}  # fmt: skip
+    lstm = {
+        "mode": "LSTM",
+        "input_size": 4,
+        "hidden_size": 4,
+        "num_layers": 10**12,
+        "bias": True,
+        "batch_first": False,
+        "dropout": 0.0,
+        "bidirectional": False,
+        "proj_size": 0,
+        "_flat_weights_names": [],
+        "_all_weights": [[0]],
+    }
     p = PickleWriter()
     p.dict({"model": lambda q: q.module("torch.nn.modules.rnn", "LSTM", lstm), "epoch": 0})
     path = torch_zip(tmp / "lstm-layers.pt", p.stop())
@@ -397,8 +447,11 @@ def yaml_nc(tmp: Path) -> Hostile:
     """nc = 1e9 everywhere and no ``names``: ``inspect`` makes a billion class names, ``convert`` a 3e9-channel head."""
     names = re.escape(pickle.BINUNICODE + struct.pack("<I", 5) + b"names")
     model_nc = rb"(j....)K\x03(X\x03\x00\x00\x00hyp)"  # the Model's own nc: its key is a memo get of "nc"
-    edits = [set_small_int("nc", 10**9), (names, pickle.BINUNICODE + struct.pack("<I", 5) + b"namez"),
-             (model_nc, lambda m: m.group(1) + pickle.BININT + struct.pack("<i", 10**9) + m.group(2))]
+    edits = [
+        set_small_int("nc", 10**9),
+        (names, pickle.BINUNICODE + struct.pack("<I", 5) + b"namez"),
+        (model_nc, lambda m: m.group(1) + pickle.BININT + struct.pack("<i", 10**9) + m.group(2)),
+    ]
     path = edit_pickle(YOLOV5_FILE, tmp / "yaml-nc.pt", edits)
     return Hostile(path, effect="memory/time: names = range(int(nc)) with nc = 1e9")
 
@@ -407,9 +460,19 @@ def conv_stride(tmp: Path) -> Hostile:
     """A strided stem conv record with stride 8192 and a 1x1 kernel (96 weights): ``inspect`` plans its
     space-to-depth form, an (8, 3*8192**2, 1, 1) weight (6.4 GB in float32)."""
     weight = torch.randn(8, 3, 1, 1)
-    conv = {"in_channels": 3, "out_channels": 8, "kernel_size": (1, 1), "stride": (8192, 8192), "padding": (0, 0),
-            "dilation": (1, 1), "transposed": False, "output_padding": (0, 0), "groups": 1, "padding_mode": "zeros",
-            "_reversed_padding_repeated_twice": (0, 0, 0, 0)}  # fmt: skip
+    conv = {
+        "in_channels": 3,
+        "out_channels": 8,
+        "kernel_size": (1, 1),
+        "stride": (8192, 8192),
+        "padding": (0, 0),
+        "dilation": (1, 1),
+        "transposed": False,
+        "output_padding": (0, 0),
+        "groups": 1,
+        "padding_mode": "zeros",
+        "_reversed_padding_repeated_twice": (0, 0, 0, 0),
+    }
     params = {"weight": lambda q: q.tensor("0", 24, (8, 3, 1, 1), (3, 1, 1, 1)), "bias": None}
     stem = lambda q: q.module("torch.nn.modules.conv", "Conv2d", conv, parameters=params)  # noqa: E731
     p = PickleWriter()
@@ -436,18 +499,43 @@ def _deflate_zeros(nbytes: int) -> tuple[bytes, int]:
     return unit * (nbytes // chunk) + tail, crc
 
 
-def _zip_with_raw_record(dst: Path, entries: list[tuple[str, bytes]], name: str, deflated: bytes, size: int,
-                         crc: int) -> Path:  # fmt: skip
+def _zip_with_raw_record(
+    dst: Path, entries: list[tuple[str, bytes]], name: str, deflated: bytes, size: int, crc: int
+) -> Path:
     """A zip of stored ``entries`` plus one deflated record ``name`` given as a ready deflate stream."""
     out, central = bytearray(), bytearray()
 
     def add(fname: str, method: int, payload: bytes, crc: int, size: int) -> None:
         raw = fname.encode()
         offset = len(out)
-        out.extend(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x5821, crc, len(payload), size,
-                                len(raw), 0) + raw + payload)  # fmt: skip
-        central.extend(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x5821, crc, len(payload),
-                                   size, len(raw), 0, 0, 0, 0, 0, offset) + raw)  # fmt: skip
+        out.extend(
+            struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x5821, crc, len(payload), size, len(raw), 0)
+            + raw
+            + payload
+        )
+        central.extend(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                method,
+                0,
+                0x5821,
+                crc,
+                len(payload),
+                size,
+                len(raw),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + raw
+        )
 
     count = 0
     for fname, data in entries:
@@ -468,8 +556,9 @@ BOMB_BYTES = 1 << 30  # 1 GiB from about 1 MB
 def zip_bomb_pickle(tmp: Path) -> Hostile:
     """data.pkl deflated from 1 GiB: a valid pickle prefix (a 1 GiB BINBYTES of zeros would follow)."""
     deflated, crc = _deflate_zeros(BOMB_BYTES)
-    path = _zip_with_raw_record(tmp / "bomb-pickle.pt", [("archive/byteorder", b"little")], "archive/data.pkl",
-                                deflated, BOMB_BYTES, crc)  # fmt: skip
+    path = _zip_with_raw_record(
+        tmp / "bomb-pickle.pt", [("archive/byteorder", b"little")], "archive/data.pkl", deflated, BOMB_BYTES, crc
+    )
     return Hostile(path, effect="memory: zipfile.read(data.pkl) inflates 1 GiB before any check")
 
 
@@ -536,14 +625,16 @@ def crc_flip(tmp: Path) -> Hostile:
     data[start + info.file_size // 2] ^= 0x10
     path = tmp / "crc-flip.pt"
     path.write_bytes(bytes(data))
-    return Hostile(path, ("convert", "{src}", "{dst}"), effect="integrity: bit flip converts and verifies",
-                   message="crc")
+    return Hostile(
+        path, ("convert", "{src}", "{dst}"), effect="integrity: bit flip converts and verifies", message="crc"
+    )
 
 
 def os_system_yolov5(tmp: Path) -> Hostile:
     def payload(p: PickleWriter) -> PickleWriter:
-        return p.glob("models.yolo.os", "system").mark().str("touch /tmp/focus-surgery-pwned").tuple().raw(
-            pickle.REDUCE)
+        return (
+            p.glob("models.yolo.os", "system").mark().str("touch /tmp/focus-surgery-pwned").tuple().raw(pickle.REDUCE)
+        )
 
     path = splice_item(YOLOV5_FILE, tmp / "os-system-yolov5.pt", "wandb_id", payload)
     return Hostile(path, ("convert", "{src}", "{dst}"), effect="REDUCE of models.yolo.os.system kept as a record")
@@ -593,8 +684,11 @@ def many_pickles(tmp: Path, size: int = 2 << 20) -> Hostile:
 def two_data_pkl(tmp: Path) -> Hostile:
     """Two records named ``archive/data.pkl``: an innocent state dict, then a pickle naming ``os.system``."""
     pkl, storages = state_dict_pickle(stem_tensors())
-    evil = PickleWriter().dict({"x": lambda q: q.glob("os", "system").mark().str("true").tuple().raw(
-        pickle.REDUCE)}).stop()  # fmt: skip
+    evil = (
+        PickleWriter()
+        .dict({"x": lambda q: q.glob("os", "system").mark().str("true").tuple().raw(pickle.REDUCE)})
+        .stop()
+    )
     entries = [("archive/data.pkl", pkl), ("archive/byteorder", b"little")]
     entries += [(f"archive/data/{k}", v) for k, v in storages.items()]
     entries += [("archive/data.pkl", evil), ("archive/version", b"3\n")]
@@ -625,9 +719,12 @@ def torch_tar(tmp: Path) -> Hostile:
     """The torch < 0.4 container: a tar of ``sys_info``, ``pickle``, ``tensors``, ``storages``."""
     path = tmp / "torch-0.3.pt"
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in [("sys_info", PickleWriter().dict({"little_endian": True}).stop()),
-                           ("pickle", PickleWriter().dict({}).stop()), ("tensors", b"\x80\x02K\x00."),
-                           ("storages", b"\x80\x02K\x00.")]:  # fmt: skip
+        for name, data in [
+            ("sys_info", PickleWriter().dict({"little_endian": True}).stop()),
+            ("pickle", PickleWriter().dict({}).stop()),
+            ("tensors", b"\x80\x02K\x00."),
+            ("storages", b"\x80\x02K\x00."),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -669,12 +766,43 @@ def non_utf8_name_yolov5(tmp: Path) -> Hostile:
     return Hostile(path, ("convert", "{src}", "{dst}"), valid=True)
 
 
-HOSTILE: dict[str, Callable[[Path], Hostile]] = {f.__name__: f for f in (
-    cdata_bare, cdata_in_yolov5, cdata_in_zip, dag_yolov5, dag_modules, dag_modules_yolov5, lstm_layers,
-    yaml_depth, yaml_width, yaml_nc, conv_stride, upsample_scale, zip_bomb_pickle, zip_bomb_storage, stride_zero,
-    stride_zero_output,
-    legacy_huge_numel, legacy_unfilled, uninitialised, crc_flip, os_system_yolov5, main_import, main_import_plain,
-    big_endian, big_endian_legacy, truncated_storage, many_pickles, two_data_pkl, two_archives, urandom, torch_tar,
-)}  # fmt: skip
-VALID_ODD: dict[str, Callable[[Path], Hostile]] = {f.__name__: f for f in (
-    escape_names, escape_epoch, escape_file_name, non_utf8_name, non_utf8_name_yolov5, dag_plain)}  # fmt: skip
+HOSTILE: dict[str, Callable[[Path], Hostile]] = {
+    f.__name__: f
+    for f in (
+        cdata_bare,
+        cdata_in_yolov5,
+        cdata_in_zip,
+        dag_yolov5,
+        dag_modules,
+        dag_modules_yolov5,
+        lstm_layers,
+        yaml_depth,
+        yaml_width,
+        yaml_nc,
+        conv_stride,
+        upsample_scale,
+        zip_bomb_pickle,
+        zip_bomb_storage,
+        stride_zero,
+        stride_zero_output,
+        legacy_huge_numel,
+        legacy_unfilled,
+        uninitialised,
+        crc_flip,
+        os_system_yolov5,
+        main_import,
+        main_import_plain,
+        big_endian,
+        big_endian_legacy,
+        truncated_storage,
+        many_pickles,
+        two_data_pkl,
+        two_archives,
+        urandom,
+        torch_tar,
+    )
+}
+VALID_ODD: dict[str, Callable[[Path], Hostile]] = {
+    f.__name__: f
+    for f in (escape_names, escape_epoch, escape_file_name, non_utf8_name, non_utf8_name_yolov5, dag_plain)
+}

@@ -81,8 +81,12 @@ except Interrupted:
 def test_signals_leave_nothing(tmp_path, signum):
     dst = tmp_path / "out.pt"
     dst.write_bytes(b"old")
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(dst)], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as at a terminal
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, str(dst)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # as at a terminal
     assert proc.stdout.readline().strip() == "writing"
     assert len(_debris(tmp_path)) == 1
     proc.send_signal(signum)

@@ -24,8 +24,9 @@ FOCUS_YAML = ROOT / "tests" / "fixtures" / "yolo-focus-tiny.yaml"  # Ultralytics
 
 
 def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "focus_surgery", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "focus_surgery", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_bench_case_reports_every_form_side_by_side():
@@ -55,7 +56,11 @@ def test_cases_from_flags():
     assert bench.cases_from_flags(None, None, None, None) is None
     cases = bench.cases_from_flags("yolov5s,tresnet_m", None, "1,8", "forward")
     assert [(c.stem, c.size, c.batch) for c in cases] == [
-        ("yolov5s", 640, 1), ("yolov5s", 640, 8), ("tresnet_m", 224, 1), ("tresnet_m", 224, 8)]
+        ("yolov5s", 640, 1),
+        ("yolov5s", 640, 8),
+        ("tresnet_m", 224, 1),
+        ("tresnet_m", 224, 8),
+    ]
     with pytest.raises(ValueError, match="unknown stem"):
         bench.cases_from_flags("yolov9", None, None, None)
     with pytest.raises(ValueError, match="multiples"):
@@ -81,7 +86,8 @@ def test_cli_bench_quick_json_and_plot(tmp_path):
     env = result["environment"]
     assert env["torch"] == torch.__version__ and env["date_utc"] and env["device"] == "cpu"
     assert [(c["stem"], c["batch"], c["mode"]) for c in result["stems"]] == [
-        (c.stem, c.batch, c.mode) for c in bench.QUICK]
+        (c.stem, c.batch, c.mode) for c in bench.QUICK
+    ]
     assert result["conversion"]["convert_s"] > 0
     onnx = {row["form"]: row for row in result["onnx"]["forms"]}
     assert onnx["focus_slices"]["slice"] > 0 and onnx["focus_slices"]["concat"] == 1
@@ -115,7 +121,9 @@ def test_cli_convert_to_fastest_model_checkpoint_in_half(tmp_path, capsys):
     assert out.content["epoch"] == 3 and next(out.model.parameters()).dtype == torch.float16  # dtype kept
     if report["chosen"] != "original":
         assert type(out.model.model[0]).__name__ == "StemForm" and out.model.model[0].form == report["chosen"]
-        assert report["verification"]["passed"] and report["max_abs_err"] <= 1e-10 * report["verification"]["output_scale"]
+        assert (
+            report["verification"]["passed"] and report["max_abs_err"] <= 1e-10 * report["verification"]["output_scale"]
+        )
     check = fs.verify(model.half(), out.model, input_shape=(1, 3, 64, 96))  # float64 copies of the same fp16 weights
     assert check.passed and check.max_abs_err <= 1e-12 * max(1.0, check.output_scale)
 

@@ -56,15 +56,19 @@ def tensor(storage_key: str, storage_numel: int, size: int, offset: int = 0) -> 
 # ------------------------------------------------------------------------------------------ torch zip archives
 
 
-def zip_checkpoint(path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None,
-                   byteorder: bytes = b"little") -> Path:  # fmt: skip
+def zip_checkpoint(
+    path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None, byteorder: bytes = b"little"
+) -> Path:
     """A torch zip checkpoint with these records, laid out as ``torch.save`` lays them out (read back by torch)."""
     template = path.with_suffix(".template")
     torch.save({"w": torch.zeros(1)}, template)  # borrow torch's own version records
     with zipfile.ZipFile(template) as source:
         prefix = source.namelist()[0].split("/")[0]
-        kept = {n: source.read(n) for n in source.namelist() if n.split("/", 1)[1] in ("version", ".format_version",
-                                                                                        ".storage_alignment")}  # fmt: skip
+        kept = {
+            n: source.read(n)
+            for n in source.namelist()
+            if n.split("/", 1)[1] in ("version", ".format_version", ".storage_alignment")
+        }
     template.unlink()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{prefix}/data.pkl", data_pkl)

@@ -18,8 +18,14 @@ LEGACY = ROOT / "tests" / "fixtures" / "yolov5-legacy"
 
 def run(*args, cwd=ROOT):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "focus_surgery", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "focus_surgery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def digest(path):
@@ -109,7 +115,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_src, message, t
     dst.parent.mkdir()
     result = run("convert", src, dst)
     assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (
+        message in result.stderr and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    )
     assert list(dst.parent.iterdir()) == []  # no partial output
     assert not Path("/tmp/PWNED_focus_surgery").exists()  # nothing was executed
 
@@ -163,13 +171,17 @@ class _CallsOnLoad:
         return self.func, self.args
 
 
-@pytest.mark.parametrize("make_payload", [
-    # a function under an allowed package would write a file if it were called
-    lambda marker: _CallsOnLoad(__import__("focus_surgery.checkpoint_io").checkpoint_io.save_checkpoint,
-                                {"a": torch.zeros(1)}, str(marker)),
-    # a layer class called with arguments runs its constructor
-    lambda marker: _CallsOnLoad(torch.nn.Conv2d, 3, 8, 3),
-])
+@pytest.mark.parametrize(
+    "make_payload",
+    [
+        # a function under an allowed package would write a file if it were called
+        lambda marker: _CallsOnLoad(
+            __import__("focus_surgery.checkpoint_io").checkpoint_io.save_checkpoint, {"a": torch.zeros(1)}, str(marker)
+        ),
+        # a layer class called with arguments runs its constructor
+        lambda marker: _CallsOnLoad(torch.nn.Conv2d, 3, 8, 3),
+    ],
+)
 def test_functions_and_constructors_of_allowed_packages_never_run(make_payload, tmp_path):
     marker = tmp_path / "written-by-the-checkpoint.pt"
     src = tmp_path / "hostile.pt"
@@ -187,7 +199,11 @@ def test_hostile_numpy_dtype_and_storage_tampering_are_refused(tmp_path):
 
     class ObjectFieldDtype:  # numpy.dtype("V8") whose state then claims an object field
         def __reduce__(self):
-            return (__import__("numpy").dtype, ("V8", False, True), (3, "|", None, ("x",), {"x": (object, 0)}, 8, 1, 63))
+            return (
+                __import__("numpy").dtype,
+                ("V8", False, True),
+                (3, "|", None, ("x",), {"x": (object, 0)}, 8, 1, 63),
+            )
 
     dtype_file = tmp_path / "dtype.pt"
     torch.save({"w": torch.arange(4.0), "payload": ObjectFieldDtype()}, dtype_file)

@@ -51,12 +51,15 @@ def digest(path: Path) -> str:
 
 def argv(command: tuple[str, ...], src: Path, dst: Path) -> list[str | Path]:
     """``{src}`` / ``{dst}`` replaced; ``{dst}.safetensors`` swaps the output's suffix."""
-    return [src if a == "{src}" else dst.with_suffix(a[5:]) if a.startswith("{dst}.") else dst if a == "{dst}" else a
-            for a in command]  # fmt: skip
+    return [
+        src if a == "{src}" else dst.with_suffix(a[5:]) if a.startswith("{dst}.") else dst if a == "{dst}" else a
+        for a in command
+    ]
 
 
-def assert_refused(outcome, src: Path, out_dir: Path, before: str, baseline: int, message: str = "",
-                   wrong: str = "") -> None:  # fmt: skip
+def assert_refused(
+    outcome, src: Path, out_dir: Path, before: str, baseline: int, message: str = "", wrong: str = ""
+) -> None:
     """Exit 2, one stderr line naming the file, nothing written, input unchanged, time and memory bounded."""
     assert not outcome.timed_out, f"hang: killed after {TIME_LIMIT:.0f} s: {outcome}"
     assert outcome.signal is None, f"crash: {outcome}"

@@ -32,8 +32,9 @@ def env() -> dict[str, str]:
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "focus_surgery", *map(str, args)], capture_output=True, cwd=ROOT,
-                          env=env(), timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "focus_surgery", *map(str, args)], capture_output=True, cwd=ROOT, env=env(), timeout=300
+    )
 
 
 def digest(path: Path) -> str:
@@ -63,9 +64,14 @@ def default_sigint() -> None:
 
 def convert_and_signal(src: Path, dst: Path, sig: int) -> tuple[subprocess.Popen, bytes, bool]:
     """Start ``convert src dst``, send ``sig`` once its temporary file appears; (process, stderr, signalled)."""
-    proc = subprocess.Popen([sys.executable, "-m", "focus_surgery", "convert", str(src), str(dst)], cwd=ROOT,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=default_sigint)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "focus_surgery", "convert", str(src), str(dst)],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
+    )
     signalled, deadline = False, time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if temp_files(dst.parent, dst.name):
@@ -83,9 +89,11 @@ def convert_and_signal(src: Path, dst: Path, sig: int) -> tuple[subprocess.Popen
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("sig", "old"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True),
-                                          (signal.SIGHUP, False)],
-                         ids=["SIGINT", "SIGTERM", "SIGTERM-old-destination", "SIGHUP"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sig", "old"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGHUP, False)],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-old-destination", "SIGHUP"],
+)
 def test_signal_during_write_leaves_nothing(big_checkpoint, tmp_path, sig, old):
     """SIGINT is the control (cleaned up before issue 9); SIGTERM and SIGHUP must clean up the same way."""
     dst = tmp_path / "big-conv.pt"

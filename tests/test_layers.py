@@ -75,8 +75,14 @@ def test_focus_loads_ultralytics_state_dict_and_matches():
     theirs = randomize_batchnorm(modules.Focus(3, 16, 3)).eval()
     ours = Focus(3, 16, 3).eval()
     ours.load_state_dict(theirs.state_dict())  # strict: same names, same shapes
-    assert list(ours.state_dict()) == ["conv.conv.weight", "conv.bn.weight", "conv.bn.bias", "conv.bn.running_mean",
-                                       "conv.bn.running_var", "conv.bn.num_batches_tracked"]
+    assert list(ours.state_dict()) == [
+        "conv.conv.weight",
+        "conv.bn.weight",
+        "conv.bn.bias",
+        "conv.bn.running_mean",
+        "conv.bn.running_var",
+        "conv.bn.num_batches_tracked",
+    ]
     x = torch.randn(2, 3, 32, 48)
     assert torch.equal(ours(x), theirs(x))
 

@@ -34,15 +34,27 @@ def _save(tmp_path, obj, name="ckpt.pt"):
 def test_every_allowed_name_says_why():
     assert GLOBALS and all(entry.reason.strip() for entry in GLOBALS.values())
     assert RECORD_MODULES and all(reason.strip() for reason in RECORD_MODULES.values())
-    assert not any(callable(e.value) and isinstance(e.value, type) and issubclass(e.value, torch.Tensor)
-                   for e in GLOBALS.values())  # no tensor class is callable from a file
+    assert not any(
+        callable(e.value) and isinstance(e.value, type) and issubclass(e.value, torch.Tensor) for e in GLOBALS.values()
+    )  # no tensor class is callable from a file
 
 
-@pytest.mark.parametrize("module, expected", [
-    ("models.yolo", True), ("models.common", True), ("torch.nn.modules.conv", True), ("timm.layers.std_conv", True),
-    ("models.yolo.os", False), ("models", False), ("torch.nn", False), ("torch", False), ("os", False),
-    ("ultralytics.utils", False), ("focus_surgery.cli", True),
-])
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        ("models.yolo", True),
+        ("models.common", True),
+        ("torch.nn.modules.conv", True),
+        ("timm.layers.std_conv", True),
+        ("models.yolo.os", False),
+        ("models", False),
+        ("torch.nn", False),
+        ("torch", False),
+        ("os", False),
+        ("ultralytics.utils", False),
+        ("focus_surgery.cli", True),
+    ],
+)
 def test_record_modules_match_exactly(module, expected):
     assert is_record_module(module) is expected
 
@@ -56,8 +68,11 @@ def test_data_only_values_become_plain_values(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "models", types.ModuleType("models"))
     monkeypatch.setitem(sys.modules, "models.yolo", yolo)
     namespace = types.SimpleNamespace(epochs=3, save_dir=pathlib.PurePosixPath("runs", "exp"))
-    content = {"opt": {"save_dir": pathlib.PurePosixPath("runs", "train", "exp")}, "args": namespace,
-               "forward": _Reduce(getattr, (Detect, "forward"))}
+    content = {
+        "opt": {"save_dir": pathlib.PurePosixPath("runs", "train", "exp")},
+        "args": namespace,
+        "forward": _Reduce(getattr, (Detect, "forward")),
+    }
     path = tmp_path / "data.pt"
     with open(path, "wb") as handle:  # protocol 2 as torch.save writes it, without importing Detect when loading
         torch.save(content, handle)
@@ -71,13 +86,16 @@ def test_data_only_values_become_plain_values(tmp_path, monkeypatch):
     assert {"builtins.getattr", "__builtin__.getattr"} & loaded.globals
 
 
-@pytest.mark.parametrize("payload, refusal", [
-    (_Reduce(os.system, ("true",)), "imports 'posix.system'"),
-    (_Reduce(torch.Tensor, (1000,)), "REDUCE of torch.Tensor, which is not callable"),  # uninitialised memory
-    (_Reduce(torch.nn.Conv2d, (3, 8, 3)), "built with arguments"),  # a layer constructor would run
-    (_Reduce(getattr, (pathlib.PurePosixPath, "unlink")), "getattr on something other than a recorded class"),
-    (_Reduce(os.path.join, ("a", "b")), "imports 'posixpath.join'"),
-])
+@pytest.mark.parametrize(
+    "payload, refusal",
+    [
+        (_Reduce(os.system, ("true",)), "imports 'posix.system'"),
+        (_Reduce(torch.Tensor, (1000,)), "REDUCE of torch.Tensor, which is not callable"),  # uninitialised memory
+        (_Reduce(torch.nn.Conv2d, (3, 8, 3)), "built with arguments"),  # a layer constructor would run
+        (_Reduce(getattr, (pathlib.PurePosixPath, "unlink")), "getattr on something other than a recorded class"),
+        (_Reduce(os.path.join, ("a", "b")), "imports 'posixpath.join'"),
+    ],
+)
 def test_calls_are_refused_by_name(tmp_path, payload, refusal):
     path = _save(tmp_path, {"w": torch.zeros(2), "payload": payload})
     with pytest.raises(CheckpointError, match="refused to load") as error:

@@ -68,8 +68,13 @@ def dag_tuple(levels: int) -> bytes:
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", YOLO_OFFLINE="1",
-                YOLO_CONFIG_DIR=os.environ.get("YOLO_CONFIG_DIR", "/tmp/ycfg-review"))  # fmt: skip
+    return dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        YOLO_OFFLINE="1",
+        YOLO_CONFIG_DIR=os.environ.get("YOLO_CONFIG_DIR", "/tmp/ycfg-review"),
+    )
 
 
 def _limit_memory(gib: float):
@@ -82,8 +87,14 @@ def _limit_memory(gib: float):
 def cli(*args: str, timeout: float = 60, gib: float = 6) -> subprocess.CompletedProcess | None:
     """The CLI in a subprocess; None if it ran past ``timeout`` (a hang)."""
     try:
-        return subprocess.run([sys.executable, "-m", "focus_surgery", *map(str, args)], capture_output=True,
-                              text=True, timeout=timeout, env=_env(), preexec_fn=_limit_memory(gib))  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "focus_surgery", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_env(),
+            preexec_fn=_limit_memory(gib),
+        )
     except subprocess.TimeoutExpired:
         return None
 
@@ -106,13 +117,23 @@ print("seconds", time.monotonic() - start)
 def probe(path: Path, timeout: float = 60, gib: float = 6) -> dict | None:
     """``read_checkpoint(path)`` in a subprocess: exit code, outcome, peak memory growth, time; None on a hang."""
     try:
-        run = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
-                             timeout=timeout, env=_env(), preexec_fn=_limit_memory(gib))  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_env(),
+            preexec_fn=_limit_memory(gib),
+        )
     except subprocess.TimeoutExpired:
         return None
     out = dict(line.split(" ", 1) for line in run.stdout.splitlines() if " " in line)
-    return {"rc": run.returncode, "outcome": run.stdout.splitlines()[0] if run.stdout else run.stderr[-300:],
-            "peak": int(out.get("peak_bytes", 0)), "seconds": float(out.get("seconds", "nan"))}  # fmt: skip
+    return {
+        "rc": run.returncode,
+        "outcome": run.stdout.splitlines()[0] if run.stdout else run.stderr[-300:],
+        "peak": int(out.get("peak_bytes", 0)),
+        "seconds": float(out.get("seconds", "nan")),
+    }
 
 
 def load(path: Path):
@@ -160,8 +181,16 @@ def _assert_memory_bounded(path: Path, result: dict | None) -> None:
 def test_codecs_encode_of_a_memoized_string_is_bounded(tmp_path):
     """``_codecs.encode`` (rb.encode) copies its text each call; one 1 MiB string, memoized, encoded 600 times:
     a 1 MB file makes 600 MB. No byte budget covers values built by rebuilders."""
-    body = (S("a" * (1 << 20)) + b"q\x00" + G("_codecs", "encode") + b"q\x01" + b"0"  # memo only
-            + b"]q\x02(" + b"h\x01h\x00U\x06latin1\x86R" * 600 + b"e.")  # fmt: skip
+    body = (
+        S("a" * (1 << 20))
+        + b"q\x00"
+        + G("_codecs", "encode")
+        + b"q\x01"
+        + b"0"  # memo only
+        + b"]q\x02("
+        + b"h\x01h\x00U\x06latin1\x86R" * 600
+        + b"e."
+    )
     path = zip_checkpoint(tmp_path / "encode.pt", b"\x80\x02" + body)
     _assert_memory_bounded(path, probe(path))
 
@@ -230,8 +259,11 @@ def test_hooks_stored_in_a_file_are_dropped(tmp_path):
     ckpt["ema"] = None
     torch.save(ckpt, tmp_path / "hooks.pt")
     model = load(tmp_path / "hooks.pt").model
-    kept = {name: dict(m._forward_hooks) | dict(m._forward_pre_hooks) for name, m in model.named_modules()
-            if m._forward_hooks or m._forward_pre_hooks}  # fmt: skip
+    kept = {
+        name: dict(m._forward_hooks) | dict(m._forward_pre_hooks)
+        for name, m in model.named_modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    }
     assert not kept, f"hooks from the file survived: {kept}"
 
 
@@ -339,8 +371,9 @@ def test_plain_metadata_of_a_slice_is_bounded():
         "print(len(str(_plain({'opt': slice(l, None, None)}))))\n"
     )
     try:
-        subprocess.run([sys.executable, "-c", code], env=_env(), timeout=30, capture_output=True,
-                       preexec_fn=_limit_memory(4))  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", code], env=_env(), timeout=30, capture_output=True, preexec_fn=_limit_memory(4)
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("_plain(slice(<list DAG>)) hung in repr()")
 
@@ -364,8 +397,13 @@ def test_folder_run_sigterm_leaves_no_temporary(tmp_path):
         "with cleanup_on_signals():\n"
         "    convert_isolated([(sys.argv[1], sys.argv[2])], by_content, {}, timeout_s=600)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "in" / "a.pt"), str(tmp_path / "out" / "a.pt")],
-                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "in" / "a.pt"), str(tmp_path / "out" / "a.pt")],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list((tmp_path / "out").iterdir()) and time.monotonic() < deadline:

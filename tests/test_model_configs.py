@@ -38,8 +38,15 @@ def test_find_config_searches_only_the_shipped_folder():
     shipped = {p.name: p.read_bytes() for p in config_dir().glob("*.yaml")}  # installed, or the checkout's configs/
     assert shipped == {p.name: p.read_bytes() for p in (ROOT / "configs").glob("*.yaml")}
     assert Path(find_config("yolov8-spd.yaml")) == config_dir() / "yolov8-spd.yaml"
-    for name in ("yolov8n-spd.yaml", "yolov8.yaml", "configs/yolov8-spd.yaml", str(config_dir() / "yolov8-spd.yaml"),
-                 "yolov8-spd.pt", "", "*.yaml"):
+    for name in (
+        "yolov8n-spd.yaml",
+        "yolov8.yaml",
+        "configs/yolov8-spd.yaml",
+        str(config_dir() / "yolov8-spd.yaml"),
+        "yolov8-spd.pt",
+        "",
+        "*.yaml",
+    ):
         assert find_config(name) is None, name
 
 
@@ -55,7 +62,9 @@ def _build(name: str):
 def test_config_by_name_with_scale_letter(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no such file here: found in the shipped folder, as Ultralytics finds yolov8n.yaml
     nano, small = _build("yolov8n-spd.yaml"), _build("yolov8s-spd.yaml")
-    assert type(nano.model[0]) is fs.SPDConv and nano.yaml["scale"] == "n" and nano.yaml["yaml_file"] == "yolov8n-spd.yaml"
+    assert (
+        type(nano.model[0]) is fs.SPDConv and nano.yaml["scale"] == "n" and nano.yaml["yaml_file"] == "yolov8n-spd.yaml"
+    )
     assert (nano.model[0].conv.conv.out_channels, small.model[0].conv.conv.out_channels) == (16, 32)
     legacy = _build("yolov5n-focus-legacy.yaml")
     assert type(legacy.model[-1]).__name__ == "LegacyDetect" and legacy.yaml["scale"] == "n"

@@ -43,7 +43,9 @@ class UltralyticsFocus(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x):
-        return self.act(self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)))
+        return self.act(
+            self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+        )
 
 
 class YoloxFocus(nn.Module):
@@ -119,12 +121,21 @@ def export(name: str, path: Path, opset: int = 17, dynamic: bool = False, dynamo
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
-                              external_data=False)  # fmt: skip
+            torch.onnx.export(
+                model, (x,), str(path), dynamo=True, opset_version=opset, input_names=["images"], external_data=False
+            )
         else:
             axes = {"images": {0: "batch", 2: "height", 3: "width"}, "out": {0: "batch"}} if dynamic else None
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                              output_names=["out"], dynamic_axes=axes)  # fmt: skip
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["out"],
+                dynamic_axes=axes,
+            )
     return path
 
 
@@ -219,7 +230,9 @@ def test_dynamic_axes_kept_and_checked_at_several_sizes(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["ultralytics_focus", "fs_focus"])  # slices, Reshape-Transpose
 def test_dynamo_exports_fold_exactly(name, tmp_path):
-    pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript (pinned in requirements-dev.txt)")
+    pytest.importorskip(
+        "onnxscript", reason="torch's dynamo exporter needs onnxscript (pinned in requirements-dev.txt)"
+    )
     _, block_size, order, family = MODELS[name]
     src = export(name, tmp_path / "m.onnx", 18, dynamo=True)
     report = convert_onnx(src, tmp_path / "conv.onnx")
@@ -247,9 +260,16 @@ def test_yolov5_v4_checkpoint_rebuilt_and_exported(tmp_path):
     src, dst = tmp_path / "yolov5s-v4.onnx", tmp_path / "yolov5s-v4-conv.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 3, 64, 64),), str(src), dynamo=False, opset_version=12,
-                          input_names=["images"], output_names=["out"],
-                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})  # fmt: skip
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, 64, 64),),
+            str(src),
+            dynamo=False,
+            opset_version=12,
+            input_names=["images"],
+            output_names=["out"],
+            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}},
+        )
     report = convert_onnx(src, dst)
     assert [(s.family, s.block_size, s.order) for s in report.replaced] == [("slices", 2, "yolov5")]
     assert report.verification.passed and len(report.verification.inputs) == 2
@@ -277,8 +297,15 @@ def _const(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
-def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer: str = "", channels: int = 3,
-                 end: int = 2**63 - 1, size: int | str = 24):  # fmt: skip
+def _slice_graph(
+    phases,
+    step: int = 2,
+    split_axes: bool = False,
+    extra_consumer: str = "",
+    channels: int = 3,
+    end: int = 2**63 - 1,
+    size: int | str = 24,
+):
     """image -> one Slice per phase (or one per axis) -> Concat -> Conv; phases as (dy, dx) in concat order."""
     rng = np.random.default_rng(0)
     if split_axes:
@@ -296,9 +323,14 @@ def _slice_graph(phases, step: int = 2, split_axes: bool = False, extra_consumer
             nodes.append(helper.make_node("Slice", ["image", f"start{k}", "end", "axes", "steps"], [f"phase{k}"]))
         branches.append(f"phase{k}")
     weight = rng.standard_normal((4, channels * len(phases), 3, 3)).astype(np.float32)
-    inits += [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")]
+    inits += [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+    ]
     nodes.append(helper.make_node("Concat", branches, ["s2d"], axis=1))
-    nodes.append(helper.make_node("Conv", ["s2d", "w", "b"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="stem"))
+    nodes.append(
+        helper.make_node("Conv", ["s2d", "w", "b"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="stem")
+    )
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, "oh", "ow"])]
     if extra_consumer == "output":  # a slice is also a graph output
         outputs.append(helper.make_tensor_value_info("phase0", TensorProto.FLOAT, ["n", channels, "ph", "pw"]))
@@ -320,7 +352,9 @@ def test_hand_built_slice_chains(phases, order, split_axes, tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(_slice_graph(phases, split_axes=split_axes), str(src))
     report = convert_onnx(src, tmp_path / "conv.onnx")
-    assert [(s.block_size, s.order, s.ops.get("Slice")) for s in report.replaced] == [(2, order, 8 if split_axes else 4)]
+    assert [(s.block_size, s.order, s.ops.get("Slice")) for s in report.replaced] == [
+        (2, order, 8 if split_axes else 4)
+    ]
     after = onnx.load(str(tmp_path / "conv.onnx"))
     assert _ops(after) == {"Conv": 1} and {t.name for t in after.graph.initializer} == {"w", "b"}
     w = torch.from_numpy(_initializer(onnx.load(str(src)), "w")).double()
@@ -348,11 +382,15 @@ def test_hand_built_block_size_3_and_onnx_space_to_depth(tmp_path):
     rng = np.random.default_rng(3)
     weight = rng.standard_normal((5, 3 * 16, 2, 2)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("SpaceToDepth", ["image"], ["s2d"], blocksize=4),
-         helper.make_node("Conv", ["s2d", "w"], ["out"], kernel_shape=[2, 2], pads=[0, 0, 1, 1])],
-        "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 5, "oh", "ow"])], [numpy_helper.from_array(weight, "w")],
-    )  # fmt: skip
+        [
+            helper.make_node("SpaceToDepth", ["image"], ["s2d"], blocksize=4),
+            helper.make_node("Conv", ["s2d", "w"], ["out"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 5, "oh", "ow"])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "s2d.onnx"))
     report = convert_onnx(tmp_path / "s2d.onnx", tmp_path / "s2d-conv.onnx")
     assert [(s.family, s.block_size, s.order) for s in report.replaced] == [("SpaceToDepth", 4, "timm")]
@@ -388,10 +426,13 @@ def test_nan_in_the_rewritten_outputs_fails_verification():
     from focus_surgery.onnx_graph.runtime import compare
 
     def model(value: float):
-        graph = helper.make_graph([helper.make_node("Add", ["images", "c"], ["out"])], "g",
-                                  [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3])],
-                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])],
-                                  [numpy_helper.from_array(np.array([0, value, 0], dtype=np.float32), "c")])  # fmt: skip
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["images", "c"], ["out"])],
+            "g",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])],
+            [numpy_helper.from_array(np.array([0, value, 0], dtype=np.float32), "c")],
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
     assert compare(model(1.0), model(1.0)).passed
@@ -401,11 +442,14 @@ def test_nan_in_the_rewritten_outputs_fails_verification():
 # ------------------------------------------------------------------------------------------------- negative cases
 
 
-@pytest.mark.parametrize("kind,phases,step,reason", [
-    ("wrong order", [(0, 0), (0, 1), (1, 1), (1, 0)], 2, "none of the space-to-depth orders"),
-    ("non-2 block size, 4 of 9 phases", [(0, 0), (1, 0), (0, 1), (1, 1)], 3, "not each of the 3x3 pixel phases"),
-    ("a phase twice", [(0, 0), (1, 0), (0, 1), (0, 0)], 2, "not each of the 2x2 pixel phases"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind,phases,step,reason",
+    [
+        ("wrong order", [(0, 0), (0, 1), (1, 1), (1, 0)], 2, "none of the space-to-depth orders"),
+        ("non-2 block size, 4 of 9 phases", [(0, 0), (1, 0), (0, 1), (1, 1)], 3, "not each of the 3x3 pixel phases"),
+        ("a phase twice", [(0, 0), (1, 0), (0, 1), (0, 0)], 2, "not each of the 2x2 pixel phases"),
+    ],
+)
 def test_not_a_space_to_depth_is_left_and_reported(kind, phases, step, reason, tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(_slice_graph(phases, step=step), str(src))
@@ -454,8 +498,15 @@ def test_mixed_graph_converts_the_stem_and_leaves_the_impostor(tmp_path):
     src, dst = tmp_path / "m.onnx", tmp_path / "conv.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 3, 16, 16),), str(src), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["out"])  # fmt: skip
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, 16, 16),),
+            str(src),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["out"],
+        )
     report = convert_onnx(src, dst)
     assert [s.family for s in report.replaced] == ["slices"]
     assert [s.family for s in report.skipped] == ["reshape-transpose"]
@@ -482,9 +533,12 @@ def test_verification_failure_writes_nothing(tmp_path, monkeypatch, capsys):
 
 
 def _checker_failure(path: Path) -> None:
-    graph = helper.make_graph([helper.make_node("Relu", ["missing"], ["out"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["missing"], ["out"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
@@ -498,14 +552,17 @@ def _huge(path: Path) -> None:
         handle.truncate(2**31 + 16)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: p.write_text("not a model\n"), "not an ONNX model"),
-    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not an ONNX model"),
-    (_checker_failure, "fails the ONNX checker"),
-    (_external_data, "external data"),
-    (_huge, "2 GiB"),
-    (lambda p: None, "no such file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: p.write_text("not a model\n"), "not an ONNX model"),
+        (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not an ONNX model"),
+        (_checker_failure, "fails the ONNX checker"),
+        (_external_data, "external data"),
+        (_huge, "2 GiB"),
+        (lambda p: None, "no such file"),
+    ],
+)
 def test_bad_input_one_line_exit_2_nothing_written(make, message, tmp_path, capsys):
     src, dst = tmp_path / "bad.onnx", tmp_path / "out.onnx"
     make(src)
@@ -534,8 +591,13 @@ def test_nothing_to_fold_and_same_file_refused(tmp_path, capsys):
 def test_cli_subprocess_convert(tmp_path):
     src, dst = export("tresnet", tmp_path / "m.onnx", 13, dynamic=True), tmp_path / "conv.onnx"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(src), str(dst), "--verify", "--json"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "focus_surgery", "convert", str(src), str(dst), "--verify", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["verification"]["passed"] and result["max_abs_err"] < 1e-4 and result["nodes_after"] == 1
@@ -553,4 +615,5 @@ def test_cli_inspect_lists_stems_and_reasons(tmp_path, capsys):
     assert main(["inspect", str(src2), "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert [(s["family"], s["block_size"], s["order"]) for s in found["replaced"]] == [
-        ("reshape-transpose", 2, "pixel_unshuffle")]
+        ("reshape-transpose", 2, "pixel_unshuffle")
+    ]

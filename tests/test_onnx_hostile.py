@@ -40,8 +40,10 @@ def _external(tensor: onnx.TensorProto, location: str, raw: bytes | None = None)
 def _stem_graph(extra_nodes=(), functions=(), ir_version: int = 8, starts=None) -> onnx.ModelProto:
     """image -> 4 Slices (YOLOv5 phases) -> Concat -> Conv: a foldable stem, so only the planted tensor is wrong."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-             [("end", [2**62, 2**62]), ("steps", [2, 2]), ("axes", [2, 3])]]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in [("end", [2**62, 2**62]), ("steps", [2, 2]), ("axes", [2, 3])]
+    ]
     nodes = list(extra_nodes)
     for k, (dy, dx) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
         start = starts if (k == 0 and starts is not None) else f"start{k}"
@@ -49,10 +51,17 @@ def _stem_graph(extra_nodes=(), functions=(), ir_version: int = 8, starts=None) 
             inits.append(numpy_helper.from_array(np.array([dy, dx], np.int64), start))
         nodes.append(helper.make_node("Slice", ["image", start, "end", "axes", "steps"], [f"phase{k}"]))
     inits += [numpy_helper.from_array(rng.standard_normal((4, 12, 3, 3)).astype(np.float32), "w")]
-    nodes += [helper.make_node("Concat", [f"phase{k}" for k in range(4)], ["s2d"], axis=1),
-              helper.make_node("Conv", ["s2d", "w"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]  # fmt: skip
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    nodes += [
+        helper.make_node("Concat", [f"phase{k}" for k in range(4)], ["s2d"], axis=1),
+        helper.make_node("Conv", ["s2d", "w"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
+        inits,
+    )
     opsets = [helper.make_opsetid("", 13), helper.make_opsetid("local", 1)]
     return helper.make_model(graph, opset_imports=opsets, functions=list(functions), ir_version=ir_version)
 
@@ -68,11 +77,17 @@ def _function_constant_writes_bashrc() -> onnx.ModelProto:
 def _subgraph_constant_writes_bashrc() -> onnx.ModelProto:
     """The same bytes in a Constant inside an If branch of the main graph."""
     value = _external(numpy_helper.from_array(np.zeros(1, np.float32), "payload"), ".bashrc", PAYLOAD)
-    branch = helper.make_graph([helper.make_node("Constant", [], ["c"], value=value)], "branch", [],
-                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])  # fmt: skip
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=value)],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])],
+    )
     cond = numpy_helper.from_array(np.array(True), "cond")
-    nodes = [helper.make_node("Constant", [], ["flag"], value=cond),
-             helper.make_node("If", ["flag"], ["unused"], then_branch=branch, else_branch=branch)]  # fmt: skip
+    nodes = [
+        helper.make_node("Constant", [], ["flag"], value=cond),
+        helper.make_node("If", ["flag"], ["unused"], then_branch=branch, else_branch=branch),
+    ]
     return _stem_graph(extra_nodes=nodes)
 
 
@@ -82,8 +97,9 @@ def _slice_starts_read_secret() -> onnx.ModelProto:
     return _stem_graph(extra_nodes=[helper.make_node("Constant", [], ["leak"], value=value)], starts="leak")
 
 
-@pytest.mark.parametrize("make", [_function_constant_writes_bashrc, _subgraph_constant_writes_bashrc,
-                                  _slice_starts_read_secret])  # fmt: skip
+@pytest.mark.parametrize(
+    "make", [_function_constant_writes_bashrc, _subgraph_constant_writes_bashrc, _slice_starts_read_secret]
+)
 @pytest.mark.parametrize("command", ["convert", "inspect"])
 def test_external_tensor_anywhere_is_refused(make, command, tmp_path):
     work = tmp_path / "work"

@@ -136,8 +136,9 @@ def test_optimize_ultralytics_focus_model_keeps_routing():
 
     model = DetectionModel(str(FOCUS_YAML), verbose=False).eval()
     reference = copy.deepcopy(model)
-    result, report = fs.optimize(model, torch.rand(1, 3, 64, 64), forms=["focus_slices", "conv"], measure="model",
-                                 repeats=1, warmup=1)  # fmt: skip
+    result, report = fs.optimize(
+        model, torch.rand(1, 3, 64, 64), forms=["focus_slices", "conv"], measure="model", repeats=1, warmup=1
+    )
     (stem,) = report.stems
     assert stem.path == "model.0" and stem.original_type == "Focus"
     assert all(r.exact for r in stem.results)

@@ -33,13 +33,15 @@ def digest(path: Path) -> str:
 def test_fixtures_are_what_the_scripts_wrote():
     """The three files exist and hold the data-only globals that made them fail (so the tests below mean it)."""
     assert [p.name for p in YOLOV5_FILES] == [
-        "yolov5s-cls-v7.0-d0.33-w0.0625-nc3-fp16.pt", "yolov5s-master-detect-d0.33-w0.0625-nc3-fp16.pt",
+        "yolov5s-cls-v7.0-d0.33-w0.0625-nc3-fp16.pt",
+        "yolov5s-master-detect-d0.33-w0.0625-nc3-fp16.pt",
         "yolov5s-seg-v7.0-d0.33-w0.0625-nc3-fp16.pt",
-    ]  # fmt: skip
+    ]
     import zipfile
 
-    for path, needle in zip(YOLOV5_FILES, (b"torchvision.transforms.transforms\nCompose", b"pathlib\nPosixPath",
-                                           b"__builtin__\ngetattr")):  # fmt: skip
+    for path, needle in zip(
+        YOLOV5_FILES, (b"torchvision.transforms.transforms\nCompose", b"pathlib\nPosixPath", b"__builtin__\ngetattr")
+    ):
         with zipfile.ZipFile(path) as archive:
             pkl = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
         assert needle in pkl and b"pathlib\nPosixPath" in pkl, path.name

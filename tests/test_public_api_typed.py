@@ -11,8 +11,11 @@ from focus_surgery import model_configs
 
 def _unannotated(name: str, fn) -> list[str]:
     sig = inspect.signature(fn)
-    gaps = [f"{name}({p.name})" for p in sig.parameters.values()
-            if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+    gaps = [
+        f"{name}({p.name})"
+        for p in sig.parameters.values()
+        if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty
+    ]
     if sig.return_annotation is inspect.Signature.empty and fn.__name__ != "__init__":
         gaps.append(f"{name} -> ?")
     return gaps

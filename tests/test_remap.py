@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focus_surgery import SpaceToDepth, conv_to_focus_weight, focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
+from focus_surgery import (
+    SpaceToDepth,
+    conv_to_focus_weight,
+    focus_to_conv_weight,
+    s2d_to_strided_conv,
+    strided_conv_to_s2d,
+)
 from focus_surgery.orders import ORDERS, channel_index
 
 EXACT = 1e-10
@@ -143,7 +149,15 @@ def test_matches_the_yolov5_v6_conversion_of_a_real_checkpoint():
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize(
-    "bs,k,pad", [(2, 2, (1, 0, 1, 0)), (2, 2, (0, 1, 0, 1)), (3, 2, (2, 0, 1, 1)), (2, 3, (0, 2, 1, 0)), (2, 2, (-1, 0, 0, -1)), (2, 2, (-1, -1, 0, 0))]
+    "bs,k,pad",
+    [
+        (2, 2, (1, 0, 1, 0)),
+        (2, 2, (0, 1, 0, 1)),
+        (3, 2, (2, 0, 1, 1)),
+        (2, 3, (0, 2, 1, 0)),
+        (2, 2, (-1, 0, 0, -1)),
+        (2, 2, (-1, -1, 0, 0)),
+    ],
 )
 def test_any_space_to_depth_pad_folds_into_one_strided_conv(order, bs, k, pad):
     """SPD-Conv with any explicit pad (crops too) and no zero taps: the strided conv gets zero taps added, exactly."""

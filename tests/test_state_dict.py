@@ -153,7 +153,11 @@ def test_cli_write_failure_keeps_an_existing_destination(tmp_path, monkeypatch, 
     dst = tmp_path / f"previous{suffix}"
     dst.write_bytes(b"previous output")
     real_atomic_write = checkpoint_io.atomic_write
-    monkeypatch.setattr(checkpoint_io, "atomic_write", lambda d, write, fsync=True: real_atomic_write(d, _fails_midway, fsync))
+    monkeypatch.setattr(
+        checkpoint_io, "atomic_write", lambda d, write, fsync=True: real_atomic_write(d, _fails_midway, fsync)
+    )
     assert cli.main(["convert", str(src), str(dst)]) == 2
     assert "No space left" in capsys.readouterr().err
-    assert dst.read_bytes() == b"previous output" and sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, dst.name])
+    assert dst.read_bytes() == b"previous output" and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [src.name, dst.name]
+    )

@@ -140,9 +140,11 @@ def test_yaml_rows_pickle_no_focus_surgery_function():
     pytest.importorskip("ultralytics")
     from ultralytics.nn.tasks import DetectionModel
 
-    yaml = {"nc": 2, "backbone": [[-1, 1, "SPDConv", [16, 3]], [-1, 1, "SpaceToDepth", [2, "timm"]],
-                                  [-1, 1, "Conv", [32, 3, 1]]],
-            "head": [[[-1], 1, "Detect", ["nc"]]]}  # fmt: skip
+    yaml = {
+        "nc": 2,
+        "backbone": [[-1, 1, "SPDConv", [16, 3]], [-1, 1, "SpaceToDepth", [2, "timm"]], [-1, 1, "Conv", [32, 3, 1]]],
+        "head": [[[-1], 1, "Detect", ["nc"]]],
+    }
     model = DetectionModel(yaml, ch=3, nc=2, verbose=False)
     assert not any(m._forward_pre_hooks for m in model.modules())
     names = [arg for op, arg, _ in pickletools.genops(pickle.dumps(model)) if isinstance(arg, str)]
@@ -152,7 +154,9 @@ def test_yaml_rows_pickle_no_focus_surgery_function():
 
 
 def test_sync_yaml_rewrites_a_reorg_row_and_its_conv_row():
-    """yolov7 / YOLOR models (their code, here test-only copies): ReOrg row -> nn.Identity, conv row -> Conv [c2, 6, 2, 2]."""
+    """yolov7 / YOLOR models (their code, here test-only copies).
+
+    ReOrg row -> nn.Identity, conv row -> Conv [c2, 6, 2, 2]."""
     from tests.family_models.reorg import BaseConv
 
     class Conv(BaseConv):  # yolov7's models.common.Conv: conv + bn + act
@@ -164,8 +168,10 @@ def test_sync_yaml_rewrites_a_reorg_row_and_its_conv_row():
             self.model = nn.Sequential(ReOrg(), Conv(12, 8, 3, 1), Conv(8, 16, 3, 2))
             for i, m in enumerate(self.model):
                 m.i, m.f = i, -1
-            self.yaml = {"backbone": [[-1, 1, "ReOrg", []], [-1, 1, "Conv", [64, 3, 1]], [-1, 1, "Conv", [128, 3, 2]]],
-                         "head": []}  # fmt: skip
+            self.yaml = {
+                "backbone": [[-1, 1, "ReOrg", []], [-1, 1, "Conv", [64, 3, 1]], [-1, 1, "Conv", [128, 3, 2]]],
+                "head": [],
+            }
 
         def forward(self, x):
             return self.model(x)
@@ -173,4 +179,8 @@ def test_sync_yaml_rewrites_a_reorg_row_and_its_conv_row():
     model = Model().eval()
     report = fs.convert(model, to="conv")
     assert report.verification.passed and [r.path for r in report.replaced] == ["model.1"]
-    assert model.yaml["backbone"] == [[-1, 1, "nn.Identity", []], [-1, 1, "Conv", [64, 6, 2, 2]], [-1, 1, "Conv", [128, 3, 2]]]
+    assert model.yaml["backbone"] == [
+        [-1, 1, "nn.Identity", []],
+        [-1, 1, "Conv", [64, 6, 2, 2]],
+        [-1, 1, "Conv", [128, 3, 2]],
+    ]

@@ -87,8 +87,12 @@ def test_pixel_unshuffle_is_recognised():
 @pytest.mark.parametrize("to", ["s2d", "focus"])
 def test_all_strided_convs_to_space_to_depth_and_back(to):
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 7, 2, 3), nn.ReLU(), fs.ConvBnAct(8, 16, 3, 2), nn.Conv2d(16, 16, 3, 1, 1),
-        nn.Conv2d(16, 16, 1, 2), fs.ConvBnAct(16, 32, 6, 2, 2),
+        nn.Conv2d(3, 8, 7, 2, 3),
+        nn.ReLU(),
+        fs.ConvBnAct(8, 16, 3, 2),
+        nn.Conv2d(16, 16, 3, 1, 1),
+        nn.Conv2d(16, 16, 1, 2),
+        fs.ConvBnAct(16, 32, 6, 2, 2),
     )
     randomize_batchnorm(model).eval()
     original = copy.deepcopy(model)
@@ -197,7 +201,9 @@ def test_a_model_that_is_itself_the_stem_is_reported():
 @pytest.mark.parametrize("order", fs.ORDERS)
 def test_space_to_depth_then_strided_conv_with_other_padding_per_axis_folds(order):
     """Inner stride 2 and padding (1, 2): the folded conv keeps height and width padding apart (6x10/4, pad (2, 4))."""
-    model = nn.Sequential(fs.SpaceToDepth(2, order), nn.Conv2d(12, 8, (3, 5), stride=2, padding=(1, 2)), nn.BatchNorm2d(8))
+    model = nn.Sequential(
+        fs.SpaceToDepth(2, order), nn.Conv2d(12, 8, (3, 5), stride=2, padding=(1, 2)), nn.BatchNorm2d(8)
+    )
     reference = copy.deepcopy(randomize_batchnorm(model, seed=4).eval())
     report = fs.convert(model, to="conv", input_shape=(2, 3, 32, 48))
     conv = model[1]

@@ -42,7 +42,9 @@ def _layers() -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     convs = nn.Sequential(Conv2dSame(3, 8, 3, 2), StdConv2d(8, 8, 7, 2, padding=3), ScaledStdConv2dSame(8, 8, 3, 2))
     fs.convert(convs, to="s2d", scope="all", input_shape=(1, 3, 16, 16))
     assert [type(m).__name__ for m in convs] == [
-        "SpaceToDepthConv2dSame", "SpaceToDepthStdConv", "SpaceToDepthScaledStdConv"
+        "SpaceToDepthConv2dSame",
+        "SpaceToDepthStdConv",
+        "SpaceToDepthScaledStdConv",
     ]
     return [
         ("SpaceToDepth-DepthToSpace", nn.Sequential(*orders), (2, 3, 8, 12)),

@@ -46,9 +46,17 @@ def test_stem_round_trip_is_exact(name, path, form):
 
 def test_markdown_table_lists_each_row():
     row = timm_check.StemRoundTrip(
-        "resnet18", "conv1", "Conv2d(7x7)", "SPDConv(block_size=2)", 4.2e-16, True,
+        "resnet18",
+        "conv1",
+        "Conv2d(7x7)",
+        "SPDConv(block_size=2)",
+        4.2e-16,
+        True,
         "the converted model accepts only images with height and width divisible by 2 (the original accepted any "
-        "height and width)", 0.0, True, (1, 3),
+        "height and width)",
+        0.0,
+        True,
+        (1, 3),
     )
     lines = timm_check.markdown_table([row, row]).splitlines()
     assert len(lines) == 4 and lines[0].startswith("| architecture | stem module | stem before | stem after |")

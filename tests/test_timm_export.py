@@ -52,7 +52,11 @@ def _std_conv_s2d():
 
 
 BUILDERS = [
-    _mobilenet_all_s2d, _vit_patch_s2d, _resnet18_s2d_folded, _convnext_focus_as_registered, _tresnet_folded,
+    _mobilenet_all_s2d,
+    _vit_patch_s2d,
+    _resnet18_s2d_folded,
+    _convnext_focus_as_registered,
+    _tresnet_folded,
     _std_conv_s2d,
 ]
 

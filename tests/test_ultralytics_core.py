@@ -87,5 +87,7 @@ def test_the_end_to_end_check_sees_a_wrong_stem(yolo_focus, bug):
         assert_same_stem(yolo_focus.model, broken, x)
     with torch.no_grad():
         old = float((broken.eval()(x)[0] - yolo_focus.model.eval()(x)[0]).abs().max())
-    print(f"{bug}: stem map rel. error {errors[0]:.2e}, raw outputs up to {max(errors[1:]):.2e}; "
-          f"float32 model(x)[0] moved by {old:.2e}")
+    print(
+        f"{bug}: stem map rel. error {errors[0]:.2e}, raw outputs up to {max(errors[1:]):.2e}; "
+        f"float32 model(x)[0] moved by {old:.2e}"
+    )

@@ -55,7 +55,9 @@ np.save(out + "/torch.npy", y)
 model64, seen = copy.deepcopy(model).double(), []  # float64: the stem's feature map and every raw output
 model64.model[0].register_forward_hook(lambda module, args, output: seen.append(output))
 def flat(o):
-    return [o] if isinstance(o, torch.Tensor) else [t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
+    if isinstance(o, torch.Tensor):
+        return [o]
+    return [t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
 with torch.no_grad():
     np.savez(out + "/float64.npz", *[t.numpy() for t in [*seen[:1], *flat(model64(x.double()))]])
 from ultralytics.nn.tasks import DetectionModel  # what Ultralytics does to train the checkpoint again

@@ -95,9 +95,13 @@ def test_unregister_restores_ultralytics_parser_then_register_again():
             _parse("nc: 1\nbackbone:\n  - [-1, 1, SpaceToDepth, [2]]\nhead: []\n")
     finally:
         fs.register()
-    assert fs_ultralytics.is_registered() and tasks.parse_model(  # back in business
-        {"backbone": [[-1, 1, "SpaceToDepth", [2]]], "head": []}, ch=3, verbose=False
-    )[0][0].block_size == 2
+    assert (
+        fs_ultralytics.is_registered()
+        and tasks.parse_model(  # back in business
+            {"backbone": [[-1, 1, "SpaceToDepth", [2]]], "head": []}, ch=3, verbose=False
+        )[0][0].block_size
+        == 2
+    )
 
 
 @pytest.mark.parametrize("missing", ["HGStem", "parse_model"])
@@ -136,7 +140,11 @@ def test_import_focus_surgery_registers_before_or_after_ultralytics(first):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1"}
     out = subprocess.run(
         [sys.executable, "-c", script, "configs/yolov8n-s2d4.yaml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "focus-surgery:" not in out.stderr  # no registration warning

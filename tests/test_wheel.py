@@ -34,11 +34,19 @@ except ImportError:  # Python < 3.11
 import focus_surgery
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_TESTS = ("test_orders.py", "test_layers.py", "test_remap.py", "test_verify.py", "test_surgery.py",
-               "test_model_configs.py", "test_public_api_typed.py")
+SMOKE_TESTS = (
+    "test_orders.py",
+    "test_layers.py",
+    "test_remap.py",
+    "test_verify.py",
+    "test_surgery.py",
+    "test_model_configs.py",
+    "test_public_api_typed.py",
+)
 OWN_ENTRY = re.compile(r"^(__editable__[._]+)?focus_surgery", re.IGNORECASE)  # ours in site-packages: not reused
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", "runs", "out")
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "out"
+)
 VERSION = focus_surgery.__version__
 DIST_INFO = f"focus_surgery-{VERSION}.dist-info"
 
@@ -47,7 +55,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("installed-wheel")]  # o
 
 def _run(args: list, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(map(str, args))} (in {cwd}) exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, args))} (in {cwd}) exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
     return done
 
 
@@ -129,16 +139,28 @@ def venv(dist, tmp_path_factory) -> dict:
     prefix = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", prefix], cwd=tmp)
     python = prefix / "bin" / "python"
-    target = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).stdout.strip())
+    target = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).stdout.strip()
+    )
     for folder in map(Path, site.getsitepackages()):
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
             if not OWN_ENTRY.match(entry.name) and not (target / entry.name).exists():
                 (target / entry.name).symlink_to(entry)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
-    env.update(PATH=f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(prefix), PYTHONNOUSERSITE="1",
-               YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp / "ultralytics-config"), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    _run([python, "-m", "pip", "--disable-pip-version-check", "install", "--no-deps", "--no-index", dist.wheel],
-         cwd=tmp, env=env)
+    env.update(
+        PATH=f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        VIRTUAL_ENV=str(prefix),
+        PYTHONNOUSERSITE="1",
+        YOLO_OFFLINE="1",
+        YOLO_CONFIG_DIR=str(tmp / "ultralytics-config"),
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+    )
+    _run(
+        [python, "-m", "pip", "--disable-pip-version-check", "install", "--no-deps", "--no-index", dist.wheel],
+        cwd=tmp,
+        env=env,
+    )
     problems = subprocess.run([python, "-m", "pip", "check"], cwd=tmp, env=env, capture_output=True, text=True).stdout
     assert not [line for line in problems.splitlines() if line.lower().startswith("focus-surgery")], problems
     outside = tmp / "work"  # where the user stands: not the checkout
@@ -172,7 +194,9 @@ def test_installed_package_is_imported_not_the_checkout(venv):
 def test_installed_demo_and_cli_on_a_sample_checkpoint(venv):
     assert "bit-identical: True" in _in_venv(venv, "focus-surgery", "demo").stdout
     shutil.copy(ROOT / "checkpoints" / "yolo-focus-tiny.pt", venv["cwd"] / "tiny.pt")
-    report = json.loads(_in_venv(venv, "focus-surgery", "convert", "tiny.pt", "tiny-conv.pt", "--verify", "--json").stdout)
+    report = json.loads(
+        _in_venv(venv, "focus-surgery", "convert", "tiny.pt", "tiny-conv.pt", "--verify", "--json").stdout
+    )
     assert report["max_abs_err"] < 1e-9 and (venv["cwd"] / "tiny-conv.pt").stat().st_size > 0, report
 
 
@@ -204,6 +228,19 @@ def test_smoke_tests_pass_against_the_installed_package(venv):
         f"    assert {str(ROOT)!r} not in sys.path\n"
     )
     tests = [ROOT / "tests" / name for name in SMOKE_TESTS]
-    out = _in_venv(venv, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "pytest.ini",
-                   "--rootdir", ".", "test_installed.py", *tests).stdout
+    out = _in_venv(
+        venv,
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        "pytest.ini",
+        "--rootdir",
+        ".",
+        "test_installed.py",
+        *tests,
+    ).stdout
     assert re.search(r"\b\d{3,} passed\b", out) and " failed" not in out, out

@@ -34,8 +34,19 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_train_val_predict_export(workdir):
     fs = [sys.executable, "-m", "focus_surgery", "yolo"]
-    run = _run(fs + ["train", "model=configs/yolov8n-spd.yaml", "data=data/data.yaml", "epochs=1",
-                     f"project={workdir / 'runs'}", "name=spd", *TINY], workdir)  # fmt: skip
+    run = _run(
+        fs
+        + [
+            "train",
+            "model=configs/yolov8n-spd.yaml",
+            "data=data/data.yaml",
+            "epochs=1",
+            f"project={workdir / 'runs'}",
+            "name=spd",
+            *TINY,
+        ],
+        workdir,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     best = workdir / "runs" / "spd" / "weights" / "best.pt"
     assert best.is_file()
@@ -43,8 +54,11 @@ def test_train_val_predict_export(workdir):
     run = _run(fs + ["val", f"model={best}", "data=data/data.yaml", runs, "name=val", *TINY], workdir)
     assert run.returncode == 0 and "mAP50" in run.stdout + run.stderr, run.stderr[-2000:]
     image = workdir / "data" / "images" / "val" / "0.png"
-    run = _run(fs + ["predict", f"model={best}", f"source={image}", "imgsz=64", "device=cpu", runs, "name=pred",
-                     "exist_ok=True"], workdir)  # fmt: skip
+    run = _run(
+        fs
+        + ["predict", f"model={best}", f"source={image}", "imgsz=64", "device=cpu", runs, "name=pred", "exist_ok=True"],
+        workdir,
+    )
     assert run.returncode == 0 and list((workdir / "runs" / "pred").glob("0.*")), run.stderr[-2000:]
     run = _run(fs + ["export", f"model={best}", "format=onnx", "imgsz=64", "device=cpu"], workdir)
     assert run.returncode == 0 and best.with_suffix(".onnx").is_file(), run.stderr[-2000:]
@@ -56,8 +70,16 @@ def test_plain_yolo_cannot_see_our_rows_but_the_entry_can(workdir):
     """What the README says: plain ``yolo`` runs no focus-surgery code; ``focus-surgery yolo`` (or a
     ``sitecustomize.py`` that imports focus_surgery, on PYTHONPATH) makes the same command work."""
     image = workdir / "data" / "images" / "val" / "0.png"
-    args = ["predict", "model=configs/yolov8n-spd.yaml", f"source={image}", "imgsz=64", "device=cpu",
-            f"project={workdir / 'runs'}", "name=plain", "exist_ok=True"]  # fmt: skip
+    args = [
+        "predict",
+        "model=configs/yolov8n-spd.yaml",
+        f"source={image}",
+        "imgsz=64",
+        "device=cpu",
+        f"project={workdir / 'runs'}",
+        "name=plain",
+        "exist_ok=True",
+    ]
     plain = _run([str(YOLO_SCRIPT), *args], workdir)
     assert plain.returncode != 0 and "SPDConv" in plain.stderr
     ours = _run([sys.executable, "-m", "focus_surgery", "yolo", *args], workdir)
@@ -67,4 +89,3 @@ def test_plain_yolo_cannot_see_our_rows_but_the_entry_can(workdir):
     (site / "sitecustomize.py").write_text("import focus_surgery  # cheap: registers lazily\n")
     hooked = _run([str(YOLO_SCRIPT), *args], workdir, {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})
     assert hooked.returncode == 0, hooked.stderr[-2000:]
-

@@ -42,10 +42,16 @@ def test_same_anchors_as_the_original(name):
 
 
 def test_cases_cover_every_branch():
-    outcomes = {n: not np.array_equal(*(np.load(FIXTURES / f"{n}.npz")[k] for k in ("anchors_before", "anchors_after")))
-                for n in CASES}  # fmt: skip
-    assert outcomes == {"v7.0-elongated": True, "v7.0-few-labels": True, "v7.0-good-fit": False,
-                        "v7.0-tiny-boxes": True}  # fmt: skip
+    outcomes = {
+        n: not np.array_equal(*(np.load(FIXTURES / f"{n}.npz")[k] for k in ("anchors_before", "anchors_after")))
+        for n in CASES
+    }
+    assert outcomes == {
+        "v7.0-elongated": True,
+        "v7.0-few-labels": True,
+        "v7.0-good-fit": False,
+        "v7.0-tiny-boxes": True,
+    }
 
 
 def test_other_seed_other_anchors():

@@ -137,8 +137,9 @@ def test_restricted_unpickler_refuses_foreign_globals(tmp_path):
     assert not MARKER.exists()
 
 
-@pytest.mark.parametrize("kind", ["malicious", "shared-malicious", "truncated", "random", "empty", "directory",
-                                  "missing"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind", ["malicious", "shared-malicious", "truncated", "random", "empty", "directory", "missing"]
+)
 @pytest.mark.parametrize("command", ["convert", "inspect"])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, kind, command):
     MARKER.unlink(missing_ok=True)
@@ -233,8 +234,13 @@ def test_cli_convert_verify_json_subprocess(tmp_path):
     env = {**os.environ, "YOLO_OFFLINE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "focus_surgery", "convert", str(MODELS["v4.0"]), str(dst), "--verify", "--json"],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert 0 <= report["max_abs_err"] < 1e-9
@@ -389,9 +395,12 @@ def test_hostile_json_architecture_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "release, expected_release, stem, act, dtype",
-    [("v2.0", "v2.0", "Focus", "LeakyReLU", "float16"), ("v4.0", "v4.0-v5.0", "Focus", "SiLU", "float16"),
-     ("v6.0", "v6.0-v7.0", "Conv", "SiLU", "float32")],
-)  # fmt: skip
+    [
+        ("v2.0", "v2.0", "Focus", "LeakyReLU", "float16"),
+        ("v4.0", "v4.0-v5.0", "Focus", "SiLU", "float16"),
+        ("v6.0", "v6.0-v7.0", "Conv", "SiLU", "float32"),
+    ],
+)
 def test_inspect(capsys, release, expected_release, stem, act, dtype):
     code, out, _ = run_cli(capsys, "inspect", MODELS[release], "--json")
     assert code == 0

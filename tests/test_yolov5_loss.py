@@ -73,8 +73,13 @@ def test_loss_is_sensitive_to_each_hyper_parameter():
     ref = _load("v7.0-nc3-smooth")
     hyp = json.loads(str(ref["hyp"]))
     base = _ours(ref, hyp)[1]
-    for key, value in (("anchor_t", 2.0), ("label_smoothing", 0.0), ("obj", hyp["obj"] * 2), ("cls_pw", 3.0),
-                       ("fl_gamma", 2.0)):  # fmt: skip
+    for key, value in (
+        ("anchor_t", 2.0),
+        ("label_smoothing", 0.0),
+        ("obj", hyp["obj"] * 2),
+        ("cls_pw", 3.0),
+        ("fl_gamma", 2.0),
+    ):
         assert not torch.allclose(_ours(ref, {**hyp, key: value})[1], base, rtol=1e-6), key
 
 
@@ -83,8 +88,9 @@ def test_neighbour_cells_and_border_clamp():
     head = LegacyDetect(2, [[16, 16, 16, 16, 16, 16]], [8], [8.0], anchor_grid_buffer=False).double()
     criterion = YOLOv5Loss(head, {**base_hyp(None), "label_smoothing": 0.0})
     p = [torch.zeros(1, 3, 4, 4, 7, dtype=torch.float64)]
-    targets = torch.tensor([[0, 1, 0.55 / 4 + 0.25, 0.5 + 0.6 / 4, 0.5, 0.5], [0, 0, 1.0, 1.0, 0.5, 0.5]],
-                           dtype=torch.float64)  # fmt: skip
+    targets = torch.tensor(
+        [[0, 1, 0.55 / 4 + 0.25, 0.5 + 0.6 / 4, 0.5, 0.5], [0, 0, 1.0, 1.0, 0.5, 0.5]], dtype=torch.float64
+    )
     img, anchor, gy, gx, tbox, tcls = criterion.build_targets(p, targets, head.anchors.double())[0]
     first = (img == 0) & (tcls == 1)
     # x = 1.55 cells: its own cell 1 and the right neighbour 2; y = 2.6: its cell 2 and the one below, 3

@@ -22,8 +22,18 @@ pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 
 V4_FIXTURE = Path(__file__).parent / "fixtures" / "yolov5-legacy" / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt"
-TRAIN = dict(imgsz=64, batch=4, workers=0, amp=False, plots=False, device="cpu", exist_ok=True, verbose=False,
-             warmup_epochs=0, val=True)  # fmt: skip
+TRAIN = dict(
+    imgsz=64,
+    batch=4,
+    workers=0,
+    amp=False,
+    plots=False,
+    device="cpu",
+    exist_ok=True,
+    verbose=False,
+    warmup_epochs=0,
+    val=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +53,12 @@ def _fixed_batch(data: Path) -> dict[str, torch.Tensor]:
         idx += [k] * len(rows)
         cls.append(torch.from_numpy(rows[:, :1]).float())
         boxes.append(torch.from_numpy(rows[:, 1:]).float())
-    return {"img": torch.stack(imgs), "batch_idx": torch.tensor(idx, dtype=torch.float32),
-            "cls": torch.cat(cls), "bboxes": torch.cat(boxes)}  # fmt: skip
+    return {
+        "img": torch.stack(imgs),
+        "batch_idx": torch.tensor(idx, dtype=torch.float32),
+        "cls": torch.cat(cls),
+        "bboxes": torch.cat(boxes),
+    }
 
 
 def _loss(model: torch.nn.Module, batch: dict) -> float:
@@ -94,12 +108,16 @@ def test_yaml_model_trains_and_lowers_the_loss(data, tmp_path):
         assert torch.allclose(px.float(), torch.tensor(anchors), atol=0.02)  # the buffer and the YAML agree
         after = _loss(trained.model, batch)
         assert after < before, (name, before, after)
-        assert isinstance(trained.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)[0].boxes.data,
-                          torch.Tensor)  # fmt: skip
+        assert isinstance(
+            trained.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)[0].boxes.data, torch.Tensor
+        )
     # the trained Focus model converts with focus-surgery (Focus -> one 6x6 stride-2 conv), verified
     out = tmp_path / "conv.pt"
-    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(weights / "last.pt"), str(out),
-                          "--verify"], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "focus_surgery", "convert", str(weights / "last.pt"), str(out), "--verify"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert type(YOLO(out).model.model[0]).__name__ == "Conv"
 
@@ -107,8 +125,11 @@ def test_yaml_model_trains_and_lowers_the_loss(data, tmp_path):
 @pytest.mark.slow
 def test_converted_checkpoint_fine_tunes_resumes_and_converts(data, tmp_path):
     converted = tmp_path / "v4-conv.pt"
-    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(V4_FIXTURE), str(converted)],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "focus_surgery", "convert", str(V4_FIXTURE), str(converted)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     model = YOLO(converted)
     assert model.model.yaml[HYP_KEY]["lrf"] == 0.2  # the checkpoint's own hyp travels in the YAML
@@ -134,8 +155,11 @@ def test_converted_checkpoint_fine_tunes_resumes_and_converts(data, tmp_path):
         trained = YOLO(tmp_path / "ft" / "weights" / name)
         assert legacy_head(trained.model) is not None and trained.model.yaml[HYP_KEY]["lrf"] == 0.2
     back = tmp_path / "focus.pt"
-    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(last), str(back), "--to", "focus",
-                          "--verify"], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "focus_surgery", "convert", str(last), str(back), "--to", "focus", "--verify"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert type(YOLO(back).model.model[0]).__name__ == "Focus"
 

@@ -35,16 +35,30 @@ def data(tmp_path_factory) -> Path:
 
 
 def _val(model: YOLO, data: Path, tmp_path: Path):
-    return model.val(data=str(data), imgsz=REFERENCE["size"], batch=REFERENCE["batch_size"],
-                     conf=REFERENCE["conf_thres"], iou=REFERENCE["iou_thres"], device="cpu", workers=0, plots=False,
-                     verbose=False, project=str(tmp_path), name="val", exist_ok=True)  # fmt: skip
+    return model.val(
+        data=str(data),
+        imgsz=REFERENCE["size"],
+        batch=REFERENCE["batch_size"],
+        conf=REFERENCE["conf_thres"],
+        iou=REFERENCE["iou_thres"],
+        device="cpu",
+        workers=0,
+        plots=False,
+        verbose=False,
+        project=str(tmp_path),
+        name="val",
+        exist_ok=True,
+    )
 
 
 def test_converted_model_val_equals_yolov5_val_py(data, tmp_path):
     converted = tmp_path / "v7-conv.pt"
     original = FIXTURE / "yolov5s-v7.0-w0.0625-nc3-seed7.pt"
-    run = subprocess.run([sys.executable, "-m", "focus_surgery", "convert", str(original), str(converted)],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "focus_surgery", "convert", str(original), str(converted)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     box = _val(YOLO(converted), data, tmp_path).box
     assert abs(box.map50 - REFERENCE["map50"]) <= 1e-3, (box.map50, REFERENCE["map50"])

@@ -40,7 +40,7 @@ def darknet_rows(cfg_text: str, rows: int = 2) -> nn.ModuleList:
 
 
 def _stem_state(sd):
-    return {k[len("module_list."):]: v for k, v in sd.items() if k.startswith(("module_list.0.", "module_list.1."))}
+    return {k[len("module_list.") :]: v for k, v in sd.items() if k.startswith(("module_list.0.", "module_list.1."))}
 
 
 def _randomized(rows):
@@ -90,7 +90,9 @@ def test_darknet_layout_file(tmp_path):
     assert inspect_file(src)["source"] == "darknet"
     before, after = _check_file(src, dst)
     momentum = after["optimizer"]["state"][0]["momentum_buffer"]
-    assert torch.equal(momentum[..., 1:, 1:], fs.focus_to_conv_weight(optimizer["state"][0]["momentum_buffer"], 2, "yolov5"))
+    assert torch.equal(
+        momentum[..., 1:, 1:], fs.focus_to_conv_weight(optimizer["state"][0]["momentum_buffer"], 2, "yolov5")
+    )
 
 
 def test_yolor_main_file_written_by_yolor(tmp_path):

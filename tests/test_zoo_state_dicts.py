@@ -49,8 +49,16 @@ def _trainer_file(path):
     model.train()(torch.rand(2, 3, 32, 32)).square().mean().backward()
     optimizer.step()
     model.eval()
-    torch.save({"start_epoch": 7, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best_ap": 0.0,
-                "curr_ap": None}, path)  # fmt: skip
+    torch.save(
+        {
+            "start_epoch": 7,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best_ap": 0.0,
+            "curr_ap": None,
+        },
+        path,
+    )
     return model
 
 
@@ -59,27 +67,37 @@ def test_yolox_trainer_file_converts_and_loads_into_a_conv_stem_yolox(tmp_path):
     original = _trainer_file(src)
     assert "no Focus" not in inspect_file(src)["summary"] and inspect_file(src)["source"] == "yolox"
     report = convert_file(src, dst, verify=True)
-    assert report["source"] == "yolox" and report["wrapper"] == "model" and "BaseConv(3, base_channels, ksize=6" in report["loads_into"]
+    assert (
+        report["source"] == "yolox"
+        and report["wrapper"] == "model"
+        and "BaseConv(3, base_channels, ksize=6" in report["loads_into"]
+    )
     assert report["verification"]["passed"] and "optimizer state of the stem weight" in report["optimizer"]
     before, after = torch.load(src, weights_only=True), torch.load(dst, weights_only=True)
     assert list(before) == list(after) and after["start_epoch"] == 7 and after["curr_ap"] is None
     old_w = before["model"]["backbone.backbone.stem.conv.conv.weight"]
     new_w = after["model"]["backbone.backbone.stem.conv.weight"]
     assert torch.equal(new_w, fs.focus_to_conv_weight(old_w, 2, "yolov5"))
-    renamed = {k.replace("stem.conv.", "stem.", 1) if k.startswith("backbone.backbone.stem.conv.") else k: v
-               for k, v in before["model"].items()}  # fmt: skip
+    renamed = {
+        k.replace("stem.conv.", "stem.", 1) if k.startswith("backbone.backbone.stem.conv.") else k: v
+        for k, v in before["model"].items()
+    }
     assert list(renamed) == list(after["model"])
     assert all(torch.equal(v, after["model"][k]) for k, v in renamed.items() if not k.endswith("stem.conv.weight"))
     stem_state = [s for s in before["optimizer"]["state"].values() if s["momentum_buffer"].shape == old_w.shape]
     new_state = [s for s in after["optimizer"]["state"].values() if s["momentum_buffer"].shape == new_w.shape]
-    assert torch.equal(new_state[0]["momentum_buffer"], fs.focus_to_conv_weight(stem_state[0]["momentum_buffer"], 2, "yolov5"))
+    assert torch.equal(
+        new_state[0]["momentum_buffer"], fs.focus_to_conv_weight(stem_state[0]["momentum_buffer"], 2, "yolov5")
+    )
     conv_model = TinyYolox(conv_stem=True)
     conv_model.load_state_dict(after["model"], strict=True)  # the one-line model change of the README
     report = fs.verify(original, conv_model.eval(), input_shape=(2, 3, 64, 96))
     assert report.passed and report.max_rel_err <= REL_TOL
 
 
-@pytest.mark.parametrize("name, width", [("yolox_d033_w0078125_nc4_ckpt.pth", 5), ("yolox_nano_w009375_nc2_ckpt.pth", 6)])
+@pytest.mark.parametrize(
+    "name, width", [("yolox_d033_w0078125_nc4_ckpt.pth", 5), ("yolox_nano_w009375_nc2_ckpt.pth", 6)]
+)
 def test_yolox_files_written_by_yolox(tmp_path, name, width):
     src, dst = SHARED_YOLOX / name, tmp_path / name
     report = convert_file(src, dst, verify=True)
@@ -91,10 +109,21 @@ def test_yolox_files_written_by_yolox(tmp_path, name, width):
     assert torch.equal(after["model"]["backbone.backbone.stem.conv.weight"], fs.focus_to_conv_weight(w, 2, "yolov5"))
     # the YOLOX stem (test-only copy of its Focus) against the BaseConv(3, C, 6, 2) the converted keys load into
     focus, conv = Focus(3, width, 3), BaseConv(3, width, 6, 2)
-    focus.load_state_dict({k[len("backbone.backbone.stem."):]: v for k, v in before["model"].items()
-                           if k.startswith("backbone.backbone.stem.")})  # fmt: skip
-    conv.load_state_dict({k[len("backbone.backbone.stem."):]: v for k, v in after["model"].items()
-                          if k.startswith("backbone.backbone.stem.")}, strict=True)  # fmt: skip
+    focus.load_state_dict(
+        {
+            k[len("backbone.backbone.stem.") :]: v
+            for k, v in before["model"].items()
+            if k.startswith("backbone.backbone.stem.")
+        }
+    )
+    conv.load_state_dict(
+        {
+            k[len("backbone.backbone.stem.") :]: v
+            for k, v in after["model"].items()
+            if k.startswith("backbone.backbone.stem.")
+        },
+        strict=True,
+    )
     assert fs.verify(focus, conv, input_shape=(2, 3, 64, 96)).max_rel_err <= REL_TOL
 
 
@@ -128,8 +157,11 @@ def test_old_plugin_checkpoint_with_a_pickled_hook_converts_with_scope_all(tmp_p
 
     from focus_surgery.integrations.ultralytics import _check_block_divides
 
-    yaml = {"nc": 2, "backbone": [[-1, 1, "SPDConv", [16, 3]], [-1, 1, "Conv", [32, 3, 2]], [-1, 1, "SPDConv", [32, 3]]],
-            "head": [[[-1], 1, "Detect", ["nc"]]]}  # fmt: skip
+    yaml = {
+        "nc": 2,
+        "backbone": [[-1, 1, "SPDConv", [16, 3]], [-1, 1, "Conv", [32, 3, 2]], [-1, 1, "SPDConv", [32, 3]]],
+        "head": [[[-1], 1, "Detect", ["nc"]]],
+    }
     model = DetectionModel(yaml, ch=3, nc=2, verbose=False).eval()
     for m in model.modules():
         if isinstance(m, fs.SPDConv):

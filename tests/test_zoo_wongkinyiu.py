@@ -123,7 +123,7 @@ def test_yaml_rows_rebuild_the_converted_stem(converted):
     bn = nn.BatchNorm2d(scaled)
     sd = model.state_dict()
     conv.load_state_dict({"weight": sd["model.1.conv.weight"]}, strict=True)
-    bn.load_state_dict({k[len("model.1.bn."):]: v for k, v in sd.items() if k.startswith("model.1.bn.")}, strict=True)
+    bn.load_state_dict({k[len("model.1.bn.") :]: v for k, v in sd.items() if k.startswith("model.1.bn.")}, strict=True)
     assert len(yaml["backbone"]) + len(yaml["head"]) == len(model.model)  # row indices unchanged
 
 

@@ -14,7 +14,12 @@ from focus_surgery.sources import load
 from focus_surgery.sources.records_io import save_records
 from focus_surgery.yolov5.rebuild import read_yolov5_checkpoint, rebuild
 from focus_surgery.yolov5.unpickler import record_class
-from tests._yolov5_legacy_helpers import MODELS, assert_within_tolerance, compare_to_reference, make_yolov5_style_checkpoint
+from tests._yolov5_legacy_helpers import (
+    MODELS,
+    assert_within_tolerance,
+    compare_to_reference,
+    make_yolov5_style_checkpoint,
+)
 
 pytest.importorskip("ultralytics")
 
@@ -46,7 +51,9 @@ def test_yolov5_layout_output_loads_as_a_yolov5_file_and_matches_the_original_co
     w = sa["model.0.conv.conv.weight"]
     assert torch.equal(sb["model.0.conv.weight"], fs.focus_to_conv_weight(w, 2, "yolov5"))
     renamed = {k.replace("model.0.conv.", "model.0.", 1): v for k, v in sa.items()}
-    assert list(renamed) == list(sb) and all(torch.equal(v, sb[k]) for k, v in renamed.items() if k != "model.0.conv.weight")
+    assert list(renamed) == list(sb) and all(
+        torch.equal(v, sb[k]) for k, v in renamed.items() if k != "model.0.conv.weight"
+    )
     model, _ = rebuild(after)
     assert_within_tolerance(compare_to_reference(model, src))  # the original code's outputs
     back = tmp_path / "v2-focus.pt"
@@ -97,7 +104,9 @@ def test_heads_without_an_ultralytics_counterpart_convert_in_the_yolov5_layout(t
     code = main(["convert", str(src), str(tmp_path / "u.pt"), "--to", "focus"])
     err = capsys.readouterr().err
     assert code == 2 and f"the head is '{head}'" in err and "--layout yolov5" in err and str(src) in err
-    code = main(["convert", str(src), str(tmp_path / "y.pt"), "--to", "focus", "--layout", "yolov5", "--verify", "--json"])
+    code = main(
+        ["convert", str(src), str(tmp_path / "y.pt"), "--to", "focus", "--layout", "yolov5", "--verify", "--json"]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["stem_after"] == "Focus(3x3)" and report["verification"]["passed"]
     assert read_yolov5_checkpoint(tmp_path / "y.pt").model.children()["model"].children()["0"].name == "Focus"

@@ -104,9 +104,16 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 def default_cfg(**kwargs: Any) -> dict[str, Any]:
     """A pretrained cfg of our models (ImageNet defaults as timm's ResNet / ConvNeXt); ``kwargs`` override."""
     return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "license": "apache-2.0", **kwargs,
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "license": "apache-2.0",
+        **kwargs,
     }
 
 
@@ -120,8 +127,12 @@ def create_s2d_model(model_cls: type[nn.Module], variant: str, pretrained: bool,
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     declared = overlay.get("first_conv", get_pretrained_cfg_value(variant, "first_conv"))
     model = build_model_with_cfg(
-        model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        pretrained_cfg_overlay=dict(overlay, first_conv=None), **kwargs,
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_cfg_overlay=dict(overlay, first_conv=None),
+        **kwargs,
     )
     model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, first_conv=declared)
     return model

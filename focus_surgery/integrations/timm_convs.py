@@ -31,8 +31,15 @@ from ..surgery import ConversionError, register_conv_type
 def _plain_conv(weight: torch.Tensor, conv: nn.Conv2d, stride, padding: tuple[int, int]) -> nn.Conv2d:
     """A plain ``nn.Conv2d`` with ``weight`` and ``conv``'s bias, groups, mode and requires_grad."""
     plain = nn.Conv2d(
-        weight.shape[1] * conv.groups, conv.out_channels, tuple(weight.shape[2:]), stride, padding,
-        groups=conv.groups, bias=conv.bias is not None, device=weight.device, dtype=weight.dtype,
+        weight.shape[1] * conv.groups,
+        conv.out_channels,
+        tuple(weight.shape[2:]),
+        stride,
+        padding,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     plain.weight = nn.Parameter(weight.detach().clone(), requires_grad=conv.weight.requires_grad)
     if conv.bias is not None:
@@ -116,8 +123,14 @@ class SpaceToDepthConv2dSame(nn.Module):
                 "no exact Conv2dSame form"
             )
         conv = Conv2dSame(
-            big.shape[1] * self.conv.groups, big.shape[0], (kh, kw), self.block_size, groups=self.conv.groups,
-            bias=self.conv.bias is not None, device=big.device, dtype=big.dtype,
+            big.shape[1] * self.conv.groups,
+            big.shape[0],
+            (kh, kw),
+            self.block_size,
+            groups=self.conv.groups,
+            bias=self.conv.bias is not None,
+            device=big.device,
+            dtype=big.dtype,
         )
         conv.weight = nn.Parameter(big[:, :, :kh, :kw].contiguous(), requires_grad=self.conv.weight.requires_grad)
         if self.conv.bias is not None:
@@ -183,8 +196,13 @@ class SpaceToDepthStdConv(nn.Module):
         """(O, C/g, K, K): the wrapped conv's effective weight, computed as it computes it."""
         weight = self.conv.weight
         flat = F.batch_norm(
-            weight.reshape(1, self.conv.out_channels, -1), None, None, weight=self.gain(), training=True,
-            momentum=0.0, eps=self.conv.eps,
+            weight.reshape(1, self.conv.out_channels, -1),
+            None,
+            None,
+            weight=self.gain(),
+            training=True,
+            momentum=0.0,
+            eps=self.conv.eps,
         )
         return flat.reshape_as(weight)
 

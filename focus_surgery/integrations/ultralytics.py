@@ -180,8 +180,6 @@ def _build_legacy_detect(nc: int, anchors: list, ch: list[int]) -> nn.Module:
 register_yaml_module("LegacyDetect", nn.Module, "inputs", ("nc", "anchors"), _build_legacy_detect)
 
 
-
-
 # ------------------------------------------------------------------------------------------------------- parsing
 
 

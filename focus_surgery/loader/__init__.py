@@ -35,8 +35,21 @@ from .records import NamedReference, Namespace, Record, record_class
 from .unpickler import RestrictedUnpickler
 from .walk import MAX_DEPTH, objects, walk
 
-__all__ = ["CheckpointError", "Loaded", "NamedReference", "Namespace", "Record", "check_readable",
-           "MAX_DEPTH", "objects", "read_checkpoint", "reading_once", "record_class", "walk"]  # fmt: skip
+__all__ = [
+    "CheckpointError",
+    "Loaded",
+    "NamedReference",
+    "Namespace",
+    "Record",
+    "check_readable",
+    "MAX_DEPTH",
+    "objects",
+    "read_checkpoint",
+    "reading_once",
+    "record_class",
+    "walk",
+]
+
 
 @dataclass
 class Loaded:
@@ -150,7 +163,9 @@ def _fresh_copy(value: Any, memo: dict[int, Any]) -> Any:
         memo[id(value)] = {_fresh_copy(v, memo) for v in value}
         return memo[id(value)]
     if type(value) is slice:
-        memo[id(value)] = slice(_fresh_copy(value.start, memo), _fresh_copy(value.stop, memo), _fresh_copy(value.step, memo))
+        memo[id(value)] = slice(
+            _fresh_copy(value.start, memo), _fresh_copy(value.stop, memo), _fresh_copy(value.step, memo)
+        )
         return memo[id(value)]
     return value
 
@@ -184,9 +199,23 @@ def _read(path: Path, file_size: int) -> Loaded:
         raise
     except Refused as error:
         raise CheckpointError(f"{path}: refused to load: {error} (nothing was executed)") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            struct.error, zipfile.BadZipFile, OSError, RuntimeError, MemoryError, RecursionError,
-            OverflowError, UnicodeError) as error:  # fmt: skip
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        struct.error,
+        zipfile.BadZipFile,
+        OSError,
+        RuntimeError,
+        MemoryError,
+        RecursionError,
+        OverflowError,
+        UnicodeError,
+    ) as error:
         text = str(error).strip()
         detail = text.splitlines()[0][:160] if text else type(error).__name__
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:

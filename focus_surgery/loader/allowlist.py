@@ -30,11 +30,17 @@ class Allowed:
 
 
 STORAGE_DTYPES = {
-    "torch.HalfStorage": torch.float16, "torch.FloatStorage": torch.float32, "torch.DoubleStorage": torch.float64,
-    "torch.BFloat16Storage": torch.bfloat16, "torch.LongStorage": torch.int64, "torch.IntStorage": torch.int32,
-    "torch.ShortStorage": torch.int16, "torch.CharStorage": torch.int8, "torch.ByteStorage": torch.uint8,
+    "torch.HalfStorage": torch.float16,
+    "torch.FloatStorage": torch.float32,
+    "torch.DoubleStorage": torch.float64,
+    "torch.BFloat16Storage": torch.bfloat16,
+    "torch.LongStorage": torch.int64,
+    "torch.IntStorage": torch.int32,
+    "torch.ShortStorage": torch.int16,
+    "torch.CharStorage": torch.int8,
+    "torch.ByteStorage": torch.uint8,
     "torch.BoolStorage": torch.bool,
-}  # fmt: skip
+}
 
 
 class StorageType:
@@ -57,20 +63,40 @@ def _table() -> dict[str, Allowed]:
         for name in names:
             table[name] = Allowed(value, reason, needs_budget)
 
-    add(("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor"), rb.rebuild_tensor,
-        "every tensor: a view of a storage, extent and logical size checked against the file", needs_budget=True)
-    add(("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"), rb.rebuild_parameter,
-        "nn.Parameter over a tensor read above; hooks and state dropped")
-    add(("torch._tensor._rebuild_from_type_v2",), rb.rebuild_from_type,
-        "tensors with a Python type tag: only our rebuilders, the tag must be a plain tensor type")
+    add(
+        ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor"),
+        rb.rebuild_tensor,
+        "every tensor: a view of a storage, extent and logical size checked against the file",
+        needs_budget=True,
+    )
+    add(
+        ("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"),
+        rb.rebuild_parameter,
+        "nn.Parameter over a tensor read above; hooks and state dropped",
+    )
+    add(
+        ("torch._tensor._rebuild_from_type_v2",),
+        rb.rebuild_from_type,
+        "tensors with a Python type tag: only our rebuilders, the tag must be a plain tensor type",
+    )
     for name, marker in rb.TENSOR_TYPES.items():
         add((name,), marker, "named as the type tag of _rebuild_from_type_v2; a marker, never callable")
     add(("torch.Size",), rb.torch_size, "shape tuples: integers only")
     add(("torch.device",), rb.torch_device, "device of a tensor or setting: known device kinds only")
     for name, dtype in STORAGE_DTYPES.items():
         add((name,), StorageType(dtype), "storage type in a persistent id; only its dtype is read")
-    for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int32,
-                  torch.int16, torch.int8, torch.uint8, torch.bool):  # fmt: skip
+    for dtype in (
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    ):
         add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
     add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
     for py in ("builtins", "__builtin__"):
@@ -80,21 +106,34 @@ def _table() -> dict[str, Allowed]:
         add((f"{py}.dict",), dict, "a plain dict (our outputs write read namespaces this way); keys checked")
         add((f"{py}.str", "__builtin__.unicode"), rb.text_value, "text (our outputs write named references this way)")
         add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
-        add((f"{py}.getattr",), rb.named_reference,
-            "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference")
-    add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes",
-        needs_budget=True)
-    add(("copyreg._reconstructor", "copy_reg._reconstructor"), rb.reconstructor,
-        "protocol 0/1 objects: record classes only")
+        add(
+            (f"{py}.getattr",),
+            rb.named_reference,
+            "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference",
+        )
+    add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes", needs_budget=True)
+    add(
+        ("copyreg._reconstructor", "copy_reg._reconstructor"),
+        rb.reconstructor,
+        "protocol 0/1 objects: record classes only",
+    )
     for core in ("numpy.core", "numpy._core"):  # numpy < 2 and numpy >= 2 spellings
         add((f"{core}.multiarray._reconstruct",), rb.numpy_reconstruct, "numpy arrays: plain number dtypes only")
-        add((f"{core}.multiarray.scalar",), rb.numpy_scalar, "numpy scalars (metrics): plain number dtypes only",
-            needs_budget=True)
+        add(
+            (f"{core}.multiarray.scalar",),
+            rb.numpy_scalar,
+            "numpy scalars (metrics): plain number dtypes only",
+            needs_budget=True,
+        )
     add(("numpy.ndarray",), rb.NDARRAY, "argument of _reconstruct; a marker")
     add(("numpy.dtype",), rb.DtypeSpec, "numpy dtypes: plain number types only")
     for cls in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
-        add((f"pathlib.{cls}",), rb.path_string, "paths in training options (YOLOv5 train.py since 2024): as text",
-            needs_budget=True)
+        add(
+            (f"pathlib.{cls}",),
+            rb.path_string,
+            "paths in training options (YOLOv5 train.py since 2024): as text",
+            needs_budget=True,
+        )
     for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
         add((name,), Namespace, "training arguments (Ultralytics model.args): read as a dict")
     return table

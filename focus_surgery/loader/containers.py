@@ -91,15 +91,18 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
         stray = next((n for n in names if not n.startswith(prefix)), None)
         if stray is not None:  # torch refuses these too
-            raise CheckpointError(f"{path}: zip record {stray!r} lies outside the archive folder {prefix!r}; "
-                                  "not a torch checkpoint")  # fmt: skip
-        by_name = {info.filename[len(prefix):]: info for info in infos if info.filename.startswith(prefix)}
+            raise CheckpointError(
+                f"{path}: zip record {stray!r} lies outside the archive folder {prefix!r}; not a torch checkpoint"
+            )
+        by_name = {info.filename[len(prefix) :]: info for info in infos if info.filename.startswith(prefix)}
         pickle_info = by_name.get("data.pkl")
         if pickle_info is None:
             raise CheckpointError(f"{path}: zip archive without {prefix}data.pkl, not a torch checkpoint")
         if pickle_info.file_size > MAX_PICKLE_BYTES:
-            raise CheckpointError(f"{path}: its pickle is {pickle_info.file_size:,} bytes, more than a model's "
-                                  f"structure needs ({MAX_PICKLE_BYTES:,}); not a torch checkpoint")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: its pickle is {pickle_info.file_size:,} bytes, more than a model's "
+                f"structure needs ({MAX_PICKLE_BYTES:,}); not a torch checkpoint"
+            )
         order = by_name.get("byteorder")
         if order is not None and archive.read(order).strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
@@ -120,7 +123,9 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
                     raise CheckpointError(f"{path}: storage {key} is missing")
                 nbytes = numel * element_size(dtype)
                 if info.file_size < nbytes:
-                    raise CheckpointError(f"{path}: storage {key} is truncated ({info.file_size:,} of {nbytes:,} bytes)")
+                    raise CheckpointError(
+                        f"{path}: storage {key} is truncated ({info.file_size:,} of {nbytes:,} bytes)"
+                    )
                 unpacked[0] += info.file_size
                 if unpacked[0] > file_size:
                     raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
@@ -145,7 +150,9 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
             content = unpickler.load()
             for info, crc in crcs:
                 if crc.result() != info.CRC:
-                    raise CheckpointError(f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt")
+                    raise CheckpointError(
+                        f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
+                    )
         finally:
             crc_pool.shutdown(wait=True, cancel_futures=True)
             readers.clear()

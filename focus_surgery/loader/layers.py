@@ -23,16 +23,29 @@ from .records import Record
 
 # Packages whose layer classes a model checkpoint may hold.
 MODULE_PREFIXES = (
-    "torch.nn.modules.", "ultralytics.nn.modules.", "ultralytics.nn.tasks.", "focus_surgery.", "timm.layers.",
+    "torch.nn.modules.",
+    "ultralytics.nn.modules.",
+    "ultralytics.nn.tasks.",
+    "focus_surgery.",
+    "timm.layers.",
     "timm.models.",
-)  # fmt: skip
+)
 MAX_GEOMETRY = 4096  # kernel, stride, padding, dilation, output size of one layer
 MAX_SCALE = 64  # upsampling / pixel-shuffle factor
 MAX_LAYERS = 1024  # stacked recurrent / transformer layers
-_HOOK_SLOTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-               "_load_state_dict_post_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-               "_forward_hooks_always_called")  # fmt: skip
+_HOOK_SLOTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
 
 
 def module_class(qualname: str, path: Path) -> type[nn.Module]:
@@ -98,7 +111,11 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
         if not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"{where}: {cls.__name__}.num_layers = {layers!r} is out of range")
         per_layer = len(names) // (layers * (2 if bidirectional else 1)) if isinstance(names, list) else 0
-        if not isinstance(names, list) or per_layer not in (2, 3, 4, 5) or len(names) != len(state.get("_parameters") or {}):
+        if (
+            not isinstance(names, list)
+            or per_layer not in (2, 3, 4, 5)
+            or len(names) != len(state.get("_parameters") or {})
+        ):
             raise ValueError(f"{where}: {cls.__name__} weights disagree with num_layers")
     if issubclass(cls, nn.MultiheadAttention):
         embed, heads = state.get("embed_dim"), state.get("num_heads")
@@ -152,8 +169,10 @@ def check_module_tree(records: list[Record], path: Path) -> None:
                     stack.append((child, False))
     total = max((paths[id(r)] for r in records), default=0)
     if total > MAX_EXPANSION * len(paths) + 1000:
-        raise CheckpointError(f"{path}: refused to load: its {len(paths):,} layers are shared so often that torch "
-                              f"would visit {total:,} (a module graph built to exhaust time)")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: refused to load: its {len(paths):,} layers are shared so often that torch "
+            f"would visit {total:,} (a module graph built to exhaust time)"
+        )
 
 
 def materialize(value: Any, path: Path) -> Any:

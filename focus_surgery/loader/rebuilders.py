@@ -30,8 +30,9 @@ class Budget:
     def take(self, nbytes: int, what: str) -> None:
         self.used += nbytes
         if self.used > self.limit:
-            raise Refused(f"{what} brings the {self.kind} to {self.used:,} bytes, more than this file can hold "
-                          f"({self.limit:,})")  # fmt: skip
+            raise Refused(
+                f"{what} brings the {self.kind} to {self.used:,} bytes, more than this file can hold ({self.limit:,})"
+            )
 
 
 class Budgets:

@@ -209,11 +209,38 @@ def _charged(handler: Callable, cost: int) -> Callable:
 
 # What one opcode may build, in bytes (CPython 3.11, 64-bit): containers and objects are charged the most, a memo
 # entry or an added item a dict slot; strings and numbers carry their bytes in the pickle itself.
-_BUILDERS = (pickle.EMPTY_SET, pickle.EMPTY_DICT, pickle.EMPTY_LIST, pickle.LIST, pickle.DICT, pickle.TUPLE,
-             pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET, pickle.NEWOBJ, pickle.NEWOBJ_EX,
-             pickle.REDUCE, pickle.BUILD, pickle.GLOBAL, pickle.STACK_GLOBAL, pickle.BINPERSID, pickle.PERSID)
-_SLOTS = (pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE, pickle.PUT, pickle.APPEND, pickle.APPENDS,
-          pickle.SETITEM, pickle.SETITEMS, pickle.ADDITEMS, pickle.MARK)
+_BUILDERS = (
+    pickle.EMPTY_SET,
+    pickle.EMPTY_DICT,
+    pickle.EMPTY_LIST,
+    pickle.LIST,
+    pickle.DICT,
+    pickle.TUPLE,
+    pickle.TUPLE1,
+    pickle.TUPLE2,
+    pickle.TUPLE3,
+    pickle.FROZENSET,
+    pickle.NEWOBJ,
+    pickle.NEWOBJ_EX,
+    pickle.REDUCE,
+    pickle.BUILD,
+    pickle.GLOBAL,
+    pickle.STACK_GLOBAL,
+    pickle.BINPERSID,
+    pickle.PERSID,
+)
+_SLOTS = (
+    pickle.BINPUT,
+    pickle.LONG_BINPUT,
+    pickle.MEMOIZE,
+    pickle.PUT,
+    pickle.APPEND,
+    pickle.APPENDS,
+    pickle.SETITEM,
+    pickle.SETITEMS,
+    pickle.ADDITEMS,
+    pickle.MARK,
+)
 _COSTS = {**{code[0]: OPCODE_COST for code in _BUILDERS}, **{code[0]: 96 for code in _SLOTS}}
 RestrictedUnpickler.dispatch = {
     code: _charged(handler, _COSTS.get(code, 32)) for code, handler in RestrictedUnpickler.dispatch.items()

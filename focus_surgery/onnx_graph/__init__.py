@@ -49,12 +49,18 @@ class OnnxReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "src": self.src, "dst": self.dst, "opset": self.opset, "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after, "ops_before": self.ops_before, "ops_after": self.ops_after,
-            "replaced": [s.to_dict() for s in self.replaced], "skipped": [s.to_dict() for s in self.skipped],
+            "src": self.src,
+            "dst": self.dst,
+            "opset": self.opset,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "ops_before": self.ops_before,
+            "ops_after": self.ops_after,
+            "replaced": [s.to_dict() for s in self.replaced],
+            "skipped": [s.to_dict() for s in self.skipped],
             "verification": self.verification.to_dict() if self.verification else None,
             "max_abs_err": self.verification.max_abs_err if self.verification else None,
-        }  # fmt: skip
+        }
 
 
 def _op_counts(model) -> dict[str, int]:
@@ -103,15 +109,18 @@ def fold(model) -> tuple[Any, list[OnnxStem]]:
 def inspect_onnx(src: str | os.PathLike) -> OnnxReport:
     """The space-to-depth stems of an ONNX file: which convert, which are left and why (nothing is written)."""
     model = load_onnx(src)
-    return OnnxReport(str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model))
+    return OnnxReport(
+        str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model)
+    )
 
 
 def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike | None = None, verify: bool = True,
-                 tolerance: float | None = None) -> OnnxReport:  # fmt: skip
+def convert_onnx(
+    src: str | os.PathLike, dst: str | os.PathLike | None = None, verify: bool = True, tolerance: float | None = None
+) -> OnnxReport:
     """Fold every Focus / space-to-depth stem of an ONNX file into its Conv; write ``dst`` atomically.
 
     Args:
@@ -133,10 +142,19 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike | None = None, v
         raise OnnxSurgeryError(f"{dst}: refusing to overwrite the input; write to another file")
     model = load_onnx(src)
     out, stems = fold(model)
-    report = OnnxReport(str(src), str(dst) if dst is not None else None, _opset(model), stems, len(model.graph.node),
-                        ops_before=_op_counts(model))  # fmt: skip
+    report = OnnxReport(
+        str(src),
+        str(dst) if dst is not None else None,
+        _opset(model),
+        stems,
+        len(model.graph.node),
+        ops_before=_op_counts(model),
+    )
     if not report.replaced:
-        why = "; ".join(f"{s.conv}: {s.reason}" for s in stems) or "no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv"
+        why = (
+            "; ".join(f"{s.conv}: {s.reason}" for s in stems)
+            or "no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv"
+        )
         raise OnnxSurgeryError(f"{src}: no space-to-depth stem to fold ({why})")
     report.nodes_after, report.ops_after = len(out.graph.node), _op_counts(out)
     if verify:
@@ -148,5 +166,14 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike | None = None, v
     return report
 
 
-__all__ = ["OnnxReport", "OnnxStem", "OnnxSurgeryError", "OnnxVerification", "OnnxVerificationError",
-           "convert_onnx", "find_stems", "fold", "inspect_onnx"]  # fmt: skip
+__all__ = [
+    "OnnxReport",
+    "OnnxStem",
+    "OnnxSurgeryError",
+    "OnnxVerification",
+    "OnnxVerificationError",
+    "convert_onnx",
+    "find_stems",
+    "fold",
+    "inspect_onnx",
+]

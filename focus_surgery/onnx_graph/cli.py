@@ -27,8 +27,10 @@ def _stem_lines(report) -> list[str]:
     for stem in report.stems:
         ops = ", ".join(f"{n} {op}" for op, n in sorted(stem.ops.items()))
         if stem.convertible:
-            lines.append(f"  stem {stem.conv}: {stem.family} ({ops}) = space-to-depth({stem.block_size}, {stem.order}) "
-                         f"reading {stem.root!r} -> one strided Conv")  # fmt: skip
+            lines.append(
+                f"  stem {stem.conv}: {stem.family} ({ops}) = space-to-depth({stem.block_size}, {stem.order}) "
+                f"reading {stem.root!r} -> one strided Conv"
+            )
         else:
             lines.append(f"  left {stem.conv}: {stem.family} ({ops}): {stem.reason}")
     return lines or ["  no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv"]
@@ -46,8 +48,11 @@ def convert_command(args) -> int:
         report = convert_onnx(args.src, args.dst, verify=args.verify)
     except OnnxVerificationError as error:
         raise VerificationFailed(str(error)) from None
-    lines = [f"converted {args.src} -> {args.dst}: {len(report.replaced)} stem(s) folded, "
-             f"{report.nodes_before} -> {report.nodes_after} nodes (opset {report.opset})", *_stem_lines(report)]  # fmt: skip
+    lines = [
+        f"converted {args.src} -> {args.dst}: {len(report.replaced)} stem(s) folded, "
+        f"{report.nodes_before} -> {report.nodes_after} nodes (opset {report.opset})",
+        *_stem_lines(report),
+    ]
     if report.verification:
         lines.append(f"  verify: {report.verification}")
     _emit(report.to_dict(), args.json, lines)

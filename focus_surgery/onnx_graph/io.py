@@ -37,9 +37,13 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as error:
-        raise OnnxSurgeryError(f"{path}: not an ONNX model ({str(error).splitlines()[0] if str(error) else 'parse error'})") from None
+        raise OnnxSurgeryError(
+            f"{path}: not an ONNX model ({str(error).splitlines()[0] if str(error) else 'parse error'})"
+        ) from None
     if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
-        raise OnnxSurgeryError(f"{path}: not an ONNX model (no IR version or no graph); export it with torch.onnx.export")
+        raise OnnxSurgeryError(
+            f"{path}: not an ONNX model (no IR version or no graph); export it with torch.onnx.export"
+        )
     external = external_tensor_names(model)
     if external:
         raise OnnxSurgeryError(
@@ -51,7 +55,9 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as error:
             first = next((line for line in str(error).splitlines() if line.strip()), "invalid graph")
-            raise OnnxSurgeryError(f"{path}: fails the ONNX checker ({first.strip()}); fix or re-export the model") from None
+            raise OnnxSurgeryError(
+                f"{path}: fails the ONNX checker ({first.strip()}); fix or re-export the model"
+            ) from None
     return model
 
 

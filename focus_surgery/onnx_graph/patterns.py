@@ -27,7 +27,14 @@ from ..layers import SpaceToDepth
 from ..orders import CHANNEL_LAYOUT, channel_index
 
 LAYOUT_OPS = ("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze")
-_DATA_INPUTS = {"Slice": 1, "Reshape": 1, "Transpose": 1, "SpaceToDepth": 1, "Squeeze": 1, "Unsqueeze": 1}  # Concat: every input is data
+_DATA_INPUTS = {
+    "Slice": 1,
+    "Reshape": 1,
+    "Transpose": 1,
+    "SpaceToDepth": 1,
+    "Squeeze": 1,
+    "Unsqueeze": 1,
+}  # Concat: every input is data
 _OPEN_END = 2**31 - 1  # torch exports "to the end" as INT64_MAX; anything this large reads to the end
 
 
@@ -191,8 +198,11 @@ def _slice_phase(index: GraphIndex, node, dims: list | None, rank: int = 4) -> d
     starts, ends = index.const(node.input[1]), index.const(node.input[2])
     axes = index.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     steps = index.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-    if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None) or (
-        len(node.input) > 4 and node.input[4] and steps is None
+    if (
+        starts is None
+        or ends is None
+        or (len(node.input) > 3 and node.input[3] and axes is None)
+        or (len(node.input) > 4 and node.input[4] and steps is None)
     ):
         return "slice starts/ends/axes/steps are computed at run time"
     axes = axes if axes is not None else np.arange(len(starts))
@@ -253,8 +263,9 @@ def _identify_slices(index: GraphIndex, conv_input: str, root: str, dims: list |
     return f"phase order {phases} is none of the space-to-depth orders ({', '.join(CHANNEL_LAYOUT)})"
 
 
-def _identify_reshape_transpose(index: GraphIndex, nodes: list[int], conv_input: str, root: str,
-                                channels_after: int, channels_before: int | None) -> tuple[int, str] | str:  # fmt: skip
+def _identify_reshape_transpose(
+    index: GraphIndex, nodes: list[int], conv_input: str, root: str, channels_after: int, channels_before: int | None
+) -> tuple[int, str] | str:
     """(block size, order) of a linear Reshape/Squeeze/Unsqueeze chain around one 6-D Transpose, else the reason.
 
     The Transpose must permute ``(N, C, H/bs, bs, W/bs, bs)`` the way ``SpaceToDepth(bs, order)`` does; the reshapes
@@ -264,7 +275,8 @@ def _identify_reshape_transpose(index: GraphIndex, nodes: list[int], conv_input:
     while name != root:
         node = index.graph.node[index.producer[name]] if name in index.producer else None
         if node is None or node.op_type not in ("Reshape", "Transpose", "Squeeze", "Unsqueeze"):
-            return f"layout chain holds {node.op_type if node is not None else name!r}, not only reshapes and one Transpose"
+            held = node.op_type if node is not None else name
+            return f"layout chain holds {held!r}, not only reshapes and one Transpose"
         chain.append(node)
         name = node.input[0]
     transposes = [i for i, node in enumerate(chain) if node.op_type == "Transpose"]
@@ -335,8 +347,15 @@ def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
         for i in nodes:
             ops[graph.node[i].op_type] = ops.get(graph.node[i].op_type, 0) + 1
         family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
-        stem = OnnxStem(index.node_name(conv_index), sorted(roots)[0], family, nodes, ops=ops,
-                        conv_index=conv_index, conv_input=conv.input[0])  # fmt: skip
+        stem = OnnxStem(
+            index.node_name(conv_index),
+            sorted(roots)[0],
+            family,
+            nodes,
+            ops=ops,
+            conv_index=conv_index,
+            conv_input=conv.input[0],
+        )
         stem.reason = _identify(index, stem, roots, conv, shapes)
         stems.append(stem)
     return stems
@@ -354,10 +373,13 @@ def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: 
         found = _identify_slices(index, stem.conv_input, stem.root, shapes.get(stem.root))
     elif stem.family == "SpaceToDepth":
         node = index.graph.node[stem.nodes[0]]
-        found = (int(_attr(node, "blocksize")), "timm") if len(stem.nodes) == 1 else "SpaceToDepth with other layout ops"
+        found = (
+            (int(_attr(node, "blocksize")), "timm") if len(stem.nodes) == 1 else "SpaceToDepth with other layout ops"
+        )
     else:
-        found = _identify_reshape_transpose(index, stem.nodes, stem.conv_input, stem.root, channels_after,
-                                            _root_channels(shapes, stem.root))  # fmt: skip
+        found = _identify_reshape_transpose(
+            index, stem.nodes, stem.conv_input, stem.root, channels_after, _root_channels(shapes, stem.root)
+        )
     if isinstance(found, str):
         return found
     stem.block_size, stem.order = found

@@ -36,8 +36,13 @@ def chain_model(model, stem: OnnxStem):
             picked.add(producer[name])
             stack.extend(n for n in graph.node[producer[name]].input if n)
     nodes = [graph.node[i] for i in sorted(picked)]  # graph order is a topological order
-    sub = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info(stem.root, TensorProto.DOUBLE, None)],
-                            [helper.make_empty_tensor_value_info(stem.conv_input)], list(inits.values()))  # fmt: skip
+    sub = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info(stem.root, TensorProto.DOUBLE, None)],
+        [helper.make_empty_tensor_value_info(stem.conv_input)],
+        list(inits.values()),
+    )
     return helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
@@ -61,6 +66,8 @@ def probe_stem(model, stem: OnnxStem, dims: list | None) -> str | None:
             return f"the chain fails on a {'x'.join(map(str, shape))} input ({type(error).__name__})"
         expected = s2d(torch.from_numpy(x)).numpy()
         if got.shape != expected.shape or not np.array_equal(got, expected):
-            return (f"on a {'x'.join(map(str, shape))} index input the chain is not space-to-depth"
-                    f"({stem.block_size}, {stem.order})")  # fmt: skip
+            return (
+                f"on a {'x'.join(map(str, shape))} index input the chain is not space-to-depth"
+                f"({stem.block_size}, {stem.order})"
+            )
     return None

@@ -31,9 +31,11 @@ class OnnxVerification:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{'PASS' if self.passed else 'FAIL'}: max_abs_err={self.max_abs_err:.3e} "
-                f"max_rel_err={self.max_rel_err:.3e} (tolerance {self.tolerance:.0e}, {self.outputs} output(s), "
-                f"onnxruntime, inputs {'; '.join(self.inputs)})")  # fmt: skip
+        return (
+            f"{'PASS' if self.passed else 'FAIL'}: max_abs_err={self.max_abs_err:.3e} "
+            f"max_rel_err={self.max_rel_err:.3e} (tolerance {self.tolerance:.0e}, {self.outputs} output(s), "
+            f"onnxruntime, inputs {'; '.join(self.inputs)})"
+        )
 
 
 def session(model):
@@ -59,7 +61,9 @@ def random_feeds(model, trials: tuple[tuple[int, int, int], ...] = _DYNAMIC_SIZE
         for value in inputs:
             tensor = value.type.tensor_type
             picks = [batch, 3, height, width]
-            shape = [d.dim_value if d.HasField("dim_value") else picks[min(k, 3)] for k, d in enumerate(tensor.shape.dim)]
+            shape = [
+                d.dim_value if d.HasField("dim_value") else picks[min(k, 3)] for k, d in enumerate(tensor.shape.dim)
+            ]
             dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
             data = rng.random(shape) if np.issubdtype(dtype, np.floating) else rng.integers(0, 4, shape)
             feed[value.name] = data.astype(dtype)

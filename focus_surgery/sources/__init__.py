@@ -48,4 +48,13 @@ register_source(TorchModelSource())
 register_source(YoloxSource())
 register_source(PlainStateDictSource())
 
-__all__ = ["ConvertOptions", "Loaded", "SOURCES", "Source", "VerificationFailed", "load", "register_source", "source_for"]
+__all__ = [
+    "ConvertOptions",
+    "Loaded",
+    "SOURCES",
+    "Source",
+    "VerificationFailed",
+    "load",
+    "register_source",
+    "source_for",
+]

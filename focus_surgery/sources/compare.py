@@ -11,8 +11,10 @@ from ..orders import check_order
 from ..state_dict import StemKeys, convert_state_dict, find_stem
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
 
-STEM_ASSUMES = ("a state dict has no geometry: both stems are run with same padding (k // 2) and the given order ({}); "
-                "a wrong --order cannot be seen from the weights")
+STEM_ASSUMES = (
+    "a state dict has no geometry: both stems are run with same padding (k // 2) and the given order ({}); "
+    "a wrong --order cannot be seen from the weights"
+)
 
 
 # GUIDE section 1's channel table written out: the stem check runs the space-to-depth by this definition, not by
@@ -69,8 +71,17 @@ def verify_stems(before: dict, after: dict, block_size: int, order: str) -> Veri
     check_order(order)
     stems = [find_stem(sd, block_size=block_size) for sd in (before, after)]
     if None in stems:
-        return VerificationReport(float("inf"), float("inf"), float("nan"), DEFAULT_TOLERANCE, False, 0, [], "float64",
-                                  "a state dict has no recognisable stem")  # fmt: skip
+        return VerificationReport(
+            float("inf"),
+            float("inf"),
+            float("nan"),
+            DEFAULT_TOLERANCE,
+            False,
+            0,
+            [],
+            "float64",
+            "a state dict has no recognisable stem",
+        )
     reference, candidate = (StateDictStem(sd, s, block_size, order) for sd, s in zip((before, after), stems))
     in_channels = stems[0].shape[1] // (block_size**2 if reference.s2d else 1)
     report = verify(reference, candidate, input_shape=(2, in_channels, 8 * block_size, 12 * block_size))
@@ -79,8 +90,9 @@ def verify_stems(before: dict, after: dict, block_size: int, order: str) -> Veri
     return report
 
 
-def compare_state_dicts(a: dict, b: dict, block_size: int = 2, order: str = "yolov5",
-                        tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:  # fmt: skip
+def compare_state_dicts(
+    a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, Any]:
     """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ).
 
     Returns:

@@ -52,7 +52,11 @@ def cfg_after_conversion(text: str) -> str:
     index = next((i for i, s in enumerate(sections) if s.strip().startswith("[reorg]")), None)
     conv = sections[index + 1] if index is not None and index + 1 < len(sections) else ""
     fields = dict(re.findall(r"(?m)^\s*(\w+)\s*=\s*(\S+)", conv))
-    if not conv.startswith("[convolutional]") or (fields.get("size"), fields.get("stride"), fields.get("pad")) != ("3", "1", "1"):
+    if not conv.startswith("[convolutional]") or (fields.get("size"), fields.get("stride"), fields.get("pad")) != (
+        "3",
+        "1",
+        "1",
+    ):
         raise ValueError("no [reorg] followed by a [convolutional] with size=3, stride=1, pad=1")
     sections[index] = sections[index].replace("[reorg]", "[silence]", 1)
     conv = re.sub(r"(?m)^(\s*size\s*=\s*)3\b", r"\g<1>7", conv, count=1)
@@ -85,12 +89,22 @@ class DarknetSource(Source):
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         sd = self.state_dict(loaded)
         key = darknet_stem(sd)
-        stems = [{"weight_key": key, "shape": list(sd[key].shape), "form": "reorg", "converts_to": "conv"}] if key else []
-        info = {"path": str(loaded.path), "kind": "darknet", "source": self.name, "tensors": len(sd), "stems": stems,
-                "epoch": loaded.content.get("epoch")}  # fmt: skip
+        stems = (
+            [{"weight_key": key, "shape": list(sd[key].shape), "form": "reorg", "converts_to": "conv"}] if key else []
+        )
+        info = {
+            "path": str(loaded.path),
+            "kind": "darknet",
+            "source": self.name,
+            "tensors": len(sd),
+            "stems": stems,
+            "epoch": loaded.content.get("epoch"),
+        }
         info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}"] + (
-            [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"] if key
-            else ["  no [reorg] + conv stem found"])  # fmt: skip
+            [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"]
+            if key
+            else ["  no [reorg] + conv stem found"]
+        )
         return info
 
     def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
@@ -104,11 +118,17 @@ class DarknetSource(Source):
         model = dict(loaded.content["model"])
         model[key] = stem_weight(old, options.block_size, options.order)
         content = {**loaded.content, "model": type(loaded.content["model"])(model)}
-        report: dict[str, Any] = {"source": self.name, "kind": "darknet", "to": "conv", "stem": key,
-                                  "weight": [list(old.shape), list(model[key].shape)], "cfg": CFG_CHANGE,
-                                  "max_abs_err": None,
-                                  "assumes": "the tensor-less rows before the stem conv are YOLOR's [reorg] "
-                                             "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)"}  # fmt: skip
+        report: dict[str, Any] = {
+            "source": self.name,
+            "kind": "darknet",
+            "to": "conv",
+            "stem": key,
+            "weight": [list(old.shape), list(model[key].shape)],
+            "cfg": CFG_CHANGE,
+            "max_abs_err": None,
+            "assumes": "the tensor-less rows before the stem conv are YOLOR's [reorg] "
+            "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)",
+        }
         if isinstance(content.get("optimizer"), dict):
             import copy
 
@@ -143,15 +163,24 @@ def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict
     from ..verify import verify
 
     w_old, w_new = before[key].double(), after[key].double()
-    old = nn.Sequential(SpaceToDepth(options.block_size, options.order),
-                        nn.Conv2d(w_old.shape[1], w_old.shape[0], w_old.shape[2], 1, w_old.shape[2] // 2, bias=False))  # fmt: skip
+    old = nn.Sequential(
+        SpaceToDepth(options.block_size, options.order),
+        nn.Conv2d(w_old.shape[1], w_old.shape[0], w_old.shape[2], 1, w_old.shape[2] // 2, bias=False),
+    )
     new = nn.Conv2d(w_new.shape[1], w_new.shape[0], w_new.shape[2], 2, w_new.shape[2] // 2, bias=False)
     old[1].weight.data, new.weight.data = w_old, w_new
     stem = verify(old, new, input_shape=(2, w_new.shape[1], 32, 48))
-    rest = compare_state_dicts({k: v for k, v in before.items() if k != key},
-                               {k: v for k, v in tensors(after).items() if k != key}, tolerance=0.0)  # fmt: skip
+    rest = compare_state_dicts(
+        {k: v for k, v in before.items() if k != key},
+        {k: v for k, v in tensors(after).items() if k != key},
+        tolerance=0.0,
+    )
     passed = stem.passed and rest["passed"]
-    return {"stem": stem.to_dict(), "tensors": rest, "passed": passed,
-            "problem": "" if passed else (str(stem) if not stem.passed else rest["problem"]),
-            "compared": "the stem conv before and after in float64 (darknet padding size//2); every other tensor "
-                        "bit for bit; the rest of the model is not run (its code is the repository's)"}  # fmt: skip
+    return {
+        "stem": stem.to_dict(),
+        "tensors": rest,
+        "passed": passed,
+        "problem": "" if passed else (str(stem) if not stem.passed else rest["problem"]),
+        "compared": "the stem conv before and after in float64 (darknet padding size//2); every other tensor "
+        "bit for bit; the rest of the model is not run (its code is the repository's)",
+    }

@@ -56,7 +56,9 @@ class Loaded:
             elif isinstance(content, dict) and all(isinstance(k, str) for k in content):
                 self._checkpoint = Checkpoint(self.path, "state_dict", content, dict(self.metadata))
             else:
-                raise CheckpointError(f"{self.path}: holds a {type(content).__name__}, not a state dict or a model checkpoint")
+                raise CheckpointError(
+                    f"{self.path}: holds a {type(content).__name__}, not a state dict or a model checkpoint"
+                )
         return self._checkpoint
 
 

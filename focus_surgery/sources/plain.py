@@ -35,7 +35,11 @@ def stem_places(content: Any, block_size: int = 2) -> list[str | None]:
         return []
     if find_stem(tensors(content), block_size=block_size):
         return [None]
-    return [k for k in WRAPPER_KEYS if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)]
+    return [
+        k
+        for k in WRAPPER_KEYS
+        if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)
+    ]
 
 
 def _at(content: dict, place: str | None) -> dict:
@@ -49,8 +53,11 @@ def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size:
     if not isinstance(state, dict) or not state:
         return "no optimizer state"
     old = torch.Size(shape)
-    owners = [pid for pid, entry in state.items() if isinstance(entry, dict)
-              and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())]  # fmt: skip
+    owners = [
+        pid
+        for pid, entry in state.items()
+        if isinstance(entry, dict) and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())
+    ]
     if len(owners) != 1:
         return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
     remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
@@ -108,14 +115,23 @@ class PlainStateDictSource(Source):
         stem = find_stem(sd)
         stems = [{**vars(stem), "converts_to": "focus" if stem.form == "conv" else "conv"}] if stem else []
         others = [k for k in loaded.content if k not in places] if places and places[0] else []
-        result = {"path": str(loaded.path), "kind": "state_dict", "source": self.name, "wrapper": places[0] if places else None,
-                  "tensors": len(sd), "stems": stems, "other_keys": others}  # fmt: skip
+        result = {
+            "path": str(loaded.path),
+            "kind": "state_dict",
+            "source": self.name,
+            "wrapper": places[0] if places else None,
+            "tensors": len(sd),
+            "stems": stems,
+            "other_keys": others,
+        }
         where = f" under '{places[0]}'" if places and places[0] else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
         if others:
             lines.append(f"  also holds: {', '.join(map(str, others))}")
         for s in stems:
-            lines.append(f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})")
+            lines.append(
+                f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})"
+            )
         if not stems:
             lines.append("  no Focus / space-to-depth / strided-conv stem found")
         result["lines"] = lines
@@ -129,8 +145,13 @@ class PlainStateDictSource(Source):
         if options.to == "fastest":
             return self._fastest(loaded, dst, options, places)
         new_content = dict(content) if places[0] is not None else None
-        report: dict[str, Any] = {"source": self.name, "kind": "state_dict", "to": options.to,
-                                  "wrapper": places[0], "converted": [p for p in places if p is not None]}  # fmt: skip
+        report: dict[str, Any] = {
+            "source": self.name,
+            "kind": "state_dict",
+            "to": options.to,
+            "wrapper": places[0],
+            "converted": [p for p in places if p is not None],
+        }
         checks = []
         for place in places:
             before = tensors(_at(content, place))
@@ -144,20 +165,25 @@ class PlainStateDictSource(Source):
             else:
                 new_content[place] = _with_tensors(content[place], after)
             if place == places[0]:
-                report.update(stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:])
+                report.update(
+                    stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:]
+                )
                 report["from"] = stem.form
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
             stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
-            report["optimizer"] = remap_optimizer_state(new_content["optimizer"], stem.shape, options.to,
-                                                        options.block_size, options.order)  # fmt: skip
+            report["optimizer"] = remap_optimizer_state(
+                new_content["optimizer"], stem.shape, options.to, options.block_size, options.order
+            )
         if checks:
             report["verification"] = checks[0]
             report["max_abs_err"] = max(c["stem"]["max_abs_err"] for c in checks)
             report["assumes"] = STEM_ASSUMES.format(options.order)
             failed = [c for c in checks if not c["passed"]]
             if failed:
-                raise VerificationFailed(f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written")
+                raise VerificationFailed(
+                    f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written"
+                )
         else:
             report["max_abs_err"] = None
         self.write(new_content, places[0], dst, options.to)
@@ -170,8 +196,13 @@ class PlainStateDictSource(Source):
         rest = compare_state_dicts(before, after, options.block_size, options.order, tolerance=0.0)
         passed = stem.passed and rest["passed"]
         problem = "" if passed else (stem.problem or str(stem) if not stem.passed else rest["problem"])
-        return {"stem": stem.to_dict(), "tensors": rest, "passed": passed, "problem": problem,
-                "compared": "the stem run before and after in float64; " + rest["compared"]}  # fmt: skip
+        return {
+            "stem": stem.to_dict(),
+            "tensors": rest,
+            "passed": passed,
+            "problem": problem,
+            "compared": "the stem run before and after in float64; " + rest["compared"],
+        }
 
     @staticmethod
     def write(content: dict, place: str | None, dst: Path, to: str) -> None:
@@ -187,10 +218,20 @@ class PlainStateDictSource(Source):
         from ..speed.optimize import fastest_state_dict_form
 
         sd = tensors(_at(loaded.content, places[0]))
-        form, medians = fastest_state_dict_form(sd, options.batch, options.input_size, options.block_size, options.order)
+        form, medians = fastest_state_dict_form(
+            sd, options.batch, options.input_size, options.block_size, options.order
+        )
         stem = find_stem(sd, block_size=options.block_size)
-        report = {"source": self.name, "kind": "state_dict", "to": "fastest", "stem": stem.prefix, "from": stem.form,
-                  "chosen": form, "median_ms": medians, "max_abs_err": None}  # fmt: skip
+        report = {
+            "source": self.name,
+            "kind": "state_dict",
+            "to": "fastest",
+            "stem": stem.prefix,
+            "from": stem.form,
+            "chosen": form,
+            "median_ms": medians,
+            "max_abs_err": None,
+        }
         if form == stem.form:
             self.write(loaded.content, places[0], dst, form)  # already the faster layout: written unchanged
             return report

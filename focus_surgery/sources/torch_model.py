@@ -27,7 +27,9 @@ class TorchModelSource(Source):
         content = loaded.content
         from ..yolov5.unpickler import LegacyRecord
 
-        holds_model = isinstance(content, dict) and any(isinstance(content.get(k), LegacyRecord) for k in ("model", "ema"))
+        holds_model = isinstance(content, dict) and any(
+            isinstance(content.get(k), LegacyRecord) for k in ("model", "ema")
+        )
         return holds_model and all(n.startswith(MODULE_PREFIXES) for n in loaded.names)
 
     def _models(self, loaded: Loaded) -> dict[str, nn.Module]:
@@ -48,10 +50,14 @@ class TorchModelSource(Source):
         model = ckpt.model
         params = list(model.parameters())
         result: dict[str, Any] = {
-            "path": str(loaded.path), "kind": ckpt.kind, "source": self.name, "model": type(model).__name__,
+            "path": str(loaded.path),
+            "kind": ckpt.kind,
+            "source": self.name,
+            "model": type(model).__name__,
             "parameters": sum(p.numel() for p in params),
-            "dtype": str(params[0].dtype).replace("torch.", "") if params else None, "stems": list(iter_stems(model)),
-        }  # fmt: skip
+            "dtype": str(params[0].dtype).replace("torch.", "") if params else None,
+            "stems": list(iter_stems(model)),
+        }
         yaml = getattr(model, "yaml", None)
         if isinstance(yaml, dict) and "nc" in yaml:
             result["nc"] = yaml["nc"]
@@ -67,7 +73,10 @@ class TorchModelSource(Source):
             if "skipped" in stem:
                 lines.append(f"  stem {stem['path']}: cannot convert to {stem['direction']}: {stem['skipped']}")
             else:
-                lines.append(f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} (convert --to {stem['direction']})")
+                lines.append(
+                    f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} "
+                    f"(convert --to {stem['direction']})"
+                )
         if not result["stems"]:
             lines.append("  no Focus / space-to-depth / strided-conv stem found")
         result["lines"] = lines
@@ -88,13 +97,19 @@ class TorchModelSource(Source):
             report = {"chosen": fast.stems[0].chosen, **fast.to_dict(), "max_abs_err": fast.max_abs_err}
         else:
             try:
-                reports = [convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()]
+                reports = [
+                    convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()
+                ]
             except VerificationError as error:
                 raise VerificationFailed(f"{loaded.path}: {error}; nothing written") from None
             first = reports[0]
             if not first.replaced:
                 reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
-                note = f"{ALREADY}, and its stem does not convert to {options.to} " if ultralytics else "nothing converted "
+                note = (
+                    f"{ALREADY}, and its stem does not convert to {options.to} "
+                    if ultralytics
+                    else "nothing converted "
+                )
                 raise ConversionError(f"{loaded.path}: {note}({reason})")
             report = first.to_dict()
         if dst.suffix == ".safetensors":

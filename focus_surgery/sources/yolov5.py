@@ -86,13 +86,19 @@ class Yolov5Source(Source):
             raise VerificationFailed(f"{loaded.path}: verification failed ({conv.verification}); {dst} not written")
         written = save_conversion(conv, dst, options.to)
         return {
-            "source": self.name, "kind": "yolov5", "release": guess_release(conv.ckpt), "to": options.to,
-            "stem_before": conv.stem_before, "stem_after": conv.stem_after, "replaced": conv.replaced,
-            "dtype": str(conv.ckpt.dtype).replace("torch.", ""), "written": [str(p) for p in written],
+            "source": self.name,
+            "kind": "yolov5",
+            "release": guess_release(conv.ckpt),
+            "to": options.to,
+            "stem_before": conv.stem_before,
+            "stem_after": conv.stem_after,
+            "replaced": conv.replaced,
+            "dtype": str(conv.ckpt.dtype).replace("torch.", ""),
+            "written": [str(p) for p in written],
             "max_abs_err": conv.max_abs_err,
             "max_rel_err": conv.verification.max_rel_err if conv.verification else None,
             "verification": conv.verification.to_dict() if conv.verification else None,
-        }  # fmt: skip
+        }
 
     def _convert_in_yolov5_layout(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
         """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem)."""
@@ -108,9 +114,18 @@ class Yolov5Source(Source):
         original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
         changes = [convert_stem_record(ckpt.content[k], options.to, str(loaded.path)) for k in models]
-        report: dict[str, Any] = {"source": self.name, "kind": "yolov5", "layout": "yolov5", "release": release,
-                                  "to": options.to, "stem_before": changes[0]["from"], "stem_after": changes[0]["to"],
-                                  "replaced": changes[0], "converted": models, "max_abs_err": None}  # fmt: skip
+        report: dict[str, Any] = {
+            "source": self.name,
+            "kind": "yolov5",
+            "layout": "yolov5",
+            "release": release,
+            "to": options.to,
+            "stem_before": changes[0]["from"],
+            "stem_after": changes[0]["to"],
+            "replaced": changes[0],
+            "converted": models,
+            "max_abs_err": None,
+        }
         if options.verify:
             after = yolov5_checkpoint(ckpt.content, str(loaded.path))
             converted = _runnable(after)

@@ -30,10 +30,19 @@ from .plain import remap_optimizer_state
 # Weightless rows, by the class the file names, and what that class computes in its repository (block, order).
 SPACE_TO_DEPTH = {"models.common.ReOrg": (2, "yolov5")}
 FAMILY_MARKS = {  # classes only yolov7 / YOLOR (paper) define (YOLOv5 and the yolov3 repository have none of them)
-    "models.common.ReOrg", "models.common.DownC", "models.common.SPPCSPC", "models.common.ImplicitA",
-    "models.common.ImplicitM", "models.common.RepConv", "models.common.BottleneckCSPF", "models.common.SPPCSP",
-    "models.yolo.IDetect", "models.yolo.IAuxDetect", "models.yolo.IBin", "models.yolo.IKeypoint",
-}  # fmt: skip
+    "models.common.ReOrg",
+    "models.common.DownC",
+    "models.common.SPPCSPC",
+    "models.common.ImplicitA",
+    "models.common.ImplicitM",
+    "models.common.RepConv",
+    "models.common.BottleneckCSPF",
+    "models.common.SPPCSP",
+    "models.yolo.IDetect",
+    "models.yolo.IAuxDetect",
+    "models.yolo.IBin",
+    "models.yolo.IKeypoint",
+}
 IDENTITY = "torch.nn.modules.linear.Identity"
 
 
@@ -50,8 +59,14 @@ def _layers(model: LegacyRecord) -> dict[str, LegacyRecord]:
 def _is_conv_row(record: LegacyRecord) -> bool:
     children = record.children()
     conv = children.get("conv")
-    return (conv is not None and conv.qualname == "torch.nn.modules.conv.Conv2d" and set(children) <= {"conv", "bn", "act"}
-            and tuple(conv.get("stride")) == (1, 1) and conv.get("groups") == 1 and tuple(conv.get("dilation")) == (1, 1))  # fmt: skip
+    return (
+        conv is not None
+        and conv.qualname == "torch.nn.modules.conv.Conv2d"
+        and set(children) <= {"conv", "bn", "act"}
+        and tuple(conv.get("stride")) == (1, 1)
+        and conv.get("groups") == 1
+        and tuple(conv.get("dilation")) == (1, 1)
+    )
 
 
 def stem_rows(model: LegacyRecord, scope: str = "stem") -> list[tuple[int, int, str]]:
@@ -89,19 +104,28 @@ def _convert_row(layers: dict, index: int, block_size: int, order: str) -> dict[
     new_weight = focus_to_conv_weight(weight.detach(), block_size, order)
     conv.state["_parameters"]["weight"] = nn.Parameter(new_weight, requires_grad=weight.requires_grad)
     conv.state.update(
-        in_channels=conv.get("in_channels") // block_size**2, kernel_size=(block_size * k[0], block_size * k[1]),
-        stride=(block_size, block_size), padding=(block_size * pad[0], block_size * pad[1]),
+        in_channels=conv.get("in_channels") // block_size**2,
+        kernel_size=(block_size * k[0], block_size * k[1]),
+        stride=(block_size, block_size),
+        padding=(block_size * pad[0], block_size * pad[1]),
         _reversed_padding_repeated_twice=(block_size * pad[1],) * 2 + (block_size * pad[0],) * 2,
-    )  # fmt: skip
+    )
     layers[keys[index]] = _identity_record(old_s2d)
-    return {"rows": [index, index + 1], "from": f"{old_s2d.name} + Conv({'x'.join(map(str, k))}, stride 1)",
-            "to": f"Identity + Conv({block_size * k[0]}x{block_size * k[1]}, stride {block_size}, padding "
-                  f"{block_size * pad[0]})", "weight": [list(weight.shape), list(new_weight.shape)],
-            "block_size": block_size, "order": order}  # fmt: skip
+    return {
+        "rows": [index, index + 1],
+        "from": f"{old_s2d.name} + Conv({'x'.join(map(str, k))}, stride 1)",
+        "to": f"Identity + Conv({block_size * k[0]}x{block_size * k[1]}, stride {block_size}, padding "
+        f"{block_size * pad[0]})",
+        "weight": [list(weight.shape), list(new_weight.shape)],
+        "block_size": block_size,
+        "order": order,
+    }
 
 
 def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
-    """ReOrg row -> ``[f, 1, nn.Identity, []]``; its conv row -> ``[f, n, Conv, [c2, bs*k, bs, bs*p]]`` (c2 unscaled)."""
+    """ReOrg row -> ``[f, 1, nn.Identity, []]``; its conv row -> ``[f, n, Conv, [c2, bs*k, bs, bs*p]]``.
+
+    c2 is kept unscaled."""
     rows = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
     s2d_row, conv_row = rows[index], rows[index + 1]
     args = list(conv_row[3])
@@ -109,7 +133,9 @@ def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
     p = args[3] if len(args) > 3 and args[3] is not None else k // 2
     new_conv = [conv_row[0], conv_row[1], conv_row[2], [args[0], block_size * k, block_size, block_size * p, *args[4:]]]
     for position, new in ((index, [s2d_row[0], 1, "nn.Identity", []]), (index + 1, new_conv)):
-        section, j = ("backbone", position) if position < len(yaml["backbone"]) else ("head", position - len(yaml["backbone"]))
+        section, j = (
+            ("backbone", position) if position < len(yaml["backbone"]) else ("head", position - len(yaml["backbone"]))
+        )
         yaml[section][j] = new
 
 
@@ -122,7 +148,9 @@ class Yolov7Source(Source):
 
     def _models(self, content: dict) -> dict[str, LegacyRecord]:
         models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), LegacyRecord)}
-        if not models or not all(m.qualname == "models.yolo.Model" and "model" in m.children() for m in models.values()):
+        if not models or not all(
+            m.qualname == "models.yolo.Model" and "model" in m.children() for m in models.values()
+        ):
             raise CheckpointError(f"no models.yolo.Model under 'model' / 'ema' (keys: {sorted(map(str, content))[:8]})")
         return models
 
@@ -137,16 +165,37 @@ class Yolov7Source(Source):
         layers = list(_layers(model).values())
         sd = model.state_dict()
         floats = [t.dtype for t in sd.values() if t.is_floating_point()]
-        stems = [{"rows": [i, i + 1], "form": f"{layers[i].name} + {layers[i + 1].name}", "block_size": bs, "order": order,
-                  "converts_to": "conv"} for i, bs, order in rows]  # fmt: skip
-        info = {"path": str(loaded.path), "kind": family(loaded.names), "source": self.name, "layers": len(layers),
-                "nc": model.get("nc"), "names": model.get("names"), "epoch": loaded.content.get("epoch"),
-                "dtype": str(floats[0]).replace("torch.", "") if floats else None, "stems": stems,
-                "models": sorted(models)}  # fmt: skip
-        lines = [f"{loaded.path}: {info['kind']} repository checkpoint ({', '.join(sorted(models))}), {len(layers)} rows, "
-                 f"nc {info['nc']}, {info['dtype']}, epoch {info['epoch']}"]  # fmt: skip
-        lines += [f"  stem rows {s['rows']}: {s['form']} = space-to-depth(block_size={s['block_size']}, order="
-                  f"{s['order']}) + conv (convert --to conv)" for s in stems]  # fmt: skip
+        stems = [
+            {
+                "rows": [i, i + 1],
+                "form": f"{layers[i].name} + {layers[i + 1].name}",
+                "block_size": bs,
+                "order": order,
+                "converts_to": "conv",
+            }
+            for i, bs, order in rows
+        ]
+        info = {
+            "path": str(loaded.path),
+            "kind": family(loaded.names),
+            "source": self.name,
+            "layers": len(layers),
+            "nc": model.get("nc"),
+            "names": model.get("names"),
+            "epoch": loaded.content.get("epoch"),
+            "dtype": str(floats[0]).replace("torch.", "") if floats else None,
+            "stems": stems,
+            "models": sorted(models),
+        }
+        lines = [
+            f"{loaded.path}: {info['kind']} repository checkpoint ({', '.join(sorted(models))}), {len(layers)} rows, "
+            f"nc {info['nc']}, {info['dtype']}, epoch {info['epoch']}"
+        ]
+        lines += [
+            f"  stem rows {s['rows']}: {s['form']} = space-to-depth(block_size={s['block_size']}, order="
+            f"{s['order']}) + conv (convert --to conv)"
+            for s in stems
+        ]
         if not stems:
             lines.append("  no ReOrg + Conv stem found")
         info["lines"] = lines
@@ -159,14 +208,22 @@ class Yolov7Source(Source):
         models = self._models(content)
         before = {k: m.state_dict() for k, m in models.items()}  # tensors are replaced, never changed in place
         originals: dict[str, dict[int, nn.Module]] = {}  # live copies of the stem conv rows, taken before the edit
-        report: dict[str, Any] = {"source": self.name, "kind": family(loaded.names), "to": "conv", "scope": options.scope,
-                                  "converted": sorted(models), "replaced": []}  # fmt: skip
+        report: dict[str, Any] = {
+            "source": self.name,
+            "kind": family(loaded.names),
+            "to": "conv",
+            "scope": options.scope,
+            "converted": sorted(models),
+            "replaced": [],
+        }
         yamls: set[int] = set()
         for key, model in models.items():
             rows = stem_rows(model, options.scope)
             if not rows:
-                raise CheckpointError(f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is "
-                                      f"{list(_layers(model).values())[0].qualname})")  # fmt: skip
+                raise CheckpointError(
+                    f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is "
+                    f"{list(_layers(model).values())[0].qualname})"
+                )
             if options.verify:
                 originals[key] = {i + 1: _live(_layers(model)[str(i + 1)]) for i, _, _ in rows}
             for index, bs, order in reversed(rows):
@@ -177,19 +234,24 @@ class Yolov7Source(Source):
                     sync_yaml_rows(model.get("yaml"), index, bs)
             yamls.add(id(model.get("yaml")))
         report["yaml"] = "ReOrg row -> nn.Identity, its conv row -> Conv [c2, 6, 2, 2]: row indices unchanged"
-        report["assumes"] = ("the file's code is never run: its ReOrg class computes what the yolov7 / YOLOR code's "
-                             "does, space-to-depth(2, yolov5 order)")  # fmt: skip
+        report["assumes"] = (
+            "the file's code is never run: its ReOrg class computes what the yolov7 / YOLOR code's "
+            "does, space-to-depth(2, yolov5 order)"
+        )
         if isinstance(content.get("optimizer"), dict):
             change = report["replaced"][0]
-            report["optimizer"] = remap_optimizer_state(content["optimizer"], change["weight"][0], "conv",
-                                                        change["block_size"], change["order"])  # fmt: skip
+            report["optimizer"] = remap_optimizer_state(
+                content["optimizer"], change["weight"][0], "conv", change["block_size"], change["order"]
+            )
         if options.verify:
             checks = [self._check(originals[k], models[k], before[k], report["replaced"]) for k in models]
             report["verification"] = checks[0]
             report["max_abs_err"] = max(c["stem_max_abs_err"] for c in checks)
             failed = [c for c in checks if not c["passed"]]
             if failed:
-                raise VerificationFailed(f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written")
+                raise VerificationFailed(
+                    f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written"
+                )
         else:
             report["max_abs_err"] = None
         self._write(content, models, dst)
@@ -208,14 +270,22 @@ class Yolov7Source(Source):
             new = _live(_layers(converted)[str(i)])
             ref = nn.Sequential(SpaceToDepth(change["block_size"], change["order"]), old)
             c = new.conv.in_channels
-            stem_errors.append(verify(ref, new, input_shape=(2, c, 16 * change["block_size"], 24 * change["block_size"])))
+            stem_errors.append(
+                verify(ref, new, input_shape=(2, c, 16 * change["block_size"], 24 * change["block_size"]))
+            )
         rest = compare_state_dicts(before, converted.state_dict(), tolerance=0.0)
         passed = all(r.passed for r in stem_errors) and rest["passed"]
         problem = "" if passed else next((str(r) for r in stem_errors if not r.passed), rest.get("problem", ""))
-        return {"stem": [r.to_dict() for r in stem_errors], "stem_max_abs_err": max(r.max_abs_err for r in stem_errors),
-                "tensors": rest, "passed": passed, "problem": problem,
-                "compared": "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; "
-                            + rest["compared"] + "; the rest of the model is not run (its code is the repository's)"}  # fmt: skip
+        return {
+            "stem": [r.to_dict() for r in stem_errors],
+            "stem_max_abs_err": max(r.max_abs_err for r in stem_errors),
+            "tensors": rest,
+            "passed": passed,
+            "problem": problem,
+            "compared": "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; "
+            + rest["compared"]
+            + "; the rest of the model is not run (its code is the repository's)",
+        }
 
     @staticmethod
     def _write(content: dict, models: dict, dst: Path) -> None:

@@ -121,8 +121,10 @@ def cases_from_flags(stems: str | None, sizes: str | None, batches: str | None, 
     bs = {s: 4 if s == "tresnet_m" else 2 for s in stem_list}
     bad = [z for s in stem_list for z in size_list if z % bs[s] or z <= 0]
     if bad or any(b <= 0 for b in batch_list):
-        raise ValueError(f"image sizes must be positive multiples of the stem's block size (2, 4 for tresnet_m), "
-                         f"batches positive; got sizes {size_list}, batches {batch_list}")  # fmt: skip
+        raise ValueError(
+            f"image sizes must be positive multiples of the stem's block size (2, 4 for tresnet_m), "
+            f"batches positive; got sizes {size_list}, batches {batch_list}"
+        )
     size_map = {s: tuple(size_list) or (_FULL_SIZES[s][0],) for s in stem_list}
     return grid(stem_list, size_map, batch_list, _split(modes) or list(MODES))
 
@@ -160,8 +162,9 @@ def stem_flops(block: nn.Module, x_shape: tuple[int, ...], backward: bool) -> fl
     """
     conv = block if isinstance(block, nn.Conv2d) else block.conv
     with torch.no_grad():
-        out = nn.functional.conv2d(torch.empty(1, *x_shape[1:], device="meta"), conv.weight.to("meta"), None,
-                                   conv.stride, conv.padding)  # fmt: skip
+        out = nn.functional.conv2d(
+            torch.empty(1, *x_shape[1:], device="meta"), conv.weight.to("meta"), None, conv.stride, conv.padding
+        )
     o, c, kh, kw = conv.weight.shape
     flops = 2.0 * x_shape[0] * o * out.shape[2] * out.shape[3] * c * kh * kw
     return flops * (2 if backward else 1)
@@ -170,9 +173,11 @@ def stem_flops(block: nn.Module, x_shape: tuple[int, ...], backward: bool) -> fl
 def _call(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], object]:
     params = [p for p in module.parameters() if p.requires_grad]
     if not backward:
+
         def forward():
             with torch.no_grad():
                 return module(x)
+
         return forward
 
     def forward_backward():
@@ -184,7 +189,11 @@ def _call(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], ob
 
 
 def bench_case(
-    case: Case, device: torch.device, repeats: int = 10, warmup: int = 2, forms: list[str] | None = None,
+    case: Case,
+    device: torch.device,
+    repeats: int = 10,
+    warmup: int = 2,
+    forms: list[str] | None = None,
     memory: bool = True,
 ) -> dict[str, Any]:
     """Time every form of ``case.stem`` side by side (plus optimize's pick and a same-FLOP matmul).
@@ -201,8 +210,19 @@ def bench_case(
     x = torch.rand(case.batch, 3, case.size, case.size, generator=torch.Generator().manual_seed(0)).to(device)
     modules: dict[str, nn.Module] = {name: build_form(block, name) for name in forms}
     # optimize() on its own timing run, then its pick re-timed here with the others: is it really the fastest?
-    picked = optimize(nn.Sequential(copy.deepcopy(stem)), x, forms=forms, backward=backward, repeats=max(3, repeats // 2),
-                      warmup=1, verify=False)[1].stems[0].chosen  # fmt: skip
+    picked = (
+        optimize(
+            nn.Sequential(copy.deepcopy(stem)),
+            x,
+            forms=forms,
+            backward=backward,
+            repeats=max(3, repeats // 2),
+            warmup=1,
+            verify=False,
+        )[1]
+        .stems[0]
+        .chosen
+    )
     modules[OPTIMIZED] = copy.deepcopy(stem) if picked == "original" else build_form(block, picked)
     flops = stem_flops(block, tuple(x.shape), backward)
     mm, mm_flops = matmul_reference(flops, device)
@@ -215,24 +235,39 @@ def bench_case(
     rows = []
     for name in [*forms, OPTIMIZED]:
         gflops = flops / medians[name] / 1e9
-        rows.append({
-            "form": name if name != OPTIMIZED else f"{OPTIMIZED} -> {picked}",
-            "median_ms": medians[name] * 1e3,
-            "ratio_to_fastest": medians[name] / fastest,
-            "peak_mb": peak_memory_bytes(calls[name], device) / 2**20 if memory else None,
-            "gflops": gflops,
-            "fraction_of_matmul": gflops / mm_gflops,
-        })  # fmt: skip
+        rows.append(
+            {
+                "form": name if name != OPTIMIZED else f"{OPTIMIZED} -> {picked}",
+                "median_ms": medians[name] * 1e3,
+                "ratio_to_fastest": medians[name] / fastest,
+                "peak_mb": peak_memory_bytes(calls[name], device) / 2**20 if memory else None,
+                "gflops": gflops,
+                "fraction_of_matmul": gflops / mm_gflops,
+            }
+        )
     return {
-        "stem": case.stem, "size": case.size, "batch": case.batch, "mode": case.mode, "device": str(device),
-        "repeats": repeats, "flops": flops, "optimize_picked": picked,
+        "stem": case.stem,
+        "size": case.size,
+        "batch": case.batch,
+        "mode": case.mode,
+        "device": str(device),
+        "repeats": repeats,
+        "flops": flops,
+        "optimize_picked": picked,
         "matmul": {"n": round((mm_flops / 2) ** (1 / 3)), "median_ms": medians[MATMUL] * 1e3, "gflops": mm_gflops},
-        "fastest_form": min(forms, key=lambda n: medians[n]), "forms": rows,
-    }  # fmt: skip
+        "fastest_form": min(forms, key=lambda n: medians[n]),
+        "forms": rows,
+    }
 
 
-def bench_stems(cases: list[Case], device: torch.device, repeats: int = 10, warmup: int = 2, memory: bool = True,
-                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def bench_stems(
+    cases: list[Case],
+    device: torch.device,
+    repeats: int = 10,
+    warmup: int = 2,
+    memory: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     results = []
     for index, case in enumerate(cases):
         if progress:
@@ -320,16 +355,31 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
     return {"seconds": seconds, "rss_before": before, "peak_rss": peak_of()}
 
 
-_CONVERT_JOB = "import json, sys; from focus_surgery.speed.bench import convert_once; print(json.dumps(convert_once(*sys.argv[1:4])))"
+_CONVERT_JOB = (
+    "import json, sys; from focus_surgery.speed.bench import convert_once; "
+    "print(json.dumps(convert_once(*sys.argv[1:4])))"
+)
 
 
 def _run_job(kind: str, src: Path, dst: Path, isolate: bool) -> dict[str, float]:
     if not isolate:
         return convert_once(kind, src, dst)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),  # the checkout
-                                                       os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", _CONVERT_JOB, kind, str(src), str(dst)], capture_output=True,
-                         text=True, env=env, check=True)  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [
+                str(Path(__file__).resolve().parents[2]),  # the checkout
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        ),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _CONVERT_JOB, kind, str(src), str(dst)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -365,23 +415,39 @@ def bench_conversion(
     med = {k: median([r["seconds"] for r in v]) for k, v in runs.items()}
     mem = {k: max(r["peak_rss"] - r["rss_before"] for r in v) for k, v in runs.items()}
     return {
-        "parameters": params, "file_mb": size / 2**20, "repeats": repeats, "isolated_processes": isolate,
-        "plain_load_save_s": med["plain"], "convert_s": med["convert"], "time_ratio": med["convert"] / med["plain"],
-        "plain_fsync_s": med["plain+fsync"], "convert_no_fsync_s": med["convert-no-fsync"],
+        "parameters": params,
+        "file_mb": size / 2**20,
+        "repeats": repeats,
+        "isolated_processes": isolate,
+        "plain_load_save_s": med["plain"],
+        "convert_s": med["convert"],
+        "time_ratio": med["convert"] / med["plain"],
+        "plain_fsync_s": med["plain+fsync"],
+        "convert_no_fsync_s": med["convert-no-fsync"],
         "time_ratio_same_durability": med["convert"] / med["plain+fsync"],
         "time_ratio_no_fsync": med["convert-no-fsync"] / med["plain"],
-        "plain_peak_mb": mem["plain"] / 2**20, "convert_peak_mb": mem["convert"] / 2**20,
-        "convert_peak_over_file_size": mem["convert"] / size, "plain_peak_over_file_size": mem["plain"] / size,
-        "load_s": med["load"], "torch_load_s": med["torch-load"], "load_time_ratio": med["load"] / med["torch-load"],
-        "load_mb_per_s": size / 2**20 / med["load"], "load_peak_over_file_size": mem["load"] / size,
-    }  # fmt: skip
+        "plain_peak_mb": mem["plain"] / 2**20,
+        "convert_peak_mb": mem["convert"] / 2**20,
+        "convert_peak_over_file_size": mem["convert"] / size,
+        "plain_peak_over_file_size": mem["plain"] / size,
+        "load_s": med["load"],
+        "torch_load_s": med["torch-load"],
+        "load_time_ratio": med["load"] / med["torch-load"],
+        "load_mb_per_s": size / 2**20 / med["load"],
+        "load_peak_over_file_size": mem["load"] / size,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------- ONNX
 
 
-def bench_onnx(stem: str = "yolov5s", size: int = 640, batch: int = 1, repeats: int = 20,
-               forms: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth")) -> dict[str, Any]:  # fmt: skip
+def bench_onnx(
+    stem: str = "yolov5s",
+    size: int = 640,
+    batch: int = 1,
+    repeats: int = 20,
+    forms: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth"),
+) -> dict[str, Any]:
     """Export each form to ONNX (opset 17): node counts by type and onnxruntime CPU latency, interleaved.
 
     The exported ``focus_slices`` graph is also rewritten by ``onnx_graph.fold`` (what ``focus-surgery convert
@@ -402,8 +468,15 @@ def bench_onnx(stem: str = "yolov5s", size: int = 640, batch: int = 1, repeats: 
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(build_form(block, name).eval(), (x,), buffer, dynamo=False, opset_version=17,
-                              input_names=["images"], output_names=["out"])  # fmt: skip
+            torch.onnx.export(
+                build_form(block, name).eval(),
+                (x,),
+                buffer,
+                dynamo=False,
+                opset_version=17,
+                input_names=["images"],
+                output_names=["out"],
+            )
         models[name] = onnx.load_from_string(buffer.getvalue())
     if "focus_slices" in models:
         models[FOLDED] = fold(models["focus_slices"])[0]
@@ -421,20 +494,35 @@ def bench_onnx(stem: str = "yolov5s", size: int = 640, batch: int = 1, repeats: 
     medians = {name: median(t) for name, t in times.items()}
     fastest = min(medians.values())
     return {
-        "stem": stem, "size": size, "batch": batch, "onnxruntime": ort.__version__,
+        "stem": stem,
+        "size": size,
+        "batch": batch,
+        "onnxruntime": ort.__version__,
         "forms": [
-            {"form": name, "nodes": sum(nodes[name].values()), "slice": nodes[name].get("Slice", 0),
-             "concat": nodes[name].get("Concat", 0), "node_types": nodes[name], "median_ms": medians[name] * 1e3,
-             "ratio_to_fastest": medians[name] / fastest}
+            {
+                "form": name,
+                "nodes": sum(nodes[name].values()),
+                "slice": nodes[name].get("Slice", 0),
+                "concat": nodes[name].get("Concat", 0),
+                "node_types": nodes[name],
+                "median_ms": medians[name] * 1e3,
+                "ratio_to_fastest": medians[name] / fastest,
+            }
             for name in models
         ],
-        "focus_over_conv": medians["focus_slices"] / medians["conv"] if "conv" in medians and "focus_slices" in medians else None,
+        "focus_over_conv": medians["focus_slices"] / medians["conv"]
+        if "conv" in medians and "focus_slices" in medians
+        else None,
         "surgery": {
-            "nodes_before": sum(nodes["focus_slices"].values()), "nodes_after": sum(nodes[FOLDED].values()),
-            "median_ms_before": medians["focus_slices"] * 1e3, "median_ms_after": medians[FOLDED] * 1e3,
+            "nodes_before": sum(nodes["focus_slices"].values()),
+            "nodes_after": sum(nodes[FOLDED].values()),
+            "median_ms_before": medians["focus_slices"] * 1e3,
+            "median_ms_after": medians[FOLDED] * 1e3,
             "before_over_after": medians["focus_slices"] / medians[FOLDED],
-        } if FOLDED in medians else None,
-    }  # fmt: skip
+        }
+        if FOLDED in medians
+        else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------- report
@@ -459,7 +547,9 @@ def run_benchmark(
     if conversion:
         if progress:
             progress("conversion of a YOLOv5x-size checkpoint")
-        result["conversion"] = bench_conversion(1_000_000 if quick else 87_000_000, 1 if quick else 5, isolate=not quick)
+        result["conversion"] = bench_conversion(
+            1_000_000 if quick else 87_000_000, 1 if quick else 5, isolate=not quick
+        )
     if onnx:
         if progress:
             progress("ONNX export and onnxruntime")
@@ -489,9 +579,13 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{row['median_ms']:.2f} | {row['ratio_to_fastest']:.2f} | {peak} | {row['gflops']:.1f} | "
                 f"{100 * row['fraction_of_matmul']:.0f} |"
             )
-    lines += ["", "Per shape: fastest form, optimize's pick (re-timed side by side), matmul reference:", "",
-              "| stem | image | batch | mode | fastest | optimize picked | optimize x fastest | matmul GFLOP/s |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "Per shape: fastest form, optimize's pick (re-timed side by side), matmul reference:",
+        "",
+        "| stem | image | batch | mode | fastest | optimize picked | optimize x fastest | matmul GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for case in result["stems"]:
         opt = next(r for r in case["forms"] if r["form"].startswith(OPTIMIZED))
         lines.append(
@@ -501,10 +595,13 @@ def format_report(result: dict[str, Any]) -> str:
     conv = result.get("conversion")
     if conv:
         lines += [
-            "", f"Checkpoint conversion ({conv['parameters'] / 1e6:.1f}M parameters, {conv['file_mb']:.0f} MB file, "
+            "",
+            f"Checkpoint conversion ({conv['parameters'] / 1e6:.1f}M parameters, {conv['file_mb']:.0f} MB file, "
             f"median of {conv['repeats']} alternating runs"
-            f"{' in fresh processes' if conv['isolated_processes'] else ' in one process'}):", "",
-            "| | seconds | peak RSS MB | peak / file size |", "|---|---|---|---|",
+            f"{' in fresh processes' if conv['isolated_processes'] else ' in one process'}):",
+            "",
+            "| | seconds | peak RSS MB | peak / file size |",
+            "|---|---|---|---|",
             f"| torch.load + torch.save | {conv['plain_load_save_s']:.2f} | {conv['plain_peak_mb']:.0f} | "
             f"{conv['plain_peak_over_file_size']:.2f} |",
             f"| focus-surgery convert | {conv['convert_s']:.2f} | {conv['convert_peak_mb']:.0f} | "
@@ -514,33 +611,44 @@ def format_report(result: dict[str, Any]) -> str:
             f"| safe loader alone (`loader.read_checkpoint`) | {conv['load_s']:.2f} | "
             f"{conv['load_peak_over_file_size'] * conv['file_mb']:.0f} | {conv['load_peak_over_file_size']:.2f} |",
             f"| torch.load(weights_only=True) alone | {conv['torch_load_s']:.2f} | | |",
-            "", f"Conversion / plain load+save: **{conv['time_ratio']:.2f}x** as the CLI does it (it flushes the file "
+            "",
+            f"Conversion / plain load+save: **{conv['time_ratio']:.2f}x** as the CLI does it (it flushes the file "
             f"to disk before the atomic rename); **{conv['time_ratio_same_durability']:.2f}x** against a plain "
             f"load+save flushed the same way; **{conv['time_ratio_no_fsync']:.2f}x** without the flush.",
-            "", f"Targets: time <= 1.5x plain load+save; peak memory <= 2x the file size (measured "
+            "",
+            f"Targets: time <= 1.5x plain load+save; peak memory <= 2x the file size (measured "
             f"**{conv['convert_peak_over_file_size']:.2f}x**).",
-            "", f"Safe loader: {conv['load_mb_per_s']:.0f} MB/s, **{conv['load_time_ratio']:.2f}x** torch.load's time, "
+            "",
+            f"Safe loader: {conv['load_mb_per_s']:.0f} MB/s, **{conv['load_time_ratio']:.2f}x** torch.load's time, "
             f"peak memory **{conv['load_peak_over_file_size']:.2f}x** the file (bound: 2x the file + 256 MiB).",
-        ]  # fmt: skip
+        ]
     onnx_result = result.get("onnx")
     if onnx_result and "forms" in onnx_result:
         lines += [
-            "", f"ONNX (opset 17, {onnx_result['stem']} stem, {onnx_result['batch']}x3x{onnx_result['size']}x"
-            f"{onnx_result['size']}, onnxruntime {onnx_result['onnxruntime']} CPU):", "",
-            "| form | nodes | Slice | Concat | median ms | x fastest |", "|---|---|---|---|---|---|",
-        ]  # fmt: skip
+            "",
+            f"ONNX (opset 17, {onnx_result['stem']} stem, {onnx_result['batch']}x3x{onnx_result['size']}x"
+            f"{onnx_result['size']}, onnxruntime {onnx_result['onnxruntime']} CPU):",
+            "",
+            "| form | nodes | Slice | Concat | median ms | x fastest |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in onnx_result["forms"]:
-            lines.append(f"| {row['form']} | {row['nodes']} | {row['slice']} | {row['concat']} | "
-                         f"{row['median_ms']:.2f} | {row['ratio_to_fastest']:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {row['form']} | {row['nodes']} | {row['slice']} | {row['concat']} | "
+                f"{row['median_ms']:.2f} | {row['ratio_to_fastest']:.2f} |"
+            )
         surgery = onnx_result.get("surgery")
         if surgery:
-            lines.append(f"\nONNX surgery on the exported Focus graph (`focus-surgery convert model.onnx`): "
-                         f"{surgery['nodes_before']} -> {surgery['nodes_after']} nodes, onnxruntime median "
-                         f"{surgery['median_ms_before']:.2f} -> {surgery['median_ms_after']:.2f} ms "
-                         f"(original / rewritten **{surgery['before_over_after']:.2f}x**, same rounds).")  # fmt: skip
+            lines.append(
+                f"\nONNX surgery on the exported Focus graph (`focus-surgery convert model.onnx`): "
+                f"{surgery['nodes_before']} -> {surgery['nodes_after']} nodes, onnxruntime median "
+                f"{surgery['median_ms_before']:.2f} -> {surgery['median_ms_after']:.2f} ms "
+                f"(original / rewritten **{surgery['before_over_after']:.2f}x**, same rounds)."
+            )
         if onnx_result.get("focus_over_conv"):
-            lines.append(f"\nFocus (slicing) / converted conv latency in onnxruntime: "
-                         f"**{onnx_result['focus_over_conv']:.2f}x**.")  # fmt: skip
+            lines.append(
+                f"\nFocus (slicing) / converted conv latency in onnxruntime: **{onnx_result['focus_over_conv']:.2f}x**."
+            )
     elif onnx_result:
         lines.append(f"\nONNX: {onnx_result['skipped']}")
     return "\n".join(lines)
@@ -565,19 +673,26 @@ def plot_latency(result: dict[str, Any], path: str | os.PathLike) -> Path:
         cases = sorted(cases, key=lambda c: c["batch"])
         for form in [r["form"] for r in cases[0]["forms"] if not r["form"].startswith(OPTIMIZED)]:
             ms = [next(r["median_ms"] for r in c["forms"] if r["form"] == form) for c in cases]
-            ax.plot([c["batch"] for c in cases], ms, marker="o", label=form,
-                    linestyle="--" if form.endswith("channels_last") else "-")  # fmt: skip
+            ax.plot(
+                [c["batch"] for c in cases],
+                ms,
+                marker="o",
+                label=form,
+                linestyle="--" if form.endswith("channels_last") else "-",
+            )
         batches = [c["batch"] for c in cases]
         ax.set(title=f"{stem} {size}x{size} {mode}", xlabel="batch", ylabel="median ms", xscale="log", yscale="log")
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     env = result["environment"]
-    fig.suptitle(f"Stem latency per exact form - {env.get('gpu') or env['cpu']}, torch {env['torch']}, "
-                 f"{env['date_utc']}", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"Stem latency per exact form - {env.get('gpu') or env['cpu']}, torch {env['torch']}, {env['date_utc']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

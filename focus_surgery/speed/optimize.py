@@ -18,7 +18,14 @@ from torch import nn
 from .stem_forms import build_form, form_names, strided_block
 from ..surgery import VerificationError, _carry_routing, plan
 from .timing import median, time_interleaved
-from ..verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport, flatten_outputs, infer_input_shape, verify as verify_models
+from ..verify import (
+    DEFAULT_TOLERANCE,
+    VerificationReport,
+    VerifiedReport,
+    flatten_outputs,
+    infer_input_shape,
+    verify as verify_models,
+)
 
 ORIGINAL = "original"  # the stem as the model has it, always a candidate: optimize never makes a model slower
 
@@ -66,7 +73,9 @@ class OptimizeReport(VerifiedReport):
             )
             for r in sorted(stem.results, key=lambda r: r.median_ms):
                 mark = "" if r.exact else "  NOT EXACT, excluded"
-                lines.append(f"    {r.form:<32} {r.median_ms:9.3f} ms  x{r.ratio_to_fastest:5.2f}  err {r.max_abs_err:.1e}{mark}")
+                lines.append(
+                    f"    {r.form:<32} {r.median_ms:9.3f} ms  x{r.ratio_to_fastest:5.2f}  err {r.max_abs_err:.1e}{mark}"
+                )
         lines += [f"  skipped: {reason}" for reason in self.skipped]
         if self.verification is not None:
             lines.append(f"  verify: {self.verification}")
@@ -219,19 +228,26 @@ def optimize(
     candidates.update({name: build_form(stem.block, name) for name in forms})
     probe = x[: min(2, x.shape[0])]
     errors = {
-        name: verify_models(stem.original, module, inputs=probe, tolerance=tolerance) for name, module in candidates.items()
+        name: verify_models(stem.original, module, inputs=probe, tolerance=tolerance)
+        for name, module in candidates.items()
     }
     exact = [name for name in candidates if errors[name].passed]
-    times = _time_candidates(model, stem, {n: candidates[n] for n in exact}, x, inputs, backward, measure,
-                             repeats, warmup, device)  # fmt: skip
+    times = _time_candidates(
+        model, stem, {n: candidates[n] for n in exact}, x, inputs, backward, measure, repeats, warmup, device
+    )
     medians = {name: median(t) for name, t in times.items()}
     chosen = min(medians, key=medians.get)
     fastest = medians[chosen]
     results = [
-        FormResult(n, medians.get(n, float("nan")) * 1e3, medians.get(n, float("nan")) / fastest,
-                   errors[n].max_abs_err, errors[n].passed)
+        FormResult(
+            n,
+            medians.get(n, float("nan")) * 1e3,
+            medians.get(n, float("nan")) / fastest,
+            errors[n].max_abs_err,
+            errors[n].passed,
+        )
         for n in candidates
-    ]  # fmt: skip
+    ]
     report.stems.append(
         StemChoice(stem.path, type(stem.original).__name__, list(x.shape), chosen, medians[ORIGINAL] / fastest, results)
     )
@@ -339,7 +355,11 @@ _KIND_OF_ORDER = {"yolov5": "focus_slices", "timm": "space_to_depth", "pixel_uns
 
 
 def fastest_state_dict_form(
-    state_dict: dict[str, torch.Tensor], batch: int, size: int, block_size: int = 2, order: str = "yolov5",
+    state_dict: dict[str, torch.Tensor],
+    batch: int,
+    size: int,
+    block_size: int = 2,
+    order: str = "yolov5",
     repeats: int = 10,
 ) -> tuple[str, dict[str, float]]:
     """Which of the two layouts a state dict can hold, ``"focus"`` or ``"conv"``, runs its stem faster here.
@@ -357,8 +377,9 @@ def fastest_state_dict_form(
     if stem.form == "focus":
         weight = focus_to_conv_weight(weight, block_size, order)
     k = weight.shape[2] // block_size
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), block_size, block_size * (k // 2),
-                     bias=False)  # fmt: skip
+    conv = nn.Conv2d(
+        weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), block_size, block_size * (k // 2), bias=False
+    )
     conv.weight = nn.Parameter(weight, requires_grad=False)
     forms = {"focus": build_form(conv, _KIND_OF_ORDER[order]), "conv": build_form(conv, "conv")}
     x = torch.rand(batch, weight.shape[1], size, size, generator=torch.Generator().manual_seed(0))

@@ -160,7 +160,9 @@ def build_form(block: nn.Module, form: str) -> StemForm:
         "pixel_unshuffle": lambda: nn.PixelUnshuffle(bs),
         "space_to_depth": lambda: SpaceToDepth(bs, "timm"),
     }[kind]()
-    return StemForm(form, rearrange, None if padding is not None else s2d.pad, inner, channels_last).train(block.training)
+    return StemForm(form, rearrange, None if padding is not None else s2d.pad, inner, channels_last).train(
+        block.training
+    )
 
 
 def build_forms(stem: nn.Module, forms: list[str] | None = None) -> dict[str, StemForm]:

@@ -119,8 +119,9 @@ def kmean_anchors(wh0: np.ndarray, n: int, img_size: int, thr: float = 4.0, gen:
     return k[np.argsort(k.prod(1))].astype(np.float32)
 
 
-def check_anchors(head: nn.Module, shapes: np.ndarray, labels: list[np.ndarray], thr: float = 4.0,
-                  imgsz: int = 640) -> dict:  # fmt: skip
+def check_anchors(
+    head: nn.Module, shapes: np.ndarray, labels: list[np.ndarray], thr: float = 4.0, imgsz: int = 640
+) -> dict:
     """YOLOv5's ``check_anchors`` on a ``LegacyDetect`` head: replace its anchors (in place) if k-means + evolution
     gives a better best possible recall (BPR) than the current ones and the current BPR is below 0.98.
 

@@ -93,8 +93,12 @@ def verification_shape(model: nn.Module) -> tuple[int, int, int, int]:
     return 2, 3, 2 * s, 3 * s
 
 
-def convert_yolov5(src: str | os.PathLike | LegacyCheckpoint, to: str = "conv", measure: bool = True,
-                   tolerance: float = DEFAULT_TOLERANCE) -> LegacyConversion:  # fmt: skip
+def convert_yolov5(
+    src: str | os.PathLike | LegacyCheckpoint,
+    to: str = "conv",
+    measure: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> LegacyConversion:
     """Read, rebuild and convert a YOLOv5-repository checkpoint; nothing is written.
 
     Args:
@@ -113,8 +117,14 @@ def convert_yolov5(src: str | os.PathLike | LegacyCheckpoint, to: str = "conv", 
     original = copy.deepcopy(model) if measure else None
     stem_before = _stem_name(model)
     report = convert(model, to=to, scope="stem", verify=False, strict=True)
-    result = LegacyConversion(ckpt, model, _current_architecture(model, arch), stem_before, _stem_name(model),
-                              [vars(r) for r in report.replaced])  # fmt: skip
+    result = LegacyConversion(
+        ckpt,
+        model,
+        _current_architecture(model, arch),
+        stem_before,
+        _stem_name(model),
+        [vars(r) for r in report.replaced],
+    )
     model.yaml["backbone"][0] = result.arch.yaml["backbone"][0]
     hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
     if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
@@ -194,22 +204,30 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
     tensors = {
         k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in conv.model.state_dict().items()
     }
-    config = {"format": CONFIG_FORMAT, "dtype": str(dtype).replace("torch.", ""), "architecture": conv.arch.to_dict(),
-              "metadata": _metadata(conv, to)}  # fmt: skip
+    config = {
+        "format": CONFIG_FORMAT,
+        "dtype": str(dtype).replace("torch.", ""),
+        "architecture": conv.arch.to_dict(),
+        "metadata": _metadata(conv, to),
+    }
     text = json.dumps(config, indent=1, default=str)
     json_dst = config_path(dst)
     if json_dst.resolve() == Path(conv.ckpt.path).resolve():
         raise CheckpointError(f"{json_dst}: would overwrite the input")
     if json_dst.exists() and not _is_our_config(json_dst):
-        raise CheckpointError(f"{json_dst}: exists and was not written by focus-surgery; move it away or choose "
-                              "another output name (the architecture is written beside the .safetensors)")  # fmt: skip
+        raise CheckpointError(
+            f"{json_dst}: exists and was not written by focus-surgery; move it away or choose "
+            "another output name (the architecture is written beside the .safetensors)"
+        )
     from ..checkpoint_io import safetensors_save
 
     metadata = {"format": CONFIG_FORMAT, "config": json_dst.name}
-    return atomic_write_all([  # both written in full first; then the tensors, then the JSON describing them
-        (dst, lambda tmp: safetensors_save(tensors, tmp, metadata)),
-        (json_dst, lambda tmp: Path(tmp).write_text(text)),
-    ])  # fmt: skip
+    return atomic_write_all(
+        [  # both written in full first; then the tensors, then the JSON describing them
+            (dst, lambda tmp: safetensors_save(tensors, tmp, metadata)),
+            (json_dst, lambda tmp: Path(tmp).write_text(text)),
+        ]
+    )
 
 
 def _is_our_config(path: Path) -> bool:

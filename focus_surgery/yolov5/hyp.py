@@ -15,12 +15,34 @@ RELEASE_KEY = "yolov5_release"  # the release a converted checkpoint was written
 
 # data/hyp.scratch.yaml of v5.0 (v3.0-v5.0 differ only in lrf / augmentation defaults we do not rely on)
 HYP_SCRATCH_V5 = {
-    "lr0": 0.01, "lrf": 0.2, "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 3.0,
-    "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0,
-    "obj_pw": 1.0, "iou_t": 0.20, "anchor_t": 4.0, "fl_gamma": 0.0, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4,
-    "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0, "perspective": 0.0, "flipud": 0.0,
-    "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0,
-}  # fmt: skip
+    "lr0": 0.01,
+    "lrf": 0.2,
+    "momentum": 0.937,
+    "weight_decay": 0.0005,
+    "warmup_epochs": 3.0,
+    "warmup_momentum": 0.8,
+    "warmup_bias_lr": 0.1,
+    "box": 0.05,
+    "cls": 0.5,
+    "cls_pw": 1.0,
+    "obj": 1.0,
+    "obj_pw": 1.0,
+    "iou_t": 0.20,
+    "anchor_t": 4.0,
+    "fl_gamma": 0.0,
+    "hsv_h": 0.015,
+    "hsv_s": 0.7,
+    "hsv_v": 0.4,
+    "degrees": 0.0,
+    "translate": 0.1,
+    "scale": 0.5,
+    "shear": 0.0,
+    "perspective": 0.0,
+    "flipud": 0.0,
+    "fliplr": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.0,
+}
 # data/hyps/hyp.scratch-low.yaml of v6.0-v7.0 (the default of train.py there)
 HYP_SCRATCH_LOW_V7 = {**HYP_SCRATCH_V5, "lrf": 0.01, "copy_paste": 0.0}
 # Not a YOLOv5 hyp: its train.py --noautoanchor flag, kept with the hyp here (1: check anchors, 0: do not)
@@ -32,10 +54,27 @@ LOSS_KEYS = ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "fl_gamma", "l
 # YOLOv5 hyp -> Ultralytics argument with the same meaning (YOLOv5's box/cls gains weigh a different loss than
 # Ultralytics' box/cls, and its cls_pw is a BCE positive weight, not a class-weight power: those are not mapped).
 ULTRALYTICS_ARGS = (
-    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "hsv_h",
-    "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic",
-    "mixup", "copy_paste",
-)  # fmt: skip
+    "lr0",
+    "lrf",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_momentum",
+    "warmup_bias_lr",
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+    "degrees",
+    "translate",
+    "scale",
+    "shear",
+    "perspective",
+    "flipud",
+    "fliplr",
+    "mosaic",
+    "mixup",
+    "copy_paste",
+)
 
 
 def base_hyp(stored: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -112,8 +112,10 @@ class YOLOv5Loss:
         """Class and objectness BCE (focal when ``fl_gamma > 0``) with positive weights in the logits' dtype."""
         key = (dtype, device)
         if key not in self._criteria:
-            bce = [nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp[k]], dtype=dtype, device=device))
-                   for k in ("cls_pw", "obj_pw")]  # fmt: skip
+            bce = [
+                nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp[k]], dtype=dtype, device=device))
+                for k in ("cls_pw", "obj_pw")
+            ]
             if self.hyp["fl_gamma"] > 0:
                 bce = [FocalBCE(b, self.hyp["fl_gamma"]) for b in bce]
             self._criteria[key] = tuple(bce)

@@ -28,9 +28,23 @@ from .unpickler import LegacyRecord, load_legacy_pickle
 
 # YOLOv5 yaml layer names we let Ultralytics' parser build (its parser resolves names to callables, so only these).
 KNOWN_LAYERS = frozenset(
-    {"Focus", "Conv", "DWConv", "Bottleneck", "BottleneckCSP", "C3", "C3TR", "C3Ghost", "GhostConv",
-     "GhostBottleneck", "SPP", "SPPF", "Concat", "nn.Upsample"}
-)  # fmt: skip
+    {
+        "Focus",
+        "Conv",
+        "DWConv",
+        "Bottleneck",
+        "BottleneckCSP",
+        "C3",
+        "C3TR",
+        "C3Ghost",
+        "GhostConv",
+        "GhostBottleneck",
+        "SPP",
+        "SPPF",
+        "Concat",
+        "nn.Upsample",
+    }
+)
 TORCH_ROWS = frozenset({"MaxPool2d", "Upsample", "ZeroPad2d", "Identity", "Dropout"})  # args passed as written
 ACTIVATIONS = ("LeakyReLU", "SiLU", "Hardswish", "ReLU", "ReLU6", "Sigmoid", "Tanh", "Identity", "Mish", "GELU")
 # Hyper-parameters of each torch leaf layer, as stored in its pickled __dict__ (constructor name: attribute name).
@@ -136,16 +150,23 @@ def _check_class_counts(model: LegacyRecord, path: str) -> None:
     layers = list(model.children()["model"].children().values())
     head = layers[-1] if layers else None
     yaml = model.get("yaml") if isinstance(model.get("yaml"), dict) else {}
-    for where, value in (("model.nc", model.get("nc")), ("yaml nc", yaml.get("nc")),
-                         ("head nc", head.get("nc") if head is not None else None)):  # fmt: skip
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CLASSES):
+    for where, value in (
+        ("model.nc", model.get("nc")),
+        ("yaml nc", yaml.get("nc")),
+        ("head nc", head.get("nc") if head is not None else None),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CLASSES
+        ):
             raise CheckpointError(f"{path}: {where} = {str(value)[:20]} is not a class count (1..{MAX_CLASSES})")
     if head is not None and head.name == "Detect":
         nc, na = head.get("nc"), head.get("na")
         outputs = [c.get("out_channels") for c in (head.children().get("m") or head).children().values()]
         if not (isinstance(nc, int) and isinstance(na, int) and outputs and all(o == na * (nc + 5) for o in outputs)):
-            raise CheckpointError(f"{path}: Detect has nc={str(nc)[:20]} and na={str(na)[:20]}, which its output convs "
-                                  f"({outputs[:3]} channels) do not match")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: Detect has nc={str(nc)[:20]} and na={str(na)[:20]}, which its output convs "
+                f"({outputs[:3]} channels) do not match"
+            )
 
 
 def _is_yolov5_model(obj: Any) -> bool:
@@ -235,8 +256,14 @@ class LegacyArchitecture:
     plain: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"yaml": self.yaml, "detect": self.detect, "leaves": self.leaves, "save": self.save,
-                "names": {str(k): v for k, v in self.names.items()}, "plain": self.plain}  # fmt: skip
+        return {
+            "yaml": self.yaml,
+            "detect": self.detect,
+            "leaves": self.leaves,
+            "save": self.save,
+            "names": {str(k): v for k, v in self.names.items()},
+            "plain": self.plain,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> LegacyArchitecture:
@@ -248,7 +275,9 @@ YAML_KEYS = ("nc", "depth_multiple", "width_multiple", "anchors", "backbone", "h
 
 
 def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
-    """Refuse yaml rows whose layer name we do not know: Ultralytics' parser would call whatever the name resolves to."""
+    """Refuse yaml rows whose layer name we do not know.
+
+    Ultralytics' parser would call whatever the name resolves to."""
     if (
         not isinstance(yaml, dict)
         or not isinstance(yaml.get("backbone"), list)
@@ -317,28 +346,36 @@ def check_scaling(yaml: dict, weights: dict[str, torch.Tensor], detect: dict, pa
         layer = convs.get(i, [])
         repeats = max(round(n * gd), 1) if n > 1 else n
         if repeats < 1 or (repeats > 1 and repeats > len(layer)):
-            raise CheckpointError(f"{path}: yaml row {i} repeats its block {repeats} times; layer {i} has {len(layer)} convs")
+            raise CheckpointError(
+                f"{path}: yaml row {i} repeats its block {repeats} times; layer {i} has {len(layer)} convs"
+            )
         channel_row = name != "Concat" and not name.startswith("nn.")  # torch rows' arguments are not channels
         if args and isinstance(args[0], int) and not isinstance(args[0], bool) and channel_row:
             width = math.ceil(args[0] * gw / 8) * 8
             if width > max(layer, default=0):
-                raise CheckpointError(f"{path}: yaml row {i} asks for {width} channels; layer {i} has at most {max(layer, default=0)}")
+                raise CheckpointError(
+                    f"{path}: yaml row {i} asks for {width} channels; layer {i} has at most {max(layer, default=0)}"
+                )
         if any(not math.isfinite(v) or abs(v) > MAX_ROW_NUMBER for v in _numbers_in(args[1:])):
             raise CheckpointError(f"{path}: yaml row {i} has an argument out of range ({str(args)[:60]})")
     nc, anchors = detect.get("nc"), detect.get("anchors") or []
     outputs = convs.get(len(rows), [])
     per_level = len(anchors[0]) // 2 if anchors and isinstance(anchors[0], list) else 0
     if not (isinstance(nc, int) and 0 < nc <= 100_000 and outputs and all(o == per_level * (nc + 5) for o in outputs)):
-        raise CheckpointError(f"{path}: the head has nc={nc!r} and {per_level} anchors per level, which its output "
-                              f"convs ({outputs[:3]} channels) do not match")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: the head has nc={nc!r} and {per_level} anchors per level, which its output "
+            f"convs ({outputs[:3]} channels) do not match"
+        )
 
 
 def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     """Read the architecture of a YOLOv5 checkpoint from its records (yaml, leaves, head, names)."""
     model, det = ckpt.model, ckpt.detect
     if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
-        raise CheckpointError(f"{ckpt.path}: the YOLOv5 model has no yaml architecture dict, so no Ultralytics model can "
-                              "be rebuilt; convert its stem in the repository's own layout with --layout yolov5")  # fmt: skip
+        raise CheckpointError(
+            f"{ckpt.path}: the YOLOv5 model has no yaml architecture dict, so no Ultralytics model can "
+            "be rebuilt; convert its stem in the repository's own layout with --layout yolov5"
+        )
     yaml = copy.deepcopy(model.get("yaml"))
     _check_rows(yaml, ckpt.path)
     if det.name != "Detect":
@@ -354,19 +391,31 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     names = model.get("names") or [str(i) for i in range(int(model.get("nc") or yaml.get("nc")))]
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
     nc = int(det.get("nc"))
-    detect = {"nc": nc, "anchors": anchors, "ch": ch, "stride": stride, "anchor_grid_buffer": "anchor_grid" in buffers,
-              "i": det.get("i"), "f": det.get("f")}  # fmt: skip
+    detect = {
+        "nc": nc,
+        "anchors": anchors,
+        "ch": ch,
+        "stride": stride,
+        "anchor_grid_buffer": "anchor_grid" in buffers,
+        "i": det.get("i"),
+        "f": det.get("f"),
+    }
     yaml["nc"] = nc
     yaml.pop("activation", None)  # rebuilt from the recorded layers; never evaluated
     yaml["head"] = yaml["head"][:-1]
     plain = {}
     for path, record in model.named_modules():
         if record.qualname.startswith("models.common.") and path:
-            values = {k: v for k, v in record.state.items() if not k.startswith("_") and k not in _PLAIN_ATTRIBUTES_SKIPPED
-                      and isinstance(v, (bool, int, float))}  # fmt: skip
+            values = {
+                k: v
+                for k, v in record.state.items()
+                if not k.startswith("_") and k not in _PLAIN_ATTRIBUTES_SKIPPED and isinstance(v, (bool, int, float))
+            }
             if values:
                 plain[path] = values
-    return LegacyArchitecture(yaml, detect, _record_leaves(model, ckpt.path), sorted(model.get("save") or []), names, plain)
+    return LegacyArchitecture(
+        yaml, detect, _record_leaves(model, ckpt.path), sorted(model.get("save") or []), names, plain
+    )
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -539,7 +588,9 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         "nc": det.get("nc") if det.get("nc") is not None else model.get("nc"),  # a Classify head keeps none
         "names": names,
         "anchors": anchors,
-        "stride": [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()] if det.get("stride") is not None else None,
+        "stride": [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()]
+        if det.get("stride") is not None
+        else None,
         "dtype": str(ckpt.dtype).replace("torch.", ""),
         "epoch": ckpt.metadata.get("epoch"),
         "best_fitness": _first(ckpt.metadata.get("best_fitness")),

@@ -24,8 +24,13 @@ def _set_conv(conv: LegacyRecord, weight: torch.Tensor, stride: int, padding: in
     old = conv.state["_parameters"]["weight"]
     conv.state["_parameters"]["weight"] = nn.Parameter(weight, requires_grad=old.requires_grad)
     k = tuple(weight.shape[2:])
-    conv.state.update(in_channels=weight.shape[1], kernel_size=k, stride=(stride, stride), padding=(padding, padding),
-                      _reversed_padding_repeated_twice=(padding,) * 4)  # fmt: skip
+    conv.state.update(
+        in_channels=weight.shape[1],
+        kernel_size=k,
+        stride=(stride, stride),
+        padding=(padding, padding),
+        _reversed_padding_repeated_twice=(padding,) * 4,
+    )
 
 
 def convert_stem_record(model: LegacyRecord, to: str, path: str) -> dict[str, Any]:
@@ -51,8 +56,11 @@ def convert_stem_record(model: LegacyRecord, to: str, path: str) -> dict[str, An
         rows["0"] = block
         if row is not None:
             yaml["backbone"][0] = [row[0], row[1], "Conv", [row[3][0], 2 * k, 2, 2 * p]]
-        return {"from": f"Focus({k}x{k})", "to": f"Conv({2 * k}x{2 * k}, stride 2, padding {2 * p})",
-                "weight": [list(w.shape), list(conv.state["_parameters"]["weight"].shape)]}  # fmt: skip
+        return {
+            "from": f"Focus({k}x{k})",
+            "to": f"Conv({2 * k}x{2 * k}, stride 2, padding {2 * p})",
+            "weight": [list(w.shape), list(conv.state["_parameters"]["weight"].shape)],
+        }
     conv = stem.children().get("conv")
     if stem.name != "Conv" or conv is None or tuple(conv.get("stride")) != (2, 2) or conv.get("kernel_size")[0] % 2:
         raise CheckpointError(f"{path}: row 0 is {stem.qualname}, not an even-kernel stride-2 Conv: no Focus form")
@@ -68,5 +76,8 @@ def convert_stem_record(model: LegacyRecord, to: str, path: str) -> dict[str, An
     rows["0"] = focus
     if row is not None:
         yaml["backbone"][0] = [row[0], row[1], "Focus", [row[3][0], k // 2]]
-    return {"from": f"Conv({k}x{k}, stride 2, padding {p})", "to": f"Focus({k // 2}x{k // 2})",
-            "weight": [list(w.shape), list(conv.state["_parameters"]["weight"].shape)]}  # fmt: skip
+    return {
+        "from": f"Conv({k}x{k}, stride 2, padding {p})",
+        "to": f"Focus({k // 2}x{k // 2})",
+        "weight": [list(w.shape), list(conv.state["_parameters"]["weight"].shape)],
+    }

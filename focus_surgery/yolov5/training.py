@@ -143,8 +143,13 @@ def run_autoanchor(trainer: Any) -> dict | None:
     labels = trainer.train_loader.dataset.labels
     shapes = np.array([lb["shape"][::-1] for lb in labels], dtype=np.float64)  # (width, height)
     imgsz = trainer.args.imgsz
-    report = check_anchors(head, shapes, [lb["bboxes"] for lb in labels], thr=hyp["anchor_t"],
-                           imgsz=max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz))  # fmt: skip
+    report = check_anchors(
+        head,
+        shapes,
+        [lb["bboxes"] for lb in labels],
+        thr=hyp["anchor_t"],
+        imgsz=max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz),
+    )
     message = f"AutoAnchor: {report['anchors_per_target']:.2f} anchors/target, {report['bpr']:.3f} best possible recall"
     if report["replaced"]:
         px = (head.anchors * head.stride.view(-1, 1, 1).to(head.anchors)).view(head.nl, -1)
@@ -179,11 +184,14 @@ def install_loss(tasks: Any) -> None:
 def install_trainer(train_module: Any) -> None:
     """Wrap the detection trainer's ``get_model``, ``set_model_attributes`` and ``_build_train_pipeline``;
     idempotent."""
-    wrap_methods(train_module.DetectionTrainer, {
-        "set_model_attributes": _wrap_set_model_attributes,
-        "get_model": _wrap_get_model,
-        "_build_train_pipeline": _wrap_build_train_pipeline,
-    })  # fmt: skip
+    wrap_methods(
+        train_module.DetectionTrainer,
+        {
+            "set_model_attributes": _wrap_set_model_attributes,
+            "get_model": _wrap_get_model,
+            "_build_train_pipeline": _wrap_build_train_pipeline,
+        },
+    )
 
 
 def install(tasks: Any) -> None:

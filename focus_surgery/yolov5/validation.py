@@ -45,8 +45,9 @@ def has_legacy_head(model: Any) -> bool:
     )
 
 
-def yolov5_matches(pred_classes: torch.Tensor, true_classes: torch.Tensor, iou: torch.Tensor,
-                   thresholds: np.ndarray) -> np.ndarray:  # fmt: skip
+def yolov5_matches(
+    pred_classes: torch.Tensor, true_classes: torch.Tensor, iou: torch.Tensor, thresholds: np.ndarray
+) -> np.ndarray:
     """YOLOv5's ``process_batch`` matching.
 
     Args:
@@ -74,8 +75,15 @@ def yolov5_matches(pred_classes: torch.Tensor, true_classes: torch.Tensor, iou: 
     return correct
 
 
-def yolov5_nms(prediction: torch.Tensor, conf_thres: float, iou_thres: float, agnostic: bool = False,
-               max_det: int = 300, max_nms: int = 30000, max_wh: int = 7680) -> list[torch.Tensor]:  # fmt: skip
+def yolov5_nms(
+    prediction: torch.Tensor,
+    conf_thres: float,
+    iou_thres: float,
+    agnostic: bool = False,
+    max_det: int = 300,
+    max_nms: int = 30000,
+    max_wh: int = 7680,
+) -> list[torch.Tensor]:
     """YOLOv5's multi-label ``non_max_suppression`` (v7.0, no masks) on a ``LegacyDetect`` output.
 
     Args:
@@ -150,8 +158,13 @@ def _wrap_postprocess(original):
         if not getattr(self, _FLAG, False):
             return original(self, preds)
         preds = preds[0] if isinstance(preds, (list, tuple)) else preds
-        out = yolov5_nms(preds, self.args.conf, self.args.iou, agnostic=self.args.single_cls or self.args.agnostic_nms,
-                         max_det=self.args.max_det)  # fmt: skip
+        out = yolov5_nms(
+            preds,
+            self.args.conf,
+            self.args.iou,
+            agnostic=self.args.single_cls or self.args.agnostic_nms,
+            max_det=self.args.max_det,
+        )
         return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in out]
 
     setattr(postprocess, WRAPPED_MARK, original)
@@ -166,8 +179,10 @@ def _wrap_process_batch(original):
         from ultralytics.utils import ops
         from ultralytics.utils.metrics import box_iou
 
-        native = [ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"], ratio_pad=batch["ratio_pad"])
-                  for b in (batch["bboxes"], preds["bboxes"])]  # fmt: skip
+        native = [
+            ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"], ratio_pad=batch["ratio_pad"])
+            for b in (batch["bboxes"], preds["bboxes"])
+        ]
         return {"tp": self.match_predictions(preds["cls"], batch["cls"], box_iou(*native)).cpu().numpy()}
 
     setattr(_process_batch, WRAPPED_MARK, original)
@@ -200,13 +215,16 @@ def _wrap_match_predictions(original):
 def install_validator(val_module: Any) -> None:
     """Wrap ``val_module.DetectionValidator``'s ``init_metrics``, ``postprocess``, ``_process_batch``,
     ``match_predictions`` and ``get_stats``; idempotent."""
-    wrap_methods(val_module.DetectionValidator, {
-        "init_metrics": _wrap_init_metrics,
-        "postprocess": _wrap_postprocess,
-        "_process_batch": _wrap_process_batch,
-        "get_stats": _wrap_get_stats,
-        "match_predictions": _wrap_match_predictions,
-    })  # fmt: skip
+    wrap_methods(
+        val_module.DetectionValidator,
+        {
+            "init_metrics": _wrap_init_metrics,
+            "postprocess": _wrap_postprocess,
+            "_process_batch": _wrap_process_batch,
+            "get_stats": _wrap_get_stats,
+            "match_predictions": _wrap_match_predictions,
+        },
+    )
 
 
 def install() -> None:

@@ -17,7 +17,11 @@ class Detect(nn.Module):
             grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
             anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
             xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-            z.append(torch.cat(((xy * 2 + grid) * self.stride[i], (wh * 2) ** 2 * anchor_grid, conf), 4).view(bs, -1, self.no))
+            z.append(
+                torch.cat(((xy * 2 + grid) * self.stride[i], (wh * 2) ** 2 * anchor_grid, conf), 4).view(
+                    bs, -1, self.no
+                )
+            )
         return torch.cat(z, 1), x
 
 
