@@ -26,7 +26,7 @@ from torch import nn
 
 from ..in_chans import adapt_s2d_input_channels
 from ..layers import SpaceToDepth
-from ..surgery import is_conv_block, space_to_depth_params
+from ..stems import SpaceToDepthPart, is_conv_like, part_of, register_recogniser
 
 
 def space_to_depth_stem(
@@ -53,11 +53,11 @@ def _space_to_depth_convs(model: nn.Module) -> list[tuple[str, int, str]]:
             continue
         children = list(module.named_children())
         for (_, first), (name, second) in zip(children, children[1:]):
-            params = space_to_depth_params(first)
-            if params is not None and (type(second) is nn.Conv2d or is_conv_block(second)):
+            part = part_of(first, feeds=second) if is_conv_like(second) else None
+            if part is not None and part.block is None and part.problem is None:
                 path = f"{prefix}.{name}" if prefix else name
                 key = f"{path}.weight" if type(second) is nn.Conv2d else f"{path}.conv.weight"
-                found.append((key, *params))
+                found.append((key, part.block_size, part.order))
     return found
 
 
@@ -172,6 +172,20 @@ def _moved_conv(model: nn.Module, name: str, paths: list[str]) -> str:
     return name
 
 
+def timm_space_to_depth(module: nn.Module) -> SpaceToDepthPart | None:
+    """timm's own space-to-depth layers (``timm.layers.SpaceToDepth``; ``SpaceToDepthJit`` / ``SpaceToDepthModule``
+    of older timm): block size ``bs``, timm's channel order."""
+    from timm.layers import space_to_depth
+
+    classes = tuple(c for n in ("SpaceToDepth", "SpaceToDepthJit") if (c := getattr(space_to_depth, n, None)))
+    if isinstance(module, classes) and isinstance(getattr(module, "bs", None), int):
+        return SpaceToDepthPart(module.bs, "timm")
+    wrapper = getattr(space_to_depth, "SpaceToDepthModule", None)
+    if wrapper is not None and isinstance(module, wrapper):
+        return timm_space_to_depth(module.op) or SpaceToDepthPart(4, "timm")
+    return None
+
+
 def model_names() -> list[str]:
     """Names of every model this integration registers."""
     return [f"{b}_s2d{s}" for b in ("resnet18", "resnet50", "convnext_atto", "convnext_tiny") for s in ("", "_focus")]
@@ -190,6 +204,7 @@ def register() -> list[str]:
     check_timm()
     register_conv_types()
     register_post_apply(follow_first_conv)
+    register_recogniser(timm_space_to_depth)
     from .timm_models import convnext, resnet  # noqa: F401  (importing registers the models)
 
     return model_names()

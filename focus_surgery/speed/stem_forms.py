@@ -25,26 +25,19 @@ from torch import nn
 from ..layers import SpaceToDepth
 from ..orders import check_block_size
 from ..remap import strided_conv_to_s2d
-from ..surgery import (
+from ..stems import (
     ConversionError,
-    _check_conv,
-    _conv_of,
-    _focus_parts,
-    _new_conv2d,
-    _to_strided_conv,
-    _with_conv,
-    is_conv_block,
-    space_to_depth_params,
+    SpaceToDepthPart,
+    conv_of,
+    conv_problem,
+    is_conv_like,
+    new_conv2d,
+    part_of,
+    strided_conv_form,
+    with_conv,
 )
 
-KINDS: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth")
 CHANNELS_LAST_SUFFIX = "+channels_last"
-_ORDER_OF_KIND = {"focus_slices": "yolov5", "pixel_unshuffle": "pixel_unshuffle", "space_to_depth": "timm"}
-
-
-def form_names(kinds: tuple[str, ...] = KINDS, channels_last: tuple[bool, ...] = (False, True)) -> list[str]:
-    """Names of the forms ``kinds`` x ``channels_last``, e.g. ``conv`` and ``conv+channels_last``."""
-    return [kind + (CHANNELS_LAST_SUFFIX if last else "") for last in channels_last for kind in kinds]
 
 
 class SliceSpaceToDepth(nn.Module):
@@ -66,6 +59,22 @@ class SliceSpaceToDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}"
+
+
+# The one table of forms: kind -> (space-to-depth channel order, rearrangement for block size bs); conv has none.
+FORMS: dict[str, tuple[str | None, type[nn.Module] | None]] = {
+    "focus_slices": ("yolov5", SliceSpaceToDepth),
+    "conv": (None, None),
+    "pixel_unshuffle": ("pixel_unshuffle", nn.PixelUnshuffle),
+    "space_to_depth": ("timm", lambda bs: SpaceToDepth(bs, "timm")),
+}
+KINDS: tuple[str, ...] = tuple(FORMS)
+KIND_OF_ORDER = {order: kind for kind, (order, _) in FORMS.items() if order}
+
+
+def form_names(kinds: tuple[str, ...] = KINDS, channels_last: tuple[bool, ...] = (False, True)) -> list[str]:
+    """Names of the forms ``kinds`` x ``channels_last``, e.g. ``conv`` and ``conv+channels_last``."""
+    return [kind + (CHANNELS_LAST_SUFFIX if last else "") for last in channels_last for kind in kinds]
 
 
 class StemForm(nn.Module):
@@ -111,22 +120,20 @@ def strided_block(stem: nn.Module) -> nn.Module:
     Raises:
         ConversionError: The stem has no exact strided-conv form (dilation, groups, asymmetric stride...).
     """
-    parts = _focus_parts(stem)
-    if parts is None and isinstance(stem, nn.Sequential) and len(stem) == 2:
-        s2d = space_to_depth_params(stem[0])
-        if s2d is not None and (type(stem[1]) is nn.Conv2d or is_conv_block(stem[1])):
-            parts = (*s2d, stem[1], None)
-    if parts is not None:
-        block_size, order, block, pad = parts
-        reason = _check_conv(_conv_of(block), order)
-        if reason:
-            raise ConversionError(reason)
-        return _to_strided_conv(block_size, order, block, pad)[0]
-    if type(stem) is nn.Conv2d or is_conv_block(stem):
-        conv = _conv_of(stem)
+    part = part_of(stem)
+    if part is None and isinstance(stem, nn.Sequential) and len(stem) == 2 and is_conv_like(stem[1]):
+        first = part_of(stem[0], feeds=stem[1])
+        if first is not None and first.block is None:
+            part = SpaceToDepthPart(first.block_size, first.order, stem[1], problem=first.problem)
+    if part is not None and part.block is not None:
+        if part.problem:
+            raise ConversionError(part.problem)
+        return strided_conv_form(part.block_size, part.order, part.block, part.pad)[0]
+    if is_conv_like(stem):
+        conv = conv_of(stem)
         if conv.stride[0] != conv.stride[1] or conv.stride[0] < 2:
             raise ConversionError(f"stem conv stride {conv.stride} is not one stride >= 2: no space-to-depth form")
-        reason = _check_conv(conv, "yolov5")
+        reason = conv_problem(conv, "yolov5")
         if reason:
             raise ConversionError(reason)
         return stem
@@ -147,22 +154,16 @@ def build_form(block: nn.Module, form: str) -> StemForm:
     if kind not in KINDS or suffix not in ("", CHANNELS_LAST_SUFFIX[1:]):
         raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")
     channels_last = bool(suffix)
-    conv = _conv_of(block)
-    bs = conv.stride[0]
-    if kind == "conv":
-        new_block = _with_conv(block, _new_conv2d(conv, conv.weight.detach(), conv.stride, conv.padding))
+    conv = conv_of(block)
+    order, rearrangement = FORMS[kind]
+    if order is None:
+        new_block = with_conv(block, new_conv2d(conv, conv.weight.detach(), conv.stride, conv.padding))
         return StemForm(form, nn.Identity(), None, new_block, channels_last).train(block.training)
-    s2d = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, _ORDER_OF_KIND[kind])
+    s2d = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, order)
     padding = s2d.symmetric_padding
-    inner = _with_conv(block, _new_conv2d(conv, s2d.weight, 1, padding if padding is not None else 0))
-    rearrange = {
-        "focus_slices": lambda: SliceSpaceToDepth(bs),
-        "pixel_unshuffle": lambda: nn.PixelUnshuffle(bs),
-        "space_to_depth": lambda: SpaceToDepth(bs, "timm"),
-    }[kind]()
-    return StemForm(form, rearrange, None if padding is not None else s2d.pad, inner, channels_last).train(
-        block.training
-    )
+    inner = with_conv(block, new_conv2d(conv, s2d.weight, 1, padding if padding is not None else 0))
+    pad = None if padding is not None else s2d.pad
+    return StemForm(form, rearrangement(conv.stride[0]), pad, inner, channels_last).train(block.training)
 
 
 def build_forms(stem: nn.Module, forms: list[str] | None = None) -> dict[str, StemForm]:
