@@ -136,11 +136,14 @@ def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Modul
     inner = with_conv(block, new_conv2d(conv, form.weight, 1, padding if padding is not None else 0))
     theirs = next((cls for fn in FOCUS_CLASSES if (cls := fn(block)) is not None), None)
     if to == "focus" and padding is not None and stride == 2 and order == "yolov5" and theirs is not None:
-        module, new_form = _shell(theirs, conv=inner), f"Focus ({theirs.__module__.split('.')[0].title()})"
+        module = _shell(theirs, conv=inner)
     elif to == "focus" and padding is not None:
-        module, new_form = _shell(Focus, s2d=SpaceToDepth(stride, order), conv=inner), "Focus"
+        module = _shell(Focus, s2d=SpaceToDepth(stride, order), conv=inner)
     else:
-        module, new_form = SPDConv.from_conv(inner, stride, order, None if padding is not None else form.pad), "SPDConv"
+        module = SPDConv.from_conv(inner, stride, order, None if padding is not None else form.pad)
+    new_form = type(module).__name__
+    if type(module) is theirs:  # e.g. "Focus (Ultralytics)"
+        new_form += f" ({type(module).__module__.split('.')[0].title()})"
     k = "x".join(map(str, form.weight.shape[2:]))
     return module.train(block.training), f"{new_form}(block_size={stride}, order={order}, k={k}, pad={form.pad})"
 
