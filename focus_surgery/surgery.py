@@ -14,43 +14,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .stems import (
-    CONV_TYPES,
-    SCOPES,
-    TARGETS,
-    Change,
-    ConversionError,
-    Replacement,
-    Skipped,
-    VerificationError,
-    apply,
-    check,
-    input_multiple,
-    is_conv_block,
-    plan,
-    register_conv_type,
-    space_to_depth_form,
-)
+from .stems import ConversionError, Replacement, Skipped, VerificationError, check, input_multiple, plan
+from .stems.build import register_conv_type  # noqa: F401  (integrations teach conv types through the surgery)
+from .stems.check import apply
+from .stems.site import Change
 from .verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport
-
-__all__ = [
-    "CONV_TYPES",
-    "SCOPES",
-    "TARGETS",
-    "ConversionError",
-    "ConversionReport",
-    "Replacement",
-    "Skipped",
-    "VerificationError",
-    "convert",
-    "input_multiple",
-    "is_conv_block",
-    "iter_stems",
-    "plan",
-    "register_conv_type",
-    "register_post_apply",
-    "space_to_depth_form",
-]
 
 # Called with (model, replaced paths) after every applied conversion. Integrations register here (the core never
 # imports a framework): the Ultralytics integration rewrites ``model.yaml`` so a model rebuilt from it matches.

@@ -14,16 +14,6 @@ from .limits import checked_forward
 from .stems.check import DEFAULT_TOLERANCE, VerificationReport, compare, flatten_outputs
 from .stems.inputs import infer_input_shape, input_channels_and_multiple
 
-__all__ = [
-    "DEFAULT_TOLERANCE",
-    "VerificationReport",
-    "VerifiedReport",
-    "flatten_outputs",
-    "infer_input_shape",
-    "input_channels_and_multiple",
-    "verify",
-]
-
 
 class VerifiedReport:
     """Mixin for dataclass reports with a ``verification`` field: ``max_abs_err`` and a JSON-ready ``to_dict``."""

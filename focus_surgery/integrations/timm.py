@@ -26,7 +26,8 @@ from torch import nn
 
 from ..in_chans import adapt_s2d_input_channels
 from ..layers import SpaceToDepth
-from ..stems import SpaceToDepthPart, is_conv_like, part_of, register_recogniser
+from ..stems import SpaceToDepthPart, part_of, register_recogniser
+from ..stems.recognize import is_conv_like
 
 
 def space_to_depth_stem(

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .stem_forms import KIND_OF_ORDER, build_form, form_names, strided_block
-from ..stems import VerificationError, carry_routing, plan
+from ..stems import VerificationError, plan
+from ..stems.build import carry_routing
 from .timing import median, time_interleaved
 from ..verify import (
     DEFAULT_TOLERANCE,

@@ -25,17 +25,9 @@ from torch import nn
 from ..layers import SpaceToDepth
 from ..orders import check_block_size
 from ..remap import strided_conv_to_s2d
-from ..stems import (
-    ConversionError,
-    SpaceToDepthPart,
-    conv_of,
-    conv_problem,
-    is_conv_like,
-    new_conv2d,
-    part_of,
-    strided_conv_form,
-    with_conv,
-)
+from ..stems import ConversionError, SpaceToDepthPart, part_of, strided_conv_form
+from ..stems.build import conv_problem, new_conv2d, with_conv
+from ..stems.recognize import conv_of, is_conv_like
 
 CHANNELS_LAST_SUFFIX = "+channels_last"
 

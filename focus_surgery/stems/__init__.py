@@ -6,68 +6,31 @@ Recognition is by what a module computes (``probe``); a framework's own classes 
 (``register_recogniser``), so nothing here names a framework.
 """
 
-from .build import (
-    CONV_TYPES,
-    carry_routing,
-    changes,
-    conv_problem,
-    new_conv2d,
-    register_conv_type,
-    register_focus_class,
-    space_to_depth_form,
-    strided_conv_form,
-    with_conv,
-)
-from .check import DEFAULT_TOLERANCE, VerificationReport, apply, check, compare, flatten_outputs
+from .build import register_conv_type, register_focus_class, space_to_depth_form, strided_conv_form
+from .check import VerificationReport as StemCheck, check
 from .inputs import infer_input_shape, input_channels_and_multiple, input_multiple
-from .probe import PROBE_SIZE, NotSpaceToDepth, SpaceToDepthInfo, probe, recognize, slicing_of
-from .recognize import RECOGNISERS, conv_of, folds_itself, is_conv_block, is_conv_like, part_of, register_recogniser
-from .site import (
-    Change,
-    ConversionError,
-    Replacement,
-    Skipped,
-    SpaceToDepthPart,
-    StemSite,
-    VerificationError,
-)
-from .walk import SCOPES, TARGETS, plan, walk
-
-StemCheck = VerificationReport  # the float64 check's result: errors, scale, pass/fail
+from .probe import NotSpaceToDepth, SpaceToDepthInfo, probe, recognize, slicing_of
+from .recognize import RECOGNISERS, is_conv_block, part_of, register_recogniser
+from .site import Change, ConversionError, Replacement, Skipped, SpaceToDepthPart, StemSite, VerificationError
+from .walk import plan, walk
 
 __all__ = [
-    "CONV_TYPES",
+    "RECOGNISERS",
     "Change",
     "ConversionError",
-    "DEFAULT_TOLERANCE",
     "NotSpaceToDepth",
-    "PROBE_SIZE",
-    "RECOGNISERS",
     "Replacement",
-    "SCOPES",
     "Skipped",
     "SpaceToDepthInfo",
     "SpaceToDepthPart",
     "StemCheck",
     "StemSite",
-    "TARGETS",
     "VerificationError",
-    "VerificationReport",
-    "apply",
-    "carry_routing",
-    "changes",
     "check",
-    "compare",
-    "conv_of",
-    "conv_problem",
-    "flatten_outputs",
-    "folds_itself",
     "infer_input_shape",
     "input_channels_and_multiple",
     "input_multiple",
     "is_conv_block",
-    "is_conv_like",
-    "new_conv2d",
     "part_of",
     "plan",
     "probe",
@@ -79,5 +42,4 @@ __all__ = [
     "space_to_depth_form",
     "strided_conv_form",
     "walk",
-    "with_conv",
 ]
