@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .stem_forms import KIND_OF_ORDER, build_form, form_names, strided_block
-from ..stems import VerificationError, plan
+from ..stems import Change, VerificationError, check, plan
+from ..stems.check import apply
 from ..stems.build import carry_routing
 from .timing import median, time_interleaved
 from ..verify import (
@@ -260,14 +261,12 @@ def optimize(
 
 def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -> VerificationReport | None:
     winner = carry_routing(model.get_submodule(stem.path), build_form(stem.block, form))
-    verification = None
-    if inputs is not None:
-        candidate_model = copy.deepcopy(model)
-        _install(candidate_model, stem, copy.deepcopy(winner))
-        verification = verify_models(model, candidate_model, inputs, tolerance=tolerance)
-        if not verification.passed:
-            raise VerificationError(f"verification failed, model left unchanged: {verification}")
-    _install(model, stem, winner)
+    changes = [Change(p, carry_routing(model.get_submodule(p), nn.Identity())) for p in stem.helper_paths]
+    changes.append(Change(stem.path, winner))
+    verification = check(model, changes, inputs, tolerance=tolerance) if inputs is not None else None
+    if verification is not None and not verification.passed:
+        raise VerificationError(f"verification failed, model left unchanged: {verification}")
+    apply(model, changes)
     return verification
 
 

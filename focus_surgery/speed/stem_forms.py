@@ -27,7 +27,7 @@ from ..orders import check_block_size
 from ..remap import strided_conv_to_s2d
 from ..stems import ConversionError, SpaceToDepthPart, part_of, strided_conv_form
 from ..stems.build import conv_problem, new_conv2d, with_conv
-from ..stems.recognize import conv_of, is_conv_like
+from ..stems.recognisers import conv_of, is_conv_like
 
 CHANNELS_LAST_SUFFIX = "+channels_last"
 

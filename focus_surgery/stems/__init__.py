@@ -10,7 +10,7 @@ from .build import register_conv_type, register_focus_class, space_to_depth_form
 from .check import VerificationReport as StemCheck, check
 from .inputs import infer_input_shape, input_channels_and_multiple, input_multiple
 from .probe import NotSpaceToDepth, SpaceToDepthInfo, probe, recognize, slicing_of
-from .recognize import RECOGNISERS, is_conv_block, part_of, register_recogniser
+from .recognisers import RECOGNISERS, is_conv_block, part_of, register_recogniser
 from .site import Change, ConversionError, Replacement, Skipped, SpaceToDepthPart, StemSite, VerificationError
 from .walk import plan, walk
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..layers import Focus, FoldedSpaceToDepth, SPDConv, SpaceToDepth
 from ..remap import conv_to_focus_weight, focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
-from .recognize import conv_of, is_conv_like
+from .recognisers import conv_of, is_conv_like
 from .site import Change, ConversionError, Replacement, StemSite
 
 MAX_KERNEL_GROWTH, MAX_GROWN_WEIGHT = 16, 1 << 22  # a space-to-depth kernel only zero-pads: refuse what is mostly zeros
@@ -217,10 +217,9 @@ def _unfold(site: StemSite, order: str | None) -> list[Change]:
     inner = with_conv(block, new_conv2d(conv, weight, stride, padding)).train(block.training)
     s2d = placeholder.original().train(block.training)
     k = "x".join(map(str, weight.shape[2:]))
-    new_form = f"{type(s2d).__name__}(block_size={bs}, order={placeholder.order}) + Conv({k}, stride={stride}, "
-    change = _change(site.path, block, inner, _conv_text(conv, type(block).__name__), new_form + f"padding={padding})",
-                     bs, placeholder.order)  # fmt: skip
-    return [Change(placeholder_path, s2d), change]
+    old_form, new_form = _conv_text(conv, type(block).__name__), f"{type(s2d).__name__}(block_size={bs}, order="
+    new_form += f"{placeholder.order}) + Conv({k}, stride={stride}, padding={padding})"
+    return [Change(placeholder_path, s2d), _change(site.path, block, inner, old_form, new_form, bs, placeholder.order)]
 
 
 def _to_conv(site: StemSite) -> list[Change]:

@@ -4,6 +4,7 @@ outputs compared (``compare``, also behind ``verify``)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -97,17 +98,8 @@ def compare(ref_out: list, cand_out: list, shapes: list, name: str, tolerance: f
     if not compared:  # nothing compared is never a pass
         return failed(f"the models returned {len(ref_out)} output tensor(s) with 0 elements: nothing to compare")
     if scale == 0.0:  # all-zero outputs agree with any other all-zero model: no evidence either way
-        return VerificationReport(
-            max_abs,
-            math.inf,
-            0.0,
-            tolerance,
-            False,
-            len(ref_out),
-            shapes,
-            name,
-            "the reference outputs are all zero (output scale 0): nothing was compared",
-        )
+        zero = failed("the reference outputs are all zero (output scale 0): nothing was compared")
+        return dataclasses.replace(zero, max_abs_err=max_abs, output_scale=0.0)
     passed = max_abs <= tolerance * max(1.0, scale)
     rel = max_abs / scale if scale > 0 else max_abs
     return VerificationReport(max_abs, rel, scale, tolerance, bool(passed), len(ref_out), shapes, name)

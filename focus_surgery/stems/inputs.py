@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .recognize import folds_itself, part_of
+from .recognisers import folds_itself, part_of
 
 
 def _scan(module: nn.Module, counts: list[int], any_size: bool) -> nn.Conv2d | None:

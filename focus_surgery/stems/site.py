@@ -19,15 +19,9 @@ class VerificationError(ConversionError):
 
 @dataclass(frozen=True)
 class SpaceToDepthPart:
-    """A module recognised as computing a space-to-depth: a bare layer, or one followed by its own conv block
-    (a Focus-like module: ``forward = block(pad(space_to_depth(x)))``).
-
-    Attributes:
-        block_size (int): ``bs``.
-        order (str): ``yolov5`` / ``timm`` / ``pixel_unshuffle`` (anything else is refused with ``problem``).
-        block (nn.Module | None): The conv block (or bare ``nn.Conv2d``) inside a Focus-like module; None for a layer.
-        pad (tuple | None): Explicit ``F.pad`` (left, right, top, bottom) between rearrangement and conv (SPDConv).
-        problem (str | None): Why it cannot be converted (an unnamed channel order), else None.
+    """What a recogniser answers for a module computing a space-to-depth of ``block_size`` in ``order``: a bare layer
+    (``block`` None), or a Focus-like module ``forward = block(F.pad(space_to_depth(x), pad))`` with its conv block.
+    ``problem`` says why it cannot convert (a channel order of its own), else None.
     """
 
     block_size: int
@@ -39,20 +33,11 @@ class SpaceToDepthPart:
 
 @dataclass
 class StemSite:
-    """One place of a model a conversion can act on, in the order the input meets it.
-
-    Attributes:
-        path (str): Module path of ``module``.
-        module (nn.Module): The module there.
-        form (str): ``focus`` (space-to-depth + conv in one module), ``folds`` (an integration's module with a
-            ``to_strided_conv()``), ``s2d`` (a space-to-depth layer; its conv is the next sibling) or ``conv``.
-        block_size (int): Block size of the space-to-depth (for ``conv``: its stride).
-        order (str | None): Channel order of the space-to-depth, None for a conv.
-        block (nn.Module | None): The conv block the rearrangement feeds (``focus``, ``s2d``), or the conv itself.
-        block_path (str | None): Path of ``block`` when it is a sibling (``s2d``).
-        pad (tuple | None): Explicit pad of an SPDConv.
-        problem (str | None): Why the site cannot convert, else None.
-        folded (tuple | None): ``(path, FoldedSpaceToDepth)`` left before a ``conv`` by an earlier ``to="conv"``.
+    """One place of a model a conversion can act on: the module at ``path`` and its ``form``: ``focus`` (space-to-depth
+    + conv block in one module), ``folds`` (an integration's module with ``to_strided_conv()``), ``s2d`` (a layer
+    whose conv block is the next sibling, at ``block_path``) or ``conv`` (``block_size`` is then its stride, and
+    ``folded`` the ``(path, FoldedSpaceToDepth)`` an earlier ``to="conv"`` left before it). ``block`` is the conv block
+    the rearrangement feeds (the conv itself for ``conv``); ``problem`` says why the site cannot convert.
     """
 
     path: str
@@ -72,13 +57,8 @@ class StemSite:
         block = self.block
         return block if isinstance(block, nn.Conv2d) else getattr(block, "conv", None)
 
-    @property
-    def kernel(self) -> tuple[int, int] | None:
-        return tuple(self.conv.kernel_size) if self.conv is not None else None
-
-    @property
-    def padding(self) -> tuple[int, int] | str | None:
-        return self.conv.padding if self.conv is not None else None
+    kernel = property(lambda self: tuple(self.conv.kernel_size) if self.conv is not None else None)
+    padding = property(lambda self: self.conv.padding if self.conv is not None else None)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from torch import nn
 from ..layers import FoldedSpaceToDepth
 from ..orders import check_order
 from .build import changes as build_changes
-from .recognize import folds_itself, is_conv_block, is_conv_like, part_of
+from .recognisers import folds_itself, is_conv_block, is_conv_like, part_of
 from .site import Change, ConversionError, Skipped, StemSite
 
 TARGETS = ("conv", "focus", "s2d")
