@@ -24,9 +24,8 @@ from torch import nn
 
 from ..layers import SpaceToDepth
 from ..orders import check_block_size
-from ..remap import strided_conv_to_s2d
 from ..stems import ConversionError, SpaceToDepthPart, part_of, strided_conv_form
-from ..stems.build import conv_problem, new_conv2d, with_conv
+from ..stems.build import conv_problem, new_conv2d, stride_one_block, with_conv
 from ..stems.recognisers import conv_of, is_conv_like
 
 CHANNELS_LAST_SUFFIX = "+channels_last"
@@ -151,10 +150,7 @@ def build_form(block: nn.Module, form: str) -> StemForm:
     if order is None:
         new_block = with_conv(block, new_conv2d(conv, conv.weight.detach(), conv.stride, conv.padding))
         return StemForm(form, nn.Identity(), None, new_block, channels_last).train(block.training)
-    s2d = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, order)
-    padding = s2d.symmetric_padding
-    inner = with_conv(block, new_conv2d(conv, s2d.weight, 1, padding if padding is not None else 0))
-    pad = None if padding is not None else s2d.pad
+    inner, pad, _ = stride_one_block(block, order)
     return StemForm(form, rearrangement(conv.stride[0]), pad, inner, channels_last).train(block.training)
 
 

@@ -118,6 +118,20 @@ def _shell(cls: type[nn.Module], **children: nn.Module) -> nn.Module:
     return module
 
 
+def stride_one_block(block: nn.Module, order: str) -> tuple[nn.Module, tuple[int, int, int, int] | None, str]:
+    """The strided conv block as the stride-1 block that reads space-to-depth(stride, ``order``) channels, the explicit
+    pad it needs first (None: symmetric, kept in the conv) and its kernel text (GUIDE section 1)."""
+    conv = conv_of(block)
+    form = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, order)
+    padding = form.symmetric_padding
+    inner = with_conv(block, new_conv2d(conv, form.weight, 1, padding if padding is not None else 0))
+    return (
+        inner,
+        None if padding is not None else form.pad,
+        f"k={'x'.join(map(str, form.weight.shape[2:]))}, pad={form.pad}",
+    )
+
+
 def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Module, str]:
     """Exact space-to-depth form (module, description) of a strided ``nn.Conv2d`` or conv block: a Focus where the
     padding allows and ``to="focus"``, else an SPDConv. Also for ``register_conv_type`` builders whose conv has an
@@ -131,21 +145,18 @@ def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Modul
     if reason:
         raise ConversionError(reason)
     stride = conv.stride[0]
-    form = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, order)
-    padding = form.symmetric_padding
-    inner = with_conv(block, new_conv2d(conv, form.weight, 1, padding if padding is not None else 0))
+    inner, pad, text = stride_one_block(block, order)
     theirs = next((cls for fn in FOCUS_CLASSES if (cls := fn(block)) is not None), None)
-    if to == "focus" and padding is not None and stride == 2 and order == "yolov5" and theirs is not None:
+    if to == "focus" and pad is None and stride == 2 and order == "yolov5" and theirs is not None:
         module = _shell(theirs, conv=inner)
-    elif to == "focus" and padding is not None:
+    elif to == "focus" and pad is None:
         module = _shell(Focus, s2d=SpaceToDepth(stride, order), conv=inner)
     else:
-        module = SPDConv.from_conv(inner, stride, order, None if padding is not None else form.pad)
+        module = SPDConv.from_conv(inner, stride, order, pad)
     new_form = type(module).__name__
     if type(module) is theirs:  # e.g. "Focus (Ultralytics)"
         new_form += f" ({type(module).__module__.split('.')[0].title()})"
-    k = "x".join(map(str, form.weight.shape[2:]))
-    return module.train(block.training), f"{new_form}(block_size={stride}, order={order}, k={k}, pad={form.pad})"
+    return module.train(block.training), f"{new_form}(block_size={stride}, order={order}, {text})"
 
 
 def strided_conv_form(block_size: int, order: str, block: nn.Module, pad) -> tuple[nn.Module, str]:
