@@ -141,20 +141,12 @@ def capture_stem_input(model: nn.Module, first: nn.Module, example_inputs) -> to
     return box["x"]
 
 
-def _install(model: nn.Module, stem: _Stem, module: nn.Module) -> None:
+def _changes(model: nn.Module, stem: _Stem, module: nn.Module) -> list[Change]:
     """Put ``module`` where the stem is (helpers become Identity); ``module`` may be the original pieces again."""
     if module is stem.original and stem.helper_paths:
-        for path, part in zip(stem.helper_paths + [stem.path], stem.original):
-            _set(model, path, part)
-        return
-    for path in stem.helper_paths:
-        _set(model, path, carry_routing(model.get_submodule(path), nn.Identity()))
-    _set(model, stem.path, module)
-
-
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent), name, module)
+        return [Change(path, part) for path, part in zip(stem.helper_paths + [stem.path], stem.original)]
+    helpers = [Change(p, carry_routing(model.get_submodule(p), nn.Identity())) for p in stem.helper_paths]
+    return helpers + [Change(stem.path, module)]
 
 
 def _step(module: nn.Module, inputs: tuple, backward: bool) -> Callable[[], object]:
@@ -260,9 +252,7 @@ def optimize(
 
 
 def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -> VerificationReport | None:
-    winner = carry_routing(model.get_submodule(stem.path), build_form(stem.block, form))
-    changes = [Change(p, carry_routing(model.get_submodule(p), nn.Identity())) for p in stem.helper_paths]
-    changes.append(Change(stem.path, winner))
+    changes = _changes(model, stem, carry_routing(model.get_submodule(stem.path), build_form(stem.block, form)))
     verification = check(model, changes, inputs, tolerance=tolerance) if inputs is not None else None
     if verification is not None and not verification.passed:
         raise VerificationError(f"verification failed, model left unchanged: {verification}")
@@ -313,7 +303,7 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
 
     def with_form(name: str) -> Callable[[], object]:
         def call():
-            _install(model, stem, installed[name])
+            apply(model, _changes(model, stem, installed[name]))
             return whole()
 
         return call
@@ -321,7 +311,7 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
     try:
         return time_interleaved({name: with_form(name) for name in installed}, device, repeats, warmup)
     finally:
-        _install(model, stem, stem.original)
+        apply(model, _changes(model, stem, stem.original))
         with torch.no_grad():
             for key, value in model.named_buffers():
                 value.copy_(buffers[key])
