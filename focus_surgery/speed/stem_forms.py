@@ -1,19 +1,9 @@
 """Every exact form of one stem, as modules built by weight remapping (no training, no approximation).
 
 A stem is a strided conv block (or anything that folds into one: a Focus, an SPDConv, space-to-depth + conv).
-With stride ``bs`` it can run as:
-
-=====================  ==================================================================================
-form                   computation
-=====================  ==================================================================================
-``focus_slices``       ``torch.cat`` of ``bs*bs`` strided slices (YOLOv5's Focus, order ``yolov5``) + conv
-``conv``               one conv of stride ``bs`` (YOLOv5 v6.0+)
-``pixel_unshuffle``    ``F.pixel_unshuffle`` (order ``pixel_unshuffle``) + conv
-``space_to_depth``     view / permute / reshape space-to-depth (order ``timm``, as TResNet) + conv
-=====================  ==================================================================================
-
-each also with ``+channels_last`` (input and weights in NHWC memory format). The conv block after the
-rearrangement is a copy of the stem's own (BatchNorm, activation kept), only its ``nn.Conv2d`` is new.
+With stride ``bs`` it runs as any form of ``FORMS``, each also with ``+channels_last`` (input and weights in NHWC
+memory format). The conv block after the rearrangement is a copy of the stem's own (BatchNorm, activation kept),
+only its ``nn.Conv2d`` is new.
 """
 
 from __future__ import annotations
@@ -52,12 +42,12 @@ class SliceSpaceToDepth(nn.Module):
         return f"block_size={self.block_size}"
 
 
-# The one table of forms: kind -> (space-to-depth channel order, rearrangement for block size bs); conv has none.
+# The one table of forms: kind -> (space-to-depth channel order, rearrangement for block size bs) + the conv.
 FORMS: dict[str, tuple[str | None, type[nn.Module] | None]] = {
-    "focus_slices": ("yolov5", SliceSpaceToDepth),
-    "conv": (None, None),
-    "pixel_unshuffle": ("pixel_unshuffle", nn.PixelUnshuffle),
-    "space_to_depth": ("timm", lambda bs: SpaceToDepth(bs, "timm")),
+    "focus_slices": ("yolov5", SliceSpaceToDepth),  # torch.cat of bs*bs strided slices (YOLOv5's Focus)
+    "conv": (None, None),  # one conv of stride bs (YOLOv5 v6.0+)
+    "pixel_unshuffle": ("pixel_unshuffle", nn.PixelUnshuffle),  # F.pixel_unshuffle
+    "space_to_depth": ("timm", lambda bs: SpaceToDepth(bs, "timm")),  # view / permute / reshape, as TResNet
 }
 KINDS: tuple[str, ...] = tuple(FORMS)
 KIND_OF_ORDER = {order: kind for kind, (order, _) in FORMS.items() if order}
