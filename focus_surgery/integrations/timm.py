@@ -26,7 +26,7 @@ from torch import nn
 
 from ..in_chans import adapt_s2d_input_channels
 from ..layers import SpaceToDepth
-from ..surgery import is_conv_block, space_to_depth_params
+from ..stems import SpaceToDepthPart, register_recogniser, walk
 
 
 def space_to_depth_stem(
@@ -46,19 +46,11 @@ def space_to_depth_stem(
 
 
 def _space_to_depth_convs(model: nn.Module) -> list[tuple[str, int, str]]:
-    """(weight key, block size, order) of each conv that directly follows a space-to-depth layer in a Sequential."""
-    found = []
-    for prefix, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.named_children())
-        for (_, first), (name, second) in zip(children, children[1:]):
-            params = space_to_depth_params(first)
-            if params is not None and (type(second) is nn.Conv2d or is_conv_block(second)):
-                path = f"{prefix}.{name}" if prefix else name
-                key = f"{path}.weight" if type(second) is nn.Conv2d else f"{path}.conv.weight"
-                found.append((key, *params))
-    return found
+    """(weight key, block size, order) of each conv that directly follows a space-to-depth layer."""
+    sites = [s for s in walk(model) if s.form == "s2d" and s.problem is None]
+    return [
+        (f"{s.block_path}{'' if type(s.block) is nn.Conv2d else '.conv'}.weight", s.block_size, s.order) for s in sites
+    ]
 
 
 def adapt_state_dict_in_chans(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,6 +164,20 @@ def _moved_conv(model: nn.Module, name: str, paths: list[str]) -> str:
     return name
 
 
+def timm_space_to_depth(module: nn.Module) -> SpaceToDepthPart | None:
+    """timm's own space-to-depth layers (``timm.layers.SpaceToDepth``; ``SpaceToDepthJit`` / ``SpaceToDepthModule``
+    of older timm): block size ``bs``, timm's channel order."""
+    from timm.layers import space_to_depth
+
+    classes = tuple(c for n in ("SpaceToDepth", "SpaceToDepthJit") if (c := getattr(space_to_depth, n, None)))
+    if isinstance(module, classes) and isinstance(getattr(module, "bs", None), int):
+        return SpaceToDepthPart(module.bs, "timm")
+    wrapper = getattr(space_to_depth, "SpaceToDepthModule", None)
+    if wrapper is not None and isinstance(module, wrapper):
+        return timm_space_to_depth(module.op) or SpaceToDepthPart(4, "timm")
+    return None
+
+
 def model_names() -> list[str]:
     """Names of every model this integration registers."""
     return [f"{b}_s2d{s}" for b in ("resnet18", "resnet50", "convnext_atto", "convnext_tiny") for s in ("", "_focus")]
@@ -190,6 +196,7 @@ def register() -> list[str]:
     check_timm()
     register_conv_types()
     register_post_apply(follow_first_conv)
+    register_recogniser(timm_space_to_depth)
     from .timm_models import convnext, resnet  # noqa: F401  (importing registers the models)
 
     return model_names()

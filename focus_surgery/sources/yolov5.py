@@ -69,7 +69,6 @@ class Yolov5Source(Source):
 
     def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
         from ..yolov5.convert import OUTPUT_SUFFIXES, convert_yolov5, save_conversion
-        from ..yolov5.rebuild import guess_release
 
         if loaded.path.suffix == ".safetensors":  # our tensors + JSON: its stem converts as a state dict's
             return PlainStateDictSource().convert(loaded, dst, options)
@@ -88,7 +87,7 @@ class Yolov5Source(Source):
         return {
             "source": self.name,
             "kind": "yolov5",
-            "release": guess_release(conv.ckpt),
+            "release": conv.release,
             "to": options.to,
             "stem_before": conv.stem_before,
             "stem_after": conv.stem_after,
