@@ -24,6 +24,7 @@ from ..checkpoint_io import CheckpointError, atomic_write, check_readable
 from ..surgery import ConversionError, convert
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
 from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
+from .release import exact_release
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -129,7 +130,7 @@ def convert_yolov5(
     hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
     if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
         model.yaml[HYP_KEY] = {k: v for k, v in hyp.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    model.yaml[RELEASE_KEY] = guess_release(ckpt)  # the loss follows that release's CIoU variant
+    model.yaml[RELEASE_KEY] = exact_release(ckpt)  # the loss follows that release's rules (loss_rules)
     if measure:
         result.verification = verify(original, model, input_shape=verification_shape(model), tolerance=tolerance)
     return result
