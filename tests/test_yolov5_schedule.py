@@ -82,10 +82,24 @@ def _train(tmp_path: Path, schedule: bool) -> tuple[list[int], dict[int, dict[st
     torch.optim.SGD.step = counted
     try:
         model.train(
-            data=str(data), epochs=3, batch=8, imgsz=64, device="cpu", workers=0, seed=0, deterministic=True,
-            val=False, plots=False, amp=False, optimizer="SGD", project=str(tmp_path), name="run", exist_ok=True,
-            verbose=False, **NO_AUGMENTATION,
-        )  # fmt: skip
+            data=str(data),
+            epochs=3,
+            batch=8,
+            imgsz=64,
+            device="cpu",
+            workers=0,
+            seed=0,
+            deterministic=True,
+            val=False,
+            plots=False,
+            amp=False,
+            optimizer="SGD",
+            project=str(tmp_path),
+            name="run",
+            exist_ok=True,
+            verbose=False,
+            **NO_AUGMENTATION,
+        )
     finally:
         torch.optim.SGD.step = step
     return per_epoch, states
