@@ -25,6 +25,7 @@ from ..stems import check, plan
 from ..surgery import ConversionError, apply_changes
 from ..verify import DEFAULT_TOLERANCE, VerificationReport
 from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
+from .release import exact_release
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -121,7 +122,7 @@ def convert_yolov5(
     hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
     if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
         model.yaml[HYP_KEY] = {k: v for k, v in hyp.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    model.yaml[RELEASE_KEY] = release  # the loss follows that release's CIoU variant
+    model.yaml[RELEASE_KEY] = exact_release(ckpt)  # the loss follows that release's rules (loss_rules)
     return result
 
 
