@@ -106,3 +106,25 @@ def test_the_check_never_writes_into_the_callers_inputs():
     report = fs.convert(model, to="focus", inputs=x)
     assert report.verification.passed and report.verification.max_abs_err <= 1e-10
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Conv2d(3, 8, 3, 3, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 3, 1)),  # stride 3 twice: needs 9
+        nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 3, 2, 1) for i in range(7)]),  # stride 2 seven times
+    ],
+    ids=["stride3x2", "stride2x7"],
+)
+def test_scope_all_infers_an_input_every_new_space_to_depth_divides(model):
+    """Defect: with no input given, the check's inferred size was the lcm of the new blocks (3, or 2 under the floor
+    of 32), not what stacked strides need, so an exact ``to="s2d", scope="all"`` failed with "input height and width
+    (64x96) must be divisible by block_size 3" for a size the user never chose."""
+    torch.manual_seed(0)
+    model = model.eval()
+    reference = copy.deepcopy(model)
+    report = fs.convert(model, to="s2d", scope="all")
+    assert report.verification.passed and report.verification.max_abs_err <= 1e-10
+    assert len(report.replaced) == sum(isinstance(m, nn.Conv2d) for m in reference)
+    h, w = report.verification.input_shapes[0][2:]
+    assert _max_err(reference, model, (1, 3, h, w)) <= 1e-10
