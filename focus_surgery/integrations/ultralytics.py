@@ -389,6 +389,8 @@ def ultralytics_focus(module: nn.Module) -> SpaceToDepthPart | None:
     cls = getattr(sys.modules.get("ultralytics.nn.modules.conv"), "Focus", None)  # loaded if such a module exists
     if cls is None or not isinstance(module, cls) or not is_conv_block(getattr(module, "conv", nn.Module())):
         return None
+    if type(module).forward is not cls.forward:  # a subclass slicing its own way: recognised by what it computes
+        return None
     return SpaceToDepthPart(2, "yolov5", module.conv)
 
 

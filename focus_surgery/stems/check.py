@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from ..limits import checked_forward
-from .inputs import infer_input_shape
+from .inputs import infer_input_shape, input_multiple
 from .site import Change, ConversionError
 
 DEFAULT_TOLERANCE = 1e-10
@@ -121,6 +122,7 @@ def check(
     tolerance: float = DEFAULT_TOLERANCE,
     multiple: int = 1,
     seed: int = 0,
+    _grown: int = 0,
 ) -> VerificationReport:
     """Run ``model`` before and after ``changes`` in float64 on one copy (``model`` is never modified).
 
@@ -135,6 +137,9 @@ def check(
         ConversionError: The model cannot run on the inputs (the message names the changed paths).
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs_inferred, sizes, args = (inputs is None and input_shape is None) or 0 < _grown < 8, {}, ()
+    paths = ", ".join(c.path or "<root>" for c in changes if c.record is not None)
+    paths += ": " if paths else ""
     try:
         if inputs is None:
             shape = input_shape if input_shape is not None else infer_input_shape(model, multiple=multiple)
@@ -142,11 +147,59 @@ def check(
         args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         args = tuple(a.to(device, torch.float64) if a.is_floating_point() else a.to(device) for a in args)
         work = copy.deepcopy(model).eval().to(device, torch.float64)
+        for c in changes:  # each changed module's input size in the reference run; hooks go with the old modules
+            work.get_submodule(c.path).register_forward_pre_hook(functools.partial(_record_size, sizes, c.path))
         with checked_forward():  # bounded when the caller set a forward_memory_limit (models read from files)
-            ref_out = flatten_outputs(work(*args))
+            try:  # each run on its own copy of the inputs: a model that writes into its input changes neither
+                ref_out = flatten_outputs(work(*(a.clone() for a in args)))
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as error:  # the model as it is fails (odd size for a Focus's slices, wrong channels)
+                raise ConversionError(_does_not_run("the model itself", model, args, error, paths)) from error
             apply(work, [Change(c.path, copy.deepcopy(c.new).to(device, torch.float64)) for c in changes])
-            cand_out = flatten_outputs(work.eval()(*args))
+            try:
+                cand_out = flatten_outputs(work.eval()(*(a.clone() for a in args)))
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as error:  # e.g. a new Focus's slices on an odd size
+                raise ConversionError(_does_not_run("the converted model", work, args, error, paths)) from error
     except ValueError as error:  # e.g. an input size the new space-to-depth block does not divide
-        paths = ", ".join(c.path or "<root>" for c in changes if c.record is not None)
-        raise ConversionError(f"{paths}: {error}; model left unchanged") from error
+        if isinstance(error, ConversionError):
+            raise
+        grow = _growth(changes, sizes) if inputs_inferred and len(args) == 1 and args[0].ndim == 4 else 1
+        if grow > 1:  # the inferred size fed a stacked stride an odd size: the same shape, whole blocks everywhere
+            b, c, h, w = args[0].shape
+            shape = (b, c, h * grow, w * grow)
+            return check(model, changes, input_shape=shape, tolerance=tolerance, seed=seed, _grown=_grown + 1)
+        raise ConversionError(f"{paths}{error}; model left unchanged") from error
     return compare(ref_out, cand_out, [list(a.shape) for a in args], "float64", tolerance)
+
+
+def _record_size(sizes: dict, path: str, module: nn.Module, args: tuple) -> None:
+    if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+        sizes.setdefault(path, tuple(args[0].shape[-2:]))
+
+
+def _growth(changes: list[Change], sizes: dict[str, tuple[int, int]]) -> int:
+    """What to scale the input height and width by so each changed module's input divides by its new multiple."""
+    grow = 1
+    for change in changes:
+        multiple = input_multiple(change.new)
+        for size in sizes.get(change.path, ()):
+            grow = math.lcm(grow, multiple // math.gcd(multiple, size))
+    return grow
+
+
+def _does_not_run(which: str, model: nn.Module, args: tuple, error: Exception, paths: str) -> str:
+    """One line: ``which`` model fails on these inputs, why, and what to pass instead."""
+    shape = tuple(args[0].shape) if args else ()
+    why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    hint = ""
+    if len(shape) == 4:
+        multiple = input_multiple(model)
+        if shape[2] % multiple or shape[3] % multiple:
+            hint = f"; its space-to-depth stem needs height and width divisible by {multiple}"
+    return (
+        f"{paths}{which} does not run on input {'x'.join(map(str, shape))} ({why}){hint}; "
+        "pass inputs= or input_shape= that it accepts; model left unchanged"
+    )
