@@ -410,7 +410,7 @@ def dag_modules_yolov5(tmp: Path) -> Hostile:
         return p.module("models.yolo", "Model", {"yaml": yaml, "names": ["a", "b", "c"]}, {"model": layers})
 
     path = splice_item(YOLOV5_FILE, tmp / "dag-modules-yolov5.pt", "ema", model)
-    return Hostile(path, effect="hang: LegacyRecord.named_modules / state_dict through shared layers")
+    return Hostile(path, effect="hang: Record.named_modules / state_dict through shared layers")
 
 
 def lstm_layers(tmp: Path) -> Hostile:

@@ -12,7 +12,7 @@ import torch
 
 from focus_surgery.checkpoint_io import CheckpointError, load_checkpoint
 from focus_surgery.loader import NamedReference, Namespace, Record, read_checkpoint
-from focus_surgery.loader.allowlist import GLOBALS, RECORD_MODULES, is_record_module
+from focus_surgery.loader.allowlist import ALLOWED, is_record_module
 
 
 class _Reduce:
@@ -32,10 +32,11 @@ def _save(tmp_path, obj, name="ckpt.pt"):
 
 
 def test_every_allowed_name_says_why():
-    assert GLOBALS and all(entry.reason.strip() for entry in GLOBALS.values())
-    assert RECORD_MODULES and all(reason.strip() for reason in RECORD_MODULES.values())
+    assert all(entry.reason.strip() for entry in ALLOWED.values())
+    assert any(e.record for e in ALLOWED.values()) and any(e.value is not None for e in ALLOWED.values())
+    assert all((e.value is None) == e.record for e in ALLOWED.values())  # a row is a stand-in or a record module
     assert not any(
-        callable(e.value) and isinstance(e.value, type) and issubclass(e.value, torch.Tensor) for e in GLOBALS.values()
+        callable(e.value) and isinstance(e.value, type) and issubclass(e.value, torch.Tensor) for e in ALLOWED.values()
     )  # no tensor class is callable from a file
 
 

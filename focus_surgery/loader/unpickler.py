@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import torch
 
-from .allowlist import ENUMS, GLOBALS, StorageType, is_record_module
+from .allowlist import StorageType, is_record_module, stand_in
 from .errors import Refused
-from .rebuilders import ArraySpec, BoundRebuilder, Budgets, DtypeSpec, TypeMarker, enum_value
+from .rebuilders import ArraySpec, BoundRebuilder, Budgets, DtypeSpec, TypeMarker
 from .records import NamedReference, Namespace, Record, record_class
 
 OPCODE_COST = 256  # bytes charged for an opcode that builds an object: more than any builds (an empty set: 216)
@@ -69,7 +69,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         qualname = f"{module}.{name}"
         self.globals_seen.add(qualname)
-        allowed = GLOBALS.get(qualname)
+        allowed = stand_in(qualname)
         if allowed is not None:
             value = allowed.value
             if allowed.needs_budget:
@@ -77,10 +77,6 @@ class RestrictedUnpickler(pickle._Unpickler):
             if not isinstance(value, (type, torch.dtype)):
                 self._handed_out.setdefault(id(value), (value, qualname))
             return value
-        if qualname in ENUMS:
-            reader = enum_value(qualname)
-            self._handed_out[id(reader)] = (reader, qualname)
-            return reader
         if name.isidentifier() and is_record_module(module):
             return record_class(qualname)
         raise RefusedGlobal(qualname)
