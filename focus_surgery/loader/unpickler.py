@@ -10,6 +10,7 @@ hundreds of times its size.
 from __future__ import annotations
 
 import pickle
+import struct
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -21,7 +22,9 @@ from .rebuilders import ArraySpec, BoundRebuilder, Budgets, DtypeSpec, TypeMarke
 from .records import NamedReference, Namespace, Record, record_class
 
 OPCODE_COST = 256  # bytes charged for an opcode that builds an object: more than any builds (an empty set: 216)
-_ATOMS = (str, bytes, int, float, bool, type(None), torch.dtype)
+MAX_INT_BITS = 128  # no checkpoint needs more (the legacy magic number has 77); big-int arithmetic is not linear
+MAX_KEY_INT = 1 << 32  # integer keys: their hash is themselves; below this no two collide (k * (2**61 - 1) would)
+_HASHED_BY_SIPHASH = (str, bytes)  # randomised hashes: no crafted collisions
 _MAX_KEY_TUPLE = 16
 
 
@@ -33,12 +36,23 @@ class RefusedGlobal(Refused):
         self.qualname = qualname
 
 
+def _plain_key(key: Any) -> bool:
+    """A value whose hash costs O(1) after its first use and cannot be made to collide by the file."""
+    if isinstance(key, _HASHED_BY_SIPHASH) or key is None or type(key) is bool or isinstance(key, torch.dtype):
+        return True
+    return type(key) is int and -MAX_KEY_INT < key < MAX_KEY_INT
+
+
 def _check_key(key: Any) -> None:
-    """Keys and set members are hashed: only plain values, or short flat tuples of them."""
-    if isinstance(key, _ATOMS) or isinstance(key, (Record, NamedReference)):
+    """Keys and set members are hashed: only plain values (small integers), records, or short flat tuples of plain
+    values. Floats alone are allowed (their hashes collide in sets of at most a few dozen); not inside tuples,
+    whose hash mixes items in ways a file could solve for."""
+    if _plain_key(key) or type(key) is float or isinstance(key, (Record, NamedReference)):
         return
-    if type(key) is tuple and len(key) <= _MAX_KEY_TUPLE and all(isinstance(k, _ATOMS) for k in key):
+    if type(key) is tuple and len(key) <= _MAX_KEY_TUPLE and all(map(_plain_key, key)):
         return
+    if type(key) is int:
+        raise Refused(f"an integer dictionary key or set member of {key.bit_length()} bits (at most 32)")
     raise Refused(f"a dictionary key or set member of type {type(key).__name__} (only plain values are hashed)")
 
 
@@ -63,6 +77,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.budgets = budgets
         self._handed_out: dict[int, tuple[Any, str]] = {}  # id: (object kept alive, its name in the file)
         self.globals_seen: set[str] = set()
+        self.keys_checked = 0  # keys and set members checked before hashing: linear in the pickle (tests count it)
+
+    def _keys(self, keys: Any) -> None:
+        for key in keys:
+            self.keys_checked += 1
+            _check_key(key)
 
     # ------------------------------------------------------------------ names
 
@@ -102,9 +122,9 @@ class RestrictedUnpickler(pickle._Unpickler):
                 raise Refused(f"{func.__name__} built from a {type(items).__name__}")
             for item in items:
                 if func in (set, frozenset):
-                    _check_key(item)
+                    self._keys((item,))
                 elif isinstance(item, (list, tuple)) and len(item) == 2:
-                    _check_key(item[0])
+                    self._keys((item[0],))
                 elif not isinstance(item, str):
                     raise Refused(f"{func.__name__} built from items that are not pairs")
 
@@ -148,23 +168,82 @@ class RestrictedUnpickler(pickle._Unpickler):
         raise Refused("pickle extension registry codes are not used by torch checkpoints")
 
     def load_setitem(self) -> None:
-        _check_key(self.stack[-2])
+        self._keys(self.stack[-2:-1])
         pickle._Unpickler.load_setitem(self)
 
     def load_setitems(self) -> None:
-        for key in self.stack[::2]:  # after a MARK the base class keeps just the marked items on self.stack
-            _check_key(key)
+        self._keys(self.stack[::2])  # after a MARK the base class keeps just the marked items on self.stack
         pickle._Unpickler.load_setitems(self)
 
+    def load_dict(self) -> None:
+        self._keys(self.stack[::2])
+        pickle._Unpickler.load_dict(self)
+
     def load_additems(self) -> None:
-        for item in self.stack:
-            _check_key(item)
+        self._keys(self.stack)
         pickle._Unpickler.load_additems(self)
 
     def load_frozenset(self) -> None:
-        for item in self.stack:
-            _check_key(item)
+        self._keys(self.stack)
         pickle._Unpickler.load_frozenset(self)
+
+    # ------------------------------------------------------------------ numbers and memo indices
+
+    def _small(self, value: int) -> int:
+        if value.bit_length() > MAX_INT_BITS:
+            raise Refused(f"an integer of {value.bit_length():,} bits (at most {MAX_INT_BITS})")
+        return value
+
+    def load_long1(self) -> None:
+        n = self.read(1)[0]
+        if n > MAX_INT_BITS // 8 + 1:  # refused before the bytes become a number
+            raise Refused(f"an integer of {n} bytes (at most {MAX_INT_BITS // 8 + 1})")
+        self.append(self._small(pickle.decode_long(self.read(n))))
+
+    def load_long4(self) -> None:
+        (n,) = struct.unpack("<i", self.read(4))
+        if not 0 <= n <= MAX_INT_BITS // 8 + 1:
+            raise Refused(f"an integer of {n:,} bytes (at most {MAX_INT_BITS // 8 + 1})")
+        self.append(self._small(pickle.decode_long(self.read(n))))
+
+    def load_int(self) -> None:
+        pickle._Unpickler.load_int(self)
+        if type(self.stack[-1]) is int:
+            self._small(self.stack[-1])
+
+    def load_long(self) -> None:
+        pickle._Unpickler.load_long(self)
+        self._small(self.stack[-1])
+
+    def load_put(self) -> None:  # text PUT / GET carry any integer: a memo index beyond 32 bits is refused
+        line = self.readline()
+        if not line[:-1].isdigit() or len(line) > 11:
+            raise Refused("a memo index that is not a small number")
+        self.memo[int(line[:-1])] = self.stack[-1]
+
+    def load_get(self) -> None:
+        line = self.readline()
+        if not line[:-1].isdigit() or len(line) > 11:
+            raise Refused("a memo index that is not a small number")
+        self.append(self._memo_value(int(line[:-1])))
+
+    def load_binget(self) -> None:
+        self.append(self._memo_value(self.read(1)[0]))
+
+    def load_long_binget(self) -> None:
+        (i,) = struct.unpack("<I", self.read(4))
+        self.append(self._memo_value(i))
+
+    def _memo_value(self, index: int) -> Any:
+        """A memoised object used again: a tensor is charged once more (each name it is written under is a view
+        the outputs may write or make dense)."""
+        try:
+            value = self.memo[index]
+        except KeyError:
+            raise pickle.UnpicklingError(f"memo value not found at index {index}") from None
+        if isinstance(value, torch.Tensor):
+            self.budgets.tensors.take(value.numel() * value.element_size(), "a tensor used again")
+        return value
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
@@ -176,6 +255,15 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.SETITEMS[0]] = load_setitems
     dispatch[pickle.ADDITEMS[0]] = load_additems
     dispatch[pickle.FROZENSET[0]] = load_frozenset
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.LONG1[0]] = load_long1
+    dispatch[pickle.LONG4[0]] = load_long4
+    dispatch[pickle.INT[0]] = load_int
+    dispatch[pickle.LONG[0]] = load_long
+    dispatch[pickle.PUT[0]] = load_put
+    dispatch[pickle.GET[0]] = load_get
+    dispatch[pickle.BINGET[0]] = load_binget
+    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
     for _code in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_code[0]] = load_ext
 
