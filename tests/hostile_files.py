@@ -681,6 +681,29 @@ def stride_zero_shared(tmp: Path, names: int = 16) -> Hostile:
     return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 4.29 GB output from 4.6 KB")
 
 
+def stride_zero_shared_layer(tmp: Path, parents: int = 16) -> Hostile:
+    """One Identity layer shared by ``parents`` slots of a Sequential, holding a 256 MiB stride-0 buffer over one
+    byte: the model's state dict writes it once per path (4 GiB from a few KB)."""
+    numel = 1 << 28
+
+    def identity(q: PickleWriter) -> PickleWriter:
+        state = {
+            "training": False,
+            "_parameters": lambda p: p.dict({}, ordered=True),
+            "_buffers": lambda p: p.dict(
+                {"b": lambda r: r.tensor("z", 1, (numel,), (0,), storage="ByteStorage")}, ordered=True
+            ),
+            "_non_persistent_buffers_set": lambda p: p.glob("builtins", "set").raw(pickle.EMPTY_LIST + b"\x85R"),
+            "_modules": lambda p: p.dict({}, ordered=True),
+        }
+        return q.record("torch.nn.modules.linear", "Identity", state).put(900_000)
+
+    children = {"0": identity, **{str(i): (lambda q: q.get(900_000)) for i in range(1, parents)}}
+    pkl = PickleWriter().dict({"model": lambda q: q.module("torch.nn.modules.container", "Sequential", {}, children)})
+    path = torch_zip(tmp / "stride-zero-shared-layer.pt", pkl.stop(), {"z": b"\x01"})
+    return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 4 GiB state dict from a few KB")
+
+
 def _colliding_ints(count: int) -> list[int]:
     return [k * (2**61 - 1) for k in range(1, count + 1)]  # hash(k * (2**61 - 1)) == 0 for every k
 
@@ -915,6 +938,7 @@ HOSTILE: dict[str, Callable[[Path], Hostile]] = {
         stride_zero,
         stride_zero_output,
         stride_zero_shared,
+        stride_zero_shared_layer,
         zip_bzip2_record,
         zip_lzma_record,
         zip_overlapping_records,

@@ -410,3 +410,41 @@ def test_upsampling_factor_at_its_limit_in_a_file(fmt, tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
     assert len(str(caught.value).splitlines()) == 1 and "scale_factor = 64.5" in str(caught.value)
+
+
+def shared_layer_pickle(numel: int, parents: int) -> bytes:
+    """{"model": Sequential} whose ``parents`` children are one Identity layer holding a uint8 buffer of ``numel``
+    elements viewing one byte (stride 0): its state dict writes the buffer once per path."""
+
+    def identity(q: PickleWriter) -> PickleWriter:
+        state = {
+            "training": False,
+            "_parameters": lambda p: p.dict({}, ordered=True),
+            "_buffers": lambda p: p.dict(
+                {"b": lambda r: r.tensor("z", 1, (numel,), (0,), storage="ByteStorage")}, ordered=True
+            ),
+            "_non_persistent_buffers_set": lambda p: p.glob("builtins", "set").raw(b"]\x85R"),
+            "_modules": lambda p: p.dict({}, ordered=True),
+        }
+        return q.record("torch.nn.modules.linear", "Identity", state).put(7)
+
+    children = {"0": identity, **{str(i): (lambda q: q.get(7)) for i in range(1, parents)}}
+    model = {"model": lambda q: q.module("torch.nn.modules.container", "Sequential", {}, children)}
+    return PickleWriter().dict(model).stop()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_shared_layer_tensors_at_their_limit(fmt, tmp_path):
+    """A layer shared by two parents writes its buffer twice: together at most 2 x file + 256 MiB."""
+    from focus_surgery.checkpoint_io import load_checkpoint
+
+    size = container(fmt, tmp_path / "probe.pt", shared_layer_pickle(1, 2), {"z": b"\x01"}).stat().st_size
+    limit = 2 * size + (256 << 20)
+    inside = container(fmt, tmp_path / "inside.pt", shared_layer_pickle(limit // 2, 2), {"z": b"\x01"})
+    assert inside.stat().st_size == size
+    state = load_checkpoint(inside).model.state_dict()
+    assert sum(t.numel() for t in state.values()) == limit
+    outside = container(fmt, tmp_path / "outside.pt", shared_layer_pickle(limit // 2 + 1, 2), {"z": b"\x01"})
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(outside)
+    assert len(str(caught.value).splitlines()) == 1 and f"holds {limit + 2:,} bytes" in str(caught.value)

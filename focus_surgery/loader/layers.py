@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .allowlist import MODULE_PREFIXES
+from .containers import budgets_for
 from .errors import CheckpointError
 from .records import Record
 from .walk import Transform
@@ -131,39 +132,57 @@ def _without_hooks(state: dict) -> dict:
 MAX_EXPANSION = 16  # torch's own walks (state_dict, .to, ...) follow every path; allow modest sharing (activations)
 
 
-def check_module_tree(children: dict[int, tuple[str, list[int]]], path: Path) -> None:
-    """Refuse module graphs that torch would walk exponentially or forever.
+def check_module_tree(graph: dict[int, tuple[str, list[int], int]], path: Path, max_bytes: int) -> None:
+    """Refuse module graphs that torch would walk exponentially or forever, or write as more tensor bytes than the
+    file may hold.
 
     ``nn.Module.state_dict()``, ``.to()`` and ``.apply()`` visit a shared sub-module once per path to it. A shared
     activation is common; a chain of layers each holding the previous one twice (2^40 paths in a few KB) or a
-    module containing itself is not a model. ``children`` maps each layer (by id) to its class name and the ids of
-    its sub-layers.
+    module containing itself is not a model, nor is one large (stride-0) buffer written once per path to its layer.
+    ``graph`` maps each layer (by id) to its class name, the ids of its sub-layers and its own tensors' bytes.
     """
-    paths: dict[int, int] = {}
-    for root in children:
+    paths: dict[int, tuple[int, int]] = {}  # layers and tensor bytes a walk from this layer visits
+    for root in graph:
         stack: list[tuple[int, bool]] = [(root, False)]
         on_stack: set[int] = set()
         while stack:
             node, done = stack.pop()
             if done:
                 on_stack.discard(node)
-                paths[node] = 1 + sum(paths[c] for c in children[node][1])
+                _, children, nbytes = graph[node]
+                paths[node] = (1 + sum(paths[c][0] for c in children), nbytes + sum(paths[c][1] for c in children))
                 continue
             if node in paths:
                 continue
             on_stack.add(node)
             stack.append((node, True))
-            for child in children[node][1]:
+            for child in graph[node][1]:
                 if child in on_stack:
-                    raise CheckpointError(f"{path}: refused to load: a {children[child][0]} contains itself")
+                    raise CheckpointError(f"{path}: refused to load: a {graph[child][0]} contains itself")
                 if child not in paths:
                     stack.append((child, False))
-    total = max(paths.values(), default=0)
+    total = max((visits for visits, _ in paths.values()), default=0)
     if total > MAX_EXPANSION * len(paths) + 1000:
         raise CheckpointError(
             f"{path}: refused to load: its {len(paths):,} layers are shared so often that torch "
             f"would visit {total:,} (a module graph built to exhaust time)"
         )
+    written = max((nbytes for _, nbytes in paths.values()), default=0)
+    if written > max_bytes:
+        raise CheckpointError(
+            f"{path}: refused to load: its shared layers' state dict holds {written:,} bytes of tensors, more than "
+            f"this file can hold ({max_bytes:,})"
+        )
+
+
+def _tensor_bytes(state: dict) -> int:
+    """Logical bytes of a layer's own parameters and buffers (what its state dict writes, views made dense)."""
+    total = 0
+    for kind in ("_parameters", "_buffers"):
+        tensors = state.get(kind)
+        for tensor in tensors.values() if isinstance(tensors, dict) else ():
+            total += tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+    return total
 
 
 def materialize(value: Any, path: Path) -> Any:
@@ -194,8 +213,8 @@ def materialize(value: Any, path: Path) -> Any:
     for (record, module), state in zip(made, states):
         modules = state.get("_modules") if isinstance(state, dict) else None
         subs = modules.values() if isinstance(modules, dict) else ()
-        graph[id(module)] = (record.qualname, [id(m) for m in subs if isinstance(m, nn.Module)])
-    check_module_tree(graph, path)
+        graph[id(module)] = (record.qualname, [id(m) for m in subs if isinstance(m, nn.Module)], _tensor_bytes(state))
+    check_module_tree(graph, path, budgets_for(path.stat().st_size).tensors.limit if path.is_file() else 1 << 62)
     for (record, module), state in reversed(list(zip(made, states))):
         try:
             check_hyperparameters(type(module), state, record.qualname)
