@@ -93,6 +93,11 @@ def _finish(content: Any, unpickler: RestrictedUnpickler) -> Any:
     return Transform(finish)(content)
 
 
+# what a malformed file makes the reading raise (KeyError, IndexError: LookupError; RecursionError: RuntimeError)
+_UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError, struct.error)
+_UNREADABLE += (zipfile.BadZipFile, OSError, RuntimeError, MemoryError, ArithmeticError)
+
+
 def read_checkpoint(path: str | os.PathLike) -> Loaded:
     """Read a ``torch.save`` file into plain data and records; nothing named by the file runs.
 
@@ -111,23 +116,7 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
         raise
     except Refused as error:
         raise CheckpointError(f"{path}: refused to load: {error} (nothing was executed)") from None
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        struct.error,
-        zipfile.BadZipFile,
-        OSError,
-        RuntimeError,
-        MemoryError,
-        RecursionError,
-        OverflowError,
-        UnicodeError,
-    ) as error:
+    except _UNREADABLE as error:
         text = str(error).strip()
         detail = text.splitlines()[0][:160] if text else type(error).__name__
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:

@@ -91,18 +91,7 @@ def _table() -> dict[str, Allowed]:
     add(("torch.device",), rb.torch_device, "device of a tensor or setting: known device kinds only")
     for name, dtype in STORAGE_DTYPES.items():
         add((name,), StorageType(dtype), "storage type in a persistent id; only its dtype is read")
-    for dtype in (
-        torch.float16,
-        torch.float32,
-        torch.float64,
-        torch.bfloat16,
-        torch.int64,
-        torch.int32,
-        torch.int16,
-        torch.int8,
-        torch.uint8,
-        torch.bool,
-    ):
+    for dtype in STORAGE_DTYPES.values():
         add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
     add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
     for py in ("builtins", "__builtin__"):

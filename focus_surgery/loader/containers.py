@@ -14,6 +14,7 @@ import pickle
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -111,11 +112,9 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
         if not infos:
             raise CheckpointError(f"{path}: empty zip archive, not a torch checkpoint")
         names = [info.filename for info in infos]
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise CheckpointError(f"{path}: zip archive holds two records named {name!r}; not a torch checkpoint")
-            seen.add(name)
+        twice = next((name for name, count in Counter(names).items() if count > 1), None)
+        if twice is not None:
+            raise CheckpointError(f"{path}: zip archive holds two records named {twice!r}; not a torch checkpoint")
         check_records(path, handle, infos, file_size)
         # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""

@@ -26,19 +26,6 @@ from .walk import Transform
 MAX_GEOMETRY = 4096  # kernel, stride, padding, dilation, output size of one layer
 MAX_SCALE = 64  # upsampling / pixel-shuffle factor
 MAX_LAYERS = 1024  # stacked recurrent / transformer layers
-_HOOK_SLOTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
 
 
 def module_class(qualname: str, path: Path) -> type[nn.Module]:
@@ -122,10 +109,10 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
 
 
 def _without_hooks(state: dict) -> dict:
-    """Every hook slot emptied: hooks are functions - code, not data - whatever a file put there."""
-    for slot in _HOOK_SLOTS:
-        if slot in state:
-            state[slot] = OrderedDict()
+    """Every hook slot (``_forward_hooks``, ``_state_dict_pre_hooks``, ... and any later torch adds) emptied: hooks
+    are functions - code, not data - whatever a file put there."""
+    for slot in [key for key in state if isinstance(key, str) and key.startswith("_") and "_hooks" in key]:
+        state[slot] = OrderedDict()
     return state
 
 

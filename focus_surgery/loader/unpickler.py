@@ -10,7 +10,6 @@ hundreds of times its size.
 from __future__ import annotations
 
 import pickle
-import struct
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -187,63 +186,11 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._keys(self.stack)
         pickle._Unpickler.load_frozenset(self)
 
-    # ------------------------------------------------------------------ numbers and memo indices
-
-    def _small(self, value: int) -> int:
-        if value.bit_length() > MAX_INT_BITS:
-            raise Refused(f"an integer of {value.bit_length():,} bits (at most {MAX_INT_BITS})")
-        return value
-
-    def load_long1(self) -> None:
-        n = self.read(1)[0]
-        if n > MAX_INT_BITS // 8 + 1:  # refused before the bytes become a number
-            raise Refused(f"an integer of {n} bytes (at most {MAX_INT_BITS // 8 + 1})")
-        self.append(self._small(pickle.decode_long(self.read(n))))
-
-    def load_long4(self) -> None:
-        (n,) = struct.unpack("<i", self.read(4))
-        if not 0 <= n <= MAX_INT_BITS // 8 + 1:
-            raise Refused(f"an integer of {n:,} bytes (at most {MAX_INT_BITS // 8 + 1})")
-        self.append(self._small(pickle.decode_long(self.read(n))))
-
-    def load_int(self) -> None:
-        pickle._Unpickler.load_int(self)
-        if type(self.stack[-1]) is int:
-            self._small(self.stack[-1])
-
-    def load_long(self) -> None:
-        pickle._Unpickler.load_long(self)
-        self._small(self.stack[-1])
-
-    def load_put(self) -> None:  # text PUT / GET carry any integer: a memo index beyond 32 bits is refused
+    def load_put(self) -> None:  # a text PUT carries any integer: memo indices beyond 32 bits would collide
         line = self.readline()
         if not line[:-1].isdigit() or len(line) > 11:
             raise Refused("a memo index that is not a small number")
         self.memo[int(line[:-1])] = self.stack[-1]
-
-    def load_get(self) -> None:
-        line = self.readline()
-        if not line[:-1].isdigit() or len(line) > 11:
-            raise Refused("a memo index that is not a small number")
-        self.append(self._memo_value(int(line[:-1])))
-
-    def load_binget(self) -> None:
-        self.append(self._memo_value(self.read(1)[0]))
-
-    def load_long_binget(self) -> None:
-        (i,) = struct.unpack("<I", self.read(4))
-        self.append(self._memo_value(i))
-
-    def _memo_value(self, index: int) -> Any:
-        """A memoised object used again: a tensor is charged once more (each name it is written under is a view
-        the outputs may write or make dense)."""
-        try:
-            value = self.memo[index]
-        except KeyError:
-            raise pickle.UnpicklingError(f"memo value not found at index {index}") from None
-        if isinstance(value, torch.Tensor):
-            self.budgets.tensors.take(value.numel() * value.element_size(), "a tensor used again")
-        return value
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
@@ -256,14 +203,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.ADDITEMS[0]] = load_additems
     dispatch[pickle.FROZENSET[0]] = load_frozenset
     dispatch[pickle.DICT[0]] = load_dict
-    dispatch[pickle.LONG1[0]] = load_long1
-    dispatch[pickle.LONG4[0]] = load_long4
-    dispatch[pickle.INT[0]] = load_int
-    dispatch[pickle.LONG[0]] = load_long
     dispatch[pickle.PUT[0]] = load_put
-    dispatch[pickle.GET[0]] = load_get
-    dispatch[pickle.BINGET[0]] = load_binget
-    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
     for _code in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_code[0]] = load_ext
 
@@ -289,6 +229,27 @@ def _charged(handler: Callable, cost: int) -> Callable:
         handler(self)
 
     return run
+
+
+def _checked(handler: Callable) -> Callable:
+    """Integers and memo values as they are pushed: a number beyond ``MAX_INT_BITS`` is refused before any arithmetic
+    uses it; a memoised tensor used again is charged again (each name it is written under is a view the outputs may
+    write or make dense)."""
+
+    def run(self: RestrictedUnpickler) -> None:
+        handler(self)
+        value = self.stack[-1]
+        if type(value) is int and value.bit_length() > MAX_INT_BITS:
+            raise Refused(f"an integer of {value.bit_length():,} bits (at most {MAX_INT_BITS})")
+        if isinstance(value, torch.Tensor):
+            self.budgets.tensors.take(value.numel() * value.element_size(), "a tensor used again")
+
+    return run
+
+
+_NUMBERS_AND_MEMO = (pickle.INT, pickle.LONG, pickle.LONG1, pickle.LONG4, pickle.GET, pickle.BINGET, pickle.LONG_BINGET)
+for _code in _NUMBERS_AND_MEMO:
+    RestrictedUnpickler.dispatch[_code[0]] = _checked(RestrictedUnpickler.dispatch[_code[0]])
 
 
 # What one opcode may build, in bytes (CPython 3.11, 64-bit): containers and objects are charged the most, a memo
