@@ -12,6 +12,7 @@ from typing import Any, Callable
 from .records import Record
 
 MAX_DEPTH = 200  # containers nested deeper than any checkpoint needs
+_PLAIN = {str, bytes, int, float, bool, type(None)}  # never replaced, never entered: skipped (most of a pickle)
 
 
 def _items(obj: Any) -> tuple | list | None:
@@ -29,8 +30,9 @@ def _items(obj: Any) -> tuple | list | None:
 class Transform:
     """``replace`` applied to every object under a value, each shared object once (memoised by identity).
 
-    ``replace(obj)`` returns ``obj`` itself to keep it (containers are then entered) or its replacement (not entered).
-    Lists, dicts and record states are updated in place; tuples, slices and sets are rebuilt when an item changed.
+    ``replace(obj)`` returns ``obj`` itself to keep it (containers are then entered) or its replacement (not entered);
+    plain values (text, numbers, None) are kept without asking. Lists, dicts and record states are updated in place;
+    tuples, slices and sets are rebuilt when an item changed.
     One ``Transform`` may be called on several values: what it already did is reused.
 
     Raises:
@@ -42,6 +44,8 @@ class Transform:
         self.done: dict[int, tuple[Any, Any]] = {}  # id: (original kept alive so ids stay unique, result)
 
     def __call__(self, value: Any) -> Any:
+        if type(value) in _PLAIN:
+            return value
         done, stack = self.done, [(value, 0, False)]
         while stack:
             obj, depth, entered = stack.pop()
@@ -57,14 +61,15 @@ class Transform:
             items = _items(obj) if new is obj else None
             if items:
                 stack.append((obj, depth, True))
-                stack.extend((item, depth + 1, False) for item in items)
+                stack.extend((item, depth + 1, False) for item in items if type(item) not in _PLAIN)
         return done[id(value)][1]
 
     def _rebuild(self, obj: Any) -> None:
         done = self.done
 
         def get(item: Any) -> Any:
-            return done[id(item)][1]
+            entry = done.get(id(item))
+            return item if entry is None else entry[1]
 
         if isinstance(obj, Record):
             obj.state = get(obj.state)
