@@ -9,9 +9,14 @@ Guarantees (tested in ``tests/test_hostile_files.py``):
 
 * nothing named by the file is called except the validating rebuilders of ``allowlist.GLOBALS``;
 * every declared size (zip records, storages, tensors) is checked against the file's size before allocation; the
-  tensors' total logical size is at most twice the file plus 256 MiB, the pickle at most 64 MiB;
+  tensors' total logical size (every use of a tensor, every path to a shared layer's) is at most twice the file
+  plus 256 MiB, the pickle at most 64 MiB; zip records are stored or deflated, summed and non-overlapping;
 * every zip record's CRC-32 is checked; storages are never left uninitialised;
-* time is linear in the file size: traversals visit each shared object once.
+* time is linear in the file size: one ``Transform`` visits each shared object once; keys cannot be made to collide
+  (integers below 2**32) and no integer beyond 128 bits reaches arithmetic.
+
+``allow_records(module, reason)`` admits more record modules (``allowlist.ALLOWED`` is the one table);
+each bound is tested at its limit in ``tests/test_loader_bounds.py``.
 """
 
 from __future__ import annotations
