@@ -10,15 +10,14 @@ source.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic_io import atomic_write
-from .loader import CheckpointError, check_readable, read_checkpoint
-from .loader.layers import MODULE_PREFIXES, materialize
+from .loader import Checkpoint, CheckpointError, check_readable, read_checkpoint
+from .loader.allowlist import MODULE_PREFIXES
 
 __all__ = [
     "MODULE_PREFIXES",
@@ -31,44 +30,6 @@ __all__ = [
     "save_checkpoint",
     "torch_save",
 ]
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint.
-
-    Attributes:
-        path (Path): Where it came from.
-        kind (str): ``"state_dict"`` (tensors only), ``"ultralytics"`` (a dict with a pickled ``model``).
-        content (Any): What was loaded (a dict).
-        metadata (dict): Non-tensor entries worth keeping (safetensors metadata, training info).
-        globals (frozenset[str]): Every ``module.name`` the pickle named (empty for safetensors).
-    """
-
-    path: Path
-    kind: str
-    content: Any
-    metadata: dict = field(default_factory=dict)
-    globals: frozenset = frozenset()
-
-    @property
-    def model(self) -> torch.nn.Module | None:
-        """The model object of a full checkpoint (EMA first, as Ultralytics does), else None."""
-        if isinstance(self.content, dict):
-            for key in ("ema", "model"):
-                if isinstance(self.content.get(key), torch.nn.Module):
-                    return self.content[key]
-        return None
-
-    @property
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors: the model's state dict, or the file itself for a plain state dict."""
-        if self.model is not None:
-            return self.model.state_dict()
-        content = self.content
-        if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-            content = content["state_dict"]
-        return {k: v for k, v in content.items() if isinstance(v, torch.Tensor)}
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -85,17 +46,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = check_readable(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    loaded = read_checkpoint(path)
-    try:
-        content = materialize(loaded.content, path)
-    except RecursionError:
-        raise CheckpointError(f"{path}: not a torch checkpoint (nested too deeply)") from None
-    if isinstance(content, dict) and any(isinstance(content.get(k), torch.nn.Module) for k in ("model", "ema")):
-        metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
-        return Checkpoint(path, "ultralytics", content, metadata, loaded.globals)
-    if isinstance(content, dict) and all(isinstance(k, str) for k in content):
-        return Checkpoint(path, "state_dict", content, {}, loaded.globals)
-    raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state dict or a model checkpoint")
+    return read_checkpoint(path).checkpoint()
 
 
 def _load_safetensors(path: Path) -> Checkpoint:

@@ -216,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from .atomic_io import Interrupted, cleanup_on_signals
     from .limits import forward_memory_limit
-    from .loader import reading_once
 
     args = build_parser().parse_args(argv)
     _REPORT_STREAM.append(sys.stdout)
@@ -227,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         with (
             warnings.catch_warnings(),
             cleanup_on_signals(),
-            reading_once(),
             forward_memory_limit(FORWARD_LIMIT),
             quiet_stdout,
         ):

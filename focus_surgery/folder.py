@@ -191,7 +191,6 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
     from . import files
     from .cli import FORWARD_LIMIT
     from .limits import forward_memory_limit
-    from .loader import reading_once
 
     args = argparse.Namespace(**options)
     if args.workers > 1:  # parallelism comes from the processes; threads inside them would only contend
@@ -199,7 +198,7 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
 
         torch.set_num_threads(1)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), reading_once(), forward_memory_limit(FORWARD_LIMIT):
+    with warnings.catch_warnings(), forward_memory_limit(FORWARD_LIMIT):
         warnings.simplefilter("ignore")
         return files.convert_one(src, dst, args)
 

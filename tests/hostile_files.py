@@ -410,7 +410,7 @@ def dag_modules_yolov5(tmp: Path) -> Hostile:
         return p.module("models.yolo", "Model", {"yaml": yaml, "names": ["a", "b", "c"]}, {"model": layers})
 
     path = splice_item(YOLOV5_FILE, tmp / "dag-modules-yolov5.pt", "ema", model)
-    return Hostile(path, effect="hang: LegacyRecord.named_modules / state_dict through shared layers")
+    return Hostile(path, effect="hang: Record.named_modules / state_dict through shared layers")
 
 
 def lstm_layers(tmp: Path) -> Hostile:
@@ -500,9 +500,10 @@ def _deflate_zeros(nbytes: int) -> tuple[bytes, int]:
 
 
 def _zip_with_raw_record(
-    dst: Path, entries: list[tuple[str, bytes]], name: str, deflated: bytes, size: int, crc: int
+    dst: Path, entries: list[tuple[str, bytes]], name: str, deflated: bytes, size: int, crc: int, method: int = 8
 ) -> Path:
-    """A zip of stored ``entries`` plus one deflated record ``name`` given as a ready deflate stream."""
+    """A zip of stored ``entries`` plus one record ``name`` given as a ready stream compressed with ``method``
+    (8: deflate, 12: bzip2, 14: LZMA), declaring ``size`` and ``crc``."""
     out, central = bytearray(), bytearray()
 
     def add(fname: str, method: int, payload: bytes, crc: int, size: int) -> None:
@@ -541,7 +542,7 @@ def _zip_with_raw_record(
     for fname, data in entries:
         add(fname, 0, data, zlib.crc32(data), len(data))
         count += 1
-    add(name, 8, deflated, crc, size)
+    add(name, method, deflated, crc, size)
     count += 1
     start = len(out)
     out.extend(central)
@@ -591,6 +592,157 @@ def stride_zero_output(tmp: Path) -> Hostile:
     storages["z"] = struct.pack("<f", 1.0)
     path = torch_zip(tmp / "stride-zero-output.pt", pkl, storages)
     return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 1 GiB output from 35 KB")
+
+
+COMPRESSED_BOMB_BYTES = 1 << 26  # 64 MiB (building 1 GiB takes a minute; test_loader_bounds counts decompressors)
+
+
+def _compressed_pickle_bomb(tmp: Path, method: int) -> Hostile:
+    """data.pkl compressed with bzip2 (12) or LZMA (14) from 64 MiB of zeros (under 10 KB), declaring 4 KB: zipfile
+    inflates such a record without an output bound, so the declared size passed every check (5.7 KB -> 2 GiB)."""
+    import bz2
+    import lzma
+
+    squeeze = bz2.BZ2Compressor(1) if method == 12 else lzma.LZMACompressor(lzma.FORMAT_ALONE, preset=0)
+    chunk, stream = bytes(1 << 24), bytearray()
+    for _ in range(COMPRESSED_BOMB_BYTES >> 24):
+        stream += squeeze.compress(chunk)
+    stream += squeeze.flush()
+    if method == 14:  # zip's LZMA records: 2-byte version, 2-byte properties size, properties, raw stream
+        stream = b"\x09\x14\x05\x00" + stream[:5] + stream[13:]
+    name = f"bomb-{'bzip2' if method == 12 else 'lzma'}.pt"
+    path = _zip_with_raw_record(
+        tmp / name, [("archive/byteorder", b"little")], "archive/data.pkl", bytes(stream), 4096, 0, method
+    )
+    return Hostile(path, effect="memory: 5.7 KB inflated to 2 GiB by zipfile (bzip2 / LZMA, no output bound)")
+
+
+def zip_bzip2_record(tmp: Path) -> Hostile:
+    return _compressed_pickle_bomb(tmp, 12)
+
+
+def zip_lzma_record(tmp: Path) -> Hostile:
+    return _compressed_pickle_bomb(tmp, 14)
+
+
+def zip_overlapping_records(tmp: Path, count: int = 800, payload: int = 512) -> Hostile:
+    """``count`` stored records, each one's data quoting every later record (header and data), every CRC-32 right:
+    ~0.5 MB of file, and a reader that checks each record reads ``count**2 / 2`` records' worth (15 MB: > 90 s)."""
+    pkl = PickleWriter().dict({"x": 1}).stop()
+    write_zip(tmp / "head.zip", {"archive/data.pkl": pkl, "archive/byteorder": b"little"})
+    head = (tmp / "head.zip").read_bytes()
+    with zipfile.ZipFile(tmp / "head.zip") as z:
+        infos = z.infolist()
+    (tmp / "head.zip").unlink()
+    names = [f"archive/data/{i}".encode() for i in range(count)]
+    starts, position = [], infos[-1].header_offset + 30 + len(infos[-1].filename) + infos[-1].compress_size
+    for name in names:
+        starts.append(position)
+        position += 30 + len(name) + payload
+    out = bytearray(head[: starts[0]]) + bytearray(position - starts[0])
+    view, central = memoryview(out), bytearray()
+    for info in infos:
+        central += _central_entry(info.filename.encode(), info.CRC, info.compress_size, info.header_offset)
+    entries = []
+    for i in range(count - 1, -1, -1):  # from the last record: each one's CRC-32 covers every later one
+        data_start = starts[i] + 30 + len(names[i])
+        out[data_start : data_start + payload] = bytes([i % 251]) * payload
+        crc, size = zlib.crc32(view[data_start:]), position - data_start
+        header = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x5821, crc, size, size, len(names[i]), 0)
+        out[starts[i] : data_start] = header + names[i]
+        entries.append(_central_entry(names[i], crc, size, starts[i]))
+    view.release()
+    central += b"".join(reversed(entries))
+    total = len(infos) + count
+    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, total, total, len(central), position, 0)
+    path = tmp / "overlapping-records.pt"
+    path.write_bytes(bytes(out))
+    return Hostile(path, effect="time: every record re-reads all later ones (quadratic)")
+
+
+def _central_entry(name: bytes, crc: int, size: int, offset: int) -> bytes:
+    """A central-directory entry of a stored record."""
+    fields = (0x02014B50, 20, 20, 0, 0, 0, 0x5821, crc, size, size, len(name), 0, 0, 0, 0, 0, offset)
+    return struct.pack("<IHHHHHHIIIHHHHHII", *fields) + name
+
+
+def stride_zero_shared(tmp: Path, names: int = 16) -> Hostile:
+    """One (2**13, 2**13) stride-0 view of one float (256 MiB logical), written under ``names`` keys by memo
+    reference (the tensor is built once): a .safetensors output of 4.29 GB from 4.6 KB."""
+    extent = 1 << 13
+
+    def first(q: PickleWriter) -> PickleWriter:
+        return q.tensor("z", 1, (extent, extent), (0, 0)).put(900_000)
+
+    extra = {"huge0": first, **{f"huge{i}": (lambda q: q.get(900_000)) for i in range(1, names)}}
+    pkl, storages = state_dict_pickle(stem_tensors(), extra)
+    storages["z"] = struct.pack("<f", 1.0)
+    path = torch_zip(tmp / "stride-zero-shared.pt", pkl, storages)
+    return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 4.29 GB output from 4.6 KB")
+
+
+def stride_zero_shared_layer(tmp: Path, parents: int = 16) -> Hostile:
+    """One Identity layer shared by ``parents`` slots of a Sequential, holding a 256 MiB stride-0 buffer over one
+    byte: the model's state dict writes it once per path (4 GiB from a few KB)."""
+    numel = 1 << 28
+
+    def identity(q: PickleWriter) -> PickleWriter:
+        state = {
+            "training": False,
+            "_parameters": lambda p: p.dict({}, ordered=True),
+            "_buffers": lambda p: p.dict(
+                {"b": lambda r: r.tensor("z", 1, (numel,), (0,), storage="ByteStorage")}, ordered=True
+            ),
+            "_non_persistent_buffers_set": lambda p: p.glob("builtins", "set").raw(pickle.EMPTY_LIST + b"\x85R"),
+            "_modules": lambda p: p.dict({}, ordered=True),
+        }
+        return q.record("torch.nn.modules.linear", "Identity", state).put(900_000)
+
+    children = {"0": identity, **{str(i): (lambda q: q.get(900_000)) for i in range(1, parents)}}
+    pkl = PickleWriter().dict({"model": lambda q: q.module("torch.nn.modules.container", "Sequential", {}, children)})
+    path = torch_zip(tmp / "stride-zero-shared-layer.pt", pkl.stop(), {"z": b"\x01"})
+    return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 4 GiB state dict from a few KB")
+
+
+def _colliding_ints(count: int) -> list[int]:
+    return [k * (2**61 - 1) for k in range(1, count + 1)]  # hash(k * (2**61 - 1)) == 0 for every k
+
+
+def int_key_collisions(tmp: Path, count: int = 50_000) -> Hostile:
+    """A dict of ``count`` int keys that all hash to 0: each insert probes every earlier key (617 s CPU)."""
+    p = PickleWriter().raw(pickle.EMPTY_DICT).mark()
+    for key in _colliding_ints(count):
+        p.int(key).none()
+    pkl = p.raw(pickle.SETITEMS).stop()
+    return Hostile(torch_zip(tmp / "int-key-collisions.pt", pkl), message="integer")
+
+
+def int_set_hash_bomb(tmp: Path, count: int = 50_000) -> Hostile:
+    """``frozenset([...])`` of colliding int members, built through REDUCE (the container-call path)."""
+    p = PickleWriter().glob("builtins", "frozenset").raw(pickle.EMPTY_LIST).mark()
+    for key in _colliding_ints(count):
+        p.int(key)
+    pkl = p.raw(pickle.APPENDS + pickle.TUPLE1 + pickle.REDUCE).stop()
+    return Hostile(torch_zip(tmp / "int-set-hash-bomb.pt", pkl), message="integer")
+
+
+def big_int_tensor_size(tmp: Path, digits_bytes: int = 1 << 20) -> Hostile:
+    """A tensor whose size is four integers of a million bytes each and a zero: its product took > 150 s."""
+    big = pickle.LONG4 + struct.pack("<i", digits_bytes) + b"\xff" * (digits_bytes - 1) + b"\x7f"
+    p = PickleWriter()
+
+    def tensor(q: PickleWriter) -> PickleWriter:
+        q.glob("torch._utils", "_rebuild_tensor_v2").mark()
+        q.mark().str("storage").glob("torch", "FloatStorage").str("0").str("cpu").int(1).tuple()
+        q.raw(pickle.BINPERSID).int(0)
+        q.mark().raw(big * 4).int(0).tuple()
+        q.mark().int(1).int(1).int(1).int(1).int(1).tuple().bool(False)
+        q.glob("collections", "OrderedDict").raw(pickle.EMPTY_TUPLE + pickle.REDUCE)
+        return q.tuple().raw(pickle.REDUCE)
+
+    pkl = p.dict({"w": tensor}, ordered=True).stop()
+    path = torch_zip(tmp / "big-int-size.pt", pkl, {"0": struct.pack("<f", 1.0)})
+    return Hostile(path, effect="time: the product of the size's big integers (> 150 s)")
 
 
 def legacy_huge_numel(tmp: Path) -> Hostile:
@@ -785,6 +937,14 @@ HOSTILE: dict[str, Callable[[Path], Hostile]] = {
         zip_bomb_storage,
         stride_zero,
         stride_zero_output,
+        stride_zero_shared,
+        stride_zero_shared_layer,
+        zip_bzip2_record,
+        zip_lzma_record,
+        zip_overlapping_records,
+        int_key_collisions,
+        int_set_hash_bomb,
+        big_int_tensor_size,
         legacy_huge_numel,
         legacy_unfilled,
         uninitialised,

@@ -1,6 +1,7 @@
 """The safe loader's rules, one by one: what a file may name, what it becomes, what is refused."""
 
 import os
+from pathlib import Path
 import pathlib
 import pickle
 import sys
@@ -12,7 +13,7 @@ import torch
 
 from focus_surgery.checkpoint_io import CheckpointError, load_checkpoint
 from focus_surgery.loader import NamedReference, Namespace, Record, read_checkpoint
-from focus_surgery.loader.allowlist import GLOBALS, RECORD_MODULES, is_record_module
+from focus_surgery.loader.allowlist import ALLOWED, is_record_module
 
 
 class _Reduce:
@@ -32,10 +33,11 @@ def _save(tmp_path, obj, name="ckpt.pt"):
 
 
 def test_every_allowed_name_says_why():
-    assert GLOBALS and all(entry.reason.strip() for entry in GLOBALS.values())
-    assert RECORD_MODULES and all(reason.strip() for reason in RECORD_MODULES.values())
+    assert all(entry.reason.strip() for entry in ALLOWED.values())
+    assert any(e.record for e in ALLOWED.values()) and any(e.value is not None for e in ALLOWED.values())
+    assert all((e.value is None) == e.record for e in ALLOWED.values())  # a row is a stand-in or a record module
     assert not any(
-        callable(e.value) and isinstance(e.value, type) and issubclass(e.value, torch.Tensor) for e in GLOBALS.values()
+        callable(e.value) and isinstance(e.value, type) and issubclass(e.value, torch.Tensor) for e in ALLOWED.values()
     )  # no tensor class is callable from a file
 
 
@@ -158,3 +160,70 @@ def test_a_second_archive_folder_is_refused_as_torch_refuses_it(tmp_path):
         read_checkpoint(path)
     with pytest.raises(RuntimeError, match="not in a subdirectory"):
         torch.load(path, weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------------ one vocabulary
+
+
+def test_allow_records_admits_a_module_with_its_reason(tmp_path):
+    """Classes of an unknown package are refused by name; ``allow_records`` admits them as inert records (no
+    import, no code), with the reason kept in the one allow-list table, like torch's ``add_safe_globals``."""
+    from focus_surgery.loader import CheckpointError, allow_records
+    from focus_surgery.loader.allowlist import ALLOWED
+
+    from hostile_files import torch_zip
+
+    # {"block": mylib.layers.Block() with state {"k": 3}}, written by hand
+    pkl = b"\x80\x02}X\x05\x00\x00\x00blockcmylib.layers\nBlock\n)\x81}X\x01\x00\x00\x00kK\x03sbs."
+    path = torch_zip(tmp_path / "mylib.pt", pkl)
+    with pytest.raises(CheckpointError, match="mylib.layers.Block"):
+        read_checkpoint(path)
+    try:
+        allow_records("mylib.*", "  our own layers,\n saved whole by train.py ")
+        assert ALLOWED["mylib.*"].reason == "our own layers, saved whole by train.py" and ALLOWED["mylib.*"].record
+        assert not ALLOWED["mylib.*"].materialise  # records of added modules are never rebuilt as live layers
+        block = read_checkpoint(path).content["block"]
+        assert isinstance(block, Record) and block.qualname == "mylib.layers.Block" and block.state == {"k": 3}
+        assert "mylib" not in sys.modules
+        assert is_record_module("mylib.layers") and not is_record_module("mylib") and not is_record_module("mylibx.a")
+    finally:
+        ALLOWED.pop("mylib.*", None)
+    assert not is_record_module("mylib.layers")
+    for module, reason in [("mylib", ""), ("my lib", "why"), ("mylib.*.x", "why"), ("torch.Size", "why"), (3, "x")]:
+        with pytest.raises(ValueError, match="allow_records"):
+            allow_records(module, reason)
+
+
+def test_one_loaded_one_alias_free_loader():
+    """One ``Loaded`` (the loader's, used by every source); the YOLOv5 alias module is gone."""
+    import importlib.util
+
+    import focus_surgery.loader as loader
+    import focus_surgery.sources as sources
+
+    assert sources.Loaded is loader.Loaded
+    assert importlib.util.find_spec("focus_surgery.yolov5.unpickler") is None
+    assert not hasattr(loader, "reading_once")
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "tests/fixtures/yolov5-legacy/yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt",
+        "checkpoints/focus-backbone.pt",
+        "checkpoints/yolo-focus-tiny.pt",
+    ],
+)
+def test_each_command_reads_its_file_once(sample, tmp_path, monkeypatch, capsys):
+    """inspect and convert read the input once (no second read, so no cache of copies is needed)."""
+    import focus_surgery.loader as loader
+    from focus_surgery import cli
+
+    root = Path(__file__).resolve().parents[1]
+    reads = []
+    real = loader.read_container
+    monkeypatch.setattr(loader, "read_container", lambda path, size: reads.append(path) or real(path, size))
+    for argv in (["inspect", str(root / sample)], ["convert", str(root / sample), str(tmp_path / "out.pt")]):
+        reads.clear()
+        assert cli.main(argv) == 0, capsys.readouterr()
+        assert reads == [root / sample], (argv[0], reads)

@@ -279,15 +279,14 @@ def test_loaded_values_hold_no_callables_of_the_loader(tmp_path):
     assert not callable(content["x"]) and not callable(content["y"]), (content["x"], content["y"])
 
 
-def test_reading_once_second_read_keeps_state_dict_metadata(tmp_path):
-    """``_fresh_copy`` rebuilds an OrderedDict without its attributes: a state dict's ``_metadata`` (module
-    versions, used by ``load_state_dict``) is lost on the second read inside ``reading_once`` (every CLI run)."""
-    from focus_surgery.loader import read_checkpoint, reading_once
+def test_second_read_keeps_state_dict_metadata(tmp_path):
+    """A state dict's ``_metadata`` (module versions, used by ``load_state_dict``) survives every read (the
+    ``reading_once`` cache that once lost it on a second read is gone: each read is its own)."""
+    from focus_surgery.loader import read_checkpoint
 
     torch.save(torch.nn.BatchNorm2d(3).state_dict(), tmp_path / "sd.pt")
-    with reading_once():
-        first = read_checkpoint(tmp_path / "sd.pt").content
-        second = read_checkpoint(tmp_path / "sd.pt").content
+    first = read_checkpoint(tmp_path / "sd.pt").content
+    second = read_checkpoint(tmp_path / "sd.pt").content
     assert hasattr(first, "_metadata")
     assert getattr(second, "_metadata", None) == first._metadata
 

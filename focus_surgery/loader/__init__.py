@@ -9,63 +9,50 @@ Guarantees (tested in ``tests/test_hostile_files.py``):
 
 * nothing named by the file is called except the validating rebuilders of ``allowlist.GLOBALS``;
 * every declared size (zip records, storages, tensors) is checked against the file's size before allocation; the
-  tensors' total logical size is at most twice the file plus 256 MiB, the pickle at most 64 MiB;
+  tensors' total logical size (every use of a tensor, every path to a shared layer's) is at most twice the file
+  plus 256 MiB, the pickle at most 64 MiB; zip records are stored or deflated, summed and non-overlapping;
 * every zip record's CRC-32 is checked; storages are never left uninitialised;
-* time is linear in the file size: traversals visit each shared object once.
+* time is linear in the file size: one ``Transform`` visits each shared object once; keys cannot be made to collide
+  (integers below 2**32) and no integer beyond 128 bits reaches arithmetic.
+
+``allow_records(module, reason)`` admits more record modules (``allowlist.ALLOWED`` is the one table);
+each bound is tested at its limit in ``tests/test_loader_bounds.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import stat
 import struct
 import warnings
 import zipfile
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .allowlist import allow_records
 from .containers import read_container
 from .errors import CheckpointError, Refused
+from .loaded import Checkpoint, Loaded
 from .rebuilders import ArraySpec, DtypeSpec
 from .records import NamedReference, Namespace, Record, record_class
 from .unpickler import RestrictedUnpickler
-from .walk import MAX_DEPTH, objects, walk
+from .walk import MAX_DEPTH, Transform
 
 __all__ = [
+    "MAX_DEPTH",
+    "Checkpoint",
     "CheckpointError",
     "Loaded",
     "NamedReference",
     "Namespace",
     "Record",
+    "Transform",
+    "allow_records",
     "check_readable",
-    "MAX_DEPTH",
-    "objects",
     "read_checkpoint",
-    "reading_once",
     "record_class",
-    "walk",
 ]
-
-
-@dataclass
-class Loaded:
-    """What ``read_checkpoint`` read.
-
-    Attributes:
-        path (Path): The file.
-        content (Any): Plain data, tensors and records.
-        globals (frozenset[str]): Every ``module.name`` the pickle named.
-        container (str): ``"zip"`` (torch >= 1.6) or ``"legacy"``.
-    """
-
-    path: Path
-    content: Any
-    globals: frozenset
-    container: str
 
 
 def check_readable(path: str | os.PathLike) -> Path:
@@ -96,78 +83,24 @@ def _finish(content: Any, unpickler: RestrictedUnpickler) -> Any:
     must never hold a function of ours or a class of the file's).
     """
     names = unpickler.names_of_handed_out()
-    done: dict[int, Any] = {}
 
     def finish(obj: Any) -> Any:
-        key = id(obj)
-        if key in done:
-            return done[key]
         if isinstance(obj, ArraySpec):
-            done[key] = obj.to_numpy(unpickler.budgets)
-        elif isinstance(obj, DtypeSpec):
-            done[key] = obj.to_numpy()
-        elif key in names:
-            done[key] = NamedReference(names[key])
-        elif isinstance(obj, type) and issubclass(obj, Record):
-            done[key] = NamedReference(obj.qualname)
-        elif type(obj) is tuple:
-            done[key] = obj  # provisional: a tuple cannot contain itself
-            done[key] = tuple(finish(v) for v in obj)
-        elif type(obj) is slice:
-            done[key] = slice(finish(obj.start), finish(obj.stop), finish(obj.step))
-        else:
-            return obj
-        return done[key]
+            return obj.to_numpy(unpickler.budgets)
+        if isinstance(obj, DtypeSpec):
+            return obj.to_numpy()
+        if id(obj) in names:
+            return NamedReference(names[id(obj)])
+        if isinstance(obj, type) and issubclass(obj, Record):
+            return NamedReference(obj.qualname)
+        return obj
 
-    content = finish(content)
-    walk(content, finish)
-    return content
+    return Transform(finish)(content)
 
 
-_ONCE: list[dict] = []  # active ``reading_once`` caches, innermost last
-
-
-@contextlib.contextmanager
-def reading_once() -> Iterator[None]:
-    """Within this block each file is read from disk once: later reads get a fresh copy of its containers and
-    records (tensors shared), so that recognising a file's family and converting it is one pass over the file."""
-    _ONCE.append({})
-    try:
-        yield
-    finally:
-        _ONCE.pop()
-
-
-def _fresh_copy(value: Any, memo: dict[int, Any]) -> Any:
-    """New containers and records over the same tensors and values (what a second read would give)."""
-    if id(value) in memo:
-        return memo[id(value)]
-    if isinstance(value, Record):
-        copy = memo[id(value)] = type(value).__new__(type(value))
-        copy.state = _fresh_copy(value.state, memo)
-        return copy
-    if isinstance(value, dict):
-        copy = memo[id(value)] = type(value)() if type(value) in (dict, OrderedDict, Namespace) else dict()
-        copy.update((k, _fresh_copy(v, memo)) for k, v in value.items())
-        if getattr(value, "__dict__", None):  # a state dict's _metadata
-            copy.__dict__.update(value.__dict__)
-        return copy
-    if isinstance(value, list):
-        copy = memo[id(value)] = []
-        copy.extend(_fresh_copy(v, memo) for v in value)
-        return copy
-    if type(value) is tuple:
-        memo[id(value)] = tuple(_fresh_copy(v, memo) for v in value)
-        return memo[id(value)]
-    if isinstance(value, set):
-        memo[id(value)] = {_fresh_copy(v, memo) for v in value}
-        return memo[id(value)]
-    if type(value) is slice:
-        memo[id(value)] = slice(
-            _fresh_copy(value.start, memo), _fresh_copy(value.stop, memo), _fresh_copy(value.step, memo)
-        )
-        return memo[id(value)]
-    return value
+# what a malformed file makes the reading raise (KeyError, IndexError: LookupError; RecursionError: RuntimeError)
+_UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError, struct.error)
+_UNREADABLE += (zipfile.BadZipFile, OSError, RuntimeError, MemoryError, ArithmeticError)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Loaded:
@@ -178,18 +111,7 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
             problem (a refused global is named; nothing was executed).
     """
     path = check_readable(path)
-    info = path.stat()
-    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
-    if _ONCE and key in _ONCE[-1]:
-        first = _ONCE[-1][key]
-        return Loaded(path, _fresh_copy(first.content, {}), first.globals, first.container)
-    loaded = _read(path, info.st_size)
-    if _ONCE:
-        _ONCE[-1][key] = Loaded(path, _fresh_copy(loaded.content, {}), loaded.globals, loaded.container)
-    return loaded
-
-
-def _read(path: Path, file_size: int) -> Loaded:
+    file_size = path.stat().st_size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's deprecation notes would turn one error into several lines
@@ -199,23 +121,7 @@ def _read(path: Path, file_size: int) -> Loaded:
         raise
     except Refused as error:
         raise CheckpointError(f"{path}: refused to load: {error} (nothing was executed)") from None
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        struct.error,
-        zipfile.BadZipFile,
-        OSError,
-        RuntimeError,
-        MemoryError,
-        RecursionError,
-        OverflowError,
-        UnicodeError,
-    ) as error:
+    except _UNREADABLE as error:
         text = str(error).strip()
         detail = text.splitlines()[0][:160] if text else type(error).__name__
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:

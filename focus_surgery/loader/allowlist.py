@@ -1,13 +1,15 @@
-"""What a checkpoint's pickle may name, as data: every entry says what the file gets and why it is safe.
+"""What a checkpoint's pickle may name, as data: ONE table, every entry saying what the file gets and why.
 
-Three kinds of names are admitted, and nothing else:
+``ALLOWED`` maps a name to an ``Allowed`` entry of one of two kinds, and nothing else is admitted:
 
-* ``GLOBALS``: a fixed stand-in per name - a validating rebuilder (tensors, storages, numpy values), an inert
-  container type, or a non-callable marker. No torch or numpy class is ever callable from a file.
-* ``RECORD_MODULES``: classes in these modules become ``Record`` objects (name + pickled state); no class of the
-  file is imported and none of its code runs. Layer classes of installed packages may later be rebuilt from the
-  record (``loader.layers``), again without running their constructors.
-* ``ENUMS``: enum members, read as named references.
+* a global name (``torch.Size``) with a fixed stand-in - a validating rebuilder (tensors, storages, numpy values,
+  enum members), an inert container type, or a non-callable marker. No torch or numpy class is ever callable.
+* a record module (``models.yolo``; ``pkg.*`` admits every module under ``pkg``): its classes become ``Record``
+  objects (name + pickled state); no class of the file is imported and none of its code runs. Where ``materialise``
+  is set, records of installed layer classes may later be rebuilt (``loader.layers``), again without running their
+  constructors.
+
+``allow_records(module, reason)`` admits more record modules, as torch's ``add_safe_globals`` admits more globals.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from .records import Namespace
 
 @dataclass(frozen=True)
 class Allowed:
-    value: Any
+    """One row of the allow-list: what the file gets for a name, and why that is safe."""
+
     reason: str
+    value: Any = None  # the stand-in a global name resolves to (None for a record module)
     needs_budget: bool = False  # a rebuilder that builds from sizes or copies bytes: bound to the load's budgets
+    record: bool = False  # a module whose classes are read as records
+    materialise: bool = False  # ... and whose installed layer classes may be rebuilt as live modules
 
 
 STORAGE_DTYPES = {
@@ -61,7 +67,7 @@ def _table() -> dict[str, Allowed]:
 
     def add(names: tuple[str, ...], value: Any, reason: str, needs_budget: bool = False) -> None:
         for name in names:
-            table[name] = Allowed(value, reason, needs_budget)
+            table[name] = Allowed(reason, value, needs_budget)
 
     add(
         ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor"),
@@ -85,18 +91,7 @@ def _table() -> dict[str, Allowed]:
     add(("torch.device",), rb.torch_device, "device of a tensor or setting: known device kinds only")
     for name, dtype in STORAGE_DTYPES.items():
         add((name,), StorageType(dtype), "storage type in a persistent id; only its dtype is read")
-    for dtype in (
-        torch.float16,
-        torch.float32,
-        torch.float64,
-        torch.bfloat16,
-        torch.int64,
-        torch.int32,
-        torch.int16,
-        torch.int8,
-        torch.uint8,
-        torch.bool,
-    ):
+    for dtype in STORAGE_DTYPES.values():
         add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
     add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
     for py in ("builtins", "__builtin__"):
@@ -136,40 +131,68 @@ def _table() -> dict[str, Allowed]:
         )
     for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
         add((name,), Namespace, "training arguments (Ultralytics model.args): read as a dict")
+
+    for name in ("torchvision.transforms.functional.InterpolationMode", "torchvision.transforms.InterpolationMode"):
+        add((name,), rb.enum_value(name), "an interpolation setting of a recorded transform: a named reference")
+
+    def records(module: str, reason: str, materialise: bool = False) -> None:
+        table[module] = Allowed(reason, record=True, materialise=materialise)
+
+    records("models.yolo", "YOLOv5 / yolov3 / yolov7 / YOLOR repositories: Model, Detect and heads")
+    records("models.common", "those repositories' layers (Focus, Conv, C3, ReOrg, ...)")
+    records("models.experimental", "those repositories' experimental layers (MixConv2d, Ensemble, ...)")
+    records("torch.nn.modules.*", "torch layers inside a pickled model", materialise=True)
+    records("ultralytics.nn.tasks", "Ultralytics model classes", materialise=True)
+    records("ultralytics.nn.modules.*", "Ultralytics layers", materialise=True)
+    records("timm.layers.*", "timm layers", materialise=True)
+    records("timm.models.*", "timm models", materialise=True)
+    records("focus_surgery.*", "our own layers in converted models", materialise=True)
+    records("torchvision.transforms.transforms", "YOLOv5 v7.0 classification models keep their transforms")
+    records("utils.augmentations", "YOLOv5's own preprocessing transforms, kept by its classification models")
+    records("yolox.models.*", "YOLOX models saved whole")
     return table
 
 
-GLOBALS: dict[str, Allowed] = _table()
+ALLOWED: dict[str, Allowed] = _table()
 
-# Modules whose classes are read as records. "pkg.*" admits every module under pkg; other entries are exact.
-RECORD_MODULES: dict[str, str] = {
-    "models.yolo": "YOLOv5 / yolov3 / yolov7 / YOLOR repositories: Model, Detect and heads",
-    "models.common": "those repositories' layers (Focus, Conv, C3, ReOrg, ...)",
-    "models.experimental": "those repositories' experimental layers (MixConv2d, Ensemble, ...)",
-    "torch.nn.modules.*": "torch layers inside a pickled model",
-    "ultralytics.nn.tasks": "Ultralytics model classes",
-    "ultralytics.nn.modules.*": "Ultralytics layers",
-    "timm.layers.*": "timm layers",
-    "timm.models.*": "timm models",
-    "focus_surgery.*": "our own layers in converted models",
-    "torchvision.transforms.transforms": "YOLOv5 v7.0 classification models keep their preprocessing transforms",
-    "utils.augmentations": "YOLOv5's own preprocessing transforms, kept by its classification models",
-    "yolox.models.*": "YOLOX models saved whole",
-}
+# Packages whose installed layer classes ``loader.layers`` may rebuild (the ``materialise`` rows), as prefixes.
+MODULE_PREFIXES = tuple(name.removesuffix("*").rstrip(".") + "." for name, e in ALLOWED.items() if e.materialise)
 
-ENUMS: dict[str, str] = {
-    "torchvision.transforms.functional.InterpolationMode": "an interpolation setting of a recorded transform",
-    "torchvision.transforms.InterpolationMode": "an interpolation setting of a recorded transform",
-}
+
+def stand_in(qualname: str) -> Allowed | None:
+    """The entry of a global name that resolves to a fixed stand-in, else None."""
+    entry = ALLOWED.get(qualname)
+    return entry if entry is not None and not entry.record else None
 
 
 def is_record_module(module: str) -> bool:
-    """Whether classes of ``module`` are read as records (``RECORD_MODULES``)."""
-    for pattern in RECORD_MODULES:
-        if pattern.endswith(".*"):
-            base = pattern[:-2]
-            if module.startswith(base + ".") and all(part.isidentifier() for part in module.split(".")):
-                return True
-        elif module == pattern:
-            return True
-    return False
+    """Whether classes of ``module`` are read as records: an exact row, or a ``pkg.*`` row of a parent package."""
+    parts = module.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return False
+    entry = ALLOWED.get(module)
+    if entry is not None and entry.record:
+        return True
+    return any(getattr(ALLOWED.get(".".join(parts[:n]) + ".*"), "record", False) for n in range(1, len(parts)))
+
+
+def allow_records(module: str, reason: str) -> None:
+    """Read the classes of ``module`` (``"pkg.*"``: every module under ``pkg``) as records, with ``reason`` saying
+    why the files that name them are expected; like torch's ``serialization.add_safe_globals``.
+
+    A record is inert data (class name + pickled state): no class of the file is imported and none of its code
+    runs. Records of modules added here are never rebuilt as live layers.
+
+    Raises:
+        ValueError: ``module`` is not a dotted module name (optionally ending in ``.*``), ``reason`` is empty, or
+            the name is already a global stand-in.
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(f"allow_records({module!r}): say why its classes are expected in checkpoints (reason)")
+    base = module.removesuffix(".*") if isinstance(module, str) else ""
+    if not all(part.isidentifier() for part in base.split(".")):
+        raise ValueError(f"allow_records({module!r}): not a dotted module name (optionally ending in '.*')")
+    if stand_in(module) is not None:
+        raise ValueError(f"allow_records({module!r}): already allowed as a global name")
+    if module not in ALLOWED:
+        ALLOWED[module] = Allowed(" ".join(reason.split()), record=True)

@@ -14,6 +14,7 @@ import pickle
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -65,6 +66,41 @@ class BoundedReader:
         return self._handle.tell()
 
 
+def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int) -> None:
+    """Before anything is decompressed: every record stored or deflated (zipfile inflates bzip2 / LZMA chunks
+    without an output bound), none declaring more than the file, all but the pickle together at most the file, and
+    no two records sharing bytes (each byte of the file is read once).
+    """
+    total, extents = 0, []
+    first = infos[0].filename
+    pickle_name = (first.split("/")[0] + "/" if "/" in first else "") + "data.pkl"  # the one torch reads
+    for info in infos:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(
+                f"{path}: record {info.filename!r} uses zip compression method {info.compress_type}; torch writes "
+                "stored (or deflated) records: re-save it with torch.save"
+            )
+        if info.file_size > file_size:
+            raise CheckpointError(
+                f"{path}: record {info.filename!r} unpacks to {info.file_size:,} bytes, more than the whole file "
+                f"({file_size:,}): a zip bomb or not a torch checkpoint"
+            )
+        total += 0 if info.filename == pickle_name else info.file_size
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"{path}: record {info.filename!r} has no local header; the file is corrupt")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        end = info.header_offset + 30 + name_length + extra_length + info.compress_size
+        extents.append((info.header_offset, end, info.filename))
+    if total > file_size:
+        raise CheckpointError(f"{path}: its records unpack to {total:,} bytes, more than the file ({file_size:,})")
+    extents.sort()
+    for (_, end, name), (start, _, other) in zip(extents, extents[1:]):
+        if start < end:
+            raise CheckpointError(f"{path}: zip records {name!r} and {other!r} overlap; not a torch checkpoint")
+
+
 def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
@@ -76,17 +112,10 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
         if not infos:
             raise CheckpointError(f"{path}: empty zip archive, not a torch checkpoint")
         names = [info.filename for info in infos]
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise CheckpointError(f"{path}: zip archive holds two records named {name!r}; not a torch checkpoint")
-            seen.add(name)
-        for info in infos:
-            if info.file_size > file_size:
-                raise CheckpointError(
-                    f"{path}: record {info.filename!r} unpacks to {info.file_size:,} bytes, more than the whole file "
-                    f"({file_size:,}): a zip bomb or not a torch checkpoint"
-                )
+        twice = next((name for name, count in Counter(names).items() if count > 1), None)
+        if twice is not None:
+            raise CheckpointError(f"{path}: zip archive holds two records named {twice!r}; not a torch checkpoint")
+        check_records(path, handle, infos, file_size)
         # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
         stray = next((n for n in names if not n.startswith(prefix)), None)
@@ -177,8 +206,8 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
             nbytes = numel * element_size(dtype)
             if key not in pending:
-                declared[0] += nbytes
-                if nbytes > file_size - handle.tell() or declared[0] > file_size:
+                declared[0] += 8 + nbytes  # every storage's data lies after this point, with an 8-byte count
+                if declared[0] > file_size - handle.tell():
                     raise CheckpointError(f"{path}: storage {key} declares {nbytes:,} bytes, more than the file holds")
                 # zeroed, then filled from the file below: never uninitialised memory
                 pending[key] = (torch.UntypedStorage(nbytes).fill_(0), element_size(dtype))

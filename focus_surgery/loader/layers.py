@@ -17,35 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .allowlist import MODULE_PREFIXES
+from .containers import budgets_for
 from .errors import CheckpointError
-from .walk import objects
 from .records import Record
+from .walk import Transform
 
-# Packages whose layer classes a model checkpoint may hold.
-MODULE_PREFIXES = (
-    "torch.nn.modules.",
-    "ultralytics.nn.modules.",
-    "ultralytics.nn.tasks.",
-    "focus_surgery.",
-    "timm.layers.",
-    "timm.models.",
-)
 MAX_GEOMETRY = 4096  # kernel, stride, padding, dilation, output size of one layer
 MAX_SCALE = 64  # upsampling / pixel-shuffle factor
 MAX_LAYERS = 1024  # stacked recurrent / transformer layers
-_HOOK_SLOTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
 
 
 def module_class(qualname: str, path: Path) -> type[nn.Module]:
@@ -129,98 +109,100 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
 
 
 def _without_hooks(state: dict) -> dict:
-    """Every hook slot emptied: hooks are functions - code, not data - whatever a file put there."""
-    for slot in _HOOK_SLOTS:
-        if slot in state:
-            state[slot] = OrderedDict()
+    """Every hook slot (``_forward_hooks``, ``_state_dict_pre_hooks``, ... and any later torch adds) emptied: hooks
+    are functions - code, not data - whatever a file put there."""
+    for slot in [key for key in state if isinstance(key, str) and key.startswith("_") and "_hooks" in key]:
+        state[slot] = OrderedDict()
     return state
 
 
 MAX_EXPANSION = 16  # torch's own walks (state_dict, .to, ...) follow every path; allow modest sharing (activations)
 
 
-def check_module_tree(records: list[Record], path: Path) -> None:
-    """Refuse module graphs that torch would walk exponentially or forever.
+def check_module_tree(graph: dict[int, tuple[str, list[int], int]], path: Path, max_bytes: int) -> None:
+    """Refuse module graphs that torch would walk exponentially or forever, or write as more tensor bytes than the
+    file may hold.
 
     ``nn.Module.state_dict()``, ``.to()`` and ``.apply()`` visit a shared sub-module once per path to it. A shared
     activation is common; a chain of layers each holding the previous one twice (2^40 paths in a few KB) or a
-    module containing itself is not a model.
+    module containing itself is not a model, nor is one large (stride-0) buffer written once per path to its layer.
+    ``graph`` maps each layer (by id) to its class name, the ids of its sub-layers and its own tensors' bytes.
     """
-    paths: dict[int, int] = {}
-    for root in records:
-        stack: list[tuple[Record, bool]] = [(root, False)]
+    paths: dict[int, tuple[int, int]] = {}  # layers and tensor bytes a walk from this layer visits
+    for root in graph:
+        stack: list[tuple[int, bool]] = [(root, False)]
         on_stack: set[int] = set()
         while stack:
-            record, done = stack.pop()
+            node, done = stack.pop()
             if done:
-                on_stack.discard(id(record))
-                paths[id(record)] = 1 + sum(paths[id(c)] for c in record.children().values())
+                on_stack.discard(node)
+                _, children, nbytes = graph[node]
+                paths[node] = (1 + sum(paths[c][0] for c in children), nbytes + sum(paths[c][1] for c in children))
                 continue
-            if id(record) in paths:
+            if node in paths:
                 continue
-            if id(record) in on_stack:
-                raise CheckpointError(f"{path}: refused to load: a {record.qualname} contains itself")
-            on_stack.add(id(record))
-            stack.append((record, True))
-            for child in record.children().values():
-                if id(child) in on_stack:
-                    raise CheckpointError(f"{path}: refused to load: a {child.qualname} contains itself")
-                if id(child) not in paths:
+            on_stack.add(node)
+            stack.append((node, True))
+            for child in graph[node][1]:
+                if child in on_stack:
+                    raise CheckpointError(f"{path}: refused to load: a {graph[child][0]} contains itself")
+                if child not in paths:
                     stack.append((child, False))
-    total = max((paths[id(r)] for r in records), default=0)
+    total = max((visits for visits, _ in paths.values()), default=0)
     if total > MAX_EXPANSION * len(paths) + 1000:
         raise CheckpointError(
             f"{path}: refused to load: its {len(paths):,} layers are shared so often that torch "
             f"would visit {total:,} (a module graph built to exhaust time)"
         )
+    written = max((nbytes for _, nbytes in paths.values()), default=0)
+    if written > max_bytes:
+        raise CheckpointError(
+            f"{path}: refused to load: its shared layers' state dict holds {written:,} bytes of tensors, more than "
+            f"this file can hold ({max_bytes:,})"
+        )
+
+
+def _tensor_bytes(state: dict) -> int:
+    """Logical bytes of a layer's own parameters and buffers (what its state dict writes, views made dense)."""
+    total = 0
+    for kind in ("_parameters", "_buffers"):
+        tensors = state.get(kind)
+        for tensor in tensors.values() if isinstance(tensors, dict) else ():
+            total += tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+    return total
 
 
 def materialize(value: Any, path: Path) -> Any:
     """Turn the records under ``value`` into real layers (installed classes only; see ``module_class``).
 
-    Every shared object is rebuilt once; containers are updated in place (they belong to this load alone).
+    Every shared object is rebuilt once (one ``Transform``); containers are updated in place (they belong to this
+    load alone). A layer is made before its state (layers may refer to each other); every state is converted and
+    the module graph checked before the first ``__setstate__``.
 
     Raises:
         CheckpointError: A record of a class that is not an installed layer, or invalid hyper-parameters.
     """
-    memo: dict[int, Any] = {}
-    pending: list[tuple[Record, nn.Module]] = []  # modules made, their state still to set
-    containers: list[Any] = []  # lists and dicts whose items are still to convert
+    made: list[tuple[Record, nn.Module]] = []
 
-    def convert(obj: Any) -> Any:
-        key = id(obj)
-        if key in memo:
-            return memo[key]
+    def replace(obj: Any) -> Any:
         if isinstance(obj, Record):
             cls = module_class(obj.qualname, path)
-            memo[key] = cls.__new__(cls)  # before the state: modules may refer to each other
-            pending.append((obj, memo[key]))
-        elif isinstance(obj, (dict, list)):
-            memo[key] = obj
-            containers.append(obj)
-        elif type(obj) is tuple:
-            memo[key] = obj  # provisional: a tuple cannot contain itself
-            memo[key] = tuple(convert(v) for v in obj)
-        else:
-            return obj
-        return memo[key]
+            made.append((obj, cls.__new__(cls)))
+            return made[-1][1]
+        return obj
 
-    def finish_containers() -> None:
-        while containers:
-            container = containers.pop()
-            if isinstance(container, dict):
-                for k in list(container):
-                    container[k] = convert(container[k])
-            else:
-                container[:] = [convert(v) for v in container]
-
-    check_module_tree([obj for obj in objects(value) if isinstance(obj, Record)], path)
-    result = convert(value)
-    finish_containers()
-    while pending:
-        record, module = pending.pop()
-        state = convert(record.state)
-        finish_containers()  # the state's containers are complete before the layer sees them
+    transform = Transform(replace)
+    result = transform(value)
+    states = []
+    while len(states) < len(made):  # a state may hold records not met before
+        states.append(transform(made[len(states)][0].state))
+    graph = {}
+    for (record, module), state in zip(made, states):
+        modules = state.get("_modules") if isinstance(state, dict) else None
+        subs = modules.values() if isinstance(modules, dict) else ()
+        graph[id(module)] = (record.qualname, [id(m) for m in subs if isinstance(m, nn.Module)], _tensor_bytes(state))
+    check_module_tree(graph, path, budgets_for(path.stat().st_size).tensors.limit if path.is_file() else 1 << 62)
+    for (record, module), state in reversed(list(zip(made, states))):
         try:
             check_hyperparameters(type(module), state, record.qualname)
             module.__setstate__(_without_hooks(state))
@@ -229,5 +211,4 @@ def materialize(value: Any, path: Path) -> Any:
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
             detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
             raise CheckpointError(f"{path}: refused to load: {detail}") from None
-        finish_containers()
     return result

@@ -50,8 +50,8 @@ def element_size(dtype: torch.dtype) -> int:
 def _ints(values: Any, what: str) -> tuple[int, ...]:
     if not isinstance(values, (tuple, list, torch.Size)) or len(values) > _MAX_DIMS:
         raise pickle.UnpicklingError(f"{what} is not a short tuple of integers")
-    if not all(type(v) is int for v in values):
-        raise pickle.UnpicklingError(f"{what} holds something other than integers")
+    if not all(type(v) is int and -(1 << 63) <= v < 1 << 63 for v in values):  # before any product of them
+        raise pickle.UnpicklingError(f"{what} holds something other than 64-bit integers")
     return tuple(values)
 
 

@@ -15,13 +15,15 @@ from typing import Any, Callable
 
 import torch
 
-from .allowlist import ENUMS, GLOBALS, StorageType, is_record_module
+from .allowlist import StorageType, is_record_module, stand_in
 from .errors import Refused
-from .rebuilders import ArraySpec, BoundRebuilder, Budgets, DtypeSpec, TypeMarker, enum_value
+from .rebuilders import ArraySpec, BoundRebuilder, Budgets, DtypeSpec, TypeMarker
 from .records import NamedReference, Namespace, Record, record_class
 
 OPCODE_COST = 256  # bytes charged for an opcode that builds an object: more than any builds (an empty set: 216)
-_ATOMS = (str, bytes, int, float, bool, type(None), torch.dtype)
+MAX_INT_BITS = 128  # no checkpoint needs more (the legacy magic number has 77); big-int arithmetic is not linear
+MAX_KEY_INT = 1 << 32  # integer keys: their hash is themselves; below this no two collide (k * (2**61 - 1) would)
+_HASHED_BY_SIPHASH = (str, bytes)  # randomised hashes: no crafted collisions
 _MAX_KEY_TUPLE = 16
 
 
@@ -33,12 +35,23 @@ class RefusedGlobal(Refused):
         self.qualname = qualname
 
 
+def _plain_key(key: Any) -> bool:
+    """A value whose hash costs O(1) after its first use and cannot be made to collide by the file."""
+    if isinstance(key, _HASHED_BY_SIPHASH) or key is None or type(key) is bool or isinstance(key, torch.dtype):
+        return True
+    return type(key) is int and -MAX_KEY_INT < key < MAX_KEY_INT
+
+
 def _check_key(key: Any) -> None:
-    """Keys and set members are hashed: only plain values, or short flat tuples of them."""
-    if isinstance(key, _ATOMS) or isinstance(key, (Record, NamedReference)):
+    """Keys and set members are hashed: only plain values (small integers), records, or short flat tuples of plain
+    values. Floats alone are allowed (their hashes collide in sets of at most a few dozen); not inside tuples,
+    whose hash mixes items in ways a file could solve for."""
+    if _plain_key(key) or type(key) is float or isinstance(key, (Record, NamedReference)):
         return
-    if type(key) is tuple and len(key) <= _MAX_KEY_TUPLE and all(isinstance(k, _ATOMS) for k in key):
+    if type(key) is tuple and len(key) <= _MAX_KEY_TUPLE and all(map(_plain_key, key)):
         return
+    if type(key) is int:
+        raise Refused(f"an integer dictionary key or set member of {key.bit_length()} bits (at most 32)")
     raise Refused(f"a dictionary key or set member of type {type(key).__name__} (only plain values are hashed)")
 
 
@@ -63,13 +76,19 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.budgets = budgets
         self._handed_out: dict[int, tuple[Any, str]] = {}  # id: (object kept alive, its name in the file)
         self.globals_seen: set[str] = set()
+        self.keys_checked = 0  # keys and set members checked before hashing: linear in the pickle (tests count it)
+
+    def _keys(self, keys: Any) -> None:
+        for key in keys:
+            self.keys_checked += 1
+            _check_key(key)
 
     # ------------------------------------------------------------------ names
 
     def find_class(self, module: str, name: str) -> Any:
         qualname = f"{module}.{name}"
         self.globals_seen.add(qualname)
-        allowed = GLOBALS.get(qualname)
+        allowed = stand_in(qualname)
         if allowed is not None:
             value = allowed.value
             if allowed.needs_budget:
@@ -77,10 +96,6 @@ class RestrictedUnpickler(pickle._Unpickler):
             if not isinstance(value, (type, torch.dtype)):
                 self._handed_out.setdefault(id(value), (value, qualname))
             return value
-        if qualname in ENUMS:
-            reader = enum_value(qualname)
-            self._handed_out[id(reader)] = (reader, qualname)
-            return reader
         if name.isidentifier() and is_record_module(module):
             return record_class(qualname)
         raise RefusedGlobal(qualname)
@@ -106,9 +121,9 @@ class RestrictedUnpickler(pickle._Unpickler):
                 raise Refused(f"{func.__name__} built from a {type(items).__name__}")
             for item in items:
                 if func in (set, frozenset):
-                    _check_key(item)
+                    self._keys((item,))
                 elif isinstance(item, (list, tuple)) and len(item) == 2:
-                    _check_key(item[0])
+                    self._keys((item[0],))
                 elif not isinstance(item, str):
                     raise Refused(f"{func.__name__} built from items that are not pairs")
 
@@ -152,23 +167,30 @@ class RestrictedUnpickler(pickle._Unpickler):
         raise Refused("pickle extension registry codes are not used by torch checkpoints")
 
     def load_setitem(self) -> None:
-        _check_key(self.stack[-2])
+        self._keys(self.stack[-2:-1])
         pickle._Unpickler.load_setitem(self)
 
     def load_setitems(self) -> None:
-        for key in self.stack[::2]:  # after a MARK the base class keeps just the marked items on self.stack
-            _check_key(key)
+        self._keys(self.stack[::2])  # after a MARK the base class keeps just the marked items on self.stack
         pickle._Unpickler.load_setitems(self)
 
+    def load_dict(self) -> None:
+        self._keys(self.stack[::2])
+        pickle._Unpickler.load_dict(self)
+
     def load_additems(self) -> None:
-        for item in self.stack:
-            _check_key(item)
+        self._keys(self.stack)
         pickle._Unpickler.load_additems(self)
 
     def load_frozenset(self) -> None:
-        for item in self.stack:
-            _check_key(item)
+        self._keys(self.stack)
         pickle._Unpickler.load_frozenset(self)
+
+    def load_put(self) -> None:  # a text PUT carries any integer: memo indices beyond 32 bits would collide
+        line = self.readline()
+        if not line[:-1].isdigit() or len(line) > 11:
+            raise Refused("a memo index that is not a small number")
+        self.memo[int(line[:-1])] = self.stack[-1]
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
@@ -180,6 +202,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.SETITEMS[0]] = load_setitems
     dispatch[pickle.ADDITEMS[0]] = load_additems
     dispatch[pickle.FROZENSET[0]] = load_frozenset
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.PUT[0]] = load_put
     for _code in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_code[0]] = load_ext
 
@@ -205,6 +229,27 @@ def _charged(handler: Callable, cost: int) -> Callable:
         handler(self)
 
     return run
+
+
+def _checked(handler: Callable) -> Callable:
+    """Integers and memo values as they are pushed: a number beyond ``MAX_INT_BITS`` is refused before any arithmetic
+    uses it; a memoised tensor used again is charged again (each name it is written under is a view the outputs may
+    write or make dense)."""
+
+    def run(self: RestrictedUnpickler) -> None:
+        handler(self)
+        value = self.stack[-1]
+        if type(value) is int and value.bit_length() > MAX_INT_BITS:
+            raise Refused(f"an integer of {value.bit_length():,} bits (at most {MAX_INT_BITS})")
+        if isinstance(value, torch.Tensor):
+            self.budgets.tensors.take(value.numel() * value.element_size(), "a tensor used again")
+
+    return run
+
+
+_NUMBERS_AND_MEMO = (pickle.INT, pickle.LONG, pickle.LONG1, pickle.LONG4, pickle.GET, pickle.BINGET, pickle.LONG_BINGET)
+for _code in _NUMBERS_AND_MEMO:
+    RestrictedUnpickler.dispatch[_code[0]] = _checked(RestrictedUnpickler.dispatch[_code[0]])
 
 
 # What one opcode may build, in bytes (CPython 3.11, 64-bit): containers and objects are charged the most, a memo

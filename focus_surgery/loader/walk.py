@@ -1,55 +1,86 @@
-"""Walking what a checkpoint holds: every shared object once, iteratively, with a depth bound.
+"""The one traversal of what a checkpoint holds: every shared object once, iteratively, with a depth bound.
 
 A few kilobytes of pickle can describe a graph with 2^40 paths (each level holding the previous one twice) or
-nesting deep enough to exhaust the C stack of code that recurses; these walks stay linear and refuse the latter.
+nesting deep enough to exhaust the C stack of code that recurses; ``Transform`` stays linear and refuses the latter.
+Both the loader's finishing pass and ``layers.materialize`` are one ``Transform`` each; nothing else walks content.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Callable
 
 from .records import Record
 
 MAX_DEPTH = 200  # containers nested deeper than any checkpoint needs
+_PLAIN = {str, bytes, int, float, bool, type(None)}  # never replaced, never entered: skipped (most of a pickle)
 
 
-def _items(obj: Any) -> list[Any] | None:
+def _items(obj: Any) -> tuple | list | None:
     if isinstance(obj, Record):
-        return [obj.state]
+        return (obj.state,)
     if isinstance(obj, dict):
         return list(obj.values())
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return list(obj)
-    if isinstance(obj, slice):
-        return [obj.start, obj.stop, obj.step]
+        return obj
+    if type(obj) is slice:
+        return (obj.start, obj.stop, obj.step)
     return None
 
 
-def objects(value: Any) -> Iterator[Any]:
-    """Every object under ``value`` (``value`` included), each once by identity.
+class Transform:
+    """``replace`` applied to every object under a value, each shared object once (memoised by identity).
+
+    ``replace(obj)`` returns ``obj`` itself to keep it (containers are then entered) or its replacement (not entered);
+    plain values (text, numbers, None) are kept without asking. Lists, dicts and record states are updated in place;
+    tuples, slices and sets are rebuilt when an item changed.
+    One ``Transform`` may be called on several values: what it already did is reused.
 
     Raises:
         ValueError: Containers nested more than ``MAX_DEPTH`` levels deep.
     """
-    seen: set[int] = set()
-    frontier: list[tuple[Any, int]] = [(value, 0)]
-    while frontier:
-        obj, depth = frontier.pop()
-        if id(obj) in seen:
-            continue
-        if depth > MAX_DEPTH:
-            raise ValueError(f"containers nested more than {MAX_DEPTH} levels deep")
-        seen.add(id(obj))
-        yield obj
-        frontier.extend((item, depth + 1) for item in _items(obj) or ())
 
+    def __init__(self, replace: Callable[[Any], Any]):
+        self.replace = replace
+        self.done: dict[int, tuple[Any, Any]] = {}  # id: (original kept alive so ids stay unique, result)
 
-def walk(value: Any, visit: Callable[[Any], Any]) -> None:
-    """Replace each item of every list and dict (record states included) under ``value`` by ``visit(item)``."""
-    for obj in objects(value):
-        if isinstance(obj, dict):
-            for key in list(obj):
-                obj[key] = visit(obj[key])
+    def __call__(self, value: Any) -> Any:
+        if type(value) in _PLAIN:
+            return value
+        done, stack = self.done, [(value, 0, False)]
+        while stack:
+            obj, depth, entered = stack.pop()
+            if entered:
+                self._rebuild(obj)
+                continue
+            if id(obj) in done:
+                continue
+            if depth > MAX_DEPTH:
+                raise ValueError(f"containers nested more than {MAX_DEPTH} levels deep")
+            new = self.replace(obj)
+            done[id(obj)] = (obj, new)  # provisional for containers: a cycle resolves to the container itself
+            items = _items(obj) if new is obj else None
+            if items:
+                stack.append((obj, depth, True))
+                stack.extend((item, depth + 1, False) for item in items if type(item) not in _PLAIN)
+        return done[id(value)][1]
+
+    def _rebuild(self, obj: Any) -> None:
+        done = self.done
+
+        def get(item: Any) -> Any:
+            entry = done.get(id(item))
+            return item if entry is None else entry[1]
+
+        if isinstance(obj, Record):
+            obj.state = get(obj.state)
+        elif isinstance(obj, dict):
+            for key, item in obj.items():
+                if get(item) is not item:
+                    obj[key] = get(item)
         elif isinstance(obj, list):
-            obj[:] = [visit(item) for item in obj]
+            obj[:] = map(get, obj)
+        else:
+            items = _items(obj)
+            new = [get(item) for item in items]
+            if any(a is not b for a, b in zip(new, items)):
+                done[id(obj)] = (obj, slice(*new) if type(obj) is slice else type(obj)(new))

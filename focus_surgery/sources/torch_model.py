@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint_io import MODULE_PREFIXES, CheckpointError, save_checkpoint
+from ..loader import Record
 from ..loader.plain import to_plain
 from ..surgery import ConversionError, VerificationError, convert, iter_stems
 from .base import ConvertOptions, Source, VerificationFailed
@@ -25,10 +26,9 @@ class TorchModelSource(Source):
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
-        from ..yolov5.unpickler import LegacyRecord
 
         holds_model = isinstance(content, dict) and any(
-            isinstance(content.get(k), LegacyRecord) for k in ("model", "ema")
+            isinstance(content.get(k), Record) for k in ("model", "ema")
         )
         return holds_model and all(n.startswith(MODULE_PREFIXES) for n in loaded.names)
 
