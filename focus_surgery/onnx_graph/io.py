@@ -81,11 +81,17 @@ def external_tensor_names(model) -> list[str]:
         for descriptor, value in message.ListFields():
             if descriptor.type != descriptor.TYPE_MESSAGE:
                 continue
-            if descriptor.label == descriptor.LABEL_REPEATED:
+            if _repeated(descriptor):
                 stack.extend(value)
             else:
                 stack.append(value)
     return found
+
+
+def _repeated(descriptor) -> bool:
+    """Whether a protobuf field is repeated (``label`` is gone from newer protobuf; ``is_repeated`` replaces it)."""
+    flag = getattr(descriptor, "is_repeated", None)
+    return bool(flag) if flag is not None else descriptor.label == descriptor.LABEL_REPEATED
 
 
 def save_onnx(model, destination: str | os.PathLike) -> Path:
