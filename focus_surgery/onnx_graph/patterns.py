@@ -35,6 +35,7 @@ _DATA_INPUTS = {
     "Squeeze": 1,
     "Unsqueeze": 1,
 }  # Concat: every input is data
+MAX_CHAIN_NODES = 64  # layout nodes one stem may hold (YOLOv5's Focus: 8 Slices + a Concat; NHWC + QDQ: a few more)
 _OPEN_END = 2**31 - 1  # torch exports "to the end" as INT64_MAX; anything this large reads to the end
 
 
@@ -119,15 +120,25 @@ class GraphIndex:
 
 
 def _subgraph_inputs(node) -> set[str]:
-    """Names a node's subgraphs read (they may come from the outer graph)."""
+    """Names a node's subgraphs read (they may come from the outer graph), nested subgraphs included.
+
+    An explicit stack (no recursion: a deep nesting cannot exhaust Python's stack); each subgraph is visited once.
+    """
     names: set[str] = set()
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for sub in graphs:
-            for inner in sub.node:
-                names.update(inner.input)
-                names.update(_subgraph_inputs(inner))
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        for attr in current.attribute:
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                for inner in sub.node:
+                    names.update(inner.input)
+                    stack.append(inner)
     return names
+
+
+def has_subgraph(node) -> bool:
+    """Whether ``node`` carries a graph attribute (If / Loop / Scan bodies): it runs code we do not bound."""
+    return any(attr.HasField("g") or len(attr.graphs) for attr in node.attribute)
 
 
 def _attr(node, name: str, default=None):
@@ -139,9 +150,10 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str]]:
-    """Layout nodes on the data path that computes ``tensor``, and the tensors that path starts from."""
-    nodes: list[int] = []
+def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str], bool]:
+    """Layout nodes on the data path that computes ``tensor``, the tensors that path starts from, and whether the
+    walk stopped at ``MAX_CHAIN_NODES`` (no space-to-depth needs more; a longer chain is reported, not followed)."""
+    nodes: set[int] = set()
     roots: set[str] = set()
     stack = [tensor]
     while stack:
@@ -153,10 +165,12 @@ def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str]]:
             continue
         if producer in nodes:
             continue
-        nodes.append(producer)
+        if len(nodes) >= MAX_CHAIN_NODES:
+            return sorted(nodes), roots, True
+        nodes.add(producer)
         count = _DATA_INPUTS.get(node.op_type, len(node.input))
         stack.extend(node.input[:count])
-    return sorted(nodes), roots
+    return sorted(nodes), roots, False
 
 
 def _looks_like_s2d(index: GraphIndex, nodes: list[int]) -> bool:
@@ -323,7 +337,7 @@ def _root_channels(shapes: dict[str, list], root: str) -> int | None:
     return dims[1] if dims and len(dims) == 4 and isinstance(dims[1], int) else None
 
 
-def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
+def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex | None = None) -> list[OnnxStem]:
     """Every space-to-depth-like chain feeding a Conv in ``model.graph``, identified or with the reason it is not.
 
     Args:
@@ -334,13 +348,13 @@ def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
         (list[OnnxStem]): In graph order; ``stem.convertible`` tells which ones ``rewrite`` replaces.
     """
     graph = model.graph
-    index = GraphIndex(graph)
+    index = index or GraphIndex(graph)
     shapes = shapes or {}
     stems = []
     for conv_index, conv in enumerate(graph.node):
         if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or not conv.input:
             continue
-        nodes, roots = _walk_chain(index, conv.input[0])
+        nodes, roots, truncated = _walk_chain(index, conv.input[0])
         if not nodes or not _looks_like_s2d(index, nodes):
             continue
         ops: dict[str, int] = {}
@@ -356,7 +370,11 @@ def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
             conv_index=conv_index,
             conv_input=conv.input[0],
         )
-        stem.reason = _identify(index, stem, roots, conv, shapes)
+        stem.reason = (
+            f"layout chain of more than {MAX_CHAIN_NODES} nodes, not a space-to-depth"
+            if truncated
+            else _identify(index, stem, roots, conv, shapes)
+        )
         stems.append(stem)
     return stems
 

@@ -87,26 +87,29 @@ def rewrite(model, stems: list[OnnxStem]):
 
 
 def _remove_dead_glue(graph, removed: set[int]) -> None:
-    """Add to ``removed`` the ancestors of removed nodes whose outputs nothing reads any more (shape glue)."""
+    """Add to ``removed`` the ancestors of removed nodes whose outputs nothing reads any more (shape glue).
+
+    Reads are counted once per node (a worklist with reference counts: linear in the graph's size).
+    """
     producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
-    outputs = {o.name for o in graph.output}
-    ancestors: set[int] = set()
+    reads: dict[str, int] = {o.name: 1 for o in graph.output}
+
+    def names_read(node) -> list[str]:
+        return [*node.input, *_subgraph_inputs(node)]
+
+    for i, node in enumerate(graph.node):
+        if i not in removed:
+            for name in names_read(node):
+                reads[name] = reads.get(name, 0) + 1
     stack = [name for i in removed for name in graph.node[i].input]
     while stack:
         p = producer.get(stack.pop())
-        if p is not None and p not in removed and p not in ancestors:
-            ancestors.add(p)
-            stack.extend(graph.node[p].input)
-    changed = True
-    while changed:
-        read = set(outputs)
-        for i, node in enumerate(graph.node):
-            if i not in removed:
-                read.update(node.input)
-                read.update(_subgraph_inputs(node))
-        dead = {i for i in ancestors - removed if not any(name in read for name in graph.node[i].output)}
-        removed.update(dead)
-        changed = bool(dead)
+        if p is None or p in removed or any(reads.get(name, 0) for name in graph.node[p].output):
+            continue
+        removed.add(p)
+        for name in names_read(graph.node[p]):
+            reads[name] -= 1
+            stack.append(name)
 
 
 def _replace(field, items: list) -> None:
