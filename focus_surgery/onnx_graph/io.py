@@ -230,9 +230,7 @@ def data_file_for(destination: str | os.PathLike) -> Path:
     return destination.with_name(destination.name + ".data")
 
 
-def save_onnx(
-    model, destination: str | os.PathLike, external_data: bool = False, keep: tuple[Path, ...] = ()
-) -> Path:
+def save_onnx(model, destination: str | os.PathLike, external_data: bool = False, keep: tuple[Path, ...] = ()) -> Path:
     """Check ``model`` and write it atomically (temporary files + renames): no partial file on failure.
 
     The bytes are serialised here and written to our own temporary files: ``onnx.save_model`` would also write

@@ -87,7 +87,7 @@ def probe_stem(model, stem: OnnxStem, dims: list | None, index: GraphIndex | Non
 
     graph = model.graph
     index = index or GraphIndex(graph)
-    weight = index.initializers[graph.node[stem.conv_index].input[1]]
+    weight = index.initializers[stem.weight]
     channels = int(weight.dims[1]) // stem.block_size**2
     try:
         shapes = probe_shapes(dims, channels, stem.block_size)

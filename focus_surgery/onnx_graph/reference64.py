@@ -58,6 +58,10 @@ def to_float64(model):
         if value.type.tensor_type.elem_type in _FLOATS:
             value.type.tensor_type.elem_type = TensorProto.DOUBLE
     del graph.value_info[:]
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        for opset in out.opset_import:  # the reference evaluator implements Q/DQ from opset 19 on (same maths)
+            if opset.domain in ("", "ai.onnx") and opset.version < 19:
+                opset.version = 19
     return out
 
 

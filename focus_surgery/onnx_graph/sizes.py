@@ -80,16 +80,17 @@ def trial_shapes(model, stride: int) -> list[dict[str, tuple[int, ...]]]:
     trials = [(1, REAL_SIZE, REAL_SIZE), (2, *SECOND_SIZE)] if dynamic else [(1, REAL_SIZE, REAL_SIZE)]
     out = []
     for batch, height, width in trials:
-        picks = [batch, 3, _round_up(height, stride), _round_up(width, stride)]
-        out.append(
-            {
-                value.name: tuple(
-                    d.dim_value if d.HasField("dim_value") else picks[min(k, 3)]
-                    for k, d in enumerate(value.type.tensor_type.shape.dim)
-                )
-                for value in inputs
-            }
-        )
+        h, w = _round_up(height, stride), _round_up(width, stride)
+        trial = {}
+        for value in inputs:
+            dims = value.type.tensor_type.shape.dim
+            static = [d.HasField("dim_value") for d in dims]
+            nhwc = len(dims) == 4 and static[3] and not static[1]  # channels last: (N, H, W, C)
+            picks = [batch, h, w, 3] if nhwc else [batch, 3, h, w]
+            trial[value.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else picks[min(k, 3)] for k, d in enumerate(dims)
+            )
+        out.append(trial)
     return out
 
 
