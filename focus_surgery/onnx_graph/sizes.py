@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from .io import OnnxSurgeryError
 from .patterns import has_subgraph
@@ -35,37 +34,49 @@ def _ints(node, name: str) -> list[int]:
 def largest_stride(model, stems=()) -> int:
     """The least common multiple of the cumulative strides of every tensor in the main graph (1 when none).
 
-    One pass in graph order (a topological order): each node's factor is the lcm of its inputs' factors times its
-    own stride; a stem's output is its root's factor times the block size.
+    One pass in graph order (a topological order): each tensor carries (height factor, width factor), the lcm of
+    its node's inputs' factors times the node's own stride on that axis (Conv / pooling strides, Slice steps on
+    axis 2 or 3, SpaceToDepth's block size); a stem's output is its root's factor times the block size. ``Shape``
+    outputs carry no factor (shape arithmetic is not an image).
     """
     from .patterns import GraphIndex
 
     graph = model.graph
     index = GraphIndex(graph)
     stem_out = {s.conv_input: (s.root, s.block_size) for s in stems if s.block_size}
-    factor: dict[str, int] = {}
+    factor: dict[str, tuple[int, int]] = {}
     largest = 1
+
+    def capped(value: int) -> int:
+        return min(value, MAX_STRIDE)
+
     for node in graph.node:
-        f = 1
-        for name in node.input:
-            f = math.lcm(f, factor.get(name, 1))
-        step = 1
+        fy = fx = 1
+        if node.op_type != "Shape":
+            for name in node.input:
+                y, x = factor.get(name, (1, 1))
+                fy, fx = capped(math.lcm(fy, y)), capped(math.lcm(fx, x))
+        sy = sx = 1
         if node.op_type in _STRIDED:
-            step = max(_ints(node, "strides") or [1])
+            strides = _ints(node, "strides") or [1, 1]
+            sy, sx = strides[0], strides[-1]
         elif node.op_type == "SpaceToDepth":
-            step = max(_ints(node, "blocksize") or [1])
+            sy = sx = max(_ints(node, "blocksize") or [1])
         elif node.op_type == "Slice" and len(node.input) > 4 and node.input[4]:
-            steps = index.const(node.input[4])
-            step = int(np.abs(steps).max()) if steps is not None and steps.size else 1
-        f = min(f * max(step, 1), MAX_STRIDE)
+            steps, axes = index.const(node.input[4]), index.const(node.input[3]) if node.input[3] else None
+            if steps is not None and axes is not None and steps.size == axes.size:
+                for axis, step in zip(axes.reshape(-1).tolist(), steps.reshape(-1).tolist()):
+                    sy = abs(step) if axis in (2, -2) and step else sy
+                    sx = abs(step) if axis in (3, -1) and step else sx
         for name in node.output:
             if name in stem_out:
                 root, bs = stem_out[name]
-                factor[name] = min(factor.get(root, 1) * bs, MAX_STRIDE)
+                y, x = factor.get(root, (1, 1))
+                factor[name] = (capped(y * bs), capped(x * bs))
             else:
-                factor[name] = f
-            largest = math.lcm(largest, factor[name]) if largest * factor[name] <= MAX_STRIDE**2 else largest
-    return min(largest, MAX_STRIDE)
+                factor[name] = (capped(fy * max(sy, 1)), capped(fx * max(sx, 1)))
+            largest = capped(math.lcm(largest, *factor[name]))
+    return largest
 
 
 def _round_up(size: int, multiple: int) -> int:
