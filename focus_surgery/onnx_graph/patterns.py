@@ -130,6 +130,9 @@ class GraphIndex:
         return node.name or node.output[0]
 
 
+_GRAPH_ATTRS = (5, 10)  # onnx.AttributeProto.GRAPH, GRAPHS
+
+
 def _subgraph_inputs(node) -> set[str]:
     """Names a node's subgraphs read (they may come from the outer graph), nested subgraphs included.
 
@@ -140,6 +143,8 @@ def _subgraph_inputs(node) -> set[str]:
     while stack:
         current = stack.pop()
         for attr in current.attribute:
+            if attr.type not in _GRAPH_ATTRS:
+                continue
             for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
                 for inner in sub.node:
                     names.update(inner.input)
@@ -149,7 +154,7 @@ def _subgraph_inputs(node) -> set[str]:
 
 def has_subgraph(node) -> bool:
     """Whether ``node`` carries a graph attribute (If / Loop / Scan bodies): it runs code we do not bound."""
-    return any(attr.HasField("g") or len(attr.graphs) for attr in node.attribute)
+    return any(attr.type in _GRAPH_ATTRS for attr in node.attribute)
 
 
 def _attr(node, name: str, default=None):
@@ -442,7 +447,7 @@ def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex |
         family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
         stem = OnnxStem(
             index.node_name(conv_index),
-            sorted(roots)[0],
+            min(roots, default=""),
             family,
             nodes,
             ops=ops,

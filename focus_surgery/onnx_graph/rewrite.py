@@ -82,6 +82,8 @@ def rewrite(model, stems: list[OnnxStem]):
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if not any(stem.convertible for stem in stems):
+        return out
     graph = out.graph
     index = GraphIndex(graph)
     taken = {t.name for t in graph.initializer} | set(index.producer) | index.inputs
