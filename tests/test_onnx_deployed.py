@@ -379,3 +379,36 @@ def test_qdq_inside_the_chain_is_refused_naming_the_nodes(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "QDQ nodes inside the chain" in err and "QuantizeLinear" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "conv.onnx").exists()
+
+
+# ------------------------------------------------------------------- YOLOv5's own export.py (tests/fixtures/onnx-yolov5)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "onnx-yolov5"
+EXPORTS = json.loads((FIXTURES / "MANIFEST.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_yolov5_export_py_files_fold_and_verify(name, tmp_path):
+    """Files written by YOLOv5 v5.0's own models/export.py (TorchScript and dynamo exporters, static, dynamic,
+    P6 with stride 64, external data): folded, verified at their real size, and equal to the original graph's stored
+    outputs within the tolerance the verification derived."""
+    import shutil
+
+    for produced in FIXTURES.glob(f"{name}.onnx*"):
+        shutil.copy(produced, tmp_path / produced.name)
+    src, dst = tmp_path / f"{name}.onnx", tmp_path / "out" / f"{name}-conv.onnx"
+    dst.parent.mkdir()
+    report = convert_onnx(src, dst)
+    v = report.verification
+    assert [(s.family, s.block_size, s.order) for s in report.replaced] == [("slices", 2, "yolov5")]
+    assert v.passed and v.stems[0]["float64"] <= STEM_FLOAT64_TOLERANCE, v
+    if "dynamic" in name:
+        assert v.inputs[0] == "images=1x3x640x640" and v.stride == (64 if name.startswith("yolov5s6") else 32)
+    else:
+        assert v.inputs == ["images=1x3x128x128"]
+    assert (dst.parent / f"{name}-conv.onnx.data").exists() == (src.parent / f"{name}.onnx.data").exists()
+    ref = np.load(FIXTURES / f"{name}.ref.npz")
+    outputs = _run(dst, {"images": ref["images"]})
+    for i, got in enumerate(outputs):
+        expected = ref[f"out{i}"]
+        assert np.abs(got.astype(np.float64) - expected).max() <= v.tolerance * np.abs(expected).max()

@@ -36,8 +36,8 @@ def largest_stride(model, stems=()) -> int:
 
     One pass in graph order (a topological order): each tensor carries (height factor, width factor), the lcm of
     its node's inputs' factors times the node's own stride on that axis (Conv / pooling strides, Slice steps on
-    axis 2 or 3, SpaceToDepth's block size); a stem's output is its root's factor times the block size. ``Shape``
-    outputs carry no factor (shape arithmetic is not an image).
+    axis 2 or 3, SpaceToDepth's block size), divided by a constant integer Resize / Upsample scale; a stem's output
+    is its root's factor times the block size. ``Shape`` outputs carry no factor (shape arithmetic is not an image).
     """
     from .patterns import GraphIndex
 
@@ -68,13 +68,24 @@ def largest_stride(model, stems=()) -> int:
                 for axis, step in zip(axes.reshape(-1).tolist(), steps.reshape(-1).tolist()):
                     sy = abs(step) if axis in (2, -2) and step else sy
                     sx = abs(step) if axis in (3, -1) and step else sx
+        fy, fx = fy * max(sy, 1), fx * max(sx, 1)
+        if node.op_type in ("Resize", "Upsample"):  # an integer upsampling undoes that much stride
+            scales = (
+                index.const(node.input[2 if node.op_type == "Resize" else 1])
+                if len(node.input) > 2 or (node.op_type == "Upsample" and len(node.input) > 1)
+                else None
+            )
+            if scales is not None and scales.size == 4:
+                uy, ux = float(scales.reshape(-1)[2]), float(scales.reshape(-1)[3])
+                fy = fy // int(uy) if uy.is_integer() and uy >= 1 and fy % int(uy) == 0 else fy
+                fx = fx // int(ux) if ux.is_integer() and ux >= 1 and fx % int(ux) == 0 else fx
         for name in node.output:
             if name in stem_out:
                 root, bs = stem_out[name]
                 y, x = factor.get(root, (1, 1))
                 factor[name] = (capped(y * bs), capped(x * bs))
             else:
-                factor[name] = (capped(fy * max(sy, 1)), capped(fx * max(sx, 1)))
+                factor[name] = (capped(fy), capped(fx))
             largest = capped(math.lcm(largest, *factor[name]))
     return largest
 
