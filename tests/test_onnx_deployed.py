@@ -381,7 +381,7 @@ def test_qdq_inside_the_chain_is_refused_naming_the_nodes(tmp_path, capsys):
     assert not (tmp_path / "conv.onnx").exists()
 
 
-# ------------------------------------------------------------------- YOLOv5's own export.py (tests/fixtures/onnx-yolov5)
+# ------------------------------------------------------------------ YOLOv5's own export.py (tests/fixtures/onnx-yolov5)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "onnx-yolov5"
 EXPORTS = json.loads((FIXTURES / "MANIFEST.json").read_text())
