@@ -17,6 +17,9 @@ from .patterns import OnnxStem, find_stems
 from .runtime import OnnxVerification, OriginalGraphFailed
 
 
+MAX_STEMS = 64  # stems proven per graph (each proof is bounded on its own; a model has one or a few)
+
+
 class OnnxVerificationError(Exception):
     """The rewritten graph's outputs differ from the original's beyond tolerance (nothing was written)."""
 
@@ -95,8 +98,12 @@ def analyse(model) -> list[OnnxStem]:
     shapes = _shapes(model)
     index = GraphIndex(model.graph)  # built once: every stem's search and proof reads the same maps
     stems = find_stems(model, shapes, index)
+    proven = 0
     for stem in stems:
-        if stem.convertible:
+        if stem.convertible and proven >= MAX_STEMS:
+            stem.reason = f"more than {MAX_STEMS} stems in one graph: left unproven and unchanged"
+        elif stem.convertible:
+            proven += 1
             stem.reason = probe_stem(model, stem, shapes.get(stem.root), index)
     return stems
 
