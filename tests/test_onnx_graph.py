@@ -543,8 +543,15 @@ def _checker_failure(path: Path) -> None:
 
 
 def _external_data(path: Path) -> None:
+    """External data named by an absolute path (genuine same-folder data files are read: test_onnx_external)."""
     model = onnx.load(str(export("ultralytics_focus", path.with_name("inline.onnx"))))
     onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str(path.with_name("weights.bin").resolve())
+    path.write_bytes(model.SerializeToString())
 
 
 def _huge(path: Path) -> None:

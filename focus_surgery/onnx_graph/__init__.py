@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import OnnxSurgeryError, load_onnx, save_onnx
+from .io import OnnxSurgeryError, load_onnx, read_onnx, save_onnx
 from .patterns import OnnxStem, find_stems
-from .runtime import OnnxVerification
+from .runtime import OnnxVerification, OriginalGraphFailed
+
+
+MAX_STEMS = 64  # stems proven per graph (each proof is bounded on its own; a model has one or a few)
 
 
 class OnnxVerificationError(Exception):
@@ -90,11 +93,18 @@ def analyse(model) -> list[OnnxStem]:
     """``find_stems`` plus the index-tensor proof of every identified chain (a chain that fails it is skipped)."""
     from .probe import probe_stem
 
+    from .patterns import GraphIndex
+
     shapes = _shapes(model)
-    stems = find_stems(model, shapes)
+    index = GraphIndex(model.graph)  # built once: every stem's search and proof reads the same maps
+    stems = find_stems(model, shapes, index)
+    proven = 0
     for stem in stems:
-        if stem.convertible:
-            stem.reason = probe_stem(model, stem, shapes.get(stem.root))
+        if stem.convertible and proven >= MAX_STEMS:
+            stem.reason = f"more than {MAX_STEMS} stems in one graph: left unproven and unchanged"
+        elif stem.convertible:
+            proven += 1
+            stem.reason = probe_stem(model, stem, shapes.get(stem.root), index)
     return stems
 
 
@@ -119,28 +129,41 @@ def _opset(model) -> int:
 
 
 def convert_onnx(
-    src: str | os.PathLike, dst: str | os.PathLike | None = None, verify: bool = True, tolerance: float | None = None
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    verify: bool = True,
+    tolerance: float | None = None,
+    external_data: bool | None = None,
 ) -> OnnxReport:
     """Fold every Focus / space-to-depth stem of an ONNX file into its Conv; write ``dst`` atomically.
 
     Args:
-        src (str | PathLike): The ONNX file (every tensor inside it; not modified).
+        src (str | PathLike): The ONNX file (external data of its initializers read from its own folder; nothing of
+            it is modified).
         dst (str | PathLike | None): Output file, written only when verification passes; None writes nothing.
-        verify (bool): Compare both graphs in onnxruntime on random inputs (dynamic axes at two sizes).
-        tolerance (float | None): Max relative error; default float32 rounding level (1e-5).
+        verify (bool): Compare both graphs in onnxruntime at the model's real input size, and each folded stem
+            with its original in float32 and float64 (``runtime.compare``).
+        tolerance (float | None): Max relative error of the whole graph; None derives it from the original
+            graph's own float32 error (at least the dtype's rounding floor, 1e-5 for float32).
+        external_data (bool | None): Write large initializers to ``<dst>.data`` next to ``dst`` (the pair written
+            atomically); None does so when the input kept its weights in external data.
 
     Returns:
-        (OnnxReport): Stems replaced and skipped (with reasons), node counts, the measured error.
+        (OnnxReport): Stems replaced and skipped (with reasons), node counts, the measured errors.
 
     Raises:
-        OnnxSurgeryError: Bad input, or no stem to convert (the reasons of those skipped are in the message).
+        OnnxSurgeryError: Bad input, or no stem to convert (the reasons of those skipped are in the message);
+            ``OriginalGraphFailed`` when the original graph cannot run at the verification size.
         OnnxVerificationError: The outputs differ beyond ``tolerance``; nothing written.
     """
     from .runtime import compare
 
     if dst is not None and Path(src).resolve() == Path(dst).resolve():
         raise OnnxSurgeryError(f"{dst}: refusing to overwrite the input; write to another file")
-    model = load_onnx(src)
+    if tolerance is not None and not (0 < tolerance < float("inf")):
+        raise OnnxSurgeryError(f"--tolerance {tolerance}: give a positive finite relative error, e.g. 1e-4")
+    loaded = read_onnx(src)
+    model = loaded.model
     out, stems = fold(model)
     report = OnnxReport(
         str(src),
@@ -158,11 +181,12 @@ def convert_onnx(
         raise OnnxSurgeryError(f"{src}: no space-to-depth stem to fold ({why})")
     report.nodes_after, report.ops_after = len(out.graph.node), _op_counts(out)
     if verify:
-        report.verification = compare(model, out, tolerance)
+        report.verification = compare(model, out, tolerance, stems)
         if not report.verification.passed:
             raise OnnxVerificationError(f"{src}: verification failed ({report.verification}); nothing written", report)
     if dst is not None:
-        save_onnx(out, dst)
+        external = bool(loaded.data_files) if external_data is None else external_data
+        save_onnx(out, dst, external_data=external, keep=(loaded.path, *loaded.data_files))
     return report
 
 
@@ -172,6 +196,7 @@ __all__ = [
     "OnnxSurgeryError",
     "OnnxVerification",
     "OnnxVerificationError",
+    "OriginalGraphFailed",
     "convert_onnx",
     "find_stems",
     "fold",

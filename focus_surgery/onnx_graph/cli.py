@@ -45,7 +45,7 @@ def convert_command(args) -> int:
     if args.to != "conv":
         raise OnnxSurgeryError(f"{args.src}: ONNX graphs convert --to conv only (got --to {args.to})")
     try:
-        report = convert_onnx(args.src, args.dst, verify=args.verify)
+        report = convert_onnx(args.src, args.dst, verify=args.verify, tolerance=getattr(args, "tolerance", None))
     except OnnxVerificationError as error:
         raise VerificationFailed(str(error)) from None
     lines = [

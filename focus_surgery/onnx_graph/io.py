@@ -1,26 +1,54 @@
-"""Loading and saving ONNX files: one-line errors for files that are not ONNX, fail the checker, keep tensors in
-external data files or exceed protobuf's 2 GiB limit; writes are atomic."""
+"""Loading and saving ONNX files: one-line errors for files that are not ONNX, fail the checker or exceed protobuf's
+2 GiB limit; external data read confined to the model's folder and written only to a file we name; atomic writes.
+
+External data is untrusted input too (issue 25): only initializers of the main graph may keep their bytes in
+another file (as exporters write them: torch's dynamo exporter, ``onnx.save(..., save_as_external_data=True)``),
+that file must be a regular file inside the model's own folder named by a plain relative path (no ``..``, no
+absolute path, no symlink leading out), and exactly the tensor's declared size is read. A tensor with external
+data anywhere else (a Constant, a function, a subgraph) is refused: ONNX's own loader and saver would follow it.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint_io import atomic_write, check_readable
+from ..checkpoint_io import check_readable
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot exceed 2 GiB; larger models must use external data
+EXTERNAL_THRESHOLD = 1024  # bytes: initializers at least this big go to the output's data file (onnx's default)
+_ALIGN = 64  # offsets of tensors in the data file we write
+_INT = re.compile(r"[0-9]{1,19}")
 
 
 class OnnxSurgeryError(ValueError):
     """Bad input or a graph this tool cannot rewrite (the CLI exits 2 with this one-line message)."""
 
 
+@dataclass
+class LoadedOnnx:
+    """An ONNX model with every tensor in memory, and the external data files its initializers were read from."""
+
+    model: object
+    path: Path
+    data_files: list[Path] = field(default_factory=list)
+
+
 def load_onnx(path: str | os.PathLike, check: bool = True):
-    """Read ``path`` as an ONNX model (every tensor inside the file) and run the ONNX checker on it.
+    """Read ``path`` as an ONNX model (external data of its initializers read in, confined) and check it.
 
     Raises:
-        OnnxSurgeryError: The file is missing, not ONNX, over 2 GiB, uses external data, or fails the checker.
+        OnnxSurgeryError: The file is missing, not ONNX, over 2 GiB, has external data we refuse, or fails the
+            checker.
     """
+    return read_onnx(path, check).model
+
+
+def read_onnx(path: str | os.PathLike, check: bool = True) -> LoadedOnnx:
+    """``load_onnx`` that also says which external data files were read (``LoadedOnnx.data_files``)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -44,12 +72,7 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
         raise OnnxSurgeryError(
             f"{path}: not an ONNX model (no IR version or no graph); export it with torch.onnx.export"
         )
-    external = external_tensor_names(model)
-    if external:
-        raise OnnxSurgeryError(
-            f"{path}: {len(external)} tensor(s) (e.g. {external[0]!r}) point at external data files, not supported: "
-            "re-save as one file with onnx.save(onnx.load(path), out, save_as_external_data=False) if under 2 GiB"
-        )
+    data_files = _read_external_initializers(model, path, PROTOBUF_LIMIT - size)
     if check:
         try:
             onnx.checker.check_model(model)
@@ -58,7 +81,114 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
             raise OnnxSurgeryError(
                 f"{path}: fails the ONNX checker ({first.strip()}); fix or re-export the model"
             ) from None
-    return model
+    return LoadedOnnx(model, path, data_files)
+
+
+def _is_external(tensor) -> bool:
+    from onnx import TensorProto
+
+    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+def _read_external_initializers(model, path: Path, budget: int) -> list[Path]:
+    """Read every external initializer of the main graph into the model (confined, sized); refuse any other.
+
+    Returns:
+        (list[Path]): The data files read, in first-use order.
+    """
+    everywhere = external_tensor_names(model)
+    initializers = [t for t in model.graph.initializer if _is_external(t)]
+    if len(everywhere) > len(initializers):
+        ours = {t.name for t in initializers}
+        name = next((n for n in everywhere if n not in ours), everywhere[0])
+        raise OnnxSurgeryError(
+            f"{path}: {len(everywhere) - len(initializers)} tensor(s) outside the graph's initializers (e.g. {name!r} "
+            "in a Constant, function or subgraph) point at external data files; refused: only initializers may"
+        )
+    folder = path.resolve().parent
+    handles: dict[Path, tuple[int, int]] = {}  # resolved data file -> (fd, size)
+    try:
+        for tensor in initializers:
+            data = _read_one(tensor, path, folder, handles, budget)
+            budget -= len(data)
+            tensor.raw_data = data
+            del tensor.external_data[:]
+            tensor.data_location = 0  # DEFAULT: the bytes are in the tensor now
+    finally:
+        for fd, _ in handles.values():
+            os.close(fd)
+    return list(handles)
+
+
+def _tensor_bytes(tensor, path: Path) -> int:
+    """Bytes the tensor's dims and type declare (checked factor by factor: no big-int product)."""
+    from onnx import TensorProto, helper
+
+    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} of type {tensor.data_type} cannot be external data")
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} has unknown data type {tensor.data_type}") from None
+    total = itemsize
+    for dim in tensor.dims:
+        if dim < 0:
+            raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} has a negative dimension")
+        total *= dim
+        if total > PROTOBUF_LIMIT:
+            raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} declares over 2 GiB of external data")
+    return total
+
+
+def _read_one(tensor, path: Path, folder: Path, handles: dict, budget: int) -> bytes:
+    """The declared bytes of one external initializer, from a regular file inside ``folder``."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    unknown = set(entries) - {"location", "offset", "length", "checksum"}
+    location = entries.get("location", "")
+    where = f"{path}: tensor {tensor.name!r} external data {location!r}"
+    if unknown or not location:
+        raise OnnxSurgeryError(f"{where}: no location or unknown keys {sorted(unknown)}; refused")
+    parts = location.replace("\\", "/").split("/")
+    if os.path.isabs(location) or "\0" in location or any(p in ("", ".", "..") for p in parts):
+        raise OnnxSurgeryError(
+            f"{where}: external data must be named by a plain relative path inside the model's folder; refused"
+        )
+    target = (folder / location).resolve()
+    if target.parent != folder and folder not in target.parents:
+        raise OnnxSurgeryError(f"{where}: external data leads out of the model's folder (symlink); refused")
+    expected = _tensor_bytes(tensor, path)
+    offset, length = entries.get("offset", "0"), entries.get("length", str(expected))
+    if not _INT.fullmatch(offset) or not _INT.fullmatch(length) or int(length) != expected:
+        raise OnnxSurgeryError(
+            f"{where}: offset {offset[:20]!r} / length {length[:20]!r} are not the {expected} bytes the tensor "
+            "declares; refused"
+        )
+    if expected > budget:
+        raise OnnxSurgeryError(f"{where}: external data over protobuf's 2 GiB limit in all; refused")
+    if target not in handles:
+        try:  # O_NONBLOCK: a FIFO named as data must not block the open
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as error:
+            raise OnnxSurgeryError(f"{where}: external data file cannot be read ({error.strerror})") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OnnxSurgeryError(f"{where}: external data is not a regular file; refused")
+        handles[target] = (fd, info.st_size)
+    fd, file_size = handles[target]
+    start = int(offset)
+    if start + expected > file_size:
+        raise OnnxSurgeryError(
+            f"{where}: bytes {start}..{start + expected} are past the end of the {file_size}-byte external data file"
+        )
+    chunks, done = [], 0
+    while done < expected:
+        chunk = os.pread(fd, min(expected - done, 1 << 26), start + done)
+        if not chunk:
+            raise OnnxSurgeryError(f"{where}: external data file ended early")
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
 
 
 def external_tensor_names(model) -> list[str]:
@@ -68,7 +198,6 @@ def external_tensor_names(model) -> list[str]:
     If / Loop / Scan, model-local functions, training graphs) with an explicit stack, so no nesting escapes it: such
     a tensor would make ONNX read a file it names when evaluated and write one when saved.
     """
-    from google.protobuf.message import Message
     from onnx import TensorProto
 
     found: list[str] = []
@@ -82,28 +211,92 @@ def external_tensor_names(model) -> list[str]:
         for descriptor, value in message.ListFields():
             if descriptor.type != descriptor.TYPE_MESSAGE:
                 continue
-            if isinstance(value, Message):
-                stack.append(value)
-            else:  # a repeated field of messages (ONNX has no map fields)
+            if _repeated(descriptor):
                 stack.extend(value)
+            else:
+                stack.append(value)
     return found
 
 
-def save_onnx(model, destination: str | os.PathLike) -> Path:
-    """Check ``model`` and write it atomically (temporary file + rename): no partial file on failure.
+def _repeated(descriptor) -> bool:
+    """Whether a protobuf field is repeated (``label`` is gone from newer protobuf; ``is_repeated`` replaces it)."""
+    flag = getattr(descriptor, "is_repeated", None)
+    return bool(flag) if flag is not None else descriptor.label == descriptor.LABEL_REPEATED
 
-    The bytes are serialised here and written to our own temporary file: ``onnx.save_model`` would also write
+
+def data_file_for(destination: str | os.PathLike) -> Path:
+    """The one external data file ``save_onnx`` writes next to ``destination``: ``<name>.data``."""
+    destination = Path(destination)
+    return destination.with_name(destination.name + ".data")
+
+
+def save_onnx(model, destination: str | os.PathLike, external_data: bool = False, keep: tuple[Path, ...] = ()) -> Path:
+    """Check ``model`` and write it atomically (temporary files + renames): no partial file on failure.
+
+    The bytes are serialised here and written to our own temporary files: ``onnx.save_model`` would also write
     any external-data tensor to the file its ``location`` names, a path the input chose.
+
+    Args:
+        model (onnx.ModelProto): Every tensor in memory (a tensor naming an external file is refused).
+        destination (str | PathLike): The ``.onnx`` file.
+        external_data (bool): Put initializers of ``EXTERNAL_THRESHOLD`` bytes or more into ``data_file_for(dst)``;
+            the pair is written atomically (both complete in temporary files, then the data file renamed into
+            place, then the graph that names it).
+        keep (tuple[Path, ...]): Files that must not be replaced (the input and its data files).
+
+    Returns:
+        (Path): ``destination`` (with ``external_data``, ``data_file_for(destination)`` is written too).
     """
     import onnx
 
+    from ..atomic_io import atomic_write_all
+
     if external_tensor_names(model):
         raise OnnxSurgeryError(f"{destination}: the graph references external data files; refusing to write it")
+    destination = Path(destination)
+    targets = [data_file_for(destination), destination] if external_data else [destination]
+    protected = {Path(k).resolve() for k in keep}
+    for target in targets:
+        if target.resolve() in protected:
+            raise OnnxSurgeryError(f"{target}: is one of the input's files; refusing to overwrite it, write elsewhere")
+        if (target.exists() or target.is_symlink()) and not target.is_file():
+            raise OnnxSurgeryError(f"{target}: exists and is not a regular file; refusing to replace it")
     onnx.checker.check_model(model)
-    data = model.SerializeToString()
+    if external_data:
+        graph_bytes, blob = _externalise(model, targets[0].name)
+        writes = [(targets[0], blob), (destination, graph_bytes)]
+    else:
+        writes = [(destination, model.SerializeToString())]
+    return atomic_write_all([(target, _writer(data)) for target, data in writes])[-1]
 
+
+def _writer(data: bytes):
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(data)
 
-    return atomic_write(destination, write)
+    return write
+
+
+def _externalise(model, location: str) -> tuple[bytes, bytes]:
+    """(serialized graph, data file bytes): main-graph initializers of ``EXTERNAL_THRESHOLD`` raw bytes or more
+    move to ``location`` (a name of ours, in the output's folder); the rest stay inline."""
+    import onnx
+    from onnx import TensorProto
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    chunks, offset = [], 0
+    for tensor in out.graph.initializer:
+        if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+            continue
+        pad = -offset % _ALIGN
+        chunks += [b"\0" * pad, tensor.raw_data]
+        offset += pad
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(tensor.raw_data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        offset += len(tensor.raw_data)
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
+    return out.SerializeToString(), b"".join(chunks)

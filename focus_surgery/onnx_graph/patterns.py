@@ -26,8 +26,13 @@ import numpy as np
 from ..layers import SpaceToDepth
 from ..orders import CHANNEL_LAYOUT, channel_index
 
-LAYOUT_OPS = ("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze")
+LAYOUT_OPS = (
+    *("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze"),
+    *("QuantizeLinear", "DequantizeLinear"),  # followed so that a QDQ per branch is found and named, never folded
+)
 _DATA_INPUTS = {
+    "QuantizeLinear": 1,
+    "DequantizeLinear": 1,
     "Slice": 1,
     "Reshape": 1,
     "Transpose": 1,
@@ -35,6 +40,7 @@ _DATA_INPUTS = {
     "Squeeze": 1,
     "Unsqueeze": 1,
 }  # Concat: every input is data
+MAX_CHAIN_NODES = 64  # layout nodes one stem may hold (YOLOv5's Focus: 8 Slices + a Concat; NHWC + QDQ: a few more)
 _OPEN_END = 2**31 - 1  # torch exports "to the end" as INT64_MAX; anything this large reads to the end
 
 
@@ -52,7 +58,10 @@ class OnnxStem:
         reason (str | None): Why the chain is left unchanged; None when it converts.
         ops (dict[str, int]): Node count per op type in the chain.
         conv_index (int): Index of the Conv in ``graph.node``.
-        conv_input (str): The tensor the Conv reads (the chain's output).
+        conv_input (str): The chain's output (what the Conv reads, or what its input's QuantizeLinear reads).
+        weight (str): The initializer holding the Conv's weight (float, or integer behind a DequantizeLinear).
+        qdq (list[int]): QuantizeLinear, DequantizeLinear pairs between the chain and the Conv (quantized graphs).
+        weight_dq (int | None): The DequantizeLinear between the weight initializer and the Conv, if any.
     """
 
     conv: str
@@ -65,6 +74,9 @@ class OnnxStem:
     ops: dict[str, int] = field(default_factory=dict)
     conv_index: int = -1
     conv_input: str = ""
+    weight: str = ""
+    qdq: list[int] = field(default_factory=list)
+    weight_dq: int | None = None
 
     @property
     def convertible(self) -> bool:
@@ -118,16 +130,31 @@ class GraphIndex:
         return node.name or node.output[0]
 
 
+_GRAPH_ATTRS = (5, 10)  # onnx.AttributeProto.GRAPH, GRAPHS
+
+
 def _subgraph_inputs(node) -> set[str]:
-    """Names a node's subgraphs read (they may come from the outer graph)."""
+    """Names a node's subgraphs read (they may come from the outer graph), nested subgraphs included.
+
+    An explicit stack (no recursion: a deep nesting cannot exhaust Python's stack); each subgraph is visited once.
+    """
     names: set[str] = set()
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for sub in graphs:
-            for inner in sub.node:
-                names.update(inner.input)
-                names.update(_subgraph_inputs(inner))
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        for attr in current.attribute:
+            if attr.type not in _GRAPH_ATTRS:
+                continue
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                for inner in sub.node:
+                    names.update(inner.input)
+                    stack.append(inner)
     return names
+
+
+def has_subgraph(node) -> bool:
+    """Whether ``node`` carries a graph attribute (If / Loop / Scan bodies): it runs code we do not bound."""
+    return any(attr.type in _GRAPH_ATTRS for attr in node.attribute)
 
 
 def _attr(node, name: str, default=None):
@@ -139,24 +166,47 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str]]:
-    """Layout nodes on the data path that computes ``tensor``, and the tensors that path starts from."""
-    nodes: list[int] = []
+def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str], bool]:
+    """Layout nodes on the data path that computes ``tensor``, the tensors that path starts from, and whether the
+    walk stopped at ``MAX_CHAIN_NODES`` (no space-to-depth needs more; a longer chain is reported, not followed)."""
+    nodes: set[int] = set()
     roots: set[str] = set()
     stack = [tensor]
     while stack:
         name = stack.pop()
         producer = index.producer.get(name)
         node = index.graph.node[producer] if producer is not None else None
-        if node is None or node.op_type not in LAYOUT_OPS or node.domain not in ("", "ai.onnx"):
-            roots.add(name)
+        if node is None or node.op_type not in LAYOUT_OPS or node.domain not in ("", "ai.onnx") or _to_nchw(node):
+            roots.add(name)  # an NHWC -> NCHW Transpose is where the image enters: it stays, the chain reads it
             continue
         if producer in nodes:
             continue
-        nodes.append(producer)
+        if len(nodes) >= MAX_CHAIN_NODES:
+            return sorted(nodes), roots, True
+        nodes.add(producer)
         count = _DATA_INPUTS.get(node.op_type, len(node.input))
         stack.extend(node.input[:count])
-    return sorted(nodes), roots
+    return sorted(nodes), roots, False
+
+
+def _to_nchw(node) -> bool:
+    """A Transpose NHWC -> NCHW (perm 0, 3, 1, 2): the layout change of a channels-last input, not a stem op."""
+    return node.op_type == "Transpose" and list(_attr(node, "perm", [])) == [0, 3, 1, 2]
+
+
+def _peel_qdq(index: GraphIndex, tensor: str) -> tuple[str, list[int]]:
+    """Follow DequantizeLinear <- QuantizeLinear pairs back from ``tensor``: (the tensor they quantize, pair nodes)."""
+    pairs: list[int] = []
+    while len(pairs) < 2 * MAX_CHAIN_NODES:
+        dq = index.producer.get(tensor)
+        if dq is None or index.graph.node[dq].op_type != "DequantizeLinear":
+            break
+        q = index.producer.get(index.graph.node[dq].input[0])
+        if q is None or index.graph.node[q].op_type != "QuantizeLinear":
+            break
+        pairs += [q, dq]
+        tensor = index.graph.node[q].input[0]
+    return tensor, pairs
 
 
 def _looks_like_s2d(index: GraphIndex, nodes: list[int]) -> bool:
@@ -299,13 +349,45 @@ def _identify_reshape_transpose(
     return f"Transpose perm {perm} is none of the space-to-depth orders ({', '.join(CHANNEL_LAYOUT)})"
 
 
-def _conv_reason(index: GraphIndex, conv) -> str | None:
-    """None if the Conv can absorb a space-to-depth exactly (GUIDE section 1), else why not."""
-    if len(conv.input) < 2 or conv.input[1] not in index.initializers or conv.input[1] in index.inputs:
+def _conv_weight(index: GraphIndex, conv_index: int) -> tuple[str, int | None] | str:
+    """(weight initializer, DequantizeLinear index or None) of a Conv, else the reason the weight is not constant."""
+    conv = index.graph.node[conv_index]
+    if len(conv.input) < 2:
+        return "the Conv has no weight"
+    name, dq = conv.input[1], None
+    producer = index.producer.get(name)
+    if producer is not None and index.graph.node[producer].op_type == "DequantizeLinear":
+        node = index.graph.node[producer]
+        params = [n for n in node.input[1:] if n]
+        if any(index.const(n) is None for n in params):
+            return f"the weight's DequantizeLinear {index.node_name(producer)!r} has computed scale / zero point"
+        axis, scale = _attr(node, "axis", 1), index.const(node.input[1])
+        if scale.size > 1 and axis not in (0, -4):
+            return (
+                f"the weight's DequantizeLinear {index.node_name(producer)!r} is per-channel on axis {axis}, "
+                "which the fold reshapes (only per-tensor or axis 0, the output channels, stay exact)"
+            )
+        others = [c for c in index.consumers.get(conv.input[1], []) if c != conv_index]
+        if others:
+            return f"the weight's DequantizeLinear {index.node_name(producer)!r} also feeds another node"
+        name, dq = node.input[0], producer
+    if name not in index.initializers or name in index.inputs:
         return "the Conv's weight is not a constant initializer"
+    return name, dq
+
+
+def _conv_reason(index: GraphIndex, conv_index: int) -> str | None:
+    """None if the Conv can absorb a space-to-depth exactly (GUIDE section 1), else why not."""
+    conv = index.graph.node[conv_index]
+    found = _conv_weight(index, conv_index)
+    if isinstance(found, str):
+        return found
     if len(conv.input) > 2 and conv.input[2] and index.const(conv.input[2]) is None:
-        return "the Conv's bias is not a constant"
-    weight = index.initializers[conv.input[1]]
+        producer = index.producer.get(conv.input[2])
+        dequantized = producer is not None and index.graph.node[producer].op_type == "DequantizeLinear"
+        if not (dequantized and index.const(index.graph.node[producer].input[0]) is not None):
+            return "the Conv's bias is not a constant"
+    weight = index.initializers[found[0]]
     if len(weight.dims) != 4:
         return f"{len(weight.dims) - 2}-D Conv, not 2-D"
     if _attr(conv, "group", 1) != 1:
@@ -318,12 +400,27 @@ def _conv_reason(index: GraphIndex, conv) -> str | None:
     return None
 
 
+def _qdq_reason(index: GraphIndex, stem: OnnxStem) -> str | None:
+    """None if every Quantize/DequantizeLinear pair between the chain and the Conv is per-tensor with constant
+    parameters (an elementwise map, which commutes with the space-to-depth permutation), else why not."""
+    for i in stem.qdq:
+        node = index.graph.node[i]
+        params = [n for n in node.input[1:] if n]
+        values = [index.const(n) for n in params]
+        if any(v is None for v in values) or any(v.size != 1 for v in values):
+            return (
+                f"{node.op_type} {index.node_name(i)!r} between the chain and the Conv is not per-tensor with constant "
+                "scale / zero point; moving it before the space-to-depth would change the quantized values"
+            )
+    return None
+
+
 def _root_channels(shapes: dict[str, list], root: str) -> int | None:
     dims = shapes.get(root)
     return dims[1] if dims and len(dims) == 4 and isinstance(dims[1], int) else None
 
 
-def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
+def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex | None = None) -> list[OnnxStem]:
     """Every space-to-depth-like chain feeding a Conv in ``model.graph``, identified or with the reason it is not.
 
     Args:
@@ -334,13 +431,14 @@ def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
         (list[OnnxStem]): In graph order; ``stem.convertible`` tells which ones ``rewrite`` replaces.
     """
     graph = model.graph
-    index = GraphIndex(graph)
+    index = index or GraphIndex(graph)
     shapes = shapes or {}
     stems = []
     for conv_index, conv in enumerate(graph.node):
         if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or not conv.input:
             continue
-        nodes, roots = _walk_chain(index, conv.input[0])
+        chain_out, qdq = _peel_qdq(index, conv.input[0])
+        nodes, roots, truncated = _walk_chain(index, chain_out)
         if not nodes or not _looks_like_s2d(index, nodes):
             continue
         ops: dict[str, int] = {}
@@ -349,14 +447,19 @@ def find_stems(model, shapes: dict[str, list] | None = None) -> list[OnnxStem]:
         family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
         stem = OnnxStem(
             index.node_name(conv_index),
-            sorted(roots)[0],
+            min(roots, default=""),
             family,
             nodes,
             ops=ops,
             conv_index=conv_index,
-            conv_input=conv.input[0],
+            conv_input=chain_out,
+            qdq=qdq,
         )
-        stem.reason = _identify(index, stem, roots, conv, shapes)
+        stem.reason = (
+            f"layout chain of more than {MAX_CHAIN_NODES} nodes, not a space-to-depth"
+            if truncated
+            else _identify(index, stem, roots, conv, shapes)
+        )
         stems.append(stem)
     return stems
 
@@ -365,10 +468,22 @@ def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: 
     """Fill ``stem.block_size`` / ``stem.order``; return the reason it cannot convert, or None."""
     if len(roots) != 1:
         return f"the chain reads {len(roots)} tensors ({', '.join(sorted(roots))}), not one image"
-    reason = _exclusive(index, stem.nodes, stem.conv_index) or _conv_reason(index, conv)
+    inner = [i for i in stem.nodes if index.graph.node[i].op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if inner:
+        names = ", ".join(repr(index.node_name(i)) for i in inner[:6])
+        return (
+            f"QDQ nodes inside the chain ({names}{', ...' if len(inner) > 6 else ''}) quantize each pixel phase on "
+            "its own; folding would change the quantized values (quantize only the Conv, or fold before quantizing)"
+        )
+    reason = (
+        _exclusive(index, stem.nodes + stem.qdq, stem.conv_index)
+        or _conv_reason(index, stem.conv_index)
+        or _qdq_reason(index, stem)
+    )
     if reason:
         return reason
-    channels_after = int(index.initializers[conv.input[1]].dims[1])
+    stem.weight, stem.weight_dq = _conv_weight(index, stem.conv_index)
+    channels_after = int(index.initializers[stem.weight].dims[1])
     if stem.family == "slices":
         found = _identify_slices(index, stem.conv_input, stem.root, shapes.get(stem.root))
     elif stem.family == "SpaceToDepth":

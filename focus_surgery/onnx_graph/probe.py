@@ -1,5 +1,11 @@
 """Prove an identified chain: run it on an index tensor (onnx's reference evaluator, float64) and compare with
-``SpaceToDepth(block_size, order)`` element for element, at the model's static sizes or two dynamic ones."""
+``SpaceToDepth(block_size, order)`` element for element, at the model's static sizes or two dynamic ones.
+
+The run is bounded before it starts: the chain model holds only layout ops and shape arithmetic from
+``CHAIN_OPS`` (no Loop / Scan / If, nothing that makes a tensor bigger than its inputs: no Expand, Tile, Range,
+ConstantOfShape), at most ``MAX_CHAIN_MODEL_NODES`` nodes, and the index tensor has at most ``MAX_PROBE_ELEMENTS``
+elements (a larger declared static shape is left unconverted with that reason, never allocated).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,22 @@ import numpy as np
 import torch
 
 from ..layers import SpaceToDepth
-from .patterns import OnnxStem
+from .patterns import GraphIndex, OnnxStem
+
+
+MAX_PROBE_ELEMENTS = 1 << 24  # 128 MiB of float64 per index tensor; a 3x2048x2048 stem input is 12.6 M
+MAX_CHAIN_MODEL_NODES = 256  # chain + its shape glue (a dynamic YOLOv5 Focus export: about 40)
+CHAIN_OPS = frozenset(
+    {
+        *("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze", "Identity"),
+        *("Shape", "Gather", "Constant", "Cast", "Div", "Mul", "Add", "Sub", "Neg", "Floor", "Ceil", "Max", "Min"),
+        *("Equal", "Less", "Greater", "Where", "Abs", "Mod"),
+    }
+)
+
+
+class ProbeRefused(ValueError):
+    """The chain would need an unbounded run (an op outside ``CHAIN_OPS``) or too many elements to prove."""
 
 
 def probe_shapes(dims: list | None, channels: int, block_size: int) -> list[tuple[int, int, int, int]]:
@@ -15,16 +36,25 @@ def probe_shapes(dims: list | None, channels: int, block_size: int) -> list[tupl
     dims = list(dims) if dims and len(dims) == 4 else [None, channels, None, None]
     picks = ([2, 1], [channels, channels], [3 * block_size, 2 * block_size], [5 * block_size, 4 * block_size])
     shapes = {tuple(d if isinstance(d, int) and d > 0 else pick[t] for d, pick in zip(dims, picks)) for t in range(2)}
+    for shape in shapes:
+        elements = 1
+        for d in shape:  # each factor is below 2**63 (protobuf int64): the running product is checked step by step
+            elements *= d
+            if elements > MAX_PROBE_ELEMENTS:
+                raise ProbeRefused(
+                    f"the stem input is declared {'x'.join(map(str, shape))}: proving the chain on it would take more "
+                    f"than {MAX_PROBE_ELEMENTS:,} elements; left unchanged (export with dynamic or smaller sizes)"
+                )
     return sorted(shapes)
 
 
-def chain_model(model, stem: OnnxStem):
+def chain_model(model, stem: OnnxStem, index: GraphIndex | None = None):
     """The chain as a model of its own: root -> Conv input, with the shape glue and constants it reads."""
     from onnx import TensorProto, helper
 
     graph = model.graph
-    producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
-    initializers = {t.name: t for t in graph.initializer}
+    index = index or GraphIndex(graph)
+    producer, initializers = index.producer, index.initializers
     picked, stack, inits = set(), [stem.conv_input], {}
     while stack:
         name = stack.pop()
@@ -33,8 +63,13 @@ def chain_model(model, stem: OnnxStem):
         if name in initializers:
             inits[name] = initializers[name]
         elif name in producer and producer[name] not in picked:
+            node = graph.node[producer[name]]
+            if node.op_type not in CHAIN_OPS or node.domain not in ("", "ai.onnx"):
+                raise ProbeRefused(f"the chain reads {node.op_type} {node.name or node.output[0]!r}, not a layout op")
+            if len(picked) >= MAX_CHAIN_MODEL_NODES:
+                raise ProbeRefused(f"the chain and its shape arithmetic hold over {MAX_CHAIN_MODEL_NODES} nodes")
             picked.add(producer[name])
-            stack.extend(n for n in graph.node[producer[name]].input if n)
+            stack.extend(n for n in node.input if n)
     nodes = [graph.node[i] for i in sorted(picked)]  # graph order is a topological order
     sub = helper.make_graph(
         nodes,
@@ -46,19 +81,25 @@ def chain_model(model, stem: OnnxStem):
     return helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
-def probe_stem(model, stem: OnnxStem, dims: list | None) -> str | None:
+def probe_stem(model, stem: OnnxStem, dims: list | None, index: GraphIndex | None = None) -> str | None:
     """None if the chain equals the identified space-to-depth on index inputs, else the reason it does not."""
     from onnx.reference import ReferenceEvaluator
 
     graph = model.graph
-    weight = next(t for t in graph.initializer if t.name == graph.node[stem.conv_index].input[1])
+    index = index or GraphIndex(graph)
+    weight = index.initializers[stem.weight]
     channels = int(weight.dims[1]) // stem.block_size**2
     try:
-        session = ReferenceEvaluator(chain_model(model, stem))
+        shapes = probe_shapes(dims, channels, stem.block_size)
+        chain = chain_model(model, stem, index)
+    except ProbeRefused as error:
+        return str(error)
+    try:
+        session = ReferenceEvaluator(chain)
     except Exception as error:  # noqa: BLE001 - an unextractable chain is simply not converted
         return f"cannot run the chain on its own ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
     s2d = SpaceToDepth(stem.block_size, stem.order)
-    for shape in probe_shapes(dims, channels, stem.block_size):
+    for shape in shapes:
         x = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)  # every element distinct, exact in float64
         try:
             got = session.run(None, {stem.root: x})[0]

@@ -33,27 +33,39 @@ def _set_ints(node, name: str, values: list[int]) -> None:
     node.attribute.append(helper.make_attribute(name, values))
 
 
-def _fold_conv(graph, index: GraphIndex, stem: OnnxStem, taken: set[str]) -> None:
-    """Point the Conv at the chain's input with the remapped weight and scaled geometry."""
+def _fold_conv(graph, index: GraphIndex, stem: OnnxStem, taken: set[str]) -> set[str]:
+    """Point the Conv (or the QuantizeLinear before it) at the chain's input, with the remapped weight and scaled
+    geometry; returns the tensors whose shapes changed (their stale value_info goes).
+
+    A quantized weight (integer initializer -> DequantizeLinear -> Conv) is permuted in its integer dtype; its
+    per-tensor or per-output-channel (axis 0) scale and zero point are untouched by a permutation of axes 1-3.
+    """
     from onnx import helper, numpy_helper
 
     conv = graph.node[stem.conv_index]
-    bs, name = stem.block_size, conv.input[1]
+    bs, name = stem.block_size, stem.weight
+    reader, slot = (stem.weight_dq, 0) if stem.weight_dq is not None else (stem.conv_index, 1)
     weight = numpy_helper.to_array(index.initializers[name])
     new = numpy_helper.from_array(remap_weight(weight, bs, stem.order), name)
-    if [c for c in index.consumers.get(name, []) if c != stem.conv_index]:  # shared weight: add a new tensor
+    if [c for c in index.consumers.get(name, []) if c != reader]:  # shared weight: add a new tensor
         new.name = _unique(f"{name}_strided", taken)
-        conv.input[1] = new.name
+        graph.node[reader].input[slot] = new.name
         graph.initializer.append(new)
     else:
         index.initializers[name].CopyFrom(new)
-    conv.input[0] = stem.root
+    changed = {name, new.name, conv.input[1]}
+    if stem.qdq:  # Q/DQ pairs are elementwise and per-tensor: they now quantize the image itself
+        graph.node[stem.qdq[-2]].input[0] = stem.root
+        changed.update(out for i in stem.qdq for out in graph.node[i].output)
+    else:
+        conv.input[0] = stem.root
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     if "kernel_shape" in attrs:
         _set_ints(conv, "kernel_shape", [bs * k for k in attrs["kernel_shape"]])
     _set_ints(conv, "strides", [bs * s for s in attrs.get("strides", [1, 1])])
     if "pads" in attrs:
         _set_ints(conv, "pads", [bs * p for p in attrs["pads"]])
+    return changed
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -70,6 +82,8 @@ def rewrite(model, stems: list[OnnxStem]):
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if not any(stem.convertible for stem in stems):
+        return out
     graph = out.graph
     index = GraphIndex(graph)
     taken = {t.name for t in graph.initializer} | set(index.producer) | index.inputs
@@ -77,9 +91,8 @@ def rewrite(model, stems: list[OnnxStem]):
     changed: set[str] = set()  # weights whose shape changed: their stale value_info goes
     for stem in stems:
         if stem.convertible:
-            _fold_conv(graph, index, stem, taken)
+            changed |= _fold_conv(graph, index, stem, taken)
             removed.update(stem.nodes)
-            changed.add(graph.node[stem.conv_index].input[1])
     _remove_dead_glue(graph, removed)
     _replace(graph.node, [node for i, node in enumerate(graph.node) if i not in removed])
     _drop_unused(graph, model, changed)
@@ -87,26 +100,29 @@ def rewrite(model, stems: list[OnnxStem]):
 
 
 def _remove_dead_glue(graph, removed: set[int]) -> None:
-    """Add to ``removed`` the ancestors of removed nodes whose outputs nothing reads any more (shape glue)."""
+    """Add to ``removed`` the ancestors of removed nodes whose outputs nothing reads any more (shape glue).
+
+    Reads are counted once per node (a worklist with reference counts: linear in the graph's size).
+    """
     producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
-    outputs = {o.name for o in graph.output}
-    ancestors: set[int] = set()
+    reads: dict[str, int] = {o.name: 1 for o in graph.output}
+
+    def names_read(node) -> list[str]:
+        return [*node.input, *_subgraph_inputs(node)]
+
+    for i, node in enumerate(graph.node):
+        if i not in removed:
+            for name in names_read(node):
+                reads[name] = reads.get(name, 0) + 1
     stack = [name for i in removed for name in graph.node[i].input]
     while stack:
         p = producer.get(stack.pop())
-        if p is not None and p not in removed and p not in ancestors:
-            ancestors.add(p)
-            stack.extend(graph.node[p].input)
-    changed = True
-    while changed:
-        read = set(outputs)
-        for i, node in enumerate(graph.node):
-            if i not in removed:
-                read.update(node.input)
-                read.update(_subgraph_inputs(node))
-        dead = {i for i in ancestors - removed if not any(name in read for name in graph.node[i].output)}
-        removed.update(dead)
-        changed = bool(dead)
+        if p is None or p in removed or any(reads.get(name, 0) for name in graph.node[p].output):
+            continue
+        removed.add(p)
+        for name in names_read(graph.node[p]):
+            reads[name] -= 1
+            stack.append(name)
 
 
 def _replace(field, items: list) -> None:
