@@ -21,6 +21,7 @@ from . import stems
 from .layers import Focus, FoldedSpaceToDepth, SPDConv, SpaceToDepth
 from .orders import check_order
 from .remap import conv_to_focus_weight, focus_to_conv_weight, s2d_to_strided_conv, strided_conv_to_s2d
+from .errors import ConversionError, VerificationFailed
 from .verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport, verify as verify_models
 
 TARGETS = ("conv", "focus", "s2d")
@@ -30,12 +31,7 @@ ROUTING_ATTRIBUTES = ("i", "f", "type", "np")  # Ultralytics' per-row routing at
 MAX_KERNEL_GROWTH, MAX_GROWN_WEIGHT = 16, 1 << 22  # a space-to-depth kernel only zero-pads: refuse what is mostly zeros
 
 
-class ConversionError(ValueError):
-    """A conversion that would not be exact, or a verification that failed; the model is left unchanged."""
-
-
-class VerificationError(ConversionError):
-    """The converted model's outputs differ from the original's by more than the tolerance."""
+VerificationError = VerificationFailed  # the old name: the converted model's outputs differ beyond the tolerance
 
 
 # Conv2d subclasses with their own forward (timm's StdConv2d, Conv2dSame, ...) are never treated as plain convs.
@@ -681,7 +677,7 @@ def convert(
             paths = ", ".join(r.path or "<root>" for r in report.replaced)
             raise ConversionError(f"{paths}: {error}; model left unchanged") from error
         if not report.verification.passed:
-            raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
+            raise VerificationError(f"verification failed, model left unchanged: {report.verification}", report)
     _apply(model, steps)
     for hook in POST_APPLY:  # e.g. the Ultralytics integration's sync_yaml: model.yaml follows the surgery
         hook(model, [s.path for s in steps])

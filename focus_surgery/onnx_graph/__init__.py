@@ -1,8 +1,8 @@
 """Surgery on deployed ONNX files: fold a Focus / space-to-depth stem into one strided Conv, exactly.
 
 ``io`` (load, check, atomic save), ``patterns`` (find and identify chains), ``probe`` (prove them on index inputs),
-``rewrite`` (fold them into the Conv), ``runtime`` (onnxruntime comparison), ``cli`` (the ``.onnx`` side of
-``convert`` and ``inspect``). Needs the ``onnx`` extra (onnx, onnxruntime).
+``rewrite`` (fold them into the Conv), ``runtime`` (onnxruntime comparison); ``sources/onnx.py`` is the
+command line's adapter. Needs the ``onnx`` extra (onnx, onnxruntime).
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import VerificationFailed
 from .io import OnnxSurgeryError, load_onnx, save_onnx
 from .patterns import OnnxStem, find_stems
 from .runtime import OnnxVerification
 
 
-class OnnxVerificationError(Exception):
-    """The rewritten graph's outputs differ from the original's beyond tolerance (nothing was written)."""
-
-    def __init__(self, message: str, report: "OnnxReport"):
-        super().__init__(message)
-        self.report = report
+OnnxVerificationError = VerificationFailed  # the old name: outputs differ beyond tolerance; ``.report`` says how
 
 
 @dataclass
@@ -106,9 +102,10 @@ def fold(model) -> tuple[Any, list[OnnxStem]]:
     return rewrite(model, stems), stems
 
 
-def inspect_onnx(src: str | os.PathLike) -> OnnxReport:
-    """The space-to-depth stems of an ONNX file: which convert, which are left and why (nothing is written)."""
-    model = load_onnx(src)
+def inspect_onnx(src: str | os.PathLike, model: Any = None) -> OnnxReport:
+    """The space-to-depth stems of an ONNX file (``model``: already read from it): which convert, which are left
+    and why (nothing is written)."""
+    model = load_onnx(src) if model is None else model
     return OnnxReport(
         str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model)
     )
@@ -136,20 +133,30 @@ def convert_onnx(
         OnnxSurgeryError: Bad input, or no stem to convert (the reasons of those skipped are in the message).
         OnnxVerificationError: The outputs differ beyond ``tolerance``; nothing written.
     """
-    from .runtime import compare
-
     if dst is not None and Path(src).resolve() == Path(dst).resolve():
         raise OnnxSurgeryError(f"{dst}: refusing to overwrite the input; write to another file")
-    model = load_onnx(src)
+    report, out = fold_model(src, load_onnx(src), verify, tolerance)
+    report.dst = str(dst) if dst is not None else None
+    if report.verification is not None and not report.verification.passed:
+        raise OnnxVerificationError(f"{src}: verification failed ({report.verification}); nothing written", report)
+    if dst is not None:
+        save_onnx(out, dst)
+    return report
+
+
+def fold_model(
+    src: str | os.PathLike, model: Any, verify: bool = True, tolerance: float | None = None
+) -> tuple[OnnxReport, Any]:
+    """``convert_onnx`` in memory: the report (``verification`` measured when ``verify``, failed or not) and the
+    folded model; nothing is written.
+
+    Raises:
+        OnnxSurgeryError: No stem to convert (the reasons of those skipped are in the message).
+    """
+    from .runtime import compare
+
     out, stems = fold(model)
-    report = OnnxReport(
-        str(src),
-        str(dst) if dst is not None else None,
-        _opset(model),
-        stems,
-        len(model.graph.node),
-        ops_before=_op_counts(model),
-    )
+    report = OnnxReport(str(src), None, _opset(model), stems, len(model.graph.node), ops_before=_op_counts(model))
     if not report.replaced:
         why = (
             "; ".join(f"{s.conv}: {s.reason}" for s in stems)
@@ -159,11 +166,7 @@ def convert_onnx(
     report.nodes_after, report.ops_after = len(out.graph.node), _op_counts(out)
     if verify:
         report.verification = compare(model, out, tolerance)
-        if not report.verification.passed:
-            raise OnnxVerificationError(f"{src}: verification failed ({report.verification}); nothing written", report)
-    if dst is not None:
-        save_onnx(out, dst)
-    return report
+    return report, out
 
 
 __all__ = [
@@ -175,5 +178,6 @@ __all__ = [
     "convert_onnx",
     "find_stems",
     "fold",
+    "fold_model",
     "inspect_onnx",
 ]

@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 from ..checkpoint_io import atomic_write, check_readable
+from ..errors import ConversionError
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot exceed 2 GiB; larger models must use external data
 
 
-class OnnxSurgeryError(ValueError):
+class OnnxSurgeryError(ConversionError):
     """Bad input or a graph this tool cannot rewrite (the CLI exits 2 with this one-line message)."""
 
 

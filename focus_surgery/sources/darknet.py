@@ -11,16 +11,17 @@ remapped the same way), epoch and numpy metadata are kept.
 
 from __future__ import annotations
 
+import copy
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint_io import CheckpointError
+from ..errors import ConversionError
 from ..remap import focus_to_conv_weight
-from .base import ConvertOptions, Source, VerificationFailed
+from ..report import ConvertReport, bounded
+from .base import ConvertOptions, Source
 from .compare import compare_state_dicts
 from .loading import Loaded
 from .plain import PlainStateDictSource, tensors
@@ -67,6 +68,8 @@ def cfg_after_conversion(text: str) -> str:
 class DarknetSource(Source):
     name = "darknet"
     description = "YOLOR main-branch darknet checkpoint (module_list.N.Conv2d.weight, [reorg] stem)"
+    specificity = 10  # a plain state dict under 'model' with darknet's key layout
+    outputs = PlainStateDictSource.outputs
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
@@ -98,7 +101,7 @@ class DarknetSource(Source):
             "source": self.name,
             "tensors": len(sd),
             "stems": stems,
-            "epoch": loaded.content.get("epoch"),
+            "epoch": bounded(loaded.content.get("epoch")),
         }
         info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}"] + (
             [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"]
@@ -107,39 +110,32 @@ class DarknetSource(Source):
         )
         return info
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
-        if options.to != "conv" or options.scope != "stem":
-            raise ValueError(f"{loaded.path}: a darknet state dict converts its [reorg] stem --to conv (--scope stem)")
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         before = self.state_dict(loaded)
         key = darknet_stem(before, block_size=options.block_size)
         if key is None:
-            raise CheckpointError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
+            raise ConversionError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
         old = before[key]
         model = dict(loaded.content["model"])
         model[key] = stem_weight(old, options.block_size, options.order)
         content = {**loaded.content, "model": type(loaded.content["model"])(model)}
-        report: dict[str, Any] = {
-            "source": self.name,
+        fields: dict[str, Any] = {
             "kind": "darknet",
-            "to": "conv",
             "stem": key,
             "weight": [list(old.shape), list(model[key].shape)],
             "cfg": CFG_CHANGE,
-            "max_abs_err": None,
             "assumes": "the tensor-less rows before the stem conv are YOLOR's [reorg] "
             "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)",
         }
         if isinstance(content.get("optimizer"), dict):
-            import copy
-
             content["optimizer"] = copy.deepcopy(content["optimizer"])
-            report["optimizer"] = _remap_darknet_optimizer(content["optimizer"], old.shape, options)
+            fields["optimizer"] = _remap_darknet_optimizer(content["optimizer"], old.shape, options)
+        report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
+        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
         if options.verify:
             check = _check(before, model, key, options)
-            report["verification"], report["max_abs_err"] = check, check["stem"]["max_abs_err"]
-            if not check["passed"]:
-                raise VerificationFailed(f"{loaded.path}: verification failed ({check['problem']}); {dst} not written")
-        PlainStateDictSource.write(content, "model", dst, "conv")
+            fields["verification"], report.max_abs_err = check, check["stem"]["max_abs_err"]
+            report.problem = None if check["passed"] else check["problem"]
         return report
 
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .stem_forms import build_form, form_names, strided_block
-from ..surgery import VerificationError, _carry_routing, plan
+from ..errors import VerificationFailed as VerificationError
+from ..surgery import _carry_routing, plan
 from .timing import median, time_interleaved
 from ..verify import (
     DEFAULT_TOLERANCE,
