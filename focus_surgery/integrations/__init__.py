@@ -48,7 +48,7 @@ def _register_timm() -> None:
 def auto_register() -> None:
     """Called by ``import focus_surgery``: cheap, lazy, never raises (see the module docstring)."""
     from ..surgery import register_post_apply
-    from .import_hooks import call_when_imported
+    from ..import_hooks import call_when_imported
     from .ultralytics import sync_yaml  # plain dict edits of model.yaml; imports no framework
 
     register_post_apply(sync_yaml)  # Ultralytics / yolov7 rebuild a model from model.yaml to train it again
