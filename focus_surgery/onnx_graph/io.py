@@ -69,6 +69,7 @@ def external_tensor_names(model) -> list[str]:
     If / Loop / Scan, model-local functions, training graphs) with an explicit stack, so no nesting escapes it: such
     a tensor would make ONNX read a file it names when evaluated and write one when saved.
     """
+    from google.protobuf.message import Message
     from onnx import TensorProto
 
     found: list[str] = []
@@ -82,10 +83,10 @@ def external_tensor_names(model) -> list[str]:
         for descriptor, value in message.ListFields():
             if descriptor.type != descriptor.TYPE_MESSAGE:
                 continue
-            if descriptor.label == descriptor.LABEL_REPEATED:
-                stack.extend(value)
-            else:
+            if isinstance(value, Message):
                 stack.append(value)
+            else:  # a repeated field of messages (ONNX has no map fields)
+                stack.extend(value)
     return found
 
 
