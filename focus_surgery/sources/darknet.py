@@ -22,9 +22,9 @@ from ..errors import ConversionError
 from ..remap import focus_to_conv_weight
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
-from .compare import compare_state_dicts
+from .compare import compare_state_dicts, stem_check
 from .loading import Loaded
-from .plain import PlainStateDictSource, tensors
+from .plain import PlainStateDictSource, remap_optimizer_state, tensors
 
 CFG_CHANGE = "in the .cfg: [reorg] -> [silence]; its [convolutional] size=3 stride=1 pad=1 -> size=7 stride=2 pad=1"
 
@@ -129,7 +129,8 @@ class DarknetSource(Source):
         }
         if isinstance(content.get("optimizer"), dict):
             content["optimizer"] = copy.deepcopy(content["optimizer"])
-            fields["optimizer"] = _remap_darknet_optimizer(content["optimizer"], old.shape, options)
+            remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
+            fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
         report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
         report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
         if options.verify:
@@ -137,17 +138,6 @@ class DarknetSource(Source):
             fields["verification"], report.max_abs_err = check, check["stem"]["max_abs_err"]
             report.problem = None if check["passed"] else check["problem"]
         return report
-
-
-def _remap_darknet_optimizer(optimizer: dict, shape: torch.Size, options: ConvertOptions) -> str:
-    state = optimizer.get("state") or {}
-    owners = [p for p, s in state.items() if any(isinstance(v, torch.Tensor) and v.shape == shape for v in s.values())]
-    if len(owners) != 1:
-        return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(shape)}"
-    for name, value in state[owners[0]].items():
-        if isinstance(value, torch.Tensor) and value.shape == shape:
-            state[owners[0]][name] = stem_weight(value, options.block_size, options.order)
-    return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
 def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict[str, Any]:
@@ -171,12 +161,5 @@ def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict
         {k: v for k, v in tensors(after).items() if k != key},
         tolerance=0.0,
     )
-    passed = stem.passed and rest["passed"]
-    return {
-        "stem": stem.to_dict(),
-        "tensors": rest,
-        "passed": passed,
-        "problem": "" if passed else (str(stem) if not stem.passed else rest["problem"]),
-        "compared": "the stem conv before and after in float64 (darknet padding size//2); every other tensor "
-        "bit for bit; the rest of the model is not run (its code is the repository's)",
-    }
+    compared = "the stem conv before and after in float64 (darknet padding size//2), the model's code not run"
+    return stem_check(stem.to_dict(), [stem], rest, compared)

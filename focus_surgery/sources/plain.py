@@ -11,7 +11,7 @@ import copy
 import dataclasses
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -21,7 +21,7 @@ from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import convert_state_dict, find_stem
 from .base import ANY_LAYOUT, ConvertOptions, Source
-from .compare import STEM_ASSUMES, compare_state_dicts, verify_stems
+from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .loading import Loaded
 
 WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
@@ -48,9 +48,10 @@ def _at(content: dict, place: str | None) -> dict:
     return content if place is None else content[place]
 
 
-def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size: int, order: str) -> str:
+def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Tensor], torch.Tensor]) -> str:
     """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
-    state has the stem weight's ``shape``; say what was done. Exact: momentum is linear in the gradients."""
+    state has the stem weight's ``shape``, with the weight's own ``remap``; say what was done. Exact: momentum is
+    linear in the gradients."""
     state = optimizer.get("state") if isinstance(optimizer, dict) else None
     if not isinstance(state, dict) or not state:
         return "no optimizer state"
@@ -62,11 +63,10 @@ def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size:
     ]
     if len(owners) != 1:
         return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
-    remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
     entry = state[owners[0]]
     for key, value in entry.items():
         if isinstance(value, torch.Tensor) and value.shape == old:
-            entry[key] = remap(value, block_size, order)
+            entry[key] = remap(value)
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
@@ -168,8 +168,9 @@ class PlainStateDictSource(Source):
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
             stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
+            remap = focus_to_conv_weight if options.to == "conv" else conv_to_focus_weight
             fields["optimizer"] = remap_optimizer_state(
-                new_content["optimizer"], stem.shape, options.to, options.block_size, options.order
+                new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
         report.write = lambda dst: self.write(new_content, places[0], dst, options.to)
@@ -184,15 +185,7 @@ class PlainStateDictSource(Source):
         """The remapped stem run in float64, and every other tensor compared bit for bit."""
         stem = verify_stems(before, after, options.block_size, options.order)
         rest = compare_state_dicts(before, after, options.block_size, options.order, tolerance=0.0)
-        passed = stem.passed and rest["passed"]
-        problem = "" if passed else (stem.problem or str(stem) if not stem.passed else rest["problem"])
-        return {
-            "stem": stem.to_dict(),
-            "tensors": rest,
-            "passed": passed,
-            "problem": problem,
-            "compared": "the stem run before and after in float64; " + rest["compared"],
-        }
+        return stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
 
     @staticmethod
     def write(content: dict, place: str | None, dst: Path, to: str) -> None:

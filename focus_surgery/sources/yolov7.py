@@ -25,7 +25,7 @@ from ..yolov5.unpickler import LegacyRecord, record_class
 from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
-from .compare import compare_state_dicts
+from .compare import compare_state_dicts, stem_check
 from .loading import Loaded
 from .plain import remap_optimizer_state
 
@@ -241,7 +241,9 @@ class Yolov7Source(Source):
         if isinstance(content.get("optimizer"), dict):
             change = fields["replaced"][0]
             fields["optimizer"] = remap_optimizer_state(
-                content["optimizer"], change["weight"][0], "conv", change["block_size"], change["order"]
+                content["optimizer"],
+                change["weight"][0],
+                lambda w: focus_to_conv_weight(w, change["block_size"], change["order"]),
             )
         report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, fields=fields)
         report.write = lambda dst: self._write(content, models, dst)
@@ -269,18 +271,14 @@ class Yolov7Source(Source):
                 verify(ref, new, input_shape=(2, c, 16 * change["block_size"], 24 * change["block_size"]))
             )
         rest = compare_state_dicts(before, converted.state_dict(), tolerance=0.0)
-        passed = all(r.passed for r in stem_errors) and rest["passed"]
-        problem = "" if passed else next((str(r) for r in stem_errors if not r.passed), rest.get("problem", ""))
-        return {
-            "stem": [r.to_dict() for r in stem_errors],
-            "stem_max_abs_err": max(r.max_abs_err for r in stem_errors),
-            "tensors": rest,
-            "passed": passed,
-            "problem": problem,
-            "compared": "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; "
-            + rest["compared"]
-            + "; the rest of the model is not run (its code is the repository's)",
-        }
+        compared = "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; the "
+        check = stem_check(
+            [r.to_dict() for r in stem_errors],
+            stem_errors,
+            rest,
+            compared + "rest of the model is not run (its code is the repository's)",
+        )
+        return {**check, "stem_max_abs_err": max(r.max_abs_err for r in stem_errors)}
 
     @staticmethod
     def _write(content: dict, models: dict, dst: Path) -> None:
