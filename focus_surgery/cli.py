@@ -15,7 +15,7 @@ import torch
 
 from ._version import __version__
 from .errors import FocusSurgeryError, VerificationFailed
-from .files import convert_one, inspect_file, verify_files
+from .files import LAYOUTS, SCOPES, TARGETS, convert_one, inspect_file, verify_files
 from .limits import FORWARD_LIMIT, forward_memory_limit
 from .report import _REPORT_STREAM, EXIT_BAD_INPUT, EXIT_OK, EXIT_VERIFY_FAILED, emit, line, one_line
 
@@ -56,19 +56,19 @@ def _add_convert(sub) -> None:
     p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
     p.add_argument(
         "--to",
-        choices=("conv", "focus", "s2d", "fastest"),
+        choices=TARGETS,
         default="conv",
         help="target form (default conv); fastest: time every exact form here and keep the fastest",
     )
     p.add_argument(
         "--scope",
-        choices=("stem", "all"),
+        choices=SCOPES,
         default="stem",
         help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv",
     )
     p.add_argument(
         "--layout",
-        choices=("ultralytics", "yolov5"),
+        choices=LAYOUTS,
         default="ultralytics",
         help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout",
     )

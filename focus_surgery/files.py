@@ -35,42 +35,38 @@ TARGETS, SCOPES, LAYOUTS = ("conv", "focus", "s2d", "fastest"), ("stem", "all"),
 
 
 def accepted() -> list[dict[str, Any]]:
-    """The table options are checked against: one row per source (name, targets, scopes, layout -> suffixes)."""
-    return [{"source": s.name, "targets": s.targets, "scopes": s.scopes, "outputs": dict(s.outputs)} for s in SOURCES]
+    """The table options are checked against: one row per source, asked in this order (by specificity)."""
+    return [{"source": s.name, "to": s.targets, "scope": s.scopes, "outputs": dict(s.outputs)} for s in SOURCES]
 
 
 def check_options(source: Source, src: Path, dst: Path, **options: Any) -> ConvertOptions:
-    """``options`` as ``ConvertOptions`` once they are what ``source`` declares it accepts.
+    """``options`` as ``ConvertOptions``, once they are what ``source`` declares it accepts.
 
     Raises:
         ConversionError: An unknown option, or a target / scope / layout the source does not convert.
         CheckpointError: An output suffix the source does not write (in that layout).
     """
-    fields = {f.name for f in dataclasses.fields(ConvertOptions)}
-    unknown = sorted(set(options) - fields)
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ConvertOptions)})
     if unknown:
-        raise ConversionError(f"unknown option {unknown[0]!r}; options are {', '.join(sorted(fields))}")
+        raise ConversionError(f"unknown option {unknown[0]!r} (see ConvertOptions)")
     opts = ConvertOptions(**options)
-    for flag, value, everything, declared in (
-        ("to", opts.to, TARGETS, source.targets),
-        ("scope", opts.scope, SCOPES, source.scopes),
-        ("layout", opts.layout, LAYOUTS, LAYOUTS),
-    ):
-        if value not in everything:
-            raise ConversionError(f"--{flag} {value!r}: use {', '.join(everything)}")
+    for flag, every, declared in (("to", TARGETS, source.targets), ("scope", SCOPES, source.scopes)):
+        value = getattr(opts, flag)
+        if value not in every:
+            raise ConversionError(f"--{flag} {value!r}: use {', '.join(every)}")
         if value not in declared:
             raise ConversionError(
                 f"{src}: a {source.name} checkpoint converts --{flag} {' or '.join(declared)}, not {value}"
             )
-    suffixes = source.outputs.get(opts.layout, source.outputs.get(ANY_LAYOUT))
+    if opts.layout not in LAYOUTS:
+        raise ConversionError(f"--layout {opts.layout!r}: use {', '.join(LAYOUTS)}")
+    layout = "" if ANY_LAYOUT in source.outputs else opts.layout  # one layout: --layout does not apply
+    suffixes = source.outputs.get(layout)
     if suffixes is None:
-        raise ConversionError(f"{src}: a {source.name} checkpoint is written in --layout {' or '.join(source.outputs)}")
+        raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")
     if dst.suffix.lower() not in suffixes:
-        layout = f" in --layout {opts.layout}" if ANY_LAYOUT not in source.outputs else ""
-        raise CheckpointError(
-            f"{dst}: unknown output type {dst.suffix!r} for a {source.name} checkpoint{layout}; use "
-            + ", ".join(suffixes)
-        )
+        where = f"{source.name} checkpoint" + (f" in --layout {layout}" if layout else "")
+        raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r} for a {where}; use {', '.join(suffixes)}")
     return opts
 
 

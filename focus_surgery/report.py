@@ -9,6 +9,7 @@ can never start a line of its own). This module imports nothing above ``errors``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -18,53 +19,43 @@ from typing import Any, Callable
 from .errors import FocusSurgeryError
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-MAX_NODES, MAX_DEPTH, MAX_CHARS = 100_000, 32, 4096  # per report: values visited, nesting, characters per string
+MAX_NODES, MAX_DEPTH, MAX_CHARS = 20_000, 32, 4096  # per report: values visited, nesting, characters per string
 MAX_LINE = 16_384  # characters of one printed line (an error message from a library included)
 
 
 def bounded(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
     """A JSON-able copy of ``value`` within ``MAX_NODES`` values, ``MAX_DEPTH`` levels and ``MAX_CHARS`` per string.
 
-    Numbers, strings, lists and dicts are kept (dict keys become strings); our report types by their ``to_dict``;
-    tensors and arrays of up to 64 values become lists; every other object becomes ``<TypeName>`` (its ``str()``
-    could expand what it holds). What passes a limit becomes ``"<...>"``.
+    Numbers, strings, lists and dicts are kept (keys become strings), our report dataclasses go by ``to_dict``,
+    tensors and arrays of up to 64 values become lists; any other object becomes ``<TypeName>`` (its ``str()`` could
+    expand what it holds). What passes a limit becomes ``"<...>"``.
     """
     budget = [MAX_NODES] if budget is None else budget
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_DEPTH:
         return "<...>"
-    if value is None or isinstance(value, (bool, int)):
-        return (
-            value if not isinstance(value, int) or value.bit_length() <= 64 else f"<int of {value.bit_length()} bits>"
-        )
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, (bool, float)):
+        return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else f"<int of {value.bit_length()} bits>"
     if isinstance(value, str):
         return value if len(value) <= MAX_CHARS else value[:MAX_CHARS] + "<...>"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "to_dict"):  # our reports
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "to_dict"):
         return bounded(value.to_dict(), budget, depth + 1)
     if hasattr(value, "tolist") and hasattr(value, "shape"):  # torch / numpy values
-        size = math.prod(value.shape) if value.shape else 1
-        return bounded(value.tolist(), budget, depth + 1) if size <= 64 else f"<array of shape {tuple(value.shape)}>"
+        small = math.prod(value.shape) <= 64
+        return bounded(value.tolist(), budget, depth + 1) if small else f"<array of shape {tuple(value.shape)}>"
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if budget[0] <= 0:
-                out["<...>"] = f"{len(value) - len(out)} more"
-                break
-            out[key if isinstance(key, str) else str(bounded(key, budget, depth + 1))] = bounded(
-                item, budget, depth + 1
-            )
-        return out
+        items = [(k if isinstance(k, str) else str(bounded(k, budget, depth + 1)), v) for k, v in _some(value, budget)]
+        return {k: bounded(v, budget, depth + 1) for k, v in items}
     if isinstance(value, (list, tuple, set, frozenset)):
-        out_list = []
-        for item in value:
-            if budget[0] <= 0:
-                out_list.append(f"<... {len(value) - len(out_list)} more>")
-                break
-            out_list.append(bounded(item, budget, depth + 1))
-        return out_list
+        return [bounded(v, budget, depth + 1) for v in _some(value, budget)]
     return f"<{type(value).__name__}>"
+
+
+def _some(items: Any, budget: list[int]) -> list:
+    """The first entries of ``items`` that the budget can still visit (``dict``: its items)."""
+    return list(itertools.islice(items.items() if isinstance(items, dict) else items, max(budget[0], 0)))
 
 
 def line(text: Any) -> str:
@@ -72,11 +63,6 @@ def line(text: Any) -> str:
     text = str(text)
     text = text if len(text) <= MAX_LINE else text[:MAX_LINE] + "<...>"
     return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
-
-
-def printable(text: Any) -> str:
-    """Several lines (``text`` split on newlines) each escaped with ``line``: only for text this package joined."""
-    return "\n".join(line(part) for part in str(text).split("\n"))
 
 
 def one_line(error: BaseException) -> str:
@@ -162,9 +148,6 @@ class ConvertReport:
 
     def __getitem__(self, key: str) -> Any:  # the JSON form's keys, as the dicts of earlier releases had them
         return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
 
 
 def folder_lines(summary: dict[str, Any]) -> list[str]:
