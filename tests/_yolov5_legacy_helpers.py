@@ -120,13 +120,13 @@ def write_old_style_checkpoint(src: Path, dst: Path) -> None:
     ``numpy.core``, and module dicts without torch 2.x's private attributes. Trusted test data only: the records are
     turned back into objects of stand-in classes registered as ``models.yolo`` / ``models.common`` for the save.
     """
-    from focus_surgery.yolov5.unpickler import LegacyRecord, load_legacy_pickle
+    from focus_surgery.loader import Record, read_checkpoint
 
-    content = load_legacy_pickle(src)
+    content = read_checkpoint(src).content
     fake = {name: types.ModuleType(name) for name in ("models", "models.yolo", "models.common")}
 
     def revive(value):
-        if isinstance(value, LegacyRecord):
+        if isinstance(value, Record):
             module, _, name = value.qualname.rpartition(".")
             if module.startswith("torch.nn.modules."):
                 cls = getattr(__import__(module, fromlist=[name]), name)

@@ -35,7 +35,7 @@ from focus_surgery.checkpoint_io import CheckpointError
 from focus_surgery.cli import main
 from focus_surgery.yolov5.convert import load_yolov5_safetensors
 from focus_surgery.yolov5.detect import LegacyDetect
-from focus_surgery.yolov5.unpickler import LegacyRecord, load_legacy_pickle
+from focus_surgery.loader import Record, read_checkpoint
 from focus_surgery.surgery import convert
 from focus_surgery.yolov5.rebuild import describe, read_yolov5_checkpoint, rebuild
 
@@ -76,12 +76,12 @@ def converted(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_reads_every_fixture_as_inert_records(release):
-    content = load_legacy_pickle(MODELS[release])
+    content = read_checkpoint(MODELS[release]).content
     model = content["model"]
-    assert isinstance(model, LegacyRecord) and model.qualname == "models.yolo.Model"
+    assert isinstance(model, Record) and model.qualname == "models.yolo.Model"
     assert "models" not in sys.modules and "models.yolo" not in sys.modules  # nothing of YOLOv5 was imported
     kinds = {r.qualname for _, r in model.named_modules()}
-    assert "models.yolo.Detect" in kinds and all(isinstance(r, LegacyRecord) for _, r in model.named_modules())
+    assert "models.yolo.Detect" in kinds and all(isinstance(r, Record) for _, r in model.named_modules())
     assert isinstance(content["best_fitness"], np.ndarray) and content["best_fitness"].dtype == np.float64
 
 
@@ -133,7 +133,7 @@ def test_restricted_unpickler_refuses_foreign_globals(tmp_path):
         path = tmp_path / "bad.pt"
         torch.save({"x": payload}, path)
         with pytest.raises(CheckpointError, match=name):
-            load_legacy_pickle(path)
+            read_checkpoint(path).content
     assert not MARKER.exists()
 
 

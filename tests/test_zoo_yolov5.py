@@ -13,7 +13,7 @@ from focus_surgery.files import convert_file, inspect_file
 from focus_surgery.sources import load
 from focus_surgery.sources.records_io import save_records
 from focus_surgery.yolov5.rebuild import read_yolov5_checkpoint, rebuild
-from focus_surgery.yolov5.unpickler import record_class
+from focus_surgery.loader import record_class
 from tests._yolov5_legacy_helpers import (
     MODELS,
     assert_within_tolerance,

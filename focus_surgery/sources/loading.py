@@ -26,7 +26,7 @@ class Loaded:
 
     Attributes:
         path (Path): The file.
-        content (Any): What was read: containers, tensors, numpy arrays and ``LegacyRecord`` objects.
+        content (Any): What was read: containers, tensors, numpy arrays and ``Record`` objects.
         names (frozenset[str]): The classes (and functions) of layer packages the pickle named, read as records
             (``module.qualname``); tensor rebuilders and containers are not listed.
         metadata (dict): String metadata (safetensors header), else empty.

@@ -1,6 +1,6 @@
 """Write content read as records back in the pickle layout it came from, without importing any class it names.
 
-A record (``LegacyRecord``) is pickled exactly as ``torch.save`` pickles the module it stands for: the class as a
+A record (``Record``) is pickled exactly as ``torch.save`` pickles the module it stands for: the class as a
 ``GLOBAL`` of its original name, ``NEWOBJ`` (no constructor call on load) and its attribute dict as state. The
 family's own code (``attempt_load``, ``torch.load(weights_only=False)``) then loads the file as if it had written it.
 """
@@ -15,15 +15,15 @@ from typing import Any
 import torch
 
 from ..checkpoint_io import atomic_write
-from ..yolov5.unpickler import LegacyRecord
+from ..loader import Record
 
 
 class _RecordPickler(pickle._Pickler):
     """The pure-Python pickler, with records written under their original class names."""
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        is_reference = isinstance(obj, type) and issubclass(obj, LegacyRecord)  # a function or class named
-        if not (isinstance(obj, LegacyRecord) or is_reference):
+        is_reference = isinstance(obj, type) and issubclass(obj, Record)  # a function or class named
+        if not (isinstance(obj, Record) or is_reference):
             super().save(obj, save_persistent_id)
             return
         memo = self.memo.get(id(obj))

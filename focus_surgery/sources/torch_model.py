@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint_io import MODULE_PREFIXES, CheckpointError, save_checkpoint
+from ..loader import Record
 from ..loader.plain import to_plain
 from ..errors import ConversionError, VerificationFailed
 from ..report import ConvertReport
@@ -29,10 +30,8 @@ class TorchModelSource(Source):
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
-        from ..yolov5.unpickler import LegacyRecord
-
         holds_model = isinstance(content, dict) and any(
-            isinstance(content.get(k), LegacyRecord) for k in ("model", "ema")
+            isinstance(content.get(k), Record) for k in ("model", "ema")
         )
         return holds_model and all(n.startswith(MODULE_PREFIXES) for n in loaded.names)
 

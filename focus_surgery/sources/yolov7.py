@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checkpoint_io import CheckpointError, save_checkpoint
 from ..remap import focus_to_conv_weight
-from ..yolov5.unpickler import LegacyRecord, record_class
+from ..loader import Record, record_class
 from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
@@ -54,11 +54,11 @@ def family(names: frozenset) -> str:
     return "yolov7" if names & yolov7 else "yolor-paper"
 
 
-def _layers(model: LegacyRecord) -> dict[str, LegacyRecord]:
+def _layers(model: Record) -> dict[str, Record]:
     return model.children()["model"].state["_modules"]
 
 
-def _is_conv_row(record: LegacyRecord) -> bool:
+def _is_conv_row(record: Record) -> bool:
     children = record.children()
     conv = children.get("conv")
     return (
@@ -71,7 +71,7 @@ def _is_conv_row(record: LegacyRecord) -> bool:
     )
 
 
-def stem_rows(model: LegacyRecord, scope: str = "stem") -> list[tuple[int, int, str]]:
+def stem_rows(model: Record, scope: str = "stem") -> list[tuple[int, int, str]]:
     """(row, block size, order) of each weightless space-to-depth row followed by a conv row that alone reads it."""
     layers = list(_layers(model).values())
     found = []
@@ -87,7 +87,7 @@ def stem_rows(model: LegacyRecord, scope: str = "stem") -> list[tuple[int, int, 
     return found
 
 
-def _identity_record(old: LegacyRecord) -> LegacyRecord:
+def _identity_record(old: Record) -> Record:
     """An ``nn.Identity`` record with ``old``'s routing attributes (i, f, type, np)."""
     record = record_class(IDENTITY)()
     record.state.update(copy.copy(nn.Identity().__dict__))
@@ -150,8 +150,8 @@ class Yolov7Source(Source):
     def claims(self, loaded: Loaded) -> bool:
         return isinstance(loaded.content, dict) and bool(loaded.names & FAMILY_MARKS)
 
-    def _models(self, content: dict) -> dict[str, LegacyRecord]:
-        models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), LegacyRecord)}
+    def _models(self, content: dict) -> dict[str, Record]:
+        models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), Record)}
         if not models or not all(
             m.qualname == "models.yolo.Model" and "model" in m.children() for m in models.values()
         ):
@@ -255,7 +255,7 @@ class Yolov7Source(Source):
         return report
 
     @staticmethod
-    def _check(original: dict[int, nn.Module], converted: LegacyRecord, before: dict, changes: list) -> dict[str, Any]:
+    def _check(original: dict[int, nn.Module], converted: Record, before: dict, changes: list) -> dict[str, Any]:
         """Each converted stem run before and after in float64; every other tensor compared bit for bit."""
         from ..layers import SpaceToDepth
         from ..verify import verify
@@ -292,7 +292,7 @@ class Yolov7Source(Source):
             save_records(content, dst)
 
 
-def _live(row: LegacyRecord) -> nn.Module:
+def _live(row: Record) -> nn.Module:
     """A float64 conv block (conv, bn, act) built from the torch leaf records of a ``Conv`` row."""
     from ..yolov5.rebuild import leaf_spec, make_leaf
 

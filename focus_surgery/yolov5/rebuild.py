@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
+from ..loader import Record, read_checkpoint
 from ..loader.plain import PLAIN_BUDGET
 from ..loader.plain import to_plain as _plain
 from ..loader.layers import check_hyperparameters, module_class
 from .detect import LegacyDetect
-from .unpickler import LegacyRecord, load_legacy_pickle
 
 # YOLOv5 yaml layer names we let Ultralytics' parser build (its parser resolves names to callables, so only these).
 KNOWN_LAYERS = frozenset(
@@ -81,11 +81,11 @@ class LegacyCheckpoint:
     metadata: dict = field(default_factory=dict)
 
     @property
-    def model(self) -> LegacyRecord:
+    def model(self) -> Record:
         return self.content[self.model_key]
 
     @property
-    def detect(self) -> LegacyRecord:
+    def detect(self) -> Record:
         return list(self.model.children()["model"].children().values())[-1]
 
     @property
@@ -95,12 +95,12 @@ class LegacyCheckpoint:
 
 
 def read_yolov5_checkpoint(path: str | os.PathLike) -> LegacyCheckpoint:
-    """Read a YOLOv5-repository ``.pt`` safely (see ``load_legacy_pickle``) and find its model.
+    """Read a YOLOv5-repository ``.pt`` safely (``loader.read_checkpoint``) and find its model.
 
     Raises:
         CheckpointError: Unreadable or hostile file, or one without a YOLOv5 ``models.yolo.Model``.
     """
-    return yolov5_checkpoint(load_legacy_pickle(path), path)
+    return yolov5_checkpoint(read_checkpoint(path).content, path)
 
 
 def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint:
@@ -109,7 +109,7 @@ def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint
     Raises:
         CheckpointError: No YOLOv5 ``models.yolo.Model`` inside, or one without its yaml architecture dict.
     """
-    if isinstance(content, LegacyRecord):  # torch.save(model) rather than a training dict
+    if isinstance(content, Record):  # torch.save(model) rather than a training dict
         content = {"model": content}
     if not isinstance(content, dict):
         raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a YOLOv5 checkpoint dict")
@@ -144,7 +144,7 @@ def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint
 MAX_CLASSES = 100_000
 
 
-def _check_class_counts(model: LegacyRecord, path: str) -> None:
+def _check_class_counts(model: Record, path: str) -> None:
     """Every class count in the file is a sane integer, and a Detect head's convs have the channels it implies
     (``inspect`` lists one name per class: an ``nc`` of 1e9 in a few bytes must not make a billion)."""
     layers = list(model.children()["model"].children().values())
@@ -170,13 +170,13 @@ def _check_class_counts(model: LegacyRecord, path: str) -> None:
 
 
 def _is_yolov5_model(obj: Any) -> bool:
-    return isinstance(obj, LegacyRecord) and obj.qualname.startswith("models.yolo.") and "model" in obj.children()
+    return isinstance(obj, Record) and obj.qualname.startswith("models.yolo.") and "model" in obj.children()
 
 
 # ------------------------------------------------------------------------------------------------ leaf layers
 
 
-def leaf_spec(record: LegacyRecord) -> dict[str, Any]:
+def leaf_spec(record: Record) -> dict[str, Any]:
     """JSON-friendly constructor spec of a recorded torch leaf layer: ``{"type": "Conv2d", "args": {...}}``."""
     name = record.name
     if name not in LEAF_ARGS or not record.qualname.startswith("torch.nn.modules."):
@@ -220,7 +220,7 @@ def make_leaf(spec: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"cannot build {name} from {args} ({error})") from None
 
 
-def _record_leaves(model: LegacyRecord, source: str = "checkpoint") -> dict[str, dict[str, Any]]:
+def _record_leaves(model: Record, source: str = "checkpoint") -> dict[str, dict[str, Any]]:
     """Spec of every torch leaf layer under the recorded ``Model``, by path (``model.0.conv.conv``, ...)."""
     leaves = {}
     for path, record in model.named_modules():

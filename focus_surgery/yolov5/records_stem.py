@@ -11,16 +11,16 @@ from torch import nn
 
 from ..checkpoint_io import CheckpointError
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
-from .unpickler import LegacyRecord, record_class
+from ..loader import Record, record_class
 
 ROUTING = ("i", "f", "type", "np")
 
 
-def _rows(model: LegacyRecord) -> dict[str, LegacyRecord]:
+def _rows(model: Record) -> dict[str, Record]:
     return model.children()["model"].state["_modules"]
 
 
-def _set_conv(conv: LegacyRecord, weight: torch.Tensor, stride: int, padding: int) -> None:
+def _set_conv(conv: Record, weight: torch.Tensor, stride: int, padding: int) -> None:
     old = conv.state["_parameters"]["weight"]
     conv.state["_parameters"]["weight"] = nn.Parameter(weight, requires_grad=old.requires_grad)
     k = tuple(weight.shape[2:])
@@ -33,7 +33,7 @@ def _set_conv(conv: LegacyRecord, weight: torch.Tensor, stride: int, padding: in
     )
 
 
-def convert_stem_record(model: LegacyRecord, to: str, path: str) -> dict[str, Any]:
+def convert_stem_record(model: Record, to: str, path: str) -> dict[str, Any]:
     """Convert row 0 of a recorded YOLOv5 ``Model`` in place (records and ``model.yaml``); what was done.
 
     Raises:
