@@ -90,11 +90,20 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         content = materialize(loaded.content, path)
     except RecursionError:
         raise CheckpointError(f"{path}: not a torch checkpoint (nested too deeply)") from None
+    return as_checkpoint(path, content, {}, loaded.globals)
+
+
+def as_checkpoint(path: Path, content: Any, metadata: dict, names: frozenset = frozenset()) -> Checkpoint:
+    """Loaded ``content`` as a model checkpoint (a module under ``model`` / ``ema``) or a state dict (string keys).
+
+    Raises:
+        CheckpointError: Neither.
+    """
     if isinstance(content, dict) and any(isinstance(content.get(k), torch.nn.Module) for k in ("model", "ema")):
         metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
-        return Checkpoint(path, "ultralytics", content, metadata, loaded.globals)
+        return Checkpoint(path, "ultralytics", content, metadata, names)
     if isinstance(content, dict) and all(isinstance(k, str) for k in content):
-        return Checkpoint(path, "state_dict", content, {}, loaded.globals)
+        return Checkpoint(path, "state_dict", content, dict(metadata), names)
     raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state dict or a model checkpoint")
 
 

@@ -20,16 +20,8 @@ from .sources import SOURCES, ConvertOptions, Source, load, source_for
 from .sources.base import ANY_LAYOUT
 from .verify import verify
 
-__all__ = [
-    "ConvertOptions",
-    "ConvertReport",
-    "VerificationFailed",
-    "accepted",
-    "convert_file",
-    "convert_one",
-    "inspect_file",
-    "verify_files",
-]
+__all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", "check_options", "convert_file"]
+__all__ += ["convert_one", "inspect_file", "verify_files"]
 
 TARGETS, SCOPES, LAYOUTS = ("conv", "focus", "s2d", "fastest"), ("stem", "all"), ("ultralytics", "yolov5")
 

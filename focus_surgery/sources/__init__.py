@@ -57,17 +57,14 @@ from .yolov5 import Yolov5PairSource, Yolov5Source  # noqa: E402
 from .yolov7 import Yolov7Source  # noqa: E402
 from .yolox import YoloxSource  # noqa: E402
 
-for _source in (
-    DarknetSource(),
-    OnnxSource(),
-    PlainStateDictSource(),
-    TorchModelSource(),
-    Yolov5PairSource(),
-    Yolov5Source(),
-    Yolov7Source(),
-    YoloxSource(),
-):
-    register_source(_source)
+register_source(DarknetSource())
+register_source(OnnxSource())
+register_source(PlainStateDictSource())
+register_source(TorchModelSource())
+register_source(Yolov5PairSource())
+register_source(Yolov5Source())
+register_source(Yolov7Source())
+register_source(YoloxSource())
 
 __all__ = [
     "ConvertOptions",

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..checkpoint_io import Checkpoint, CheckpointError, check_readable, load_checkpoint
+from ..checkpoint_io import Checkpoint, as_checkpoint, check_readable, load_checkpoint
 from ..loader import read_checkpoint
 from ..loader.allowlist import is_record_module
 from ..loader.layers import materialize
@@ -49,16 +47,7 @@ class Loaded:
             CheckpointError: A record of a class that is not installed, or content that is not a checkpoint.
         """
         if self._checkpoint is None:
-            content = materialize(self.content, self.path)
-            if isinstance(content, dict) and any(isinstance(content.get(k), torch.nn.Module) for k in ("model", "ema")):
-                metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
-                self._checkpoint = Checkpoint(self.path, "ultralytics", content, metadata)
-            elif isinstance(content, dict) and all(isinstance(k, str) for k in content):
-                self._checkpoint = Checkpoint(self.path, "state_dict", content, dict(self.metadata))
-            else:
-                raise CheckpointError(
-                    f"{self.path}: holds a {type(content).__name__}, not a state dict or a model checkpoint"
-                )
+            self._checkpoint = as_checkpoint(self.path, materialize(self.content, self.path), self.metadata)
         return self._checkpoint
 
 
