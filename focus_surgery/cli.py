@@ -14,10 +14,9 @@ from typing import Callable
 import torch
 
 from ._version import __version__
-from .errors import FocusSurgeryError, VerificationFailed
 from .files import LAYOUTS, SCOPES, TARGETS, convert_one, inspect_file, verify_files
 from .limits import FORWARD_LIMIT, forward_memory_limit
-from .report import _REPORT_STREAM, EXIT_BAD_INPUT, EXIT_OK, EXIT_VERIFY_FAILED, emit, line, one_line
+from .report import _REPORT_STREAM, EXIT_OK, EXIT_VERIFY_FAILED, emit, error_exit
 
 
 def cmd_convert(args) -> int:
@@ -197,24 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             warnings.simplefilter("ignore")  # library warnings would turn a one-line error into several
             return args.handler(args)
-    except VerificationFailed as error:
-        print(f"focus-surgery: {one_line(error)}", file=sys.stderr)
-        return EXIT_VERIFY_FAILED
-    except MemoryError as error:
-        why = one_line(error) if str(error) else "ran out of memory"
-        source = getattr(args, "src", getattr(args, "a", ""))
-        print(line(f"focus-surgery: error: {source}: {why}; nothing was written"), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (FocusSurgeryError, ValueError, OSError) as error:
-        print(f"focus-surgery: error: {one_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as error:  # noqa: BLE001 - e.g. a model whose forward fails: still one line, exit 2
-        source = getattr(args, "src", None) or getattr(args, "a", "")
-        print(line(f"focus-surgery: error: {source}: {type(error).__name__}: {one_line(error)}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (KeyboardInterrupt, Interrupted) as error:
-        why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-        print(line(f"focus-surgery: {getattr(args, 'dst', '')}: {why}; nothing was written"), file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (Exception, KeyboardInterrupt, Interrupted) as error:  # noqa: BLE001 - every failure: one line, exit 1 or 2
+        return error_exit(error, getattr(args, "src", None) or getattr(args, "a", ""), getattr(args, "dst", ""))
     finally:
         _REPORT_STREAM.pop()

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import FocusSurgeryError
+from .errors import FocusSurgeryError, VerificationFailed
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 MAX_NODES, MAX_DEPTH, MAX_CHARS = 20_000, 32, 4096  # per report: values visited, nesting, characters per string
@@ -74,6 +74,26 @@ def one_line(error: BaseException) -> str:
     if not text:
         return type(error).__name__
     return line(text if isinstance(error, FocusSurgeryError) else text.splitlines()[0])
+
+
+def error_exit(error: BaseException, source: Any, dst: Any) -> int:
+    """Print the one-line message of a failed command on stderr; its exit code: 1 a failed check, else 2.
+
+    ``source`` / ``dst``: the command's input and output, named where the error itself may not name them.
+    """
+    code = EXIT_VERIFY_FAILED if isinstance(error, VerificationFailed) else EXIT_BAD_INPUT
+    if code == EXIT_VERIFY_FAILED:
+        text = one_line(error)
+    elif isinstance(error, MemoryError):
+        text = f"error: {source}: {one_line(error) if str(error) else 'ran out of memory'}; nothing was written"
+    elif isinstance(error, (ValueError, OSError)):  # our errors and the library's: they name the file
+        text = f"error: {one_line(error)}"
+    elif isinstance(error, Exception):  # e.g. a model whose forward fails
+        text = f"error: {source}: {type(error).__name__}: {one_line(error)}"
+    else:  # interrupted: Ctrl-C or a signal (atomic_io.Interrupted)
+        text = f"{dst}: {'interrupted' if isinstance(error, KeyboardInterrupt) else error}; nothing was written"
+    print(line(f"focus-surgery: {text}"), file=sys.stderr)
+    return code
 
 
 _REPORT_STREAM: list[Any] = []  # where reports go; with --json everything else printed goes to stderr

@@ -266,7 +266,7 @@ def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -
         _install(candidate_model, stem, copy.deepcopy(winner))
         verification = verify_models(model, candidate_model, inputs, tolerance=tolerance)
         if not verification.passed:
-            raise VerificationError(f"verification failed, model left unchanged: {verification}")
+            raise VerificationError(f"verification failed, model left unchanged: {verification}", verification)
     _install(model, stem, winner)
     return verification
 
