@@ -81,7 +81,7 @@ MUTANTS = [
     # module surgery
     Mutant(
         "surgery gives the converted stem fresh BatchNorm statistics",
-        "focus_surgery/surgery.py",
+        "focus_surgery/stems/build.py",
         "    new_block.conv = conv\n    return new_block",
         "    new_block.conv = conv\n    for m in new_block.modules():\n"
         "        if isinstance(m, nn.BatchNorm2d):\n            m.reset_running_stats()\n    return new_block",
@@ -89,14 +89,14 @@ MUTANTS = [
     ),
     Mutant(
         "surgery folds with the yolov5 order whatever the stem's",
-        "focus_surgery/surgery.py",
+        "focus_surgery/stems/build.py",
         "s2d_to_strided_conv(conv.weight.detach(), block_size, pad, order)",
         's2d_to_strided_conv(conv.weight.detach(), block_size, pad, "yolov5")',
         SURGERY,
     ),
     Mutant(
         "surgery swaps the height and width padding of a strided stem",
-        "focus_surgery/surgery.py",
+        "focus_surgery/stems/build.py",
         "padding = (block_size * pad[2], block_size * pad[0])",
         "padding = (block_size * pad[0], block_size * pad[2])",
         SURGERY,
@@ -104,14 +104,14 @@ MUTANTS = [
     # verification
     Mutant(
         "verify compares only the first output",
-        "focus_surgery/verify.py",
+        "focus_surgery/stems/check.py",
         "enumerate(zip(ref_out, cand_out))",
         "enumerate(zip(ref_out[:1], cand_out[:1]))",
         SURGERY,
     ),
     Mutant(
         "verify tolerance a million times looser",
-        "focus_surgery/verify.py",
+        "focus_surgery/stems/check.py",
         "passed = max_abs <= tolerance * max(1.0, scale)",
         "passed = max_abs <= 1e6 * tolerance * max(1.0, scale)",
         SURGERY,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..stems import SpaceToDepthPart, register_recogniser
 from .timm_models.build import adapt_state_dict_in_chans  # noqa: F401 - documented under this module's name
 
 
@@ -56,6 +57,20 @@ def _moved_conv(model: nn.Module, name: str, paths: list[str]) -> str:
     return name
 
 
+def timm_space_to_depth(module: nn.Module) -> SpaceToDepthPart | None:
+    """timm's own space-to-depth layers (``timm.layers.SpaceToDepth``; ``SpaceToDepthJit`` / ``SpaceToDepthModule``
+    of older timm): block size ``bs``, timm's channel order."""
+    from timm.layers import space_to_depth
+
+    classes = tuple(c for n in ("SpaceToDepth", "SpaceToDepthJit") if (c := getattr(space_to_depth, n, None)))
+    if isinstance(module, classes) and isinstance(getattr(module, "bs", None), int):
+        return SpaceToDepthPart(module.bs, "timm")
+    wrapper = getattr(space_to_depth, "SpaceToDepthModule", None)
+    if wrapper is not None and isinstance(module, wrapper):
+        return timm_space_to_depth(module.op) or SpaceToDepthPart(4, "timm")
+    return None
+
+
 def model_names() -> list[str]:
     """Names of every model this integration registers."""
     return [f"{b}_s2d{s}" for b in ("resnet18", "resnet50", "convnext_atto", "convnext_tiny") for s in ("", "_focus")]
@@ -74,6 +89,7 @@ def register() -> list[str]:
     check_timm()
     register_conv_types()
     register_post_apply(follow_first_conv)
+    register_recogniser(timm_space_to_depth)
     from .timm_models import convnext, resnet  # noqa: F401  (importing registers the models)
 
     return model_names()

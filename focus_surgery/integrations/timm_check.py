@@ -142,13 +142,12 @@ def stem_round_trip(name: str, size: tuple[int, int] | None = None, seed: int = 
     original = copy.deepcopy(model)
     first = convert(model, to="conv", input_shape=shape)
     if not first.replaced:
-        narrowed = convert(copy.deepcopy(model), to="s2d", verify=False).narrowed_inputs
         even = tuple(s + s % 2 for s in shape[2:])  # an odd size (inception's 299) -> the next even one
         first = convert(model, to="s2d", input_shape=(*shape[:2], *even))
         second = convert(model, to="conv", input_shape=(*shape[:2], *even))
     else:  # back to space-to-depth in the stem's own channel order
         second = convert(model, to="s2d", order=first.replaced[0].order, input_shape=shape)
-        narrowed = []
+    narrowed = first.narrowed_inputs if first.to == "s2d" else []
     if not first.replaced or not second.replaced:
         skipped = (first.skipped + second.skipped)[:1]
         why = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""

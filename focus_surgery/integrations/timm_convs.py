@@ -25,26 +25,8 @@ from torch import nn
 
 from ..layers import SpaceToDepth
 from ..remap import conv_to_focus_weight, focus_to_conv_weight, strided_conv_to_s2d
-from ..surgery import ConversionError, register_conv_type
-
-
-def _plain_conv(weight: torch.Tensor, conv: nn.Conv2d, stride, padding: tuple[int, int]) -> nn.Conv2d:
-    """A plain ``nn.Conv2d`` with ``weight`` and ``conv``'s bias, groups, mode and requires_grad."""
-    plain = nn.Conv2d(
-        weight.shape[1] * conv.groups,
-        conv.out_channels,
-        tuple(weight.shape[2:]),
-        stride,
-        padding,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    plain.weight = nn.Parameter(weight.detach().clone(), requires_grad=conv.weight.requires_grad)
-    if conv.bias is not None:
-        plain.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
-    return plain.train(conv.training)
+from ..stems import ConversionError, register_conv_type
+from ..stems.build import new_conv2d
 
 
 def _blocks_pad(size: int, kernel: int, stride: int) -> list[int]:
@@ -99,7 +81,7 @@ class SpaceToDepthConv2dSame(nn.Module):
         zeros = [-k % stride for k in self.kernel_size]
         weight = conv_to_focus_weight(F.pad(weight, (0, zeros[1], 0, zeros[0])), stride, order)
         self.s2d = SpaceToDepth(stride, order)
-        self.conv = _plain_conv(weight, conv, 1, (0, 0))
+        self.conv = new_conv2d(conv, weight, 1, (0, 0))
         self.train(conv.training)
 
     @property

@@ -58,6 +58,7 @@ from torch import nn
 from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
 from ..model_configs import find_config
 from ..orders import check_block_size
+from ..stems import SpaceToDepthPart, is_conv_block
 
 SUPPORTED_VERSIONS = ">=8.4.190,<8.5"  # what CI tests (requirements-dev.txt); pyproject.toml declares the same
 _SUPPORTED_RANGE = ((8, 4, 190), (8, 5))  # [low, high)
@@ -381,6 +382,25 @@ def _row_after_surgery(row: list, module: nn.Module) -> list | None:
             args = args[:4] + [args[4], args[6]] if args[5] == 1 else None
         return [row[0], 1, "Focus", args] if args else None
     return None
+
+
+def ultralytics_focus(module: nn.Module) -> SpaceToDepthPart | None:
+    """Ultralytics' own ``Focus``: space-to-depth(2) in YOLOv5's order, then its ``Conv`` (a stem recogniser)."""
+    cls = getattr(sys.modules.get("ultralytics.nn.modules.conv"), "Focus", None)  # loaded if such a module exists
+    if cls is None or not isinstance(module, cls) or not is_conv_block(getattr(module, "conv", nn.Module())):
+        return None
+    return SpaceToDepthPart(2, "yolov5", module.conv)
+
+
+def ultralytics_focus_class(block: nn.Module) -> type[nn.Module] | None:
+    """Ultralytics' own Focus for a conv block from an Ultralytics model, so plain Ultralytics loads the result."""
+    if not type(block).__module__.startswith("ultralytics."):
+        return None
+    try:
+        from ultralytics.nn.modules import Focus as UltralyticsFocus
+    except ImportError:  # pragma: no cover - ultralytics without Focus
+        return None
+    return UltralyticsFocus
 
 
 def sync_yaml(model: nn.Module, paths: list[str]) -> list[int]:

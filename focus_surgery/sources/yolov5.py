@@ -82,7 +82,6 @@ class Yolov5Source(Source):
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         from ..yolov5.convert import convert_yolov5, save_conversion
-        from ..yolov5.rebuild import guess_release
 
         if options.layout == "yolov5":
             return self._convert_in_yolov5_layout(loaded, options)
@@ -90,7 +89,7 @@ class Yolov5Source(Source):
         check = conv.verification
         fields = {
             "kind": "yolov5",
-            "release": guess_release(conv.ckpt),
+            "release": conv.release,
             "stem_before": conv.stem_before,
             "stem_after": conv.stem_after,
             "replaced": conv.replaced,

@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .stem_forms import build_form, form_names, strided_block
-from ..errors import VerificationFailed as VerificationError
-from ..surgery import _carry_routing, plan
+from .stem_forms import KIND_OF_ORDER, build_form, form_names, strided_block
+from ..stems import Change, VerificationError, check, plan
+from ..stems.check import apply
+from ..stems.build import carry_routing
 from .timing import median, time_interleaved
 from ..verify import (
     DEFAULT_TOLERANCE,
@@ -97,18 +98,18 @@ def locate_stem(model: nn.Module) -> tuple[_Stem | None, list[str]]:
     Returns:
         (tuple): The stem (None when there is none with an exact strided form) and the reasons for what was skipped.
     """
-    steps, skipped = plan(model, to="conv", scope="stem")
-    records = [s for s in steps if s.record is not None]
+    changes, skipped = plan(model, to="conv", scope="stem")
+    records = [c for c in changes if c.record is not None]
     if records:
         path = records[0].path
-        helpers = [s.path for s in steps if s.record is None]
+        helpers = [c.path for c in changes if c.record is None]
         parts = [model.get_submodule(p) for p in helpers] + [model.get_submodule(path)]
         original = parts[0] if len(parts) == 1 else nn.Sequential(*parts)
         return _Stem(path, helpers, original, strided_block(original)), []
     if skipped:
         return None, [f"{s.path}: {s.reason}" for s in skipped]
-    steps, skipped = plan(model, to="s2d", scope="stem")
-    records = [s for s in steps if s.record is not None]
+    changes, skipped = plan(model, to="s2d", scope="stem")
+    records = [c for c in changes if c.record is not None]
     if records:
         original = model.get_submodule(records[0].path)
         return _Stem(records[0].path, [], original, strided_block(original)), []
@@ -140,20 +141,12 @@ def capture_stem_input(model: nn.Module, first: nn.Module, example_inputs) -> to
     return box["x"]
 
 
-def _install(model: nn.Module, stem: _Stem, module: nn.Module) -> None:
+def _changes(model: nn.Module, stem: _Stem, module: nn.Module) -> list[Change]:
     """Put ``module`` where the stem is (helpers become Identity); ``module`` may be the original pieces again."""
     if module is stem.original and stem.helper_paths:
-        for path, part in zip(stem.helper_paths + [stem.path], stem.original):
-            _set(model, path, part)
-        return
-    for path in stem.helper_paths:
-        _set(model, path, _carry_routing(model.get_submodule(path), nn.Identity()))
-    _set(model, stem.path, module)
-
-
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent), name, module)
+        return [Change(path, part) for path, part in zip(stem.helper_paths + [stem.path], stem.original)]
+    helpers = [Change(p, carry_routing(model.get_submodule(p), nn.Identity())) for p in stem.helper_paths]
+    return helpers + [Change(stem.path, module)]
 
 
 def _step(module: nn.Module, inputs: tuple, backward: bool) -> Callable[[], object]:
@@ -259,15 +252,11 @@ def optimize(
 
 
 def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -> VerificationReport | None:
-    winner = _carry_routing(model.get_submodule(stem.path), build_form(stem.block, form))
-    verification = None
-    if inputs is not None:
-        candidate_model = copy.deepcopy(model)
-        _install(candidate_model, stem, copy.deepcopy(winner))
-        verification = verify_models(model, candidate_model, inputs, tolerance=tolerance)
-        if not verification.passed:
-            raise VerificationError(f"verification failed, model left unchanged: {verification}", verification)
-    _install(model, stem, winner)
+    changes = _changes(model, stem, carry_routing(model.get_submodule(stem.path), build_form(stem.block, form)))
+    verification = check(model, changes, inputs, tolerance=tolerance) if inputs is not None else None
+    if verification is not None and not verification.passed:
+        raise VerificationError(f"verification failed, model left unchanged: {verification}", verification)
+    apply(model, changes)
     return verification
 
 
@@ -307,14 +296,14 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
     grads = {k: p.grad for k, p in model.named_parameters()}  # the caller's gradients, restored below
     at_path = model.get_submodule(stem.path)  # Ultralytics routes by attributes (i, f) of each row: keep them
     installed = {
-        name: (module if name == ORIGINAL else _carry_routing(at_path, copy.deepcopy(module)))
+        name: (module if name == ORIGINAL else carry_routing(at_path, copy.deepcopy(module)))
         for name, module in candidates.items()
     }
     whole = _step(model, inputs, backward)
 
     def with_form(name: str) -> Callable[[], object]:
         def call():
-            _install(model, stem, installed[name])
+            apply(model, _changes(model, stem, installed[name]))
             return whole()
 
         return call
@@ -322,7 +311,7 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
     try:
         return time_interleaved({name: with_form(name) for name in installed}, device, repeats, warmup)
     finally:
-        _install(model, stem, stem.original)
+        apply(model, _changes(model, stem, stem.original))
         with torch.no_grad():
             for key, value in model.named_buffers():
                 value.copy_(buffers[key])
@@ -352,9 +341,6 @@ def fastest_model_checkpoint(content: dict, batch: int, size: int, verify: bool 
     return content, report
 
 
-_KIND_OF_ORDER = {"yolov5": "focus_slices", "timm": "space_to_depth", "pixel_unshuffle": "pixel_unshuffle"}
-
-
 def fastest_state_dict_form(
     state_dict: dict[str, torch.Tensor],
     batch: int,
@@ -382,7 +368,7 @@ def fastest_state_dict_form(
         weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), block_size, block_size * (k // 2), bias=False
     )
     conv.weight = nn.Parameter(weight, requires_grad=False)
-    forms = {"focus": build_form(conv, _KIND_OF_ORDER[order]), "conv": build_form(conv, "conv")}
+    forms = {"focus": build_form(conv, KIND_OF_ORDER[order]), "conv": build_form(conv, "conv")}
     x = torch.rand(batch, weight.shape[1], size, size, generator=torch.Generator().manual_seed(0))
     times = time_interleaved({n: _step(m, (x,), False) for n, m in forms.items()}, torch.device("cpu"), repeats, 2)
     medians = {name: median(t) * 1e3 for name, t in times.items()}

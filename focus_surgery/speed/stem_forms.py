@@ -1,19 +1,9 @@
 """Every exact form of one stem, as modules built by weight remapping (no training, no approximation).
 
 A stem is a strided conv block (or anything that folds into one: a Focus, an SPDConv, space-to-depth + conv).
-With stride ``bs`` it can run as:
-
-=====================  ==================================================================================
-form                   computation
-=====================  ==================================================================================
-``focus_slices``       ``torch.cat`` of ``bs*bs`` strided slices (YOLOv5's Focus, order ``yolov5``) + conv
-``conv``               one conv of stride ``bs`` (YOLOv5 v6.0+)
-``pixel_unshuffle``    ``F.pixel_unshuffle`` (order ``pixel_unshuffle``) + conv
-``space_to_depth``     view / permute / reshape space-to-depth (order ``timm``, as TResNet) + conv
-=====================  ==================================================================================
-
-each also with ``+channels_last`` (input and weights in NHWC memory format). The conv block after the
-rearrangement is a copy of the stem's own (BatchNorm, activation kept), only its ``nn.Conv2d`` is new.
+With stride ``bs`` it runs as any form of ``FORMS``, each also with ``+channels_last`` (input and weights in NHWC
+memory format). The conv block after the rearrangement is a copy of the stem's own (BatchNorm, activation kept),
+only its ``nn.Conv2d`` is new.
 """
 
 from __future__ import annotations
@@ -24,27 +14,11 @@ from torch import nn
 
 from ..layers import SpaceToDepth
 from ..orders import check_block_size
-from ..remap import strided_conv_to_s2d
-from ..surgery import (
-    ConversionError,
-    _check_conv,
-    _conv_of,
-    _focus_parts,
-    _new_conv2d,
-    _to_strided_conv,
-    _with_conv,
-    is_conv_block,
-    space_to_depth_params,
-)
+from ..stems import ConversionError, SpaceToDepthPart, part_of, strided_conv_form
+from ..stems.build import conv_problem, new_conv2d, stride_one_block, with_conv
+from ..stems.recognisers import conv_of, is_conv_like
 
-KINDS: tuple[str, ...] = ("focus_slices", "conv", "pixel_unshuffle", "space_to_depth")
 CHANNELS_LAST_SUFFIX = "+channels_last"
-_ORDER_OF_KIND = {"focus_slices": "yolov5", "pixel_unshuffle": "pixel_unshuffle", "space_to_depth": "timm"}
-
-
-def form_names(kinds: tuple[str, ...] = KINDS, channels_last: tuple[bool, ...] = (False, True)) -> list[str]:
-    """Names of the forms ``kinds`` x ``channels_last``, e.g. ``conv`` and ``conv+channels_last``."""
-    return [kind + (CHANNELS_LAST_SUFFIX if last else "") for last in channels_last for kind in kinds]
 
 
 class SliceSpaceToDepth(nn.Module):
@@ -66,6 +40,22 @@ class SliceSpaceToDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}"
+
+
+# The one table of forms: kind -> (space-to-depth channel order, rearrangement for block size bs) + the conv.
+FORMS: dict[str, tuple[str | None, type[nn.Module] | None]] = {
+    "focus_slices": ("yolov5", SliceSpaceToDepth),  # torch.cat of bs*bs strided slices (YOLOv5's Focus)
+    "conv": (None, None),  # one conv of stride bs (YOLOv5 v6.0+)
+    "pixel_unshuffle": ("pixel_unshuffle", nn.PixelUnshuffle),  # F.pixel_unshuffle
+    "space_to_depth": ("timm", lambda bs: SpaceToDepth(bs, "timm")),  # view / permute / reshape, as TResNet
+}
+KINDS: tuple[str, ...] = tuple(FORMS)
+KIND_OF_ORDER = {order: kind for kind, (order, _) in FORMS.items() if order}
+
+
+def form_names(kinds: tuple[str, ...] = KINDS, channels_last: tuple[bool, ...] = (False, True)) -> list[str]:
+    """Names of the forms ``kinds`` x ``channels_last``, e.g. ``conv`` and ``conv+channels_last``."""
+    return [kind + (CHANNELS_LAST_SUFFIX if last else "") for last in channels_last for kind in kinds]
 
 
 class StemForm(nn.Module):
@@ -111,22 +101,20 @@ def strided_block(stem: nn.Module) -> nn.Module:
     Raises:
         ConversionError: The stem has no exact strided-conv form (dilation, groups, asymmetric stride...).
     """
-    parts = _focus_parts(stem)
-    if parts is None and isinstance(stem, nn.Sequential) and len(stem) == 2:
-        s2d = space_to_depth_params(stem[0])
-        if s2d is not None and (type(stem[1]) is nn.Conv2d or is_conv_block(stem[1])):
-            parts = (*s2d, stem[1], None)
-    if parts is not None:
-        block_size, order, block, pad = parts
-        reason = _check_conv(_conv_of(block), order)
-        if reason:
-            raise ConversionError(reason)
-        return _to_strided_conv(block_size, order, block, pad)[0]
-    if type(stem) is nn.Conv2d or is_conv_block(stem):
-        conv = _conv_of(stem)
+    part = part_of(stem)
+    if part is None and isinstance(stem, nn.Sequential) and len(stem) == 2 and is_conv_like(stem[1]):
+        first = part_of(stem[0], feeds=stem[1])
+        if first is not None and first.block is None:
+            part = SpaceToDepthPart(first.block_size, first.order, stem[1], problem=first.problem)
+    if part is not None and part.block is not None:
+        if part.problem:
+            raise ConversionError(part.problem)
+        return strided_conv_form(part.block_size, part.order, part.block, part.pad)[0]
+    if is_conv_like(stem):
+        conv = conv_of(stem)
         if conv.stride[0] != conv.stride[1] or conv.stride[0] < 2:
             raise ConversionError(f"stem conv stride {conv.stride} is not one stride >= 2: no space-to-depth form")
-        reason = _check_conv(conv, "yolov5")
+        reason = conv_problem(conv, "yolov5")
         if reason:
             raise ConversionError(reason)
         return stem
@@ -147,22 +135,13 @@ def build_form(block: nn.Module, form: str) -> StemForm:
     if kind not in KINDS or suffix not in ("", CHANNELS_LAST_SUFFIX[1:]):
         raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")
     channels_last = bool(suffix)
-    conv = _conv_of(block)
-    bs = conv.stride[0]
-    if kind == "conv":
-        new_block = _with_conv(block, _new_conv2d(conv, conv.weight.detach(), conv.stride, conv.padding))
+    conv = conv_of(block)
+    order, rearrangement = FORMS[kind]
+    if order is None:
+        new_block = with_conv(block, new_conv2d(conv, conv.weight.detach(), conv.stride, conv.padding))
         return StemForm(form, nn.Identity(), None, new_block, channels_last).train(block.training)
-    s2d = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, _ORDER_OF_KIND[kind])
-    padding = s2d.symmetric_padding
-    inner = _with_conv(block, _new_conv2d(conv, s2d.weight, 1, padding if padding is not None else 0))
-    rearrange = {
-        "focus_slices": lambda: SliceSpaceToDepth(bs),
-        "pixel_unshuffle": lambda: nn.PixelUnshuffle(bs),
-        "space_to_depth": lambda: SpaceToDepth(bs, "timm"),
-    }[kind]()
-    return StemForm(form, rearrange, None if padding is not None else s2d.pad, inner, channels_last).train(
-        block.training
-    )
+    inner, pad, _ = stride_one_block(block, order)
+    return StemForm(form, rearrangement(conv.stride[0]), pad, inner, channels_last).train(block.training)
 
 
 def build_forms(stem: nn.Module, forms: list[str] | None = None) -> dict[str, StemForm]:

@@ -21,9 +21,11 @@ from torch import nn
 
 from ..atomic_io import atomic_write_all
 from ..checkpoint_io import CheckpointError, atomic_write, check_readable
-from ..surgery import ConversionError, convert
-from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
+from ..stems import check, plan
+from ..surgery import ConversionError, apply_changes
+from ..verify import DEFAULT_TOLERANCE, VerificationReport
 from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
+from .release import exact_release
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -47,6 +49,7 @@ class LegacyConversion:
     arch: LegacyArchitecture  # of the converted model
     stem_before: str
     stem_after: str
+    release: str  # guess_release(ckpt), asked once
     replaced: list = field(default_factory=list)
     verification: VerificationReport | None = None
 
@@ -64,20 +67,10 @@ def _stem_name(model: nn.Module) -> str:
     return f"Conv({k}, stride {conv.stride[0]}, padding {conv.padding[0]})"
 
 
-def _stem_row(model: nn.Module, old_row: list) -> list:
-    """The yaml row of the (possibly converted) stem, channel argument kept unscaled as in the source yaml."""
-    stem = model.model[0]
-    conv = next(m for m in stem.modules() if isinstance(m, nn.Conv2d))
-    c2 = old_row[3][0]
-    if type(stem).__name__ == "Focus":
-        return [old_row[0], old_row[1], "Focus", [c2, conv.kernel_size[0], conv.stride[0], conv.padding[0]]]
-    return [old_row[0], old_row[1], "Conv", [c2, conv.kernel_size[0], conv.stride[0], conv.padding[0]]]
-
-
 def _current_architecture(model: nn.Module, arch: LegacyArchitecture) -> LegacyArchitecture:
-    """``arch`` updated to the live model: stem row and every torch leaf layer."""
+    """``arch`` updated to the live model: stem row (as the surgery's hook wrote it) and every torch leaf layer."""
     new = copy.deepcopy(arch)
-    new.yaml["backbone"][0] = _stem_row(model, arch.yaml["backbone"][0])
+    new.yaml["backbone"][0] = copy.deepcopy(model.yaml["backbone"][0])
     new.leaves = {
         path: module_spec(m)
         for path, m in model.named_modules()
@@ -113,24 +106,22 @@ def convert_yolov5(
         raise ValueError(f"to={to!r}: a YOLOv5 checkpoint converts to 'conv' or 'focus'")
     ckpt = src if isinstance(src, LegacyCheckpoint) else read_yolov5_checkpoint(src)
     model, arch = rebuild(ckpt)
-    original = copy.deepcopy(model) if measure else None
     stem_before = _stem_name(model)
-    report = convert(model, to=to, scope="stem", verify=False, strict=True)
+    changes, skipped = plan(model, to, "stem")
+    if skipped:
+        raise ConversionError(f"{skipped[0].path}: {skipped[0].reason}")
+    shape = verification_shape(model)
+    verification = check(model, changes, input_shape=shape, tolerance=tolerance) if measure else None
+    apply_changes(model, changes)  # its hook (sync_yaml) writes the stem's YAML row: the one place that does
+    replaced = [vars(c.record) for c in changes if c.record is not None]
+    release = guess_release(ckpt)
     result = LegacyConversion(
-        ckpt,
-        model,
-        _current_architecture(model, arch),
-        stem_before,
-        _stem_name(model),
-        [vars(r) for r in report.replaced],
+        ckpt, model, _current_architecture(model, arch), stem_before, _stem_name(model), release, replaced, verification
     )
-    model.yaml["backbone"][0] = result.arch.yaml["backbone"][0]
     hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
     if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
         model.yaml[HYP_KEY] = {k: v for k, v in hyp.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    model.yaml[RELEASE_KEY] = guess_release(ckpt)  # the loss follows that release's CIoU variant
-    if measure:
-        result.verification = verify(original, model, input_shape=verification_shape(model), tolerance=tolerance)
+    model.yaml[RELEASE_KEY] = exact_release(ckpt)  # the loss follows that release's rules (loss_rules)
     return result
 
 
@@ -139,7 +130,7 @@ def _metadata(conv: LegacyConversion, to: str) -> dict[str, Any]:
         "converted_by": "focus-surgery",
         "source": str(conv.ckpt.path),
         "source_format": "yolov5-repository checkpoint",
-        "source_release": guess_release(conv.ckpt),
+        "source_release": conv.release,
         "source_dtype": str(conv.ckpt.dtype).replace("torch.", ""),
         "to": to,
         "stem_before": conv.stem_before,

@@ -89,16 +89,12 @@ def base_hyp(stored: Mapping[str, Any] | None) -> dict[str, Any]:
     return hyp
 
 
-def scale_gains(hyp: Mapping[str, Any], nl: int, nc: int, imgsz: int) -> dict[str, Any]:
-    """The loss gains as YOLOv5's ``train.py`` scales them before training (v3.0-v7.0).
+def scale_gains(hyp: Mapping[str, Any], nl: int, nc: int, imgsz: int, release: str | None = None) -> dict[str, Any]:
+    """The loss gains as the release's ``train.py`` scales them before training (``loss_rules.scale_gains``;
+    v5.0-v7.0: ``box *= 3 / nl``, ``cls *= nc / 80 * 3 / nl``, ``obj *= (imgsz / 640) ** 2 * 3 / nl``)."""
+    from .loss_rules import scale_gains as release_scale_gains
 
-    ``box *= 3 / nl``, ``cls *= nc / 80 * 3 / nl``, ``obj *= (imgsz / 640) ** 2 * 3 / nl``.
-    """
-    out = dict(hyp)
-    out["box"] = hyp["box"] * 3 / nl
-    out["cls"] = hyp["cls"] * nc / 80 * 3 / nl
-    out["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * 3 / nl
-    return out
+    return release_scale_gains(hyp, nl, nc, imgsz, release)
 
 
 def checkpoint_hyp(content: Mapping[str, Any], model_hyp: Mapping[str, Any] | None) -> dict[str, Any] | None:

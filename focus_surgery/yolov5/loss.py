@@ -1,12 +1,13 @@
-"""YOLOv5's anchor-based training loss (``utils/loss.py: ComputeLoss`` of releases v3.0-v7.0), for ``LegacyDetect``.
+"""YOLOv5's anchor-based training loss (``compute_loss`` / ``ComputeLoss`` of releases v1.0-v7.0 and master), for
+``LegacyDetect``; each release's own rules (``loss_rules``), bit-identical in float64.
 
 Target assignment: a ground-truth box is matched to every anchor whose width and height ratios to it are all below
 ``anchor_t`` (both ways), on every level, and to the cell holding its centre plus the two neighbouring cells whose
-shared edge is nearest to the centre (within half a cell). Box loss: ``1 - CIoU`` of the decoded prediction
-(``xy = 2 sigmoid - 0.5``, ``wh = (2 sigmoid)^2 * anchor``) against the target, averaged per level. Objectness: BCE
-against the (detached, clamped) IoU at assigned cells and 0 elsewhere, weighted per level (4.0, 1.0, 0.4 for 3
-levels; 4.0, 1.0, 0.25, 0.06, 0.02 otherwise). Classes: BCE against label-smoothed one-hot targets, skipped for one
-class. Each part is multiplied by its gain (see ``hyp.scale_gains``); the total is multiplied by the batch size.
+shared edge is nearest to the centre (within half a cell). Box loss: ``1 - IoU`` (CIoU from v3.0, GIoU before) of the
+decoded prediction (``xy = 2 sigmoid - 0.5``, ``wh = (2 sigmoid)^2 * anchor``) against the target, averaged per
+level. Objectness: BCE against the (detached, clamped) IoU at assigned cells and 0 elsewhere, weighted per level by
+the release's balance. Classes: BCE against (label-smoothed from v5.0) one-hot targets, skipped for one class. Each
+part is multiplied by its gain (``loss_rules.scale_gains``, ``loss_rules.loss_gains``); the total by the batch size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from .hyp import LOSS_KEYS
+from .loss_rules import loss_gains, release_rules
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
 # Neighbouring-cell offsets in grid units: the centre cell, then left, up, right, down
@@ -25,17 +27,17 @@ _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))
 _NEIGHBOUR_BIAS = 0.5
 
 
-def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7, corners_wh: bool = False) -> torch.Tensor:
-    """CIoU of paired boxes given as centre xywh, YOLOv5's formula with its ``eps`` placements.
+def box_overlap(box1: torch.Tensor, box2: torch.Tensor, kind: str = "v7.0", eps: float = 1e-7) -> torch.Tensor:
+    """GIoU or CIoU of paired boxes given as centre xywh, exactly as the YOLOv5 release ``kind`` computes it
+    (the variants and their ``eps`` placements: ``loss_rules``).
 
     Args:
         box1 (torch.Tensor): (n, 4) predictions.
         box2 (torch.Tensor): (n, 4) targets.
-        corners_wh (bool): v3.0-v6.1's variant: widths and heights recomputed from the corners and ``eps`` added to
-            the heights (v6.2+ use the given ones); the two differ by about 1e-8 relative.
+        kind (str): ``"giou"``, ``"v3.0"``, ``"v3.1"``, ``"v5.0"``, ``"v6.2"``, ``"v7.0"`` or ``"master"``.
 
     Returns:
-        (torch.Tensor): (n,) CIoU; the aspect-ratio weight ``alpha`` is treated as a constant, as in YOLOv5.
+        (torch.Tensor): (n,) overlap; the aspect-ratio weight ``alpha`` is treated as a constant, as in YOLOv5.
     """
     (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
     left1, right1, top1, bottom1 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
@@ -43,25 +45,51 @@ def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7, corn
     inter = (torch.min(right1, right2) - torch.max(left1, left2)).clamp(0) * (
         torch.min(bottom1, bottom2) - torch.max(top1, top2)
     ).clamp(0)
-    if corners_wh:
+    enclose_w = torch.max(right1, right2) - torch.min(left1, left2)
+    enclose_h = torch.max(bottom1, bottom2) - torch.min(top1, top2)
+    if kind in ("giou", "v3.0"):  # v1.0-v3.0: sizes from the corners, 1e-16 on the first box's area
+        w1, h1, w2, h2 = right1 - left1, bottom1 - top1, right2 - left2, bottom2 - top2
+        union = (w1 * h1 + 1e-16) + w2 * h2 - inter
+        iou = inter / union
+        if kind == "giou":
+            c_area = enclose_w * enclose_h + 1e-16
+            return iou - (c_area - union) / c_area
+        diagonal2 = enclose_w**2 + enclose_h**2 + 1e-16
+        centre2 = ((left2 + right2) - (left1 + right1)) ** 2 / 4 + ((top2 + bottom2) - (top1 + bottom1)) ** 2 / 4
+        v = (4 / math.pi**2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
+        with torch.no_grad():
+            alpha = v / (1 - iou + v + 1e-16)
+        return iou - (centre2 / diagonal2 + v * alpha)
+    if kind in ("v3.1", "v5.0"):  # v3.1-v6.1: sizes from the corners, eps on the heights
         w1, h1 = right1 - left1, bottom1 - top1 + eps
         w2, h2 = right2 - left2, bottom2 - top2 + eps
     union = w1 * h1 + w2 * h2 - inter + eps
     iou = inter / union
-    enclose_w = torch.max(right1, right2) - torch.min(left1, left2)
-    enclose_h = torch.max(bottom1, bottom2) - torch.min(top1, top2)
     diagonal2 = enclose_w**2 + enclose_h**2 + eps
     centre2 = ((left2 + right2 - left1 - right1) ** 2 + (top2 + bottom2 - top1 - bottom1) ** 2) / 4
-    v = (4 / math.pi**2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
+    if kind == "v6.2":
+        v = (4 / math.pi**2) * torch.pow(torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps)), 2)
+    else:
+        v = (4 / math.pi**2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
     with torch.no_grad():
-        alpha = v / (v - iou + (1 + eps))
+        if kind == "v3.1":
+            alpha = v / ((1 + eps) - iou + v)
+        elif kind == "master":
+            alpha = v / (1 - iou + v + eps)
+        else:
+            alpha = v / (v - iou + (1 + eps))
     return iou - (centre2 / diagonal2 + v * alpha)
 
 
+def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7, corners_wh: bool = False) -> torch.Tensor:
+    """CIoU of paired (n, 4) centre-xywh boxes: v5.0-v6.1's formula if ``corners_wh`` else v7.0's (``box_overlap``)."""
+    return box_overlap(box1, box2, "v5.0" if corners_wh else "v7.0", eps)
+
+
 def corners_wh_release(release: str | None) -> bool:
-    """True for releases before v6.2 (their CIoU recomputes w, h from corners); a v6.0-v7.0 file or a YAML
-    model (release unknown) uses v7.0's."""
-    return bool(release) and release.startswith(("v1.", "v2.", "v3.", "v4.", "v5.", "v6.0", "v6.1"))
+    """True when the release's box overlap takes widths and heights from the corners (v1.0-v6.1; v6.2+ use the
+    given ones). A range such as ``"v6.0-v7.0"`` counts as its newest release (``loss_rules.rules_release``)."""
+    return release_rules(release).overlap not in ("v6.2", "v7.0", "master")
 
 
 class FocalBCE(nn.Module):
@@ -77,7 +105,7 @@ class FocalBCE(nn.Module):
         prob = torch.sigmoid(pred)
         p_t = true * prob + (1 - true) * (1 - prob)
         alpha_t = true * self.alpha + (1 - true) * (1 - self.alpha)
-        return (loss * alpha_t * (1.0 - p_t) ** self.gamma).mean()
+        return (loss * (alpha_t * (1.0 - p_t) ** self.gamma)).mean()  # YOLOv5's `loss *= alpha * modulating`
 
 
 class YOLOv5Loss:
@@ -87,7 +115,9 @@ class YOLOv5Loss:
         head (nn.Module): The ``LegacyDetect`` head (``nl``, ``na``, ``nc``, ``anchors`` in grid units).
         hyp (Mapping): Scaled YOLOv5 hyper-parameters (``box``, ``obj``, ``cls``, ``cls_pw``, ``obj_pw``,
             ``anchor_t``, ``fl_gamma``, ``label_smoothing``), see ``hyp.scale_gains``.
-        release (str | None): The YOLOv5 release whose CIoU variant to use (``corners_wh_release``); v7.0's if None.
+        release (str | None): The YOLOv5 release whose rules to follow (``loss_rules``: box overlap, objectness
+            balance, label smoothing, neighbour cells, the loss's own gain scaling); v7.0's if None. ``hyp`` is
+            ``model.hyp`` as that release's ``train.py`` sets it (``loss_rules.scale_gains``).
 
     Shapes:
         preds: list of ``nl`` raw maps (B, na, H_i, W_i, 5 + nc), or the eval output ``(y, raw)``.
@@ -100,11 +130,13 @@ class YOLOv5Loss:
         if missing:
             raise ValueError(f"YOLOv5 loss needs hyper-parameters {', '.join(missing)}")
         self.hyp = {k: float(hyp[k]) for k in LOSS_KEYS}
+        self.rules = release_rules(release)
         self.corners_wh = corners_wh_release(release)
         self.nl, self.na, self.nc = head.nl, head.na, head.nc
         self.anchors = head.anchors  # (nl, na, 2) grid units; the live buffer (autoanchor may change it)
-        self.balance = [4.0, 1.0, 0.4] if self.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][: self.nl]
-        eps = self.hyp["label_smoothing"]
+        self.balance = self.rules.level_balance(self.nl)
+        self.gains = loss_gains(self.hyp, self.nl, self.rules)
+        eps = self.hyp["label_smoothing"] if self.rules.label_smoothing else 0.0
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
         self._criteria: dict = {}  # (dtype, device) -> (class BCE, objectness BCE)
 
@@ -148,7 +180,7 @@ class YOLOv5Loss:
                 ps = pi[img, anchor, gy, gx]  # (n, 5 + nc) predictions at the assigned cells
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[i][anchor]
-                iou = complete_iou(torch.cat((pxy, pwh), 1), tbox, corners_wh=self.corners_wh)
+                iou = box_overlap(torch.cat((pxy, pwh), 1), tbox, self.rules.overlap, self.rules.eps)
                 lbox = lbox + (1.0 - iou).mean()
                 tobj[img, anchor, gy, gx] = iou.detach().clamp(0).to(dtype)
                 if self.nc > 1:
@@ -156,7 +188,7 @@ class YOLOv5Loss:
                     t[range(n), tcls] = self.cls_pos
                     lcls = lcls + bce_cls(ps[:, 5:], t)
             lobj = lobj + bce_obj(pi[..., 4], tobj) * self.balance[i]
-        lbox, lobj, lcls = lbox * self.hyp["box"], lobj * self.hyp["obj"], lcls * self.hyp["cls"]
+        lbox, lobj, lcls = lbox * self.gains[0], lobj * self.gains[1], lcls * self.gains[2]
         return (lbox + lobj + lcls) * p[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, p: list[torch.Tensor], targets: torch.Tensor, anchors: torch.Tensor) -> list[tuple]:
@@ -182,7 +214,10 @@ class YOLOv5Loss:
                 gxy = t[:, 2:4]
                 gxy_inverse = gain[[2, 3]] - gxy
                 left, up = ((gxy % 1 < _NEIGHBOUR_BIAS) & (gxy > 1)).T
-                right, down = ((gxy_inverse % 1 < _NEIGHBOUR_BIAS) & (gxy_inverse > 1)).T
+                if self.rules.old_neighbours:  # v1.0-v2.0
+                    right, down = ((gxy % 1 > (1 - _NEIGHBOUR_BIAS)) & (gxy < (gain[[2, 3]] - 1))).T
+                else:
+                    right, down = ((gxy_inverse % 1 < _NEIGHBOUR_BIAS) & (gxy_inverse > 1)).T
                 keep = torch.stack((torch.ones_like(left), left, up, right, down))  # (5, m)
                 t = t.repeat((5, 1, 1))[keep]
                 shift = (torch.zeros_like(gxy)[None] + offsets[:, None])[keep]

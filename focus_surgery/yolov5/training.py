@@ -15,6 +15,11 @@ Ultralytics is loaded) wraps, in memory:
 * ``DetectionTrainer._build_train_pipeline``: once the training labels are loaded (before the EMA copy is made),
   YOLOv5's autoanchor checks the anchors and replaces them if k-means + evolution fit better, unless the
   hyper-parameters say ``autoanchor: 0`` (YOLOv5's ``--noautoanchor``) or training resumes.
+* YOLOv5's schedule (``schedule.py``; the default for these models, ``yolov5_hyp: {schedule: 0}`` gives
+  Ultralytics' back): warm-up ``max(round(warmup_epochs * nb), 100)`` iterations, accumulation ramped to
+  ``nbs / batch`` uncapped, the post-warm-up learning rate one epoch behind as ``train.py``'s, SGD for
+  ``optimizer=auto``, autoanchor drawn from generators seeded as ``train.py`` seeds them, and the model rounded
+  through float16 after autoanchor (``train.py``'s ``model.half().float()``).
 
 Checkpoints that Ultralytics writes hold a plain ``DetectionModel`` with a ``LegacyDetect`` head and the YAML with
 its hyper-parameters: they load wherever ``focus_surgery`` is importable, and training resumes with the same loss.
@@ -32,6 +37,7 @@ from torch import nn
 
 from .hyp import HYP_KEY, RELEASE_KEY, apply_to_args, base_hyp, scale_gains
 from .loss import YOLOv5Loss
+from .schedule import lagging_scheduler, seeded_generators, yolov5_pipeline, yolov5_warmup_iterations
 
 WRAPPED_MARK = "__focus_surgery_original__"
 _TRAINER_MODULE = "ultralytics.models.yolo.detect.train"
@@ -58,14 +64,20 @@ def model_hyp(model: nn.Module) -> dict[str, Any]:
     return base_hyp(yaml.get(HYP_KEY) if isinstance(yaml, dict) else None)
 
 
+def model_release(model: nn.Module) -> str | None:
+    """The YOLOv5 release recorded in the model's YAML (``yolov5_release``), None for a model built from a YAML."""
+    yaml = getattr(model, "yaml", None)
+    return yaml.get(RELEASE_KEY) if isinstance(yaml, dict) else None
+
+
 def yolov5_criterion(model: nn.Module) -> YOLOv5Loss:
     """YOLOv5's loss for ``model`` (a ``DetectionModel`` with a ``LegacyDetect`` head), gains scaled for its
     number of levels and classes and the training image size (``model.args.imgsz``, 640 if unknown)."""
     head = legacy_head(model)
     imgsz = _arg(getattr(model, "args", None), "imgsz", 640)
     imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
-    yaml = model.yaml if isinstance(getattr(model, "yaml", None), dict) else {}
-    return YOLOv5Loss(head, scale_gains(model_hyp(model), head.nl, head.nc, imgsz), release=yaml.get(RELEASE_KEY))
+    release = model_release(model)
+    return YOLOv5Loss(head, scale_gains(model_hyp(model), head.nl, head.nc, imgsz, release), release=release)
 
 
 def _wrap_init_criterion(original):
@@ -86,6 +98,9 @@ def _wrap_set_model_attributes(original):
             from ultralytics.utils import LOGGER
 
             changed = apply_to_args(self.args, model_hyp(self.model), DEFAULT_CFG_DICT)
+            if uses_yolov5_schedule(self) and self.args.optimizer == "auto":
+                self.args.optimizer = "SGD"  # train.py's default (Ultralytics' auto picks AdamW / MuSGD)
+                changed.append("optimizer")
             if changed:
                 LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
 
@@ -129,6 +144,18 @@ def _wrap_get_model(original):
     return get_model
 
 
+def uses_yolov5_schedule(trainer: Any) -> bool:
+    """True when ``trainer`` trains a ``LegacyDetect`` model on YOLOv5's schedule (``yolov5_hyp: {schedule: 0}``
+    turns it off)."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    model = getattr(trainer, "model", None)
+    if not isinstance(model, nn.Module):
+        return False
+    model = unwrap_model(model)
+    return legacy_head(model) is not None and bool(model_hyp(model).get("schedule", 1))
+
+
 def run_autoanchor(trainer: Any) -> dict | None:
     """YOLOv5's ``check_anchors`` on the trainer's model and training labels; the YAML's anchors follow."""
     from ultralytics.utils import LOGGER
@@ -143,13 +170,15 @@ def run_autoanchor(trainer: Any) -> dict | None:
     labels = trainer.train_loader.dataset.labels
     shapes = np.array([lb["shape"][::-1] for lb in labels], dtype=np.float64)  # (width, height)
     imgsz = trainer.args.imgsz
-    report = check_anchors(
-        head,
-        shapes,
-        [lb["bboxes"] for lb in labels],
-        thr=hyp["anchor_t"],
-        imgsz=max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz),
-    )
+    seed = int(trainer.args.seed) + 1 if uses_yolov5_schedule(trainer) else None  # train.py's init_seeds(seed + 1)
+    with seeded_generators(seed):
+        report = check_anchors(
+            head,
+            shapes,
+            [lb["bboxes"] for lb in labels],
+            thr=hyp["anchor_t"],
+            imgsz=max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz),
+        )
     message = f"AutoAnchor: {report['anchors_per_target']:.2f} anchors/target, {report['bpr']:.3f} best possible recall"
     if report["replaced"]:
         px = (head.anchors * head.stride.view(-1, 1, 1).to(head.anchors)).view(head.nl, -1)
@@ -164,9 +193,33 @@ def _wrap_build_train_pipeline(original):
     def _build_train_pipeline(self):
         original(self)
         run_autoanchor(self)
+        if uses_yolov5_schedule(self):
+            yolov5_pipeline(self)
 
     setattr(_build_train_pipeline, WRAPPED_MARK, original)
     return _build_train_pipeline
+
+
+def _wrap_get_warmup_iterations(original):
+    @functools.wraps(original)
+    def _get_warmup_iterations(self, num_batches):
+        if uses_yolov5_schedule(self):
+            return yolov5_warmup_iterations(self.args.warmup_epochs, num_batches)
+        return original(self, num_batches)
+
+    setattr(_get_warmup_iterations, WRAPPED_MARK, original)
+    return _get_warmup_iterations
+
+
+def _wrap_setup_scheduler(original):
+    @functools.wraps(original)
+    def _setup_scheduler(self):
+        original(self)
+        if uses_yolov5_schedule(self):
+            self.scheduler = lagging_scheduler(self.optimizer, self.lf)
+
+    setattr(_setup_scheduler, WRAPPED_MARK, original)
+    return _setup_scheduler
 
 
 def wrap_methods(cls: type, wrappers: dict[str, Callable[[Callable], Callable]]) -> None:
@@ -182,14 +235,16 @@ def install_loss(tasks: Any) -> None:
 
 
 def install_trainer(train_module: Any) -> None:
-    """Wrap the detection trainer's ``get_model``, ``set_model_attributes`` and ``_build_train_pipeline``;
-    idempotent."""
+    """Wrap the detection trainer's ``get_model``, ``set_model_attributes``, ``_build_train_pipeline``,
+    ``_get_warmup_iterations`` and ``_setup_scheduler``; idempotent."""
     wrap_methods(
         train_module.DetectionTrainer,
         {
             "set_model_attributes": _wrap_set_model_attributes,
             "get_model": _wrap_get_model,
             "_build_train_pipeline": _wrap_build_train_pipeline,
+            "_get_warmup_iterations": _wrap_get_warmup_iterations,
+            "_setup_scheduler": _wrap_setup_scheduler,
         },
     )
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ...in_chans import adapt_s2d_input_channels
 from ...layers import SpaceToDepth
-from ...surgery import is_conv_block, space_to_depth_params
+from ...stems import walk
 
 
 def space_to_depth_stem(
@@ -33,19 +33,11 @@ def space_to_depth_stem(
 
 
 def _space_to_depth_convs(model: nn.Module) -> list[tuple[str, int, str]]:
-    """(weight key, block size, order) of each conv that directly follows a space-to-depth layer in a Sequential."""
-    found = []
-    for prefix, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.named_children())
-        for (_, first), (name, second) in zip(children, children[1:]):
-            params = space_to_depth_params(first)
-            if params is not None and (type(second) is nn.Conv2d or is_conv_block(second)):
-                path = f"{prefix}.{name}" if prefix else name
-                key = f"{path}.weight" if type(second) is nn.Conv2d else f"{path}.conv.weight"
-                found.append((key, *params))
-    return found
+    """(weight key, block size, order) of each conv that directly follows a space-to-depth layer."""
+    sites = [s for s in walk(model) if s.form == "s2d" and s.problem is None]
+    return [
+        (f"{s.block_path}{'' if type(s.block) is nn.Conv2d else '.conv'}.weight", s.block_size, s.order) for s in sites
+    ]
 
 
 def adapt_state_dict_in_chans(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ConversionError
-from .orders import ORDERS, channel_index
+from ..errors import ConversionError
+from ..orders import ORDERS, channel_index
 
 PROBE_SIZE = 48  # divisible by the block sizes 2, 3, 4, 6, 8, 12, 16, 24
 

@@ -1,0 +1,152 @@
+"""The float64 check: a model and its planned changes run on ONE float64 copy, before and after the changes, and the
+outputs compared (``compare``, also behind ``verify``)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..limits import checked_forward
+from .inputs import infer_input_shape
+from .site import Change, ConversionError
+
+DEFAULT_TOLERANCE = 1e-10
+
+
+@dataclass
+class VerificationReport:
+    """Outcome of ``verify``.
+
+    Attributes:
+        max_abs_err (float): Largest absolute difference over all output elements.
+        max_rel_err (float): ``max_abs_err`` divided by the output scale.
+        output_scale (float): Largest absolute value of the reference outputs.
+        tolerance (float): Pass threshold on ``max_rel_err`` (scale floored at 1, so tiny outputs are judged
+            absolutely).
+        passed (bool): Whether the structures match, something non-zero was compared, and
+            ``max_abs_err <= tolerance * max(1, output_scale)``. Zero outputs or an output scale of 0 never pass.
+        num_outputs (int): Number of output tensors compared.
+        input_shapes (list): Shapes of the inputs used.
+        dtype (str): Dtype the comparison ran in.
+        problem (str): Why it failed when the outputs could not be compared at all, else "".
+    """
+
+    max_abs_err: float
+    max_rel_err: float
+    output_scale: float
+    tolerance: float
+    passed: bool
+    num_outputs: int
+    input_shapes: list
+    dtype: str
+    problem: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        text = (
+            f"{verdict}: max_abs_err={self.max_abs_err:.3e} max_rel_err={self.max_rel_err:.3e} "
+            f"(output scale {self.output_scale:.3g}, {self.num_outputs} output tensor(s), {self.dtype}, "
+            f"inputs {', '.join('x'.join(map(str, s)) for s in self.input_shapes)})"
+        )
+        return text + (f" - {self.problem}" if self.problem else "")
+
+
+def flatten_outputs(output: Any) -> list[torch.Tensor]:
+    """Tensors of a nested output (tensor, list, tuple, dict sorted by key), depth first."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for key in sorted(output, key=str) for t in flatten_outputs(output[key])]
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in flatten_outputs(item)]
+    return []
+
+
+def compare(ref_out: list, cand_out: list, shapes: list, name: str, tolerance: float) -> VerificationReport:
+    """Compare two flattened outputs (``flatten_outputs``) of runs on inputs of ``shapes`` in dtype ``name``."""
+
+    def failed(problem: str) -> VerificationReport:
+        return VerificationReport(math.inf, math.inf, math.nan, tolerance, False, len(ref_out), shapes, name, problem)
+
+    if len(ref_out) != len(cand_out):
+        return failed(f"reference returned {len(ref_out)} tensors, candidate {len(cand_out)}")
+    max_abs, scale = 0.0, 0.0
+    for index, (a, b) in enumerate(zip(ref_out, cand_out)):
+        if a.shape != b.shape:
+            return failed(
+                f"output {index} has shape {tuple(a.shape)} in the reference, {tuple(b.shape)} in the candidate"
+            )
+        if a.numel() == 0:
+            continue
+        a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+        if not torch.isfinite(a64).all():
+            return failed(f"output {index} of the reference is not finite")
+        if not torch.isfinite(b64).all():
+            return failed(f"output {index} of the candidate is not finite")
+        max_abs = max(max_abs, float((a64 - b64).abs().max()))
+        scale = max(scale, float(a64.abs().max()))
+    compared = sum(1 for a in ref_out if a.numel())
+    if not compared:  # nothing compared is never a pass
+        return failed(f"the models returned {len(ref_out)} output tensor(s) with 0 elements: nothing to compare")
+    if scale == 0.0:  # all-zero outputs agree with any other all-zero model: no evidence either way
+        zero = failed("the reference outputs are all zero (output scale 0): nothing was compared")
+        return dataclasses.replace(zero, max_abs_err=max_abs, output_scale=0.0)
+    passed = max_abs <= tolerance * max(1.0, scale)
+    rel = max_abs / scale if scale > 0 else max_abs
+    return VerificationReport(max_abs, rel, scale, tolerance, bool(passed), len(ref_out), shapes, name)
+
+
+def apply(model: nn.Module, changes: list[Change]) -> None:
+    """Put each change's module in place (no checks; ``plan`` made them)."""
+    for change in changes:
+        parent_path, _, name = change.path.rpartition(".")
+        setattr(model.get_submodule(parent_path), name, change.new)
+
+
+@torch.no_grad()
+def check(
+    model: nn.Module,
+    changes: list[Change],
+    inputs: torch.Tensor | tuple | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    multiple: int = 1,
+    seed: int = 0,
+) -> VerificationReport:
+    """Run ``model`` before and after ``changes`` in float64 on one copy (``model`` is never modified).
+
+    Args:
+        model (nn.Module): The model as it is.
+        changes (list[Change]): What ``plan`` would do to it.
+        inputs, input_shape: Inputs, or the shape of random inputs in [0, 1) (inferred when both are None).
+        tolerance (float): Pass threshold on the error relative to the output scale (floored at 1).
+        multiple (int): What the changed model's input height and width must be multiples of, besides the model's.
+
+    Raises:
+        ConversionError: The model cannot run on the inputs (the message names the changed paths).
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        if inputs is None:
+            shape = input_shape if input_shape is not None else infer_input_shape(model, multiple=multiple)
+            inputs = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        args = tuple(a.to(device, torch.float64) if a.is_floating_point() else a.to(device) for a in args)
+        work = copy.deepcopy(model).eval().to(device, torch.float64)
+        with checked_forward():  # bounded when the caller set a forward_memory_limit (models read from files)
+            ref_out = flatten_outputs(work(*args))
+            apply(work, [Change(c.path, copy.deepcopy(c.new).to(device, torch.float64)) for c in changes])
+            cand_out = flatten_outputs(work.eval()(*args))
+    except ValueError as error:  # e.g. an input size the new space-to-depth block does not divide
+        paths = ", ".join(c.path or "<root>" for c in changes if c.record is not None)
+        raise ConversionError(f"{paths}: {error}; model left unchanged") from error
+    return compare(ref_out, cand_out, [list(a.shape) for a in args], "float64", tolerance)

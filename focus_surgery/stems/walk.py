@@ -1,0 +1,104 @@
+"""One walk over a module tree: the stem sites in the order the input meets them, and the plan built from them."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..layers import FoldedSpaceToDepth
+from ..orders import check_order
+from .build import changes as build_changes
+from .recognisers import folds_itself, is_conv_block, is_conv_like, part_of
+from .site import Change, ConversionError, Skipped, StemSite
+
+TARGETS = ("conv", "focus", "s2d")
+SCOPES = ("stem", "all")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _feeds_only_next(sequence: nn.Sequential, index: int) -> bool:
+    """True if child ``index``'s output goes only to child ``index + 1`` (always, unless Ultralytics routing)."""
+    children = list(sequence.children())
+    if not all(hasattr(m, "f") for m in children):
+        return True
+    if children[index + 1].f != -1:
+        return False
+    row = getattr(children[index], "i", index)
+    return not any(row in (m.f if isinstance(m.f, list) else [m.f]) for m in children[index + 2 :])
+
+
+def _site(parent: nn.Module, children: list, index: int, prefix: str) -> StemSite | None:
+    name, child = children[index]
+    path = _join(prefix, name)
+    after = children[index + 1] if index + 1 < len(children) else (None, None)
+    part = part_of(child, feeds=after[1])
+    if part is not None and part.block is not None:
+        return StemSite(
+            path, child, "focus", part.block_size, part.order, part.block, pad=part.pad, problem=part.problem
+        )
+    if folds_itself(child):
+        return StemSite(path, child, "folds", getattr(child, "block_size", 0), getattr(child, "order", ""))
+    if part is not None:
+        problem = part.problem
+        if problem is None and not is_conv_like(after[1]):
+            problem = "space-to-depth is not followed by a conv in the same container"
+        elif problem is None and not (isinstance(parent, nn.Sequential) and _feeds_only_next(parent, index)):
+            problem = "space-to-depth output is used by more than the next conv"
+        block_path = _join(prefix, after[0]) if after[0] is not None else None
+        return StemSite(path, child, "s2d", part.block_size, part.order, after[1], block_path, problem=problem)
+    if isinstance(child, nn.Conv2d) or is_conv_block(child):
+        before = children[index - 1] if index else (None, None)
+        folded = (_join(prefix, before[0]), before[1]) if isinstance(before[1], FoldedSpaceToDepth) else None
+        folded = folded if isinstance(parent, nn.Sequential) else None
+        conv = child if isinstance(child, nn.Conv2d) else child.conv
+        return StemSite(path, child, "conv", conv.stride[0], None, child, folded=folded)
+    return None
+
+
+def walk(model: nn.Module, prefix: str = "") -> Iterator[StemSite]:
+    """Every stem site of ``model`` (depth first, in registration order); a site's inside is not walked."""
+    children = list(model.named_children())
+    for index, (name, child) in enumerate(children):
+        site = _site(model, children, index, prefix)
+        if site is not None:
+            yield site
+        else:
+            yield from walk(child, _join(prefix, name))
+
+
+def plan(
+    model: nn.Module, to: str = "conv", scope: str = "stem", order: str | None = None
+) -> tuple[list[Change], list[Skipped]]:
+    """Plan a conversion without changing ``model``: the changes and the sites left (and why).
+
+    ``scope="stem"`` acts on the first site the input meets only; ``"all"`` on every site.
+    """
+    if to not in TARGETS:
+        raise ValueError(f"unknown target to={to!r}: use one of {', '.join(TARGETS)}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope={scope!r}: use one of {', '.join(SCOPES)}")
+    if order is not None:
+        check_order(order)
+    root = part_of(model, feeds=None)
+    if (root is not None and root.block is not None) or type(model) is nn.Conv2d or is_conv_block(model):
+        return [], [Skipped("", f"the model itself is a {type(model).__name__}: wrap it, e.g. nn.Sequential(model)")]
+    planned: list[Change] = []
+    skipped: list[Skipped] = []
+    with torch.no_grad():
+        for site in walk(model):
+            try:
+                found = build_changes(site, to, order)
+            except (ValueError, ConversionError) as error:
+                skipped.append(Skipped(site.path, str(error)))
+                found = None
+            planned += found or []
+            if scope == "stem":
+                if found == [] and to != "conv" and site.form == "conv":
+                    skipped.append(Skipped(site.path, f"stem conv has stride {site.conv.stride}: nothing to rewrite"))
+                break
+    return planned, skipped
