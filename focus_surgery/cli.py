@@ -7,73 +7,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from ._version import __version__
-from .checkpoint_io import CheckpointError
-from .files import VerificationFailed, convert_one, inspect_file, verify_files
-from .surgery import ConversionError
-
-EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-FORWARD_LIMIT = 1 << 30  # bytes one operation of a verification forward may allocate (models from files)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (strings from a file must not drive the terminal); lines kept."""
-    return "\n".join(
-        "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in line) for line in str(text).split("\n")
-    )
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return printable(text.splitlines()[0]) if text else type(error).__name__
-
-
-_REPORT_STREAM: list[Any] = []  # where reports go; with --json everything else printed goes to stderr
-
-
-def report_stream() -> Any:
-    """The stream a sub-command's report goes to (stdout; kept free of library chatter under --json)."""
-    return _REPORT_STREAM[-1] if _REPORT_STREAM else sys.stdout
-
-
-def _emit(result: dict[str, Any], as_json: bool) -> None:
-    print(json.dumps(result, default=str) if as_json else printable(result["summary"]), file=report_stream())
+from .files import LAYOUTS, SCOPES, TARGETS, convert_one, inspect_file, verify_files
+from .limits import FORWARD_LIMIT, forward_memory_limit
+from .report import _REPORT_STREAM, EXIT_OK, EXIT_VERIFY_FAILED, emit, error_exit
 
 
 def cmd_convert(args) -> int:
-    if str(args.src).lower().endswith(".onnx"):  # deployed ONNX graphs: focus_surgery/onnx_graph
-        from .onnx_graph.cli import convert_command
-
-        return convert_command(args)
     if Path(args.src).is_dir():
         if args.to == "fastest":
             raise ValueError(f"{args.src}: --to fastest times one checkpoint file, not a folder")
         from .folder import convert_folder  # one isolated child process per file
 
         return convert_folder(args)
-    _emit(convert_one(args.src, args.dst, args), args.json)
+    emit(convert_one(args.src, args.dst, args), args.json)
     return EXIT_OK
 
 
 def cmd_inspect(args) -> int:
-    if str(args.src).lower().endswith(".onnx"):  # deployed ONNX graphs: focus_surgery/onnx_graph
-        from .onnx_graph.cli import inspect_command
-
-        return inspect_command(args)
-    _emit(inspect_file(args.src), args.json)
+    emit(inspect_file(args.src), args.json)
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
     result = verify_files(args.a, args.b)
-    _emit(result, args.json)
+    emit(result, args.json)
     return EXIT_OK if result["passed"] else EXIT_VERIFY_FAILED
 
 
@@ -91,19 +55,19 @@ def _add_convert(sub) -> None:
     p.add_argument("dst", help="output file (.pt / .pth, or .safetensors for tensors only), or an output folder")
     p.add_argument(
         "--to",
-        choices=("conv", "focus", "s2d", "fastest"),
+        choices=TARGETS,
         default="conv",
         help="target form (default conv); fastest: time every exact form here and keep the fastest",
     )
     p.add_argument(
         "--scope",
-        choices=("stem", "all"),
+        choices=SCOPES,
         default="stem",
         help="stem: the first conv only (default); all: every Focus / space-to-depth / strided conv",
     )
     p.add_argument(
         "--layout",
-        choices=("ultralytics", "yolov5"),
+        choices=LAYOUTS,
         default="ultralytics",
         help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout",
     )
@@ -166,7 +130,7 @@ def cmd_bench(args) -> int:
     )
     if args.plot:
         result["plot"] = str(plot_latency(result, args.plot))
-    _emit({**result, "summary": format_report(result)} if not args.json else result, args.json)
+    emit({**result, "summary": format_report(result)} if not args.json else result, args.json)
     return EXIT_OK
 
 
@@ -216,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     from .atomic_io import Interrupted, cleanup_on_signals
-    from .limits import forward_memory_limit
 
     args = build_parser().parse_args(argv)
     _REPORT_STREAM.append(sys.stdout)
@@ -232,26 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             warnings.simplefilter("ignore")  # library warnings would turn a one-line error into several
             return args.handler(args)
-    except VerificationFailed as error:
-        print(f"focus-surgery: {_one_line(error)}", file=sys.stderr)
-        return EXIT_VERIFY_FAILED
-    except MemoryError as error:
-        why = _one_line(error) if str(error) else "ran out of memory"
-        print(
-            f"focus-surgery: error: {getattr(args, 'src', getattr(args, 'a', ''))}: {why}; nothing was written",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    except (CheckpointError, ConversionError, ValueError, OSError) as error:
-        print(f"focus-surgery: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as error:  # noqa: BLE001 - e.g. a model whose forward fails: still one line, exit 2
-        source = getattr(args, "src", None) or getattr(args, "a", "")
-        print(printable(f"focus-surgery: error: {source}: {type(error).__name__}: {_one_line(error)}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (KeyboardInterrupt, Interrupted) as error:
-        why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-        print(f"focus-surgery: {getattr(args, 'dst', '')}: {why}; nothing was written", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (Exception, KeyboardInterrupt, Interrupted) as error:  # noqa: BLE001 - every failure: one line, exit 1 or 2
+        return error_exit(error, getattr(args, "src", None) or getattr(args, "a", ""), getattr(args, "dst", ""))
     finally:
         _REPORT_STREAM.pop()

@@ -1,25 +1,68 @@
-"""Checkpoint files in, reports out: ``convert_file``, ``inspect_file``, ``verify_files`` over the sources registry.
+"""Checkpoint files in, reports out: the one pipeline ``convert_file``, and ``inspect_file``, ``verify_files``.
 
-Every function loads each file once, safely, asks the registry which source reads it, and returns one JSON-able
-dict with a human-readable ``summary`` (the command line prints one or the other). Errors raise: ``CheckpointError``
-/ ``ConversionError`` / ``ValueError`` for bad input, ``VerificationFailed`` for a check that did not pass.
+``convert_file`` is the only place that checks options (once, against the table the sources declare), asks the
+registry, raises a failed check and writes: load -> source -> options -> convert and check -> write -> report.
+Errors raise: ``CheckpointError`` / ``ConversionError`` for bad input, ``VerificationFailed`` (carrying its
+``ConvertReport``) for a check that did not pass; then nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_io import CheckpointError
-from .sources import ConvertOptions, VerificationFailed, load, source_for
+from .errors import CheckpointError, ConversionError, VerificationFailed
+from .report import ConvertReport, line
+from .sources import SOURCES, ConvertOptions, Source, load, source_for
+from .sources.base import ANY_LAYOUT
 from .verify import verify
 
-__all__ = ["ConvertOptions", "VerificationFailed", "convert_file", "convert_one", "inspect_file", "verify_files"]
+__all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", "check_options", "convert_file"]
+__all__ += ["convert_one", "inspect_file", "verify_files"]
+
+TARGETS, SCOPES, LAYOUTS = ("conv", "focus", "s2d", "fastest"), ("stem", "all"), ("ultralytics", "yolov5")
 
 
-def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> dict[str, Any]:
+def accepted() -> list[dict[str, Any]]:
+    """The table options are checked against: one row per source, asked in this order (by specificity)."""
+    return [{"source": s.name, "to": s.targets, "scope": s.scopes, "outputs": dict(s.outputs)} for s in SOURCES]
+
+
+def check_options(source: Source, src: Path, dst: Path, **options: Any) -> ConvertOptions:
+    """``options`` as ``ConvertOptions``, once they are what ``source`` declares it accepts.
+
+    Raises:
+        ConversionError: An unknown option, or a target / scope / layout the source does not convert.
+        CheckpointError: An output suffix the source does not write (in that layout).
+    """
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ConvertOptions)})
+    if unknown:
+        raise ConversionError(f"unknown option {unknown[0]!r} (see ConvertOptions)")
+    opts = ConvertOptions(**options)
+    for flag, every, declared in (("to", TARGETS, source.targets), ("scope", SCOPES, source.scopes)):
+        value = getattr(opts, flag)
+        if value not in every:
+            raise ConversionError(f"--{flag} {value!r}: use {', '.join(every)}")
+        if value not in declared:
+            raise ConversionError(
+                f"{src}: a {source.name} checkpoint converts --{flag} {' or '.join(declared)}, not {value}"
+            )
+    if opts.layout not in LAYOUTS:
+        raise ConversionError(f"--layout {opts.layout!r}: use {', '.join(LAYOUTS)}")
+    layout = "" if ANY_LAYOUT in source.outputs else opts.layout  # one layout: --layout does not apply
+    suffixes = source.outputs.get(layout)
+    if suffixes is None:
+        raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")
+    if dst.suffix.lower() not in suffixes:
+        where = f"{source.name} checkpoint" + (f" in --layout {layout}" if layout else "")
+        raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r} for a {where}; use {', '.join(suffixes)}")
+    return opts
+
+
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> ConvertReport:
     """Convert one checkpoint file and write ``dst`` atomically in the source's own format.
 
     Args:
@@ -27,42 +70,32 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
         **options: ``ConvertOptions`` fields (``to``, ``scope``, ``verify``, ``block_size``, ``order``, ...).
 
     Returns:
-        (dict): ``src``, ``dst``, ``source`` and the source's report (``max_abs_err`` included), ``summary``.
+        (ConvertReport): What was found, changed, measured and written (``report["key"]`` reads its JSON form).
+
+    Raises:
+        VerificationFailed: The float64 check failed; nothing written (``.report`` holds the measurement).
     """
     src, dst = Path(src), Path(dst)
-    opts = ConvertOptions(**options)
     if src.is_dir():
         raise CheckpointError(f"{src}: is a directory, not a checkpoint file (give an output folder to convert it all)")
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: refusing to overwrite the input; write to another file")
     loaded = load(src)
     source = source_for(loaded)
-    report = source.convert(loaded, dst, opts)
-    result = {"src": str(src), "dst": str(dst), **report}
-    err = result.get("max_abs_err")
-    before, after = result.get("stem_before", "stem"), result.get("stem_after", result.get("chosen", opts.to))
-    text = (
-        f"converted {src} -> {dst} ({before} -> {after})"
-        if "stem_before" in result
-        else (
-            f"converted {src} -> {dst} (stem to {'fastest here: ' + str(after) if opts.to == 'fastest' else opts.to}"
-            f"{', scope all' if opts.scope == 'all' else ''})"
-        )
-    )
-    if err is not None:
-        text += f", verified: max_abs_err={err:.3e}"
-    if result.get("note"):
-        text = f"{src} is {result['note'].split(';')[0]}; " + text
-    if result.get("loads_into"):
-        text += f"\n  the result loads into the model after this change: {result['loads_into']}"
-    result["summary"] = text
-    return result
+    opts = check_options(source, src, dst, **options)
+    report = source.convert(loaded, opts)
+    report.src, report.dst = str(src), str(dst)
+    if report.problem is not None:
+        raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
+    written = report.write(dst)
+    report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
+    return report
 
 
 def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
-    """``convert_file`` with the command line's namespace (the folder runner calls this once per file)."""
-    fields = ConvertOptions.__dataclass_fields__
-    return convert_file(src, dst, **{k: v for k, v in vars(args).items() if k in fields})
+    """``convert_file`` with the command line's namespace, as its JSON form (the folder runner's unit of work)."""
+    fields = {f.name for f in dataclasses.fields(ConvertOptions)}
+    return convert_file(src, dst, **{k: v for k, v in vars(args).items() if k in fields}).to_dict()
 
 
 def inspect_file(src: str | os.PathLike) -> dict[str, Any]:
@@ -71,7 +104,7 @@ def inspect_file(src: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{src}: is a directory; inspect one checkpoint file")
     loaded = load(src)
     info = source_for(loaded).inspect(loaded)
-    info["summary"] = "\n".join(info.pop("lines"))
+    info["summary"] = "\n".join(line(x) for x in info.pop("lines"))
     return info
 
 
@@ -90,12 +123,14 @@ def verify_files(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, Any]:
     if all(m is not None for m in models):
         report = verify(models[0], models[1])
         result = {"a": str(a), "b": str(b), "compared": "outputs of both models in float64", **report.to_dict()}
-        result["summary"] = f"{report} [{result['compared']}]"
+        result["summary"] = line(f"{report} [{result['compared']}]")
         return result
     check = sources[1].compare_tensors(sources[0].state_dict(loaded[0]), sources[1].state_dict(loaded[1]))
     result = {"a": str(a), "b": str(b), **check}
     verdict = "PASS" if check["passed"] else "FAIL"
     err = check["max_abs_err"]
     text = f"{verdict}: max_abs_err={err:.3e} over {check['tensors']} tensors" if err is not None else f"{verdict}"
-    result["summary"] = text + f" [{check['compared']}]" + (f" - {check['problem']}" if check.get("problem") else "")
+    result["summary"] = line(
+        text + f" [{check['compared']}]" + (f" - {check['problem']}" if check.get("problem") else "")
+    )
     return result

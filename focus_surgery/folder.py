@@ -9,7 +9,6 @@ collects results, kills a child that runs too long, removes what a killed child 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import signal
 import sys
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic_io import remove_stale_temporaries
-from .loader import CheckpointError
+from .errors import CheckpointError
+from .report import EXIT_BAD_INPUT, EXIT_OK, emit, folder_lines, line, one_line
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_GB = 8.0
@@ -64,14 +64,13 @@ def _child(
         conn.send(
             (
                 None,
-                str(error).splitlines()[0]
+                one_line(error)
                 if str(error)
                 else f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)",
             )
         )
     except BaseException as error:  # noqa: BLE001 - reported as this file's failure, in one line
-        text = str(error).strip()
-        conn.send((None, text.splitlines()[0] if text else type(error).__name__))
+        conn.send((None, one_line(error)))
     finally:
         conn.close()
 
@@ -79,7 +78,7 @@ def _child(
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "focus_surgery.cli"])
+        context.set_forkserver_preload(["torch", "focus_surgery.files"])
         return context
     return multiprocessing.get_context("spawn")
 
@@ -160,7 +159,7 @@ def convert_isolated(
 
 
 def progress_bar(done: int, total: int, name: str) -> None:
-    name = "".join(c if c.isprintable() else "?" for c in name)  # file names must not drive the terminal
+    name = line(name)  # file names must not drive the terminal
     width = 24
     filled = width * done // max(total, 1)
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}", end="", file=sys.stderr)
@@ -189,8 +188,7 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
     import warnings
 
     from . import files
-    from .cli import FORWARD_LIMIT
-    from .limits import forward_memory_limit
+    from .limits import FORWARD_LIMIT, forward_memory_limit
 
     args = argparse.Namespace(**options)
     if args.workers > 1:  # parallelism comes from the processes; threads inside them would only contend
@@ -206,8 +204,6 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
 def convert_folder(args: argparse.Namespace) -> int:
     """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR, each file in
     its own child process (a crashing, hanging or memory-hungry file fails alone)."""
-    from .cli import printable, report_stream
-
     src_dir, out_dir = Path(args.src), Path(args.dst)
     if (out_dir.exists() and not out_dir.is_dir()) or (
         not out_dir.exists() and out_dir.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors")
@@ -236,17 +232,5 @@ def convert_folder(args: argparse.Namespace) -> int:
     converted = [o.result for o in outcomes if o.result is not None]
     failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]
     summary = {"src": str(src_dir), "dst": str(out_dir), "converted": converted, "failed": failed}
-    if args.json:
-        print(json.dumps(summary, default=str), file=report_stream())
-    else:
-        print(printable(f"converted {len(converted)}, failed {len(failed)} (of {len(outcomes)} files under {src_dir})"))
-        for item in converted:
-            err = item.get("max_abs_err")
-            print(
-                printable(
-                    f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")
-                )
-            )
-        for item in failed:
-            print(printable(f"  FAIL  {item['file']}: {item['reason']}"))
-    return 2 if failed else 0
+    emit(summary, args.json, folder_lines(summary))
+    return EXIT_BAD_INPUT if failed else EXIT_OK

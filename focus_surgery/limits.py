@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+FORWARD_LIMIT = 1 << 30  # bytes one operation of a verification forward of a model from a file may allocate
 _LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("focus_surgery_forward_limit", default=None)
 
 

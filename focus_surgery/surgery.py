@@ -121,7 +121,7 @@ def convert(
     if verify:
         report.verification = check(model, changes, inputs, input_shape, tolerance, multiple)
         if not report.verification.passed:
-            raise VerificationError(f"verification failed, model left unchanged: {report.verification}")
+            raise VerificationError(f"verification failed, model left unchanged: {report.verification}", report)
     apply_changes(model, changes)
     return report
 

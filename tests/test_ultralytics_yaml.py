@@ -156,7 +156,7 @@ def test_import_without_ultralytics_stays_quiet():
     script = (
         "import sys; sys.modules['ultralytics'] = None; sys.modules['timm'] = None  # neither installed\n"
         "import focus_surgery as fs\n"
-        "from focus_surgery.integrations.import_hooks import _FINDER\n"
+        "from focus_surgery.import_hooks import _FINDER\n"
         "assert 'ultralytics.nn.tasks' not in _FINDER.callbacks\n"
         "print(fs.register())\n"
     )

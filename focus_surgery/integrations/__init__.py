@@ -49,7 +49,7 @@ def auto_register() -> None:
     """Called by ``import focus_surgery``: cheap, lazy, never raises (see the module docstring)."""
     from ..stems import register_focus_class, register_recogniser
     from ..surgery import register_post_apply
-    from .import_hooks import call_when_imported
+    from ..import_hooks import call_when_imported
     from .ultralytics import sync_yaml, ultralytics_focus, ultralytics_focus_class  # none imports Ultralytics
 
     register_post_apply(sync_yaml)  # Ultralytics / yolov7 rebuild a model from model.yaml to train it again

@@ -1,8 +1,8 @@
 """Surgery on deployed ONNX files: fold a Focus / space-to-depth stem into one strided Conv, exactly.
 
 ``io`` (load, check, atomic save), ``patterns`` (find and identify chains), ``probe`` (prove them on index inputs),
-``rewrite`` (fold them into the Conv), ``runtime`` (onnxruntime comparison), ``cli`` (the ``.onnx`` side of
-``convert`` and ``inspect``). Needs the ``onnx`` extra (onnx, onnxruntime).
+``rewrite`` (fold them into the Conv), ``runtime`` (onnxruntime comparison); ``sources/onnx.py`` is the
+command line's adapter. Needs the ``onnx`` extra (onnx, onnxruntime).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import VerificationFailed
 from .io import OnnxSurgeryError, load_onnx, read_onnx, save_onnx
 from .patterns import OnnxStem, find_stems
 from .runtime import OnnxVerification, OriginalGraphFailed
@@ -20,12 +21,7 @@ from .runtime import OnnxVerification, OriginalGraphFailed
 MAX_STEMS = 64  # stems proven per graph (each proof is bounded on its own; a model has one or a few)
 
 
-class OnnxVerificationError(Exception):
-    """The rewritten graph's outputs differ from the original's beyond tolerance (nothing was written)."""
-
-    def __init__(self, message: str, report: "OnnxReport"):
-        super().__init__(message)
-        self.report = report
+OnnxVerificationError = VerificationFailed  # the old name: outputs differ beyond tolerance; ``.report`` says how
 
 
 @dataclass
@@ -116,9 +112,10 @@ def fold(model) -> tuple[Any, list[OnnxStem]]:
     return rewrite(model, stems), stems
 
 
-def inspect_onnx(src: str | os.PathLike) -> OnnxReport:
-    """The space-to-depth stems of an ONNX file: which convert, which are left and why (nothing is written)."""
-    model = load_onnx(src)
+def inspect_onnx(src: str | os.PathLike, model: Any = None) -> OnnxReport:
+    """The space-to-depth stems of an ONNX file (``model``: already read from it): which convert, which are left
+    and why (nothing is written)."""
+    model = load_onnx(src) if model is None else model
     return OnnxReport(
         str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model)
     )
@@ -156,23 +153,36 @@ def convert_onnx(
             ``OriginalGraphFailed`` when the original graph cannot run at the verification size.
         OnnxVerificationError: The outputs differ beyond ``tolerance``; nothing written.
     """
-    from .runtime import compare
-
     if dst is not None and Path(src).resolve() == Path(dst).resolve():
         raise OnnxSurgeryError(f"{dst}: refusing to overwrite the input; write to another file")
+    loaded = read_onnx(src)
+    report, out = fold_model(src, loaded.model, verify, tolerance)
+    report.dst = str(dst) if dst is not None else None
+    if report.verification is not None and not report.verification.passed:
+        raise OnnxVerificationError(f"{src}: verification failed ({report.verification}); nothing written", report)
+    if dst is not None:
+        external = bool(loaded.data_files) if external_data is None else external_data
+        save_onnx(out, dst, external_data=external, keep=(loaded.path, *loaded.data_files))
+    return report
+
+
+def fold_model(
+    src: str | os.PathLike, model: Any, verify: bool = True, tolerance: float | None = None
+) -> tuple[OnnxReport, Any]:
+    """``convert_onnx`` in memory: the report (``verification`` measured when ``verify``, failed or not) and the
+    folded model; nothing is written.
+
+    Raises:
+        OnnxSurgeryError: No stem to convert (the reasons of those skipped are in the message), or a ``tolerance``
+            that is not a positive finite number; ``OriginalGraphFailed`` when the original graph cannot run at
+            the verification size.
+    """
+    from .runtime import compare
+
     if tolerance is not None and not (0 < tolerance < float("inf")):
         raise OnnxSurgeryError(f"--tolerance {tolerance}: give a positive finite relative error, e.g. 1e-4")
-    loaded = read_onnx(src)
-    model = loaded.model
     out, stems = fold(model)
-    report = OnnxReport(
-        str(src),
-        str(dst) if dst is not None else None,
-        _opset(model),
-        stems,
-        len(model.graph.node),
-        ops_before=_op_counts(model),
-    )
+    report = OnnxReport(str(src), None, _opset(model), stems, len(model.graph.node), ops_before=_op_counts(model))
     if not report.replaced:
         why = (
             "; ".join(f"{s.conv}: {s.reason}" for s in stems)
@@ -182,12 +192,7 @@ def convert_onnx(
     report.nodes_after, report.ops_after = len(out.graph.node), _op_counts(out)
     if verify:
         report.verification = compare(model, out, tolerance, stems)
-        if not report.verification.passed:
-            raise OnnxVerificationError(f"{src}: verification failed ({report.verification}); nothing written", report)
-    if dst is not None:
-        external = bool(loaded.data_files) if external_data is None else external_data
-        save_onnx(out, dst, external_data=external, keep=(loaded.path, *loaded.data_files))
-    return report
+    return report, out
 
 
 __all__ = [
@@ -200,5 +205,6 @@ __all__ = [
     "convert_onnx",
     "find_stems",
     "fold",
+    "fold_model",
     "inspect_onnx",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint_io import check_readable
+from ..errors import ConversionError
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot exceed 2 GiB; larger models must use external data
 EXTERNAL_THRESHOLD = 1024  # bytes: initializers at least this big go to the output's data file (onnx's default)
@@ -24,7 +25,7 @@ _ALIGN = 64  # offsets of tensors in the data file we write
 _INT = re.compile(r"[0-9]{1,19}")
 
 
-class OnnxSurgeryError(ValueError):
+class OnnxSurgeryError(ConversionError):
     """Bad input or a graph this tool cannot rewrite (the CLI exits 2 with this one-line message)."""
 
 

@@ -1,22 +1,39 @@
-"""Checkpoint sources as a registry: each says how it recognises a file, finds its stems, converts and writes it.
+"""Checkpoint sources as a registry of adapters (``base.Source``): each declares what it accepts and how specific
+its recognition is, and offers find-convert-check, a runnable model and a writer.
 
-Adding a zoo is one module with a ``Source`` subclass plus one ``register_source`` line below. Sources are asked in
-registration order; the first whose ``claims`` accepts the loaded file takes it (the plain state dict comes last).
+Adding a family is one module with a ``Source`` subclass plus one ``register_source`` line below. The registry asks
+the most specific source first (ties by name), so the answer never depends on the order of registration.
 """
 
 from __future__ import annotations
 
-from .base import ConvertOptions, Source, VerificationFailed
-from .loading import Loaded, load
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError, VerificationFailed
+from .base import ConvertOptions, Source
+from .loading import Loaded, load as load_checkpoint_file
 
 SOURCES: list[Source] = []
 
 
-def register_source(source: Source, first: bool = False) -> Source:
-    """Add ``source`` (replacing one of the same name); ``first`` asks it before every other."""
-    SOURCES[:] = [s for s in SOURCES if s.name != source.name]
-    SOURCES.insert(0, source) if first else SOURCES.append(source)
+def register_source(source: Source) -> Source:
+    """Add ``source`` (replacing one of the same name); asked by ``specificity``, highest first, then by name."""
+    SOURCES[:] = sorted(
+        [s for s in SOURCES if s.name != source.name] + [source], key=lambda s: (-s.specificity, s.name)
+    )
     return source
+
+
+def load(path: str | os.PathLike) -> Loaded:
+    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader.
+
+    Raises:
+        CheckpointError: Missing, empty, corrupt, truncated or hostile file (one line naming the file).
+    """
+    suffix = Path(path).suffix.lower()
+    reader = next((s for s in SOURCES if suffix in s.reads), None)
+    return reader.read(Path(path)) if reader is not None else load_checkpoint_file(path)
 
 
 def source_for(loaded: Loaded) -> Source:
@@ -25,8 +42,6 @@ def source_for(loaded: Loaded) -> Source:
     Raises:
         CheckpointError: No source recognises it.
     """
-    from ..checkpoint_io import CheckpointError
-
     for source in SOURCES:
         if source.claims(loaded):
             return source
@@ -35,18 +50,21 @@ def source_for(loaded: Loaded) -> Source:
 
 
 from .darknet import DarknetSource  # noqa: E402
-from .yolov7 import Yolov7Source  # noqa: E402
-from .yolov5 import Yolov5Source  # noqa: E402
-from .torch_model import TorchModelSource  # noqa: E402
-from .yolox import YoloxSource  # noqa: E402
+from .onnx import OnnxSource  # noqa: E402
 from .plain import PlainStateDictSource  # noqa: E402
+from .torch_model import TorchModelSource  # noqa: E402
+from .yolov5 import Yolov5PairSource, Yolov5Source  # noqa: E402
+from .yolov7 import Yolov7Source  # noqa: E402
+from .yolox import YoloxSource  # noqa: E402
 
 register_source(DarknetSource())
-register_source(Yolov7Source())
-register_source(Yolov5Source())
-register_source(TorchModelSource())
-register_source(YoloxSource())
+register_source(OnnxSource())
 register_source(PlainStateDictSource())
+register_source(TorchModelSource())
+register_source(Yolov5PairSource())
+register_source(Yolov5Source())
+register_source(Yolov7Source())
+register_source(YoloxSource())
 
 __all__ = [
     "ConvertOptions",

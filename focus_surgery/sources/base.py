@@ -1,4 +1,11 @@
-"""What a checkpoint source is: how it recognises a file, finds its stems, converts it and writes the result back."""
+"""What a checkpoint source is: a small adapter that declares what it accepts and offers a few operations.
+
+Declared (the one table ``files.convert_file`` checks options against, once): ``targets`` (``--to``), ``scopes``,
+``outputs`` (layout -> output suffixes), ``specificity`` (higher is asked first; ties by name, so the registry's
+answer never depends on registration order) and ``reads`` (input suffixes read by the adapter itself). Offered:
+``claims``, ``inspect``, ``convert`` (find the stems, apply the change, check it in float64; nothing written),
+``model`` (a runnable model for ``verify``), ``state_dict`` / ``compare_tensors`` (when nothing can be run).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,13 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import VerificationFailed
+from ..report import ConvertReport
 from .loading import Loaded
+
+PICKLES = (".pt", ".pth")
+CHECKPOINTS = (*PICKLES, ".safetensors")
+ANY_LAYOUT = ""  # an ``outputs`` key: the source writes one layout, whatever --layout says
 
 
 @dataclass
@@ -22,6 +35,7 @@ class ConvertOptions:
         block_size (int), order (str): A state dict's stem geometry (a state dict has none of its own).
         input_size (int), batch (int): The shape ``--to fastest`` times.
         layout (str): YOLOv5-repository files: ``ultralytics`` (default) or ``yolov5`` (the repository's own layout).
+        tolerance (float | None): ONNX ``verify``: max relative error; None derives it from the model's own error.
     """
 
     to: str = "conv"
@@ -32,13 +46,23 @@ class ConvertOptions:
     input_size: int = 640
     batch: int = 1
     layout: str = "ultralytics"
+    tolerance: float | None = None
 
 
 class Source:
-    """One kind of checkpoint. Subclasses set ``name`` and ``description`` and implement the methods below."""
+    """One kind of checkpoint. Subclasses set the declarations and implement the operations below."""
 
     name = "source"
     description = ""
+    specificity = 0
+    targets: tuple[str, ...] = ("conv",)
+    scopes: tuple[str, ...] = ("stem",)
+    outputs: dict[str, tuple[str, ...]] = {ANY_LAYOUT: CHECKPOINTS}
+    reads: tuple[str, ...] = ()
+
+    def read(self, path: Path) -> Loaded:
+        """Read a file of one of the ``reads`` suffixes (the safe checkpoint loader reads every other file)."""
+        raise NotImplementedError
 
     def claims(self, loaded: Loaded) -> bool:
         """Whether this source reads ``loaded`` (from its content and the globals it named only)."""
@@ -48,11 +72,14 @@ class Source:
         """JSON-able description; ``lines`` holds the human-readable text."""
         raise NotImplementedError
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
-        """Convert and write ``dst`` atomically (nothing written on failure); the JSON-able report.
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
+        """Find the stems, apply the change, check it in float64 when ``options.verify``; write nothing.
+
+        Returns:
+            (ConvertReport): With ``write`` set; ``problem`` says why the check failed (then nothing is written).
 
         Raises:
-            CheckpointError / ConversionError / ValueError: bad input. VerificationFailed: the check failed.
+            CheckpointError / ConversionError: Bad input, or nothing to convert.
         """
         raise NotImplementedError
 
@@ -71,5 +98,4 @@ class Source:
         return compare_state_dicts(a, b)
 
 
-class VerificationFailed(Exception):
-    """The float64 check of a conversion or of ``verify`` did not pass (exit code 1)."""
+__all__ = ["ANY_LAYOUT", "CHECKPOINTS", "PICKLES", "ConvertOptions", "Source", "VerificationFailed"]

@@ -124,3 +124,18 @@ def compare_state_dicts(
     result["passed"] = result["max_abs_err"] <= tolerance
     result["problem"] = "" if result["passed"] else "tensors differ"
     return result
+
+
+def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any], compared: str) -> dict[str, Any]:
+    """A conversion's check: the stems run before and after in float64 (``reports``; ``stem``: their JSON form) and
+    every other tensor compared bit for bit (``rest``, from ``compare_state_dicts``)."""
+    failed = next((r for r in reports if not r.passed), None)
+    passed = failed is None and rest["passed"]
+    problem = "" if passed else (failed.problem or str(failed)) if failed else rest["problem"]
+    return {
+        "stem": stem,
+        "tensors": rest,
+        "passed": passed,
+        "problem": problem,
+        "compared": f"{compared}; {rest['compared']}",
+    }

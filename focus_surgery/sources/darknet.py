@@ -11,19 +11,20 @@ remapped the same way), epoch and numpy metadata are kept.
 
 from __future__ import annotations
 
+import copy
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint_io import CheckpointError
+from ..errors import ConversionError
 from ..remap import focus_to_conv_weight
-from .base import ConvertOptions, Source, VerificationFailed
-from .compare import compare_state_dicts
+from ..report import ConvertReport, bounded
+from .base import ConvertOptions, Source
+from .compare import compare_state_dicts, stem_check
 from .loading import Loaded
-from .plain import PlainStateDictSource, tensors
+from .plain import PlainStateDictSource, remap_optimizer_state, tensors
 
 CFG_CHANGE = "in the .cfg: [reorg] -> [silence]; its [convolutional] size=3 stride=1 pad=1 -> size=7 stride=2 pad=1"
 
@@ -67,6 +68,8 @@ def cfg_after_conversion(text: str) -> str:
 class DarknetSource(Source):
     name = "darknet"
     description = "YOLOR main-branch darknet checkpoint (module_list.N.Conv2d.weight, [reorg] stem)"
+    specificity = 10  # a plain state dict under 'model' with darknet's key layout
+    outputs = PlainStateDictSource.outputs
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
@@ -98,7 +101,7 @@ class DarknetSource(Source):
             "source": self.name,
             "tensors": len(sd),
             "stems": stems,
-            "epoch": loaded.content.get("epoch"),
+            "epoch": bounded(loaded.content.get("epoch")),
         }
         info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}"] + (
             [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"]
@@ -107,51 +110,34 @@ class DarknetSource(Source):
         )
         return info
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
-        if options.to != "conv" or options.scope != "stem":
-            raise ValueError(f"{loaded.path}: a darknet state dict converts its [reorg] stem --to conv (--scope stem)")
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         before = self.state_dict(loaded)
         key = darknet_stem(before, block_size=options.block_size)
         if key is None:
-            raise CheckpointError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
+            raise ConversionError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
         old = before[key]
         model = dict(loaded.content["model"])
         model[key] = stem_weight(old, options.block_size, options.order)
         content = {**loaded.content, "model": type(loaded.content["model"])(model)}
-        report: dict[str, Any] = {
-            "source": self.name,
+        fields: dict[str, Any] = {
             "kind": "darknet",
-            "to": "conv",
             "stem": key,
             "weight": [list(old.shape), list(model[key].shape)],
             "cfg": CFG_CHANGE,
-            "max_abs_err": None,
             "assumes": "the tensor-less rows before the stem conv are YOLOR's [reorg] "
             "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)",
         }
         if isinstance(content.get("optimizer"), dict):
-            import copy
-
             content["optimizer"] = copy.deepcopy(content["optimizer"])
-            report["optimizer"] = _remap_darknet_optimizer(content["optimizer"], old.shape, options)
+            remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
+            fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
+        report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
+        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
         if options.verify:
             check = _check(before, model, key, options)
-            report["verification"], report["max_abs_err"] = check, check["stem"]["max_abs_err"]
-            if not check["passed"]:
-                raise VerificationFailed(f"{loaded.path}: verification failed ({check['problem']}); {dst} not written")
-        PlainStateDictSource.write(content, "model", dst, "conv")
+            fields["verification"], report.max_abs_err = check, check["stem"]["max_abs_err"]
+            report.problem = None if check["passed"] else check["problem"]
         return report
-
-
-def _remap_darknet_optimizer(optimizer: dict, shape: torch.Size, options: ConvertOptions) -> str:
-    state = optimizer.get("state") or {}
-    owners = [p for p, s in state.items() if any(isinstance(v, torch.Tensor) and v.shape == shape for v in s.values())]
-    if len(owners) != 1:
-        return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(shape)}"
-    for name, value in state[owners[0]].items():
-        if isinstance(value, torch.Tensor) and value.shape == shape:
-            state[owners[0]][name] = stem_weight(value, options.block_size, options.order)
-    return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
 def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict[str, Any]:
@@ -175,12 +161,5 @@ def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict
         {k: v for k, v in tensors(after).items() if k != key},
         tolerance=0.0,
     )
-    passed = stem.passed and rest["passed"]
-    return {
-        "stem": stem.to_dict(),
-        "tensors": rest,
-        "passed": passed,
-        "problem": "" if passed else (str(stem) if not stem.passed else rest["problem"]),
-        "compared": "the stem conv before and after in float64 (darknet padding size//2); every other tensor "
-        "bit for bit; the rest of the model is not run (its code is the repository's)",
-    }
+    compared = "the stem conv before and after in float64 (darknet padding size//2), the model's code not run"
+    return stem_check(stem.to_dict(), [stem], rest, compared)

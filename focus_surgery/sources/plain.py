@@ -8,18 +8,20 @@ remapped with the same permutation, which is exact because momentum is linear in
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..checkpoint_io import CheckpointError, save_checkpoint
-from ..surgery import ConversionError
+from ..checkpoint_io import save_checkpoint
+from ..errors import ConversionError
+from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import convert_state_dict, find_stem
-from .base import ConvertOptions, Source, VerificationFailed
-from .compare import STEM_ASSUMES, compare_state_dicts, verify_stems
+from .base import ANY_LAYOUT, ConvertOptions, Source
+from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .loading import Loaded
 
 WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
@@ -46,9 +48,10 @@ def _at(content: dict, place: str | None) -> dict:
     return content if place is None else content[place]
 
 
-def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size: int, order: str) -> str:
+def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Tensor], torch.Tensor]) -> str:
     """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
-    state has the stem weight's ``shape``; say what was done. Exact: momentum is linear in the gradients."""
+    state has the stem weight's ``shape``, with the weight's own ``remap``; say what was done. Exact: momentum is
+    linear in the gradients."""
     state = optimizer.get("state") if isinstance(optimizer, dict) else None
     if not isinstance(state, dict) or not state:
         return "no optimizer state"
@@ -60,11 +63,10 @@ def remap_optimizer_state(optimizer: Any, shape: list[int], to: str, block_size:
     ]
     if len(owners) != 1:
         return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
-    remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
     entry = state[owners[0]]
     for key, value in entry.items():
         if isinstance(value, torch.Tensor) and value.shape == old:
-            entry[key] = remap(value, block_size, order)
+            entry[key] = remap(value)
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
@@ -90,6 +92,8 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
 class PlainStateDictSource(Source):
     name = "state_dict"
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
+    targets = ("conv", "focus", "fastest")
+    outputs = {ANY_LAYOUT: (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".safetensors")}
     not_found = (
         "no Focus or conv stem found: the first conv weight is neither '<prefix>.conv.conv.weight' with {} input "
         "channels nor '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
@@ -102,7 +106,7 @@ class PlainStateDictSource(Source):
     def _places(self, loaded: Loaded, block_size: int) -> list[str | None]:
         places = stem_places(loaded.content, block_size)
         if not places:
-            raise ValueError(f"{loaded.path}: " + self.not_found.format(3 * block_size**2))
+            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * block_size**2))
         return places
 
     def state_dict(self, loaded: Loaded) -> dict:
@@ -137,21 +141,13 @@ class PlainStateDictSource(Source):
         result["lines"] = lines
         return result
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
-        if options.scope != "stem":
-            raise ValueError(f"{loaded.path}: a state dict has no layer graph; only its stem converts (--scope stem)")
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         places = self._places(loaded, options.block_size)
-        content = loaded.content
         if options.to == "fastest":
-            return self._fastest(loaded, dst, options, places)
+            return self._fastest(loaded, options, places)
+        content = loaded.content
         new_content = dict(content) if places[0] is not None else None
-        report: dict[str, Any] = {
-            "source": self.name,
-            "kind": "state_dict",
-            "to": options.to,
-            "wrapper": places[0],
-            "converted": [p for p in places if p is not None],
-        }
+        fields: dict[str, Any] = {"kind": "state_dict", "wrapper": places[0], "converted": [p for p in places if p]}
         checks = []
         for place in places:
             before = tensors(_at(content, place))
@@ -165,28 +161,23 @@ class PlainStateDictSource(Source):
             else:
                 new_content[place] = _with_tensors(content[place], after)
             if place == places[0]:
-                report.update(
+                fields.update(
                     stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:]
                 )
-                report["from"] = stem.form
+                fields["from"] = stem.form
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
             stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
-            report["optimizer"] = remap_optimizer_state(
-                new_content["optimizer"], stem.shape, options.to, options.block_size, options.order
+            remap = focus_to_conv_weight if options.to == "conv" else conv_to_focus_weight
+            fields["optimizer"] = remap_optimizer_state(
+                new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
+        report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
+        report.write = lambda dst: self.write(new_content, places[0], dst, options.to)
         if checks:
-            report["verification"] = checks[0]
-            report["max_abs_err"] = max(c["stem"]["max_abs_err"] for c in checks)
-            report["assumes"] = STEM_ASSUMES.format(options.order)
-            failed = [c for c in checks if not c["passed"]]
-            if failed:
-                raise VerificationFailed(
-                    f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written"
-                )
-        else:
-            report["max_abs_err"] = None
-        self.write(new_content, places[0], dst, options.to)
+            fields.update(verification=checks[0], assumes=STEM_ASSUMES.format(options.order))
+            report.max_abs_err = max(c["stem"]["max_abs_err"] for c in checks)
+            report.problem = next((c["problem"] for c in checks if not c["passed"]), None)
         return report
 
     @staticmethod
@@ -194,27 +185,18 @@ class PlainStateDictSource(Source):
         """The remapped stem run in float64, and every other tensor compared bit for bit."""
         stem = verify_stems(before, after, options.block_size, options.order)
         rest = compare_state_dicts(before, after, options.block_size, options.order, tolerance=0.0)
-        passed = stem.passed and rest["passed"]
-        problem = "" if passed else (stem.problem or str(stem) if not stem.passed else rest["problem"])
-        return {
-            "stem": stem.to_dict(),
-            "tensors": rest,
-            "passed": passed,
-            "problem": problem,
-            "compared": "the stem run before and after in float64; " + rest["compared"],
-        }
+        return stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
 
     @staticmethod
     def write(content: dict, place: str | None, dst: Path, to: str) -> None:
+        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content."""
         if dst.suffix == ".safetensors":
             metadata = {"converted_by": "focus-surgery", "to": to, **({"wrapper": place} if place else {})}
             save_checkpoint(tensors(_at(content, place)), dst, metadata)
-        elif dst.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl"):
-            save_checkpoint(content, dst)
         else:
-            raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
+            save_checkpoint(content, dst)
 
-    def _fastest(self, loaded: Loaded, dst: Path, options: ConvertOptions, places: list) -> dict[str, Any]:
+    def _fastest(self, loaded: Loaded, options: ConvertOptions, places: list) -> ConvertReport:
         from ..speed.optimize import fastest_state_dict_form
 
         sd = tensors(_at(loaded.content, places[0]))
@@ -222,19 +204,13 @@ class PlainStateDictSource(Source):
             sd, options.batch, options.input_size, options.block_size, options.order
         )
         stem = find_stem(sd, block_size=options.block_size)
-        report = {
-            "source": self.name,
-            "kind": "state_dict",
-            "to": "fastest",
-            "stem": stem.prefix,
-            "from": stem.form,
-            "chosen": form,
-            "median_ms": medians,
-            "max_abs_err": None,
-        }
-        if form == stem.form:
-            self.write(loaded.content, places[0], dst, form)  # already the faster layout: written unchanged
-            return report
-        result = self.convert(loaded, dst, ConvertOptions(**{**vars(options), "to": form}))
-        result.update(to="fastest", chosen=form, median_ms=medians)
-        return result
+        if form == stem.form:  # already the faster layout: written unchanged
+            fields = {"kind": "state_dict", "stem": stem.prefix, "from": stem.form}
+            report = ConvertReport(str(loaded.path), self.name, "fastest", fields=fields)
+            report.write = lambda dst: self.write(loaded.content, places[0], dst, form)
+        else:
+            report = self.convert(loaded, dataclasses.replace(options, to=form))
+            report.to = "fastest"
+        report.fields.update(chosen=form, median_ms=medians)
+        report.change = f"stem to fastest here: {form}"
+        return report

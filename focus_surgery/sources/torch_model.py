@@ -4,7 +4,6 @@ loaded objects, so the wrapper, metadata, optimizer and dtype are written back u
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,8 +11,10 @@ from torch import nn
 from ..checkpoint_io import MODULE_PREFIXES, CheckpointError, save_checkpoint
 from ..loader import Record
 from ..loader.plain import to_plain
-from ..surgery import ConversionError, VerificationError, convert, iter_stems
-from .base import ConvertOptions, Source, VerificationFailed
+from ..errors import ConversionError, VerificationFailed
+from ..report import ConvertReport
+from ..surgery import convert, iter_stems
+from .base import ConvertOptions, Source
 from .loading import Loaded
 
 ULTRALYTICS = "ultralytics.nn.tasks."
@@ -23,10 +24,12 @@ ALREADY = "already a current Ultralytics model"
 class TorchModelSource(Source):
     name = "ultralytics"
     description = "checkpoint with a model object of installed classes (Ultralytics, torch, timm, focus-surgery)"
+    specificity = 10  # model objects, every class named of an installed layer package
+    targets = ("conv", "focus", "s2d", "fastest")
+    scopes = ("stem", "all")
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
-
         holds_model = isinstance(content, dict) and any(
             isinstance(content.get(k), Record) for k in ("model", "ema")
         )
@@ -82,42 +85,43 @@ class TorchModelSource(Source):
         result["lines"] = lines
         return result
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         ultralytics = loaded.named(ULTRALYTICS)
         ckpt = loaded.checkpoint()
         models = self._models(loaded)
         content = ckpt.content  # the loaded objects are ours alone: converting them in place is safe
-        if options.to == "fastest":
-            from ..speed.optimize import fastest_model_checkpoint
+        report = ConvertReport(str(loaded.path), self.name, options.to, options.scope)
+        report.note = f"{ALREADY}; its stem was converted" if ultralytics else ""
+        try:
+            if options.to == "fastest":
+                from ..speed.optimize import fastest_model_checkpoint
 
-            try:
                 content, fast = fastest_model_checkpoint(content, options.batch, options.input_size, options.verify)
-            except VerificationError as error:
-                raise VerificationFailed(f"{loaded.path}: {error}; nothing written") from None
-            report = {"chosen": fast.stems[0].chosen, **fast.to_dict(), "max_abs_err": fast.max_abs_err}
-        else:
-            try:
+                fields = {"chosen": fast.stems[0].chosen, **fast.to_dict()}
+                report.change, report.max_abs_err = f"stem to fastest here: {fields['chosen']}", fast.max_abs_err
+            else:
                 reports = [
                     convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()
                 ]
-            except VerificationError as error:
-                raise VerificationFailed(f"{loaded.path}: {error}; nothing written") from None
-            first = reports[0]
-            if not first.replaced:
-                reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
-                note = (
-                    f"{ALREADY}, and its stem does not convert to {options.to} "
-                    if ultralytics
-                    else "nothing converted "
-                )
-                raise ConversionError(f"{loaded.path}: {note}({reason})")
-            report = first.to_dict()
-        if dst.suffix == ".safetensors":
-            model = models.get("ema") or models.get("model")
+                first = reports[0]
+                if not first.replaced:
+                    reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
+                    note = (
+                        f"{ALREADY}, and its stem does not convert to {options.to} "
+                        if ultralytics
+                        else "nothing converted "
+                    )
+                    raise ConversionError(f"{loaded.path}: {note}({reason})")
+                fields = first.to_dict()
+                report.max_abs_err = fields.get("max_abs_err")
+        except VerificationFailed as error:  # the models were left unchanged; the pipeline reports the failure
+            report.problem = str(getattr(error.report, "verification", error.report) or error)
+            return report
+        report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields}
+        model = models.get("ema") or models.get("model")
+        report.write = lambda dst: (
             save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
-        else:
-            save_checkpoint(content, dst)
-        result = {"source": self.name, "kind": ckpt.kind, "to": options.to, "scope": options.scope, **report}
-        if ultralytics:
-            result["note"] = f"{ALREADY}; its stem was converted"
-        return result
+            if dst.suffix == ".safetensors"
+            else save_checkpoint(content, dst)
+        )
+        return report

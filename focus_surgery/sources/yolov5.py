@@ -4,29 +4,50 @@ against the rebuilt original in float64, written as an Ultralytics checkpoint or
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
-from .base import ConvertOptions, Source, VerificationFailed
+from ..report import ConvertReport
+from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
 from .loading import Loaded
 from .plain import PlainStateDictSource
 
 YOLOV5_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
 
 
-class Yolov5Source(Source):
-    name = "yolov5"
-    description = "YOLOv5-repository checkpoint (models.yolo.Model)"
+class Yolov5PairSource(PlainStateDictSource):
+    """The ``.safetensors`` + JSON pair focus-surgery writes for a YOLOv5 file: its stem converts as a state dict's;
+    ``verify`` runs the model the JSON describes."""
+
+    name = "yolov5-safetensors"
+    description = "YOLOv5 model as .safetensors + JSON written by focus-surgery"
+    specificity = 20  # a state dict whose header names our format
 
     def claims(self, loaded: Loaded) -> bool:
         from ..yolov5.convert import CONFIG_FORMAT
 
-        if loaded.path.suffix == ".safetensors":
-            return loaded.metadata.get("format") == CONFIG_FORMAT
-        return loaded.named(*YOLOV5_MODULES)
+        return loaded.path.suffix == ".safetensors" and loaded.metadata.get("format") == CONFIG_FORMAT
+
+    def model(self, loaded: Loaded) -> nn.Module | None:
+        from ..yolov5.convert import load_yolov5_safetensors
+
+        return load_yolov5_safetensors(loaded.path)
+
+    def state_dict(self, loaded: Loaded) -> dict:
+        return dict(loaded.content)
+
+
+class Yolov5Source(Source):
+    name = "yolov5"
+    description = "YOLOv5-repository checkpoint (models.yolo.Model)"
+    specificity = 10  # names classes of models.yolo / models.common
+    targets = ("conv", "focus")
+    outputs = {"ultralytics": CHECKPOINTS, "yolov5": PICKLES}
+
+    def claims(self, loaded: Loaded) -> bool:
+        return loaded.path.suffix != ".safetensors" and loaded.named(*YOLOV5_MODULES)
 
     def _checkpoint(self, loaded: Loaded):
         from ..yolov5.rebuild import yolov5_checkpoint
@@ -34,24 +55,16 @@ class Yolov5Source(Source):
         return yolov5_checkpoint(loaded.content, str(loaded.path))
 
     def model(self, loaded: Loaded) -> nn.Module | None:
-        if loaded.path.suffix == ".safetensors":
-            from ..yolov5.convert import load_yolov5_safetensors
-
-            return load_yolov5_safetensors(loaded.path)
         from ..yolov5.rebuild import rebuild
 
         return rebuild(self._checkpoint(loaded))[0]
 
     def state_dict(self, loaded: Loaded) -> dict:
-        if loaded.path.suffix == ".safetensors":
-            return dict(loaded.content)
         return self._checkpoint(loaded).model.state_dict()
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         from ..yolov5.rebuild import describe
 
-        if loaded.path.suffix == ".safetensors":  # our tensors + JSON: described as the state dict it is
-            return PlainStateDictSource().inspect(loaded)
         info = describe(self._checkpoint(loaded))
         info["source"] = self.name
         types = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in info["layer_types"].items())
@@ -67,39 +80,36 @@ class Yolov5Source(Source):
         ]
         return info
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
-        from ..yolov5.convert import OUTPUT_SUFFIXES, convert_yolov5, save_conversion
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
+        from ..yolov5.convert import convert_yolov5, save_conversion
 
-        if loaded.path.suffix == ".safetensors":  # our tensors + JSON: its stem converts as a state dict's
-            return PlainStateDictSource().convert(loaded, dst, options)
-        if dst.suffix not in OUTPUT_SUFFIXES:
-            raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
-        if options.to not in ("conv", "focus"):
-            raise ValueError(f"{loaded.path}: a YOLOv5 checkpoint converts --to conv or focus, not {options.to}")
         if options.layout == "yolov5":
-            return self._convert_in_yolov5_layout(loaded, dst, options)
-        if options.layout != "ultralytics":
-            raise ValueError(f"--layout {options.layout!r}: use ultralytics or yolov5")
+            return self._convert_in_yolov5_layout(loaded, options)
         conv = convert_yolov5(self._checkpoint(loaded), to=options.to, measure=options.verify)
-        if conv.verification is not None and not conv.verification.passed:
-            raise VerificationFailed(f"{loaded.path}: verification failed ({conv.verification}); {dst} not written")
-        written = save_conversion(conv, dst, options.to)
-        return {
-            "source": self.name,
+        check = conv.verification
+        fields = {
             "kind": "yolov5",
             "release": conv.release,
-            "to": options.to,
             "stem_before": conv.stem_before,
             "stem_after": conv.stem_after,
             "replaced": conv.replaced,
             "dtype": str(conv.ckpt.dtype).replace("torch.", ""),
-            "written": [str(p) for p in written],
-            "max_abs_err": conv.max_abs_err,
-            "max_rel_err": conv.verification.max_rel_err if conv.verification else None,
-            "verification": conv.verification.to_dict() if conv.verification else None,
+            "max_rel_err": check.max_rel_err if check else None,
+            "verification": check.to_dict() if check else None,
         }
+        report = ConvertReport(
+            str(loaded.path),
+            self.name,
+            options.to,
+            change=f"{conv.stem_before} -> {conv.stem_after}",
+            max_abs_err=conv.max_abs_err,
+            fields=fields,
+        )
+        report.problem = str(check) if check is not None and not check.passed else None
+        report.write = lambda dst: save_conversion(conv, dst, options.to)
+        return report
 
-    def _convert_in_yolov5_layout(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
+    def _convert_in_yolov5_layout(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem)."""
         from ..verify import verify
         from ..yolov5.rebuild import guess_release, yolov5_checkpoint
@@ -108,43 +118,41 @@ class Yolov5Source(Source):
         from .records_io import save_records
 
         ckpt = self._checkpoint(loaded)
-        release = guess_release(ckpt)
         before = ckpt.model.state_dict()
         original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
         changes = [convert_stem_record(ckpt.content[k], options.to, str(loaded.path)) for k in models]
-        report: dict[str, Any] = {
-            "source": self.name,
+        fields: dict[str, Any] = {
             "kind": "yolov5",
             "layout": "yolov5",
-            "release": release,
-            "to": options.to,
+            "release": guess_release(ckpt),
             "stem_before": changes[0]["from"],
             "stem_after": changes[0]["to"],
             "replaced": changes[0],
             "converted": models,
-            "max_abs_err": None,
         }
+        change = f"{changes[0]['from']} -> {changes[0]['to']}"
+        report = ConvertReport(str(loaded.path), self.name, options.to, change=change, fields=fields)
         if options.verify:
             after = yolov5_checkpoint(ckpt.content, str(loaded.path))
             converted = _runnable(after)
             if original is not None and converted is not None:
                 check = verify(original, converted)
-                report["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
-                passed, err = check.passed, check.max_abs_err
+                fields["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
+                passed, err, problem = check.passed, check.max_abs_err, str(check)
             else:  # a head without an Ultralytics counterpart: the weights alone
                 check = compare_state_dicts(before, after.model.state_dict(), tolerance=0.0)
-                report["verification"] = check
-                passed, err = check["passed"], 0.0 if check["passed"] else check["max_abs_err"]
-            report["max_abs_err"] = err
-            if not passed:
-                raise VerificationFailed(f"{loaded.path}: verification failed; {dst} not written")
-        if dst.suffix == ".safetensors":
-            raise CheckpointError(f"{dst}: --layout yolov5 writes the repository's pickle layout: use .pt")
+                fields["verification"] = check
+                passed, err, problem = (
+                    check["passed"],
+                    0.0 if check["passed"] else check["max_abs_err"],
+                    check["problem"],
+                )
+            report.max_abs_err, report.problem = err, None if passed else problem
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:
                 ckpt.content[key].state.pop("yaml", None)
-        save_records(ckpt.content, dst)
+        report.write = lambda dst: save_records(ckpt.content, dst)
         return report
 
 

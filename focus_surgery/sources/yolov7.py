@@ -22,8 +22,10 @@ from torch import nn
 from ..checkpoint_io import CheckpointError, save_checkpoint
 from ..remap import focus_to_conv_weight
 from ..loader import Record, record_class
-from .base import ConvertOptions, Source, VerificationFailed
-from .compare import compare_state_dicts
+from ..errors import ConversionError
+from ..report import ConvertReport, bounded
+from .base import ConvertOptions, Source
+from .compare import compare_state_dicts, stem_check
 from .loading import Loaded
 from .plain import remap_optimizer_state
 
@@ -142,6 +144,8 @@ def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
 class Yolov7Source(Source):
     name = "yolov7"
     description = "yolov7 / YOLOR (paper branch) repository checkpoint (models.yolo.Model with ReOrg)"
+    specificity = 20  # names models.yolo.* like a YOLOv5 file, and classes only yolov7 / YOLOR define
+    scopes = ("stem", "all")
 
     def claims(self, loaded: Loaded) -> bool:
         return isinstance(loaded.content, dict) and bool(loaded.names & FAMILY_MARKS)
@@ -180,9 +184,9 @@ class Yolov7Source(Source):
             "kind": family(loaded.names),
             "source": self.name,
             "layers": len(layers),
-            "nc": model.get("nc"),
-            "names": model.get("names"),
-            "epoch": loaded.content.get("epoch"),
+            "nc": bounded(model.get("nc")),
+            "names": bounded(model.get("names")),
+            "epoch": bounded(loaded.content.get("epoch")),
             "dtype": str(floats[0]).replace("torch.", "") if floats else None,
             "stems": stems,
             "models": sorted(models),
@@ -201,17 +205,13 @@ class Yolov7Source(Source):
         info["lines"] = lines
         return info
 
-    def convert(self, loaded: Loaded, dst: Path, options: ConvertOptions) -> dict[str, Any]:
-        if options.to != "conv":
-            raise ValueError(f"{loaded.path}: a {family(loaded.names)} checkpoint converts --to conv (its ReOrg stem)")
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         content = loaded.content
         models = self._models(content)
         before = {k: m.state_dict() for k, m in models.items()}  # tensors are replaced, never changed in place
         originals: dict[str, dict[int, nn.Module]] = {}  # live copies of the stem conv rows, taken before the edit
-        report: dict[str, Any] = {
-            "source": self.name,
+        fields: dict[str, Any] = {
             "kind": family(loaded.names),
-            "to": "conv",
             "scope": options.scope,
             "converted": sorted(models),
             "replaced": [],
@@ -220,7 +220,7 @@ class Yolov7Source(Source):
         for key, model in models.items():
             rows = stem_rows(model, options.scope)
             if not rows:
-                raise CheckpointError(
+                raise ConversionError(
                     f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is "
                     f"{list(_layers(model).values())[0].qualname})"
                 )
@@ -229,32 +229,29 @@ class Yolov7Source(Source):
             for index, bs, order in reversed(rows):
                 change = _convert_row(_layers(model), index, bs, order)
                 if key == sorted(models)[0]:
-                    report["replaced"].insert(0, change)
+                    fields["replaced"].insert(0, change)
                 if isinstance(model.get("yaml"), dict) and id(model.get("yaml")) not in yamls:
                     sync_yaml_rows(model.get("yaml"), index, bs)
             yamls.add(id(model.get("yaml")))
-        report["yaml"] = "ReOrg row -> nn.Identity, its conv row -> Conv [c2, 6, 2, 2]: row indices unchanged"
-        report["assumes"] = (
+        fields["yaml"] = "ReOrg row -> nn.Identity, its conv row -> Conv [c2, 6, 2, 2]: row indices unchanged"
+        fields["assumes"] = (
             "the file's code is never run: its ReOrg class computes what the yolov7 / YOLOR code's "
             "does, space-to-depth(2, yolov5 order)"
         )
         if isinstance(content.get("optimizer"), dict):
-            change = report["replaced"][0]
-            report["optimizer"] = remap_optimizer_state(
-                content["optimizer"], change["weight"][0], "conv", change["block_size"], change["order"]
+            change = fields["replaced"][0]
+            fields["optimizer"] = remap_optimizer_state(
+                content["optimizer"],
+                change["weight"][0],
+                lambda w: focus_to_conv_weight(w, change["block_size"], change["order"]),
             )
+        report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, fields=fields)
+        report.write = lambda dst: self._write(content, models, dst)
         if options.verify:
-            checks = [self._check(originals[k], models[k], before[k], report["replaced"]) for k in models]
-            report["verification"] = checks[0]
-            report["max_abs_err"] = max(c["stem_max_abs_err"] for c in checks)
-            failed = [c for c in checks if not c["passed"]]
-            if failed:
-                raise VerificationFailed(
-                    f"{loaded.path}: verification failed ({failed[0]['problem']}); {dst} not written"
-                )
-        else:
-            report["max_abs_err"] = None
-        self._write(content, models, dst)
+            checks = [self._check(originals[k], models[k], before[k], fields["replaced"]) for k in models]
+            fields["verification"] = checks[0]
+            report.max_abs_err = max(c["stem_max_abs_err"] for c in checks)
+            report.problem = next((c["problem"] for c in checks if not c["passed"]), None)
         return report
 
     @staticmethod
@@ -274,18 +271,14 @@ class Yolov7Source(Source):
                 verify(ref, new, input_shape=(2, c, 16 * change["block_size"], 24 * change["block_size"]))
             )
         rest = compare_state_dicts(before, converted.state_dict(), tolerance=0.0)
-        passed = all(r.passed for r in stem_errors) and rest["passed"]
-        problem = "" if passed else next((str(r) for r in stem_errors if not r.passed), rest.get("problem", ""))
-        return {
-            "stem": [r.to_dict() for r in stem_errors],
-            "stem_max_abs_err": max(r.max_abs_err for r in stem_errors),
-            "tensors": rest,
-            "passed": passed,
-            "problem": problem,
-            "compared": "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; "
-            + rest["compared"]
-            + "; the rest of the model is not run (its code is the repository's)",
-        }
+        compared = "each converted stem (space-to-depth + conv block vs the new strided conv block) in float64; the "
+        check = stem_check(
+            [r.to_dict() for r in stem_errors],
+            stem_errors,
+            rest,
+            compared + "rest of the model is not run (its code is the repository's)",
+        )
+        return {**check, "stem_max_abs_err": max(r.max_abs_err for r in stem_errors)}
 
     @staticmethod
     def _write(content: dict, models: dict, dst: Path) -> None:
@@ -293,12 +286,10 @@ class Yolov7Source(Source):
             model = models.get("ema") or models["model"]
             tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
             save_checkpoint(tensors, dst, {"converted_by": "focus-surgery", "to": "conv"})
-        elif dst.suffix in (".pt", ".pth"):
+        else:
             from .records_io import save_records
 
             save_records(content, dst)
-        else:
-            raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
 
 
 def _live(row: Record) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..report import bounded
 from .loading import Loaded
 from .plain import PlainStateDictSource, tensors
 
@@ -23,6 +24,7 @@ MODEL_CHANGE = (
 class YoloxSource(PlainStateDictSource):
     name = "yolox"
     description = "YOLOX / DAMO-YOLO trainer checkpoint (state dict under 'model')"
+    specificity = 10  # a plain state dict with the trainer's keys
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
@@ -33,12 +35,13 @@ class YoloxSource(PlainStateDictSource):
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         result = super().inspect(loaded)
-        result["lines"][0] = f"{loaded.path}: {self.description}, epoch {loaded.content.get('start_epoch')}"
+        epoch = bounded(loaded.content.get("start_epoch"))
+        result["lines"][0] = f"{loaded.path}: {self.description}, epoch {epoch}"
         result["after_conversion"] = MODEL_CHANGE
         return result
 
-    def convert(self, loaded, dst, options) -> dict[str, Any]:
-        report = super().convert(loaded, dst, options)
+    def convert(self, loaded, options):
+        report = super().convert(loaded, options)
         if options.to == "conv":
-            report["loads_into"] = MODEL_CHANGE
+            report.loads_into = MODEL_CHANGE
         return report

@@ -255,7 +255,7 @@ def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -
     changes = _changes(model, stem, carry_routing(model.get_submodule(stem.path), build_form(stem.block, form)))
     verification = check(model, changes, inputs, tolerance=tolerance) if inputs is not None else None
     if verification is not None and not verification.passed:
-        raise VerificationError(f"verification failed, model left unchanged: {verification}")
+        raise VerificationError(f"verification failed, model left unchanged: {verification}", verification)
     apply(model, changes)
     return verification
 

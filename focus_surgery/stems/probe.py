@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConversionError
 from ..orders import ORDERS, channel_index
 
 PROBE_SIZE = 48  # divisible by the block sizes 2, 3, 4, 6, 8, 12, 16, 24
@@ -42,7 +43,7 @@ class SpaceToDepthInfo:
         return f"space-to-depth(block_size={self.block_size}, order={order})"
 
 
-class NotSpaceToDepth(ValueError):
+class NotSpaceToDepth(ConversionError):
     """The probed module does not compute a space-to-depth; the message says what it does instead."""
 
 

@@ -8,13 +8,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import ConversionError, VerificationFailed  # noqa: F401 - ConversionError: re-exported by stems
 
-class ConversionError(ValueError):
-    """A conversion that would not be exact, or a verification that failed; the model is left unchanged."""
-
-
-class VerificationError(ConversionError):
-    """The converted model's outputs differ from the original's by more than the tolerance."""
+VerificationError = VerificationFailed  # the old name: the converted model's outputs differ beyond the tolerance
 
 
 @dataclass(frozen=True)

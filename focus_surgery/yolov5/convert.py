@@ -38,7 +38,6 @@ from .rebuild import (
 )
 
 CONFIG_FORMAT = "focus-surgery/yolov5-legacy/1"
-OUTPUT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 @dataclass
@@ -177,14 +176,12 @@ def config_path(dst: str | os.PathLike) -> Path:
 
 
 def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> list[Path]:
-    """Write ``dst`` (``.pt``/``.pth``: Ultralytics checkpoint; ``.safetensors``: tensors + JSON). Atomic.
+    """Write ``dst`` (``.safetensors``: tensors + JSON; any other suffix: an Ultralytics checkpoint). Atomic.
 
     Returns:
         (list[Path]): The files written.
     """
     dst = Path(dst)
-    if dst.suffix not in OUTPUT_SUFFIXES:
-        raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r}; use .pt, .pth or .safetensors")
     if dst.suffix != ".safetensors":
         content = ultralytics_checkpoint(conv, to)
         from ..checkpoint_io import torch_save

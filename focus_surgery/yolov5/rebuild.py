@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
+from ..loader import Record, read_checkpoint
 from ..loader.plain import PLAIN_BUDGET
 from ..loader.plain import to_plain as _plain
 from ..loader.layers import check_hyperparameters, module_class
 from .detect import LegacyDetect
-from ..loader import Record, read_checkpoint
 
 # YOLOv5 yaml layer names we let Ultralytics' parser build (its parser resolves names to callables, so only these).
 KNOWN_LAYERS = frozenset(

@@ -252,7 +252,7 @@ def install_trainer(train_module: Any) -> None:
 def install(tasks: Any) -> None:
     """Install the loss hook on ``tasks`` (``ultralytics.nn.tasks``) now, the trainer hook once Ultralytics' trainer
     module is imported."""
-    from ..integrations.import_hooks import call_when_imported
+    from ..import_hooks import call_when_imported
 
     if hasattr(tasks, "DetectionModel"):
         install_loss(tasks)

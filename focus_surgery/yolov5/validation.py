@@ -229,6 +229,6 @@ def install_validator(val_module: Any) -> None:
 
 def install() -> None:
     """Install the validator hooks once Ultralytics' detection validator module is imported."""
-    from ..integrations.import_hooks import call_when_imported
+    from ..import_hooks import call_when_imported
 
     call_when_imported(_VALIDATOR_MODULE, lambda: install_validator(sys.modules[_VALIDATOR_MODULE]))

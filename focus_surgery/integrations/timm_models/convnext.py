@@ -12,7 +12,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
-from ..timm import create_s2d_model, default_cfg, space_to_depth_stem
+from .build import create_s2d_model, default_cfg, space_to_depth_stem
 
 STEMS = {"s2d": (4, "timm", 1), "focus": (2, "yolov5", 2)}  # ConvNeXt's stem must reduce by 4
 

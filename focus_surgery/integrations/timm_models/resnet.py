@@ -11,7 +11,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from ..timm import create_s2d_model, default_cfg, space_to_depth_stem
+from .build import create_s2d_model, default_cfg, space_to_depth_stem
 
 STEMS = {"s2d": (4, "timm", 1), "focus": (2, "yolov5", 1)}  # stem -> (block size, order, conv stride)
 
