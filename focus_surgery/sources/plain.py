@@ -91,8 +91,8 @@ class PlainStateDictSource(Source):
     name = "state_dict"
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
     not_found = (
-        "no Focus or conv stem found: the first conv weight is neither '<prefix>.conv.conv.weight' with {} input "
-        "channels nor '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
+        "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with {} input "
+        "channels or '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
     )
 
     def claims(self, loaded: Loaded) -> bool:
