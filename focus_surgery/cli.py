@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    from .atomic_io import Interrupted, cleanup_on_signals
+    from .atomic_io import Interrupted, cleanup_on_signals, describe_written, track_writes
     from .limits import forward_memory_limit
     from .loader import reading_once
 
@@ -223,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     # --json promises one JSON object on stdout: what libraries print (Ultralytics' first-run settings notice) goes
     # to stderr instead
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
+    written: list = []  # what an interrupted run did put in place (folder runs: attached to the exception)
     try:
         with (
+            track_writes() as written,
             warnings.catch_warnings(),
             cleanup_on_signals(),
             reading_once(),
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError as error:
         why = _one_line(error) if str(error) else "ran out of memory"
         print(
-            f"focus-surgery: error: {getattr(args, 'src', getattr(args, 'a', ''))}: {why}; nothing was written",
+            f"focus-surgery: error: {getattr(args, 'src', getattr(args, 'a', ''))}: {why}; {describe_written(written)}",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Interrupted) as error:
         why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-        print(f"focus-surgery: {getattr(args, 'dst', '')}: {why}; nothing was written", file=sys.stderr)
+        done = describe_written(getattr(error, "written", None) or written)
+        print(printable(f"focus-surgery: {getattr(args, 'dst', '')}: {why}; {done}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         _REPORT_STREAM.pop()
