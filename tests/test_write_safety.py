@@ -124,6 +124,7 @@ def test_kill_9_of_a_folder_run_ends_its_children_and_the_next_run_removes_the_d
     for pid in alive:  # do not leak them into the rest of the session
         os.kill(pid, signal.SIGKILL)
     assert alive == [], f"{len(alive)} process(es) of the killed folder run still running"
+    assert not (out / "big.pt").exists(), "the child went on and wrote its output after the run was killed"
     stale = temporaries(out)
     assert stale, "the SIGKILL should have left the child's temporary file (else this test proves nothing)"
     result = run_fresh("convert", STATE_DICT, out / "other.pt")  # another destination in the same folder
