@@ -149,6 +149,41 @@ def test_a_temporary_whose_lock_is_held_is_never_removed(tmp_path):
         assert locked.exists() and not abandoned.exists() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+_SLOW_WRITER = """
+import resource, sys, time
+from pathlib import Path
+from focus_surgery.atomic_io import atomic_write
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGQUIT dumps core by default: not into the repository
+def slow(tmp):
+    Path(tmp).write_bytes(b"partial")
+    print("writing", flush=True)
+    time.sleep(600)
+atomic_write(sys.argv[1], slow)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGKILL])
+def test_what_sigquit_and_sigkill_leave_is_removed_by_a_write_to_another_name(tmp_path, signum):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, str(tmp_path / "first.pt")],
+        cwd=tmp_path,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signum)
+        proc.wait(60)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signum
+    assert len(temporaries(tmp_path)) == 1, "the signal should leave the temporary file (else this proves nothing)"
+    atomic_write(tmp_path / "second.pt", lambda tmp: Path(tmp).write_bytes(b"new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["second.pt"]
+
+
 def _special_destinations(tmp_path: Path) -> list[tuple[Path, str]]:
     fifo = tmp_path / "fifo.pt"
     os.mkfifo(fifo)
