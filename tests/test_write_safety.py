@@ -204,6 +204,29 @@ def test_devices_and_fifos_are_never_replaced(cli, tmp_path):
     assert temporaries(tmp_path) == [] and digest(STATE_DICT) == before
 
 
+def _device_node(path: Path) -> Path:
+    """A character device like /dev/null (1, 3) at ``path``: what ``/dev/null`` is to a run as root, but private."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError, OSError):
+        pytest.skip("creating a device node needs root (CAP_MKNOD)")
+    return path
+
+
+def test_a_device_node_is_never_replaced(cli, tmp_path):
+    """``convert m.onnx /dev/null`` as root replaced the device node (issue 25); here a private one."""
+    from test_onnx_graph import export
+
+    src = export("pixel_unshuffle", tmp_path / "stem.onnx")
+    before = digest(src)
+    for source, dst in ((src, _device_node(tmp_path / "null.onnx")), (STATE_DICT, _device_node(tmp_path / "null.pt"))):
+        outcome = cli.run("convert", source, dst)
+        assert outcome.returncode == 2 and len(outcome.stderr_lines) == 1, str(outcome)
+        assert "character device" in outcome.stderr_lines[0], str(outcome)
+        assert stat.S_ISCHR(os.lstat(dst).st_mode), f"{dst.name} was replaced"
+    assert temporaries(tmp_path) == [] and digest(src) == before
+
+
 def test_a_fifo_beside_a_safetensors_output_is_refused_not_opened(cli, tmp_path):
     """The ``.json`` of a YOLOv5 ``.safetensors`` output is a FIFO: reading it to see whether it is ours would block."""
     os.mkfifo(tmp_path / "m.json")
