@@ -7,8 +7,8 @@ A state dict has no strides or paddings, so the stem is recognised by its key la
 * a weightless space-to-depth row before a conv block (yolov7 / YOLOR ``ReOrg``): ``P.conv.weight`` (O, C*bs*bs, k, k)
   and ``P.bn.*`` ("reorg": converts to conv with the same keys).
 
-The stem is the conv weight in one of these layouts of the earliest layer, whatever the order of the keys (a
-``.safetensors`` file has its own order). Every other entry is passed through unchanged.
+The stem is found by these layouts (``find_stem``), whatever the order of the keys (a ``.safetensors`` file has its own
+order). Every other entry is passed through unchanged.
 """
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ def _position(key: str) -> tuple:
 def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_size: int = 2) -> StemKeys | None:
     """The stem of ``state_dict``, found by structure, whatever the order of the dict's keys.
 
-    The stem is the conv that reads the image: a 4-D weight in a Focus, conv-stem or ReOrg layout (input channels
-    ``in_channels`` or ``in_channels * block_size**2``). When several weights have such a layout, the one of the
-    earliest layer (``model.0`` before ``model.1``, numbers compared as numbers) is the stem. None if no weight has one.
+    The stem is the conv that reads the image. A Focus layout (``P.conv.conv.weight`` with
+    ``in_channels * block_size**2`` input channels) or a conv-stem layout (``P.conv.weight`` with ``in_channels``)
+    says so by itself; a ReOrg layout (``P.conv.weight`` with ``in_channels * block_size**2``) is also what any inner
+    conv of that width looks like, so it counts only when no weight has one of the other two. Among several, the
+    earliest layer wins (``model.0`` before ``model.1`` before ``model.10``). None if no weight has a stem layout.
     """
     found = [
         stem
@@ -62,7 +64,7 @@ def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_s
         for stem in [_layout(k, list(v.shape), in_channels, block_size)]
         if stem is not None
     ]
-    return min(found, key=lambda stem: _position(stem.weight_key), default=None)
+    return min(found, key=lambda stem: (stem.form == "reorg", _position(stem.weight_key)), default=None)
 
 
 def convert_state_dict(

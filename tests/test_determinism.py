@@ -76,3 +76,27 @@ def test_no_stem_layout_is_no_stem_in_every_key_order():
     items = [(k, v) for k, v in _state_dict().items() if k not in ("model.0.conv.conv.weight", "model.10.conv.weight")]
     for order in itertools.permutations(items):
         assert find_stem(dict(order)) is None
+
+
+def test_an_inner_conv_of_stem_width_is_not_the_stem():
+    """YOLOX-nano: inner 1x1 convs have 12 input channels (a ReOrg layout) and sort before the stem by name."""
+    items = [
+        ("backbone.C3_p3.m.0.conv1.conv.weight", torch.zeros(12, 12, 1, 1)),
+        ("backbone.backbone.stem.conv.conv.weight", torch.zeros(6, 12, 3, 3)),
+        ("backbone.backbone.dark2.0.conv.weight", torch.zeros(12, 6, 3, 3)),
+    ]
+    for order in itertools.permutations(items):
+        stem = find_stem(dict(order))
+        assert (stem.prefix, stem.form) == ("backbone.backbone.stem", "focus"), [k for k, _ in order]
+
+
+def test_a_reorg_stem_is_the_earliest_reorg_layout():
+    """yolov7 / YOLOR: the weightless ReOrg row 0, then ``model.1.conv`` reading 12 channels."""
+    items = [
+        ("model.1.conv.weight", torch.zeros(16, 12, 3, 3)),
+        ("model.2.conv.weight", torch.zeros(32, 16, 3, 3)),
+        ("model.10.conv.weight", torch.zeros(12, 12, 1, 1)),
+    ]
+    for order in itertools.permutations(items):
+        stem = find_stem(dict(order))
+        assert (stem.prefix, stem.form) == ("model.1", "reorg"), [k for k, _ in order]
