@@ -3,8 +3,12 @@
 A failed or interrupted write never leaves a partial destination and never touches an existing one:
 
 * any exception, Ctrl-C, SIGTERM or SIGHUP (see ``cleanup_on_signals``) removes the temporary file;
-* a SIGKILL cannot be caught: the temporary file it leaves is named ``.<name>.<pid>.focus-surgery-tmp``, and the
-  next write to the same destination removes those whose process is gone;
+* a SIGKILL cannot be caught: the temporary file it leaves is named ``.<name>.<pid>-<random>.focus-surgery-tmp`` and
+  locked (``flock``) by its writer while it exists; the next write into the same folder removes every such file
+  whose process is gone and whose lock is free (never a live run's file, whatever its destination);
+* the renames of one write (a ``.safetensors`` and its ``.json``) happen with SIGINT / SIGTERM / SIGHUP held back,
+  so a signal lands before or after all of them; ``track_writes`` says which destinations were replaced;
+* a destination that is a device, a FIFO or a socket is refused, never replaced (``/dev/null`` as root);
 * a replaced destination keeps its permission bits; names up to the file system's limit work.
 """
 
@@ -13,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
+import stat
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -41,20 +47,84 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_TEMPORARY = re.compile(r"\.(?P<name>.*)\.(?P<pid>[0-9]+)-[0-9A-Za-z]+" + re.escape(TMP_SUFFIX), re.DOTALL)
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock of an open temporary file without waiting; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: the pid check alone decides
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_if_abandoned(path: str, pid: int) -> bool:
+    """Remove our temporary file ``path`` if its writer (``pid``) is gone and nobody holds its lock."""
+    if pid == os.getpid() or _alive(pid):
+        return False
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or (os.geteuid() != 0 and info.st_uid != os.geteuid()):
+            return False  # only regular files of this user: never a link, a FIFO or another user's file
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (OSError, AttributeError):
+        return False
+    try:
+        if not _lock(fd) or os.fstat(fd).st_ino != info.st_ino:
+            return False  # a live writer's lock (its pid seen from another pid namespace), or a replaced file
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temporaries(destination: Path) -> list[Path]:
-    """Remove temporary files of earlier writes to ``destination`` whose process no longer runs (a SIGKILL)."""
-    prefix, removed = _tmp_prefix(destination), []
-    folder = destination.parent
+    """Remove the temporary files that killed runs (SIGKILL, SIGQUIT, power loss) left in ``destination``'s folder.
+
+    Only files named as ours (``.<name>.<pid>-<random>.focus-surgery-tmp``), regular, of this user, whose writer no
+    longer runs and whose lock is free: another live run's temporary file is never touched, whatever it writes.
+    """
+    return remove_stale_temporaries_in(Path(destination).parent if str(Path(destination).parent) else Path("."))
+
+
+def remove_stale_temporaries_in(folder: Path) -> list[Path]:
+    """``remove_stale_temporaries`` for one folder (not its sub-folders)."""
+    removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
-            if not (entry.name.startswith(prefix) and entry.name.endswith(TMP_SUFFIX)):
-                continue
-            pid_text = entry.name[len(prefix) : -len(TMP_SUFFIX)].partition("-")[0]
-            if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+            found = _TEMPORARY.fullmatch(entry.name)
+            if found and _remove_if_abandoned(entry.path, int(found["pid"])):
+                removed.append(Path(entry.path))
     return removed
+
+
+_WRITTEN: list[list[Path]] = []  # destinations replaced inside each open ``track_writes`` block
+
+
+@contextlib.contextmanager
+def track_writes() -> Iterator[list[Path]]:
+    """Within this block, every destination an atomic write put in place is appended to the yielded list."""
+    written: list[Path] = []
+    _WRITTEN.append(written)
+    try:
+        yield written
+    finally:
+        _WRITTEN.remove(written)
+
+
+def describe_written(paths: list) -> str:
+    """``nothing was written``, or which files were (one line): what an interrupted run says it left."""
+    if not paths:
+        return "nothing was written"
+    shown = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{len(paths)} file{'s' if len(paths) > 1 else ''} written before it stopped: {shown}"
 
 
 class Interrupted(BaseException):
@@ -97,10 +167,22 @@ def _write_error(destination: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(f"{destination}: write failed ({text}); nothing was written")
 
 
+_SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
+
+
 def _check_destination(destination: Path) -> Path:
     folder = destination.parent if str(destination.parent) else Path(".")
     if destination.is_dir():
         raise CheckpointError(f"{destination}: is a directory; give a file name to write")
+    try:
+        mode = os.stat(destination).st_mode  # through links: /dev/stdout -> /proc/self/fd/1 -> a pipe
+    except OSError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        kind = _SPECIAL.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise CheckpointError(
+            f"{destination}: is {kind}, not a regular file; refusing to replace it (write to a file instead)"
+        )
     if not folder.is_dir():
         raise CheckpointError(f"{destination}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -118,10 +200,27 @@ def _final_mode(destination: Path) -> int:
         return 0o666 & ~umask
 
 
-def _new_temporary(destination: Path, folder: Path) -> Path:
+def _new_temporary(destination: Path, folder: Path) -> tuple[Path, int]:
+    """A new empty temporary file for ``destination`` and an open descriptor holding its lock while we write."""
     tmp = folder / f"{_tmp_prefix(destination)}{os.getpid()}-{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    return tmp
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _lock(fd)  # released by the kernel when this process dies, however it dies
+    return tmp, fd
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT / SIGTERM / SIGHUP wait until the block ends (then they are delivered), where the platform allows."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]]], fsync: bool = True) -> list[Path]:
@@ -136,20 +235,30 @@ def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]
     plan = [(Path(d), write) for d, write in writes]
     folders = [_check_destination(d) for d, _ in plan]
     temporaries: list[Path] = []
+    locks: list[int] = []
     current = plan[0][0]
     try:
         with cleanup_on_signals():
+            for folder in dict.fromkeys(folders):
+                remove_stale_temporaries_in(folder)
             for (destination, write), folder in zip(plan, folders):
                 current = destination
-                remove_stale_temporaries(destination)
-                temporaries.append(_new_temporary(destination, folder))
-                write(str(temporaries[-1]))
-                os.chmod(temporaries[-1], _final_mode(destination))  # after the write: a 0444 mode still writes
+                tmp, lock = _new_temporary(destination, folder)
+                temporaries.append(tmp)
+                locks.append(lock)
+                write(str(tmp))
+                os.chmod(tmp, _final_mode(destination))  # after the write: a 0444 mode still writes
                 if fsync:
-                    with open(temporaries[-1], "rb") as done:
+                    with open(tmp, "rb") as done:
                         os.fsync(done.fileno())
-            for (destination, _), tmp in zip(plan, temporaries):
-                os.replace(tmp, destination)
+            with _signals_held():  # all renames or none: a signal now is handled after the last one
+                for destination, _ in plan:
+                    _check_destination(destination)  # a device or FIFO put there while we wrote
+                for (destination, _), tmp in zip(plan, temporaries):
+                    os.replace(tmp, destination)
+                    for written in _WRITTEN:
+                        written.append(destination)
+                temporaries.clear()
     except (OSError, RuntimeError) as error:
         for tmp in temporaries:
             tmp.unlink(missing_ok=True)
@@ -158,6 +267,9 @@ def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]
         for tmp in temporaries:
             tmp.unlink(missing_ok=True)
         raise
+    finally:
+        for lock in locks:
+            os.close(lock)
     return [d for d, _ in plan]
 
 

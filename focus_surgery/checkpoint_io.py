@@ -60,12 +60,20 @@ def _load_safetensors(path: Path) -> Checkpoint:
         size = int.from_bytes(data[:8], "little")
         if len(data) < 8 or size > len(data) - 8:
             raise ValueError("header larger than the file")
-        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        tensors = load(data)
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        loaded = load(data)  # a dict in a per-process random order: put back in the file's own order
+        tensors = {k: loaded[k] for k in sorted(loaded, key=lambda k: (_data_offset(header, k), k))}
     except (SafetensorError, OSError, ValueError, AttributeError, RecursionError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: corrupt safetensors file ({detail})") from None
     return Checkpoint(path, "state_dict", tensors, {str(k): str(v) for k, v in dict(metadata).items()})
+
+
+def _data_offset(header: dict, key: str) -> int:
+    """Where tensor ``key``'s bytes start in a safetensors file (its position in the file), 0 if not stated."""
+    offsets = header.get(key, {}).get("data_offsets") if isinstance(header.get(key), dict) else None
+    return offsets[0] if isinstance(offsets, list) and offsets and isinstance(offsets[0], int) else 0
 
 
 def _encodable(path: str) -> bool:

@@ -179,15 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    from .atomic_io import Interrupted, cleanup_on_signals
+    from .atomic_io import Interrupted, cleanup_on_signals, describe_written, track_writes
 
     args = build_parser().parse_args(argv)
     _REPORT_STREAM.append(sys.stdout)
     # --json promises one JSON object on stdout: what libraries print (Ultralytics' first-run settings notice) goes
     # to stderr instead
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
+    written: list = []  # what an interrupted run did put in place (folder runs: attached to the exception)
     try:
         with (
+            track_writes() as written,
             warnings.catch_warnings(),
             cleanup_on_signals(),
             forward_memory_limit(FORWARD_LIMIT),
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # library warnings would turn a one-line error into several
             return args.handler(args)
     except (Exception, KeyboardInterrupt, Interrupted) as error:  # noqa: BLE001 - every failure: one line, exit 1 or 2
-        return error_exit(error, getattr(args, "src", None) or getattr(args, "a", ""), getattr(args, "dst", ""))
+        done = describe_written(getattr(error, "written", None) or written)  # a folder run attaches its children's
+        source = getattr(args, "src", None) or getattr(args, "a", "")
+        return error_exit(error, source, getattr(args, "dst", ""), done)
     finally:
         _REPORT_STREAM.pop()

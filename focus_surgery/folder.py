@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic_io import remove_stale_temporaries
+from .atomic_io import remove_stale_temporaries, remove_stale_temporaries_in
 from .errors import CheckpointError
 from .report import EXIT_BAD_INPUT, EXIT_OK, emit, folder_lines, line, one_line
 
@@ -48,9 +48,21 @@ def _address_space() -> int:
     return 0
 
 
+def _end_with_the_run() -> None:
+    """This child ends when the run does, even after ``kill -9`` of the run (see ``parent_death``)."""
+    from .parent_death import die_with_parent, exit_when_closed, release_fork_server
+
+    release_fork_server()
+    die_with_parent()  # our parent is the fork server, which itself dies with the run
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        exit_when_closed(parent.sentinel)
+
+
 def _child(
     work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn: Connection
 ) -> None:
+    _end_with_the_run()
     try:
         import resource
 
@@ -78,7 +90,7 @@ def _child(
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "focus_surgery.files"])
+        context.set_forkserver_preload(["focus_surgery._fork_server_preload", "torch", "focus_surgery.files"])
         return context
     return multiprocessing.get_context("spawn")
 
@@ -110,10 +122,13 @@ def convert_isolated(
         if progress:
             progress(finished, len(jobs), Path(jobs[index][0]).name)
 
+    before: dict[int, tuple | None] = {}  # job index: its destinations' state when it started
+
     try:
         while waiting or running:
             while waiting and len(running) < max(1, workers):
                 index = waiting.pop(0)
+                before[index] = _stamps(jobs[index][1])
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_child, args=(work, *jobs[index], options, memory_bytes, send), daemon=True
@@ -147,7 +162,15 @@ def convert_isolated(
                 if error is not None:
                     remove_stale_temporaries(Path(jobs[index][1]))  # what a killed child may have left
                 finish(index, result, error)
-    finally:  # interrupted (SIGTERM, Ctrl-C): stop the children and remove what they were writing
+    except BaseException as error:  # interrupted (SIGTERM, Ctrl-C): say exactly what was written
+        for index, (process, conn, _) in running.items():
+            process.kill()
+            process.join()
+        done = [Path(o.dst) for o in outcomes if o.result is not None]
+        done += [Path(jobs[i][1]) for i in running if _stamps(jobs[i][1]) != before[i]]  # put in place, unreported
+        error.written = sorted(set(done), key=str)
+        raise
+    finally:  # stop the children and remove what they were writing
         for index, (process, conn, _) in running.items():
             process.kill()
             process.join()
@@ -156,6 +179,18 @@ def convert_isolated(
             for written in (dst, dst.with_suffix(".json")):
                 remove_stale_temporaries(written)
     return outcomes
+
+
+def _stamps(dst: str) -> tuple:
+    """What identifies the current content of ``dst`` and its ``.json``: inode and change time, or None if absent."""
+    stamps = []
+    for path in (Path(dst), Path(dst).with_suffix(".json")):
+        try:
+            info = path.stat()
+            stamps.append((info.st_ino, info.st_mtime_ns, info.st_ctime_ns))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 def progress_bar(done: int, total: int, name: str) -> None:
@@ -219,6 +254,8 @@ def convert_folder(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{src_dir}: no .pt / .pth files in this folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
+    for folder in dict.fromkeys(Path(dst).parent for _, dst in jobs):  # what killed runs left (SIGKILL, SIGQUIT)
+        remove_stale_temporaries_in(folder)
     workers = max(1, int(getattr(args, "workers", 1) or 1))
     outcomes = convert_isolated(
         jobs,

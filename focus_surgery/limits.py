@@ -38,6 +38,32 @@ def current_limit() -> int | None:
     return _LIMIT.get()
 
 
+def check_allocation(shape: Any, dtype: torch.dtype, what: str) -> None:
+    """Refuse, before it is allocated, a tensor of ``shape`` larger than the current ``forward_memory_limit``.
+
+    For tensors whose size comes from numbers in a file (a verification input sized by the model's strides or its
+    configured input size): the same limit as one operation of a checked forward. Without a limit, nothing is checked.
+
+    Raises:
+        AllocationRefused: The tensor would exceed the limit, or ``shape`` is not a list of non-negative integers.
+    """
+    limit = _LIMIT.get()
+    if limit is None:
+        return
+    dims = list(shape)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in dims):
+        raise AllocationRefused(f"{what}: {str(dims)[:80]} is not a shape (non-negative integers)")
+    nbytes = torch.empty((), dtype=dtype).element_size()
+    for n in dims:  # stepwise, so that a product of huge numbers stops as soon as it is too large
+        nbytes *= n
+        if nbytes > limit and 0 not in dims:
+            shown = "x".join(str(d) if d < 10**9 else f"~1e{len(str(d)) - 1}" for d in dims)
+            raise AllocationRefused(
+                f"{what} of shape {shown} ({str(dtype).replace('torch.', '')}) would need more than "
+                f"{limit / 2**30:.1f} GiB (the per-operation limit); the sizes the file gives are not plausible"
+            )
+
+
 def _to_meta(value: Any) -> Any:
     return value.to("meta") if isinstance(value, torch.Tensor) else value
 

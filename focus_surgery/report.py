@@ -76,22 +76,23 @@ def one_line(error: BaseException) -> str:
     return line(text if isinstance(error, FocusSurgeryError) else text.splitlines()[0])
 
 
-def error_exit(error: BaseException, source: Any, dst: Any) -> int:
+def error_exit(error: BaseException, source: Any, dst: Any, written: str = "nothing was written") -> int:
     """Print the one-line message of a failed command on stderr; its exit code: 1 a failed check, else 2.
 
-    ``source`` / ``dst``: the command's input and output, named where the error itself may not name them.
+    ``source`` / ``dst``: the command's input and output, named where the error itself may not name them;
+    ``written``: what a run stopped by memory or a signal had put in place (``atomic_io.describe_written``).
     """
     code = EXIT_VERIFY_FAILED if isinstance(error, VerificationFailed) else EXIT_BAD_INPUT
     if code == EXIT_VERIFY_FAILED:
         text = one_line(error)
     elif isinstance(error, MemoryError):
-        text = f"error: {source}: {one_line(error) if str(error) else 'ran out of memory'}; nothing was written"
+        text = f"error: {source}: {one_line(error) if str(error) else 'ran out of memory'}; {written}"
     elif isinstance(error, (ValueError, OSError)):  # our errors and the library's: they name the file
         text = f"error: {one_line(error)}"
     elif isinstance(error, Exception):  # e.g. a model whose forward fails
         text = f"error: {source}: {type(error).__name__}: {one_line(error)}"
     else:  # interrupted: Ctrl-C or a signal (atomic_io.Interrupted)
-        text = f"{dst}: {'interrupted' if isinstance(error, KeyboardInterrupt) else error}; nothing was written"
+        text = f"{dst}: {'interrupted' if isinstance(error, KeyboardInterrupt) else error}; {written}"
     print(line(f"focus-surgery: {text}"), file=sys.stderr)
     return code
 

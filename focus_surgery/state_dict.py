@@ -7,7 +7,8 @@ A state dict has no strides or paddings, so the stem is recognised by its key la
 * a weightless space-to-depth row before a conv block (yolov7 / YOLOR ``ReOrg``): ``P.conv.weight`` (O, C*bs*bs, k, k)
   and ``P.bn.*`` ("reorg": converts to conv with the same keys).
 
-The stem is the first 4-D weight in the dict. Every other entry is passed through unchanged.
+The stem is found by these layouts (``find_stem``), whatever the order of the keys (a ``.safetensors`` file has its own
+order). Every other entry is passed through unchanged.
 """
 
 from __future__ import annotations
@@ -29,12 +30,8 @@ class StemKeys:
     shape: list[int]
 
 
-def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_size: int = 2) -> StemKeys | None:
-    """The stem of ``state_dict`` if its first conv weight has a Focus or conv-stem layout, else None."""
-    key = next((k for k, v in state_dict.items() if k.endswith(".weight") and v.ndim == 4), None)
-    if key is None:
-        return None
-    shape = list(state_dict[key].shape)
+def _layout(key: str, shape: list[int], in_channels: int, block_size: int) -> StemKeys | None:
+    """The stem form of conv weight ``key`` if its layout is one a stem has (it reads the image), else None."""
     if key.endswith(".conv.conv.weight") and shape[1] == in_channels * block_size**2:
         return StemKeys(key[: -len(".conv.conv.weight")], "focus", key, shape)
     if key.endswith(".conv.weight") and shape[1] == in_channels and shape[2] % block_size == 0 == shape[3] % block_size:
@@ -44,6 +41,30 @@ def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_s
         # changes; "P" is the conv row (P.conv.weight, P.bn.*)
         return StemKeys(key[: -len(".conv.weight")], "reorg", key, shape)
     return None
+
+
+def _position(key: str) -> tuple:
+    """Sort key of a parameter name by layer position: ``model.2`` before ``model.10``, numbers as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))
+
+
+def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_size: int = 2) -> StemKeys | None:
+    """The stem of ``state_dict``, found by structure, whatever the order of the dict's keys.
+
+    The stem is the conv that reads the image. A Focus layout (``P.conv.conv.weight`` with
+    ``in_channels * block_size**2`` input channels) or a conv-stem layout (``P.conv.weight`` with ``in_channels``)
+    says so by itself; a ReOrg layout (``P.conv.weight`` with ``in_channels * block_size**2``) is also what any inner
+    conv of that width looks like, so it counts only when no weight has one of the other two. Among several, the
+    earliest layer wins (``model.0`` before ``model.1`` before ``model.10``). None if no weight has a stem layout.
+    """
+    found = [
+        stem
+        for k, v in state_dict.items()
+        if isinstance(k, str) and k.endswith(".weight") and v.ndim == 4
+        for stem in [_layout(k, list(v.shape), in_channels, block_size)]
+        if stem is not None
+    ]
+    return min(found, key=lambda stem: (stem.form == "reorg", _position(stem.weight_key)), default=None)
 
 
 def convert_state_dict(
@@ -63,8 +84,8 @@ def convert_state_dict(
     stem = find_stem(state_dict, in_channels, block_size)
     if stem is None:
         raise ValueError(
-            "no Focus or conv stem found: the first conv weight is neither '<prefix>.conv.conv.weight' with "
-            f"{in_channels * block_size**2} input channels nor '<prefix>.conv.weight' with {in_channels}"
+            "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with "
+            f"{in_channels * block_size**2} input channels or '<prefix>.conv.weight' with {in_channels}"
         )
     if stem.form == to:
         raise ValueError(f"the stem at {stem.prefix!r} is already in {to} form")

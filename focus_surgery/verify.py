@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .limits import checked_forward
+from .limits import check_allocation, checked_forward
 from .stems.check import DEFAULT_TOLERANCE, VerificationReport, compare, flatten_outputs
 from .stems.inputs import infer_input_shape, input_channels_and_multiple
 
@@ -70,6 +70,7 @@ def verify(
     device = next((p.device for p in reference.parameters()), torch.device("cpu"))
     if inputs is None:
         shape = tuple(input_shape) if input_shape is not None else _common_input_shape(reference, candidate)
+        check_allocation(shape, torch.float64, "the verification input")  # its size may come from the file
         generator = torch.Generator().manual_seed(seed)
         inputs = torch.rand(shape, generator=generator, dtype=torch.float64)
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)

@@ -95,8 +95,8 @@ class PlainStateDictSource(Source):
     targets = ("conv", "focus", "fastest")
     outputs = {ANY_LAYOUT: (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".safetensors")}
     not_found = (
-        "no Focus or conv stem found: the first conv weight is neither '<prefix>.conv.conv.weight' with {} input "
-        "channels nor '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
+        "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with {} input "
+        "channels or '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
     )
 
     def claims(self, loaded: Loaded) -> bool:

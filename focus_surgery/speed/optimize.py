@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..limits import check_allocation
 from .stem_forms import KIND_OF_ORDER, build_form, form_names, strided_block
 from ..stems import Change, VerificationError, check, plan
 from ..stems.check import apply
@@ -280,7 +281,9 @@ def apply_form(
     if stem is None:
         raise ValueError(f"no stem to rewrite ({'; '.join(skipped)})")
     if verify and inputs is None:
-        inputs = torch.rand(infer_input_shape(model), generator=torch.Generator().manual_seed(0))
+        shape = infer_input_shape(model)
+        check_allocation(shape, torch.float32, "the verification input")  # its size may come from the file
+        inputs = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     if verify:
         inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     return _apply(model, stem, form, inputs if verify else None, tolerance)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..limits import checked_forward
+from ..limits import check_allocation, checked_forward
 from .inputs import infer_input_shape, input_multiple
 from .site import Change, ConversionError
 
@@ -143,6 +143,7 @@ def check(
     try:
         if inputs is None:
             shape = input_shape if input_shape is not None else infer_input_shape(model, multiple=multiple)
+            check_allocation(tuple(shape), torch.float64, "the verification input")  # its size may come from the file
             inputs = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         args = tuple(a.to(device, torch.float64) if a.is_floating_point() else a.to(device) for a in args)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError
+from ..limits import check_allocation
 from ..orders import ORDERS, channel_index
 
 PROBE_SIZE = 48  # divisible by the block sizes 2, 3, 4, 6, 8, 12, 16, 24
@@ -49,6 +50,7 @@ class NotSpaceToDepth(ConversionError):
 
 def _run(module: nn.Module, channels: int) -> tuple[torch.Tensor, int, int]:
     size = PROBE_SIZE
+    check_allocation((1, channels, size, size), torch.float64, "the probe input")  # channels may come from a file
     values = torch.arange(channels * size * size, dtype=torch.float64).view(1, channels, size, size)
     dtype = next((t.dtype for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()), None)
     probe = values.to(dtype or torch.float32)  # C*48*48 < 2**24: exact in float32 too

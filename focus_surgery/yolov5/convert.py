@@ -192,8 +192,12 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
     tensors = {
         k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in conv.model.state_dict().items()
     }
+    from ..tensor_digest import tensors_digest
+
+    digest = tensors_digest(tensors)  # in both files: a pair from two different conversions is refused when read
     config = {
         "format": CONFIG_FORMAT,
+        "tensors_sha256": digest,
         "dtype": str(dtype).replace("torch.", ""),
         "architecture": conv.arch.to_dict(),
         "metadata": _metadata(conv, to),
@@ -209,7 +213,7 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
         )
     from ..checkpoint_io import safetensors_save
 
-    metadata = {"format": CONFIG_FORMAT, "config": json_dst.name}
+    metadata = {"format": CONFIG_FORMAT, "config": json_dst.name, "tensors_sha256": digest}
     return atomic_write_all(
         [  # both written in full first; then the tensors, then the JSON describing them
             (dst, lambda tmp: safetensors_save(tensors, tmp, metadata)),
@@ -221,11 +225,29 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
 def _is_our_config(path: Path) -> bool:
     """Whether ``path`` is an architecture JSON an earlier conversion wrote (safe to replace)."""
     try:
-        if path.stat().st_size > 64 << 20:
+        if not path.is_file() or path.stat().st_size > 64 << 20:  # never open a FIFO or a device: it could block
             return False
         return json.loads(path.read_text()).get("format") == CONFIG_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _check_pair(path: Path, json_path: Path, tensors: dict, stored: Any, described: Any) -> None:
+    """Refuse a ``.safetensors`` + ``.json`` pair whose halves come from different conversions.
+
+    Both files record the SHA-256 of the tensors they were written with (pairs written before that record neither
+    and are read as before); the tensors read must have that digest in both.
+    """
+    if stored is None and described is None:
+        return
+    from ..tensor_digest import tensors_digest
+
+    actual = tensors_digest(tensors)
+    if stored != actual or described != actual:
+        raise CheckpointError(
+            f"{path}: does not match {json_path.name} (the tensors' sha256 is {actual[:12]}..., the pair records "
+            f"{str(stored)[:12]}... / {str(described)[:12]}...: written by two different conversions); convert again"
+        )
 
 
 def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
@@ -247,9 +269,13 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise CheckpointError(f"{json_path}: not a focus-surgery YOLOv5 architecture file")
     try:
-        tensors = load(path.read_bytes())  # bytes, not a path: file names need not be UTF-8
+        data = path.read_bytes()  # bytes, not a path: file names need not be UTF-8
+        tensors = load(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        stored = (header.get("__metadata__") or {}).get("tensors_sha256")
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path}: corrupt safetensors file ({str(error).splitlines()[0]})") from None
+    _check_pair(path, json_path, tensors, stored, config.get("tensors_sha256"))
     try:
         arch = LegacyArchitecture.from_dict(config["architecture"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:

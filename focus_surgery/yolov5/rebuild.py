@@ -25,6 +25,7 @@ from ..loader.plain import PLAIN_BUDGET
 from ..loader.plain import to_plain as _plain
 from ..loader.layers import check_hyperparameters, module_class
 from .detect import LegacyDetect
+from .sizes import check_sizes
 
 # YOLOv5 yaml layer names we let Ultralytics' parser build (its parser resolves names to callables, so only these).
 KNOWN_LAYERS = frozenset(
@@ -436,6 +437,7 @@ def build_model(arch: LegacyArchitecture, weights: dict[str, torch.Tensor], sour
 
     _check_rows(arch.yaml, source, detect_last=False)  # also when the architecture comes from a JSON file
     check_scaling(arch.yaml, weights, arch.detect, source)  # before the parser builds anything
+    check_sizes(arch, weights, source)  # head channels and leaf shapes: no layer larger than its weights
     yaml = {k: copy.deepcopy(arch.yaml[k]) for k in YAML_KEYS if k in arch.yaml}  # no `activation` string to eval
     try:
         with contextlib.redirect_stdout(io.StringIO()):
