@@ -35,3 +35,24 @@ def write_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, 
     data = root / "data.yaml"
     data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     return data
+
+
+def write_sized_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0, nc: int = 3) -> list[Path]:
+    """One noisy image with 1-3 filled rectangles per (width, height) in ``sizes``, ``<k>.png`` in ``folder``.
+
+    No labels are written (the caller writes its own); returns the image paths.
+    """
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k, (width, height) in enumerate(sizes):
+        img = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            w, h = int(rng.integers(width // 6, width // 2)), int(rng.integers(height // 6, height // 2))
+            x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            img[y0 : y0 + h, x0 : x0 + w] = COLOURS[int(rng.integers(0, nc)) % len(COLOURS)]
+        paths.append(folder / f"{k}.png")
+        cv2.imwrite(str(paths[-1]), img)
+    return paths

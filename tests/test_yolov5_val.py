@@ -93,3 +93,69 @@ def test_ultralytics_models_keep_ultralytics_validator(data, tmp_path):
     v.iouv = torch.linspace(0.5, 0.95, 10)
     greedy = v.match_predictions(CLASSES, CLASSES, IOU).tolist()
     assert greedy[0][0] and greedy[1][0]  # Ultralytics' own (confidence-greedy) matching, unchanged
+
+
+MIXED = json.loads((FIXTURE / "mixed.json").read_text())
+MIXED_MODELS = {"p5": "mixed-yolov5s-v7.0.pt", "p6": "mixed-yolov5s6-v7.0.pt"}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Per model: the fixture's mixed-size images with that model's labels (see make_mixed.py), and the converted
+    model."""
+    from focus_surgery.yolov5.convert import convert_yolov5, save_conversion
+    from _yolo_synthetic_data import write_sized_images
+
+    out = {}
+    for name, file in MIXED_MODELS.items():
+        root = tmp_path_factory.mktemp(f"mixed-{name}")
+        write_sized_images(root / "images" / "val", [tuple(s) for s in MIXED["sizes"]], seed=MIXED["seed"])
+        (root / "labels" / "val").mkdir(parents=True)
+        for stem, rows in MIXED[name]["labels"].items():
+            (root / "labels" / "val" / f"{stem}.txt").write_text("\n".join(rows) + "\n")
+        yaml = root / "data.yaml"
+        yaml.write_text(f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n  0: c0\n  1: c1\n  2: c2\n")
+        dst = root / f"{name}-conv.pt"
+        save_conversion(convert_yolov5(FIXTURE / file), dst, "conv")
+        out[name] = yaml, dst
+    return out
+
+
+# P5 plain / agnostic: still 1.46e-3 off in one metric (measured; not understood yet, see the fixture README)
+_P5_GAP = pytest.mark.xfail(strict=True, reason="P5 mixed-size gap 1.46e-3 > 1e-3, open")
+
+
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        pytest.param(name, mode, marks=_P5_GAP if name == "p5" and mode != "single_cls" else ())
+        for name in sorted(MIXED_MODELS)
+        for mode in ("plain", "single_cls", "agnostic")
+    ],
+)
+def test_mixed_sizes_val_equals_yolov5_val_py(mixed, name, mode, tmp_path):
+    """Images of mixed sizes (long sides 70-200 px at imgsz 128): val.py's resize (``int()``, INTER_AREA when
+    shrinking), rect batches, half-pixel padding and IoU 0.6 (Ultralytics' default 0.7 is replaced: not passed here)."""
+    yaml, weights = mixed[name]
+    box = (
+        YOLO(weights)
+        .val(
+            data=str(yaml),
+            imgsz=MIXED["imgsz"],
+            batch=MIXED["batch_size"],
+            conf=MIXED["conf_thres"],
+            single_cls=mode == "single_cls",
+            agnostic_nms=mode == "agnostic",
+            device="cpu",
+            workers=0,
+            plots=False,
+            verbose=False,
+            project=str(tmp_path),
+            name="val",
+            exist_ok=True,
+        )
+        .box
+    )
+    ref = MIXED[name][mode]
+    assert abs(box.map50 - ref["map50"]) <= 1e-3, (box.map50, ref["map50"])
+    assert abs(box.map - ref["map50_95"]) <= 1e-3, (box.map, ref["map50_95"])

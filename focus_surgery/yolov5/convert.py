@@ -9,6 +9,7 @@ writes are atomic. The ``.safetensors`` form needs no pickle: its JSON holds the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .release import exact_release
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
+    _is_yolov5_model,
     build_model,
     guess_release,
     load_weights,
@@ -52,6 +54,7 @@ class LegacyConversion:
     release: str  # guess_release(ckpt), asked once
     replaced: list = field(default_factory=list)
     verification: VerificationReport | None = None
+    training_model: nn.Module | None = None  # a last.pt's ``model`` when ``model`` is its EMA (what train.py tunes)
 
     @property
     def max_abs_err(self) -> float | None:
@@ -107,22 +110,41 @@ def convert_yolov5(
     ckpt = src if isinstance(src, LegacyCheckpoint) else read_yolov5_checkpoint(src)
     model, arch = rebuild(ckpt)
     stem_before = _stem_name(model)
-    changes, skipped = plan(model, to, "stem")
-    if skipped:
-        raise ConversionError(f"{skipped[0].path}: {skipped[0].reason}")
-    shape = verification_shape(model)
-    verification = check(model, changes, input_shape=shape, tolerance=tolerance) if measure else None
-    apply_changes(model, changes)  # its hook (sync_yaml) writes the stem's YAML row: the one place that does
-    replaced = [vars(c.record) for c in changes if c.record is not None]
+    replaced, verification = _convert_stem(model, to, measure, tolerance)
     release = guess_release(ckpt)
     result = LegacyConversion(
         ckpt, model, _current_architecture(model, arch), stem_before, _stem_name(model), release, replaced, verification
     )
+    if ckpt.model_key == "ema" and _is_yolov5_model(ckpt.content.get("model")):
+        # a last.pt written during training: train.py fine-tunes ``model``, inference (attempt_load) uses ``ema``
+        training, _ = rebuild(dataclasses.replace(ckpt, model_key="model"))
+        training_check = _convert_stem(training, to, measure, tolerance)[1]
+        if training_check is not None and (
+            not training_check.passed or training_check.max_abs_err > verification.max_abs_err
+        ):
+            result.verification = training_check  # the worse of the two checks is the one reported
+        result.training_model = training
     hyp = checkpoint_hyp(ckpt.metadata, ckpt.metadata.get("hyp"))
     if hyp:  # what training with Ultralytics reads (focus_surgery.yolov5.training)
         model.yaml[HYP_KEY] = {k: v for k, v in hyp.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     model.yaml[RELEASE_KEY] = exact_release(ckpt)  # the loss follows that release's rules (loss_rules)
+    if result.training_model is not None:
+        result.training_model.yaml = copy.deepcopy(model.yaml)
     return result
+
+
+def _convert_stem(
+    model: nn.Module, to: str, measure: bool, tolerance: float
+) -> tuple[list[dict], VerificationReport | None]:
+    """Plan, measure (float64, when ``measure``) and apply the stem conversion on ``model`` in place."""
+    changes, skipped = plan(model, to, "stem")
+    if skipped:
+        raise ConversionError(f"{skipped[0].path}: {skipped[0].reason}")
+    verification = (
+        check(model, changes, input_shape=verification_shape(model), tolerance=tolerance) if measure else None
+    )
+    apply_changes(model, changes)  # its hook (sync_yaml) writes the stem's YAML row: the one place that does
+    return [vars(c.record) for c in changes if c.record is not None], verification
 
 
 def _metadata(conv: LegacyConversion, to: str) -> dict[str, Any]:
@@ -144,11 +166,18 @@ def ultralytics_checkpoint(conv: LegacyConversion, to: str) -> dict[str, Any]:
     """The dict ``torch.save`` writes: Ultralytics' checkpoint layout, model in the source dtype."""
     import ultralytics
 
-    model = copy.deepcopy(conv.model)
-    if conv.ckpt.dtype == torch.float16:
-        model = model.half()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    def stored(module: nn.Module) -> nn.Module:
+        module = copy.deepcopy(module)
+        if conv.ckpt.dtype == torch.float16:
+            module = module.half()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    model = stored(conv.model)
+    # a last.pt's two models stay two: Ultralytics loads ``ema`` (as YOLOv5's attempt_load), training on YOLOv5's
+    # schedule takes ``model`` (as train.py; focus_surgery.yolov5.training)
+    training = stored(conv.training_model) if conv.training_model is not None else None
     meta = conv.ckpt.metadata
     best = meta.get("best_fitness")
     best = best[0] if isinstance(best, list) and len(best) == 1 else best
@@ -159,8 +188,8 @@ def ultralytics_checkpoint(conv: LegacyConversion, to: str) -> dict[str, Any]:
         "docs": "https://docs.ultralytics.com",
         "epoch": meta.get("epoch", -1),
         "best_fitness": best if isinstance(best, (int, float)) or best is None else None,
-        "model": model,
-        "ema": None,
+        "model": training if training is not None else model,
+        "ema": model if training is not None else None,
         "updates": None,
         "optimizer": None,
         "train_args": {"task": "detect", "imgsz": 640},

@@ -14,7 +14,7 @@ weights before training    rounded through float16 after autoanchor     as loade
                            (``model.half().float()``); BatchNorm
                            ``eps = 1e-3``, ``momentum = 0.03`` (a new
                            ``Model`` takes the checkpoint's weights)
-autoanchor's random draws  from generators seeded ``seed + 1``          (Ultralytics runs no autoanchor)
+autoanchor's random draws  from generators seeded ``seed + 1 + RANK``   (Ultralytics runs no autoanchor)
 =========================  ===========================================  ==========================================
 
 Everything else (SGD parameter groups, weight decay scaling, warm-up of learning rates and momentum, gradient

@@ -18,7 +18,8 @@ Ultralytics is loaded) wraps, in memory:
 * YOLOv5's schedule (``schedule.py``; the default for these models, ``yolov5_hyp: {schedule: 0}`` gives
   Ultralytics' back): warm-up ``max(round(warmup_epochs * nb), 100)`` iterations, accumulation ramped to
   ``nbs / batch`` uncapped, the post-warm-up learning rate one epoch behind as ``train.py``'s, SGD for
-  ``optimizer=auto``, autoanchor drawn from generators seeded as ``train.py`` seeds them, and the model rounded
+  ``optimizer=auto``, a converted ``last.pt`` fine-tuned from its ``model`` rather than its EMA, autoanchor
+  drawn from generators seeded as ``train.py`` seeds them, and the model rounded
   through float16 after autoanchor (``train.py``'s ``model.half().float()``).
 
 Checkpoints that Ultralytics writes hold a plain ``DetectionModel`` with a ``LegacyDetect`` head and the YAML with
@@ -50,6 +51,11 @@ def legacy_head(model: nn.Module) -> nn.Module | None:
     layers = getattr(model, "model", None)
     head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
     return head if isinstance(head, LegacyDetect) else None
+
+
+def legacy_head_of(obj: Any) -> bool:
+    """Whether ``obj`` is a model with a ``LegacyDetect`` head."""
+    return isinstance(obj, nn.Module) and legacy_head(obj) is not None
 
 
 def _arg(args: Any, name: str, default: Any) -> Any:
@@ -133,11 +139,30 @@ def keep_loaded_layers(built: nn.Module, loaded: nn.Module) -> nn.Module:
     return model.train()
 
 
+def training_weights(path: Any) -> nn.Module | None:
+    """The ``model`` of a checkpoint holding both a training ``model`` and its ``ema`` with a ``LegacyDetect`` head
+    (a YOLOv5 ``last.pt`` converted by ``convert_yolov5``), when YOLOv5's schedule is on: ``train.py`` fine-tunes
+    ``ckpt['model']`` where Ultralytics takes the EMA. None otherwise."""
+    from pathlib import Path
+
+    if not isinstance(path, (str, Path)) or Path(path).suffix != ".pt" or not Path(path).is_file():
+        return None
+    from ultralytics.nn.tasks import torch_safe_load
+
+    ckpt, _ = torch_safe_load(path)
+    model, ema = ckpt.get("model"), ckpt.get("ema")
+    if not (isinstance(model, nn.Module) and isinstance(ema, nn.Module)) or legacy_head(model) is None:
+        return None
+    return model.float() if model_hyp(model).get("schedule", 1) else None
+
+
 def _wrap_get_model(original):
     @functools.wraps(original)
     def get_model(self, cfg=None, weights=None, verbose=True):
-        built = original(self, cfg=cfg, weights=weights, verbose=verbose)
         loaded = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        training = training_weights(getattr(self.args, "model", None)) if legacy_head_of(loaded) else None
+        built = original(self, cfg=cfg, weights=weights if training is None else training, verbose=verbose)
+        loaded = loaded if training is None else training
         return keep_loaded_layers(built, loaded) if isinstance(loaded, nn.Module) else built
 
     setattr(get_model, WRAPPED_MARK, original)
@@ -158,7 +183,7 @@ def uses_yolov5_schedule(trainer: Any) -> bool:
 
 def run_autoanchor(trainer: Any) -> dict | None:
     """YOLOv5's ``check_anchors`` on the trainer's model and training labels; the YAML's anchors follow."""
-    from ultralytics.utils import LOGGER
+    from ultralytics.utils import LOGGER, RANK
     from ultralytics.utils.torch_utils import unwrap_model
 
     from .autoanchor import check_anchors
@@ -170,7 +195,8 @@ def run_autoanchor(trainer: Any) -> dict | None:
     labels = trainer.train_loader.dataset.labels
     shapes = np.array([lb["shape"][::-1] for lb in labels], dtype=np.float64)  # (width, height)
     imgsz = trainer.args.imgsz
-    seed = int(trainer.args.seed) + 1 if uses_yolov5_schedule(trainer) else None  # train.py's init_seeds(seed + 1)
+    # train.py's init_seeds(opt.seed + 1 + RANK): RANK is -1 outside DDP, so a plain run seeds with opt.seed
+    seed = int(trainer.args.seed) + 1 + RANK if uses_yolov5_schedule(trainer) else None
     with seeded_generators(seed):
         report = check_anchors(
             head,

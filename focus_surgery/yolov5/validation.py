@@ -18,7 +18,16 @@ wraps, in memory, five methods of ``DetectionValidator``:
   linearly from the last recall to recall 1 at precision 0; Ultralytics drops it to 0 right after the last recall).
   ``ultralytics.utils.metrics.compute_ap`` is swapped for the duration of that call only.
 
-Every other model gets Ultralytics' own NMS and matching, unchanged.
+And YOLOv5's preprocessing (``val.py``'s dataloader) for such a model validated on its own (``model.val()``):
+
+* ``__call__``: notes the model before the dataloader is built and, where the IoU threshold is Ultralytics' default
+  (0.7), uses ``val.py``'s 0.6;
+* ``build_dataset``: images are resized as ``val.py``'s ``load_image`` does (``int()`` of the scaled sides, INTER_AREA
+  when shrinking; Ultralytics: ``ceil()`` and INTER_LINEAR); rect batches and letterboxing are already the same;
+* ``_process_batch`` (above): predictions are mapped back with ``val.py``'s unrounded padding (half a pixel where the
+  padding is odd; the image itself sits at the rounded offset in both).
+
+Every other model gets Ultralytics' own NMS, matching and preprocessing, unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -36,6 +46,7 @@ from .training import WRAPPED_MARK, legacy_head, wrap_methods
 
 _VALIDATOR_MODULE = "ultralytics.models.yolo.detect.val"
 _FLAG = "_focus_surgery_yolov5"
+YOLOV5_VAL_IOU = 0.6  # val.py's --iou-thres
 
 
 def has_legacy_head(model: Any) -> bool:
@@ -142,6 +153,67 @@ def _yolov5_average_precision():
         metrics.compute_ap = original
 
 
+def yolov5_load_image(self: Any, i: int, rect_mode: bool = True) -> tuple[np.ndarray, tuple, tuple]:
+    """``val.py``'s ``load_image`` as a method of an Ultralytics dataset: long side scaled to ``imgsz`` with the
+    sides truncated by ``int()``, INTER_AREA when shrinking (INTER_LINEAR when enlarging or augmenting).
+
+    Returns:
+        (tuple): The BGR image (H, W, C), its original (h, w) and its resized (h, w).
+    """
+    import cv2
+    from ultralytics.utils.patches import imread
+
+    if self.ims[i] is not None:
+        return self.ims[i], self.im_hw0[i], self.im_hw[i]
+    im = imread(self.im_files[i], flags=self.cv2_flag)
+    if im is None:
+        raise FileNotFoundError(f"Image Not Found {self.im_files[i]}")
+    h0, w0 = im.shape[:2]
+    r = (max(self.imgsz) if isinstance(self.imgsz, (tuple, list)) else self.imgsz) / max(h0, w0)
+    if r != 1:
+        interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
+        im = cv2.resize(im, (int(w0 * r), int(h0 * r)), interpolation=interp)
+    if im.ndim == 2:
+        im = im[..., None]
+    return im, (h0, w0), im.shape[:2]
+
+
+def yolov5_ratio_pad(imgsz: Any, ori_shape: Any, ratio_pad: Any) -> tuple:
+    """``val.py``'s ``((h / h0, w / w0), (dw, dh))`` for an Ultralytics ``ratio_pad``: the same ratios, the padding
+    unrounded (``letterbox``'s ``dw / 2``)."""
+    (rh, rw), _ = ratio_pad
+    h, w = round(ori_shape[0] * rh), round(ori_shape[1] * rw)
+    return (rh, rw), ((int(imgsz[1]) - w) / 2, (int(imgsz[0]) - h) / 2)
+
+
+def _wrap_call(original):
+    @functools.wraps(original)
+    def __call__(self, trainer=None, model=None, **kwargs):
+        legacy = has_legacy_head(model) if trainer is None else False
+        setattr(self, _FLAG + "_data", legacy)
+        if legacy:
+            from ultralytics.cfg import DEFAULT_CFG_DICT
+
+            if self.args.iou == DEFAULT_CFG_DICT["iou"]:
+                self.args.iou = YOLOV5_VAL_IOU
+        return original(self, trainer=trainer, model=model, **kwargs)
+
+    setattr(__call__, WRAPPED_MARK, original)
+    return __call__
+
+
+def _wrap_build_dataset(original):
+    @functools.wraps(original)
+    def build_dataset(self, img_path, mode="val", batch=None):
+        dataset = original(self, img_path, mode=mode, batch=batch)
+        if getattr(self, _FLAG + "_data", False):
+            dataset.load_image = types.MethodType(yolov5_load_image, dataset)
+        return dataset
+
+    setattr(build_dataset, WRAPPED_MARK, original)
+    return build_dataset
+
+
 def _wrap_init_metrics(original):
     @functools.wraps(original)
     def init_metrics(self, model):
@@ -180,8 +252,11 @@ def _wrap_process_batch(original):
         from ultralytics.utils.metrics import box_iou
 
         native = [
-            ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"], ratio_pad=batch["ratio_pad"])
-            for b in (batch["bboxes"], preds["bboxes"])
+            ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"], ratio_pad=ratio_pad)
+            for b, ratio_pad in (
+                (batch["bboxes"], batch["ratio_pad"]),  # labels: back where the dataset put them
+                (preds["bboxes"], yolov5_ratio_pad(batch["imgsz"], batch["ori_shape"], batch["ratio_pad"])),
+            )
         ]
         return {"tp": self.match_predictions(preds["cls"], batch["cls"], box_iou(*native)).cpu().numpy()}
 
@@ -214,7 +289,7 @@ def _wrap_match_predictions(original):
 
 def install_validator(val_module: Any) -> None:
     """Wrap ``val_module.DetectionValidator``'s ``init_metrics``, ``postprocess``, ``_process_batch``,
-    ``match_predictions`` and ``get_stats``; idempotent."""
+    ``match_predictions``, ``get_stats``, ``__call__`` and ``build_dataset``; idempotent."""
     wrap_methods(
         val_module.DetectionValidator,
         {
@@ -223,6 +298,8 @@ def install_validator(val_module: Any) -> None:
             "_process_batch": _wrap_process_batch,
             "get_stats": _wrap_get_stats,
             "match_predictions": _wrap_match_predictions,
+            "__call__": _wrap_call,
+            "build_dataset": _wrap_build_dataset,
         },
     )
 
