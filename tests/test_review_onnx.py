@@ -19,8 +19,16 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from _bounded_cli import run_fresh  # noqa: E402
+from _bounded_cli import BoundedCLI  # noqa: E402
 from test_onnx_hostile import SECRET, _stem_graph  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """The CLI's ``main`` in a forked process per run (own working directory and limits), imports paid once."""
+    server = BoundedCLI(tmp_path_factory.mktemp("review-onnx-runs"))
+    yield server
+    server.close()
 
 
 def _digests(folder) -> dict[str, str]:
@@ -42,7 +50,7 @@ def _external_start(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("location", [".secret/key", ".env", "m.onnx"])
-def test_hidden_files_and_the_model_itself_are_never_external_data(location, tmp_path):
+def test_hidden_files_and_the_model_itself_are_never_external_data(location, tmp_path, cli):
     """A model in ``$HOME`` naming ``.ssh/id_rsa`` as its data: on main ``inspect`` printed the first 8 bytes as
     ``slice [4995128901736877908::2]`` ("TOPSECRE")."""
     work = tmp_path / "work"
@@ -53,7 +61,7 @@ def test_hidden_files_and_the_model_itself_are_never_external_data(location, tmp
     src.write_bytes(_external_start(_stem_graph(), location).SerializeToString())
     before = _digests(work)
     for argv in (["inspect", src], ["convert", src, work / "out.onnx"]):
-        outcome = run_fresh(*argv, cwd=work)
+        outcome = cli.run(*argv, cwd=work)
         assert outcome.returncode == 2, outcome
         [line] = outcome.stderr_lines
         assert "external data" in line and ("hidden" in line or "model file itself" in line), line
@@ -84,17 +92,17 @@ def _block_quantized_weight() -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("verify", [False, True])
-def test_block_quantized_weight_is_left_not_folded(verify, tmp_path):
+def test_block_quantized_weight_is_left_not_folded(verify, tmp_path, cli):
     src, dst = tmp_path / "m.onnx", tmp_path / "out.onnx"
     src.write_bytes(_block_quantized_weight().SerializeToString())
-    outcome = run_fresh("convert", src, dst, *(["--verify"] if verify else []), cwd=tmp_path)
+    outcome = cli.run("convert", src, dst, *(["--verify"] if verify else []), cwd=tmp_path)
     assert outcome.returncode == 2, outcome  # main: exit 0 with an unrunnable graph, or 1 (a "failed conversion")
     [line] = outcome.stderr_lines
     assert "block-quantized" in line and "DequantizeLinear" in line, line
     assert not dst.exists()
 
 
-def test_onnxruntime_errors_stay_off_stderr(tmp_path):
+def test_onnxruntime_errors_stay_off_stderr(tmp_path, cli):
     """The original graph fails at the verification size (its Reshape hard-codes the export size): one line, ours;
     on main onnxruntime's own ``[E:onnxruntime ...]`` log lines came first."""
     model = _stem_graph()
@@ -107,7 +115,7 @@ def test_onnxruntime_errors_stay_off_stderr(tmp_path):
     model.graph.output.append(helper.make_tensor_value_info("flat_out", TensorProto.FLOAT, [1, 64]))
     src, dst = tmp_path / "m.onnx", tmp_path / "out.onnx"
     src.write_bytes(model.SerializeToString())
-    outcome = run_fresh("convert", src, dst, "--verify", cwd=tmp_path)
+    outcome = cli.run("convert", src, dst, "--verify", cwd=tmp_path)
     assert outcome.returncode == 2, outcome
     assert len(outcome.stderr_lines) == 1 and "original graph itself fails" in outcome.stderr_lines[0], outcome
     assert not dst.exists()
