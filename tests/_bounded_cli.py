@@ -37,6 +37,9 @@ WARM_IMPORTS = (
     "focus_surgery.folder",
     "ultralytics.nn.tasks",
     "safetensors.torch",
+    "focus_surgery.onnx_graph.runtime",  # onnx + onnxruntime: the ONNX hostile files start at once too
+    "onnx.reference",
+    "onnxruntime",
 )
 
 
@@ -87,8 +90,11 @@ def _vm_size() -> int:
     return 0
 
 
-def _child(argv: list[str], out: str, err: str, headroom: int) -> None:
+def _child(argv: list[str], out: str, err: str, headroom: int, cwd: str | None = None) -> None:
     import resource
+
+    if cwd is not None:  # relative names in the file (external data) must not resolve against the server's folder
+        os.chdir(cwd)
 
     limit = _vm_size() + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -139,7 +145,8 @@ def serve() -> None:
         if pid == 0:
             try:
                 os.setpgid(0, 0)
-                _child(argv, job["out"], job["err"], job["headroom"])
+                cwd = _decode_path(job["cwd"]) if job.get("cwd") is not None else None
+                _child(argv, job["out"], job["err"], job["headroom"], cwd)
             finally:
                 os._exit(120)
         try:
@@ -189,11 +196,20 @@ class BoundedCLI:
         if not ready.get("ready"):
             raise RuntimeError("the CLI fork server did not start")
 
-    def run(self, *args: str | os.PathLike, limit: float = TIME_LIMIT, headroom: int = AS_HEADROOM) -> Outcome:
+    def run(
+        self,
+        *args: str | os.PathLike,
+        limit: float = TIME_LIMIT,
+        headroom: int = AS_HEADROOM,
+        cwd: str | os.PathLike | None = None,
+    ) -> Outcome:
+        """One CLI run in a forked child (working directory ``cwd``, default the repository root)."""
         self.count += 1
         out, err = self.workdir / f"{self.count}.out", self.workdir / f"{self.count}.err"
         argv = [os.fsencode(a).hex() for a in args]
         job = {"argv": argv, "out": str(out), "err": str(err), "limit": limit, "headroom": headroom}
+        if cwd is not None:
+            job["cwd"] = os.fsencode(os.fspath(cwd)).hex()
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         result = json.loads(self.proc.stdout.readline())

@@ -184,10 +184,17 @@ def test_nhwc_transpose_before_the_slices_is_part_of_the_chain(tmp_path):
 # -------------------------------------------------------------------------------------------------- external data
 
 
+_DYNAMO_PAIR: dict[str, bytes] = {}  # one export per session, copied into each test's folder (5-10 s each)
+
+
 def _dynamo_external(folder: Path) -> Path:
     """torch's dynamo exporter with its default external data (``m.onnx`` + ``m.onnx.data``)."""
     pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
     path = folder / "m.onnx"
+    if _DYNAMO_PAIR:
+        for name, data in _DYNAMO_PAIR.items():
+            (folder / name).write_bytes(data)
+        return path
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
@@ -197,6 +204,8 @@ def _dynamo_external(folder: Path) -> Path:
             logging.disable(logging.NOTSET)
     model = onnx.load(str(path), load_external_data=False)
     assert any(len(t.external_data) for t in model.graph.initializer), "the exporter wrote no external data"
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]
+    _DYNAMO_PAIR.update({p.name: p.read_bytes() for p in folder.iterdir()})
     return path
 
 

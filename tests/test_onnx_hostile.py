@@ -15,7 +15,17 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from _bounded_cli import run_fresh  # noqa: E402
+from _bounded_cli import BoundedCLI, run_fresh  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """One fork server for the module: each run is still the CLI's ``main`` in its own process (own working
+    directory, time and address-space limit), without paying torch's imports per run."""
+    server = BoundedCLI(tmp_path_factory.mktemp("onnx-cli-runs"))
+    yield server
+    server.close()
+
 
 PAYLOAD = b"echo payload-ran\n"  # appended to .bashrc by a save that follows the tensor's location
 SECRET = b"TOPSECRETBYTES"
@@ -100,7 +110,7 @@ def _slice_starts_read_secret() -> onnx.ModelProto:
     "make", [_function_constant_writes_bashrc, _subgraph_constant_writes_bashrc, _slice_starts_read_secret]
 )
 @pytest.mark.parametrize("command", ["convert", "inspect"])
-def test_external_tensor_anywhere_is_refused(make, command, tmp_path):
+def test_external_tensor_anywhere_is_refused(make, command, tmp_path, cli):
     work = tmp_path / "work"
     work.mkdir()
     src, dst = work / "m.onnx", work / "out.onnx"
@@ -108,7 +118,7 @@ def test_external_tensor_anywhere_is_refused(make, command, tmp_path):
     (work / "secret.txt").write_bytes(SECRET + b"\0\0")
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in work.iterdir()}
     argv = ["convert", src, dst] if command == "convert" else ["inspect", src]
-    outcome = run_fresh(*argv, cwd=work)
+    outcome = cli.run(*argv, cwd=work)
     assert outcome.returncode == 2, outcome
     assert len(outcome.stderr_lines) == 1 and "external data" in outcome.stderr_lines[0], outcome
     assert SECRET not in outcome.stdout + outcome.stderr
@@ -281,19 +291,19 @@ def _huge_static_input() -> onnx.ModelProto:
     ],
     ids=["80k-transposes", "loop-slice-starts", "loop-reshape-shape", "loop-verified", "8192-stem", "8192-verified"],
 )
-def test_unbounded_work_is_refused_before_it_starts(make, argv_tail, message, tmp_path):
+def test_unbounded_work_is_refused_before_it_starts(make, argv_tail, message, tmp_path, cli):
     """Through the real CLI with 1 GiB of address-space headroom: exit 2, one line, nothing written."""
     src, dst = tmp_path / "m.onnx", tmp_path / "out.onnx"
     src.write_bytes(make().SerializeToString())
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    outcome = run_fresh("convert", src, dst, *argv_tail, cwd=tmp_path, headroom=1 << 30, limit=300)
+    outcome = cli.run("convert", src, dst, *argv_tail, cwd=tmp_path, headroom=1 << 30, limit=300)
     assert not outcome.timed_out and outcome.returncode == 2, outcome
     assert len(outcome.stderr_lines) == 1 and message in outcome.stderr_lines[0], outcome
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
 
 
-def test_initializer_data_outside_the_models_folder_is_refused(tmp_path):
+def test_initializer_data_outside_the_models_folder_is_refused(tmp_path, cli):
     """An initializer naming ``../secret.txt`` or a symlink leading out: refused, never read or printed."""
     import os
 
@@ -309,7 +319,7 @@ def test_initializer_data_outside_the_models_folder_is_refused(tmp_path):
         src.write_bytes(model.SerializeToString())
         before = {p.name: p.read_bytes() for p in work.iterdir() if not p.is_symlink()}
         for argv in (["convert", src, work / "out.onnx"], ["inspect", src]):
-            outcome = run_fresh(*argv, cwd=work)
+            outcome = cli.run(*argv, cwd=work)
             assert outcome.returncode == 2, outcome
             assert len(outcome.stderr_lines) == 1 and "external data" in outcome.stderr_lines[0], outcome
             assert SECRET not in outcome.stdout + outcome.stderr

@@ -4,7 +4,8 @@
 External data is untrusted input too (issue 25): only initializers of the main graph may keep their bytes in
 another file (as exporters write them: torch's dynamo exporter, ``onnx.save(..., save_as_external_data=True)``),
 that file must be a regular file inside the model's own folder named by a plain relative path (no ``..``, no
-absolute path, no symlink leading out), and exactly the tensor's declared size is read. A tensor with external
+absolute path, no hidden file or folder such as ``.ssh/id_rsa``, not the model file itself, no symlink leading out),
+and exactly the tensor's declared size is read. A tensor with external
 data anywhere else (a Constant, a function, a subgraph) is refused: ONNX's own loader and saver would follow it.
 """
 
@@ -154,9 +155,13 @@ def _read_one(tensor, path: Path, folder: Path, handles: dict, budget: int) -> b
         raise OnnxSurgeryError(
             f"{where}: external data must be named by a plain relative path inside the model's folder; refused"
         )
+    if any(p.startswith(".") for p in parts):  # .ssh/id_rsa, .env, .bashrc next to a model in $HOME: never data
+        raise OnnxSurgeryError(f"{where}: external data is a hidden file or folder; refused (rename the data file)")
     target = (folder / location).resolve()
     if target.parent != folder and folder not in target.parents:
         raise OnnxSurgeryError(f"{where}: external data leads out of the model's folder (symlink); refused")
+    if target == path.resolve():
+        raise OnnxSurgeryError(f"{where}: external data names the model file itself; refused")
     expected = _tensor_bytes(tensor, path)
     offset, length = entries.get("offset", "0"), entries.get("length", str(expected))
     if not _INT.fullmatch(offset) or not _INT.fullmatch(length) or int(length) != expected:

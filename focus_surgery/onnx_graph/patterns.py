@@ -362,6 +362,11 @@ def _conv_weight(index: GraphIndex, conv_index: int) -> tuple[str, int | None] |
         if any(index.const(n) is None for n in params):
             return f"the weight's DequantizeLinear {index.node_name(producer)!r} has computed scale / zero point"
         axis, scale = _attr(node, "axis", 1), index.const(node.input[1])
+        if _attr(node, "block_size", 0) or (scale.size > 1 and scale.ndim != 1):
+            return (  # opset 21 blocked quantization: its scale varies along the axes the fold permutes
+                f"the weight's DequantizeLinear {index.node_name(producer)!r} is block-quantized (scale shape "
+                f"{list(scale.shape)}), which the fold reshapes (only per-tensor or axis 0 stay exact)"
+            )
         if scale.size > 1 and axis not in (0, -4):
             return (
                 f"the weight's DequantizeLinear {index.node_name(producer)!r} is per-channel on axis {axis}, "
