@@ -185,7 +185,9 @@ def test_verify_exits_1_when_other_tensors_are_written_back_as_float32(tmp_path,
 
     def widened(sd, *args, **kwargs):
         out, stem = real(sd, *args, **kwargs)
-        return {k: v if k.startswith("model.0.") or not v.is_floating_point() else v.float() for k, v in out.items()}, stem
+        return {
+            k: v if k.startswith("model.0.") or not v.is_floating_point() else v.float() for k, v in out.items()
+        }, stem
 
     monkeypatch.setattr(plain_source, "convert_state_dict", widened)
     code, dst = _convert(tmp_path, _state_dict(dtype))
