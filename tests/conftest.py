@@ -1,11 +1,15 @@
 """Test set-up: no network, Ultralytics settings kept out of the home folder, deterministic seeds."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "focus-surgery-ultralytics-config"))
+if "YOLO_CONFIG_DIR" not in os.environ:  # a folder of this run's own: no fixed path shared by every checkout
+    os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="focus-surgery-ultralytics-config-")
+    atexit.register(shutil.rmtree, os.environ["YOLO_CONFIG_DIR"], ignore_errors=True)
 os.makedirs(os.environ["YOLO_CONFIG_DIR"], exist_ok=True)
 
 import pytest  # noqa: E402
