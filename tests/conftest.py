@@ -1,15 +1,11 @@
 """Test set-up: no network, Ultralytics settings kept out of the home folder, deterministic seeds."""
 
-import atexit
 import os
-import shutil
 import tempfile
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-if "YOLO_CONFIG_DIR" not in os.environ:  # a folder of this run's own: no fixed path shared by every checkout
-    os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="focus-surgery-ultralytics-config-")
-    atexit.register(shutil.rmtree, os.environ["YOLO_CONFIG_DIR"], ignore_errors=True)
+os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "focus-surgery-ultralytics-config"))
 os.makedirs(os.environ["YOLO_CONFIG_DIR"], exist_ok=True)
 
 import pytest  # noqa: E402

@@ -157,7 +157,7 @@ def test_dag_tuple_as_dict_key_does_not_hang(tmp_path):
     cached), which walks every path: the pure-Python unpickler hangs inside ``hash`` (loader/unpickler.py has no
     check on keys; same for set/frozenset members and ADDITEMS)."""
     path = zip_checkpoint(tmp_path / "dagkey.pt", b"\x80\x02}" + dag_tuple(60) + b"Ns.")
-    run = cli("inspect", path, timeout=20)
+    run = cli("inspect", path, timeout=300)  # generous: a bounded refusal takes a second
     assert run is not None, "inspect of a 130-byte file hung (hash of a shared tuple DAG used as a dict key)"
     assert run.returncode == 2 and str(path) in run.stderr
 
@@ -280,8 +280,12 @@ def test_inspect_names_dag_does_not_hang(tmp_path):
         names = [names, names]
     ckpt["model"].names, ckpt["ema"] = names, None
     torch.save(ckpt, tmp_path / "names.pt")
-    run = cli("inspect", tmp_path / "names.pt", timeout=40)
+    run = cli("inspect", tmp_path / "names.pt", timeout=300)  # generous: bounded work takes seconds
     assert run is not None, "inspect hung on a shared list DAG in model.names"
+    assert run.returncode in (0, 2) and "Traceback" not in run.stderr, run.stderr[-500:]
+    assert len(run.stdout) + len(run.stderr) < 100_000  # the DAG is not expanded into the report
+    if run.returncode == 2:
+        assert len(run.stderr.strip().splitlines()) == 1 and "names.pt" in run.stderr
 
 
 def test_hooks_stored_in_a_file_are_dropped(tmp_path):
@@ -403,7 +407,10 @@ def test_plain_metadata_of_a_slice_is_bounded():
         "from focus_surgery.yolov5.rebuild import _plain\n"
         "l = ['a']\n"
         "for _ in range(40): l = [l, l]\n"
-        "print(len(str(_plain({'opt': slice(l, None, None)}))))\n"
+        "try:\n"
+        "    print(len(str(_plain({'opt': slice(l, None, None)}))))\n"
+        "except ValueError as error:\n"  # CheckpointError: the budget of values stopped it
+        "    print('refused', error)\n"
     )
     try:  # a generous limit: bounded work ends in well under a second, an expanding repr never ends
         run = subprocess.run(
@@ -417,7 +424,8 @@ def test_plain_metadata_of_a_slice_is_bounded():
     except subprocess.TimeoutExpired:
         pytest.fail("_plain(slice(<list DAG>)) hung in repr()")
     assert run.returncode == 0, run.stderr[-500:]  # not a MemoryError from expanding the DAG either
-    assert 0 < int(run.stdout.strip()) <= 1000, run.stdout  # the slice's text is cut, not expanded
+    out = run.stdout.strip().splitlines()[-1]  # the last line: libraries may print notices first
+    assert out.startswith("refused metadata expands") or 0 < int(out) <= 1000, out  # stopped by a budget, or cut
 
 
 def test_folder_run_sigterm_leaves_no_temporary(tmp_path):
