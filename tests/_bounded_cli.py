@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ class Outcome:
 
 def _environment() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", YOLO_OFFLINE="1", MPLBACKEND="Agg")
-    env.setdefault("YOLO_CONFIG_DIR", "/tmp/focus-surgery-ultralytics-config")
+    env.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="focus-surgery-ultralytics-config-"))  # no fixed path
     return env
 
 

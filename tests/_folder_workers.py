@@ -21,6 +21,9 @@ def by_content(src: str, dst: str, options: dict) -> dict:
     if kind == "memory":
         blocks = [bytearray(256 << 20) for _ in range(64)]  # 16 GiB: past any limit the test sets
         return {"allocated": len(blocks)}
+    if kind.startswith("allocate "):  # "allocate N": N bytes in one block (virtual memory: what RLIMIT_AS bounds)
+        block = bytearray(int(kind.split()[1]))
+        return {"allocated": len(block)}
     if kind == "error":
         raise ValueError(f"{src}: not a checkpoint\nsecond line that must not be shown")
     if kind == "tempfile-then-hang":

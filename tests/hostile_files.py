@@ -782,11 +782,14 @@ def crc_flip(tmp: Path) -> Hostile:
     )
 
 
+def pwned_marker(tmp: Path) -> Path:
+    """What a payload run would create: beside the hostile files' folder, inside the test's tmp_path."""
+    return tmp.parent / "focus-surgery-pwned"
+
+
 def os_system_yolov5(tmp: Path) -> Hostile:
     def payload(p: PickleWriter) -> PickleWriter:
-        return (
-            p.glob("models.yolo.os", "system").mark().str("touch /tmp/focus-surgery-pwned").tuple().raw(pickle.REDUCE)
-        )
+        return p.glob("models.yolo.os", "system").mark().str(f"touch {pwned_marker(tmp)}").tuple().raw(pickle.REDUCE)
 
     path = splice_item(YOLOV5_FILE, tmp / "os-system-yolov5.pt", "wandb_id", payload)
     return Hostile(path, ("convert", "{src}", "{dst}"), effect="REDUCE of models.yolo.os.system kept as a record")

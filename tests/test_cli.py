@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from focus_surgery.demo import build_focus_model
+from tests._markers import marker_state
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "fixtures" / "yolov5-legacy"
@@ -113,13 +114,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_src, message, t
     src = make_src(tmp_path)
     dst = tmp_path / "out" / "never.pt"
     dst.parent.mkdir()
+    fixed_marker = marker_state()
     result = run("convert", src, dst)
     assert result.returncode == 2
     assert (
         message in result.stderr and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     )
     assert list(dst.parent.iterdir()) == []  # no partial output
-    assert not Path("/tmp/PWNED_focus_surgery").exists()  # nothing was executed
+    assert marker_state() == fixed_marker  # nothing was executed (malicious_reduce.pt would touch it)
 
 
 def test_unwritable_destination_and_same_file(focus_state_dict, tmp_path):

@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 
 from _bounded_cli import TIME_LIMIT, BoundedCLI, run_fresh
-from hostile_files import HOSTILE, STATE_DICT_FILE, VALID_ODD, YOLOV5_FILE, cdata_bare, cdata_in_yolov5, lstm_layers
+from hostile_files import (
+    HOSTILE,
+    STATE_DICT_FILE,
+    VALID_ODD,
+    YOLOV5_FILE,
+    cdata_bare,
+    cdata_in_yolov5,
+    lstm_layers,
+    pwned_marker,
+)
 
 MEMORY_MARGIN = 256 << 20
 ALLOCATION_FAILURE = re.compile(r"MemoryError|can't allocate|cannot allocate|out of memory|bad_alloc|std::", re.I)
@@ -87,7 +96,7 @@ def test_hostile_file_is_refused(name, cli, baseline_rss, tmp_path):
     before = digest(hostile.path)
     outcome = cli.run(*argv(hostile.command, hostile.path, out_dir / "converted.pt"))
     assert_refused(outcome, hostile.path, out_dir, before, baseline_rss, hostile.message, hostile.wrong)
-    assert not Path("/tmp/focus-surgery-pwned").exists()
+    assert not pwned_marker(src_dir).exists()
 
 
 @pytest.mark.parametrize("command", [("inspect", "{src}"), ("convert", "{src}", "{dst}"), ("verify", "{src}", "{src}")])

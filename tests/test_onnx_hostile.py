@@ -27,7 +27,7 @@ def cli(tmp_path_factory):
     server.close()
 
 
-PAYLOAD = b"echo payload-ran\n"  # appended to .bashrc by a save that follows the tensor's location
+PAYLOAD = b"echo pwned > focus-surgery-pwned\n"  # relative: a run of it would write into the test's work folder
 SECRET = b"TOPSECRETBYTES"
 
 
@@ -124,6 +124,7 @@ def test_external_tensor_anywhere_is_refused(make, command, tmp_path, cli):
     assert SECRET not in outcome.stdout + outcome.stderr
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in work.iterdir()}
     assert after == before, "a file was written, changed or removed"
+    assert not (work / "focus-surgery-pwned").exists()
 
 
 def test_saving_never_writes_an_external_file(tmp_path):

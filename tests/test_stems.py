@@ -22,7 +22,9 @@ def test_every_order_and_block_size_is_read_back(order, block_size, channels):
     assert (info.block_size, info.channels) == (block_size, channels)
     same = [channel_index(c, dy, dx, channels, block_size, order) for c, dy, dx in info.channel_map]
     assert same == list(range(channels * block_size**2))  # with C = 1, timm and pixel_unshuffle coincide
-    assert info.order == order or channels == 1
+    # with C = 1 only timm and pixel_unshuffle coincide (dy*bs + dx both); yolov5 (dx*bs + dy) never does
+    alike = {"timm", "pixel_unshuffle"} if channels == 1 and order in ("timm", "pixel_unshuffle") else {order}
+    assert info.order in alike
     assert len(info.channel_map) == channels * block_size**2
 
 

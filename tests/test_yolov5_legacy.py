@@ -38,10 +38,10 @@ from focus_surgery.yolov5.detect import LegacyDetect
 from focus_surgery.loader import Record, read_checkpoint
 from focus_surgery.surgery import convert
 from focus_surgery.yolov5.rebuild import describe, read_yolov5_checkpoint, rebuild
+from tests._markers import marker_state
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = list(MODELS)
-MARKER = Path("/tmp/PWNED_focus_surgery_wt3_test")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,14 +109,17 @@ def test_old_containers_and_numpy_core_names(tmp_path, container):
 
 
 class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker  # under the test's tmp_path: no path shared with other checkouts or runs
+
     def __reduce__(self):
-        return os.system, (f"touch {MARKER}",)
+        return os.system, (f"touch {self.marker}",)
 
 
 def _hostile_files(tmp_path: Path) -> dict[str, Path]:
     files = {}
     files["malicious"] = tmp_path / "malicious.pt"
-    torch.save({"epoch": -1, "model": None, "wandb_id": _Evil()}, files["malicious"])
+    torch.save({"epoch": -1, "model": None, "wandb_id": _Evil(tmp_path / "PWNED")}, files["malicious"])
     files["truncated"] = tmp_path / "truncated.pt"
     data = MODELS["v4.0"].read_bytes()
     files["truncated"].write_bytes(data[: len(data) // 2])  # the shared set's recipe: first floor(n/2) bytes
@@ -128,13 +131,14 @@ def _hostile_files(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_restricted_unpickler_refuses_foreign_globals(tmp_path):
-    MARKER.unlink(missing_ok=True)
-    for payload, name in ((_Evil(), r"posix\.system"), (eval, r"__builtin__\.eval"), (pickle.loads, r"pickle\.loads")):
+    marker = tmp_path / "PWNED"
+    payloads = ((_Evil(marker), r"posix\.system"), (eval, r"__builtin__\.eval"), (pickle.loads, r"pickle\.loads"))
+    for payload, name in payloads:
         path = tmp_path / "bad.pt"
         torch.save({"x": payload}, path)
         with pytest.raises(CheckpointError, match=name):
             read_checkpoint(path).content
-    assert not MARKER.exists()
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -142,7 +146,7 @@ def test_restricted_unpickler_refuses_foreign_globals(tmp_path):
 )
 @pytest.mark.parametrize("command", ["convert", "inspect"])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, kind, command):
-    MARKER.unlink(missing_ok=True)
+    fixed_marker = marker_state()
     files = _hostile_files(tmp_path)
     files["directory"] = tmp_path / "a_folder"
     files["directory"].mkdir()
@@ -169,7 +173,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, kind, comma
     if kind in ("malicious", "shared-malicious"):
         assert "posix.system" in err and "nothing was executed" in err
     assert sorted(p.name for p in out_dir.iterdir()) == (["taken.pt"] if taken else [])
-    assert not MARKER.exists() and not Path("/tmp/PWNED_focus_surgery").exists()
+    assert not (tmp_path / "PWNED").exists() and marker_state() == fixed_marker
     if before is not None:
         assert sha256(src) == before
 
@@ -381,9 +385,10 @@ def test_hostile_json_architecture_is_refused(tmp_path, capsys):
     assert main(["convert", str(MODELS["v2.0"]), str(dst)]) == 0
     config_file = tmp_path / "model.json"
     config = json.loads(config_file.read_text())
-    config["architecture"]["yaml"]["activation"] = f"__import__('os').system('touch {MARKER}')"
+    marker = tmp_path / "PWNED"
+    config["architecture"]["yaml"]["activation"] = f"__import__('os').system('touch {marker}')"
     config_file.write_text(json.dumps(config))
-    assert isinstance(load_yolov5_safetensors(dst).model[-1], LegacyDetect) and not MARKER.exists()
+    assert isinstance(load_yolov5_safetensors(dst).model[-1], LegacyDetect) and not marker.exists()
     config["architecture"]["yaml"]["backbone"][1][2] = "torch_safe_load"
     config_file.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="torch_safe_load"):

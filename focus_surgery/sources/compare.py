@@ -97,7 +97,7 @@ def compare_state_dicts(
 
     Returns:
         (dict): ``compared`` (what was done), ``tensors``, ``max_abs_err``, ``passed``, ``problem``. Zero tensors
-        compared never pass.
+        compared never pass; a tensor whose shape or dtype differs fails.
     """
     stem_a, stem_b = find_stem(a, block_size=block_size), find_stem(b, block_size=block_size)
     how = "every tensor, as stored"
@@ -113,6 +113,9 @@ def compare_state_dicts(
     for key in a:
         if a[key].shape != b[key].shape:
             result["problem"] = f"{key} has shape {tuple(a[key].shape)} vs {tuple(b[key].shape)}: not the same model"
+            return result
+        if a[key].dtype != b[key].dtype:  # equal values in another dtype are another file (size, precision)
+            result["problem"] = f"{key} is {a[key].dtype} vs {b[key].dtype}: the dtype changed"
             return result
         if a[key].numel():
             errors.append(float((a[key].detach().double() - b[key].detach().double()).abs().max()))

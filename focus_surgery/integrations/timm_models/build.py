@@ -81,7 +81,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 
 def default_cfg(**kwargs: Any) -> dict[str, Any]:
-    """A pretrained cfg of our models (ImageNet defaults as timm's ResNet / ConvNeXt); ``kwargs`` override."""
+    """A pretrained cfg of our models (ImageNet defaults as timm's ConvNeXt ``_cfg``; our ResNets override the
+    interpolation, bilinear in timm's resnet ``_cfg``); ``kwargs`` override."""
     return {
         "url": "",
         "num_classes": 1000,

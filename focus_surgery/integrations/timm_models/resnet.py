@@ -53,7 +53,7 @@ _R50 = dict(block=Bottleneck, layers=(3, 4, 6, 3))
 
 default_cfgs = generate_default_cfgs(
     {
-        name: default_cfg(first_conv="conv1.1", classifier="fc")
+        name: default_cfg(first_conv="conv1.1", classifier="fc", interpolation="bilinear")  # timm resnet _cfg
         for name in ("resnet18_s2d", "resnet18_s2d_focus", "resnet50_s2d", "resnet50_s2d_focus")
     }
 )
