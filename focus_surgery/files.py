@@ -83,7 +83,16 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     loaded = load(src)
     source = source_for(loaded)
     opts = check_options(source, src, dst, **options)
-    report = source.convert(loaded, opts)
+    try:
+        report = source.convert(loaded, opts)
+    except ConversionError as error:  # raised deep in a model's own code path: say which file it was
+        if str(src) in str(error):
+            raise
+        try:
+            named = type(error)(f"{src}: {error}")
+        except TypeError:  # a subclass with its own constructor
+            named = ConversionError(f"{src}: {error}")
+        raise named from None
     report.src, report.dst = str(src), str(dst)
     if report.problem is not None:
         raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
