@@ -102,7 +102,10 @@ def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], fi
 
 
 def shown(key: str) -> str:
-    """A storage key as a message shows it: quoted on one line, at most 40 characters of it."""
+    """A storage key as a message shows it: as is if it is a short word (torch writes numbers), else quoted on one
+    line, at most 40 characters of it."""
+    if len(key) <= 40 and key.replace("_", "").isalnum() and key.isascii():
+        return key
     return repr(key if len(key) <= 40 else key[:40] + "...")
 
 
