@@ -27,6 +27,7 @@ import stat
 import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def _finish(content: Any, unpickler: RestrictedUnpickler) -> Any:
 
 # what a malformed file makes the reading raise (KeyError, IndexError: LookupError; RecursionError: RuntimeError)
 _UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError, struct.error)
-_UNREADABLE += (zipfile.BadZipFile, OSError, RuntimeError, MemoryError, ArithmeticError)
+_UNREADABLE += (zipfile.BadZipFile, OSError, RuntimeError, MemoryError, ArithmeticError, zlib.error)  # bad deflate
 
 
 def read_checkpoint(path: str | os.PathLike) -> Loaded:

@@ -78,7 +78,8 @@ def _table() -> dict[str, Allowed]:
     add(
         ("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"),
         rb.rebuild_parameter,
-        "nn.Parameter over a tensor read above; hooks and state dropped",
+        "nn.Parameter over a tensor read above; hooks and state dropped; a second one over a tensor is charged",
+        needs_budget=True,
     )
     add(
         ("torch._tensor._rebuild_from_type_v2",),

@@ -101,6 +101,14 @@ def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], fi
             raise CheckpointError(f"{path}: zip records {name!r} and {other!r} overlap; not a torch checkpoint")
 
 
+def shown(key: str) -> str:
+    """A storage key as a message shows it: as is if it is a short word (torch writes numbers), else quoted on one
+    line, at most 40 characters of it."""
+    if len(key) <= 40 and key.replace("_", "").isalnum() and key.isascii():
+        return key
+    return repr(key if len(key) <= 40 else key[:40] + "...")
+
+
 def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
@@ -149,11 +157,11 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
             if key not in storages:
                 info = by_name.get(f"data/{key}")
                 if info is None:
-                    raise CheckpointError(f"{path}: storage {key} is missing")
+                    raise CheckpointError(f"{path}: storage {shown(key)} is missing")
                 nbytes = numel * element_size(dtype)
                 if info.file_size < nbytes:
                     raise CheckpointError(
-                        f"{path}: storage {key} is truncated ({info.file_size:,} of {nbytes:,} bytes)"
+                        f"{path}: storage {shown(key)} is truncated ({info.file_size:,} of {nbytes:,} bytes)"
                     )
                 unpacked[0] += info.file_size
                 if unpacked[0] > file_size:
@@ -169,7 +177,7 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
                 storages[key] = _typed(raw, dtype)
             storage = storages[key]
             if storage.dtype != dtype:
-                raise pickle.UnpicklingError(f"storage {key} read with two dtypes")
+                raise pickle.UnpicklingError(f"storage {shown(key)} read with two dtypes")
             return storage
 
         crcs: list[tuple[zipfile.ZipInfo, Any]] = []
@@ -208,7 +216,9 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
             if key not in pending:
                 declared[0] += 8 + nbytes  # every storage's data lies after this point, with an 8-byte count
                 if declared[0] > file_size - handle.tell():
-                    raise CheckpointError(f"{path}: storage {key} declares {nbytes:,} bytes, more than the file holds")
+                    raise CheckpointError(
+                        f"{path}: storage {shown(key)} declares {nbytes:,} bytes, more than the file holds"
+                    )
                 # zeroed, then filled from the file below: never uninitialised memory
                 pending[key] = (torch.UntypedStorage(nbytes).fill_(0), element_size(dtype))
             base = pending[key][0]
@@ -231,28 +241,29 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
         content = unpickler.load()
         keys = unpickler.load()
-        if not isinstance(keys, list) or len(set(map(str, keys))) != len(keys):
+        # torch writes text keys; anything else is never turned into text (str() of a shared tuple expands it)
+        if not isinstance(keys, list) or not all(type(key) is str for key in keys) or len(set(keys)) != len(keys):
             raise CheckpointError(f"{path}: corrupt storage list")
         filled: set[str] = set()
-        for key in map(str, keys):
+        for key in keys:
             if key not in pending:
-                raise CheckpointError(f"{path}: storage {key} is listed but never used")
+                raise CheckpointError(f"{path}: storage {shown(key)} is listed but never used")
             storage, element = pending[key]
             header = handle.read(8)
             if len(header) < 8:
-                raise CheckpointError(f"{path}: truncated (storage {key} missing)")
+                raise CheckpointError(f"{path}: truncated (storage {shown(key)} missing)")
             count = struct.unpack("<q", header)[0]
             if count * element != storage.nbytes():
-                raise CheckpointError(f"{path}: corrupt storage {key} (size {count} does not match its use)")
+                raise CheckpointError(f"{path}: corrupt storage {shown(key)} (size {count} does not match its use)")
             data = handle.read(storage.nbytes())
             if len(data) != storage.nbytes():
-                raise CheckpointError(f"{path}: truncated storage {key}")
+                raise CheckpointError(f"{path}: truncated storage {shown(key)}")
             if data:
                 storage.copy_(torch.UntypedStorage.from_buffer(bytearray(data), dtype=torch.uint8))
             filled.add(key)
         missing = sorted(set(pending) - filled)
         if missing:
-            raise CheckpointError(f"{path}: storage {missing[0]} has no data in the file")
+            raise CheckpointError(f"{path}: storage {shown(missing[0])} has no data in the file")
     return content, unpickler
 
 

@@ -41,6 +41,7 @@ class Budgets:
 
     def __init__(self, tensors: int, objects: int):
         self.tensors, self.objects = Budget(tensors, "tensors' logical size"), Budget(objects, "objects built")
+        self.wrapped: dict[int, torch.Tensor] = {}  # tensors a parameter was made over (kept alive: ids stay unique)
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -77,10 +78,16 @@ def rebuild_tensor(budgets: Budgets, storage, storage_offset, size, stride, *unu
     return tensor.set_(storage._untyped_storage, offset, torch.Size(size), stride)
 
 
-def rebuild_parameter(data, requires_grad=False, *unused) -> torch.Tensor:
-    """``torch._utils._rebuild_parameter[_with_state]``: an ``nn.Parameter`` over ``data``, hooks and state dropped."""
+def rebuild_parameter(budgets: Budgets, data, requires_grad=False, *unused) -> torch.Tensor:
+    """``torch._utils._rebuild_parameter[_with_state]``: an ``nn.Parameter`` over ``data``, hooks and state dropped.
+
+    A second parameter over the same tensor (its argument tuple taken from the memo) is a new name for the same
+    view: charged again, as a tensor used again is."""
     if type(data) is not torch.Tensor:
         raise pickle.UnpicklingError("parameter without plain tensor data")
+    if id(data) in budgets.wrapped:
+        budgets.tensors.take(data.numel() * data.element_size(), "a parameter made again over one tensor")
+    budgets.wrapped[id(data)] = data
     return torch.nn.Parameter(data, requires_grad=bool(requires_grad) and data.is_floating_point())
 
 
@@ -114,8 +121,8 @@ class BoundRebuilder:
 
 def rebuild_from_type(func, new_type, args, state) -> torch.Tensor:
     """``torch._tensor._rebuild_from_type_v2``: only our tensor rebuilders, only plain tensor types, state dropped."""
-    is_tensor_rebuilder = isinstance(func, BoundRebuilder) and func.func is rebuild_tensor
-    if not (is_tensor_rebuilder or func is rebuild_parameter) or new_type not in TENSOR_TYPES.values():
+    is_tensor_rebuilder = isinstance(func, BoundRebuilder) and func.func in (rebuild_tensor, rebuild_parameter)
+    if not is_tensor_rebuilder or new_type not in TENSOR_TYPES.values():
         raise pickle.UnpicklingError("_rebuild_from_type_v2 with an unexpected function or type")
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("_rebuild_from_type_v2 without an argument tuple")

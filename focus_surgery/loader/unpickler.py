@@ -212,10 +212,12 @@ class RestrictedUnpickler(pickle._Unpickler):
     def persistent_load(self, pid) -> Any:
         if not isinstance(pid, tuple) or not pid:
             raise pickle.UnpicklingError(f"unexpected persistent id {type(pid).__name__}")
+        # described by its first item's type and a short quote of text only: str() of a shared tuple expands it
+        kind = repr(pid[0][:40]) if isinstance(pid[0], str) else type(pid[0]).__name__
         if pid[0] == "module" and len(pid) >= 2 and isinstance(pid[1], type) and issubclass(pid[1], Record):
             return pid[1]  # old torch.save stored each module class with its source text; the class is enough
         if pid[0] != "storage" or len(pid) < 5 or not isinstance(pid[1], StorageType):
-            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid[:2])[:80]}")
+            raise pickle.UnpicklingError(f"unexpected persistent id of kind {kind}")
         key, numel = pid[2], pid[4]
         if not isinstance(key, str) or type(numel) is not int or numel < 0:
             raise pickle.UnpicklingError("storage with an invalid key or size")
@@ -248,6 +250,7 @@ def _checked(handler: Callable) -> Callable:
 
 
 _NUMBERS_AND_MEMO = (pickle.INT, pickle.LONG, pickle.LONG1, pickle.LONG4, pickle.GET, pickle.BINGET, pickle.LONG_BINGET)
+_NUMBERS_AND_MEMO += (pickle.DUP,)  # DUP pushes the top of the stack again: a second use, as GET is
 for _code in _NUMBERS_AND_MEMO:
     RestrictedUnpickler.dispatch[_code[0]] = _checked(RestrictedUnpickler.dispatch[_code[0]])
 

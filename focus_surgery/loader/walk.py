@@ -36,12 +36,16 @@ class Transform:
     One ``Transform`` may be called on several values: what it already did is reused.
 
     Raises:
-        ValueError: Containers nested more than ``MAX_DEPTH`` levels deep.
+        ValueError: Containers nested more than ``MAX_DEPTH`` levels deep, or a tuple (set, slice) that holds
+            itself through a list or dict and has items to replace: the copy cannot be put where the tuple was met
+            inside itself, and the original would keep what had to be replaced.
     """
 
     def __init__(self, replace: Callable[[Any], Any]):
         self.replace = replace
         self.done: dict[int, tuple[Any, Any]] = {}  # id: (original kept alive so ids stay unique, result)
+        self._open: set[int] = set()  # immutable containers entered, not yet rebuilt (on the current path)
+        self._met_open: set[int] = set()  # ... of which a container inside them holds them (a cycle)
 
     def __call__(self, value: Any) -> Any:
         if type(value) in _PLAIN:
@@ -60,6 +64,8 @@ class Transform:
             done[id(obj)] = (obj, new)  # provisional for containers: a cycle resolves to the container itself
             items = _items(obj) if new is obj else None
             if items:
+                if not isinstance(obj, (Record, dict, list)):
+                    self._open.add(id(obj))
                 stack.append((obj, depth, True))
                 stack.extend((item, depth + 1, False) for item in items if type(item) not in _PLAIN)
         return done[id(value)][1]
@@ -68,6 +74,8 @@ class Transform:
         done = self.done
 
         def get(item: Any) -> Any:
+            if id(item) in self._open:
+                self._met_open.add(id(item))
             entry = done.get(id(item))
             return item if entry is None else entry[1]
 
@@ -82,5 +90,8 @@ class Transform:
         else:
             items = _items(obj)
             new = [get(item) for item in items]
+            self._open.discard(id(obj))
             if any(a is not b for a, b in zip(new, items)):
+                if id(obj) in self._met_open:
+                    raise ValueError(f"a {type(obj).__name__} that contains itself holds values to convert")
                 done[id(obj)] = (obj, slice(*new) if type(obj) is slice else type(obj)(new))
