@@ -6,12 +6,12 @@ own, or kill work it should not: in a subprocess (the real CLI where the CLI is 
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,9 @@ def dead_pid() -> int:
 
 def lock_is_free(path: str) -> bool:
     """Whether another process can take ``path``'s flock right now (what a cleaner in another pid namespace sees)."""
-    code = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    code = (
+        "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    )
     return subprocess.run([sys.executable, "-c", code, path], capture_output=True, timeout=60).returncode == 0
 
 
@@ -238,3 +240,50 @@ def test_a_digest_of_other_tensors_in_both_halves_is_refused(cli, pair, tmp_path
     save_file(tensors, copy, metadata=metadata)
     outcome = cli.run("verify", copy, YOLOV5, limit=300)
     assert outcome.returncode == 2 and "does not match m.json" in outcome.stderr_lines[-1], str(outcome)
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Every live (not zombie) process of the process group ``pgid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_a_folder_run_with_workers_leaves_no_process_in_its_group(tmp_path):
+    """Scan the run's whole process group (not the descendants seen before the kill): nothing of it survives."""
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(8):
+        os.link(YOLOV5, src / f"m{i}.pt")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "focus_surgery", "convert", str(src), str(out), "--workers", "2"],
+        cwd=ROOT,
+        env=_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(_process_group(proc.pid)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the run, its fork server and two children
+        assert len(_process_group(proc.pid)) >= 4, "the children never started"
+        proc.kill()
+        proc.wait(60)
+        deadline = time.monotonic() + 120
+        while _process_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _process_group(proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+    assert left == [], f"process(es) {left} of the killed run still running"
