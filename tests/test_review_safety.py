@@ -216,13 +216,31 @@ def _copy_pair(pair: Path, folder: Path, edit=None) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("command", ["inspect", "verify"])
+@pytest.mark.parametrize("command", ["inspect", "verify", "convert"])
 def test_a_digest_on_one_side_only_is_refused(cli, pair, tmp_path, command):
+    """The JSON of a pair written before digests, beside tensors that record one: ``verify`` refused it, but
+    ``inspect`` called it a focus-surgery pair and ``convert`` converted it (exit 0) without looking at the JSON."""
     copy = _copy_pair(pair, tmp_path / "one-side", lambda config: config.pop("tensors_sha256"))
-    args = (command, copy) if command == "inspect" else (command, copy, YOLOV5)
+    before = copy.read_bytes()
+    args = {
+        "inspect": ("inspect", copy),
+        "verify": ("verify", copy, YOLOV5),
+        "convert": ("convert", copy, tmp_path / "out.safetensors", "--to", "focus"),
+    }[command]
     outcome = cli.run(*args, limit=300)
     assert outcome.returncode == 2 and len(outcome.stderr_lines) == 1, str(outcome)
     assert "does not match m.json" in outcome.stderr_lines[0], str(outcome)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one-side"] and copy.read_bytes() == before
+
+
+def test_a_pair_from_one_conversion_still_inspects_and_converts(cli, pair, tmp_path):
+    """The control of the test above; and a ``.safetensors`` without its JSON still converts its stem."""
+    assert cli.run("inspect", pair, limit=300).returncode == 0
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes(pair.read_bytes())
+    for src in (pair, alone):
+        outcome = cli.run("convert", src, tmp_path / f"out-{src.stem}.safetensors", "--to", "focus", limit=300)
+        assert outcome.returncode == 0, str(outcome)
 
 
 def test_a_digest_of_other_tensors_in_both_halves_is_refused(cli, pair, tmp_path):
