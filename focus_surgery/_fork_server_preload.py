@@ -3,7 +3,7 @@
 Importing it anywhere else does nothing.
 """
 
-from .parent_death import die_with_parent, in_fork_server
+from .parent_death import die_with_parent_process, in_fork_server
 
 if in_fork_server():
-    die_with_parent()
+    die_with_parent_process()

@@ -44,6 +44,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    except (OverflowError, ValueError):  # no process ever had this pid: not a file of ours, never removed
+        return True
     return True
 
 
@@ -202,10 +204,23 @@ def _final_mode(destination: Path) -> int:
 
 def _new_temporary(destination: Path, folder: Path) -> tuple[Path, int]:
     """A new empty temporary file for ``destination`` and an open descriptor holding its lock while we write."""
-    tmp = folder / f"{_tmp_prefix(destination)}{os.getpid()}-{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    _lock(fd)  # released by the kernel when this process dies, however it dies
-    return tmp, fd
+    for _ in range(100):
+        tmp = folder / f"{_tmp_prefix(destination)}{os.getpid()}-{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # locked (released by the kernel when this process dies, however it dies) and still the file of that name:
+        # between the open and the lock, a run to which our pid looks dead (another pid namespace) may remove it
+        if _lock(fd) and _same_file(fd, tmp):
+            return tmp, fd
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"no temporary file in {folder} could be kept locked")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        opened, named = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
 
 @contextlib.contextmanager

@@ -50,9 +50,10 @@ def _address_space() -> int:
 
 def _end_with_the_run() -> None:
     """This child ends when the run does, even after ``kill -9`` of the run (see ``parent_death``)."""
-    from .parent_death import die_with_parent, exit_when_closed, release_fork_server
+    from .parent_death import die_with_parent, exit_when_closed, forget_parent_check, release_fork_server
 
     release_fork_server()
+    forget_parent_check()
     die_with_parent()  # our parent is the fork server, which itself dies with the run
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:

@@ -4,8 +4,10 @@ A folder run converts each file in a child forked from a fork server (``folder.p
 nobody a chance to clean up, and the fork server and a child working on a hostile file used to live on. Two
 mechanisms, so that one suffices:
 
-* the kernel's parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``): the fork server gets it against the
-  run, each child against the fork server; the chain holds even while a child runs C code that never lets Python in;
+* the kernel's parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``): each child gets SIGKILL when the fork server
+  ends, so the chain holds even while a child runs C code that never lets Python in; the fork server gets a signal
+  that makes it check whether the run has ended (``die_with_parent_process``: the kernel also sends it when only the
+  run's thread that started the server ends, and a worker thread's end must not kill the other threads' jobs);
 * a watcher thread in each child that ends it as soon as the run's end of a pipe closes (every platform).
 """
 
@@ -30,6 +32,45 @@ def die_with_parent(signum: int = signal.SIGKILL) -> bool:
         return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+PARENT_CHECK = getattr(signal, "SIGUSR2", None)  # what the kernel sends the fork server when a parent thread ends
+
+
+def die_with_parent_process() -> bool:
+    """``die_with_parent`` for a process whose parent may run threads (the fork server: any thread of the run may
+    start it). The kernel sends the parent-death signal when the parent *thread* ends, although the process and its
+    other threads go on; so the signal only makes this process check whether its parent process is gone.
+
+    Returns:
+        (bool): Whether it was set (Linux).
+    """
+    if PARENT_CHECK is None:
+        return False
+    parent = os.getppid()
+
+    def check(signum: int = 0, frame: Any = None) -> None:
+        if os.getppid() != parent:  # re-parented: the run itself has ended
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        signal.signal(PARENT_CHECK, check)
+    except (ValueError, OSError):
+        return False
+    if not die_with_parent(PARENT_CHECK):
+        signal.signal(PARENT_CHECK, signal.SIG_DFL)
+        return False
+    check()  # the parent may have ended before the signal was asked for
+    return True
+
+
+def forget_parent_check() -> None:
+    """In a child of the fork server: the server's handler of ``PARENT_CHECK`` is not ours to inherit."""
+    if PARENT_CHECK is not None:
+        try:
+            signal.signal(PARENT_CHECK, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
 
 
 def exit_when_closed(sentinel: Any) -> threading.Thread:

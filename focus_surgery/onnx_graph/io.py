@@ -266,7 +266,11 @@ def save_onnx(model, destination: str | os.PathLike, external_data: bool = False
         if target.resolve() in protected:
             raise OnnxSurgeryError(f"{target}: is one of the input's files; refusing to overwrite it, write elsewhere")
         if (target.exists() or target.is_symlink()) and not target.is_file():
-            raise OnnxSurgeryError(f"{target}: exists and is not a regular file; refusing to replace it")
+            import stat
+
+            kinds = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
+            kind = kinds.get(stat.S_IFMT(target.stat().st_mode), "not a regular file") if target.exists() else "a link"
+            raise OnnxSurgeryError(f"{target}: exists and is {kind}; refusing to replace it (write to a file instead)")
     onnx.checker.check_model(model)
     if external_data:
         graph_bytes, blob = _externalise(model, targets[0].name)

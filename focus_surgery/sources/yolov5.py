@@ -38,6 +38,20 @@ class Yolov5PairSource(PlainStateDictSource):
     def state_dict(self, loaded: Loaded) -> dict:
         return dict(loaded.content)
 
+    def _check_pair(self, loaded: Loaded) -> None:
+        """A pair whose halves come from two conversions is refused here too, not only when its model is built."""
+        from ..yolov5.convert import check_pair_digest
+
+        check_pair_digest(loaded.path, dict(loaded.content), loaded.metadata.get("tensors_sha256"))
+
+    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+        self._check_pair(loaded)
+        return super().inspect(loaded)
+
+    def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
+        self._check_pair(loaded)
+        return super().convert(loaded, options)
+
 
 class Yolov5Source(Source):
     name = "yolov5"

@@ -279,6 +279,25 @@ def _check_pair(path: Path, json_path: Path, tensors: dict, stored: Any, describ
         )
 
 
+def check_pair_digest(path: str | os.PathLike, tensors: dict, stored: Any) -> None:
+    """``_check_pair`` for a pair read as a state dict (``inspect``, stem ``convert``): the JSON beside ``path``, when
+    there is one, must record the digest of the tensors read, as the ``.safetensors`` (``stored``) must.
+
+    Raises:
+        CheckpointError: The halves come from different conversions, or the JSON is unreadable.
+    """
+    path = Path(path)
+    json_path = config_path(path)
+    if not json_path.is_file():
+        return  # a .safetensors alone: its stem converts without the architecture, as before
+    try:
+        config = json.loads(json_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{json_path}: unreadable JSON ({error})") from None
+    described = config.get("tensors_sha256") if isinstance(config, dict) else None
+    _check_pair(path, json_path, tensors, stored, described)
+
+
 def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
     """Rebuild the Ultralytics model from a ``.safetensors`` written by ``save_conversion`` and its JSON; no pickle.
 
@@ -318,6 +337,7 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
 __all__ = [
     "ConversionError",
     "LegacyConversion",
+    "check_pair_digest",
     "config_path",
     "convert_yolov5",
     "load_yolov5_safetensors",
