@@ -34,6 +34,8 @@ FLOORS = {
     "focus_surgery.verify": 2,
     "focus_surgery.state_dict": 2,
     "focus_surgery.in_chans": 2,
+    "focus_surgery.tensor_digest": 2,
+    "focus_surgery.parent_death": 2,
     "focus_surgery.checkpoint_io": 3,
     "focus_surgery.surgery": 4,
     "focus_surgery.demo": 5,
@@ -45,6 +47,7 @@ FLOORS = {
     "focus_surgery.sources": 7,
     "focus_surgery.files": 8,
     "focus_surgery.folder": 9,
+    "focus_surgery._fork_server_preload": 9,  # the folder runner's fork server preloads it
     "focus_surgery.cli": 10,
     "focus_surgery.__main__": 10,
     "focus_surgery": 10,  # the package's __init__: the public API, above everything it re-exports
@@ -118,7 +121,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def floor(module: str, floors: dict[str, int]) -> int:
-    prefix = max((p for p in floors if module == p or module.startswith(p + ".")), key=len, default=None)
+    """The floor of the longest entry naming ``module`` or a package above it; the top package's own entry names its
+    ``__init__`` only, so a new module must be given a floor (it is not silently put on the top one)."""
+    matches = (p for p in floors if module == p or ("." in p and module.startswith(p + ".")))
+    prefix = max(matches, key=len, default=None)
     if prefix is None:
         raise KeyError(f"{module}: not in the floor table; give it a floor")
     return floors[prefix]
