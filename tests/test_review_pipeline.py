@@ -1,0 +1,98 @@
+"""Review of the pipeline renovation (#18): defects found, each pinned by a test.
+
+Options a source cannot honour are refused with one line (never silently ignored); the registry's order does not
+depend on registration order; the layering checker gives every module a floor (none silently on the top floor).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from focus_surgery.cli import main
+from focus_surgery.sources import SOURCES, load, register_source, source_for
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN = ROOT / "checkpoints" / "focus-backbone.pt"
+ULTRALYTICS = ROOT / "checkpoints" / "yolo-focus-tiny.pt"
+ONNX = ROOT / "tests" / "fixtures" / "onnx-yolov5" / "yolov5s-v5.0-static128-torchscript.onnx"
+
+
+def _refused(capsys, tmp_path, src: Path, *flags: str, names: str) -> None:
+    """``convert src`` with ``flags``: exit 2, one line on stderr naming ``names``, nothing written, input kept."""
+    before = src.read_bytes()
+    dst = tmp_path / f"out{src.suffix}"
+    assert main(["convert", str(src), str(dst), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("focus-surgery: error: ") and names in err, err
+    assert list(tmp_path.iterdir()) == [] and src.read_bytes() == before
+
+
+def test_tolerance_refused_for_a_source_that_does_not_read_it(capsys, tmp_path):
+    """--tolerance bounds ONNX verification only; a state dict's check used to ignore it silently."""
+    _refused(capsys, tmp_path, PLAIN, "--verify", "--tolerance", "1e-3", names="--tolerance")
+
+
+def test_block_size_refused_for_a_model_file(capsys, tmp_path):
+    """--block-size / --order give a state dict's stem geometry; a model file has its own and used to ignore them."""
+    _refused(capsys, tmp_path, ULTRALYTICS, "--block-size", "4", names="--block-size")
+    _refused(capsys, tmp_path, ULTRALYTICS, "--order", "tf", names="--order")
+
+
+def test_input_size_refused_without_fastest(capsys, tmp_path):
+    """--input-size / --batch are the shape --to fastest times; with --to conv they were ignored."""
+    _refused(capsys, tmp_path, PLAIN, "--input-size", "64", names="--to fastest")
+    _refused(capsys, tmp_path, PLAIN, "--batch", "4", names="--to fastest")
+
+
+@pytest.mark.skipif(not ONNX.exists(), reason="ONNX fixture")
+def test_tolerance_without_verify_refused(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _refused(capsys, tmp_path, ONNX, "--tolerance", "1e-3", names="add --verify")
+
+
+def test_valid_own_options_still_accepted(capsys, tmp_path):
+    """The options a source reads stay accepted (the default values given explicitly too)."""
+    dst = tmp_path / "a.pt"
+    assert main(["convert", str(PLAIN), str(dst), "--block-size", "2", "--order", "yolov5", "--verify"]) == 0
+    assert dst.exists()
+    dst = tmp_path / "u.pt"
+    assert main(["convert", str(ULTRALYTICS), str(dst), "--block-size", "2", "--input-size", "640"]) == 0
+    assert dst.exists()
+
+
+def test_registry_answer_independent_of_registration_order():
+    """Shuffled registration gives the same asking order and the same source for each file."""
+    saved = list(SOURCES)
+    expected = [s.name for s in saved]
+    files = [load(PLAIN), load(ULTRALYTICS)]
+    answers = [source_for(x).name for x in files]
+    try:
+        for seed in range(6):
+            shuffled = list(saved)
+            random.Random(seed).shuffle(shuffled)
+            SOURCES.clear()
+            for source in shuffled:
+                register_source(source)
+            assert [s.name for s in SOURCES] == expected
+            assert [source_for(x).name for x in files] == answers
+    finally:
+        SOURCES[:] = saved
+
+
+def test_layering_every_module_has_its_own_floor():
+    """A module missing from the floor table used to fall under the package's own entry (the top floor), so a new
+    module could import anything and the 'give it a floor' refusal never fired for the real package."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import test_layering as layering
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(KeyError, match="not in the floor table"):
+        layering.floor("focus_surgery.brand_new_module", layering.FLOORS)
+    graph = layering.package_imports(layering.PACKAGE)
+    for module in graph:  # every real module resolves without the package's fallback
+        layering.floor(module, layering.FLOORS)
