@@ -96,3 +96,15 @@ def test_layering_every_module_has_its_own_floor():
     graph = layering.package_imports(layering.PACKAGE)
     for module in graph:  # every real module resolves without the package's fallback
         layering.floor(module, layering.FLOORS)
+
+
+def test_contributing_names_what_the_code_has():
+    """Every "`name` in `path`" of CONTRIBUTING.md names something that file defines (step 2 of "Adding a checkpoint
+    family" named a `RECORD_MODULES` that allowlist.py never had)."""
+    import re
+
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    pairs = re.findall(r"`([A-Za-z_][\w.]*)(?:\(\))?`\s+in\s+`((?:focus_surgery|tests)/[\w/]+\.py)`", text)
+    assert len(pairs) >= 2, pairs
+    for name, path in pairs:
+        assert re.search(rf"\b{re.escape(name.split('.')[-1])}\b", (ROOT / path).read_text()), (name, path)
