@@ -69,7 +69,12 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
         raise ConversionError(f"{src}: {flag} is the shape --to fastest times: drop it or convert --to fastest")
     if opts.layout not in LAYOUTS:
         raise ConversionError(f"--layout {opts.layout!r}: use {', '.join(LAYOUTS)}")
-    layout = "" if ANY_LAYOUT in source.outputs else opts.layout  # one layout: --layout does not apply
+    if ANY_LAYOUT in source.outputs and opts.layout != defaults.layout:  # one layout: asking another is refused
+        raise ConversionError(
+            f"{src}: a {source.name} checkpoint is written in its own layout; --layout is for YOLOv5-repository "
+            f"files: drop --layout {opts.layout}"
+        )
+    layout = "" if ANY_LAYOUT in source.outputs else opts.layout
     suffixes = source.outputs.get(layout)
     if suffixes is None:
         raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")

@@ -108,3 +108,9 @@ def test_contributing_names_what_the_code_has():
     assert len(pairs) >= 2, pairs
     for name, path in pairs:
         assert re.search(rf"\b{re.escape(name.split('.')[-1])}\b", (ROOT / path).read_text()), (name, path)
+
+
+def test_layout_refused_for_a_source_with_one_layout(capsys, tmp_path):
+    """--layout yolov5 on a file that is written in its own layout (state dict, Ultralytics) was silently ignored."""
+    _refused(capsys, tmp_path, PLAIN, "--layout", "yolov5", names="drop --layout yolov5")
+    _refused(capsys, tmp_path, ULTRALYTICS, "--layout", "yolov5", names="drop --layout yolov5")
