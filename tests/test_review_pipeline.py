@@ -114,3 +114,33 @@ def test_layout_refused_for_a_source_with_one_layout(capsys, tmp_path):
     """--layout yolov5 on a file that is written in its own layout (state dict, Ultralytics) was silently ignored."""
     _refused(capsys, tmp_path, PLAIN, "--layout", "yolov5", names="drop --layout yolov5")
     _refused(capsys, tmp_path, ULTRALYTICS, "--layout", "yolov5", names="drop --layout yolov5")
+
+
+def test_layering_sees_imports_by_call(tmp_path):
+    """``importlib.import_module("focus_surgery.cli")`` in a low module was an upward import the checker missed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import test_layering as layering
+    finally:
+        sys.path.pop(0)
+    files = {
+        "focus_surgery/__init__.py": "",
+        "focus_surgery/low.py": "import importlib\ndef f():\n    return importlib.import_module('focus_surgery.high')",
+        "focus_surgery/mid.py": "def g():\n    return __import__('focus_surgery.high', fromlist=['x'])\n",
+        "focus_surgery/pkg/__init__.py": "",
+        "focus_surgery/pkg/a.py": "import importlib\nB = importlib.import_module('.b', __package__)\n",
+        "focus_surgery/pkg/b.py": "",
+        "focus_surgery/high.py": "import importlib\nM = importlib.import_module(name_from_somewhere)\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = layering.package_imports(tmp_path / "focus_surgery")
+    assert graph["focus_surgery.low"] == graph["focus_surgery.mid"] == {"focus_surgery.high"}
+    assert graph["focus_surgery.pkg.a"] == {"focus_surgery.pkg.b"} and graph["focus_surgery.high"] == set()
+    floors = {"focus_surgery": 9, "focus_surgery.low": 0, "focus_surgery.mid": 0, "focus_surgery.high": 1}
+    floors["focus_surgery.pkg"] = 0
+    assert layering.upward(graph, floors) == [
+        "focus_surgery.low (0) -> focus_surgery.high (1)",
+        "focus_surgery.mid (0) -> focus_surgery.high (1)",
+    ]
