@@ -6,6 +6,7 @@ depend on registration order; the layering checker gives every module a floor (n
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -144,3 +145,46 @@ def test_layering_sees_imports_by_call(tmp_path):
         "focus_surgery.low (0) -> focus_surgery.high (1)",
         "focus_surgery.mid (0) -> focus_surgery.high (1)",
     ]
+
+
+def _report_of(i: int) -> dict:
+    """A converted file's JSON form of about 60 values (a yolov7 report with its replaced rows is of this size)."""
+    rows = [{"rows": [r, r + 1], "weight": [[8, 12, 3, 3], [8, 3, 6, 6]], "block_size": 2} for r in range(4)]
+    return {"src": f"in/{i}.pt", "dst": f"out/{i}.pt", "source": "yolov7", "to": "conv", "replaced": rows}
+
+
+def test_folder_json_keeps_every_file(capsys, tmp_path, monkeypatch):
+    """A folder run's JSON was bounded as ONE report (20,000 values): past ~300 files the later files' reports were
+    silently dropped from "converted". Each file's report is bounded on its own."""
+    import argparse
+
+    from focus_surgery import folder
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.pt").write_bytes(b"")
+    n = 500
+
+    def fake_isolated(jobs, *args, **kwargs):
+        return [folder.FileOutcome(f"in/{i}.pt", f"out/{i}.pt", result=_report_of(i)) for i in range(n)]
+
+    monkeypatch.setattr(folder, "convert_isolated", fake_isolated)
+    args = argparse.Namespace(src=str(tmp_path / "in"), dst=str(tmp_path / "out"), json=True, workers=1)
+    args.timeout, args.max_memory = 10.0, 1.0
+    assert folder.convert_folder(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["converted"] == [_report_of(i) for i in range(n)]
+
+
+def test_bench_json_keeps_every_case(capsys, monkeypatch):
+    """`bench --json` of a large sweep (sizes x batches x modes) lost its later cases to the 20,000-value bound meant
+    for values read from files; the benchmark's own measurements are printed whole."""
+    from focus_surgery.speed import bench
+
+    cases = [
+        {"stem": "yolov5s", "batch": b, "forms": [{"form": f, "median_ms": 1.0 + b} for f in "abcdef"]}
+        for b in range(1500)
+    ]
+    result = {"environment": {"device": "cpu"}, "stems": cases}
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: result)
+    assert main(["bench", "--json", "--no-onnx", "--no-conversion", "--no-memory"]) == 0
+    assert json.loads(capsys.readouterr().out) == result
