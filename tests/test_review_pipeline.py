@@ -188,3 +188,21 @@ def test_bench_json_keeps_every_case(capsys, monkeypatch):
     monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: result)
     assert main(["bench", "--json", "--no-onnx", "--no-conversion", "--no-memory"]) == 0
     assert json.loads(capsys.readouterr().out) == result
+
+
+@pytest.mark.skipif(not ONNX.exists(), reason="ONNX fixture")
+def test_readme_onnx_example_is_what_convert_prints(capsys, tmp_path):
+    """The ONNX report now renders through ``ConvertReport`` (``converted A -> B (N stem(s) folded, ...)``); README's
+    example still showed the old head (``A -> B: N stem(s) folded, ... (opset 12)``)."""
+    import re
+
+    pytest.importorskip("onnxruntime")
+    readme = (ROOT / "README.md").read_text()
+    example = next(t for t in readme.splitlines() if t.startswith("converted yolov5s-v4.onnx"))
+    assert main(["convert", str(ONNX), str(tmp_path / "o.onnx")]) == 0
+    printed = capsys.readouterr().out.splitlines()[0]
+
+    def shape(text: str) -> str:
+        return re.sub(r"\d+", "N", text.split(" -> ", 1)[1].split(" ", 1)[1])
+
+    assert shape(printed) == shape(example), (printed, example)
