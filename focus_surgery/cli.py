@@ -130,7 +130,7 @@ def cmd_bench(args) -> int:
     )
     if args.plot:
         result["plot"] = str(plot_latency(result, args.plot))
-    emit({**result, "summary": format_report(result)} if not args.json else result, args.json)
+    emit({**result, "summary": format_report(result)} if not args.json else result, args.json, max_nodes=sys.maxsize)
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import CheckpointError, ConversionError, VerificationFailed
 from .report import ConvertReport, line
 from .sources import SOURCES, ConvertOptions, Source, load, source_for
-from .sources.base import ANY_LAYOUT
+from .sources.base import ANY_LAYOUT, OWN_OPTIONS
 from .verify import verify
 
 __all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", "check_options", "convert_file"]
@@ -28,14 +28,19 @@ TARGETS, SCOPES, LAYOUTS = ("conv", "focus", "s2d", "fastest"), ("stem", "all"),
 
 def accepted() -> list[dict[str, Any]]:
     """The table options are checked against: one row per source, asked in this order (by specificity)."""
-    return [{"source": s.name, "to": s.targets, "scope": s.scopes, "outputs": dict(s.outputs)} for s in SOURCES]
+    return [
+        {"source": s.name, "to": s.targets, "scope": s.scopes, "outputs": dict(s.outputs), "uses": s.uses}
+        for s in SOURCES
+    ]
 
 
 def check_options(source: Source, src: Path, dst: Path, **options: Any) -> ConvertOptions:
     """``options`` as ``ConvertOptions``, once they are what ``source`` declares it accepts.
 
     Raises:
-        ConversionError: An unknown option, or a target / scope / layout the source does not convert.
+        ConversionError: An unknown option, a target / scope / layout the source does not convert, or an option
+            given that nothing will read (``--block-size`` for a model file, ``--tolerance`` without ``--verify``,
+            ``--input-size`` for another target than ``fastest``): refused, never silently ignored.
         CheckpointError: An output suffix the source does not write (in that layout).
     """
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ConvertOptions)})
@@ -50,9 +55,26 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
             raise ConversionError(
                 f"{src}: a {source.name} checkpoint converts --{flag} {' or '.join(declared)}, not {value}"
             )
+    defaults = ConvertOptions()
+    given = [k for k in OWN_OPTIONS if getattr(opts, k) != getattr(defaults, k) and k not in source.uses]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        readers = ", ".join(s.name for s in SOURCES if given[0] in s.uses)
+        raise ConversionError(f"{src}: a {source.name} checkpoint does not use {flag} ({readers} do): drop {flag}")
+    if opts.tolerance is not None and not opts.verify:
+        raise ConversionError(f"{src}: --tolerance bounds the check of --verify: add --verify or drop --tolerance")
+    sized = [k for k in ("input_size", "batch") if getattr(opts, k) != getattr(defaults, k)]
+    if sized and opts.to != "fastest":
+        flag = "--" + sized[0].replace("_", "-")
+        raise ConversionError(f"{src}: {flag} is the shape --to fastest times: drop it or convert --to fastest")
     if opts.layout not in LAYOUTS:
         raise ConversionError(f"--layout {opts.layout!r}: use {', '.join(LAYOUTS)}")
-    layout = "" if ANY_LAYOUT in source.outputs else opts.layout  # one layout: --layout does not apply
+    if ANY_LAYOUT in source.outputs and opts.layout != defaults.layout:  # one layout: asking another is refused
+        raise ConversionError(
+            f"{src}: a {source.name} checkpoint is written in its own layout; --layout is for YOLOv5-repository "
+            f"files: drop --layout {opts.layout}"
+        )
+    layout = "" if ANY_LAYOUT in source.outputs else opts.layout
     suffixes = source.outputs.get(layout)
     if suffixes is None:
         raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .atomic_io import remove_stale_temporaries, remove_stale_temporaries_in
 from .errors import CheckpointError
-from .report import EXIT_BAD_INPUT, EXIT_OK, emit, folder_lines, line, one_line
+from .report import EXIT_BAD_INPUT, EXIT_OK, MAX_NODES, bounded, emit, folder_lines, line, one_line
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_GB = 8.0
@@ -267,8 +267,8 @@ def convert_folder(args: argparse.Namespace) -> int:
         int(float(args.max_memory) * 2**30),
         progress_bar,
     )
-    converted = [o.result for o in outcomes if o.result is not None]
+    converted = [bounded(o.result) for o in outcomes if o.result is not None]  # each file: one report's budget
     failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]
     summary = {"src": str(src_dir), "dst": str(out_dir), "converted": converted, "failed": failed}
-    emit(summary, args.json, folder_lines(summary))
+    emit(summary, args.json, folder_lines(summary), MAX_NODES * (2 + len(outcomes)))
     return EXIT_BAD_INPUT if failed else EXIT_OK

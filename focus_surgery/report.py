@@ -105,10 +105,14 @@ def report_stream() -> Any:
     return _REPORT_STREAM[-1] if _REPORT_STREAM else sys.stdout
 
 
-def emit(result: Any, as_json: bool, lines: list[str] | None = None) -> None:
-    """Print one report: ``result`` as one bounded JSON object, or ``lines`` (default ``result["summary"]``)."""
+def emit(result: Any, as_json: bool, lines: list[str] | None = None, max_nodes: int = MAX_NODES) -> None:
+    """Print one report: ``result`` as one bounded JSON object, or ``lines`` (default ``result["summary"]``).
+
+    ``max_nodes``: the node budget of the JSON form; a folder run (whose files' reports were bounded one by one) and
+    the benchmark (our own measurements) print more than one file's report can hold.
+    """
     if as_json:
-        text = json.dumps(bounded(result))
+        text = json.dumps(bounded(result, [max_nodes]))
     else:
         text = "\n".join(line(x) for x in (lines if lines is not None else result["summary"].split("\n")))
     print(text, file=report_stream())

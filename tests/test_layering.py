@@ -1,6 +1,7 @@
 """The package's layers hold: no import circle, and no module imports from a floor above its own.
 
-Imports are read with ``ast`` (function-level imports included: a lazy import is still a dependency). Importing a
+Imports are read with ``ast`` (function-level imports included: a lazy import is still a dependency; so is
+``__import__`` / ``importlib.import_module`` of a name written in the source). Importing a
 submodule runs its parent packages' ``__init__``, so an import of ``pkg.sub`` is also an edge to ``pkg`` when that
 package is not an ancestor of the importer. ``FLOORS`` is the declared layout, lowest first; a module may import
 modules of its own floor or below. The checker is run on planted graphs too, so it is shown to catch what it claims.
@@ -34,6 +35,8 @@ FLOORS = {
     "focus_surgery.verify": 2,
     "focus_surgery.state_dict": 2,
     "focus_surgery.in_chans": 2,
+    "focus_surgery.tensor_digest": 2,
+    "focus_surgery.parent_death": 2,
     "focus_surgery.checkpoint_io": 3,
     "focus_surgery.surgery": 4,
     "focus_surgery.demo": 5,
@@ -45,6 +48,7 @@ FLOORS = {
     "focus_surgery.sources": 7,
     "focus_surgery.files": 8,
     "focus_surgery.folder": 9,
+    "focus_surgery._fork_server_preload": 9,  # the folder runner's fork server preloads it
     "focus_surgery.cli": 10,
     "focus_surgery.__main__": 10,
     "focus_surgery": 10,  # the package's __init__: the public API, above everything it re-exports
@@ -73,6 +77,12 @@ def package_imports(root: Path) -> dict[str, set[str]]:
                     base = ".".join(parts + ([node.module] if node.module else []))
                 # `from pkg import sub` imports the module pkg.sub; `from pkg import name` imports pkg
                 targets += [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            elif isinstance(node, ast.Call) and _imported_by_call(node):  # __import__ / importlib.import_module
+                text = node.args[0].value
+                level = len(text) - len(text.lstrip("."))
+                if level:  # import_module(".x", __package__)
+                    text = ".".join(package.split(".")[: len(package.split(".")) - level + 1] + [text[level:]])
+                targets.append(text.rstrip("."))
         deps = set()
         for target in targets:
             while target and target not in files:
@@ -83,6 +93,13 @@ def package_imports(root: Path) -> dict[str, set[str]]:
                 target = target.rpartition(".")[0]
         graph[name] = deps
     return graph
+
+
+def _imported_by_call(node: ast.Call) -> bool:
+    """``__import__("pkg.mod")`` or ``importlib.import_module("pkg.mod")`` with the name written in the source."""
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+    first = node.args[0] if node.args else None
+    return name in ("__import__", "import_module") and isinstance(first, ast.Constant) and isinstance(first.value, str)
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -118,7 +135,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def floor(module: str, floors: dict[str, int]) -> int:
-    prefix = max((p for p in floors if module == p or module.startswith(p + ".")), key=len, default=None)
+    """The floor of the longest entry naming ``module`` or a package above it; the top package's own entry names its
+    ``__init__`` only, so a new module must be given a floor (it is not silently put on the top one)."""
+    matches = (p for p in floors if module == p or ("." in p and module.startswith(p + ".")))
+    prefix = max(matches, key=len, default=None)
     if prefix is None:
         raise KeyError(f"{module}: not in the floor table; give it a floor")
     return floors[prefix]

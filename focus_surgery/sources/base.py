@@ -2,7 +2,9 @@
 
 Declared (the one table ``files.convert_file`` checks options against, once): ``targets`` (``--to``), ``scopes``,
 ``outputs`` (layout -> output suffixes), ``specificity`` (higher is asked first; ties by name, so the registry's
-answer never depends on registration order) and ``reads`` (input suffixes read by the adapter itself). Offered:
+answer never depends on registration order), ``reads`` (input suffixes read by the adapter itself) and ``uses`` (the
+further ``ConvertOptions`` it reads: ``block_size``, ``order``, ``tolerance``; one it does not read is refused when
+given). Offered:
 ``claims``, ``inspect``, ``convert`` (find the stems, apply the change, check it in float64; nothing written),
 ``model`` (a runnable model for ``verify``), ``state_dict`` / ``compare_tensors`` (when nothing can be run).
 """
@@ -22,6 +24,7 @@ from .loading import Loaded
 PICKLES = (".pt", ".pth")
 CHECKPOINTS = (*PICKLES, ".safetensors")
 ANY_LAYOUT = ""  # an ``outputs`` key: the source writes one layout, whatever --layout says
+OWN_OPTIONS = ("block_size", "order", "tolerance")  # options only some sources read (declared in ``Source.uses``)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Source:
     scopes: tuple[str, ...] = ("stem",)
     outputs: dict[str, tuple[str, ...]] = {ANY_LAYOUT: CHECKPOINTS}
     reads: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()  # of OWN_OPTIONS: given to a source that does not read it, it is refused, not ignored
 
     def read(self, path: Path) -> Loaded:
         """Read a file of one of the ``reads`` suffixes (the safe checkpoint loader reads every other file)."""
@@ -98,4 +102,4 @@ class Source:
         return compare_state_dicts(a, b)
 
 
-__all__ = ["ANY_LAYOUT", "CHECKPOINTS", "PICKLES", "ConvertOptions", "Source", "VerificationFailed"]
+__all__ = ["ANY_LAYOUT", "CHECKPOINTS", "OWN_OPTIONS", "PICKLES", "ConvertOptions", "Source", "VerificationFailed"]

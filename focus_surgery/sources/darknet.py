@@ -70,6 +70,7 @@ class DarknetSource(Source):
     description = "YOLOR main-branch darknet checkpoint (module_list.N.Conv2d.weight, [reorg] stem)"
     specificity = 10  # a plain state dict under 'model' with darknet's key layout
     outputs = PlainStateDictSource.outputs
+    uses = ("block_size", "order")
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content

@@ -37,6 +37,7 @@ class OnnxSource(Source):
     scopes = ("stem", "all")  # every proven chain is folded
     outputs = {ANY_LAYOUT: (".onnx",)}
     reads = (".onnx",)
+    uses = ("tolerance",)  # of --verify
 
     def read(self, path: Path) -> Loaded:
         try:

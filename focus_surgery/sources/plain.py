@@ -93,6 +93,7 @@ class PlainStateDictSource(Source):
     name = "state_dict"
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
     targets = ("conv", "focus", "fastest")
+    uses = ("block_size", "order")  # a state dict has no stem geometry of its own
     outputs = {ANY_LAYOUT: (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".safetensors")}
     not_found = (
         "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with {} input "

@@ -437,7 +437,7 @@ def build_model(arch: LegacyArchitecture, weights: dict[str, torch.Tensor], sour
 
     _check_rows(arch.yaml, source, detect_last=False)  # also when the architecture comes from a JSON file
     check_scaling(arch.yaml, weights, arch.detect, source)  # before the parser builds anything
-    check_sizes(arch, weights, source)  # head channels and leaf shapes: no layer larger than its weights
+    check_sizes(arch, weights, source, make_leaf)  # head channels and leaf shapes: no layer larger than its weights
     yaml = {k: copy.deepcopy(arch.yaml[k]) for k in YAML_KEYS if k in arch.yaml}  # no `activation` string to eval
     try:
         with contextlib.redirect_stdout(io.StringIO()):

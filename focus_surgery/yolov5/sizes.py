@@ -9,7 +9,7 @@ of the weights it will receive, and the head's levels must be well-formed, or th
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,11 +45,12 @@ def check_head(detect: dict, weights: dict[str, torch.Tensor], head_index: int, 
             raise CheckpointError(f"{source}: head level {i} has stride {str(s)[:20]}, not a positive number")
 
 
-def check_leaves(leaves: dict, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Every leaf layer built on the meta device (shapes only, no memory): its parameters and buffers must have the
-    shapes of the file's tensors of the same names."""
-    from .rebuild import make_leaf
-
+def check_leaves(
+    leaves: dict, weights: dict[str, torch.Tensor], source: str, make_leaf: Callable[[dict], torch.nn.Module]
+) -> None:
+    """Every leaf layer built by ``make_leaf`` on the meta device (shapes only, no memory): its parameters and
+    buffers must have the shapes of the file's tensors of the same names. (``make_leaf`` is passed in by
+    ``rebuild``, which imports this module: no import circle.)"""
     for path, spec in leaves.items():
         with torch.device("meta"):
             module = make_leaf(spec)
@@ -62,9 +63,11 @@ def check_leaves(leaves: dict, weights: dict[str, torch.Tensor], source: str) ->
                 )
 
 
-def check_sizes(arch: Any, weights: dict[str, torch.Tensor], source: str) -> None:
+def check_sizes(
+    arch: Any, weights: dict[str, torch.Tensor], source: str, make_leaf: Callable[[dict], torch.nn.Module]
+) -> None:
     """``check_head`` and ``check_leaves`` for a ``LegacyArchitecture``, before the model is built."""
     if not isinstance(arch.detect, dict) or not isinstance(arch.leaves, dict):
         raise CheckpointError(f"{source}: the architecture's head or layers are malformed")
     check_head(arch.detect, weights, len(arch.yaml["backbone"]) + len(arch.yaml["head"]), source)
-    check_leaves(arch.leaves, weights, source)
+    check_leaves(arch.leaves, weights, source, make_leaf)
