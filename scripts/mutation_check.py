@@ -299,6 +299,7 @@ LOADER = (
     "tests/test_checkpoint_guards.py",
     "tests/test_loader.py",
     "tests/test_loader_bounds.py",
+    "tests/test_loader_keywords.py",
     "tests/test_loader_review.py",
     "tests/test_cli.py",
     "tests/test_yolov5_legacy.py",
