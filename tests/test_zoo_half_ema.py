@@ -238,13 +238,9 @@ def test_darknet_ema_checkpoint_in_half_precision(tmp_path, capsys, dtype):
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_darknet_written_by_yolor_in_half_precision(tmp_path, capsys, dtype):
-    check_darknet(*_real(tmp_path, dtype), dtype, capsys)
-
-
-def _real(tmp_path: Path, dtype: torch.dtype) -> tuple[Path, Path]:
-    src = tmp_path / "last.pt"
+    src, dst = tmp_path / "last.pt", tmp_path / "conv.pt"
     darknet_real_file(src, dtype)
-    return src, tmp_path / "conv.pt"
+    check_darknet(src, dst, dtype, capsys)
 
 
 @pytest.mark.parametrize("dtype", HALF)
