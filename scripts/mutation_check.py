@@ -238,6 +238,20 @@ MUTANTS = [
         "            rows = stem_rows(model, options.scope)",
         ("tests/test_zoo_yolov7_ema.py",),
     ),
+    Mutant(
+        "darknet --verify ignores the stem's dtype",
+        "focus_surgery/sources/darknet.py",
+        "if before[key].dtype != after[key].dtype:",
+        "if False:",
+        ("tests/test_zoo_half_ema.py",),
+    ),
+    Mutant(
+        "darknet stem written as float32",
+        "focus_surgery/sources/darknet.py",
+        "return F.pad(focus_to_conv_weight(weight, block_size, order), (1, 0, 1, 0))",
+        "return F.pad(focus_to_conv_weight(weight, block_size, order), (1, 0, 1, 0)).float()",
+        ("tests/test_zoo_half_ema.py",),
+    ),
     # issue 23: limits at their edge
     Mutant(
         "folder per-file memory limit 1024x",
@@ -299,6 +313,7 @@ LOADER = (
     "tests/test_checkpoint_guards.py",
     "tests/test_loader.py",
     "tests/test_loader_bounds.py",
+    "tests/test_loader_keywords.py",
     "tests/test_loader_review.py",
     "tests/test_cli.py",
     "tests/test_yolov5_legacy.py",

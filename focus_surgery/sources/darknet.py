@@ -162,5 +162,8 @@ def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict
         {k: v for k, v in tensors(after).items() if k != key},
         tolerance=0.0,
     )
+    if before[key].dtype != after[key].dtype:  # the float64 run above cannot see a dtype change of the stem
+        problem = f"{key} is {before[key].dtype} vs {after[key].dtype}: the dtype changed"
+        rest = {**rest, "passed": False, "problem": problem}
     compared = "the stem conv before and after in float64 (darknet padding size//2), the model's code not run"
     return stem_check(stem.to_dict(), [stem], rest, compared)
