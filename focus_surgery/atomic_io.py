@@ -238,6 +238,22 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextlib.contextmanager
+def _folders_locked(folders: list[Path]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on each folder (the folder itself: no lock file is left behind)."""
+    import fcntl
+
+    handles = []
+    try:
+        for folder in sorted(set(folders)):  # one order for every run: no deadlock between two pairs
+            handles.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+            fcntl.flock(handles[-1], fcntl.LOCK_EX)
+        yield
+    finally:
+        for handle in handles:
+            os.close(handle)  # closing releases the lock
+
+
 def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]]], fsync: bool = True) -> list[Path]:
     """Write every ``(destination, write)`` pair to its own temporary file first, then rename them in order.
 
@@ -266,7 +282,9 @@ def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]
                 if fsync:
                     with open(tmp, "rb") as done:
                         os.fsync(done.fileno())
-            with _signals_held():  # all renames or none: a signal now is handled after the last one
+            with _signals_held(), _folders_locked(folders if len(plan) > 1 else []):
+                # all renames or none (a signal is handled after the last one), and a pair from a concurrent run
+                # into the same folder never interleaves with ours (A's graph with B's data)
                 for destination, _ in plan:
                     _check_destination(destination)  # a device or FIFO put there while we wrote
                 for (destination, _), tmp in zip(plan, temporaries):

@@ -19,6 +19,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """One CLI fork server per test module (``_bounded_cli.BoundedCLI``): each run is still the CLI's ``main`` in a
+    process of its own (working directory, time and address-space limit), the imports paid once."""
+    from _bounded_cli import BoundedCLI
+
+    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
+    yield server
+    server.close()
+
+
 # ------------------------------------------------------------------------------------------ no silent skips in CI
 # `./run test` (what CI runs) sets FOCUS_SURGERY_NO_SKIPS=1: it installs every optional package the tests use and
 # the repository holds every fixture, so a skip there means a test that should have run did not. Each skip becomes

@@ -105,3 +105,33 @@ def test_a_live_writers_temporary_is_not_removed(tmp_path):
     live.write_bytes(b"in progress")
     atomic_write(dst, lambda tmp: Path(tmp).write_bytes(b"x"))
     assert live.exists()
+
+
+def test_a_pair_is_renamed_under_the_folder_lock(tmp_path, monkeypatch):
+    """The renames of a pair (``.onnx`` + ``.data``, ``.safetensors`` + ``.json``) hold an exclusive ``flock`` on the
+    folder, so a concurrent run's pair cannot interleave with ours; a single file takes no lock; none is left."""
+    import fcntl
+
+    from focus_surgery import atomic_io
+
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(probe)  # closing drops a lock the probe itself took
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic_io.os, "replace", replace)
+    write = lambda text: lambda tmp: Path(tmp).write_text(text)  # noqa: E731
+    atomic_io.atomic_write_all([(tmp_path / "m.onnx", write("graph")), (tmp_path / "m.onnx.data", write("data"))])
+    assert seen == ["held", "held"]
+    atomic_io.atomic_write(tmp_path / "one.pt", write("x"))
+    assert seen[2:] == ["free"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "one.pt"]

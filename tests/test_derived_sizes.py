@@ -20,18 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _bounded_cli import ROOT, BoundedCLI
+from _bounded_cli import ROOT
 
 YOLOV5 = ROOT / "tests" / "fixtures" / "yolov5-legacy" / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt"
 MEMORY_MARGIN = 256 << 20
 ALLOCATION_FAILURE = re.compile(r"MemoryError|can't allocate|cannot allocate|out of memory|bad_alloc|std::", re.I)
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

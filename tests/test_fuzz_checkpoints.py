@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _bounded_cli import TIME_LIMIT, BoundedCLI
+from _bounded_cli import TIME_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "yolov5-legacy").glob("yolov5s-*.pt")) + sorted(
@@ -49,13 +49,6 @@ def mutations() -> list[tuple[str, Path, str, int, int]]:
             position = rng.randrange(1, size)
         cases.append((f"{i:02d}-{fixture.stem[:18]}-{kind}-{position}", fixture, kind, position, rng.randrange(256)))
     return cases
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("fuzz-runs"))
-    yield server
-    server.close()
 
 
 @pytest.mark.parametrize("case", mutations(), ids=lambda c: c[0])

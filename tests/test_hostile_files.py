@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from _bounded_cli import TIME_LIMIT, BoundedCLI, run_fresh
+from _bounded_cli import TIME_LIMIT, run_fresh
 from hostile_files import (
     HOSTILE,
     STATE_DICT_FILE,
@@ -36,13 +36,6 @@ from hostile_files import (
 MEMORY_MARGIN = 256 << 20
 ALLOCATION_FAILURE = re.compile(r"MemoryError|can't allocate|cannot allocate|out of memory|bad_alloc|std::", re.I)
 ESCAPES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f\x9b]")  # control bytes other than tab / newline
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

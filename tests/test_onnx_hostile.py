@@ -15,16 +15,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from _bounded_cli import BoundedCLI, run_fresh  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    """One fork server for the module: each run is still the CLI's ``main`` in its own process (own working
-    directory, time and address-space limit), without paying torch's imports per run."""
-    server = BoundedCLI(tmp_path_factory.mktemp("onnx-cli-runs"))
-    yield server
-    server.close()
+from _bounded_cli import run_fresh  # noqa: E402
 
 
 PAYLOAD = b"echo pwned > focus-surgery-pwned\n"  # relative: a run of it would write into the test's work folder

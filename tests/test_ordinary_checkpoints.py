@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from _bounded_cli import BoundedCLI
 from _ultralytics_last_pt import write_interrupted_last_pt
 
 FAMILY = Path(__file__).parent / "fixtures" / "yolov5-family"
 YOLOV5_FILES = sorted(FAMILY.glob("*.pt"))
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
-    yield server
-    server.close()
 
 
 def digest(path: Path) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _bounded_cli import TIME_LIMIT, BoundedCLI
+from _bounded_cli import TIME_LIMIT
 from hostile_files import (
     LEGACY_MAGIC_NUMBER,
     PickleWriter,
@@ -233,13 +233,6 @@ def test_transform_rebuilds_tuples_shared_without_a_cycle():
 
 
 # ------------------------------------------------------------------------------------------------ the real CLI
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
-    yield server
-    server.close()
 
 
 CLI_CASES = {

@@ -19,16 +19,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from _bounded_cli import BoundedCLI  # noqa: E402
 from test_onnx_hostile import SECRET, _stem_graph  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    """The CLI's ``main`` in a forked process per run (own working directory and limits), imports paid once."""
-    server = BoundedCLI(tmp_path_factory.mktemp("review-onnx-runs"))
-    yield server
-    server.close()
 
 
 def _digests(folder) -> dict[str, str]:

@@ -16,19 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from _bounded_cli import ROOT, BoundedCLI, _environment, run_fresh
+from _bounded_cli import ROOT, _environment, run_fresh
 from focus_surgery import atomic_io
 from focus_surgery.atomic_io import TMP_SUFFIX, atomic_write
 
 STATE_DICT = ROOT / "checkpoints" / "focus-backbone.pt"
 YOLOV5 = ROOT / "tests" / "fixtures" / "yolov5-legacy" / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt"
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
-    yield server
-    server.close()
 
 
 def dead_pid() -> int:

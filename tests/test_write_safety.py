@@ -24,19 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from _bounded_cli import ROOT, BoundedCLI, _environment, run_fresh
+from _bounded_cli import ROOT, _environment, run_fresh
 from focus_surgery.atomic_io import TMP_SUFFIX, atomic_write
 
 STATE_DICT = ROOT / "checkpoints" / "focus-backbone.pt"
 YOLOV5 = ROOT / "tests" / "fixtures" / "yolov5-legacy" / "yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt"
 BIG_MB = 120  # torch.save of it takes long enough to be caught writing
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = BoundedCLI(tmp_path_factory.mktemp("cli-runs"))
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
