@@ -7,7 +7,7 @@ rebuilds records of installed layer classes into real modules from validated hyp
 
 Guarantees (tested in ``tests/test_hostile_files.py``):
 
-* nothing named by the file is called except the validating rebuilders of ``allowlist.GLOBALS``;
+* nothing named by the file is called except the validating rebuilders of ``allowlist.ALLOWED``;
 * every declared size (zip records, storages, tensors) is checked against the file's size before allocation; the
   tensors' total logical size (every use of a tensor, every path to a shared layer's) is at most twice the file
   plus 256 MiB, the pickle at most 64 MiB; zip records are stored or deflated, summed and non-overlapping;

@@ -14,7 +14,6 @@ from .loading import Loaded
 from .plain import PlainStateDictSource, tensors
 
 TRAINER_KEYS = {"start_epoch", "model", "optimizer"}
-STEM_KEY = "backbone.backbone.stem.conv.conv.weight"
 MODEL_CHANGE = (
     "in yolox/models/darknet.py, CSPDarknet.__init__: self.stem = BaseConv(3, base_channels, ksize=6, "
     "stride=2, act=act) instead of Focus(3, base_channels, ksize=3, act=act)"
