@@ -327,5 +327,5 @@ def test_output_that_is_not_a_regular_file_is_never_replaced(tmp_path):
     src.write_bytes(_stem_graph().SerializeToString())
     os.mkfifo(dst)
     outcome = run_fresh("convert", src, dst, cwd=tmp_path)
-    assert outcome.returncode == 2 and "not a regular file" in outcome.stderr_lines[0], outcome
+    assert outcome.returncode == 2 and "is a FIFO; refusing to replace it" in outcome.stderr_lines[0], outcome
     assert stat.S_ISFIFO(os.lstat(dst).st_mode)
