@@ -459,7 +459,7 @@ def test_folder_run_sigterm_leaves_no_temporary(tmp_path):
             time.sleep(0.1)
         assert list((tmp_path / "out").iterdir()), "the child never started"
         parent.send_signal(signal.SIGTERM)
-        parent.wait(30)
+        parent.wait(300)
     finally:
         parent.kill()
     assert list((tmp_path / "out").iterdir()) == [], "temporary file left by a SIGTERM of a folder run"

@@ -35,7 +35,7 @@ def lock_is_free(path: str) -> bool:
     code = (
         "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
     )
-    return subprocess.run([sys.executable, "-c", code, path], capture_output=True, timeout=60).returncode == 0
+    return subprocess.run([sys.executable, "-c", code, path], capture_output=True, timeout=300).returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------ stale temporaries
@@ -92,7 +92,7 @@ def test_a_temporary_is_locked_for_the_whole_write_even_if_a_cleaner_won_the_rac
                 "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
                 "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nos.unlink(sys.argv[1])"
             )
-            subprocess.run([sys.executable, "-c", code, str(name)], check=True, timeout=60)
+            subprocess.run([sys.executable, "-c", code, str(name)], check=True, timeout=300)
         return real_lock(fd)
 
     monkeypatch.setattr(atomic_io, "_lock", lock_after_a_foreign_cleaner)
@@ -289,7 +289,7 @@ def test_kill_9_of_a_folder_run_with_workers_leaves_no_process_in_its_group(tmp_
             time.sleep(0.01)  # the run, its fork server and two children
         assert len(_process_group(proc.pid)) >= 4, "the children never started"
         proc.kill()
-        proc.wait(60)
+        proc.wait(300)
         deadline = time.monotonic() + 120
         while _process_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
