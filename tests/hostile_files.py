@@ -681,10 +681,9 @@ def stride_zero_shared(tmp: Path, names: int = 16) -> Hostile:
     return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 4.29 GB output from 4.6 KB")
 
 
-def stride_zero_shared_layer(tmp: Path, parents: int = 16) -> Hostile:
-    """One Identity layer shared by ``parents`` slots of a Sequential, holding a 256 MiB stride-0 buffer over one
-    byte: the model's state dict writes it once per path (4 GiB from a few KB)."""
-    numel = 1 << 28
+def shared_layer_pickle(numel: int, parents: int) -> bytes:
+    """{"model": Sequential} whose ``parents`` children are one Identity layer holding a uint8 buffer of ``numel``
+    elements viewing one byte (stride 0): its state dict writes the buffer once per path."""
 
     def identity(q: PickleWriter) -> PickleWriter:
         state = {
@@ -696,11 +695,18 @@ def stride_zero_shared_layer(tmp: Path, parents: int = 16) -> Hostile:
             "_non_persistent_buffers_set": lambda p: p.glob("builtins", "set").raw(pickle.EMPTY_LIST + b"\x85R"),
             "_modules": lambda p: p.dict({}, ordered=True),
         }
-        return q.record("torch.nn.modules.linear", "Identity", state).put(900_000)
+        return q.record("torch.nn.modules.linear", "Identity", state).put(7)
 
-    children = {"0": identity, **{str(i): (lambda q: q.get(900_000)) for i in range(1, parents)}}
-    pkl = PickleWriter().dict({"model": lambda q: q.module("torch.nn.modules.container", "Sequential", {}, children)})
-    path = torch_zip(tmp / "stride-zero-shared-layer.pt", pkl.stop(), {"z": b"\x01"})
+    children = {"0": identity, **{str(i): (lambda q: q.get(7)) for i in range(1, parents)}}
+    model = {"model": lambda q: q.module("torch.nn.modules.container", "Sequential", {}, children)}
+    return PickleWriter().dict(model).stop()
+
+
+def stride_zero_shared_layer(tmp: Path, parents: int = 16) -> Hostile:
+    """One Identity layer shared by ``parents`` slots of a Sequential, holding a 256 MiB stride-0 buffer over one
+    byte: the model's state dict writes it once per path (4 GiB from a few KB)."""
+    pkl = shared_layer_pickle(1 << 28, parents)
+    path = torch_zip(tmp / "stride-zero-shared-layer.pt", pkl, {"z": b"\x01"})
     return Hostile(path, ("convert", "{src}", "{dst}.safetensors"), effect="disk: 4 GiB state dict from a few KB")
 
 

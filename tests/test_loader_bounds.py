@@ -22,7 +22,7 @@ from focus_surgery.loader import CheckpointError, Transform, read_checkpoint
 from focus_surgery.loader import containers, layers, rebuilders, unpickler
 from focus_surgery.loader.errors import Refused
 from focus_surgery.loader.rebuilders import Budgets
-from hostile_files import PickleWriter, legacy_file, torch_zip, write_zip, zip_entries
+from hostile_files import PickleWriter, legacy_file, shared_layer_pickle, torch_zip, write_zip, zip_entries
 
 FORMATS = ("zip", "legacy")
 
@@ -411,27 +411,6 @@ def test_upsampling_factor_at_its_limit_in_a_file(fmt, tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
     assert len(str(caught.value).splitlines()) == 1 and "scale_factor = 64.5" in str(caught.value)
-
-
-def shared_layer_pickle(numel: int, parents: int) -> bytes:
-    """{"model": Sequential} whose ``parents`` children are one Identity layer holding a uint8 buffer of ``numel``
-    elements viewing one byte (stride 0): its state dict writes the buffer once per path."""
-
-    def identity(q: PickleWriter) -> PickleWriter:
-        state = {
-            "training": False,
-            "_parameters": lambda p: p.dict({}, ordered=True),
-            "_buffers": lambda p: p.dict(
-                {"b": lambda r: r.tensor("z", 1, (numel,), (0,), storage="ByteStorage")}, ordered=True
-            ),
-            "_non_persistent_buffers_set": lambda p: p.glob("builtins", "set").raw(b"]\x85R"),
-            "_modules": lambda p: p.dict({}, ordered=True),
-        }
-        return q.record("torch.nn.modules.linear", "Identity", state).put(7)
-
-    children = {"0": identity, **{str(i): (lambda q: q.get(7)) for i in range(1, parents)}}
-    model = {"model": lambda q: q.module("torch.nn.modules.container", "Sequential", {}, children)}
-    return PickleWriter().dict(model).stop()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
