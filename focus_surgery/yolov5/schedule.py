@@ -12,6 +12,9 @@ optimizer steps            when ``ni - last_opt_step >= accumulate``    as v6.0+
                            (v1.0-v5.0: when ``ni % accumulate == 0``)
 gradient clipping          ``clip_grad_norm_(max_norm=10)`` (v6.2+;     always
                            none before)
+learning-rate curve        linear ``(1 - e / epochs) * (1 - lrf) +      linear unless ``cos_lr=True``
+                           lrf`` (v6.1+); cosine ``one_cycle(1, lrf,
+                           epochs)`` before (v5.0-v6.0's default)
 gradients left at an       dropped: ``zero_grad()`` as each epoch       carried into the next epoch's first step
 epoch's end                starts (v2.0+)
 learning rate after        ``lf(epoch - 1)``: the scheduler steps at    ``lf(epoch)``: it steps at the start
@@ -64,6 +67,9 @@ class ScheduleRules:
             RANK`` (v6.2+, with ``--seed``).
         zero_grad_each_epoch (bool): Gradients accumulated but not yet stepped are dropped as an epoch starts
             (v2.0+: ``optimizer.zero_grad()`` before each epoch's batches; v1.0 carries them over as Ultralytics).
+        cosine_lr (bool): The learning rate follows ``one_cycle(1, lrf, epochs)`` by default (v1.0-v6.0; v6.1+
+            default to linear, ``--cos-lr`` for cosine). v1.0-v3.0 fix ``lrf`` (0.1, 0.2, 0.2) in the expression;
+            the hyp's ``lrf`` is used here.
     """
 
     warmup_floor: int = WARMUP_FLOOR
@@ -73,17 +79,18 @@ class ScheduleRules:
     half_round_trip: bool = True
     autoanchor_seed: int | None = None
     zero_grad_each_epoch: bool = True
+    cosine_lr: bool = False
 
 
-_V2 = ScheduleRules(1000, 3.0, True, False, False, 1)
+_V2 = ScheduleRules(1000, 3.0, True, False, False, 1, True, True)
 _SCHEDULES = {
-    "v1.0": ScheduleRules(1000, 3.0, True, False, False, 1, False),
+    "v1.0": ScheduleRules(1000, 3.0, True, False, False, 1, False, True),
     "v2.0": _V2,
     "v3.0": _V2,
-    "v3.1": ScheduleRules(1000, None, True, False, False, 1),
-    "v4.0": ScheduleRules(1000, None, True, False, False, 1),
-    "v5.0": ScheduleRules(1000, None, True, False, True, 1),
-    "v6.0": ScheduleRules(1000, None, False, False, True, 0),
+    "v3.1": ScheduleRules(1000, None, True, False, False, 1, True, True),
+    "v4.0": ScheduleRules(1000, None, True, False, False, 1, True, True),
+    "v5.0": ScheduleRules(1000, None, True, False, True, 1, True, True),
+    "v6.0": ScheduleRules(1000, None, False, False, True, 0, True, True),
     "v6.1": ScheduleRules(1000, None, False, False, True, 0),
     "v6.2": ScheduleRules(),
     "v7.0": ScheduleRules(),

@@ -17,7 +17,8 @@ Ultralytics is loaded) wraps, in memory:
   hyper-parameters say ``autoanchor: 0`` (YOLOv5's ``--noautoanchor``) or training resumes.
 * YOLOv5's schedule (``schedule.py``; the default for these models, ``yolov5_hyp: {schedule: 0}`` gives
   Ultralytics' back): warm-up ``max(round(warmup_epochs * nb), 100)`` iterations, accumulation ramped to
-  ``nbs / batch`` uncapped, the post-warm-up learning rate one epoch behind as ``train.py``'s, SGD for
+  ``nbs / batch`` uncapped, the post-warm-up learning rate one epoch behind as ``train.py``'s (cosine for
+  v1.0-v6.0 files, whose ``train.py`` defaults to it), SGD for
   ``optimizer=auto``, a converted ``last.pt`` fine-tuned from its ``model`` rather than its EMA, autoanchor
   drawn from generators seeded as ``train.py`` seeds them, and the model rounded
   through float16 after autoanchor (``train.py``'s ``model.half().float()``); each release's own floor, step rule
@@ -116,9 +117,13 @@ def _wrap_set_model_attributes(original):
             from ultralytics.utils import LOGGER
 
             changed = apply_to_args(self.args, model_hyp(self.model), DEFAULT_CFG_DICT)
-            if uses_yolov5_schedule(self) and self.args.optimizer == "auto":
+            rules = trainer_schedule(self)
+            if rules is not None and self.args.optimizer == "auto":
                 self.args.optimizer = "SGD"  # train.py's default (Ultralytics' auto picks AdamW / MuSGD)
                 changed.append("optimizer")
+            if rules is not None and rules.cosine_lr and not self.args.cos_lr:
+                self.args.cos_lr = True  # train.py's default before v6.1 (Ultralytics: linear)
+                changed.append("cos_lr")
             if changed:
                 LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
 
