@@ -190,7 +190,7 @@ def _ours(state: dict[str, torch.Tensor], key: str) -> np.ndarray:
     ``model.0.conv.bn``) is our 6x6 stride-2 conv (``model.0.conv`` / ``model.0.bn``), its weight in Focus form."""
     import focus_surgery as fs
 
-    if not key.startswith("model.0.conv."):
+    if not key.startswith(("model.0.conv.conv.", "model.0.conv.bn.")):
         return state[key].numpy()
     ours = state["model.0." + key[len("model.0.conv.") :]]
     if key == "model.0.conv.conv.weight":
