@@ -39,18 +39,13 @@ class LoadedOnnx:
     data_files: list[Path] = field(default_factory=list)
 
 
-def load_onnx(path: str | os.PathLike, check: bool = True):
+def read_onnx(path: str | os.PathLike, check: bool = True) -> LoadedOnnx:
     """Read ``path`` as an ONNX model (external data of its initializers read in, confined) and check it.
 
     Raises:
         OnnxSurgeryError: The file is missing, not ONNX, over 2 GiB, has external data we refuse, or fails the
             checker.
     """
-    return read_onnx(path, check).model
-
-
-def read_onnx(path: str | os.PathLike, check: bool = True) -> LoadedOnnx:
-    """``load_onnx`` that also says which external data files were read (``LoadedOnnx.data_files``)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -211,7 +206,7 @@ def external_tensor_names(model) -> list[str]:
     while stack:
         message = stack.pop()
         if isinstance(message, TensorProto):
-            if message.data_location == TensorProto.EXTERNAL or len(message.external_data):
+            if _is_external(message):
                 found.append(message.name or "<unnamed>")
             continue  # a tensor holds no further tensors; its raw bytes are never copied here
         for descriptor, value in message.ListFields():
