@@ -42,10 +42,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):  # no process ever had this pid: not a file of ours, never removed
-        return True
+    except (PermissionError, OverflowError, ValueError):  # another user's process; a pid no process ever had
+        pass
     return True
 
 
@@ -93,7 +91,7 @@ def remove_stale_temporaries(destination: Path) -> list[Path]:
     Only files named as ours (``.<name>.<pid>-<random>.focus-surgery-tmp``), regular, of this user, whose writer no
     longer runs and whose lock is free: another live run's temporary file is never touched, whatever it writes.
     """
-    return remove_stale_temporaries_in(Path(destination).parent if str(Path(destination).parent) else Path("."))
+    return remove_stale_temporaries_in(Path(destination).parent)
 
 
 def remove_stale_temporaries_in(folder: Path) -> list[Path]:
@@ -173,7 +171,7 @@ _SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", 
 
 
 def _check_destination(destination: Path) -> Path:
-    folder = destination.parent if str(destination.parent) else Path(".")
+    folder = destination.parent
     if destination.is_dir():
         raise CheckpointError(f"{destination}: is a directory; give a file name to write")
     try:
