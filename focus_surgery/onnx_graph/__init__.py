@@ -106,13 +106,13 @@ def inspect_onnx(src: str | os.PathLike, model: Any = None) -> OnnxReport:
     """The space-to-depth stems of an ONNX file (``model``: already read from it): which convert, which are left
     and why (nothing is written)."""
     model = read_onnx(src).model if model is None else model
-    return OnnxReport(
-        str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model)
-    )
+    return _report(src, model, analyse(model))
 
 
-def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+def _report(src: str | os.PathLike, model: Any, stems: list[OnnxStem]) -> OnnxReport:
+    """What was found in ``model`` (its default-domain opset, node and op counts); nothing done yet."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxReport(str(src), None, opset, stems, len(model.graph.node), ops_before=_op_counts(model))
 
 
 def convert_onnx(
@@ -172,7 +172,7 @@ def fold_model(
     if tolerance is not None and not (0 < tolerance < float("inf")):
         raise OnnxSurgeryError(f"--tolerance {tolerance}: give a positive finite relative error, e.g. 1e-4")
     out, stems = fold(model)
-    report = OnnxReport(str(src), None, _opset(model), stems, len(model.graph.node), ops_before=_op_counts(model))
+    report = _report(src, model, stems)
     if not report.replaced:
         why = (
             "; ".join(f"{s.conv}: {s.reason}" for s in stems)

@@ -161,6 +161,15 @@ class GraphIndex:
 _GRAPH_ATTRS = (5, 10)  # onnx.AttributeProto.GRAPH, GRAPHS
 
 
+def subgraphs(node) -> list:
+    """The graphs ``node`` carries as attributes (If / Loop / Scan bodies: code we do not bound), one level deep."""
+    graphs = []
+    for attr in node.attribute:
+        if attr.type in _GRAPH_ATTRS:
+            graphs += [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]
+    return graphs
+
+
 def subgraph_inputs(node) -> set[str]:
     """Names a node's subgraphs read (they may come from the outer graph), nested subgraphs included.
 
@@ -169,14 +178,10 @@ def subgraph_inputs(node) -> set[str]:
     names: set[str] = set()
     stack = [node]
     while stack:
-        current = stack.pop()
-        for attr in current.attribute:
-            if attr.type not in _GRAPH_ATTRS:
-                continue
-            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                for inner in sub.node:
-                    names.update(inner.input)
-                    stack.append(inner)
+        for sub in subgraphs(stack.pop()):
+            for inner in sub.node:
+                names.update(inner.input)
+                stack.append(inner)
     return names
 
 
@@ -190,11 +195,6 @@ def inferred_values(model) -> list:
     except Exception:  # noqa: BLE001 - inference only refines shapes and types
         graph = model.graph
     return [*graph.input, *graph.value_info, *graph.output]
-
-
-def has_subgraph(node) -> bool:
-    """Whether ``node`` carries a graph attribute (If / Loop / Scan bodies): it runs code we do not bound."""
-    return any(attr.type in _GRAPH_ATTRS for attr in node.attribute)
 
 
 def attribute(node, name: str, default=None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from .io import OnnxSurgeryError
-from .patterns import attribute, has_subgraph
+from .patterns import attribute, subgraphs
 
 REAL_SIZE = 640  # YOLOv5 / Ultralytics / YOLOX deployment size; dynamic axes are verified here first
 SECOND_SIZE = (320, 480)  # (height, width) of the second trial, rounded up to the stride
@@ -148,10 +148,8 @@ def check_bounded(model, shapes: dict[str, tuple[int, ...]]) -> None:
                     f"Loop {node.name or node.output[0]!r} has no constant trip count within {MAX_LOOP_TRIPS}; "
                     f"running it is unbounded; {fix}"
                 )
-        if has_subgraph(node):
-            for attr in node.attribute:
-                for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                    stack.extend(sub.node)
+        for sub in subgraphs(node):
+            stack.extend(sub.node)
     sized = onnx.ModelProto()
     sized.CopyFrom(model)
     for value in sized.graph.input:
