@@ -167,7 +167,7 @@ def _write_error(destination: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(f"{destination}: write failed ({text}); nothing was written")
 
 
-_SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
+SPECIAL_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
 
 
 def _check_destination(destination: Path) -> Path:
@@ -179,7 +179,7 @@ def _check_destination(destination: Path) -> Path:
     except OSError:
         mode = stat.S_IFREG
     if not stat.S_ISREG(mode):
-        kind = _SPECIAL.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        kind = SPECIAL_KINDS.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
         raise CheckpointError(
             f"{destination}: is {kind}, not a regular file; refusing to replace it (write to a file instead)"
         )

@@ -250,7 +250,7 @@ def save_onnx(model, destination: str | os.PathLike, external_data: bool = False
     """
     import onnx
 
-    from ..atomic_io import atomic_write_all
+    from ..atomic_io import SPECIAL_KINDS, atomic_write_all
 
     if external_tensor_names(model):
         raise OnnxSurgeryError(f"{destination}: the graph references external data files; refusing to write it")
@@ -261,10 +261,8 @@ def save_onnx(model, destination: str | os.PathLike, external_data: bool = False
         if target.resolve() in protected:
             raise OnnxSurgeryError(f"{target}: is one of the input's files; refusing to overwrite it, write elsewhere")
         if (target.exists() or target.is_symlink()) and not target.is_file():
-            import stat
-
-            kinds = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
-            kind = kinds.get(stat.S_IFMT(target.stat().st_mode), "not a regular file") if target.exists() else "a link"
+            mode = target.stat().st_mode if target.exists() else None  # None: a link leading nowhere
+            kind = "a link" if mode is None else SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
             raise OnnxSurgeryError(f"{target}: exists and is {kind}; refusing to replace it (write to a file instead)")
     onnx.checker.check_model(model)
     if external_data:
