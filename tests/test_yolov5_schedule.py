@@ -58,6 +58,28 @@ def test_schedule_rules_per_release():
     assert [schedule_rules(r).zero_grad_each_epoch for r in ("v1.0", "v2.0", "v7.0")] == [False, True, True]
 
 
+def test_pending_gradients_dropped_as_an_epoch_starts():
+    """train.py (v2.0+) calls ``optimizer.zero_grad()`` before each epoch's batches; the callback does the same and is
+    registered once however often the pipeline is rebuilt."""
+    from types import SimpleNamespace
+
+    from focus_surgery.yolov5.training import _add_callback_once, _drop_pending_gradients
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    (weight * 3).sum().backward()  # a gradient accumulated but not stepped
+    callbacks: dict[str, list] = {"on_train_epoch_start": []}
+    trainer = SimpleNamespace(
+        optimizer=torch.optim.SGD([weight], lr=0.1),
+        callbacks=callbacks,
+        add_callback=lambda event, f: callbacks[event].append(f),
+    )
+    for _ in range(2):
+        _add_callback_once(trainer, "on_train_epoch_start", _drop_pending_gradients)
+    assert callbacks["on_train_epoch_start"] == [_drop_pending_gradients]
+    _drop_pending_gradients(trainer)
+    assert weight.grad is None or not weight.grad.any()
+
+
 def test_step_on_multiple_gate_steps_as_v5_train_py():
     """Ultralytics' loop steps when ``ni - last_opt_step >= accumulate``; with the gate in ``accumulate`` it steps
     exactly when v5.0's ``ni % accumulate == 0`` (which differs once the warm-up's accumulate grows)."""
