@@ -11,6 +11,7 @@ keeps timm's own keys both ways: only the conv weight changes shape.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 from collections import OrderedDict
@@ -21,6 +22,7 @@ import torch
 
 from ..checkpoint_io import save_checkpoint
 from ..errors import ConversionError
+from ..loader import Namespace as ReadNamespace
 from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import StemKeys, convert_state_dict, find_stem
@@ -70,6 +72,22 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
         if isinstance(value, torch.Tensor) and value.shape == old:
             entry[key] = remap(value)
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
+
+
+def namespaces_restored(content: Any, names: frozenset) -> Any:
+    """``content`` with its top-level ``argparse.Namespace`` values (timm ``train.py``'s ``args``) as they were
+    pickled: the loader reads them as dicts, and written back as dicts they would add ``builtins.dict`` to the file's
+    globals, which timm's own loaders (``weights_only=True``, ``argparse.Namespace`` allowed) refuse. Only where the
+    pickle named ``argparse.Namespace`` and no other namespace class, so the class is known."""
+    kinds = {n for n in names if n.rpartition(".")[2].endswith("Namespace")}
+    if kinds != {"argparse.Namespace"} or not isinstance(content, dict):
+        return content
+    restored = {}
+    for key, value in content.items():
+        if isinstance(value, ReadNamespace) and all(isinstance(k, str) for k in value):
+            value = argparse.Namespace(**value)
+        restored[key] = value
+    return restored
 
 
 def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
@@ -211,7 +229,9 @@ class PlainStateDictSource(Source):
                 new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
-        report.write = lambda dst: self.write(new_content, places[0], dst, options.to)
+        report.write = lambda dst: self.write(
+            namespaces_restored(new_content, loaded.globals), places[0], dst, options.to
+        )
         if checks:
             assumes = STEM_ASSUMES.format(options.order)
             if found.from_file:
@@ -227,8 +247,16 @@ class PlainStateDictSource(Source):
         bs, order = options.block_size, options.order
         stems = None
         if stem is not None and stem.weightless:  # the file said where the stem is: the same key in both forms
-            stems = (stem, StemKeys(stem.prefix, "conv" if stem.form == "reorg" else "reorg", stem.weight_key,
-                                    list(after[stem.weight_key].shape), weightless=True))
+            stems = (
+                stem,
+                StemKeys(
+                    stem.prefix,
+                    "conv" if stem.form == "reorg" else "reorg",
+                    stem.weight_key,
+                    list(after[stem.weight_key].shape),
+                    weightless=True,
+                ),
+            )
         checked = verify_stems(before, after, bs, order, stems)
         rest = compare_state_dicts(before, after, bs, order, tolerance=0.0, stems=stems)
         return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
