@@ -293,3 +293,29 @@ def test_the_s2d_models_in_timms_registry(name, bs, order, tmp_path):
     for place in ("state_dict", "state_dict_ema"):
         old, new = torch.load(src, weights_only=False)[place], torch.load(back, weights_only=False)[place]
         assert list(new) == list(old) and all(torch.equal(new[k], old[k]) for k in old)
+
+
+def test_verify_compares_the_original_with_its_conversion_and_sees_a_wrong_order(converted, tmp_path):
+    dst, _ = converted
+    for a, b in ((SRC, dst), (dst, SRC)):
+        result = verify_files(a, b)
+        assert result["passed"] and result["tensors"] == 98 and "order timm" in result["compared"]
+    ckpt = torch.load(dst, weights_only=False)
+    original = torch.load(SRC, weights_only=False)["state_dict"][STEM]
+    ckpt["state_dict"][STEM] = fs.focus_to_conv_weight(original, 4, "yolov5")  # the order TResNet does not use
+    wrong = tmp_path / "wrong-order.pth.tar"
+    torch.save(ckpt, wrong)
+    result = verify_files(SRC, wrong)
+    assert not result["passed"] and result["problem"] == "tensors differ"
+
+
+def test_a_planted_remap_bug_fails_the_check_and_writes_nothing(monkeypatch, tmp_path):
+    import focus_surgery.state_dict as state_dict
+    from focus_surgery.errors import VerificationFailed
+
+    real = state_dict.focus_to_conv_weight
+    monkeypatch.setattr(state_dict, "focus_to_conv_weight", lambda w, bs, order: real(w, bs, "pixel_unshuffle"))
+    dst = tmp_path / "x.pth.tar"
+    with pytest.raises(VerificationFailed):
+        convert_file(SRC, dst, verify=True)
+    assert not dst.exists()

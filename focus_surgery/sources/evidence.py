@@ -67,6 +67,23 @@ class Evidence:
     from_file: bool = False
 
 
+class StemTensors(dict):
+    """A state dict's tensors, and where its stem is when the file said so (for ``verify``, which compares two files
+    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``."""
+
+    stem: StemKeys | None = None
+    block_size: int = 2
+    order: str = "yolov5"
+
+
+def said_stems(a: dict, b: dict) -> tuple[StemKeys, StemKeys] | None:
+    """The stems of two ``StemTensors`` whose files named the same weightless stem geometry, else None."""
+    stems = [getattr(x, "stem", None) for x in (a, b)]
+    if None in stems or not all(s.weightless for s in stems) or stems[0].weight_key != stems[1].weight_key:
+        return None
+    return stems[0], stems[1]
+
+
 def _in_places(content: dict, find) -> tuple[list[str | None], dict]:
     """The places whose tensors ``find`` answers a stem for: the top level first, then the wrappers."""
     if find(tensors(content)) is not None:

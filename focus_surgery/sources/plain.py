@@ -28,7 +28,7 @@ from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import StemKeys, convert_state_dict, find_stem
 from .base import ANY_LAYOUT, CHECKPOINTS, TIMM_TRAIN, ConvertOptions, Source
 from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
-from .evidence import WRAPPER_KEYS, Evidence, resolve, tensors
+from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
 
 __all__ = ["WRAPPER_KEYS", "PlainStateDictSource", "remap_optimizer_state", "stem_places", "tensors"]
@@ -146,7 +146,18 @@ class PlainStateDictSource(Source):
         found, _ = self._quiet_evidence(loaded)
         holding = [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
         place = found.places[0] if found else (None if tensors(content) or not holding else holding[0])
-        return tensors(_at(content, place))
+        result = StemTensors(tensors(_at(content, place)))
+        if found is not None and found.from_file:  # the file said where its stem is and how it computes
+            result.stem, result.block_size, result.order = found.stems[place], found.block_size, found.order
+        return result
+
+    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
+        """``verify`` of two state dicts: where both files named the same weightless stem (timm's ``arch``), the stem
+        of ``a`` is remapped with the geometry they named; else by key layout, as any source."""
+        stems = said_stems(a, b)
+        if stems is None or (a.block_size, a.order) != (b.block_size, b.order):
+            return super().compare_tensors(a, b)
+        return compare_state_dicts(dict(a), dict(b), a.block_size, a.order, stems=stems)
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         found, why = self._quiet_evidence(loaded)
