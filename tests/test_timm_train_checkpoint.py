@@ -319,3 +319,26 @@ def test_a_planted_remap_bug_fails_the_check_and_writes_nothing(monkeypatch, tmp
     with pytest.raises(VerificationFailed):
         convert_file(SRC, dst, verify=True)
     assert not dst.exists()
+
+
+def test_ddp_prefixed_keys_are_found_and_timm_strips_them_when_it_loads(args, ref, tmp_path):
+    ckpt = torch.load(SRC, weights_only=False)
+    ckpt["state_dict"] = {f"module.{k}": v for k, v in ckpt["state_dict"].items()}  # saved without unwrap_model
+    src, dst = tmp_path / "ddp.pth.tar", tmp_path / "conv.pth.tar"
+    torch.save(ckpt, src)
+    report = convert_file(src, dst, verify=True).to_dict()
+    assert report["weight_key"] == f"module.{STEM}" and report["converted"] == ["state_dict", "state_dict_ema"]
+    model = tresnet(args, "conv")
+    load_checkpoint(model, str(dst), use_ema=False, strict=True)
+    expected = ref["output_state_dict_float64"]
+    assert np.abs(outputs(model, ref["input"]) - expected).max() <= 1e-12 * np.abs(expected).max()
+
+
+def test_an_architecture_timm_does_not_know_is_named_when_the_order_is_asked_for(tmp_path):
+    ckpt = torch.load(SRC, weights_only=False)
+    ckpt["arch"] = ckpt["args"].model = "my_private_tresnet"
+    src = tmp_path / "private.pth.tar"
+    torch.save(ckpt, src)
+    with pytest.raises(ConversionError, match=r"names arch 'my_private_tresnet', which the installed timm does not"):
+        convert_file(src, tmp_path / "out.pth.tar")
+    assert convert_file(src, tmp_path / "out.pth.tar", order="timm")["block_size"] == 4

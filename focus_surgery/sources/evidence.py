@@ -121,7 +121,7 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
     if found is not None:
         said_by = found.describe()
         _refuse_contradiction(path, options, found.block_size, found.order, said_by)
-        places, stems = _in_places(content, lambda sd: stem_at(sd, found.weight_key, found.kernel, found.block_size))
+        places, stems = _in_places(content, lambda sd: _prefixed_stem(sd, found))
         if not places:
             raise ConversionError(
                 f"{path}: the file names {said_by}, but holds no stem conv {found.weight_key!r} of that model "
@@ -142,12 +142,30 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
             continue
         stem = stems[places[0]]
         if "order" not in options.stated:
+            named = (
+                f"it names arch {arch!r}, which the installed timm does not know as a space-to-depth model"
+                if arch is not None
+                else "it names no timm arch"
+            )
             raise ConversionError(
                 f"{path}: the stem conv {stem.weight_key!r} reads {stem.shape[1]} = 3 x {bs} x {bs} channels, a "
-                f"space-to-depth of block size {bs} whose channel order the file does not name (no timm arch): "
+                f"space-to-depth of block size {bs} whose channel order the file does not say ({named}): "
                 f"give --order: {ORDERS_HINT}"
             )
         return Evidence(places, stems, bs, options.order, f"the channel count (block size {bs}) and --order as given")
+    return None
+
+
+WRAPPED = ("", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")  # DDP / torch.compile prefixes
+
+
+def _prefixed_stem(state_dict: dict, found: Any) -> StemKeys | None:
+    """The architecture's stem conv, under timm's key or a DDP / ``torch.compile`` wrapper's (``module.``), which
+    timm's ``clean_state_dict`` strips when it loads."""
+    for prefix in WRAPPED:
+        stem = stem_at(state_dict, prefix + found.weight_key, found.kernel, found.block_size)
+        if stem is not None:
+            return stem
     return None
 
 
