@@ -249,13 +249,12 @@ def test_a_folder_of_timm_checkpoints_is_converted(tmp_path):
     assert torch.load(written, weights_only=False)["state_dict_ema"][STEM].shape == (8, 3, 12, 12)
 
 
-def _s2d_model_checkpoint(path: Path, name: str) -> tuple[torch.nn.Module, argparse.Namespace]:
+def _s2d_model_checkpoint(path: Path, name: str, kwargs: dict) -> tuple[torch.nn.Module, argparse.Namespace]:
     """A checkpoint of one of the ``*_s2d`` models in timm's registry, written by timm's ``CheckpointSaver`` after a
     step of train.py's optimizer, with timm's ``ModelEmaV3`` (as train.py's ``--model-ema``)."""
     from timm.utils import CheckpointSaver, ModelEmaV3
 
     torch.manual_seed(0)
-    kwargs = dict(layers=[1, 1, 1, 1], channels=(8, 16, 16, 16), stem_width=8)
     args = argparse.Namespace(
         model=name, model_kwargs=kwargs, num_classes=3, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4
     )
@@ -271,13 +270,25 @@ def _s2d_model_checkpoint(path: Path, name: str) -> tuple[torch.nn.Module, argpa
     return model, args
 
 
-@pytest.mark.parametrize("name, bs, order", [("resnet18_s2d", 4, "timm"), ("resnet18_s2d_focus", 2, "yolov5")])
-def test_the_s2d_models_in_timms_registry(name, bs, order, tmp_path):
-    """Their stem conv is a bare ``conv1.1`` (no ``.conv.weight`` layout to recognise): the architecture says it all."""
-    model, args = _s2d_model_checkpoint(tmp_path, name)
+TINY_RESNET = dict(layers=[1, 1, 1, 1], channels=(8, 16, 16, 16), stem_width=8)
+TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, bs, order, key",
+    [
+        ("resnet18_s2d", TINY_RESNET, 4, "timm", "conv1.1.weight"),
+        ("resnet18_s2d_focus", TINY_RESNET, 2, "yolov5", "conv1.1.weight"),
+        ("convnext_atto_s2d_focus", TINY_CONVNEXT, 2, "yolov5", "stem.1.weight"),  # a stride-2 conv after it
+    ],
+)
+def test_the_s2d_models_in_timms_registry(name, kwargs, bs, order, key, tmp_path):
+    """Their stem conv is a bare ``conv1.1`` / ``stem.1`` (no ``.conv.weight`` layout to recognise): the architecture
+    says it all."""
+    model, args = _s2d_model_checkpoint(tmp_path, name, kwargs)
     src, dst = tmp_path / "last.pth.tar", tmp_path / "conv.pth.tar"
     report = convert_file(src, dst, verify=True).to_dict()
-    assert (report["block_size"], report["order"], report["weight_key"]) == (bs, order, "conv1.1.weight")
+    assert (report["block_size"], report["order"], report["weight_key"]) == (bs, order, key)
     assert report["converted"] == ["state_dict", "state_dict_ema"] and report["verification"]["passed"]
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     for use_ema in (False, True):
@@ -342,3 +353,36 @@ def test_an_architecture_timm_does_not_know_is_named_when_the_order_is_asked_for
     with pytest.raises(ConversionError, match=r"names arch 'my_private_tresnet', which the installed timm does not"):
         convert_file(src, tmp_path / "out.pth.tar")
     assert convert_file(src, tmp_path / "out.pth.tar", order="timm")["block_size"] == 4
+
+
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        ("tresnet_m", ("body.s2d", "body.conv1.conv.weight", 4, "timm", (3, 3), (1, 1))),
+        ("tresnet_v2_l", ("body.s2d", "body.conv1.conv.weight", 4, "timm", (3, 3), (1, 1))),
+        ("tresnet_m.miil_in21k", ("body.s2d", "body.conv1.conv.weight", 4, "timm", (3, 3), (1, 1))),  # a tag
+        ("resnet18_s2d", ("conv1.0", "conv1.1.weight", 4, "timm", (3, 3), (1, 1))),
+        ("convnext_atto_s2d", ("stem.0", "stem.1.weight", 4, "timm", (3, 3), (1, 1))),
+        ("resnet18_s2d_focus", ("conv1.0", "conv1.1.weight", 2, "yolov5", (3, 3), (1, 1))),
+        ("convnext_atto_s2d_focus", ("stem.0", "stem.1.weight", 2, "yolov5", (3, 3), (1, 1))),  # conv of stride 2
+        ("resnet50", None),  # a strided conv stem: nothing weightless to tell
+        ("no_such_model", None),
+    ],
+)
+def test_the_architecture_is_looked_up_in_timms_registry(arch, expected):
+    from focus_surgery.integrations.timm_arch import arch_stem
+
+    found = arch_stem(arch)
+    got = found and (found.s2d_path, found.weight_key, found.block_size, found.order, found.kernel, found.padding)
+    assert got == expected
+
+
+def test_multi_part_suffixes():
+    from focus_surgery.sources.base import suffix_of
+
+    known = (".pt", ".pth", ".pth.tar")
+    assert suffix_of(Path("runs/last.pth.tar"), known) == ".pth.tar"
+    assert suffix_of(Path("runs/LAST.PTH.TAR"), known) == ".pth.tar"
+    assert suffix_of(Path("runs/last.tar"), known) == ".tar"
+    assert suffix_of(Path("runs/.pth.tar"), known) == ".tar"  # a hidden file named '.pth', suffix '.tar'
+    assert suffix_of(Path("model.v2.pt"), known) == ".pt"

@@ -28,7 +28,7 @@ class ArchStem:
         s2d_path (str): The space-to-depth module (``body.s2d``); it has no entries in a state dict.
         weight_key (str): The stem conv's weight (``body.conv1.conv.weight``): (O, C*bs*bs, k, k) as timm builds it.
         block_size (int), order (str): What the space-to-depth computes (TResNet: 4, ``timm``).
-        kernel (tuple[int, int]), padding (tuple[int, int]): The stride-1 conv after it.
+        kernel (tuple[int, int]), padding (tuple[int, int]): The conv after it.
     """
 
     arch: str
@@ -69,7 +69,8 @@ def arch_stem(arch: str) -> ArchStem | None:
         return None
     conv = site.conv
     name = next(n for n, m in model.named_modules() if m is conv)
-    if conv.stride != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
+    # any stride: space-to-depth(bs) + a conv of stride s is one conv of stride bs * s with the same weight map
+    if conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
         return None
     return ArchStem(
         arch, site.path, f"{name}.weight", site.block_size, site.order, tuple(conv.kernel_size), tuple(conv.padding)
