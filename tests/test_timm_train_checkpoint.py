@@ -386,3 +386,15 @@ def test_multi_part_suffixes():
     assert suffix_of(Path("runs/last.tar"), known) == ".tar"
     assert suffix_of(Path("runs/.pth.tar"), known) == ".tar"  # a hidden file named '.pth', suffix '.tar'
     assert suffix_of(Path("model.v2.pt"), known) == ".pt"
+
+
+def test_nothing_to_do_and_fastest_are_refused_in_one_line(converted, tmp_path):
+    dst, _ = converted
+    out = tmp_path / "again.pth.tar"
+    with pytest.raises(ConversionError, match=r"already in conv form \(under 'state_dict'\)"):
+        convert_file(dst, out)
+    assert not out.exists()
+    _s2d_model_checkpoint(tmp_path, "resnet18_s2d", TINY_RESNET)  # conv1.1: no layout --to fastest knows
+    with pytest.raises(ConversionError, match=r"--to fastest times .* \(conv1.1.weight\) converts --to conv or"):
+        convert_file(tmp_path / "last.pth.tar", out, to="fastest")
+    assert not out.exists()
