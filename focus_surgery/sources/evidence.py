@@ -32,10 +32,6 @@ def tensors(mapping: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
-def at(content: dict, place: str | None) -> dict:
-    return content if place is None else content[place]
-
-
 def file_arch(content: Any) -> str | None:
     """The architecture a checkpoint names: timm ``train.py``'s ``arch`` (or ``args.model``), else None."""
     if not isinstance(content, dict):

@@ -31,21 +31,8 @@ from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
 
-__all__ = ["WRAPPER_KEYS", "PlainStateDictSource", "remap_optimizer_state", "stem_places", "tensors"]
+__all__ = ["WRAPPER_KEYS", "PlainStateDictSource", "remap_optimizer_state", "tensors"]
 STEM_FROM_FILE = "the stem run before and after in float64 ({}): block size {} and order {} are the file's own"
-
-
-def stem_places(content: Any, block_size: int = 2) -> list[str | None]:
-    """Where state dicts with a stem are: ``[None]`` for the top level, else the wrapper keys (model, ema, ...)."""
-    if not isinstance(content, dict):
-        return []
-    if find_stem(tensors(content), block_size=block_size):
-        return [None]
-    return [
-        k
-        for k in WRAPPER_KEYS
-        if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)
-    ]
 
 
 def _at(content: dict, place: str | None) -> dict:
@@ -129,9 +116,6 @@ class PlainStateDictSource(Source):
         if found is None:
             raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * options.block_size**2))
         return found
-
-    def _places(self, loaded: Loaded, block_size: int) -> list[str | None]:
-        return self._evidence(loaded, ConvertOptions(block_size=block_size, stated=("block_size",))).places
 
     @staticmethod
     def _quiet_evidence(loaded: Loaded) -> tuple[Evidence | None, str | None]:
