@@ -68,8 +68,9 @@ def _add_convert(sub) -> None:
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
-        default="ultralytics",
-        help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout",
+        default=None,
+        help="YOLOv5-repository files: write an Ultralytics model, or the repository's own layout (default: "
+        "Ultralytics where it can hold the model, else the repository's own layout, saying why)",
     )
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
