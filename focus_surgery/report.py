@@ -94,7 +94,8 @@ def error_exit(error: BaseException, source: Any, dst: Any, written: str = "noth
         where = f"{source}: " if str(source) else ""  # a message never shows an empty field
         text = f"error: {where}{type(error).__name__}: {one_line(error)}"
     else:  # interrupted: Ctrl-C or a signal (atomic_io.Interrupted)
-        text = f"{dst}: {'interrupted' if isinstance(error, KeyboardInterrupt) else error}; {written}"
+        where = f"{dst}: " if str(dst) else ""  # inspect / verify / yolo have no output to name
+        text = f"{where}{'interrupted' if isinstance(error, KeyboardInterrupt) else error}; {written}"
     print(line(f"focus-surgery: {text}"), file=sys.stderr)
     return code
 

@@ -11,6 +11,7 @@ from torch import nn
 from ..checkpoint_io import CheckpointError
 from ..report import ConvertReport
 from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
+from .leftover import leftover
 from .loading import Loaded
 from .plain import PlainStateDictSource
 
@@ -127,6 +128,8 @@ class Yolov5Source(Source):
             fields=fields,
         )
         report.problem = str(check) if check is not None and not check.passed else None
+        left, report.details = leftover(conv.model, options.to, "all", "--layout yolov5 writes the YOLOv5 layout")
+        fields.update(left)
         report.write = lambda dst: save_conversion(conv, dst, options.to)
         return report
 
