@@ -78,6 +78,8 @@ def _recorded_layer(record) -> torch.nn.Sequential:
 def test_fork_converts_by_default_in_its_own_layout_and_says_why(kind, tmp_path, capsys):
     src, dst = FILES[kind], tmp_path / "converted.pt"
     before = src.read_bytes()
+    converts = inspect_file(src)["converts"]
+    assert converts.startswith("yes, in the YOLOv5 repository's own layout") and WHY[kind] in converts
     assert main(["convert", str(src), str(dst), "--verify"]) == 0
     text = capsys.readouterr().out
     assert "written in the YOLOv5 repository's own layout (--layout yolov5)" in text and WHY[kind] in text

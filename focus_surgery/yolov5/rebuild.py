@@ -605,10 +605,12 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         for k, t in model.state_dict().items()
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid"))
     )
-    arch_error = None
+    arch_error, own_layout = None, None
     try:
         arch = legacy_architecture(ckpt)
         anchors = arch.detect["anchors"]
+    except NoUltralyticsCounterpart as error:  # converts by default in the YOLOv5 layout
+        own_layout, anchors = error.reason, None
     except CheckpointError as error:
         arch_error, anchors = str(error), None
     k = stem_conv.get("kernel_size")
@@ -618,6 +620,13 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         stem_text = f"{stem.name} ({k[0]}x{k[1]}, stride {stem_conv.get('stride')[0]})"
     if arch_error:
         converts = f"no: {arch_error}"
+    elif own_layout and stem.name == "Focus":
+        converts = (
+            f"yes, in the YOLOv5 repository's own layout ({own_layout}): "
+            f"Focus -> Conv(k={2 * k[0]}, s=2, p={2 * (k[0] // 2)}), exact, every other layer kept"
+        )
+    elif own_layout:
+        converts = f"to a Focus only (--to focus), in the YOLOv5 repository's own layout ({own_layout})"
     elif stem.name == "Focus":
         converts = f"yes: Focus -> Conv(k={2 * k[0]}, s=2, p={2 * (k[0] // 2)}), exact; or kept as Focus (--to focus)"
     else:
