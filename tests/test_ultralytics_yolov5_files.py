@@ -131,3 +131,15 @@ def test_yolov5_file_validates_trains_and_exports(tmp_path):
     assert exported.parent == tmp_path and exported.is_file()
     runs = YOLO(str(exported), task="detect").predict(_image(), imgsz=64, verbose=False)
     assert len(runs) == 1
+
+
+def test_a_failed_float64_check_opens_nothing(tmp_path):
+    import functools
+
+    from focus_surgery.errors import VerificationFailed
+    from focus_surgery.yolov5 import convert as yolov5_convert
+
+    strict = functools.partial(yolov5_convert.convert_yolov5, tolerance=-1.0)  # no error is small enough
+    with mock.patch.object(yolov5_convert, "convert_yolov5", strict):
+        with pytest.raises(VerificationFailed, match="float64 check"):
+            YOLO(str(V5))
