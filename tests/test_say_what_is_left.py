@@ -69,3 +69,11 @@ def test_error_lines_never_show_an_empty_field(source, dst, error, capsys):
     error_exit(error, source, dst)
     err = capsys.readouterr().err.strip()
     assert ": :" not in err and ":  " not in err and not err.startswith(": ") and "error: :" not in err
+
+
+def test_review_json_of_an_ultralytics_file_keeps_its_note_key(spd_checkpoint, tmp_path, capsys):
+    """Review: ``--json`` keys of existing outputs stay; an Ultralytics file's report had ``note`` before issue 22."""
+    assert main(["convert", str(spd_checkpoint), str(tmp_path / "j.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["note"] == "already a current Ultralytics model; its stem was converted"
+    assert not report["summary"].startswith(f"{spd_checkpoint} is already")  # the text still begins with the change
