@@ -43,3 +43,11 @@ def test_an_ultralytics_file_under_a_renamed_name_keeps_ultralytics_behaviour(tm
     YOLO("yolov8n.yaml").save("yolov5su.pt")
     model = YOLO("yolov5s.pt")
     assert "focus_surgery" not in model.ckpt and model.ckpt_path.endswith("yolov5su.pt")
+
+
+def test_an_upper_case_suffix_opens_as_ultralytics_reads_it(tmp_path):
+    """Ultralytics reads ``best.PT`` as a ``.pt`` (its suffix checks lower-case it): the YOLOv5 file opens too."""
+    src = tmp_path / "best.PT"
+    shutil.copy(V5, src)
+    model = YOLO(str(src))
+    assert "focus_surgery" in model.ckpt and model.model.model[0].conv.kernel_size == (6, 6)

@@ -91,14 +91,14 @@ def _wrap(original: Callable) -> Callable:
     @functools.wraps(original)
     def torch_safe_load(weight, *args, **kwargs):
         path = Path(str(weight))
-        if path.suffix == ".pt" and path.is_file() and _swapped_by_ultralytics(weight):
+        if path.suffix.lower() == ".pt" and path.is_file() and _swapped_by_ultralytics(weight):
             content = _yolov5_content(path)  # the user's own YOLOv5 file, not the 'u' model Ultralytics would read
             if content is not None:
                 return open_yolov5(path, content), str(path)
         try:
             return original(weight, *args, **kwargs)
         except Exception:  # noqa: BLE001 - re-raised unchanged unless the file is a YOLOv5 one
-            content = _yolov5_content(path) if path.suffix == ".pt" and path.is_file() else None
+            content = _yolov5_content(path) if path.suffix.lower() == ".pt" and path.is_file() else None
             if content is None:
                 raise
             return open_yolov5(path, content), str(path)
