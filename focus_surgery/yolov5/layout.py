@@ -247,8 +247,11 @@ def yolov5_yaml(model: nn.Module, release: str) -> dict[str, Any]:
     return out
 
 
-def model_record(model: nn.Module, release: str) -> Record:
+def model_record(model: nn.Module, release: str, recorded: dict[str, Any] | None = None) -> Record:
     """``models.yolo.Model`` (``DetectionModel`` from v6.2) of an Ultralytics model with a ``LegacyDetect`` head.
+
+    ``recorded``: what the YOLOv5 file the model was converted from said of its model (``hyp``, ``gr``,
+    ``yaml_file``), written back as it was; without it ``hyp`` is the model YAML's (numbers only).
 
     Raises:
         ConversionError: A layer, attribute or YAML row the release has no counterpart for.
@@ -274,9 +277,16 @@ def model_record(model: nn.Module, release: str) -> Record:
     )
     if RELEASES.index(release) >= RELEASES.index("v6.0"):
         record.state["inplace"] = True
-    hyp = model.yaml.get(HYP_KEY)
+    recorded = recorded or {}
+    hyp = recorded.get("hyp") if isinstance(recorded.get("hyp"), dict) else model.yaml.get(HYP_KEY)
     if isinstance(hyp, dict):
         record.state["hyp"] = dict(hyp)
+        if release == "v2.0":  # v2.0's train.py hyp dict always names its optimizer (its default SGD)
+            record.state["hyp"].setdefault("optimizer", "SGD")
+    if isinstance(recorded.get("gr"), float):
+        record.state["gr"] = recorded["gr"]
+    if isinstance(recorded.get("yaml_file"), str):
+        record.state["yaml_file"] = recorded["yaml_file"]
     return record
 
 
@@ -299,15 +309,16 @@ def checkpoint_content(content: dict[str, Any], release: str) -> tuple[dict[str,
             out["updates"] = content.get("updates")
     else:
         origin = {"model": "ema" if "ema" in models else "model"}
+    recorded = (content.get("focus_surgery") or {}).get("yolov5") or {}
+    recorded = recorded if isinstance(recorded, dict) else {}
     for key, source in origin.items():
-        out[key] = model_record(models[source], release)
+        out[key] = model_record(models[source], release, recorded)
     epoch = content.get("epoch")
     out["epoch"] = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else -1
     best = content.get("best_fitness")
     out["best_fitness"] = float(best) if isinstance(best, (int, float)) and not isinstance(best, bool) else None
-    recorded = (content.get("focus_surgery") or {}).get("yolov5") or {}
     for key in ("opt", "git"):
-        if key in keys and isinstance(recorded, dict) and isinstance(recorded.get(key), dict):
+        if key in keys and isinstance(recorded.get(key), dict):
             out[key] = recorded[key]
     if "date" in keys and isinstance(content.get("date"), str):
         out["date"] = content["date"]
