@@ -77,7 +77,7 @@ def test_written_file_is_the_one_yolov5_loaded_and_gives_its_outputs_in_float64(
         assert np.abs(ours[..., 4:] - y[..., 5:] * y[..., 4:5]).max() <= 1e-15
         if key == "inference":  # attempt_load: Conv+BN fused in float32, run in float32
             fused = ref["attempt_load/y"]
-            assert np.abs(fused[..., :4] - y[..., :4]).max() <= 1e-5 * scale
+            assert np.abs(fused[..., :4] - y[..., :4]).max() <= 1e-4 * scale
     if case == "v7.0-last":  # both models written: train.py --weights tunes `model`, attempt_load runs `ema`
         assert np.abs(ref["model/raw0"] - ref["inference/raw0"]).max() > 1e-3
 
@@ -88,8 +88,11 @@ def test_written_file_pickles_only_yolov5_and_torch_classes(case, tmp_path):
     names = pickle_globals(dst)
     modules = {n.split(" ")[0] for n in names}
     assert "models.yolo" in modules and "models.common" in modules
-    assert all(m in ("models.yolo", "models.common", "collections") or m.startswith("torch") for m in modules), names
-    original = pickle_globals(V7) | pickle_globals(V5)  # files written by YOLOv5's own train.py / strip_optimizer
+    allowed = ("models.yolo", "models.common", "collections", "__builtin__")
+    assert all(m in allowed or m.startswith("torch") for m in modules), names
+    legacy = Path(__file__).parent / "fixtures" / "yolov5-legacy"
+    originals = [V7, V5, *legacy.glob("yolov5s-v[24].0-*-fp16.pt")]  # written by YOLOv5's own train.py / strip
+    original = set().union(*map(pickle_globals, originals))
     assert {n for n in names if not n.startswith("models.")} <= original | {"torch.nn.modules.container Sequential"}
 
 
