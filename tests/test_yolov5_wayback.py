@@ -60,6 +60,8 @@ def test_written_file_is_the_one_yolov5_loaded_and_gives_its_outputs_in_float64(
     content = read_checkpoint(dst).content
     assert fixture.describe(content) == info["describe"]  # the records YOLOv5's own code loaded, unchanged
     assert list(content) == list(layout.CHECKPOINT_KEYS[tag])  # the keys its train.py writes
+    if content.get("ema") is not None:  # train.py's ModelEMA counts on: `updates += 1`
+        assert isinstance(content["updates"], int)
     ref = np.load(HERE / f"{case}.npz")
     x = torch.from_numpy(fixture.fixed_input())
     ckpt = yolov5_checkpoint(content, dst)
@@ -96,8 +98,12 @@ def test_written_file_pickles_only_yolov5_and_torch_classes(case, tmp_path):
     assert {n for n in names if not n.startswith("models.")} <= original | {"torch.nn.modules.container Sequential"}
 
 
-def test_yolov5_val_and_detect_ran_on_the_written_file():
-    """make_fixture.py ran v7.0's val.py and detect.py once on the trained case's file (their results, kept)."""
+def test_yolov5_train_val_and_detect_ran_on_the_written_file():
+    """make_fixture.py ran v7.0's train.py --weights on the last.pt case's file (every tensor transferred into the
+    Model its YAML builds, one epoch run) and val.py and detect.py on the trained case's file (results kept)."""
+    train = json.loads((HERE / "v7.0-last.json").read_text())["train"]
+    assert train["transferred"] == train["of"] == train["from_file"] > 300 and train["batches"] >= 1
+    assert all(np.isfinite(train["mean_losses"]))
     info = json.loads((HERE / "v7.0-trained.json").read_text())
     assert set(info["val"]) == {"P", "R", "mAP50", "mAP50-95"} and all(np.isfinite(list(info["val"].values())))
     assert len(info["detect"]) == 4 and all(lines for lines in info["detect"].values())

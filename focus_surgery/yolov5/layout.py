@@ -296,25 +296,26 @@ def checkpoint_content(content: dict[str, Any], release: str) -> tuple[dict[str,
 
     ``model`` is the training model (Ultralytics' ``model``, else its EMA), ``ema`` the EMA where both are held
     (releases before v5.0 saved the EMA as ``model``); ``optimizer`` is None (Ultralytics' optimizer state is not
-    laid out as YOLOv5's); ``epoch``, ``best_fitness``, ``updates`` and ``date`` are the file's. ``opt`` and ``git``
-    come from the YOLOv5 file the model was converted from, when the file records them.
+    laid out as YOLOv5's); ``epoch``, ``best_fitness`` and ``date`` are the file's; ``updates`` (with an EMA) the
+    file's, else that of the YOLOv5 file the model was converted from, as are ``opt`` and ``git`` when it records
+    them.
     """
     models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), nn.Module)}
+    recorded = (content.get("focus_surgery") or {}).get("yolov5") or {}  # the YOLOv5 file it was converted from
+    recorded = recorded if isinstance(recorded, dict) else {}
     keys = CHECKPOINT_KEYS[release]
     out: dict[str, Any] = dict.fromkeys(keys)
     if "ema" in keys:
         origin = {"model": "model" if "model" in models else "ema"}
-        if len(models) == 2:
+        if len(models) == 2:  # train.py --weights loads the EMA with its update count (``ema.updates += 1``)
             origin["ema"] = "ema"
-            out["updates"] = content.get("updates")
+            updates = [u for u in (content.get("updates"), recorded.get("updates")) if _count(u)]
+            out["updates"] = updates[0] if updates else 0  # unknown: the EMA restarts its warm-up
     else:
         origin = {"model": "ema" if "ema" in models else "model"}
-    recorded = (content.get("focus_surgery") or {}).get("yolov5") or {}
-    recorded = recorded if isinstance(recorded, dict) else {}
     for key, source in origin.items():
         out[key] = model_record(models[source], release, recorded)
-    epoch = content.get("epoch")
-    out["epoch"] = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else -1
+    out["epoch"] = content["epoch"] if _count(content.get("epoch"), -1) else -1
     best = content.get("best_fitness")
     out["best_fitness"] = float(best) if isinstance(best, (int, float)) and not isinstance(best, bool) else None
     for key in ("opt", "git"):
@@ -323,6 +324,10 @@ def checkpoint_content(content: dict[str, Any], release: str) -> tuple[dict[str,
     if "date" in keys and isinstance(content.get("date"), str):
         out["date"] = content["date"]
     return out, origin
+
+
+def _count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def recorded_release(model: nn.Module) -> Any:
