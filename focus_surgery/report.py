@@ -157,7 +157,8 @@ class ConvertReport:
     def lines(self) -> list[str]:
         """The text form, one fact per line."""
         if self.nothing_to_do:
-            return [f"nothing to do: {self.src}: {self.nothing_to_do}; {self.dst} not written"]
+            what = f" is {self.note.split(';')[0]}" if self.note else ""
+            return [f"nothing to do: {self.src}{what}; {self.nothing_to_do}; {self.dst} not written"]
         change = self.change or f"stem to {self.to}{', scope all' if self.scope == 'all' else ''}"
         head = f"converted {self.src} -> {self.dst} ({change})"
         if self.max_abs_err is not None:
