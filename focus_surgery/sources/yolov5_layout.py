@@ -75,7 +75,9 @@ def convert_to_yolov5_layout(loaded: Loaded, options: ConvertOptions, source: st
         f", stem {first[0]['old_form']} -> {first[0]['new_form']}" if first else ""
     )
     report = ConvertReport(str(loaded.path), source, options.to, change=change, fields=fields)
-    report.note = note
+    if note:
+        report.details.append(f"  {note}")
+        fields["release_note"] = note
     if options.verify:
         _prove(report, out, {key: references[source] for key, source in origin.items()})
     report.write = lambda dst: save_records(out, dst)
