@@ -185,9 +185,10 @@ class ConvertReport:
 def folder_lines(summary: dict[str, Any]) -> list[str]:
     """The text form of a folder run: a count line, then one ``ok`` / ``FAIL`` line per file."""
     converted, failed = summary["converted"], summary["failed"]
+    same = sum(1 for item in converted if item.get("nothing_to_do"))  # already what was asked: not written
     lines = [
-        f"converted {len(converted)}, failed {len(failed)} (of {len(converted) + len(failed)} files under "
-        f"{summary['src']})"
+        f"converted {len(converted) - same}, {f'nothing to do {same}, ' if same else ''}failed {len(failed)} "
+        f"(of {len(converted) + len(failed)} files under {summary['src']})"
     ]
     for item in converted:
         if item.get("nothing_to_do"):

@@ -156,3 +156,15 @@ def test_yolov5_file_already_in_the_asked_form_is_nothing_to_do(tmp_path, capsys
     """--layout yolov5 of a YOLOv5 file whose stem already is the --to form exited 2 ("nothing to convert")."""
     assert "Conv(6x6, stride 2)" in _nothing_to_do(tmp_path, capsys, V7, "--layout", "yolov5")["nothing_to_do"]
     assert "a Focus" in _nothing_to_do(tmp_path, capsys, V5, "--layout", "yolov5", "--to", "focus")["nothing_to_do"]
+
+
+def test_folder_run_counts_nothing_to_do_apart(tmp_path, capsys):
+    """A folder holding an already-converted file and a Focus one: one converted, one "nothing to do", exit 0."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "trained.pt").write_bytes(fixture.TRAINED.read_bytes())
+    (src / "focus.pt").write_bytes((Path(__file__).parents[1] / "checkpoints" / "yolo-focus-tiny.pt").read_bytes())
+    assert main(["convert", str(src), str(tmp_path / "out"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("converted 1, nothing to do 1, failed 0 (of 2 files") and "trained.pt: nothing to do" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["focus.pt"]
