@@ -128,4 +128,5 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:
             raise CheckpointError(f"{path}: {detail}; the file is corrupt") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
-    return Loaded(path, content, frozenset(unpickler.globals_seen), container)
+    protocol = getattr(unpickler, "proto", 2)
+    return Loaded(path, content, frozenset(unpickler.globals_seen), container, protocol=protocol)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import rebuilders as rb
-from .records import Namespace
+from .records import namespace_class
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _table() -> dict[str, Allowed]:
         add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
         add(
             (f"{py}.getattr",),
-            rb.named_reference,
+            rb.named_reference_via(f"{py}.getattr"),
             "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference",
         )
     add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes", needs_budget=True)
@@ -126,12 +126,12 @@ def _table() -> dict[str, Allowed]:
     for cls in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
         add(
             (f"pathlib.{cls}",),
-            rb.path_string,
-            "paths in training options (YOLOv5 train.py since 2024): as text",
+            rb.path_reader(f"pathlib.{cls}"),
+            "paths in training options (YOLOv5 train.py since 2024): as text that remembers its class",
             needs_budget=True,
         )
     for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
-        add((name,), Namespace, "training arguments (Ultralytics model.args): read as a dict")
+        add((name,), namespace_class(name), "training arguments (Ultralytics model.args): read as a dict")
 
     for name in ("torchvision.transforms.functional.InterpolationMode", "torchvision.transforms.InterpolationMode"):
         add((name,), rb.enum_value(name), "an interpolation setting of a recorded transform: a named reference")

@@ -107,13 +107,13 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _check_callable(self, func: Any, opcode: str) -> None:
         if id(func) in self._handed_out and callable(func) and not isinstance(func, (TypeMarker, StorageType)):
             return
-        if isinstance(func, type) and (issubclass(func, Record) or func in _CONSTRUCTIBLE):
+        if isinstance(func, type) and (issubclass(func, (Record, Namespace)) or func in _CONSTRUCTIBLE):
             return
         name = getattr(func, "qualname", None) or type(func).__name__
         raise Refused(f"{opcode} of {name}, which is not callable")
 
     def _check_container_args(self, func: Any, args: Any) -> None:
-        if func in _CONTAINERS and args:
+        if (func in _CONTAINERS or (isinstance(func, type) and issubclass(func, Namespace))) and args:
             items = args[0]
             if isinstance(items, dict):
                 items = list(items)
@@ -134,6 +134,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._check_callable(func, "REDUCE")
         self._check_container_args(func, args)
         pickle._Unpickler.load_reduce(self)
+        built = self.stack[-1]
+        if isinstance(built, (Record, Namespace)) and type(built) is func:  # written back the same way
+            built.pickled_by = "reduce"
 
     def load_newobj(self) -> None:
         self._check_callable(self.stack[-2], "NEWOBJ")

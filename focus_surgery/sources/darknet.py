@@ -133,7 +133,7 @@ class DarknetSource(Source):
             remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
             fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
         report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
-        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
+        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv", loaded)
         if options.verify:
             check = _check(before, model, key, options)
             fields["verification"], report.max_abs_err = check, check["stem"]["max_abs_err"]

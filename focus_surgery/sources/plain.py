@@ -174,7 +174,7 @@ class PlainStateDictSource(Source):
                 new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
-        report.write = lambda dst: self.write(new_content, places[0], dst, options.to)
+        report.write = lambda dst: self.write(new_content, places[0], dst, options.to, loaded)
         if checks:
             fields.update(verification=checks[0], assumes=STEM_ASSUMES.format(options.order))
             report.max_abs_err = max(c["stem"]["max_abs_err"] for c in checks)
@@ -189,13 +189,14 @@ class PlainStateDictSource(Source):
         return stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
 
     @staticmethod
-    def write(content: dict, place: str | None, dst: Path, to: str) -> None:
-        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content."""
+    def write(content: dict, place: str | None, dst: Path, to: str, like: Loaded | None = None) -> None:
+        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content, in
+        the container, protocol and globals of ``like`` (the input as read)."""
         if dst.suffix == ".safetensors":
             metadata = {"converted_by": "focus-surgery", "to": to, **({"wrapper": place} if place else {})}
             save_checkpoint(tensors(_at(content, place)), dst, metadata)
         else:
-            save_checkpoint(content, dst)
+            save_checkpoint(content, dst, like=like)
 
     def _fastest(self, loaded: Loaded, options: ConvertOptions, places: list) -> ConvertReport:
         from ..speed.optimize import fastest_state_dict_form
@@ -208,7 +209,7 @@ class PlainStateDictSource(Source):
         if form == stem.form:  # already the faster layout: written unchanged
             fields = {"kind": "state_dict", "stem": stem.prefix, "from": stem.form}
             report = ConvertReport(str(loaded.path), self.name, "fastest", fields=fields)
-            report.write = lambda dst: self.write(loaded.content, places[0], dst, form)
+            report.write = lambda dst: self.write(loaded.content, places[0], dst, form, loaded)
         else:
             report = self.convert(loaded, dataclasses.replace(options, to=form))
             report.to = "fastest"

@@ -122,6 +122,6 @@ class TorchModelSource(Source):
         report.write = lambda dst: (
             save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
             if dst.suffix == ".safetensors"
-            else save_checkpoint(content, dst)
+            else save_checkpoint(content, dst, like=loaded)
         )
         return report

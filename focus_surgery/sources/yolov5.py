@@ -166,7 +166,7 @@ class Yolov5Source(Source):
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:
                 ckpt.content[key].state.pop("yaml", None)
-        report.write = lambda dst: save_records(ckpt.content, dst)
+        report.write = lambda dst: save_records(ckpt.content, dst, loaded)
         return report
 
 
