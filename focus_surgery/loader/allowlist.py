@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,7 @@ def _table() -> dict[str, Allowed]:
     for dtype in STORAGE_DTYPES.values():
         add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
     add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
+    add(("collections.Counter",), Counter, "MultiStepLR's milestones in a scheduler's state dict; an inert container")
     for py in ("builtins", "__builtin__"):
         add((f"{py}.set",), set, "an inert container")
         add((f"{py}.frozenset",), frozenset, "an inert container")
@@ -151,6 +152,11 @@ def _table() -> dict[str, Allowed]:
     records("torchvision.transforms.transforms", "YOLOv5 v7.0 classification models keep their transforms")
     records("utils.augmentations", "YOLOv5's own preprocessing transforms, kept by its classification models")
     records("yolox.models.*", "YOLOX models saved whole")
+    records(
+        "mmengine.logging.*",
+        "mmengine training checkpoints: message_hub's HistoryBuffer (logged scalars as numpy arrays, its statistics "
+        "methods as getattr references); bookkeeping, written back unchanged",
+    )
     return table
 
 

@@ -1,8 +1,11 @@
-"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``.
+"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``,
+``state_dict_ema`` (timm), ``ema_state_dict`` (mmengine, ``module.`` keys).
 
-The stem is found by its key layout (``state_dict.find_stem``). The output keeps the file's wrapper, every other
-entry (optimizer, epoch, ...), key order and dtype; the optimizer's state for the stem weight (momentum buffers) is
-remapped with the same permutation, which is exact because momentum is linear in the gradients.
+The stem is found by its key layout (``state_dict.find_stem``). Every state dict of the file with the stem is
+converted (model and EMA); the output keeps the file's wrapper, every other entry (optimizer, epoch, ...), key order
+and dtype; the optimizer's state for the stem weight (momentum buffers) is remapped with the same permutation, which
+is exact because momentum is linear in the gradients. A copy of the stem weight found anywhere else refuses the
+conversion (``copies.refuse_unconverted``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import convert_state_dict, find_stem
 from .base import ANY_LAYOUT, ConvertOptions, Source
+from .copies import refuse_unconverted
 from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .loading import Loaded
 
-WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
+WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema", "ema_state_dict")
 
 
 def tensors(mapping: dict) -> dict[str, torch.Tensor]:
@@ -61,8 +65,14 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
         for pid, entry in state.items()
         if isinstance(entry, dict) and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())
     ]
-    if len(owners) != 1:
-        return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
+    if not owners:
+        return f"no optimizer state has the stem weight's shape {list(old)}: nothing to remap"
+    if len(owners) > 1:  # which one is the stem's is unknown: converting none would leave a half-converted file
+        raise ConversionError(
+            f"the optimizer state of parameters {', '.join(map(str, owners[:4]))} all have the stem weight's shape "
+            f"{list(old)}, so the stem's own state (optimizer.state.<id>) cannot be told apart to convert it; remove "
+            "'optimizer' from the file (a fresh optimizer state) and convert again"
+        )
     entry = state[owners[0]]
     for key, value in entry.items():
         if isinstance(value, torch.Tensor) and value.shape == old:
@@ -173,6 +183,9 @@ class PlainStateDictSource(Source):
             fields["optimizer"] = remap_optimizer_state(
                 new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
+        if places[0] is not None and not (checks and not checks[-1]["passed"]):
+            old_shape = find_stem(tensors(content[places[0]]), block_size=options.block_size).shape
+            refuse_unconverted(new_content, old_shape, [new_content[p] for p in places])
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
         report.write = lambda dst: self.write(new_content, places[0], dst, options.to, loaded)
         if checks:
