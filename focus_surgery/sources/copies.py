@@ -65,4 +65,19 @@ def refuse_unconverted(content: Any, shape: Iterable[int], skip: Iterable[Any] =
         )
 
 
-__all__ = ["refuse_unconverted", "unconverted_copies"]
+__all__ = ["refuse_unconverted", "unconverted_copies", "weight_permutation"]
+
+
+def weight_permutation(old_shape: Iterable[int], new_shape: Iterable[int], block_size: int, order: str):
+    """The map that took a stem weight of ``old_shape`` to ``new_shape`` when it is the exact permutation
+    (Focus -> strided conv, or back) and so applies to its optimizer state too; else None (zero-padded kernels)."""
+    from ..remap import conv_to_focus_weight, focus_to_conv_weight
+
+    old, new = torch.Size(old_shape), torch.Size(new_shape)
+    for remap in (focus_to_conv_weight, conv_to_focus_weight):
+        try:
+            if remap(torch.zeros(old), block_size, order).shape == new:
+                return lambda w, remap=remap: remap(w, block_size, order)
+        except ValueError:
+            continue
+    return None

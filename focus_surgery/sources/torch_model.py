@@ -15,6 +15,7 @@ from ..errors import ConversionError, VerificationFailed
 from ..report import ConvertReport
 from ..surgery import convert, iter_stems
 from .base import ConvertOptions, Source
+from .copies import refuse_unconverted, weight_permutation
 from .loading import Loaded
 
 ULTRALYTICS = "ultralytics.nn.tasks."
@@ -114,6 +115,8 @@ class TorchModelSource(Source):
                     raise ConversionError(f"{loaded.path}: {note}({reason})")
                 fields = first.to_dict()
                 report.max_abs_err = fields.get("max_abs_err")
+                if isinstance(content, dict) and isinstance(content.get("optimizer"), dict):
+                    fields["optimizer"] = _follow_in_optimizer(content["optimizer"], first.replaced)
         except VerificationFailed as error:  # the models were left unchanged; the pipeline reports the failure
             report.problem = str(getattr(error.report, "verification", error.report) or error)
             return report
@@ -125,3 +128,20 @@ class TorchModelSource(Source):
             else save_checkpoint(content, dst, like=loaded)
         )
         return report
+
+
+def _follow_in_optimizer(optimizer: dict, replaced: list) -> str:
+    """The optimizer state of each replaced stem weight remapped like the weight (an exact permutation), in place;
+    a state the change cannot be applied to (a zero-padded kernel) is refused, named."""
+    from .plain import remap_optimizer_state
+
+    done = []
+    for change in replaced:
+        if list(change.old_weight_shape) == list(change.new_weight_shape):
+            continue
+        remap = weight_permutation(change.old_weight_shape, change.new_weight_shape, change.block_size, change.order)
+        if remap is None:
+            refuse_unconverted(optimizer, change.old_weight_shape, what=f"{change.path} stem")
+            continue
+        done.append(remap_optimizer_state(optimizer, change.old_weight_shape, remap))
+    return "; ".join(done) or "no optimizer state of a changed weight"

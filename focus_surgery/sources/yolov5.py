@@ -146,6 +146,13 @@ class Yolov5Source(Source):
             "converted": models,
         }
         change = f"{changes[0]['from']} -> {changes[0]['to']}"
+        optimizer = ckpt.content.get("optimizer")
+        if isinstance(optimizer, dict):  # a last.pt's momentum for the stem weight follows it
+            from .copies import weight_permutation
+            from .plain import remap_optimizer_state
+
+            old, new = changes[0]["weight"]
+            fields["optimizer"] = remap_optimizer_state(optimizer, old, weight_permutation(old, new, 2, "yolov5"))
         report = ConvertReport(str(loaded.path), self.name, options.to, change=change, fields=fields)
         if options.verify:
             after = yolov5_checkpoint(ckpt.content, str(loaded.path))
