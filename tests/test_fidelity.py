@@ -330,3 +330,31 @@ def test_every_copy_of_the_stem_converted(name, converted):
     old_shape, new_shape = stem_shapes(before, after, case)
     assert not [p for p, t in after.items() if t.shape == old_shape], "a copy of the stem left in its old layout"
     assert len([p for p, t in after.items() if t.shape == new_shape]) == case.copies
+
+
+# ------------------------------------------------------------------------------------------------ loaded by its users
+
+
+def test_yolov5_segmentation_reference_runs_in_the_yolov5_code(converted):
+    """v7.0's ``Segment.detect`` (``getattr(models.yolo.Detect, 'forward')``) is written back as that reference:
+    (a test-only copy of) YOLOv5's code runs the converted file (it failed with "'str' object is not callable"),
+    and its outputs equal the original's in float64."""
+    import sys
+
+    src, dst, _ = converted("yolov5-seg-conv-to-focus")
+    code = str(ROOT / "tests" / "family_models" / "yolov5")
+    sys.path.insert(0, code)
+    try:
+        from models.yolo import Detect, attempt_load
+
+        original, focus = attempt_load(src).double(), attempt_load(dst).double()
+        assert focus.model[-1].detect is Detect.forward and type(focus.model[0]).__name__ == "Focus"
+        x = torch.rand(1, 3, 64, 96, dtype=torch.float64)
+        with torch.no_grad():
+            (boxes_a, proto_a, _), (boxes_b, proto_b, _) = original(x), focus(x)
+    finally:
+        sys.path.remove(code)
+        for module in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+            del sys.modules[module]
+    assert float((boxes_a - boxes_b).abs().max() / boxes_a.abs().max()) <= 1e-12
+    assert float((proto_a - proto_b).abs().max() / proto_a.abs().max()) <= 1e-12
