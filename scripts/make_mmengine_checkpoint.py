@@ -10,7 +10,7 @@ fixed input are stored next to it in float64 (``epoch_1.ref.npz``).
 mmengine is not a dependency of the project: install it for this script only, e.g.
 
     pip install --target /tmp/mmengine-pkgs mmengine
-    PYTHONPATH=/tmp/mmengine-pkgs:tests .venv/bin/python scripts/make_mmengine_checkpoint.py
+    PYTHONPATH=/tmp/mmengine-pkgs .venv/bin/python scripts/make_mmengine_checkpoint.py
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "mmengine"
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from family_models.mmengine.tiny_focus_net import TinyFocusNet  # noqa: E402
+from tests.family_models.mmengine.tiny_focus_net import TinyFocusNet  # noqa: E402
 
 
 def reference_input() -> torch.Tensor:
@@ -54,9 +54,7 @@ def main() -> None:
             return logits
 
     generator = torch.Generator().manual_seed(1)
-    data = [
-        {"inputs": torch.rand(3, 32, 32, generator=generator), "labels": torch.tensor(i % 3)} for i in range(8)
-    ]
+    data = [{"inputs": torch.rand(3, 32, 32, generator=generator), "labels": torch.tensor(i % 3)} for i in range(8)]
     work = Path(tempfile.mkdtemp(prefix="mmengine-fixture-"))
     runner = Runner(
         model=Net(),

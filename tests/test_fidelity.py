@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from family_models.mmengine.tiny_focus_net import TinyFocusNet
+from tests.family_models.mmengine.tiny_focus_net import TinyFocusNet
 from focus_surgery.files import convert_file
 from focus_surgery.loader import NamedReference, Namespace, PathText, Record, read_checkpoint
 
