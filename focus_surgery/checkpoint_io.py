@@ -10,6 +10,7 @@ source.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from .atomic_io import atomic_write
 from .loader import Checkpoint, CheckpointError, Loaded, check_readable, read_checkpoint
 from .loader.allowlist import MODULE_PREFIXES
-from .loader.pickler import pickle_module
+from .loader.pickler import needs_faithful, pickle_module
 
 __all__ = [
     "MODULE_PREFIXES",
@@ -92,7 +93,9 @@ def torch_save(content: Any, path: str, like: Loaded | None = None) -> None:
     input as read) the output keeps its container (a legacy non-zip file stays legacy), pickle protocol and the
     spelling of its globals.
     """
-    options: dict[str, Any] = {"pickle_module": pickle_module(like.globals if like is not None else frozenset())}
+    spellings = like.globals if like is not None else frozenset()
+    faithful = needs_faithful(content)  # else the C pickler writes the same pickle, faster
+    options: dict[str, Any] = {"pickle_module": pickle_module(spellings) if faithful else pickle}
     if like is not None:
         options["pickle_protocol"] = like.protocol
         options["_use_new_zipfile_serialization"] = like.container != "legacy"

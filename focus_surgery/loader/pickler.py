@@ -25,6 +25,9 @@ import pickle
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import numpy as np
+import torch
+
 from .records import NamedReference, Namespace, PathText, Record
 
 # modules that one library spells two ways across versions: (written by this installation, the other spelling)
@@ -58,22 +61,29 @@ class FaithfulPickler(pickle._Pickler):
             elif isinstance(obj, PathText):
                 self._save_call(obj.qualname, obj.parts, obj)
             else:  # a record class: a class the file named as a value
-                self.write_global(obj.qualname)
-                self.memoize(obj)
+                self.write_global(obj.qualname)  # memoized under its name: a second use is a GET
             return
         super().save(obj, save_persistent_id)
 
     # ------------------------------------------------------------------ the stand-ins
 
     def write_global(self, qualname: str) -> None:
-        """The global ``module.name`` exactly as spelled (the input's spelling), in this protocol's opcode."""
+        """The global ``module.name`` exactly as spelled (the input's spelling), in this protocol's opcode, memoized
+        under its name as pickle memoizes a class (a second use is a ``GET``)."""
+        names = self.__dict__.setdefault("_names", {})  # qualname -> the key object its memo entry is held under
+        key = names.setdefault(qualname, [qualname])
+        if id(key) in self.memo:
+            self.write(self.get(self.memo[id(key)][0]))
+            return
         module, _, name = qualname.rpartition(".")
-        if self.proto >= 4:
-            self.save(module)
+        if self.proto >= 4:  # one text object per module name, memoized once, as a class's __module__ is
+            texts = self.__dict__.setdefault("_texts", {})
+            self.save(texts.setdefault(module, module))
             self.save(name)
             self.write(pickle.STACK_GLOBAL)
         else:
             self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode("utf-8"))
+        self.memoize(key)
 
     def _save_call(self, function: str, args: tuple, obj: Any) -> None:
         self.write_global(function)
@@ -84,7 +94,6 @@ class FaithfulPickler(pickle._Pickler):
     def _save_reference(self, ref: NamedReference) -> None:
         if ref.pickled is None:
             self.write_global(ref.qualname)
-            self.memoize(ref)
         else:
             self._save_call(ref.pickled[0], ref.pickled[1], ref)
 
@@ -121,9 +130,38 @@ class FaithfulPickler(pickle._Pickler):
                     spelled = theirs + module[len(ours) :] + "." + qualname
                     if spelled in self.spellings:
                         self.write_global(spelled)
-                        self.memoize(obj)
                         return
         super().save_global(obj, name)
+
+
+_STAND_INS = (Record, NamedReference, Namespace, PathText)
+
+
+def needs_faithful(content: Any) -> bool:
+    """Whether ``content`` holds anything the standard pickler would write differently from the file it was read
+    from: a stand-in (record, record class, reference, namespace, path) or a numpy value (whose module numpy spells
+    two ways). Else the C pickler writes the same pickle, faster. Each shared object is visited once."""
+    seen: set[int] = set()
+    stack = [content]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, _STAND_INS) or (isinstance(obj, type) and issubclass(obj, Record)):
+            return True
+        if type(obj) in _ATOMIC or isinstance(obj, torch.Tensor) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (np.ndarray, np.generic)):
+            return True
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif not isinstance(obj, type) and isinstance(getattr(obj, "__dict__", None), dict):
+            stack.extend(vars(obj).values())  # a live module's attributes (Ultralytics' model.args)
+    return False
+
+
+_ATOMIC = {str, bytes, int, float, bool, type(None)}
 
 
 def dumps(
@@ -141,8 +179,11 @@ def dumps(
         spellings: The input's globals (``Loaded.globals``).
     """
     buffer = io.BytesIO()
-    pickler = FaithfulPickler(buffer, protocol)
-    pickler.spellings = frozenset(spellings)
+    if needs_faithful(content):
+        pickler = FaithfulPickler(buffer, protocol)
+        pickler.spellings = frozenset(spellings)
+    else:  # nothing the standard pickler writes differently: the C pickler, same bytes, faster
+        pickler = pickle.Pickler(buffer, protocol)
     if persistent_id is not None:
         pickler.persistent_id = persistent_id
     pickler.dump(content)
@@ -160,4 +201,4 @@ def pickle_module(spellings: frozenset = frozenset()) -> SimpleNamespace:
     return SimpleNamespace(Pickler=pickler, dump=dump, __name__="focus_surgery.loader.pickler")
 
 
-__all__ = ["FaithfulPickler", "dumps", "pickle_module"]
+__all__ = ["FaithfulPickler", "dumps", "needs_faithful", "pickle_module"]
