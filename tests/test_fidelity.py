@@ -445,3 +445,47 @@ def test_optimizer_state_that_cannot_be_told_apart_is_refused(tmp_path):
     with pytest.raises(errors.ConversionError, match="optimizer state of parameters 0, 5"):
         convert_file(src, dst)
     assert not dst.exists()
+
+
+def test_timm_loaders_load_the_converted_training_checkpoint(tmp_path):
+    """A timm ``train.py`` checkpoint (``args`` an ``argparse.Namespace``): timm's own ``load_checkpoint`` (model and
+    EMA) and ``resume_checkpoint`` - ``weights_only=True`` with timm's allow-list, ``argparse.Namespace`` only - load
+    the converted file (a dict pickled through ``builtins.dict`` was refused), strictly into the conv-stem network,
+    which computes what the original computed (float64); ``args`` is still a Namespace."""
+    from timm.models import load_checkpoint, resume_checkpoint
+
+    net = TinyFocusNet()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.rand(2, 3, 16, 16)).sum().backward()
+    optimizer.step()
+    ema = copy.deepcopy(net)
+    args = argparse.Namespace(model="tiny_focus", lr=0.1, epochs=3, model_ema=True)
+    src, dst = tmp_path / "last.pth", tmp_path / "converted.pth"
+    torch.save(
+        {
+            "epoch": 2,
+            "arch": "tiny_focus",
+            "state_dict": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "version": 2,
+            "args": args,
+            "state_dict_ema": ema.state_dict(),
+            "metric": 0.5,
+        },
+        src,
+    )
+    convert_file(src, dst, verify=True)
+    x = torch.rand(2, 3, 32, 48, dtype=torch.float64)
+    for use_ema, reference in ((False, net), (True, ema)):
+        converted_net = TinyFocusNet(converted=True)
+        load_checkpoint(converted_net, str(dst), use_ema=use_ema, strict=True)
+        with torch.no_grad():
+            expected, got = reference.double().eval()(x), converted_net.double().eval()(x)
+        assert float((expected - got).abs().max()) <= 1e-12 * float(expected.abs().max())
+    resumed = TinyFocusNet(converted=True)
+    resumed_optimizer = torch.optim.SGD(resumed.parameters(), lr=0.1, momentum=0.9)
+    assert resume_checkpoint(resumed, str(dst), resumed_optimizer, log_info=False) == 3
+    momentum = resumed_optimizer.state_dict()["state"][0]["momentum_buffer"]
+    assert momentum.shape == (8, 3, 6, 6)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        assert type(torch.load(dst, weights_only=True)["args"]) is argparse.Namespace
