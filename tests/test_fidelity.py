@@ -489,3 +489,21 @@ def test_timm_loaders_load_the_converted_training_checkpoint(tmp_path):
     assert momentum.shape == (8, 3, 6, 6)
     with torch.serialization.safe_globals([argparse.Namespace]):
         assert type(torch.load(dst, weights_only=True)["args"]) is argparse.Namespace
+
+
+def test_numpy_globals_keep_the_input_spelling(tmp_path):
+    """A file written under numpy 1 names ``numpy.core.multiarray``; numpy 2 (installed here) pickles
+    ``numpy._core.multiarray``: the output keeps the input's spelling, so no new global appears."""
+    import pickle
+
+    from focus_surgery.checkpoint_io import torch_save
+    from tests.hostile_files import torch_zip
+
+    pkl = pickle.dumps({"metric": np.float64(0.5), "history": np.arange(3, dtype=np.float32)}, protocol=2)
+    assert b"numpy._core.multiarray" in pkl
+    src, dst = tmp_path / "numpy1.pt", tmp_path / "out.pt"
+    torch_zip(src, pkl.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    loaded = read_checkpoint(src)
+    torch_save(loaded.content, str(dst), like=loaded)
+    assert pickle_globals(dst) == pickle_globals(src)
+    assert {"numpy.core.multiarray.scalar", "numpy.core.multiarray._reconstruct"} <= pickle_globals(dst)

@@ -4,6 +4,7 @@ loaded objects, so the wrapper, metadata, optimizer and dtype are written back u
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from torch import nn
@@ -97,7 +98,12 @@ class TorchModelSource(Source):
             if options.to == "fastest":
                 from ..speed.optimize import fastest_model_checkpoint
 
+                first_model = next(iter(models.values()))
+                shapes = Counter(tuple(p.shape) for p in first_model.parameters())
                 content, fast = fastest_model_checkpoint(content, options.batch, options.input_size, options.verify)
+                if isinstance(content.get("optimizer"), dict):  # a form change the optimizer state cannot follow
+                    for shape in shapes - Counter(tuple(p.shape) for p in first_model.parameters()):
+                        refuse_unconverted(content["optimizer"], shape)
                 fields = {"chosen": fast.stems[0].chosen, **fast.to_dict()}
                 report.change, report.max_abs_err = f"stem to fastest here: {fields['chosen']}", fast.max_abs_err
             else:

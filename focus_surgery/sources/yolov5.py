@@ -153,6 +153,9 @@ class Yolov5Source(Source):
 
             old, new = changes[0]["weight"]
             fields["optimizer"] = remap_optimizer_state(optimizer, old, weight_permutation(old, new, 2, "yolov5"))
+        from .copies import refuse_unconverted
+
+        refuse_unconverted(ckpt.content, changes[0]["weight"][0], [ckpt.content[k] for k in models])
         report = ConvertReport(str(loaded.path), self.name, options.to, change=change, fields=fields)
         if options.verify:
             after = yolov5_checkpoint(ckpt.content, str(loaded.path))

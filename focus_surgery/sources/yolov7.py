@@ -26,6 +26,7 @@ from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
 from .compare import compare_state_dicts, stem_check
+from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import remap_optimizer_state
 
@@ -245,6 +246,7 @@ class Yolov7Source(Source):
                 change["weight"][0],
                 lambda w: focus_to_conv_weight(w, change["block_size"], change["order"]),
             )
+        refuse_unconverted(content, fields["replaced"][0]["weight"][0], list(models.values()))
         report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, fields=fields)
         report.write = lambda dst: self._write(content, models, dst, loaded)
         if options.verify:
