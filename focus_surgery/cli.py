@@ -75,8 +75,10 @@ def _add_convert(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
     p.add_argument("--tolerance", type=float, help="ONNX --verify: max relative error (default: from the model's own)")
-    p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
-    p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
+    p.add_argument(
+        "--block-size", type=int, help="block size of a state dict's stem (default: from the file, else 2)"
+    )
+    p.add_argument("--order", help="channel order of a state dict's stem (default: from the file, else yolov5)")
     p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
     p.add_argument(
         "--timeout",
