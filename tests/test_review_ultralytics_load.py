@@ -51,3 +51,20 @@ def test_an_upper_case_suffix_opens_as_ultralytics_reads_it(tmp_path):
     shutil.copy(V5, src)
     model = YOLO(str(src))
     assert "focus_surgery" in model.ckpt and model.model.model[0].conv.kernel_size == (6, 6)
+
+
+def test_a_yolov5_file_found_in_ultralytics_weights_dir_opens(tmp_path, monkeypatch):
+    """Ultralytics looks a missing relative path up in its ``weights_dir`` (and reads the file there): a YOLOv5 file
+    found there opens too, instead of Ultralytics' refusal of the very file it read."""
+    from unittest import mock
+
+    import ultralytics.utils
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(V5, weights / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    settings = {**ultralytics.utils.SETTINGS, "weights_dir": weights}  # a plain dict: the user's settings untouched
+    with mock.patch.object(ultralytics.utils, "SETTINGS", settings):
+        model = YOLO("best.pt")
+    assert "focus_surgery" in model.ckpt and model.ckpt_path == str(weights / "best.pt")

@@ -87,18 +87,31 @@ def _swapped_by_ultralytics(weight: Any) -> bool:
     return check_yolov5u_filename(name, verbose=False) != name
 
 
+def _local_pt(weight: Any) -> Path | None:
+    """The ``.pt`` file ``weight`` names, found as Ultralytics finds it (the path, else its ``weights_dir``)."""
+    from ultralytics.utils import SETTINGS
+
+    path = Path(str(weight).strip().replace("'", ""))  # as attempt_download_asset reads it
+    if path.suffix.lower() != ".pt":  # Ultralytics' suffix checks lower-case it
+        return None
+    if path.is_file():
+        return path
+    found = Path(SETTINGS["weights_dir"]) / path
+    return found if found.is_file() else None
+
+
 def _wrap(original: Callable) -> Callable:
     @functools.wraps(original)
     def torch_safe_load(weight, *args, **kwargs):
-        path = Path(str(weight))
-        if path.suffix.lower() == ".pt" and path.is_file() and _swapped_by_ultralytics(weight):
+        path = _local_pt(weight)
+        if path is not None and _swapped_by_ultralytics(weight):
             content = _yolov5_content(path)  # the user's own YOLOv5 file, not the 'u' model Ultralytics would read
             if content is not None:
                 return open_yolov5(path, content), str(path)
         try:
             return original(weight, *args, **kwargs)
         except Exception:  # noqa: BLE001 - re-raised unchanged unless the file is a YOLOv5 one
-            content = _yolov5_content(path) if path.suffix.lower() == ".pt" and path.is_file() else None
+            content = _yolov5_content(path) if path is not None else None
             if content is None:
                 raise
             return open_yolov5(path, content), str(path)
