@@ -77,7 +77,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--tolerance", type=float, help="ONNX --verify: max relative error (default: from the model's own)")
     p.add_argument("--block-size", type=int, default=2, help="block size of a state dict's Focus stem (default 2)")
     p.add_argument("--order", default="yolov5", help="channel order of a state dict's Focus stem (default yolov5)")
-    p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
+    p.add_argument(
+        "--workers", type=int, help="parallel conversions for a folder input (default: the cores this process may use)"
+    )
     p.add_argument(
         "--timeout",
         type=float,

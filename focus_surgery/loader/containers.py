@@ -164,7 +164,10 @@ class _RecordBytes:
         self._whole: torch.UntypedStorage | None = None
         self._bytes: Any = None  # the mapping as a numpy byte array (CRC-32s read it without a copy)
         if mode != "copy":
-            mapping = mmap.mmap(self._fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
+            try:
+                mapping = mmap.mmap(self._fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
+            except (OSError, ValueError):  # no room in an address-space limit (a folder run's child): copy instead
+                return
             whole = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive while any view lives
             self._whole, self._bytes = whole.untyped_storage(), whole.numpy()
 
