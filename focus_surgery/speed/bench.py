@@ -9,6 +9,7 @@ Four parts, each returning plain dicts (JSON-ready):
   same file, side by side in fresh processes: time ratio and peak memory over file size.
 * ``bench_onnx``: ONNX export of the Focus (slicing) and converted stems, and the Focus graph rewritten by
   ``convert_onnx`` (graph surgery on the exported file): node counts and onnxruntime latency, side by side.
+* ``bench_folder``: ``convert DIR OUTDIR --workers N`` on a folder of small checkpoints: files per second by N.
 * ``plot_latency``: latency vs batch per form.
 
 On the CPU the full grid of shapes takes hours, so the default there is a reduced set (``CPU_DEFAULT``); the full
@@ -508,10 +509,12 @@ def bench_folder(
     rows = []
     for n in workers:
         total, fixed = median(times[n]), median(start[n])
-        rows.append({"workers": n, "seconds": total, "startup_s": fixed, "files_per_s": (count - 1) / (total - fixed)})
+        # below the start-up's own noise (a tiny folder on a busy machine) the rate is not measured: None
+        rate = (count - 1) / (total - fixed) if total > fixed else None
+        rows.append({"workers": n, "seconds": total, "startup_s": fixed, "files_per_s": rate})
     base = rows[0]["files_per_s"]
     for row in rows:
-        row["speedup"] = row["files_per_s"] / base
+        row["speedup"] = row["files_per_s"] / base if base and row["files_per_s"] else None
     return {"files": count, "repeats": repeats, "cpu_count": os.cpu_count(), "rows": rows}
 
 
@@ -614,8 +617,13 @@ def run_benchmark(
     onnx: bool = True,
     memory: bool = True,
     progress: Callable[[str], None] | None = None,
+    folder: bool = True,
+    workers: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """Run every part; ``quick`` uses tiny shapes and a tiny checkpoint (seconds, for tests)."""
+    """Run every part; ``quick`` uses tiny shapes, a tiny checkpoint and a folder of 3 files (seconds, for tests).
+
+    ``workers``: the ``--workers`` values the folder part compares (default 1 and the cores this process may use,
+    at least 2)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = cases or default_cases(device, quick)
     repeats = repeats or (2 if quick else 10 if device.type == "cuda" else 7)
@@ -627,6 +635,13 @@ def run_benchmark(
         result["conversion"] = bench_conversion(
             1_000_000 if quick else 87_000_000, 1 if quick else 5, isolate=not quick
         )
+    if folder:
+        from ..folder import available_cores
+
+        workers = workers or ((1,) if quick else tuple(sorted({1, max(2, available_cores())})))
+        if progress:
+            progress(f"folder of {3 if quick else 200} small checkpoints, --workers {', '.join(map(str, workers))}")
+        result["folder"] = bench_folder(3 if quick else 200, workers, 1 if quick else 2)
     if onnx:
         if progress:
             progress("ONNX export and onnxruntime")
@@ -635,6 +650,10 @@ def run_benchmark(
         except ImportError as error:
             result["onnx"] = {"skipped": f"onnx / onnxruntime not installed ({error})"}
     return result
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _loader_rows(conv: dict[str, Any]) -> list[str]:
@@ -722,6 +741,22 @@ def format_report(result: dict[str, Any]) -> str:
             "",
             f"Safe loader: {conv['load_mb_per_s']:.0f} MB/s, **{conv['load_time_ratio']:.2f}x** torch.load's time, "
             f"peak memory **{conv['load_peak_over_file_size']:.2f}x** the file (bound: 2x the file + 256 MiB).",
+        ]
+    folder = result.get("folder")
+    if folder:
+        lines += [
+            "",
+            f"Folder conversion (`convert DIR OUTDIR --workers N`, {folder['files']} small state dicts, the CLI in a "
+            f"fresh process, median of {folder['repeats']} interleaved runs, {folder['cpu_count']} CPUs; start-up "
+            "measured on a folder of one file and subtracted):",
+            "",
+            "| --workers | seconds | start-up s | files / s | x --workers 1 |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['workers']} | {r['seconds']:.1f} | {r['startup_s']:.1f} | {_num(r['files_per_s'], 1)} | "
+                f"{_num(r['speedup'], 2)} |"
+                for r in folder["rows"]
+            ),
         ]
     onnx_result = result.get("onnx")
     if onnx_result and "forms" in onnx_result:
