@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 from .atomic_io import remove_stale_temporaries, remove_stale_temporaries_in
 from .errors import CheckpointError
+from .limits import available_cores
 from .report import EXIT_BAD_INPUT, EXIT_OK, MAX_NODES, bounded, emit, folder_lines, line, one_line
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -92,14 +92,6 @@ def _child(
 # What a conversion imports, imported once by the fork server: a child would otherwise import the YOLOv5 and
 # Ultralytics code (and cv2, PIL) again for every file, ~1.4 s each, more than converting a small file takes.
 PRELOAD = ["focus_surgery._fork_server_preload", "torch", "focus_surgery.files", "focus_surgery.yolov5.convert"]
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the platform has one): the default --workers."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _context() -> multiprocessing.context.BaseContext:

@@ -325,8 +325,8 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
 
     * ``"plain"`` (torch.load + torch.save), ``"plain+fsync"`` (the same, flushed to disk), ``"copy"`` (a plain file
       copy, ``shutil.copyfile``: the physical floor of any conversion);
-    * ``"convert"`` (``files.convert_file(to="conv")``: the CLI's pipeline, its atomic write flushed to disk) and
-      ``"convert-no-fsync"`` (the same without the flush);
+    * ``"convert"`` (a state dict's steps in the CLI's pipeline: safe load in mode mmap, remap of the stem, atomic
+      save flushed to disk) and ``"convert-no-fsync"`` (the same without the flush);
     * ``"load"``, ``"load-mmap"``, ``"load-mmap-nocrc"`` (the safe loader alone, ``loader.read_checkpoint`` in mode
       copy / mmap / mmap-nocrc), ``"torch-load"`` and ``"torch-load-mmap"`` (``torch.load(weights_only=True)``,
       without and with ``mmap=True``).
@@ -337,8 +337,9 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
     """
     import shutil
 
-    from .. import atomic_io
-    from ..files import convert_file
+    from ..checkpoint_io import save_checkpoint
+    from ..loader import read_checkpoint
+    from ..state_dict import convert_state_dict
 
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -350,8 +351,6 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
         before, peak_of = 0, (lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     t0 = time.perf_counter()
     if kind in LOADER_KINDS:
-        from ..loader import read_checkpoint
-
         read_checkpoint(src, LOADER_KINDS[kind])
     elif kind.startswith("torch-load"):
         torch.load(src, map_location="cpu", weights_only=True, mmap=kind == "torch-load-mmap")
@@ -363,13 +362,9 @@ def convert_once(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> d
             with open(dst, "rb") as handle:
                 os.fsync(handle.fileno())
     else:
-        every = atomic_io.atomic_write_all
-        if kind == "convert-no-fsync":  # the pipeline's atomic write without its flush (restored below)
-            atomic_io.atomic_write_all = lambda writes, fsync=True: every(writes, False)
-        try:
-            convert_file(src, dst, to="conv")
-        finally:
-            atomic_io.atomic_write_all = every
+        # the pipeline's steps for a state dict: the loader mode it uses (mmap), remap, atomic save
+        content, _ = convert_state_dict(read_checkpoint(src, "mmap").checkpoint().state_dict, "conv")
+        save_checkpoint(content, dst, fsync=kind == "convert")
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "rss_before": before, "peak_rss": peak_of()}
 
@@ -636,7 +631,7 @@ def run_benchmark(
             1_000_000 if quick else 87_000_000, 1 if quick else 5, isolate=not quick
         )
     if folder:
-        from ..folder import available_cores
+        from ..limits import available_cores
 
         workers = workers or ((1,) if quick else tuple(sorted({1, max(2, available_cores())})))
         if progress:
