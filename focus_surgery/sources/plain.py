@@ -1,12 +1,17 @@
-"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``.
+"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``,
+``state_dict_ema`` (timm ``train.py``'s ``last.pth.tar``).
 
-The stem is found by its key layout (``state_dict.find_stem``). The output keeps the file's wrapper, every other
-entry (optimizer, epoch, ...), key order and dtype; the optimizer's state for the stem weight (momentum buffers) is
-remapped with the same permutation, which is exact because momentum is linear in the gradients.
+The stem and its geometry come from the file's evidence (``evidence.resolve``): the timm architecture it names, else
+its key layout (``state_dict.find_stem``), else a conv's channel count (then ``--order`` is required). The output keeps
+the file's wrapper, every other entry (optimizer, epoch, ...), key order and dtype; every state dict holding the stem
+(model and EMA) is converted; the optimizer's state for the stem weight (momentum buffers) is remapped with the same
+permutation, which is exact because momentum is linear in the gradients. A weightless space-to-depth stem (TResNet)
+keeps timm's own keys both ways: only the conv weight changes shape.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 from collections import OrderedDict
@@ -17,31 +22,17 @@ import torch
 
 from ..checkpoint_io import save_checkpoint
 from ..errors import ConversionError
+from ..loader import Namespace as ReadNamespace
 from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
-from ..state_dict import convert_state_dict, find_stem
-from .base import ANY_LAYOUT, ConvertOptions, Source
+from ..state_dict import StemKeys, convert_state_dict, find_stem
+from .base import ANY_LAYOUT, CHECKPOINTS, TIMM_TRAIN, ConvertOptions, Source
 from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
+from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
 
-WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
-
-
-def tensors(mapping: dict) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def stem_places(content: Any, block_size: int = 2) -> list[str | None]:
-    """Where state dicts with a stem are: ``[None]`` for the top level, else the wrapper keys (model, ema, ...)."""
-    if not isinstance(content, dict):
-        return []
-    if find_stem(tensors(content), block_size=block_size):
-        return [None]
-    return [
-        k
-        for k in WRAPPER_KEYS
-        if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)
-    ]
+__all__ = ["WRAPPER_KEYS", "PlainStateDictSource", "remap_optimizer_state", "tensors"]
+STEM_FROM_FILE = "the stem run before and after in float64 ({}): block size {} and order {} are the file's own"
 
 
 def _at(content: dict, place: str | None) -> dict:
@@ -70,6 +61,22 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
+def namespaces_restored(content: Any, names: frozenset) -> Any:
+    """``content`` with its top-level ``argparse.Namespace`` values (timm ``train.py``'s ``args``) as they were
+    pickled: the loader reads them as dicts, and written back as dicts they would add ``builtins.dict`` to the file's
+    globals, which timm's own loaders (``weights_only=True``, ``argparse.Namespace`` allowed) refuse. Only where the
+    pickle named ``argparse.Namespace`` and no other namespace class, so the class is known."""
+    kinds = {n for n in names if n.rpartition(".")[2].endswith("Namespace")}
+    if kinds != {"argparse.Namespace"} or not isinstance(content, dict):
+        return content
+    restored = {}
+    for key, value in content.items():
+        if isinstance(value, ReadNamespace) and all(isinstance(k, str) for k in value):
+            value = argparse.Namespace(**value)
+        restored[key] = value
+    return restored
+
+
 def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
     """``converted`` in the original's container type, non-tensor entries kept in place."""
     out = OrderedDict() if isinstance(original, OrderedDict) else {}
@@ -94,7 +101,7 @@ class PlainStateDictSource(Source):
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
     targets = ("conv", "focus", "fastest")
     uses = ("block_size", "order")  # a state dict has no stem geometry of its own
-    outputs = {ANY_LAYOUT: (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".safetensors")}
+    outputs = {ANY_LAYOUT: (*CHECKPOINTS, TIMM_TRAIN, ".bin", ".ckpt", ".pkl")}
     not_found = (
         "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with {} input "
         "channels or '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
@@ -104,21 +111,45 @@ class PlainStateDictSource(Source):
         content = loaded.content
         return isinstance(content, dict) and not loaded.names and all(isinstance(k, str) for k in content)
 
-    def _places(self, loaded: Loaded, block_size: int) -> list[str | None]:
-        places = stem_places(loaded.content, block_size)
-        if not places:
-            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * block_size**2))
-        return places
+    def _evidence(self, loaded: Loaded, options: ConvertOptions) -> Evidence:
+        found = resolve(loaded.path, loaded.content, options)
+        if found is None:
+            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * options.block_size**2))
+        return found
+
+    @staticmethod
+    def _quiet_evidence(loaded: Loaded) -> tuple[Evidence | None, str | None]:
+        """The evidence with the defaults, or why it cannot be had (for inspect and verify, which never refuse)."""
+        try:
+            return resolve(loaded.path, loaded.content, ConvertOptions()), None
+        except ConversionError as error:
+            return None, str(error).removeprefix(f"{loaded.path}: ")
 
     def state_dict(self, loaded: Loaded) -> dict:
-        places = stem_places(loaded.content) or [None]
-        return tensors(_at(loaded.content, places[0]) if isinstance(loaded.content, dict) else {})
+        content = loaded.content if isinstance(loaded.content, dict) else {}
+        found, _ = self._quiet_evidence(loaded)
+        holding = [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
+        place = found.places[0] if found else (None if tensors(content) or not holding else holding[0])
+        result = StemTensors(tensors(_at(content, place)))
+        if found is not None and found.from_file:  # the file said where its stem is and how it computes
+            result.stem, result.block_size, result.order = found.stems[place], found.block_size, found.order
+        return result
+
+    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
+        """``verify`` of two state dicts: where both files named the same weightless stem (timm's ``arch``), the stem
+        of ``a`` is remapped with the geometry they named; else by key layout, as any source."""
+        stems = said_stems(a, b)
+        if stems is None or (a.block_size, a.order) != (b.block_size, b.order):
+            return super().compare_tensors(a, b)
+        return compare_state_dicts(dict(a), dict(b), a.block_size, a.order, stems=stems)
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        places = stem_places(loaded.content)
+        found, why = self._quiet_evidence(loaded)
+        places = found.places if found else []
         sd = self.state_dict(loaded)
-        stem = find_stem(sd)
-        stems = [{**vars(stem), "converts_to": "focus" if stem.form == "conv" else "conv"}] if stem else []
+        stem = found.stems[places[0]] if found else None
+        converts_to = "focus" if stem and stem.form == "conv" else "conv"
+        stems = [{**vars(stem), "converts_to": converts_to}] if stem else []
         others = [k for k in loaded.content if k not in places] if places and places[0] else []
         result = {
             "path": str(loaded.path),
@@ -129,6 +160,8 @@ class PlainStateDictSource(Source):
             "stems": stems,
             "other_keys": others,
         }
+        if found:
+            result.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
         where = f" under '{places[0]}'" if places and places[0] else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
         if others:
@@ -137,24 +170,41 @@ class PlainStateDictSource(Source):
             lines.append(
                 f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})"
             )
+        if found and found.from_file:
+            lines.append(f"  block size {found.block_size}, order {found.order}: from the file's {found.said_by}")
         if not stems:
-            lines.append("  no Focus / space-to-depth / strided-conv stem found")
+            lines.append(f"  {why}" if why else "  no Focus / space-to-depth / strided-conv stem found")
         result["lines"] = lines
         return result
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
-        places = self._places(loaded, options.block_size)
+        found = self._evidence(loaded, options)
+        places = found.places
+        options = dataclasses.replace(options, block_size=found.block_size, order=found.order)
         if options.to == "fastest":
+            sd = tensors(_at(loaded.content, places[0]))
+            by_layout = find_stem(sd, block_size=found.block_size)
+            if by_layout is None or by_layout.weight_key != found.stems[places[0]].weight_key:
+                raise ConversionError(
+                    f"{loaded.path}: --to fastest times Focus / ReOrg / conv stem layouts; this stem "
+                    f"({found.stems[places[0]].weight_key}) converts --to conv or --to focus"
+                )
             return self._fastest(loaded, options, places)
         content = loaded.content
         new_content = dict(content) if places[0] is not None else None
         fields: dict[str, Any] = {"kind": "state_dict", "wrapper": places[0], "converted": [p for p in places if p]}
+        fields.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
         checks = []
         for place in places:
             before = tensors(_at(content, place))
-            after, stem = convert_state_dict(before, options.to, options.block_size, options.order)
+            try:
+                after, stem = convert_state_dict(
+                    before, options.to, options.block_size, options.order, stem=found.stems[place]
+                )
+            except ValueError as error:  # already in that form, or a form that converts one way only
+                raise ConversionError(f"{loaded.path}: {error}" + (f" (under '{place}')" if place else "")) from None
             if options.verify:  # before the output is assembled: a broken conversion is a failed check, not a crash
-                checks.append(self._check(before, after, options))
+                checks.append(self._check(before, after, options, found.stems[place]))
                 if not checks[-1]["passed"]:
                     break
             if place is None:
@@ -168,25 +218,43 @@ class PlainStateDictSource(Source):
                 fields["from"] = stem.form
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
-            stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
+            stem = found.stems[places[0]]
             remap = focus_to_conv_weight if options.to == "conv" else conv_to_focus_weight
             fields["optimizer"] = remap_optimizer_state(
                 new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
-        report.write = lambda dst: self.write(new_content, places[0], dst, options.to)
+        report.write = lambda dst: self.write(
+            namespaces_restored(new_content, loaded.globals), places[0], dst, options.to
+        )
         if checks:
-            fields.update(verification=checks[0], assumes=STEM_ASSUMES.format(options.order))
+            assumes = STEM_ASSUMES.format(options.order)
+            if found.from_file:
+                assumes = STEM_FROM_FILE.format(found.said_by, found.block_size, found.order)
+            fields.update(verification=checks[0], assumes=assumes)
             report.max_abs_err = max(c["stem"]["max_abs_err"] for c in checks)
             report.problem = next((c["problem"] for c in checks if not c["passed"]), None)
         return report
 
     @staticmethod
-    def _check(before: dict, after: dict, options: ConvertOptions) -> dict[str, Any]:
+    def _check(before: dict, after: dict, options: ConvertOptions, stem: StemKeys | None = None) -> dict[str, Any]:
         """The remapped stem run in float64, and every other tensor compared bit for bit."""
-        stem = verify_stems(before, after, options.block_size, options.order)
-        rest = compare_state_dicts(before, after, options.block_size, options.order, tolerance=0.0)
-        return stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
+        bs, order = options.block_size, options.order
+        stems = None
+        if stem is not None and stem.weightless:  # the file said where the stem is: the same key in both forms
+            stems = (
+                stem,
+                StemKeys(
+                    stem.prefix,
+                    "conv" if stem.form == "reorg" else "reorg",
+                    stem.weight_key,
+                    list(after[stem.weight_key].shape),
+                    weightless=True,
+                ),
+            )
+        checked = verify_stems(before, after, bs, order, stems)
+        rest = compare_state_dicts(before, after, bs, order, tolerance=0.0, stems=stems)
+        return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
 
     @staticmethod
     def write(content: dict, place: str | None, dst: Path, to: str) -> None:

@@ -15,6 +15,7 @@ from ..errors import ConversionError, VerificationFailed
 from ..report import ConvertReport
 from ..surgery import convert, iter_stems
 from .base import ConvertOptions, Source
+from .leftover import leftover
 from .loading import Loaded
 
 ULTRALYTICS = "ultralytics.nn.tasks."
@@ -91,7 +92,6 @@ class TorchModelSource(Source):
         models = self._models(loaded)
         content = ckpt.content  # the loaded objects are ours alone: converting them in place is safe
         report = ConvertReport(str(loaded.path), self.name, options.to, options.scope)
-        report.note = f"{ALREADY}; its stem was converted" if ultralytics else ""
         try:
             if options.to == "fastest":
                 from ..speed.optimize import fastest_model_checkpoint
@@ -117,8 +117,12 @@ class TorchModelSource(Source):
         except VerificationFailed as error:  # the models were left unchanged; the pipeline reports the failure
             report.problem = str(getattr(error.report, "verification", error.report) or error)
             return report
-        report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields}
         model = models.get("ema") or models.get("model")
+        left, lines = leftover(model, options.to, options.scope)
+        report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields, **left}
+        if ultralytics:  # said after what was converted: the file was already one, and something changed in it
+            report.details.append(f"  {loaded.path} was {ALREADY}; only the conversion above changed it")
+        report.details += lines
         report.write = lambda dst: (
             save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
             if dst.suffix == ".safetensors"
