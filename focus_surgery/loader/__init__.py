@@ -46,7 +46,7 @@ from .containers import LOAD_MODES, LoadStats, read_container
 from .errors import CheckpointError, Refused
 from .loaded import Checkpoint, Loaded
 from .rebuilders import ArraySpec, DtypeSpec
-from .records import NamedReference, Namespace, Record, record_class
+from .records import NamedReference, Namespace, PathText, Record, namespace_class, record_class
 from .unpickler import RestrictedUnpickler
 from .walk import MAX_DEPTH, Transform
 
@@ -59,11 +59,13 @@ __all__ = [
     "Loaded",
     "NamedReference",
     "Namespace",
+    "PathText",
     "Record",
     "Transform",
     "allow_records",
     "check_readable",
     "load_mode",
+    "namespace_class",
     "read_checkpoint",
     "record_class",
 ]
@@ -162,4 +164,5 @@ def read_checkpoint(path: str | os.PathLike, mode: str | None = None) -> Loaded:
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:
             raise CheckpointError(f"{path}: {detail}; the file is corrupt") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
-    return Loaded(path, content, frozenset(unpickler.globals_seen), container, stats=stats)
+    protocol = getattr(unpickler, "proto", 2)
+    return Loaded(path, content, frozenset(unpickler.globals_seen), container, protocol=protocol, stats=stats)

@@ -62,6 +62,7 @@ class Loaded:
         globals (frozenset[str]): Every ``module.name`` the pickle named.
         container (str): ``"zip"`` (torch >= 1.6), ``"legacy"`` or ``"safetensors"``.
         metadata (dict): String metadata (safetensors header), else empty.
+        protocol (int): The pickle protocol of the content (``torch.save`` writes 2); written back the same.
         stats (LoadStats | None): What the read copied, mapped and checksummed (None for safetensors).
     """
 
@@ -71,6 +72,7 @@ class Loaded:
     container: str = "zip"
     metadata: dict = field(default_factory=dict)
     _checkpoint: Checkpoint | None = None
+    protocol: int = 2
     stats: Any = None
 
     @property
