@@ -254,6 +254,7 @@ def _wrap_build_train_pipeline(original):
         if rules is not None:
             yolov5_pipeline(self, rules)
             if rules.step_on_multiple:
+                _add_callback_once(self, "on_train_epoch_start", _restart_iteration_count)
                 _add_callback_once(self, "on_train_batch_start", _count_iteration)
             if rules.zero_grad_each_epoch:
                 _add_callback_once(self, "on_train_epoch_start", _drop_pending_gradients)
@@ -300,6 +301,12 @@ def _drop_pending_gradients(trainer: Any) -> None:
 _ITERATION = "_focus_surgery_yolov5_iteration"  # (epoch, i) of the batch the training loop is on
 _PENDING = "_focus_surgery_yolov5_pending_ni"  # set at a batch's start, taken by preprocess_batch
 _ACCUMULATE = "_focus_surgery_yolov5_accumulate"  # the warm-up's accumulate, while ``accumulate`` holds the gate
+
+
+def _restart_iteration_count(trainer: Any) -> None:
+    """``on_train_epoch_start``: the loop's ``i`` restarts at 0, also when Ultralytics redoes an epoch (NaN recovery,
+    an out-of-memory retry) under the same ``epoch``."""
+    trainer.__dict__.pop(_ITERATION, None)
 
 
 def _count_iteration(trainer: Any) -> None:

@@ -1,0 +1,71 @@
+"""Review of the per-release YOLOv5 schedule (v1.0-v5.0's ``ni % accumulate == 0`` step rule inside Ultralytics'
+loop): the iteration count behind the gate and the accumulate it compares with."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import focus_surgery  # noqa: F401  (registers the training hooks)
+from focus_surgery.yolov5 import training
+from focus_surgery.yolov5.schedule import schedule_rules
+
+
+def _trainer(nb: int, epoch: int) -> SimpleNamespace:
+    callbacks: dict[str, list] = {}
+    trainer = SimpleNamespace(epoch=epoch, train_loader=[None] * nb, callbacks=callbacks, accumulate=1)
+    trainer.add_callback = lambda event, f: callbacks.setdefault(event, []).append(f)
+    return trainer
+
+
+def _build_pipeline(trainer: SimpleNamespace, release: str, monkeypatch) -> None:
+    """The wrapped ``_build_train_pipeline`` for a model of ``release`` (Ultralytics' own pipeline, autoanchor and the
+    accumulation set-up left out): the callbacks it registers."""
+    monkeypatch.setattr(training, "run_autoanchor", lambda t: None)
+    monkeypatch.setattr(training, "yolov5_pipeline", lambda t, rules: None)
+    monkeypatch.setattr(training, "trainer_schedule", lambda t: schedule_rules(release))
+    training._wrap_build_train_pipeline(lambda self: None)(trainer)
+
+
+def _run(trainer: SimpleNamespace, event: str) -> None:
+    for f in trainer.callbacks.get(event, []):
+        f(trainer)
+
+
+def test_callbacks_registered_per_release(monkeypatch):
+    """v2.0+ drop the gradients pending at an epoch's start (v1.0 does not); v1.0-v5.0 count iterations for the gate
+    (v6.0+ do not); registered once however often the pipeline is rebuilt."""
+    registered = {}
+    for release in ("v1.0", "v5.0", "v6.0"):
+        trainer = _trainer(7, 0)
+        for _ in range(2):
+            _build_pipeline(trainer, release, monkeypatch)
+        registered[release] = {event: [f.__name__ for f in fs] for event, fs in trainer.callbacks.items()}
+    assert "_drop_pending_gradients" not in registered["v1.0"].get("on_train_epoch_start", [])
+    assert registered["v5.0"]["on_train_epoch_start"].count("_drop_pending_gradients") == 1
+    assert registered["v6.0"]["on_train_epoch_start"].count("_drop_pending_gradients") == 1
+    for release in ("v1.0", "v5.0"):
+        assert registered[release]["on_train_batch_start"].count("_count_iteration") == 1
+    assert "on_train_batch_start" not in registered["v6.0"]
+
+
+def test_redone_epoch_counts_its_batches_from_zero(monkeypatch):
+    """Ultralytics redoes an epoch (NaN recovery, an out-of-memory retry of the first epoch) by starting it again:
+    ``on_train_epoch_start`` runs again with the same ``epoch`` and ``i`` restarts at 0, so ``ni = i + nb * epoch``
+    restarts too. The gate must see that ``ni``, not one carried on from the abandoned pass."""
+    nb, epoch = 7, 1
+    trainer = _trainer(nb, epoch)
+    trainer.optimizer = SimpleNamespace(zero_grad=lambda: None)
+    _build_pipeline(trainer, "v5.0", monkeypatch)
+    _run(trainer, "on_train_epoch_start")
+    for _ in range(3):  # the abandoned pass: i = 0, 1, 2
+        _run(trainer, "on_train_batch_start")
+        trainer.__dict__.pop(training._PENDING)
+    _run(trainer, "on_train_epoch_start")  # the same epoch again
+    _run(trainer, "on_train_batch_start")
+    assert getattr(trainer, training._PENDING) == nb * epoch  # i = 0
+    _run(trainer, "on_train_batch_start")
+    assert getattr(trainer, training._PENDING) == nb * epoch + 1
+    trainer.epoch = epoch + 1  # the loop sets ``epoch`` before ``on_train_epoch_start``
+    _run(trainer, "on_train_epoch_start")
+    _run(trainer, "on_train_batch_start")
+    assert getattr(trainer, training._PENDING) == nb * (epoch + 1)
