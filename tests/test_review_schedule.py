@@ -3,11 +3,12 @@ loop): the iteration count behind the gate and the accumulate it compares with."
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import focus_surgery  # noqa: F401  (registers the training hooks)
 from focus_surgery.yolov5 import training
-from focus_surgery.yolov5.schedule import schedule_rules
+from focus_surgery.yolov5.schedule import schedule_rules, step_on_multiple_gate
 
 
 def _trainer(nb: int, epoch: int) -> SimpleNamespace:
@@ -69,3 +70,20 @@ def test_redone_epoch_counts_its_batches_from_zero(monkeypatch):
     _run(trainer, "on_train_epoch_start")
     _run(trainer, "on_train_batch_start")
     assert getattr(trainer, training._PENDING) == nb * (epoch + 1)
+
+
+def _gate(accumulate: float, ni: int) -> float:
+    """The gate the wrapped ``preprocess_batch`` leaves in ``trainer.accumulate`` for a batch past the warm-up whose
+    ``accumulate`` is still the one ``yolov5_pipeline`` set (``nbs / batch``, as after resuming past the warm-up)."""
+    trainer = SimpleNamespace(accumulate=accumulate)
+    setattr(trainer, training._PENDING, ni)
+    training._wrap_preprocess_batch(lambda self, batch: batch)(trainer, {})
+    return trainer.accumulate
+
+
+def test_gate_past_warmup_uses_train_py_rounded_accumulate():
+    """Without a warm-up batch (a run resumed past v5.0's warm-up), train.py's accumulate is
+    ``max(round(nbs / total_batch_size), 1)``: batch 24 steps every 3rd iteration, batch 128 every iteration."""
+    assert _gate(64 / 24, 2001) == step_on_multiple_gate(2001, 3) == 0  # 2001 % 3 == 0 (int(2.67) = 2 would not)
+    assert _gate(64 / 24, 2002) == math.inf
+    assert _gate(64 / 128, 2001) == 0  # accumulate 1 (int(0.5) = 0 divides by zero)

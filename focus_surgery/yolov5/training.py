@@ -326,7 +326,9 @@ def _wrap_preprocess_batch(original):
         if ni is not None:
             if self.accumulate not in (0, math.inf):  # set by the warm-up for this batch (after it: the last value)
                 setattr(self, _ACCUMULATE, self.accumulate)
-            self.accumulate = step_on_multiple_gate(ni, int(getattr(self, _ACCUMULATE)))
+            # train.py's accumulate: the warm-up's (an int), else ``max(round(nbs / batch), 1)`` (a resumed run past
+            # the warm-up finds yolov5_pipeline's unrounded ``nbs / batch`` here)
+            self.accumulate = step_on_multiple_gate(ni, max(round(getattr(self, _ACCUMULATE)), 1))
         return original(self, batch)
 
     setattr(preprocess_batch, WRAPPED_MARK, original)
