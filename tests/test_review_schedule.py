@@ -87,3 +87,28 @@ def test_gate_past_warmup_uses_train_py_rounded_accumulate():
     assert _gate(64 / 24, 2001) == step_on_multiple_gate(2001, 3) == 0  # 2001 % 3 == 0 (int(2.67) = 2 would not)
     assert _gate(64 / 24, 2002) == math.inf
     assert _gate(64 / 128, 2001) == 0  # accumulate 1 (int(0.5) = 0 divides by zero)
+
+
+def _set_model_attributes(release: str, monkeypatch, **user) -> SimpleNamespace:
+    """The training arguments after the wrapped ``set_model_attributes`` for a model of ``release`` whose checkpoint
+    stored no hyp (YOLOv5's defaults), ``user`` as passed to ``train()``."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from focus_surgery.yolov5.hyp import base_hyp
+
+    monkeypatch.setattr(training, "legacy_head", lambda model: object())
+    monkeypatch.setattr(training, "model_hyp", lambda model: base_hyp(None))
+    monkeypatch.setattr(training, "trainer_schedule", lambda t: schedule_rules(release))
+    trainer = SimpleNamespace(model=None, args=SimpleNamespace(**{**DEFAULT_CFG_DICT, **user}))
+    training._wrap_set_model_attributes(lambda self: None)(trainer)
+    return trainer.args
+
+
+def test_v1_to_v3_cosine_ends_at_their_fixed_lrf(monkeypatch):
+    """v1.0's train.py: ``lf = ((1 + cos(x * pi / epochs)) / 2) * 0.9 + 0.1`` (``one_cycle(1, 0.1, epochs)``),
+    v2.0-v3.0's ``* 0.8 + 0.2``; their hyps have no ``lrf`` (v3.1 added it), so the v7.0 default 0.01 is none of
+    theirs. A value the user passes is kept."""
+    for release, lrf in {"v1.0": 0.1, "v2.0": 0.2, "v3.0": 0.2}.items():
+        args = _set_model_attributes(release, monkeypatch)
+        assert (args.cos_lr, args.lrf) == (True, lrf), release
+    assert _set_model_attributes("v3.0", monkeypatch, lrf=0.05).lrf == 0.05

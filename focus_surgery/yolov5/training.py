@@ -124,6 +124,10 @@ def _wrap_set_model_attributes(original):
             if rules is not None and rules.cosine_lr and not self.args.cos_lr:
                 self.args.cos_lr = True  # train.py's default before v6.1 (Ultralytics: linear)
                 changed.append("cos_lr")
+            users_lrf = "lrf" not in changed and self.args.lrf != DEFAULT_CFG_DICT["lrf"]
+            if rules is not None and rules.fixed_lrf is not None and not users_lrf:
+                self.args.lrf = rules.fixed_lrf  # v1.0-v3.0's cosine ends at a fixed factor (their hyps have no lrf)
+                changed = [k for k in changed if k != "lrf"] + ["lrf"]
             if changed:
                 LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
 
