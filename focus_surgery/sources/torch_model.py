@@ -4,6 +4,7 @@ loaded objects, so the wrapper, metadata, optimizer and dtype are written back u
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from torch import nn
@@ -14,7 +15,8 @@ from ..loader.plain import to_plain
 from ..errors import ConversionError, VerificationFailed
 from ..report import ConvertReport
 from ..surgery import convert, iter_stems
-from .base import ConvertOptions, Source
+from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
+from .copies import refuse_unconverted, weight_permutation
 from .leftover import leftover
 from .loading import Loaded
 
@@ -28,6 +30,7 @@ class TorchModelSource(Source):
     specificity = 10  # model objects, every class named of an installed layer package
     targets = ("conv", "focus", "s2d", "fastest")
     scopes = ("stem", "all")
+    outputs = {"ultralytics": CHECKPOINTS, "yolov5": PICKLES}  # yolov5: a YOLOv5-architecture model written back
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
@@ -87,6 +90,10 @@ class TorchModelSource(Source):
         return result
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
+        if options.layout == "yolov5":
+            from .yolov5_layout import convert_to_yolov5_layout
+
+            return convert_to_yolov5_layout(loaded, options, self.name)
         ultralytics = loaded.named(ULTRALYTICS)
         ckpt = loaded.checkpoint()
         models = self._models(loaded)
@@ -96,7 +103,12 @@ class TorchModelSource(Source):
             if options.to == "fastest":
                 from ..speed.optimize import fastest_model_checkpoint
 
+                first_model = next(iter(models.values()))
+                shapes = Counter(tuple(p.shape) for p in first_model.parameters())
                 content, fast = fastest_model_checkpoint(content, options.batch, options.input_size, options.verify)
+                if isinstance(content.get("optimizer"), dict):  # a form change the optimizer state cannot follow
+                    for shape in shapes - Counter(tuple(p.shape) for p in first_model.parameters()):
+                        refuse_unconverted(content["optimizer"], shape)
                 fields = {"chosen": fast.stems[0].chosen, **fast.to_dict()}
                 report.change, report.max_abs_err = f"stem to fastest here: {fields['chosen']}", fast.max_abs_err
             else:
@@ -104,6 +116,10 @@ class TorchModelSource(Source):
                     convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()
                 ]
                 first = reports[0]
+                already = _already(models, options) if not first.replaced and not first.skipped else None
+                if already is not None:
+                    report.nothing_to_do, report.note = already, ALREADY if ultralytics else ""
+                    return report
                 if not first.replaced:
                     reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
                     note = (
@@ -114,6 +130,8 @@ class TorchModelSource(Source):
                     raise ConversionError(f"{loaded.path}: {note}({reason})")
                 fields = first.to_dict()
                 report.max_abs_err = fields.get("max_abs_err")
+                if isinstance(content, dict) and isinstance(content.get("optimizer"), dict):
+                    fields["optimizer"] = _follow_in_optimizer(content["optimizer"], first.replaced)
         except VerificationFailed as error:  # the models were left unchanged; the pipeline reports the failure
             report.problem = str(getattr(error.report, "verification", error.report) or error)
             return report
@@ -126,6 +144,38 @@ class TorchModelSource(Source):
         report.write = lambda dst: (
             save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
             if dst.suffix == ".safetensors"
-            else save_checkpoint(content, dst)
+            else save_checkpoint(content, dst, like=loaded)
         )
         return report
+
+
+def _already(models: dict[str, nn.Module], options: ConvertOptions) -> str | None:
+    """What a model whose stem did not convert already is, when it is the form asked for (its stem converts the
+    other way); None otherwise."""
+    from ..surgery import plan
+
+    back = {"conv": "focus", "focus": "conv"}.get(options.to)
+    if back is None or options.scope != "stem":
+        return None
+    found = [plan(m, back, "stem")[0] for m in models.values()]
+    if not all(changes and changes[0].record is not None for changes in found):
+        return None
+    stem = found[0][0].record
+    return f"its stem ({stem.path}) already is a {stem.old_form}, the --to {options.to} form"
+
+
+def _follow_in_optimizer(optimizer: dict, replaced: list) -> str:
+    """The optimizer state of each replaced stem weight remapped like the weight (an exact permutation), in place;
+    a state the change cannot be applied to (a zero-padded kernel) is refused, named."""
+    from .plain import remap_optimizer_state
+
+    done = []
+    for change in replaced:
+        if list(change.old_weight_shape) == list(change.new_weight_shape):
+            continue
+        remap = weight_permutation(change.old_weight_shape, change.new_weight_shape, change.block_size, change.order)
+        if remap is None:
+            refuse_unconverted(optimizer, change.old_weight_shape, what=f"{change.path} stem")
+            continue
+        done.append(remap_optimizer_state(optimizer, change.old_weight_shape, remap))
+    return "; ".join(done) or "no optimizer state of a changed weight"

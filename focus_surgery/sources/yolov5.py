@@ -142,9 +142,16 @@ class Yolov5Source(Source):
         """
         from ..verify import verify
         from ..yolov5.rebuild import guess_release, yolov5_checkpoint
-        from ..yolov5.records_stem import convert_stem_record
+        from ..yolov5.records_stem import convert_stem_record, stem_already
         from .compare import compare_state_dicts, stem_check, verify_stems
 
+        already = stem_already(ckpt.model, options.to)
+        if already:  # the file already is what was asked: nothing written
+            report = ConvertReport(
+                str(loaded.path), self.name, options.to, fields={"kind": "yolov5", "layout": "yolov5"}
+            )
+            report.nothing_to_do = already
+            return report
         before = ckpt.model.state_dict()
         original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
@@ -159,6 +166,16 @@ class Yolov5Source(Source):
             "converted": models,
         }
         change = f"{changes[0]['from']} -> {changes[0]['to']}"
+        optimizer = ckpt.content.get("optimizer")
+        if isinstance(optimizer, dict):  # a last.pt's momentum for the stem weight follows it
+            from .copies import weight_permutation
+            from .plain import remap_optimizer_state
+
+            old, new = changes[0]["weight"]
+            fields["optimizer"] = remap_optimizer_state(optimizer, old, weight_permutation(old, new, 2, "yolov5"))
+        from .copies import refuse_unconverted
+
+        refuse_unconverted(ckpt.content, changes[0]["weight"][0], [ckpt.content[k] for k in models])
         details = []
         if why:
             fields["layout_reason"] = why
@@ -186,11 +203,11 @@ class Yolov5Source(Source):
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:
                 ckpt.content[key].state.pop("yaml", None)
-        report.write = lambda dst: _save_pickle(ckpt.content, dst, why)
+        report.write = lambda dst: _save_pickle(ckpt.content, dst, why, loaded)
         return report
 
 
-def _save_pickle(content: dict, dst: Any, why: str) -> Any:
+def _save_pickle(content: dict, dst: Any, why: str, like: Loaded | None = None) -> Any:
     """The records written back as the YOLOv5 repository pickles them; a pickle only (a fallback from the default
     layout may have been asked for a ``.safetensors``)."""
     from pathlib import Path
@@ -202,7 +219,7 @@ def _save_pickle(content: dict, dst: Any, why: str) -> Any:
             f"{dst}: this model is written in the YOLOv5 repository's own layout "
             f"({why or 'asked with --layout yolov5'}), a pickle: use {' or '.join(PICKLES)}"
         )
-    return save_records(content, dst)
+    return save_records(content, dst, like)  # in the input's container, protocol and globals
 
 
 def _runnable(ckpt) -> nn.Module | None:
