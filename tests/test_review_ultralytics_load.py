@@ -12,6 +12,7 @@ import focus_surgery  # noqa: F401 - registers the hooks once Ultralytics is imp
 pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 
+from focus_surgery.errors import CheckpointError  # noqa: E402
 from focus_surgery.integrations import register  # noqa: E402
 
 V5 = Path(__file__).parent / "fixtures" / "yolov5-legacy" / "yolov5s-v5.0-d0.33-w0.125-nc3-seed102-fp32.pt"
@@ -68,3 +69,22 @@ def test_a_yolov5_file_found_in_ultralytics_weights_dir_opens(tmp_path, monkeypa
     with mock.patch.object(ultralytics.utils, "SETTINGS", settings):
         model = YOLO("best.pt")
     assert "focus_surgery" in model.ckpt and model.ckpt_path == str(weights / "best.pt")
+
+
+def test_a_hostile_yolov5_file_never_reaches_ultralytics_full_unpickler(tmp_path):
+    """Ultralytics' own reader unpickles with full pickle (running what the file names) before it finds the
+    ``models.*`` classes missing: a file naming YOLOv5's classes goes to our safe loader only, so a payload spliced
+    into a real YOLOv5 file is refused in one line and never runs."""
+    import pickle
+
+    from hostile_files import YOLOV5_FILE, splice_item
+
+    marker = tmp_path / "pwned"
+
+    def payload(p):
+        return p.glob("os", "system").mark().str(f"touch {marker}").tuple().raw(pickle.REDUCE)
+
+    src = splice_item(YOLOV5_FILE, tmp_path / "best.pt", "wandb_id", payload)
+    with pytest.raises(CheckpointError, match="os"):
+        YOLO(str(src))
+    assert not marker.exists()
