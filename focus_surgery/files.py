@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic_io import checked_before_rename
 from .errors import CheckpointError, ConversionError, VerificationFailed
 from .report import ConvertReport, line
 from .sources import SOURCES, ConvertOptions, Source, load, source_for
 from .sources.base import ANY_LAYOUT, OWN_OPTIONS
+from .sources.proof import original_model, prove_written
 from .verify import verify
 
 __all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", "check_options", "convert_file"]
@@ -105,6 +107,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     loaded = load(src)
     source = source_for(loaded)
     opts = check_options(source, src, dst, **options)
+    original = original_model(source, loaded) if opts.verify else None  # before a conversion changes it in place
     try:
         report = source.convert(loaded, opts)
     except ConversionError as error:  # raised deep in a model's own code path: say which file it was
@@ -118,7 +121,21 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     report.src, report.dst = str(src), str(dst)
     if report.problem is not None:
         raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
-    written = report.write(dst)
+    if not opts.verify:
+        written = report.write(dst)
+    else:  # the written file is read back and proven before it is renamed into place
+        proven: list[bool] = []
+
+        def prove(pairs: list[tuple[Path, Path]]) -> None:
+            prove_written(report, source, loaded, original, opts, pairs)
+            proven.append(report.proof is not None)
+
+        with checked_before_rename(prove):
+            written = report.write(dst)
+        if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
+            for path in written if isinstance(written, list) else [dst]:
+                Path(path).unlink(missing_ok=True)
+            raise VerificationFailed(f"{src}: verification failed (--verify measured nothing); {dst} not written", report)
     report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
     return report
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import VerificationFailed
 from ..report import ConvertReport
+from ..verify import DEFAULT_TOLERANCE
 from .loading import Loaded
 
 PICKLES = (".pt", ".pth")
@@ -87,6 +88,16 @@ class Source:
         """
         raise NotImplementedError
 
+    def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
+        """Whether the stem's block size and order come from the file (its classes, its family, its named
+        architecture) rather than from an assumption: a stem proof, else ``layout only``."""
+        return True
+
+    def prove_written(self, loaded: Loaded, written: Loaded, report: ConvertReport, options: ConvertOptions) -> Any:
+        """A source with its own runtime (ONNX) runs the written file against the original here and returns the
+        measurement (``.passed``, ``.max_abs_err``, ``.to_dict()``); None: ``sources.proof`` decides the proof."""
+        return None
+
     def model(self, loaded: Loaded) -> nn.Module | None:
         """A runnable float32 eval model for ``verify``, or None when the file holds tensors only."""
         return None
@@ -95,11 +106,14 @@ class Source:
         """The tensors ``verify`` compares when no model can be run."""
         raise NotImplementedError
 
-    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
-        """``verify`` of two state dicts of this source (the stem remapped where the forms differ)."""
+    def compare_tensors(
+        self, a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+    ) -> dict[str, Any]:
+        """``verify`` of two state dicts of this source (the stem remapped where the forms differ, with the block
+        size and order given where the file holds none)."""
         from .compare import compare_state_dicts
 
-        return compare_state_dicts(a, b)
+        return compare_state_dicts(a, b, block_size, order, tolerance)
 
 
 __all__ = ["ANY_LAYOUT", "CHECKPOINTS", "OWN_OPTIONS", "PICKLES", "ConvertOptions", "Source", "VerificationFailed"]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..errors import ConversionError
 from ..remap import focus_to_conv_weight
 from ..report import ConvertReport, bounded
+from ..verify import DEFAULT_TOLERANCE
 from .base import ConvertOptions, Source
 from .compare import compare_state_dicts, stem_check
 from .loading import Loaded
@@ -81,14 +82,19 @@ class DarknetSource(Source):
     def state_dict(self, loaded: Loaded) -> dict:
         return tensors(loaded.content["model"])
 
-    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
-        key = darknet_stem(a)
+    def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
+        return (options.block_size, options.order) == (2, "yolov5")  # YOLOR's [reorg]; another one is assumed
+
+    def compare_tensors(
+        self, a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+    ) -> dict[str, Any]:
+        key = darknet_stem(a, block_size=block_size)
         if key is not None and key in b and b[key].shape != a[key].shape:
-            a = {**a, key: stem_weight(a[key])}
-            result = compare_state_dicts(a, b)
+            a = {**a, key: stem_weight(a[key], block_size, order)}
+            result = compare_state_dicts(a, b, tolerance=tolerance)
             result["compared"] = f"state dicts: the stem remapped ({key}, [reorg] + conv -> 7x7/2), then every tensor"
             return result
-        return compare_state_dicts(a, b)
+        return compare_state_dicts(a, b, block_size, order, tolerance)
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         sd = self.state_dict(loaded)

@@ -104,6 +104,9 @@ class PlainStateDictSource(Source):
         content = loaded.content
         return isinstance(content, dict) and not loaded.names and all(isinstance(k, str) for k in content)
 
+    def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
+        return False  # a state dict holds no order or block size: the stem check replays the ones given
+
     def _places(self, loaded: Loaded, block_size: int) -> list[str | None]:
         places = stem_places(loaded.content, block_size)
         if not places:

@@ -1,0 +1,139 @@
+"""The proof of a conversion, decided in one place: the file as written, read back, against the original.
+
+``files.convert_file`` runs ``prove_written`` on the complete temporary files of a ``--verify`` conversion, before
+they are renamed into place (``atomic_io.checked_before_rename``). The written file is read back through the same
+reader a user goes through (the safe loader, then the registry's source for it and its model rebuild; for
+YOLOv5-layout records a rebuild from the records as written), and then:
+
+* **model**: both the original and the written file give a runnable model: both are run in float64 and compared
+  (``verify``). A record written wrong fails here, not only in the user's code.
+* **stem** / **layout only**: no model can be run from the files (state dicts, records of a repository's code): the
+  source's own check ran the changed stem against the original stem in float64, and here every tensor of the
+  written file is compared with the original's (the stem remapped), so "every other tensor identical" is measured
+  on what was written. A state dict's stem check replays an assumed order and block size: ``layout only``, unless
+  the source took them from the file (``Source.geometry_from_file``).
+
+A failed or impossible proof raises ``VerificationFailed``: the temporaries are removed, nothing is put in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch import nn
+
+from ..errors import FocusSurgeryError, VerificationFailed
+from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
+from ..verify import verify
+from .base import ConvertOptions, Source
+from .loading import Loaded
+
+__all__ = ["original_model", "proof_kind", "prove_written", "read_back"]
+
+
+def original_model(source: Source, loaded: Loaded) -> nn.Module | None:
+    """The original's runnable model, taken before the conversion (which may change loaded objects in place)."""
+    try:
+        model = source.model(loaded)
+    except FocusSurgeryError:  # e.g. a YOLOv5 head without an Ultralytics counterpart: no model proof
+        return None
+    return copy.deepcopy(model) if model is not None else None
+
+
+def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
+    """``stem``, or ``layout only`` when the stem's order / block size were assumed (not read from the file)."""
+    return PROOF_STEM if source.geometry_from_file(loaded, options) else PROOF_LAYOUT
+
+
+@contextlib.contextmanager
+def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
+    """The temporaries of one write under their destinations' names (links in a private folder), so the readers
+    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it."""
+    with tempfile.TemporaryDirectory(prefix="focus-surgery-proof-") as folder:
+        view = {}
+        for destination, tmp in written:
+            link = Path(folder) / destination.name
+            os.symlink(Path(tmp).resolve(), link)
+            view[destination] = link
+        yield view
+
+
+def prove_written(
+    report: ConvertReport,
+    source: Source,
+    loaded: Loaded,
+    original: nn.Module | None,
+    options: ConvertOptions,
+    written: list[tuple[Path, Path]],
+) -> None:
+    """Read the written ``dst`` back and prove it against the original; set ``report.proof`` / ``max_abs_err`` /
+    ``fields["verification"]``.
+
+    Raises:
+        VerificationFailed: The written file does not load back, or does not compute / hold what the original does.
+    """
+    from . import load, source_for
+
+    dst = Path(report.dst)
+    if not any(d == dst for d, _ in written):  # another file of the same write (a JSON of a pair): proven with dst
+        return
+    with read_back(written) as view:
+        try:
+            back = load(view[dst])
+            back_source = source_for(back)
+            check = source.prove_written(loaded, back, report, options)  # a source with its own runtime (ONNX)
+            if check is not None:
+                _settle(report, PROOF_MODEL, check.max_abs_err, check.passed, str(check), check.to_dict())
+                return
+            candidate = back_source.model(back) if original is not None else None
+            if candidate is None and original is not None and isinstance(report.after, nn.Module):
+                candidate = copy.deepcopy(report.after)  # tensors only (.safetensors): loaded as users load them
+                candidate.load_state_dict(back_source.state_dict(back), strict=True)
+            if original is not None and candidate is not None:
+                result = verify(original, candidate)  # float64
+                how = "the written file loaded back and run against the original in float64"
+                _settle(report, PROOF_MODEL, result.max_abs_err, result.passed, str(result), {**result.to_dict()}, how)
+                return
+            tensors = source.compare_tensors(
+                source.state_dict(loaded), back_source.state_dict(back), **_geometry(source, options), tolerance=0.0
+            )  # bit for bit: the stem's remap is a permutation
+        except VerificationFailed:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            text = text.replace(str(view[dst]), str(dst))
+            report.problem = f"the written file does not load back as its users load it: {type(error).__name__}: {text}"
+            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+    stem = report.fields.get("verification") or {}
+    kind = proof_kind(source, loaded, options)
+    report.fields["written_tensors"] = tensors  # the written file's tensors against the original's, stem remapped
+    if not tensors.get("passed"):
+        report.proof, report.problem = kind, f"the written file's tensors: {tensors.get('problem')}"
+    elif report.max_abs_err is None or not stem:
+        report.proof, report.problem = kind, "no float64 run of the stem was measured"
+    else:
+        report.proof = kind
+    if report.problem is not None:
+        raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+
+
+def _geometry(source: Source, options: ConvertOptions) -> dict[str, Any]:
+    """The block size / order a state-dict comparison remaps the stem with (only sources that read them)."""
+    return {k: getattr(options, k) for k in ("block_size", "order") if k in source.uses}
+
+
+def _settle(
+    report: ConvertReport, kind: str, err: float, passed: bool, text: str, fields: dict, how: str = ""
+) -> None:
+    report.proof, report.max_abs_err = kind, err
+    report.fields["verification"] = {**fields, **({"compared": how} if how else {})}
+    if "max_rel_err" in report.fields and "max_rel_err" in fields:
+        report.fields["max_rel_err"] = fields["max_rel_err"]
+    if not passed:
+        report.problem = text
+        raise VerificationFailed(f"{report.src}: verification failed ({text}); {report.dst} not written", report)
