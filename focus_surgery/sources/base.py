@@ -74,7 +74,8 @@ class Source:
         raise NotImplementedError
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        """JSON-able description; ``lines`` holds the human-readable text."""
+        """JSON-able description; ``lines`` holds the human-readable text. A source that ``uses`` ``block_size`` /
+        ``order`` takes them as keywords (the stem geometry a state dict does not hold)."""
         raise NotImplementedError
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:

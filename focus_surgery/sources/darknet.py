@@ -39,6 +39,16 @@ def darknet_stem(sd: dict[str, torch.Tensor], channels: int = 3, block_size: int
     return key if match and int(match.group(1)) > 0 else None
 
 
+def converted_stem(sd: dict[str, torch.Tensor], channels: int = 3, block_size: int = 2) -> str | None:
+    """Key of a stem ``convert`` wrote: the first conv, after rows without tensors, reads ``channels`` and has the
+    odd kernel ``bs * k + 1`` of ``stem_weight`` (7x7 for YOLOR's 3x3); else None."""
+    key = next((k for k, v in sd.items() if k.endswith(".Conv2d.weight") and v.ndim == 4), None)
+    if key is None or sd[key].shape[1] != channels or sd[key].shape[2] % 2 == 0 or sd[key].shape[2] < 2 * block_size:
+        return None
+    match = re.fullmatch(r"module_list\.(\d+)\.Conv2d\.weight", key)
+    return key if match and int(match.group(1)) > 0 else None
+
+
 def stem_weight(weight: torch.Tensor, block_size: int = 2, order: str = "yolov5") -> torch.Tensor:
     """(O, C*4, k, k) -> (O, C, 2k+1, 2k+1): the 2k x 2k strided kernel with one zero row and column in front."""
     return F.pad(focus_to_conv_weight(weight, block_size, order), (1, 0, 1, 0))
@@ -79,7 +89,7 @@ class DarknetSource(Source):
             return False
         return any(isinstance(k, str) and k.startswith("module_list.") for k in content["model"])
 
-    def state_dict(self, loaded: Loaded) -> dict:
+    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
         return tensors(loaded.content["model"])
 
     def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
@@ -96,12 +106,13 @@ class DarknetSource(Source):
             return result
         return compare_state_dicts(a, b, block_size, order, tolerance)
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
         sd = self.state_dict(loaded)
-        key = darknet_stem(sd)
+        key = darknet_stem(sd, block_size=block_size)
         stems = (
             [{"weight_key": key, "shape": list(sd[key].shape), "form": "reorg", "converts_to": "conv"}] if key else []
         )
+        done = converted_stem(sd, block_size=block_size) if not key else None
         info = {
             "path": str(loaded.path),
             "kind": "darknet",
@@ -113,14 +124,23 @@ class DarknetSource(Source):
         info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}"] + (
             [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"]
             if key
+            else [f"  already converted: {done} is the {list(sd[done].shape)} stride-2 conv that convert writes in "
+                  "place of [reorg] + conv (nothing to do)"]
+            if done
             else ["  no [reorg] + conv stem found"]
         )
+        if done:
+            info["converted_stem"] = done
         return info
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         before = self.state_dict(loaded)
         key = darknet_stem(before, block_size=options.block_size)
         if key is None:
+            done = converted_stem(before, block_size=options.block_size)
+            if done:
+                raise ConversionError(f"{loaded.path}: already converted ({done} is the strided conv convert writes); "
+                                      "nothing to do")
             raise ConversionError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
         old = before[key]
         model = dict(loaded.content["model"])

@@ -24,7 +24,7 @@ from .base import ANY_LAYOUT, ConvertOptions, Source
 from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .loading import Loaded
 
-WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
+WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema", "ema_state_dict")
 
 
 def tensors(mapping: dict) -> dict[str, torch.Tensor]:
@@ -42,6 +42,18 @@ def stem_places(content: Any, block_size: int = 2) -> list[str | None]:
         for k in WRAPPER_KEYS
         if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)
     ]
+
+
+def tensor_places(content: Any, block_size: int = 2) -> list[str | None]:
+    """Where the state dicts are: those with a stem first (``stem_places``), else every level holding tensors (the
+    top level as ``None``, then the wrapper keys): what ``inspect`` and ``verify`` read, whatever the stem."""
+    if not isinstance(content, dict):
+        return []
+    found = stem_places(content, block_size)
+    if found:
+        return found
+    top = [None] if tensors(content) else []
+    return top + [k for k in WRAPPER_KEYS if isinstance(content.get(k), dict) and tensors(content[k])]
 
 
 def _at(content: dict, place: str | None) -> dict:
@@ -89,6 +101,9 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
     return out
 
 
+_CONVERTED_NOTE = "; already converted (a strided conv stem, as convert --to conv writes it) or a conv stem by birth"
+
+
 class PlainStateDictSource(Source):
     name = "state_dict"
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
@@ -113,35 +128,45 @@ class PlainStateDictSource(Source):
             raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * block_size**2))
         return places
 
-    def state_dict(self, loaded: Loaded) -> dict:
-        places = stem_places(loaded.content) or [None]
+    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
+        places = tensor_places(loaded.content, block_size) or [None]
         return tensors(_at(loaded.content, places[0]) if isinstance(loaded.content, dict) else {})
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        places = stem_places(loaded.content)
-        sd = self.state_dict(loaded)
-        stem = find_stem(sd)
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
+        content = loaded.content
+        places = tensor_places(content, block_size)
+        sd = self.state_dict(loaded, block_size)
+        stem = find_stem(sd, block_size=block_size)
         stems = [{**vars(stem), "converts_to": "focus" if stem.form == "conv" else "conv"}] if stem else []
-        others = [k for k in loaded.content if k not in places] if places and places[0] else []
+        others = [k for k in content if k not in places] if places and places[0] else []
+        counts = {str(p): len(tensors(_at(content, p))) for p in places}
         result = {
             "path": str(loaded.path),
             "kind": "state_dict",
             "source": self.name,
             "wrapper": places[0] if places else None,
+            "wrappers": [p for p in places if p is not None],
             "tensors": len(sd),
+            "tensors_per_wrapper": counts,
+            "block_size": block_size,
+            "order": order,
             "stems": stems,
             "other_keys": others,
         }
         where = f" under '{places[0]}'" if places and places[0] else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
+        more = [f"'{p}' ({counts[str(p)]} tensors)" for p in places[1:] if p is not None]
+        if more:
+            lines.append(f"  also state dicts under: {', '.join(more)}")
         if others:
             lines.append(f"  also holds: {', '.join(map(str, others))}")
         for s in stems:
             lines.append(
                 f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})"
+                + (_CONVERTED_NOTE if s["form"] == "conv" else "")
             )
         if not stems:
-            lines.append("  no Focus / space-to-depth / strided-conv stem found")
+            lines.append(f"  no Focus / space-to-depth / strided-conv stem found (block size {block_size})")
         result["lines"] = lines
         return result
 

@@ -35,7 +35,7 @@ class Yolov5PairSource(PlainStateDictSource):
 
         return load_yolov5_safetensors(loaded.path)
 
-    def state_dict(self, loaded: Loaded) -> dict:
+    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
         return dict(loaded.content)
 
     def _check_pair(self, loaded: Loaded) -> None:
@@ -44,9 +44,9 @@ class Yolov5PairSource(PlainStateDictSource):
 
         check_pair_digest(loaded.path, dict(loaded.content), loaded.metadata.get("tensors_sha256"))
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
         self._check_pair(loaded)
-        return super().inspect(loaded)
+        return super().inspect(loaded, block_size, order)
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         self._check_pair(loaded)

@@ -87,6 +87,18 @@ def stem_rows(model: Record, scope: str = "stem") -> list[tuple[int, int, str]]:
     return found
 
 
+def converted_rows(model: Record) -> list[int]:
+    """Rows ``convert`` wrote: an ``nn.Identity`` row (the former space-to-depth) followed by a conv row of stride > 1
+    that reads it (``_convert_row``); the Identity's row index."""
+    layers = list(_layers(model).values())
+    found = []
+    for i, layer in enumerate(layers[:-1]):
+        conv = layers[i + 1].children().get("conv") if layer.qualname == IDENTITY else None
+        if conv is not None and conv.qualname == "torch.nn.modules.conv.Conv2d" and tuple(conv.get("stride")) > (1, 1):
+            found.append(i)
+    return found
+
+
 def _identity_record(old: Record) -> Record:
     """An ``nn.Identity`` record with ``old``'s routing attributes (i, f, type, np)."""
     record = record_class(IDENTITY)()
@@ -200,7 +212,15 @@ class Yolov7Source(Source):
             f"{s['order']}) + conv (convert --to conv)"
             for s in stems
         ]
-        if not stems:
+        done = converted_rows(model) if not stems else []
+        if done:
+            info["converted_rows"] = done
+            lines += [
+                f"  already converted: rows [{i}, {i + 1}] are nn.Identity + the strided Conv that convert writes in "
+                "place of ReOrg + Conv (nothing to do)"
+                for i in done
+            ]
+        elif not stems:
             lines.append("  no ReOrg + Conv stem found")
         info["lines"] = lines
         return info
@@ -219,6 +239,11 @@ class Yolov7Source(Source):
         yamls: set[int] = set()
         for key, model in models.items():
             rows = stem_rows(model, options.scope)
+            if not rows and converted_rows(model):
+                raise ConversionError(
+                    f"{loaded.path}: {key}: already converted (row {converted_rows(model)[0]} is the nn.Identity "
+                    "convert writes in place of ReOrg); nothing to do"
+                )
             if not rows:
                 raise ConversionError(
                     f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is "

@@ -37,8 +37,8 @@ class YoloxSource(PlainStateDictSource):
         # the trainer's keys name the family, whose Focus is YOLOv5's slicing (block 2, yolov5 order)
         return (options.block_size, options.order) == FAMILY_GEOMETRY
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        result = super().inspect(loaded)
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
+        result = super().inspect(loaded, block_size, order)
         epoch = bounded(loaded.content.get("start_epoch"))
         result["lines"][0] = f"{loaded.path}: {self.description}, epoch {epoch}"
         result["after_conversion"] = MODEL_CHANGE
