@@ -135,7 +135,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
         if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
             for path in written if isinstance(written, list) else [dst]:
                 Path(path).unlink(missing_ok=True)
-            raise VerificationFailed(f"{src}: verification failed (--verify measured nothing); {dst} not written", report)
+            raise VerificationFailed(
+                f"{src}: verification failed (--verify measured nothing); {dst} not written", report
+            )
     report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
     return report
 

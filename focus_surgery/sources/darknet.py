@@ -124,8 +124,10 @@ class DarknetSource(Source):
         info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}"] + (
             [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"]
             if key
-            else [f"  already converted: {done} is the {list(sd[done].shape)} stride-2 conv that convert writes in "
-                  "place of [reorg] + conv (nothing to do)"]
+            else [
+                f"  already converted: {done} is the {list(sd[done].shape)} stride-2 conv that convert writes in "
+                "place of [reorg] + conv (nothing to do)"
+            ]
             if done
             else ["  no [reorg] + conv stem found"]
         )
@@ -139,8 +141,9 @@ class DarknetSource(Source):
         if key is None:
             done = converted_stem(before, block_size=options.block_size)
             if done:
-                raise ConversionError(f"{loaded.path}: already converted ({done} is the strided conv convert writes); "
-                                      "nothing to do")
+                raise ConversionError(
+                    f"{loaded.path}: already converted ({done} is the strided conv convert writes); nothing to do"
+                )
             raise ConversionError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
         old = before[key]
         model = dict(loaded.content["model"])

@@ -131,9 +131,7 @@ def _geometry(source: Source, options: ConvertOptions) -> dict[str, Any]:
     return {k: getattr(options, k) for k in ("block_size", "order") if k in source.uses}
 
 
-def _settle(
-    report: ConvertReport, kind: str, err: float, passed: bool, text: str, fields: dict, how: str = ""
-) -> None:
+def _settle(report: ConvertReport, kind: str, err: float, passed: bool, text: str, fields: dict, how: str = "") -> None:
     report.proof, report.max_abs_err = kind, err
     report.fields["verification"] = {**fields, **({"compared": how} if how else {})}
     if "max_rel_err" in report.fields and "max_rel_err" in fields:
