@@ -19,7 +19,7 @@ from .errors import CheckpointError, ConversionError, VerificationFailed
 from .report import ConvertReport, line
 from .sources import SOURCES, ConvertOptions, Source, load, source_for
 from .sources.base import ANY_LAYOUT, OWN_OPTIONS
-from .sources.proof import original_model, prove_written
+from .sources.proof import capture, prove_written
 from .verify import verify
 
 __all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", "check_options", "convert_file"]
@@ -107,7 +107,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     loaded = load(src)
     source = source_for(loaded)
     opts = check_options(source, src, dst, **options)
-    original = original_model(source, loaded) if opts.verify else None  # before a conversion changes it in place
+    original = capture(source, loaded, opts) if opts.verify else None  # before a conversion edits it in place
     try:
         report = source.convert(loaded, opts)
     except ConversionError as error:  # raised deep in a model's own code path: say which file it was

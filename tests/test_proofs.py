@@ -67,7 +67,7 @@ def test_each_report_names_its_proof_and_only_a_model_proof_says_verified(tmp_pa
     report = json.loads(out)
     assert code == 0 and report["proof"] == PROOF_LAYOUT and report["max_abs_err"] < 1e-12
     assert "layout only" in report["summary"] and "verified" not in report["summary"]
-    assert report["written_tensors"]["passed"] and report["written_tensors"]["max_abs_err"] == 0.0
+    assert report["verification"]["tensors"]["passed"] and report["verification"]["tensors"]["max_abs_err"] == 0.0
 
     code, out, _ = _cli("convert", _model_file(tmp_path / "m.pt"), tmp_path / "m-conv.pt", "--verify", capsys=capsys)
     assert code == 0 and "verified (model proof): max_abs_err=" in out
@@ -83,10 +83,10 @@ def test_each_report_names_its_proof_and_only_a_model_proof_says_verified(tmp_pa
 def test_yolov7_and_darknet_are_stem_proofs(tmp_path):
     report = convert_file(YOLOV7, tmp_path / "v7.pt", verify=True)
     assert report.proof == PROOF_STEM and "stem proof" in report["summary"] and "verified" not in report["summary"]
-    assert report["written_tensors"]["passed"] and report["written_tensors"]["tensors"] > 100
+    assert report["verification"]["tensors"]["passed"] and report["verification"]["tensors"]["tensors"] > 100
     report = convert_file(DARKNET, tmp_path / "dn.pt", verify=True)
     assert report.proof == PROOF_STEM and "verified" not in report["summary"]
-    assert report["written_tensors"]["passed"]
+    assert report["verification"]["tensors"]["passed"]
     # an order the family's [reorg] does not compute is an assumption: layout only
     report = convert_file(DARKNET, tmp_path / "dn-timm.pt", verify=True, order="timm")
     assert report.proof == PROOF_LAYOUT and "verified" not in report["summary"]

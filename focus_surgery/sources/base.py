@@ -6,7 +6,8 @@ answer never depends on registration order), ``reads`` (input suffixes read by t
 further ``ConvertOptions`` it reads: ``block_size``, ``order``, ``tolerance``; one it does not read is refused when
 given). Offered:
 ``claims``, ``inspect``, ``convert`` (find the stems, apply the change, check it in float64; nothing written),
-``model`` (a runnable model for ``verify``), ``state_dict`` / ``compare_tensors`` (when nothing can be run).
+``model`` (a runnable model for ``verify`` and the model proof), ``stems`` (the stems alone, for the stem proof),
+``state_dict`` / ``compare_tensors`` (when nothing can be run). ``sources.proof`` decides and measures the proof.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Source:
     outputs: dict[str, tuple[str, ...]] = {ANY_LAYOUT: CHECKPOINTS}
     reads: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()  # of OWN_OPTIONS: given to a source that does not read it, it is refused, not ignored
+    own_proof = False  # True: ``prove_written`` runs the written file itself (its own runtime), not ``model``
 
     def read(self, path: Path) -> Loaded:
         """Read a file of one of the ``reads`` suffixes (the safe checkpoint loader reads every other file)."""
@@ -95,12 +97,20 @@ class Source:
         return True
 
     def prove_written(self, loaded: Loaded, written: Loaded, report: ConvertReport, options: ConvertOptions) -> Any:
-        """A source with its own runtime (ONNX) runs the written file against the original here and returns the
-        measurement (``.passed``, ``.max_abs_err``, ``.to_dict()``); None: ``sources.proof`` decides the proof."""
+        """A source with its own runtime (``own_proof``: ONNX) runs the written file against the original here and
+        returns the measurement (``.passed``, ``.max_abs_err``, ``.to_dict()``); None: ``sources.proof`` decides the
+        proof."""
         return None
 
+    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """Each stem of the file as it computes, for the stem proof when no model can be run: ``(name, float64
+        module, input shape)``; the original's and the written file's stems of one name are run on the same input.
+        Finds the stem in either form (the original's and the converted one)."""
+        return []
+
     def model(self, loaded: Loaded) -> nn.Module | None:
-        """A runnable float32 eval model for ``verify``, or None when the file holds tensors only."""
+        """A runnable float32 eval model for ``verify``, or None when the file holds tensors only. A model of its
+        own (built or copied): converting ``loaded`` afterwards must not change it, nor it ``loaded``."""
         return None
 
     def state_dict(self, loaded: Loaded) -> dict:

@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import ConversionError
+from ..layers import SpaceToDepth
 from ..remap import focus_to_conv_weight
 from ..report import ConvertReport, bounded
 from ..verify import DEFAULT_TOLERANCE
 from .base import ConvertOptions, Source
-from .compare import compare_state_dicts, stem_check
+from .compare import compare_state_dicts
 from .loading import Loaded
 from .plain import PlainStateDictSource, remap_optimizer_state, tensors
 
@@ -163,36 +165,25 @@ class DarknetSource(Source):
             fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
         report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
         report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
-        if options.verify:
-            check = _check(before, model, key, options)
-            fields["verification"], report.max_abs_err = check, check["stem"]["max_abs_err"]
-            report.problem = None if check["passed"] else check["problem"]
         return report
 
-
-def _check(before: dict, after: dict, key: str, options: ConvertOptions) -> dict[str, Any]:
-    """The stem conv before (space-to-depth + k x k, padding k//2) and after (7x7 / 2, padding 3) in float64, and
-    every other tensor bit for bit."""
-    from torch import nn
-
-    from ..layers import SpaceToDepth
-    from ..verify import verify
-
-    w_old, w_new = before[key].double(), after[key].double()
-    old = nn.Sequential(
-        SpaceToDepth(options.block_size, options.order),
-        nn.Conv2d(w_old.shape[1], w_old.shape[0], w_old.shape[2], 1, w_old.shape[2] // 2, bias=False),
-    )
-    new = nn.Conv2d(w_new.shape[1], w_new.shape[0], w_new.shape[2], 2, w_new.shape[2] // 2, bias=False)
-    old[1].weight.data, new.weight.data = w_old, w_new
-    stem = verify(old, new, input_shape=(2, w_new.shape[1], 32, 48))
-    rest = compare_state_dicts(
-        {k: v for k, v in before.items() if k != key},
-        {k: v for k, v in tensors(after).items() if k != key},
-        tolerance=0.0,
-    )
-    if before[key].dtype != after[key].dtype:  # the float64 run above cannot see a dtype change of the stem
-        problem = f"{key} is {before[key].dtype} vs {after[key].dtype}: the dtype changed"
-        rest = {**rest, "passed": False, "problem": problem}
-    compared = "the stem conv before and after in float64 (darknet padding size//2), the model's code not run"
-    return stem_check(stem.to_dict(), [stem], rest, compared)
+    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """The stem conv as it computes: space-to-depth + k x k conv (padding k // 2) before the conversion, the
+        (bs*k+1)-square conv of stride bs (padding (bs*k+1) // 2, darknet's size // 2) after it; its BatchNorm and
+        every other tensor are compared as stored."""
+        sd = self.state_dict(loaded)
+        bs = options.block_size
+        key = darknet_stem(sd, block_size=bs)
+        if key is not None:
+            w = sd[key].double()
+            conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], 1, w.shape[2] // 2, bias=False).double()
+            conv.weight.data = w
+            module, channels = nn.Sequential(SpaceToDepth(bs, options.order), conv), w.shape[1] // bs**2
+        else:
+            key = converted_stem(sd, block_size=bs)
+            if key is None:
+                return []
+            w = sd[key].double()
+            module = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bs, w.shape[2] // 2, bias=False).double()
+            module.weight.data, channels = w, w.shape[1]
+        return [(key, module.eval(), (2, channels, 16 * bs, 24 * bs))]

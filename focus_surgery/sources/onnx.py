@@ -38,6 +38,7 @@ class OnnxSource(Source):
     outputs = {ANY_LAYOUT: (".onnx",)}
     reads = (".onnx",)
     uses = ("tolerance",)  # of --verify
+    own_proof = True  # the written graph runs in onnxruntime against the original (``prove_written``)
 
     def read(self, path: Path) -> Loaded:
         try:

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,18 +32,32 @@ from ..errors import FocusSurgeryError, VerificationFailed
 from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
 from ..verify import verify
 from .base import ConvertOptions, Source
+from .compare import stem_check
 from .loading import Loaded
 
-__all__ = ["original_model", "proof_kind", "prove_written", "read_back"]
+__all__ = ["Original", "capture", "proof_kind", "prove_written", "read_back"]
 
 
-def original_model(source: Source, loaded: Loaded) -> nn.Module | None:
-    """The original's runnable model, taken before the conversion (which may change loaded objects in place)."""
+@dataclass
+class Original:
+    """What the proof runs the written file against, taken before the conversion (which may edit the loaded
+    records in place): the runnable model, else the stems (``Source.stems``) and the tensors."""
+
+    model: nn.Module | None
+    stems: list = field(default_factory=list)
+    tensors: dict = field(default_factory=dict)
+
+
+def capture(source: Source, loaded: Loaded, options: ConvertOptions) -> Original:
+    """The original's model (a copy of its own), else its stems and tensors, before anything is converted."""
     try:
         model = source.model(loaded)
     except FocusSurgeryError:  # e.g. a YOLOv5 head without an Ultralytics counterpart: no model proof
-        return None
-    return copy.deepcopy(model) if model is not None else None
+        model = None
+    if model is not None or source.own_proof:
+        return Original(model)  # ``Source.model`` builds a model of its own: the conversion cannot change it
+    shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
+    return Original(None, source.stems(loaded, options), dict(source.state_dict(loaded, **shape)))
 
 
 def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
@@ -67,7 +82,7 @@ def prove_written(
     report: ConvertReport,
     source: Source,
     loaded: Loaded,
-    original: nn.Module | None,
+    before: Original,
     options: ConvertOptions,
     written: list[tuple[Path, Path]],
 ) -> None:
@@ -90,6 +105,7 @@ def prove_written(
             if check is not None:
                 _settle(report, PROOF_MODEL, check.max_abs_err, check.passed, str(check), check.to_dict())
                 return
+            original = before.model
             candidate = back_source.model(back) if original is not None else None
             if candidate is None and original is not None and isinstance(report.after, nn.Module):
                 candidate = copy.deepcopy(report.after)  # tensors only (.safetensors): loaded as users load them
@@ -101,29 +117,51 @@ def prove_written(
                 return
             shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
             tensors = source.compare_tensors(
-                source.state_dict(loaded, **shape),
+                before.tensors,
                 back_source.state_dict(back, **({} if back_source.uses != source.uses else shape)),
                 **_geometry(source, options),
                 tolerance=0.0,
             )  # bit for bit: the stem's remap is a permutation
+            written_stems = {name: module for name, module, _ in back_source.stems(back, options)}
+            runs = _run_stems(before.stems, written_stems)
         except VerificationFailed:
             raise
+        except _Unproven as error:
+            report.problem = str(error)
+            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
         except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             text = text.replace(str(view[dst]), str(dst))
             report.problem = f"the written file does not load back as its users load it: {type(error).__name__}: {text}"
             raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
-    stem = report.fields.get("verification") or {}
-    kind = proof_kind(source, loaded, options)
-    report.fields["written_tensors"] = tensors  # the written file's tensors against the original's, stem remapped
-    if not tensors.get("passed"):
-        report.proof, report.problem = kind, f"the written file's tensors: {tensors.get('problem')}"
-    elif report.max_abs_err is None or not stem:
-        report.proof, report.problem = kind, "no float64 run of the stem was measured"
-    else:
-        report.proof = kind
-    if report.problem is not None:
+    if not tensors["passed"]:
+        tensors = {**tensors, "problem": f"the written file's tensors: {tensors['problem']}"}
+    reports = [r for _, r in runs]
+    stem = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+    how = "each stem of the written file run against the original's in float64 (the model's code not run)"
+    check = stem_check(stem, reports, tensors, how) if reports else {"passed": False, "problem": "no stem was run"}
+    report.fields["verification"] = {**check, "stems": [name for name, _ in runs]}
+    report.proof = proof_kind(source, loaded, options)
+    report.max_abs_err = max((r.max_abs_err for r in reports), default=None)
+    if not check["passed"]:
+        report.problem = check["problem"] or "the stem check failed"
         raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+
+
+class _Unproven(Exception):
+    """Nothing could be run to prove the written file (no stem found in it, or none in the original)."""
+
+
+def _run_stems(before: list, after: dict[str, nn.Module]) -> list[tuple[str, Any]]:
+    """Each original stem and the written file's stem of the same name, run on one input in float64."""
+    if not before:
+        raise _Unproven("no stem of the original could be run: nothing to prove")
+    runs = []
+    for name, module, shape in before:
+        if name not in after:
+            raise _Unproven(f"the written file has no stem {name!r} to run against the original's")
+        runs.append((name, verify(module, after[name], input_shape=shape)))
+    return runs
 
 
 def _geometry(source: Source, options: ConvertOptions) -> dict[str, Any]:

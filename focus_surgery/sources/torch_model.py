@@ -4,6 +4,7 @@ loaded objects, so the wrapper, metadata, optimizer and dtype are written back u
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
@@ -42,7 +43,7 @@ class TorchModelSource(Source):
     def model(self, loaded: Loaded) -> nn.Module | None:
         models = self._models(loaded)
         model = models.get("ema") or models.get("model")
-        return model.float().eval() if model is not None else None
+        return copy.deepcopy(model).float().eval() if model is not None else None  # the loaded one keeps its dtype
 
     def state_dict(self, loaded: Loaded) -> dict:
         model = self.model(loaded)
@@ -119,6 +120,7 @@ class TorchModelSource(Source):
             return report
         report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields}
         model = models.get("ema") or models.get("model")
+        report.after = model  # a .safetensors output is proven loaded into it, as users load it
         report.write = lambda dst: (
             save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
             if dst.suffix == ".safetensors"

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint_io import CheckpointError
+from ..loader import Record
 from ..report import ConvertReport
 from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
 from .loading import Loaded
@@ -76,6 +76,28 @@ class Yolov5Source(Source):
     def state_dict(self, loaded: Loaded) -> dict:
         return self._checkpoint(loaded).model.state_dict()
 
+    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """Row 0 of each recorded model as it computes (for heads no rebuild runs): the Focus (YOLOv5's slices,
+        then its inner ``Conv`` block) or the 6x6 stride-2 ``Conv`` block that replaces it."""
+        from ..layers import SpaceToDepth
+        from .compare import live_block
+
+        found = []
+        content = self._checkpoint(loaded).content
+        for key in ("model", "ema"):
+            model = content.get(key)
+            if not isinstance(model, Record) or "model" not in model.children():
+                continue
+            row = model.children()["model"].state["_modules"]["0"]
+            if row.qualname.endswith(".Focus"):
+                block = live_block(row.children()["conv"])
+                stem = nn.Sequential(SpaceToDepth(2, "yolov5"), block).double().eval()
+                found.append((key, stem, (2, block.conv.in_channels // 4, 32, 48)))
+            elif set(row.children()) >= {"conv"} and tuple(row.children()["conv"].get("stride")) == (2, 2):
+                block = live_block(row)
+                found.append((key, block, (2, block.conv.in_channels, 32, 48)))
+        return found
+
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         from ..yolov5.rebuild import describe
 
@@ -125,15 +147,11 @@ class Yolov5Source(Source):
 
     def _convert_in_yolov5_layout(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem)."""
-        from ..verify import verify
-        from ..yolov5.rebuild import guess_release, yolov5_checkpoint
+        from ..yolov5.rebuild import guess_release
         from ..yolov5.records_stem import convert_stem_record
-        from .compare import compare_state_dicts
         from .records_io import save_records
 
         ckpt = self._checkpoint(loaded)
-        before = ckpt.model.state_dict()
-        original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
         changes = [convert_stem_record(ckpt.content[k], options.to, str(loaded.path)) for k in models]
         fields: dict[str, Any] = {
@@ -147,34 +165,8 @@ class Yolov5Source(Source):
         }
         change = f"{changes[0]['from']} -> {changes[0]['to']}"
         report = ConvertReport(str(loaded.path), self.name, options.to, change=change, fields=fields)
-        if options.verify:
-            after = yolov5_checkpoint(ckpt.content, str(loaded.path))
-            converted = _runnable(after)
-            if original is not None and converted is not None:
-                check = verify(original, converted)
-                fields["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
-                passed, err, problem = check.passed, check.max_abs_err, str(check)
-            else:  # a head without an Ultralytics counterpart: the weights alone
-                check = compare_state_dicts(before, after.model.state_dict(), tolerance=0.0)
-                fields["verification"] = check
-                passed, err, problem = (
-                    check["passed"],
-                    0.0 if check["passed"] else check["max_abs_err"],
-                    check["problem"],
-                )
-            report.max_abs_err, report.problem = err, None if passed else problem
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:
                 ckpt.content[key].state.pop("yaml", None)
         report.write = lambda dst: save_records(ckpt.content, dst)
         return report
-
-
-def _runnable(ckpt) -> nn.Module | None:
-    """The rebuilt (Ultralytics) model of a YOLOv5 checkpoint, or None for heads without a counterpart."""
-    from ..yolov5.rebuild import rebuild
-
-    try:
-        return rebuild(ckpt)[0]
-    except CheckpointError:
-        return None
