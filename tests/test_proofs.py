@@ -205,7 +205,9 @@ def test_inspect_and_verify_read_nested_state_dicts(tmp_path, capsys):
 
 def test_inspect_and_verify_take_block_size_and_order(tmp_path, capsys):
     src = _nested(tmp_path / "b4.pth", block_size=4, order="timm")
-    assert not inspect_file(src)["stems"]  # block 4: not a stem of block 2
+    info = inspect_file(src)  # block 4: no stem of block 2, but the tensors are found under their wrappers
+    assert not info["stems"] and info["tensors"] == 8 and "'state_dict_ema' (8 tensors)" in info["summary"]
+    assert verify_files(src, src)["passed"] and verify_files(src, src)["tensors"] == 8
     info = inspect_file(src, block_size=4, order="timm")
     assert info["stems"] and info["stems"][0]["shape"][1] == 48 and info["block_size"] == 4
     dst = tmp_path / "b4-conv.pth"
@@ -238,3 +240,16 @@ def test_no_temporary_or_view_is_left_by_a_proof(tmp_path):
     before = set(os.listdir(tmp_path))
     convert_file(src, tmp_path / "m-conv.pt", verify=True)
     assert set(os.listdir(tmp_path)) - before == {"m-conv.pt"}
+
+
+def test_verify_that_measured_nothing_is_a_failure(tmp_path, monkeypatch):
+    """A writer that bypasses the atomic write (so nothing could be read back before the rename) is not verified:
+    exit 1 and its output removed, never a report without a measurement."""
+    import focus_surgery.sources.plain as plain
+
+    src = _nested(tmp_path / "sd.pt")
+    monkeypatch.setattr(plain, "save_checkpoint", lambda content, dst, *rest: torch.save(content, dst))
+    with pytest.raises(VerificationFailed, match="measured nothing") as failed:
+        convert_file(src, tmp_path / "out.pt", verify=True)
+    assert failed.value.report.proof is None and not (tmp_path / "out.pt").exists()
+    assert convert_file(src, tmp_path / "out.pt").written == [str(tmp_path / "out.pt")]  # without --verify: written

@@ -83,8 +83,11 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
-def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
-    """``converted`` in the original's container type, non-tensor entries kept in place."""
+def _with_tensors(original: dict, converted: dict[str, torch.Tensor], strict: bool = True) -> dict:
+    """``converted`` in the original's container type, non-tensor entries kept in place.
+
+    ``strict=False`` (under ``--verify``): an entry the conversion lost is left out, for the proof of the written
+    file to find (a failed check, exit 1), instead of refused here."""
     out = OrderedDict() if isinstance(original, OrderedDict) else {}
     renamed = iter(k for k in converted if k not in original)
     for key, value in original.items():
@@ -92,9 +95,10 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
             out[key] = converted[key]
         elif isinstance(value, torch.Tensor):
             new_key = next(renamed, None)  # the stem's keys, renamed in the same order
-            if new_key is None:
+            if new_key is None and strict:
                 raise ConversionError(f"the converted state dict lost the entry {key!r}")
-            out[new_key] = converted[new_key]
+            if new_key is not None:
+                out[new_key] = converted[new_key]
         else:
             out[key] = value
     if hasattr(original, "_metadata"):
@@ -182,9 +186,9 @@ class PlainStateDictSource(Source):
             before = tensors(_at(content, place))
             after, stem = convert_state_dict(before, options.to, options.block_size, options.order)
             if place is None:
-                new_content = _with_tensors(content, after)
+                new_content = _with_tensors(content, after, strict=not options.verify)
             else:
-                new_content[place] = _with_tensors(content[place], after)
+                new_content[place] = _with_tensors(content[place], after, strict=not options.verify)
             if place == places[0]:
                 fields.update(
                     stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:]
