@@ -116,12 +116,17 @@ def prove_written(
                 _settle(report, PROOF_MODEL, result.max_abs_err, result.passed, str(result), {**result.to_dict()}, how)
                 return
             shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
+            written_tensors = back_source.state_dict(back, **({} if back_source.uses != source.uses else shape))
             tensors = source.compare_tensors(
-                before.tensors,
-                back_source.state_dict(back, **({} if back_source.uses != source.uses else shape)),
-                **_geometry(source, options),
-                tolerance=0.0,
+                before.tensors, written_tensors, **_geometry(source, options), tolerance=0.0
             )  # bit for bit: the stem's remap is a permutation
+            changed = next(
+                (k for k, v in written_tensors.items() if k in before.tensors and v.dtype != before.tensors[k].dtype),
+                None,
+            )  # seen from the original itself: a remap that changed the dtype would agree with itself above
+            if changed is not None:
+                was, now = before.tensors[changed].dtype, written_tensors[changed].dtype
+                tensors = {**tensors, "passed": False, "problem": f"{changed} is {was} vs {now}: the dtype changed"}
             written_stems = {name: module for name, module, _ in back_source.stems(back, options)}
             runs = _run_stems(before.stems, written_stems)
         except VerificationFailed:
