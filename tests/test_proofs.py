@@ -253,3 +253,31 @@ def test_verify_that_measured_nothing_is_a_failure(tmp_path, monkeypatch):
         convert_file(src, tmp_path / "out.pt", verify=True)
     assert failed.value.report.proof is None and not (tmp_path / "out.pt").exists()
     assert convert_file(src, tmp_path / "out.pt").written == [str(tmp_path / "out.pt")]  # without --verify: written
+
+
+def test_verify_an_original_against_its_conversion_tresnet_layout(tmp_path, capsys):
+    """TResNet's layout (a weightless SpaceToDepth(4), then ``body.conv1.conv`` reading 48 channels), nested under
+    ``state_dict`` and ``state_dict_ema``: ``verify original converted`` remaps the stem and compares every tensor."""
+    torch.manual_seed(1)
+    sd = {
+        "body.conv1.conv.weight": torch.randn(8, 48, 3, 3),
+        "body.conv1.bn.weight": torch.rand(8) + 0.5,
+        "body.conv1.bn.bias": torch.randn(8),
+        "body.conv1.bn.running_mean": torch.randn(8),
+        "body.conv1.bn.running_var": torch.rand(8) + 0.5,
+        "body.layer1.conv.weight": torch.randn(8, 8, 3, 3),
+        "head.fc.weight": torch.randn(10, 8),
+        "head.fc.bias": torch.randn(10),
+    }
+    src, dst = tmp_path / "tresnet.pth", tmp_path / "tresnet-conv.pth"
+    torch.save({"arch": "tresnet_m", "state_dict": sd, "state_dict_ema": {k: v + 0 for k, v in sd.items()}}, src)
+    code, out, _ = _cli("convert", src, dst, "--block-size", "4", "--order", "timm", "--verify", capsys=capsys)
+    assert code == 0 and "verified" not in out
+    code, out, _ = _cli("verify", src, src, capsys=capsys)
+    assert code == 0 and "over 8 tensors" in out
+    code, out, _ = _cli("verify", src, dst, "--block-size", "4", "--order", "timm", "--json", capsys=capsys)
+    result = json.loads(out)
+    assert code == 0 and result["passed"] and result["tensors"] == 8 and result["max_abs_err"] == 0.0
+    assert "stem remapped" in result["compared"]
+    code, out, _ = _cli("inspect", src, "--block-size", "4", capsys=capsys)
+    assert code == 0 and "8 tensors" in out and "stem body.conv1" in out
