@@ -7,11 +7,12 @@ YOLOv5-layout records a rebuild from the records as written), and then:
 
 * **model**: both the original and the written file give a runnable model: both are run in float64 and compared
   (``verify``). A record written wrong fails here, not only in the user's code.
-* **stem** / **layout only**: no model can be run from the files (state dicts, records of a repository's code): the
-  source's own check ran the changed stem against the original stem in float64, and here every tensor of the
-  written file is compared with the original's (the stem remapped), so "every other tensor identical" is measured
-  on what was written. A state dict's stem check replays an assumed order and block size: ``layout only``, unless
-  the source took them from the file (``Source.geometry_from_file``).
+* **stem** / **layout only**: no model can be run from the files (state dicts, records of a repository's code): each
+  stem of the written file (``Source.stems``, found in its converted form) is run against the original's stem in
+  float64, and every tensor of the written file is compared with the original's bit for bit (the stem remapped,
+  every dtype against the original's own), so "every other tensor identical" is measured on what was written. A
+  state dict's stem check replays an assumed order and block size: ``layout only``, unless the source took them
+  from the file (``Source.geometry_from_file``).
 
 A failed or impossible proof raises ``VerificationFailed``: the temporaries are removed, nothing is put in place.
 """
@@ -131,13 +132,15 @@ def prove_written(
             runs = _run_stems(before.stems, written_stems)
         except VerificationFailed:
             raise
+        except MemoryError:  # torch.OutOfMemoryError included: the command's own handling says what was left
+            raise
         except _Unproven as error:
             report.problem = str(error)
             raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
         except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             text = text.replace(str(view[dst]), str(dst))
-            report.problem = f"the written file does not load back as its users load it: {type(error).__name__}: {text}"
+            report.problem = f"the written file, read back, does not load or run: {type(error).__name__}: {text}"
             raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
     if not tensors["passed"]:
         tensors = {**tensors, "problem": f"the written file's tensors: {tensors['problem']}"}
