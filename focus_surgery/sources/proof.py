@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from ..errors import FocusSurgeryError, VerificationFailed
@@ -132,7 +133,7 @@ def prove_written(
             runs = _run_stems(before.stems, written_stems)
         except VerificationFailed:
             raise
-        except MemoryError:  # torch.OutOfMemoryError included: the command's own handling says what was left
+        except (MemoryError, torch.OutOfMemoryError):  # the command's own handling says what was left
             raise
         except _Unproven as error:
             report.problem = str(error)
