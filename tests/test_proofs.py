@@ -233,6 +233,10 @@ def test_converted_family_files_say_already_converted(tmp_path):
         with pytest.raises(fs.errors.ConversionError, match="already converted"):
             convert_file(dst, tmp_path / f"again-{name}")
         assert verify_files(src, dst)["passed"]
+    src = _model_file(tmp_path / "m.pt")  # a model file: its converted stem is named as such too
+    convert_file(src, tmp_path / "m-conv.pt")
+    assert "already converted" in inspect_file(tmp_path / "m-conv.pt")["summary"]
+    assert "already converted" not in inspect_file(src)["summary"]
 
 
 def test_no_temporary_or_view_is_left_by_a_proof(tmp_path):

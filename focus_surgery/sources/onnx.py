@@ -27,7 +27,9 @@ def _stem_lines(report) -> list[str]:
             )
         else:
             lines.append(f"  left {stem.conv}: {stem.family} ({ops}): {stem.reason}")
-    return lines or ["  no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv"]
+    return lines or [
+        "  no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv (already converted, or none to fold)"
+    ]
 
 
 class OnnxSource(Source):

@@ -31,9 +31,7 @@ class TorchModelSource(Source):
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
-        holds_model = isinstance(content, dict) and any(
-            isinstance(content.get(k), Record) for k in ("model", "ema")
-        )
+        holds_model = isinstance(content, dict) and any(isinstance(content.get(k), Record) for k in ("model", "ema"))
         return holds_model and all(n.startswith(MODULE_PREFIXES) for n in loaded.names)
 
     def _models(self, loaded: Loaded) -> dict[str, nn.Module]:
@@ -80,6 +78,11 @@ class TorchModelSource(Source):
                 lines.append(
                     f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} "
                     f"(convert --to {stem['direction']})"
+                    + (
+                        "; already converted (a strided conv, as convert --to conv writes it) or a conv stem by birth"
+                        if stem["direction"] == "focus"
+                        else ""
+                    )
                 )
         if not result["stems"]:
             lines.append("  no Focus / space-to-depth / strided-conv stem found")
