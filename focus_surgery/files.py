@@ -107,7 +107,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     loaded = load(src)
     source = source_for(loaded)
     opts = check_options(source, src, dst, **options)
-    original = capture(source, loaded, opts) if opts.verify else None  # before a conversion edits it in place
+    original = capture(source, src, opts) if opts.verify else None  # read on its own: a conversion edits `loaded`
     try:
         report = source.convert(loaded, opts)
     except ConversionError as error:  # raised deep in a model's own code path: say which file it was

@@ -109,8 +109,8 @@ class Source:
         return []
 
     def model(self, loaded: Loaded) -> nn.Module | None:
-        """A runnable float32 eval model for ``verify``, or None when the file holds tensors only. A model of its
-        own (built or copied): converting ``loaded`` afterwards must not change it, nor it ``loaded``."""
+        """A runnable float32 eval model for ``verify`` and the model proof, or None when the file holds tensors only
+        (may be ``loaded``'s own objects, changed to float32 in place: each proof reads its file on its own)."""
         return None
 
     def state_dict(self, loaded: Loaded) -> dict:

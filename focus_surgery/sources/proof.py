@@ -50,14 +50,22 @@ class Original:
     tensors: dict = field(default_factory=dict)
 
 
-def capture(source: Source, loaded: Loaded, options: ConvertOptions) -> Original:
-    """The original's model (a copy of its own), else its stems and tensors, before anything is converted."""
+def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
+    """The original as its users load it: the file read again on its own (the conversion edits its own loaded
+    objects in place), then its model, else its stems and tensors.
+
+    Raises:
+        CheckpointError: The file changed under us into one that does not read.
+    """
+    from . import load
+
+    loaded = load(path)
     try:
         model = source.model(loaded)
     except FocusSurgeryError:  # e.g. a YOLOv5 head without an Ultralytics counterpart: no model proof
         model = None
     if model is not None or source.own_proof:
-        return Original(model)  # ``Source.model`` builds a model of its own: the conversion cannot change it
+        return Original(model)
     shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
     return Original(None, source.stems(loaded, options), dict(source.state_dict(loaded, **shape)))
 
@@ -113,7 +121,7 @@ def prove_written(
                 candidate = copy.deepcopy(report.after)  # tensors only (.safetensors): loaded as users load them
                 candidate.load_state_dict(back_source.state_dict(back), strict=True)
             if original is not None and candidate is not None:
-                result = verify(original, candidate)  # float64
+                result = verify(original, candidate, copies=False)  # float64; both models are this proof's own
                 how = "the written file loaded back and run against the original in float64"
                 _settle(report, PROOF_MODEL, result.max_abs_err, result.passed, str(result), {**result.to_dict()}, how)
                 return
@@ -169,7 +177,7 @@ def _run_stems(before: list, after: dict[str, nn.Module]) -> list[tuple[str, Any
     for name, module, shape in before:
         if name not in after:
             raise _Unproven(f"the written file has no stem {name!r} to run against the original's")
-        runs.append((name, verify(module, after[name], input_shape=shape)))
+        runs.append((name, verify(module, after[name], input_shape=shape, copies=False)))
     return runs
 
 

@@ -4,7 +4,6 @@ loaded objects, so the wrapper, metadata, optimizer and dtype are written back u
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from torch import nn
@@ -41,7 +40,7 @@ class TorchModelSource(Source):
     def model(self, loaded: Loaded) -> nn.Module | None:
         models = self._models(loaded)
         model = models.get("ema") or models.get("model")
-        return copy.deepcopy(model).float().eval() if model is not None else None  # the loaded one keeps its dtype
+        return model.float().eval() if model is not None else None
 
     def state_dict(self, loaded: Loaded) -> dict:
         model = self.model(loaded)
