@@ -42,10 +42,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):  # no process ever had this pid: not a file of ours, never removed
-        return True
+    except (PermissionError, OverflowError, ValueError):  # another user's process; a pid no process ever had
+        pass
     return True
 
 
@@ -93,7 +91,7 @@ def remove_stale_temporaries(destination: Path) -> list[Path]:
     Only files named as ours (``.<name>.<pid>-<random>.focus-surgery-tmp``), regular, of this user, whose writer no
     longer runs and whose lock is free: another live run's temporary file is never touched, whatever it writes.
     """
-    return remove_stale_temporaries_in(Path(destination).parent if str(Path(destination).parent) else Path("."))
+    return remove_stale_temporaries_in(Path(destination).parent)
 
 
 def remove_stale_temporaries_in(folder: Path) -> list[Path]:
@@ -182,11 +180,11 @@ def _write_error(destination: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(f"{destination}: write failed ({text}); nothing was written")
 
 
-_SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
+SPECIAL_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
 
 
 def _check_destination(destination: Path) -> Path:
-    folder = destination.parent if str(destination.parent) else Path(".")
+    folder = destination.parent
     if destination.is_dir():
         raise CheckpointError(f"{destination}: is a directory; give a file name to write")
     try:
@@ -194,7 +192,7 @@ def _check_destination(destination: Path) -> Path:
     except OSError:
         mode = stat.S_IFREG
     if not stat.S_ISREG(mode):
-        kind = _SPECIAL.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        kind = SPECIAL_KINDS.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
         raise CheckpointError(
             f"{destination}: is {kind}, not a regular file; refusing to replace it (write to a file instead)"
         )

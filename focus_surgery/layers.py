@@ -36,18 +36,12 @@ def check_divisible(x: torch.Tensor, block_size: int, yaml_row: str = "") -> tor
     if h % block_size != 0 or w % block_size != 0:
         if yaml_row:
             raise ValueError(
-                yaml_row
-                + ": feature map "
-                + str(h)
-                + "x"
-                + str(w)
-                + " is not divisible by block_size "
-                + str(block_size)
-                + "; use an input size that is a multiple of the model stride"
+                f"{yaml_row}: feature map {h}x{w} is not divisible by block_size {block_size}; "
+                "use an input size that is a multiple of the model stride"
             )
         raise ValueError(
-            "SpaceToDepth: input height and width (" + str(h) + "x" + str(w) + ") must be divisible by "
-            "block_size " + str(block_size) + "; resize or pad the image to a multiple of " + str(block_size)
+            f"SpaceToDepth: input height and width ({h}x{w}) must be divisible by block_size {block_size}; "
+            f"resize or pad the image to a multiple of {block_size}"
         )
     return x
 
@@ -58,10 +52,7 @@ def check_channels_divisible(x: torch.Tensor, block_size: int) -> torch.Tensor:
     channels = x.shape[1]
     if channels % (block_size * block_size) != 0:
         raise ValueError(
-            "DepthToSpace: "
-            + str(channels)
-            + " input channels are not divisible by block_size**2 = "
-            + str(block_size * block_size)
+            f"DepthToSpace: {channels} input channels are not divisible by block_size**2 = {block_size * block_size}"
         )
     return x
 

@@ -18,10 +18,6 @@ other module reshapes and permutes with these layouts, so no code loops over cha
 
 from __future__ import annotations
 
-from typing import Literal
-
-Order = Literal["yolov5", "timm", "pixel_unshuffle"]
-
 # Channel axis split into three axes, slowest first: "c" input channel, "y" row phase dy, "x" column phase dx.
 CHANNEL_LAYOUT: dict[str, tuple[str, str, str]] = {
     "yolov5": ("x", "y", "c"),

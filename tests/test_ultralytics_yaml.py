@@ -81,7 +81,7 @@ def test_register_is_idempotent_and_hooks_the_installed_version():
     assert getattr(parser, "__focus_surgery_original__").__module__ == "ultralytics.nn.tasks"
     assert ultralytics.nn.parse_model is parser  # the re-export is hooked too
     low, high = fs_ultralytics._SUPPORTED_RANGE
-    assert low <= fs_ultralytics._version_tuple(ultralytics.__version__) < high, "installed version not in range"
+    assert low <= fs_ultralytics.version_tuple(ultralytics.__version__) < high, "installed version not in range"
 
 
 def test_unregister_restores_ultralytics_parser_then_register_again():

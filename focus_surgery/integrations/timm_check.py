@@ -18,68 +18,18 @@ from ..verify import input_channels_and_multiple, verify
 # Architectures of the README table (at least 50), with the input size each round trip is verified at. Most stems
 # are checked at 64x64 (and the restored model again at 65x67); ViT-like models need their configured size.
 _FIXED = (224, 224)
+_AT_64 = """
+resnet18 resnet50 resnet50d resnet26t resnext50_32x4d seresnext26d_32x4d ecaresnet26t skresnet18
+res2net50_14w_8s resnetv2_50 resnetv2_50x1_bit resnetrs50 regnetx_002 regnety_002 efficientnet_b0
+tf_efficientnet_b0 efficientnetv2_rw_t tf_efficientnetv2_b0 mobilenetv2_100 mobilenetv3_small_100
+tf_mobilenetv3_small_100 lcnet_050 mnasnet_100 semnasnet_100 fbnetc_100 spnasnet_100 tinynet_a mixnet_s
+tf_mixnet_s ghostnet_100 rexnet_100 gernet_s repvgg_a0 mobileone_s0 densenet121 dla34 dpn68 vgg11 cspresnet50
+cspdarknet53 darknet53 cs3darknet_s ese_vovnet19b_dw hrnet_w18_small dm_nfnet_f0 nfnet_l0 nf_resnet26
+convnext_atto convnext_tiny convnextv2_atto edgenext_xx_small poolformer_s12 pvt_v2_b0 fastvit_t8
+efficientvit_b0 tresnet_m
+""".split()
 ARCHITECTURES: dict[str, tuple[int, int]] = {
-    **{
-        name: (64, 64)
-        for name in (
-            "resnet18",
-            "resnet50",
-            "resnet50d",
-            "resnet26t",
-            "resnext50_32x4d",
-            "seresnext26d_32x4d",
-            "ecaresnet26t",
-            "skresnet18",
-            "res2net50_14w_8s",
-            "resnetv2_50",
-            "resnetv2_50x1_bit",
-            "resnetrs50",
-            "regnetx_002",
-            "regnety_002",
-            "efficientnet_b0",
-            "tf_efficientnet_b0",
-            "efficientnetv2_rw_t",
-            "tf_efficientnetv2_b0",
-            "mobilenetv2_100",
-            "mobilenetv3_small_100",
-            "tf_mobilenetv3_small_100",
-            "lcnet_050",
-            "mnasnet_100",
-            "semnasnet_100",
-            "fbnetc_100",
-            "spnasnet_100",
-            "tinynet_a",
-            "mixnet_s",
-            "tf_mixnet_s",
-            "ghostnet_100",
-            "rexnet_100",
-            "gernet_s",
-            "repvgg_a0",
-            "mobileone_s0",
-            "densenet121",
-            "dla34",
-            "dpn68",
-            "vgg11",
-            "cspresnet50",
-            "cspdarknet53",
-            "darknet53",
-            "cs3darknet_s",
-            "ese_vovnet19b_dw",
-            "hrnet_w18_small",
-            "dm_nfnet_f0",
-            "nfnet_l0",
-            "nf_resnet26",
-            "convnext_atto",
-            "convnext_tiny",
-            "convnextv2_atto",
-            "edgenext_xx_small",
-            "poolformer_s12",
-            "pvt_v2_b0",
-            "fastvit_t8",
-            "efficientvit_b0",
-            "tresnet_m",
-        )
-    },
+    **dict.fromkeys(_AT_64, (64, 64)),
     "inception_v3": (299, 299),  # SAME-less valid 3x3/2 stem: the s2d form needs even sizes (reported)
     "xception41": (299, 299),
     "vit_tiny_patch16_224": _FIXED,

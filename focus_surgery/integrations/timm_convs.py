@@ -59,7 +59,19 @@ def _check_same_conv(conv: nn.Conv2d, order: str) -> None:
         raise ConversionError(f"groups={conv.groups} needs order='pixel_unshuffle'")
 
 
-class SpaceToDepthConv2dSame(nn.Module):
+class _HoldsSpaceToDepth(nn.Module):
+    """A module whose space-to-depth is its ``s2d`` child: block size and order are that layer's."""
+
+    @property
+    def block_size(self) -> int:
+        return self.s2d.block_size
+
+    @property
+    def order(self) -> str:
+        return self.s2d.order
+
+
+class SpaceToDepthConv2dSame(_HoldsSpaceToDepth):
     """timm ``Conv2dSame`` (TF "SAME", stride ``s``) as SAME padding + space-to-depth(``s``) + stride-1 conv, exactly.
 
     Args:
@@ -83,14 +95,6 @@ class SpaceToDepthConv2dSame(nn.Module):
         self.s2d = SpaceToDepth(stride, order)
         self.conv = new_conv2d(conv, weight, 1, (0, 0))
         self.train(conv.training)
-
-    @property
-    def block_size(self) -> int:
-        return self.s2d.block_size
-
-    @property
-    def order(self) -> str:
-        return self.s2d.order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.s2d(pad_same_to_blocks(x, self.kernel_size, self.s2d.block_size)))
@@ -129,7 +133,7 @@ def _conv2d_same_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module
     return module, f"SpaceToDepthConv2dSame(block_size={conv.stride[0]}, order={order}, k={k}, pad=SAME)"
 
 
-class SpaceToDepthStdConv(nn.Module):
+class SpaceToDepthStdConv(_HoldsSpaceToDepth):
     """A weight-standardised strided conv (timm ``StdConv2d``) run as space-to-depth + stride-1 conv, exactly.
 
     Args:
@@ -156,14 +160,6 @@ class SpaceToDepthStdConv(nn.Module):
         self.register_buffer("tap_index", form.weight.round().long().flatten(), persistent=False)
         self.kernel_shape = [conv.out_channels] + list(form.weight.shape[1:])
         self.pad = [0, 0, 0, 0] if self.same_pad else list(form.pad)
-
-    @property
-    def block_size(self) -> int:
-        return self.s2d.block_size
-
-    @property
-    def order(self) -> str:
-        return self.s2d.order
 
     @property
     def accepts_any_input_size(self) -> bool:

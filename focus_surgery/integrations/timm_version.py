@@ -14,7 +14,7 @@ SUPPORTED_TIMM = f">={MIN_TIMM},<2"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
-    """(major, minor, patch) of a version string such as ``1.0.31`` or ``1.0.32.dev0``."""
+    """(major, minor, patch) of a version string such as ``1.0.31`` or ``1.0.32.dev0`` (timm's and Ultralytics')."""
     return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
 
 

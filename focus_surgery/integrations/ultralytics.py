@@ -59,6 +59,7 @@ from ..layers import DepthToSpace, Focus, SPDConv, SpaceToDepth
 from ..model_configs import find_config
 from ..orders import check_block_size
 from ..stems import SpaceToDepthPart, is_conv_block
+from .timm_version import version_tuple
 
 SUPPORTED_VERSIONS = ">=8.4.190,<8.5"  # what CI tests (requirements-dev.txt); pyproject.toml declares the same
 _SUPPORTED_RANGE = ((8, 4, 190), (8, 5))  # [low, high)
@@ -439,10 +440,6 @@ def sync_yaml(model: nn.Module, paths: list[str]) -> list[int]:
 # --------------------------------------------------------------------------------------------------- registration
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
-
-
 def check_hookable(tasks: Any, version: str) -> None:
     """Raise RuntimeError, naming the supported versions, if ``tasks`` (``ultralytics.nn.tasks``) cannot be hooked."""
     missing = [name for name in _NEEDED_GLOBALS if not hasattr(tasks, name)]
@@ -457,7 +454,7 @@ def check_hookable(tasks: Any, version: str) -> None:
             f"focus-surgery cannot hook Ultralytics {version}: ultralytics.nn.tasks lacks {', '.join(missing)}; "
             f"supported versions are ultralytics{SUPPORTED_VERSIONS} (pip install 'ultralytics{SUPPORTED_VERSIONS}')"
         )
-    if not low <= _version_tuple(version) < high:
+    if not low <= version_tuple(version) < high:
         import warnings
 
         warnings.warn(

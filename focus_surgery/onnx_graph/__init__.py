@@ -8,13 +8,14 @@ command line's adapter. Needs the ``onnx`` extra (onnx, onnxruntime).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import VerificationFailed
-from .io import OnnxSurgeryError, load_onnx, read_onnx, save_onnx
-from .patterns import OnnxStem, find_stems
+from .io import OnnxSurgeryError, read_onnx, save_onnx
+from .patterns import GraphIndex, OnnxStem, find_stems, inferred_values
 from .runtime import OnnxVerification, OriginalGraphFailed
 
 
@@ -63,23 +64,14 @@ class OnnxReport:
 
 
 def _op_counts(model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+    return dict(Counter(node.op_type for node in model.graph.node))
 
 
 def _shapes(model) -> dict[str, list]:
-    """Tensor name -> dims (int, or the symbolic name / None) from ONNX shape inference; {} if it fails."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shapes only refine the search; without them dynamic dims are probed
-        inferred = model
-    graph = inferred.graph
+    """Tensor name -> dims (int, or the symbolic name / None) from ONNX shape inference (shapes only refine the
+    search; without them dynamic dims are probed)."""
     shapes = {}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
+    for value in inferred_values(model):
         dims = value.type.tensor_type.shape.dim
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
     return shapes
@@ -88,8 +80,6 @@ def _shapes(model) -> dict[str, list]:
 def analyse(model) -> list[OnnxStem]:
     """``find_stems`` plus the index-tensor proof of every identified chain (a chain that fails it is skipped)."""
     from .probe import probe_stem
-
-    from .patterns import GraphIndex
 
     shapes = _shapes(model)
     index = GraphIndex(model.graph)  # built once: every stem's search and proof reads the same maps
@@ -115,14 +105,14 @@ def fold(model) -> tuple[Any, list[OnnxStem]]:
 def inspect_onnx(src: str | os.PathLike, model: Any = None) -> OnnxReport:
     """The space-to-depth stems of an ONNX file (``model``: already read from it): which convert, which are left
     and why (nothing is written)."""
-    model = load_onnx(src) if model is None else model
-    return OnnxReport(
-        str(src), None, _opset(model), analyse(model), len(model.graph.node), ops_before=_op_counts(model)
-    )
+    model = read_onnx(src).model if model is None else model
+    return _report(src, model, analyse(model))
 
 
-def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+def _report(src: str | os.PathLike, model: Any, stems: list[OnnxStem]) -> OnnxReport:
+    """What was found in ``model`` (its default-domain opset, node and op counts); nothing done yet."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxReport(str(src), None, opset, stems, len(model.graph.node), ops_before=_op_counts(model))
 
 
 def convert_onnx(
@@ -182,7 +172,7 @@ def fold_model(
     if tolerance is not None and not (0 < tolerance < float("inf")):
         raise OnnxSurgeryError(f"--tolerance {tolerance}: give a positive finite relative error, e.g. 1e-4")
     out, stems = fold(model)
-    report = OnnxReport(str(src), None, _opset(model), stems, len(model.graph.node), ops_before=_op_counts(model))
+    report = _report(src, model, stems)
     if not report.replaced:
         why = (
             "; ".join(f"{s.conv}: {s.reason}" for s in stems)

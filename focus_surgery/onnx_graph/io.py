@@ -39,18 +39,13 @@ class LoadedOnnx:
     data_files: list[Path] = field(default_factory=list)
 
 
-def load_onnx(path: str | os.PathLike, check: bool = True):
+def read_onnx(path: str | os.PathLike, check: bool = True) -> LoadedOnnx:
     """Read ``path`` as an ONNX model (external data of its initializers read in, confined) and check it.
 
     Raises:
         OnnxSurgeryError: The file is missing, not ONNX, over 2 GiB, has external data we refuse, or fails the
             checker.
     """
-    return read_onnx(path, check).model
-
-
-def read_onnx(path: str | os.PathLike, check: bool = True) -> LoadedOnnx:
-    """``load_onnx`` that also says which external data files were read (``LoadedOnnx.data_files``)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -211,7 +206,7 @@ def external_tensor_names(model) -> list[str]:
     while stack:
         message = stack.pop()
         if isinstance(message, TensorProto):
-            if message.data_location == TensorProto.EXTERNAL or len(message.external_data):
+            if _is_external(message):
                 found.append(message.name or "<unnamed>")
             continue  # a tensor holds no further tensors; its raw bytes are never copied here
         for descriptor, value in message.ListFields():
@@ -255,7 +250,7 @@ def save_onnx(model, destination: str | os.PathLike, external_data: bool = False
     """
     import onnx
 
-    from ..atomic_io import atomic_write_all
+    from ..atomic_io import SPECIAL_KINDS, atomic_write_all
 
     if external_tensor_names(model):
         raise OnnxSurgeryError(f"{destination}: the graph references external data files; refusing to write it")
@@ -266,10 +261,8 @@ def save_onnx(model, destination: str | os.PathLike, external_data: bool = False
         if target.resolve() in protected:
             raise OnnxSurgeryError(f"{target}: is one of the input's files; refusing to overwrite it, write elsewhere")
         if (target.exists() or target.is_symlink()) and not target.is_file():
-            import stat
-
-            kinds = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO"}
-            kind = kinds.get(stat.S_IFMT(target.stat().st_mode), "not a regular file") if target.exists() else "a link"
+            mode = target.stat().st_mode if target.exists() else None  # None: a link leading nowhere
+            kind = "a link" if mode is None else SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
             raise OnnxSurgeryError(f"{target}: exists and is {kind}; refusing to replace it (write to a file instead)")
     onnx.checker.check_model(model)
     if external_data:

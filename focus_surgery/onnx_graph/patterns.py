@@ -18,6 +18,7 @@ it was left alone. ``probe.py`` then proves each match by running the chain on a
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,7 @@ class GraphIndex:
                 self.producer[name] = index
             for name in node.input:
                 self.consumers.setdefault(name, []).append(index)
-            for name in _subgraph_inputs(node):
+            for name in subgraph_inputs(node):
                 self.consumers.setdefault(name, []).append(-1)  # used inside an If/Loop/Scan body
         self.outputs = {o.name for o in graph.output}
         self.inputs = {i.name for i in graph.input}
@@ -129,11 +130,47 @@ class GraphIndex:
         node = self.graph.node[index]
         return node.name or node.output[0]
 
+    def extract(self, model, root: str, output: str, elem_type: int, admit=None):
+        """The subgraph ``root -> output`` (the nodes and initializers it reads) as a model of its own, in graph
+        order (a topological order); ``admit(node, picked)`` may raise to refuse a node before it is taken."""
+        from onnx import helper
+
+        picked, inits, stack = set(), {}, [output]
+        while stack:
+            name = stack.pop()
+            if name == root:
+                continue
+            if name in self.initializers:
+                inits[name] = self.initializers[name]
+            elif name in self.producer and self.producer[name] not in picked:
+                node = self.graph.node[self.producer[name]]
+                if admit is not None:
+                    admit(node, len(picked))
+                picked.add(self.producer[name])
+                stack.extend(n for n in node.input if n)
+        graph = helper.make_graph(
+            [self.graph.node[i] for i in sorted(picked)],
+            "extract",
+            [helper.make_tensor_value_info(root, elem_type, None)],
+            [helper.make_tensor_value_info(output, elem_type, None)],
+            list(inits.values()),
+        )
+        return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
 
 _GRAPH_ATTRS = (5, 10)  # onnx.AttributeProto.GRAPH, GRAPHS
 
 
-def _subgraph_inputs(node) -> set[str]:
+def subgraphs(node) -> list:
+    """The graphs ``node`` carries as attributes (If / Loop / Scan bodies: code we do not bound), one level deep."""
+    graphs = []
+    for attr in node.attribute:
+        if attr.type in _GRAPH_ATTRS:
+            graphs += [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]
+    return graphs
+
+
+def subgraph_inputs(node) -> set[str]:
     """Names a node's subgraphs read (they may come from the outer graph), nested subgraphs included.
 
     An explicit stack (no recursion: a deep nesting cannot exhaust Python's stack); each subgraph is visited once.
@@ -141,23 +178,27 @@ def _subgraph_inputs(node) -> set[str]:
     names: set[str] = set()
     stack = [node]
     while stack:
-        current = stack.pop()
-        for attr in current.attribute:
-            if attr.type not in _GRAPH_ATTRS:
-                continue
-            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                for inner in sub.node:
-                    names.update(inner.input)
-                    stack.append(inner)
+        for sub in subgraphs(stack.pop()):
+            for inner in sub.node:
+                names.update(inner.input)
+                stack.append(inner)
     return names
 
 
-def has_subgraph(node) -> bool:
-    """Whether ``node`` carries a graph attribute (If / Loop / Scan bodies): it runs code we do not bound."""
-    return any(attr.type in _GRAPH_ATTRS for attr in node.attribute)
+def inferred_values(model) -> list:
+    """The typed values of the main graph (inputs, intermediates, outputs) after ONNX shape inference; the declared
+    ones alone when inference fails."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - inference only refines shapes and types
+        graph = model.graph
+    return [*graph.input, *graph.value_info, *graph.output]
 
 
-def _attr(node, name: str, default=None):
+def attribute(node, name: str, default=None):
+    """The value of ``node``'s attribute ``name``, else ``default``."""
     from onnx import helper
 
     for attr in node.attribute:
@@ -191,7 +232,7 @@ def _walk_chain(index: GraphIndex, tensor: str) -> tuple[list[int], set[str], bo
 
 def _to_nchw(node) -> bool:
     """A Transpose NHWC -> NCHW (perm 0, 3, 1, 2): the layout change of a channels-last input, not a stem op."""
-    return node.op_type == "Transpose" and list(_attr(node, "perm", [])) == [0, 3, 1, 2]
+    return node.op_type == "Transpose" and list(attribute(node, "perm", [])) == [0, 3, 1, 2]
 
 
 def _peel_qdq(index: GraphIndex, tensor: str) -> tuple[str, list[int]]:
@@ -215,7 +256,7 @@ def _looks_like_s2d(index: GraphIndex, nodes: list[int]) -> bool:
         node = index.graph.node[i]
         if node.op_type == "SpaceToDepth":
             return True
-        if node.op_type == "Transpose" and len(_attr(node, "perm", [])) == 6:
+        if node.op_type == "Transpose" and len(attribute(node, "perm", [])) == 6:
             return True
         if node.op_type == "Slice" and len(node.input) > 4:
             steps = index.const(node.input[4])
@@ -278,8 +319,8 @@ def _identify_slices(index: GraphIndex, conv_input: str, root: str, dims: list |
     last = index.graph.node[index.producer[conv_input]]
     if last.op_type != "Concat":
         return f"the chain ends in {last.op_type}, not a Concat of slices"
-    if _attr(last, "axis") not in (1, -3):
-        return f"Concat on axis {_attr(last, 'axis')}, not the channel axis"
+    if attribute(last, "axis") not in (1, -3):
+        return f"Concat on axis {attribute(last, 'axis')}, not the channel axis"
     phases: list[tuple[int, int]] = []
     steps: set[int] = set()
     for branch in last.input:
@@ -332,7 +373,7 @@ def _identify_reshape_transpose(
     transposes = [i for i, node in enumerate(chain) if node.op_type == "Transpose"]
     if len(transposes) != 1 or len(chain) != len(nodes):
         return "not one Transpose between reshapes on a single path"
-    perm = list(_attr(chain[transposes[0]], "perm", []))
+    perm = list(attribute(chain[transposes[0]], "perm", []))
     before = chain[transposes[0] + 1] if transposes[0] + 1 < len(chain) else None
     shape = index.const(before.input[1]) if before is not None and before.op_type == "Reshape" else None
     if channels_before:
@@ -361,8 +402,8 @@ def _conv_weight(index: GraphIndex, conv_index: int) -> tuple[str, int | None] |
         params = [n for n in node.input[1:] if n]
         if any(index.const(n) is None for n in params):
             return f"the weight's DequantizeLinear {index.node_name(producer)!r} has computed scale / zero point"
-        axis, scale = _attr(node, "axis", 1), index.const(node.input[1])
-        if _attr(node, "block_size", 0) or (scale.size > 1 and scale.ndim != 1):
+        axis, scale = attribute(node, "axis", 1), index.const(node.input[1])
+        if attribute(node, "block_size", 0) or (scale.size > 1 and scale.ndim != 1):
             return (  # opset 21 blocked quantization: its scale varies along the axes the fold permutes
                 f"the weight's DequantizeLinear {index.node_name(producer)!r} is block-quantized (scale shape "
                 f"{list(scale.shape)}), which the fold reshapes (only per-tensor or axis 0 stay exact)"
@@ -395,11 +436,11 @@ def _conv_reason(index: GraphIndex, conv_index: int) -> str | None:
     weight = index.initializers[found[0]]
     if len(weight.dims) != 4:
         return f"{len(weight.dims) - 2}-D Conv, not 2-D"
-    if _attr(conv, "group", 1) != 1:
-        return f"grouped Conv (group={_attr(conv, 'group')}) is not equivalent to one strided conv"
-    if any(d != 1 for d in _attr(conv, "dilations", [1, 1])):
-        return f"dilated Conv ({list(_attr(conv, 'dilations'))}) is not equivalent to one strided conv"
-    auto_pad = _attr(conv, "auto_pad", b"NOTSET")
+    if attribute(conv, "group", 1) != 1:
+        return f"grouped Conv (group={attribute(conv, 'group')}) is not equivalent to one strided conv"
+    if any(d != 1 for d in attribute(conv, "dilations", [1, 1])):
+        return f"dilated Conv ({list(attribute(conv, 'dilations'))}) is not equivalent to one strided conv"
+    auto_pad = attribute(conv, "auto_pad", b"NOTSET")
     if auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         return f"Conv auto_pad={auto_pad!r}: padding depends on the input size"
     return None
@@ -446,9 +487,7 @@ def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex |
         nodes, roots, truncated = _walk_chain(index, chain_out)
         if not nodes or not _looks_like_s2d(index, nodes):
             continue
-        ops: dict[str, int] = {}
-        for i in nodes:
-            ops[graph.node[i].op_type] = ops.get(graph.node[i].op_type, 0) + 1
+        ops = dict(Counter(graph.node[i].op_type for i in nodes))
         family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
         stem = OnnxStem(
             index.node_name(conv_index),
@@ -492,10 +531,9 @@ def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: 
     if stem.family == "slices":
         found = _identify_slices(index, stem.conv_input, stem.root, shapes.get(stem.root))
     elif stem.family == "SpaceToDepth":
-        node = index.graph.node[stem.nodes[0]]
-        found = (
-            (int(_attr(node, "blocksize")), "timm") if len(stem.nodes) == 1 else "SpaceToDepth with other layout ops"
-        )
+        found = "SpaceToDepth with other layout ops"
+        if len(stem.nodes) == 1:
+            found = int(attribute(index.graph.node[stem.nodes[0]], "blocksize")), "timm"
     else:
         found = _identify_reshape_transpose(
             index, stem.nodes, stem.conv_input, stem.root, channels_after, _root_channels(shapes, stem.root)

@@ -50,35 +50,16 @@ def probe_shapes(dims: list | None, channels: int, block_size: int) -> list[tupl
 
 def chain_model(model, stem: OnnxStem, index: GraphIndex | None = None):
     """The chain as a model of its own: root -> Conv input, with the shape glue and constants it reads."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    graph = model.graph
-    index = index or GraphIndex(graph)
-    producer, initializers = index.producer, index.initializers
-    picked, stack, inits = set(), [stem.conv_input], {}
-    while stack:
-        name = stack.pop()
-        if name == stem.root:
-            continue
-        if name in initializers:
-            inits[name] = initializers[name]
-        elif name in producer and producer[name] not in picked:
-            node = graph.node[producer[name]]
-            if node.op_type not in CHAIN_OPS or node.domain not in ("", "ai.onnx"):
-                raise ProbeRefused(f"the chain reads {node.op_type} {node.name or node.output[0]!r}, not a layout op")
-            if len(picked) >= MAX_CHAIN_MODEL_NODES:
-                raise ProbeRefused(f"the chain and its shape arithmetic hold over {MAX_CHAIN_MODEL_NODES} nodes")
-            picked.add(producer[name])
-            stack.extend(n for n in node.input if n)
-    nodes = [graph.node[i] for i in sorted(picked)]  # graph order is a topological order
-    sub = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info(stem.root, TensorProto.DOUBLE, None)],
-        [helper.make_empty_tensor_value_info(stem.conv_input)],
-        list(inits.values()),
-    )
-    return helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    def admit(node, picked: int) -> None:
+        if node.op_type not in CHAIN_OPS or node.domain not in ("", "ai.onnx"):
+            raise ProbeRefused(f"the chain reads {node.op_type} {node.name or node.output[0]!r}, not a layout op")
+        if picked >= MAX_CHAIN_MODEL_NODES:
+            raise ProbeRefused(f"the chain and its shape arithmetic hold over {MAX_CHAIN_MODEL_NODES} nodes")
+
+    index = index or GraphIndex(model.graph)
+    return index.extract(model, stem.root, stem.conv_input, TensorProto.DOUBLE, admit)
 
 
 def probe_stem(model, stem: OnnxStem, dims: list | None, index: GraphIndex | None = None) -> str | None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..remap import focus_to_conv_weight
-from .patterns import GraphIndex, OnnxStem, _subgraph_inputs
+from .patterns import GraphIndex, OnnxStem, subgraph_inputs
 
 
 def remap_weight(weight: np.ndarray, block_size: int, order: str) -> np.ndarray:
@@ -108,7 +108,7 @@ def _remove_dead_glue(graph, removed: set[int]) -> None:
     reads: dict[str, int] = {o.name: 1 for o in graph.output}
 
     def names_read(node) -> list[str]:
-        return [*node.input, *_subgraph_inputs(node)]
+        return [*node.input, *subgraph_inputs(node)]
 
     for i, node in enumerate(graph.node):
         if i not in removed:
@@ -141,7 +141,7 @@ def _drop_unused(graph, original, changed: set[str]) -> None:
     read = {o.name for o in graph.output}
     for node in graph.node:
         read.update(node.input)
-        read.update(_subgraph_inputs(node))
+        read.update(subgraph_inputs(node))
     was_read = {name for node in original.graph.node for name in node.input}
     inputs = {i.name for i in graph.input}
     keep = [t for t in graph.initializer if t.name in read or t.name in inputs or t.name not in was_read]

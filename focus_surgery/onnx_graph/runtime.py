@@ -131,58 +131,23 @@ def _first_line(error: Exception) -> str:
     return (text[0] if text else type(error).__name__)[:200]
 
 
-def _elem_types(model) -> dict[str, int]:
-    import onnx
-
-    try:
-        graph = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001
-        graph = model.graph
-    return {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
-
-
 def _with_outputs(model, names: list[str]):
     """A copy of ``model`` that also outputs ``names`` (the stems' roots), typed from shape inference."""
     import onnx
     from onnx import helper
 
+    from .patterns import inferred_values
+
     if not names:
         return model
-    types = _elem_types(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred_values(model)}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, 1), None) for n in names)
     return out
 
 
-def _extract(model, root: str, output: str, elem_type: int, index=None):
-    """The subgraph ``root -> output`` of ``model`` (nodes and initializers it reads) as a model of its own."""
-    from onnx import helper
-
-    from .patterns import GraphIndex
-
-    index = index or GraphIndex(model.graph)
-    picked, inits, stack = set(), {}, [output]
-    while stack:
-        name = stack.pop()
-        if name == root:
-            continue
-        if name in index.initializers:
-            inits[name] = index.initializers[name]
-        elif name in index.producer and index.producer[name] not in picked:
-            picked.add(index.producer[name])
-            stack.extend(n for n in model.graph.node[index.producer[name]].input if n)
-    graph = helper.make_graph(
-        [model.graph.node[i] for i in sorted(picked)],
-        "stem",
-        [helper.make_tensor_value_info(root, elem_type, None)],
-        [helper.make_tensor_value_info(output, elem_type, None)],
-        list(inits.values()),
-    )
-    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-
-
-def _compare_stem(reference, candidate, stem, root_value: np.ndarray, indexes=(None, None)) -> dict[str, Any]:
+def _compare_stem(reference, candidate, stem, root_value: np.ndarray, indexes) -> dict[str, Any]:
     """Original stem (chain + Conv) against the folded Conv on the graph's own root tensor, float32 and float64."""
     from onnx import helper
 
@@ -190,8 +155,8 @@ def _compare_stem(reference, candidate, stem, root_value: np.ndarray, indexes=(N
 
     output = reference.graph.node[stem.conv_index].output[0]
     elem = helper.np_dtype_to_tensor_dtype(root_value.dtype)
-    original = _extract(reference, stem.root, output, elem, indexes[0])
-    folded = _extract(candidate, stem.root, output, elem, indexes[1])
+    original = indexes[0].extract(reference, stem.root, output, elem)
+    folded = indexes[1].extract(candidate, stem.root, output, elem)
     feed = {stem.root: root_value}
     try:
         a32 = session(original).run(None, feed)
@@ -254,7 +219,7 @@ def compare(reference, candidate, tolerance: float | None = None, stems=()) -> O
         OriginalGraphFailed: The original graph cannot run at the chosen size.
         OnnxSurgeryError: A run would exceed the element or Loop bounds (``sizes.check_bounded``).
     """
-    from .sizes import check_bounded, largest_stride, trial_shapes
+    from .sizes import check_bounded, describe, largest_stride, trial_shapes
 
     folded = [s for s in stems if s.convertible]
     stride = largest_stride(reference, folded)
@@ -276,7 +241,7 @@ def compare(reference, candidate, tolerance: float | None = None, stems=()) -> O
     first = None
     for trial, shapes in enumerate(trials):
         feed = random_feed(reference, shapes, seed=trial)
-        text = "; ".join(f"{name}={'x'.join(map(str, s))}" for name, s in shapes.items())
+        text = describe(shapes)
         described.append(text)
         try:
             ref = ref_session.run(None, feed)
@@ -306,7 +271,7 @@ def compare(reference, candidate, tolerance: float | None = None, stems=()) -> O
         tol, source = floor, f"{dtype} floor; the original's own error {own_text}"
     from .patterns import GraphIndex
 
-    indexes = (GraphIndex(reference.graph), GraphIndex(candidate.graph)) if folded else (None, None)
+    indexes = (GraphIndex(reference.graph), GraphIndex(candidate.graph)) if folded else ()
     stem_results = [_compare_stem(reference, candidate, s, first[2][s.root], indexes) for s in folded]
     passed = bool(np.isfinite(max_rel) and max_rel <= tol and all(s["passed"] for s in stem_results))
     return OnnxVerification(max_abs, max_rel, tol, passed, described, n_out, own, source, stride, stem_results)

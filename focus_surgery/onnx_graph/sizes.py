@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import math
 
-
 from .io import OnnxSurgeryError
-from .patterns import has_subgraph
+from .patterns import attribute, subgraphs
 
 REAL_SIZE = 640  # YOLOv5 / Ultralytics / YOLOX deployment size; dynamic axes are verified here first
 SECOND_SIZE = (320, 480)  # (height, width) of the second trial, rounded up to the stride
@@ -22,13 +21,6 @@ MAX_STRIDE = 1024  # a cumulative stride past this is not an image model's; the 
 MAX_VERIFY_ELEMENTS = 1 << 26  # per tensor (256 MiB of float32), the per-operation limit of the torch side
 MAX_LOOP_TRIPS = 1 << 16
 _STRIDED = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool")
-
-
-def _ints(node, name: str) -> list[int]:
-    for attr in node.attribute:
-        if attr.name == name:
-            return list(attr.ints) if attr.ints else [attr.i]
-    return []
 
 
 def largest_stride(model, stems=()) -> int:
@@ -58,10 +50,10 @@ def largest_stride(model, stems=()) -> int:
                 fy, fx = capped(math.lcm(fy, y)), capped(math.lcm(fx, x))
         sy = sx = 1
         if node.op_type in _STRIDED:
-            strides = _ints(node, "strides") or [1, 1]
+            strides = list(attribute(node, "strides") or [1, 1])
             sy, sx = strides[0], strides[-1]
         elif node.op_type == "SpaceToDepth":
-            sy = sx = max(_ints(node, "blocksize") or [1])
+            sy = sx = int(attribute(node, "blocksize", 1))
         elif node.op_type == "Slice" and len(node.input) > 4 and node.input[4]:
             steps, axes = index.const(node.input[4]), index.const(node.input[3]) if node.input[3] else None
             if steps is not None and axes is not None and steps.size == axes.size:
@@ -125,7 +117,7 @@ def _elements(shape) -> int:
     return total
 
 
-def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+def describe(shapes: dict[str, tuple[int, ...]]) -> str:
     return "; ".join(f"{name}={'x'.join(map(str, s))}" for name, s in shapes.items())
 
 
@@ -144,7 +136,7 @@ def check_bounded(model, shapes: dict[str, tuple[int, ...]]) -> None:
     for name, shape in shapes.items():
         if _elements(shape) > MAX_VERIFY_ELEMENTS:
             raise OnnxSurgeryError(
-                f"verification input {name}={'x'.join(map(str, shape))} is over {MAX_VERIFY_ELEMENTS:,} elements; {fix}"
+                f"verification input {describe({name: shape})} is over {MAX_VERIFY_ELEMENTS:,} elements; {fix}"
             )
     stack = list(model.graph.node)
     while stack:  # every node, subgraphs included (explicit stack: no recursion)
@@ -156,10 +148,8 @@ def check_bounded(model, shapes: dict[str, tuple[int, ...]]) -> None:
                     f"Loop {node.name or node.output[0]!r} has no constant trip count within {MAX_LOOP_TRIPS}; "
                     f"running it is unbounded; {fix}"
                 )
-        if has_subgraph(node):
-            for attr in node.attribute:
-                for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                    stack.extend(sub.node)
+        for sub in subgraphs(node):
+            stack.extend(sub.node)
     sized = onnx.ModelProto()
     sized.CopyFrom(model)
     for value in sized.graph.input:
@@ -175,7 +165,7 @@ def check_bounded(model, shapes: dict[str, tuple[int, ...]]) -> None:
         dims = value.type.tensor_type.shape.dim
         if all(d.HasField("dim_value") for d in dims) and _elements([d.dim_value for d in dims]) > MAX_VERIFY_ELEMENTS:
             raise OnnxSurgeryError(
-                f"at {_describe(shapes)} tensor {value.name!r} would hold over {MAX_VERIFY_ELEMENTS:,} elements; {fix}"
+                f"at {describe(shapes)} tensor {value.name!r} would hold over {MAX_VERIFY_ELEMENTS:,} elements; {fix}"
             )
 
 

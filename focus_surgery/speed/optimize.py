@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..limits import check_allocation
 from .stem_forms import KIND_OF_ORDER, build_form, form_names, strided_block
 from ..stems import Change, VerificationError, check, plan
 from ..stems.check import apply
@@ -248,13 +247,17 @@ def optimize(
     )
     if chosen != ORIGINAL:
         first_sample = tuple(t[:1] if isinstance(t, torch.Tensor) and t.ndim else t for t in inputs)  # float64 is slow
-        report.verification = _apply(model, stem, chosen, first_sample if verify else None, tolerance)
+        report.verification = _apply(model, stem, chosen, first_sample, verify, tolerance)
     return model, report
 
 
-def _apply(model: nn.Module, stem: _Stem, form: str, inputs, tolerance: float) -> VerificationReport | None:
+def _apply(
+    model: nn.Module, stem: _Stem, form: str, inputs, verify: bool, tolerance: float
+) -> VerificationReport | None:
+    """Put ``form`` in place; first, when ``verify``, check the whole model in float64 on ``inputs`` (None: random
+    inputs of an inferred shape)."""
     changes = _changes(model, stem, carry_routing(model.get_submodule(stem.path), build_form(stem.block, form)))
-    verification = check(model, changes, inputs, tolerance=tolerance) if inputs is not None else None
+    verification = check(model, changes, inputs, tolerance=tolerance) if verify else None
     if verification is not None and not verification.passed:
         raise VerificationError(f"verification failed, model left unchanged: {verification}", verification)
     apply(model, changes)
@@ -280,13 +283,7 @@ def apply_form(
     stem, skipped = locate_stem(model)
     if stem is None:
         raise ValueError(f"no stem to rewrite ({'; '.join(skipped)})")
-    if verify and inputs is None:
-        shape = infer_input_shape(model)
-        check_allocation(shape, torch.float32, "the verification input")  # its size may come from the file
-        inputs = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    if verify:
-        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return _apply(model, stem, form, inputs if verify else None, tolerance)
+    return _apply(model, stem, form, inputs, verify, tolerance)
 
 
 def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repeats, warmup, device):

@@ -7,7 +7,7 @@ Recognition is by what a module computes (``probe``); a framework's own classes 
 """
 
 from .build import register_conv_type, register_focus_class, space_to_depth_form, strided_conv_form
-from .check import VerificationReport as StemCheck, check
+from .check import check
 from .inputs import infer_input_shape, input_channels_and_multiple, input_multiple
 from .probe import NotSpaceToDepth, SpaceToDepthInfo, probe, recognize, slicing_of
 from .recognisers import RECOGNISERS, is_conv_block, part_of, register_recogniser
@@ -23,7 +23,6 @@ __all__ = [
     "Skipped",
     "SpaceToDepthInfo",
     "SpaceToDepthPart",
-    "StemCheck",
     "StemSite",
     "VerificationError",
     "check",
