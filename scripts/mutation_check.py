@@ -142,9 +142,9 @@ MUTANTS = [
     ),
     Mutant(
         "convert --verify never fails a state dict",
-        "focus_surgery/sources/plain.py",
-        'report.problem = next((c["problem"] for c in checks if not c["passed"]), None)',
-        "report.problem = None",
+        "focus_surgery/sources/proof.py",
+        'if not check["passed"]:',
+        "if False:",
         STATE_DICT,
     ),
     Mutant(
@@ -240,8 +240,8 @@ MUTANTS = [
     ),
     Mutant(
         "darknet --verify ignores the stem's dtype",
-        "focus_surgery/sources/darknet.py",
-        "if before[key].dtype != after[key].dtype:",
+        "focus_surgery/sources/proof.py",
+        "if changed is not None:",
         "if False:",
         ("tests/test_zoo_half_ema.py",),
     ),
