@@ -1,7 +1,8 @@
 """Checkpoint files in, reports out: the one pipeline ``convert_file``, and ``inspect_file``, ``verify_files``.
 
 ``convert_file`` is the only place that checks options (once, against the table the sources declare), asks the
-registry, raises a failed check and writes: load -> source -> options -> convert and check -> write -> report.
+registry, proves, raises a failed check and writes: load -> source -> options -> convert -> write to a temporary
+file -> read back and prove (``sources.proof``) -> rename -> report.
 Errors raise: ``CheckpointError`` / ``ConversionError`` for bad input, ``VerificationFailed`` (carrying its
 ``ConvertReport``) for a check that did not pass; then nothing is written.
 """
@@ -96,8 +97,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     Returns:
         (ConvertReport): What was found, changed, measured and written (``report["key"]`` reads its JSON form).
 
+    With ``verify``, the written file is read back before it is renamed into place and proven against the original
+    (``sources.proof``): ``report.proof`` says which proof it was (``model``, ``stem``, ``layout only``).
+
     Raises:
-        VerificationFailed: The float64 check failed; nothing written (``.report`` holds the measurement).
+        VerificationFailed: The float64 check failed, or measured nothing; nothing written (``.report`` holds the
+            measurement).
     """
     src, dst = Path(src), Path(dst)
     if src.is_dir():
@@ -107,7 +112,6 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     loaded = load(src)
     source = source_for(loaded)
     opts = check_options(source, src, dst, **options)
-    original = capture(source, src, opts) if opts.verify else None  # read on its own: a conversion edits `loaded`
     try:
         report = source.convert(loaded, opts)
     except ConversionError as error:  # raised deep in a model's own code path: say which file it was
@@ -124,6 +128,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
     if not opts.verify:
         written = report.write(dst)
     else:  # the written file is read back and proven before it is renamed into place
+        original = capture(source, src, opts)  # the input read again on its own: the conversion edited `loaded`
         proven: list[bool] = []
 
         def prove(pairs: list[tuple[Path, Path]]) -> None:
