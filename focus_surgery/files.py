@@ -19,7 +19,7 @@ from .atomic_io import checked_before_rename
 from .errors import CheckpointError, ConversionError, VerificationFailed
 from .report import ConvertReport, line
 from .sources import SOURCES, ConvertOptions, Source, load, source_for
-from .sources.base import ANY_LAYOUT, OWN_OPTIONS
+from .sources.base import ANY_LAYOUT, OWN_OPTIONS, STATED, suffix_of
 from .sources.proof import capture, prove_written
 from .verify import verify
 
@@ -46,10 +46,11 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
             ``--input-size`` for another target than ``fastest``): refused, never silently ignored.
         CheckpointError: An output suffix the source does not write (in that layout).
     """
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ConvertOptions)})
+    unknown = sorted(set(options) - ({f.name for f in dataclasses.fields(ConvertOptions)} - {"stated"}))
     if unknown:
         raise ConversionError(f"unknown option {unknown[0]!r} (see ConvertOptions)")
-    opts = ConvertOptions(**options)
+    options = {k: v for k, v in options.items() if not (k in STATED and v is None)}  # None: not given
+    opts = ConvertOptions(**options, stated=tuple(k for k in STATED if k in options))
     for flag, every, declared in (("to", TARGETS, source.targets), ("scope", SCOPES, source.scopes)):
         value = getattr(opts, flag)
         if value not in every:
@@ -70,18 +71,18 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
     if sized and opts.to != "fastest":
         flag = "--" + sized[0].replace("_", "-")
         raise ConversionError(f"{src}: {flag} is the shape --to fastest times: drop it or convert --to fastest")
-    if opts.layout not in LAYOUTS:
+    if opts.layout is not None and opts.layout not in LAYOUTS:
         raise ConversionError(f"--layout {opts.layout!r}: use {', '.join(LAYOUTS)}")
-    if ANY_LAYOUT in source.outputs and opts.layout != defaults.layout:  # one layout: asking another is refused
+    if ANY_LAYOUT in source.outputs and opts.layout not in (None, LAYOUTS[0]):  # one layout: asking another is refused
         raise ConversionError(
             f"{src}: a {source.name} checkpoint is written in its own layout; --layout is for YOLOv5-repository "
             f"files: drop --layout {opts.layout}"
         )
-    layout = "" if ANY_LAYOUT in source.outputs else opts.layout
+    layout = "" if ANY_LAYOUT in source.outputs else (opts.layout or LAYOUTS[0])  # a fallback checks its own suffix
     suffixes = source.outputs.get(layout)
     if suffixes is None:
         raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")
-    if dst.suffix.lower() not in suffixes:
+    if suffix_of(dst, suffixes) not in suffixes:
         where = f"{source.name} checkpoint" + (f" in --layout {layout}" if layout else "")
         raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r} for a {where}; use {', '.join(suffixes)}")
     return opts

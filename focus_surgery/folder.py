@@ -21,6 +21,7 @@ from typing import Any, Callable
 from .atomic_io import remove_stale_temporaries, remove_stale_temporaries_in
 from .errors import CheckpointError
 from .report import EXIT_BAD_INPUT, EXIT_OK, MAX_NODES, bounded, emit, folder_lines, line, one_line
+from .sources.base import TIMM_TRAIN, suffix_of
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_GB = 8.0
@@ -207,7 +208,9 @@ def checkpoint_files(src_dir: Path, out_dir: Path, suffixes: tuple[str, ...]) ->
     """Every checkpoint file under ``src_dir`` (sorted), skipping what lies inside ``out_dir``."""
     out = out_dir.resolve()
     return [
-        p for p in sorted(src_dir.rglob("*")) if p.is_file() and p.suffix in suffixes and out not in p.resolve().parents
+        p
+        for p in sorted(src_dir.rglob("*"))
+        if p.is_file() and suffix_of(p, suffixes) in suffixes and out not in p.resolve().parents
     ]
 
 
@@ -216,7 +219,7 @@ def worker_options(options: dict) -> dict:
     return {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", TIMM_TRAIN)
 
 
 def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
@@ -238,11 +241,11 @@ def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
 
 
 def convert_folder(args: argparse.Namespace) -> int:
-    """``convert DIR OUTDIR``: every ``.pt``/``.pth`` under DIR to the same relative path under OUTDIR, each file in
-    its own child process (a crashing, hanging or memory-hungry file fails alone)."""
+    """``convert DIR OUTDIR``: every ``.pt`` / ``.pth`` / ``.pth.tar`` under DIR to the same relative path under
+    OUTDIR, each file in its own child process (a crashing, hanging or memory-hungry file fails alone)."""
     src_dir, out_dir = Path(args.src), Path(args.dst)
     if (out_dir.exists() and not out_dir.is_dir()) or (
-        not out_dir.exists() and out_dir.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors")
+        not out_dir.exists() and suffix_of(out_dir, CHECKPOINT_SUFFIXES) in (*CHECKPOINT_SUFFIXES, ".safetensors")
     ):
         raise CheckpointError(
             f"{src_dir}: is a directory, not a checkpoint file "
@@ -252,7 +255,7 @@ def convert_folder(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
     files = checkpoint_files(src_dir, out_dir, CHECKPOINT_SUFFIXES)
     if not files:
-        raise CheckpointError(f"{src_dir}: no .pt / .pth files in this folder")
+        raise CheckpointError(f"{src_dir}: no .pt / .pth / .pth.tar files in this folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
     for folder in dict.fromkeys(Path(dst).parent for _, dst in jobs):  # what killed runs left (SIGKILL, SIGQUIT)

@@ -7,6 +7,10 @@ A state dict has no strides or paddings, so the stem is recognised by its key la
 * a weightless space-to-depth row before a conv block (yolov7 / YOLOR ``ReOrg``): ``P.conv.weight`` (O, C*bs*bs, k, k)
   and ``P.bn.*`` ("reorg": converts to conv with the same keys).
 
+Where the file says more than its keys (timm's ``arch``: TResNet's ``body.s2d`` + ``body.conv1``), the caller knows
+the stem conv's key and that the space-to-depth before it is weightless: ``stem_at`` reads the stem there, in either
+form, and both directions keep the keys (only the weight changes).
+
 The stem is found by these layouts (``find_stem``), whatever the order of the keys (a ``.safetensors`` file has its own
 order). Every other entry is passed through unchanged.
 """
@@ -28,6 +32,7 @@ class StemKeys:
     form: str  # "focus" | "conv" | "reorg"
     weight_key: str
     shape: list[int]
+    weightless: bool = False  # a conv form whose space-to-depth form is "reorg" (same keys), not a Focus module
 
 
 def _layout(key: str, shape: list[int], in_channels: int, block_size: int) -> StemKeys | None:
@@ -67,33 +72,60 @@ def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_s
     return min(found, key=lambda stem: (stem.form == "reorg", _position(stem.weight_key)), default=None)
 
 
+def stem_at(
+    state_dict: dict[str, torch.Tensor], weight_key: str, kernel: tuple[int, int], block_size: int
+) -> StemKeys | None:
+    """The stem whose conv weight is ``weight_key``, after a weightless space-to-depth of ``block_size`` (the file
+    said where: timm's ``arch``), in either form: ``reorg`` (O, C*bs*bs, k, k) with the architecture's ``kernel``, or
+    ``conv`` (O, C, bs*k, bs*k). None when the key is absent or its shape is neither.
+    """
+    weight = state_dict.get(weight_key)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        return None
+    shape, (kh, kw) = list(weight.shape), kernel
+    prefix = weight_key[: -len(".weight")] if weight_key.endswith(".weight") else weight_key
+    if shape[2:] == [kh, kw] and shape[1] % block_size**2 == 0:
+        return StemKeys(prefix, "reorg", weight_key, shape, weightless=True)
+    if shape[2:] == [block_size * kh, block_size * kw]:
+        return StemKeys(prefix, "conv", weight_key, shape, weightless=True)
+    return None
+
+
 def convert_state_dict(
     state_dict: dict[str, torch.Tensor],
     to: str = "conv",
     block_size: int = 2,
     order: str = "yolov5",
     in_channels: int = 3,
+    stem: StemKeys | None = None,
 ) -> tuple[dict[str, torch.Tensor], StemKeys]:
     """Return a new state dict whose stem is in form ``to`` (``"conv"`` or ``"focus"``); the input is not modified.
+
+    ``stem``: where the stem is, when the file said so (``stem_at``); else it is found by its key layout. A weightless
+    stem (``reorg``, or a ``conv`` marked ``weightless``) keeps its keys both ways: only its weight is remapped.
 
     Raises:
         ValueError: No recognisable stem, or the stem is already in form ``to``.
     """
     if to not in ("conv", "focus"):
         raise ValueError(f"a state dict converts to 'conv' or 'focus', not {to!r}")
-    stem = find_stem(state_dict, in_channels, block_size)
+    stem = stem if stem is not None else find_stem(state_dict, in_channels, block_size)
     if stem is None:
         raise ValueError(
             "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with "
             f"{in_channels * block_size**2} input channels or '<prefix>.conv.weight' with {in_channels}"
         )
-    if stem.form == to:
+    if stem.form == to or (stem.form == "reorg" and to == "focus" and stem.weightless):
         raise ValueError(f"the stem at {stem.prefix!r} is already in {to} form")
     if stem.form == "reorg":
         if to != "conv":
             raise ValueError(f"the stem at {stem.prefix!r} (space-to-depth row + conv) converts to 'conv' only")
         result = dict(state_dict)
         result[stem.weight_key] = focus_to_conv_weight(state_dict[stem.weight_key], block_size, order)
+        return result, stem
+    if stem.weightless:  # back to the weightless space-to-depth + conv the file's family has: the same keys
+        result = dict(state_dict)
+        result[stem.weight_key] = conv_to_focus_weight(state_dict[stem.weight_key], block_size, order)
         return result, stem
     old_inner, new_inner = (
         (f"{stem.prefix}.conv.", f"{stem.prefix}.") if to == "conv" else (f"{stem.prefix}.", f"{stem.prefix}.conv.")

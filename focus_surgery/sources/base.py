@@ -25,6 +25,15 @@ from .loading import Loaded
 
 PICKLES = (".pt", ".pth")
 CHECKPOINTS = (*PICKLES, ".safetensors")
+TIMM_TRAIN = ".pth.tar"  # timm train.py's CheckpointSaver names its files so (a torch.save pickle, not a tar)
+STATED = ("block_size", "order")  # the options a caller may state, or leave to the file's evidence
+
+
+def suffix_of(path: Path, known: tuple[str, ...] = ()) -> str:
+    """The suffix that says what ``path`` is: the longest of ``known`` its name ends with (``.pth.tar``), else its
+    last suffix, lower case."""
+    name = path.name.lower()
+    return max((s for s in known if name.endswith(s) and len(name) > len(s)), key=len, default=path.suffix.lower())
 ANY_LAYOUT = ""  # an ``outputs`` key: the source writes one layout, whatever --layout says
 OWN_OPTIONS = ("block_size", "order", "tolerance")  # options only some sources read (declared in ``Source.uses``)
 
@@ -39,8 +48,12 @@ class ConvertOptions:
         verify (bool): Measure the conversion in float64 before writing (a failure writes nothing).
         block_size (int), order (str): A state dict's stem geometry (a state dict has none of its own).
         input_size (int), batch (int): The shape ``--to fastest`` times.
-        layout (str): YOLOv5-repository files: ``ultralytics`` (default) or ``yolov5`` (the repository's own layout).
+        layout (str | None): YOLOv5-repository files: ``ultralytics`` or ``yolov5`` (the repository's own layout);
+            None (default): ``ultralytics`` where an Ultralytics model can hold the file's model, else ``yolov5`` (a
+            fork's layers or head), and the report says why.
         tolerance (float | None): ONNX ``verify``: max relative error; None derives it from the model's own error.
+        stated (tuple[str]): Which of ``block_size`` / ``order`` the caller gave: a file that names its architecture
+            fixes them, and a stated value that contradicts it is refused.
     """
 
     to: str = "conv"
@@ -50,8 +63,9 @@ class ConvertOptions:
     order: str = "yolov5"
     input_size: int = 640
     batch: int = 1
-    layout: str = "ultralytics"
+    layout: str | None = None
     tolerance: float | None = None
+    stated: tuple[str, ...] = ()  # of STATED: given by the caller (set by ``check_options``); the rest are defaults
 
 
 class Source:
@@ -127,4 +141,5 @@ class Source:
         return compare_state_dicts(a, b, block_size, order, tolerance)
 
 
-__all__ = ["ANY_LAYOUT", "CHECKPOINTS", "OWN_OPTIONS", "PICKLES", "ConvertOptions", "Source", "VerificationFailed"]
+__all__ = ["ANY_LAYOUT", "CHECKPOINTS", "OWN_OPTIONS", "PICKLES", "STATED", "TIMM_TRAIN", "ConvertOptions", "Source"]
+__all__ += ["VerificationFailed", "suffix_of"]

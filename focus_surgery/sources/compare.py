@@ -37,13 +37,14 @@ class StateDictStem(nn.Module):
 
     def __init__(self, state_dict: dict[str, torch.Tensor], stem: StemKeys, block_size: int, order: str):
         super().__init__()
-        inner = stem.weight_key[: -len(".conv.weight")]  # where the stem's conv.* and bn.* entries live
+        # where the stem's conv.* and bn.* entries live; a conv not named `.conv` (timm's `conv1.1`) has no bn here
+        inner = stem.weight_key[: -len(".conv.weight")] if stem.weight_key.endswith(".conv.weight") else None
         self.s2d, self.bs, self.order = stem.form in ("focus", "reorg"), block_size, order
         weight = state_dict[stem.weight_key]
         self.weight = nn.Parameter(weight.detach().clone())
-        bias = state_dict.get(f"{inner}.conv.bias")
+        bias = state_dict.get(stem.weight_key[: -len("weight")] + "bias")
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if k.startswith(f"{inner}.bn."))
+        self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if inner and k.startswith(f"{inner}.bn."))
         self.bn = None
         if self.bn_keys:
             self.bn = nn.BatchNorm2d(weight.shape[0])
@@ -66,10 +67,14 @@ class StateDictStem(nn.Module):
         return self.bn(x) if self.bn is not None else x
 
 
-def verify_stems(before: dict, after: dict, block_size: int, order: str) -> VerificationReport:
-    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64."""
+def verify_stems(
+    before: dict, after: dict, block_size: int, order: str, stems: tuple[StemKeys, StemKeys] | None = None
+) -> VerificationReport:
+    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64.
+
+    ``stems``: where each stem is, when the file said so (else found by key layout)."""
     check_order(order)
-    stems = [find_stem(sd, block_size=block_size) for sd in (before, after)]
+    stems = list(stems) if stems else [find_stem(sd, block_size=block_size) for sd in (before, after)]
     if None in stems:
         return VerificationReport(
             float("inf"),
@@ -91,18 +96,26 @@ def verify_stems(before: dict, after: dict, block_size: int, order: str) -> Veri
 
 
 def compare_state_dicts(
-    a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+    a: dict,
+    b: dict,
+    block_size: int = 2,
+    order: str = "yolov5",
+    tolerance: float = DEFAULT_TOLERANCE,
+    stems: tuple[StemKeys, StemKeys] | None = None,
 ) -> dict[str, Any]:
     """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ).
+
+    ``stems``: where each stem is, when the file said so (else found by key layout).
 
     Returns:
         (dict): ``compared`` (what was done), ``tensors``, ``max_abs_err``, ``passed``, ``problem``. Zero tensors
         compared never pass; a tensor whose shape or dtype differs fails.
     """
-    stem_a, stem_b = find_stem(a, block_size=block_size), find_stem(b, block_size=block_size)
+    stem_a, stem_b = stems or (find_stem(a, block_size=block_size), find_stem(b, block_size=block_size))
     how = "every tensor, as stored"
     if stem_a and stem_b and stem_a.form != stem_b.form:
-        a = convert_state_dict(a, stem_b.form, block_size, order)[0]
+        to = "focus" if stem_b.form == "reorg" and stem_a.weightless else stem_b.form
+        a = convert_state_dict(a, to, block_size, order, stem=stem_a)[0]
         how = f"the stem remapped ({stem_a.form} -> {stem_b.form}, order {order}), then every tensor"
     result: dict[str, Any] = {"compared": f"state dicts: {how}", "tensors": 0, "max_abs_err": None, "passed": False}
     if a.keys() != b.keys():

@@ -26,6 +26,7 @@ from ..report import ConvertReport, bounded
 from ..verify import DEFAULT_TOLERANCE
 from .base import ConvertOptions, Source
 from .compare import compare_state_dicts
+from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import PlainStateDictSource, remap_optimizer_state, tensors
 
@@ -163,8 +164,9 @@ class DarknetSource(Source):
             content["optimizer"] = copy.deepcopy(content["optimizer"])
             remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
             fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
+        refuse_unconverted(content, old.shape, [content["model"]])
         report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
-        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
+        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv", loaded)
         return report
 
     def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:

@@ -1,8 +1,13 @@
-"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``.
+"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``,
+``state_dict_ema`` (timm ``train.py``'s ``last.pth.tar``), ``ema_state_dict`` (mmengine, ``module.`` keys).
 
-The stem is found by its key layout (``state_dict.find_stem``). The output keeps the file's wrapper, every other
-entry (optimizer, epoch, ...), key order and dtype; the optimizer's state for the stem weight (momentum buffers) is
-remapped with the same permutation, which is exact because momentum is linear in the gradients.
+The stem and its geometry come from the file's evidence (``evidence.resolve``): the timm architecture it names, else
+its key layout (``state_dict.find_stem``), else a conv's channel count (then ``--order`` is required). The output keeps
+the file's wrapper, every other entry (optimizer, epoch, ...), key order and dtype; every state dict holding the stem
+(model and EMA) is converted; the optimizer's state for the stem weight (momentum buffers) is remapped with the same
+permutation, which is exact because momentum is linear in the gradients. A copy of the stem weight found anywhere
+else refuses the conversion (``copies.refuse_unconverted``). A weightless space-to-depth stem (TResNet) keeps timm's
+own keys both ways: only the conv weight changes shape.
 """
 
 from __future__ import annotations
@@ -14,47 +19,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from ..checkpoint_io import save_checkpoint
 from ..errors import ConversionError
 from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
-from ..state_dict import convert_state_dict, find_stem
-from .base import ANY_LAYOUT, ConvertOptions, Source
-from .compare import STEM_ASSUMES, StateDictStem
+from ..state_dict import StemKeys, convert_state_dict, find_stem
+from .base import ANY_LAYOUT, CHECKPOINTS, TIMM_TRAIN, ConvertOptions, Source
+from .copies import refuse_unconverted
+from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
+from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
+from ..verify import DEFAULT_TOLERANCE
 
-WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema", "ema_state_dict")
-
-
-def tensors(mapping: dict) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def stem_places(content: Any, block_size: int = 2) -> list[str | None]:
-    """Where state dicts with a stem are: ``[None]`` for the top level, else the wrapper keys (model, ema, ...)."""
-    if not isinstance(content, dict):
-        return []
-    if find_stem(tensors(content), block_size=block_size):
-        return [None]
-    return [
-        k
-        for k in WRAPPER_KEYS
-        if isinstance(content.get(k), dict) and find_stem(tensors(content[k]), block_size=block_size)
-    ]
-
-
-def tensor_places(content: Any, block_size: int = 2) -> list[str | None]:
-    """Where the state dicts are: those with a stem first (``stem_places``), else every level holding tensors (the
-    top level as ``None``, then the wrapper keys): what ``inspect`` and ``verify`` read, whatever the stem."""
-    if not isinstance(content, dict):
-        return []
-    found = stem_places(content, block_size)
-    if found:
-        return found
-    top = [None] if tensors(content) else []
-    return top + [k for k in WRAPPER_KEYS if isinstance(content.get(k), dict) and tensors(content[k])]
+__all__ = ["WRAPPER_KEYS", "PlainStateDictSource", "remap_optimizer_state", "tensors"]
+STEM_FROM_FILE = "the stem run before and after in float64 ({}): block size {} and order {} are the file's own"
 
 
 def _at(content: dict, place: str | None) -> dict:
@@ -74,8 +53,14 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
         for pid, entry in state.items()
         if isinstance(entry, dict) and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())
     ]
-    if len(owners) != 1:
-        return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
+    if not owners:
+        return f"no optimizer state has the stem weight's shape {list(old)}: nothing to remap"
+    if len(owners) > 1:  # which one is the stem's is unknown: converting none would leave a half-converted file
+        raise ConversionError(
+            f"the optimizer state of parameters {', '.join(map(str, owners[:4]))} all have the stem weight's shape "
+            f"{list(old)}, so the stem's own state (optimizer.state.<id>) cannot be told apart to convert it; remove "
+            "'optimizer' from the file (a fresh optimizer state) and convert again"
+        )
     entry = state[owners[0]]
     for key, value in entry.items():
         if isinstance(value, torch.Tensor) and value.shape == old:
@@ -83,11 +68,8 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
 
 
-def _with_tensors(original: dict, converted: dict[str, torch.Tensor], strict: bool = True) -> dict:
-    """``converted`` in the original's container type, non-tensor entries kept in place.
-
-    ``strict=False`` (under ``--verify``): an entry the conversion lost is left out, for the proof of the written
-    file to find (a failed check, exit 1), instead of refused here."""
+def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
+    """``converted`` in the original's container type, non-tensor entries kept in place."""
     out = OrderedDict() if isinstance(original, OrderedDict) else {}
     renamed = iter(k for k in converted if k not in original)
     for key, value in original.items():
@@ -95,10 +77,9 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor], strict: bo
             out[key] = converted[key]
         elif isinstance(value, torch.Tensor):
             new_key = next(renamed, None)  # the stem's keys, renamed in the same order
-            if new_key is None and strict:
+            if new_key is None:
                 raise ConversionError(f"the converted state dict lost the entry {key!r}")
-            if new_key is not None:
-                out[new_key] = converted[new_key]
+            out[new_key] = converted[new_key]
         else:
             out[key] = value
     if hasattr(original, "_metadata"):
@@ -114,7 +95,7 @@ class PlainStateDictSource(Source):
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
     targets = ("conv", "focus", "fastest")
     uses = ("block_size", "order")  # a state dict has no stem geometry of its own
-    outputs = {ANY_LAYOUT: (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".safetensors")}
+    outputs = {ANY_LAYOUT: (*CHECKPOINTS, TIMM_TRAIN, ".bin", ".ckpt", ".pkl")}
     not_found = (
         "no Focus or conv stem found: no conv weight is '<prefix>.conv.conv.weight' with {} input "
         "channels or '<prefix>.conv.weight' with 3 (looked at the top level and under " + ", ".join(WRAPPER_KEYS) + ")"
@@ -124,45 +105,68 @@ class PlainStateDictSource(Source):
         content = loaded.content
         return isinstance(content, dict) and not loaded.names and all(isinstance(k, str) for k in content)
 
+    def _evidence(self, loaded: Loaded, options: ConvertOptions) -> Evidence:
+        found = resolve(loaded.path, loaded.content, options)
+        if found is None:
+            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * options.block_size**2))
+        return found
+
     def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
-        return False  # a state dict holds no order or block size: the stem check replays the ones given
+        found, _ = self._quiet_evidence(loaded, options.block_size, options.order)
+        return bool(found and found.from_file)  # else the stem check replays the order and block size given
 
-    def _places(self, loaded: Loaded, block_size: int) -> list[str | None]:
-        places = stem_places(loaded.content, block_size)
-        if not places:
-            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * block_size**2))
-        return places
+    @staticmethod
+    def _quiet_evidence(
+        loaded: Loaded, block_size: int = 2, order: str = "yolov5"
+    ) -> tuple[Evidence | None, str | None]:
+        """The evidence with the defaults, or why it cannot be had (for inspect and verify, which never refuse)."""
+        try:
+            return resolve(loaded.path, loaded.content, ConvertOptions(block_size=block_size, order=order)), None
+        except ConversionError as error:
+            return None, str(error).removeprefix(f"{loaded.path}: ")
 
-    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
-        places = tensor_places(loaded.content, block_size) or [None]
-        return tensors(_at(loaded.content, places[0]) if isinstance(loaded.content, dict) else {})
+    def state_dict(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict:
+        content = loaded.content if isinstance(loaded.content, dict) else {}
+        found, _ = self._quiet_evidence(loaded, block_size, order)
+        holding = [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
+        place = found.places[0] if found else (None if tensors(content) or not holding else holding[0])
+        result = StemTensors(tensors(_at(content, place)))
+        if found is not None and found.from_file:  # the file said where its stem is and how it computes
+            result.stem, result.block_size, result.order = found.stems[place], found.block_size, found.order
+        return result
+
+    def compare_tensors(
+        self, a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+    ) -> dict[str, Any]:
+        """``verify`` of two state dicts: where both files named the same weightless stem (timm's ``arch``), the stem
+        of ``a`` is remapped with the geometry they named; else by key layout (with the block size and order given),
+        as any source."""
+        stems = said_stems(a, b) if isinstance(a, StemTensors) and isinstance(b, StemTensors) else None
+        if stems is None or (a.block_size, a.order) != (b.block_size, b.order):
+            return super().compare_tensors(a, b, block_size, order, tolerance)
+        return compare_state_dicts(dict(a), dict(b), a.block_size, a.order, tolerance=tolerance, stems=stems)
 
     def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
-        content = loaded.content
-        places = tensor_places(content, block_size)
-        sd = self.state_dict(loaded, block_size)
-        stem = find_stem(sd, block_size=block_size)
-        stems = [{**vars(stem), "converts_to": "focus" if stem.form == "conv" else "conv"}] if stem else []
-        others = [k for k in content if k not in places] if places and places[0] else []
-        counts = {str(p): len(tensors(_at(content, p))) for p in places}
+        found, why = self._quiet_evidence(loaded, block_size, order)
+        places = found.places if found else []
+        sd = self.state_dict(loaded, block_size, order)
+        stem = found.stems[places[0]] if found else None
+        converts_to = "focus" if stem and stem.form == "conv" else "conv"
+        stems = [{**vars(stem), "converts_to": converts_to}] if stem else []
+        others = [k for k in loaded.content if k not in places] if places and places[0] else []
         result = {
             "path": str(loaded.path),
             "kind": "state_dict",
             "source": self.name,
             "wrapper": places[0] if places else None,
-            "wrappers": [p for p in places if p is not None],
             "tensors": len(sd),
-            "tensors_per_wrapper": counts,
-            "block_size": block_size,
-            "order": order,
             "stems": stems,
             "other_keys": others,
         }
+        if found:
+            result.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
         where = f" under '{places[0]}'" if places and places[0] else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
-        more = [f"'{p}' ({counts[str(p)]} tensors)" for p in places[1:] if p is not None]
-        if more:
-            lines.append(f"  also state dicts under: {', '.join(more)}")
         if others:
             lines.append(f"  also holds: {', '.join(map(str, others))}")
         for s in stems:
@@ -170,25 +174,47 @@ class PlainStateDictSource(Source):
                 f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})"
                 + (_CONVERTED_NOTE if s["form"] == "conv" else "")
             )
+        if found and found.from_file:
+            lines.append(f"  block size {found.block_size}, order {found.order}: from the file's {found.said_by}")
         if not stems:
-            lines.append(f"  no Focus / space-to-depth / strided-conv stem found (block size {block_size})")
+            lines.append(f"  {why}" if why else "  no Focus / space-to-depth / strided-conv stem found")
         result["lines"] = lines
         return result
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
-        places = self._places(loaded, options.block_size)
+        found = self._evidence(loaded, options)
+        places = found.places
+        options = dataclasses.replace(options, block_size=found.block_size, order=found.order)
         if options.to == "fastest":
+            sd = tensors(_at(loaded.content, places[0]))
+            by_layout = find_stem(sd, block_size=found.block_size)
+            if by_layout is None or by_layout.weight_key != found.stems[places[0]].weight_key:
+                raise ConversionError(
+                    f"{loaded.path}: --to fastest times Focus / ReOrg / conv stem layouts; this stem "
+                    f"({found.stems[places[0]].weight_key}) converts --to conv or --to focus"
+                )
             return self._fastest(loaded, options, places)
         content = loaded.content
         new_content = dict(content) if places[0] is not None else None
         fields: dict[str, Any] = {"kind": "state_dict", "wrapper": places[0], "converted": [p for p in places if p]}
+        fields.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
+        checks = []
         for place in places:
             before = tensors(_at(content, place))
-            after, stem = convert_state_dict(before, options.to, options.block_size, options.order)
+            try:
+                after, stem = convert_state_dict(
+                    before, options.to, options.block_size, options.order, stem=found.stems[place]
+                )
+            except ValueError as error:  # already in that form, or a form that converts one way only
+                raise ConversionError(f"{loaded.path}: {error}" + (f" (under '{place}')" if place else "")) from None
+            if options.verify:  # before the output is assembled: a broken conversion is a failed check, not a crash
+                checks.append(self._check(before, after, options, found.stems[place]))
+                if not checks[-1]["passed"]:
+                    break
             if place is None:
-                new_content = _with_tensors(content, after, strict=not options.verify)
+                new_content = _with_tensors(content, after)
             else:
-                new_content[place] = _with_tensors(content[place], after, strict=not options.verify)
+                new_content[place] = _with_tensors(content[place], after)
             if place == places[0]:
                 fields.update(
                     stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:]
@@ -196,38 +222,53 @@ class PlainStateDictSource(Source):
                 fields["from"] = stem.form
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
-            stem = find_stem(tensors(content[places[0]]), block_size=options.block_size)
+            stem = found.stems[places[0]]
             remap = focus_to_conv_weight if options.to == "conv" else conv_to_focus_weight
             fields["optimizer"] = remap_optimizer_state(
                 new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
+        if places[0] is not None and not (checks and not checks[-1]["passed"]):
+            refuse_unconverted(new_content, found.stems[places[0]].shape, [new_content[p] for p in places])
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
-        report.write = lambda dst: self.write(new_content, places[0], dst, options.to)
-        if options.verify:  # the proof (``sources.proof``) runs the stems of the file as written
-            fields["assumes"] = STEM_ASSUMES.format(options.order)
+        report.write = lambda dst: self.write(new_content, places[0], dst, options.to, loaded)
+        if checks:
+            assumes = STEM_ASSUMES.format(options.order)
+            if found.from_file:
+                assumes = STEM_FROM_FILE.format(found.said_by, found.block_size, found.order)
+            fields.update(verification=checks[0], assumes=assumes)
+            report.max_abs_err = max(c["stem"]["max_abs_err"] for c in checks)
+            report.problem = next((c["problem"] for c in checks if not c["passed"]), None)
         return report
 
-    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-        """Each state dict's stem as it computes (``StateDictStem``: space-to-depth by definition + conv, or the
-        strided conv; bias, BatchNorm), named by its wrapper (a ``.safetensors``' metadata names the one it holds)."""
-        found = []
-        for place in stem_places(loaded.content, options.block_size):
-            sd = tensors(_at(loaded.content, place))
-            stem = find_stem(sd, block_size=options.block_size)
-            module = StateDictStem(sd, stem, options.block_size, options.order).double().eval()
-            channels = stem.shape[1] // (options.block_size**2 if module.s2d else 1)
-            name = place if place is not None else loaded.metadata.get("wrapper") or "<top level>"
-            found.append((str(name), module, (2, channels, 8 * options.block_size, 12 * options.block_size)))
-        return found
+    @staticmethod
+    def _check(before: dict, after: dict, options: ConvertOptions, stem: StemKeys | None = None) -> dict[str, Any]:
+        """The remapped stem run in float64, and every other tensor compared bit for bit."""
+        bs, order = options.block_size, options.order
+        stems = None
+        if stem is not None and stem.weightless:  # the file said where the stem is: the same key in both forms
+            stems = (
+                stem,
+                StemKeys(
+                    stem.prefix,
+                    "conv" if stem.form == "reorg" else "reorg",
+                    stem.weight_key,
+                    list(after[stem.weight_key].shape),
+                    weightless=True,
+                ),
+            )
+        checked = verify_stems(before, after, bs, order, stems)
+        rest = compare_state_dicts(before, after, bs, order, tolerance=0.0, stems=stems)
+        return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
 
     @staticmethod
-    def write(content: dict, place: str | None, dst: Path, to: str) -> None:
-        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content."""
+    def write(content: dict, place: str | None, dst: Path, to: str, like: Loaded | None = None) -> None:
+        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content, in
+        the container, protocol and globals of ``like`` (the input as read)."""
         if dst.suffix == ".safetensors":
             metadata = {"converted_by": "focus-surgery", "to": to, **({"wrapper": place} if place else {})}
             save_checkpoint(tensors(_at(content, place)), dst, metadata)
         else:
-            save_checkpoint(content, dst)
+            save_checkpoint(content, dst, like=like)
 
     def _fastest(self, loaded: Loaded, options: ConvertOptions, places: list) -> ConvertReport:
         from ..speed.optimize import fastest_state_dict_form
@@ -240,7 +281,7 @@ class PlainStateDictSource(Source):
         if form == stem.form:  # already the faster layout: written unchanged
             fields = {"kind": "state_dict", "stem": stem.prefix, "from": stem.form}
             report = ConvertReport(str(loaded.path), self.name, "fastest", fields=fields)
-            report.write = lambda dst: self.write(loaded.content, places[0], dst, form)
+            report.write = lambda dst: self.write(loaded.content, places[0], dst, form, loaded)
         else:
             report = self.convert(loaded, dataclasses.replace(options, to=form))
             report.to = "fastest"

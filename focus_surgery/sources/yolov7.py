@@ -26,6 +26,7 @@ from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
 from .compare import live_block
+from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import remap_optimizer_state
 
@@ -266,8 +267,9 @@ class Yolov7Source(Source):
                 change["weight"][0],
                 lambda w: focus_to_conv_weight(w, change["block_size"], change["order"]),
             )
+        refuse_unconverted(content, fields["replaced"][0]["weight"][0], list(models.values()))
         report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, fields=fields)
-        report.write = lambda dst: self._write(content, models, dst)
+        report.write = lambda dst: self._write(content, models, dst, loaded)
         return report
 
     def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
@@ -289,7 +291,7 @@ class Yolov7Source(Source):
         return found
 
     @staticmethod
-    def _write(content: dict, models: dict, dst: Path) -> None:
+    def _write(content: dict, models: dict, dst: Path, like: Loaded) -> None:
         if dst.suffix == ".safetensors":
             model = models.get("ema") or models["model"]
             tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -297,7 +299,7 @@ class Yolov7Source(Source):
         else:
             from .records_io import save_records
 
-            save_records(content, dst)
+            save_records(content, dst, like)
 
 
 __all__ = ["SPACE_TO_DEPTH", "Yolov7Source", "stem_rows", "sync_yaml_rows"]

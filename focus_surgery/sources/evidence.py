@@ -1,0 +1,171 @@
+"""A state dict's stem geometry from the file's own evidence: what the file says beats what the caller assumes.
+
+A state dict holds weights only: a weightless space-to-depth before a conv (TResNet's ``body.s2d`` + ``body.conv1``)
+leaves no entry, so its block size and channel order are not in the tensors. In order of precedence:
+
+1. **The architecture the file names** (timm ``train.py``: ``arch``, ``args.model``), looked up in timm's registry
+   (``integrations.timm_arch``): block size, order and the stem conv's key come from timm's model. A stated
+   ``--block-size`` / ``--order`` that contradicts it is refused.
+2. **The key layout** (``state_dict.find_stem``) at the stated block size, else 2, in the stated order, else yolov5
+   (YOLOv5's Focus and its conv form, yolov7's ReOrg row).
+3. **The channel count**: a conv reading ``3 * bs * bs`` channels after a weightless space-to-depth, for a block size
+   other than 2, says ``bs`` but not the order: without ``--order`` the conversion is refused and asks for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConversionError
+from ..state_dict import StemKeys, find_stem, stem_at
+from .base import ConvertOptions
+
+WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema", "ema_state_dict")
+CHANNEL_BLOCK_SIZES = (3, 4, 8)  # block sizes a conv's channel count is read as (2 is the key layout's default)
+ORDERS_HINT = "timm (TResNet, TensorFlow space_to_depth), yolov5 (Focus, ReOrg) or pixel_unshuffle"
+
+
+def tensors(mapping: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def file_arch(content: Any) -> str | None:
+    """The architecture a checkpoint names: timm ``train.py``'s ``arch`` (or ``args.model``), else None."""
+    if not isinstance(content, dict):
+        return None
+    arch = content.get("arch")
+    args = content.get("args")
+    if not isinstance(arch, str) and isinstance(args, dict):  # the loader reads argparse.Namespace as a dict
+        arch = args.get("model")
+    return arch if isinstance(arch, str) and arch else None
+
+
+@dataclass
+class Evidence:
+    """Where a state dict's stem is and how it computes.
+
+    Attributes:
+        places (list[str | None]): The state dicts holding the stem: None for the top level, else wrapper keys.
+        stems (dict): Place -> ``StemKeys`` of the stem there.
+        block_size (int), order (str): The space-to-depth's geometry.
+        said_by (str): Where the geometry comes from, for the report (``arch 'tresnet_m' (timm: ...)``).
+        from_file (bool): True when the file fixed the geometry (its architecture); False when it was assumed.
+    """
+
+    places: list[str | None]
+    stems: dict
+    block_size: int
+    order: str
+    said_by: str
+    from_file: bool = False
+
+
+class StemTensors(dict):
+    """A state dict's tensors, and where its stem is when the file said so (for ``verify``, which compares two files
+    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``."""
+
+    stem: StemKeys | None = None
+    block_size: int = 2
+    order: str = "yolov5"
+
+
+def said_stems(a: dict, b: dict) -> tuple[StemKeys, StemKeys] | None:
+    """The stems of two ``StemTensors`` whose files named the same weightless stem geometry, else None."""
+    stems = [getattr(x, "stem", None) for x in (a, b)]
+    if None in stems or not all(s.weightless for s in stems) or stems[0].weight_key != stems[1].weight_key:
+        return None
+    return stems[0], stems[1]
+
+
+def _in_places(content: dict, find) -> tuple[list[str | None], dict]:
+    """The places whose tensors ``find`` answers a stem for: the top level first, then the wrappers."""
+    if find(tensors(content)) is not None:
+        return [None], {None: find(tensors(content))}
+    places = [k for k in WRAPPER_KEYS if isinstance(content.get(k), dict) and find(tensors(content[k])) is not None]
+    return places, {p: find(tensors(content[p])) for p in places}
+
+
+def _refuse_contradiction(path: Any, options: ConvertOptions, block_size: int, order: str, said_by: str) -> None:
+    for flag, value, fixed in (("block-size", options.block_size, block_size), ("order", options.order, order)):
+        if flag.replace("-", "_") in options.stated and value != fixed:
+            raise ConversionError(
+                f"{path}: --{flag} {value} contradicts the file, which names its {said_by}: drop --{flag}"
+            )
+
+
+def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None:
+    """The stem of a state-dict checkpoint and its geometry, from the file's evidence first (see the module).
+
+    Returns None when no stem is found at all.
+
+    Raises:
+        ConversionError: A stated ``--block-size`` / ``--order`` contradicts the architecture the file names; the
+            file names a timm architecture whose stem conv it does not hold; or the order cannot be known and
+            ``--order`` was not given.
+    """
+    if not isinstance(content, dict):
+        return None
+    arch = file_arch(content)
+    found = None
+    if arch is not None:
+        from ..integrations.timm_arch import arch_stem
+
+        found = arch_stem(arch)
+    if found is not None:
+        said_by = found.describe()
+        _refuse_contradiction(path, options, found.block_size, found.order, said_by)
+        places, stems = _in_places(content, lambda sd: _prefixed_stem(sd, found))
+        if not places:
+            raise ConversionError(
+                f"{path}: the file names {said_by}, but holds no stem conv {found.weight_key!r} of that model "
+                f"(looked at the top level and under {', '.join(WRAPPER_KEYS)}): not a checkpoint of that architecture"
+            )
+        return Evidence(places, stems, found.block_size, found.order, said_by, from_file=True)
+    block_size = options.block_size
+    places, stems = _in_places(content, lambda sd: find_stem(sd, block_size=block_size))
+    if places:
+        stated = [f"--{k.replace('_', '-')}" for k in options.stated]
+        said_by = f"{' and '.join(stated)} as given" if stated else "the defaults (block size 2, order yolov5)"
+        return Evidence(places, stems, block_size, options.order, said_by)
+    if "block_size" in options.stated:
+        return None
+    for bs in CHANNEL_BLOCK_SIZES:  # a weightless space-to-depth of another block size, told by the channel count
+        places, stems = _in_places(content, lambda sd: _weightless_stem(sd, bs))
+        if not places:
+            continue
+        stem = stems[places[0]]
+        if "order" not in options.stated:
+            named = (
+                f"it names arch {arch!r}, which the installed timm does not know as a space-to-depth model"
+                if arch is not None
+                else "it names no timm arch"
+            )
+            raise ConversionError(
+                f"{path}: the stem conv {stem.weight_key!r} reads {stem.shape[1]} = 3 x {bs} x {bs} channels, a "
+                f"space-to-depth of block size {bs} whose channel order the file does not say ({named}): "
+                f"give --order: {ORDERS_HINT}"
+            )
+        return Evidence(places, stems, bs, options.order, f"the channel count (block size {bs}) and --order as given")
+    return None
+
+
+WRAPPED = ("", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")  # DDP / torch.compile prefixes
+
+
+def _prefixed_stem(state_dict: dict, found: Any) -> StemKeys | None:
+    """The architecture's stem conv, under timm's key or a DDP / ``torch.compile`` wrapper's (``module.``), which
+    timm's ``clean_state_dict`` strips when it loads."""
+    for prefix in WRAPPED:
+        stem = stem_at(state_dict, prefix + found.weight_key, found.kernel, found.block_size)
+        if stem is not None:
+            return stem
+    return None
+
+
+def _weightless_stem(state_dict: dict, block_size: int) -> StemKeys | None:
+    """A Focus or ReOrg layout at ``block_size`` (a conv stem is not told apart by its channel count)."""
+    stem = find_stem(state_dict, block_size=block_size)
+    return stem if stem is not None and stem.form in ("focus", "reorg") else None
