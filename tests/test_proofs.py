@@ -117,11 +117,11 @@ def test_a_model_written_wrong_fails_its_proof_and_nothing_is_left(tmp_path, cap
     src = _model_file(tmp_path / "m.pt")
     save = checkpoint_io.torch_save
 
-    def wrong_save(content, path):
+    def wrong_save(content, path, *rest):
         content = dict(content)
         model = content["model"]
         model[1].weight.data[0, 0, 0, 0] += 0.5  # written wrong (after the conversion was checked)
-        save(content, path)
+        save(content, path, *rest)
         model[1].weight.data[0, 0, 0, 0] -= 0.5
 
     monkeypatch.setattr(checkpoint_io, "torch_save", wrong_save)
@@ -142,10 +142,10 @@ def test_a_state_dict_written_wrong_fails_its_proof(tmp_path, monkeypatch):
     src = _nested(tmp_path / "sd.pt")
     save = checkpoint_io.torch_save
 
-    def wrong_save(content, path):
+    def wrong_save(content, path, *rest):
         content = {**content, "state_dict": {**content["state_dict"]}}
         content["state_dict"]["1.bias"] = content["state_dict"]["1.bias"] + 1e-6
-        save(content, path)
+        save(content, path, *rest)
 
     monkeypatch.setattr(checkpoint_io, "torch_save", wrong_save)
     with pytest.raises(VerificationFailed, match="the written file's tensors"):
@@ -157,7 +157,7 @@ def test_yolov5_records_written_wrong_fail_the_rebuild(tmp_path, monkeypatch):
     """--layout yolov5: the proof rebuilds the model from the records as written."""
     import focus_surgery.sources.records_io as records_io
 
-    def wrong_records(content, destination):
+    def wrong_records(content, destination, *rest):
         kept = []
         for key in ("model", "ema"):  # the Detect head's first conv, in every copy the file holds
             if content.get(key) is None:
@@ -168,7 +168,7 @@ def test_yolov5_records_written_wrong_fail_the_rebuild(tmp_path, monkeypatch):
             conv.state["_parameters"]["weight"] = nn.Parameter(weight.detach() * 1.5, requires_grad=False)
             kept.append((conv, weight))
         try:
-            save_records(content, destination)
+            save_records(content, destination, *rest)
         finally:
             for conv, weight in kept:
                 conv.state["_parameters"]["weight"] = weight
@@ -252,7 +252,7 @@ def test_verify_that_measured_nothing_is_a_failure(tmp_path, monkeypatch):
     import focus_surgery.sources.plain as plain
 
     src = _nested(tmp_path / "sd.pt")
-    monkeypatch.setattr(plain, "save_checkpoint", lambda content, dst, *rest: torch.save(content, dst))
+    monkeypatch.setattr(plain, "save_checkpoint", lambda content, dst, *rest, **kw: torch.save(content, dst))
     with pytest.raises(VerificationFailed, match="measured nothing") as failed:
         convert_file(src, tmp_path / "out.pt", verify=True)
     assert failed.value.report.proof is None and not (tmp_path / "out.pt").exists()

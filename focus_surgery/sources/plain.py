@@ -153,7 +153,13 @@ class PlainStateDictSource(Source):
         stem = found.stems[places[0]] if found else None
         converts_to = "focus" if stem and stem.form == "conv" else "conv"
         stems = [{**vars(stem), "converts_to": converts_to}] if stem else []
-        others = [k for k in loaded.content if k not in places] if places and places[0] else []
+        content = loaded.content if isinstance(loaded.content, dict) else {}
+        holding = ([None] if tensors(content) else []) + [
+            p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])
+        ]  # every state dict of the file, with a stem or not
+        places = places or holding[:1]
+        others = [k for k in loaded.content if k not in holding] if places and places[0] else []
+        counts = {str(p): len(tensors(_at(content, p))) for p in holding}
         result = {
             "path": str(loaded.path),
             "kind": "state_dict",
@@ -162,11 +168,16 @@ class PlainStateDictSource(Source):
             "tensors": len(sd),
             "stems": stems,
             "other_keys": others,
+            "wrappers": [p for p in holding if p is not None],
+            "tensors_per_wrapper": counts,
         }
         if found:
             result.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
         where = f" under '{places[0]}'" if places and places[0] else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
+        more = [f"'{p}' ({counts[str(p)]} tensors)" for p in holding if p is not None and p != places[0]]
+        if more:
+            lines.append(f"  also state dicts under: {', '.join(more)}")
         if others:
             lines.append(f"  also holds: {', '.join(map(str, others))}")
         for s in stems:
