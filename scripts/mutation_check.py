@@ -142,9 +142,9 @@ MUTANTS = [
     ),
     Mutant(
         "convert --verify never fails a state dict",
-        "focus_surgery/sources/proof.py",
-        'if not check["passed"]:',
-        "if False:",
+        "focus_surgery/sources/plain.py",
+        'report.problem = next((c["problem"] for c in checks if not c["passed"]), None)',
+        "report.problem = None",
         STATE_DICT,
     ),
     Mutant(
