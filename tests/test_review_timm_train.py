@@ -2,6 +2,8 @@
 
 * a file naming a huge (or control-character) architecture got a refusal whose fix (``give --order``) was cut off the
   printed line, the arch name filling it;
+* a stem whose BatchNorm has other channels than its conv (a corrupt or mixed EMA copy) crashed ``--verify`` inside
+  torch with a cut-off message naming nothing; now one line naming both entries and the copy.
 """
 
 from __future__ import annotations
@@ -31,3 +33,21 @@ def test_a_huge_arch_name_does_not_push_the_fix_off_the_line(capsys, tmp_path):
     assert main(["inspect", str(src)]) == 0
     out = capsys.readouterr().out
     assert "give --order: timm" in out and len(out) < 2_000
+
+
+def test_a_stem_whose_batchnorm_has_other_channels_is_refused_in_one_line_naming_them(capsys, tmp_path):
+    """A corrupt / mixed file (here its EMA copy): the stem conv has 5 output channels, its BatchNorm 8. ``--verify``
+    crashed inside torch (``Error(s) in loading state_dict for BatchNorm2d:``, the detail cut), naming nothing."""
+    torch.manual_seed(0)
+    good = {"body.conv1.conv.weight": torch.randn(8, 48, 3, 3), "body.conv1.bn.weight": torch.rand(8) + 0.5}
+    good.update({"body.conv1.bn.bias": torch.randn(8), "body.conv1.bn.running_mean": torch.randn(8)})
+    good.update({"body.conv1.bn.running_var": torch.rand(8) + 0.5})
+    bad = dict(good, **{"body.conv1.conv.weight": torch.randn(5, 48, 3, 3)})
+    src = tmp_path / "last.pth.tar"
+    torch.save({"epoch": 0, "arch": "tresnet_m", "state_dict": good, "state_dict_ema": bad}, src)
+    before = src.read_bytes()
+    assert main(["convert", str(src), str(tmp_path / "out.pth.tar"), "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "body.conv1.bn" in err and "5" in err and "8" in err, err
+    assert "5 output channels" in err and "(under 'state_dict_ema')" in err
+    assert not (tmp_path / "out.pth.tar").exists() and src.read_bytes() == before

@@ -204,7 +204,10 @@ class PlainStateDictSource(Source):
             except ValueError as error:  # already in that form, or a form that converts one way only
                 raise ConversionError(f"{loaded.path}: {error}" + (f" (under '{place}')" if place else "")) from None
             if options.verify:  # before the output is assembled: a broken conversion is a failed check, not a crash
-                checks.append(self._check(before, after, options, found.stems[place]))
+                try:
+                    checks.append(self._check(before, after, options, found.stems[place]))
+                except ConversionError as error:  # a stem that cannot run (corrupt): which copy, model or EMA
+                    raise ConversionError(f"{error}" + (f" (under '{place}')" if place else "")) from None
                 if not checks[-1]["passed"]:
                     break
             if place is None:
