@@ -51,3 +51,21 @@ def test_a_stem_whose_batchnorm_has_other_channels_is_refused_in_one_line_naming
     assert err.count("\n") == 1 and "body.conv1.bn" in err and "5" in err and "8" in err, err
     assert "5 output channels" in err and "(under 'state_dict_ema')" in err
     assert not (tmp_path / "out.pth.tar").exists() and src.read_bytes() == before
+
+
+def test_verify_compares_every_copy_a_file_holds_not_only_the_first(tmp_path):
+    """A timm train.py file holds the model twice (``state_dict``, ``state_dict_ema``) and ``convert`` writes both;
+    ``verify original converted`` compared the first only and printed PASS with the EMA copy destroyed."""
+    from focus_surgery.files import convert_file, verify_files
+
+    src = Path(__file__).resolve().parent / "fixtures" / "timm-train" / "last.pth.tar"
+    good, bad = tmp_path / "conv.pth.tar", tmp_path / "bad.pth.tar"
+    convert_file(src, good)
+    same = verify_files(src, good)
+    assert same["passed"] and same["tensors"] == 2 * 98 and "state_dict_ema" in same["compared"], same
+    ckpt = torch.load(good, weights_only=False)
+    ckpt["state_dict_ema"]["head.fc.weight"] += 1  # the EMA copy only
+    torch.save(ckpt, bad)
+    check = verify_files(src, bad)
+    assert not check["passed"] and "state_dict_ema" in check["problem"], check
+    assert check["summary"].startswith("FAIL")

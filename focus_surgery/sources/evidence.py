@@ -71,11 +71,13 @@ class Evidence:
 
 class StemTensors(dict):
     """A state dict's tensors, and where its stem is when the file said so (for ``verify``, which compares two files
-    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``."""
+    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``; ``copies``: place ->
+    ``StemTensors`` of every other state dict of the file holding the stem (timm's ``state_dict_ema``)."""
 
     stem: StemKeys | None = None
     block_size: int = 2
     order: str = "yolov5"
+    copies: dict = {}  # replaced per instance, never mutated
 
 
 def said_stems(a: dict, b: dict) -> tuple[StemKeys, StemKeys] | None:
