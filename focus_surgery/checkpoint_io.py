@@ -10,14 +10,16 @@ source.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic_io import atomic_write
-from .loader import Checkpoint, CheckpointError, check_readable, read_checkpoint
+from .loader import Checkpoint, CheckpointError, Loaded, check_readable, read_checkpoint
 from .loader.allowlist import MODULE_PREFIXES
+from .loader.pickler import needs_faithful, pickle_module
 
 __all__ = [
     "MODULE_PREFIXES",
@@ -84,13 +86,24 @@ def _encodable(path: str) -> bool:
     return True
 
 
-def torch_save(content: Any, path: str) -> None:
-    """``torch.save`` to ``path``; through a file object where the name is not valid UTF-8 (torch needs UTF-8)."""
+def torch_save(content: Any, path: str, like: Loaded | None = None) -> None:
+    """``torch.save`` to ``path`` (through a file object where the name is not valid UTF-8: torch needs UTF-8).
+
+    The pickle writes the loader's stand-ins back as the file pickled them (``loader.pickler``); with ``like`` (the
+    input as read) the output keeps its container (a legacy non-zip file stays legacy), pickle protocol and the
+    spelling of its globals.
+    """
+    spellings = like.globals if like is not None else frozenset()
+    faithful = needs_faithful(content)  # else the C pickler writes the same pickle, faster
+    options: dict[str, Any] = {"pickle_module": pickle_module(spellings) if faithful else pickle}
+    if like is not None:
+        options["pickle_protocol"] = like.protocol
+        options["_use_new_zipfile_serialization"] = like.container != "legacy"
     if _encodable(path):
-        torch.save(content, path)
+        torch.save(content, path, **options)
     else:
         with open(path, "wb") as handle:
-            torch.save(content, handle)
+            torch.save(content, handle, **options)
 
 
 def safetensors_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
@@ -104,10 +117,15 @@ def safetensors_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict
 
 
 def save_checkpoint(
-    content: Any, destination: str | os.PathLike, metadata: dict[str, str] | None = None, fsync: bool = True
+    content: Any,
+    destination: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    fsync: bool = True,
+    like: Loaded | None = None,
 ) -> Path:
-    """Save atomically: ``.safetensors`` for a dict of tensors (with string metadata), else ``torch.save``."""
+    """Save atomically: ``.safetensors`` for a dict of tensors (with string metadata), else ``torch.save`` in the
+    container, protocol and globals of ``like`` (the input as read; see ``torch_save``)."""
     if Path(destination).suffix == ".safetensors":
         tensors = {k: v.contiguous() for k, v in content.items()}
         return atomic_write(destination, lambda tmp: safetensors_save(tensors, tmp, metadata), fsync)
-    return atomic_write(destination, lambda tmp: torch_save(content, tmp), fsync)
+    return atomic_write(destination, lambda tmp: torch_save(content, tmp, like), fsync)

@@ -68,8 +68,9 @@ def _add_convert(sub) -> None:
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
-        default="ultralytics",
-        help="YOLOv5-repository files: write an Ultralytics model (default) or the repository's own layout",
+        default=None,
+        help="YOLOv5-repository files: write an Ultralytics model, or the repository's own layout (default: "
+        "Ultralytics where it can hold the model, else the repository's own layout, saying why)",
     )
     p.add_argument("--input-size", type=int, default=640, help="image size that --to fastest times (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
@@ -166,6 +167,12 @@ def _add_yolo(sub) -> None:  # Ultralytics' own CLI with our YAML rows registere
     )
 
 
+def _yolo_command(args: argparse.Namespace) -> str:
+    """What ``focus-surgery yolo ...`` ran, to name it in an error (it has no SRC); empty for other commands."""
+    yolo_args = getattr(args, "yolo_args", None)
+    return " ".join(["yolo", *yolo_args]) if yolo_args is not None else ""
+
+
 COMMANDS: list[Callable] = [_add_convert, _add_inspect, _add_verify, _add_demo, _add_bench, _add_yolo]
 
 
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args)
     except (Exception, KeyboardInterrupt, Interrupted) as error:  # noqa: BLE001 - every failure: one line, exit 1 or 2
         done = describe_written(getattr(error, "written", None) or written)  # a folder run attaches its children's
-        source = getattr(args, "src", None) or getattr(args, "a", "")
+        source = getattr(args, "src", None) or getattr(args, "a", None) or _yolo_command(args)
         return error_exit(error, source, getattr(args, "dst", ""), done)
     finally:
         _REPORT_STREAM.pop()

@@ -68,14 +68,14 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
     if sized and opts.to != "fastest":
         flag = "--" + sized[0].replace("_", "-")
         raise ConversionError(f"{src}: {flag} is the shape --to fastest times: drop it or convert --to fastest")
-    if opts.layout not in LAYOUTS:
+    if opts.layout is not None and opts.layout not in LAYOUTS:
         raise ConversionError(f"--layout {opts.layout!r}: use {', '.join(LAYOUTS)}")
-    if ANY_LAYOUT in source.outputs and opts.layout != defaults.layout:  # one layout: asking another is refused
+    if ANY_LAYOUT in source.outputs and opts.layout not in (None, LAYOUTS[0]):  # one layout: asking another is refused
         raise ConversionError(
             f"{src}: a {source.name} checkpoint is written in its own layout; --layout is for YOLOv5-repository "
             f"files: drop --layout {opts.layout}"
         )
-    layout = "" if ANY_LAYOUT in source.outputs else opts.layout
+    layout = "" if ANY_LAYOUT in source.outputs else (opts.layout or LAYOUTS[0])  # a fallback checks its own suffix
     suffixes = source.outputs.get(layout)
     if suffixes is None:
         raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")

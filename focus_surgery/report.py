@@ -86,13 +86,16 @@ def error_exit(error: BaseException, source: Any, dst: Any, written: str = "noth
     if code == EXIT_VERIFY_FAILED:
         text = one_line(error)
     elif isinstance(error, MemoryError):
-        text = f"error: {source}: {one_line(error) if str(error) else 'ran out of memory'}; {written}"
+        where = f"{source}: " if str(source) else ""
+        text = f"error: {where}{one_line(error) if str(error) else 'ran out of memory'}; {written}"
     elif isinstance(error, (ValueError, OSError)):  # our errors and the library's: they name the file
         text = f"error: {one_line(error)}"
     elif isinstance(error, Exception):  # e.g. a model whose forward fails
-        text = f"error: {source}: {type(error).__name__}: {one_line(error)}"
+        where = f"{source}: " if str(source) else ""  # a message never shows an empty field
+        text = f"error: {where}{type(error).__name__}: {one_line(error)}"
     else:  # interrupted: Ctrl-C or a signal (atomic_io.Interrupted)
-        text = f"{dst}: {'interrupted' if isinstance(error, KeyboardInterrupt) else error}; {written}"
+        where = f"{dst}: " if str(dst) else ""  # inspect / verify / yolo have no output to name
+        text = f"{where}{'interrupted' if isinstance(error, KeyboardInterrupt) else error}; {written}"
     print(line(f"focus-surgery: {text}"), file=sys.stderr)
     return code
 

@@ -35,6 +35,11 @@ def _loaded_examples(tmp_path: Path) -> dict[str, Loaded]:
         "yolov5": Loaded(tmp_path / "e.pt", {"model": None}, frozenset({"models.yolo.Model", "models.common.Focus"})),
         "yolov7": Loaded(tmp_path / "f.pt", {"model": None}, frozenset({"models.yolo.Model", "models.common.ReOrg"})),
         "onnx": Loaded(tmp_path / "g.onnx", object()),
+        "mmengine": Loaded(
+            tmp_path / "h.pth",
+            {"meta": {"epoch": 1}, "state_dict": stem, "message_hub": {}},
+            frozenset({"mmengine.logging.history_buffer.HistoryBuffer"}),
+        ),
     }
 
 

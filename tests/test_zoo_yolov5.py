@@ -101,9 +101,13 @@ def test_heads_without_an_ultralytics_counterpart_convert_in_the_yolov5_layout(t
         model.state["yaml"]["head"][-1][2] = head
 
     src = _edited(MODELS["v6.0"], tmp_path / f"{head}.pt", rename_head)
-    code = main(["convert", str(src), str(tmp_path / "u.pt"), "--to", "focus"])
+    # asked for explicitly, the Ultralytics layout is refused; by default the YOLOv5 layout is written (issue 22)
+    code = main(["convert", str(src), str(tmp_path / "u.pt"), "--to", "focus", "--layout", "ultralytics"])
     err = capsys.readouterr().err
     assert code == 2 and f"the head is '{head}'" in err and "--layout yolov5" in err and str(src) in err
+    assert main(["convert", str(src), str(tmp_path / "d.pt"), "--to", "focus"]) == 0
+    out = capsys.readouterr().out
+    assert "written in the YOLOv5 repository's own layout (--layout yolov5)" in out and f"the head is '{head}'" in out
     code = main(
         ["convert", str(src), str(tmp_path / "y.pt"), "--to", "focus", "--layout", "yolov5", "--verify", "--json"]
     )
@@ -129,7 +133,7 @@ def test_v1_head_rows_are_refused_in_the_ultralytics_layout_and_convert_in_the_y
         model.state["md"]["head"][-2] = [-1, 1, "nn.Conv2d", ["na * (nc + 5)", 1, 1]]
 
     src = _edited(MODELS["v2.0"], tmp_path / "v1.pt", to_v1_head)
-    assert main(["convert", str(src), str(tmp_path / "u.pt")]) == 2
+    assert main(["convert", str(src), str(tmp_path / "u.pt"), "--layout", "ultralytics"]) == 2
     err = capsys.readouterr().err
     assert "'nn.Conv2d' (v1.0's head" in err and "--layout yolov5" in err and str(src) in err
     report = convert_file(src, tmp_path / "y.pt", layout="yolov5", verify=True)

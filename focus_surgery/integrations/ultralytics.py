@@ -495,8 +495,9 @@ def is_registered() -> bool:
 
 
 def register() -> str:
-    """Hook Ultralytics' YAML parser so the registered rows build, and its config lookup so our shipped configs are
-    found by name (``YOLO("yolov8n-spd.yaml")``); idempotent. Returns the Ultralytics version.
+    """Hook Ultralytics' YAML parser so the registered rows build, its config lookup so our shipped configs are
+    found by name (``YOLO("yolov8n-spd.yaml")``), and its checkpoint reader so YOLOv5-repository files open
+    (``YOLO("yolov5s.pt")``, ``integrations.ultralytics_load``); idempotent. Returns the Ultralytics version.
 
     Raises:
         ImportError: Ultralytics is not installed.
@@ -522,6 +523,9 @@ def _hook(tasks: Any, version: str) -> str:
     from ..yolov5.validation import install as install_yolov5_validation
 
     install_yolov5_validation()  # YOLOv5's val.py matching for LegacyDetect heads (idempotent)
+    from .ultralytics_load import install as install_yolov5_files
+
+    install_yolov5_files(tasks)  # YOLO("yolov5s.pt"): YOLOv5-repository files rebuilt in memory (idempotent)
     if hasattr(tasks.parse_model, _WRAPPED_MARK):
         return version
     original = tasks.parse_model
@@ -534,8 +538,13 @@ def _hook(tasks: Any, version: str) -> str:
 
 
 def unregister() -> None:
-    """Restore Ultralytics' own parser and config lookup (for tests and for users who want them back)."""
+    """Restore Ultralytics' own parser, config lookup and checkpoint reader (for tests and for users who want them
+    back)."""
     tasks = sys.modules.get("ultralytics.nn.tasks")
+    if tasks is not None:
+        from .ultralytics_load import uninstall as uninstall_yolov5_files
+
+        uninstall_yolov5_files(tasks)
     if tasks is not None and hasattr(getattr(tasks, "check_yaml", None), _WRAPPED_MARK):
         tasks.check_yaml = getattr(tasks.check_yaml, _WRAPPED_MARK)
     if tasks is None or not hasattr(tasks.parse_model, _WRAPPED_MARK):

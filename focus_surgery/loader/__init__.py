@@ -36,7 +36,7 @@ from .containers import read_container
 from .errors import CheckpointError, Refused
 from .loaded import Checkpoint, Loaded
 from .rebuilders import ArraySpec, DtypeSpec
-from .records import NamedReference, Namespace, Record, record_class
+from .records import NamedReference, Namespace, PathText, Record, namespace_class, record_class
 from .unpickler import RestrictedUnpickler
 from .walk import MAX_DEPTH, Transform
 
@@ -47,10 +47,12 @@ __all__ = [
     "Loaded",
     "NamedReference",
     "Namespace",
+    "PathText",
     "Record",
     "Transform",
     "allow_records",
     "check_readable",
+    "namespace_class",
     "read_checkpoint",
     "record_class",
 ]
@@ -128,4 +130,5 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:
             raise CheckpointError(f"{path}: {detail}; the file is corrupt") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
-    return Loaded(path, content, frozenset(unpickler.globals_seen), container)
+    protocol = getattr(unpickler, "proto", 2)
+    return Loaded(path, content, frozenset(unpickler.globals_seen), container, protocol=protocol)

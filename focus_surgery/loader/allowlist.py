@@ -14,14 +14,14 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import rebuilders as rb
-from .records import Namespace
+from .records import namespace_class
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def _table() -> dict[str, Allowed]:
     for dtype in STORAGE_DTYPES.values():
         add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
     add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
+    add(("collections.Counter",), Counter, "MultiStepLR's milestones in a scheduler's state dict; an inert container")
     for py in ("builtins", "__builtin__"):
         add((f"{py}.set",), set, "an inert container")
         add((f"{py}.frozenset",), frozenset, "an inert container")
@@ -104,7 +105,7 @@ def _table() -> dict[str, Allowed]:
         add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
         add(
             (f"{py}.getattr",),
-            rb.named_reference,
+            rb.named_reference_via(f"{py}.getattr"),
             "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference",
         )
     add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes", needs_budget=True)
@@ -126,12 +127,12 @@ def _table() -> dict[str, Allowed]:
     for cls in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
         add(
             (f"pathlib.{cls}",),
-            rb.path_string,
-            "paths in training options (YOLOv5 train.py since 2024): as text",
+            rb.path_reader(f"pathlib.{cls}"),
+            "paths in training options (YOLOv5 train.py since 2024): as text that remembers its class",
             needs_budget=True,
         )
     for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
-        add((name,), Namespace, "training arguments (Ultralytics model.args): read as a dict")
+        add((name,), namespace_class(name), "training arguments (Ultralytics model.args): read as a dict")
 
     for name in ("torchvision.transforms.functional.InterpolationMode", "torchvision.transforms.InterpolationMode"):
         add((name,), rb.enum_value(name), "an interpolation setting of a recorded transform: a named reference")
@@ -151,6 +152,11 @@ def _table() -> dict[str, Allowed]:
     records("torchvision.transforms.transforms", "YOLOv5 v7.0 classification models keep their transforms")
     records("utils.augmentations", "YOLOv5's own preprocessing transforms, kept by its classification models")
     records("yolox.models.*", "YOLOX models saved whole")
+    records(
+        "mmengine.logging.*",
+        "mmengine training checkpoints: message_hub's HistoryBuffer (logged scalars as numpy arrays, its statistics "
+        "methods as getattr references); bookkeeping, written back unchanged",
+    )
     return table
 
 

@@ -62,6 +62,7 @@ class Loaded:
         globals (frozenset[str]): Every ``module.name`` the pickle named.
         container (str): ``"zip"`` (torch >= 1.6), ``"legacy"`` or ``"safetensors"``.
         metadata (dict): String metadata (safetensors header), else empty.
+        protocol (int): The pickle protocol of the content (``torch.save`` writes 2); written back the same.
     """
 
     path: Path
@@ -70,6 +71,7 @@ class Loaded:
     container: str = "zip"
     metadata: dict = field(default_factory=dict)
     _checkpoint: Checkpoint | None = None
+    protocol: int = 2
 
     @property
     def names(self) -> frozenset:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import Refused
-from .records import NamedReference, Record
+from .records import NamedReference, PathText, Record, path_text
 
 _MAX_DIMS = 16
 
@@ -143,7 +143,9 @@ def reconstructor(cls, base, state=None):
     """``copyreg._reconstructor`` (protocol 0/1 pickles of plain objects) for record classes only."""
     if not (isinstance(cls, type) and issubclass(cls, Record)) or state is not None:
         raise pickle.UnpicklingError("copyreg._reconstructor for a class that is not a record")
-    return cls.__new__(cls)
+    record = cls.__new__(cls)
+    record.pickled_by = "reconstructor"
+    return record
 
 
 def text_value(value="") -> str:
@@ -165,30 +167,39 @@ def torch_device(kind, index=None) -> torch.device:
     return torch.device(kind) if index is None else torch.device(kind, index)
 
 
-def path_string(budgets: Budgets, *parts) -> str:
-    """A ``pathlib`` path read as the text it holds (a path is data; its class is not needed)."""
-    if not all(isinstance(p, str) for p in parts):
-        raise pickle.UnpicklingError("path made of something other than text")
-    budgets.objects.take(sum(len(p) + 1 for p in parts) * 2, "a path")
-    return str(pathlib.PurePosixPath(*parts)) if parts else "."
+def path_reader(qualname: str):
+    """``pathlib.<qualname>(*parts)``: the path read as the text it holds (a ``PathText`` remembering its class and
+    parts, so that it is written back as the same path; its class is never imported)."""
+
+    def read(budgets: Budgets, *parts) -> PathText:
+        if not all(isinstance(p, str) for p in parts):
+            raise pickle.UnpicklingError("path made of something other than text")
+        budgets.objects.take(sum(len(p) + 1 for p in parts) * 2, "a path")
+        return path_text(qualname, parts, str(pathlib.PurePosixPath(*parts)) if parts else ".")
+
+    return read
 
 
-def named_reference(owner, name) -> NamedReference:
-    """``getattr(Class, "method")`` as pickled for a function attribute (YOLOv5's ``Segment.detect``)."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise pickle.UnpicklingError("getattr with a name that is not an identifier")
-    if isinstance(owner, type) and issubclass(owner, Record):
-        return NamedReference(f"{owner.qualname}.{name}")
-    if isinstance(owner, Record):
-        return NamedReference(f"{owner.qualname}.{name}")
-    raise Refused("getattr on something other than a recorded class")
+def named_reference_via(getattr_name: str):
+    """``getattr(Class, "method")`` as pickled for a function attribute (YOLOv5's ``Segment.detect``, mmengine's
+    ``HistoryBuffer`` statistics), through the global ``getattr_name`` (``builtins.getattr`` or its protocol-2
+    spelling ``__builtin__.getattr``), which the reference keeps to be written back the same way."""
+
+    def named_reference(owner, name) -> NamedReference:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise pickle.UnpicklingError("getattr with a name that is not an identifier")
+        if (isinstance(owner, type) and issubclass(owner, Record)) or isinstance(owner, Record):
+            return NamedReference(f"{owner.qualname}.{name}", (getattr_name, (owner, name)))
+        raise Refused("getattr on something other than a recorded class")
+
+    return named_reference
 
 
 def enum_value(qualname: str):
     def read(value):
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise pickle.UnpicklingError(f"{qualname} value of an unexpected type")
-        return NamedReference(f"{qualname}.{value}")
+        return NamedReference(f"{qualname}.{value}", (qualname, (value,)))
 
     return read
 

@@ -31,10 +31,14 @@ class Record:
             raise Refused(f"{cls.qualname} built with arguments")
         obj = object.__new__(cls)
         obj.state = {}
+        obj.pickled_by = "newobj"  # how the file built it: "newobj", "reduce" (cls()) or "reconstructor"
+        obj.slot_keys = None  # state pickled as (dict, slots): the slot attributes' names (and whether a dict came)
         return obj
 
     def __setstate__(self, state) -> None:
         if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            slots = state[1] if isinstance(state[1], dict) else {}
+            self.slot_keys = (isinstance(state[0], dict), tuple(slots))
             for part in state:
                 if isinstance(part, dict):
                     self.state.update(part)
@@ -101,22 +105,43 @@ class Record:
 
 
 class NamedReference:
-    """A function or method a checkpoint refers to by name (e.g. ``models.yolo.Detect.forward``); never callable."""
+    """A function, class or enum member a checkpoint refers to by name (e.g. ``models.yolo.Detect.forward``); never
+    callable, never imported.
 
-    __slots__ = ("qualname",)
+    Attributes:
+        qualname (str): What it names, e.g. ``models.yolo.Detect.forward``.
+        pickled (tuple | None): How the file pickled it, written back as read (``loader.pickler``): None for a bare
+            ``GLOBAL`` of ``qualname``; ``(function_name, args)`` for a call of a global (``builtins.getattr`` with
+            ``(owner, "forward")``, an enum class with ``(value,)``), names spelled as in the file.
+    """
 
-    def __init__(self, qualname: str):
+    __slots__ = ("qualname", "pickled")
+
+    def __init__(self, qualname: str, pickled: tuple | None = None):
         self.qualname = qualname
+        self.pickled = pickled
 
     def __reduce__(self):
-        return (str, (f"<reference {self.qualname}>",))  # written back as its description, never as code
+        raise TypeError(f"{self!r} is a name read from a checkpoint; write it with focus_surgery.loader.pickler")
+
+    def __copy__(self) -> NamedReference:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> NamedReference:
+        return self  # immutable: a name
 
     def __repr__(self) -> str:
         return f"<reference {self.qualname}>"
 
 
 class Namespace(dict):
-    """A ``SimpleNamespace`` / ``argparse.Namespace`` / Ultralytics ``IterableSimpleNamespace`` read as a dict."""
+    """A ``SimpleNamespace`` / ``argparse.Namespace`` / Ultralytics ``IterableSimpleNamespace`` read as a dict of its
+    attributes. Each class the file named has its own subclass (``namespace_class``) that remembers the name; the
+    instance remembers how it was built (``pickled_by``: ``"newobj"`` or ``"reduce"``), so that it is written back as
+    the same class, the same way (``loader.pickler``)."""
+
+    qualname = "types.SimpleNamespace"
+    pickled_by = "newobj"  # set to "reduce" on the instance by the unpickler where a REDUCE built it
 
     def __setstate__(self, state) -> None:
         if not isinstance(state, dict):
@@ -124,7 +149,56 @@ class Namespace(dict):
         self.update(state)
 
     def __reduce__(self):
-        return (dict, (), None, None, iter(self.items()))  # saved back as a plain dict
+        raise TypeError(f"a {self.qualname} read from a checkpoint is written with focus_surgery.loader.pickler")
+
+    def __copy__(self) -> Namespace:
+        return self._like(dict(self))
+
+    def __deepcopy__(self, memo: dict) -> Namespace:
+        import copy
+
+        new = self._like({})
+        memo[id(self)] = new
+        new.update(copy.deepcopy(dict(self), memo))
+        return new
+
+    def _like(self, items: dict) -> Namespace:
+        new = type(self)(items)
+        new.pickled_by = self.pickled_by
+        return new
+
+
+_NAMESPACE_CLASSES: dict[str, type] = {}
+
+
+def namespace_class(qualname: str) -> type[Namespace]:
+    """The (cached) ``Namespace`` subclass standing for the namespace class ``qualname``."""
+    if qualname not in _NAMESPACE_CLASSES:
+        _NAMESPACE_CLASSES[qualname] = type(qualname.rpartition(".")[2], (Namespace,), {"qualname": qualname})
+    return _NAMESPACE_CLASSES[qualname]
+
+
+class PathText(str):
+    """A ``pathlib`` path read as the text it holds (a path is data; its class is never imported). It remembers the
+    class the file named and the parts it was built from, and is written back as that path (``loader.pickler``)."""
+
+    qualname = "pathlib.PurePosixPath"
+    parts: tuple = ()
+
+    def __reduce__(self):
+        raise TypeError(f"a {self.qualname} read from a checkpoint is written with focus_surgery.loader.pickler")
+
+    def __copy__(self) -> PathText:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> PathText:
+        return self  # immutable
+
+
+def path_text(qualname: str, parts: tuple[str, ...], text: str) -> PathText:
+    value = PathText(text)
+    value.qualname, value.parts = qualname, tuple(parts)
+    return value
 
 
 _RECORD_CLASSES: dict[str, type] = {}

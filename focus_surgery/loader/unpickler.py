@@ -10,7 +10,7 @@ hundreds of times its size.
 from __future__ import annotations
 
 import pickle
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -57,7 +57,7 @@ def _check_key(key: Any) -> None:
 
 # The only objects whose state a pickle may set: fresh instances made by this load.
 _BUILDABLE = (Record, DtypeSpec, ArraySpec, OrderedDict, Namespace)  # a plain dict's state is never set
-_CONTAINERS = (OrderedDict, dict, set, frozenset, Namespace)  # callable with an iterable; their keys are checked
+_CONTAINERS = (OrderedDict, Counter, dict, set, frozenset, Namespace)  # called with an iterable; keys checked
 _CONSTRUCTIBLE = (*_CONTAINERS, slice, DtypeSpec)
 
 
@@ -107,20 +107,23 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _check_callable(self, func: Any, opcode: str) -> None:
         if id(func) in self._handed_out and callable(func) and not isinstance(func, (TypeMarker, StorageType)):
             return
-        if isinstance(func, type) and (issubclass(func, Record) or func in _CONSTRUCTIBLE):
+        if isinstance(func, type) and (issubclass(func, (Record, Namespace)) or func in _CONSTRUCTIBLE):
             return
         name = getattr(func, "qualname", None) or type(func).__name__
         raise Refused(f"{opcode} of {name}, which is not callable")
 
     def _check_container_args(self, func: Any, args: Any) -> None:
-        if func in _CONTAINERS and args:
+        if (func in _CONTAINERS or (isinstance(func, type) and issubclass(func, Namespace))) and args:
             items = args[0]
+            if isinstance(items, dict) and func is Counter:  # Counter(mapping) (its pickled form): keys hashed again
+                self._keys(items)
+                return
             if isinstance(items, dict):
                 items = list(items)
             if not isinstance(items, (list, tuple)):
                 raise Refused(f"{func.__name__} built from a {type(items).__name__}")
             for item in items:
-                if func in (set, frozenset):
+                if func in (set, frozenset, Counter):  # a Counter of a sequence hashes each whole item
                     self._keys((item,))
                 elif isinstance(item, (list, tuple)) and len(item) == 2:
                     self._keys((item[0],))
@@ -134,6 +137,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._check_callable(func, "REDUCE")
         self._check_container_args(func, args)
         pickle._Unpickler.load_reduce(self)
+        built = self.stack[-1]
+        if isinstance(built, (Record, Namespace)) and type(built) is func:  # written back the same way
+            built.pickled_by = "reduce"
 
     def load_newobj(self) -> None:
         self._check_callable(self.stack[-2], "NEWOBJ")

@@ -50,6 +50,7 @@ def source_for(loaded: Loaded) -> Source:
 
 
 from .darknet import DarknetSource  # noqa: E402
+from .mmengine import MmengineSource  # noqa: E402
 from .onnx import OnnxSource  # noqa: E402
 from .plain import PlainStateDictSource  # noqa: E402
 from .torch_model import TorchModelSource  # noqa: E402
@@ -58,6 +59,7 @@ from .yolov7 import Yolov7Source  # noqa: E402
 from .yolox import YoloxSource  # noqa: E402
 
 register_source(DarknetSource())
+register_source(MmengineSource())
 register_source(OnnxSource())
 register_source(PlainStateDictSource())
 register_source(TorchModelSource())

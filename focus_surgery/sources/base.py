@@ -46,7 +46,9 @@ class ConvertOptions:
         verify (bool): Measure the conversion in float64 before writing (a failure writes nothing).
         block_size (int), order (str): A state dict's stem geometry (a state dict has none of its own).
         input_size (int), batch (int): The shape ``--to fastest`` times.
-        layout (str): YOLOv5-repository files: ``ultralytics`` (default) or ``yolov5`` (the repository's own layout).
+        layout (str | None): YOLOv5-repository files: ``ultralytics`` or ``yolov5`` (the repository's own layout);
+            None (default): ``ultralytics`` where an Ultralytics model can hold the file's model, else ``yolov5`` (a
+            fork's layers or head), and the report says why.
         tolerance (float | None): ONNX ``verify``: max relative error; None derives it from the model's own error.
         stated (tuple[str]): Which of ``block_size`` / ``order`` the caller gave: a file that names its architecture
             fixes them, and a stated value that contradicts it is refused.
@@ -59,7 +61,7 @@ class ConvertOptions:
     order: str = "yolov5"
     input_size: int = 640
     batch: int = 1
-    layout: str = "ultralytics"
+    layout: str | None = None
     tolerance: float | None = None
     stated: tuple[str, ...] = ()  # of STATED: given by the caller (set by ``check_options``); the rest are defaults
 

@@ -23,6 +23,7 @@ from ..remap import focus_to_conv_weight
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
 from .compare import compare_state_dicts, stem_check
+from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import PlainStateDictSource, remap_optimizer_state, tensors
 
@@ -132,8 +133,9 @@ class DarknetSource(Source):
             content["optimizer"] = copy.deepcopy(content["optimizer"])
             remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
             fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
+        refuse_unconverted(content, old.shape, [content["model"]])
         report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
-        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv")
+        report.write = lambda dst: PlainStateDictSource.write(content, "model", dst, "conv", loaded)
         if options.verify:
             check = _check(before, model, key, options)
             fields["verification"], report.max_abs_err = check, check["stem"]["max_abs_err"]

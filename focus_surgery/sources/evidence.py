@@ -23,7 +23,7 @@ from ..errors import ConversionError
 from ..state_dict import StemKeys, find_stem, stem_at
 from .base import ConvertOptions
 
-WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema")
+WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema", "ema_state_dict")
 CHANNEL_BLOCK_SIZES = (3, 4, 8)  # block sizes a conv's channel count is read as (2 is the key layout's default)
 ORDERS_HINT = "timm (TResNet, TensorFlow space_to_depth), yolov5 (Focus, ReOrg) or pixel_unshuffle"
 SHOWN_ARCH_CHARS = 80  # of an architecture name a message shows: a hostile file's name must not crowd out the fix

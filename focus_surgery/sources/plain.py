@@ -1,17 +1,17 @@
 """Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``,
-``state_dict_ema`` (timm ``train.py``'s ``last.pth.tar``).
+``state_dict_ema`` (timm ``train.py``'s ``last.pth.tar``), ``ema_state_dict`` (mmengine, ``module.`` keys).
 
 The stem and its geometry come from the file's evidence (``evidence.resolve``): the timm architecture it names, else
 its key layout (``state_dict.find_stem``), else a conv's channel count (then ``--order`` is required). The output keeps
 the file's wrapper, every other entry (optimizer, epoch, ...), key order and dtype; every state dict holding the stem
 (model and EMA) is converted; the optimizer's state for the stem weight (momentum buffers) is remapped with the same
-permutation, which is exact because momentum is linear in the gradients. A weightless space-to-depth stem (TResNet)
-keeps timm's own keys both ways: only the conv weight changes shape.
+permutation, which is exact because momentum is linear in the gradients. A copy of the stem weight found anywhere
+else refuses the conversion (``copies.refuse_unconverted``). A weightless space-to-depth stem (TResNet) keeps timm's
+own keys both ways: only the conv weight changes shape.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 from collections import OrderedDict
@@ -22,11 +22,11 @@ import torch
 
 from ..checkpoint_io import save_checkpoint
 from ..errors import ConversionError
-from ..loader import Namespace as ReadNamespace
 from ..report import ConvertReport
 from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import StemKeys, convert_state_dict, find_stem
 from .base import ANY_LAYOUT, CHECKPOINTS, TIMM_TRAIN, ConvertOptions, Source
+from .copies import refuse_unconverted
 from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
@@ -52,29 +52,19 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
         for pid, entry in state.items()
         if isinstance(entry, dict) and any(isinstance(v, torch.Tensor) and v.shape == old for v in entry.values())
     ]
-    if len(owners) != 1:
-        return f"optimizer state kept as is: {len(owners)} parameters have the stem weight's shape {list(old)}"
+    if not owners:
+        return f"no optimizer state has the stem weight's shape {list(old)}: nothing to remap"
+    if len(owners) > 1:  # which one is the stem's is unknown: converting none would leave a half-converted file
+        raise ConversionError(
+            f"the optimizer state of parameters {', '.join(map(str, owners[:4]))} all have the stem weight's shape "
+            f"{list(old)}, so the stem's own state (optimizer.state.<id>) cannot be told apart to convert it; remove "
+            "'optimizer' from the file (a fresh optimizer state) and convert again"
+        )
     entry = state[owners[0]]
     for key, value in entry.items():
         if isinstance(value, torch.Tensor) and value.shape == old:
             entry[key] = remap(value)
     return f"optimizer state of the stem weight (parameter {owners[0]}) remapped"
-
-
-def namespaces_restored(content: Any, names: frozenset) -> Any:
-    """``content`` with its top-level ``argparse.Namespace`` values (timm ``train.py``'s ``args``) as they were
-    pickled: the loader reads them as dicts, and written back as dicts they would add ``builtins.dict`` to the file's
-    globals, which timm's own loaders (``weights_only=True``, ``argparse.Namespace`` allowed) refuse. Only where the
-    pickle named ``argparse.Namespace`` and no other namespace class, so the class is known."""
-    kinds = {n for n in names if n.rpartition(".")[2].endswith("Namespace")}
-    if kinds != {"argparse.Namespace"} or not isinstance(content, dict):
-        return content
-    restored = {}
-    for key, value in content.items():
-        if isinstance(value, ReadNamespace) and all(isinstance(k, str) for k in value):
-            value = argparse.Namespace(**value)
-        restored[key] = value
-    return restored
 
 
 def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
@@ -248,10 +238,10 @@ class PlainStateDictSource(Source):
             fields["optimizer"] = remap_optimizer_state(
                 new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
             )
+        if places[0] is not None and not (checks and not checks[-1]["passed"]):
+            refuse_unconverted(new_content, found.stems[places[0]].shape, [new_content[p] for p in places])
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
-        report.write = lambda dst: self.write(
-            namespaces_restored(new_content, loaded.globals), places[0], dst, options.to
-        )
+        report.write = lambda dst: self.write(new_content, places[0], dst, options.to, loaded)
         if checks:
             assumes = STEM_ASSUMES.format(options.order)
             if found.from_file:
@@ -282,13 +272,14 @@ class PlainStateDictSource(Source):
         return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
 
     @staticmethod
-    def write(content: dict, place: str | None, dst: Path, to: str) -> None:
-        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content."""
+    def write(content: dict, place: str | None, dst: Path, to: str, like: Loaded | None = None) -> None:
+        """``.safetensors``: the state dict's tensors (and where they were); any other suffix: the whole content, in
+        the container, protocol and globals of ``like`` (the input as read)."""
         if dst.suffix == ".safetensors":
             metadata = {"converted_by": "focus-surgery", "to": to, **({"wrapper": place} if place else {})}
             save_checkpoint(tensors(_at(content, place)), dst, metadata)
         else:
-            save_checkpoint(content, dst)
+            save_checkpoint(content, dst, like=like)
 
     def _fastest(self, loaded: Loaded, options: ConvertOptions, places: list) -> ConvertReport:
         from ..speed.optimize import fastest_state_dict_form
@@ -301,7 +292,7 @@ class PlainStateDictSource(Source):
         if form == stem.form:  # already the faster layout: written unchanged
             fields = {"kind": "state_dict", "stem": stem.prefix, "from": stem.form}
             report = ConvertReport(str(loaded.path), self.name, "fastest", fields=fields)
-            report.write = lambda dst: self.write(loaded.content, places[0], dst, form)
+            report.write = lambda dst: self.write(loaded.content, places[0], dst, form, loaded)
         else:
             report = self.convert(loaded, dataclasses.replace(options, to=form))
             report.to = "fastest"

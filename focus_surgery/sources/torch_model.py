@@ -4,6 +4,7 @@ loaded objects, so the wrapper, metadata, optimizer and dtype are written back u
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from torch import nn
@@ -15,6 +16,8 @@ from ..errors import ConversionError, VerificationFailed
 from ..report import ConvertReport
 from ..surgery import convert, iter_stems
 from .base import ConvertOptions, Source
+from .copies import refuse_unconverted, weight_permutation
+from .leftover import leftover
 from .loading import Loaded
 
 ULTRALYTICS = "ultralytics.nn.tasks."
@@ -91,12 +94,16 @@ class TorchModelSource(Source):
         models = self._models(loaded)
         content = ckpt.content  # the loaded objects are ours alone: converting them in place is safe
         report = ConvertReport(str(loaded.path), self.name, options.to, options.scope)
-        report.note = f"{ALREADY}; its stem was converted" if ultralytics else ""
         try:
             if options.to == "fastest":
                 from ..speed.optimize import fastest_model_checkpoint
 
+                first_model = next(iter(models.values()))
+                shapes = Counter(tuple(p.shape) for p in first_model.parameters())
                 content, fast = fastest_model_checkpoint(content, options.batch, options.input_size, options.verify)
+                if isinstance(content.get("optimizer"), dict):  # a form change the optimizer state cannot follow
+                    for shape in shapes - Counter(tuple(p.shape) for p in first_model.parameters()):
+                        refuse_unconverted(content["optimizer"], shape)
                 fields = {"chosen": fast.stems[0].chosen, **fast.to_dict()}
                 report.change, report.max_abs_err = f"stem to fastest here: {fields['chosen']}", fast.max_abs_err
             else:
@@ -114,14 +121,37 @@ class TorchModelSource(Source):
                     raise ConversionError(f"{loaded.path}: {note}({reason})")
                 fields = first.to_dict()
                 report.max_abs_err = fields.get("max_abs_err")
+                if isinstance(content, dict) and isinstance(content.get("optimizer"), dict):
+                    fields["optimizer"] = _follow_in_optimizer(content["optimizer"], first.replaced)
         except VerificationFailed as error:  # the models were left unchanged; the pipeline reports the failure
             report.problem = str(getattr(error.report, "verification", error.report) or error)
             return report
-        report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields}
         model = models.get("ema") or models.get("model")
+        left, lines = leftover(model, options.to, options.scope)
+        report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields, **left}
+        if ultralytics:  # said after what was converted: the file was already one, and something changed in it
+            report.details.append(f"  {loaded.path} was {ALREADY}; only the conversion above changed it")
+        report.details += lines
         report.write = lambda dst: (
             save_checkpoint(dict(model.state_dict()), dst, {"converted_by": "focus-surgery", "to": options.to})
             if dst.suffix == ".safetensors"
-            else save_checkpoint(content, dst)
+            else save_checkpoint(content, dst, like=loaded)
         )
         return report
+
+
+def _follow_in_optimizer(optimizer: dict, replaced: list) -> str:
+    """The optimizer state of each replaced stem weight remapped like the weight (an exact permutation), in place;
+    a state the change cannot be applied to (a zero-padded kernel) is refused, named."""
+    from .plain import remap_optimizer_state
+
+    done = []
+    for change in replaced:
+        if list(change.old_weight_shape) == list(change.new_weight_shape):
+            continue
+        remap = weight_permutation(change.old_weight_shape, change.new_weight_shape, change.block_size, change.order)
+        if remap is None:
+            refuse_unconverted(optimizer, change.old_weight_shape, what=f"{change.path} stem")
+            continue
+        done.append(remap_optimizer_state(optimizer, change.old_weight_shape, remap))
+    return "; ".join(done) or "no optimizer state of a changed weight"

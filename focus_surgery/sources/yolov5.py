@@ -11,6 +11,7 @@ from torch import nn
 from ..checkpoint_io import CheckpointError
 from ..report import ConvertReport
 from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
+from .leftover import leftover
 from .loading import Loaded
 from .plain import PlainStateDictSource
 
@@ -96,10 +97,17 @@ class Yolov5Source(Source):
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         from ..yolov5.convert import convert_yolov5, save_conversion
+        from ..yolov5.rebuild import NoUltralyticsCounterpart
 
+        ckpt = self._checkpoint(loaded)
         if options.layout == "yolov5":
-            return self._convert_in_yolov5_layout(loaded, options)
-        conv = convert_yolov5(self._checkpoint(loaded), to=options.to, measure=options.verify)
+            return self._convert_in_yolov5_layout(loaded, options, ckpt)
+        try:
+            conv = convert_yolov5(ckpt, to=options.to, measure=options.verify)
+        except NoUltralyticsCounterpart as why:
+            if options.layout is not None:  # --layout ultralytics asked for explicitly
+                raise
+            return self._convert_in_yolov5_layout(loaded, options, ckpt, why.reason)
         check = conv.verification
         fields = {
             "kind": "yolov5",
@@ -120,18 +128,23 @@ class Yolov5Source(Source):
             fields=fields,
         )
         report.problem = str(check) if check is not None and not check.passed else None
+        left, report.details = leftover(conv.model, options.to, "all", "--layout yolov5 writes the YOLOv5 layout")
+        fields.update(left)
         report.write = lambda dst: save_conversion(conv, dst, options.to)
         return report
 
-    def _convert_in_yolov5_layout(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
-        """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem)."""
+    def _convert_in_yolov5_layout(
+        self, loaded: Loaded, options: ConvertOptions, ckpt: Any, why: str = ""
+    ) -> ConvertReport:
+        """Row 0 converted in the records, written back as the YOLOv5 repository pickles it (v6.0's stem).
+
+        ``why``: the reason an Ultralytics model cannot hold this one, when this layout was chosen by default.
+        """
         from ..verify import verify
         from ..yolov5.rebuild import guess_release, yolov5_checkpoint
         from ..yolov5.records_stem import convert_stem_record
-        from .compare import compare_state_dicts
-        from .records_io import save_records
+        from .compare import compare_state_dicts, stem_check, verify_stems
 
-        ckpt = self._checkpoint(loaded)
         before = ckpt.model.state_dict()
         original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
@@ -146,35 +159,68 @@ class Yolov5Source(Source):
             "converted": models,
         }
         change = f"{changes[0]['from']} -> {changes[0]['to']}"
-        report = ConvertReport(str(loaded.path), self.name, options.to, change=change, fields=fields)
+        optimizer = ckpt.content.get("optimizer")
+        if isinstance(optimizer, dict):  # a last.pt's momentum for the stem weight follows it
+            from .copies import weight_permutation
+            from .plain import remap_optimizer_state
+
+            old, new = changes[0]["weight"]
+            fields["optimizer"] = remap_optimizer_state(optimizer, old, weight_permutation(old, new, 2, "yolov5"))
+        from .copies import refuse_unconverted
+
+        refuse_unconverted(ckpt.content, changes[0]["weight"][0], [ckpt.content[k] for k in models])
+        details = []
+        if why:
+            fields["layout_reason"] = why
+            details.append(
+                f"  written in the YOLOv5 repository's own layout (--layout yolov5), not as an Ultralytics model: "
+                f"{why}; only the stem changed, every other layer is kept as the file had it"
+            )
+        report = ConvertReport(str(loaded.path), self.name, options.to, change=change, details=details, fields=fields)
         if options.verify:
-            after = yolov5_checkpoint(ckpt.content, str(loaded.path))
+            after = yolov5_checkpoint(ckpt.content, str(loaded.path))  # as the written file will be read
             converted = _runnable(after)
             if original is not None and converted is not None:
                 check = verify(original, converted)
                 fields["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
                 passed, err, problem = check.passed, check.max_abs_err, str(check)
-            else:  # a head without an Ultralytics counterpart: the weights alone
-                check = compare_state_dicts(before, after.model.state_dict(), tolerance=0.0)
+            else:  # layers without an Ultralytics counterpart: the stem run in float64, every other tensor bit for bit
+                after_weights = after.model.state_dict()
+                stem = verify_stems(before, after_weights, 2, "yolov5")
+                rest = compare_state_dicts(before, after_weights, tolerance=0.0)
+                check = stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
                 fields["verification"] = check
-                passed, err, problem = (
-                    check["passed"],
-                    0.0 if check["passed"] else check["max_abs_err"],
-                    check["problem"],
-                )
+                passed, problem = check["passed"], check["problem"]
+                err = stem.max_abs_err if passed else rest["max_abs_err"] if stem.passed else stem.max_abs_err
             report.max_abs_err, report.problem = err, None if passed else problem
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:
                 ckpt.content[key].state.pop("yaml", None)
-        report.write = lambda dst: save_records(ckpt.content, dst)
+        report.write = lambda dst: _save_pickle(ckpt.content, dst, why, loaded)
         return report
 
 
+def _save_pickle(content: dict, dst: Any, why: str, like: Loaded | None = None) -> Any:
+    """The records written back as the YOLOv5 repository pickles them; a pickle only (a fallback from the default
+    layout may have been asked for a ``.safetensors``)."""
+    from pathlib import Path
+
+    from .records_io import save_records
+
+    if Path(dst).suffix.lower() not in PICKLES:
+        raise CheckpointError(
+            f"{dst}: this model is written in the YOLOv5 repository's own layout "
+            f"({why or 'asked with --layout yolov5'}), a pickle: use {' or '.join(PICKLES)}"
+        )
+    return save_records(content, dst, like)  # in the input's container, protocol and globals
+
+
 def _runnable(ckpt) -> nn.Module | None:
-    """The rebuilt (Ultralytics) model of a YOLOv5 checkpoint, or None for heads without a counterpart."""
+    """The rebuilt (Ultralytics) model of a YOLOv5 checkpoint (a fork's head with extra outputs per anchor returns its
+    raw logits), or None for layers and heads without a counterpart."""
     from ..yolov5.rebuild import rebuild
 
     try:
-        return rebuild(ckpt)[0]
+        return rebuild(ckpt, extra_outputs=True)[0]
     except CheckpointError:
         return None

@@ -26,6 +26,7 @@ from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
 from .compare import compare_state_dicts, stem_check
+from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import remap_optimizer_state
 
@@ -245,8 +246,9 @@ class Yolov7Source(Source):
                 change["weight"][0],
                 lambda w: focus_to_conv_weight(w, change["block_size"], change["order"]),
             )
+        refuse_unconverted(content, fields["replaced"][0]["weight"][0], list(models.values()))
         report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, fields=fields)
-        report.write = lambda dst: self._write(content, models, dst)
+        report.write = lambda dst: self._write(content, models, dst, loaded)
         if options.verify:
             checks = [self._check(originals[k], models[k], before[k], fields["replaced"]) for k in models]
             fields["verification"] = checks[0]
@@ -281,7 +283,7 @@ class Yolov7Source(Source):
         return {**check, "stem_max_abs_err": max(r.max_abs_err for r in stem_errors)}
 
     @staticmethod
-    def _write(content: dict, models: dict, dst: Path) -> None:
+    def _write(content: dict, models: dict, dst: Path, like: Loaded) -> None:
         if dst.suffix == ".safetensors":
             model = models.get("ema") or models["model"]
             tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -289,7 +291,7 @@ class Yolov7Source(Source):
         else:
             from .records_io import save_records
 
-            save_records(content, dst)
+            save_records(content, dst, like)
 
 
 def _live(row: Record) -> nn.Module:

@@ -38,6 +38,8 @@ class LegacyDetect(_DetectBase):
         ch (list[int]): Input channels per level.
         stride (list[float]): Stride of each level.
         anchor_grid_buffer (bool): Keep YOLOv5's ``anchor_grid`` buffer (files written before v6.0 have it).
+        extra (int): A fork's outputs per anchor beyond ``5 + nc`` (yolov5-face: 10 landmark coordinates). Each fork
+            places and decodes them its own way, so such a head returns its raw logits only (for checks).
 
     Shapes:
         Input: list of ``nl`` maps (B, ch[i], H/stride[i], W/stride[i]).
@@ -47,10 +49,11 @@ class LegacyDetect(_DetectBase):
         Export mode returns ``y`` alone.
     """
 
-    def __init__(self, nc: int = 80, anchors=(), ch=(), stride=(), anchor_grid_buffer: bool = True):
+    def __init__(self, nc: int = 80, anchors=(), ch=(), stride=(), anchor_grid_buffer: bool = True, extra: int = 0):
         nn.Module.__init__(self)  # Detect's own layers are not wanted
         self.nc = nc
-        self.no = nc + 5  # YOLOv5 outputs per anchor
+        self.extra = extra  # files pickled before it existed have none: read with getattr
+        self.no = nc + 5 + extra  # YOLOv5 outputs per anchor (and a fork's extra ones)
         self.nl = len(anchors)
         self.na = len(anchors[0]) // 2 if anchors else 0
         self.stride = torch.tensor(stride, dtype=torch.float32)
@@ -133,7 +136,7 @@ class LegacyDetect(_DetectBase):
             p = self.m[i](x[i])
             bs, _, ny, nx = p.shape
             raw.append(p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
-        if self.training:
+        if self.training or getattr(self, "extra", 0):  # a fork's extra outputs: its decoding is its own
             return RawLevels(raw)
         y = torch.cat([self.decode(p, i) for i, p in enumerate(raw)], 1)  # (B, N, 5 + nc), YOLOv5's own layout
         boxes = y[..., :4]

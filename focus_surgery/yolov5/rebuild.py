@@ -65,6 +65,21 @@ LEAF_ARGS: dict[str, tuple[str, ...]] = {
 _PLAIN_ATTRIBUTES_SKIPPED = {"training", "i", "f", "type", "np", "inplace"}
 
 
+class NoUltralyticsCounterpart(CheckpointError):
+    """A sound YOLOv5(-fork) model that an Ultralytics model cannot hold: a layer or head of a fork's own
+    (YOLOv5-Lite's ``RepVGGBlock``, yolov5-face's landmark outputs, v1.0's plain-conv head, a Segment / Classify head).
+    Its stem still converts with every other record kept in place (``--layout yolov5``), which ``convert`` writes by
+    default then.
+
+    Attributes:
+        reason (str): Why, without the file name (for the report of the layout written instead).
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}; convert its stem in the YOLOv5 repository's own layout: --layout yolov5")
+        self.reason = reason
+
+
 @dataclass
 class LegacyCheckpoint:
     """A YOLOv5-repository checkpoint read without running any of its code.
@@ -161,13 +176,22 @@ def _check_class_counts(model: Record, path: str) -> None:
         ):
             raise CheckpointError(f"{path}: {where} = {str(value)[:20]} is not a class count (1..{MAX_CLASSES})")
     if head is not None and head.name == "Detect":
-        nc, na = head.get("nc"), head.get("na")
+        nc, na, no = head.get("nc"), head.get("na"), head.get("no")
         outputs = [c.get("out_channels") for c in (head.children().get("m") or head).children().values()]
-        if not (isinstance(nc, int) and isinstance(na, int) and outputs and all(o == na * (nc + 5) for o in outputs)):
+        if not outputs:  # v1.0: the output convs are rows of their own (nn.Conv2d), its Detect holds none
+            outputs = [r.get("out_channels") for r in layers[:-1] if r.qualname == "torch.nn.modules.conv.Conv2d"]
+        if not _is_count(no):  # releases that do not record it: YOLOv5's 5 + nc
+            no = nc + 5 if _is_count(nc) else None
+        # forks add outputs per anchor (yolov5-face: 10 landmark coordinates, no = nc + 5 + 10)
+        if not (_is_count(nc) and _is_count(na) and no >= nc + 5 and outputs and all(o == na * no for o in outputs)):
             raise CheckpointError(
-                f"{path}: Detect has nc={str(nc)[:20]} and na={str(na)[:20]}, which its output convs "
-                f"({outputs[:3]} channels) do not match"
+                f"{path}: Detect has nc={str(nc)[:20]}, na={str(na)[:20]} and {str(no)[:20]} outputs per anchor, "
+                f"which its output convs ({outputs[:3]} channels) do not match"
             )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_yolov5_model(obj: Any) -> bool:
@@ -293,18 +317,18 @@ def _check_rows(yaml: dict, path: str, detect_last: bool = True) -> None:
         f, n, name, args = row
         last = detect_last and i == len(rows) - 1
         if last and name != "Detect":
-            raise CheckpointError(
-                f"{path}: the head is {name!r}, which has no Ultralytics counterpart here; convert its stem in the "
-                "YOLOv5 repository's own layout with --layout yolov5"
-            )
+            raise NoUltralyticsCounterpart(path, f"the head is {name!r}, which has no Ultralytics counterpart here")
         if name == "nn.Conv2d":  # v1.0: output convs as yaml rows, a Detect without convs
-            raise CheckpointError(
-                f"{path}: yaml layer {i} is 'nn.Conv2d' (v1.0's head: output convs as rows, Detect without convs), "
-                "which has no Ultralytics counterpart; convert its stem with --layout yolov5"
+            raise NoUltralyticsCounterpart(
+                path,
+                f"yaml layer {i} is 'nn.Conv2d' (v1.0's head: output convs as rows, Detect without convs), "
+                "which has no Ultralytics counterpart",
             )
         torch_row = name.startswith("nn.") and name[3:] in TORCH_ROWS  # rows Ultralytics resolves and passes through
         if not last and name not in KNOWN_LAYERS and not torch_row:
-            raise CheckpointError(f"{path}: yaml layer {i} is {name!r}, which has no supported Ultralytics counterpart")
+            raise NoUltralyticsCounterpart(
+                path, f"yaml layer {i} is {name!r}, which has no supported Ultralytics counterpart"
+            )
         if not (isinstance(n, int) and isinstance(args, list) and (isinstance(f, (int, list)))):
             raise CheckpointError(f"{path}: yaml row {i} is malformed ({str(row)[:60]})")
 
@@ -362,25 +386,38 @@ def check_scaling(yaml: dict, weights: dict[str, torch.Tensor], detect: dict, pa
     nc, anchors = detect.get("nc"), detect.get("anchors") or []
     outputs = convs.get(len(rows), [])
     per_level = len(anchors[0]) // 2 if anchors and isinstance(anchors[0], list) else 0
-    if not (isinstance(nc, int) and 0 < nc <= 100_000 and outputs and all(o == per_level * (nc + 5) for o in outputs)):
+    extra = detect.get("extra", 0)  # a fork's outputs per anchor beyond 5 + nc (rebuilt for checks only)
+    if not _is_count(extra):
+        raise CheckpointError(f"{path}: the head's extra outputs per anchor ({str(extra)[:20]}) are not a count")
+    per_anchor = nc + 5 + extra if isinstance(nc, int) else None
+    if not (
+        isinstance(nc, int) and 0 < nc <= MAX_CLASSES and outputs and all(o == per_level * per_anchor for o in outputs)
+    ):
         raise CheckpointError(
             f"{path}: the head has nc={nc!r} and {per_level} anchors per level, which its output "
             f"convs ({outputs[:3]} channels) do not match"
         )
 
 
-def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
-    """Read the architecture of a YOLOv5 checkpoint from its records (yaml, leaves, head, names)."""
+def legacy_architecture(ckpt: LegacyCheckpoint, extra_outputs: bool = False) -> LegacyArchitecture:
+    """Read the architecture of a YOLOv5 checkpoint from its records (yaml, leaves, head, names).
+
+    Args:
+        extra_outputs (bool): Accept a fork's head with outputs per anchor beyond YOLOv5's ``5 + nc`` (landmarks,
+            angles, keypoints): rebuilt as a ``LegacyDetect`` that returns its raw logits, for checks only.
+
+    Raises:
+        NoUltralyticsCounterpart: A layer or head an Ultralytics model cannot hold.
+    """
     model, det = ckpt.model, ckpt.detect
     if not isinstance(model.get("yaml"), dict) or "backbone" not in model.get("yaml"):
-        raise CheckpointError(
-            f"{ckpt.path}: the YOLOv5 model has no yaml architecture dict, so no Ultralytics model can "
-            "be rebuilt; convert its stem in the repository's own layout with --layout yolov5"
+        raise NoUltralyticsCounterpart(
+            ckpt.path, "the YOLOv5 model has no yaml architecture dict, so no Ultralytics model can be rebuilt"
         )
     yaml = copy.deepcopy(model.get("yaml"))
     _check_rows(yaml, ckpt.path)
     if det.name != "Detect":
-        raise CheckpointError(f"{ckpt.path}: last layer is {det.qualname}, not Detect")
+        raise NoUltralyticsCounterpart(ckpt.path, f"the last layer is {det.qualname}, not Detect")
     buffers = det.get("_buffers") or {}
     stride = [float(s) for s in torch.as_tensor(det.get("stride")).flatten().tolist()]
     if "anchor_grid" in buffers:  # v1.0-v5.0: pixel anchors kept as a buffer
@@ -392,6 +429,13 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
     names = model.get("names") or [str(i) for i in range(int(model.get("nc") or yaml.get("nc")))]
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
     nc = int(det.get("nc"))
+    no = det.get("no") if isinstance(det.get("no"), int) else nc + 5
+    if no != nc + 5 and not extra_outputs:
+        raise NoUltralyticsCounterpart(
+            ckpt.path,
+            f"its Detect has {no} outputs per anchor, {no - nc - 5} beyond YOLOv5's 5 + nc (a fork's landmarks, "
+            "angles or keypoints), which an Ultralytics model cannot hold",
+        )
     detect = {
         "nc": nc,
         "anchors": anchors,
@@ -401,6 +445,8 @@ def legacy_architecture(ckpt: LegacyCheckpoint) -> LegacyArchitecture:
         "i": det.get("i"),
         "f": det.get("f"),
     }
+    if no != nc + 5:
+        detect["extra"] = no - nc - 5
     yaml["nc"] = nc
     yaml.pop("activation", None)  # rebuilt from the recorded layers; never evaluated
     yaml["head"] = yaml["head"][:-1]
@@ -445,7 +491,7 @@ def build_model(arch: LegacyArchitecture, weights: dict[str, torch.Tensor], sour
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
         raise CheckpointError(f"{source}: Ultralytics cannot build this architecture ({error})") from None
     d = arch.detect
-    head = LegacyDetect(d["nc"], d["anchors"], d["ch"], d["stride"], d["anchor_grid_buffer"])
+    head = LegacyDetect(d["nc"], d["anchors"], d["ch"], d["stride"], d["anchor_grid_buffer"], d.get("extra", 0))
     head.i, head.f = d["i"], d["f"]
     head.type = f"{LegacyDetect.__module__}.LegacyDetect"
     head.np = sum(p.numel() for p in head.parameters())
@@ -503,9 +549,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
-def rebuild(ckpt: LegacyCheckpoint) -> tuple[nn.Module, LegacyArchitecture]:
-    """The Ultralytics ``DetectionModel`` equivalent to the checkpoint's YOLOv5 model (float32, eval), and its arch."""
-    arch = legacy_architecture(ckpt)
+def rebuild(ckpt: LegacyCheckpoint, extra_outputs: bool = False) -> tuple[nn.Module, LegacyArchitecture]:
+    """The Ultralytics ``DetectionModel`` equivalent to the checkpoint's YOLOv5 model (float32, eval), and its arch.
+
+    ``extra_outputs``: also rebuild a fork's head with extra outputs per anchor (its raw logits; for checks only).
+    """
+    arch = legacy_architecture(ckpt, extra_outputs)
     weights = ckpt.model.state_dict()
     model = build_model(arch, weights, ckpt.path)
     load_weights(model, weights, ckpt.path)
@@ -556,10 +605,12 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         for k, t in model.state_dict().items()
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid"))
     )
-    arch_error = None
+    arch_error, own_layout = None, None
     try:
         arch = legacy_architecture(ckpt)
         anchors = arch.detect["anchors"]
+    except NoUltralyticsCounterpart as error:  # converts by default in the YOLOv5 layout
+        own_layout, anchors = error.reason, None
     except CheckpointError as error:
         arch_error, anchors = str(error), None
     k = stem_conv.get("kernel_size")
@@ -569,6 +620,13 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         stem_text = f"{stem.name} ({k[0]}x{k[1]}, stride {stem_conv.get('stride')[0]})"
     if arch_error:
         converts = f"no: {arch_error}"
+    elif own_layout and stem.name == "Focus":
+        converts = (
+            f"yes, in the YOLOv5 repository's own layout ({own_layout}): "
+            f"Focus -> Conv(k={2 * k[0]}, s=2, p={2 * (k[0] // 2)}), exact, every other layer kept"
+        )
+    elif own_layout:
+        converts = f"to a Focus only (--to focus), in the YOLOv5 repository's own layout ({own_layout})"
     elif stem.name == "Focus":
         converts = f"yes: Focus -> Conv(k={2 * k[0]}, s=2, p={2 * (k[0] // 2)}), exact; or kept as Focus (--to focus)"
     else:

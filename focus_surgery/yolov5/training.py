@@ -17,10 +17,14 @@ Ultralytics is loaded) wraps, in memory:
   hyper-parameters say ``autoanchor: 0`` (YOLOv5's ``--noautoanchor``) or training resumes.
 * YOLOv5's schedule (``schedule.py``; the default for these models, ``yolov5_hyp: {schedule: 0}`` gives
   Ultralytics' back): warm-up ``max(round(warmup_epochs * nb), 100)`` iterations, accumulation ramped to
-  ``nbs / batch`` uncapped, the post-warm-up learning rate one epoch behind as ``train.py``'s, SGD for
+  ``nbs / batch`` uncapped, the post-warm-up learning rate one epoch behind as ``train.py``'s (cosine for
+  v1.0-v6.0 files, whose ``train.py`` defaults to it), SGD for
   ``optimizer=auto``, a converted ``last.pt`` fine-tuned from its ``model`` rather than its EMA, autoanchor
   drawn from generators seeded as ``train.py`` seeds them, and the model rounded
-  through float16 after autoanchor (``train.py``'s ``model.half().float()``).
+  through float16 after autoanchor (``train.py``'s ``model.half().float()``); each release's own floor, step rule
+  and gradient clipping (``schedule.schedule_rules``: ``optimizer_step`` skips the clipping before v6.2,
+  ``preprocess_batch`` turns the loop's step test into ``ni % accumulate == 0`` for v1.0-v5.0) and gradients
+  pending at an epoch's end dropped as ``train.py``'s ``optimizer.zero_grad()`` drops them.
 
 Checkpoints that Ultralytics writes hold a plain ``DetectionModel`` with a ``LegacyDetect`` head and the YAML with
 its hyper-parameters: they load wherever ``focus_surgery`` is importable, and training resumes with the same loss.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import sys
 from typing import Any, Callable
 
@@ -38,7 +43,15 @@ from torch import nn
 
 from .hyp import HYP_KEY, RELEASE_KEY, apply_to_args, base_hyp, scale_gains
 from .loss import YOLOv5Loss
-from .schedule import lagging_scheduler, seeded_generators, yolov5_pipeline, yolov5_warmup_iterations
+from .schedule import (
+    ScheduleRules,
+    lagging_scheduler,
+    schedule_rules,
+    seeded_generators,
+    step_on_multiple_gate,
+    yolov5_pipeline,
+    yolov5_warmup_iterations,
+)
 
 WRAPPED_MARK = "__focus_surgery_original__"
 _TRAINER_MODULE = "ultralytics.models.yolo.detect.train"
@@ -104,9 +117,13 @@ def _wrap_set_model_attributes(original):
             from ultralytics.utils import LOGGER
 
             changed = apply_to_args(self.args, model_hyp(self.model), DEFAULT_CFG_DICT)
-            if uses_yolov5_schedule(self) and self.args.optimizer == "auto":
+            rules = trainer_schedule(self)
+            if rules is not None and self.args.optimizer == "auto":
                 self.args.optimizer = "SGD"  # train.py's default (Ultralytics' auto picks AdamW / MuSGD)
                 changed.append("optimizer")
+            if rules is not None and rules.cosine_lr and not self.args.cos_lr:
+                self.args.cos_lr = True  # train.py's default before v6.1 (Ultralytics: linear)
+                changed.append("cos_lr")
             if changed:
                 LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
 
@@ -181,6 +198,16 @@ def uses_yolov5_schedule(trainer: Any) -> bool:
     return legacy_head(model) is not None and bool(model_hyp(model).get("schedule", 1))
 
 
+def trainer_schedule(trainer: Any) -> ScheduleRules | None:
+    """The ``ScheduleRules`` of the release that wrote the trained model, when ``trainer`` uses YOLOv5's schedule;
+    None otherwise."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    if not uses_yolov5_schedule(trainer):
+        return None
+    return schedule_rules(model_release(unwrap_model(trainer.model)))
+
+
 def run_autoanchor(trainer: Any) -> dict | None:
     """YOLOv5's ``check_anchors`` on the trainer's model and training labels; the YAML's anchors follow."""
     from ultralytics.utils import LOGGER, RANK
@@ -195,8 +222,12 @@ def run_autoanchor(trainer: Any) -> dict | None:
     labels = trainer.train_loader.dataset.labels
     shapes = np.array([lb["shape"][::-1] for lb in labels], dtype=np.float64)  # (width, height)
     imgsz = trainer.args.imgsz
-    # train.py's init_seeds(opt.seed + 1 + RANK): RANK is -1 outside DDP, so a plain run seeds with opt.seed
-    seed = int(trainer.args.seed) + 1 + RANK if uses_yolov5_schedule(trainer) else None
+    # train.py's init_seeds(opt.seed + 1 + RANK) (RANK is -1 outside DDP, so a plain run seeds with opt.seed); before
+    # v6.2 a fixed seed
+    rules = trainer_schedule(trainer)
+    seed = None if rules is None else int(trainer.args.seed) + 1 + RANK
+    if rules is not None and rules.autoanchor_seed is not None:
+        seed = rules.autoanchor_seed
     with seeded_generators(seed):
         report = check_anchors(
             head,
@@ -219,8 +250,13 @@ def _wrap_build_train_pipeline(original):
     def _build_train_pipeline(self):
         original(self)
         run_autoanchor(self)
-        if uses_yolov5_schedule(self):
-            yolov5_pipeline(self)
+        rules = trainer_schedule(self)
+        if rules is not None:
+            yolov5_pipeline(self, rules)
+            if rules.step_on_multiple:
+                _add_callback_once(self, "on_train_batch_start", _count_iteration)
+            if rules.zero_grad_each_epoch:
+                _add_callback_once(self, "on_train_epoch_start", _drop_pending_gradients)
 
     setattr(_build_train_pipeline, WRAPPED_MARK, original)
     return _build_train_pipeline
@@ -229,8 +265,9 @@ def _wrap_build_train_pipeline(original):
 def _wrap_get_warmup_iterations(original):
     @functools.wraps(original)
     def _get_warmup_iterations(self, num_batches):
-        if uses_yolov5_schedule(self):
-            return yolov5_warmup_iterations(self.args.warmup_epochs, num_batches)
+        rules = trainer_schedule(self)
+        if rules is not None:
+            return yolov5_warmup_iterations(self.args.warmup_epochs, num_batches, rules)
         return original(self, num_batches)
 
     setattr(_get_warmup_iterations, WRAPPED_MARK, original)
@@ -248,6 +285,65 @@ def _wrap_setup_scheduler(original):
     return _setup_scheduler
 
 
+def _add_callback_once(trainer: Any, event: str, callback: Callable) -> None:
+    """``trainer.add_callback`` unless ``callback`` is already registered for ``event`` (a rebuilt pipeline)."""
+    if callback not in trainer.callbacks.get(event, []):
+        trainer.add_callback(event, callback)
+
+
+def _drop_pending_gradients(trainer: Any) -> None:
+    """``on_train_epoch_start``: ``train.py``'s ``optimizer.zero_grad()`` before each epoch's batches (v2.0+), so
+    gradients accumulated after the last step of an epoch are dropped (Ultralytics carries them over)."""
+    trainer.optimizer.zero_grad()
+
+
+_ITERATION = "_focus_surgery_yolov5_iteration"  # (epoch, i) of the batch the training loop is on
+_PENDING = "_focus_surgery_yolov5_pending_ni"  # set at a batch's start, taken by preprocess_batch
+_ACCUMULATE = "_focus_surgery_yolov5_accumulate"  # the warm-up's accumulate, while ``accumulate`` holds the gate
+
+
+def _count_iteration(trainer: Any) -> None:
+    """``on_train_batch_start``: the loop's ``ni = i + nb * epoch``, for the step gate of v1.0-v5.0."""
+    epoch, i = getattr(trainer, _ITERATION, (None, -1))
+    i = i + 1 if epoch == trainer.epoch else 0
+    setattr(trainer, _ITERATION, (trainer.epoch, i))
+    setattr(trainer, _PENDING, i + len(trainer.train_loader) * trainer.epoch)
+
+
+def _wrap_preprocess_batch(original):
+    @functools.wraps(original)
+    def preprocess_batch(self, batch):
+        # runs after the loop's warm-up set ``accumulate`` for this batch and before the loop tests
+        # ``ni - last_opt_step >= accumulate``: that test becomes v1.0-v5.0's ``ni % accumulate == 0``
+        ni = self.__dict__.pop(_PENDING, None)
+        if ni is not None:
+            if self.accumulate not in (0, math.inf):  # set by the warm-up for this batch (after it: the last value)
+                setattr(self, _ACCUMULATE, self.accumulate)
+            self.accumulate = step_on_multiple_gate(ni, int(getattr(self, _ACCUMULATE)))
+        return original(self, batch)
+
+    setattr(preprocess_batch, WRAPPED_MARK, original)
+    return preprocess_batch
+
+
+def _wrap_optimizer_step(original):
+    @functools.wraps(original)
+    def optimizer_step(self):
+        rules = trainer_schedule(self)
+        if rules is None or rules.clip_gradients:
+            return original(self)
+        # train.py before v6.2: no gradient clipping (Ultralytics clips to norm 10)
+        self.scaler.unscale_(self.optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model)
+
+    setattr(optimizer_step, WRAPPED_MARK, original)
+    return optimizer_step
+
+
 def wrap_methods(cls: type, wrappers: dict[str, Callable[[Callable], Callable]]) -> None:
     """Replace each method ``name`` of ``cls`` by ``wrap(original)``, once: a wrapper carries ``WRAPPED_MARK``."""
     for name, wrap in wrappers.items():
@@ -262,7 +358,7 @@ def install_loss(tasks: Any) -> None:
 
 def install_trainer(train_module: Any) -> None:
     """Wrap the detection trainer's ``get_model``, ``set_model_attributes``, ``_build_train_pipeline``,
-    ``_get_warmup_iterations`` and ``_setup_scheduler``; idempotent."""
+    ``_get_warmup_iterations``, ``_setup_scheduler``, ``optimizer_step`` and ``preprocess_batch``; idempotent."""
     wrap_methods(
         train_module.DetectionTrainer,
         {
@@ -271,6 +367,8 @@ def install_trainer(train_module: Any) -> None:
             "_build_train_pipeline": _wrap_build_train_pipeline,
             "_get_warmup_iterations": _wrap_get_warmup_iterations,
             "_setup_scheduler": _wrap_setup_scheduler,
+            "optimizer_step": _wrap_optimizer_step,
+            "preprocess_batch": _wrap_preprocess_batch,
         },
     )
 

@@ -25,7 +25,9 @@ And YOLOv5's preprocessing (``val.py``'s dataloader) for such a model validated 
 * ``build_dataset``: images are resized as ``val.py``'s ``load_image`` does (``int()`` of the scaled sides, INTER_AREA
   when shrinking; Ultralytics: ``ceil()`` and INTER_LINEAR); rect batches and letterboxing are already the same;
 * ``_process_batch`` (above): predictions are mapped back with ``val.py``'s unrounded padding (half a pixel where the
-  padding is odd; the image itself sits at the rounded offset in both).
+  padding is odd; the image itself sits at the rounded offset in both), and labels and predictions both with
+  ``val.py``'s single gain ``h / h0`` (its ``scale_boxes`` reads ``ratio_pad[0][0]`` for both axes; where ``int()``
+  truncated the sides unevenly, x is stretched by ``(h / h0) / (w / w0)`` before both are clipped to the image).
 
 Every other model gets Ultralytics' own NMS, matching and preprocessing, unchanged.
 """
@@ -179,11 +181,20 @@ def yolov5_load_image(self: Any, i: int, rect_mode: bool = True) -> tuple[np.nda
 
 
 def yolov5_ratio_pad(imgsz: Any, ori_shape: Any, ratio_pad: Any) -> tuple:
-    """``val.py``'s ``((h / h0, w / w0), (dw, dh))`` for an Ultralytics ``ratio_pad``: the same ratios, the padding
-    unrounded (``letterbox``'s ``dw / 2``)."""
+    """The ``ratio_pad`` with which ``val.py`` maps predictions back to the original image, for Ultralytics'
+    ``scale_boxes``: ``h / h0`` for both axes (``val.py``'s ``scale_boxes`` reads ``gain = ratio_pad[0][0]`` only),
+    the padding unrounded (``letterbox``'s ``dw / 2``)."""
     (rh, rw), _ = ratio_pad
     h, w = round(ori_shape[0] * rh), round(ori_shape[1] * rw)
-    return (rh, rw), ((int(imgsz[1]) - w) / 2, (int(imgsz[0]) - h) / 2)
+    return (rh, rh), ((int(imgsz[1]) - w) / 2, (int(imgsz[0]) - h) / 2)
+
+
+def yolov5_label_ratio_pad(ratio_pad: Any) -> tuple:
+    """The ``ratio_pad`` with which ``val.py`` maps labels back: the dataset's padding (where its labels sit), ``h /
+    h0`` for both axes as for predictions. Where ``int()`` truncated the resized sides unevenly, ``w / w0 != h / h0``
+    and ``val.py``'s boxes are stretched along x, then clipped to the image: the clipping changes their IoU."""
+    (rh, _), pad = ratio_pad
+    return (rh, rh), pad
 
 
 def _wrap_call(original):
@@ -254,7 +265,7 @@ def _wrap_process_batch(original):
         native = [
             ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"], ratio_pad=ratio_pad)
             for b, ratio_pad in (
-                (batch["bboxes"], batch["ratio_pad"]),  # labels: back where the dataset put them
+                (batch["bboxes"], yolov5_label_ratio_pad(batch["ratio_pad"])),  # labels: where the dataset put them
                 (preds["bboxes"], yolov5_ratio_pad(batch["imgsz"], batch["ori_shape"], batch["ratio_pad"])),
             )
         ]

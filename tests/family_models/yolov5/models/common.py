@@ -47,3 +47,8 @@ class SPPF(nn.Module):
 class Concat(nn.Module):
     def forward(self, x):
         return torch.cat(x, self.d)
+
+
+class Proto(nn.Module):
+    def forward(self, x):
+        return self.cv3(self.cv2(self.upsample(self.cv1(x))))

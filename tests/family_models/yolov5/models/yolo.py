@@ -5,6 +5,8 @@ from torch import nn
 
 
 class Detect(nn.Module):
+    export = False  # class attributes of YOLOv5's Detect: never pickled
+
     def forward(self, x):
         z = []
         for i in range(self.nl):
@@ -16,6 +18,12 @@ class Detect(nn.Module):
             yv, xv = torch.meshgrid(y, xs, indexing="ij")
             grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
             anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+            if isinstance(self, Segment):  # (boxes, objectness + classes, mask coefficients)
+                xy, wh, conf, mask = x[i].split((2, 2, self.nc + 1, self.no - self.nc - 5), 4)
+                xy = (xy.sigmoid() * 2 + grid) * self.stride[i]
+                wh = (wh.sigmoid() * 2) ** 2 * anchor_grid
+                z.append(torch.cat((xy, wh, conf.sigmoid(), mask), 4).view(bs, -1, self.no))
+                continue
             xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
             z.append(
                 torch.cat(((xy * 2 + grid) * self.stride[i], (wh * 2) ** 2 * anchor_grid, conf), 4).view(
@@ -23,6 +31,16 @@ class Detect(nn.Module):
                 )
             )
         return torch.cat(z, 1), x
+
+
+class Segment(Detect):
+    """v7.0's segmentation head: its pickled ``detect`` is ``Detect.forward`` (a function attribute, pickled as
+    ``getattr(models.yolo.Detect, 'forward')``), called as ``self.detect(self, x)``."""
+
+    def forward(self, x):
+        p = self.proto(x[0])
+        x = self.detect(self, x)
+        return (x, p) if self.training else (x[0], p) if self.export else (x[0], p, x[1])
 
 
 class Model(nn.Module):
@@ -34,6 +52,10 @@ class Model(nn.Module):
             x = m(x)
             y.append(x if m.i in self.save else None)
         return x
+
+
+class SegmentationModel(Model):
+    pass
 
 
 def attempt_load(path):

@@ -1,0 +1,120 @@
+"""Ultralytics opens YOLOv5-repository checkpoints directly: ``YOLO("yolov5s.pt")`` (predict, val, train, export)
+after ``import focus_surgery``, and ``focus-surgery yolo predict model=yolov5s.pt``; nothing is written.
+
+Ultralytics' ``load_checkpoint`` (what ``YOLO(...)``, its trainer and validators call) reads every ``.pt`` through
+``torch_safe_load(weight)``, looked up in ``ultralytics.nn.tasks``' globals at call time. A YOLOv5-repository file
+pickles ``models.yolo.Model``, a module Ultralytics does not have, so ``torch_safe_load`` refuses it ("NOT forwards
+compatible", a ``TypeError``). ``install`` wraps ``torch_safe_load`` in memory (no installed file is edited):
+
+* every file goes to Ultralytics' own function first, with the same arguments, and what it returns is returned
+  unchanged: Ultralytics' own files load exactly as before;
+* only when it raises, and our safe loader (``focus_surgery.loader``, no code from the file runs) finds a YOLOv5
+  ``models.yolo.Model`` in the file, the model is rebuilt in memory (``yolov5/rebuild.py``) and converted as
+  ``focus-surgery convert`` converts it (Focus stem -> one 6x6 stride-2 conv), measured in float64 against the
+  rebuilt original first; Ultralytics gets the checkpoint dict ``convert`` would have written (with its
+  ``focus_surgery`` record of the check). Any other failure is Ultralytics' own error, unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import CheckpointError, VerificationFailed
+
+_WRAPPED_MARK = "__focus_surgery_original__"  # the same marker as the parser's wrapper (integrations.ultralytics)
+
+
+def _log(message: str) -> None:
+    from ultralytics.utils import LOGGER
+
+    LOGGER.info(message)
+
+
+def _yolov5_content(path: Path) -> Any | None:
+    """The file's content read by our safe loader when it holds a YOLOv5-repository model, else None."""
+    from ..loader import read_checkpoint
+    from ..yolov5.rebuild import _is_yolov5_model
+
+    try:
+        content = read_checkpoint(path).content
+    except (CheckpointError, OSError):
+        return None  # not ours to explain: Ultralytics' own error stands
+    holder = {"model": content} if _is_yolov5_model(content) else content
+    if isinstance(holder, dict) and any(_is_yolov5_model(holder.get(k)) for k in ("ema", "model")):
+        return content
+    return None
+
+
+def open_yolov5(path: str | os.PathLike, content: Any) -> dict[str, Any]:
+    """The Ultralytics checkpoint dict of a YOLOv5-repository file's content, converted and checked in memory.
+
+    Returns:
+        (dict): What ``focus-surgery convert`` writes for it (``model`` / ``ema``, ``train_args``, ...), with the
+        float64 check under ``ckpt["focus_surgery"]``.
+
+    Raises:
+        CheckpointError: A model an Ultralytics model cannot hold (a fork's layers or head: the message says how to
+            convert it instead), or an unreadable architecture.
+        VerificationFailed: The float64 check failed.
+    """
+    from ..yolov5.convert import convert_yolov5, ultralytics_checkpoint
+    from ..yolov5.rebuild import yolov5_checkpoint
+
+    ckpt = yolov5_checkpoint(content, str(path))
+    conv = convert_yolov5(ckpt, to="conv", measure=True)
+    check = conv.verification
+    if check is None or not check.passed:
+        raise VerificationFailed(f"{path}: the in-memory conversion failed its float64 check ({check})", check)
+    _log(
+        f"focus-surgery: {path} is a YOLOv5-repository checkpoint (release {conv.release}); opened in memory as an "
+        f"Ultralytics model ({conv.stem_before} -> {conv.stem_after}, verified in float64: "
+        f"max_abs_err={check.max_abs_err:.3e}); nothing written"
+    )
+    return ultralytics_checkpoint(conv, "conv")
+
+
+def _wrap(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def torch_safe_load(weight, *args, **kwargs):
+        try:
+            return original(weight, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - re-raised unchanged unless the file is a YOLOv5 one
+            path = Path(str(weight))
+            content = _yolov5_content(path) if path.suffix == ".pt" and path.is_file() else None
+            if content is None:
+                raise
+            return open_yolov5(path, content), str(path)
+
+    setattr(torch_safe_load, _WRAPPED_MARK, original)
+    return torch_safe_load
+
+
+def install(tasks: Any) -> None:
+    """Wrap ``tasks.torch_safe_load`` (and ``ultralytics.nn``'s binding of it); idempotent."""
+    import sys
+
+    original = getattr(tasks, "torch_safe_load", None)
+    if original is None or hasattr(original, _WRAPPED_MARK):
+        return
+    wrapped = _wrap(original)
+    tasks.torch_safe_load = wrapped  # load_checkpoint finds it in tasks' globals at call time
+    nn_package = sys.modules.get("ultralytics.nn")
+    if nn_package is not None and getattr(nn_package, "torch_safe_load", None) is original:
+        nn_package.torch_safe_load = wrapped
+
+
+def uninstall(tasks: Any) -> None:
+    """Restore Ultralytics' own ``torch_safe_load``."""
+    import sys
+
+    wrapped = getattr(tasks, "torch_safe_load", None)
+    if wrapped is None or not hasattr(wrapped, _WRAPPED_MARK):
+        return
+    original = getattr(wrapped, _WRAPPED_MARK)
+    tasks.torch_safe_load = original
+    nn_package = sys.modules.get("ultralytics.nn")
+    if nn_package is not None and getattr(nn_package, "torch_safe_load", None) is wrapped:
+        nn_package.torch_safe_load = original
