@@ -3,7 +3,9 @@
 * a file naming a huge (or control-character) architecture got a refusal whose fix (``give --order``) was cut off the
   printed line, the arch name filling it;
 * a stem whose BatchNorm has other channels than its conv (a corrupt or mixed EMA copy) crashed ``--verify`` inside
-  torch with a cut-off message naming nothing; now one line naming both entries and the copy.
+  torch with a cut-off message naming nothing; now one line naming both entries and the copy;
+* ``verify`` compared the first of a file's state dicts only (PASS with the EMA copy destroyed);
+* ``out.SAFETENSORS`` was accepted (suffixes read in lower case) and written as a torch pickle.
 """
 
 from __future__ import annotations
@@ -69,3 +71,14 @@ def test_verify_compares_every_copy_a_file_holds_not_only_the_first(tmp_path):
     check = verify_files(src, bad)
     assert not check["passed"] and "state_dict_ema" in check["problem"], check
     assert check["summary"].startswith("FAIL")
+
+
+def test_an_upper_case_safetensors_output_is_refused_not_written_as_a_pickle(capsys, tmp_path):
+    """``suffix_of`` reads suffixes in lower case (``.PTH.TAR``), but the writers test ``== ".safetensors"``:
+    ``out.SAFETENSORS`` was accepted and written as a torch pickle under a safetensors name."""
+    src = Path(__file__).resolve().parents[1] / "checkpoints" / "focus-backbone.pt"
+    dst = tmp_path / "out.SAFETENSORS"
+    assert main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ".safetensors" in err, err
+    assert not dst.exists()
