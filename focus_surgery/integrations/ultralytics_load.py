@@ -7,7 +7,9 @@ pickles ``models.yolo.Model``, a module Ultralytics does not have, so ``torch_sa
 compatible", a ``TypeError``). ``install`` wraps ``torch_safe_load`` in memory (no installed file is edited):
 
 * every file goes to Ultralytics' own function first, with the same arguments, and what it returns is returned
-  unchanged: Ultralytics' own files load exactly as before;
+  unchanged: Ultralytics' own files load exactly as before; except a local file that Ultralytics would swap for its
+  own "u" model (``yolov5s.pt`` -> ``yolov5su.pt``, read or downloaded instead) when our safe loader finds a YOLOv5
+  model in it: the user's file is opened, not another model;
 * only when it raises, and our safe loader (``focus_surgery.loader``, no code from the file runs) finds a YOLOv5
   ``models.yolo.Model`` in the file, the model is rebuilt in memory (``yolov5/rebuild.py``) and converted as
   ``focus-surgery convert`` converts it (Focus stem -> one 6x6 stride-2 conv), measured in float64 against the
@@ -76,14 +78,40 @@ def open_yolov5(path: str | os.PathLike, content: Any) -> dict[str, Any]:
     return ultralytics_checkpoint(conv, "conv")
 
 
+def _swapped_by_ultralytics(weight: Any) -> bool:
+    """Whether Ultralytics reads another file than ``weight`` names: it renames ``yolov5s.pt`` to ``yolov5su.pt``
+    (any path without a 'u') before reading, and downloads that one when it is missing."""
+    from ultralytics.utils.checks import check_yolov5u_filename
+
+    name = str(weight).strip().replace("'", "")  # as attempt_download_asset reads it
+    return check_yolov5u_filename(name, verbose=False) != name
+
+
+def _local_pt(weight: Any) -> Path | None:
+    """The ``.pt`` file ``weight`` names, found as Ultralytics finds it (the path, else its ``weights_dir``)."""
+    from ultralytics.utils import SETTINGS
+
+    path = Path(str(weight).strip().replace("'", ""))  # as attempt_download_asset reads it
+    if path.suffix.lower() != ".pt":  # Ultralytics' suffix checks lower-case it
+        return None
+    if path.is_file():
+        return path
+    found = Path(SETTINGS["weights_dir"]) / path
+    return found if found.is_file() else None
+
+
 def _wrap(original: Callable) -> Callable:
     @functools.wraps(original)
     def torch_safe_load(weight, *args, **kwargs):
+        path = _local_pt(weight)
+        if path is not None and _swapped_by_ultralytics(weight):
+            content = _yolov5_content(path)  # the user's own YOLOv5 file, not the 'u' model Ultralytics would read
+            if content is not None:
+                return open_yolov5(path, content), str(path)
         try:
             return original(weight, *args, **kwargs)
         except Exception:  # noqa: BLE001 - re-raised unchanged unless the file is a YOLOv5 one
-            path = Path(str(weight))
-            content = _yolov5_content(path) if path.suffix == ".pt" and path.is_file() else None
+            content = _yolov5_content(path) if path is not None else None
             if content is None:
                 raise
             return open_yolov5(path, content), str(path)

@@ -138,6 +138,8 @@ class TorchModelSource(Source):
         model = models.get("ema") or models.get("model")
         left, lines = leftover(model, options.to, options.scope)
         report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields, **left}
+        if ultralytics:  # the JSON key earlier releases gave (the text says it after the conversion now)
+            report.fields["note"] = f"{ALREADY}; its stem was converted"
         if ultralytics:  # said after what was converted: the file was already one, and something changed in it
             report.details.append(f"  {loaded.path} was {ALREADY}; only the conversion above changed it")
         report.details += lines

@@ -196,9 +196,11 @@ class Yolov5Source(Source):
                 stem = verify_stems(before, after_weights, 2, "yolov5")
                 rest = compare_state_dicts(before, after_weights, tolerance=0.0)
                 check = stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
-                fields["verification"] = check
                 passed, problem = check["passed"], check["problem"]
                 err = stem.max_abs_err if passed else rest["max_abs_err"] if stem.passed else stem.max_abs_err
+                # the keys this check had before the stem was run too: `tensors` a count, `max_abs_err`
+                check.update(tensors=rest["tensors"], max_abs_err=err, state_dicts=rest)
+                fields["verification"] = check
             report.max_abs_err, report.problem = err, None if passed else problem
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:
