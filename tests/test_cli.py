@@ -141,7 +141,7 @@ def test_nothing_to_convert_is_bad_input(tmp_path):
 def test_interrupted_write_leaves_nothing(focus_state_dict, tmp_path, monkeypatch):
     from focus_surgery import checkpoint_io
 
-    def explode(obj, path):
+    def explode(obj, path, *args, **kwargs):  # torch.save's own keywords (pickle_module, protocol) pass through
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
