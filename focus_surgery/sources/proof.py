@@ -67,7 +67,7 @@ def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) ->
     if model is not None or source.own_proof:
         return Original(model)
     shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
-    return Original(None, source.stems(loaded, options), dict(source.state_dict(loaded, **shape)))
+    return Original(None, source.stems(loaded, options), source.state_dict(loaded, **shape))  # keeps what the file said
 
 
 def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
