@@ -398,3 +398,69 @@ def test_nothing_to_do_and_fastest_are_refused_in_one_line(converted, tmp_path):
     with pytest.raises(ConversionError, match=r"--to fastest times .* \(conv1.1.weight\) converts --to conv or"):
         convert_file(tmp_path / "last.pth.tar", out, to="fastest")
     assert not out.exists()
+
+
+WIDE_STEM = dict(layers=[1, 1, 1, 1], width_factor=0.75)  # stem conv (48, 48, 3, 3): the shape of layer1's convs
+
+
+def _wide_stem_checkpoint(path: Path) -> tuple[Path, argparse.Namespace]:
+    """A TResNet whose stem weight has the shape of other parameters (their momentum too), saved by timm's
+    ``CheckpointSaver`` after a step of train.py's optimizer (two param groups: no weight decay, then the rest)."""
+    from timm.utils import CheckpointSaver
+
+    torch.manual_seed(0)
+    args = argparse.Namespace(
+        model="tresnet_m", model_kwargs=WIDE_STEM, num_classes=2, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4
+    )
+    model = timm.create_model("tresnet_m", num_classes=2, **WIDE_STEM)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    _train_step(model, optimizer, torch.rand(2, 3, 32, 32))
+    CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(path), recovery_dir=str(path)).save_checkpoint(0)
+    return path / "last.pth.tar", args
+
+
+def test_a_stem_shaped_like_other_parameters_takes_its_momentum_by_parameter_order(tmp_path):
+    """Several momentum buffers have the stem weight's shape: the parameter order (timm's two groups over the state
+    dict's keys, every state entry's shape agreeing) says which is the stem's; the resumed step is the same."""
+    src, args = _wide_stem_checkpoint(tmp_path)
+    ckpt = torch.load(src, weights_only=False)
+    stem_shape = ckpt["state_dict"][STEM].shape
+    same = [p for p, state in ckpt["optimizer"]["state"].items() if state["momentum_buffer"].shape == stem_shape]
+    assert tuple(stem_shape) == (48, 48, 3, 3) and len(same) > 1  # the ambiguity this test is about
+    dst = tmp_path / "conv.pth.tar"
+    report = convert_file(src, dst, verify=True).to_dict()
+    assert report["verification"]["passed"] and "remapped" in report["optimizer"]
+    runs = []
+    for path, form in ((src, "s2d"), (dst, "conv")):
+        model = timm.create_model("tresnet_m", num_classes=2, **WIDE_STEM).double()
+        if form == "conv":
+            fs.convert(model, to="conv")
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+        assert resume_checkpoint(model, str(path), optimizer=optimizer) == 1
+        stem = model.body.conv1.conv.weight
+        assert optimizer.state[stem]["momentum_buffer"].shape == stem.shape
+        runs.append((model, optimizer, optimizer.state[stem]["momentum_buffer"].clone()))
+    (s2d, _, m_s2d), (conv, _, m_conv) = runs
+    assert torch.equal(m_conv, fs.focus_to_conv_weight(m_s2d, 4, "timm"))
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    for model, optimizer, _ in runs:
+        _train_step(model, optimizer, x)
+    a, b = outputs(s2d, x.numpy()), outputs(conv, x.numpy())
+    assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
+
+
+def test_a_stem_shaped_like_other_parameters_without_an_exact_order_is_refused(tmp_path):
+    """The same file with param groups that no known order explains: the conversion refuses in one line naming the
+    optimizer state it cannot tell apart, and writes nothing."""
+    src, _ = _wide_stem_checkpoint(tmp_path)
+    ckpt = torch.load(src, weights_only=False)
+    groups = ckpt["optimizer"]["param_groups"]
+    groups[0]["params"], groups[1]["params"] = groups[0]["params"] + groups[1]["params"][:1], groups[1]["params"][1:]
+    odd = tmp_path / "odd.pth.tar"
+    torch.save(ckpt, odd)
+    dst = tmp_path / "conv.pth.tar"
+    with pytest.raises(ConversionError) as error:
+        convert_file(odd, dst)
+    message = str(error.value)
+    assert "\n" not in message and "optimizer.state" in message and "cannot be told apart" in message
+    assert not dst.exists()

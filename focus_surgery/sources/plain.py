@@ -40,10 +40,68 @@ def _at(content: dict, place: str | None) -> dict:
     return content if place is None else content[place]
 
 
-def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Tensor], torch.Tensor]) -> str:
+_BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNorm's state dict entries, not parameters
+
+
+def _param_id_by_order(optimizer: dict, state_dict: dict, weight_key: str) -> Any:
+    """The optimizer's id of ``weight_key`` read from the parameter order, where it is exact, else None.
+
+    A saved optimizer numbers the parameters in ``model.parameters()`` order across its ``param_groups``: the state
+    dict's keys without BatchNorm's buffers, in one group, or in timm's two (``param_groups_weight_decay``: the
+    1-D / bias parameters with weight decay 0, then the rest). An order is taken only when the group sizes and the
+    shape of every state entry agree with it, and every order that agrees gives the stem the same id.
+    """
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict):
+        return None
+    groups = optimizer.get("param_groups")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        return None
+    params = [k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and not k.endswith(_BUFFERS)]
+    sizes = [len(g["params"]) for g in groups]
+    no_decay = [k for k in params if state_dict[k].ndim <= 1 or k.endswith(".bias")]
+    orders = []
+    if sizes == [len(params)]:
+        orders.append(params)
+    if sizes == [len(no_decay), len(params) - len(no_decay)] and groups[0].get("weight_decay") == 0:
+        orders.append(no_decay + [k for k in params if k not in set(no_decay)])
+    ids = [pid for g in groups for pid in g["params"]]
+    found = set()
+    for order in orders:
+        by_id = dict(zip(ids, order))
+        if len(by_id) != len(order) or weight_key not in order:
+            continue
+        agrees = all(
+            pid in by_id
+            and all(
+                v.shape == state_dict[by_id[pid]].shape
+                for v in entry.values()
+                if isinstance(v, torch.Tensor) and v.ndim
+            )
+            for pid, entry in optimizer["state"].items()
+            if isinstance(entry, dict)
+        )
+        if agrees:
+            found.add(ids[order.index(weight_key)])
+    return found.pop() if len(found) == 1 else None
+
+
+def remap_optimizer_state(
+    optimizer: Any,
+    shape: Any,
+    remap: Callable[[torch.Tensor], torch.Tensor],
+    state_dict: dict | None = None,
+    weight_key: str | None = None,
+) -> str:
     """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
-    state has the stem weight's ``shape``, with the weight's own ``remap``; say what was done. Exact: momentum is
-    linear in the gradients."""
+    state has the stem weight's ``shape`` (or, where several have, by the parameter order of ``state_dict`` when that
+    is exact: ``_param_id_by_order``), with the weight's own ``remap``; say what was done. Exact: momentum is linear in
+    the gradients.
+
+    Raises:
+        ConversionError: Several parameters' state have the stem's shape and the order does not say which is the stem's.
+    """
     state = optimizer.get("state") if isinstance(optimizer, dict) else None
     if not isinstance(state, dict) or not state:
         return "no optimizer state"
@@ -55,6 +113,9 @@ def remap_optimizer_state(optimizer: Any, shape: Any, remap: Callable[[torch.Ten
     ]
     if not owners:
         return f"no optimizer state has the stem weight's shape {list(old)}: nothing to remap"
+    by_order = _param_id_by_order(optimizer, state_dict, weight_key) if state_dict and weight_key else None
+    if len(owners) > 1 and by_order in owners:  # the parameter order says which is the stem's
+        owners = [by_order]
     if len(owners) > 1:  # which one is the stem's is unknown: converting none would leave a half-converted file
         raise ConversionError(
             f"the optimizer state of parameters {', '.join(map(str, owners[:4]))} all have the stem weight's shape "
@@ -261,10 +322,20 @@ class PlainStateDictSource(Source):
             stem = found.stems[places[0]]
             remap = focus_to_conv_weight if options.to == "conv" else conv_to_focus_weight
             fields["optimizer"] = remap_optimizer_state(
-                new_content["optimizer"], stem.shape, lambda w: remap(w, options.block_size, options.order)
+                new_content["optimizer"],
+                stem.shape,
+                lambda w: remap(w, options.block_size, options.order),
+                tensors(content[places[0]]),
+                stem.weight_key,
             )
         if places[0] is not None and not (checks and not checks[-1]["passed"]):
-            refuse_unconverted(new_content, found.stems[places[0]].shape, [new_content[p] for p in places])
+            skip = [new_content[p] for p in places]
+            optimizer = new_content.get("optimizer")
+            weight_key = found.stems[places[0]].weight_key
+            stem_id = _param_id_by_order(content.get("optimizer"), tensors(content[places[0]]), weight_key)
+            if stem_id is not None:  # the order gave every state entry its parameter: the others are not the stem's
+                skip += [entry for pid, entry in optimizer["state"].items() if pid != stem_id]
+            refuse_unconverted(new_content, found.stems[places[0]].shape, skip)
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
         report.write = lambda dst: self.write(new_content, places[0], dst, options.to, loaded)
         if checks:
