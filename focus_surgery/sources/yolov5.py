@@ -71,9 +71,11 @@ class Yolov5Source(Source):
         return yolov5_checkpoint(loaded.content, str(loaded.path))
 
     def model(self, loaded: Loaded) -> nn.Module | None:
+        """The rebuilt model, a fork's head with extra outputs per anchor included (its raw logits: the proof and
+        ``verify`` compare outputs, as the conversion's own check does with ``_runnable``)."""
         from ..yolov5.rebuild import rebuild
 
-        return rebuild(self._checkpoint(loaded))[0]
+        return rebuild(self._checkpoint(loaded), extra_outputs=True)[0]
 
     def state_dict(self, loaded: Loaded) -> dict:
         return self._checkpoint(loaded).model.state_dict()
