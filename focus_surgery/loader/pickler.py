@@ -89,7 +89,10 @@ class FaithfulPickler(pickle._Pickler):
         self.write_global(function)
         self.save(tuple(args))
         self.write(pickle.REDUCE)
-        self.memoize(obj)
+        if id(obj) in self.memo:  # met again inside its own arguments (a reference in its owner's state): shared
+            self.write(pickle.POP + self.get(self.memo[id(obj)][0]))
+        else:
+            self.memoize(obj)
 
     def _save_reference(self, ref: NamedReference) -> None:
         if ref.pickled is None:

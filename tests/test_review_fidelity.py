@@ -1,0 +1,57 @@
+"""Review of the faithful writer (``loader.pickler``) on files the loader reads: what it writes must load back the
+same, with the same sharing, in the same protocol."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+
+from focus_surgery.checkpoint_io import save_checkpoint
+from focus_surgery.loader import NamedReference, read_checkpoint
+
+
+def _fake_yolo(monkeypatch):
+    yolo = types.ModuleType("models.yolo")
+
+    class Detect:
+        def forward(self):
+            pass
+
+    Detect.__module__, Detect.__qualname__, yolo.Detect = "models.yolo", "Detect", Detect
+    monkeypatch.setitem(sys.modules, "models", types.ModuleType("models"))
+    monkeypatch.setitem(sys.modules, "models.yolo", yolo)
+    return Detect
+
+
+def test_a_reference_reached_before_its_owner_record_is_written_once_and_stays_shared(tmp_path, monkeypatch):
+    """``self.fn = self.forward`` pickles as ``getattr(record, 'forward')`` inside the record's own state; reached
+    first from outside, the reference is met again while its owner is written. The writer crashed (pickle's memo
+    AssertionError); it must write it once, shared, as pickle itself does (POP + GET)."""
+    detect = _fake_yolo(monkeypatch)
+    record = detect()
+    record.fn, record.w = record.forward, torch.ones(2)
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save({"a": record.fn, "b": record}, src)
+    loaded = read_checkpoint(src)
+    assert loaded.content["a"] is loaded.content["b"].state["fn"]
+    save_checkpoint(loaded.content, dst, like=loaded)
+    again = read_checkpoint(dst)
+    assert isinstance(again.content["a"], NamedReference)
+    assert again.content["a"] is again.content["b"].state["fn"]
+    assert again.content["a"].pickled[1][0] is again.content["b"]
+    assert again.globals == loaded.globals
+
+
+def test_a_protocol_1_file_is_written_back_in_protocol_1_and_loads(tmp_path):
+    """A protocol-1 pickle has no PROTO opcode: the loader took it for protocol 0, and the writer then wrote the
+    storages' persistent ids as protocol-0 text, a file nothing can read."""
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save({"w": torch.arange(4.0), "n": 3}, src, pickle_protocol=1)
+    loaded = read_checkpoint(src)
+    assert loaded.protocol == 1
+    save_checkpoint(loaded.content, dst, like=loaded)
+    again = read_checkpoint(dst)
+    assert again.protocol == 1
+    assert torch.equal(again.content["w"], torch.arange(4.0)) and again.content["n"] == 3
