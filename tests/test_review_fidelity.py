@@ -10,6 +10,7 @@ import torch
 
 from focus_surgery.checkpoint_io import save_checkpoint
 from focus_surgery.loader import NamedReference, read_checkpoint
+from tests.test_fidelity import content_pickle
 
 
 def _fake_yolo(monkeypatch):
@@ -55,3 +56,19 @@ def test_a_protocol_1_file_is_written_back_in_protocol_1_and_loads(tmp_path):
     again = read_checkpoint(dst)
     assert again.protocol == 1
     assert torch.equal(again.content["w"], torch.arange(4.0)) and again.content["n"] == 3
+
+
+def test_a_record_whose_state_is_a_pair_of_values_keeps_them(tmp_path, monkeypatch):
+    """A class whose ``__getstate__`` returns a 2-tuple that is not ``(dict, slots)`` (here ``(3, [4])``): the loader
+    took it for ``(dict, slots)`` and kept neither value, and the writer wrote ``(None, {})`` - data lost. Kept as
+    the state it was, written back byte for byte."""
+
+    detect = _fake_yolo(monkeypatch)
+    detect.__getstate__ = lambda self: (3, [4])
+    detect.__setstate__ = lambda self, state: None
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save({"d": detect()}, src)
+    loaded = read_checkpoint(src)
+    assert loaded.content["d"].state == {"__state__": (3, [4])}
+    save_checkpoint(loaded.content, dst, like=loaded)
+    assert content_pickle(dst) == content_pickle(src)

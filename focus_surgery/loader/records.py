@@ -36,7 +36,12 @@ class Record:
         return obj
 
     def __setstate__(self, state) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+        if (
+            isinstance(state, tuple)
+            and len(state) == 2
+            and all(part is None or isinstance(part, dict) for part in state)
+            and isinstance(state[1], dict)
+        ):  # (dict state, slot state); any other pair is a state of its own, kept whole
             slots = state[1] if isinstance(state[1], dict) else {}
             self.slot_keys = (isinstance(state[0], dict), tuple(slots))
             for part in state:
