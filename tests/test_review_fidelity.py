@@ -72,3 +72,19 @@ def test_a_record_whose_state_is_a_pair_of_values_keeps_them(tmp_path, monkeypat
     assert loaded.content["d"].state == {"__state__": (3, [4])}
     save_checkpoint(loaded.content, dst, like=loaded)
     assert content_pickle(dst) == content_pickle(src)
+
+
+def test_a_protocol_1_record_is_written_back_through_copyreg_reconstructor(tmp_path, monkeypatch):
+    """Protocol 0/1 pickles build a plain object by ``copyreg._reconstructor(cls, object, None)``; the loader
+    remembered that (``pickled_by``) but the writer wrote a NEWOBJ (a protocol-2 opcode), dropping two of the file's
+    globals. Written back byte for byte, under the same globals."""
+    detect = _fake_yolo(monkeypatch)
+    record = detect()
+    record.w, record.stride = torch.ones(2), [8, 16]
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save({"d": record, "again": record}, src, pickle_protocol=1)
+    loaded = read_checkpoint(src)
+    assert loaded.content["d"].pickled_by == "reconstructor"
+    save_checkpoint(loaded.content, dst, like=loaded)
+    assert read_checkpoint(dst).globals == loaded.globals
+    assert content_pickle(dst) == content_pickle(src)
