@@ -88,3 +88,15 @@ def test_a_protocol_1_record_is_written_back_through_copyreg_reconstructor(tmp_p
     save_checkpoint(loaded.content, dst, like=loaded)
     assert read_checkpoint(dst).globals == loaded.globals
     assert content_pickle(dst) == content_pickle(src)
+
+
+def test_a_stand_in_inside_a_slice_is_written_back(tmp_path):
+    """The loader builds slices (an allowed constructor) of anything, a path included; ``needs_faithful`` did not
+    look inside them, so the C pickler met the stand-in and the write failed. Written back byte for byte."""
+    import pathlib
+
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save({"s": slice(pathlib.PosixPath("a", "b"), None, 2), "w": torch.ones(1)}, src)
+    loaded = read_checkpoint(src)
+    save_checkpoint(loaded.content, dst, like=loaded)
+    assert content_pickle(dst) == content_pickle(src)

@@ -173,6 +173,8 @@ def needs_faithful(content: Any) -> bool:
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             stack.extend(obj)
+        elif isinstance(obj, slice):  # the loader builds slices of anything
+            stack.extend((obj.start, obj.stop, obj.step))
         elif not isinstance(obj, type) and isinstance(getattr(obj, "__dict__", None), dict):
             stack.extend(vars(obj).values())  # a live module's attributes (Ultralytics' model.args)
     return False
