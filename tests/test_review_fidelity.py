@@ -100,3 +100,32 @@ def test_a_stand_in_inside_a_slice_is_written_back(tmp_path):
     loaded = read_checkpoint(src)
     save_checkpoint(loaded.content, dst, like=loaded)
     assert content_pickle(dst) == content_pickle(src)
+
+
+def test_a_record_in_the_optimizer_state_is_copied_with_it(tmp_path, monkeypatch):
+    """The optimizer entry is deep-copied before its stem momentum is remapped; a record in it (an mmengine
+    ``HistoryBuffer``) raised TypeError ('cannot be pickled') and the conversion stopped. Converted; the record is
+    written back under its own class with its state."""
+    from focus_surgery.files import convert_file
+    from tests.family_models.mmengine.tiny_focus_net import TinyFocusNet
+
+    logging = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        pass
+
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = "mmengine.logging.history_buffer", "HistoryBuffer"
+    logging.HistoryBuffer = HistoryBuffer
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "mmengine.logging.history_buffer", logging)
+    buffer = HistoryBuffer()
+    buffer.max_length = 7
+    sd = TinyFocusNet().state_dict()
+    optimizer = {"state": {}, "param_groups": [{"params": [0]}], "history": buffer}
+    src, dst = tmp_path / "in.pth", tmp_path / "out.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": sd, "optimizer": optimizer}, src)
+    monkeypatch.delitem(sys.modules, "mmengine.logging.history_buffer")
+    convert_file(src, dst)
+    out = read_checkpoint(dst).content["optimizer"]["history"]
+    assert out.qualname == "mmengine.logging.history_buffer.HistoryBuffer" and out.state == {"max_length": 7}

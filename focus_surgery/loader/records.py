@@ -55,6 +55,17 @@ class Record:
     def __reduce__(self):
         raise TypeError(f"a {self.qualname} record is data read from a checkpoint; it cannot be pickled")
 
+    def __deepcopy__(self, memo: dict) -> Record:
+        """A copy of the data (a source copies the optimizer entry before remapping it): the same class, how it was
+        built, its state copied; never through ``__reduce__``."""
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.pickled_by, new.slot_keys = self.pickled_by, self.slot_keys
+        new.state = copy.deepcopy(self.state, memo)
+        return new
+
     def __repr__(self) -> str:
         return f"<record {self.qualname}>"
 
