@@ -129,3 +129,22 @@ def test_a_record_in_the_optimizer_state_is_copied_with_it(tmp_path, monkeypatch
     convert_file(src, dst)
     out = read_checkpoint(dst).content["optimizer"]["history"]
     assert out.qualname == "mmengine.logging.history_buffer.HistoryBuffer" and out.state == {"max_length": 7}
+
+
+def test_a_legacy_file_of_protocol_4_reads_each_pickle_with_its_own_memo(tmp_path):
+    """A legacy file is five pickles; torch reads each with a fresh memo. Read with one memo, protocol 4's MEMOIZE
+    (index = memo size) numbered the content's objects after the header pickles' and its GETs fetched the wrong
+    objects: 'collections.Counter' was read as 'torch.Counter' and refused (or, worse, other values swapped)."""
+    import collections
+
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    content = {"m": collections.Counter([1, 1, 2]), "w": torch.ones(3), "t": "torch"}
+    torch.save(content, src, pickle_protocol=4, _use_new_zipfile_serialization=False)
+    loaded = read_checkpoint(src)
+    assert loaded.content["m"] == content["m"] and loaded.content["t"] == "torch"
+    assert torch.equal(loaded.content["w"], content["w"])
+    assert "collections.Counter" in loaded.globals and loaded.protocol == 4
+    save_checkpoint(loaded.content, dst, like=loaded)
+    again = read_checkpoint(dst)
+    assert again.container == "legacy" and again.protocol == 4 and again.globals == loaded.globals
+    assert again.content["m"] == content["m"]

@@ -79,6 +79,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.globals_seen: set[str] = set()
         self.keys_checked = 0  # keys and set members checked before hashing: linear in the pickle (tests count it)
 
+    def load(self) -> Any:
+        """One pickle, with a memo of its own (a legacy file is five pickles read in turn, each numbering its memo
+        from 0 as torch reads them; protocol 4's MEMOIZE numbers by the memo's size)."""
+        self.memo = {}
+        return super().load()
+
     def _keys(self, keys: Any) -> None:
         for key in keys:
             self.keys_checked += 1
