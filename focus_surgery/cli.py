@@ -80,7 +80,9 @@ def _add_convert(sub) -> None:
         "--block-size", type=int, help="block size of a state dict's stem (default: from the file, else 2)"
     )
     p.add_argument("--order", help="channel order of a state dict's stem (default: from the file, else yolov5)")
-    p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
+    p.add_argument(
+        "--workers", type=int, help="parallel conversions for a folder input (default: the cores this process may use)"
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -121,6 +123,12 @@ def cmd_bench(args) -> int:
     from .speed.bench import cases_from_flags, format_report, plot_latency, run_benchmark
 
     device = torch.device(args.device) if args.device else None
+    try:
+        workers = tuple(int(n) for n in args.workers.split(",")) if args.workers else None
+    except ValueError:
+        raise ValueError("--workers takes comma-separated integers, e.g. --workers 1,2") from None
+    if workers and min(workers) < 1:
+        raise ValueError("--workers takes counts of 1 or more, e.g. --workers 1,2")
     result = run_benchmark(
         device,
         cases_from_flags(args.stems, args.sizes, args.batches, args.modes),
@@ -130,6 +138,8 @@ def cmd_bench(args) -> int:
         onnx=not args.no_onnx,
         memory=not args.no_memory,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        folder=not args.no_folder,
+        workers=workers,
     )
     if args.plot:
         result["plot"] = str(plot_latency(result, args.plot))
@@ -151,6 +161,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-conversion", action="store_true", help="skip the checkpoint conversion benchmark")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export benchmark")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+    p.add_argument("--no-folder", action="store_true", help="skip the folder (--workers) benchmark")
+    p.add_argument("--workers", help="comma list of --workers the folder benchmark compares (default 1 and the cores)")
     p.set_defaults(handler=cmd_bench)
 
 

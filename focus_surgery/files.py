@@ -93,7 +93,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
         **options: ``ConvertOptions`` fields (``to``, ``scope``, ``verify``, ``block_size``, ``order``, ...).
 
     Returns:
-        (ConvertReport): What was found, changed, measured and written (``report["key"]`` reads its JSON form).
+        (ConvertReport): What was found, changed, measured and written (``report["key"]`` reads its JSON form);
+            ``nothing_to_do`` says why nothing was written when the input already is what was asked.
 
     Raises:
         VerificationFailed: The float64 check failed; nothing written (``.report`` holds the measurement).
@@ -117,6 +118,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
             named = ConversionError(f"{src}: {error}")
         raise named from None
     report.src, report.dst = str(src), str(dst)
+    if report.nothing_to_do:  # the input already is what was asked: nothing written, exit 0
+        return report
     if report.problem is not None:
         raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
     written = report.write(dst)

@@ -133,6 +133,7 @@ class ConvertReport:
         max_abs_err (float | None): The float64 error measured (None: not verified).
         problem (str | None): Why the float64 check failed; None when it passed or did not run.
         note (str): What the input is, when that is worth saying first (``already a current Ultralytics model``).
+        nothing_to_do (str): Why the input already is what was asked (then nothing is written); empty otherwise.
         loads_into (str): The change the consumer's model needs to load the result.
         details (list[str]): Further lines of the text form.
         fields (dict): The adapter's own JSON fields (``kind``, ``stem``, ``verification``, ...).
@@ -148,6 +149,7 @@ class ConvertReport:
     max_abs_err: float | None = None
     problem: str | None = None
     note: str = ""
+    nothing_to_do: str = ""
     loads_into: str = ""
     details: list[str] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +159,9 @@ class ConvertReport:
 
     def lines(self) -> list[str]:
         """The text form, one fact per line."""
+        if self.nothing_to_do:
+            what = f" is {self.note.split(';')[0]}" if self.note else ""
+            return [f"nothing to do: {self.src}{what}; {self.nothing_to_do}; {self.dst} not written"]
         change = self.change or f"stem to {self.to}{', scope all' if self.scope == 'all' else ''}"
         head = f"converted {self.src} -> {self.dst} ({change})"
         if self.max_abs_err is not None:
@@ -171,6 +176,8 @@ class ConvertReport:
         out = {"src": self.src, "dst": self.dst, "source": self.source, "to": self.to, **self.fields}
         out["max_abs_err"] = self.max_abs_err
         out.update({k: getattr(self, k) for k in ("note", "loads_into", "written") if getattr(self, k)})
+        if self.nothing_to_do:
+            out.update(nothing_to_do=self.nothing_to_do, written=[])
         out["summary"] = "\n".join(line(x) for x in self.lines())
         return out
 
@@ -181,11 +188,15 @@ class ConvertReport:
 def folder_lines(summary: dict[str, Any]) -> list[str]:
     """The text form of a folder run: a count line, then one ``ok`` / ``FAIL`` line per file."""
     converted, failed = summary["converted"], summary["failed"]
+    same = sum(1 for item in converted if item.get("nothing_to_do"))  # already what was asked: not written
     lines = [
-        f"converted {len(converted)}, failed {len(failed)} (of {len(converted) + len(failed)} files under "
-        f"{summary['src']})"
+        f"converted {len(converted) - same}, {f'nothing to do {same}, ' if same else ''}failed {len(failed)} "
+        f"(of {len(converted) + len(failed)} files under {summary['src']})"
     ]
     for item in converted:
+        if item.get("nothing_to_do"):
+            lines.append(f"  ok    {item['src']}: nothing to do ({item['nothing_to_do']}); not written")
+            continue
         err = item.get("max_abs_err")
         lines.append(
             f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")

@@ -449,7 +449,8 @@ def test_folder_conversion_carries_on_and_reports(tmp_path, capsys):
 
 
 def test_current_ultralytics_checkpoint(converted, tmp_path, capsys):
-    """Already Ultralytics: said so; a Focus stem is converted, a conv stem leaves nothing to do (exit 2)."""
+    """Already Ultralytics: said so; a Focus stem is converted, a conv stem leaves nothing to do (exit 0, nothing
+    written: issue 20 asked for "nothing to do" where this exited 2 with "no stem to convert")."""
     with_focus = tmp_path / "focus.pt"
     assert main(["convert", str(MODELS["v4.0"]), str(with_focus), "--to", "focus"]) == 0
     capsys.readouterr()
@@ -457,7 +458,8 @@ def test_current_ultralytics_checkpoint(converted, tmp_path, capsys):
     assert code == 0 and "already a current Ultralytics model" in out
     before = sha256(converted["v4.0"])
     code, out, err = run_cli(capsys, "convert", converted["v4.0"], tmp_path / "again.pt")
-    assert code == 2 and "already a current Ultralytics model" in err and len(err.strip().splitlines()) == 1
+    assert code == 0 and "already a current Ultralytics model" in out and len(out.strip().splitlines()) == 1
+    assert out.startswith("nothing to do: ") and not err
     assert not (tmp_path / "again.pt").exists() and sha256(converted["v4.0"]) == before
 
 

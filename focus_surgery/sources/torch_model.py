@@ -15,7 +15,7 @@ from ..loader.plain import to_plain
 from ..errors import ConversionError, VerificationFailed
 from ..report import ConvertReport
 from ..surgery import convert, iter_stems
-from .base import ConvertOptions, Source
+from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
 from .copies import refuse_unconverted, weight_permutation
 from .leftover import leftover
 from .loading import Loaded
@@ -30,6 +30,7 @@ class TorchModelSource(Source):
     specificity = 10  # model objects, every class named of an installed layer package
     targets = ("conv", "focus", "s2d", "fastest")
     scopes = ("stem", "all")
+    outputs = {"ultralytics": CHECKPOINTS, "yolov5": PICKLES}  # yolov5: a YOLOv5-architecture model written back
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
@@ -89,6 +90,10 @@ class TorchModelSource(Source):
         return result
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
+        if options.layout == "yolov5":
+            from .yolov5_layout import convert_to_yolov5_layout
+
+            return convert_to_yolov5_layout(loaded, options, self.name)
         ultralytics = loaded.named(ULTRALYTICS)
         ckpt = loaded.checkpoint()
         models = self._models(loaded)
@@ -111,6 +116,10 @@ class TorchModelSource(Source):
                     convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()
                 ]
                 first = reports[0]
+                already = _already(models, options) if not first.replaced and not first.skipped else None
+                if already is not None:
+                    report.nothing_to_do, report.note = already, ALREADY if ultralytics else ""
+                    return report
                 if not first.replaced:
                     reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
                     note = (
@@ -138,6 +147,21 @@ class TorchModelSource(Source):
             else save_checkpoint(content, dst, like=loaded)
         )
         return report
+
+
+def _already(models: dict[str, nn.Module], options: ConvertOptions) -> str | None:
+    """What a model whose stem did not convert already is, when it is the form asked for (its stem converts the
+    other way); None otherwise."""
+    from ..surgery import plan
+
+    back = {"conv": "focus", "focus": "conv"}.get(options.to)
+    if back is None or options.scope != "stem":
+        return None
+    found = [plan(m, back, "stem")[0] for m in models.values()]
+    if not all(changes and changes[0].record is not None for changes in found):
+        return None
+    stem = found[0][0].record
+    return f"its stem ({stem.path}) already is a {stem.old_form}, the --to {options.to} form"
 
 
 def _follow_in_optimizer(optimizer: dict, replaced: list) -> str:

@@ -142,9 +142,16 @@ class Yolov5Source(Source):
         """
         from ..verify import verify
         from ..yolov5.rebuild import guess_release, yolov5_checkpoint
-        from ..yolov5.records_stem import convert_stem_record
+        from ..yolov5.records_stem import convert_stem_record, stem_already
         from .compare import compare_state_dicts, stem_check, verify_stems
 
+        already = stem_already(ckpt.model, options.to)
+        if already:  # the file already is what was asked: nothing written
+            report = ConvertReport(
+                str(loaded.path), self.name, options.to, fields={"kind": "yolov5", "layout": "yolov5"}
+            )
+            report.nothing_to_do = already
+            return report
         before = ckpt.model.state_dict()
         original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]

@@ -33,6 +33,21 @@ def _set_conv(conv: Record, weight: torch.Tensor, stride: int, padding: int) -> 
     )
 
 
+def stem_already(model: Record, to: str) -> str:
+    """Why row 0 of a recorded YOLOv5 ``Model`` already is the ``to`` form (a Focus for ``focus``, an even-kernel
+    stride-2 Conv for ``conv``), or ``""`` when it is not."""
+    stem = _rows(model).get("0")
+    if stem is None:
+        return ""
+    if to == "focus" and stem.name == "Focus":
+        return "its stem (row 0) already is a Focus, the --to focus form, in the YOLOv5 layout"
+    conv = stem.children().get("conv") if to == "conv" and stem.name == "Conv" else None
+    if conv is not None and tuple(conv.get("stride") or ()) == (2, 2) and not conv.get("kernel_size")[0] % 2:
+        k = conv.get("kernel_size")[0]
+        return f"its stem (row 0) already is a Conv({k}x{k}, stride 2), the --to conv form, in the YOLOv5 layout"
+    return ""
+
+
 def convert_stem_record(model: Record, to: str, path: str) -> dict[str, Any]:
     """Convert row 0 of a recorded YOLOv5 ``Model`` in place (records and ``model.yaml``); what was done.
 
