@@ -118,11 +118,13 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
             named = ConversionError(f"{src}: {error}")
         raise named from None
     report.src, report.dst = str(src), str(dst)
+    # the writer holds the converted content: views of the input's mapping (loader mode mmap), never handed out
+    write, report.write = report.write, None
     if report.nothing_to_do:  # the input already is what was asked: nothing written, exit 0
         return report
     if report.problem is not None:
         raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
-    written = report.write(dst)
+    written = write(dst)
     report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
     return report
 

@@ -138,7 +138,8 @@ class ConvertReport:
         details (list[str]): Further lines of the text form.
         fields (dict): The adapter's own JSON fields (``kind``, ``stem``, ``verification``, ...).
         written (list[str]): Files written (set after the write).
-        write (Callable[[Path], Any] | None): Writes the result to a path, atomically; not part of the report.
+        write (Callable[[Path], Any] | None): Writes the result to a path, atomically; not part of the report
+            (``convert_file`` uses it and sets it to None: it holds views of the input's mapping).
     """
 
     src: str
