@@ -70,3 +70,19 @@ def test_a_failed_check_does_not_map_its_input(tmp_path, monkeypatch):
         report = error.report
     assert report.problem and not (tmp_path / "bad.pt").exists()
     assert _mappings_of(src) == 0, "a failed check's report still maps its input"
+
+
+@pytest.mark.parametrize("mode", ["copy", "mmap"])
+def test_a_file_that_shrinks_while_read_is_named(mode, tmp_path, monkeypatch):
+    """A record read past the file's end (another process truncated it after its size was checked) is refused in one
+    line that names the file, as every other loader error (the copy path; mmap where a record is not aligned)."""
+    from focus_surgery.loader import CheckpointError, containers, read_checkpoint
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(64.0)}, path)
+    monkeypatch.setattr(containers, "RECORD_ALIGNMENT", 1 << 40)  # mmap: no record counts as aligned: copied
+    monkeypatch.setattr(containers.os, "preadv", lambda fd, buffers, offset: 0)  # the bytes are gone
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path, mode)
+    assert str(caught.value).startswith(f"{path}: ") and "shorter" in str(caught.value)
+    assert "\n" not in str(caught.value)
