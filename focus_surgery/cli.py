@@ -31,12 +31,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    emit(inspect_file(args.src), args.json)
+    emit(inspect_file(args.src, args.block_size, args.order), args.json)
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
-    result = verify_files(args.a, args.b)
+    result = verify_files(args.a, args.b, args.block_size, args.order)
     emit(result, args.json)
     return EXIT_OK if result["passed"] else EXIT_VERIFY_FAILED
 
@@ -102,6 +102,7 @@ def _add_convert(sub) -> None:
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show which stems a checkpoint holds and what they convert to")
     p.add_argument("src")
+    _add_geometry(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_inspect)
 
@@ -110,8 +111,15 @@ def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="compare two checkpoints (outputs in float64, or tensors of state dicts)")
     p.add_argument("a")
     p.add_argument("b")
+    _add_geometry(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_verify)
+
+
+def _add_geometry(p) -> None:
+    """``--block-size`` / ``--order`` of ``inspect`` and ``verify``: as ``convert`` takes them, for state dicts."""
+    p.add_argument("--block-size", type=int, help="block size of a state dict's stem (default 2), as for convert")
+    p.add_argument("--order", help="channel order of a state dict's stem (default yolov5), as for convert")
 
 
 def _add_demo(sub) -> None:

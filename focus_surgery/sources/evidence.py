@@ -26,6 +26,12 @@ from .base import ConvertOptions
 WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict_ema", "ema_state_dict")
 CHANNEL_BLOCK_SIZES = (3, 4, 8)  # block sizes a conv's channel count is read as (2 is the key layout's default)
 ORDERS_HINT = "timm (TResNet, TensorFlow space_to_depth), yolov5 (Focus, ReOrg) or pixel_unshuffle"
+SHOWN_ARCH_CHARS = 80  # of an architecture name a message shows: a hostile file's name must not crowd out the fix
+
+
+def shown_arch(arch: str) -> str:
+    """``arch`` for a message: quoted with control characters escaped (``repr``), at most ``SHOWN_ARCH_CHARS`` long."""
+    return repr(arch if len(arch) <= SHOWN_ARCH_CHARS else arch[:SHOWN_ARCH_CHARS] + "...")
 
 
 def tensors(mapping: dict) -> dict[str, torch.Tensor]:
@@ -65,11 +71,13 @@ class Evidence:
 
 class StemTensors(dict):
     """A state dict's tensors, and where its stem is when the file said so (for ``verify``, which compares two files
-    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``."""
+    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``; ``copies``: place ->
+    ``StemTensors`` of every other state dict of the file holding the stem (timm's ``state_dict_ema``)."""
 
     stem: StemKeys | None = None
     block_size: int = 2
     order: str = "yolov5"
+    copies: dict = {}  # replaced per instance, never mutated
 
 
 def said_stems(a: dict, b: dict) -> tuple[StemKeys, StemKeys] | None:
@@ -139,7 +147,7 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
         stem = stems[places[0]]
         if "order" not in options.stated:
             named = (
-                f"it names arch {arch!r}, which the installed timm does not know as a space-to-depth model"
+                f"it names arch {shown_arch(arch)}, which the installed timm does not know as a space-to-depth model"
                 if arch is not None
                 else "it names no timm arch"
             )
