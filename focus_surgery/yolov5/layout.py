@@ -148,12 +148,48 @@ def _is_torch(module: nn.Module) -> bool:
     return type(module).__module__.startswith("torch.nn.")
 
 
+def _foreign(value: Any) -> str | None:
+    """The first class or function in ``value`` (nested containers included) that is neither builtin nor torch's,
+    as ``module.qualname``; None when there is none. A torch layer pickled as it is carries all of its ``__dict__``;
+    a stand-in the safe loader read (a record, a namespace, a reference) is named as the file named it."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.Tensor)):
+        return None
+    if type(value) in (dict, OrderedDict):
+        return next(filter(None, (_foreign(v) for kv in value.items() for v in kv)), None)
+    if type(value) in (list, tuple, set, frozenset):
+        return next(filter(None, map(_foreign, value)), None)
+    stand_in = getattr(value, "qualname", None) if type(value).__module__.startswith("focus_surgery.loader") else None
+    if isinstance(stand_in, str):
+        name = stand_in
+    else:
+        kind = value if isinstance(value, type) or callable(value) else type(value)
+        name = f"{getattr(kind, '__module__', None)}.{getattr(kind, '__qualname__', type(kind).__name__)}"
+    return None if name.startswith("torch.") or isinstance(value, torch.dtype) else name
+
+
+def _check_plain_torch(module: nn.Module, path: str) -> nn.Module:
+    """``module`` (torch layers only) when everything it pickles is builtin or torch's.
+
+    Raises:
+        ConversionError: An attribute (a hook, an extra object) of another package's class or function.
+    """
+    for name, sub in module.named_modules(prefix=path):
+        for key, value in vars(sub).items():
+            found = None if key == "_modules" else _foreign(value)
+            if found is not None:
+                raise ConversionError(
+                    f"layer {name} has attribute {key!r} holding a {found}, which YOLOv5's files do not pickle; "
+                    f"delete it from the model, save, and convert again"
+                )
+    return module
+
+
 def _translate(module: nn.Module, path: str, release: str) -> Any:
     """``module`` as YOLOv5 pickles it: torch layers as they are, Ultralytics layers as records of their twins."""
     cls = type(module)
     if _is_torch(module):
         if all(_is_torch(m) for m in module.modules()):
-            return module  # pickled by torch as it is, as YOLOv5's own files hold it
+            return _check_plain_torch(module, path)  # pickled by torch as it is, as YOLOv5's own files hold it
         children = {n: _translate(c, f"{path}.{n}", release) for n, c in module.named_children()}
         record = _record(f"{cls.__module__}.{cls.__qualname__}", module, children)
         record.state.update({k: v for k, v in vars(module).items() if k in ROUTING})  # nn.Upsample rows
@@ -192,7 +228,7 @@ def _detect_record(head: LegacyDetect, release: str, stride: torch.Tensor) -> Re
         if grid is None:  # a head built from a YAML keeps none: anchors (grid units) times the power-of-two strides
             grid = (anchors.float() * stride.view(-1, 1, 1)).to(anchors.dtype).view(head.nl, 1, head.na, 1, 1, 2)
         buffers["anchor_grid"] = grid
-    record = _record("models.yolo.Detect", head, {"m": head.m})
+    record = _record("models.yolo.Detect", head, {"m": _check_plain_torch(head.m, f"model.{getattr(head, 'i', -1)}.m")})
     record.state["_buffers"] = buffers
     record.state["_non_persistent_buffers_set"] = set()
 

@@ -1,0 +1,37 @@
+"""Review of ``convert --layout yolov5`` (the way back): what the written YOLOv5 file may pickle."""
+
+from __future__ import annotations
+
+import zipfile
+import pickletools
+from pathlib import Path
+
+import pytest
+import torch
+
+from focus_surgery.cli import main
+
+TRAINED = Path(__file__).parent / "fixtures" / "yolov5-wayback" / "v7.0-trained-ultralytics.pt"
+
+
+def _globals(path: Path) -> set[str]:
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
+    return {str(arg) for op, arg, _ in pickletools.genops(data) if op.name in ("GLOBAL", "STACK_GLOBAL")}
+
+
+def test_an_ultralytics_object_on_a_torch_layer_is_refused_not_pickled(tmp_path, capsys):
+    """A torch layer kept as it is carried its ``__dict__`` into the YOLOv5 file: an Ultralytics namespace held as an
+    attribute of a Conv2d was pickled as ``ultralytics.utils.IterableSimpleNamespace`` (YOLOv5 cannot load it)."""
+    from ultralytics.utils import IterableSimpleNamespace
+
+    ckpt = torch.load(TRAINED, weights_only=False)
+    ckpt["model"].model[1].conv.note = IterableSimpleNamespace(a=1)
+    src, dst = tmp_path / "odd.pt", tmp_path / "out.pt"
+    torch.save(ckpt, src)
+    code = main(["convert", str(src), str(dst), "--layout", "yolov5"])
+    err = capsys.readouterr().err
+    if code == 0:
+        pytest.fail(f"written with globals {sorted(g for g in _globals(dst) if 'ultralytics' in g)}")
+    assert code == 2 and err.count("\n") == 1 and "'note'" in err and "model.1.conv" in err
+    assert not dst.exists()
