@@ -35,3 +35,15 @@ def test_an_ultralytics_object_on_a_torch_layer_is_refused_not_pickled(tmp_path,
         pytest.fail(f"written with globals {sorted(g for g in _globals(dst) if 'ultralytics' in g)}")
     assert code == 2 and err.count("\n") == 1 and "'note'" in err and "model.1.conv" in err
     assert not dst.exists()
+
+
+def test_a_fused_model_is_refused_naming_the_fix(tmp_path, capsys):
+    """A fused model (Conv+BN folded, ``Conv.forward`` bound to ``forward_fuse``) was refused with "has attribute
+    'forward', which YOLOv5's Conv has not": the line named neither the cause nor what to do."""
+    ckpt = torch.load(TRAINED, weights_only=False)
+    ckpt["model"].fuse(verbose=False)
+    src, dst = tmp_path / "fused.pt", tmp_path / "out.pt"
+    torch.save(ckpt, src)
+    assert main(["convert", str(src), str(dst), "--layout", "yolov5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fused" in err and "before fuse()" in err and not dst.exists()

@@ -201,7 +201,12 @@ def _translate(module: nn.Module, path: str, release: str) -> Any:
         raise ConversionError(f"layer {path} is a {name}, which YOLOv5 {release} has no class for")
     own = {k for k in vars(module) if not k.startswith("_") and k != "training"}
     extra = sorted(own - set(PLAIN.get(name, ())) - set(FIXED.get(name, {})) - set(ROUTING))
-    if extra:  # e.g. a fused Conv's bound ``forward``
+    if "forward" in extra:  # fuse() binds forward_fuse and deletes the BatchNorm YOLOv5's Conv runs
+        raise ConversionError(
+            f"layer {path} ({name}) is fused (Conv and BatchNorm folded), which YOLOv5's {name} cannot hold; "
+            f"convert the file saved before fuse()"
+        )
+    if extra:
         raise ConversionError(f"layer {path} ({name}) has attribute {extra[0]!r}, which YOLOv5's {name} has not")
     wrong = {k: getattr(module, k, None) for k, v in FIXED.get(name, {}).items() if getattr(module, k, None) != v}
     if wrong:
