@@ -47,3 +47,27 @@ def test_a_fused_model_is_refused_naming_the_fix(tmp_path, capsys):
     assert main(["convert", str(src), str(dst), "--layout", "yolov5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fused" in err and "before fuse()" in err and not dst.exists()
+
+
+@pytest.mark.parametrize("recorded", ["v6.0-v7.0", "v4.0-v5.0", "v3.0-v3.1"])
+def test_a_release_range_written_as_its_oldest_says_the_loss_rules_change(recorded, tmp_path, capsys):
+    """A model recording a range trains with the range's newest release's loss rules (``rules_release``); written as
+    the oldest, the file reads back as that release exactly, so converted again it trains with other rules. The note
+    said only "which every release of the range loads" (and no test ran the range path)."""
+    from focus_surgery.yolov5.loss_rules import rules_release
+
+    ckpt = torch.load(TRAINED, weights_only=False)
+    ckpt["model"].yaml["yolov5_release"] = recorded
+    src, dst = tmp_path / "range.pt", tmp_path / "out.pt"
+    torch.save(ckpt, src)
+    if recorded != "v6.0-v7.0":  # v6.0's layers (SPPF) are not in the older releases: refused by name
+        assert main(["convert", str(src), str(dst), "--layout", "yolov5"]) == 2
+        assert "has no class for" in capsys.readouterr().err and not dst.exists()
+        return
+    assert main(["convert", str(src), str(dst), "--layout", "yolov5", "--verify", "--json"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out)
+    written = result["release"]
+    assert written == "v6.0" and result["verification"]["release_read_back"] == written
+    assert rules_release(written) != rules_release(recorded) == "v7.0"
+    note = result["release_note"]
+    assert f"{written}'s loss rules" in note and "v7.0's" in note and note in result["summary"]

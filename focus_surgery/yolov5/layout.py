@@ -44,6 +44,7 @@ from ..errors import ConversionError
 from ..loader import Record, record_class
 from .detect import LegacyDetect
 from .hyp import HYP_KEY, RELEASE_KEY
+from .loss_rules import rules_release
 
 RELEASES = ("v2.0", "v3.0", "v3.1", "v4.0", "v5.0", "v6.0", "v6.1", "v6.2", "v7.0")
 _V2 = ("Conv", "Bottleneck", "BottleneckCSP", "SPP", "Focus", "Concat")
@@ -111,7 +112,11 @@ def target_release(recorded: Any) -> tuple[str, str]:
         return text, ""
     for prefix, release in RANGES.items():
         if text.startswith(prefix):
-            return release, f"release known as {text}: written as {release}, which every release of the range loads"
+            note = f"release known as {text}: written as {release}, which every release of the range loads"
+            trained = rules_release(text)  # a range trains with its newest release's loss rules
+            if trained != release:  # the written file reads back as `release` exactly, with that release's rules
+                note += f"; read back, it trains with {release}'s loss rules, not {trained}'s"
+            return release, note
     raise ConversionError(
         f"the model records YOLOv5 release {text[:60]!r}; --layout yolov5 writes {', '.join(RELEASES)}"
     )
