@@ -106,6 +106,19 @@ def remove_stale_temporaries_in(folder: Path) -> list[Path]:
 
 
 _WRITTEN: list[list[Path]] = []  # destinations replaced inside each open ``track_writes`` block
+_CHECKS: list[Callable[[list[tuple[Path, Path]]], None]] = []  # run on complete temporaries, before any rename
+
+
+@contextlib.contextmanager
+def checked_before_rename(check: Callable[[list[tuple[Path, Path]]], None]) -> Iterator[None]:
+    """Within this block, every atomic write calls ``check([(destination, temporary), ...])`` once its temporary
+    files are complete and before any is renamed: what was written is read back and proven before it is put in
+    place. An exception from ``check`` removes the temporaries (nothing is put in place) and propagates."""
+    _CHECKS.append(check)
+    try:
+        yield
+    finally:
+        _CHECKS.remove(check)
 
 
 @contextlib.contextmanager
@@ -280,6 +293,8 @@ def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]
                 if fsync:
                     with open(tmp, "rb") as done:
                         os.fsync(done.fileno())
+            for check in list(_CHECKS):  # the written files, complete, proven before anything is renamed
+                check([(d, t) for (d, _), t in zip(plan, temporaries)])
             with _signals_held(), _folders_locked(folders if len(plan) > 1 else []):
                 # all renames or none (a signal is handled after the last one), and a pair from a concurrent run
                 # into the same folder never interleaves with ours (A's graph with B's data)

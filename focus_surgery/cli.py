@@ -31,12 +31,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    emit(inspect_file(args.src), args.json)
+    emit(inspect_file(args.src, args.block_size, args.order), args.json)
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
-    result = verify_files(args.a, args.b)
+    result = verify_files(args.a, args.b, args.block_size, args.order)
     emit(result, args.json)
     return EXIT_OK if result["passed"] else EXIT_VERIFY_FAILED
 
@@ -80,7 +80,9 @@ def _add_convert(sub) -> None:
         "--block-size", type=int, help="block size of a state dict's stem (default: from the file, else 2)"
     )
     p.add_argument("--order", help="channel order of a state dict's stem (default: from the file, else yolov5)")
-    p.add_argument("--workers", type=int, default=1, help="parallel conversions for a folder input (default 1)")
+    p.add_argument(
+        "--workers", type=int, help="parallel conversions for a folder input (default: the cores this process may use)"
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -100,6 +102,7 @@ def _add_convert(sub) -> None:
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show which stems a checkpoint holds and what they convert to")
     p.add_argument("src")
+    _add_geometry(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_inspect)
 
@@ -108,8 +111,15 @@ def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="compare two checkpoints (outputs in float64, or tensors of state dicts)")
     p.add_argument("a")
     p.add_argument("b")
+    _add_geometry(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_verify)
+
+
+def _add_geometry(p) -> None:
+    """``--block-size`` / ``--order`` of ``inspect`` and ``verify``: as ``convert`` takes them, for state dicts."""
+    p.add_argument("--block-size", type=int, help="block size of a state dict's stem (default 2), as for convert")
+    p.add_argument("--order", help="channel order of a state dict's stem (default yolov5), as for convert")
 
 
 def _add_demo(sub) -> None:
@@ -121,6 +131,12 @@ def cmd_bench(args) -> int:
     from .speed.bench import cases_from_flags, format_report, plot_latency, run_benchmark
 
     device = torch.device(args.device) if args.device else None
+    try:
+        workers = tuple(int(n) for n in args.workers.split(",")) if args.workers else None
+    except ValueError:
+        raise ValueError("--workers takes comma-separated integers, e.g. --workers 1,2") from None
+    if workers and min(workers) < 1:
+        raise ValueError("--workers takes counts of 1 or more, e.g. --workers 1,2")
     result = run_benchmark(
         device,
         cases_from_flags(args.stems, args.sizes, args.batches, args.modes),
@@ -130,6 +146,8 @@ def cmd_bench(args) -> int:
         onnx=not args.no_onnx,
         memory=not args.no_memory,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        folder=not args.no_folder,
+        workers=workers,
     )
     if args.plot:
         result["plot"] = str(plot_latency(result, args.plot))
@@ -151,6 +169,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-conversion", action="store_true", help="skip the checkpoint conversion benchmark")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export benchmark")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+    p.add_argument("--no-folder", action="store_true", help="skip the folder (--workers) benchmark")
+    p.add_argument("--workers", help="comma list of --workers the folder benchmark compares (default 1 and the cores)")
     p.set_defaults(handler=cmd_bench)
 
 

@@ -1,7 +1,8 @@
 """Checkpoint files in, reports out: the one pipeline ``convert_file``, and ``inspect_file``, ``verify_files``.
 
 ``convert_file`` is the only place that checks options (once, against the table the sources declare), asks the
-registry, raises a failed check and writes: load -> source -> options -> convert and check -> write -> report.
+registry, proves, raises a failed check and writes: load -> source -> options -> convert -> write to a temporary
+file -> read back and prove (``sources.proof``) -> rename -> report.
 Errors raise: ``CheckpointError`` / ``ConversionError`` for bad input, ``VerificationFailed`` (carrying its
 ``ConvertReport``) for a check that did not pass; then nothing is written.
 """
@@ -14,10 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic_io import checked_before_rename
 from .errors import CheckpointError, ConversionError, VerificationFailed
 from .report import ConvertReport, line
 from .sources import SOURCES, ConvertOptions, Source, load, source_for
 from .sources.base import ANY_LAYOUT, OWN_OPTIONS, STATED, suffix_of
+from .sources.proof import capture, prove_written
 from .verify import verify
 
 __all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", "check_options", "convert_file"]
@@ -96,8 +99,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
         (ConvertReport): What was found, changed, measured and written (``report["key"]`` reads its JSON form);
             ``nothing_to_do`` says why nothing was written when the input already is what was asked.
 
+    With ``verify``, the written file is read back before it is renamed into place and proven against the original
+    (``sources.proof``): ``report.proof`` says which proof it was (``model``, ``stem``, ``layout only``).
+
     Raises:
-        VerificationFailed: The float64 check failed; nothing written (``.report`` holds the measurement).
+        VerificationFailed: The float64 check failed, or measured nothing; nothing written (``.report`` holds the
+            measurement).
     """
     src, dst = Path(src), Path(dst)
     if src.is_dir():
@@ -122,7 +129,24 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
         return report
     if report.problem is not None:
         raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
-    written = report.write(dst)
+    if not opts.verify:
+        written = report.write(dst)
+    else:  # the written file is read back and proven before it is renamed into place
+        original = capture(source, src, opts)  # the input read again on its own: the conversion edited `loaded`
+        proven: list[bool] = []
+
+        def prove(pairs: list[tuple[Path, Path]]) -> None:
+            prove_written(report, source, loaded, original, opts, pairs)
+            proven.append(report.proof is not None)
+
+        with checked_before_rename(prove):
+            written = report.write(dst)
+        if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
+            for path in written if isinstance(written, list) else [dst]:
+                Path(path).unlink(missing_ok=True)
+            raise VerificationFailed(
+                f"{src}: verification failed (--verify measured nothing); {dst} not written", report
+            )
     report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
     return report
 
@@ -133,34 +157,68 @@ def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
     return convert_file(src, dst, **{k: v for k, v in vars(args).items() if k in fields}).to_dict()
 
 
-def inspect_file(src: str | os.PathLike) -> dict[str, Any]:
-    """What a checkpoint holds: its source, stems and what they convert to; ``summary`` is the text form."""
+def geometry(source: Source, path: Any, block_size: int | None = None, order: str | None = None) -> dict[str, Any]:
+    """The ``--block-size`` / ``--order`` given (None: not given) as keywords for ``source``, which must read them.
+
+    Raises:
+        ConversionError: One given that the source does not read (as ``convert`` refuses it), or an unknown order.
+    """
+    given = {k: v for k, v in (("block_size", block_size), ("order", order)) if v is not None}
+    for key in given:
+        if key not in source.uses:
+            flag = "--" + key.replace("_", "-")
+            readers = ", ".join(s.name for s in SOURCES if key in s.uses)
+            raise ConversionError(f"{path}: a {source.name} checkpoint does not use {flag} ({readers} do): drop {flag}")
+    if "order" in given:
+        from .orders import check_order
+
+        check_order(given["order"])
+    if given.get("block_size", 2) < 2:
+        raise ConversionError(f"{path}: --block-size {given['block_size']}: a space-to-depth block is 2 or more")
+    return given
+
+
+def inspect_file(src: str | os.PathLike, block_size: int | None = None, order: str | None = None) -> dict[str, Any]:
+    """What a checkpoint holds: its source, stems and what they convert to; ``summary`` is the text form.
+
+    ``block_size`` / ``order``: a state dict's stem geometry, as ``convert`` takes it (refused for a source that
+    does not read it)."""
     if Path(src).is_dir():
         raise CheckpointError(f"{src}: is a directory; inspect one checkpoint file")
     loaded = load(src)
-    info = source_for(loaded).inspect(loaded)
+    source = source_for(loaded)
+    info = source.inspect(loaded, **geometry(source, src, block_size, order))
     info["summary"] = "\n".join(line(x) for x in info.pop("lines"))
     return info
 
 
-def verify_files(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, Any]:
+def verify_files(
+    a: str | os.PathLike, b: str | os.PathLike, block_size: int | None = None, order: str | None = None
+) -> dict[str, Any]:
     """Compare two checkpoints: their outputs in float64 when both can be run, else their tensors.
 
-    Never passes on nothing: zero outputs or tensors compared, or an output scale of 0, is a failure with the
-    reason in ``problem``. ``compared`` says which comparison was done.
+    An original and its conversion compare too: the stem of ``a`` is remapped to ``b``'s form (with ``block_size``
+    / ``order`` where the file holds none) before every tensor is compared. Never passes on nothing: zero outputs
+    or tensors compared, or an output scale of 0, is a failure with the reason in ``problem``. ``compared`` says
+    which comparison was done.
     """
     for path in (a, b):
         if Path(path).is_dir():
             raise CheckpointError(f"{path}: is a directory; verify compares two checkpoint files")
     loaded = [load(a), load(b)]
     sources = [source_for(x) for x in loaded]
+    readers = [(s, p) for s, p in zip(sources, (a, b)) if "block_size" in s.uses]  # state dicts: no geometry
+    reader, path = readers[-1] if readers else (sources[1], b)
+    given = geometry(reader, path, block_size, order)  # refused where neither file reads them
     models = [s.model(x) for s, x in zip(sources, loaded)]  # None: tensors only (then both are compared as tensors)
     if all(m is not None for m in models):
         report = verify(models[0], models[1])
         result = {"a": str(a), "b": str(b), "compared": "outputs of both models in float64", **report.to_dict()}
         result["summary"] = line(f"{report} [{result['compared']}]")
         return result
-    check = sources[1].compare_tensors(sources[0].state_dict(loaded[0]), sources[1].state_dict(loaded[1]))
+    shape = {k: v for k, v in given.items() if k == "block_size"}
+    tensors = [s.state_dict(x, **shape) if "block_size" in s.uses else s.state_dict(x) for s, x in zip(sources, loaded)]
+    check = reader.compare_tensors(*tensors, **given)
     result = {"a": str(a), "b": str(b), **check}
     verdict = "PASS" if check["passed"] else "FAIL"
     err = check["max_abs_err"]

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .atomic_io import remove_stale_temporaries, remove_stale_temporaries_in
 from .errors import CheckpointError
+from .limits import available_cores
 from .report import EXIT_BAD_INPUT, EXIT_OK, MAX_NODES, bounded, emit, folder_lines, line, one_line
 from .sources.base import TIMM_TRAIN, suffix_of
 
@@ -89,10 +90,15 @@ def _child(
         conn.close()
 
 
+# What a conversion imports, imported once by the fork server: a child would otherwise import the YOLOv5 and
+# Ultralytics code (and cv2, PIL) again for every file, ~1.4 s each, more than converting a small file takes.
+PRELOAD = ["focus_surgery._fork_server_preload", "torch", "focus_surgery.files", "focus_surgery.yolov5.convert"]
+
+
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["focus_surgery._fork_server_preload", "torch", "focus_surgery.files"])
+        context.set_forkserver_preload(PRELOAD)
         return context
     return multiprocessing.get_context("spawn")
 
@@ -260,7 +266,8 @@ def convert_folder(args: argparse.Namespace) -> int:
     jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
     for folder in dict.fromkeys(Path(dst).parent for _, dst in jobs):  # what killed runs left (SIGKILL, SIGQUIT)
         remove_stale_temporaries_in(folder)
-    workers = max(1, int(getattr(args, "workers", 1) or 1))
+    workers = max(1, int(getattr(args, "workers", None) or available_cores()))
+    args.workers = workers  # the children read it (one torch thread each when several run)
     outcomes = convert_isolated(
         jobs,
         _convert_in_child,

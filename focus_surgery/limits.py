@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from typing import Any, Iterator
 
 import torch
@@ -103,3 +104,12 @@ def checked_forward() -> Iterator[None]:
         return
     with _CheckedOps(limit):
         yield
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one): a folder run's default
+    ``--workers``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

@@ -19,6 +19,16 @@ from typing import Any, Callable
 from .errors import FocusSurgeryError, VerificationFailed
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# What a conversion's float64 check proved, strongest first (``ConvertReport.proof``):
+PROOF_MODEL = "model"  # the written file, loaded back as its users load it, run against the original in float64
+PROOF_STEM = "stem"  # the changed stem run against the original stem in float64, every other tensor shown identical
+PROOF_LAYOUT = "layout only"  # the stem check replays an assumed order / block size: not checkable from the weights
+PROOFS = (PROOF_MODEL, PROOF_STEM, PROOF_LAYOUT)
+PROOF_WORDS = {  # the summary line's words for each
+    PROOF_MODEL: "verified (model proof)",
+    PROOF_STEM: "stem proof (every other tensor identical)",
+    PROOF_LAYOUT: "layout only (assumed order and block size, not checkable from the weights)",
+}
 MAX_NODES, MAX_DEPTH, MAX_CHARS = 20_000, 32, 4096  # per report: values visited, nesting, characters per string
 MAX_LINE = 16_384  # characters of one printed line (an error message from a library included)
 
@@ -131,6 +141,8 @@ class ConvertReport:
         to (str), scope (str): The options converted with.
         change (str): What changed, in words (``Focus -> Conv(6x6, stride 2)``); empty: from ``to`` and ``scope``.
         max_abs_err (float | None): The float64 error measured (None: not verified).
+        proof (str | None): What the measurement proved: ``model``, ``stem`` or ``layout only`` (``PROOFS``); None
+            when nothing was measured. Set by ``files.convert_file``, the one place a proof is decided.
         problem (str | None): Why the float64 check failed; None when it passed or did not run.
         note (str): What the input is, when that is worth saying first (``already a current Ultralytics model``).
         nothing_to_do (str): Why the input already is what was asked (then nothing is written); empty otherwise.
@@ -139,6 +151,9 @@ class ConvertReport:
         fields (dict): The adapter's own JSON fields (``kind``, ``stem``, ``verification``, ...).
         written (list[str]): Files written (set after the write).
         write (Callable[[Path], Any] | None): Writes the result to a path, atomically; not part of the report.
+        after (Any): The source's handle on what it converted, for the proof of the written file: the converted
+            model in memory when the file holds its tensors only (loaded into it, as users do), an ONNX graph's
+            folded stems; not part of the report.
     """
 
     src: str
@@ -147,6 +162,7 @@ class ConvertReport:
     scope: str = "stem"
     change: str = ""
     max_abs_err: float | None = None
+    proof: str | None = None
     problem: str | None = None
     note: str = ""
     nothing_to_do: str = ""
@@ -156,6 +172,7 @@ class ConvertReport:
     dst: str = ""
     written: list[str] = field(default_factory=list)
     write: Callable[[Any], Any] | None = field(default=None, repr=False, compare=False)
+    after: Any = field(default=None, repr=False, compare=False)
 
     def lines(self) -> list[str]:
         """The text form, one fact per line."""
@@ -164,17 +181,19 @@ class ConvertReport:
             return [f"nothing to do: {self.src}{what}; {self.nothing_to_do}; {self.dst} not written"]
         change = self.change or f"stem to {self.to}{', scope all' if self.scope == 'all' else ''}"
         head = f"converted {self.src} -> {self.dst} ({change})"
-        if self.max_abs_err is not None:
-            head += f", verified: max_abs_err={self.max_abs_err:.3e}"
+        if self.max_abs_err is not None:  # "verified" only for a model proof; the weaker proofs say what they are
+            head += f", {PROOF_WORDS.get(self.proof, 'checked in memory')}: max_abs_err={self.max_abs_err:.3e}"
         if self.note:
             head = f"{self.src} is {self.note.split(';')[0]}; {head}"
         tail = [f"  the result loads into the model after this change: {self.loads_into}"] if self.loads_into else []
         return [head, *self.details, *tail]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``src``, ``dst``, ``source``, ``to``, the adapter's fields, ``max_abs_err``, ``summary``."""
+        """The JSON form: ``src``, ``dst``, ``source``, ``to``, the adapter's fields, ``max_abs_err``, ``proof``,
+        ``summary``."""
         out = {"src": self.src, "dst": self.dst, "source": self.source, "to": self.to, **self.fields}
         out["max_abs_err"] = self.max_abs_err
+        out["proof"] = self.proof
         out.update({k: getattr(self, k) for k in ("note", "loads_into", "written") if getattr(self, k)})
         if self.nothing_to_do:
             out.update(nothing_to_do=self.nothing_to_do, written=[])

@@ -38,8 +38,8 @@ def _common_input_shape(reference: nn.Module, candidate: nn.Module) -> tuple[int
     return a[0], a[1], math.lcm(a[2], b[2]), math.lcm(a[3], b[3])
 
 
-def _prepare(model: nn.Module, dtype: torch.dtype | None, device: torch.device) -> nn.Module:
-    model = copy.deepcopy(model).eval().to(device)
+def _prepare(model: nn.Module, dtype: torch.dtype | None, device: torch.device, copies: bool = True) -> nn.Module:
+    model = (copy.deepcopy(model) if copies else model).eval().to(device)
     return model.to(dtype) if dtype is not None else model
 
 
@@ -52,6 +52,7 @@ def verify(
     dtype: torch.dtype | None = torch.float64,
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
+    copies: bool = True,
 ) -> VerificationReport:
     """Compare the outputs of two models on the same inputs, on copies (the models are never modified).
 
@@ -63,6 +64,8 @@ def verify(
         dtype (torch.dtype | None): Run both copies in this dtype (float64 by default); None keeps their dtype.
         tolerance (float): Pass threshold on the error relative to the output scale (floored at 1).
         seed (int): Seed of the random input.
+        copies (bool): False runs the two models themselves, changed to ``dtype`` and eval mode in place (for
+            models the caller built for this comparison alone: no copy of a large model is made).
 
     Returns:
         (VerificationReport): Errors, scale, pass/fail.
@@ -76,7 +79,7 @@ def verify(
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     args = tuple(a.to(device=device, dtype=dtype or a.dtype) if a.is_floating_point() else a.to(device) for a in args)
     with checked_forward():  # bounded when the caller set a forward_memory_limit (models read from files)
-        ref_out = flatten_outputs(_prepare(reference, dtype, device)(*args))
-        cand_out = flatten_outputs(_prepare(candidate, dtype, device)(*args))
+        ref_out = flatten_outputs(_prepare(reference, dtype, device, copies)(*args))
+        cand_out = flatten_outputs(_prepare(candidate, dtype, device, copies)(*args))
     name = str(dtype or args[0].dtype).replace("torch.", "")
     return compare(ref_out, cand_out, [list(a.shape) for a in args], name, tolerance)

@@ -240,8 +240,8 @@ MUTANTS = [
     ),
     Mutant(
         "darknet --verify ignores the stem's dtype",
-        "focus_surgery/sources/darknet.py",
-        "if before[key].dtype != after[key].dtype:",
+        "focus_surgery/sources/proof.py",
+        "if changed is not None:",
         "if False:",
         ("tests/test_zoo_half_ema.py",),
     ),

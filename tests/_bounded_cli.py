@@ -70,6 +70,9 @@ class Outcome:
         )
 
 
+PASSED_ON = ("FOCUS_SURGERY_LOAD_MODE",)  # set by a test after the server started; each job carries it
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", YOLO_OFFLINE="1", MPLBACKEND="Agg")
     env.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="focus-surgery-ultralytics-config-"))  # no fixed path
@@ -91,8 +94,14 @@ def _vm_size() -> int:
     return 0
 
 
-def _child(argv: list[str], out: str, err: str, headroom: int, cwd: str | None = None) -> None:
+def _child(
+    argv: list[str], out: str, err: str, headroom: int, cwd: str | None = None, env: dict | None = None
+) -> None:
     import resource
+
+    for name in PASSED_ON:
+        os.environ.pop(name, None)
+    os.environ.update(env or {})
 
     if cwd is not None:  # relative names in the file (external data) must not resolve against the server's folder
         os.chdir(cwd)
@@ -147,7 +156,7 @@ def serve() -> None:
             try:
                 os.setpgid(0, 0)
                 cwd = _decode_path(job["cwd"]) if job.get("cwd") is not None else None
-                _child(argv, job["out"], job["err"], job["headroom"], cwd)
+                _child(argv, job["out"], job["err"], job["headroom"], cwd, job.get("env"))
             finally:
                 os._exit(120)
         try:
@@ -209,6 +218,8 @@ class BoundedCLI:
         out, err = self.workdir / f"{self.count}.out", self.workdir / f"{self.count}.err"
         argv = [os.fsencode(a).hex() for a in args]
         job = {"argv": argv, "out": str(out), "err": str(err), "limit": limit, "headroom": headroom}
+        # the loader mode a test chose (conftest.loader_mode) reaches the child, though the server started before
+        job["env"] = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
         if cwd is not None:
             job["cwd"] = os.fsencode(os.fspath(cwd)).hex()
         self.proc.stdin.write(json.dumps(job) + "\n")

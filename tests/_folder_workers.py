@@ -30,3 +30,15 @@ def by_content(src: str, dst: str, options: dict) -> dict:
         Path(dst).parent.joinpath(f".{Path(dst).name}.{os.getpid()}-abc.focus-surgery-tmp").write_text("partial")
         time.sleep(3600)
     return write_marker(src, dst, options)
+
+
+def imports_of_a_conversion(src: str, dst: str, options: dict) -> dict:
+    """Convert ``src`` as a folder run's child does and say which modules that imported (the fork server's preload
+    should have imported them all, once)."""
+    import sys
+
+    from focus_surgery.folder import _convert_in_child
+
+    before = set(sys.modules)
+    report = _convert_in_child(src, dst, options)
+    return {"imported": sorted(set(sys.modules) - before), "converted": report["dst"]}

@@ -14,6 +14,18 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # one thread per xdist worker: 2 workers on 2 cores, no oversubscription
 
 
+LOADER_MODES = ("copy", "mmap", "mmap-nocrc")  # focus_surgery.loader.LOAD_MODES (a test checks they agree)
+
+
+@pytest.fixture(params=LOADER_MODES)
+def loader_mode(request, monkeypatch) -> str:
+    """Run a test once per safe-loader mode: ``FOCUS_SURGERY_LOAD_MODE`` is the default of ``read_checkpoint`` and
+    of the CLI's pipeline, here and in the CLI's children (``_bounded_cli`` passes it on), so every attack suite
+    that uses it runs against the copying, the mapped and the mapped-without-CRC paths."""
+    monkeypatch.setenv("FOCUS_SURGERY_LOAD_MODE", request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

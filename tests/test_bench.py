@@ -89,6 +89,21 @@ def test_cli_bench_quick_json_and_plot(tmp_path):
         (c.stem, c.batch, c.mode) for c in bench.QUICK
     ]
     assert result["conversion"]["convert_s"] > 0
+    conv = result["conversion"]  # issue 19: every loader mode, torch.load's two modes and a file copy side by side
+    assert set(conv["seconds"]) == {
+        *bench.LOADER_KINDS,
+        "torch-load",
+        "torch-load-mmap",
+        "copy",
+        "plain",
+        "convert",
+        "plain+fsync",
+        "convert-no-fsync",
+    }
+    assert all(v > 0 for v in conv["seconds"].values()) and conv["load_mmap_over_torch_mmap"] > 0
+    folder = result["folder"]
+    assert folder["files"] == 3 and [r["workers"] for r in folder["rows"]] == [1] and folder["rows"][0]["seconds"] > 0
+    assert "Folder conversion" in bench.format_report(result) and "mmap-nocrc" in bench.format_report(result)
     onnx = {row["form"]: row for row in result["onnx"]["forms"]}
     assert onnx["focus_slices"]["slice"] > 0 and onnx["focus_slices"]["concat"] == 1
     assert onnx["conv"]["slice"] == 0 and onnx["conv"]["concat"] == 0

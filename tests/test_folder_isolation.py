@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import torch
+
 from focus_surgery.folder import convert_isolated
 from tests._folder_workers import by_content
 
@@ -45,3 +47,45 @@ def test_results_come_back_in_job_order(tmp_path):
     outcomes = convert_isolated(jobs, by_content, {}, workers=3)
     assert [o.src for o in outcomes] == [src for src, _ in jobs]
     assert all(o.result == {"src": o.src, "dst": o.dst} for o in outcomes)
+
+
+def test_a_child_imports_nothing_the_fork_server_did_not(tmp_path):
+    """Imports are paid once per run, in the fork server, not once per file: converting a YOLOv5-repository file
+    and a plain state dict in a child imports none of ours or Ultralytics' (~1.4 s of imports per file before)."""
+    from focus_surgery.speed.bench import make_yolov5x_size_state_dict
+    from tests._folder_workers import imports_of_a_conversion
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "out").mkdir()
+    torch.save(make_yolov5x_size_state_dict(20_000), tmp_path / "sd.pt")
+    sources = [root / "tests/fixtures/yolov5-legacy/yolov5s-v4.0-d0.33-w0.125-nc3-seed103-fp16.pt", tmp_path / "sd.pt"]
+    jobs = [(str(src), str(tmp_path / "out" / f"{i}.pt")) for i, src in enumerate(sources)]
+    outcomes = convert_isolated(jobs, imports_of_a_conversion, {"workers": 1, "to": "conv"}, workers=1)
+    for outcome in outcomes:
+        assert outcome.error is None, outcome.error
+        imported = outcome.result["imported"]  # torch's own lazy submodules of torch.save may load (milliseconds)
+        heavy = [m for m in imported if m.split(".")[0] in ("focus_surgery", "ultralytics", "cv2", "PIL", "yaml")]
+        assert heavy == [] and len(imported) <= 8, imported[:20]
+
+
+def test_workers_default_to_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    import argparse
+    import os
+
+    from focus_surgery import folder
+
+    seen = {}
+
+    def record(jobs, work, options, workers, timeout_s, memory_bytes, progress):
+        seen.update(workers=workers, option=options["workers"])
+        return [folder.FileOutcome(src, dst, result={"src": src, "dst": dst}) for src, dst in jobs]
+
+    monkeypatch.setattr(folder, "convert_isolated", record)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.pt").write_bytes(b"x")
+    args = argparse.Namespace(
+        src=str(tmp_path / "in"), dst=str(tmp_path / "out"), json=True, workers=None, timeout=300, max_memory=8
+    )
+    assert folder.convert_folder(args) == 0
+    assert seen == {"workers": len(os.sched_getaffinity(0)), "option": len(os.sched_getaffinity(0))}
+    assert folder.available_cores() == len(os.sched_getaffinity(0))

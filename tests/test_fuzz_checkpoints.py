@@ -16,6 +16,8 @@ import pytest
 
 from _bounded_cli import TIME_LIMIT
 
+pytestmark = pytest.mark.usefixtures("loader_mode")  # every test once per loader mode (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "yolov5-legacy").glob("yolov5s-*.pt")) + sorted(
     (ROOT / "checkpoints").glob("*.pt")

@@ -24,6 +24,8 @@ from focus_surgery.loader.errors import Refused
 from focus_surgery.loader.rebuilders import Budgets
 from hostile_files import PickleWriter, legacy_file, shared_layer_pickle, torch_zip, write_zip, zip_entries
 
+pytestmark = pytest.mark.usefixtures("loader_mode")  # every test once per loader mode (conftest)
+
 FORMATS = ("zip", "legacy")
 
 

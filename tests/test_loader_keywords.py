@@ -16,6 +16,8 @@ import pytest
 from focus_surgery.loader import CheckpointError, read_checkpoint
 from hostile_files import PickleWriter, legacy_file, torch_zip
 
+pytestmark = pytest.mark.usefixtures("loader_mode")  # every test once per loader mode (conftest)
+
 FORMATS = ("zip", "legacy")
 ADDRESS = 0x41414141
 

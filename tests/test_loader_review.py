@@ -24,6 +24,8 @@ import torch
 
 from tests._work_count import per_item_growth
 
+pytestmark = pytest.mark.usefixtures("loader_mode")  # every test once per loader mode (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ULTRALYTICS = ROOT / "checkpoints" / "yolo-focus-tiny.pt"  # the repo's own sample file (trusted)
 
@@ -385,7 +387,7 @@ def test_errors_from_model_code_name_the_file(tmp_path):
     assert str(tmp_path / "mode.pt") in run.stderr, run.stderr
 
 
-def test_crc_of_unread_records_is_checked(tmp_path):
+def test_crc_of_unread_records_is_checked(tmp_path, loader_mode):
     """The docstrings say "every zip record's CRC-32 is checked", but only data.pkl, byteorder and referenced
     storages are read: a corrupt ``version`` record or an unreferenced storage loads."""
     from focus_surgery.loader import CheckpointError, read_checkpoint
@@ -394,8 +396,11 @@ def test_crc_of_unread_records_is_checked(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[raw.index(b"\x01\x02\x03\x04")] ^= 0xFF  # the unreferenced storage record, stored uncompressed
     path.write_bytes(bytes(raw))
+    if loader_mode == "mmap-nocrc":  # documented: no storage record's CRC-32 is computed in this mode
+        assert read_checkpoint(path).content == {}
+        loader_mode = "mmap"
     with pytest.raises(CheckpointError, match="CRC"):
-        read_checkpoint(path)
+        read_checkpoint(path, loader_mode)
 
 
 def test_plain_metadata_of_a_slice_is_bounded():
@@ -507,7 +512,7 @@ def test_held_tensor_past_its_storage_and_stride0_budget(tmp_path):
     assert "logical size" in _refused(b"\x80\x02" + huge, tmp_path, {"0": bytes(16)})
 
 
-def test_held_zip_bomb_and_storage_crc(tmp_path):
+def test_held_zip_bomb_and_storage_crc(tmp_path, loader_mode):
     from focus_surgery.loader import CheckpointError, read_checkpoint
 
     bomb = tmp_path / "bomb.pt"
@@ -522,8 +527,11 @@ def test_held_zip_bomb_and_storage_crc(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[raw.index(b"\x11\x22\x33\x44")] ^= 1
     path.write_bytes(bytes(raw))
+    if loader_mode == "mmap-nocrc":  # documented: storages' CRC-32s are not computed; the flipped byte is read
+        assert read_checkpoint(path).content.view(torch.uint8)[0].item() == 0x10
+        loader_mode = "mmap"
     with pytest.raises(CheckpointError, match="CRC"):
-        read_checkpoint(path)
+        read_checkpoint(path, loader_mode)
 
 
 def test_safetensors_with_a_deeply_nested_header_is_a_checkpoint_error(tmp_path):

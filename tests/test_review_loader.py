@@ -38,6 +38,8 @@ from hostile_files import (
 from focus_surgery.loader import CheckpointError, Transform, read_checkpoint
 from focus_surgery.loader.containers import budgets_for
 
+pytestmark = pytest.mark.usefixtures("loader_mode")  # every test once per loader mode (conftest)
+
 STRIDE_ZERO = 1 << 13  # a (2**13, 2**13) float view of one float: 256 MiB logical
 
 

@@ -69,3 +69,26 @@ def test_error_lines_never_show_an_empty_field(source, dst, error, capsys):
     error_exit(error, source, dst)
     err = capsys.readouterr().err.strip()
     assert ": :" not in err and ":  " not in err and not err.startswith(": ") and "error: :" not in err
+
+
+def test_review_json_of_an_ultralytics_file_keeps_its_note_key(spd_checkpoint, tmp_path, capsys):
+    """Review: ``--json`` keys of existing outputs stay; an Ultralytics file's report had ``note`` before issue 22."""
+    assert main(["convert", str(spd_checkpoint), str(tmp_path / "j.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["note"] == "already a current Ultralytics model; its stem was converted"
+    assert not report["summary"].startswith(f"{spd_checkpoint} is already")  # the text still begins with the change
+
+
+def test_review_scope_all_is_not_offered_as_a_plain_file_for_a_target_that_adds_our_layers(tmp_path, capsys):
+    """Review: ``--to s2d`` writes SPD-Conv layers; ``--scope all --to s2d`` would add more of them, never a plain
+    file, so the line must not say it would."""
+    from ultralytics import YOLO
+
+    src = tmp_path / "v8.pt"
+    YOLO("yolov8n.yaml").save(str(src))
+    capsys.readouterr()
+    assert main(["convert", str(src), str(tmp_path / "s2d.pt"), "--to", "s2d", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["needs_focus_surgery"] == {"SPDConv": 1}  # what the file holds is still said
+    assert "--scope all" not in report["summary"] and "plain file" not in report["summary"]
+    assert "scope_all_converts" not in report

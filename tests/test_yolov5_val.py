@@ -147,5 +147,7 @@ def test_mixed_sizes_val_equals_yolov5_val_py(mixed, name, mode, tmp_path):
         .box
     )
     ref = MIXED[name][mode]
-    assert abs(box.map50 - ref["map50"]) <= 1e-3, (box.map50, ref["map50"])
-    assert abs(box.map - ref["map50_95"]) <= 1e-3, (box.map, ref["map50_95"])
+    # measured: equal to 7e-18 (float64 summation); labels mapped back with w / w0 (val.py: h / h0) are 1.0001e-3 off,
+    # predictions 1.2e-3 to 2.1e-3, so a 1e-3 bound would barely see either
+    assert abs(box.map50 - ref["map50"]) <= 1e-9, (box.map50, ref["map50"])
+    assert abs(box.map - ref["map50_95"]) <= 1e-9, (box.map, ref["map50_95"])

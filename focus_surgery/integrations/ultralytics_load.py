@@ -6,7 +6,11 @@ Ultralytics' ``load_checkpoint`` (what ``YOLO(...)``, its trainer and validators
 pickles ``models.yolo.Model``, a module Ultralytics does not have, so ``torch_safe_load`` refuses it ("NOT forwards
 compatible", a ``TypeError``). ``install`` wraps ``torch_safe_load`` in memory (no installed file is edited):
 
-* every file goes to Ultralytics' own function first, with the same arguments, and what it returns is returned
+* a local file whose pickle names YOLOv5's classes (listed by torch without unpickling), or that Ultralytics would
+  swap for its own "u" model (``yolov5s.pt`` -> ``yolov5su.pt``, read or downloaded instead), is read by our safe
+  loader first: a YOLOv5 file never reaches Ultralytics' full unpickler, and the user's file is opened, not another
+  model;
+* every other file goes to Ultralytics' own function, with the same arguments, and what it returns is returned
   unchanged: Ultralytics' own files load exactly as before;
 * only when it raises, and our safe loader (``focus_surgery.loader``, no code from the file runs) finds a YOLOv5
   ``models.yolo.Model`` in the file, the model is rebuilt in memory (``yolov5/rebuild.py``) and converted as
@@ -36,16 +40,19 @@ def _log(message: str) -> None:
 def _yolov5_content(path: Path) -> Any | None:
     """The file's content read by our safe loader when it holds a YOLOv5-repository model, else None."""
     from ..loader import read_checkpoint
-    from ..yolov5.rebuild import _is_yolov5_model
 
     try:
         content = read_checkpoint(path).content
     except (CheckpointError, OSError):
         return None  # not ours to explain: Ultralytics' own error stands
+    return content if _holds_yolov5(content) else None
+
+
+def _holds_yolov5(content: Any) -> bool:
+    from ..yolov5.rebuild import _is_yolov5_model
+
     holder = {"model": content} if _is_yolov5_model(content) else content
-    if isinstance(holder, dict) and any(_is_yolov5_model(holder.get(k)) for k in ("ema", "model")):
-        return content
-    return None
+    return isinstance(holder, dict) and any(_is_yolov5_model(holder.get(k)) for k in ("ema", "model"))
 
 
 def open_yolov5(path: str | os.PathLike, content: Any) -> dict[str, Any]:
@@ -76,14 +83,59 @@ def open_yolov5(path: str | os.PathLike, content: Any) -> dict[str, Any]:
     return ultralytics_checkpoint(conv, "conv")
 
 
+def _swapped_by_ultralytics(weight: Any) -> bool:
+    """Whether Ultralytics reads another file than ``weight`` names: it renames ``yolov5s.pt`` to ``yolov5su.pt``
+    (any path without a 'u') before reading, and downloads that one when it is missing."""
+    from ultralytics.utils.checks import check_yolov5u_filename
+
+    name = str(weight).strip().replace("'", "")  # as attempt_download_asset reads it
+    return check_yolov5u_filename(name, verbose=False) != name
+
+
+def _local_pt(weight: Any) -> Path | None:
+    """The ``.pt`` file ``weight`` names, found as Ultralytics finds it (the path, else its ``weights_dir``)."""
+    from ultralytics.utils import SETTINGS
+
+    path = Path(str(weight).strip().replace("'", ""))  # as attempt_download_asset reads it
+    if path.suffix.lower() != ".pt":  # Ultralytics' suffix checks lower-case it
+        return None
+    if path.is_file():
+        return path
+    found = Path(SETTINGS["weights_dir"]) / path
+    return found if found.is_file() else None
+
+
+def _yolov5_names(path: Path) -> bool | None:
+    """Whether the pickle names YOLOv5's classes (``models.*``) and none of Ultralytics' own, listed by torch without
+    unpickling it; None when torch cannot list them (not a zip checkpoint)."""
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy or unreadable file: our safe loader decides
+        return None
+    return any(n.startswith("models.") for n in names) and not any(n.startswith("ultralytics.") for n in names)
+
+
 def _wrap(original: Callable) -> Callable:
     @functools.wraps(original)
     def torch_safe_load(weight, *args, **kwargs):
+        path = _local_pt(weight)
+        names_yolov5 = _yolov5_names(path) if path is not None else False
+        if names_yolov5:  # never handed to Ultralytics' full unpickler, which runs what a pickle names
+            from ..loader import read_checkpoint
+
+            content = read_checkpoint(path).content  # a hostile file: our one-line refusal, nothing run
+            if _holds_yolov5(content):
+                return open_yolov5(path, content), str(path)
+        if path is not None and (names_yolov5 is None or _swapped_by_ultralytics(weight)):
+            content = _yolov5_content(path)  # the user's own file, not the 'u' model Ultralytics would read
+            if content is not None:
+                return open_yolov5(path, content), str(path)
         try:
             return original(weight, *args, **kwargs)
         except Exception:  # noqa: BLE001 - re-raised unchanged unless the file is a YOLOv5 one
-            path = Path(str(weight))
-            content = _yolov5_content(path) if path.suffix == ".pt" and path.is_file() else None
+            content = _yolov5_content(path) if path is not None else None
             if content is None:
                 raise
             return open_yolov5(path, content), str(path)

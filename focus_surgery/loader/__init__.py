@@ -11,9 +11,19 @@ Guarantees (tested in ``tests/test_hostile_files.py``):
 * every declared size (zip records, storages, tensors) is checked against the file's size before allocation; the
   tensors' total logical size (every use of a tensor, every path to a shared layer's) is at most twice the file
   plus 256 MiB, the pickle at most 64 MiB; zip records are stored or deflated, summed and non-overlapping;
-* every zip record's CRC-32 is checked; storages are never left uninitialised;
+* every zip record's CRC-32 is checked (in mode ``"mmap-nocrc"``: the pickle's and the small records', not the
+  storages'); storages are never left uninitialised;
 * time is linear in the file size: one ``Transform`` visits each shared object once; keys cannot be made to collide
   (integers below 2**32) and no integer beyond 128 bits reaches arithmetic.
+
+Modes (``read_checkpoint(path, mode=...)``; ``containers.LOAD_MODES``): ``"copy"`` (the default of
+``read_checkpoint``: storages read into the process's memory, as ``torch.load``; tensors that outlive the call do
+not depend on the file), ``"mmap"`` (storages are copy-on-write views of a private mapping of the file, every CRC-32
+computed over the mapped bytes before returning; the default of the CLI's pipeline, whose content is dropped before
+it returns: the file must not be truncated while the views live - ``torch.save`` to the same path would, and a read
+of a page past the new end is a SIGBUS) or ``"mmap-nocrc"`` (the same views, nothing of the weights read at load
+time: what makes ``torch.load(mmap=True)`` fast; storages' CRC-32s are not checked, every bound still is). The
+environment variable ``FOCUS_SURGERY_LOAD_MODE`` replaces the default (never an explicit ``mode``).
 
 ``allow_records(module, reason)`` admits more record modules (``allowlist.ALLOWED`` is the one table);
 each bound is tested at its limit in ``tests/test_loader_bounds.py``.
@@ -32,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .allowlist import allow_records
-from .containers import read_container
+from .containers import LOAD_MODES, LoadStats, read_container
 from .errors import CheckpointError, Refused
 from .loaded import Checkpoint, Loaded
 from .rebuilders import ArraySpec, DtypeSpec
@@ -42,8 +52,10 @@ from .walk import MAX_DEPTH, Transform
 
 __all__ = [
     "MAX_DEPTH",
+    "LOAD_MODES",
     "Checkpoint",
     "CheckpointError",
+    "LoadStats",
     "Loaded",
     "NamedReference",
     "Namespace",
@@ -52,6 +64,7 @@ __all__ = [
     "Transform",
     "allow_records",
     "check_readable",
+    "load_mode",
     "namespace_class",
     "read_checkpoint",
     "record_class",
@@ -106,8 +119,28 @@ _UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupEr
 _UNREADABLE += (zipfile.BadZipFile, OSError, RuntimeError, MemoryError, ArithmeticError, zlib.error)  # bad deflate
 
 
-def read_checkpoint(path: str | os.PathLike) -> Loaded:
+MODE_VARIABLE = "FOCUS_SURGERY_LOAD_MODE"
+
+
+def load_mode(mode: str | None = None, default: str = "copy") -> str:
+    """``mode`` if given, else the environment's ``FOCUS_SURGERY_LOAD_MODE``, else ``default``; one of LOAD_MODES.
+
+    Raises:
+        CheckpointError: An unknown mode (named, with the ones there are).
+    """
+    chosen = mode or os.environ.get(MODE_VARIABLE) or default
+    if chosen not in LOAD_MODES:
+        where = f"{MODE_VARIABLE}={chosen}" if mode is None else f"mode {chosen!r}"
+        raise CheckpointError(f"unknown loader {where}; use one of {', '.join(LOAD_MODES)}")
+    return chosen
+
+
+def read_checkpoint(path: str | os.PathLike, mode: str | None = None) -> Loaded:
     """Read a ``torch.save`` file into plain data and records; nothing named by the file runs.
+
+    Args:
+        path: The file.
+        mode: ``"copy"``, ``"mmap"`` or ``"mmap-nocrc"`` (see the module's docstring); None: ``load_mode()``.
 
     Raises:
         CheckpointError: Missing, empty, truncated, corrupt or hostile file; one line naming the file and the
@@ -115,10 +148,11 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
     """
     path = check_readable(path)
     file_size = path.stat().st_size
+    stats = LoadStats(load_mode(mode))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's deprecation notes would turn one error into several lines
-            content, unpickler, container = read_container(path, file_size)
+            content, unpickler, container = read_container(path, file_size, stats.mode, stats)
             content = _finish(content, unpickler)
     except CheckpointError:
         raise
@@ -131,4 +165,4 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
             raise CheckpointError(f"{path}: {detail}; the file is corrupt") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
     protocol = getattr(unpickler, "proto", 2)
-    return Loaded(path, content, frozenset(unpickler.globals_seen), container, protocol=protocol)
+    return Loaded(path, content, frozenset(unpickler.globals_seen), container, protocol=protocol, stats=stats)

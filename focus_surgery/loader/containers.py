@@ -2,6 +2,12 @@
 
 * zip (torch >= 1.6): ``<archive>/data.pkl`` plus one record per storage, ``<archive>/data/<key>``. Every record's
   declared size must fit in the file (no zip bombs), the pickle must be small, every storage's CRC-32 is checked.
+  Stored storage records are read in one of three modes (``LOAD_MODES``): ``"copy"`` (each record read into fresh
+  memory), ``"mmap"`` (copy-on-write views of one private mapping of the file: nothing is copied; every CRC-32 is
+  computed over the mapped bytes before the content is returned) or ``"mmap-nocrc"`` (the same views, storages'
+  CRC-32s not computed: nothing of the weights is read at load time, as ``torch.load(mmap=True)``; the pickle and
+  the small records are still checked, and every offset and size still is, so a corrupt weight byte gives a wrong
+  value, never a read outside the file).
 * legacy (torch < 1.6): magic number, protocol and sys-info pickles, the object pickle, its storage keys, then
   the raw storages. A storage's declared size must fit in what is left of the file; every storage must be filled
   by the file (never uninitialised memory).
@@ -10,6 +16,8 @@
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import pickle
 import struct
 import zipfile
@@ -17,6 +25,7 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import torch
@@ -31,6 +40,27 @@ TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's 
 
 
 OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four times the file's size
+LOAD_MODES = ("copy", "mmap", "mmap-nocrc")
+RECORD_ALIGNMENT = 64  # torch.save aligns each record's data to 64 bytes; others are copied, never mapped unaligned
+CRC_THREADS = 2  # zlib releases the GIL: checksums run beside the unpickling (more threads: no gain on 2-4 cores)
+
+
+@dataclass
+class LoadStats:
+    """What one load did with the file's bytes (counts, for tests and the benchmark; no timing).
+
+    Attributes:
+        storages (int): Storage records the pickle used.
+        copied_bytes (int): Storage bytes copied into the process's own memory (0 in the mmap modes).
+        mapped_bytes (int): Storage bytes handed out as views of the file's mapping.
+        crc_bytes (int): Bytes whose CRC-32 was computed (every record in "copy" and "mmap").
+    """
+
+    mode: str = "copy"
+    storages: int = 0
+    copied_bytes: int = 0
+    mapped_bytes: int = 0
+    crc_bytes: int = 0
 
 
 def budgets_for(file_size: int) -> Budgets:
@@ -66,12 +96,16 @@ class BoundedReader:
         return self._handle.tell()
 
 
-def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int) -> None:
+def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int) -> dict[str, int]:
     """Before anything is decompressed: every record stored or deflated (zipfile inflates bzip2 / LZMA chunks
-    without an output bound), none declaring more than the file, all but the pickle together at most the file, and
-    no two records sharing bytes (each byte of the file is read once).
+    without an output bound), none declaring more than the file, all but the pickle together at most the file, every
+    record's bytes inside the file, and no two records sharing bytes (each byte of the file is read once).
+
+    Returns:
+        (dict[str, int]): Each record's name: the file offset of its data (a stored record's bytes are
+            ``file[offset : offset + info.file_size]``, checked to lie in the file).
     """
-    total, extents = 0, []
+    total, extents, offsets = 0, [], {}
     first = infos[0].filename
     pickle_name = (first.split("/")[0] + "/" if "/" in first else "") + "data.pkl"  # the one torch reads
     for info in infos:
@@ -91,7 +125,11 @@ def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], fi
         if len(local) < 30 or local[:4] != b"PK\x03\x04":
             raise CheckpointError(f"{path}: record {info.filename!r} has no local header; the file is corrupt")
         name_length, extra_length = struct.unpack("<HH", local[26:30])
-        end = info.header_offset + 30 + name_length + extra_length + info.compress_size
+        start = info.header_offset + 30 + name_length + extra_length
+        end = start + info.compress_size
+        if end > file_size or (info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size):
+            raise CheckpointError(f"{path}: record {info.filename!r} does not fit in the file; the file is corrupt")
+        offsets[info.filename] = start
         extents.append((info.header_offset, end, info.filename))
     if total > file_size:
         raise CheckpointError(f"{path}: its records unpack to {total:,} bytes, more than the file ({file_size:,})")
@@ -99,6 +137,7 @@ def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], fi
     for (_, end, name), (start, _, other) in zip(extents, extents[1:]):
         if start < end:
             raise CheckpointError(f"{path}: zip records {name!r} and {other!r} overlap; not a torch checkpoint")
+    return offsets
 
 
 def shown(key: str) -> str:
@@ -113,8 +152,48 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
-    """Read a zip checkpoint; returns (content, the unpickler that read it: its globals and budgets)."""
+class _RecordBytes:
+    """Stored records' bytes as storages: views of one private (copy-on-write) mapping of the file, or fresh copies.
+
+    Every offset and length comes from ``check_records`` (inside the file). A mapping's pages are never written back:
+    a tensor written to by its user gets its own copy of the page, the file is untouched.
+    """
+
+    def __init__(self, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats):
+        self._fd, self._mode, self.stats = handle.fileno(), mode, stats
+        self._whole: torch.UntypedStorage | None = None
+        self._bytes: Any = None  # the mapping as a numpy byte array (CRC-32s read it without a copy)
+        if mode != "copy":
+            try:
+                mapping = mmap.mmap(self._fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
+            except (OSError, ValueError):  # no room in an address-space limit (a folder run's child): copy instead
+                return
+            whole = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive while any view lives
+            self._whole, self._bytes = whole.untyped_storage(), whole.numpy()
+
+    def storage(self, offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
+        """(storage of ``file[offset : offset + nbytes]``, its bytes as a numpy array for the CRC-32)."""
+        if self._whole is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
+            self.stats.mapped_bytes += nbytes
+            return self._whole[offset : offset + nbytes], self._bytes[offset : offset + nbytes]
+        tensor = torch.empty((nbytes,), dtype=torch.uint8)
+        array, done = tensor.numpy(), 0
+        while done < nbytes:  # one copy, kernel to the storage (no Python bytes object in between)
+            got = os.preadv(self._fd, [array[done:]], offset + done)
+            if got <= 0:
+                raise CheckpointError("the file became shorter while it was read")
+            done += got
+        self.stats.copied_bytes += nbytes
+        return tensor.untyped_storage(), array
+
+
+def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | None = None) -> tuple[Any, Any]:
+    """Read a zip checkpoint; returns (content, the unpickler that read it: its globals and budgets).
+
+    ``mode`` is one of ``LOAD_MODES`` (see the module's docstring); ``stats`` counts what was copied, mapped and
+    checksummed.
+    """
+    stats = stats if stats is not None else LoadStats(mode)
     with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
         infos = archive.infolist()
         if not infos:
@@ -123,7 +202,7 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
         twice = next((name for name, count in Counter(names).items() if count > 1), None)
         if twice is not None:
             raise CheckpointError(f"{path}: zip archive holds two records named {twice!r}; not a torch checkpoint")
-        check_records(path, handle, infos, file_size)
+        offsets = check_records(path, handle, infos, file_size)
         # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
         stray = next((n for n in names if not n.startswith(prefix)), None)
@@ -144,12 +223,13 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
         if order is not None and archive.read(order).strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
         data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
+        stats.crc_bytes += len(data)
 
         budgets = budgets_for(file_size)
         unpacked = [0]
         storages: dict[str, torch.storage.TypedStorage] = {}
-        readers: list[Any] = []  # torch's own record reader (no pickle, no extra copy), opened on first use
-        stream = open(path, "rb")  # a file object also serves names that are not valid UTF-8
+        records = _RecordBytes(handle, file_size, mode, stats)
+        check_storages = mode != "mmap-nocrc"
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
             if view is not None:
@@ -166,14 +246,16 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
                 unpacked[0] += info.file_size
                 if unpacked[0] > file_size:
                     raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
-                if not readers:
-                    readers.append(torch._C.PyTorchFileReader(stream))
-                raw = readers[0].get_storage_from_record(f"data/{key}", info.file_size, torch.uint8).untyped_storage()
-                as_bytes = torch.empty((0,), dtype=torch.uint8).set_(raw).numpy()  # a view, no copy
-                if len(as_bytes) != info.file_size:
-                    raise CheckpointError(f"{path}: record {info.filename!r} is shorter than its zip entry says")
-                # zlib releases the GIL: the checksums run beside the unpickling and are all checked below
-                crcs.append((info, crc_pool.submit(zlib.crc32, as_bytes)))
+                stats.storages += 1
+                if info.compress_type == zipfile.ZIP_STORED:
+                    raw, as_bytes = records.storage(offsets[info.filename], info.file_size)
+                    if check_storages:  # zlib releases the GIL: checksums run beside the unpickling, checked below
+                        crcs.append((info, crc_pool.submit(zlib.crc32, as_bytes)))
+                        stats.crc_bytes += info.file_size
+                else:  # deflated (torch never writes it): zipfile inflates at most the declared size, checks the CRC
+                    raw = torch.frombuffer(bytearray(archive.read(info)), dtype=torch.uint8).untyped_storage()
+                    stats.copied_bytes += info.file_size
+                    stats.crc_bytes += info.file_size
                 storages[key] = _typed(raw, dtype)
             storage = storages[key]
             if storage.dtype != dtype:
@@ -181,7 +263,7 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
             return storage
 
         crcs: list[tuple[zipfile.ZipInfo, Any]] = []
-        crc_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="focus-surgery-crc")
+        crc_pool = ThreadPoolExecutor(max_workers=CRC_THREADS, thread_name_prefix="focus-surgery-crc")
         try:
             unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets)
             content = unpickler.load()
@@ -192,19 +274,18 @@ def load_zip(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
                     )
         finally:
             crc_pool.shutdown(wait=True, cancel_futures=True)
-            readers.clear()
-            stream.close()
         read = {f"data/{key}" for key in storages} | {"data.pkl", "byteorder"}
         for name, info in by_name.items():  # every record's CRC-32, also of those the load did not need
-            if name not in read:
+            if name not in read and (check_storages or not name.startswith("data/")):
                 with archive.open(info) as record:  # zipfile checks the CRC-32 at the end of the record
-                    while record.read(1 << 20):
-                        pass
+                    while chunk := record.read(1 << 20):
+                        stats.crc_bytes += len(chunk)
         return content, unpickler
 
 
-def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
+def load_legacy(path: Path, file_size: int, stats: LoadStats | None = None) -> tuple[Any, RestrictedUnpickler]:
     """Read a pre-1.6 torch checkpoint; returns (content, the unpickler that read it: its globals and budgets)."""
+    stats = stats if stats is not None else LoadStats("copy")
     budgets = budgets_for(file_size)
     pending: dict[str, tuple[torch.UntypedStorage, int]] = {}  # key: (storage, element size)
     declared = [0]
@@ -255,11 +336,15 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
             count = struct.unpack("<q", header)[0]
             if count * element != storage.nbytes():
                 raise CheckpointError(f"{path}: corrupt storage {shown(key)} (size {count} does not match its use)")
-            data = handle.read(storage.nbytes())
-            if len(data) != storage.nbytes():
+            nbytes = storage.nbytes()
+            if nbytes > file_size - handle.tell():
                 raise CheckpointError(f"{path}: truncated storage {shown(key)}")
-            if data:
-                storage.copy_(torch.UntypedStorage.from_buffer(bytearray(data), dtype=torch.uint8))
+            if nbytes:  # straight into the zeroed storage: one copy, no Python bytes in between
+                view = torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()
+                if handle.readinto(view) != nbytes:
+                    raise CheckpointError(f"{path}: truncated storage {shown(key)}")
+            stats.storages += 1
+            stats.copied_bytes += nbytes
             filled.add(key)
         missing = sorted(set(pending) - filled)
         if missing:
@@ -267,12 +352,18 @@ def load_legacy(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler]:
     return content, unpickler
 
 
-def read_container(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler, str]:
-    """(content, the unpickler that read it, container name) of a ``torch.save`` file; refuses other formats."""
+def read_container(
+    path: Path, file_size: int, mode: str = "copy", stats: LoadStats | None = None
+) -> tuple[Any, RestrictedUnpickler, str]:
+    """(content, the unpickler that read it, container name) of a ``torch.save`` file; refuses other formats.
+
+    ``mode`` (``LOAD_MODES``) applies to zip files; legacy files are always copied (their storages follow the
+    pickle, so a storage must exist before its place in the file is known; torch does not map them either).
+    """
     with open(path, "rb") as handle:
         head = handle.read(512)
     if zipfile.is_zipfile(path):
-        content, unpickler = load_zip(path, file_size)
+        content, unpickler = load_zip(path, file_size, mode, stats)
         return content, unpickler, "zip"
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{path}: truncated or corrupt zip archive (no central directory); re-save it")
@@ -280,5 +371,5 @@ def read_container(path: Path, file_size: int) -> tuple[Any, RestrictedUnpickler
         raise CheckpointError(f"{path}: legacy tar checkpoint (torch < 0.4); load and re-save it with torch 1.x")
     if head[:1] != b"\x80":
         raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
-    content, unpickler = load_legacy(path, file_size)
+    content, unpickler = load_legacy(path, file_size, stats)
     return content, unpickler, "legacy"

@@ -63,6 +63,7 @@ class Loaded:
         container (str): ``"zip"`` (torch >= 1.6), ``"legacy"`` or ``"safetensors"``.
         metadata (dict): String metadata (safetensors header), else empty.
         protocol (int): The pickle protocol of the content (``torch.save`` writes 2); written back the same.
+        stats (LoadStats | None): What the read copied, mapped and checksummed (None for safetensors).
     """
 
     path: Path
@@ -72,6 +73,7 @@ class Loaded:
     metadata: dict = field(default_factory=dict)
     _checkpoint: Checkpoint | None = None
     protocol: int = 2
+    stats: Any = None
 
     @property
     def names(self) -> frozenset:

@@ -6,7 +6,8 @@ answer never depends on registration order), ``reads`` (input suffixes read by t
 further ``ConvertOptions`` it reads: ``block_size``, ``order``, ``tolerance``; one it does not read is refused when
 given). Offered:
 ``claims``, ``inspect``, ``convert`` (find the stems, apply the change, check it in float64; nothing written),
-``model`` (a runnable model for ``verify``), ``state_dict`` / ``compare_tensors`` (when nothing can be run).
+``model`` (a runnable model for ``verify`` and the model proof), ``stems`` (the stems alone, for the stem proof),
+``state_dict`` / ``compare_tensors`` (when nothing can be run). ``sources.proof`` decides and measures the proof.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..errors import VerificationFailed
 from ..report import ConvertReport
+from ..verify import DEFAULT_TOLERANCE
 from .loading import Loaded
 
 PICKLES = (".pt", ".pth")
@@ -77,6 +79,7 @@ class Source:
     outputs: dict[str, tuple[str, ...]] = {ANY_LAYOUT: CHECKPOINTS}
     reads: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()  # of OWN_OPTIONS: given to a source that does not read it, it is refused, not ignored
+    own_proof = False  # True: ``prove_written`` runs the written file itself (its own runtime), not ``model``
 
     def read(self, path: Path) -> Loaded:
         """Read a file of one of the ``reads`` suffixes (the safe checkpoint loader reads every other file)."""
@@ -87,7 +90,8 @@ class Source:
         raise NotImplementedError
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        """JSON-able description; ``lines`` holds the human-readable text."""
+        """JSON-able description; ``lines`` holds the human-readable text. A source that ``uses`` ``block_size`` /
+        ``order`` takes them as keywords (the stem geometry a state dict does not hold)."""
         raise NotImplementedError
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
@@ -101,19 +105,40 @@ class Source:
         """
         raise NotImplementedError
 
+    def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
+        """Whether the stem's block size and order come from the file (its classes, its family, its named
+        architecture) rather than from an assumption: a stem proof, else ``layout only``."""
+        return True
+
+    def prove_written(self, loaded: Loaded, written: Loaded, report: ConvertReport, options: ConvertOptions) -> Any:
+        """A source with its own runtime (``own_proof``: ONNX) runs the written file against the original here and
+        returns the measurement (``.passed``, ``.max_abs_err``, ``.to_dict()``); None: ``sources.proof`` decides the
+        proof."""
+        return None
+
+    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """Each stem of the file as it computes, for the stem proof when no model can be run: ``(name, float64
+        module, input shape)``; the original's and the written file's stems of one name are run on the same input.
+        Finds the stem in either form (the original's and the converted one)."""
+        return []
+
     def model(self, loaded: Loaded) -> nn.Module | None:
-        """A runnable float32 eval model for ``verify``, or None when the file holds tensors only."""
+        """A runnable float32 eval model for ``verify`` and the model proof, or None when the file holds tensors only
+        (may be ``loaded``'s own objects, changed to float32 in place: each proof reads its file on its own)."""
         return None
 
     def state_dict(self, loaded: Loaded) -> dict:
         """The tensors ``verify`` compares when no model can be run."""
         raise NotImplementedError
 
-    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
-        """``verify`` of two state dicts of this source (the stem remapped where the forms differ)."""
+    def compare_tensors(
+        self, a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+    ) -> dict[str, Any]:
+        """``verify`` of two state dicts of this source (the stem remapped where the forms differ, with the block
+        size and order given where the file holds none)."""
         from .compare import compare_state_dicts
 
-        return compare_state_dicts(a, b)
+        return compare_state_dicts(a, b, block_size, order, tolerance)
 
 
 __all__ = ["ANY_LAYOUT", "CHECKPOINTS", "OWN_OPTIONS", "PICKLES", "STATED", "TIMM_TRAIN", "ConvertOptions", "Source"]

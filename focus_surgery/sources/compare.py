@@ -155,3 +155,17 @@ def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any
         "problem": problem,
         "compared": f"{compared}; {rest['compared']}",
     }
+
+
+def live_block(row: Any) -> nn.Module:
+    """A float64 conv block (conv, bn, act) built from the torch leaf records of a ``Conv`` row (its
+    ``conv``, ``bn``, ``act`` children, run in that order as yolov7 / YOLOR / YOLOv5 ``Conv.forward`` does)."""
+    from ..yolov5.rebuild import leaf_spec, make_leaf
+
+    block = nn.Module()
+    for name, child in row.children().items():
+        leaf = make_leaf(leaf_spec(child))
+        leaf.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in child.state_dict().items()})
+        setattr(block, name, leaf)
+    block.forward = lambda x: block.act(block.bn(block.conv(x)))  # yolov7 / YOLOR Conv.forward
+    return block.double().eval()

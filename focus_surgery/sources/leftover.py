@@ -47,7 +47,7 @@ def leftover(model: nn.Module, to: str, scope: str, instead: str = "") -> tuple[
     fields: dict[str, Any] = {"needs_focus_surgery": layers}
     held = _counted(layers)
     line = f"  the result still holds focus-surgery layers ({held}): it loads only where focus_surgery is imported"
-    if to in ("conv", "focus", "s2d") and scope == "stem":
+    if to == "conv" and scope == "stem":  # only conv is plain: --scope all --to s2d / focus adds more of our layers
         from ..stems import plan
 
         changes, _ = plan(model, to, "all")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 
 from ..checkpoint_io import check_readable, load_checkpoint
-from ..loader import Loaded, read_checkpoint
+from ..loader import Loaded, load_mode, read_checkpoint
 
 __all__ = ["Loaded", "load"]
 
 
 def load(path: str | os.PathLike) -> Loaded:
-    """Read ``path`` once, safely (no code from it runs).
+    """Read ``path`` once, safely (no code from it runs): memory-mapped, every CRC-32 checked (loader mode
+    ``"mmap"``; the content lives only while the pipeline runs and its input is never written, only replaced).
 
     Raises:
         CheckpointError: Missing, empty, corrupt, truncated or hostile file (one line naming the file).
@@ -21,4 +22,4 @@ def load(path: str | os.PathLike) -> Loaded:
     if path.suffix == ".safetensors":
         ckpt = load_checkpoint(path)
         return Loaded(path, ckpt.content, frozenset(), "safetensors", ckpt.metadata, ckpt)
-    return read_checkpoint(path)
+    return read_checkpoint(path, load_mode(default="mmap"))

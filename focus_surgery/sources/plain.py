@@ -30,6 +30,7 @@ from .copies import refuse_unconverted
 from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
 from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
+from ..verify import DEFAULT_TOLERANCE
 
 __all__ = ["WRAPPER_KEYS", "PlainStateDictSource", "remap_optimizer_state", "tensors"]
 STEM_FROM_FILE = "the stem run before and after in float64 ({}): block size {} and order {} are the file's own"
@@ -86,6 +87,9 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
     return out
 
 
+_CONVERTED_NOTE = "; already converted (a strided conv stem, as convert --to conv writes it) or a conv stem by birth"
+
+
 class PlainStateDictSource(Source):
     name = "state_dict"
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
@@ -107,17 +111,23 @@ class PlainStateDictSource(Source):
             raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * options.block_size**2))
         return found
 
+    def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
+        found, _ = self._quiet_evidence(loaded, options.block_size, options.order)
+        return bool(found and found.from_file)  # else the stem check replays the order and block size given
+
     @staticmethod
-    def _quiet_evidence(loaded: Loaded) -> tuple[Evidence | None, str | None]:
+    def _quiet_evidence(
+        loaded: Loaded, block_size: int = 2, order: str = "yolov5"
+    ) -> tuple[Evidence | None, str | None]:
         """The evidence with the defaults, or why it cannot be had (for inspect and verify, which never refuse)."""
         try:
-            return resolve(loaded.path, loaded.content, ConvertOptions()), None
+            return resolve(loaded.path, loaded.content, ConvertOptions(block_size=block_size, order=order)), None
         except ConversionError as error:
             return None, str(error).removeprefix(f"{loaded.path}: ")
 
-    def state_dict(self, loaded: Loaded) -> dict:
+    def state_dict(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict:
         content = loaded.content if isinstance(loaded.content, dict) else {}
-        found, _ = self._quiet_evidence(loaded)
+        found, _ = self._quiet_evidence(loaded, block_size, order)
         holding = [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
         place = found.places[0] if found else (None if tensors(content) or not holding else holding[0])
         result = StemTensors(tensors(_at(content, place)))
@@ -125,22 +135,31 @@ class PlainStateDictSource(Source):
             result.stem, result.block_size, result.order = found.stems[place], found.block_size, found.order
         return result
 
-    def compare_tensors(self, a: dict, b: dict) -> dict[str, Any]:
+    def compare_tensors(
+        self, a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
+    ) -> dict[str, Any]:
         """``verify`` of two state dicts: where both files named the same weightless stem (timm's ``arch``), the stem
-        of ``a`` is remapped with the geometry they named; else by key layout, as any source."""
-        stems = said_stems(a, b)
+        of ``a`` is remapped with the geometry they named; else by key layout (with the block size and order given),
+        as any source."""
+        stems = said_stems(a, b) if isinstance(a, StemTensors) and isinstance(b, StemTensors) else None
         if stems is None or (a.block_size, a.order) != (b.block_size, b.order):
-            return super().compare_tensors(a, b)
-        return compare_state_dicts(dict(a), dict(b), a.block_size, a.order, stems=stems)
+            return super().compare_tensors(a, b, block_size, order, tolerance)
+        return compare_state_dicts(dict(a), dict(b), a.block_size, a.order, tolerance=tolerance, stems=stems)
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        found, why = self._quiet_evidence(loaded)
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
+        found, why = self._quiet_evidence(loaded, block_size, order)
         places = found.places if found else []
-        sd = self.state_dict(loaded)
+        sd = self.state_dict(loaded, block_size, order)
         stem = found.stems[places[0]] if found else None
         converts_to = "focus" if stem and stem.form == "conv" else "conv"
         stems = [{**vars(stem), "converts_to": converts_to}] if stem else []
-        others = [k for k in loaded.content if k not in places] if places and places[0] else []
+        content = loaded.content if isinstance(loaded.content, dict) else {}
+        holding = ([None] if tensors(content) else []) + [
+            p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])
+        ]  # every state dict of the file, with a stem or not
+        places = places or holding[:1]
+        others = [k for k in loaded.content if k not in holding] if places and places[0] else []
+        counts = {str(p): len(tensors(_at(content, p))) for p in holding}
         result = {
             "path": str(loaded.path),
             "kind": "state_dict",
@@ -149,16 +168,22 @@ class PlainStateDictSource(Source):
             "tensors": len(sd),
             "stems": stems,
             "other_keys": others,
+            "wrappers": [p for p in holding if p is not None],
+            "tensors_per_wrapper": counts,
         }
         if found:
             result.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
         where = f" under '{places[0]}'" if places and places[0] else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
+        more = [f"'{p}' ({counts[str(p)]} tensors)" for p in holding if p is not None and p != places[0]]
+        if more:
+            lines.append(f"  also state dicts under: {', '.join(more)}")
         if others:
             lines.append(f"  also holds: {', '.join(map(str, others))}")
         for s in stems:
             lines.append(
                 f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})"
+                + (_CONVERTED_NOTE if s["form"] == "conv" else "")
             )
         if found and found.from_file:
             lines.append(f"  block size {found.block_size}, order {found.order}: from the file's {found.said_by}")

@@ -34,9 +34,7 @@ class TorchModelSource(Source):
 
     def claims(self, loaded: Loaded) -> bool:
         content = loaded.content
-        holds_model = isinstance(content, dict) and any(
-            isinstance(content.get(k), Record) for k in ("model", "ema")
-        )
+        holds_model = isinstance(content, dict) and any(isinstance(content.get(k), Record) for k in ("model", "ema"))
         return holds_model and all(n.startswith(MODULE_PREFIXES) for n in loaded.names)
 
     def _models(self, loaded: Loaded) -> dict[str, nn.Module]:
@@ -83,6 +81,11 @@ class TorchModelSource(Source):
                 lines.append(
                     f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} "
                     f"(convert --to {stem['direction']})"
+                    + (
+                        "; already converted (a strided conv, as convert --to conv writes it) or a conv stem by birth"
+                        if stem["direction"] == "focus"
+                        else ""
+                    )
                 )
         if not result["stems"]:
             lines.append("  no Focus / space-to-depth / strided-conv stem found")
@@ -136,8 +139,11 @@ class TorchModelSource(Source):
             report.problem = str(getattr(error.report, "verification", error.report) or error)
             return report
         model = models.get("ema") or models.get("model")
+        report.after = model  # a .safetensors output is proven loaded into it, as users load it
         left, lines = leftover(model, options.to, options.scope)
         report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields, **left}
+        if ultralytics:  # the JSON key earlier releases gave (the text says it after the conversion now)
+            report.fields["note"] = f"{ALREADY}; its stem was converted"
         if ultralytics:  # said after what was converted: the file was already one, and something changed in it
             report.details.append(f"  {loaded.path} was {ALREADY}; only the conversion above changed it")
         report.details += lines

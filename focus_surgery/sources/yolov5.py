@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint_io import CheckpointError
+from ..loader import Record
 from ..report import ConvertReport
 from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
 from .leftover import leftover
@@ -36,7 +37,7 @@ class Yolov5PairSource(PlainStateDictSource):
 
         return load_yolov5_safetensors(loaded.path)
 
-    def state_dict(self, loaded: Loaded) -> dict:
+    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
         return dict(loaded.content)
 
     def _check_pair(self, loaded: Loaded) -> None:
@@ -45,9 +46,9 @@ class Yolov5PairSource(PlainStateDictSource):
 
         check_pair_digest(loaded.path, dict(loaded.content), loaded.metadata.get("tensors_sha256"))
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
         self._check_pair(loaded)
-        return super().inspect(loaded)
+        return super().inspect(loaded, block_size, order)
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         self._check_pair(loaded)
@@ -76,6 +77,28 @@ class Yolov5Source(Source):
 
     def state_dict(self, loaded: Loaded) -> dict:
         return self._checkpoint(loaded).model.state_dict()
+
+    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """Row 0 of each recorded model as it computes (for heads no rebuild runs): the Focus (YOLOv5's slices,
+        then its inner ``Conv`` block) or the 6x6 stride-2 ``Conv`` block that replaces it."""
+        from ..layers import SpaceToDepth
+        from .compare import live_block
+
+        found = []
+        content = self._checkpoint(loaded).content
+        for key in ("model", "ema"):
+            model = content.get(key)
+            if not isinstance(model, Record) or "model" not in model.children():
+                continue
+            row = model.children()["model"].state["_modules"]["0"]
+            if row.qualname.endswith(".Focus"):
+                block = live_block(row.children()["conv"])
+                stem = nn.Sequential(SpaceToDepth(2, "yolov5"), block).double().eval()
+                found.append((key, stem, (2, block.conv.in_channels // 4, 32, 48)))
+            elif set(row.children()) >= {"conv"} and tuple(row.children()["conv"].get("stride")) == (2, 2):
+                block = live_block(row)
+                found.append((key, block, (2, block.conv.in_channels, 32, 48)))
+        return found
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         from ..yolov5.rebuild import describe
@@ -196,9 +219,11 @@ class Yolov5Source(Source):
                 stem = verify_stems(before, after_weights, 2, "yolov5")
                 rest = compare_state_dicts(before, after_weights, tolerance=0.0)
                 check = stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
-                fields["verification"] = check
                 passed, problem = check["passed"], check["problem"]
                 err = stem.max_abs_err if passed else rest["max_abs_err"] if stem.passed else stem.max_abs_err
+                # the keys this check had before the stem was run too: `tensors` a count, `max_abs_err`
+                check.update(tensors=rest["tensors"], max_abs_err=err, state_dicts=rest)
+                fields["verification"] = check
             report.max_abs_err, report.problem = err, None if passed else problem
         if ckpt.metadata.get("yaml_key") == "md":  # v1.0: the reader aliased `md` as `yaml`; write the file as it was
             for key in models:

@@ -13,6 +13,7 @@ from ..report import bounded
 from .loading import Loaded
 from .plain import PlainStateDictSource, tensors
 
+FAMILY_GEOMETRY = (2, "yolov5")  # YOLOX's Focus: YOLOv5's four slices
 TRAINER_KEYS = {"start_epoch", "model", "optimizer"}
 MODEL_CHANGE = (
     "in yolox/models/darknet.py, CSPDarknet.__init__: self.stem = BaseConv(3, base_channels, ksize=6, "
@@ -32,8 +33,12 @@ class YoloxSource(PlainStateDictSource):
         keys = tensors(content["model"])
         return any(k.startswith(("backbone.backbone.stem.", "backbone.stem.")) for k in keys)
 
-    def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        result = super().inspect(loaded)
+    def geometry_from_file(self, loaded: Loaded, options) -> bool:
+        # the trainer's keys name the family, whose Focus is YOLOv5's slicing (block 2, yolov5 order)
+        return (options.block_size, options.order) == FAMILY_GEOMETRY
+
+    def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
+        result = super().inspect(loaded, block_size, order)
         epoch = bounded(loaded.content.get("start_epoch"))
         result["lines"][0] = f"{loaded.path}: {self.description}, epoch {epoch}"
         result["after_conversion"] = MODEL_CHANGE

@@ -122,7 +122,6 @@ def check(
     tolerance: float = DEFAULT_TOLERANCE,
     multiple: int = 1,
     seed: int = 0,
-    _grown: int = 0,
 ) -> VerificationReport:
     """Run ``model`` before and after ``changes`` in float64 on one copy (``model`` is never modified).
 
@@ -136,8 +135,22 @@ def check(
     Raises:
         ConversionError: The model cannot run on the inputs (the message names the changed paths).
     """
+    return _check(model, changes, inputs, input_shape, tolerance, multiple, seed, grown=0)
+
+
+def _check(
+    model: nn.Module,
+    changes: list[Change],
+    inputs: torch.Tensor | tuple | None,
+    input_shape: tuple[int, ...] | None,
+    tolerance: float,
+    multiple: int,
+    seed: int,
+    grown: int,
+) -> VerificationReport:
+    """``check``; ``grown``: how many times an inferred input size was already grown for a stacked stride."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs_inferred, sizes, args = (inputs is None and input_shape is None) or 0 < _grown < 8, {}, ()
+    inputs_inferred, sizes, args = (inputs is None and input_shape is None) or 0 < grown < 8, {}, ()
     paths = ", ".join(c.path or "<root>" for c in changes if c.record is not None)
     paths += ": " if paths else ""
     try:
@@ -171,7 +184,7 @@ def check(
         if grow > 1:  # the inferred size fed a stacked stride an odd size: the same shape, whole blocks everywhere
             b, c, h, w = args[0].shape
             shape = (b, c, h * grow, w * grow)
-            return check(model, changes, input_shape=shape, tolerance=tolerance, seed=seed, _grown=_grown + 1)
+            return _check(model, changes, None, shape, tolerance, 1, seed, grown=grown + 1)
         raise ConversionError(f"{paths}{error}; model left unchanged") from error
     return compare(ref_out, cand_out, [list(a.shape) for a in args], "float64", tolerance)
 

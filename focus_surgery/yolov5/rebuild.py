@@ -134,7 +134,8 @@ def yolov5_checkpoint(content: Any, path: str | os.PathLike) -> LegacyCheckpoint
         raise CheckpointError(f"{path}: no YOLOv5 models.yolo.Model inside (keys: {sorted(map(str, content))[:8]})")
     model = content[key]
     _check_class_counts(model, str(path))
-    v1_md = not isinstance(model.get("yaml"), dict) and isinstance(model.get("md"), dict)
+    md = model.get("md")  # read a second time, ``yaml`` is already the alias of ``md``: keep them one dict
+    v1_md = isinstance(md, dict) and (not isinstance(model.get("yaml"), dict) or model.get("yaml") is md)
     if v1_md:
         model.state["yaml"] = model.state["md"]  # v1.0 kept the model dict under `md`
     try:

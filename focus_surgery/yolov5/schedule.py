@@ -14,7 +14,8 @@ gradient clipping          ``clip_grad_norm_(max_norm=10)`` (v6.2+;     always
                            none before)
 learning-rate curve        linear ``(1 - e / epochs) * (1 - lrf) +      linear unless ``cos_lr=True``
                            lrf`` (v6.1+); cosine ``one_cycle(1, lrf,
-                           epochs)`` before (v5.0-v6.0's default)
+                           epochs)`` before (v5.0-v6.0's default;
+                           v1.0-v3.0: ``lrf`` fixed, 0.1 / 0.2)
 gradients left at an       dropped: ``zero_grad()`` as each epoch       carried into the next epoch's first step
 epoch's end                starts (v2.0+)
 learning rate after        ``lf(epoch - 1)``: the scheduler steps at    ``lf(epoch)``: it steps at the start
@@ -68,8 +69,9 @@ class ScheduleRules:
         zero_grad_each_epoch (bool): Gradients accumulated but not yet stepped are dropped as an epoch starts
             (v2.0+: ``optimizer.zero_grad()`` before each epoch's batches; v1.0 carries them over as Ultralytics).
         cosine_lr (bool): The learning rate follows ``one_cycle(1, lrf, epochs)`` by default (v1.0-v6.0; v6.1+
-            default to linear, ``--cos-lr`` for cosine). v1.0-v3.0 fix ``lrf`` (0.1, 0.2, 0.2) in the expression;
-            the hyp's ``lrf`` is used here.
+            default to linear, ``--cos-lr`` for cosine).
+        fixed_lrf (float | None): The final learning-rate factor written into ``train.py``'s cosine (v1.0: 0.1,
+            v2.0-v3.0: 0.2; their hyps have no ``lrf``), else None (the hyp's ``lrf``, v3.1+).
     """
 
     warmup_floor: int = WARMUP_FLOOR
@@ -80,11 +82,12 @@ class ScheduleRules:
     autoanchor_seed: int | None = None
     zero_grad_each_epoch: bool = True
     cosine_lr: bool = False
+    fixed_lrf: float | None = None
 
 
-_V2 = ScheduleRules(1000, 3.0, True, False, False, 1, True, True)
+_V2 = ScheduleRules(1000, 3.0, True, False, False, 1, True, True, 0.2)
 _SCHEDULES = {
-    "v1.0": ScheduleRules(1000, 3.0, True, False, False, 1, False, True),
+    "v1.0": ScheduleRules(1000, 3.0, True, False, False, 1, False, True, 0.1),
     "v2.0": _V2,
     "v3.0": _V2,
     "v3.1": ScheduleRules(1000, None, True, False, False, 1, True, True),

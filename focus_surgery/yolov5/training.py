@@ -124,6 +124,10 @@ def _wrap_set_model_attributes(original):
             if rules is not None and rules.cosine_lr and not self.args.cos_lr:
                 self.args.cos_lr = True  # train.py's default before v6.1 (Ultralytics: linear)
                 changed.append("cos_lr")
+            users_lrf = "lrf" not in changed and self.args.lrf != DEFAULT_CFG_DICT["lrf"]
+            if rules is not None and rules.fixed_lrf is not None and not users_lrf:
+                self.args.lrf = rules.fixed_lrf  # v1.0-v3.0's cosine ends at a fixed factor (their hyps have no lrf)
+                changed = [k for k in changed if k != "lrf"] + ["lrf"]
             if changed:
                 LOGGER.info(f"YOLOv5 hyper-parameters: {', '.join(f'{k}={getattr(self.args, k)}' for k in changed)}")
 
@@ -254,6 +258,7 @@ def _wrap_build_train_pipeline(original):
         if rules is not None:
             yolov5_pipeline(self, rules)
             if rules.step_on_multiple:
+                _add_callback_once(self, "on_train_epoch_start", _restart_iteration_count)
                 _add_callback_once(self, "on_train_batch_start", _count_iteration)
             if rules.zero_grad_each_epoch:
                 _add_callback_once(self, "on_train_epoch_start", _drop_pending_gradients)
@@ -302,6 +307,12 @@ _PENDING = "_focus_surgery_yolov5_pending_ni"  # set at a batch's start, taken b
 _ACCUMULATE = "_focus_surgery_yolov5_accumulate"  # the warm-up's accumulate, while ``accumulate`` holds the gate
 
 
+def _restart_iteration_count(trainer: Any) -> None:
+    """``on_train_epoch_start``: the loop's ``i`` restarts at 0, also when Ultralytics redoes an epoch (NaN recovery,
+    an out-of-memory retry) under the same ``epoch``."""
+    trainer.__dict__.pop(_ITERATION, None)
+
+
 def _count_iteration(trainer: Any) -> None:
     """``on_train_batch_start``: the loop's ``ni = i + nb * epoch``, for the step gate of v1.0-v5.0."""
     epoch, i = getattr(trainer, _ITERATION, (None, -1))
@@ -319,7 +330,9 @@ def _wrap_preprocess_batch(original):
         if ni is not None:
             if self.accumulate not in (0, math.inf):  # set by the warm-up for this batch (after it: the last value)
                 setattr(self, _ACCUMULATE, self.accumulate)
-            self.accumulate = step_on_multiple_gate(ni, int(getattr(self, _ACCUMULATE)))
+            # train.py's accumulate: the warm-up's (an int), else ``max(round(nbs / batch), 1)`` (a resumed run past
+            # the warm-up finds yolov5_pipeline's unrounded ``nbs / batch`` here)
+            self.accumulate = step_on_multiple_gate(ni, max(round(getattr(self, _ACCUMULATE)), 1))
         return original(self, batch)
 
     setattr(preprocess_batch, WRAPPED_MARK, original)

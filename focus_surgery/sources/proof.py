@@ -1,0 +1,210 @@
+"""The proof of a conversion, decided in one place: the file as written, read back, against the original.
+
+``files.convert_file`` runs ``prove_written`` on the complete temporary files of a ``--verify`` conversion, before
+they are renamed into place (``atomic_io.checked_before_rename``). The written file is read back through the same
+reader a user goes through (the safe loader, then the registry's source for it and its model rebuild; for
+YOLOv5-layout records a rebuild from the records as written), and then:
+
+* **model**: both the original and the written file give a runnable model: both are run in float64 and compared
+  (``verify``). A record written wrong fails here, not only in the user's code.
+* **stem** / **layout only**: no model can be run from the files (state dicts, records of a repository's code): each
+  stem of the written file (``Source.stems``, found in its converted form) is run against the original's stem in
+  float64, and every tensor of the written file is compared with the original's bit for bit (the stem remapped,
+  every dtype against the original's own), so "every other tensor identical" is measured on what was written. A
+  state dict's stem check replays an assumed order and block size: ``layout only``, unless the source took them
+  from the file (``Source.geometry_from_file``).
+
+A failed or impossible proof raises ``VerificationFailed``: the temporaries are removed, nothing is put in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import FocusSurgeryError, VerificationFailed
+from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
+from ..verify import verify
+from .base import ConvertOptions, Source
+from .compare import stem_check
+from .loading import Loaded
+
+__all__ = ["Original", "capture", "proof_kind", "prove_written", "read_back"]
+
+
+@dataclass
+class Original:
+    """What the proof runs the written file against, taken before the conversion (which may edit the loaded
+    records in place): the runnable model, else the stems (``Source.stems``) and the tensors."""
+
+    model: nn.Module | None
+    stems: list = field(default_factory=list)
+    tensors: dict = field(default_factory=dict)
+
+
+def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
+    """The original as its users load it: the file read again on its own (the conversion edits its own loaded
+    objects in place), then its model, else its stems and tensors.
+
+    Raises:
+        CheckpointError: The file changed under us into one that does not read.
+    """
+    from . import load
+
+    loaded = load(path)
+    try:
+        model = source.model(loaded)
+    except FocusSurgeryError:  # e.g. a YOLOv5 head without an Ultralytics counterpart: no model proof
+        model = None
+    if model is not None or source.own_proof:
+        return Original(model)
+    shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
+    return Original(None, source.stems(loaded, options), dict(source.state_dict(loaded, **shape)))
+
+
+def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
+    """``stem``, or ``layout only`` when the stem's order / block size were assumed (not read from the file)."""
+    return PROOF_STEM if source.geometry_from_file(loaded, options) else PROOF_LAYOUT
+
+
+@contextlib.contextmanager
+def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
+    """The temporaries of one write under their destinations' names (links in a private folder), so the readers
+    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it."""
+    with tempfile.TemporaryDirectory(prefix="focus-surgery-proof-") as folder:
+        view = {}
+        for destination, tmp in written:
+            link = Path(folder) / destination.name
+            os.symlink(Path(tmp).resolve(), link)
+            view[destination] = link
+        yield view
+
+
+def prove_written(
+    report: ConvertReport,
+    source: Source,
+    loaded: Loaded,
+    before: Original,
+    options: ConvertOptions,
+    written: list[tuple[Path, Path]],
+) -> None:
+    """Read the written ``dst`` back and prove it against the original; set ``report.proof`` / ``max_abs_err`` /
+    ``fields["verification"]``.
+
+    Raises:
+        VerificationFailed: The written file does not load back, or does not compute / hold what the original does.
+    """
+    from . import load, source_for
+
+    dst = Path(report.dst)
+    if not any(d == dst for d, _ in written):  # another file of the same write (a JSON of a pair): proven with dst
+        return
+    with read_back(written) as view:
+        try:
+            back = load(view[dst])
+            back_source = source_for(back)
+            check = source.prove_written(loaded, back, report, options)  # a source with its own runtime (ONNX)
+            if check is not None:
+                _settle(report, PROOF_MODEL, check.max_abs_err, check.passed, str(check), check.to_dict())
+                return
+            original = before.model
+            candidate = back_source.model(back) if original is not None else None
+            if candidate is None and original is not None and isinstance(report.after, nn.Module):
+                candidate = copy.deepcopy(report.after)  # tensors only (.safetensors): loaded as users load them
+                candidate.load_state_dict(back_source.state_dict(back), strict=True)
+            if original is not None and candidate is not None:
+                result = verify(original, candidate, copies=False)  # float64; both models are this proof's own
+                how = "the written file loaded back and run against the original in float64"
+                _settle(report, PROOF_MODEL, result.max_abs_err, result.passed, str(result), {**result.to_dict()}, how)
+                return
+            geometry = {k: report.fields.get(k, v) for k, v in _geometry(source, options).items()}  # as converted
+            shape = {k: v for k, v in geometry.items() if k == "block_size"}
+            written_tensors = back_source.state_dict(back, **({} if back_source.uses != source.uses else shape))
+            try:  # bit for bit: the stem's remap is a permutation
+                tensors = source.compare_tensors(before.tensors, written_tensors, **geometry, tolerance=0.0)
+            except ValueError:  # a form that remaps one way only (timm's reorg): the written stem to the original's
+                tensors = source.compare_tensors(written_tensors, before.tensors, **geometry, tolerance=0.0)
+            changed = next(
+                (k for k, v in written_tensors.items() if k in before.tensors and v.dtype != before.tensors[k].dtype),
+                None,
+            )  # seen from the original itself: a remap that changed the dtype would agree with itself above
+            if changed is not None:
+                was, now = before.tensors[changed].dtype, written_tensors[changed].dtype
+                tensors = {**tensors, "passed": False, "problem": f"{changed} is {was} vs {now}: the dtype changed"}
+            own = report.fields.get("verification") if not before.stems else None
+            if isinstance(own, dict) and report.max_abs_err is not None:  # a source that ran its stem in memory
+                runs = None
+            else:
+                written_stems = {name: module for name, module, _ in back_source.stems(back, options)}
+                runs = _run_stems(before.stems, written_stems)
+        except VerificationFailed:
+            raise
+        except (MemoryError, torch.OutOfMemoryError):  # the command's own handling says what was left
+            raise
+        except _Unproven as error:
+            report.problem = str(error)
+            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+        except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            text = text.replace(str(view[dst]), str(dst))
+            report.problem = f"the written file, read back, does not load or run: {type(error).__name__}: {text}"
+            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+    if not tensors["passed"]:
+        tensors = {**tensors, "problem": f"the written file's tensors: {tensors['problem']}"}
+    if runs is None:  # the stem's own float64 run (in memory), and the written file's tensors measured here
+        check = {**own, "tensors": tensors, "passed": bool(own.get("passed")) and tensors["passed"]}
+        check["problem"] = "" if check["passed"] else (own.get("problem") or tensors["problem"])
+        report.fields["verification"], report.proof = check, proof_kind(source, loaded, options)
+        if not check["passed"]:
+            report.problem = check["problem"] or "the stem check failed"
+            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+        return
+    reports = [r for _, r in runs]
+    stem = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+    how = "each stem of the written file run against the original's in float64 (the model's code not run)"
+    check = stem_check(stem, reports, tensors, how) if reports else {"passed": False, "problem": "no stem was run"}
+    report.fields["verification"] = {**check, "stems": [name for name, _ in runs]}
+    report.proof = proof_kind(source, loaded, options)
+    report.max_abs_err = max((r.max_abs_err for r in reports), default=None)
+    if not check["passed"]:
+        report.problem = check["problem"] or "the stem check failed"
+        raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+
+
+class _Unproven(Exception):
+    """Nothing could be run to prove the written file (no stem found in it, or none in the original)."""
+
+
+def _run_stems(before: list, after: dict[str, nn.Module]) -> list[tuple[str, Any]]:
+    """Each original stem and the written file's stem of the same name, run on one input in float64."""
+    if not before:
+        raise _Unproven("no stem of the original could be run: nothing to prove")
+    runs = []
+    for name, module, shape in before:
+        if name not in after:
+            raise _Unproven(f"the written file has no stem {name!r} to run against the original's")
+        runs.append((name, verify(module, after[name], input_shape=shape, copies=False)))
+    return runs
+
+
+def _geometry(source: Source, options: ConvertOptions) -> dict[str, Any]:
+    """The block size / order a state-dict comparison remaps the stem with (only sources that read them)."""
+    return {k: getattr(options, k) for k in ("block_size", "order") if k in source.uses}
+
+
+def _settle(report: ConvertReport, kind: str, err: float, passed: bool, text: str, fields: dict, how: str = "") -> None:
+    report.proof, report.max_abs_err = kind, err
+    report.fields["verification"] = {**fields, **({"compared": how} if how else {})}
+    if "max_rel_err" in report.fields and "max_rel_err" in fields:
+        report.fields["max_rel_err"] = fields["max_rel_err"]
+    if not passed:
+        report.problem = text
+        raise VerificationFailed(f"{report.src}: verification failed ({text}); {report.dst} not written", report)
