@@ -82,6 +82,8 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
     suffixes = source.outputs.get(layout)
     if suffixes is None:
         raise ConversionError(f"{src}: a {source.name} checkpoint is written --layout {' or '.join(source.outputs)}")
+    if dst.suffix.lower() == ".safetensors" and dst.suffix != ".safetensors":  # the writers test the exact name
+        raise CheckpointError(f"{dst}: a safetensors output is named '.safetensors' (lower case): rename it")
     if suffix_of(dst, suffixes) not in suffixes:
         where = f"{source.name} checkpoint" + (f" in --layout {layout}" if layout else "")
         raise CheckpointError(f"{dst}: unknown output type {dst.suffix!r} for a {where}; use {', '.join(suffixes)}")

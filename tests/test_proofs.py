@@ -193,7 +193,7 @@ def test_inspect_and_verify_read_nested_state_dicts(tmp_path, capsys):
     assert info["tensors_per_wrapper"] == {"state_dict": 8, "state_dict_ema": 8}
     assert "state_dict_ema" in info["summary"] and "0 tensors" not in info["summary"]
     result = verify_files(src, src)
-    assert result["passed"] and result["tensors"] == 8
+    assert result["passed"] and result["tensors"] == 2 * 8  # state_dict and state_dict_ema, each compared
 
     dst = tmp_path / "conv.pth"
     convert_file(src, dst, verify=True)
@@ -278,10 +278,10 @@ def test_verify_an_original_against_its_conversion_tresnet_layout(tmp_path, caps
     code, out, _ = _cli("convert", src, dst, "--block-size", "4", "--order", "timm", "--verify", capsys=capsys)
     assert code == 0 and "verified" not in out
     code, out, _ = _cli("verify", src, src, capsys=capsys)
-    assert code == 0 and "over 8 tensors" in out
+    assert code == 0 and "over 16 tensors" in out
     code, out, _ = _cli("verify", src, dst, "--block-size", "4", "--order", "timm", "--json", capsys=capsys)
     result = json.loads(out)
-    assert code == 0 and result["passed"] and result["tensors"] == 8 and result["max_abs_err"] == 0.0
+    assert code == 0 and result["passed"] and result["tensors"] == 2 * 8 and result["max_abs_err"] == 0.0
     assert "stem remapped" in result["compared"]
     code, out, _ = _cli("inspect", src, "--block-size", "4", capsys=capsys)
     assert code == 0 and "8 tensors" in out and "stem body.conv1" in out

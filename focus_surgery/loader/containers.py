@@ -321,7 +321,9 @@ def load_legacy(path: Path, file_size: int, stats: LoadStats | None = None) -> t
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
         content = unpickler.load()
+        protocol = unpickler.proto  # the content's (Loaded.protocol), not the storage keys' pickle after it
         keys = unpickler.load()
+        unpickler.proto = protocol
         # torch writes text keys; anything else is never turned into text (str() of a shared tuple expands it)
         if not isinstance(keys, list) or not all(type(key) is str for key in keys) or len(set(keys)) != len(keys):
             raise CheckpointError(f"{path}: corrupt storage list")

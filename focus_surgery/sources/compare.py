@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import ConversionError
 from ..orders import check_order
 from ..state_dict import StemKeys, convert_state_dict, find_stem
 from ..verify import DEFAULT_TOLERANCE, VerificationReport, verify
@@ -47,6 +48,13 @@ class StateDictStem(nn.Module):
         self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if inner and k.startswith(f"{inner}.bn."))
         self.bn = None
         if self.bn_keys:
+            for k in self.bn_keys:  # a corrupt or mixed file: say which entries disagree, not torch's cut-off dump
+                entry = state_dict[f"{inner}.bn.{k}"]
+                if entry.ndim == 1 and entry.shape[0] != weight.shape[0]:
+                    raise ConversionError(
+                        f"the stem's BatchNorm {inner}.bn.{k} has {entry.shape[0]} channels but its conv "
+                        f"{stem.weight_key} {weight.shape[0]} output channels: not one model's state dict"
+                    )
             self.bn = nn.BatchNorm2d(weight.shape[0])
             self.bn.load_state_dict({k: state_dict[f"{inner}.bn.{k}"] for k in self.bn_keys}, strict=False)
         kh, kw = weight.shape[-2:] if self.s2d else (weight.shape[-2] // block_size, weight.shape[-1] // block_size)

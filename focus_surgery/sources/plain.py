@@ -130,6 +130,13 @@ class PlainStateDictSource(Source):
         found, _ = self._quiet_evidence(loaded, block_size, order)
         holding = [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
         place = found.places[0] if found else (None if tensors(content) or not holding else holding[0])
+        result = self._stem_tensors(content, place, found)
+        if found is not None:  # every other copy holding the stem (timm's state_dict_ema): verify compares it too
+            result.copies = {p: self._stem_tensors(content, p, found) for p in found.places[1:]}
+        return result
+
+    @staticmethod
+    def _stem_tensors(content: dict, place: str | None, found: Evidence | None) -> StemTensors:
         result = StemTensors(tensors(_at(content, place)))
         if found is not None and found.from_file:  # the file said where its stem is and how it computes
             result.stem, result.block_size, result.order = found.stems[place], found.block_size, found.order
@@ -140,7 +147,22 @@ class PlainStateDictSource(Source):
     ) -> dict[str, Any]:
         """``verify`` of two state dicts: where both files named the same weightless stem (timm's ``arch``), the stem
         of ``a`` is remapped with the geometry they named; else by key layout (with the block size and order given),
-        as any source."""
+        as any source. Every copy both files hold (model and EMA: ``state_dict``, ``state_dict_ema``) is compared, not
+        only the first."""
+        check = self._compare_one(a, b, block_size, order, tolerance)
+        both = [p for p in getattr(a, "copies", {}) if p in getattr(b, "copies", {})]
+        for place in both:
+            if not check["passed"]:
+                break
+            other = self._compare_one(a.copies[place], b.copies[place], block_size, order, tolerance)
+            check = dict(check, compared=f"{check['compared']}; also under '{place}'", passed=other["passed"])
+            check["tensors"] += other["tensors"]
+            errors = [e for e in (check["max_abs_err"], other["max_abs_err"]) if e is not None]
+            check["max_abs_err"] = max(errors) if errors else None
+            check["problem"] = "" if other["passed"] else f"{other['problem']} (under '{place}')"
+        return check
+
+    def _compare_one(self, a: dict, b: dict, block_size: int, order: str, tolerance: float) -> dict[str, Any]:
         stems = said_stems(a, b) if isinstance(a, StemTensors) and isinstance(b, StemTensors) else None
         if stems is None or (a.block_size, a.order) != (b.block_size, b.order):
             return super().compare_tensors(a, b, block_size, order, tolerance)
@@ -219,7 +241,10 @@ class PlainStateDictSource(Source):
             except ValueError as error:  # already in that form, or a form that converts one way only
                 raise ConversionError(f"{loaded.path}: {error}" + (f" (under '{place}')" if place else "")) from None
             if options.verify:  # before the output is assembled: a broken conversion is a failed check, not a crash
-                checks.append(self._check(before, after, options, found.stems[place]))
+                try:
+                    checks.append(self._check(before, after, options, found.stems[place]))
+                except ConversionError as error:  # a stem that cannot run (corrupt): which copy, model or EMA
+                    raise ConversionError(f"{error}" + (f" (under '{place}')" if place else "")) from None
                 if not checks[-1]["passed"]:
                     break
             if place is None:
