@@ -171,9 +171,26 @@ def prove_written(
     stem = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
     how = "each stem of the written file run against the original's in float64 (the model's code not run)"
     check = stem_check(stem, reports, tensors, how) if reports else {"passed": False, "problem": "no stem was run"}
+    previous = report.fields.get("verification")
     report.fields["verification"] = {**check, "stems": [name for name, _ in runs]}
     report.proof = proof_kind(source, loaded, options)
     report.max_abs_err = max((r.max_abs_err for r in reports), default=None)
+    if (
+        isinstance(previous, dict)
+        and isinstance(previous.get("tensors"), int)
+        and isinstance(check.get("tensors"), dict)
+    ):
+        # a source whose --json gave the tensors as a count, with max_abs_err (--layout yolov5): its keys stay,
+        # measured here on the written file; the comparison itself under state_dicts, as that source had it
+        measured = check["tensors"]
+        kept = {k: v for k, v in previous.items() if k not in report.fields["verification"]}
+        report.fields["verification"] = {
+            **kept,
+            **report.fields["verification"],
+            "tensors": measured["tensors"],
+            "state_dicts": measured,
+            "max_abs_err": report.max_abs_err,
+        }
     if not check["passed"]:
         report.problem = check["problem"] or "the stem check failed"
         raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
