@@ -37,7 +37,7 @@ from .base import ConvertOptions, Source
 from .compare import stem_check
 from .loading import Loaded
 
-__all__ = ["Original", "capture", "proof_kind", "prove_written", "read_back"]
+__all__ = ["Original", "all_tensors", "capture", "compare_every_tensor", "proof_kind", "prove_written", "read_back"]
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Original:
     model: nn.Module | None
     stems: list = field(default_factory=list)
     tensors: dict = field(default_factory=dict)
+    leaves: list = field(default_factory=list)  # every tensor the file holds (optimizer state, each model copy)
 
 
 def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
@@ -67,7 +68,66 @@ def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) ->
     if model is not None or source.own_proof:
         return Original(model)
     shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
-    return Original(None, source.stems(loaded, options), dict(source.state_dict(loaded, **shape)))
+    sd = dict(source.state_dict(loaded, **shape))
+    return Original(None, source.stems(loaded, options), sd, all_tensors(loaded.content))
+
+
+def all_tensors(content: Any) -> list[torch.Tensor]:
+    """Every tensor ``content`` holds, each shared one once, in the one traversal's order (``loader.Transform``)."""
+    from ..loader import Transform
+
+    found: list[torch.Tensor] = []
+
+    def collect(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        return obj
+
+    Transform(collect)(content)
+    return found
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    try:
+        return torch.equal(
+            a.detach().reshape(-1).contiguous().view(torch.uint8), b.detach().reshape(-1).contiguous().view(torch.uint8)
+        )
+    except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared
+        return bool(torch.equal(a, b))
+
+
+def compare_every_tensor(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any]:
+    """Every tensor of the written file against the original's, in the file's order: one of the same shape is equal
+    bit for bit; one whose shape the conversion changed (a stem weight, its optimizer state) holds the same non-zero
+    values (a remap permutes them; a bigger kernel adds zeros).
+
+    Returns:
+        (dict): ``tensors`` (how many), ``remapped`` (how many changed shape), ``passed``, ``problem``.
+    """
+    result: dict[str, Any] = {"tensors": len(after), "remapped": 0, "passed": False, "problem": ""}
+    if len(before) != len(after):
+        result["problem"] = f"the file holds {len(after)} tensors, the original {len(before)}"
+        return result
+    for i, (a, b) in enumerate(zip(before, after)):
+        if a.shape == b.shape:
+            if not _same_bits(a, b):
+                result["problem"] = f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)}) differs"
+                return result
+            continue
+        result["remapped"] += 1
+        values = [t.detach().reshape(-1) for t in (a, b)]
+        values = [torch.sort(v[v != 0].double()).values for v in values]
+        if a.dtype != b.dtype or not torch.equal(*values):
+            result["problem"] = (
+                f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)} -> {tuple(b.shape)}) "
+                "does not hold the original's values"
+            )
+            return result
+    result["passed"] = True
+    return result
 
 
 def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
@@ -139,6 +199,10 @@ def prove_written(
             if changed is not None:
                 was, now = before.tensors[changed].dtype, written_tensors[changed].dtype
                 tensors = {**tensors, "passed": False, "problem": f"{changed} is {was} vs {now}: the dtype changed"}
+            every = compare_every_tensor(before.leaves, all_tensors(back.content))  # optimizer state, each copy
+            tensors = {**tensors, "every_tensor": every}
+            if tensors["passed"] and not every["passed"]:
+                tensors = {**tensors, "passed": False, "problem": every["problem"]}
             own = report.fields.get("verification") if not before.stems else None
             if isinstance(own, dict) and report.max_abs_err is not None:  # a source that ran its stem in memory
                 runs = None

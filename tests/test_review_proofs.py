@@ -1,0 +1,60 @@
+"""Review of the proofs branch: a stem proof says "every other tensor identical"; it must be measured on every
+tensor the written file holds (optimizer state, the non-EMA model), not only the model's own state dict."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from focus_surgery import checkpoint_io
+from focus_surgery.errors import VerificationFailed
+from focus_surgery.files import convert_file
+
+FAMILY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "focus-family"
+DARKNET = FAMILY / "yolor_w6-div32_last.pt"
+YOLOV7_LAST = FAMILY / "yolov7-e6-w003125_last.pt"
+
+
+def _wrong_optimizer(monkeypatch):
+    """A writer that perturbs one momentum buffer of a non-stem parameter on its way to disk (after the check)."""
+    save = checkpoint_io.torch_save
+
+    def wrong_save(content, path, *rest):
+        optimizer = content["optimizer"]
+        state = dict(optimizer["state"])
+        last = max(state)  # the last parameter's momentum: never the stem's
+        state[last] = {**state[last], "momentum_buffer": state[last]["momentum_buffer"] + 1.0}
+        save({**content, "optimizer": {**optimizer, "state": state}}, path, *rest)
+
+    monkeypatch.setattr(checkpoint_io, "torch_save", wrong_save)
+
+
+@pytest.mark.parametrize("src", [DARKNET, YOLOV7_LAST], ids=["darknet", "yolov7"])
+def test_optimizer_state_written_wrong_fails_the_stem_proof(tmp_path, monkeypatch, src):
+    _wrong_optimizer(monkeypatch)
+    dst = tmp_path / "out.pt"
+    with pytest.raises(VerificationFailed):
+        convert_file(src, dst, verify=True)
+    assert not dst.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".focus-surgery-tmp")]
+
+
+def test_yolov7_model_copy_written_wrong_fails_the_stem_proof(tmp_path, monkeypatch):
+    """The file holds ``model`` and ``ema``: the proof compares the EMA; a wrong ``model`` must fail too."""
+    save = checkpoint_io.torch_save
+
+    def wrong_save(content, path, *rest):
+        layers = content["model"].children()["model"].state["_modules"]
+        conv = list(layers.values())[-2].children()["conv"]
+        weight = conv.state["_parameters"]["weight"]
+        conv.state["_parameters"]["weight"] = torch.nn.Parameter(weight.detach() * 1.5, requires_grad=False)
+        try:
+            save(content, path, *rest)
+        finally:
+            conv.state["_parameters"]["weight"] = weight
+
+    monkeypatch.setattr(checkpoint_io, "torch_save", wrong_save)
+    dst = tmp_path / "out.pt"
+    with pytest.raises(VerificationFailed):
+        convert_file(YOLOV7_LAST, dst, verify=True)
+    assert not dst.exists()
+
