@@ -58,3 +58,21 @@ def test_yolov7_model_copy_written_wrong_fails_the_stem_proof(tmp_path, monkeypa
         convert_file(YOLOV7_LAST, dst, verify=True)
     assert not dst.exists()
 
+
+def test_onnx_external_data_pair_is_read_back_as_written(tmp_path):
+    """The read-back of a graph + data pair must read the pair as written (not fail on the data file, nor read a
+    data file already at the destination); nothing but the pair is left."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_onnx_deployed import _dynamo_external
+
+    src = _dynamo_external(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    report = convert_file(src, out / "conv.onnx", verify=True)
+    assert report.proof == "model" and report["verification"]["passed"]
+    assert sorted(p.name for p in out.iterdir()) == ["conv.onnx", "conv.onnx.data"]
+    (out / "conv.onnx.data").write_bytes(b"\0" * (out / "conv.onnx.data").stat().st_size)  # a stale, wrong pair
+    report = convert_file(src, out / "conv.onnx", verify=True)
+    assert report["verification"]["passed"] and sorted(p.name for p in out.iterdir()) == ["conv.onnx", "conv.onnx.data"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,14 +139,31 @@ def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
 @contextlib.contextmanager
 def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
     """The temporaries of one write under their destinations' names (links in a private folder), so the readers
-    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it."""
-    with tempfile.TemporaryDirectory(prefix="focus-surgery-proof-") as folder:
-        view = {}
-        for destination, tmp in written:
-            link = Path(folder) / destination.name
-            os.symlink(Path(tmp).resolve(), link)
-            view[destination] = link
+    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it.
+
+    Hard links in a private folder beside the temporaries: a reader that resolves a symbolic link (the ONNX reader
+    looks for the data file beside the graph's real path) would find the destination's folder, where no data file
+    of this write is yet (or an old one is)."""
+    folder = Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=Path(written[0][1]).parent))
+    try:
+        try:
+            view = _links(written, folder, os.link)
+        except OSError:  # no hard links on this file system: symbolic links (a graph's data found by name only)
+            for link in folder.iterdir():
+                link.unlink()
+            view = _links(written, folder, lambda tmp, link: os.symlink(Path(tmp).resolve(), link))
         yield view
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _links(written: list[tuple[Path, Path]], folder: Path, make: Any) -> dict[Path, Path]:
+    view = {}
+    for destination, tmp in written:
+        link = folder / destination.name
+        make(tmp, link)
+        view[destination] = link
+    return view
 
 
 def prove_written(
