@@ -9,6 +9,7 @@ import torch
 from focus_surgery import checkpoint_io
 from focus_surgery.errors import VerificationFailed
 from focus_surgery.files import convert_file
+from focus_surgery.sources import records_io
 
 FAMILY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "focus-family"
 DARKNET = FAMILY / "yolor_w6-div32_last.pt"
@@ -26,7 +27,13 @@ def _wrong_optimizer(monkeypatch):
         state[last] = {**state[last], "momentum_buffer": state[last]["momentum_buffer"] + 1.0}
         save({**content, "optimizer": {**optimizer, "state": state}}, path, *rest)
 
+    _patch(monkeypatch, wrong_save)
+
+
+def _patch(monkeypatch, wrong_save):
+    """Every writer's name for ``torch_save`` (records_io binds its own at import)."""
     monkeypatch.setattr(checkpoint_io, "torch_save", wrong_save)
+    monkeypatch.setattr(records_io, "torch_save", wrong_save)
 
 
 @pytest.mark.parametrize("src", [DARKNET, YOLOV7_LAST], ids=["darknet", "yolov7"])
@@ -52,7 +59,7 @@ def test_yolov7_model_copy_written_wrong_fails_the_stem_proof(tmp_path, monkeypa
         finally:
             conv.state["_parameters"]["weight"] = weight
 
-    monkeypatch.setattr(checkpoint_io, "torch_save", wrong_save)
+    _patch(monkeypatch, wrong_save)
     dst = tmp_path / "out.pt"
     with pytest.raises(VerificationFailed):
         convert_file(YOLOV7_LAST, dst, verify=True)
