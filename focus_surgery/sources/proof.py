@@ -141,20 +141,31 @@ def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
     """The temporaries of one write under their destinations' names (links in a private folder), so the readers
     that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it.
 
-    Hard links in a private folder beside the temporaries: a reader that resolves a symbolic link (the ONNX reader
+    Hard links in a private folder (the system's temporary folder, else beside the temporaries): a reader that resolves a symbolic link (the ONNX reader
     looks for the data file beside the graph's real path) would find the destination's folder, where no data file
     of this write is yet (or an old one is)."""
-    folder = Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=Path(written[0][1]).parent))
+    near = Path(written[0][1]).parent
+    folders: list[Path] = []
     try:
-        try:
-            view = _links(written, folder, os.link)
-        except OSError:  # no hard links on this file system: symbolic links (a graph's data found by name only)
-            for link in folder.iterdir():
-                link.unlink()
-            view = _links(written, folder, lambda tmp, link: os.symlink(Path(tmp).resolve(), link))
+        view = None
+        # the system's temporary folder when it is on the same file system (nothing left in the user's folder even
+        # if the process is killed), else beside the temporaries; symbolic links only where no hard link can be made
+        for where, make in ((None, os.link), (near, os.link), (None, _symlink)):
+            folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
+            try:
+                view = _links(written, folders[-1], make)
+                break
+            except OSError:
+                if make is _symlink:
+                    raise
         yield view
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _symlink(tmp: Path, link: Path) -> None:
+    os.symlink(Path(tmp).resolve(), link)
 
 
 def _links(written: list[tuple[Path, Path]], folder: Path, make: Any) -> dict[Path, Path]:
