@@ -141,9 +141,9 @@ def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
     """The temporaries of one write under their destinations' names (links in a private folder), so the readers
     that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it.
 
-    Hard links in a private folder (the system's temporary folder, else beside the temporaries): a reader that resolves a symbolic link (the ONNX reader
-    looks for the data file beside the graph's real path) would find the destination's folder, where no data file
-    of this write is yet (or an old one is)."""
+    Hard links in a private folder (the system's temporary folder, else beside the temporaries): a reader that
+    resolves a symbolic link (the ONNX reader looks for the data file beside the graph's real path) would find the
+    destination's folder, where no data file of this write is yet (or an old one is)."""
     near = Path(written[0][1]).parent
     folders: list[Path] = []
     try:
