@@ -83,3 +83,31 @@ def test_onnx_external_data_pair_is_read_back_as_written(tmp_path):
     (out / "conv.onnx.data").write_bytes(b"\0" * (out / "conv.onnx.data").stat().st_size)  # a stale, wrong pair
     report = convert_file(src, out / "conv.onnx", verify=True)
     assert report["verification"]["passed"] and sorted(p.name for p in out.iterdir()) == ["conv.onnx", "conv.onnx.data"]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, "term"], ids=["sigint", "sigterm"])
+def test_an_interrupt_during_the_read_back_leaves_nothing(tmp_path, monkeypatch, interrupt):
+    import tempfile
+
+    from torch import nn
+
+    from focus_surgery.atomic_io import Interrupted
+    from focus_surgery.layers import Focus
+    from focus_surgery.sources import proof
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    src = tmp_path / "m.pt"
+    torch.save({"model": nn.Sequential(Focus(3, 8, 3), nn.Conv2d(8, 4, 3)).eval()}, src)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def interrupted(*args, **kwargs):
+        assert list(system_tmp.iterdir()), "the read-back view is open"
+        raise KeyboardInterrupt if interrupt is KeyboardInterrupt else Interrupted(15)
+
+    monkeypatch.setattr(proof, "verify", interrupted)
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        convert_file(src, out / "m-conv.pt", verify=True)
+    assert list(out.iterdir()) == [] and list(system_tmp.iterdir()) == []
