@@ -111,3 +111,29 @@ def test_an_interrupt_during_the_read_back_leaves_nothing(tmp_path, monkeypatch,
     with pytest.raises((KeyboardInterrupt, Interrupted)):
         convert_file(src, out / "m-conv.pt", verify=True)
     assert list(out.iterdir()) == [] and list(system_tmp.iterdir()) == []
+
+
+def test_a_checkpoint_written_as_safetensors_is_proven_on_what_it_holds(tmp_path):
+    """A .safetensors output holds the model's tensors only (no optimizer, no second copy): its proof compares
+    those, and does not fail for the checkpoint's other contents it was never meant to hold."""
+    src = FAMILY / "yolox" / "yolox_nano_w009375_nc2_ckpt.pth"
+    report = convert_file(src, tmp_path / "o.safetensors", verify=True)
+    assert report.proof == "stem" and report["verification"]["tensors"]["passed"]
+
+
+def test_a_trainer_state_dict_written_as_safetensors_is_proven_on_what_it_holds(tmp_path):
+    import focus_surgery as fs
+
+    torch.manual_seed(0)
+    sd = torch.nn.Sequential(fs.Focus(3, 8, 3), torch.nn.Conv2d(8, 4, 3, padding=1)).state_dict()
+    ema = {k: v.clone() + (0.01 if v.is_floating_point() else 0) for k, v in sd.items()}
+    torch.save({"epoch": 3, "state_dict": sd, "state_dict_ema": ema}, tmp_path / "ckpt.pth")
+    report = convert_file(tmp_path / "ckpt.pth", tmp_path / "o.safetensors", verify=True)
+    assert report["verification"]["tensors"]["passed"] and (tmp_path / "o.safetensors").exists()
+    report = convert_file(tmp_path / "ckpt.pth", tmp_path / "o.pth", verify=True)  # the whole file: every tensor
+    assert report["verification"]["tensors"]["every_tensor"] == {
+        "tensors": 16,
+        "remapped": 2,
+        "passed": True,
+        "problem": "",
+    }
