@@ -137,3 +137,10 @@ def test_a_trainer_state_dict_written_as_safetensors_is_proven_on_what_it_holds(
         "passed": True,
         "problem": "",
     }
+
+
+@pytest.mark.xfail(strict=True, reason="unfixed: the written state dict's stem is named by key, the original's by row")
+@pytest.mark.parametrize("src", [DARKNET, YOLOV7_LAST], ids=["darknet", "yolov7"])
+def test_a_family_checkpoint_written_as_safetensors_passes_its_proof(tmp_path, src):
+    report = convert_file(src, tmp_path / "o.safetensors", verify=True)
+    assert report.proof == "stem" and (tmp_path / "o.safetensors").exists()
