@@ -127,30 +127,35 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
             named = ConversionError(f"{src}: {error}")
         raise named from None
     report.src, report.dst = str(src), str(dst)
-    if report.nothing_to_do:  # the input already is what was asked: nothing written, exit 0
+    # the writer holds the converted content: views of the input's mapping (loader mode mmap), never handed out
+    write, report.write = report.write, None
+    try:
+        if report.nothing_to_do:  # the input already is what was asked: nothing written, exit 0
+            return report
+        if report.problem is not None:
+            raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
+        if not opts.verify:
+            written = write(dst)
+        else:  # the written file is read back and proven before it is renamed into place
+            original = capture(source, src, opts)  # the input read again on its own: the conversion edited `loaded`
+            proven: list[bool] = []
+
+            def prove(pairs: list[tuple[Path, Path]]) -> None:
+                prove_written(report, source, loaded, original, opts, pairs)
+                proven.append(report.proof is not None)
+
+            with checked_before_rename(prove):
+                written = write(dst)
+            if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
+                for path in written if isinstance(written, list) else [dst]:
+                    Path(path).unlink(missing_ok=True)
+                raise VerificationFailed(
+                    f"{src}: verification failed (--verify measured nothing); {dst} not written", report
+                )
+        report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
         return report
-    if report.problem is not None:
-        raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
-    if not opts.verify:
-        written = report.write(dst)
-    else:  # the written file is read back and proven before it is renamed into place
-        original = capture(source, src, opts)  # the input read again on its own: the conversion edited `loaded`
-        proven: list[bool] = []
-
-        def prove(pairs: list[tuple[Path, Path]]) -> None:
-            prove_written(report, source, loaded, original, opts, pairs)
-            proven.append(report.proof is not None)
-
-        with checked_before_rename(prove):
-            written = report.write(dst)
-        if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
-            for path in written if isinstance(written, list) else [dst]:
-                Path(path).unlink(missing_ok=True)
-            raise VerificationFailed(
-                f"{src}: verification failed (--verify measured nothing); {dst} not written", report
-            )
-    report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
-    return report
+    finally:  # what the proof needed: the converted model, whose tensors may still be views of the input's mapping
+        report.after = None
 
 
 def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -150,10 +150,11 @@ class ConvertReport:
         details (list[str]): Further lines of the text form.
         fields (dict): The adapter's own JSON fields (``kind``, ``stem``, ``verification``, ...).
         written (list[str]): Files written (set after the write).
-        write (Callable[[Path], Any] | None): Writes the result to a path, atomically; not part of the report.
+        write (Callable[[Path], Any] | None): Writes the result to a path, atomically; not part of the report
+            (``convert_file`` uses it and sets it to None: it holds views of the input's mapping).
         after (Any): The source's handle on what it converted, for the proof of the written file: the converted
             model in memory when the file holds its tensors only (loaded into it, as users do), an ONNX graph's
-            folded stems; not part of the report.
+            folded stems; not part of the report (``convert_file`` sets it to None before it returns).
     """
 
     src: str

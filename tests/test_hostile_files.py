@@ -110,6 +110,7 @@ def test_tensor_cdata_refused_by_every_command(command, cli, baseline_rss, tmp_p
     assert_refused(outcome, hostile.path, out_dir, before, baseline_rss)
 
 
+@pytest.mark.parametrize("loader_mode", ["mmap"], indirect=True)  # process isolation, not the loader: the CLI's mode
 def test_real_program_survives_tensor_cdata(tmp_path):
     """The same through ``python -m focus_surgery`` itself (no fork server): exit 2, not 139."""
     out_dir = tmp_path / "out"
@@ -143,6 +144,7 @@ def test_non_utf8_name_converts_to_non_utf8_name(cli, tmp_path):
     assert outcome.returncode == 0 and dst.is_file(), str(outcome)
 
 
+@pytest.mark.parametrize("loader_mode", ["mmap"], indirect=True)  # process isolation, not the loader: the CLI's mode
 @pytest.mark.parametrize("workers", [1, 2])
 def test_folder_run_survives_a_crashing_and_a_hanging_file(workers, cli, tmp_path):
     """convert DIR OUTDIR: the crashing file and the hanging one are reported as failed (exit 2), the good one
@@ -161,6 +163,7 @@ def test_folder_run_survives_a_crashing_and_a_hanging_file(workers, cli, tmp_pat
     assert "crash.pt" in report and "hang.pt" in report, report
 
 
+@pytest.mark.parametrize("loader_mode", ["mmap"], indirect=True)  # process isolation, not the loader: the CLI's mode
 @pytest.mark.parametrize("workers", [1, 2])
 def test_folder_run_survives_a_crashing_file(workers, cli, tmp_path):
     """Without --timeout: a file that crashes its converter is one failed file, not the end of the batch."""

@@ -230,6 +230,7 @@ def _read_refused(path: Path) -> Callable[[], None]:
     return read
 
 
+@pytest.mark.parametrize("loader_mode", ["copy"], indirect=True)  # legacy files: copied in every mode
 def test_legacy_storage_count_is_linear(tmp_path):
     """containers.load_legacy summed the sizes of every pending storage for each new one (O(n^2)): 8000 empty
     storages (a 250 KB file) took 15 s to minutes. Counted, not timed: the bytecode executed per storage is the same
@@ -432,6 +433,7 @@ def test_plain_metadata_of_a_slice_is_bounded():
     assert out.startswith("refused metadata expands") or 0 < int(out) <= 1000, out  # stopped by a budget, or cut
 
 
+@pytest.mark.parametrize("loader_mode", ["mmap"], indirect=True)  # the folder runner, not the loader: the CLI's mode
 def test_folder_run_sigterm_leaves_no_temporary(tmp_path):
     """folder.convert_isolated: SIGTERM to the parent raises ``Interrupted``; its ``finally`` SIGKILLs the running
     children but does not remove their temporaries (``remove_stale_temporaries`` only runs for a child that

@@ -142,3 +142,40 @@ def test_mmengine_loads_and_resumes_the_converted_checkpoint(converted, tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RESUMED 2 8 (8, 3, 6, 6)" in result.stdout  # resumed after epoch 1 (4 iterations), trained epoch 2
+
+
+CSPDARKNET_CFG = """model = dict(
+    backbone=dict(
+        act_cfg=dict(type='Swish'),
+        deepen_factor=0.33,
+        norm_cfg=dict(momentum=0.03, eps=0.001, type='BN'),
+        out_indices=(2, 3, 4),
+        type='mmdet.CSPDarknet',
+        widen_factor=0.5),
+    type='YOLOX')
+"""
+
+
+def _with_config(tmp_path: Path, cfg: str) -> Path:
+    """The fixture's model weights under an mmengine ``meta`` whose config names ``cfg``'s backbone (issue 24 item 2:
+    the geometry comes from the architecture the file names)."""
+    content = read_checkpoint(FIXTURE).content
+    src = tmp_path / "epoch_cfg.pth"
+    torch.save({"meta": {"cfg": cfg, "epoch": 1}, "state_dict": dict(content["state_dict"])}, src)
+    return src
+
+
+def test_the_config_backbone_fixes_the_geometry_and_the_proof_says_stem(tmp_path):
+    src = _with_config(tmp_path, CSPDARKNET_CFG)
+    report = convert_file(src, tmp_path / "out.pth", verify=True).to_dict()
+    assert report["proof"] == "stem" and "CSPDarknet" in report["geometry_from"]
+    assert report["verification"]["passed"]
+    bare = convert_file(_with_config(tmp_path, "model = dict(type='Custom')"), tmp_path / "bare.pth", verify=True)
+    assert bare.to_dict()["proof"] == "layout only"  # a config naming no known backbone: the order is assumed
+
+
+def test_an_order_contradicting_the_config_backbone_is_refused(tmp_path):
+    src = _with_config(tmp_path, CSPDARKNET_CFG)
+    with pytest.raises(errors.ConversionError, match=r"--order timm contradicts .*CSPDarknet"):
+        convert_file(src, tmp_path / "out.pth", order="timm")
+    assert not (tmp_path / "out.pth").exists()

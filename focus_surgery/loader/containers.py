@@ -159,8 +159,8 @@ class _RecordBytes:
     a tensor written to by its user gets its own copy of the page, the file is untouched.
     """
 
-    def __init__(self, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats):
-        self._fd, self._mode, self.stats = handle.fileno(), mode, stats
+    def __init__(self, path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats):
+        self._path, self._fd, self._mode, self.stats = path, handle.fileno(), mode, stats
         self._whole: torch.UntypedStorage | None = None
         self._bytes: Any = None  # the mapping as a numpy byte array (CRC-32s read it without a copy)
         if mode != "copy":
@@ -181,7 +181,7 @@ class _RecordBytes:
         while done < nbytes:  # one copy, kernel to the storage (no Python bytes object in between)
             got = os.preadv(self._fd, [array[done:]], offset + done)
             if got <= 0:
-                raise CheckpointError("the file became shorter while it was read")
+                raise CheckpointError(f"{self._path}: the file became shorter while it was read; read it again")
             done += got
         self.stats.copied_bytes += nbytes
         return tensor.untyped_storage(), array
@@ -228,7 +228,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         budgets = budgets_for(file_size)
         unpacked = [0]
         storages: dict[str, torch.storage.TypedStorage] = {}
-        records = _RecordBytes(handle, file_size, mode, stats)
+        records = _RecordBytes(path, handle, file_size, mode, stats)
         check_storages = mode != "mmap-nocrc"
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
@@ -321,7 +321,9 @@ def load_legacy(path: Path, file_size: int, stats: LoadStats | None = None) -> t
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
         content = unpickler.load()
+        protocol = unpickler.proto  # the content's (Loaded.protocol), not the storage keys' pickle after it
         keys = unpickler.load()
+        unpickler.proto = protocol
         # torch writes text keys; anything else is never turned into text (str() of a shared tuple expands it)
         if not isinstance(keys, list) or not all(type(key) is str for key in keys) or len(set(keys)) != len(keys):
             raise CheckpointError(f"{path}: corrupt storage list")

@@ -89,7 +89,10 @@ class FaithfulPickler(pickle._Pickler):
         self.write_global(function)
         self.save(tuple(args))
         self.write(pickle.REDUCE)
-        self.memoize(obj)
+        if id(obj) in self.memo:  # met again inside its own arguments (a reference in its owner's state): shared
+            self.write(pickle.POP + self.get(self.memo[id(obj)][0]))
+        else:
+            self.memoize(obj)
 
     def _save_reference(self, ref: NamedReference) -> None:
         if ref.pickled is None:
@@ -105,9 +108,23 @@ class FaithfulPickler(pickle._Pickler):
             self.save(dict(ns))
             self.write(pickle.BUILD)
 
+    def _spelled(self, *names: str) -> str:
+        """The one of ``names`` (Python 3's spelling, then Python 2's) the input used; else the one pickle writes in
+        this protocol (Python 2's below protocol 3)."""
+        return next((n for n in names if n in self.spellings), names[0] if self.proto >= 3 else names[-1])
+
     def _save_record(self, record: Record) -> None:
-        self.write_global(record.qualname)
-        self.write(pickle.EMPTY_TUPLE + (pickle.REDUCE if record.pickled_by == "reduce" else pickle.NEWOBJ))
+        if record.pickled_by == "reconstructor":  # protocol 0/1: copyreg._reconstructor(cls, object, None)
+            self.write_global(self._spelled("copyreg._reconstructor", "copy_reg._reconstructor"))
+            self.write(pickle.MARK if self.proto < 2 else b"")
+            self.write_global(record.qualname)
+            self.write_global(self._spelled("builtins.object", "__builtin__.object"))
+            self.write(pickle.NONE + (pickle.TUPLE if self.proto < 2 else pickle.TUPLE3))
+            self.memoize((record.qualname, "object", None))  # the argument tuple, memoized as pickle does
+            self.write(pickle.REDUCE)
+        else:
+            self.write_global(record.qualname)
+            self.write(pickle.EMPTY_TUPLE + (pickle.REDUCE if record.pickled_by == "reduce" else pickle.NEWOBJ))
         self.memoize(record)  # before the state: modules may refer to each other
         state: Any = record.state
         if set(state) == {"__state__"}:
@@ -156,6 +173,8 @@ def needs_faithful(content: Any) -> bool:
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             stack.extend(obj)
+        elif isinstance(obj, slice):  # the loader builds slices of anything
+            stack.extend((obj.start, obj.stop, obj.step))
         elif not isinstance(obj, type) and isinstance(getattr(obj, "__dict__", None), dict):
             stack.extend(vars(obj).values())  # a live module's attributes (Ultralytics' model.args)
     return False

@@ -36,7 +36,12 @@ class Record:
         return obj
 
     def __setstate__(self, state) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+        if (
+            isinstance(state, tuple)
+            and len(state) == 2
+            and all(part is None or isinstance(part, dict) for part in state)
+            and isinstance(state[1], dict)
+        ):  # (dict state, slot state); any other pair is a state of its own, kept whole
             slots = state[1] if isinstance(state[1], dict) else {}
             self.slot_keys = (isinstance(state[0], dict), tuple(slots))
             for part in state:
@@ -49,6 +54,17 @@ class Record:
 
     def __reduce__(self):
         raise TypeError(f"a {self.qualname} record is data read from a checkpoint; it cannot be pickled")
+
+    def __deepcopy__(self, memo: dict) -> Record:
+        """A copy of the data (a source copies the optimizer entry before remapping it): the same class, how it was
+        built, its state copied; never through ``__reduce__``."""
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.pickled_by, new.slot_keys = self.pickled_by, self.slot_keys
+        new.state = copy.deepcopy(self.state, memo)
+        return new
 
     def __repr__(self) -> str:
         return f"<record {self.qualname}>"

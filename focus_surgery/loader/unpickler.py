@@ -10,6 +10,7 @@ hundreds of times its size.
 from __future__ import annotations
 
 import pickle
+import pickletools
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
@@ -77,6 +78,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._handed_out: dict[int, tuple[Any, str]] = {}  # id: (object kept alive, its name in the file)
         self.globals_seen: set[str] = set()
         self.keys_checked = 0  # keys and set members checked before hashing: linear in the pickle (tests count it)
+
+    def load(self) -> Any:
+        """One pickle, with a memo of its own (a legacy file is five pickles read in turn, each numbering its memo
+        from 0 as torch reads them; protocol 4's MEMOIZE numbers by the memo's size)."""
+        self.memo = {}
+        return super().load()
 
     def _keys(self, keys: Any) -> None:
         for key in keys:
@@ -296,6 +303,23 @@ _SLOTS = (
     pickle.MARK,
 )
 _COSTS = {**{code[0]: OPCODE_COST for code in _BUILDERS}, **{code[0]: 96 for code in _SLOTS}}
+
+
+def _binary(handler: Callable) -> Callable:
+    """A protocol-1 opcode: a pickle without a PROTO opcode that uses one is protocol 1, not 0 (written back so: a
+    protocol-0 pickle cannot hold torch's storage ids)."""
+
+    def run(self: RestrictedUnpickler) -> None:
+        self.proto = max(self.proto, 1)
+        handler(self)
+
+    return run
+
+
+for _op in pickletools.opcodes:
+    if _op.proto == 1 and _op.code.encode("latin-1")[0] in RestrictedUnpickler.dispatch:
+        _key = _op.code.encode("latin-1")[0]
+        RestrictedUnpickler.dispatch[_key] = _binary(RestrictedUnpickler.dispatch[_key])
 RestrictedUnpickler.dispatch = {
     code: _charged(handler, _COSTS.get(code, 32)) for code, handler in RestrictedUnpickler.dispatch.items()
 }

@@ -4,8 +4,9 @@ A state dict holds weights only: a weightless space-to-depth before a conv (TRes
 leaves no entry, so its block size and channel order are not in the tensors. In order of precedence:
 
 1. **The architecture the file names** (timm ``train.py``: ``arch``, ``args.model``), looked up in timm's registry
-   (``integrations.timm_arch``): block size, order and the stem conv's key come from timm's model. A stated
-   ``--block-size`` / ``--order`` that contradicts it is refused.
+   (``integrations.timm_arch``): block size, order and the stem conv's key come from timm's model; or the backbone
+   an mmengine checkpoint's config names (``meta["cfg"]``: ``backbone=dict(type='CSPDarknet', ...)``), whose Focus
+   is mmdet's. A stated ``--block-size`` / ``--order`` that contradicts it is refused.
 2. **The key layout** (``state_dict.find_stem``) at the stated block size, else 2, in the stated order, else yolov5
    (YOLOv5's Focus and its conv form, yolov7's ReOrg row).
 3. **The channel count**: a conv reading ``3 * bs * bs`` channels after a weightless space-to-depth, for a block size
@@ -14,6 +15,7 @@ leaves no entry, so its block size and channel order are not in the tensors. In 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,13 @@ WRAPPER_KEYS = ("state_dict", "model", "ema", "model_ema", "module", "state_dict
 CHANNEL_BLOCK_SIZES = (3, 4, 8)  # block sizes a conv's channel count is read as (2 is the key layout's default)
 ORDERS_HINT = "timm (TResNet, TensorFlow space_to_depth), yolov5 (Focus, ReOrg) or pixel_unshuffle"
 SHOWN_ARCH_CHARS = 80  # of an architecture name a message shows: a hostile file's name must not crowd out the fix
+# mmengine config backbones (mmdet / mmyolo registry names, scope prefix dropped) whose stem is mmdet's
+# ``csp_darknet.Focus``: cat(top-left, bottom-left, top-right, bottom-right) of 2x2 phases, i.e. YOLOv5's order
+FOCUS_BACKBONES = {"CSPDarknet": (2, "yolov5"), "YOLOXCSPDarknet": (2, "yolov5")}
+_BACKBONE = re.compile(r"\bbackbone\s*=\s*dict\(")
+# inside it: its own ``type=`` (at depth 1, in any key order), brackets, and strings (whose brackets do not count)
+_TOKENS = re.compile(r"\btype\s*=\s*['\"]([\w.]{1,200})['\"]|[()\[\]{}]|'[^'\n]*'|\"[^\"\n]*\"")
+MAX_CONFIG_CHARS = 1 << 20  # of a config text searched: a config is a few KB; a hostile one is not scanned whole
 
 
 def shown_arch(arch: str) -> str:
@@ -78,6 +87,27 @@ class StemTensors(dict):
     block_size: int = 2
     order: str = "yolov5"
     copies: dict = {}  # replaced per instance, never mutated
+
+
+def config_backbone(content: Any) -> str | None:
+    """The backbone type an mmengine checkpoint's config names (``meta["cfg"]``, as ``Runner`` saves its
+    ``pretty_text``: ``backbone=dict(type='...', ...)``), without its registry scope (``mmdet.``); else None."""
+    meta = content.get("meta") if isinstance(content, dict) else None
+    cfg = meta.get("cfg") if isinstance(meta, dict) else None
+    if not isinstance(cfg, str):
+        return None
+    start = _BACKBONE.search(cfg, 0, MAX_CONFIG_CHARS)
+    if start is None:
+        return None
+    depth = 1
+    for token in _TOKENS.finditer(cfg, start.end(), MAX_CONFIG_CHARS):
+        text = token.group(0)
+        if token.group(1) is not None and depth == 1:
+            return token.group(1).rpartition(".")[2]
+        depth += (text in "([{") - (text in ")]}") if len(text) == 1 else 0
+        if depth == 0:
+            return None
+    return None
 
 
 def said_stems(a: dict, b: dict) -> tuple[StemKeys, StemKeys] | None:
@@ -132,6 +162,14 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
                 f"(looked at the top level and under {', '.join(WRAPPER_KEYS)}): not a checkpoint of that architecture"
             )
         return Evidence(places, stems, found.block_size, found.order, said_by, from_file=True)
+    backbone = config_backbone(content)
+    if backbone in FOCUS_BACKBONES:
+        block_size, order = FOCUS_BACKBONES[backbone]
+        said_by = f"mmengine config's backbone {backbone!r} (mmdet's Focus: space-to-depth({block_size}, {order}))"
+        _refuse_contradiction(path, options, block_size, order, said_by)
+        places, stems = _in_places(content, lambda sd: find_stem(sd, block_size=block_size))
+        if places:
+            return Evidence(places, stems, block_size, order, said_by, from_file=True)
     block_size = options.block_size
     places, stems = _in_places(content, lambda sd: find_stem(sd, block_size=block_size))
     if places:

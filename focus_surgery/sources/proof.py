@@ -297,7 +297,9 @@ def _geometry(source: Source, options: ConvertOptions) -> dict[str, Any]:
 
 def _settle(report: ConvertReport, kind: str, err: float, passed: bool, text: str, fields: dict, how: str = "") -> None:
     report.proof, report.max_abs_err = kind, err
-    report.fields["verification"] = {**fields, **({"compared": how} if how else {})}
+    previous = report.fields.get("verification")  # a source's own check of what it wrote (per model, its release)
+    kept = {k: v for k, v in previous.items() if k not in fields} if isinstance(previous, dict) else {}
+    report.fields["verification"] = {**kept, **fields, **({"compared": how} if how else {})}
     if "max_rel_err" in report.fields and "max_rel_err" in fields:
         report.fields["max_rel_err"] = fields["max_rel_err"]
     if not passed:

@@ -44,6 +44,7 @@ from ..errors import ConversionError
 from ..loader import Record, record_class
 from .detect import LegacyDetect
 from .hyp import HYP_KEY, RELEASE_KEY
+from .loss_rules import rules_release
 
 RELEASES = ("v2.0", "v3.0", "v3.1", "v4.0", "v5.0", "v6.0", "v6.1", "v6.2", "v7.0")
 _V2 = ("Conv", "Bottleneck", "BottleneckCSP", "SPP", "Focus", "Concat")
@@ -111,7 +112,11 @@ def target_release(recorded: Any) -> tuple[str, str]:
         return text, ""
     for prefix, release in RANGES.items():
         if text.startswith(prefix):
-            return release, f"release known as {text}: written as {release}, which every release of the range loads"
+            note = f"release known as {text}: written as {release}, which every release of the range loads"
+            trained = rules_release(text)  # a range trains with its newest release's loss rules
+            if trained != release:  # the written file reads back as `release` exactly, with that release's rules
+                note += f"; read back, it trains with {release}'s loss rules, not {trained}'s"
+            return release, note
     raise ConversionError(
         f"the model records YOLOv5 release {text[:60]!r}; --layout yolov5 writes {', '.join(RELEASES)}"
     )
@@ -148,12 +153,48 @@ def _is_torch(module: nn.Module) -> bool:
     return type(module).__module__.startswith("torch.nn.")
 
 
+def _foreign(value: Any) -> str | None:
+    """The first class or function in ``value`` (nested containers included) that is neither builtin nor torch's,
+    as ``module.qualname``; None when there is none. A torch layer pickled as it is carries all of its ``__dict__``;
+    a stand-in the safe loader read (a record, a namespace, a reference) is named as the file named it."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.Tensor)):
+        return None
+    if type(value) in (dict, OrderedDict):
+        return next(filter(None, (_foreign(v) for kv in value.items() for v in kv)), None)
+    if type(value) in (list, tuple, set, frozenset):
+        return next(filter(None, map(_foreign, value)), None)
+    stand_in = getattr(value, "qualname", None) if type(value).__module__.startswith("focus_surgery.loader") else None
+    if isinstance(stand_in, str):
+        name = stand_in
+    else:
+        kind = value if isinstance(value, type) or callable(value) else type(value)
+        name = f"{getattr(kind, '__module__', None)}.{getattr(kind, '__qualname__', type(kind).__name__)}"
+    return None if name.startswith("torch.") or isinstance(value, torch.dtype) else name
+
+
+def _check_plain_torch(module: nn.Module, path: str) -> nn.Module:
+    """``module`` (torch layers only) when everything it pickles is builtin or torch's.
+
+    Raises:
+        ConversionError: An attribute (a hook, an extra object) of another package's class or function.
+    """
+    for name, sub in module.named_modules(prefix=path):
+        for key, value in vars(sub).items():
+            found = None if key == "_modules" else _foreign(value)
+            if found is not None:
+                raise ConversionError(
+                    f"layer {name} has attribute {key!r} holding a {found}, which YOLOv5's files do not pickle; "
+                    f"delete it from the model, save, and convert again"
+                )
+    return module
+
+
 def _translate(module: nn.Module, path: str, release: str) -> Any:
     """``module`` as YOLOv5 pickles it: torch layers as they are, Ultralytics layers as records of their twins."""
     cls = type(module)
     if _is_torch(module):
         if all(_is_torch(m) for m in module.modules()):
-            return module  # pickled by torch as it is, as YOLOv5's own files hold it
+            return _check_plain_torch(module, path)  # pickled by torch as it is, as YOLOv5's own files hold it
         children = {n: _translate(c, f"{path}.{n}", release) for n, c in module.named_children()}
         record = _record(f"{cls.__module__}.{cls.__qualname__}", module, children)
         record.state.update({k: v for k, v in vars(module).items() if k in ROUTING})  # nn.Upsample rows
@@ -165,7 +206,12 @@ def _translate(module: nn.Module, path: str, release: str) -> Any:
         raise ConversionError(f"layer {path} is a {name}, which YOLOv5 {release} has no class for")
     own = {k for k in vars(module) if not k.startswith("_") and k != "training"}
     extra = sorted(own - set(PLAIN.get(name, ())) - set(FIXED.get(name, {})) - set(ROUTING))
-    if extra:  # e.g. a fused Conv's bound ``forward``
+    if "forward" in extra:  # fuse() binds forward_fuse and deletes the BatchNorm YOLOv5's Conv runs
+        raise ConversionError(
+            f"layer {path} ({name}) is fused (Conv and BatchNorm folded), which YOLOv5's {name} cannot hold; "
+            f"convert the file saved before fuse()"
+        )
+    if extra:
         raise ConversionError(f"layer {path} ({name}) has attribute {extra[0]!r}, which YOLOv5's {name} has not")
     wrong = {k: getattr(module, k, None) for k, v in FIXED.get(name, {}).items() if getattr(module, k, None) != v}
     if wrong:
@@ -192,7 +238,7 @@ def _detect_record(head: LegacyDetect, release: str, stride: torch.Tensor) -> Re
         if grid is None:  # a head built from a YAML keeps none: anchors (grid units) times the power-of-two strides
             grid = (anchors.float() * stride.view(-1, 1, 1)).to(anchors.dtype).view(head.nl, 1, head.na, 1, 1, 2)
         buffers["anchor_grid"] = grid
-    record = _record("models.yolo.Detect", head, {"m": head.m})
+    record = _record("models.yolo.Detect", head, {"m": _check_plain_torch(head.m, f"model.{getattr(head, 'i', -1)}.m")})
     record.state["_buffers"] = buffers
     record.state["_non_persistent_buffers_set"] = set()
 
