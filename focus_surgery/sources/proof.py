@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from .base import ConvertOptions, Source
 from .compare import stem_check
 from .loading import Loaded
 
-__all__ = ["Original", "capture", "proof_kind", "prove_written", "read_back"]
+__all__ = ["Original", "all_tensors", "capture", "compare_every_tensor", "proof_kind", "prove_written", "read_back"]
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Original:
     model: nn.Module | None
     stems: list = field(default_factory=list)
     tensors: dict = field(default_factory=dict)
+    leaves: list = field(default_factory=list)  # every tensor the file holds (optimizer state, each model copy)
 
 
 def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
@@ -67,7 +69,66 @@ def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) ->
     if model is not None or source.own_proof:
         return Original(model)
     shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
-    return Original(None, source.stems(loaded, options), source.state_dict(loaded, **shape))  # keeps what the file said
+    sd = source.state_dict(loaded, **shape)  # as is: a StemTensors keeps the stem the file names (timm s2d)
+    return Original(None, source.stems(loaded, options), sd, all_tensors(loaded.content))
+
+
+def all_tensors(content: Any) -> list[torch.Tensor]:
+    """Every tensor ``content`` holds, each shared one once, in the one traversal's order (``loader.Transform``)."""
+    from ..loader import Transform
+
+    found: list[torch.Tensor] = []
+
+    def collect(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        return obj
+
+    Transform(collect)(content)
+    return found
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    try:
+        return torch.equal(
+            a.detach().reshape(-1).contiguous().view(torch.uint8), b.detach().reshape(-1).contiguous().view(torch.uint8)
+        )
+    except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared
+        return bool(torch.equal(a, b))
+
+
+def compare_every_tensor(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any]:
+    """Every tensor of the written file against the original's, in the file's order: one of the same shape is equal
+    bit for bit; one whose shape the conversion changed (a stem weight, its optimizer state) holds the same non-zero
+    values (a remap permutes them; a bigger kernel adds zeros).
+
+    Returns:
+        (dict): ``tensors`` (how many), ``remapped`` (how many changed shape), ``passed``, ``problem``.
+    """
+    result: dict[str, Any] = {"tensors": len(after), "remapped": 0, "passed": False, "problem": ""}
+    if len(before) != len(after):
+        result["problem"] = f"the file holds {len(after)} tensors, the original {len(before)}"
+        return result
+    for i, (a, b) in enumerate(zip(before, after)):
+        if a.shape == b.shape:
+            if not _same_bits(a, b):
+                result["problem"] = f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)}) differs"
+                return result
+            continue
+        result["remapped"] += 1
+        values = [t.detach().reshape(-1) for t in (a, b)]
+        values = [torch.sort(v[v != 0].double()).values for v in values]
+        if a.dtype != b.dtype or not torch.equal(*values):
+            result["problem"] = (
+                f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)} -> {tuple(b.shape)}) "
+                "does not hold the original's values"
+            )
+            return result
+    result["passed"] = True
+    return result
 
 
 def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
@@ -78,14 +139,42 @@ def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
 @contextlib.contextmanager
 def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
     """The temporaries of one write under their destinations' names (links in a private folder), so the readers
-    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it."""
-    with tempfile.TemporaryDirectory(prefix="focus-surgery-proof-") as folder:
-        view = {}
-        for destination, tmp in written:
-            link = Path(folder) / destination.name
-            os.symlink(Path(tmp).resolve(), link)
-            view[destination] = link
+    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it.
+
+    Hard links in a private folder (the system's temporary folder, else beside the temporaries): a reader that
+    resolves a symbolic link (the ONNX reader looks for the data file beside the graph's real path) would find the
+    destination's folder, where no data file of this write is yet (or an old one is)."""
+    near = Path(written[0][1]).parent
+    folders: list[Path] = []
+    try:
+        view = None
+        # the system's temporary folder when it is on the same file system (nothing left in the user's folder even
+        # if the process is killed), else beside the temporaries; symbolic links only where no hard link can be made
+        for where, make in ((None, os.link), (near, os.link), (None, _symlink)):
+            folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
+            try:
+                view = _links(written, folders[-1], make)
+                break
+            except OSError:
+                if make is _symlink:
+                    raise
         yield view
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _symlink(tmp: Path, link: Path) -> None:
+    os.symlink(Path(tmp).resolve(), link)
+
+
+def _links(written: list[tuple[Path, Path]], folder: Path, make: Any) -> dict[Path, Path]:
+    view = {}
+    for destination, tmp in written:
+        link = folder / destination.name
+        make(tmp, link)
+        view[destination] = link
+    return view
 
 
 def prove_written(
@@ -139,6 +228,12 @@ def prove_written(
             if changed is not None:
                 was, now = before.tensors[changed].dtype, written_tensors[changed].dtype
                 tensors = {**tensors, "passed": False, "problem": f"{changed} is {was} vs {now}: the dtype changed"}
+            whole = type(back_source) is type(source) and dst.suffix.lower() != ".safetensors"  # not one state dict
+            if whole:  # the whole file written back: every tensor it holds (optimizer state, each copy)
+                every = compare_every_tensor(before.leaves, all_tensors(back.content))
+                tensors = {**tensors, "every_tensor": every}
+                if tensors["passed"] and not every["passed"]:
+                    tensors = {**tensors, "passed": False, "problem": every["problem"]}
             own = report.fields.get("verification") if not before.stems else None
             if isinstance(own, dict) and report.max_abs_err is not None:  # a source that ran its stem in memory
                 runs = None
