@@ -293,6 +293,7 @@ class PlainStateDictSource(Source):
         fields: dict[str, Any] = {"kind": "state_dict", "wrapper": places[0], "converted": [p for p in places if p]}
         fields.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
         checks = []
+        shared: dict = {}  # (id of the original stem weight, key) -> its converted tensor, written once
         for place in places:
             before = tensors(_at(content, place))
             try:
@@ -308,6 +309,9 @@ class PlainStateDictSource(Source):
                     raise ConversionError(f"{error}" + (f" (under '{place}')" if place else "")) from None
                 if not checks[-1]["passed"]:
                     break
+            for key, value in after.items():  # a tensor the copies shared (dict(sd)) stays one shared tensor
+                if key not in before or value is not before[key]:
+                    after[key] = shared.setdefault((id(before.get(stem.weight_key)), key), value)
             if place is None:
                 new_content = _with_tensors(content, after)
             else:
