@@ -92,7 +92,7 @@ class DarknetSource(Source):
             return False
         return any(isinstance(k, str) and k.startswith("module_list.") for k in content["model"])
 
-    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
+    def state_dict(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict:
         return tensors(loaded.content["model"])
 
     def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:

@@ -37,7 +37,7 @@ class Yolov5PairSource(PlainStateDictSource):
 
         return load_yolov5_safetensors(loaded.path)
 
-    def state_dict(self, loaded: Loaded, block_size: int = 2) -> dict:
+    def state_dict(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict:
         return dict(loaded.content)
 
     def _check_pair(self, loaded: Loaded) -> None:
