@@ -37,14 +37,19 @@ def _log(message: str) -> None:
     LOGGER.info(message)
 
 
-def _yolov5_content(path: Path) -> Any | None:
-    """The file's content read by our safe loader when it holds a YOLOv5-repository model, else None."""
+def _yolov5_content(path: Path, strict: bool = False) -> Any | None:
+    """The file's content read by our safe loader when it holds a YOLOv5-repository model, else None.
+
+    ``strict``: a file the safe loader refuses raises its one-line error (for a file that names YOLOv5's classes);
+    else None, and Ultralytics' own error stands."""
     from ..loader import read_checkpoint
 
     try:
         content = read_checkpoint(path).content
     except (CheckpointError, OSError):
-        return None  # not ours to explain: Ultralytics' own error stands
+        if strict:
+            raise
+        return None
     return content if _holds_yolov5(content) else None
 
 
@@ -122,20 +127,17 @@ def _wrap(original: Callable) -> Callable:
     def torch_safe_load(weight, *args, **kwargs):
         path = _local_pt(weight)
         names_yolov5 = _yolov5_names(path) if path is not None else False
-        if names_yolov5:  # never handed to Ultralytics' full unpickler, which runs what a pickle names
-            from ..loader import read_checkpoint
-
-            content = read_checkpoint(path).content  # a hostile file: our one-line refusal, nothing run
-            if _holds_yolov5(content):
-                return open_yolov5(path, content), str(path)
-        if path is not None and (names_yolov5 is None or _swapped_by_ultralytics(weight)):
-            content = _yolov5_content(path)  # the user's own file, not the 'u' model Ultralytics would read
+        # read by us first: a file naming YOLOv5's classes (never handed to Ultralytics' full unpickler, which runs
+        # what a pickle names), a legacy file torch cannot list, and the user's file Ultralytics would swap for 'u'
+        read_first = path is not None and (names_yolov5 is not False or _swapped_by_ultralytics(weight))
+        if read_first:
+            content = _yolov5_content(path, strict=bool(names_yolov5))
             if content is not None:
                 return open_yolov5(path, content), str(path)
         try:
             return original(weight, *args, **kwargs)
         except Exception:  # noqa: BLE001 - re-raised unchanged unless the file is a YOLOv5 one
-            content = _yolov5_content(path) if path is not None else None
+            content = _yolov5_content(path) if path is not None and not read_first else None  # read once
             if content is None:
                 raise
             return open_yolov5(path, content), str(path)
