@@ -1,11 +1,7 @@
 """YOLOv5's autoanchor (``utils/autoanchor.py`` of v7.0): best possible recall of the anchors on the training labels,
-and when it is below 0.98, k-means anchors refined by a genetic algorithm.
-
-The random numbers come from the same global generators and in the same order as YOLOv5 draws them (NumPy's legacy
-global ``RandomState`` for the scale jitter, the k-means seeds and the mutations, Python's ``random`` for the mutation
-strength), and the k-means is SciPy's ``scipy.cluster.vq.kmeans`` algorithm re-done in NumPy (SciPy is not needed):
-for the same labels and seeds the result is the original's.
-"""
+and below 0.98, k-means anchors refined by a genetic algorithm. Random numbers come from the same global generators
+in the same order as YOLOv5 draws them, and SciPy's ``kmeans`` is re-done in NumPy: same labels and seeds, same
+result."""
 
 from __future__ import annotations
 
@@ -32,12 +28,8 @@ def ratio_metric(wh: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def label_sizes(shapes: np.ndarray, labels: list[np.ndarray], imgsz: int) -> np.ndarray:
-    """Label widths and heights in pixels once each image's long side is ``imgsz``.
-
-    Args:
-        shapes (np.ndarray): (N, 2) image sizes as (width, height).
-        labels (list[np.ndarray]): Per image (m, 4) normalised xywh boxes.
-    """
+    """Label widths and heights (n, 2) in pixels once each image's long side is ``imgsz``, from the (N, 2) image
+    sizes (width, height) and per image (m, 4) normalised xywh boxes."""
     shapes = imgsz * shapes / shapes.max(1, keepdims=True)
     return np.concatenate([lb[:, 2:4] * s for s, lb in zip(shapes, labels)])
 
