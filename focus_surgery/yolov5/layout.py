@@ -303,10 +303,9 @@ def model_record(model: nn.Module, release: str, recorded: dict[str, Any] | None
         record.state["hyp"] = dict(hyp)
         if release == "v2.0":  # v2.0's train.py hyp dict always names its optimizer (its default SGD)
             record.state["hyp"].setdefault("optimizer", "SGD")
-    if isinstance(recorded.get("gr"), float):
-        record.state["gr"] = recorded["gr"]
-    if isinstance(recorded.get("yaml_file"), str):
-        record.state["yaml_file"] = recorded["yaml_file"]
+    for key, kind in (("gr", float), ("yaml_file", str)):
+        if isinstance(recorded.get(key), kind):
+            record.state[key] = recorded[key]
     return record
 
 

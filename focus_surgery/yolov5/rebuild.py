@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import Counter
 import math
 import os
 from dataclasses import dataclass, field
@@ -524,9 +525,7 @@ def describe(ckpt: LegacyCheckpoint) -> dict[str, Any]:
     if stem_conv is None:
         raise CheckpointError(f"{ckpt.path}: layer 0 ({stem.qualname}) holds no conv; not a YOLOv5 stem")
     yaml = model.get("yaml") or {}
-    counts: dict[str, int] = {}
-    for layer in layers:
-        counts[layer.name] = counts.get(layer.name, 0) + 1
+    counts = dict(Counter(layer.name for layer in layers))
     buffers = ("running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid")
     params = sum(t.numel() for k, t in model.state_dict().items() if not k.endswith(buffers))
     arch_error, own_layout, anchors = None, None, None
