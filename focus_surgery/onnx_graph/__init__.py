@@ -47,18 +47,14 @@ class OnnxReport:
         return [s for s in self.stems if not s.convertible]
 
     def to_dict(self) -> dict[str, Any]:
+        keys = ("src", "dst", "opset", "nodes_before", "nodes_after", "ops_before", "ops_after")
+        check = self.verification
         return {
-            "src": self.src,
-            "dst": self.dst,
-            "opset": self.opset,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "ops_before": self.ops_before,
-            "ops_after": self.ops_after,
+            **{k: getattr(self, k) for k in keys},
             "replaced": [s.to_dict() for s in self.replaced],
             "skipped": [s.to_dict() for s in self.skipped],
-            "verification": self.verification.to_dict() if self.verification else None,
-            "max_abs_err": self.verification.max_abs_err if self.verification else None,
+            "verification": check.to_dict() if check else None,
+            "max_abs_err": check.max_abs_err if check else None,
         }
 
 

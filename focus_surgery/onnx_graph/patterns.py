@@ -454,26 +454,17 @@ def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex |
             continue
         ops = dict(Counter(graph.node[i].op_type for i in nodes))
         family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
-        stem = OnnxStem(
-            index.node_name(conv_index),
-            min(roots, default=""),
-            family,
-            nodes,
-            ops=ops,
-            conv_index=conv_index,
-            conv_input=chain_out,
-            qdq=qdq,
-        )
-        stem.reason = (
-            f"layout chain of more than {MAX_CHAIN_NODES} nodes, not a space-to-depth"
-            if truncated
-            else _identify(index, stem, roots, conv, shapes)
-        )
+        stem = OnnxStem(index.node_name(conv_index), min(roots, default=""), family, nodes, ops=ops, qdq=qdq)
+        stem.conv_index, stem.conv_input = conv_index, chain_out
+        if truncated:
+            stem.reason = f"layout chain of more than {MAX_CHAIN_NODES} nodes, not a space-to-depth"
+        else:
+            stem.reason = _identify(index, stem, roots, shapes)
         stems.append(stem)
     return stems
 
 
-def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: dict[str, list]) -> str | None:
+def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], shapes: dict[str, list]) -> str | None:
     """Fill ``stem.block_size`` / ``stem.order``; return the reason it cannot convert, or None."""
     if len(roots) != 1:
         return f"the chain reads {len(roots)} tensors ({', '.join(sorted(roots))}), not one image"
