@@ -213,12 +213,6 @@ def _placeholder(row: _Row, known_c2: int | None) -> list:
     return [f if isinstance(f, list) else [f], 1, "Concat", ["ch"]]
 
 
-def _with_placeholders(d: dict, placeholders: dict[int, list]) -> dict:
-    rows = [placeholders.get(i, row) for i, row in enumerate(_all_rows(d))]
-    n_backbone = len(d.get("backbone") or [])
-    return dict(d, backbone=rows[:n_backbone], head=rows[n_backbone:])
-
-
 def _input_channels(row: _Row, built: nn.Module) -> int | list[int]:
     """``c1`` (or the input channel list for ``"inputs"``) read off the placeholder ``built``."""
     if row.spec.channels == "scaled":
@@ -254,12 +248,16 @@ def _parse_with_rows(original: Callable, d: dict, ch: int, verbose: bool):
     rows = _our_rows(d)
     if not rows:
         return original(d, ch, verbose=verbose)
+    n_backbone = len(d.get("backbone") or [])
     c1_of: dict[int, Any] = {}
     c2_of: dict[int, int] = {}  # rows with a channel function whose c2 is known
     while True:
-        placeholders = {r.index: _placeholder(r, c2_of.get(r.index)) for r in rows}
+        flat = _all_rows(d)
+        for r in rows:
+            flat[r.index] = _placeholder(r, c2_of.get(r.index))
+        held = dict(d, backbone=flat[:n_backbone], head=flat[n_backbone:])
         # The parser edits row arguments in place (Detect gets its channels appended): each pass gets its own copy.
-        model, save = original(copy.deepcopy(_with_placeholders(d, placeholders)), ch, verbose=False)
+        model, save = original(copy.deepcopy(held), ch, verbose=False)
         c1_of.update({r.index: _input_channels(r, model[r.index]) for r in rows if r.index not in c2_of})
         for r in [r for r in rows if callable(r.spec.channels) and r.index not in c2_of]:
             try:
