@@ -319,15 +319,13 @@ def _row_after_surgery(row: list, module: nn.Module) -> list | None:
             args = _conv_row_args(c2, module.conv, getattr(module, "act", nn.Identity()))
             return [row[0], row[1], "Conv", args] if args and len(args) == 4 else None
         return None
-    if cls.__name__ == "Conv" and type(module.conv) is nn.Conv2d:
-        args = _conv_row_args(c2, module.conv, module.act)
-        return [row[0], 1, "Conv", args] if args else None
-    if cls.__name__ == "Focus" and type(module.conv.conv) is nn.Conv2d:  # [c2, k, s, p, g, act]
-        args = _conv_row_args(c2, module.conv.conv, module.conv.act)
-        if args and len(args) > 4:
-            args = args[:4] + [args[4], args[6]] if args[5] == 1 else None
-        return [row[0], 1, "Focus", args] if args else None
-    return None
+    block = module.conv if cls.__name__ == "Focus" else module  # Ultralytics' Focus holds an Ultralytics Conv
+    if cls.__name__ not in ("Conv", "Focus") or type(block.conv) is not nn.Conv2d:
+        return None
+    args = _conv_row_args(c2, block.conv, block.act)
+    if cls.__name__ == "Focus" and args and len(args) > 4:  # a Focus row says [c2, k, s, p, g, act]
+        args = args[:4] + [args[4], args[6]] if args[5] == 1 else None
+    return [row[0], 1, cls.__name__, args] if args else None
 
 
 def ultralytics_focus(module: nn.Module) -> SpaceToDepthPart | None:
@@ -350,11 +348,8 @@ def ultralytics_focus_class(block: nn.Module) -> type[nn.Module] | None:
 
 
 def sync_yaml(model: nn.Module, paths: list[str]) -> list[int]:
-    """Rewrite the rows of ``model.yaml`` whose modules surgery replaced, so a model rebuilt from its YAML (Ultralytics
-    does that to train again) has the same modules and takes the state dict strictly.
-
-    Only whole rows (paths ``model.<i>``) now an Ultralytics ``Conv`` / ``Focus`` or an ``nn.Identity`` (a folded
-    SpaceToDepth row) are rewritten; ``c2`` keeps the row's unscaled value so the scale still applies.
+    """Rewrite the rows of ``model.yaml`` whose modules surgery replaced (whole rows, paths ``model.<i>``), so a model
+    rebuilt from its YAML (to train again) has the same modules; ``c2`` keeps its unscaled value.
 
     Returns:
         (list[int]): The row indices rewritten.
