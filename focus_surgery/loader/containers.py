@@ -20,7 +20,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -141,38 +141,35 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-class _RecordBytes:
-    """Stored records' bytes as storages: views of one private (copy-on-write) mapping of the file, or fresh copies.
-
-    Offsets and lengths come from ``check_records`` (inside the file). A mapping's pages are never written back: a
-    tensor written to gets its own copy of the page; the file is untouched.
-    """
-
-    def __init__(self, path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats):
-        self._path, self._fd, self.stats = path, handle.fileno(), stats
-        self._whole: torch.UntypedStorage | None = None
-        if mode != "copy":
-            try:
-                mapping = mmap.mmap(self._fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
-            except (OSError, ValueError):  # no room in an address-space limit (a folder run's child): copy instead
-                return
+def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> Callable:
+    """``read(offset, nbytes)``: (storage of ``file[offset : offset + nbytes]``, its bytes as numpy for the CRC-32);
+    a view of one private (copy-on-write: the file is never written) mapping of the file in the mmap modes where the
+    record is aligned, else a fresh copy. Offsets and lengths come from ``check_records`` (inside the file)."""
+    fd, mapped, mapped_bytes = handle.fileno(), None, None
+    if mode != "copy":
+        try:
+            mapping = mmap.mmap(fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
+        except (OSError, ValueError):  # no room in an address-space limit (a folder run's child): copy instead
+            mapping = None
+        if mapping is not None:
             whole = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive while any view lives
-            self._whole, self._bytes = whole.untyped_storage(), whole.numpy()  # numpy: CRC-32s read it, no copy
+            mapped, mapped_bytes = whole.untyped_storage(), whole.numpy()  # numpy: CRC-32s read it without a copy
 
-    def storage(self, offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
-        """(storage of ``file[offset : offset + nbytes]``, its bytes as a numpy array for the CRC-32)."""
-        if self._whole is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
-            self.stats.mapped_bytes += nbytes
-            return self._whole[offset : offset + nbytes], self._bytes[offset : offset + nbytes]
+    def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
+        if mapped is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
+            stats.mapped_bytes += nbytes
+            return mapped[offset : offset + nbytes], mapped_bytes[offset : offset + nbytes]
         tensor = torch.empty((nbytes,), dtype=torch.uint8)
         array, done = tensor.numpy(), 0
         while done < nbytes:  # one copy, kernel to the storage (no Python bytes object in between)
-            got = os.preadv(self._fd, [array[done:]], offset + done)
+            got = os.preadv(fd, [array[done:]], offset + done)
             if got <= 0:
-                raise CheckpointError(f"{self._path}: the file became shorter while it was read; read it again")
+                raise CheckpointError(f"{path}: the file became shorter while it was read; read it again")
             done += got
-        self.stats.copied_bytes += nbytes
+        stats.copied_bytes += nbytes
         return tensor.untyped_storage(), array
+
+    return read
 
 
 def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | None = None) -> tuple[Any, Any]:
@@ -212,7 +209,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
         stats.crc_bytes += len(data)
         unpacked, storages, crcs = [0], {}, []
-        records = _RecordBytes(path, handle, file_size, mode, stats)
+        record_bytes = _record_bytes(path, handle, file_size, mode, stats)
         check_storages = mode != "mmap-nocrc"
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
@@ -231,7 +228,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
                 stats.storages += 1
                 if info.compress_type == zipfile.ZIP_STORED:
-                    raw, as_bytes = records.storage(offsets[info.filename], info.file_size)
+                    raw, as_bytes = record_bytes(offsets[info.filename], info.file_size)
                     if check_storages:  # checked below, once the unpickling is done
                         crcs.append((info, crc_pool.submit(zlib.crc32, as_bytes)))
                         stats.crc_bytes += info.file_size
