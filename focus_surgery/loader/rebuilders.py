@@ -221,8 +221,7 @@ class DtypeSpec:
 class ArraySpec:
     """What ``numpy.core.multiarray._reconstruct`` + its state describe; ``to_numpy`` copies the validated bytes."""
 
-    def __init__(self):
-        self.state = None
+    state: Any = None
 
     def __setstate__(self, state) -> None:
         self.state = state
