@@ -51,8 +51,7 @@ class Record:
 
     def __deepcopy__(self, memo: dict) -> Record:
         """The same class, built the same way, its state copied (never through ``__reduce__``)."""
-        new = object.__new__(type(self))
-        memo[id(self)] = new
+        new = memo[id(self)] = object.__new__(type(self))
         new.pickled_by, new.slot_keys = self.pickled_by, self.slot_keys
         new.state = copy.deepcopy(self.state, memo)
         return new
@@ -72,9 +71,7 @@ class Record:
     def children(self) -> dict[str, Record]:
         """Sub-module records in registration order (``_modules``), skipping empty slots and non-records."""
         modules = self.state.get("_modules")
-        if not isinstance(modules, dict):
-            return {}
-        return {str(k): v for k, v in modules.items() if isinstance(v, Record)}
+        return {str(k): v for k, v in modules.items() if isinstance(v, Record)} if isinstance(modules, dict) else {}
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         """(path, record) for this record and every sub-module, depth first; each shared record once, as
@@ -99,9 +96,7 @@ class Record:
             head = f"{path}." if path else ""
             for kind in ("_parameters", "_buffers"):
                 tensors = record.state.get(kind)
-                if not isinstance(tensors, dict):
-                    continue
-                for name, tensor in tensors.items():
+                for name, tensor in tensors.items() if isinstance(tensors, dict) else ():
                     if isinstance(tensor, torch.Tensor) and not (kind == "_buffers" and name in non_persistent):
                         out[head + str(name)] = tensor
         return out
