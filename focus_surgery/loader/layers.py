@@ -84,11 +84,12 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
             raise ValueError(f"{where}: {cls.__name__} weight disagrees with num_features")
     if issubclass(cls, nn.RNNBase):
         layers, bidirectional = state.get("num_layers"), state.get("bidirectional")
-        names, params = state.get("_flat_weights_names"), state.get("_parameters") or {}
+        names = state.get("_flat_weights_names")
         if not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"{where}: {cls.__name__}.num_layers = {layers!r} is out of range")
         per_layer = len(names) // (layers * (2 if bidirectional else 1)) if isinstance(names, list) else 0
-        if not isinstance(names, list) or per_layer not in (2, 3, 4, 5) or len(names) != len(params):
+        misshapen = not isinstance(names, list) or per_layer not in (2, 3, 4, 5)
+        if misshapen or len(names) != len(state.get("_parameters") or {}):
             raise ValueError(f"{where}: {cls.__name__} weights disagree with num_layers")
     if issubclass(cls, nn.MultiheadAttention):
         embed, heads = state.get("embed_dim"), state.get("num_heads")
