@@ -46,16 +46,15 @@ class StateDictStem(nn.Module):
         bias = state_dict.get(stem.weight_key[: -len("weight")] + "bias")
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if inner and k.startswith(f"{inner}.bn."))
-        self.bn = None
-        if self.bn_keys:
-            for k in self.bn_keys:  # a corrupt or mixed file: say which entries disagree, not torch's cut-off dump
-                entry = state_dict[f"{inner}.bn.{k}"]
-                if entry.ndim == 1 and entry.shape[0] != weight.shape[0]:
-                    raise ConversionError(
-                        f"the stem's BatchNorm {inner}.bn.{k} has {entry.shape[0]} channels but its conv "
-                        f"{stem.weight_key} {weight.shape[0]} output channels: not one model's state dict"
-                    )
-            self.bn = nn.BatchNorm2d(weight.shape[0])
+        for k in self.bn_keys:  # a corrupt or mixed file: say which entries disagree, not torch's cut-off dump
+            entry = state_dict[f"{inner}.bn.{k}"]
+            if entry.ndim == 1 and entry.shape[0] != weight.shape[0]:
+                raise ConversionError(
+                    f"the stem's BatchNorm {inner}.bn.{k} has {entry.shape[0]} channels but its conv "
+                    f"{stem.weight_key} {weight.shape[0]} output channels: not one model's state dict"
+                )
+        self.bn = nn.BatchNorm2d(weight.shape[0]) if self.bn_keys else None
+        if self.bn is not None:
             self.bn.load_state_dict({k: state_dict[f"{inner}.bn.{k}"] for k in self.bn_keys}, strict=False)
         kh, kw = weight.shape[-2:] if self.s2d else (weight.shape[-2] // block_size, weight.shape[-1] // block_size)
         self.stride = 1 if self.s2d else block_size
@@ -78,23 +77,13 @@ class StateDictStem(nn.Module):
 def verify_stems(
     before: dict, after: dict, block_size: int, order: str, stems: tuple[StemKeys, StemKeys] | None = None
 ) -> VerificationReport:
-    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64.
-
+    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64;
     ``stems``: where each stem is, when the file said so (else found by key layout)."""
     check_order(order)
     stems = list(stems) if stems else [find_stem(sd, block_size=block_size) for sd in (before, after)]
     if None in stems:
-        return VerificationReport(
-            float("inf"),
-            float("inf"),
-            float("nan"),
-            DEFAULT_TOLERANCE,
-            False,
-            0,
-            [],
-            "float64",
-            "a state dict has no recognisable stem",
-        )
+        inf, problem = float("inf"), "a state dict has no recognisable stem"
+        return VerificationReport(inf, inf, float("nan"), DEFAULT_TOLERANCE, False, 0, [], "float64", problem)
     reference, candidate = (StateDictStem(sd, s, block_size, order) for sd, s in zip((before, after), stems))
     in_channels = stems[0].shape[1] // (block_size**2 if reference.s2d else 1)
     report = verify(reference, candidate, input_shape=(2, in_channels, 8 * block_size, 12 * block_size))
@@ -104,16 +93,11 @@ def verify_stems(
 
 
 def compare_state_dicts(
-    a: dict,
-    b: dict,
-    block_size: int = 2,
-    order: str = "yolov5",
-    tolerance: float = DEFAULT_TOLERANCE,
-    stems: tuple[StemKeys, StemKeys] | None = None,
+    a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE, stems=None
 ) -> dict[str, Any]:
     """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ).
 
-    ``stems``: where each stem is, when the file said so (else found by key layout).
+    ``stems``: ``(StemKeys, StemKeys)``, where each stem is when the file said so (else found by key layout).
 
     Returns:
         (dict): ``compared`` (what was done), ``tensors``, ``max_abs_err``, ``passed``, ``problem``. Zero tensors
@@ -156,13 +140,8 @@ def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any
     failed = next((r for r in reports if not r.passed), None)
     passed = failed is None and rest["passed"]
     problem = "" if passed else (failed.problem or str(failed)) if failed else rest["problem"]
-    return {
-        "stem": stem,
-        "tensors": rest,
-        "passed": passed,
-        "problem": problem,
-        "compared": f"{compared}; {rest['compared']}",
-    }
+    compared = f"{compared}; {rest['compared']}"
+    return {"stem": stem, "tensors": rest, "passed": passed, "problem": problem, "compared": compared}
 
 
 def live_block(row: Any) -> nn.Module:
