@@ -1,10 +1,5 @@
-"""What a checkpoint source is: a small adapter that declares what it accepts and offers a few operations.
-
-Declared (the one table ``files.convert_file`` checks options against, once): ``targets`` (``--to``), ``scopes``,
-``outputs`` (layout -> output suffixes), ``specificity`` (higher is asked first, ties by name), ``reads`` (input
-suffixes the adapter reads itself) and ``uses`` (the further ``ConvertOptions`` it reads; one it does not read is
-refused when given). ``sources.proof`` decides and measures the proof of what a source wrote.
-"""
+"""What a checkpoint source is: a small adapter that declares what it accepts (the one table ``files.convert_file``
+checks options against, once) and offers a few operations; ``sources.proof`` proves what it wrote."""
 
 from __future__ import annotations
 
@@ -36,30 +31,18 @@ def suffix_of(path: Path, known: tuple[str, ...] = ()) -> str:
 
 @dataclass
 class ConvertOptions:
-    """Options of ``convert_file`` (the command line's flags).
+    """Options of ``convert_file`` (the command line's flags)."""
 
-    Attributes:
-        to (str): ``conv`` | ``focus`` | ``s2d`` | ``fastest``.
-        scope (str): ``stem`` | ``all``.
-        verify (bool): Measure the conversion in float64 before writing (a failure writes nothing).
-        block_size (int), order (str): A state dict's stem geometry (a state dict has none of its own).
-        input_size (int), batch (int): The shape ``--to fastest`` times.
-        layout (str | None): YOLOv5-repository files: ``ultralytics`` or ``yolov5``; None: ``ultralytics`` where an
-            Ultralytics model can hold the file's model, else ``yolov5``, and the report says why.
-        tolerance (float | None): ONNX ``verify``: max relative error; None derives it from the model's own error.
-        stated (tuple[str]): Which of ``STATED`` the caller gave (set by ``check_options``); the rest are defaults.
-    """
-
-    to: str = "conv"
-    scope: str = "stem"
-    verify: bool = False
-    block_size: int = 2
+    to: str = "conv"  # conv | focus | s2d | fastest
+    scope: str = "stem"  # stem | all
+    verify: bool = False  # measure the conversion in float64 before writing (a failure writes nothing)
+    block_size: int = 2  # a state dict's stem geometry (a state dict has none of its own)
     order: str = "yolov5"
-    input_size: int = 640
+    input_size: int = 640  # the shape --to fastest times
     batch: int = 1
-    layout: str | None = None
-    tolerance: float | None = None
-    stated: tuple[str, ...] = ()
+    layout: str | None = None  # YOLOv5 files: ultralytics | yolov5; None: ultralytics where it can hold the model
+    tolerance: float | None = None  # ONNX verify: max relative error; None: from the model's own error
+    stated: tuple[str, ...] = ()  # which of STATED the caller gave (set by check_options); the rest are defaults
 
 
 class Source:
@@ -67,11 +50,11 @@ class Source:
 
     name = "source"
     description = ""
-    specificity = 0
-    targets: tuple[str, ...] = ("conv",)
-    scopes: tuple[str, ...] = ("stem",)
-    outputs: dict[str, tuple[str, ...]] = {ANY_LAYOUT: CHECKPOINTS}
-    reads: tuple[str, ...] = ()
+    specificity = 0  # higher is asked first, ties by name: the registry's answer never depends on registration order
+    targets: tuple[str, ...] = ("conv",)  # --to
+    scopes: tuple[str, ...] = ("stem",)  # --scope
+    outputs: dict[str, tuple[str, ...]] = {ANY_LAYOUT: CHECKPOINTS}  # --layout -> output suffixes
+    reads: tuple[str, ...] = ()  # input suffixes ``read`` reads (the safe checkpoint loader reads the rest)
     uses: tuple[str, ...] = ()  # of OWN_OPTIONS: given to a source that does not read it, it is refused, not ignored
     own_proof = False  # True: ``prove_written`` runs the written file itself (its own runtime), not ``model``
 
@@ -84,19 +67,12 @@ class Source:
         raise NotImplementedError
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
-        """JSON-able description with ``lines`` (the text); a source that ``uses`` ``block_size`` / ``order`` takes
-        them as keywords."""
+        """JSON-able description with ``lines`` (the text); takes ``block_size`` / ``order`` where ``uses`` says."""
         raise NotImplementedError
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
-        """Find the stems, apply the change, check it in float64 when ``options.verify``; write nothing.
-
-        Returns:
-            (ConvertReport): With ``write`` set; ``problem`` says why the check failed (then nothing is written).
-
-        Raises:
-            CheckpointError / ConversionError: Bad input, or nothing to convert.
-        """
+        """Find the stems, apply the change (checked in float64 with ``options.verify``), write nothing; the report's
+        ``write`` writes it, ``problem`` says why the check failed. Raises CheckpointError / ConversionError."""
         raise NotImplementedError
 
     def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
