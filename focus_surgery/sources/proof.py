@@ -196,15 +196,10 @@ def prove_written(
                 return _settle(report, result, how)
             tensors = _compare_tensors(source, back_source, back, before, report, options)
             own = report.fields.get("verification") if not before.stems else None
-            if isinstance(own, dict) and report.max_abs_err is not None:  # a source that ran its stem in memory
-                runs = None
-            else:
-                written_stems = {name: module for name, module, _ in back_source.stems(back, options)}
-                runs = _run_stems(before.stems, written_stems)
+            ran = isinstance(own, dict) and report.max_abs_err is not None  # a source that ran its stem in memory
+            runs = [] if ran else _run_stems(report, dst, before.stems, back_source.stems(back, options))
         except (VerificationFailed, MemoryError, torch.OutOfMemoryError):  # the command says what was left
             raise
-        except _Unproven as error:
-            raise _fail(report, str(error), dst)
         except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             text = text.replace(str(view[dst]), str(dst))
@@ -213,7 +208,7 @@ def prove_written(
     if not tensors["passed"]:
         tensors = {**tensors, "problem": f"the written file's tensors: {tensors['problem']}"}
     report.proof = proof_kind(source, loaded, options)
-    if runs is None:  # the stem's own float64 run (in memory), and the written file's tensors measured here
+    if ran:  # the stem's own float64 run (in memory), and the written file's tensors measured here
         check = {**own, "tensors": tensors, "passed": bool(own.get("passed")) and tensors["passed"]}
         check["problem"] = "" if check["passed"] else (own.get("problem") or tensors["problem"])
         report.fields["verification"] = check
@@ -259,18 +254,15 @@ def _compare_tensors(
     return tensors
 
 
-class _Unproven(Exception):
-    """Nothing could be run to prove the written file (no stem found in it, or none in the original)."""
-
-
-def _run_stems(before: list, after: dict[str, nn.Module]) -> list[tuple[str, Any]]:
-    """Each original stem and the written file's stem of the same name, run on one input in float64."""
+def _run_stems(report: ConvertReport, dst: Path, before: list, written: list) -> list[tuple[str, Any]]:
+    """Each original stem against the written file's stem of the same name, on one input in float64."""
+    after = {name: module for name, module, _ in written}
     if not before:
-        raise _Unproven("no stem of the original could be run: nothing to prove")
+        raise _fail(report, "no stem of the original could be run: nothing to prove", dst)
     runs = []
     for name, module, shape in before:
         if name not in after:
-            raise _Unproven(f"the written file has no stem {name!r} to run against the original's")
+            raise _fail(report, f"the written file has no stem {name!r} to run against the original's", dst)
         runs.append((name, verify(module, after[name], input_shape=shape, copies=False)))
     return runs
 
