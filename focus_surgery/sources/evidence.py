@@ -53,27 +53,18 @@ def file_arch(content: Any) -> str | None:
 
 @dataclass
 class Evidence:
-    """Where a state dict's stem is and how it computes.
+    """Where a state dict's stem is and how it computes."""
 
-    Attributes:
-        places (list[str | None]): The state dicts holding the stem: None for the top level, else wrapper keys.
-        stems (dict): Place -> ``StemKeys`` of the stem there.
-        block_size (int), order (str): The space-to-depth's geometry.
-        said_by (str): Where the geometry comes from, for the report (``arch 'tresnet_m' (timm: ...)``).
-        from_file (bool): True when the file fixed the geometry (its architecture); False when it was assumed.
-    """
-
-    places: list[str | None]
-    stems: dict
+    places: list[str | None]  # the state dicts holding the stem: None for the top level, else wrapper keys
+    stems: dict  # place -> StemKeys of the stem there
     block_size: int
     order: str
-    said_by: str
-    from_file: bool = False
+    said_by: str  # where the geometry comes from, for the report ("arch 'tresnet_m' (timm: ...)")
+    from_file: bool = False  # the file fixed the geometry (its architecture), not assumed
 
 
 class StemTensors(dict):
-    """A state dict's tensors, and where its stem is when the file said so (for ``verify``, which compares two files
-    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``; ``copies``: place ->
+    """A state dict's tensors, and where its stem is when the file said so (for ``verify``); ``copies``: place ->
     ``StemTensors`` of every other state dict of the file holding the stem (timm's ``state_dict_ema``)."""
 
     stem: StemKeys | None = None
@@ -130,9 +121,8 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
     when no stem is found at all.
 
     Raises:
-        ConversionError: A stated ``--block-size`` / ``--order`` contradicts the architecture the file names; the
-            file names a timm architecture whose stem conv it does not hold; or the order cannot be known and
-            ``--order`` was not given.
+        ConversionError: A stated option contradicts the architecture the file names; the file names a timm
+            architecture whose stem conv it does not hold; or the order cannot be known and ``--order`` was not given.
     """
     if not isinstance(content, dict):
         return None
