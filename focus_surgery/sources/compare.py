@@ -144,9 +144,11 @@ def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any
     return {"stem": stem, "tensors": rest, "passed": passed, "problem": problem, "compared": compared}
 
 
-def live_block(row: Any) -> nn.Module:
-    """A float64 conv block (conv, bn, act) built from the torch leaf records of a ``Conv`` row (its
-    ``conv``, ``bn``, ``act`` children, run in that order as yolov7 / YOLOR / YOLOv5 ``Conv.forward`` does)."""
+def recorded_stem(row: Any, block_size: int = 2, order: str | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+    """A recorded ``Conv`` row (its ``conv``, ``bn``, ``act`` children, run in that order as yolov7 / YOLOR / YOLOv5
+    ``Conv.forward`` does) as a float64 module, after a space-to-depth(``block_size``, ``order``) when ``order`` is
+    given; with the input shape a stem check runs it on."""
+    from ..layers import SpaceToDepth
     from ..yolov5.rebuild import leaf_spec, make_leaf
 
     block = nn.Module()
@@ -154,5 +156,10 @@ def live_block(row: Any) -> nn.Module:
         leaf = make_leaf(leaf_spec(child))
         leaf.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in child.state_dict().items()})
         setattr(block, name, leaf)
-    block.forward = lambda x: block.act(block.bn(block.conv(x)))  # yolov7 / YOLOR Conv.forward
-    return block.double().eval()
+    block.forward = lambda x: block.act(block.bn(block.conv(x)))
+    block = block.double().eval()
+    channels, stride = block.conv.in_channels, block.conv.stride[0]
+    if order is None:
+        return block, (2, channels, 16 * stride, 24 * stride)
+    stem = nn.Sequential(SpaceToDepth(block_size, order), block).double().eval()
+    return stem, (2, channels // block_size**2, 16 * block_size, 24 * block_size)

@@ -85,8 +85,7 @@ class Yolov5Source(Source):
     def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
         """Row 0 of each recorded model as it computes (for heads no rebuild runs): the Focus (YOLOv5's slices,
         then its inner ``Conv`` block) or the 6x6 stride-2 ``Conv`` block that replaces it."""
-        from ..layers import SpaceToDepth
-        from .compare import live_block
+        from .compare import recorded_stem
 
         found = []
         content = self._checkpoint(loaded).content
@@ -96,12 +95,9 @@ class Yolov5Source(Source):
                 continue
             row = model.children()["model"].state["_modules"]["0"]
             if row.qualname.endswith(".Focus"):
-                block = live_block(row.children()["conv"])
-                stem = nn.Sequential(SpaceToDepth(2, "yolov5"), block).double().eval()
-                found.append((key, stem, (2, block.conv.in_channels // 4, 32, 48)))
-            elif set(row.children()) >= {"conv"} and tuple(row.children()["conv"].get("stride")) == (2, 2):
-                block = live_block(row)
-                found.append((key, block, (2, block.conv.in_channels, 32, 48)))
+                found.append((key, *recorded_stem(row.children()["conv"], 2, "yolov5")))
+            elif "conv" in row.children() and tuple(row.children()["conv"].get("stride")) == (2, 2):
+                found.append((key, *recorded_stem(row)))
         return found
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..loader import Record, record_class
 from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
-from .compare import live_block
+from .compare import recorded_stem
 from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import remap_optimizer_state
@@ -220,19 +220,13 @@ class Yolov7Source(Source):
     def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
         """Each stem row of each model as it computes, named ``<model key>:<conv row>``: space-to-depth + the conv
         block before the conversion, the strided conv block after it."""
-        from ..layers import SpaceToDepth
-
         found = []
         for key, model in self._models(loaded.content).items():
             layers = _layers(model)
             for i, bs, order in stem_rows(model, options.scope):
-                block = live_block(layers[str(i + 1)])
-                stem = nn.Sequential(SpaceToDepth(bs, order), block).double().eval()
-                found.append((f"{key}:{i + 1}", stem, (2, block.conv.in_channels // bs**2, 16 * bs, 24 * bs)))
+                found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)], bs, order)))
             for i in converted_rows(model):
-                block = live_block(layers[str(i + 1)])
-                stride = block.conv.stride[0]
-                found.append((f"{key}:{i + 1}", block, (2, block.conv.in_channels, 16 * stride, 24 * stride)))
+                found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)])))
         return found
 
     @staticmethod
