@@ -1,9 +1,5 @@
-"""Every copy of the stem's weight in a file is converted, or the conversion is refused naming the copy it left.
-
-A training checkpoint can hold the weights more than once (model and EMA, optimizer state shaped like each weight).
-A source converts the copies it knows; a tensor anywhere else with the stem weight's old shape would be written in
-the old layout (a silent half-conversion), so ``refuse_unconverted`` stops and names it.
-"""
+"""Every copy of the stem's weight in a file (model, EMA, optimizer state) is converted, or the conversion is refused
+naming the copy it left: written unconverted, it would leave a silently half-converted file."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""YOLOR main-branch (darknet ``.cfg``) checkpoints: ``{"epoch", "model": Darknet state dict, "optimizer", ...}``.
-
-Darknet state dicts name layers ``module_list.<i>.Conv2d.weight``. A ``[reorg]`` row has no tensors, so the stem is the
-first conv, ``module_list.<j>``, when it reads ``C*4`` channels and rows ``0..j-1`` hold nothing. Darknet's conv pads
-``size // 2``, which a 6x6 kernel cannot express with padding 2: the converted weight gets one zero row and column in
-front (7x7, padding 3, stride 2), exactly the same conv; the ``.cfg`` changes with it (``cfg_after_conversion``).
-"""
+"""YOLOR main-branch (darknet ``.cfg``) checkpoints: ``{"epoch", "model": state dict, "optimizer", ...}`` whose stem
+is ``[reorg]`` (no tensors) + the first conv ``module_list.<j>``, reading ``C*4`` channels. Darknet pads ``size // 2``,
+so the converted 6x6 weight gets one zero row and column in front (7x7, padding 3, stride 2): exactly the same conv."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""A state dict's stem geometry from the file's own evidence: what the file says beats what the caller assumes.
-
-A weightless space-to-depth leaves no entry in a state dict, so its block size and order are found, in order of
-precedence, from: 1. the architecture the file names (timm ``train.py``'s ``arch`` / ``args.model``, looked up in
-timm's registry; or the backbone an mmengine config names), a contradicting ``--block-size`` / ``--order`` refused;
-2. the key layout (``state_dict.find_stem``) at the stated block size and order, else 2 and yolov5; 3. a conv reading
-``3 * bs * bs`` channels after a weightless space-to-depth, which says ``bs`` but not the order (``--order`` needed).
-"""
+"""A state dict's stem geometry from the file's own evidence, in order of precedence: the architecture it names (timm
+``arch`` / ``args.model``, or an mmengine config's backbone; a contradicting option is refused), its key layout
+(``state_dict.find_stem``), else a conv's channel count (which says the block size, not the order: ``--order``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""mmengine training checkpoints (``epoch_N.pth`` as ``Runner.save_checkpoint`` writes them: ``meta``,
-``state_dict``, ``message_hub``, ``optimizer``, ``param_schedulers``, with the EMA hook ``ema_state_dict``).
-
-The bookkeeping (``HistoryBuffer``, numpy values) is read as inert records and written back unchanged; both state
-dicts convert like any nested state dict, the stem's optimizer momentum with them.
-"""
+"""mmengine training checkpoints (``Runner.save_checkpoint``: ``meta``, ``state_dict``, ``message_hub``, ``optimizer``,
+``ema_state_dict``): the bookkeeping read as inert records and written back unchanged, both state dicts converted."""
 
 from __future__ import annotations
 

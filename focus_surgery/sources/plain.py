@@ -1,11 +1,6 @@
-"""Plain state dicts: at the top level or under a wrapper key (``WRAPPER_KEYS``: timm ``train.py``'s
-``state_dict`` / ``state_dict_ema``, mmengine's ``ema_state_dict``, ...).
-
-The stem and its geometry come from the file's evidence (``evidence.resolve``). The output keeps the file's wrapper,
-every other entry, key order and dtype; every state dict holding the stem (model and EMA) is converted, and the
-optimizer's state for the stem weight is remapped with the same permutation (exact: momentum is linear in the
-gradients). Any other copy of the stem weight refuses the conversion (``copies.refuse_unconverted``).
-"""
+"""Plain state dicts, at the top level or under ``WRAPPER_KEYS``: every state dict holding the stem (model and EMA) and
+the optimizer's state for the stem weight (the same permutation: momentum is linear in the gradients) are converted;
+the wrapper, every other entry, key order and dtype are kept; any other copy refuses (``copies``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""The proof of a conversion, decided in one place: the file as written, read back, against the original.
-
-``files.convert_file`` runs ``prove_written`` on the complete temporaries of a ``--verify`` conversion, before they
-are renamed into place. The written file is read back as a user reads it (the safe loader, then the registry's
-source), then: **model** (both files give a runnable model: run in float64 and compared), else **stem** / **layout
-only** (each stem of the written file against the original's in float64, and every tensor bit for bit; ``layout
-only`` when the stem's order and block size were assumed, not read from the file). A failed or impossible proof
-raises ``VerificationFailed``: nothing is put in place.
-"""
+"""The proof of a conversion, in one place: the written temporaries read back as a user reads them (before they are
+renamed into place), then run against the original in float64 (**model**), else each stem run and every tensor
+compared bit for bit (**stem**; **layout only** when the geometry was assumed). A failure raises VerificationFailed."""
 
 from __future__ import annotations
 

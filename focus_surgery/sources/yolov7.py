@@ -1,11 +1,6 @@
-"""yolov7 and YOLOR (``paper`` branch) repository checkpoints: pickled ``models.yolo.Model`` whose first rows are a
-weightless ``ReOrg`` and a ``Conv(12, C, 3, 1)`` (W6 / E6 / D6 / E6E, YOLOR-P6 / W6 / E6 / D6).
-
-The classes are read as inert records and never run: the space-to-depth row is known by what its class computes in
-that repository (``SPACE_TO_DEPTH``). The conversion edits the records and ``model.yaml`` alike: ``ReOrg`` ->
-``nn.Identity`` (row indices stay valid), the conv row -> ``Conv(3, C, 6, 2, 2)`` with the remapped weight; everything
-else is written back as it was, under the original class names.
-"""
+"""yolov7 / YOLOR (``paper`` branch) checkpoints: pickled ``models.yolo.Model`` records whose first rows are a
+weightless ``ReOrg`` (known by what its class computes, ``SPACE_TO_DEPTH``) and a ``Conv(12, C, 3, 1)``. The records and
+``model.yaml`` are edited alike: ``ReOrg`` -> ``nn.Identity`` (row indices stay), conv -> ``Conv(3, C, 6, 2, 2)``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""YOLOX / DAMO-YOLO trainer files: ``{"start_epoch", "model": state_dict, "optimizer", "best_ap", "curr_ap"}``.
-
-The stem is ``backbone.backbone.stem`` (``Focus(3, C, ksize=3)``: YOLOv5's slicing, then ``BaseConv``), converted
-like any nested state dict; the result loads strictly into a YOLOX model whose stem is ``BaseConv(3, C, 6, 2)``.
-"""
+"""YOLOX / DAMO-YOLO trainer files (``{"start_epoch", "model", "optimizer", ...}``) whose stem ``Focus(3, C, ksize=3)``
+converts like any nested state dict; the result loads into a model whose stem is ``BaseConv(3, C, 6, 2)``."""
 
 from __future__ import annotations
 
