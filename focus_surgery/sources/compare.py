@@ -134,6 +134,14 @@ def compare_state_dicts(
     return result
 
 
+def check_stem(before: dict, after: dict, block_size: int = 2, order: str = "yolov5", stems=None) -> dict[str, Any]:
+    """A state dict's conversion checked: the stem run before and after in float64 (``verify_stems``), every other
+    tensor compared bit for bit; ``stem_check``'s dict."""
+    checked = verify_stems(before, after, block_size, order, stems)
+    rest = compare_state_dicts(before, after, block_size, order, tolerance=0.0, stems=stems)
+    return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
+
+
 def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any], compared: str) -> dict[str, Any]:
     """A conversion's check: the stems run before and after in float64 (``reports``; ``stem``: their JSON form) and
     every other tensor compared bit for bit (``rest``, from ``compare_state_dicts``)."""

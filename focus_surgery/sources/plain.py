@@ -19,7 +19,7 @@ from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import StemKeys, convert_state_dict, find_stem
 from .base import ANY_LAYOUT, CHECKPOINTS, TIMM_TRAIN, ConvertOptions, Source
 from .copies import refuse_unconverted
-from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
+from .compare import STEM_ASSUMES, check_stem, compare_state_dicts
 from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
 from ..verify import DEFAULT_TOLERANCE
@@ -305,14 +305,12 @@ class PlainStateDictSource(Source):
     @staticmethod
     def _check(before: dict, after: dict, options: ConvertOptions, stem: StemKeys | None = None) -> dict[str, Any]:
         """The remapped stem run in float64, and every other tensor compared bit for bit."""
-        bs, order, stems = options.block_size, options.order, None
+        stems = None
         if stem is not None and stem.weightless:  # the file said where the stem is: the same key in both forms
             shape = list(after[stem.weight_key].shape)
             form = "conv" if stem.form == "reorg" else "reorg"
             stems = (stem, StemKeys(stem.prefix, form, stem.weight_key, shape, weightless=True))
-        checked = verify_stems(before, after, bs, order, stems)
-        rest = compare_state_dicts(before, after, bs, order, tolerance=0.0, stems=stems)
-        return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
+        return check_stem(before, after, options.block_size, options.order, stems)
 
     @staticmethod
     def write(content: dict, place: str | None, dst: Path, to: str, like: Loaded | None = None) -> None:

@@ -155,7 +155,7 @@ class Yolov5Source(Source):
         from ..verify import verify
         from ..yolov5.rebuild import guess_release, yolov5_checkpoint
         from ..yolov5.records_stem import convert_stem_record, stem_already
-        from .compare import compare_state_dicts, stem_check, verify_stems
+        from .compare import check_stem
 
         report = ConvertReport(str(loaded.path), self.name, options.to, fields={"kind": "yolov5", "layout": "yolov5"})
         report.nothing_to_do = stem_already(ckpt.model, options.to)
@@ -188,12 +188,9 @@ class Yolov5Source(Source):
                 fields["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
                 passed, err, problem = check.passed, check.max_abs_err, str(check)
             else:  # layers without an Ultralytics counterpart: the stem run in float64, every other tensor bit for bit
-                after_weights = after.model.state_dict()
-                stem = verify_stems(before, after_weights, 2, "yolov5")
-                rest = compare_state_dicts(before, after_weights, tolerance=0.0)
-                check = stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
-                passed, problem = check["passed"], check["problem"]
-                err = stem.max_abs_err if passed else rest["max_abs_err"] if stem.passed else stem.max_abs_err
+                check = check_stem(before, after.model.state_dict())
+                passed, problem, stem, rest = check["passed"], check["problem"], check["stem"], check["tensors"]
+                err = rest["max_abs_err"] if stem["passed"] and not passed else stem["max_abs_err"]
                 # the keys this check had before the stem was run too: `tensors` a count, `max_abs_err`
                 check.update(tensors=rest["tensors"], max_abs_err=err, state_dicts=rest)
                 fields["verification"] = check
