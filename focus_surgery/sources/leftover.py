@@ -10,19 +10,9 @@ from torch import nn
 OURS = "focus_surgery."
 
 
-def layers_needing_us(model: nn.Module) -> dict[str, int]:
-    """Classes of ``model``'s outermost focus-surgery layers with their counts (``{"SPDConv": 3}``)."""
-    found: Counter = Counter()
-    inside: list[str] = []  # paths of our layers already counted: the SpaceToDepth inside an SPDConv is not
-    for path, module in model.named_modules():
-        if type(module).__module__.startswith(OURS) and not any(path.startswith(p + ".") for p in inside):
-            found[type(module).__name__] += 1
-            inside.append(path)
-    return dict(found)
-
-
 def leftover(model: nn.Module, to: str, scope: str, instead: str = "") -> tuple[dict[str, Any], list[str]]:
-    """The report's JSON fields and text lines for what ``model`` (converted) still needs of focus-surgery.
+    """The report's JSON fields and text lines for what ``model`` (converted) still needs of focus-surgery: its
+    outermost layers of our classes, counted.
 
     ``instead``: how the source writes a file without them, when ``--scope all`` is not the way (``--layout yolov5``).
 
@@ -30,10 +20,15 @@ def leftover(model: nn.Module, to: str, scope: str, instead: str = "") -> tuple[
         (dict, list[str]): ``{"needs_focus_surgery": {class: count}, "scope_all_converts": n}`` (empty when the file
         loads without focus-surgery) and the lines to print.
     """
-    layers = layers_needing_us(model)
+    layers: Counter = Counter()
+    inside: list[str] = []  # paths of our layers already counted: the SpaceToDepth inside an SPDConv is not
+    for path, module in model.named_modules():
+        if type(module).__module__.startswith(OURS) and not any(path.startswith(p + ".") for p in inside):
+            layers[type(module).__name__] += 1
+            inside.append(path)
     if not layers:
         return {}, []
-    fields: dict[str, Any] = {"needs_focus_surgery": layers}
+    fields: dict[str, Any] = {"needs_focus_surgery": dict(layers)}
     held = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in layers.items())
     line = f"  the result still holds focus-surgery layers ({held}): it loads only where focus_surgery is imported"
     if to == "conv" and scope == "stem":  # only conv is plain: --scope all --to s2d / focus adds more of our layers
