@@ -198,7 +198,7 @@ def prove_written(
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             text = text.replace(str(view[dst]), str(dst))
             problem = f"the written file, read back, does not load or run: {type(error).__name__}: {text}"
-            raise _fail(report, problem, dst) from None
+            raise _fail(report, problem, dst)
     if not tensors["passed"]:
         tensors = {**tensors, "problem": f"the written file's tensors: {tensors['problem']}"}
     report.proof = proof_kind(source, loaded, options)
