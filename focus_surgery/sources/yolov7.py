@@ -143,25 +143,19 @@ class Yolov7Source(Source):
         model = models.get("ema") or models["model"]
         layers = list(_layers(model).values())
         floats = [t.dtype for t in model.state_dict().values() if t.is_floating_point()]
-        stems = [
-            {"rows": [i, i + 1], "form": f"{layers[i].name} + {layers[i + 1].name}", "block_size": bs, "order": order}
-            for i, bs, order in stem_rows(model)
-        ]
-        for stem in stems:
-            stem["converts_to"] = "conv"
         info = {"path": str(loaded.path), "kind": family(loaded.names), "source": self.name, "layers": len(layers)}
         info.update({k: bounded(model.get(k)) for k in ("nc", "names")}, epoch=bounded(loaded.content.get("epoch")))
-        info.update(dtype=str(floats[0]).replace("torch.", "") if floats else None, stems=stems, models=sorted(models))
+        info.update(dtype=str(floats[0]).replace("torch.", "") if floats else None, stems=[], models=sorted(models))
         lines = [
             f"{loaded.path}: {info['kind']} repository checkpoint ({', '.join(sorted(models))}), {len(layers)} rows, "
             f"nc {info['nc']}, {info['dtype']}, epoch {info['epoch']}"
         ]
-        for s in stems:
-            lines.append(
-                f"  stem rows {s['rows']}: {s['form']} = space-to-depth(block_size={s['block_size']}, order="
-                f"{s['order']}) + conv (convert --to conv)"
-            )
-        done = converted_rows(model) if not stems else []
+        for i, bs, order in stem_rows(model):
+            rows, form = [i, i + 1], f"{layers[i].name} + {layers[i + 1].name}"
+            info["stems"].append({"rows": rows, "form": form, "block_size": bs, "order": order, "converts_to": "conv"})
+            s2d = f"space-to-depth(block_size={bs}, order={order})"
+            lines.append(f"  stem rows {rows}: {form} = {s2d} + conv (convert --to conv)")
+        done = converted_rows(model) if not info["stems"] else []
         if done:
             info["converted_rows"] = done
         for i in done:
@@ -169,7 +163,7 @@ class Yolov7Source(Source):
                 f"  already converted: rows [{i}, {i + 1}] are nn.Identity + the strided Conv that convert writes in "
                 "place of ReOrg + Conv (nothing to do)"
             )
-        if not stems and not done:
+        if not info["stems"] and not done:
             lines.append("  no ReOrg + Conv stem found")
         info["lines"] = lines
         return info
