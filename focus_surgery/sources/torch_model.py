@@ -104,7 +104,8 @@ class TorchModelSource(Source):
                 fields = {"chosen": fast.stems[0].chosen, **fast.to_dict()}
                 report.change, report.max_abs_err = f"stem to fastest here: {fields['chosen']}", fast.max_abs_err
             else:
-                first = [convert(m, options.to, options.scope, options.verify) for m in models.values()][0]
+                reports = [convert(m, options.to, options.scope, options.verify) for m in models.values()]
+                first = reports[0]  # every model (and its EMA) converted; the first one reported
                 already = _already(models, options) if not first.replaced and not first.skipped else None
                 if already is not None:
                     report.nothing_to_do, report.note = already, ALREADY if ultralytics else ""
