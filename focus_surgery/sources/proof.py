@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..atomic_io import signals_held
 from ..errors import FocusSurgeryError, VerificationFailed
 from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
 from ..verify import verify
@@ -128,7 +129,8 @@ def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
     tries = ((None, os.link), (Path(written[0][1]).parent, os.link), (None, _symlink))
     try:
         for n, (where, make) in enumerate(tries):
-            folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
+            with signals_held():  # a signal between making the folder and listing it would leave it behind
+                folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
             try:
                 view = {}
                 for destination, tmp in written:
