@@ -28,13 +28,9 @@ _CHANNEL_BY_DEFINITION: dict[str, Callable[[int, int, int, int, int], int]] = {
 
 
 class StateDictStem(nn.Module):
-    """A state dict's stem run as it computes: Focus / ReOrg form = space-to-depth (by definition) + stride-1 conv
-    with padding k // 2; conv form = one conv of stride ``bs`` and padding ``bs * (k // bs // 2)``; then its
-    bias and BatchNorm.
-
-    Shapes:
-        Input (N, C, H, W) with H, W divisible by ``bs``; output (N, O, H / bs, W / bs).
-    """
+    """A state dict's stem run as it computes, (N, C, H, W) -> (N, O, H / bs, W / bs): Focus / ReOrg form =
+    space-to-depth (by definition) + stride-1 conv, padding k // 2; conv form = one conv of stride ``bs``, padding
+    ``bs * (k // bs // 2)``; then its bias and BatchNorm."""
 
     def __init__(self, state_dict: dict[str, torch.Tensor], stem: StemKeys, block_size: int, order: str):
         super().__init__()
@@ -95,9 +91,8 @@ def verify_stems(
 def compare_state_dicts(
     a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE, stems=None
 ) -> dict[str, Any]:
-    """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ).
-
-    ``stems``: ``(StemKeys, StemKeys)``, where each stem is when the file said so (else found by key layout).
+    """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ); ``stems``:
+    ``(StemKeys, StemKeys)`` where the file said so (else found by key layout).
 
     Returns:
         (dict): ``compared`` (what was done), ``tensors``, ``max_abs_err``, ``passed``, ``problem``. Zero tensors

@@ -11,10 +11,8 @@ OURS = "focus_surgery."
 
 
 def leftover(model: nn.Module, to: str, scope: str, instead: str = "") -> tuple[dict[str, Any], list[str]]:
-    """The report's JSON fields and text lines for what ``model`` (converted) still needs of focus-surgery: its
-    outermost layers of our classes, counted.
-
-    ``instead``: how the source writes a file without them, when ``--scope all`` is not the way (``--layout yolov5``).
+    """The report's fields and lines for the outermost layers of our classes ``model`` (converted) still holds;
+    ``instead``: how the source writes a file without them, when ``--scope all`` is not the way.
 
     Returns:
         (dict, list[str]): ``{"needs_focus_surgery": {class: count}, "scope_all_converts": n}`` (empty when the file

@@ -36,12 +36,9 @@ _BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNor
 
 
 def _param_id_by_order(optimizer: dict, state_dict: dict, weight_key: str) -> Any:
-    """The optimizer's id of ``weight_key`` read from the parameter order, where it is exact, else None.
-
-    A saved optimizer numbers the parameters in ``model.parameters()`` order across its ``param_groups``: the state
-    dict's keys without BatchNorm's buffers, in one group, or in timm's two (``param_groups_weight_decay``: the
-    1-D / bias parameters with weight decay 0, then the rest). An order is taken only when the group sizes and the
-    shape of every state entry agree with it, and every order that agrees gives the stem the same id.
+    """The optimizer's id of ``weight_key`` from the parameter order, where it is exact, else None: the state dict's
+    keys without BatchNorm's buffers in one group, or in timm's two (``param_groups_weight_decay``: 1-D / bias with
+    weight decay 0, then the rest), taken only when group sizes and every state entry's shape agree, and unanimous.
     """
     state = optimizer.get("state") if isinstance(optimizer, dict) else None
     groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
@@ -75,10 +72,8 @@ def _param_id_by_order(optimizer: dict, state_dict: dict, weight_key: str) -> An
 def remap_optimizer_state(
     optimizer: Any, shape: Any, remap: Callable, state_dict: dict | None = None, weight_key: str | None = None
 ) -> str:
-    """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
-    state has the stem weight's ``shape`` (or, where several have, by the parameter order of ``state_dict`` when that
-    is exact: ``_param_id_by_order``), with the weight's own ``remap``; say what was done. Exact: momentum is linear in
-    the gradients.
+    """Remap, in place, the optimizer state of the stem weight (the one parameter whose state has its ``shape``, or
+    where several have, the one the parameter order of ``state_dict`` names) with the weight's own ``remap``.
 
     Raises:
         ConversionError: Several parameters' state have the stem's shape and the order does not say which is the stem's.

@@ -39,11 +39,8 @@ class Original:
 
 
 def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
-    """The original as its users load it: the file read again on its own, then its model, else its stems and tensors.
-
-    Raises:
-        CheckpointError: The file changed under us into one that does not read.
-    """
+    """The original as its users load it (read again on its own): its model, else its stems and tensors. Raises
+    CheckpointError when the file changed under us into one that does not read."""
     from . import load
 
     loaded = load(path)
@@ -118,12 +115,9 @@ def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
 
 @contextlib.contextmanager
 def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
-    """The temporaries of one write under their destinations' names, so the readers that find a file's companion by
-    name (a ``.safetensors``' JSON, an ONNX graph's data file) find it.
-
-    Hard links in a private folder: in the system's temporary folder when it is on the same file system (nothing left
-    in the user's folder even if the process is killed), else beside the temporaries; symbolic links only where no
-    hard link can be made (a reader that resolves a symbolic link would look in the destination's folder).
+    """The temporaries of one write under their destinations' names (a ``.safetensors``' JSON, an ONNX graph's data
+    file are found by name): hard links in a private folder of the system's temporary folder (nothing left beside the
+    user's files if killed), else beside the temporaries; symbolic links, which readers resolve, only as a last resort.
     """
     folders: list[Path] = []
     tries = ((None, os.link), (Path(written[0][1]).parent, os.link), (None, _symlink))
@@ -163,11 +157,8 @@ def prove_written(
     options: ConvertOptions,
     written: list[tuple[Path, Path]],
 ) -> None:
-    """Read the written ``dst`` back and prove it against the original; set ``report.proof`` / ``max_abs_err`` /
-    ``fields["verification"]``.
-
-    Raises:
-        VerificationFailed: The written file does not load back, or does not compute / hold what the original does.
+    """Read the written ``dst`` back and prove it against the original (``report.proof`` / ``max_abs_err`` /
+    ``fields["verification"]``); raise VerificationFailed when it does not load, compute or hold what the original does.
     """
     from . import load, source_for
 

@@ -21,12 +21,8 @@ from .records_io import save_records
 
 
 def convert_to_yolov5_layout(loaded: Loaded, options: ConvertOptions, source: str) -> ConvertReport:
-    """The report (with its writer) of an Ultralytics checkpoint written in YOLOv5's layout.
-
-    Raises:
-        ConversionError: Not a YOLOv5-architecture model, a target other than conv / focus, or a layer the model's
-            release has no class for.
-    """
+    """The report (with its writer) of an Ultralytics checkpoint written in YOLOv5's layout. Raises ConversionError
+    for another architecture, a target other than conv / focus, or a layer the model's release has no class for."""
     from ..surgery import convert
     from ..yolov5.layout import checkpoint_content, recorded_release, target_release
     from ..yolov5.training import legacy_head
