@@ -22,21 +22,14 @@ def register_source(source: Source) -> Source:
 
 
 def load(path: str | os.PathLike) -> Loaded:
-    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader.
-
-    Raises:
-        CheckpointError: Missing, empty, corrupt, truncated or hostile file (one line naming the file).
-    """
+    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader; raises
+    CheckpointError (one line naming the file) for a missing, empty, corrupt, truncated or hostile file."""
     reader = next((s for s in SOURCES if Path(path).suffix.lower() in s.reads), None)
     return reader.read(Path(path)) if reader is not None else load_checkpoint_file(path)
 
 
 def source_for(loaded: Loaded) -> Source:
-    """The source that reads ``loaded``.
-
-    Raises:
-        CheckpointError: No source recognises it.
-    """
+    """The source that reads ``loaded``, the most specific first; raises CheckpointError when none does."""
     source = next((s for s in SOURCES if s.claims(loaded)), None)
     if source is not None:
         return source

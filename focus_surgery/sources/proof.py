@@ -81,13 +81,9 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def compare_every_tensor(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any]:
-    """Every tensor of the written file against the original's, in the file's order: one of the same shape is equal
-    bit for bit; one whose shape the conversion changed holds the same non-zero values (a remap permutes them; a
-    bigger kernel adds zeros).
-
-    Returns:
-        (dict): ``tensors`` (how many), ``remapped`` (how many changed shape), ``passed``, ``problem``.
-    """
+    """Every tensor of the written file against the original's, in the file's order: equal bit for bit, or where the
+    conversion changed its shape, the same non-zero values (a remap permutes them; a bigger kernel adds zeros).
+    Returns ``tensors`` (how many), ``remapped`` (how many changed shape), ``passed``, ``problem``."""
     result: dict[str, Any] = {"tensors": len(after), "remapped": 0, "passed": False, "problem": ""}
     if len(before) != len(after):
         result["problem"] = f"the file holds {len(after)} tensors, the original {len(before)}"
