@@ -1,8 +1,4 @@
-"""focus-surgery: exact conversion between Focus / space-to-depth stems and strided convs.
-
-Layers (``layers``), pure weight maps (``remap``), module surgery (``surgery``), verification (``verify``),
-checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in their own module.
-"""
+"""focus-surgery: exact conversion between Focus / space-to-depth stems and strided convs."""
 
 from ._version import __version__
 from .integrations import auto_register as _auto_register, register
