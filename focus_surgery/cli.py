@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 from pathlib import Path
 
@@ -56,18 +57,11 @@ def cmd_bench(args) -> int:
         raise ValueError("--workers takes comma-separated integers, e.g. --workers 1,2") from None
     if workers and min(workers) < 1:
         raise ValueError("--workers takes counts of 1 or more, e.g. --workers 1,2")
-    result = run_benchmark(
-        torch.device(args.device) if args.device else None,
-        cases_from_flags(args.stems, args.sizes, args.batches, args.modes),
-        args.quick,
-        args.repeats,
-        conversion=not args.no_conversion,
-        onnx=not args.no_onnx,
-        memory=not args.no_memory,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
-        folder=not args.no_folder,
-        workers=workers,
-    )
+    device = torch.device(args.device) if args.device else None
+    cases = cases_from_flags(args.stems, args.sizes, args.batches, args.modes)
+    parts = {part: not getattr(args, f"no_{part}") for part in ("conversion", "onnx", "memory", "folder")}
+    progress = functools.partial(print, file=sys.stderr, flush=True)
+    result = run_benchmark(device, cases, args.quick, args.repeats, progress=progress, workers=workers, **parts)
     if args.plot:
         result["plot"] = str(plot_latency(result, args.plot))
     emit({**result, "summary": format_report(result)} if not args.json else result, args.json, max_nodes=sys.maxsize)

@@ -158,21 +158,16 @@ def convert_isolated(
                 finished += 1
                 if progress:
                     progress(finished, len(jobs), Path(jobs[index][0]).name)
-    except BaseException as error:  # interrupted (SIGTERM, Ctrl-C): say exactly what was written
-        for process, _, _ in running.values():
-            process.kill()
-            process.join()
-        done = [Path(o.dst) for o in outcomes if o.result is not None]
-        done += [Path(jobs[i][1]) for i in running if _stamps(jobs[i][1]) != before[i]]  # put in place, unreported
-        error.written = sorted(set(done), key=str)
-        raise
-    finally:  # stop the children and remove what they were writing
+    except BaseException as error:  # interrupted (SIGTERM, Ctrl-C): stop the children, say exactly what was written
         for index, (process, conn, _) in running.items():
             process.kill()
             process.join()
             conn.close()
-            for written in (Path(jobs[index][1]), Path(jobs[index][1]).with_suffix(".json")):
-                remove_stale_temporaries(written)
+            remove_stale_temporaries(Path(jobs[index][1]))  # what it was writing (the folder's temporaries)
+        done = [Path(o.dst) for o in outcomes if o.result is not None]
+        done += [Path(jobs[i][1]) for i in running if _stamps(jobs[i][1]) != before[i]]  # put in place, unreported
+        error.written = sorted(set(done), key=str)
+        raise
     return outcomes
 
 
