@@ -6,13 +6,8 @@ from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
 from .model_configs import list_configs
 from .speed.optimize import OptimizeReport, optimize
 from .orders import ORDERS
-from .remap import (
-    SpaceToDepthForm,
-    conv_to_focus_weight,
-    focus_to_conv_weight,
-    s2d_to_strided_conv,
-    strided_conv_to_s2d,
-)
+from .remap import SpaceToDepthForm, conv_to_focus_weight, focus_to_conv_weight
+from .remap import s2d_to_strided_conv, strided_conv_to_s2d
 from .onnx_graph import convert_onnx, inspect_onnx  # imports onnx only when called
 from .surgery import ConversionError, ConversionReport, convert
 from .verify import VerificationReport, verify

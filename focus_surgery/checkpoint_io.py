@@ -59,11 +59,7 @@ def _data_offset(header: dict, key: str) -> int:
 
 
 def _encodable(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return not any("\ud800" <= c <= "\udfff" for c in path)  # only surrogates (undecodable bytes) are not UTF-8
 
 
 def torch_save(content: Any, path: str, like: Loaded | None = None) -> None:

@@ -8,6 +8,7 @@ address-space limit; the parent collects results, kills a child that runs too lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import signal
 import sys
@@ -42,11 +43,9 @@ class FileOutcome:
 
 def _address_space() -> int:
     """This process's current virtual size in bytes (Linux), 0 where unknown."""
-    try:
-        with open("/proc/self/status") as status:
-            return next((int(row.split()[1]) * 1024 for row in status if row.startswith("VmSize:")), 0)
-    except OSError:
-        return 0
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        return next((int(row.split()[1]) * 1024 for row in status if row.startswith("VmSize:")), 0)
+    return 0
 
 
 def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn) -> None:
@@ -59,20 +58,16 @@ def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: 
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
         exit_when_closed(parent.sentinel)
-    try:
+    with contextlib.suppress(ImportError, ValueError, OSError):  # no limit where the platform has none
         import resource
 
         limit = _address_space() + memory  # what is already mapped (torch's libraries) plus the budget
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ImportError, ValueError, OSError):
-        pass  # no limit where the platform has none
     try:
         conn.send((work(src, dst, options), None))
     except MemoryError as error:  # a refused allocation says why; a failed one hit the limit
-        reason = (
-            one_line(error) if str(error) else f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"
-        )
-        conn.send((None, reason))
+        limit = f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"
+        conn.send((None, one_line(error) if str(error) else limit))
     except BaseException as error:  # noqa: BLE001 - reported as this file's failure, in one line
         conn.send((None, one_line(error)))
     finally:

@@ -1,7 +1,5 @@
-"""Layers: space-to-depth, its inverse, and the conv blocks built on it. They know nothing of models.
-
-Pure reshape/permute plus standard convs: they script, FX-trace (the size checks are leaf functions), export to
-ONNX and compile with ``torch.compile(fullgraph=True)``. ``bs`` is the block size.
+"""Layers: space-to-depth (block size ``bs``), its inverse and the conv blocks built on it; they know no model.
+Pure reshape/permute and standard convs: they script, FX-trace, export to ONNX and compile with ``fullgraph=True``.
 """
 
 from __future__ import annotations
@@ -55,10 +53,7 @@ def check_channels_divisible(x: torch.Tensor, block_size: int) -> torch.Tensor:
 class SpaceToDepth(nn.Module):
     """Move each ``bs x bs`` pixel block into channels: ``y[:, ch(c, dy, dx), i, j] = x[:, c, bs*i + dy, bs*j + dx]``
     with ``ch`` given by ``order`` (``yolov5``, ``timm`` or ``pixel_unshuffle``; see ``orders.py``).
-
-    Shapes:
-        Input (N, C, H, W) with H and W divisible by ``bs``; output (N, C*bs*bs, H/bs, W/bs).
-    """
+    (N, C, H, W), H and W divisible by ``bs`` -> (N, C*bs*bs, H/bs, W/bs)."""
 
     yaml_row = ""  # "YAML row i [...]" when built from an Ultralytics YAML row (class default: old pickles)
 
@@ -83,11 +78,7 @@ class SpaceToDepth(nn.Module):
 
 
 class DepthToSpace(nn.Module):
-    """Exact inverse of ``SpaceToDepth`` of the same block size and order.
-
-    Shapes:
-        Input (N, C*bs*bs, H, W); output (N, C, H*bs, W*bs).
-    """
+    """Exact inverse of ``SpaceToDepth`` of the same block size and order: (N, C*bs*bs, H, W) -> (N, C, H*bs, W*bs)."""
 
     def __init__(self, block_size: int = 2, order: str = "yolov5"):
         super().__init__()
@@ -112,11 +103,8 @@ class DepthToSpace(nn.Module):
 
 
 class ConvBnAct(nn.Module):
-    """Conv2d (no bias) + BatchNorm2d + activation, with the arguments and state-dict names of Ultralytics ``Conv``.
-
-    Shapes:
-        Input (N, c1, H, W); output (N, c2, H', W') as for ``nn.Conv2d``.
-    """
+    """Conv2d (no bias) + BatchNorm2d + activation, with the arguments and state-dict names of Ultralytics ``Conv``:
+    (N, c1, H, W) -> (N, c2, H', W') as for ``nn.Conv2d``."""
 
     default_act = nn.SiLU()
 
@@ -140,9 +128,7 @@ class Focus(nn.Module):
     With the defaults (``block_size=2``, ``order="yolov5"``) it computes what Ultralytics' ``Focus`` does, with the
     same state-dict names (``conv.conv.weight``, ``conv.bn.*``). ``k, s, p, g, act`` are the conv block's, as in
     Ultralytics ``Conv``; ``conv_layer`` is a conv block class with that signature.
-
-    Shapes:
-        Input (N, c1, H, W), H and W divisible by ``bs``; output (N, c2, H/(bs*s), W/(bs*s)) for same padding.
+    (N, c1, H, W), H and W divisible by ``bs`` -> (N, c2, H/(bs*s), W/(bs*s)) for same padding.
     """
 
     def __init__(
@@ -159,10 +145,8 @@ class Focus(nn.Module):
 class SPDConv(nn.Module):
     """Space-to-depth, optional explicit ``pad`` (left, right, top, bottom; negative crops), then a stride-1 conv block
     of kernel ``k`` (same padding when ``pad`` is None): the SPD-Conv block, and the exact space-to-depth form of any
-    strided conv (``SPDConv.from_conv``).
-
-    Shapes:
-        Input (N, c1, H, W), H and W divisible by ``bs``; output (N, c2, H/bs, W/bs) for same padding.
+    strided conv (``SPDConv.from_conv``). (N, c1, H, W), H and W divisible by ``bs`` -> (N, c2, H/bs, W/bs) for same
+    padding.
     """
 
     def __init__(self, c1: int, c2: int, k=3, block_size=2, order="yolov5", act=True, pad=None, conv_layer=ConvBnAct):

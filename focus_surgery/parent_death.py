@@ -7,6 +7,7 @@ closes (every platform).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -57,10 +58,8 @@ def die_with_parent_process() -> bool:
 def forget_parent_check() -> None:
     """In a child of the fork server: the server's handler of ``PARENT_CHECK`` is not ours to inherit."""
     if PARENT_CHECK is not None:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             signal.signal(PARENT_CHECK, signal.SIG_DFL)
-        except (ValueError, OSError):
-            pass
 
 
 def exit_when_closed(sentinel: Any) -> threading.Thread:
@@ -91,7 +90,7 @@ def in_fork_server() -> bool:
 def release_fork_server() -> None:
     """In a child of the fork server: close our copy of its "alive" pipe, so that the server (which exits when every
     copy is closed) does not outlive the run because of us (``multiprocessing`` internals: best effort)."""
-    try:
+    with contextlib.suppress(AttributeError, ImportError, OSError):
         from multiprocessing import forkserver
 
         server = forkserver._forkserver
@@ -99,5 +98,3 @@ def release_fork_server() -> None:
         if fd is not None:
             server._forkserver_alive_fd = None
             os.close(fd)
-    except (AttributeError, ImportError, OSError):
-        pass

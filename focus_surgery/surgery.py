@@ -119,7 +119,7 @@ def convert(
 
 
 def iter_stems(model: nn.Module) -> Iterator[dict[str, Any]]:
-    """Describe each convertible stem of ``model`` (both directions), for ``inspect``."""
+    """Each convertible stem of ``model`` in both directions, for ``inspect``."""
     for to in ("conv", "focus"):
         changes, skipped = plan(model, to, "stem")
         for change in changes:

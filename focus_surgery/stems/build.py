@@ -178,13 +178,8 @@ def _unfold(site: StemSite, order: str | None) -> list[Change]:
     bs, fold_order = placeholder.block_size, placeholder.order
     conv = conv_of(block)
     sizes = (*conv.kernel_size, *conv.stride, *conv.padding)
-    if (
-        not is_conv_like(block)
-        or order not in (None, fold_order)
-        or conv_problem(conv, fold_order)
-        or any(v % bs for v in sizes)
-        or conv.stride[0] != conv.stride[1]
-    ):
+    exact = is_conv_like(block) and order in (None, fold_order) and not conv_problem(conv, fold_order)
+    if not exact or any(v % bs for v in sizes) or conv.stride[0] != conv.stride[1]:
         return []
     weight = conv_to_focus_weight(conv.weight.detach(), bs, fold_order)
     stride, padding = conv.stride[0] // bs, (conv.padding[0] // bs, conv.padding[1] // bs)
@@ -199,9 +194,9 @@ def _unfold(site: StemSite, order: str | None) -> list[Change]:
 def _to_conv(site: StemSite) -> list[Change]:
     if site.problem:
         raise ConversionError(site.problem)
-    bs, order, module = site.block_size, site.order, site.module
     if site.form == "conv":
         return []
+    bs, order, module = site.block_size, site.order, site.module
     if site.form == "folds":
         new, new_form = module.to_strided_conv()
     else:

@@ -22,12 +22,9 @@ DEFAULT_TOLERANCE = 1e-10
 
 @dataclass
 class VerificationReport:
-    """Outcome of a float64 comparison: ``passed`` when the structures match, something non-zero was compared and
-    ``max_abs_err <= tolerance * max(1, output_scale)`` (zero outputs or an output scale of 0 never pass).
-
-    ``max_rel_err`` is ``max_abs_err / output_scale`` (the largest absolute reference output); ``num_outputs``
-    tensors were compared on inputs of ``input_shapes`` in ``dtype``; ``problem`` says why nothing could be compared.
-    """
+    """Outcome of a comparison: ``passed`` when the structures match, something non-zero was compared and
+    ``max_abs_err <= tolerance * max(1, output_scale)`` (the largest absolute reference output); ``problem`` says why
+    nothing could be compared."""
 
     max_abs_err: float
     max_rel_err: float

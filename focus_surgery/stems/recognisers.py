@@ -1,11 +1,8 @@
 """Recognition: which modules compute a space-to-depth (alone or before their own conv), and which are conv blocks.
 
-Recognisers ``module -> SpaceToDepthPart | None`` in ``RECOGNISERS`` are asked in order; the core knows only its own
-layers and ``nn.PixelUnshuffle``, a framework's classes are taught by its integration (``register_recogniser``).
-Anything else is recognised by what it computes (``probe``): a weightless layer (``ReOrg``) is run on an input whose
-values encode channel, row and column (``value = (c*H + y)*W + x``, exact in float32), and every output channel must
-read one input channel at one pixel phase ``(dy, dx)``; a Focus-like module is probed with its conv replaced by an
-identity. The channel map is then compared with the named orders of ``orders.py``.
+The ``RECOGNISERS`` know our layers and ``nn.PixelUnshuffle``; integrations register their frameworks' classes.
+Anything else is recognised by what it computes (``probe``): run on an input whose values encode channel, row and
+column (``(c*H + y)*W + x``), each output channel must read one input channel at one pixel phase ``(dy, dx)``.
 """
 
 from __future__ import annotations
@@ -50,8 +47,7 @@ class NotSpaceToDepth(ConversionError):
 
 
 def probe(module: nn.Module, channels: int = 3) -> SpaceToDepthInfo:
-    """Run ``module`` (a copy, in eval mode; weightless, or whose weights do not matter) on ``channels`` input channels
-    and read what it computes.
+    """Run a copy of ``module`` (weightless, or whose weights do not matter) on ``channels`` channels: what it computes.
 
     Raises:
         NotSpaceToDepth: The output is not a space-to-depth of the input (the message says why).
@@ -126,8 +122,7 @@ RECOGNISERS: list[Recogniser] = [_ours]
 
 
 def register_recogniser(recogniser: Recogniser) -> None:
-    """Ask ``recogniser(module)`` before recognising by computation (idempotent). It returns a ``SpaceToDepthPart``
-    for a module it knows (a layer: ``block`` None; a Focus-like module: its conv block), else None."""
+    """Ask ``recogniser(module) -> SpaceToDepthPart | None`` before recognising by computation (idempotent)."""
     if recogniser not in RECOGNISERS:
         RECOGNISERS.append(recogniser)
 
@@ -179,12 +174,8 @@ ALONE = nn.Identity()  # ``feeds`` default: no conv known, a weightless layer is
 
 
 def part_of(module: nn.Module, feeds: nn.Module | None = ALONE) -> SpaceToDepthPart | None:
-    """What space-to-depth ``module`` computes, else None.
-
-    Args:
-        module (nn.Module): Any module.
-        feeds (nn.Module | None): The conv block ``module`` feeds: a weightless layer of unknown type is run for
-            that conv's channels; None: it feeds no conv, so it is not probed; ``ALONE``: run on one channel.
+    """What space-to-depth ``module`` computes, else None. ``feeds``: the conv block it feeds (a weightless layer of
+    unknown type is run for that conv's channels); None: it feeds no conv (not probed); ``ALONE``: run on one channel.
     """
     for recogniser in RECOGNISERS:
         part = recogniser(module)
