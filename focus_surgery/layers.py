@@ -108,7 +108,17 @@ class ConvBnAct(nn.Module):
 
     default_act = nn.SiLU()
 
-    def __init__(self, c1: int, c2: int, k=1, s=1, p=None, g: int = 1, d: int = 1, act: bool | nn.Module = True):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int | tuple[int, int] = 1,
+        s: int | tuple[int, int] = 1,
+        p: int | tuple[int, int] | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         self.bn = nn.BatchNorm2d(c2)
@@ -132,7 +142,17 @@ class Focus(nn.Module):
     """
 
     def __init__(
-        self, c1: int, c2: int, k=1, s=1, p=None, g=1, act=True, block_size=2, order="yolov5", conv_layer=ConvBnAct
+        self,
+        c1: int,
+        c2: int,
+        k: int | tuple[int, int] = 1,
+        s: int | tuple[int, int] = 1,
+        p: int | tuple[int, int] | None = None,
+        g: int = 1,
+        act: bool | nn.Module = True,
+        block_size: int = 2,
+        order: str = "yolov5",
+        conv_layer: type[nn.Module] = ConvBnAct,
     ):
         super().__init__()
         self.s2d = SpaceToDepth(block_size, order)
@@ -149,14 +169,24 @@ class SPDConv(nn.Module):
     padding.
     """
 
-    def __init__(self, c1: int, c2: int, k=3, block_size=2, order="yolov5", act=True, pad=None, conv_layer=ConvBnAct):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int | tuple[int, int] = 3,
+        block_size: int = 2,
+        order: str = "yolov5",
+        act: bool | nn.Module = True,
+        pad: tuple[int, int, int, int] | None = None,
+        conv_layer: type[nn.Module] = ConvBnAct,
+    ):
         super().__init__()
         self.s2d = SpaceToDepth(block_size, order)
         self.pad = list(pad) if pad is not None else None
         self.conv = conv_layer(c1 * block_size * block_size, c2, k, 1, 0 if pad is not None else None, act=act)
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, block_size: int, order: str, pad) -> SPDConv:
+    def from_conv(cls, conv: nn.Module, block_size: int, order: str, pad: tuple[int, int, int, int] | None) -> SPDConv:
         """Wrap an existing stride-1 conv (a bare ``nn.Conv2d`` or a conv block) that reads space-to-depth channels."""
         module = cls.__new__(cls)
         nn.Module.__init__(module)

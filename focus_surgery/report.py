@@ -170,8 +170,7 @@ class ConvertReport:
         """The JSON form: ``src``, ``dst``, ``source``, ``to``, the adapter's fields, ``max_abs_err``, ``proof``,
         ``summary``."""
         out = {"src": self.src, "dst": self.dst, "source": self.source, "to": self.to, **self.fields}
-        out["max_abs_err"] = self.max_abs_err
-        out["proof"] = self.proof
+        out.update(max_abs_err=self.max_abs_err, proof=self.proof)
         out.update({k: getattr(self, k) for k in ("note", "loads_into", "written") if getattr(self, k)})
         if self.nothing_to_do:
             out.update(nothing_to_do=self.nothing_to_do, written=[])

@@ -25,9 +25,7 @@ class VerifiedReport:
         return self.verification.max_abs_err if self.verification else None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["max_abs_err"] = self.max_abs_err
-        return data
+        return {**asdict(self), "max_abs_err": self.max_abs_err}
 
 
 def _common_input_shape(reference: nn.Module, candidate: nn.Module) -> tuple[int, int, int, int]:

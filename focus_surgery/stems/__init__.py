@@ -1,8 +1,5 @@
-"""The stem vocabulary: where a stem is (``StemSite``), what computes a space-to-depth (``part_of`` and the registered
-recognisers), its exact forms (``build``), the one walk that plans a conversion (``walk``, ``plan``), the one input
-rule (``input_multiple``) and the float64 check on one copy (``check``).
-
-Nothing here names a framework: its integration teaches its classes (``register_recogniser``).
+"""The stem vocabulary: sites (``StemSite``), recognition (``part_of``, ``register_recogniser``: nothing here names a
+framework), exact forms (``build``), the one walk (``walk``, ``plan``), the one input rule and the float64 ``check``.
 """
 
 from .build import register_conv_type, register_focus_class, space_to_depth_form, strided_conv_form

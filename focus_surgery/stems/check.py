@@ -106,11 +106,9 @@ def check(
     seed: int = 0,
     grown: int = 0,
 ) -> VerificationReport:
-    """Run ``model`` before and after ``changes`` in float64 on one copy (``model`` is never modified).
+    """Run ``model`` before and after ``changes`` (from ``plan``) in float64 on one copy; ``model`` is not modified.
 
     Args:
-        model (nn.Module): The model as it is.
-        changes (list[Change]): What ``plan`` would do to it.
         inputs, input_shape: Inputs, or the shape of random inputs in [0, 1) (inferred when both are None).
         tolerance (float): Pass threshold on the error relative to the output scale (floored at 1).
         multiple (int): What the changed model's input height and width must be multiples of, besides the model's.
