@@ -116,8 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help=what)
     what = "folder input: seconds one file may take before it is stopped and reported (default 300)"
     p.add_argument("--timeout", type=float, default=300.0, help=what)
-    what = "folder input: memory one file's conversion may use, GiB (default 8)"
-    p.add_argument("--max-memory", type=float, default=8.0, help=what)
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=8.0,
+        help="folder input: memory one file's conversion may use, GiB (default 8)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     what = "show which stems a checkpoint holds and what they convert to"
