@@ -26,9 +26,7 @@ from .sources.base import TIMM_TRAIN, suffix_of
 
 DEFAULT_TIMEOUT_S, DEFAULT_MEMORY_GB = 300.0, 8.0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", TIMM_TRAIN)
-# What a conversion imports, imported once by the fork server: a child would otherwise import the YOLOv5 and
-# Ultralytics code (and cv2, PIL) again for every file, ~1.4 s each, more than converting a small file takes.
-PRELOAD = ["focus_surgery._fork_server_preload", "torch", "focus_surgery.files", "focus_surgery.yolov5.convert"]
+PRELOAD = ["focus_surgery._fork_server_preload"]  # what a conversion imports, imported once by the fork server
 
 
 @dataclass
@@ -94,6 +92,23 @@ def _stamps(dst: str) -> tuple:
     return tuple(stamps)
 
 
+EXIT_GRACE_S = 5.0  # a child that sent its result and has not ended after this is killed
+
+
+def _reap(exiting: list[tuple[Any, float]], block: bool) -> None:
+    """Join the children of ``exiting`` that have ended and kill those past their kill time; with ``block``, wait
+    for all of them (each at most until its kill time). Removes the joined ones from the list."""
+    for process, kill_at in list(exiting):
+        if block:
+            process.join(max(0.0, kill_at - time.monotonic()))
+        if process.is_alive() and time.monotonic() >= kill_at:
+            process.kill()
+            process.join()
+        if not process.is_alive():
+            process.join()
+            exiting.remove((process, kill_at))
+
+
 def convert_isolated(
     jobs: list[tuple[str, str]],
     work: Callable[[str, str, dict], dict],
@@ -112,9 +127,11 @@ def convert_isolated(
     outcomes = [FileOutcome(src, dst) for src, dst in jobs]
     waiting, finished = list(range(len(jobs))), 0
     running: dict[int, tuple[Any, Connection, float]] = {}  # job index: (process, receiving end, start time)
+    exiting: list[tuple[Any, float]] = []  # children that sent their result and are ending: (process, kill time)
     before: dict[int, tuple] = {}  # job index: its destinations' state when it started
     try:
         while waiting or running:
+            _reap(exiting, block=len(exiting) > max(1, workers))  # at most as many ending as running
             while waiting and len(running) < max(1, workers):
                 index = waiting.pop(0)
                 before[index] = _stamps(jobs[index][1])
@@ -141,19 +158,20 @@ def convert_isolated(
                     error = f"took longer than {timeout_s:g} s (--timeout); stopped"
                 else:
                     continue
-                process.join(5)
-                if process.is_alive():
-                    process.kill()
-                    process.join()
                 conn.close()
                 del running[index]
-                if error is not None:
+                if error is None:  # done and written: let it end while the next file starts (its exit takes time)
+                    exiting.append((process, now + EXIT_GRACE_S))
+                else:
+                    _reap([(process, now)], block=True)
                     remove_stale_temporaries(Path(jobs[index][1]))  # what a killed child may have left
                 outcomes[index].result, outcomes[index].error = result, error
                 finished += 1
                 if progress:
                     progress(finished, len(jobs), Path(jobs[index][0]).name)
+        _reap(exiting, block=True)
     except BaseException as error:  # interrupted (SIGTERM, Ctrl-C): stop the children, say exactly what was written
+        _reap([(process, 0.0) for process, _ in exiting], block=True)
         for index, (process, conn, _) in running.items():
             process.kill()
             process.join()

@@ -89,3 +89,48 @@ def test_workers_default_to_the_cores_this_process_may_use(tmp_path, monkeypatch
     assert folder.convert_folder(args) == 0
     assert seen == {"workers": len(os.sched_getaffinity(0)), "option": len(os.sched_getaffinity(0))}
     assert folder.available_cores() == len(os.sched_getaffinity(0))
+
+
+def _two_phase_jobs(tmp_path: Path, first: str) -> list[tuple[str, str]]:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    marker = tmp_path / "second-started"
+    one, two = tmp_path / "in" / "one.pt", tmp_path / "in" / "two.pt"
+    one.write_text(first if first == "never" else str(marker))
+    two.write_text(str(marker))
+    return [(str(one), str(tmp_path / "out" / "one.pt")), (str(two), str(tmp_path / "out" / "two.pt"))]
+
+
+def test_the_next_file_starts_while_a_finished_child_is_still_ending(tmp_path):
+    """One worker: the second file's child starts before the first child has ended (its exit waits for it), so a
+    child's exit (tens of ms for a process holding torch) is never on the run's critical path."""
+    import multiprocessing
+
+    from tests import _folder_workers
+
+    jobs = _two_phase_jobs(tmp_path, "marker")
+    outcomes = convert_isolated(jobs, _folder_workers.dispatch_by_name, {}, workers=1)
+    assert all(o.error is None for o in outcomes), outcomes
+    assert (tmp_path / "out" / "one.pt").read_text() == "saw the next file start"
+    assert multiprocessing.active_children() == []  # every child was joined before the run returned
+
+
+def test_a_child_that_never_ends_after_its_result_is_killed(tmp_path):
+    """A child that sent its result but hangs on exit is killed after ``EXIT_GRACE_S``; its result stands."""
+    import multiprocessing
+
+    from tests import _folder_workers
+
+    outcomes = convert_isolated(_two_phase_jobs(tmp_path, "never"), _folder_workers.dispatch_by_name, {}, workers=1)
+    assert all(o.error is None for o in outcomes), outcomes
+    assert outcomes[0].result == {"src": outcomes[0].src}
+    assert multiprocessing.active_children() == []
+
+
+def test_the_fork_server_freezes_what_it_preloaded(tmp_path):
+    """``gc.freeze()`` after the preload: a child's garbage collections never write to (and so never copy) the
+    pages of the objects it inherited."""
+    from tests._folder_workers import gc_frozen
+
+    (outcome,) = convert_isolated(_jobs(tmp_path, ["ok"]), gc_frozen, {}, workers=1)
+    assert outcome.result["frozen"] > 10_000, outcome  # torch's and our modules' objects
