@@ -20,6 +20,7 @@ from .atomic_io import atomic_write
 from .loader import Checkpoint, CheckpointError, Loaded, check_readable, read_checkpoint
 from .loader.allowlist import MODULE_PREFIXES
 from .loader.pickler import needs_faithful, pickle_module
+from .loader.zip_rewrite import write_copying
 
 __all__ = [
     "MODULE_PREFIXES",
@@ -91,8 +92,11 @@ def torch_save(content: Any, path: str, like: Loaded | None = None) -> None:
 
     The pickle writes the loader's stand-ins back as the file pickled them (``loader.pickler``); with ``like`` (the
     input as read) the output keeps its container (a legacy non-zip file stays legacy), pickle protocol and the
-    spelling of its globals.
+    spelling of its globals. A zip input's records the content still holds unchanged are copied, not pickled again
+    (``loader.zip_rewrite``; ``torch.save`` where that does not apply).
     """
+    if like is not None and like.container == "zip" and write_copying(content, path, like) is not None:
+        return  # the input's unchanged records copied byte for byte (loader.zip_rewrite)
     spellings = like.globals if like is not None else frozenset()
     faithful = needs_faithful(content)  # else the C pickler writes the same pickle, faster
     options: dict[str, Any] = {"pickle_module": pickle_module(spellings) if faithful else pickle}

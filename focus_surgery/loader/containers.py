@@ -25,7 +25,7 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import torch
@@ -54,6 +54,8 @@ class LoadStats:
         copied_bytes (int): Storage bytes copied into the process's own memory (0 in the mmap modes).
         mapped_bytes (int): Storage bytes handed out as views of the file's mapping.
         crc_bytes (int): Bytes whose CRC-32 was computed (every record in "copy" and "mmap").
+        keys (dict): Zip files: each storage read (its ``_cdata``) -> (its record key, the storage, its dtype); the
+            storage is held so its address is never reused while this lives (``zip_rewrite`` copies by key).
     """
 
     mode: str = "copy"
@@ -61,6 +63,7 @@ class LoadStats:
     copied_bytes: int = 0
     mapped_bytes: int = 0
     crc_bytes: int = 0
+    keys: dict = field(default_factory=dict, repr=False)
 
 
 def budgets_for(file_size: int) -> Budgets:
@@ -257,6 +260,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     stats.copied_bytes += info.file_size
                     stats.crc_bytes += info.file_size
                 storages[key] = _typed(raw, dtype)
+                stats.keys[raw._cdata] = (key, raw, dtype)
             storage = storages[key]
             if storage.dtype != dtype:
                 raise pickle.UnpicklingError(f"storage {shown(key)} read with two dtypes")
