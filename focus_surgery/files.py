@@ -28,6 +28,7 @@ __all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", 
 __all__ += ["convert_one", "inspect_file", "verify_files"]
 
 TARGETS, SCOPES, LAYOUTS = ("conv", "focus", "s2d", "fastest"), ("stem", "all"), ("ultralytics", "yolov5")
+PROOFS = ("model", "stem")  # --proof: the whole model run where the file holds one (default), or its stems only
 
 
 def accepted() -> list[dict[str, Any]]:
@@ -66,6 +67,10 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
         flag = "--" + given[0].replace("_", "-")
         readers = ", ".join(s.name for s in SOURCES if given[0] in s.uses)
         raise ConversionError(f"{src}: a {source.name} checkpoint does not use {flag} ({readers} do): drop {flag}")
+    if opts.proof not in PROOFS:
+        raise ConversionError(f"--proof {opts.proof!r}: use {', '.join(PROOFS)}")
+    if opts.proof != PROOFS[0] and not opts.verify:
+        raise ConversionError(f"{src}: --proof chooses the check of --verify: add --verify or drop --proof")
     if opts.tolerance is not None and not opts.verify:
         raise ConversionError(f"{src}: --tolerance bounds the check of --verify: add --verify or drop --tolerance")
     sized = [k for k in ("input_size", "batch") if getattr(opts, k) != getattr(defaults, k)]

@@ -251,3 +251,76 @@ def test_corrupt_copied_record_refused_by_the_pipeline(src: Path, tmp_path: Path
     with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
         convert_file(src, dst, to="conv")
     assert list(dst.parent.iterdir()) == [] and _digest(src) == before
+
+
+# ---------------------------------------------------------------- the proof: copied records, stem-only option
+
+
+def test_check_copied_finds_a_changed_byte(src: Path, tmp_path: Path) -> None:
+    loaded = read_checkpoint(src, "mmap")
+    content = dict(loaded.content)
+    content["model.0.conv.weight"] = focus_to_conv_weight(content.pop(STEM))
+    out = tmp_path / "out.pt"
+    outcome = zip_rewrite.write_copying(content, out, loaded)
+    assert zip_rewrite.check_copied(outcome, out)["passed"]
+    raw = bytearray(out.read_bytes())
+    _corrupt_crc(raw, "data/3")
+    out.write_bytes(bytes(raw))
+    check = zip_rewrite.check_copied(outcome, out)
+    assert not check["passed"] and "data/3" in check["problem"]
+
+
+def _ultralytics_file(tmp_path: Path) -> Path:
+    from ultralytics import YOLO
+
+    path = tmp_path / "u.pt"
+    YOLO(str(Path(__file__).parent / "fixtures" / "yolo-focus-tiny.yaml")).save(path)
+    return path
+
+
+def test_proof_model_by_default_stem_on_request(tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    path = _ultralytics_file(tmp_path)
+    model = convert_file(path, tmp_path / "m.pt", to="conv", verify=True)
+    assert model.proof == "model" and model["write"]["path"] == "zip-copy"
+    stem = convert_file(path, tmp_path / "s.pt", to="conv", verify=True, proof="stem")
+    assert (
+        stem.proof == "stem" and stem["verification"]["passed"] and stem["verification"]["stems"] == ["model:model.0"]
+    )
+    assert stem["max_abs_err"] < 1e-12
+    assert stem["write"]["copied_identical"]["passed"]
+    assert stem["verification"]["tensors"]["passed"]  # every other tensor of the written file, bit for bit
+    for out in ("m.pt", "s.pt"):  # the family's own loader reads the copied archive
+        row = YOLO(str(tmp_path / out)).model.model[0]
+        assert tuple(row.conv.kernel_size) == (6, 6) and tuple(row.conv.stride) == (2, 2)
+
+
+def test_proof_stem_fails_on_a_wrongly_written_stem(tmp_path: Path, monkeypatch) -> None:
+    """The in-memory check passes; the stem bytes written are wrong: the read-back stem proof refuses the file."""
+    from focus_surgery.errors import VerificationFailed
+
+    path = _ultralytics_file(tmp_path)
+    real = zip_rewrite._storage_bytes
+
+    def reversed_values(storage):
+        values = torch.empty((0,), dtype=torch.uint8).set_(storage)
+        if storage.nbytes() >= 16 * 3 * 6 * 6 * 2:  # the stem weight (float16 in an Ultralytics file)
+            values = values.view(torch.int16).flip(0).view(torch.uint8)
+            return memoryview(values.numpy()).cast("B")
+        return real(storage)
+
+    monkeypatch.setattr(zip_rewrite, "_storage_bytes", reversed_values)
+    with pytest.raises(VerificationFailed) as error:
+        convert_file(path, tmp_path / "s.pt", to="conv", verify=True, proof="stem")
+    assert error.value.report.proof == "stem" and error.value.report.max_abs_err > 1e-3  # the stem run caught it
+    assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.parametrize("options", [{"proof": "stem"}, {"proof": "all", "verify": True}])
+def test_proof_option_refused_where_it_means_nothing(src: Path, tmp_path: Path, options: dict) -> None:
+    from focus_surgery.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="--proof"):
+        convert_file(src, tmp_path / "out.pt", to="conv", **options)
+    assert not (tmp_path / "out.pt").exists()

@@ -34,6 +34,8 @@ def suffix_of(path: Path, known: tuple[str, ...] = ()) -> str:
     last suffix, lower case."""
     name = path.name.lower()
     return max((s for s in known if name.endswith(s) and len(name) > len(s)), key=len, default=path.suffix.lower())
+
+
 ANY_LAYOUT = ""  # an ``outputs`` key: the source writes one layout, whatever --layout says
 OWN_OPTIONS = ("block_size", "order", "tolerance")  # options only some sources read (declared in ``Source.uses``)
 
@@ -52,6 +54,9 @@ class ConvertOptions:
             None (default): ``ultralytics`` where an Ultralytics model can hold the file's model, else ``yolov5`` (a
             fork's layers or head), and the report says why.
         tolerance (float | None): ONNX ``verify``: max relative error; None derives it from the model's own error.
+        proof (str): What ``verify`` runs where the file holds a runnable model: ``model`` (default: the written
+            file's whole model against the original's, in float64) or ``stem`` (each stem of the written file against
+            the original's in float64 and every tensor compared bit for bit; the model's code not run).
         stated (tuple[str]): Which of ``block_size`` / ``order`` the caller gave: a file that names its architecture
             fixes them, and a stated value that contradicts it is refused.
     """
@@ -65,6 +70,7 @@ class ConvertOptions:
     batch: int = 1
     layout: str | None = None
     tolerance: float | None = None
+    proof: str = "model"
     stated: tuple[str, ...] = ()  # of STATED: given by the caller (set by ``check_options``); the rest are defaults
 
 
