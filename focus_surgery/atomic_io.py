@@ -235,18 +235,27 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT / SIGTERM / SIGHUP wait until the block ends (then they are delivered), where the platform allows."""
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+def signals_held() -> Iterator[None]:
+    """SIGINT / SIGTERM / SIGHUP that arrive within the block are handled when it ends (main thread only).
+
+    Deferred by Python handlers, not ``pthread_sigmask``: in a process with other threads (torch starts some) the
+    kernel hands a signal the main thread blocks to another thread, and Python raises it in the main thread anyway.
+    """
+    arrived: list[int] = []
+    previous = {}
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError, OSError):
-        yield
-        return
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is not None:  # None: a handler set outside Python, which we cannot restore
+                previous[signum] = signal.signal(signum, lambda signum, frame: arrived.append(signum))
+    except ValueError:  # not the main thread: only the main thread runs Python's signal handlers
+        pass
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)  # now handled as it would have been without the block
 
 
 @contextlib.contextmanager
@@ -285,9 +294,10 @@ def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]
                 remove_stale_temporaries_in(folder)
             for (destination, write), folder in zip(plan, folders):
                 current = destination
-                tmp, lock = _new_temporary(destination, folder)
-                temporaries.append(tmp)
-                locks.append(lock)
+                with signals_held():  # a signal between creating the file and listing it would leave it behind
+                    tmp, lock = _new_temporary(destination, folder)
+                    temporaries.append(tmp)
+                    locks.append(lock)
                 write(str(tmp))
                 os.chmod(tmp, _final_mode(destination))  # after the write: a 0444 mode still writes
                 if fsync:
@@ -295,7 +305,7 @@ def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[str], None]
                         os.fsync(done.fileno())
             for check in list(_CHECKS):  # the written files, complete, proven before anything is renamed
                 check([(d, t) for (d, _), t in zip(plan, temporaries)])
-            with _signals_held(), _folders_locked(folders if len(plan) > 1 else []):
+            with signals_held(), _folders_locked(folders if len(plan) > 1 else []):
                 # all renames or none (a signal is handled after the last one), and a pair from a concurrent run
                 # into the same folder never interleaves with ours (A's graph with B's data)
                 for destination, _ in plan:

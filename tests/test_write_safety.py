@@ -143,10 +143,11 @@ def test_a_temporary_whose_lock_is_held_is_never_removed(tmp_path):
 
 
 _SLOW_WRITER = """
-import resource, sys, time
+import resource, signal, sys, time
 from pathlib import Path
 from focus_surgery.atomic_io import atomic_write
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGQUIT dumps core by default: not into the repository
+signal.signal(signal.SIGQUIT, signal.SIG_DFL)  # a shell's background job inherits SIGQUIT ignored
 def slow(tmp):
     Path(tmp).write_bytes(b"partial")
     print("writing", flush=True)

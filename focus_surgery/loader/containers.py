@@ -21,7 +21,6 @@ import os
 import pickle
 import struct
 import zipfile
-import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from .crc import crc32
 from .errors import CheckpointError
 from .rebuilders import Budgets, element_size
 from .unpickler import RestrictedUnpickler
@@ -42,7 +42,7 @@ TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's 
 OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four times the file's size
 LOAD_MODES = ("copy", "mmap", "mmap-nocrc")
 RECORD_ALIGNMENT = 64  # torch.save aligns each record's data to 64 bytes; others are copied, never mapped unaligned
-CRC_THREADS = 2  # zlib releases the GIL: checksums run beside the unpickling (more threads: no gain on 2-4 cores)
+CRC_THREADS = 2  # the CRC releases the GIL: checksums run beside the unpickling (more threads: no gain on 2-4 cores)
 
 
 @dataclass
@@ -252,8 +252,8 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                 stats.storages += 1
                 if info.compress_type == zipfile.ZIP_STORED:
                     raw, as_bytes = records.storage(offsets[info.filename], info.file_size)
-                    if check_storages:  # zlib releases the GIL: checksums run beside the unpickling, checked below
-                        crcs.append((info, crc_pool.submit(zlib.crc32, as_bytes)))
+                    if check_storages:  # the CRC releases the GIL: checksums run beside the unpickling, checked below
+                        crcs.append((info, crc_pool.submit(crc32, as_bytes)))
                         stats.crc_bytes += info.file_size
                 else:  # deflated (torch never writes it): zipfile inflates at most the declared size, checks the CRC
                     raw = torch.frombuffer(bytearray(archive.read(info)), dtype=torch.uint8).untyped_storage()

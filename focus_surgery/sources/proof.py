@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..atomic_io import signals_held
 from ..errors import FocusSurgeryError, VerificationFailed
 from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
 from ..verify import verify
@@ -151,7 +152,8 @@ def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
         # the system's temporary folder when it is on the same file system (nothing left in the user's folder even
         # if the process is killed), else beside the temporaries; symbolic links only where no hard link can be made
         for where, make in ((None, os.link), (near, os.link), (None, _symlink)):
-            folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
+            with signals_held():  # a signal between making the folder and listing it would leave it behind
+                folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
             try:
                 view = _links(written, folders[-1], make)
                 break
