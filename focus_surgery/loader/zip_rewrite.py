@@ -25,7 +25,6 @@ import contextvars
 import os
 import struct
 import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from .containers import RECORD_ALIGNMENT, check_records
+from .crc import crc32
 from .errors import CheckpointError
 from .pickler import dumps
 
@@ -277,7 +277,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             entries: list[tuple[bytes, int, int, int]] = []
 
             def record(name: str, payload: memoryview | bytes) -> None:
-                encoded, crc = name.encode("utf-8"), zlib.crc32(payload)
+                encoded, crc = name.encode("utf-8"), crc32(payload)
                 entries.append((encoded, out.tell(), crc, len(payload)))
                 out.write(_local_header(encoded, out.tell(), crc, len(payload)))
                 out.write(payload)
@@ -325,7 +325,7 @@ def _stream(fd: int, offset: int, size: int, out: Any, buffer: memoryview) -> in
         if got <= 0:
             raise CheckpointError("the input became shorter while it was copied; convert it again")
         chunk = buffer[:got]
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32(chunk, crc)
         out.write(chunk)
         done += got
     return crc
