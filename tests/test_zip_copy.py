@@ -240,9 +240,13 @@ def test_hostile_input_at_copy_time_refused_nothing_written(src: Path, tmp_path:
     assert _digest(src) == before
 
 
-def test_corrupt_copied_record_refused_by_the_pipeline(src: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("record", ["data/0", "data/3"])  # the stem's (replaced, not copied), another (copied)
+def test_corrupt_record_refused_by_the_pipeline(src: Path, tmp_path: Path, monkeypatch, record: str) -> None:
+    with zipfile.ZipFile(src) as archive:
+        stem_bytes = archive.getinfo(archive.infolist()[0].filename.split("/")[0] + "/data/0").file_size
+    assert stem_bytes == 16 * 12 * 9 * 4  # data/0 is the stem: torch numbers storages as the pickle meets them
     raw = bytearray(src.read_bytes())
-    _corrupt_crc(raw, "data/3")
+    _corrupt_crc(raw, record)
     src.write_bytes(bytes(raw))
     before = _digest(src)
     monkeypatch.setenv("FOCUS_SURGERY_LOAD_MODE", "mmap-nocrc")  # the load does not check storages' CRC-32s

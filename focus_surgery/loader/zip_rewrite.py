@@ -7,7 +7,9 @@ A stem conversion changes one storage of hundreds. ``write_copying`` writes the 
 * each storage the conversion made is a new record (a key the input does not use);
 * every other record (each kept storage, ``version``, ``byteorder``, ``.data/serialization_id``, ...) is copied byte
   for byte from the input through a small buffer (never the model in memory), its CRC-32 computed as it streams and
-  checked against the input's (a mismatch refuses the whole write: nothing is put in place);
+  checked against the input's (a mismatch refuses the whole write: nothing is put in place); a storage record the
+  conversion replaced is checked the same way (read, not copied), so every record of the input is checked whatever
+  the loader's mode;
 * each record's data starts on a 64-byte boundary as ``torch.save`` aligns it (a ``FB`` padding field), so the
   output memory-maps (``torch.load(mmap=True)``, loader mode ``mmap``); zip64 fields where sizes need them.
 
@@ -305,6 +307,11 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     copy(info)
                 elif name[5:] in kept:
                     copy(info)
+                elif _stream(source.fileno(), offsets[info.filename], info.file_size, _Discard(), buffer) != info.CRC:
+                    # a record the conversion replaced (the old stem): checked too, so no corrupt input converts
+                    raise CheckpointError(
+                        f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
+                    )
                 if n == last_storage:  # the new storages where torch puts storages: after the others
                     for key, storage in new.items():
                         record(f"{prefix}data/{key}", _storage_bytes(storage))
