@@ -1,18 +1,10 @@
-"""timm integration: space-to-depth stem variants of ResNet and ConvNeXt, registered in timm's own model registry.
+"""timm integration: space-to-depth stem variants of ResNet and ConvNeXt in timm's own registry (``model_names()``).
 
-After ``import focus_surgery`` (or ``focus_surgery.integrations.timm.register()``), ``timm.create_model`` knows:
-
-* ``resnet{18,50}_s2d``: SpaceToDepth(4, timm order) + 3x3 conv + BN + ReLU, no max-pool (TResNet's stem).
-* ``resnet{18,50}_s2d_focus``: SpaceToDepth(2, yolov5 order) + 3x3 conv + BN + ReLU + max-pool (YOLOv5's Focus).
-* ``convnext_{atto,tiny}_s2d``: SpaceToDepth(4, timm) + 3x3 conv + LayerNorm2d (stem reduction 4, as ConvNeXt).
-* ``convnext_{atto,tiny}_s2d_focus``: SpaceToDepth(2, yolov5) + 3x3 stride-2 conv + LayerNorm2d.
-
-The models live in ``timm_models/resnet.py`` and ``timm_models/convnext.py``, so timm files them under its own
-``resnet`` and ``convnext`` modules. Everything else (``num_classes``, ``in_chans``, ``drop_path_rate``,
-``features_only`` with every ``feature_cls``, ``feature_cfg``, ``pretrained_cfg_overlay``) is the base model's.
-Pretrained weights from a file adapt to any ``in_chans`` per pixel phase (``adapt_state_dict_in_chans``, also
-usable for TResNet, whose stem timm can only adapt to 1 channel).
-This module imports timm; ``focus_surgery`` itself imports it only when timm is imported (see ``import_hooks``).
+``resnet{18,50}_s2d`` / ``convnext_{atto,tiny}_s2d``: SpaceToDepth(4, timm order) + 3x3 conv, as TResNet;
+``..._s2d_focus``: SpaceToDepth(2, yolov5 order) + 3x3 conv, as YOLOv5's Focus. They live in ``timm_models/`` so
+timm files them under its ``resnet`` and ``convnext`` modules; every other option is the base model's. Pretrained
+weights adapt to any ``in_chans`` per pixel phase (``adapt_state_dict_in_chans``, TResNet's too). This module imports
+timm; ``import focus_surgery`` imports it only once timm is imported (``import_hooks``).
 """
 
 from __future__ import annotations
@@ -26,16 +18,15 @@ from .timm_models.build import adapt_state_dict_in_chans  # noqa: F401 - documen
 def follow_first_conv(model: nn.Module, paths: list[str]) -> None:
     """After ``convert`` replaced the modules at ``paths``: point ``pretrained_cfg["first_conv"]`` at the stem's conv.
 
-    timm names the stem conv there (its weight is ``first_conv + ".weight"``); a conversion moves it, e.g. ``conv1``
-    becomes ``conv1.conv`` inside an ``SPDConv`` and back. The cfg is replaced by a copy, never edited in place.
+    A conversion moves it (``conv1`` becomes ``conv1.conv`` inside an ``SPDConv`` and back); the cfg is replaced by a
+    copy, never edited in place.
     """
     cfg = getattr(model, "pretrained_cfg", None)
     names = cfg.get("first_conv") if isinstance(cfg, dict) else None
     if not names:
         return
-    single = isinstance(names, str)
-    moved = [_moved_conv(model, name, paths) for name in ([names] if single else names)]
-    new = moved[0] if single else type(names)(moved)
+    moved = [_moved_conv(model, name, paths) for name in ([names] if isinstance(names, str) else names)]
+    new = moved[0] if isinstance(names, str) else type(names)(moved)
     if new == names:
         return
     model.pretrained_cfg = dict(cfg, first_conv=new)
@@ -50,16 +41,15 @@ def _moved_conv(model: nn.Module, name: str, paths: list[str]) -> str:
     """Where the conv named ``name`` is now: the first conv inside the replacement that covers it."""
     for path in paths:
         if path and (name == path or name.startswith(path + ".")):
-            found = (n for n, m in model.get_submodule(path).named_modules() if isinstance(m, nn.Conv2d))
-            inner = next(found, None)
+            inner = next((n for n, m in model.get_submodule(path).named_modules() if isinstance(m, nn.Conv2d)), None)
             if inner is not None:
                 return f"{path}.{inner}" if inner else path
     return name
 
 
 def timm_space_to_depth(module: nn.Module) -> SpaceToDepthPart | None:
-    """timm's own space-to-depth layers (``timm.layers.SpaceToDepth``; ``SpaceToDepthJit`` / ``SpaceToDepthModule``
-    of older timm): block size ``bs``, timm's channel order."""
+    """timm's own space-to-depth layers (``SpaceToDepth``; ``SpaceToDepthJit`` / ``SpaceToDepthModule`` of older
+    timm): block size ``bs``, timm's channel order."""
     from timm.layers import space_to_depth
 
     classes = tuple(c for n in ("SpaceToDepth", "SpaceToDepthJit") if (c := getattr(space_to_depth, n, None)))

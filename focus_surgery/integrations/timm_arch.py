@@ -1,10 +1,8 @@
-"""What a timm architecture name says about its stem: looked up in timm's own registry, never guessed from the name.
+"""What a timm architecture name (``arch: tresnet_m`` of a timm ``train.py`` checkpoint) says about its stem.
 
-A timm ``train.py`` checkpoint names its model (``arch: tresnet_m``, ``args.model``). Its state dict cannot tell a
-weightless space-to-depth's block size and channel order (no weights), but the architecture can: the model is built
-on the ``meta`` device (no memory, no weights, no download), the stem walk (``stems.walk``) finds its first stem site,
-and timm's own ``SpaceToDepth`` recogniser says its block size and order. The answer also names the stem conv's
-parameter, so a conversion writes timm's own key names.
+A state dict cannot tell a weightless space-to-depth's block size and order; the architecture can, looked up in timm's
+own registry (never guessed from the name): the model is built on the ``meta`` device (no memory, weights or
+download), and the stem walk with timm's ``SpaceToDepth`` recogniser reads its first stem site.
 """
 
 from __future__ import annotations
@@ -46,10 +44,7 @@ class ArchStem:
 @functools.lru_cache(maxsize=64)
 def arch_stem(arch: str) -> ArchStem | None:
     """The weightless space-to-depth stem of timm architecture ``arch``; None when timm is not installed, does not
-    know the name, or the model's first stem is not a weightless space-to-depth before a plain conv.
-
-    The name only selects an entry of timm's registry (``pretrained=False``: nothing is read or downloaded).
-    """
+    know the name, or the model's first stem is not a weightless space-to-depth before a plain conv."""
     if not isinstance(arch, str) or not arch or importlib.util.find_spec("timm") is None:
         return None
     import timm
@@ -65,13 +60,11 @@ def arch_stem(arch: str) -> ArchStem | None:
     except Exception:  # an entry point that cannot be built without arguments says nothing about its stem
         return None
     site = next(walk(model), None)
-    if site is None or site.form != "s2d" or site.problem or site.conv is None or type(site.conv) is not nn.Conv2d:
-        return None
-    conv = site.conv
-    name = next(n for n, m in model.named_modules() if m is conv)
+    conv = site.conv if site is not None and site.form == "s2d" and not site.problem else None
     # any stride: space-to-depth(bs) + a conv of stride s is one conv of stride bs * s with the same weight map
-    if conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
+    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.dilation != (1, 1) or isinstance(conv.padding, str):
         return None
+    name = next(n for n, m in model.named_modules() if m is conv)
     return ArchStem(
         arch, site.path, f"{name}.weight", site.block_size, site.order, tuple(conv.kernel_size), tuple(conv.padding)
     )

@@ -1,8 +1,5 @@
-"""Round-trip a timm architecture's stem through ``convert`` in both directions and measure it in float64.
-
-Used by ``tests/test_timm_convert.py`` and by ``scripts/timm_stem_table.py`` (the README table), so the table shows
-exactly what the tests assert.
-"""
+"""Round-trip a timm architecture's stem through ``convert`` both ways, measured in float64: what
+``tests/test_timm_convert.py`` asserts and ``scripts/timm_stem_table.py`` prints as the README table."""
 
 from __future__ import annotations
 
@@ -15,8 +12,7 @@ import torch
 from ..surgery import ConversionError, convert
 from ..verify import input_channels_and_multiple, verify
 
-# Architectures of the README table (at least 50), with the input size each round trip is verified at. Most stems
-# are checked at 64x64 (and the restored model again at 65x67); ViT-like models need their configured size.
+# The README table's architectures, with the input size each is verified at (ViT-like models: their configured size).
 _FIXED = (224, 224)
 _AT_64 = """
 resnet18 resnet50 resnet50d resnet26t resnext50_32x4d seresnext26d_32x4d ecaresnet26t skresnet18
@@ -42,33 +38,24 @@ ARCHITECTURES: dict[str, tuple[int, int]] = {
 
 @dataclass
 class StemRoundTrip:
-    """One architecture's stem converted one way and back, each step verified in float64 against the model before it.
-
-    ``restored``: the round trip gives back the original module types, parameter names and values bit for bit.
-    ``narrowed``: the input sizes the intermediate form needs, when fewer than the original's ("" if none).
-    ``odd_size_err``: error of the restored model against the original at another input size, odd where the original
-    takes odd sizes (None where the model only takes its configured size or rejects that one): SAME padding and the
-    like come back too.
-    ``first_conv_ok``: ``pretrained_cfg["first_conv"]`` names an existing weight after both steps.
-    """
+    """One architecture's stem converted one way and back, each step verified in float64 against the model before."""
 
     architecture: str
     path: str
     stem_before: str
     stem_after: str
     max_rel_err: float  # largest error of both steps, relative to the output scale
-    restored: bool
-    narrowed: str
-    odd_size_err: float | None
-    first_conv_ok: bool
+    restored: bool  # the original module types, parameter names and values come back bit for bit
+    narrowed: str  # the input sizes the intermediate form needs, when fewer than the original's ("" if none)
+    odd_size_err: float | None  # restored vs original at another (odd where it can) size; None: fixed size only
+    first_conv_ok: bool  # pretrained_cfg["first_conv"] names an existing weight after both steps
     input_shape: tuple[int, ...]
 
 
 def _first_conv_ok(model: torch.nn.Module) -> bool:
     names = model.pretrained_cfg.get("first_conv")
-    names = [names] if isinstance(names, str) else list(names or [])
     keys = model.state_dict()
-    return all(f"{name}.weight" in keys for name in names)
+    return all(f"{name}.weight" in keys for name in ([names] if isinstance(names, str) else names or []))
 
 
 def _same_modules(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -97,12 +84,10 @@ def stem_round_trip(name: str, size: tuple[int, int] | None = None, seed: int = 
         second = convert(model, to="conv", input_shape=(*shape[:2], *even))
     else:  # back to space-to-depth in the stem's own channel order
         second = convert(model, to="s2d", order=first.replaced[0].order, input_shape=shape)
-    narrowed = first.narrowed_inputs if first.to == "s2d" else []
     if not first.replaced or not second.replaced:
         skipped = (first.skipped + second.skipped)[:1]
         why = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
         raise ConversionError(f"{name}: stem not converted{why}")
-    stem = first.replaced[0]
     odd_err = None
     if not model.pretrained_cfg.get("fixed_input_size"):
         step = input_channels_and_multiple(original)[1]  # 1 (odd sizes) unless the original has an s2d stem
@@ -111,19 +96,14 @@ def stem_round_trip(name: str, size: tuple[int, int] | None = None, seed: int = 
             with torch.no_grad():
                 original(torch.rand(other))
         except (RuntimeError, ValueError):  # the original itself rejects it (e.g. HRNet's fusions need even sizes)
-            other = None
-        odd_err = None if other is None else verify(original, model, input_shape=other).max_rel_err
+            pass
+        else:
+            odd_err = verify(original, model, input_shape=other).max_rel_err
+    stem, err = first.replaced[0], max(first.verification.max_rel_err, second.verification.max_rel_err)
+    narrowed = "; ".join(n.split(": ", 1)[1] for n in (first.narrowed_inputs if first.to == "s2d" else []))
+    restored = _same_modules(original, model)
     return StemRoundTrip(
-        name,
-        stem.path,
-        stem.old_form,
-        stem.new_form,
-        max(first.verification.max_rel_err, second.verification.max_rel_err),
-        _same_modules(original, model),
-        "; ".join(n.split(": ", 1)[1] for n in narrowed),
-        odd_err,
-        _first_conv_ok(model),
-        shape,
+        name, stem.path, stem.old_form, stem.new_form, err, restored, narrowed, odd_err, _first_conv_ok(model), shape
     )
 
 

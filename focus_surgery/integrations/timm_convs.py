@@ -1,16 +1,11 @@
 """timm's Conv2d subclasses taught to the module surgery, so ``convert`` is exact on every timm stem, both ways.
 
-* ``Conv2dSame`` (TF "SAME" padding, computed from the input size): ``SpaceToDepthConv2dSame`` pads the image as
-  the original would, then with zeros at the end up to whole blocks, and runs space-to-depth + a stride-1 conv whose
-  kernel is the original's with zero taps appended. That is exact at every input size the original accepts (odd
-  ones included: the SAME padding changes with the size, the block grid does not), and folds back to the very
-  ``Conv2dSame`` with its own parameter names, so the original checkpoint loads again.
-* ``StdConv2d`` / ``ScaledStdConv2d`` and their ``...Same`` variants (weight standardisation: BiT ResNetV2, NF-Nets,
-  ``dm_nfnet``): zero-padding the kernel would change the standardisation statistics, and baking the standardised
-  weight into a plain conv is exact only in the dtype it was baked in. ``SpaceToDepthStdConv`` keeps the original
-  conv and its parameters, standardises exactly as it does, then moves the standardised taps into space-to-depth
-  layout with a fixed gather (a permutation plus zeros); dynamic SAME padding is done as for ``Conv2dSame``.
-  Folding back returns the original conv, untouched.
+* ``Conv2dSame`` (TF "SAME"): ``SpaceToDepthConv2dSame`` pads as the original would, then up to whole blocks, and runs
+  space-to-depth + a stride-1 conv (the kernel with zero taps appended): exact at every input size, odd ones too; it
+  folds back to the very ``Conv2dSame``, so the original checkpoint loads again.
+* ``StdConv2d`` / ``ScaledStdConv2d`` (and ``...Same``): zero taps would change the standardisation statistics, so
+  ``SpaceToDepthStdConv`` keeps the original conv, standardises as it does, then gathers the standardised taps into
+  space-to-depth layout (a permutation plus zeros): exact in every dtype; folding back returns the original conv.
 """
 
 from __future__ import annotations
@@ -59,19 +54,7 @@ def _check_same_conv(conv: nn.Conv2d, order: str) -> None:
         raise ConversionError(f"groups={conv.groups} needs order='pixel_unshuffle'")
 
 
-class _HoldsSpaceToDepth(nn.Module):
-    """A module whose space-to-depth is its ``s2d`` child: block size and order are that layer's."""
-
-    @property
-    def block_size(self) -> int:
-        return self.s2d.block_size
-
-    @property
-    def order(self) -> str:
-        return self.s2d.order
-
-
-class SpaceToDepthConv2dSame(_HoldsSpaceToDepth):
+class SpaceToDepthConv2dSame(nn.Module):
     """timm ``Conv2dSame`` (TF "SAME", stride ``s``) as SAME padding + space-to-depth(``s``) + stride-1 conv, exactly.
 
     Args:
@@ -92,12 +75,13 @@ class SpaceToDepthConv2dSame(_HoldsSpaceToDepth):
         weight = conv.weight.detach()
         zeros = [-k % stride for k in self.kernel_size]
         weight = conv_to_focus_weight(F.pad(weight, (0, zeros[1], 0, zeros[0])), stride, order)
+        self.block_size, self.order = stride, order
         self.s2d = SpaceToDepth(stride, order)
         self.conv = new_conv2d(conv, weight, 1, (0, 0))
         self.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.s2d(pad_same_to_blocks(x, self.kernel_size, self.s2d.block_size)))
+        return self.conv(self.s2d(pad_same_to_blocks(x, self.kernel_size, self.block_size)))
 
     def to_strided_conv(self) -> tuple[nn.Module, str]:
         """The ``Conv2dSame`` this computes, for ``convert(to="conv")``; raises if trained taps are not zero."""
@@ -108,32 +92,16 @@ class SpaceToDepthConv2dSame(_HoldsSpaceToDepth):
                 f"the zero taps added to the {kh}x{kw} Conv2dSame kernel are no longer zero (trained?): "
                 "no exact Conv2dSame form"
             )
-        conv = Conv2dSame(
-            big.shape[1] * self.conv.groups,
-            big.shape[0],
-            (kh, kw),
-            self.block_size,
-            groups=self.conv.groups,
-            bias=self.conv.bias is not None,
-            device=big.device,
-            dtype=big.dtype,
-        )
-        conv.weight = nn.Parameter(big[:, :, :kh, :kw].contiguous(), requires_grad=self.conv.weight.requires_grad)
-        if self.conv.bias is not None:
-            conv.bias = nn.Parameter(self.conv.bias.detach().clone(), requires_grad=self.conv.bias.requires_grad)
+        plain = new_conv2d(self.conv, big[:, :, :kh, :kw].contiguous(), self.block_size, 0)  # parameters as ours
+        conv = Conv2dSame(plain.in_channels, plain.out_channels, (kh, kw), self.block_size, groups=plain.groups)
+        conv.weight, conv.bias = plain.weight, plain.bias
         return conv.train(self.training), f"Conv2dSame({kh}x{kw}, stride={self.block_size}, padding=SAME)"
 
     def extra_repr(self) -> str:
         return "padding=SAME (any input size)"
 
 
-def _conv2d_same_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, str]:
-    module = SpaceToDepthConv2dSame(conv, order)
-    k = "x".join(map(str, module.conv.kernel_size))
-    return module, f"SpaceToDepthConv2dSame(block_size={conv.stride[0]}, order={order}, k={k}, pad=SAME)"
-
-
-class SpaceToDepthStdConv(_HoldsSpaceToDepth):
+class SpaceToDepthStdConv(nn.Module):
     """A weight-standardised strided conv (timm ``StdConv2d``) run as space-to-depth + stride-1 conv, exactly.
 
     Args:
@@ -151,6 +119,7 @@ class SpaceToDepthStdConv(_HoldsSpaceToDepth):
         if isinstance(conv.padding, str):
             raise ConversionError(f"{type(conv).__name__} with padding {conv.padding!r}: no exact space-to-depth form")
         self.conv = conv
+        self.block_size, self.order = conv.stride[0], order
         self.s2d = SpaceToDepth(conv.stride[0], order)
         self.same_pad = bool(getattr(conv, "same_pad", False))  # timm's ...Same convs pad dynamically
         self.kernel_size = list(conv.kernel_size)
@@ -173,22 +142,15 @@ class SpaceToDepthStdConv(_HoldsSpaceToDepth):
     def standardized_weight(self) -> torch.Tensor:
         """(O, C/g, K, K): the wrapped conv's effective weight, computed as it computes it."""
         weight = self.conv.weight
-        flat = F.batch_norm(
-            weight.reshape(1, self.conv.out_channels, -1),
-            None,
-            None,
-            weight=self.gain(),
-            training=True,
-            momentum=0.0,
-            eps=self.conv.eps,
-        )
+        flat = weight.reshape(1, self.conv.out_channels, -1)
+        flat = F.batch_norm(flat, None, None, self.gain(), training=True, momentum=0.0, eps=self.conv.eps)
         return flat.reshape_as(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = F.pad(self.standardized_weight().reshape(self.conv.out_channels, -1), (1, 0))  # column 0 = zero tap
         weight = flat[:, self.tap_index].reshape(self.kernel_shape)
         if self.same_pad:
-            x = self.s2d(pad_same_to_blocks(x, self.kernel_size, self.s2d.block_size))
+            x = self.s2d(pad_same_to_blocks(x, self.kernel_size, self.block_size))
         else:
             x = F.pad(self.s2d(x), self.pad)
         return F.conv2d(x, weight, self.conv.bias, 1, 0, 1, self.conv.groups)
@@ -210,18 +172,21 @@ class SpaceToDepthScaledStdConv(SpaceToDepthStdConv):
         return (self.conv.gain * self.conv.scale).view(-1)
 
 
-def _std_conv_to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, str]:
-    scaled = isinstance(conv, (ScaledStdConv2d, ScaledStdConv2dSame))
-    cls = SpaceToDepthScaledStdConv if scaled else SpaceToDepthStdConv
-    module = cls(conv=copy.deepcopy(conv), order=order)
-    k = "x".join(map(str, module.kernel_shape[2:]))
-    pad = "SAME" if module.same_pad else tuple(module.pad)
-    form = f"{cls.__name__}(block_size={conv.stride[0]}, order={order}, k={k}, pad={pad})"
+def _to_s2d(conv: nn.Conv2d, to: str, order: str) -> tuple[nn.Module, str]:
+    """The space-to-depth form of a timm conv and its description (a converter for ``register_conv_type``)."""
+    if isinstance(conv, Conv2dSame):
+        module = SpaceToDepthConv2dSame(conv, order)
+        kernel, pad = module.conv.kernel_size, "SAME"
+    else:
+        scaled = isinstance(conv, (ScaledStdConv2d, ScaledStdConv2dSame))
+        module = (SpaceToDepthScaledStdConv if scaled else SpaceToDepthStdConv)(copy.deepcopy(conv), order)
+        kernel, pad = module.kernel_shape[2:], "SAME" if module.same_pad else tuple(module.pad)
+    k = "x".join(map(str, kernel))
+    form = f"{type(module).__name__}(block_size={conv.stride[0]}, order={order}, k={k}, pad={pad})"
     return module.train(conv.training), form
 
 
 def register_conv_types() -> None:
     """Teach ``focus_surgery.convert`` timm's Conv2d subclasses (idempotent)."""
-    register_conv_type(Conv2dSame, _conv2d_same_to_s2d)
-    for cls in (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame):
-        register_conv_type(cls, _std_conv_to_s2d)
+    for cls in (Conv2dSame, StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame):
+        register_conv_type(cls, _to_s2d)

@@ -1,13 +1,9 @@
-"""The timm versions the integration is tested with, checked when it registers.
-
-``pyproject.toml`` declares ``timm>=MIN_TIMM`` (a test keeps the two equal). Below it the integration refuses to
-register with one line naming the fix, rather than run on APIs it was not tested against.
-"""
+"""The timm versions the integration is tested with: ``pyproject.toml`` declares ``timm>=MIN_TIMM`` (a test keeps
+the two equal); below it the integration refuses to register with one line naming the fix."""
 
 from __future__ import annotations
 
 import re
-import sys
 
 MIN_TIMM = "1.0.31"  # the version CI runs every timm test with
 SUPPORTED_TIMM = f">={MIN_TIMM},<2"
@@ -20,16 +16,13 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 def check_timm(version: str | None = None) -> str:
     """Raise RuntimeError naming the supported range if ``version`` (default: the installed timm's) is outside it."""
-    version = version or getattr(sys.modules.get("timm"), "__version__", None) or _installed_version()
+    if not version:
+        import timm
+
+        version = timm.__version__
     if not version_tuple(MIN_TIMM) <= version_tuple(version) < (2,):
         raise RuntimeError(
             f"focus-surgery's timm integration needs timm{SUPPORTED_TIMM}, found timm {version}: "
             f"pip install 'timm{SUPPORTED_TIMM}'"
         )
     return version
-
-
-def _installed_version() -> str:
-    import timm
-
-    return timm.__version__

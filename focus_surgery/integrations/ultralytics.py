@@ -1,44 +1,21 @@
-"""Ultralytics YAML rows for our layers, without editing any installed file.
+"""Ultralytics YAML rows for our layers, hooked in memory (no installed file is edited).
 
-Ultralytics' ``parse_model`` looks each row's module name up in ``ultralytics.nn.tasks``' globals and knows channel
-rules only for its own modules (an unknown module gets ``c2 = c1`` and no ``c1`` argument). ``register()`` replaces
-``parse_model`` (in ``ultralytics.nn.tasks`` and ``ultralytics.nn``) by a wrapper that leaves YAMLs without our rows
-to the original untouched. For a YAML with our rows it swaps each of them for a *placeholder* row whose channel rule
-Ultralytics already applies exactly, lets the original parser build the model, then puts the real module in the
-placeholder's place:
+``parse_model`` knows channel rules only for Ultralytics' own modules, so ``register()`` wraps it: a YAML with our
+rows is built with each of them swapped for a *placeholder* row whose channels Ultralytics already gets exactly, then
+the real module takes the placeholder's place (YAMLs without our rows go to the original untouched):
 
-===================  ====================================  =====================================================
-channel rule         placeholder row                       why the channels are exact
-===================  ====================================  =====================================================
-``"scaled"``         ``Conv [c2, 1]``                      Ultralytics scales ``c2`` by width / ``scales`` and
-                                                           caps it by ``max_channels`` as for its own Conv; the
-                                                           placeholder's ``in_channels`` is ``c1``
-``c2 = rule(c1, a)`` ``Concat ["ch"]`` until ``c2`` is     ``"ch"`` resolves to the parser's channel list (as
-                     known, then ``HGStem [2, c2]``        ``"nc"`` does), which gives ``c1``; an ``HGStem`` row
-                                                           outputs ``args[1]`` channels, unscaled. Each such row
-                                                           whose ``c2 != c1`` costs one more (throw-away) build.
-``"inputs"``         ``Concat ["ch"]``                     the input channels of a Detect-style head
-===================  ====================================  =====================================================
+* ``"scaled"`` rows (``args[0]`` is ``c2``): ``Conv [c2, 1]``, scaled by width and capped as Ultralytics' own Conv;
+* ``c2 = rule(c1, args)`` rows: ``Concat ["ch"]`` (``"ch"`` resolves to the parser's channel list, as ``"nc"`` does,
+  which gives ``c1``) until ``c2`` is known, then ``HGStem [2, c2]`` (``c2`` outputs, unscaled); each such row with
+  ``c2 != c1`` costs one more throw-away build;
+* ``"inputs"`` rows (Detect-style heads): ``Concat ["ch"]``.
 
-Built-in rows (the YAML ``args`` column; trailing ones optional):
-
-=================  ========================================  ======================  ============================
-row                args                                      output channels         module
-=================  ========================================  ======================  ============================
-``Focus``          ``[c2, k, s, p, g, act, block_size,       scaled ``c2``           Ultralytics' ``Focus`` for
-                   order]``                                                          block 2 / yolov5 order, else
-                                                                                     ``focus_surgery.Focus``
-``SPDConv``        ``[c2, k, block_size, order]``            scaled ``c2``           ``focus_surgery.SPDConv``
-``SpaceToDepth``   ``[block_size, order]``                   ``c1 * block_size**2``  ``focus_surgery.SpaceToDepth``
-``DepthToSpace``   ``[block_size, order]``                   ``c1 / block_size**2``  ``focus_surgery.DepthToSpace``
-=================  ========================================  ======================  ============================
-
-The conv inside every row is an Ultralytics ``Conv``, so ``model.fuse()`` folds its BatchNorm. Other modules add
-rows with ``register_yaml_module`` (e.g. a YOLOv5 anchor head with the ``"inputs"`` rule).
-
-``register()`` also wraps ``check_yaml`` in ``ultralytics.nn.tasks`` (what ``yaml_model_load`` finds config files
-with), so the configs shipped in ``focus_surgery/configs`` resolve by name, scale letter included, after a local file
-and Ultralytics' own configs (``focus_surgery.model_configs``).
+Built-in rows (trailing args optional): ``Focus [c2, k, s, p, g, act, block_size, order]`` (Ultralytics' own Focus for
+block 2 / yolov5 order), ``SPDConv [c2, k, block_size, order]``, ``SpaceToDepth [block_size, order]`` (``c1 * bs**2``
+outputs), ``DepthToSpace [block_size, order]`` (``c1 / bs**2``) and ``LegacyDetect [nc, anchors]`` (YOLOv5's head).
+Their convs are Ultralytics ``Conv``s, so ``model.fuse()`` folds the BatchNorm; ``register_yaml_module`` adds rows.
+``register()`` also wraps ``check_yaml``, so our shipped configs (``focus_surgery.model_configs``) resolve by name
+after a local file and Ultralytics' own, and ``torch_safe_load`` (``ultralytics_load``).
 """
 
 from __future__ import annotations
@@ -46,8 +23,10 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import importlib
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -60,28 +39,18 @@ from ..model_configs import find_config
 from ..orders import check_block_size
 from ..stems import SpaceToDepthPart, is_conv_block
 from .timm_version import version_tuple
+from .ultralytics_load import _WRAPPED_MARK, _wrap as _wrap_torch_safe_load
 
 SUPPORTED_VERSIONS = ">=8.4.190,<8.5"  # what CI tests (requirements-dev.txt); pyproject.toml declares the same
 _SUPPORTED_RANGE = ((8, 4, 190), (8, 5))  # [low, high)
 _NEEDED_GLOBALS = ("parse_model", "Conv", "Concat", "HGStem")  # what the wrapper relies on in ultralytics.nn.tasks
-_WRAPPED_MARK = "__focus_surgery_original__"
 
 ChannelRule = Union[str, Callable[[int, list], int]]
 
 
 @dataclass(frozen=True)
 class YamlModule:
-    """How one YAML row name builds and how it changes the channel count.
-
-    Attributes:
-        name (str): The module name used in YAML rows.
-        cls (type): The class built (recorded as the row's ``type``).
-        channels (str | Callable): ``"scaled"`` (``args[0]`` is ``c2``, scaled like Ultralytics ``Conv``; built as
-            ``build(c1, c2, *args[1:])``), ``"inputs"`` (built as ``build(*args, [c1 of each input])``, Detect-style),
-            or ``rule(c1, args) -> c2`` (built as ``build(*args)``; one input).
-        args (tuple[str, ...]): Names of the YAML arguments, for messages and arity checks.
-        build (Callable): Constructor; ``cls`` by default.
-    """
+    """How one YAML row name builds and how it changes the channel count (fields: see ``register_yaml_module``)."""
 
     name: str
     cls: type
@@ -107,8 +76,10 @@ def register_yaml_module(
 
     Args:
         name (str): Row name, e.g. ``"LegacyDetect"``. Registering a name again replaces its entry.
-        cls (type): The nn.Module class the row builds.
-        channels_rule (str | Callable): ``"scaled"``, ``"inputs"`` or ``rule(c1, args) -> c2`` (see ``YamlModule``).
+        cls (type): The nn.Module class the row builds (recorded as the row's ``type``).
+        channels_rule (str | Callable): ``"scaled"`` (``args[0]`` is ``c2``, scaled like Ultralytics ``Conv``; built
+            as ``build(c1, c2, *args[1:])``), ``"inputs"`` (built as ``build(*args, [c1 of each input])``,
+            Detect-style) or ``rule(c1, args) -> c2`` (built as ``build(*args)``; one input).
         args (tuple[str, ...]): YAML argument names (without ``c1``), for error messages and arity checks.
         build (Callable | None): Constructor with ``cls``' positional signature; ``cls`` when None.
     """
@@ -134,8 +105,7 @@ def _ultralytics_conv() -> type[nn.Module]:
 
 
 def _build_focus(c1, c2, k=1, s=1, p=None, g=1, act=True, block_size=2, order="yolov5") -> nn.Module:
-    """Ultralytics' own Focus when it computes the same thing (block 2, yolov5 order): the model then loads with
-    plain Ultralytics; ours (same state-dict names) for any other block size or order."""
+    """Ultralytics' own Focus where it computes the same (the model then loads in plain Ultralytics), else ours."""
     if block_size == 2 and order == "yolov5":
         from ultralytics.nn.modules import Focus as UltralyticsFocus
 
@@ -148,21 +118,14 @@ def _build_spdconv(c1, c2, k=3, block_size=2, order="yolov5") -> nn.Module:
 
 
 def _space_to_depth_channels(c1: int, args: list) -> int:
-    block_size = check_block_size(args[0] if args else 2)
-    return c1 * block_size * block_size
+    return c1 * check_block_size(args[0] if args else 2) ** 2
 
 
 def _depth_to_space_channels(c1: int, args: list) -> int:
-    block_size = check_block_size(args[0] if args else 2)
-    if c1 % (block_size * block_size):
-        raise ValueError(f"{c1} input channels are not divisible by block_size**2 = {block_size * block_size}")
-    return c1 // (block_size * block_size)
-
-
-register_yaml_module("Focus", Focus, "scaled", ("c2", "k", "s", "p", "g", "act", "block_size", "order"), _build_focus)
-register_yaml_module("SPDConv", SPDConv, "scaled", ("c2", "k", "block_size", "order"), _build_spdconv)
-register_yaml_module("SpaceToDepth", SpaceToDepth, _space_to_depth_channels, ("block_size", "order"))
-register_yaml_module("DepthToSpace", DepthToSpace, _depth_to_space_channels, ("block_size", "order"))
+    phases = check_block_size(args[0] if args else 2) ** 2
+    if c1 % phases:
+        raise ValueError(f"{c1} input channels are not divisible by block_size**2 = {phases}")
+    return c1 // phases
 
 
 def _build_legacy_detect(nc: int, anchors: list, ch: list[int]) -> nn.Module:
@@ -177,27 +140,19 @@ def _build_legacy_detect(nc: int, anchors: list, ch: list[int]) -> nn.Module:
     return head
 
 
-# LegacyDetect subclasses Ultralytics' Detect, so its module is imported by the builder only (no import cycle while
-# Ultralytics loads its parser); the row table records nn.Module as its class.
+register_yaml_module("Focus", Focus, "scaled", ("c2", "k", "s", "p", "g", "act", "block_size", "order"), _build_focus)
+register_yaml_module("SPDConv", SPDConv, "scaled", ("c2", "k", "block_size", "order"), _build_spdconv)
+register_yaml_module("SpaceToDepth", SpaceToDepth, _space_to_depth_channels, ("block_size", "order"))
+register_yaml_module("DepthToSpace", DepthToSpace, _depth_to_space_channels, ("block_size", "order"))
+# LegacyDetect subclasses Ultralytics' Detect, so only its builder imports it (no cycle while Ultralytics loads).
 register_yaml_module("LegacyDetect", nn.Module, "inputs", ("nc", "anchors"), _build_legacy_detect)
 
 
 # ------------------------------------------------------------------------------------------------------- parsing
 
 
-def _row_text(i: int, row: list) -> str:
-    return f"YAML row {i} {list(row)!r}"
-
-
-def _input_index(i: int, f: int) -> int:
-    """Index into the parser's channel list of input ``f`` of row ``i`` (``-1`` is the previous row)."""
-    return f if f >= 0 else i + f
-
-
 def _check_block_divides(module: nn.Module, inputs: tuple) -> None:
-    """Kept only as a name: checkpoints saved before 0.1 pickled it as a forward pre-hook. The loader empties every
-    hook slot of a loaded layer (``loader.layers``), so such files convert; the YAML rows register no hook any more
-    and the space-to-depth layer raises the row's error itself."""
+    """A name only: files saved before 0.1 pickled it as a forward pre-hook (the loader drops hooks of a layer)."""
     return None
 
 
@@ -214,37 +169,37 @@ def _resolve_arg(arg: Any, d: dict) -> Any:
         return arg
 
 
+def _all_rows(d: dict) -> list[list]:
+    return list(d.get("backbone") or []) + list(d.get("head") or [])
+
+
 @dataclass
 class _Row:
     index: int
     row: list
     spec: YamlModule
     args: list  # resolved YAML arguments
-
-    @property
-    def text(self) -> str:
-        return _row_text(self.index, self.row)
+    text: str  # "YAML row <index> <row>", for messages
 
 
 def _our_rows(d: dict) -> list[_Row]:
     """Our rows of model dict ``d``, arguments resolved and checked (each error names the row)."""
     rows = []
-    for i, row in enumerate(list(d.get("backbone") or []) + list(d.get("head") or [])):
+    for i, row in enumerate(_all_rows(d)):
         name = row[2] if len(row) == 4 else None
         if not isinstance(name, str) or name not in _ROWS:
             continue
-        spec = _ROWS[name]
-        f, n, args = row[0], row[1], list(row[3] or [])
-        args = [_resolve_arg(a, d) for a in args]
+        spec, f, n, text = _ROWS[name], row[0], row[1], f"YAML row {i} {list(row)!r}"
+        args = [_resolve_arg(a, d) for a in row[3] or []]
         if n != 1:
-            raise ValueError(f"{_row_text(i, row)}: repeats n={n!r}; {name} rows take n=1")
+            raise ValueError(f"{text}: repeats n={n!r}; {name} rows take n=1")
         if len(args) > len(spec.args):
-            raise ValueError(f"{_row_text(i, row)}: {len(args)} arguments; {spec.signature()}")
+            raise ValueError(f"{text}: {len(args)} arguments; {spec.signature()}")
         if spec.channels == "scaled" and (not args or isinstance(args[0], bool) or not isinstance(args[0], int)):
-            raise ValueError(f"{_row_text(i, row)}: first argument must be the output channels c2; {spec.signature()}")
+            raise ValueError(f"{text}: first argument must be the output channels c2; {spec.signature()}")
         if spec.channels != "inputs" and not isinstance(f, int):
-            raise ValueError(f"{_row_text(i, row)}: {name} takes one input, got from={f!r}")
-        rows.append(_Row(i, row, spec, args))
+            raise ValueError(f"{text}: {name} takes one input, got from={f!r}")
+        rows.append(_Row(i, row, spec, args, text))
     return rows
 
 
@@ -258,23 +213,14 @@ def _placeholder(row: _Row, known_c2: int | None) -> list:
     return [f if isinstance(f, list) else [f], 1, "Concat", ["ch"]]
 
 
-def _with_placeholders(d: dict, placeholders: dict[int, list]) -> dict:
-    new = dict(d)
-    n_backbone = len(d.get("backbone") or [])
-    for key, offset in (("backbone", 0), ("head", n_backbone)):
-        new[key] = [placeholders.get(offset + j, row) for j, row in enumerate(d.get(key) or [])]
-    return new
-
-
 def _input_channels(row: _Row, built: nn.Module) -> int | list[int]:
     """``c1`` (or the input channel list for ``"inputs"``) read off the placeholder ``built``."""
     if row.spec.channels == "scaled":
         return built.conv.in_channels
-    channels = built.d  # the parser's channel list, captured by the Concat placeholder's "ch" argument
-    f = row.row[0]
+    channels, f = built.d, row.row[0]  # the parser's channel list, captured by the Concat placeholder's "ch"
     if isinstance(f, list):
-        return [channels[_input_index(row.index, x)] for x in f]
-    return channels[_input_index(row.index, f)]
+        return [channels[x if x >= 0 else row.index + x] for x in f]
+    return channels[f if f >= 0 else row.index + f]
 
 
 def _build(row: _Row, c_in, placeholder: nn.Module) -> nn.Module:
@@ -291,6 +237,9 @@ def _build(row: _Row, c_in, placeholder: nn.Module) -> nn.Module:
     if isinstance(module, (Focus, SPDConv, SpaceToDepth)):  # ours only: Ultralytics' Focus stays plain Ultralytics
         module.yaml_row = row.text
         (module if isinstance(module, SpaceToDepth) else module.s2d).yaml_row = row.text  # it raises naming the row
+    module.i, module.f = row.index, row.row[0]
+    module.type = f"{type(module).__module__}.{type(module).__qualname__}"
+    module.np = sum(p.numel() for p in module.parameters())
     return module
 
 
@@ -299,22 +248,25 @@ def _parse_with_rows(original: Callable, d: dict, ch: int, verbose: bool):
     rows = _our_rows(d)
     if not rows:
         return original(d, ch, verbose=verbose)
-    known: dict[int, tuple[int, int]] = {}  # row index -> (c1, c2) for rows with a channel function
+    n_backbone = len(d.get("backbone") or [])
+    c1_of: dict[int, Any] = {}
+    c2_of: dict[int, int] = {}  # rows with a channel function whose c2 is known
     while True:
-        placeholders = {r.index: _placeholder(r, known.get(r.index, (0, None))[1]) for r in rows}
-        # The parser edits row arguments in place (Detect gets its channels appended): each pass gets its own copy.
-        model, save = original(copy.deepcopy(_with_placeholders(d, placeholders)), ch, verbose=False)
-        c_in = {r.index: _input_channels(r, model[r.index]) for r in rows if r.index not in known}
-        stale = False  # once a row's true c2 differs from its placeholder's, later rows' c1 are wrong: build again
+        flat = _all_rows(d)
         for r in rows:
-            if callable(r.spec.channels) and r.index not in known and not stale:
-                try:
-                    c2 = int(r.spec.channels(c_in[r.index], r.args))
-                except (TypeError, ValueError, IndexError) as error:
-                    raise ValueError(f"{r.text}: {error}; {r.spec.signature()}") from None
-                known[r.index] = (c_in[r.index], c2)
-                stale = c2 != c_in[r.index]  # the Concat placeholder passed c1 through
-        if not stale and all(r.index in known for r in rows if callable(r.spec.channels)):
+            flat[r.index] = _placeholder(r, c2_of.get(r.index))
+        held = dict(d, backbone=flat[:n_backbone], head=flat[n_backbone:])
+        # The parser edits row arguments in place (Detect gets its channels appended): each pass gets its own copy.
+        model, save = original(copy.deepcopy(held), ch, verbose=False)
+        c1_of.update({r.index: _input_channels(r, model[r.index]) for r in rows if r.index not in c2_of})
+        for r in [r for r in rows if callable(r.spec.channels) and r.index not in c2_of]:
+            try:
+                c2_of[r.index] = int(r.spec.channels(c1_of[r.index], r.args))
+            except (TypeError, ValueError, IndexError) as error:
+                raise ValueError(f"{r.text}: {error}; {r.spec.signature()}") from None
+            if c2_of[r.index] != c1_of[r.index]:  # the Concat placeholder passed c1 through: later c1 are stale
+                break
+        else:  # every c2 known and every c1 read off a model built with them
             break
     conv = _ultralytics_conv()
     default_act = conv.default_act
@@ -322,13 +274,7 @@ def _parse_with_rows(original: Callable, d: dict, ch: int, verbose: bool):
     try:
         conv.default_act = acts[0] if acts else default_act  # the YAML `activation`, as the placeholder Conv got it
         for r in rows:
-            placeholder = model[r.index]
-            c1 = known[r.index][0] if r.index in known else c_in[r.index]
-            module = _build(r, c1, placeholder)
-            module.i, module.f = r.index, r.row[0]
-            module.type = f"{type(module).__module__}.{type(module).__qualname__}"
-            module.np = sum(p.numel() for p in module.parameters())
-            model[r.index] = module
+            model[r.index] = _build(r, c1_of[r.index], model[r.index])
     finally:
         conv.default_act = default_act
     if verbose:
@@ -340,9 +286,8 @@ def _log_table(model: nn.Sequential, d: dict) -> None:
     """The per-row summary Ultralytics prints, with our modules' real types."""
     from ultralytics.utils import LOGGER
 
-    rows = list(d.get("backbone") or []) + list(d.get("head") or [])
     LOGGER.info(f"\n{'':>3}{'from':>20}{'n':>3}{'params':>10}  {'module':<45}{'arguments':<30}")
-    for m, row in zip(model, rows):
+    for m, row in zip(model, _all_rows(d)):
         LOGGER.info(f"{m.i:>3}{m.f!s:>20}{row[1]:>3}{m.np:10.0f}  {m.type:<45}{row[3]!s:<30}")
 
 
@@ -352,7 +297,7 @@ def _log_table(model: nn.Sequential, d: dict) -> None:
 def _conv_row_args(c2: Any, conv: nn.Conv2d, act: nn.Module) -> list | None:
     """``[c2, k, s, p(, g, d, act)]`` of an Ultralytics Conv row for ``conv``, or None if a row cannot say it."""
     k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    if isinstance(p, str) or len({k[0], k[1]}) + len({s[0], s[1]}) + len({p[0], p[1]}) + len({d[0], d[1]}) != 4:
+    if isinstance(p, str) or any(pair[0] != pair[1] for pair in (k, s, p, d)):
         return None
     args = [c2, k[0], s[0], p[0]]
     if conv.groups != 1 or d[0] != 1 or isinstance(act, nn.Identity):
@@ -374,15 +319,13 @@ def _row_after_surgery(row: list, module: nn.Module) -> list | None:
             args = _conv_row_args(c2, module.conv, getattr(module, "act", nn.Identity()))
             return [row[0], row[1], "Conv", args] if args and len(args) == 4 else None
         return None
-    if cls.__name__ == "Conv" and type(module.conv) is nn.Conv2d:
-        args = _conv_row_args(c2, module.conv, module.act)
-        return [row[0], 1, "Conv", args] if args else None
-    if cls.__name__ == "Focus" and type(module.conv.conv) is nn.Conv2d:  # [c2, k, s, p, g, act]
-        args = _conv_row_args(c2, module.conv.conv, module.conv.act)
-        if args and len(args) > 4:
-            args = args[:4] + [args[4], args[6]] if args[5] == 1 else None
-        return [row[0], 1, "Focus", args] if args else None
-    return None
+    block = module.conv if cls.__name__ == "Focus" else module  # Ultralytics' Focus holds an Ultralytics Conv
+    if cls.__name__ not in ("Conv", "Focus") or type(block.conv) is not nn.Conv2d:
+        return None
+    args = _conv_row_args(c2, block.conv, block.act)
+    if cls.__name__ == "Focus" and args and len(args) > 4:  # a Focus row says [c2, k, s, p, g, act]
+        args = args[:4] + [args[4], args[6]] if args[5] == 1 else None
+    return [row[0], 1, cls.__name__, args] if args else None
 
 
 def ultralytics_focus(module: nn.Module) -> SpaceToDepthPart | None:
@@ -399,19 +342,14 @@ def ultralytics_focus_class(block: nn.Module) -> type[nn.Module] | None:
     """Ultralytics' own Focus for a conv block from an Ultralytics model, so plain Ultralytics loads the result."""
     if not type(block).__module__.startswith("ultralytics."):
         return None
-    try:
-        from ultralytics.nn.modules import Focus as UltralyticsFocus
-    except ImportError:  # pragma: no cover - ultralytics without Focus
-        return None
+    from ultralytics.nn.modules import Focus as UltralyticsFocus
+
     return UltralyticsFocus
 
 
 def sync_yaml(model: nn.Module, paths: list[str]) -> list[int]:
-    """Rewrite the rows of ``model.yaml`` whose modules surgery replaced, so a model rebuilt from its YAML (Ultralytics
-    does that to train again) has the same modules and takes the state dict strictly.
-
-    Only whole rows (paths ``model.<i>``) that are now an Ultralytics ``Conv`` / ``Focus`` or an ``nn.Identity`` (a
-    folded SpaceToDepth row) are rewritten; ``c2`` keeps the row's unscaled value so the scale still applies.
+    """Rewrite the rows of ``model.yaml`` whose modules surgery replaced (whole rows, paths ``model.<i>``), so a model
+    rebuilt from its YAML (to train again) has the same modules; ``c2`` keeps its unscaled value.
 
     Returns:
         (list[int]): The row indices rewritten.
@@ -426,11 +364,8 @@ def sync_yaml(model: nn.Module, paths: list[str]) -> list[int]:
         if match is None or int(match.group(1)) >= len(layers):
             continue
         i = int(match.group(1))
-        section, j = ("backbone", i) if i < n_backbone else ("head", i - n_backbone)
-        rows = d.get(section) or []
-        if j >= len(rows) or len(rows[j]) != 4:
-            continue
-        new_row = _row_after_surgery(rows[j], layers[i])
+        rows, j = (d["backbone"], i) if i < n_backbone else (d.get("head") or [], i - n_backbone)
+        new_row = _row_after_surgery(rows[j], layers[i]) if j < len(rows) and len(rows[j]) == 4 else None
         if new_row is not None:
             rows[j] = new_row
             rewritten.append(i)
@@ -444,19 +379,15 @@ def check_hookable(tasks: Any, version: str) -> None:
     """Raise RuntimeError, naming the supported versions, if ``tasks`` (``ultralytics.nn.tasks``) cannot be hooked."""
     missing = [name for name in _NEEDED_GLOBALS if not hasattr(tasks, name)]
     parse = getattr(tasks, "parse_model", None)
-    original = getattr(parse, _WRAPPED_MARK, parse)
-    code = getattr(original, "__code__", None)
+    code = getattr(getattr(parse, _WRAPPED_MARK, parse), "__code__", None)
     if not missing and (code is None or code.co_varnames[:3] != ("d", "ch", "verbose")):
         missing.append("parse_model(d, ch, verbose)")
-    low, high = _SUPPORTED_RANGE
     if missing:
         raise RuntimeError(
             f"focus-surgery cannot hook Ultralytics {version}: ultralytics.nn.tasks lacks {', '.join(missing)}; "
             f"supported versions are ultralytics{SUPPORTED_VERSIONS} (pip install 'ultralytics{SUPPORTED_VERSIONS}')"
         )
-    if not low <= version_tuple(version) < high:
-        import warnings
-
+    if not _SUPPORTED_RANGE[0] <= version_tuple(version) < _SUPPORTED_RANGE[1]:
         warnings.warn(
             f"focus-surgery: Ultralytics {version} is outside the tested range {SUPPORTED_VERSIONS}; hooking anyway",
             RuntimeWarning,
@@ -464,18 +395,17 @@ def check_hookable(tasks: Any, version: str) -> None:
         )
 
 
-def _wrap(original: Callable) -> Callable:
+def _wrap_parse_model(original: Callable) -> Callable:
     @functools.wraps(original)
     def parse_model(d, ch, verbose=True):
         return _parse_with_rows(original, d, ch, verbose)
 
-    setattr(parse_model, _WRAPPED_MARK, original)
     return parse_model
 
 
 def _wrap_check_yaml(original: Callable) -> Callable:
-    """Ultralytics' ``check_yaml`` that also finds our shipped configs by name (``focus_surgery.model_configs``), asked
-    only after Ultralytics' own search (a local file, then its package) found nothing; other names pass untouched."""
+    """Ultralytics' ``check_yaml`` that also finds our shipped configs by name, asked only after Ultralytics' own
+    search (a local file, then its package) found nothing; other names pass untouched."""
 
     @functools.wraps(original)
     def check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
@@ -484,8 +414,29 @@ def _wrap_check_yaml(original: Callable) -> Callable:
             return original(file, suffix, hard=hard)
         return original(file, suffix, hard=False) or ours
 
-    setattr(check_yaml, _WRAPPED_MARK, original)
     return check_yaml
+
+
+def _rebind(tasks: Any, name: str, old: Callable, new: Callable) -> None:
+    setattr(tasks, name, new)  # Ultralytics finds it in tasks' globals at call time
+    nn_package = sys.modules.get("ultralytics.nn")  # binds some of tasks' names once tasks has loaded
+    if nn_package is not None and getattr(nn_package, name, None) is old:
+        setattr(nn_package, name, new)
+
+
+def _patch(tasks: Any, name: str, wrap: Callable[[Callable], Callable]) -> None:
+    """Replace ``tasks.<name>`` (and ``ultralytics.nn``'s binding of it) by ``wrap(original)``; idempotent."""
+    original = getattr(tasks, name, None)
+    if original is not None and not hasattr(original, _WRAPPED_MARK):
+        wrapped = wrap(original)
+        setattr(wrapped, _WRAPPED_MARK, original)
+        _rebind(tasks, name, original, wrapped)
+
+
+def _unpatch(tasks: Any, name: str) -> None:
+    wrapped = getattr(tasks, name, None)
+    if hasattr(wrapped, _WRAPPED_MARK):
+        _rebind(tasks, name, wrapped, getattr(wrapped, _WRAPPED_MARK))
 
 
 def is_registered() -> bool:
@@ -495,9 +446,8 @@ def is_registered() -> bool:
 
 
 def register() -> str:
-    """Hook Ultralytics' YAML parser so the registered rows build, its config lookup so our shipped configs are
-    found by name (``YOLO("yolov8n-spd.yaml")``), and its checkpoint reader so YOLOv5-repository files open
-    (``YOLO("yolov5s.pt")``, ``integrations.ultralytics_load``); idempotent. Returns the Ultralytics version.
+    """Hook Ultralytics' YAML parser (our rows), config lookup (``YOLO("yolov8n-spd.yaml")``) and checkpoint reader
+    (``YOLO("yolov5s.pt")``, ``ultralytics_load``); idempotent. Returns the Ultralytics version.
 
     Raises:
         ImportError: Ultralytics is not installed.
@@ -505,53 +455,25 @@ def register() -> str:
     """
     import ultralytics
 
-    if "ultralytics.nn.tasks" not in sys.modules:
-        import ultralytics.nn.tasks  # noqa: F401
-    return _hook(sys.modules["ultralytics.nn.tasks"], getattr(ultralytics, "__version__", "unknown"))
+    tasks = sys.modules.get("ultralytics.nn.tasks") or importlib.import_module("ultralytics.nn.tasks")  # may be loading
+    return _hook(tasks, getattr(ultralytics, "__version__", "unknown"))
 
 
 def _hook(tasks: Any, version: str) -> str:
-    """Replace ``tasks.parse_model`` (and ``ultralytics.nn.parse_model`` if already bound) and ``tasks.check_yaml`` by
-    the wrappers."""
-    check_hookable(tasks, version)
-    check_yaml = getattr(tasks, "check_yaml", None)  # yaml_model_load finds config files through it
-    if check_yaml is not None and not hasattr(check_yaml, _WRAPPED_MARK):
-        tasks.check_yaml = _wrap_check_yaml(check_yaml)
     from ..yolov5.training import install as install_yolov5_training
-
-    install_yolov5_training(tasks)  # YOLOv5's loss for LegacyDetect heads (idempotent)
     from ..yolov5.validation import install as install_yolov5_validation
 
+    check_hookable(tasks, version)
+    _patch(tasks, "check_yaml", _wrap_check_yaml)  # yaml_model_load finds config files through it
+    install_yolov5_training(tasks)  # YOLOv5's loss for LegacyDetect heads (idempotent)
     install_yolov5_validation()  # YOLOv5's val.py matching for LegacyDetect heads (idempotent)
-    from .ultralytics_load import install as install_yolov5_files
-
-    install_yolov5_files(tasks)  # YOLO("yolov5s.pt"): YOLOv5-repository files rebuilt in memory (idempotent)
-    if hasattr(tasks.parse_model, _WRAPPED_MARK):
-        return version
-    original = tasks.parse_model
-    wrapped = _wrap(original)
-    tasks.parse_model = wrapped  # DetectionModel & co. call it through tasks' globals
-    nn_package = sys.modules.get("ultralytics.nn")  # binds it from tasks after tasks has loaded, if not done yet
-    if nn_package is not None and getattr(nn_package, "parse_model", None) is original:
-        nn_package.parse_model = wrapped
+    _patch(tasks, "torch_safe_load", _wrap_torch_safe_load)  # YOLOv5-repository files rebuilt in memory
+    _patch(tasks, "parse_model", _wrap_parse_model)
     return version
 
 
 def unregister() -> None:
-    """Restore Ultralytics' own parser, config lookup and checkpoint reader (for tests and for users who want them
-    back)."""
+    """Restore Ultralytics' own parser, config lookup and checkpoint reader (for tests, or users who want them)."""
     tasks = sys.modules.get("ultralytics.nn.tasks")
-    if tasks is not None:
-        from .ultralytics_load import uninstall as uninstall_yolov5_files
-
-        uninstall_yolov5_files(tasks)
-    if tasks is not None and hasattr(getattr(tasks, "check_yaml", None), _WRAPPED_MARK):
-        tasks.check_yaml = getattr(tasks.check_yaml, _WRAPPED_MARK)
-    if tasks is None or not hasattr(tasks.parse_model, _WRAPPED_MARK):
-        return
-    wrapped = tasks.parse_model
-    original = getattr(wrapped, _WRAPPED_MARK)
-    tasks.parse_model = original
-    nn_package = sys.modules.get("ultralytics.nn")
-    if nn_package is not None and getattr(nn_package, "parse_model", None) is wrapped:
-        nn_package.parse_model = original
+    for name in ("torch_safe_load", "check_yaml", "parse_model") if tasks is not None else ():
+        _unpatch(tasks, name)

@@ -18,7 +18,6 @@ from .io import OnnxSurgeryError, read_onnx, save_onnx
 from .patterns import GraphIndex, OnnxStem, find_stems, inferred_values
 from .runtime import OnnxVerification, OriginalGraphFailed
 
-
 MAX_STEMS = 64  # stems proven per graph (each proof is bounded on its own; a model has one or a few)
 
 
@@ -48,18 +47,14 @@ class OnnxReport:
         return [s for s in self.stems if not s.convertible]
 
     def to_dict(self) -> dict[str, Any]:
+        keys = ("src", "dst", "opset", "nodes_before", "nodes_after", "ops_before", "ops_after")
+        check = self.verification
         return {
-            "src": self.src,
-            "dst": self.dst,
-            "opset": self.opset,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "ops_before": self.ops_before,
-            "ops_after": self.ops_after,
+            **{k: getattr(self, k) for k in keys},
             "replaced": [s.to_dict() for s in self.replaced],
             "skipped": [s.to_dict() for s in self.skipped],
-            "verification": self.verification.to_dict() if self.verification else None,
-            "max_abs_err": self.verification.max_abs_err if self.verification else None,
+            "verification": check.to_dict() if check else None,
+            "max_abs_err": check.max_abs_err if check else None,
         }
 
 
@@ -67,21 +62,18 @@ def _op_counts(model) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node))
 
 
-def _shapes(model) -> dict[str, list]:
-    """Tensor name -> dims (int, or the symbolic name / None) from ONNX shape inference (shapes only refine the
-    search; without them dynamic dims are probed)."""
+def analyse(model) -> list[OnnxStem]:
+    """``find_stems`` plus the index-tensor proof of every identified chain (a chain that fails it is skipped).
+
+    Shapes from ONNX shape inference (int, or the symbolic name / None) only refine the search; without them dynamic
+    dims are probed.
+    """
+    from .probe import probe_stem
+
     shapes = {}
     for value in inferred_values(model):
         dims = value.type.tensor_type.shape.dim
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-    return shapes
-
-
-def analyse(model) -> list[OnnxStem]:
-    """``find_stems`` plus the index-tensor proof of every identified chain (a chain that fails it is skipped)."""
-    from .probe import probe_stem
-
-    shapes = _shapes(model)
     index = GraphIndex(model.graph)  # built once: every stem's search and proof reads the same maps
     stems = find_stems(model, shapes, index)
     proven = 0
@@ -103,14 +95,13 @@ def fold(model) -> tuple[Any, list[OnnxStem]]:
 
 
 def inspect_onnx(src: str | os.PathLike, model: Any = None) -> OnnxReport:
-    """The space-to-depth stems of an ONNX file (``model``: already read from it): which convert, which are left
-    and why (nothing is written)."""
+    """The stems of an ONNX file (``model``: already read from it): which convert, which are left and why."""
     model = read_onnx(src).model if model is None else model
     return _report(src, model, analyse(model))
 
 
 def _report(src: str | os.PathLike, model: Any, stems: list[OnnxStem]) -> OnnxReport:
-    """What was found in ``model`` (its default-domain opset, node and op counts); nothing done yet."""
+    """What was found in ``model`` (its default-domain opset, node and op counts), before any change."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxReport(str(src), None, opset, stems, len(model.graph.node), ops_before=_op_counts(model))
 
@@ -125,22 +116,18 @@ def convert_onnx(
     """Fold every Focus / space-to-depth stem of an ONNX file into its Conv; write ``dst`` atomically.
 
     Args:
-        src (str | PathLike): The ONNX file (external data of its initializers read from its own folder; nothing of
-            it is modified).
+        src (str | PathLike): The ONNX file (never modified; external data read from its own folder).
         dst (str | PathLike | None): Output file, written only when verification passes; None writes nothing.
-        verify (bool): Compare both graphs in onnxruntime at the model's real input size, and each folded stem
-            with its original in float32 and float64 (``runtime.compare``).
-        tolerance (float | None): Max relative error of the whole graph; None derives it from the original
-            graph's own float32 error (at least the dtype's rounding floor, 1e-5 for float32).
-        external_data (bool | None): Write large initializers to ``<dst>.data`` next to ``dst`` (the pair written
-            atomically); None does so when the input kept its weights in external data.
+        verify (bool): Compare both graphs and each folded stem (``runtime.compare``).
+        tolerance (float | None): Max relative error of the whole graph; None derives it from the original's own.
+        external_data (bool | None): Write large initializers to ``<dst>.data`` (the pair atomically); None does
+            so when the input kept its weights in external data.
 
     Returns:
         (OnnxReport): Stems replaced and skipped (with reasons), node counts, the measured errors.
 
     Raises:
-        OnnxSurgeryError: Bad input, or no stem to convert (the reasons of those skipped are in the message);
-            ``OriginalGraphFailed`` when the original graph cannot run at the verification size.
+        OnnxSurgeryError: Bad input or no stem to convert (``OriginalGraphFailed``: the original cannot run).
         OnnxVerificationError: The outputs differ beyond ``tolerance``; nothing written.
     """
     if dst is not None and Path(src).resolve() == Path(dst).resolve():
@@ -160,13 +147,7 @@ def fold_model(
     src: str | os.PathLike, model: Any, verify: bool = True, tolerance: float | None = None
 ) -> tuple[OnnxReport, Any]:
     """``convert_onnx`` in memory: the report (``verification`` measured when ``verify``, failed or not) and the
-    folded model; nothing is written.
-
-    Raises:
-        OnnxSurgeryError: No stem to convert (the reasons of those skipped are in the message), or a ``tolerance``
-            that is not a positive finite number; ``OriginalGraphFailed`` when the original graph cannot run at
-            the verification size.
-    """
+    folded model; nothing is written. Raises as ``convert_onnx`` does, except for a failed verification."""
     from .runtime import compare
 
     if tolerance is not None and not (0 < tolerance < float("inf")):

@@ -1,12 +1,10 @@
 """Loading and saving ONNX files: one-line errors for files that are not ONNX, fail the checker or exceed protobuf's
-2 GiB limit; external data read confined to the model's folder and written only to a file we name; atomic writes.
+2 GiB limit; atomic writes.
 
-External data is untrusted input too (issue 25): only initializers of the main graph may keep their bytes in
-another file (as exporters write them: torch's dynamo exporter, ``onnx.save(..., save_as_external_data=True)``),
-that file must be a regular file inside the model's own folder named by a plain relative path (no ``..``, no
-absolute path, no hidden file or folder such as ``.ssh/id_rsa``, not the model file itself, no symlink leading out),
-and exactly the tensor's declared size is read. A tensor with external
-data anywhere else (a Constant, a function, a subgraph) is refused: ONNX's own loader and saver would follow it.
+External data is untrusted input (issue 25): only main-graph initializers may keep their bytes in another file, a
+regular file inside the model's folder named by a plain relative path (no ``..``, absolute path, hidden file such as
+``.ssh/id_rsa``, the model file itself or symlink leading out), and exactly the declared size is read. External data
+anywhere else (a Constant, a function, a subgraph) is refused: ONNX's own loader and saver would follow it.
 """
 
 from __future__ import annotations
@@ -26,6 +24,16 @@ _ALIGN = 64  # offsets of tensors in the data file we write
 _INT = re.compile(r"[0-9]{1,19}")
 
 
+def bounded_product(factors, limit: int) -> int:
+    """The product of ``factors``, or the first partial product past ``limit`` (a hostile 2**62 x ... stops there)."""
+    total = 1
+    for factor in factors:
+        total *= factor
+        if total > limit:
+            break
+    return total
+
+
 class OnnxSurgeryError(ConversionError):
     """Bad input or a graph this tool cannot rewrite (the CLI exits 2 with this one-line message)."""
 
@@ -43,8 +51,7 @@ def read_onnx(path: str | os.PathLike, check: bool = True) -> LoadedOnnx:
     """Read ``path`` as an ONNX model (external data of its initializers read in, confined) and check it.
 
     Raises:
-        OnnxSurgeryError: The file is missing, not ONNX, over 2 GiB, has external data we refuse, or fails the
-            checker.
+        OnnxSurgeryError: Missing, not ONNX, over 2 GiB, external data we refuse, or fails the checker.
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -89,10 +96,7 @@ def _is_external(tensor) -> bool:
 
 def _read_external_initializers(model, path: Path, budget: int) -> list[Path]:
     """Read every external initializer of the main graph into the model (confined, sized); refuse any other.
-
-    Returns:
-        (list[Path]): The data files read, in first-use order.
-    """
+    Returns the data files read, in first-use order."""
     everywhere = external_tensor_names(model)
     initializers = [t for t in model.graph.initializer if _is_external(t)]
     if len(everywhere) > len(initializers):
@@ -127,13 +131,11 @@ def _tensor_bytes(tensor, path: Path) -> int:
         itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError, ValueError):
         raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} has unknown data type {tensor.data_type}") from None
-    total = itemsize
-    for dim in tensor.dims:
-        if dim < 0:
-            raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} has a negative dimension")
-        total *= dim
-        if total > PROTOBUF_LIMIT:
-            raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} declares over 2 GiB of external data")
+    if any(dim < 0 for dim in tensor.dims):
+        raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} has a negative dimension")
+    total = bounded_product([itemsize, *tensor.dims], PROTOBUF_LIMIT)
+    if total > PROTOBUF_LIMIT:
+        raise OnnxSurgeryError(f"{path}: tensor {tensor.name!r} declares over 2 GiB of external data")
     return total
 
 
@@ -193,12 +195,9 @@ def _read_one(tensor, path: Path, folder: Path, handles: dict, budget: int) -> b
 
 
 def external_tensor_names(model) -> list[str]:
-    """Names of every tensor anywhere in ``model`` whose data lives in another file.
-
-    Walks every message of the protobuf (graph initializers, Constant attributes, sparse tensors, subgraphs of
-    If / Loop / Scan, model-local functions, training graphs) with an explicit stack, so no nesting escapes it: such
-    a tensor would make ONNX read a file it names when evaluated and write one when saved.
-    """
+    """Names of every tensor anywhere in ``model`` whose data lives in another file (ONNX would read that file when
+    evaluating and write it when saving). Every protobuf message is walked (initializers, Constants, sparse tensors,
+    subgraphs, functions, training graphs) with an explicit stack, so no nesting escapes it."""
     from onnx import TensorProto
 
     found: list[str] = []
@@ -232,21 +231,17 @@ def data_file_for(destination: str | os.PathLike) -> Path:
 
 
 def save_onnx(model, destination: str | os.PathLike, external_data: bool = False, keep: tuple[Path, ...] = ()) -> Path:
-    """Check ``model`` and write it atomically (temporary files + renames): no partial file on failure.
+    """Check ``model`` (every tensor in memory) and write it atomically: no partial file on failure.
 
-    The bytes are serialised here and written to our own temporary files: ``onnx.save_model`` would also write
-    any external-data tensor to the file its ``location`` names, a path the input chose.
+    Serialised here, not by ``onnx.save_model``, which would write an external-data tensor to the path it names.
 
     Args:
-        model (onnx.ModelProto): Every tensor in memory (a tensor naming an external file is refused).
-        destination (str | PathLike): The ``.onnx`` file.
-        external_data (bool): Put initializers of ``EXTERNAL_THRESHOLD`` bytes or more into ``data_file_for(dst)``;
-            the pair is written atomically (both complete in temporary files, then the data file renamed into
-            place, then the graph that names it).
+        external_data (bool): Put initializers of ``EXTERNAL_THRESHOLD`` bytes or more into ``data_file_for(dst)``
+            (the data file renamed into place first, then the graph that names it).
         keep (tuple[Path, ...]): Files that must not be replaced (the input and its data files).
 
     Returns:
-        (Path): ``destination`` (with ``external_data``, ``data_file_for(destination)`` is written too).
+        (Path): ``destination``.
     """
     import onnx
 

@@ -1,19 +1,12 @@
-"""Find space-to-depth chains feeding a ``Conv`` in an ONNX graph and read their block size and channel order.
+"""Find space-to-depth chains feeding a ``Conv`` in an ONNX graph; read their block size and order from its numbers.
 
-Three families, each identified from the graph's own numbers (never from node names):
+* ``slices``: a channel ``Concat`` of ``bs*bs`` branches of strided ``Slice`` nodes on one tensor; branch ``k`` holds
+  pixel phase ``(dy, dx)`` (the starts, step ``bs``); the order is the one whose ``ch(0, dy, dx)`` is ``k``.
+* ``SpaceToDepth``: the ONNX op (DCR, order ``timm``).
+* ``reshape-transpose``: ``Reshape`` to ``(N, C, H/bs, bs, W/bs, bs)``, ``Transpose``, ``Reshape`` back (as torch
+  exports ``PixelUnshuffle`` and ``SpaceToDepth``); the order is the one whose permutation is the ``perm``.
 
-* ``slices``: a ``Concat`` on the channel axis of ``bs*bs`` branches, each a chain of strided ``Slice`` nodes
-  (one Slice over both spatial axes, or one per axis, shared between branches or not) reading the same tensor.
-  Branch ``k`` holds pixel phase ``(dy, dx)`` = the slice starts, step ``bs``; the order is the channel-layout of
-  ``orders.py`` whose ``ch(0, dy, dx)`` equals ``k`` (YOLOv5 / YOLOX Focus, yolov7 ReOrg: ``yolov5``).
-* ``SpaceToDepth``: the ONNX op (DCR, channel order ``timm``), block size from its attribute.
-* ``reshape-transpose``: ``Reshape`` to ``(N, C, H/bs, bs, W/bs, bs)``, ``Transpose``, ``Reshape`` back to 4-D (with
-  ``Squeeze``/``Unsqueeze`` steps in some exports), as torch exports ``PixelUnshuffle``, timm's ``SpaceToDepth``
-  and ours (the inverse of ``DepthToSpace`` DCR / CRD); the order is the one whose
-  ``SpaceToDepth(bs, order).permutation`` equals the Transpose's ``perm``.
-
-Anything else that looks like one (a strided Slice or a 6-D Transpose before a Conv) is reported with the reason
-it was left alone. ``probe.py`` then proves each match by running the chain on an index tensor.
+Anything else that looks like one is reported with the reason it was left alone; ``probe.py`` proves each match.
 """
 
 from __future__ import annotations
@@ -31,16 +24,7 @@ LAYOUT_OPS = (
     *("Slice", "Concat", "Reshape", "Transpose", "SpaceToDepth", "Squeeze", "Unsqueeze"),
     *("QuantizeLinear", "DequantizeLinear"),  # followed so that a QDQ per branch is found and named, never folded
 )
-_DATA_INPUTS = {
-    "QuantizeLinear": 1,
-    "DequantizeLinear": 1,
-    "Slice": 1,
-    "Reshape": 1,
-    "Transpose": 1,
-    "SpaceToDepth": 1,
-    "Squeeze": 1,
-    "Unsqueeze": 1,
-}  # Concat: every input is data
+_DATA_INPUTS = {op: 1 for op in LAYOUT_OPS if op != "Concat"}  # Concat: every input is data
 MAX_CHAIN_NODES = 64  # layout nodes one stem may hold (YOLOv5's Focus: 8 Slices + a Concat; NHWC + QDQ: a few more)
 _OPEN_END = 2**31 - 1  # torch exports "to the end" as INT64_MAX; anything this large reads to the end
 
@@ -50,19 +34,16 @@ class OnnxStem:
     """One space-to-depth chain feeding a Conv.
 
     Attributes:
-        conv (str): Name of the Conv node (its output name when unnamed).
-        root (str): The tensor the chain reads (N, C, H, W).
+        conv (str): Name of the Conv node (its output name when unnamed); ``conv_index`` its index in ``graph.node``.
+        root (str): The tensor the chain reads (N, C, H, W); ``conv_input`` the chain's output.
         family (str): ``slices``, ``SpaceToDepth`` or ``reshape-transpose``.
-        nodes (list[int]): Indices of the chain's nodes in ``graph.node`` (the Conv excluded).
-        block_size (int | None): Identified block size, None when unknown.
-        order (str | None): Identified channel order, None when unknown.
+        nodes (list[int]): Indices of the chain's nodes in ``graph.node`` (the Conv excluded); ``ops`` their count
+            per op type.
+        block_size, order: Identified block size and channel order (None when unknown).
         reason (str | None): Why the chain is left unchanged; None when it converts.
-        ops (dict[str, int]): Node count per op type in the chain.
-        conv_index (int): Index of the Conv in ``graph.node``.
-        conv_input (str): The chain's output (what the Conv reads, or what its input's QuantizeLinear reads).
-        weight (str): The initializer holding the Conv's weight (float, or integer behind a DequantizeLinear).
+        weight (str): The initializer holding the Conv's weight (float, or integer behind ``weight_dq``, a
+            DequantizeLinear index).
         qdq (list[int]): QuantizeLinear, DequantizeLinear pairs between the chain and the Conv (quantized graphs).
-        weight_dq (int | None): The DequantizeLinear between the weight initializer and the Conv, if any.
     """
 
     conv: str
@@ -131,8 +112,8 @@ class GraphIndex:
         return node.name or node.output[0]
 
     def extract(self, model, root: str, output: str, elem_type: int, admit=None):
-        """The subgraph ``root -> output`` (the nodes and initializers it reads) as a model of its own, in graph
-        order (a topological order); ``admit(node, picked)`` may raise to refuse a node before it is taken."""
+        """The subgraph ``root -> output`` (nodes and initializers it reads) as a model, in graph order;
+        ``admit(node, picked)`` may raise to refuse a node before it is taken."""
         from onnx import helper
 
         picked, inits, stack = set(), {}, [output]
@@ -171,10 +152,7 @@ def subgraphs(node) -> list:
 
 
 def subgraph_inputs(node) -> set[str]:
-    """Names a node's subgraphs read (they may come from the outer graph), nested subgraphs included.
-
-    An explicit stack (no recursion: a deep nesting cannot exhaust Python's stack); each subgraph is visited once.
-    """
+    """Names a node's subgraphs read (maybe from the outer graph), nested ones included (a stack: no recursion)."""
     names: set[str] = set()
     stack = [node]
     while stack:
@@ -286,15 +264,9 @@ def _slice_phase(index: GraphIndex, node, dims: list | None, rank: int = 4) -> d
     """
     if len(node.input) < 3:
         return "Slice with attributes (opset < 10) cannot stride"
-    starts, ends = index.const(node.input[1]), index.const(node.input[2])
-    axes = index.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    steps = index.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-    if (
-        starts is None
-        or ends is None
-        or (len(node.input) > 3 and node.input[3] and axes is None)
-        or (len(node.input) > 4 and node.input[4] and steps is None)
-    ):
+    names = [*node.input[1:5], "", ""][:4]  # starts, ends, axes, steps ("" when not given)
+    starts, ends, axes, steps = [index.const(n) if n else None for n in names]
+    if starts is None or ends is None or any(n and v is None for n, v in zip(names[2:], (axes, steps))):
         return "slice starts/ends/axes/steps are computed at run time"
     axes = axes if axes is not None else np.arange(len(starts))
     steps = steps if steps is not None else np.ones(len(starts), dtype=np.int64)
@@ -467,15 +439,8 @@ def _root_channels(shapes: dict[str, list], root: str) -> int | None:
 
 
 def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex | None = None) -> list[OnnxStem]:
-    """Every space-to-depth-like chain feeding a Conv in ``model.graph``, identified or with the reason it is not.
-
-    Args:
-        model (onnx.ModelProto): The model (not modified).
-        shapes (dict[str, list] | None): Tensor name -> dims (int or symbolic str), e.g. from shape inference.
-
-    Returns:
-        (list[OnnxStem]): In graph order; ``stem.convertible`` tells which ones ``rewrite`` replaces.
-    """
+    """Every space-to-depth-like chain feeding a Conv in ``model.graph`` (not modified), in graph order, identified
+    or with the reason it is not; ``shapes``: tensor name -> dims (int or symbolic str), e.g. from shape inference."""
     graph = model.graph
     index = index or GraphIndex(graph)
     shapes = shapes or {}
@@ -489,26 +454,17 @@ def find_stems(model, shapes: dict[str, list] | None = None, index: GraphIndex |
             continue
         ops = dict(Counter(graph.node[i].op_type for i in nodes))
         family = "SpaceToDepth" if "SpaceToDepth" in ops else "reshape-transpose" if "Transpose" in ops else "slices"
-        stem = OnnxStem(
-            index.node_name(conv_index),
-            min(roots, default=""),
-            family,
-            nodes,
-            ops=ops,
-            conv_index=conv_index,
-            conv_input=chain_out,
-            qdq=qdq,
-        )
-        stem.reason = (
-            f"layout chain of more than {MAX_CHAIN_NODES} nodes, not a space-to-depth"
-            if truncated
-            else _identify(index, stem, roots, conv, shapes)
-        )
+        stem = OnnxStem(index.node_name(conv_index), min(roots, default=""), family, nodes, ops=ops, qdq=qdq)
+        stem.conv_index, stem.conv_input = conv_index, chain_out
+        if truncated:
+            stem.reason = f"layout chain of more than {MAX_CHAIN_NODES} nodes, not a space-to-depth"
+        else:
+            stem.reason = _identify(index, stem, roots, shapes)
         stems.append(stem)
     return stems
 
 
-def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], conv, shapes: dict[str, list]) -> str | None:
+def _identify(index: GraphIndex, stem: OnnxStem, roots: set[str], shapes: dict[str, list]) -> str | None:
     """Fill ``stem.block_size`` / ``stem.order``; return the reason it cannot convert, or None."""
     if len(roots) != 1:
         return f"the chain reads {len(roots)} tensors ({', '.join(sorted(roots))}), not one image"

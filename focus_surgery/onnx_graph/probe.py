@@ -1,10 +1,8 @@
 """Prove an identified chain: run it on an index tensor (onnx's reference evaluator, float64) and compare with
 ``SpaceToDepth(block_size, order)`` element for element, at the model's static sizes or two dynamic ones.
 
-The run is bounded before it starts: the chain model holds only layout ops and shape arithmetic from
-``CHAIN_OPS`` (no Loop / Scan / If, nothing that makes a tensor bigger than its inputs: no Expand, Tile, Range,
-ConstantOfShape), at most ``MAX_CHAIN_MODEL_NODES`` nodes, and the index tensor has at most ``MAX_PROBE_ELEMENTS``
-elements (a larger declared static shape is left unconverted with that reason, never allocated).
+Bounded before it runs: only ops of ``CHAIN_OPS`` (no control flow, nothing that grows a tensor), at most
+``MAX_CHAIN_MODEL_NODES`` nodes, at most ``MAX_PROBE_ELEMENTS`` elements (a larger static shape is left unconverted).
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from ..layers import SpaceToDepth
+from .io import bounded_product
 from .patterns import GraphIndex, OnnxStem
 
 
@@ -37,14 +36,11 @@ def probe_shapes(dims: list | None, channels: int, block_size: int) -> list[tupl
     picks = ([2, 1], [channels, channels], [3 * block_size, 2 * block_size], [5 * block_size, 4 * block_size])
     shapes = {tuple(d if isinstance(d, int) and d > 0 else pick[t] for d, pick in zip(dims, picks)) for t in range(2)}
     for shape in shapes:
-        elements = 1
-        for d in shape:  # each factor is below 2**63 (protobuf int64): the running product is checked step by step
-            elements *= d
-            if elements > MAX_PROBE_ELEMENTS:
-                raise ProbeRefused(
-                    f"the stem input is declared {'x'.join(map(str, shape))}: proving the chain on it would take more "
-                    f"than {MAX_PROBE_ELEMENTS:,} elements; left unchanged (export with dynamic or smaller sizes)"
-                )
+        if bounded_product(shape, MAX_PROBE_ELEMENTS) > MAX_PROBE_ELEMENTS:
+            raise ProbeRefused(
+                f"the stem input is declared {'x'.join(map(str, shape))}: proving the chain on it would take more "
+                f"than {MAX_PROBE_ELEMENTS:,} elements; left unchanged (export with dynamic or smaller sizes)"
+            )
     return sorted(shapes)
 
 

@@ -1,11 +1,8 @@
 """Run an ONNX graph in float64: the yardstick for the float32 error of the original graph and of its folded stem.
 
-onnxruntime has no float64 Conv on the CPU, so the float64 run uses onnx's reference evaluator on a copy of the
-graph whose floating tensors are float64. Its Conv and MaxPool are pure numpy (a 5x5 MaxPool on 32x320x320 takes
-minutes), so those two run in torch (float64) when the attributes are the plain 2-D ones, else the reference code.
-The run is bounded before it starts: only ops in ``FLOAT64_OPS`` (no Loop / Scan / If, no functions, no other
-domains), and the caller has already run the same graph with the same shapes in onnxruntime (float32), so every
-tensor of this run has a size that run allocated.
+onnx's reference evaluator on a float64 copy (onnxruntime has no float64 Conv on the CPU), with plain 2-D Conv and
+MaxPool in torch (its numpy ones take minutes). Bounded: only ``FLOAT64_OPS`` (no control flow, functions or other
+domains), and the caller has already run the same shapes in onnxruntime, so every tensor here had that size there.
 """
 
 from __future__ import annotations

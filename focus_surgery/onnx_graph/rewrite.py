@@ -1,10 +1,8 @@
-"""Replace each identified space-to-depth chain + Conv by one strided Conv, in place on a copy of the graph.
+"""Replace each identified space-to-depth chain + Conv by one strided Conv, on a copy of the graph.
 
-The new weight is the Conv's own weight permuted by ``remap.focus_to_conv_weight`` (applied to an index tensor and
-then to the stored values, so every dtype is permuted bit for bit); kernel, stride and padding are multiplied by the
-block size (GUIDE section 1). The Conv node keeps its name, output and bias; its weight initializer keeps its name
-when nothing else reads it. Chain nodes, and shape glue and constants that only they used, are removed; every other
-node, initializer, input, output, opset and metadata entry is left as it was.
+The weight is permuted by ``remap.focus_to_conv_weight`` (through an index tensor: every dtype bit for bit); kernel,
+stride and padding are multiplied by the block size (GUIDE section 1). The Conv keeps its name, output and bias (its
+weight its name, unless shared). Chain nodes and the glue only they used go; everything else is left as it was.
 """
 
 from __future__ import annotations
@@ -35,11 +33,8 @@ def _set_ints(node, name: str, values: list[int]) -> None:
 
 def _fold_conv(graph, index: GraphIndex, stem: OnnxStem, taken: set[str]) -> set[str]:
     """Point the Conv (or the QuantizeLinear before it) at the chain's input, with the remapped weight and scaled
-    geometry; returns the tensors whose shapes changed (their stale value_info goes).
-
-    A quantized weight (integer initializer -> DequantizeLinear -> Conv) is permuted in its integer dtype; its
-    per-tensor or per-output-channel (axis 0) scale and zero point are untouched by a permutation of axes 1-3.
-    """
+    geometry; returns the tensors whose shapes changed. A quantized weight is permuted in its integer dtype (its
+    per-tensor or axis-0 scale and zero point are untouched by a permutation of axes 1-3)."""
     from onnx import helper, numpy_helper
 
     conv = graph.node[stem.conv_index]
@@ -100,10 +95,8 @@ def rewrite(model, stems: list[OnnxStem]):
 
 
 def _remove_dead_glue(graph, removed: set[int]) -> None:
-    """Add to ``removed`` the ancestors of removed nodes whose outputs nothing reads any more (shape glue).
-
-    Reads are counted once per node (a worklist with reference counts: linear in the graph's size).
-    """
+    """Add to ``removed`` the ancestors of removed nodes whose outputs nothing reads any more (shape glue); a
+    worklist with reference counts, linear in the graph's size."""
     producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
     reads: dict[str, int] = {o.name: 1 for o in graph.output}
 

@@ -1,21 +1,14 @@
-"""Verify a folded graph against its original, at the sizes the model runs, with a tolerance it earns.
+"""Verify a folded graph against its original, at the sizes the model runs, with a tolerance it earns (issue 21).
 
-Three comparisons (issue 21):
+* **Whole graph** in onnxruntime (float32) at the real input size (dynamic sizes: multiples of the stride, ``sizes``).
+* **The original's own float32 error** against a float64 run of it (``reference64``; where that cannot run, between
+  onnxruntime's unoptimized and optimized runs). The default tolerance is ``NOISE_FACTOR`` times it (two float32
+  runs, each within it of float64, differ by up to twice it), never below the dtype's floor (``TOLERANCE``).
+* **Each folded stem against its original**: root -> Conv output, float32 and float64 (a permutation: in float64
+  they agree to summation order, ``STEM_FLOAT64_TOLERANCE``).
 
-* **whole graph**, onnxruntime (float32), at the real input size: static shapes as declared, dynamic ones at a
-  multiple of the model's largest stride (``sizes.py``);
-* **the original graph's own float32 error**: its onnxruntime outputs against a float64 run of the same graph
-  (``reference64.py``) at the first trial size. The default tolerance is ``NOISE_FACTOR`` times that error (two
-  float32 evaluations of one function, each within that error of float64, differ by up to twice it), never below
-  the dtype's rounding floor (``TOLERANCE``). When the graph holds ops the float64 run does not cover, the error
-  is measured between onnxruntime's unoptimized and fully optimized runs of the original instead (a different
-  float32 summation order of the same graph), and the report says which;
-* **each folded stem against its original stem**, directly: root tensor -> the Conv's output, float32 in
-  onnxruntime and float64 in the reference evaluator (the map is a permutation, so in float64 they agree to
-  summation order: ``STEM_FLOAT64_TOLERANCE``).
-
-Every run is bounded before it starts (``sizes.check_bounded``). When the original graph itself fails at the chosen
-size, that is reported as such (``OriginalGraphFailed``, a bad input), not as a failed conversion.
+Every run is bounded first (``sizes.check_bounded``); an original graph that fails at the chosen size is reported as
+``OriginalGraphFailed`` (a bad input), not as a failed conversion.
 """
 
 from __future__ import annotations
@@ -41,14 +34,11 @@ class OnnxVerification:
     """Errors of the candidate's outputs against the reference's, over every trial, and how the tolerance was set.
 
     Attributes:
-        max_abs_err (float): Max abs difference of the whole graphs' outputs (onnxruntime, float32).
-        max_rel_err (float): ``max_abs_err`` over the largest reference magnitude, per output.
-        tolerance (float): The bound ``max_rel_err`` is held to.
+        max_abs_err, max_rel_err (float): Max abs difference of the whole graphs' outputs, and relative to the
+            largest reference magnitude per output, held to ``tolerance`` (set as ``tolerance_source`` says).
         passed (bool): Whole graph and every stem within their tolerances.
-        inputs (list[str]): Input shapes per trial, e.g. ``images=1x3x640x640``.
-        outputs (int): Graph outputs compared.
-        reference_error (float | None): The original graph's own float32 error (relative), see the module docstring.
-        tolerance_source (str): How ``tolerance`` was chosen.
+        inputs (list[str]): Input shapes per trial, e.g. ``images=1x3x640x640``; ``outputs``: outputs compared.
+        reference_error (float | None): The original graph's own float32 error (relative).
         stride (int): The model's largest stride (dynamic sizes are multiples of it).
         stems (list[dict]): Per folded stem: ``conv``, ``float32`` / ``float64`` relative errors, ``tolerance``.
     """
@@ -68,16 +58,12 @@ class OnnxVerification:
         return asdict(self)
 
     def __str__(self) -> str:
-        stems = "".join(
-            f"; stem {s['conv']}: "
-            + (
-                "not run on its own"
-                if s["float32"] is None
-                else f"float32 {s['float32']:.1e}"
-                + (f", float64 {s['float64']:.1e}" if s["float64"] is not None else ", float64 not run")
+        stems = ""
+        for s in self.stems:
+            f64 = f"float64 {s['float64']:.1e}" if s["float64"] is not None else "float64 not run"
+            stems += f"; stem {s['conv']}: " + (
+                f"float32 {s['float32']:.1e}, {f64}" if s["float32"] is not None else "not run on its own"
             )
-            for s in self.stems
-        )
         return (
             f"{'PASS' if self.passed else 'FAIL'}: max_abs_err={self.max_abs_err:.3e} "
             f"max_rel_err={self.max_rel_err:.3e} (tolerance {self.tolerance:.1e}: {self.tolerance_source}; "
@@ -206,14 +192,8 @@ def _own_error(reference, feed: dict, outputs: list[np.ndarray]) -> tuple[float 
 
 
 def compare(reference, candidate, tolerance: float | None = None, stems=()) -> OnnxVerification:
-    """Run both graphs on the same random inputs at real sizes; see the module docstring.
-
-    Args:
-        reference (onnx.ModelProto): The original graph.
-        candidate (onnx.ModelProto): The folded graph.
-        tolerance (float | None): Max relative error of the whole graph; None derives it from the original's own
-            float32 error.
-        stems (list[OnnxStem]): The folded stems, compared one by one (their roots feed both stems).
+    """Run the original graph ``reference`` and the folded ``candidate`` on the same random inputs at real sizes,
+    and each folded stem of ``stems`` against its original; see the module docstring.
 
     Raises:
         OriginalGraphFailed: The original graph cannot run at the chosen size.

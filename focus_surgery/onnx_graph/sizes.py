@@ -1,18 +1,15 @@
 """The input sizes a graph is verified at, and the bounds checked before any run.
 
-Static axes run as declared. Dynamic height / width run at a multiple of the model's largest stride (found from the
-graph: the product of the strides of Conv / pooling / Slice / SpaceToDepth nodes along any path, combined by least
-common multiple where paths meet), so a stride-64 (P6) model gets sizes its own Concats accept: the first trial at
-the usual deployment size (``REAL_SIZE`` rounded up to the stride), the second at a smaller one with height !=
-width and batch 2. Before a run: every input and every tensor shape inference can size stays within
-``MAX_VERIFY_ELEMENTS``, and every Loop has a constant trip count within ``MAX_LOOP_TRIPS``.
+Static axes run as declared; dynamic height / width at multiples of the model's largest stride (so a stride-64 P6
+model gets sizes its own Concats accept): ``REAL_SIZE``, then ``SECOND_SIZE`` (H != W) at batch 2. Every input and
+inferred tensor stays within ``MAX_VERIFY_ELEMENTS``; every Loop needs a constant trip count within ``MAX_LOOP_TRIPS``.
 """
 
 from __future__ import annotations
 
 import math
 
-from .io import OnnxSurgeryError
+from .io import OnnxSurgeryError, bounded_product
 from .patterns import attribute, subgraphs
 
 REAL_SIZE = 640  # YOLOv5 / Ultralytics / YOLOX deployment size; dynamic axes are verified here first
@@ -26,10 +23,9 @@ _STRIDED = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpP
 def largest_stride(model, stems=()) -> int:
     """The least common multiple of the cumulative strides of every tensor in the main graph (1 when none).
 
-    One pass in graph order (a topological order): each tensor carries (height factor, width factor), the lcm of
-    its node's inputs' factors times the node's own stride on that axis (Conv / pooling strides, Slice steps on
-    axis 2 or 3, SpaceToDepth's block size), divided by a constant integer Resize / Upsample scale; a stem's output
-    is its root's factor times the block size. ``Shape`` outputs carry no factor (shape arithmetic is not an image).
+    One pass in graph order: each tensor's (height, width) factor is the lcm of its node's inputs' times the node's
+    stride (Conv / pooling, Slice steps on axes 2, 3, SpaceToDepth), divided by a constant integer Resize / Upsample
+    scale; a stem's output is its root's times the block size; ``Shape`` outputs carry none.
     """
     from .patterns import GraphIndex
 
@@ -62,11 +58,8 @@ def largest_stride(model, stems=()) -> int:
                     sx = abs(step) if axis in (3, -1) and step else sx
         fy, fx = fy * max(sy, 1), fx * max(sx, 1)
         if node.op_type in ("Resize", "Upsample"):  # an integer upsampling undoes that much stride
-            scales = (
-                index.const(node.input[2 if node.op_type == "Resize" else 1])
-                if len(node.input) > 2 or (node.op_type == "Upsample" and len(node.input) > 1)
-                else None
-            )
+            slot = 2 if node.op_type == "Resize" else 1  # Resize(X, roi, scales), Upsample(X, scales)
+            scales = index.const(node.input[slot]) if len(node.input) > slot else None
             if scales is not None and scales.size == 4:
                 uy, ux = float(scales.reshape(-1)[2]), float(scales.reshape(-1)[3])
                 fy = fy // int(uy) if uy.is_integer() and uy >= 1 and fy % int(uy) == 0 else fy
@@ -109,12 +102,7 @@ def trial_shapes(model, stride: int) -> list[dict[str, tuple[int, ...]]]:
 
 
 def _elements(shape) -> int:
-    total = 1
-    for d in shape:  # factor by factor: a declared 2**62 stops at the first step past the limit
-        total *= max(int(d), 0)
-        if total > MAX_VERIFY_ELEMENTS:
-            return total
-    return total
+    return bounded_product([max(int(d), 0) for d in shape], MAX_VERIFY_ELEMENTS)
 
 
 def describe(shapes: dict[str, tuple[int, ...]]) -> str:

@@ -1,9 +1,7 @@
-"""``optimize(model, example_inputs)``: keep, per stem, the fastest exact form on this device and input shape.
+"""``optimize(model, example_inputs)``: keep the stem's fastest exact form for this device and input shape.
 
-The forms of ``stem_forms`` compute the same function but not at the same speed, and which wins depends on the
-device, the batch and the image size. ``optimize`` finds the stem, captures the tensor that reaches it for
-``example_inputs``, checks every form for exactness in float64, times all of them (and the stem as it is) side by
-side on the real device and shape, installs the fastest, and verifies the whole model in float64.
+Which form of ``stem_forms`` wins depends on the device, batch and image size: every form is checked in float64,
+all are timed side by side (with the stem as it is) on the stem's real input, and the whole model is verified.
 """
 
 from __future__ import annotations
@@ -93,27 +91,19 @@ class _Stem:
 
 
 def locate_stem(model: nn.Module) -> tuple[_Stem | None, list[str]]:
-    """Find the stem of ``model`` (the first conv the input meets, with any space-to-depth before it).
-
-    Returns:
-        (tuple): The stem (None when there is none with an exact strided form) and the reasons for what was skipped.
-    """
-    changes, skipped = plan(model, to="conv", scope="stem")
-    records = [c for c in changes if c.record is not None]
-    if records:
-        path = records[0].path
-        helpers = [c.path for c in changes if c.record is None]
-        parts = [model.get_submodule(p) for p in helpers] + [model.get_submodule(path)]
-        original = parts[0] if len(parts) == 1 else nn.Sequential(*parts)
-        return _Stem(path, helpers, original, strided_block(original)), []
-    if skipped:
-        return None, [f"{s.path}: {s.reason}" for s in skipped]
-    changes, skipped = plan(model, to="s2d", scope="stem")
-    records = [c for c in changes if c.record is not None]
-    if records:
-        original = model.get_submodule(records[0].path)
-        return _Stem(records[0].path, [], original, strided_block(original)), []
-    return None, [f"{s.path}: {s.reason}" for s in skipped] or ["no Focus, space-to-depth or strided-conv stem found"]
+    """The stem of ``model`` (the first conv the input meets, with any space-to-depth before it), None when there is
+    none with an exact strided form, and the reasons for what was skipped."""
+    for to in ("conv", "s2d"):  # a space-to-depth stem first, else a strided conv one
+        changes, skipped = plan(model, to=to, scope="stem")
+        records = [c for c in changes if c.record is not None]
+        if records:
+            helpers = [c.path for c in changes if c.record is None] if to == "conv" else []
+            parts = [model.get_submodule(p) for p in [*helpers, records[0].path]]
+            original = parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+            return _Stem(records[0].path, helpers, original, strided_block(original)), []
+        if skipped or to == "s2d":
+            reasons = [f"{s.path}: {s.reason}" for s in skipped]
+            return None, reasons or ["no Focus, space-to-depth or strided-conv stem found"]
 
 
 class _Captured(Exception):
@@ -184,15 +174,13 @@ def optimize(
     Args:
         model (nn.Module): Any model with a Focus, space-to-depth + conv, or strided-conv stem.
         example_inputs (torch.Tensor | tuple): Inputs of the real shape (batch, image size) on the real device.
-        forms (list[str] | None): Forms to try (``stem_forms.form_names()`` by default); the stem as it is is
-            always tried too, so the result is never slower than the original beyond measurement noise.
+        forms (list[str] | None): Forms to try (all of ``form_names()`` by default); the stem as it is is always
+            tried too, so the result is never slower than the original beyond measurement noise.
         backward (bool): Time forward + backward (training) instead of forward without autograd (inference).
-        measure (str): ``"stem"`` times the stem alone (fast); ``"model"`` times the whole model with each form,
-            which also captures effects downstream (a channels_last output).
-        repeats (int): Interleaved rounds timed per candidate (medians are compared).
-        warmup (int): Rounds run first and discarded.
-        verify (bool): Verify the whole model before and after in float64 (on the first sample of
-            ``example_inputs``); raise and change nothing on failure.
+        measure (str): ``"stem"`` times the stem alone; ``"model"`` the whole model with each form (which also
+            captures effects downstream, such as a channels_last output).
+        repeats, warmup (int): Interleaved rounds timed per candidate (medians compared), rounds discarded first.
+        verify (bool): Verify the whole model in float64 on the first sample; raise and change nothing on failure.
         tolerance (float): Verification tolerance relative to the output scale.
 
     Returns:
@@ -232,16 +220,8 @@ def optimize(
     medians = {name: median(t) for name, t in times.items()}
     chosen = min(medians, key=medians.get)
     fastest = medians[chosen]
-    results = [
-        FormResult(
-            n,
-            medians.get(n, float("nan")) * 1e3,
-            medians.get(n, float("nan")) / fastest,
-            errors[n].max_abs_err,
-            errors[n].passed,
-        )
-        for n in candidates
-    ]
+    ms = {n: medians.get(n, float("nan")) for n in candidates}  # NaN: not exact, not timed
+    results = [FormResult(n, ms[n] * 1e3, ms[n] / fastest, errors[n].max_abs_err, errors[n].passed) for n in candidates]
     report.stems.append(
         StemChoice(stem.path, type(stem.original).__name__, list(x.shape), chosen, medians[ORIGINAL] / fastest, results)
     )
@@ -254,36 +234,14 @@ def optimize(
 def _apply(
     model: nn.Module, stem: _Stem, form: str, inputs, verify: bool, tolerance: float
 ) -> VerificationReport | None:
-    """Put ``form`` in place; first, when ``verify``, check the whole model in float64 on ``inputs`` (None: random
-    inputs of an inferred shape)."""
+    """Put ``form`` in place, after checking the whole model in float64 on ``inputs`` (None: random ones of an
+    inferred shape) when ``verify``; raise ``VerificationError`` and change nothing on failure."""
     changes = _changes(model, stem, carry_routing(model.get_submodule(stem.path), build_form(stem.block, form)))
     verification = check(model, changes, inputs, tolerance=tolerance) if verify else None
     if verification is not None and not verification.passed:
         raise VerificationError(f"verification failed, model left unchanged: {verification}", verification)
     apply(model, changes)
     return verification
-
-
-def apply_form(
-    model: nn.Module, form: str, inputs=None, verify: bool = True, tolerance: float = DEFAULT_TOLERANCE
-) -> VerificationReport | None:
-    """Put the stem of ``model`` in ``form`` (a name from ``stem_forms.form_names()``) without timing, in place.
-
-    Used to carry a choice measured on one copy (e.g. float32) to another (the checkpoint's own dtype).
-
-    Returns:
-        (VerificationReport | None): The float64 verification of the whole model (None when ``verify`` is False).
-
-    Raises:
-        ValueError: Unknown form, or no stem with an exact strided form.
-        VerificationError: Verification failed; the model is left unchanged.
-    """
-    if form not in form_names():
-        raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")
-    stem, skipped = locate_stem(model)
-    if stem is None:
-        raise ValueError(f"no stem to rewrite ({'; '.join(skipped)})")
-    return _apply(model, stem, form, inputs, verify, tolerance)
 
 
 def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repeats, warmup, device):
@@ -320,13 +278,8 @@ def _time_candidates(model, stem, candidates, x, inputs, backward, measure, repe
 
 
 def fastest_model_checkpoint(content: dict, batch: int, size: int, verify: bool = True, repeats: int = 10):
-    """``convert --to fastest`` for a model checkpoint: time on a float32 copy, apply the pick to every model in it.
-
-    The checkpoint keeps its own dtype (Ultralytics saves float16): only the choice is carried over.
-
-    Returns:
-        (tuple[dict, OptimizeReport]): The checkpoint content (models changed in place) and the timing report.
-    """
+    """``convert --to fastest`` for a model checkpoint: time on a float32 copy, apply the pick to every model in it
+    (each keeps its own dtype). Returns the content (models changed in place) and the timing report."""
     models = [content[key] for key in ("model", "ema") if isinstance(content.get(key), nn.Module)]
     probe = copy.deepcopy(models[0]).float().eval()
     channels = infer_input_shape(probe)[1]
@@ -336,8 +289,11 @@ def fastest_model_checkpoint(content: dict, batch: int, size: int, verify: bool 
         raise ValueError(f"no stem to optimize ({'; '.join(report.skipped)})")
     chosen = report.stems[0].chosen
     if chosen != ORIGINAL:
-        for model in models:
-            report.verification = apply_form(model, chosen, verify=verify)
+        for model in models:  # the choice carried over, no timing: same stem, the checkpoint's own dtype
+            stem, skipped = locate_stem(model)
+            if stem is None:
+                raise ValueError(f"no stem to rewrite ({'; '.join(skipped)})")
+            report.verification = _apply(model, stem, chosen, None, verify, DEFAULT_TOLERANCE)
     return content, report
 
 
@@ -349,11 +305,8 @@ def fastest_state_dict_form(
     order: str = "yolov5",
     repeats: int = 10,
 ) -> tuple[str, dict[str, float]]:
-    """Which of the two layouts a state dict can hold, ``"focus"`` or ``"conv"``, runs its stem faster here.
-
-    Returns:
-        (tuple[str, dict[str, float]]): The faster layout and the median milliseconds of both.
-    """
+    """Which of the two layouts a state dict can hold, ``"focus"`` or ``"conv"``, runs its stem faster here, and the
+    median milliseconds of both."""
     from ..remap import focus_to_conv_weight
     from ..state_dict import find_stem
 

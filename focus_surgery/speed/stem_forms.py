@@ -1,9 +1,6 @@
-"""Every exact form of one stem, as modules built by weight remapping (no training, no approximation).
-
-A stem is a strided conv block (or anything that folds into one: a Focus, an SPDConv, space-to-depth + conv).
-With stride ``bs`` it runs as any form of ``FORMS``, each also with ``+channels_last`` (input and weights in NHWC
-memory format). The conv block after the rearrangement is a copy of the stem's own (BatchNorm, activation kept),
-only its ``nn.Conv2d`` is new.
+"""Every exact form of one stem (a strided conv block, or a Focus / SPDConv / space-to-depth + conv that folds into
+one), built by weight remapping: each of ``FORMS``, also with ``+channels_last`` (NHWC input and weights). The conv
+block keeps the stem's BatchNorm and activation; only its ``nn.Conv2d`` is new.
 """
 
 from __future__ import annotations
@@ -23,8 +20,6 @@ CHANNELS_LAST_SUFFIX = "+channels_last"
 
 class SliceSpaceToDepth(nn.Module):
     """Space-to-depth by concatenating strided slices, as YOLOv5's ``Focus`` does (order ``yolov5``).
-
-    ``torch.cat([x[..., dy::bs, dx::bs] for dx in range(bs) for dy in range(bs)], 1)``.
 
     Shapes:
         Input (N, C, H, W), H and W divisible by ``bs``; output (N, C*bs*bs, H/bs, W/bs).
@@ -53,9 +48,9 @@ KINDS: tuple[str, ...] = tuple(FORMS)
 KIND_OF_ORDER = {order: kind for kind, (order, _) in FORMS.items() if order}
 
 
-def form_names(kinds: tuple[str, ...] = KINDS, channels_last: tuple[bool, ...] = (False, True)) -> list[str]:
-    """Names of the forms ``kinds`` x ``channels_last``, e.g. ``conv`` and ``conv+channels_last``."""
-    return [kind + (CHANNELS_LAST_SUFFIX if last else "") for last in channels_last for kind in kinds]
+def form_names() -> list[str]:
+    """Names of every form: each kind, then each with ``+channels_last`` (e.g. ``conv+channels_last``)."""
+    return [*KINDS, *(kind + CHANNELS_LAST_SUFFIX for kind in KINDS)]
 
 
 class StemForm(nn.Module):
@@ -122,15 +117,8 @@ def strided_block(stem: nn.Module) -> nn.Module:
 
 
 def build_form(block: nn.Module, form: str) -> StemForm:
-    """Build one exact form of the strided conv block ``block`` (see ``strided_block``).
-
-    Args:
-        block (nn.Module): Conv block or bare ``nn.Conv2d`` with stride ``bs`` >= 2, equal on both axes.
-        form (str): One of ``form_names()``.
-
-    Returns:
-        (StemForm): New module (weights copied, never shared with ``block``), same device, dtype and train mode.
-    """
+    """Form ``form`` (one of ``form_names()``) of ``block`` (a conv block or ``nn.Conv2d`` of stride ``bs`` >= 2,
+    see ``strided_block``): a new module (weights copied, never shared), same device, dtype and train mode."""
     kind, _, suffix = form.partition("+")
     if kind not in KINDS or suffix not in ("", CHANNELS_LAST_SUFFIX[1:]):
         raise ValueError(f"unknown stem form {form!r}: use one of {', '.join(form_names())}")

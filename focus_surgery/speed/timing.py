@@ -1,8 +1,7 @@
 """Timing and peak-memory primitives shared by ``optimize`` and the benchmark.
 
-Candidates are always measured side by side: each round runs every candidate once, in a fresh random order, so
-slow drifts of a shared machine (other processes, thermal limits) hit every candidate alike. Medians over the
-rounds are reported, never means.
+Candidates are measured side by side: each round runs every candidate once, in a fresh random order, so slow drifts
+of a shared machine hit every candidate alike. Medians over the rounds are reported, never means.
 """
 
 from __future__ import annotations
@@ -25,43 +24,24 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_interleaved(
-    candidates: dict[str, Callable[[], object]],
-    device: torch.device,
-    repeats: int = 10,
-    warmup: int = 2,
-    seed: int = 0,
-    min_time_s: float = 0.0,
+    candidates: dict[str, Callable[[], object]], device: torch.device, repeats: int = 10, warmup: int = 2
 ) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, measured in interleaved rounds.
-
-    Args:
-        candidates (dict[str, Callable]): Name -> zero-argument function doing one call.
-        device (torch.device): Device to synchronize around each call.
-        repeats (int): Rounds measured (each candidate runs once per round).
-        warmup (int): Rounds run first and discarded (allocator, cuDNN / oneDNN kernel choice).
-        seed (int): Seed of the per-round shuffle.
-        min_time_s (float): Keep measuring rounds past ``repeats`` until the total time reaches this.
-
-    Returns:
-        (dict[str, list[float]]): Name -> one time per measured round.
-    """
+    """Seconds per call of each candidate (name -> zero-argument call), one per round of ``repeats`` interleaved
+    rounds, after ``warmup`` rounds that are discarded (allocator, cuDNN / oneDNN kernel choice)."""
     order = list(candidates)
-    shuffle = random.Random(seed)
+    shuffle = random.Random(0)
     for _ in range(warmup):
         for name in order:
             candidates[name]()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in order}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < repeats or (time.perf_counter() - start < min_time_s and rounds < 100 * max(repeats, 1)):
+    for _ in range(repeats):
         shuffle.shuffle(order)
         for name in order:
             t0 = time.perf_counter()
             candidates[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - t0)
-        rounds += 1
     return times
 
 
@@ -118,7 +98,7 @@ def peak_memory_bytes(call: Callable[[], object], device: torch.device) -> int:
 def matmul_reference(flops: float, device: torch.device, dtype: torch.dtype = torch.float32):
     """A square matmul with (about) ``flops`` floating-point operations: (zero-argument call, its exact FLOPs).
 
-    It is what the device achieves on the best-optimised kernel there is, the yardstick for a stem's GFLOP/s.
+    What the device achieves on its best-optimised kernel: the yardstick for a stem's GFLOP/s.
     """
     n = max(16, round((flops / 2) ** (1 / 3)))
     generator = torch.Generator().manual_seed(0)

@@ -1,6 +1,5 @@
-"""How our timm models are built: the space-to-depth stem, the pretrained cfg, ``build_model_with_cfg`` with a
-checkpoint filter that adapts the stem to ``in_chans`` per pixel phase. ``resnet.py`` and ``convnext.py`` use it;
-``integrations/timm.py`` registers them (this module never imports it back)."""
+"""How our timm models are built: the space-to-depth stem, the pretrained cfg, and ``build_model_with_cfg`` with a
+checkpoint filter that adapts the stem to ``in_chans`` per pixel phase (used by ``resnet.py`` and ``convnext.py``)."""
 
 from __future__ import annotations
 
@@ -16,28 +15,24 @@ from ...layers import SpaceToDepth
 from ...stems import walk
 
 
-def space_to_depth_stem(
-    in_chans: int, out_chs: int, block_size: int, order: str, stride: int = 1, bias: bool = False, like=None
-) -> nn.Sequential:
-    """SpaceToDepth(bs) then a 3x3 conv, as siblings so ``focus_surgery.convert`` folds them into one conv.
+def space_to_depth_stem(old: nn.Conv2d, in_chans: int, stem: str, stems: dict[str, tuple]) -> nn.Sequential:
+    """SpaceToDepth then a 3x3 conv replacing the stem conv ``old``, as siblings so ``convert`` folds them into one.
+
+    Args:
+        stems (dict): Stem name -> (block size ``bs``, order, conv stride ``s``); ``stem`` selects one.
 
     Shapes:
-        Input (N, in_chans, H, W), H and W divisible by ``bs``; output (N, out_chs, H/(bs*stride), W/(bs*stride)).
+        Input (N, in_chans, H, W), H and W divisible by ``bs``; output (N, old.out_channels, H/(bs*s), W/(bs*s)).
     """
-    factory = {"device": like.device, "dtype": like.dtype} if like is not None else {}
-    conv = nn.Conv2d(in_chans * block_size * block_size, out_chs, 3, stride, 1, bias=bias, **factory)
+    if stem not in stems:
+        raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(stems)}")
+    block_size, order, stride = stems[stem]
+    factory = {"device": old.weight.device, "dtype": old.weight.dtype, "bias": old.bias is not None}
+    conv = nn.Conv2d(in_chans * block_size * block_size, old.out_channels, 3, stride, 1, **factory)
     return nn.Sequential(SpaceToDepth(block_size, order), conv)
 
 
 # ----------------------------------------------------------------------------------------- pretrained weights
-
-
-def _space_to_depth_convs(model: nn.Module) -> list[tuple[str, int, str]]:
-    """(weight key, block size, order) of each conv that directly follows a space-to-depth layer."""
-    sites = [s for s in walk(model) if s.form == "s2d" and s.problem is None]
-    return [
-        (f"{s.block_path}{'' if type(s.block) is nn.Conv2d else '.conv'}.weight", s.block_size, s.order) for s in sites
-    ]
 
 
 def adapt_state_dict_in_chans(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -52,19 +47,20 @@ def adapt_state_dict_in_chans(state_dict: dict[str, torch.Tensor], model: nn.Mod
     """
     state_dict = dict(state_dict)
     model_weights = dict(model.state_dict(keep_vars=True))
-    for key, block_size, order in _space_to_depth_convs(model):
+    for site in (s for s in walk(model) if s.form == "s2d" and s.problem is None):  # a conv after a space-to-depth
+        key = f"{site.block_path}{'' if type(site.block) is nn.Conv2d else '.conv'}.weight"
         if key not in state_dict or key not in model_weights:
             continue
         source, target = state_dict[key], model_weights[key]
         if source.shape == target.shape:
             continue
-        phases = block_size * block_size
+        phases = site.block_size**2
         if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:] or source.shape[1] % phases:
             raise ValueError(
                 f"{key}: checkpoint weight {tuple(source.shape)} cannot be adapted to the model's "
                 f"{tuple(target.shape)} (only the input channels may differ)"
             )
-        state_dict[key] = adapt_s2d_input_channels(source, target.shape[1] // phases, block_size, order)
+        state_dict[key] = adapt_s2d_input_channels(source, target.shape[1] // phases, site.block_size, site.order)
     return state_dict
 
 

@@ -1,7 +1,5 @@
-"""ConvNeXt with a space-to-depth stem, in timm's registry: ``convnext_{atto,tiny}_s2d`` and ``..._s2d_focus``.
-
-Importing this module registers the models (``focus_surgery.integrations.timm.register()`` does it for you).
-"""
+"""ConvNeXt with a space-to-depth stem in timm's registry (``convnext_{atto,tiny}_s2d{,_focus}``); importing this
+module registers the models (``focus_surgery.integrations.timm.register()`` does it for you)."""
 
 from __future__ import annotations
 
@@ -30,19 +28,13 @@ class SpaceToDepthConvNeXt(ConvNeXt):
 
     def __init__(self, stem: str = "s2d", **kwargs: Any):
         super().__init__(**kwargs)
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
-        block_size, order, stride = STEMS[stem]
         if len(self.stem) != 2:
             raise ValueError("SpaceToDepthConvNeXt replaces the patchify stem: leave stem_type at 'patch'")
-        old, norm = self.stem[0], self.stem[1]
-        new = space_to_depth_stem(
-            self.in_chans, old.out_channels, block_size, order, stride, old.bias is not None, like=old.weight
-        )
+        new = space_to_depth_stem(self.stem[0], self.in_chans, stem, STEMS)
         trunc_normal_(new[1].weight, std=0.02)
         if new[1].bias is not None:
             nn.init.zeros_(new[1].bias)
-        self.stem = nn.Sequential(new[0], new[1], norm)
+        self.stem = nn.Sequential(new[0], new[1], self.stem[1])
 
 
 def _create(variant: str, pretrained: bool, stem: str, **kwargs: Any) -> SpaceToDepthConvNeXt:

@@ -1,7 +1,5 @@
-"""ResNet with a space-to-depth stem, in timm's registry: ``resnet{18,50}_s2d`` and ``resnet{18,50}_s2d_focus``.
-
-Importing this module registers the models (``focus_surgery.integrations.timm.register()`` does it for you).
-"""
+"""ResNet with a space-to-depth stem in timm's registry (``resnet{18,50}_s2d{,_focus}``); importing this module
+registers the models (``focus_surgery.integrations.timm.register()`` does it for you)."""
 
 from __future__ import annotations
 
@@ -30,16 +28,13 @@ class SpaceToDepthResNet(ResNet):
 
     def __init__(self, stem: str = "s2d", **kwargs: Any):
         super().__init__(**kwargs)
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
-        block_size, order, stride = STEMS[stem]
-        old = self.conv1
-        if not isinstance(old, nn.Conv2d):
+        if not isinstance(self.conv1, nn.Conv2d):
             raise ValueError("SpaceToDepthResNet replaces the single-conv stem: leave stem_type at its default")
-        self.conv1 = space_to_depth_stem(self.in_chans, old.out_channels, block_size, order, stride, like=old.weight)
+        self.conv1 = space_to_depth_stem(self.conv1, self.in_chans, stem, STEMS)
         nn.init.kaiming_normal_(self.conv1[1].weight, mode="fan_out", nonlinearity="relu")
         if stem == "s2d":
             self.maxpool = nn.Identity()
+        block_size, _, stride = STEMS[stem]
         self.feature_info[0] = dict(self.feature_info[0], reduction=block_size * stride)
 
 
