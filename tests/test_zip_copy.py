@@ -328,3 +328,16 @@ def test_proof_option_refused_where_it_means_nothing(src: Path, tmp_path: Path, 
     with pytest.raises(ConversionError, match="--proof"):
         convert_file(src, tmp_path / "out.pt", to="conv", **options)
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_bench_convert_is_the_zip_copy_and_rewrite_is_not(src: Path, tmp_path: Path) -> None:
+    """``focus-surgery bench``: ``convert`` times the CLI's writer (the zip copy), ``convert-rewrite`` torch.save's."""
+    from focus_surgery.speed.bench import convert_once
+
+    for kind, copies in (("convert", 1), ("convert-rewrite", 0), ("convert-no-fsync", 1)):
+        dst = tmp_path / f"{kind}.pt"
+        with zip_rewrite.recording() as outcomes:
+            result = convert_once(kind, src, dst)
+        assert len(outcomes) == copies, kind
+        assert result["peak_anon"] >= 0 and result["seconds"] > 0
+        assert torch.load(dst, weights_only=True, mmap=True)["model.0.conv.weight"].shape == (16, 3, 6, 6)
