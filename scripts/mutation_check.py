@@ -385,7 +385,7 @@ LOADER_MUTANTS = [
     Mutant(
         "unpickler passes keyword arguments to constructors",
         "focus_surgery/loader/unpickler.py",
-        "if self.stack[-1]:  # keyword arguments",
+        "if kwargs:  # keyword arguments",
         "if False:  # keyword arguments",
         LOADER,
     ),
@@ -414,8 +414,8 @@ LOADER_MUTANTS = [
     Mutant(
         "loader: EMPTY_SET charged as a plain opcode",
         "focus_surgery/loader/unpickler.py",
-        "    pickle.EMPTY_SET,\n    pickle.EMPTY_DICT,\n",
-        "    pickle.EMPTY_DICT,\n",
+        '_codes("EMPTY_SET EMPTY_DICT',
+        '_codes("EMPTY_DICT',
         LOADER,
     ),
     Mutant(

@@ -1,11 +1,8 @@
 """Safe checkpoint loading, at the bottom of the package: no code from a file ever runs, every size is bounded.
 
-``read_checkpoint(path)`` returns plain data: containers, tensors, numpy values, ``Record`` objects for classes
-(name + pickled state), ``NamedReference`` / ``Namespace`` values for data-only objects - and the set of globals the
-pickle named, from which checkpoint sources recognise their family (one pass over the file). ``loader.layers``
-rebuilds records of installed layer classes into real modules from validated hyper-parameters.
-
-Guarantees (tested in ``tests/test_hostile_files.py``):
+``read_checkpoint(path)`` returns plain data, tensors, numpy values, ``Record`` objects (class name + pickled state),
+``NamedReference`` / ``Namespace`` values, and the globals the pickle named (one pass over the file).
+Guarantees (``tests/test_hostile_files.py``; each bound at its limit in ``tests/test_loader_bounds.py``):
 
 * nothing named by the file is called except the validating rebuilders of ``allowlist.ALLOWED``;
 * every declared size (zip records, storages, tensors) is checked against the file's size before allocation; the
@@ -16,17 +13,11 @@ Guarantees (tested in ``tests/test_hostile_files.py``):
 * time is linear in the file size: one ``Transform`` visits each shared object once; keys cannot be made to collide
   (integers below 2**32) and no integer beyond 128 bits reaches arithmetic.
 
-Modes (``read_checkpoint(path, mode=...)``; ``containers.LOAD_MODES``): ``"copy"`` (the default of
-``read_checkpoint``: storages read into the process's memory, as ``torch.load``; tensors that outlive the call do
-not depend on the file), ``"mmap"`` (storages are copy-on-write views of a private mapping of the file, every CRC-32
-computed over the mapped bytes before returning; the default of the CLI's pipeline, whose content is dropped before
-it returns: the file must not be truncated while the views live - ``torch.save`` to the same path would, and a read
-of a page past the new end is a SIGBUS) or ``"mmap-nocrc"`` (the same views, nothing of the weights read at load
-time: what makes ``torch.load(mmap=True)`` fast; storages' CRC-32s are not checked, every bound still is). The
-environment variable ``FOCUS_SURGERY_LOAD_MODE`` replaces the default (never an explicit ``mode``).
-
-``allow_records(module, reason)`` admits more record modules (``allowlist.ALLOWED`` is the one table);
-each bound is tested at its limit in ``tests/test_loader_bounds.py``.
+Modes (``LOAD_MODES``): ``"copy"`` (storages read into memory, as ``torch.load``), ``"mmap"`` (copy-on-write views of
+a private mapping of the file, every CRC-32 checked before returning; the file must not be truncated while the views
+live: a read past its new end is a SIGBUS) and ``"mmap-nocrc"`` (the same views, storages' CRC-32s unchecked, every
+bound still checked). ``FOCUS_SURGERY_LOAD_MODE`` replaces the default, never an explicit ``mode``.
+``allow_records(module, reason)`` admits more record modules.
 """
 
 from __future__ import annotations
@@ -92,12 +83,8 @@ def check_readable(path: str | os.PathLike) -> Path:
 
 
 def _finish(content: Any, unpickler: RestrictedUnpickler) -> Any:
-    """Turn what only the unpickler needed into plain values, once per shared object.
-
-    numpy array and dtype descriptions become validated numpy values; the loader's own rebuilders, markers and
-    record classes, where a file left them as values instead of calling them, become named references (an output
-    must never hold a function of ours or a class of the file's).
-    """
+    """numpy descriptions become validated numpy values; our rebuilders, markers and record classes that the file left
+    as values become named references (an output never holds a function of ours or a class of the file's)."""
     names = unpickler.names_of_handed_out()
 
     def finish(obj: Any) -> Any:
@@ -117,17 +104,11 @@ def _finish(content: Any, unpickler: RestrictedUnpickler) -> Any:
 # what a malformed file makes the reading raise (KeyError, IndexError: LookupError; RecursionError: RuntimeError)
 _UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError, struct.error)
 _UNREADABLE += (zipfile.BadZipFile, OSError, RuntimeError, MemoryError, ArithmeticError, zlib.error)  # bad deflate
-
-
 MODE_VARIABLE = "FOCUS_SURGERY_LOAD_MODE"
 
 
 def load_mode(mode: str | None = None, default: str = "copy") -> str:
-    """``mode`` if given, else the environment's ``FOCUS_SURGERY_LOAD_MODE``, else ``default``; one of LOAD_MODES.
-
-    Raises:
-        CheckpointError: An unknown mode (named, with the ones there are).
-    """
+    """``mode`` if given, else ``$FOCUS_SURGERY_LOAD_MODE``, else ``default``; CheckpointError if not in LOAD_MODES."""
     chosen = mode or os.environ.get(MODE_VARIABLE) or default
     if chosen not in LOAD_MODES:
         where = f"{MODE_VARIABLE}={chosen}" if mode is None else f"mode {chosen!r}"
@@ -164,5 +145,5 @@ def read_checkpoint(path: str | os.PathLike, mode: str | None = None) -> Loaded:
         if isinstance(error, zipfile.BadZipFile) and "CRC" in text:
             raise CheckpointError(f"{path}: {detail}; the file is corrupt") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (unreadable: {detail})") from None
-    protocol = getattr(unpickler, "proto", 2)
-    return Loaded(path, content, frozenset(unpickler.globals_seen), container, protocol=protocol, stats=stats)
+    globals_seen = frozenset(unpickler.globals_seen)
+    return Loaded(path, content, globals_seen, container, protocol=getattr(unpickler, "proto", 2), stats=stats)

@@ -1,15 +1,10 @@
-"""What a checkpoint's pickle may name, as data: ONE table, every entry saying what the file gets and why.
+"""What a checkpoint's pickle may name, as data: ONE table (``ALLOWED``), each entry saying what the file gets and why.
 
-``ALLOWED`` maps a name to an ``Allowed`` entry of one of two kinds, and nothing else is admitted:
-
-* a global name (``torch.Size``) with a fixed stand-in - a validating rebuilder (tensors, storages, numpy values,
-  enum members), an inert container type, or a non-callable marker. No torch or numpy class is ever callable.
-* a record module (``models.yolo``; ``pkg.*`` admits every module under ``pkg``): its classes become ``Record``
-  objects (name + pickled state); no class of the file is imported and none of its code runs. Where ``materialise``
-  is set, records of installed layer classes may later be rebuilt (``loader.layers``), again without running their
-  constructors.
-
-``allow_records(module, reason)`` admits more record modules, as torch's ``add_safe_globals`` admits more globals.
+An entry is a global name (``torch.Size``) with a fixed stand-in - a validating rebuilder, an inert container type or a
+non-callable marker (no torch or numpy class is ever callable) - or a record module (``models.yolo``; ``pkg.*``: every
+module under ``pkg``) whose classes become inert ``Record`` data; where ``materialise`` is set, records of installed
+layer classes may later be rebuilt without running their constructors (``loader.layers``). ``allow_records`` admits
+more record modules, as torch's ``add_safe_globals`` admits more globals.
 """
 
 from __future__ import annotations
@@ -35,17 +30,10 @@ class Allowed:
     materialise: bool = False  # ... and whose installed layer classes may be rebuilt as live modules
 
 
-STORAGE_DTYPES = {
-    "torch.HalfStorage": torch.float16,
-    "torch.FloatStorage": torch.float32,
-    "torch.DoubleStorage": torch.float64,
-    "torch.BFloat16Storage": torch.bfloat16,
-    "torch.LongStorage": torch.int64,
-    "torch.IntStorage": torch.int32,
-    "torch.ShortStorage": torch.int16,
-    "torch.CharStorage": torch.int8,
-    "torch.ByteStorage": torch.uint8,
-    "torch.BoolStorage": torch.bool,
+_STORAGES = "Half:float16 Float:float32 Double:float64 BFloat16:bfloat16 Long:int64 Int:int32 Short:int16 Char:int8"
+STORAGE_DTYPES = {  # torch.<Name>Storage (named in a persistent id): its dtype
+    f"torch.{name}Storage": getattr(torch, dtype)
+    for name, dtype in (pair.split(":") for pair in f"{_STORAGES} Byte:uint8 Bool:bool".split())
 }
 
 
@@ -65,77 +53,62 @@ class StorageType:
 def _table() -> dict[str, Allowed]:
     table: dict[str, Allowed] = {}
 
-    def add(names: tuple[str, ...], value: Any, reason: str, needs_budget: bool = False) -> None:
-        for name in names:
-            table[name] = Allowed(reason, value, needs_budget)
+    def add(names: str, value: Any, reason: str, needs_budget: bool = False) -> None:
+        """``names``: space-separated; ``{py}`` / ``{core}``: each spelling of builtins / numpy's core module."""
+        for name in names.split():
+            for py in ("builtins", "__builtin__"):
+                for core in ("numpy.core", "numpy._core"):  # numpy < 2 and numpy >= 2
+                    table[name.format(py=py, core=core)] = Allowed(reason, value, needs_budget)
 
+    tensor, budget = "torch._utils._rebuild_tensor", True
     add(
-        ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor"),
+        f"{tensor}_v2 {tensor}",
         rb.rebuild_tensor,
         "every tensor: a view of a storage, extent and logical size checked against the file",
-        needs_budget=True,
+        budget,
     )
     add(
-        ("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"),
+        "torch._utils._rebuild_parameter torch._utils._rebuild_parameter_with_state",
         rb.rebuild_parameter,
         "nn.Parameter over a tensor read above; hooks and state dropped; a second one over a tensor is charged",
-        needs_budget=True,
+        budget,
     )
     add(
-        ("torch._tensor._rebuild_from_type_v2",),
+        "torch._tensor._rebuild_from_type_v2",
         rb.rebuild_from_type,
         "tensors with a Python type tag: only our rebuilders, the tag must be a plain tensor type",
     )
     for name, marker in rb.TENSOR_TYPES.items():
-        add((name,), marker, "named as the type tag of _rebuild_from_type_v2; a marker, never callable")
-    add(("torch.Size",), rb.torch_size, "shape tuples: integers only")
-    add(("torch.device",), rb.torch_device, "device of a tensor or setting: known device kinds only")
+        add(name, marker, "named as the type tag of _rebuild_from_type_v2; a marker, never callable")
+    add("torch.Size", rb.torch_size, "shape tuples: integers only")
+    add("torch.device", rb.torch_device, "device of a tensor or setting: known device kinds only")
     for name, dtype in STORAGE_DTYPES.items():
-        add((name,), StorageType(dtype), "storage type in a persistent id; only its dtype is read")
-    for dtype in STORAGE_DTYPES.values():
-        add((str(dtype),), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
-    add(("collections.OrderedDict",), OrderedDict, "state dicts; an inert container")
-    add(("collections.Counter",), Counter, "MultiStepLR's milestones in a scheduler's state dict; an inert container")
+        add(name, StorageType(dtype), "storage type in a persistent id; only its dtype is read")
+        add(str(dtype), dtype, "a dtype constant (e.g. a model's or AMP setting's dtype)")
+    add("collections.OrderedDict", OrderedDict, "state dicts; an inert container")
+    add("collections.Counter", Counter, "MultiStepLR's milestones in a scheduler's state dict; an inert container")
+    add("{py}.set", set, "an inert container")
+    add("{py}.frozenset", frozenset, "an inert container")
+    add("{py}.slice", slice, "an inert value (YOLOv5 v1.0 metadata)")
+    add("{py}.dict", dict, "a plain dict (our outputs write read namespaces this way); keys checked")
+    add("{py}.str __builtin__.unicode", rb.text_value, "text (our outputs write named references this way)")
+    add("{py}.object", rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
     for py in ("builtins", "__builtin__"):
-        add((f"{py}.set",), set, "an inert container")
-        add((f"{py}.frozenset",), frozenset, "an inert container")
-        add((f"{py}.slice",), slice, "an inert value (YOLOv5 v1.0 metadata)")
-        add((f"{py}.dict",), dict, "a plain dict (our outputs write read namespaces this way); keys checked")
-        add((f"{py}.str", "__builtin__.unicode"), rb.text_value, "text (our outputs write named references this way)")
-        add((f"{py}.object",), rb.TypeMarker("object"), "base of copyreg._reconstructor; a marker")
-        add(
-            (f"{py}.getattr",),
-            rb.named_reference_via(f"{py}.getattr"),
-            "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference",
-        )
-    add(("_codecs.encode",), rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes", needs_budget=True)
-    add(
-        ("copyreg._reconstructor", "copy_reg._reconstructor"),
-        rb.reconstructor,
-        "protocol 0/1 objects: record classes only",
-    )
-    for core in ("numpy.core", "numpy._core"):  # numpy < 2 and numpy >= 2 spellings
-        add((f"{core}.multiarray._reconstruct",), rb.numpy_reconstruct, "numpy arrays: plain number dtypes only")
-        add(
-            (f"{core}.multiarray.scalar",),
-            rb.numpy_scalar,
-            "numpy scalars (metrics): plain number dtypes only",
-            needs_budget=True,
-        )
-    add(("numpy.ndarray",), rb.NDARRAY, "argument of _reconstruct; a marker")
-    add(("numpy.dtype",), rb.DtypeSpec, "numpy dtypes: plain number types only")
+        reason = "getattr(Class, 'method') pickles a function attribute (YOLOv5 v7.0 Segment.detect): a named reference"
+        add(f"{py}.getattr", rb.named_reference_via(f"{py}.getattr"), reason)
+    add("_codecs.encode", rb.encode, "bytes in protocol-2 pickles: latin-1 / utf-8 text to bytes", budget)
+    add("copyreg._reconstructor copy_reg._reconstructor", rb.reconstructor, "protocol 0/1 objects: record classes only")
+    add("{core}.multiarray._reconstruct", rb.numpy_reconstruct, "numpy arrays: plain number dtypes only")
+    add("{core}.multiarray.scalar", rb.numpy_scalar, "numpy scalars (metrics): plain number dtypes only", budget)
+    add("numpy.ndarray", rb.NDARRAY, "argument of _reconstruct; a marker")
+    add("numpy.dtype", rb.DtypeSpec, "numpy dtypes: plain number types only")
     for cls in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
-        add(
-            (f"pathlib.{cls}",),
-            rb.path_reader(f"pathlib.{cls}"),
-            "paths in training options (YOLOv5 train.py since 2024): as text that remembers its class",
-            needs_budget=True,
-        )
+        reason = "paths in training options (YOLOv5 train.py since 2024): as text that remembers its class"
+        add(f"pathlib.{cls}", rb.path_reader(f"pathlib.{cls}"), reason, budget)
     for name in ("types.SimpleNamespace", "argparse.Namespace", "ultralytics.utils.IterableSimpleNamespace"):
-        add((name,), namespace_class(name), "training arguments (Ultralytics model.args): read as a dict")
-
+        add(name, namespace_class(name), "training arguments (Ultralytics model.args): read as a dict")
     for name in ("torchvision.transforms.functional.InterpolationMode", "torchvision.transforms.InterpolationMode"):
-        add((name,), rb.enum_value(name), "an interpolation setting of a recorded transform: a named reference")
+        add(name, rb.enum_value(name), "an interpolation setting of a recorded transform: a named reference")
 
     def records(module: str, reason: str, materialise: bool = False) -> None:
         table[module] = Allowed(reason, record=True, materialise=materialise)
@@ -152,10 +125,10 @@ def _table() -> dict[str, Allowed]:
     records("torchvision.transforms.transforms", "YOLOv5 v7.0 classification models keep their transforms")
     records("utils.augmentations", "YOLOv5's own preprocessing transforms, kept by its classification models")
     records("yolox.models.*", "YOLOX models saved whole")
+    mmengine = "mmengine training checkpoints: message_hub's HistoryBuffer (logged scalars as numpy arrays, its "
     records(
         "mmengine.logging.*",
-        "mmengine training checkpoints: message_hub's HistoryBuffer (logged scalars as numpy arrays, its statistics "
-        "methods as getattr references); bookkeeping, written back unchanged",
+        mmengine + "statistics methods as getattr references); bookkeeping, written back unchanged",
     )
     return table
 
@@ -175,20 +148,13 @@ def stand_in(qualname: str) -> Allowed | None:
 def is_record_module(module: str) -> bool:
     """Whether classes of ``module`` are read as records: an exact row, or a ``pkg.*`` row of a parent package."""
     parts = module.split(".")
-    if not all(part.isidentifier() for part in parts):
-        return False
-    entry = ALLOWED.get(module)
-    if entry is not None and entry.record:
-        return True
-    return any(getattr(ALLOWED.get(".".join(parts[:n]) + ".*"), "record", False) for n in range(1, len(parts)))
+    rows = [module] + [".".join(parts[:n]) + ".*" for n in range(1, len(parts))]
+    return all(map(str.isidentifier, parts)) and any(getattr(ALLOWED.get(row), "record", False) for row in rows)
 
 
 def allow_records(module: str, reason: str) -> None:
-    """Read the classes of ``module`` (``"pkg.*"``: every module under ``pkg``) as records, with ``reason`` saying
-    why the files that name them are expected; like torch's ``serialization.add_safe_globals``.
-
-    A record is inert data (class name + pickled state): no class of the file is imported and none of its code
-    runs. Records of modules added here are never rebuilt as live layers.
+    """Read the classes of ``module`` (``"pkg.*"``: every module under ``pkg``) as inert records (never rebuilt as
+    live layers), ``reason`` saying why files name them; like torch's ``serialization.add_safe_globals``.
 
     Raises:
         ValueError: ``module`` is not a dotted module name (optionally ending in ``.*``), ``reason`` is empty, or

@@ -1,16 +1,10 @@
 """The two ``torch.save`` containers, read with every size checked against the file before anything is allocated.
 
-* zip (torch >= 1.6): ``<archive>/data.pkl`` plus one record per storage, ``<archive>/data/<key>``. Every record's
-  declared size must fit in the file (no zip bombs), the pickle must be small, every storage's CRC-32 is checked.
-  Stored storage records are read in one of three modes (``LOAD_MODES``): ``"copy"`` (each record read into fresh
-  memory), ``"mmap"`` (copy-on-write views of one private mapping of the file: nothing is copied; every CRC-32 is
-  computed over the mapped bytes before the content is returned) or ``"mmap-nocrc"`` (the same views, storages'
-  CRC-32s not computed: nothing of the weights is read at load time, as ``torch.load(mmap=True)``; the pickle and
-  the small records are still checked, and every offset and size still is, so a corrupt weight byte gives a wrong
-  value, never a read outside the file).
-* legacy (torch < 1.6): magic number, protocol and sys-info pickles, the object pickle, its storage keys, then
-  the raw storages. A storage's declared size must fit in what is left of the file; every storage must be filled
-  by the file (never uninitialised memory).
+* zip (torch >= 1.6): ``<archive>/data.pkl`` plus ``<archive>/data/<key>`` per storage; every record stored or deflated,
+  inside the file, not overlapping another; every CRC-32 checked (storages' not in ``"mmap-nocrc"``). Stored storages
+  are copied (``"copy"``) or copy-on-write views of one private mapping of the file (``"mmap"``, ``"mmap-nocrc"``).
+* legacy (torch < 1.6): magic number, protocol and sys-info pickles, the object pickle, its storage keys, then the raw
+  storages, each filled from the file (never uninitialised memory) and declaring no more than what is left of it.
 """
 
 from __future__ import annotations
@@ -23,22 +17,20 @@ import struct
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 import torch
 
 from .crc import crc32
 from .errors import CheckpointError
-from .rebuilders import Budgets, element_size
+from .rebuilders import Budgets
 from .unpickler import RestrictedUnpickler
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 MAX_PICKLE_BYTES = 64 << 20  # a model's pickle (structure, not weights) is kilobytes to a few megabytes
 TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's own size (expanded anchor grids)
-
-
 OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four times the file's size
 LOAD_MODES = ("copy", "mmap", "mmap-nocrc")
 RECORD_ALIGNMENT = 64  # torch.save aligns each record's data to 64 bytes; others are copied, never mapped unaligned
@@ -73,8 +65,8 @@ def budgets_for(file_size: int) -> Budgets:
 
 
 class BoundedReader:
-    """A file handle whose reads never ask for more than the file has left (a pickle's declared string length
-    is checked before Python allocates a buffer for it)."""
+    """A file handle whose reads never ask for more than the file has left (a pickle's declared string length is
+    checked before Python allocates a buffer for it)."""
 
     def __init__(self, handle: BinaryIO, size: int):
         self._handle, self._size = handle, size
@@ -99,9 +91,9 @@ class BoundedReader:
         return self._handle.tell()
 
 
-def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int) -> dict[str, int]:
-    """Before anything is decompressed: every record stored or deflated (zipfile inflates bzip2 / LZMA chunks
-    without an output bound), none declaring more than the file, all but the pickle together at most the file, every
+def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int, pkl: str) -> dict:
+    """Before anything is decompressed: every record stored or deflated (zipfile inflates bzip2 / LZMA without an
+    output bound), none declaring more than the file, all but the pickle ``pkl`` together at most the file, every
     record's bytes inside the file, and no two records sharing bytes (each byte of the file is read once).
 
     Returns:
@@ -109,30 +101,28 @@ def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], fi
             ``file[offset : offset + info.file_size]``, checked to lie in the file).
     """
     total, extents, offsets = 0, [], {}
-    first = infos[0].filename
-    pickle_name = (first.split("/")[0] + "/" if "/" in first else "") + "data.pkl"  # the one torch reads
     for info in infos:
+        record = f"{path}: record {info.filename!r}"
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise CheckpointError(
-                f"{path}: record {info.filename!r} uses zip compression method {info.compress_type}; torch writes "
-                "stored (or deflated) records: re-save it with torch.save"
+                f"{record} uses zip compression method {info.compress_type}; torch writes stored (or deflated) "
+                "records: re-save it with torch.save"
             )
         if info.file_size > file_size:
             raise CheckpointError(
-                f"{path}: record {info.filename!r} unpacks to {info.file_size:,} bytes, more than the whole file "
-                f"({file_size:,}): a zip bomb or not a torch checkpoint"
+                f"{record} unpacks to {info.file_size:,} bytes, more than the whole file ({file_size:,}): a zip bomb "
+                "or not a torch checkpoint"
             )
-        total += 0 if info.filename == pickle_name else info.file_size
+        total += 0 if info.filename == pkl else info.file_size
         handle.seek(info.header_offset)
         local = handle.read(30)
         if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            raise CheckpointError(f"{path}: record {info.filename!r} has no local header; the file is corrupt")
+            raise CheckpointError(f"{record} has no local header; the file is corrupt")
         name_length, extra_length = struct.unpack("<HH", local[26:30])
-        start = info.header_offset + 30 + name_length + extra_length
+        offsets[info.filename] = start = info.header_offset + 30 + name_length + extra_length
         end = start + info.compress_size
         if end > file_size or (info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size):
-            raise CheckpointError(f"{path}: record {info.filename!r} does not fit in the file; the file is corrupt")
-        offsets[info.filename] = start
+            raise CheckpointError(f"{record} does not fit in the file; the file is corrupt")
         extents.append((info.header_offset, end, info.filename))
     if total > file_size:
         raise CheckpointError(f"{path}: its records unpack to {total:,} bytes, more than the file ({file_size:,})")
@@ -144,8 +134,7 @@ def check_records(path: Path, handle: BinaryIO, infos: list[zipfile.ZipInfo], fi
 
 
 def shown(key: str) -> str:
-    """A storage key as a message shows it: as is if it is a short word (torch writes numbers), else quoted on one
-    line, at most 40 characters of it."""
+    """A storage key as a message shows it: as is if a short word (torch writes numbers), else quoted, cut at 40."""
     if len(key) <= 40 and key.replace("_", "").isalnum() and key.isascii():
         return key
     return repr(key if len(key) <= 40 else key[:40] + "...")
@@ -155,46 +144,41 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-class _RecordBytes:
-    """Stored records' bytes as storages: views of one private (copy-on-write) mapping of the file, or fresh copies.
-
-    Every offset and length comes from ``check_records`` (inside the file). A mapping's pages are never written back:
-    a tensor written to by its user gets its own copy of the page, the file is untouched.
-    """
-
-    def __init__(self, path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats):
-        self._path, self._fd, self._mode, self.stats = path, handle.fileno(), mode, stats
-        self._whole: torch.UntypedStorage | None = None
-        self._bytes: Any = None  # the mapping as a numpy byte array (CRC-32s read it without a copy)
-        if mode != "copy":
-            try:
-                mapping = mmap.mmap(self._fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
-            except (OSError, ValueError):  # no room in an address-space limit (a folder run's child): copy instead
-                return
+def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> Callable:
+    """``read(offset, nbytes)``: (storage of ``file[offset : offset + nbytes]``, its bytes as numpy for the CRC-32);
+    a view of one private (copy-on-write: the file is never written) mapping of the file in the mmap modes where the
+    record is aligned, else a fresh copy. Offsets and lengths come from ``check_records`` (inside the file)."""
+    fd, mapped, mapped_bytes = handle.fileno(), None, None
+    if mode != "copy":
+        try:
+            mapping = mmap.mmap(fd, file_size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE of the open file
+        except (OSError, ValueError):  # no room in an address-space limit (a folder run's child): copy instead
+            mapping = None
+        if mapping is not None:
             whole = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive while any view lives
-            self._whole, self._bytes = whole.untyped_storage(), whole.numpy()
+            mapped, mapped_bytes = whole.untyped_storage(), whole.numpy()  # numpy: CRC-32s read it without a copy
 
-    def storage(self, offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
-        """(storage of ``file[offset : offset + nbytes]``, its bytes as a numpy array for the CRC-32)."""
-        if self._whole is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
-            self.stats.mapped_bytes += nbytes
-            return self._whole[offset : offset + nbytes], self._bytes[offset : offset + nbytes]
+    def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
+        if mapped is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
+            stats.mapped_bytes += nbytes
+            return mapped[offset : offset + nbytes], mapped_bytes[offset : offset + nbytes]
         tensor = torch.empty((nbytes,), dtype=torch.uint8)
         array, done = tensor.numpy(), 0
         while done < nbytes:  # one copy, kernel to the storage (no Python bytes object in between)
-            got = os.preadv(self._fd, [array[done:]], offset + done)
+            got = os.preadv(fd, [array[done:]], offset + done)
             if got <= 0:
-                raise CheckpointError(f"{self._path}: the file became shorter while it was read; read it again")
+                raise CheckpointError(f"{path}: the file became shorter while it was read; read it again")
             done += got
-        self.stats.copied_bytes += nbytes
+        stats.copied_bytes += nbytes
         return tensor.untyped_storage(), array
+
+    return read
 
 
 def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | None = None) -> tuple[Any, Any]:
-    """Read a zip checkpoint; returns (content, the unpickler that read it: its globals and budgets).
+    """Read a zip checkpoint in ``mode`` (``LOAD_MODES``); returns (content, the unpickler that read it).
 
-    ``mode`` is one of ``LOAD_MODES`` (see the module's docstring); ``stats`` counts what was copied, mapped and
-    checksummed.
+    ``stats`` counts what was copied, mapped and checksummed.
     """
     stats = stats if stats is not None else LoadStats(mode)
     with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
@@ -205,43 +189,39 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         twice = next((name for name, count in Counter(names).items() if count > 1), None)
         if twice is not None:
             raise CheckpointError(f"{path}: zip archive holds two records named {twice!r}; not a torch checkpoint")
-        offsets = check_records(path, handle, infos, file_size)
         # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
+        offsets = check_records(path, handle, infos, file_size, prefix + "data.pkl")
         stray = next((n for n in names if not n.startswith(prefix)), None)
         if stray is not None:  # torch refuses these too
             raise CheckpointError(
                 f"{path}: zip record {stray!r} lies outside the archive folder {prefix!r}; not a torch checkpoint"
             )
-        by_name = {info.filename[len(prefix) :]: info for info in infos if info.filename.startswith(prefix)}
+        by_name = {info.filename[len(prefix) :]: info for info in infos}
         pickle_info = by_name.get("data.pkl")
         if pickle_info is None:
             raise CheckpointError(f"{path}: zip archive without {prefix}data.pkl, not a torch checkpoint")
         if pickle_info.file_size > MAX_PICKLE_BYTES:
             raise CheckpointError(
-                f"{path}: its pickle is {pickle_info.file_size:,} bytes, more than a model's "
-                f"structure needs ({MAX_PICKLE_BYTES:,}); not a torch checkpoint"
+                f"{path}: its pickle is {pickle_info.file_size:,} bytes, more than a model's structure needs "
+                f"({MAX_PICKLE_BYTES:,}); not a torch checkpoint"
             )
         order = by_name.get("byteorder")
         if order is not None and archive.read(order).strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian checkpoint; re-save it on a little-endian machine")
         data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
         stats.crc_bytes += len(data)
-
-        budgets = budgets_for(file_size)
-        unpacked = [0]
-        storages: dict[str, torch.storage.TypedStorage] = {}
-        records = _RecordBytes(path, handle, file_size, mode, stats)
+        unpacked, storages, crcs = [0], {}, []
+        record_bytes = _record_bytes(path, handle, file_size, mode, stats)
         check_storages = mode != "mmap-nocrc"
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
             if view is not None:
                 raise pickle.UnpicklingError("storage view in a zip checkpoint")
             if key not in storages:
-                info = by_name.get(f"data/{key}")
+                info, nbytes = by_name.get(f"data/{key}"), numel * dtype.itemsize
                 if info is None:
                     raise CheckpointError(f"{path}: storage {shown(key)} is missing")
-                nbytes = numel * element_size(dtype)
                 if info.file_size < nbytes:
                     raise CheckpointError(
                         f"{path}: storage {shown(key)} is truncated ({info.file_size:,} of {nbytes:,} bytes)"
@@ -251,8 +231,8 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
                 stats.storages += 1
                 if info.compress_type == zipfile.ZIP_STORED:
-                    raw, as_bytes = records.storage(offsets[info.filename], info.file_size)
-                    if check_storages:  # the CRC releases the GIL: checksums run beside the unpickling, checked below
+                    raw, as_bytes = record_bytes(offsets[info.filename], info.file_size)
+                    if check_storages:  # checked below, once the unpickling is done
                         crcs.append((info, crc_pool.submit(crc32, as_bytes)))
                         stats.crc_bytes += info.file_size
                 else:  # deflated (torch never writes it): zipfile inflates at most the declared size, checks the CRC
@@ -261,15 +241,13 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     stats.crc_bytes += info.file_size
                 storages[key] = _typed(raw, dtype)
                 stats.keys[raw._cdata] = (key, raw, dtype)
-            storage = storages[key]
-            if storage.dtype != dtype:
+            if storages[key].dtype != dtype:
                 raise pickle.UnpicklingError(f"storage {shown(key)} read with two dtypes")
-            return storage
+            return storages[key]
 
-        crcs: list[tuple[zipfile.ZipInfo, Any]] = []
         crc_pool = ThreadPoolExecutor(max_workers=CRC_THREADS, thread_name_prefix="focus-surgery-crc")
         try:
-            unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets)
+            unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets_for(file_size))
             content = unpickler.load()
             for info, crc in crcs:
                 if crc.result() != info.CRC:
@@ -288,36 +266,33 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
 
 
 def load_legacy(path: Path, file_size: int, stats: LoadStats | None = None) -> tuple[Any, RestrictedUnpickler]:
-    """Read a pre-1.6 torch checkpoint; returns (content, the unpickler that read it: its globals and budgets)."""
+    """Read a pre-1.6 torch checkpoint; returns (content, the unpickler that read it)."""
     stats = stats if stats is not None else LoadStats("copy")
-    budgets = budgets_for(file_size)
     pending: dict[str, tuple[torch.UntypedStorage, int]] = {}  # key: (storage, element size)
     declared = [0]
     with open(path, "rb") as raw_handle:
         handle = BoundedReader(raw_handle, file_size)
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
-            nbytes = numel * element_size(dtype)
+            element = dtype.itemsize
             if key not in pending:
-                declared[0] += 8 + nbytes  # every storage's data lies after this point, with an 8-byte count
+                declared[0] += 8 + numel * element  # every storage's data lies after this point, with an 8-byte count
                 if declared[0] > file_size - handle.tell():
                     raise CheckpointError(
-                        f"{path}: storage {shown(key)} declares {nbytes:,} bytes, more than the file holds"
+                        f"{path}: storage {shown(key)} declares {numel * element:,} bytes, more than the file holds"
                     )
-                # zeroed, then filled from the file below: never uninitialised memory
-                pending[key] = (torch.UntypedStorage(nbytes).fill_(0), element_size(dtype))
+                pending[key] = (torch.UntypedStorage(numel * element).fill_(0), element)  # zeroed, filled below
             base = pending[key][0]
             if view is None:
                 return _typed(base, dtype)
             if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int for v in view[1:])):
                 raise pickle.UnpicklingError("malformed storage view")
             _, offset, size = view
-            element = element_size(dtype)
             if offset < 0 or size < 0 or (offset + size) * element > base.nbytes():
                 raise pickle.UnpicklingError("storage view outside its storage")
             return _typed(base[offset * element : (offset + size) * element], dtype)
 
-        unpickler = RestrictedUnpickler(handle, load_storage, budgets)
+        unpickler = RestrictedUnpickler(handle, load_storage, budgets_for(file_size))
         if unpickler.load() != LEGACY_MAGIC_NUMBER:
             raise CheckpointError(f"{path}: not a torch checkpoint (wrong magic number)")
         unpickler.load()  # protocol version
@@ -331,18 +306,15 @@ def load_legacy(path: Path, file_size: int, stats: LoadStats | None = None) -> t
         # torch writes text keys; anything else is never turned into text (str() of a shared tuple expands it)
         if not isinstance(keys, list) or not all(type(key) is str for key in keys) or len(set(keys)) != len(keys):
             raise CheckpointError(f"{path}: corrupt storage list")
-        filled: set[str] = set()
         for key in keys:
             if key not in pending:
                 raise CheckpointError(f"{path}: storage {shown(key)} is listed but never used")
-            storage, element = pending[key]
-            header = handle.read(8)
+            (storage, element), header = pending[key], handle.read(8)
             if len(header) < 8:
                 raise CheckpointError(f"{path}: truncated (storage {shown(key)} missing)")
-            count = struct.unpack("<q", header)[0]
-            if count * element != storage.nbytes():
+            count, nbytes = struct.unpack("<q", header)[0], storage.nbytes()
+            if count * element != nbytes:
                 raise CheckpointError(f"{path}: corrupt storage {shown(key)} (size {count} does not match its use)")
-            nbytes = storage.nbytes()
             if nbytes > file_size - handle.tell():
                 raise CheckpointError(f"{path}: truncated storage {shown(key)}")
             if nbytes:  # straight into the zeroed storage: one copy, no Python bytes in between
@@ -351,8 +323,7 @@ def load_legacy(path: Path, file_size: int, stats: LoadStats | None = None) -> t
                     raise CheckpointError(f"{path}: truncated storage {shown(key)}")
             stats.storages += 1
             stats.copied_bytes += nbytes
-            filled.add(key)
-        missing = sorted(set(pending) - filled)
+        missing = sorted(set(pending) - set(keys))
         if missing:
             raise CheckpointError(f"{path}: storage {shown(missing[0])} has no data in the file")
     return content, unpickler
@@ -363,19 +334,17 @@ def read_container(
 ) -> tuple[Any, RestrictedUnpickler, str]:
     """(content, the unpickler that read it, container name) of a ``torch.save`` file; refuses other formats.
 
-    ``mode`` (``LOAD_MODES``) applies to zip files; legacy files are always copied (their storages follow the
-    pickle, so a storage must exist before its place in the file is known; torch does not map them either).
+    ``mode`` (``LOAD_MODES``) applies to zip files; legacy files are always copied (a storage must exist before its
+    place in the file is known; torch does not map them either).
     """
     with open(path, "rb") as handle:
         head = handle.read(512)
     if zipfile.is_zipfile(path):
-        content, unpickler = load_zip(path, file_size, mode, stats)
-        return content, unpickler, "zip"
+        return (*load_zip(path, file_size, mode, stats), "zip")
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{path}: truncated or corrupt zip archive (no central directory); re-save it")
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError(f"{path}: legacy tar checkpoint (torch < 0.4); load and re-save it with torch 1.x")
     if head[:1] != b"\x80":
         raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
-    content, unpickler = load_legacy(path, file_size, stats)
-    return content, unpickler, "legacy"
+    return (*load_legacy(path, file_size, stats), "legacy")

@@ -1,9 +1,8 @@
 """Rebuild records of installed layer classes into real modules, from validated hyper-parameters only.
 
-A record becomes its class through ``cls.__new__`` + ``__setstate__`` (what ``torch.load`` does), never through
-a constructor or a function from the file. Before that, the hyper-parameters that drive loops or allocations in
-torch's layers (kernel sizes, paddings, scale factors, layer counts) are checked against the layer's own weights
-and sane ranges; hooks stored in a file are dropped (they are functions: code, not data).
+A record becomes its class through ``cls.__new__`` + ``__setstate__`` (as ``torch.load`` does), never a constructor or
+a function from the file; hyper-parameters that drive loops or allocations are checked against the layer's weights
+and sane ranges first, and hooks stored in a file (code, not data) are dropped.
 """
 
 from __future__ import annotations
@@ -63,9 +62,7 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
 
     for attr in ("kernel_size", "padding", "output_size", "size"):
         bounded(attr, MAX_GEOMETRY)
-    for attr in ("stride", "dilation", "output_padding"):
-        bounded(attr, MAX_SCALE)
-    for attr in ("scale_factor", "upscale_factor", "downscale_factor"):
+    for attr in ("stride", "dilation", "output_padding", "scale_factor", "upscale_factor", "downscale_factor"):
         bounded(attr, MAX_SCALE)
     if issubclass(cls, nn.modules.conv._ConvNd):
         w, groups = _weight(state), state.get("groups")
@@ -91,11 +88,8 @@ def check_hyperparameters(cls: type, state: dict, where: str) -> None:
         if not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"{where}: {cls.__name__}.num_layers = {layers!r} is out of range")
         per_layer = len(names) // (layers * (2 if bidirectional else 1)) if isinstance(names, list) else 0
-        if (
-            not isinstance(names, list)
-            or per_layer not in (2, 3, 4, 5)
-            or len(names) != len(state.get("_parameters") or {})
-        ):
+        misshapen = not isinstance(names, list) or per_layer not in (2, 3, 4, 5)
+        if misshapen or len(names) != len(state.get("_parameters") or {}):
             raise ValueError(f"{where}: {cls.__name__} weights disagree with num_layers")
     if issubclass(cls, nn.MultiheadAttention):
         embed, heads = state.get("embed_dim"), state.get("num_heads")
@@ -120,13 +114,10 @@ MAX_EXPANSION = 16  # torch's own walks (state_dict, .to, ...) follow every path
 
 
 def check_module_tree(graph: dict[int, tuple[str, list[int], int]], path: Path, max_bytes: int) -> None:
-    """Refuse module graphs that torch would walk exponentially or forever, or write as more tensor bytes than the
-    file may hold.
-
-    ``nn.Module.state_dict()``, ``.to()`` and ``.apply()`` visit a shared sub-module once per path to it. A shared
-    activation is common; a chain of layers each holding the previous one twice (2^40 paths in a few KB) or a
-    module containing itself is not a model, nor is one large (stride-0) buffer written once per path to its layer.
-    ``graph`` maps each layer (by id) to its class name, the ids of its sub-layers and its own tensors' bytes.
+    """Refuse module graphs that torch's walks (``state_dict``, ``.to``, ``.apply``: once per path to a shared layer)
+    would visit exponentially or forever, or write as more tensor bytes than the file may hold: a chain of layers
+    each holding the previous one twice (2^40 paths in a few KB), a layer containing itself, one large (stride-0)
+    buffer written once per path. ``graph``: layer id -> (class name, sub-layer ids, its own tensors' bytes).
     """
     paths: dict[int, tuple[int, int]] = {}  # layers and tensor bytes a walk from this layer visits
     for root in graph:
@@ -164,20 +155,15 @@ def check_module_tree(graph: dict[int, tuple[str, list[int], int]], path: Path, 
 
 def _tensor_bytes(state: dict) -> int:
     """Logical bytes of a layer's own parameters and buffers (what its state dict writes, views made dense)."""
-    total = 0
-    for kind in ("_parameters", "_buffers"):
-        tensors = state.get(kind)
-        for tensor in tensors.values() if isinstance(tensors, dict) else ():
-            total += tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
-    return total
+    kinds = [state.get("_parameters"), state.get("_buffers")]
+    tensors = [t for kind in kinds if isinstance(kind, dict) for t in kind.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def materialize(value: Any, path: Path) -> Any:
-    """Turn the records under ``value`` into real layers (installed classes only; see ``module_class``).
-
-    Every shared object is rebuilt once (one ``Transform``); containers are updated in place (they belong to this
-    load alone). A layer is made before its state (layers may refer to each other); every state is converted and
-    the module graph checked before the first ``__setstate__``.
+    """Turn the records under ``value`` into installed layers, each shared object once (one ``Transform``, containers
+    updated in place); every layer is made, every state converted and the module graph checked before the first
+    ``__setstate__`` (layers may refer to each other).
 
     Raises:
         CheckpointError: A record of a class that is not an installed layer, or invalid hyper-parameters.

@@ -1,5 +1,4 @@
-"""What one safe read of a file gives: the content as data and records, the names it used, and (on demand) the
-content with installed layer classes rebuilt as live modules."""
+"""One safe read of a file (``Loaded``) and, on demand, its content with layers rebuilt as live modules."""
 
 from __future__ import annotations
 
@@ -35,11 +34,8 @@ class Checkpoint:
     @property
     def model(self) -> torch.nn.Module | None:
         """The model object of a full checkpoint (EMA first, as Ultralytics does), else None."""
-        if isinstance(self.content, dict):
-            for key in ("ema", "model"):
-                if isinstance(self.content.get(key), torch.nn.Module):
-                    return self.content[key]
-        return None
+        models = [self.content.get(key) for key in ("ema", "model")] if isinstance(self.content, dict) else []
+        return next((m for m in models if isinstance(m, torch.nn.Module)), None)
 
     @property
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -95,13 +91,14 @@ class Loaded:
                 content = materialize(self.content, self.path)
             except RecursionError:
                 raise CheckpointError(f"{self.path}: not a torch checkpoint (nested too deeply)") from None
-            if isinstance(content, dict) and any(isinstance(content.get(k), torch.nn.Module) for k in ("model", "ema")):
-                metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
-                self._checkpoint = Checkpoint(self.path, "ultralytics", content, metadata, self.globals)
+            checkpoint = Checkpoint(self.path, "ultralytics", content, {}, self.globals)
+            if checkpoint.model is not None:
+                checkpoint.metadata = {k: v for k, v in content.items() if k not in ("model", "ema", "optimizer")}
             elif isinstance(content, dict) and all(isinstance(k, str) for k in content):
-                self._checkpoint = Checkpoint(self.path, "state_dict", content, dict(self.metadata), self.globals)
+                checkpoint.kind, checkpoint.metadata = "state_dict", dict(self.metadata)
             else:
                 raise CheckpointError(
                     f"{self.path}: holds a {type(content).__name__}, not a state dict or a model checkpoint"
                 )
+            self._checkpoint = checkpoint
         return self._checkpoint

@@ -1,21 +1,11 @@
-"""Write what the loader read back the way the file pickled it: the inverse of ``unpickler``.
+"""Write what the loader read back the way the file pickled it (the inverse of ``unpickler``), so that the output's
+pickle names exactly the globals of its input and a family's ``weights_only`` allow-list still loads it.
 
-Every inert stand-in is written under the global the file named, in the form the file used, so that the output's
-pickle names exactly the globals of its input (``torch.serialization.get_unsafe_globals_in_checkpoint`` lists the same
-names; a family's ``weights_only=True`` loader with its allow-list still loads it):
-
-* ``Record``: ``GLOBAL module.Class``, ``NEWOBJ`` (or ``REDUCE`` of ``cls()``), its state (``(dict, slots)`` where it
-  was), ``BUILD`` - how ``torch.save`` pickles a module or any plain object; no constructor runs on load;
-* a record class left as a value, ``NamedReference``: the bare ``GLOBAL``, or the call it was read from
-  (``getattr(models.yolo.Detect, 'forward')``, ``InterpolationMode(2)``) - the reference it was, never a string;
-* ``Namespace``: its own class (``argparse.Namespace``, ``types.SimpleNamespace``, Ultralytics'
-  ``IterableSimpleNamespace``), built by ``NEWOBJ`` or ``REDUCE`` as it was read, its attributes as ``BUILD`` state;
-* ``PathText``: ``pathlib.<Class>(*parts)``.
-
-Everything else goes through the standard pure-Python pickler; a global it names that the input spelled another way
-(``numpy._core`` of numpy 2 vs ``numpy.core`` of numpy 1) is written in the input's spelling. Nothing named is ever
-imported. ``dumps`` is the reusable function (content -> pickle bytes, storages through ``persistent_id``);
-``pickle_module`` is what ``torch.save(pickle_module=...)`` takes.
+A ``Record`` is written as ``GLOBAL`` + ``NEWOBJ`` (or ``REDUCE`` of ``cls()``, or ``copyreg._reconstructor``) +
+``BUILD`` of its state; a record class or ``NamedReference`` as its bare ``GLOBAL`` or the call it was read from
+(``getattr(models.yolo.Detect, 'forward')``); a ``Namespace`` as its own class with ``BUILD`` state; a ``PathText`` as
+``pathlib.<Class>(*parts)``. Everything else goes through the pure-Python pickler, a global the input spelled another
+way (numpy 1 ``numpy.core`` vs numpy 2 ``numpy._core``) in the input's spelling. Nothing named is ever imported.
 """
 
 from __future__ import annotations
@@ -32,6 +22,8 @@ from .records import NamedReference, Namespace, PathText, Record
 
 # modules that one library spells two ways across versions: (written by this installation, the other spelling)
 _EQUIVALENT_MODULES = (("numpy._core", "numpy.core"), ("numpy.core", "numpy._core"))
+_STAND_INS = (Record, NamedReference, Namespace, PathText)
+_ATOMIC = {str, bytes, int, float, bool, type(None)}
 
 
 class FaithfulPickler(pickle._Pickler):
@@ -45,27 +37,29 @@ class FaithfulPickler(pickle._Pickler):
     spellings: frozenset = frozenset()
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if isinstance(obj, (Record, NamedReference, Namespace, PathText)) or (
-            isinstance(obj, type) and issubclass(obj, Record)
-        ):
-            memo = self.memo.get(id(obj))
-            if memo is not None:
-                self.write(self.get(memo[0]))
-                return
-            if isinstance(obj, Record):
-                self._save_record(obj)
-            elif isinstance(obj, NamedReference):
-                self._save_reference(obj)
-            elif isinstance(obj, Namespace):
-                self._save_namespace(obj)
-            elif isinstance(obj, PathText):
-                self._save_call(obj.qualname, obj.parts, obj)
-            else:  # a record class: a class the file named as a value
-                self.write_global(obj.qualname)  # memoized under its name: a second use is a GET
-            return
-        super().save(obj, save_persistent_id)
-
-    # ------------------------------------------------------------------ the stand-ins
+        record_class = isinstance(obj, type) and issubclass(obj, Record)
+        if not (record_class or isinstance(obj, _STAND_INS)):
+            return super().save(obj, save_persistent_id)
+        memo = self.memo.get(id(obj))
+        if memo is not None:
+            self.write(self.get(memo[0]))
+        elif record_class:  # a class the file named as a value: memoized under its name (a second use is a GET)
+            self.write_global(obj.qualname)
+        elif isinstance(obj, Record):
+            self._save_record(obj)
+        elif isinstance(obj, NamedReference) and obj.pickled is None:
+            self.write_global(obj.qualname)
+        elif isinstance(obj, NamedReference):
+            self._save_call(*obj.pickled, obj)
+        elif isinstance(obj, PathText):
+            self._save_call(obj.qualname, obj.parts, obj)
+        else:  # a namespace, built as it was read; an empty object has no state (SimpleNamespace reduces with one)
+            self.write_global(obj.qualname)
+            self.write(pickle.EMPTY_TUPLE + (pickle.REDUCE if obj.pickled_by == "reduce" else pickle.NEWOBJ))
+            self.memoize(obj)
+            if obj or obj.pickled_by == "reduce":
+                self.save(dict(obj))
+                self.write(pickle.BUILD)
 
     def write_global(self, qualname: str) -> None:
         """The global ``module.name`` exactly as spelled (the input's spelling), in this protocol's opcode, memoized
@@ -93,20 +87,6 @@ class FaithfulPickler(pickle._Pickler):
             self.write(pickle.POP + self.get(self.memo[id(obj)][0]))
         else:
             self.memoize(obj)
-
-    def _save_reference(self, ref: NamedReference) -> None:
-        if ref.pickled is None:
-            self.write_global(ref.qualname)
-        else:
-            self._save_call(ref.pickled[0], ref.pickled[1], ref)
-
-    def _save_namespace(self, ns: Namespace) -> None:
-        self.write_global(ns.qualname)
-        self.write(pickle.EMPTY_TUPLE + (pickle.REDUCE if ns.pickled_by == "reduce" else pickle.NEWOBJ))
-        self.memoize(ns)
-        if ns or ns.pickled_by == "reduce":  # SimpleNamespace reduces with its __dict__; an empty object has no state
-            self.save(dict(ns))
-            self.write(pickle.BUILD)
 
     def _spelled(self, *names: str) -> str:
         """The one of ``names`` (Python 3's spelling, then Python 2's) the input used; else the one pickle writes in
@@ -136,8 +116,6 @@ class FaithfulPickler(pickle._Pickler):
         self.save(state)
         self.write(pickle.BUILD)
 
-    # ------------------------------------------------------------------ ordinary globals, in the input's spelling
-
     def save_global(self, obj: Any, name: str | None = None) -> None:
         qualname = name or getattr(obj, "__qualname__", None)
         module = getattr(obj, "__module__", None)
@@ -151,13 +129,9 @@ class FaithfulPickler(pickle._Pickler):
         super().save_global(obj, name)
 
 
-_STAND_INS = (Record, NamedReference, Namespace, PathText)
-
-
 def needs_faithful(content: Any) -> bool:
-    """Whether ``content`` holds anything the standard pickler would write differently from the file it was read
-    from: a stand-in (record, record class, reference, namespace, path) or a numpy value (whose module numpy spells
-    two ways). Else the C pickler writes the same pickle, faster. Each shared object is visited once."""
+    """Whether ``content`` holds a stand-in or a numpy value (numpy spells its module two ways), which the standard
+    (C, faster) pickler would write differently from the input; each shared object is visited once."""
     seen: set[int] = set()
     stack = [content]
     while stack:
@@ -178,9 +152,6 @@ def needs_faithful(content: Any) -> bool:
         elif not isinstance(obj, type) and isinstance(getattr(obj, "__dict__", None), dict):
             stack.extend(vars(obj).values())  # a live module's attributes (Ultralytics' model.args)
     return False
-
-
-_ATOMIC = {str, bytes, int, float, bool, type(None)}
 
 
 def dumps(

@@ -1,8 +1,5 @@
-"""Loaded values as plain, JSON-friendly data (numbers, text, lists, dicts), within a budget.
-
-Reports and metadata files print what a checkpoint holds. A file can share one list many times over (2^40 paths in
-a few kilobytes); printing or serialising it expands every path, so the expansion is counted and stopped.
-"""
+"""Loaded values as JSON-friendly data for reports, within a budget: a file can share one list many times over (2^40
+paths in a few kilobytes), and printing it expands every path, so the expansion is counted and stopped."""
 
 from __future__ import annotations
 

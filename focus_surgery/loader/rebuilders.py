@@ -1,13 +1,10 @@
-"""The only functions a checkpoint may call: tensor, storage and numpy rebuilders that validate every argument.
-
-Each replaces the torch / numpy function of the same role (``torch._utils._rebuild_tensor_v2``, ...) with one that
-builds a plain value from checked numbers and bytes; hooks, metadata, subclasses and pointers from a file are never
-passed on.
-"""
+"""The only functions a checkpoint may call: stand-ins for torch's / numpy's rebuilders that build plain values from
+checked numbers and bytes; hooks, metadata, subclasses and pointers from a file are never passed on."""
 
 from __future__ import annotations
 
 import codecs
+import math
 import pathlib
 import pickle
 from typing import Any
@@ -44,10 +41,6 @@ class Budgets:
         self.wrapped: dict[int, torch.Tensor] = {}  # tensors a parameter was made over (kept alive: ids stay unique)
 
 
-def element_size(dtype: torch.dtype) -> int:
-    return dtype.itemsize
-
-
 def _ints(values: Any, what: str) -> tuple[int, ...]:
     if not isinstance(values, (tuple, list, torch.Size)) or len(values) > _MAX_DIMS:
         raise pickle.UnpicklingError(f"{what} is not a short tuple of integers")
@@ -66,23 +59,17 @@ def rebuild_tensor(budgets: Budgets, storage, storage_offset, size, stride, *unu
     if len(size) != len(stride) or offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
         raise pickle.UnpicklingError("tensor with a negative size, stride or offset, or mismatched size and stride")
     extent = 0 if 0 in size else offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
-    itemsize = element_size(storage.dtype)
-    available = storage._untyped_storage.nbytes() // itemsize
+    available = storage._untyped_storage.nbytes() // storage.dtype.itemsize
     if extent > available:
         raise pickle.UnpicklingError(f"tensor reaches element {extent} of a storage of {available}")
-    numel = 1
-    for n in size:
-        numel *= n
-    budgets.tensors.take(numel * itemsize, f"a tensor of shape {list(size)}")
-    tensor = torch.empty((0,), dtype=storage.dtype)
-    return tensor.set_(storage._untyped_storage, offset, torch.Size(size), stride)
+    budgets.tensors.take(math.prod(size) * storage.dtype.itemsize, f"a tensor of shape {list(size)}")
+    return torch.empty((0,), dtype=storage.dtype).set_(storage._untyped_storage, offset, torch.Size(size), stride)
 
 
 def rebuild_parameter(budgets: Budgets, data, requires_grad=False, *unused) -> torch.Tensor:
     """``torch._utils._rebuild_parameter[_with_state]``: an ``nn.Parameter`` over ``data``, hooks and state dropped.
 
-    A second parameter over the same tensor (its argument tuple taken from the memo) is a new name for the same
-    view: charged again, as a tensor used again is."""
+    A second parameter over the same tensor (its arguments from the memo) is charged again, as a tensor used again."""
     if type(data) is not torch.Tensor:
         raise pickle.UnpicklingError("parameter without plain tensor data")
     if id(data) in budgets.wrapped:
@@ -204,8 +191,6 @@ def enum_value(qualname: str):
     return read
 
 
-# ------------------------------------------------------------------------------------------------ numpy values
-
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: no objects, no structured fields
 
 
@@ -236,8 +221,7 @@ class DtypeSpec:
 class ArraySpec:
     """What ``numpy.core.multiarray._reconstruct`` + its state describe; ``to_numpy`` copies the validated bytes."""
 
-    def __init__(self):
-        self.state = None
+    state: Any = None
 
     def __setstate__(self, state) -> None:
         self.state = state
@@ -250,10 +234,7 @@ class ArraySpec:
             raise pickle.UnpicklingError("numpy array of an unsupported kind")
         dtype = dtype.to_numpy()
         shape = _ints(shape, "numpy array shape")
-        count = 1
-        for n in shape:
-            count *= n
-        if any(n < 0 for n in shape) or count * dtype.itemsize != len(raw):
+        if any(n < 0 for n in shape) or math.prod(shape) * dtype.itemsize != len(raw):
             raise pickle.UnpicklingError("numpy array whose data does not match its shape")
         budgets.objects.take(len(raw), "a numpy array")
         return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()

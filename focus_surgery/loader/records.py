@@ -1,11 +1,11 @@
-"""Inert stand-ins for the objects a checkpoint pickles: records of classes, references and data-only values.
-
-Nothing here runs code named by a file. A ``Record`` keeps a class's qualified name and its pickled state; the
-traversals walk each shared object once (a file can make a small graph whose paths are exponentially many).
+"""Inert stand-ins for what a checkpoint pickles (records of classes, references, data-only values); none runs code
+named by a file, none can be pickled by the standard pickler (``loader.pickler`` writes them back as they were read).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import pickle
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -36,17 +36,11 @@ class Record:
         return obj
 
     def __setstate__(self, state) -> None:
-        if (
-            isinstance(state, tuple)
-            and len(state) == 2
-            and all(part is None or isinstance(part, dict) for part in state)
-            and isinstance(state[1], dict)
-        ):  # (dict state, slot state); any other pair is a state of its own, kept whole
-            slots = state[1] if isinstance(state[1], dict) else {}
-            self.slot_keys = (isinstance(state[0], dict), tuple(slots))
-            for part in state:
-                if isinstance(part, dict):
-                    self.state.update(part)
+        pair = isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict)
+        if pair and (state[0] is None or isinstance(state[0], dict)):  # (dict state, slot state); other pairs: whole
+            self.slot_keys = (isinstance(state[0], dict), tuple(state[1]))
+            self.state.update(state[0] or {})
+            self.state.update(state[1])
         elif isinstance(state, dict):
             self.state.update(state)
         else:
@@ -56,12 +50,8 @@ class Record:
         raise TypeError(f"a {self.qualname} record is data read from a checkpoint; it cannot be pickled")
 
     def __deepcopy__(self, memo: dict) -> Record:
-        """A copy of the data (a source copies the optimizer entry before remapping it): the same class, how it was
-        built, its state copied; never through ``__reduce__``."""
-        import copy
-
-        new = object.__new__(type(self))
-        memo[id(self)] = new
+        """The same class, built the same way, its state copied (never through ``__reduce__``)."""
+        new = memo[id(self)] = object.__new__(type(self))
         new.pickled_by, new.slot_keys = self.pickled_by, self.slot_keys
         new.state = copy.deepcopy(self.state, memo)
         return new
@@ -70,24 +60,18 @@ class Record:
         return f"<record {self.qualname}>"
 
     @property
-    def args(self) -> tuple:
-        """Constructor arguments (always empty: records with arguments are refused)."""
-        return ()
-
-    @property
     def name(self) -> str:
         """The class name alone, e.g. ``Focus``."""
         return self.qualname.rpartition(".")[2]
 
     def get(self, key: str, default: Any = None) -> Any:
+        """``state.get``: one attribute of the pickled object."""
         return self.state.get(key, default)
 
     def children(self) -> dict[str, Record]:
         """Sub-module records in registration order (``_modules``), skipping empty slots and non-records."""
         modules = self.state.get("_modules")
-        if not isinstance(modules, dict):
-            return {}
-        return {str(k): v for k, v in modules.items() if isinstance(v, Record)}
+        return {str(k): v for k, v in modules.items() if isinstance(v, Record)} if isinstance(modules, dict) else {}
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         """(path, record) for this record and every sub-module, depth first; each shared record once, as
@@ -112,12 +96,19 @@ class Record:
             head = f"{path}." if path else ""
             for kind in ("_parameters", "_buffers"):
                 tensors = record.state.get(kind)
-                if not isinstance(tensors, dict):
-                    continue
-                for name, tensor in tensors.items():
+                for name, tensor in tensors.items() if isinstance(tensors, dict) else ():
                     if isinstance(tensor, torch.Tensor) and not (kind == "_buffers" and name in non_persistent):
                         out[head + str(name)] = tensor
         return out
+
+
+def _not_pickled(self) -> None:
+    # named, never shown: repr() of a shared namespace would expand every path of it
+    raise TypeError(f"a {self.qualname} read from a checkpoint is written with focus_surgery.loader.pickler")
+
+
+def _itself(self, memo: dict | None = None) -> Any:
+    return self  # immutable: its own copy
 
 
 class NamedReference:
@@ -132,19 +123,11 @@ class NamedReference:
     """
 
     __slots__ = ("qualname", "pickled")
+    __reduce__, __copy__, __deepcopy__ = _not_pickled, _itself, _itself
 
     def __init__(self, qualname: str, pickled: tuple | None = None):
         self.qualname = qualname
         self.pickled = pickled
-
-    def __reduce__(self):
-        raise TypeError(f"{self!r} is a name read from a checkpoint; write it with focus_surgery.loader.pickler")
-
-    def __copy__(self) -> NamedReference:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> NamedReference:
-        return self  # immutable: a name
 
     def __repr__(self) -> str:
         return f"<reference {self.qualname}>"
@@ -152,63 +135,37 @@ class NamedReference:
 
 class Namespace(dict):
     """A ``SimpleNamespace`` / ``argparse.Namespace`` / Ultralytics ``IterableSimpleNamespace`` read as a dict of its
-    attributes. Each class the file named has its own subclass (``namespace_class``) that remembers the name; the
-    instance remembers how it was built (``pickled_by``: ``"newobj"`` or ``"reduce"``), so that it is written back as
-    the same class, the same way (``loader.pickler``)."""
+    attributes; its class (``namespace_class``) remembers the name, the instance how it was built (``pickled_by``:
+    ``"newobj"`` or ``"reduce"``, set by the unpickler), so that it is written back the same way."""
 
     qualname = "types.SimpleNamespace"
-    pickled_by = "newobj"  # set to "reduce" on the instance by the unpickler where a REDUCE built it
+    pickled_by = "newobj"
+    __reduce__ = _not_pickled
 
     def __setstate__(self, state) -> None:
         if not isinstance(state, dict):
             raise pickle.UnpicklingError("namespace state is not a dict")
         self.update(state)
 
-    def __reduce__(self):
-        raise TypeError(f"a {self.qualname} read from a checkpoint is written with focus_surgery.loader.pickler")
-
     def __copy__(self) -> Namespace:
-        return self._like(dict(self))
-
-    def __deepcopy__(self, memo: dict) -> Namespace:
-        import copy
-
-        new = self._like({})
-        memo[id(self)] = new
-        new.update(copy.deepcopy(dict(self), memo))
-        return new
-
-    def _like(self, items: dict) -> Namespace:
-        new = type(self)(items)
+        new = type(self)(self)
         new.pickled_by = self.pickled_by
         return new
 
-
-_NAMESPACE_CLASSES: dict[str, type] = {}
-
-
-def namespace_class(qualname: str) -> type[Namespace]:
-    """The (cached) ``Namespace`` subclass standing for the namespace class ``qualname``."""
-    if qualname not in _NAMESPACE_CLASSES:
-        _NAMESPACE_CLASSES[qualname] = type(qualname.rpartition(".")[2], (Namespace,), {"qualname": qualname})
-    return _NAMESPACE_CLASSES[qualname]
+    def __deepcopy__(self, memo: dict) -> Namespace:
+        new = memo[id(self)] = type(self)()
+        new.pickled_by = self.pickled_by
+        new.update(copy.deepcopy(dict(self), memo))
+        return new
 
 
 class PathText(str):
-    """A ``pathlib`` path read as the text it holds (a path is data; its class is never imported). It remembers the
-    class the file named and the parts it was built from, and is written back as that path (``loader.pickler``)."""
+    """A ``pathlib`` path read as the text it holds (its class is never imported); it remembers the class the file
+    named and the parts it was built from, and is written back as that path (``loader.pickler``)."""
 
     qualname = "pathlib.PurePosixPath"
     parts: tuple = ()
-
-    def __reduce__(self):
-        raise TypeError(f"a {self.qualname} read from a checkpoint is written with focus_surgery.loader.pickler")
-
-    def __copy__(self) -> PathText:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> PathText:
-        return self  # immutable
+    __reduce__, __copy__, __deepcopy__ = _not_pickled, _itself, _itself
 
 
 def path_text(qualname: str, parts: tuple[str, ...], text: str) -> PathText:
@@ -217,11 +174,13 @@ def path_text(qualname: str, parts: tuple[str, ...], text: str) -> PathText:
     return value
 
 
-_RECORD_CLASSES: dict[str, type] = {}
+@functools.cache
+def namespace_class(qualname: str) -> type[Namespace]:
+    """The (cached) ``Namespace`` subclass standing for the namespace class ``qualname``."""
+    return type(qualname.rpartition(".")[2], (Namespace,), {"qualname": qualname})
 
 
+@functools.cache
 def record_class(qualname: str) -> type[Record]:
     """The (cached) record class standing for ``qualname``; a plain subclass of ``Record``."""
-    if qualname not in _RECORD_CLASSES:
-        _RECORD_CLASSES[qualname] = type(qualname.rpartition(".")[2], (Record,), {"qualname": qualname})
-    return _RECORD_CLASSES[qualname]
+    return type(qualname.rpartition(".")[2], (Record,), {"qualname": qualname})

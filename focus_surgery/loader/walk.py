@@ -1,9 +1,5 @@
-"""The one traversal of what a checkpoint holds: every shared object once, iteratively, with a depth bound.
-
-A few kilobytes of pickle can describe a graph with 2^40 paths (each level holding the previous one twice) or
-nesting deep enough to exhaust the C stack of code that recurses; ``Transform`` stays linear and refuses the latter.
-Both the loader's finishing pass and ``layers.materialize`` are one ``Transform`` each; nothing else walks content.
-"""
+"""The one traversal of what a checkpoint holds: every shared object once (a few KB of pickle can describe 2^40
+paths), iteratively, with a depth bound (nesting that would exhaust the C stack of recursive code is refused)."""
 
 from __future__ import annotations
 
@@ -30,10 +26,9 @@ def _items(obj: Any) -> tuple | list | None:
 class Transform:
     """``replace`` applied to every object under a value, each shared object once (memoised by identity).
 
-    ``replace(obj)`` returns ``obj`` itself to keep it (containers are then entered) or its replacement (not entered);
-    plain values (text, numbers, None) are kept without asking. Lists, dicts and record states are updated in place;
-    tuples, slices and sets are rebuilt when an item changed.
-    One ``Transform`` may be called on several values: what it already did is reused.
+    ``replace(obj)`` returns ``obj`` to keep it (containers are then entered) or its replacement (not entered); plain
+    values are kept without asking. Lists, dicts and record states are updated in place; tuples, slices and sets are
+    rebuilt when an item changed. Calling one ``Transform`` on several values reuses what it already did.
 
     Raises:
         ValueError: Containers nested more than ``MAX_DEPTH`` levels deep, or a tuple (set, slice) that holds
