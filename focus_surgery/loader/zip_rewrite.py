@@ -220,7 +220,8 @@ def _input_records(path: Path, handle: Any) -> tuple[list[zipfile.ZipInfo], dict
     twice = next((n for n, c in Counter(i.filename for i in infos).items() if c > 1), None)
     if twice is not None:
         raise CheckpointError(f"{path}: zip archive holds two records named {twice!r}; not a torch checkpoint")
-    return infos, check_records(path, handle, infos, size)
+    prefix = infos[0].filename.split("/")[0] + "/" if "/" in infos[0].filename else ""  # the archive torch reads
+    return infos, check_records(path, handle, infos, size, prefix + "data.pkl")
 
 
 def _storage_bytes(storage: torch.UntypedStorage) -> memoryview:
