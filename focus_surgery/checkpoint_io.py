@@ -15,6 +15,7 @@ from .atomic_io import atomic_write
 from .loader import Checkpoint, CheckpointError, Loaded, check_readable, read_checkpoint
 from .loader.allowlist import MODULE_PREFIXES  # noqa: F401 - re-exported
 from .loader.pickler import needs_faithful, pickle_module
+from .loader.zip_rewrite import write_copying
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -65,7 +66,11 @@ def _encodable(path: str) -> bool:
 def torch_save(content: Any, path: str, like: Loaded | None = None) -> None:
     """``torch.save`` to ``path`` (a file object where the name is not UTF-8), the loader's stand-ins written back as
     the file pickled them; with ``like`` (the input as read) in its container, pickle protocol and globals' spelling.
+    A zip input's records the content still holds unchanged are copied, not pickled again (``loader.zip_rewrite``;
+    ``torch.save`` where that does not apply).
     """
+    if like is not None and like.container == "zip" and write_copying(content, path, like) is not None:
+        return  # the input's unchanged records copied byte for byte (loader.zip_rewrite)
     spellings = like.globals if like is not None else frozenset()
     faithful = needs_faithful(content)  # else the C pickler writes the same pickle, faster
     options: dict[str, Any] = {"pickle_module": pickle_module(spellings) if faithful else pickle}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
-from .files import LAYOUTS, SCOPES, TARGETS, convert_one, inspect_file, verify_files
+from .files import LAYOUTS, PROOFS, SCOPES, TARGETS, convert_one, inspect_file, verify_files
 from .limits import FORWARD_LIMIT, forward_memory_limit
 from .report import _REPORT_STREAM, EXIT_OK, EXIT_VERIFY_FAILED, emit, error_exit
 
@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="batch size that --to fastest times (default 1)")
     p.add_argument("--verify", action="store_true", help="measure the float64 error of the conversion")
     p.add_argument("--tolerance", type=float, help="ONNX --verify: max relative error (default: from the model's own)")
+    p.add_argument(
+        "--proof",
+        choices=PROOFS,
+        default=PROOFS[0],
+        help="what --verify runs where the file holds a runnable model: the whole model against the original in "
+        "float64 (model, default) or each stem only, every other tensor compared bit for bit (stem)",
+    )
     p.add_argument("--block-size", type=int, help="block size of a state dict's stem (default: from the file, else 2)")
     p.add_argument("--order", help="channel order of a state dict's stem (default: from the file, else yolov5)")
     what = "parallel conversions for a folder input (default: the cores this process may use)"

@@ -17,6 +17,7 @@ from typing import Any
 
 from .atomic_io import checked_before_rename
 from .errors import CheckpointError, ConversionError, VerificationFailed
+from .loader.zip_rewrite import check_copied, recording
 from .report import ConvertReport, line
 from .sources import SOURCES, ConvertOptions, Source, load, source_for
 from .sources.base import ANY_LAYOUT, OWN_OPTIONS, STATED, suffix_of
@@ -27,6 +28,7 @@ __all__ = ["ConvertOptions", "ConvertReport", "VerificationFailed", "accepted", 
 __all__ += ["convert_one", "inspect_file", "verify_files"]
 
 TARGETS, SCOPES, LAYOUTS = ("conv", "focus", "s2d", "fastest"), ("stem", "all"), ("ultralytics", "yolov5")
+PROOFS = ("model", "stem")  # --proof: the whole model run where the file holds one (default), or its stems only
 
 
 def accepted() -> list[dict[str, Any]]:
@@ -65,6 +67,10 @@ def check_options(source: Source, src: Path, dst: Path, **options: Any) -> Conve
         flag = "--" + given[0].replace("_", "-")
         readers = ", ".join(s.name for s in SOURCES if given[0] in s.uses)
         raise ConversionError(f"{src}: a {source.name} checkpoint does not use {flag} ({readers} do): drop {flag}")
+    if opts.proof not in PROOFS:
+        raise ConversionError(f"--proof {opts.proof!r}: use {', '.join(PROOFS)}")
+    if opts.proof != PROOFS[0] and not opts.verify:
+        raise ConversionError(f"{src}: --proof chooses the check of --verify: add --verify or drop --proof")
     if opts.tolerance is not None and not opts.verify:
         raise ConversionError(f"{src}: --tolerance bounds the check of --verify: add --verify or drop --tolerance")
     sized = [k for k in ("input_size", "batch") if getattr(opts, k) != getattr(defaults, k)]
@@ -134,28 +140,50 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
             return report
         if report.problem is not None:
             raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
-        if not opts.verify:
-            written = write(dst)
-        else:  # the written file is read back and proven before it is renamed into place
-            original = capture(source, src, opts)  # the input read again on its own: the conversion edited `loaded`
-            proven: list[bool] = []
-
-            def prove(pairs: list[tuple[Path, Path]]) -> None:
-                prove_written(report, source, loaded, original, opts, pairs)
-                proven.append(report.proof is not None)
-
-            with checked_before_rename(prove):
+        with recording() as copies:  # a zip input's unchanged records copied byte for byte (loader.zip_rewrite)
+            if not opts.verify:
                 written = write(dst)
-            if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
-                for path in written if isinstance(written, list) else [dst]:
-                    Path(path).unlink(missing_ok=True)
-                raise VerificationFailed(
-                    f"{src}: verification failed (--verify measured nothing); {dst} not written", report
-                )
+            else:  # the written file is read back and proven before it is renamed into place
+                original = capture(source, src, opts)  # the input read again on its own: the conversion edited it
+                proven: list[bool] = []
+
+                def prove(pairs: list[tuple[Path, Path]]) -> None:
+                    prove_written(report, source, loaded, original, opts, pairs)
+                    _prove_copied(report, copies, pairs)
+                    proven.append(report.proof is not None)
+
+                with checked_before_rename(prove):
+                    written = write(dst)
+                if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
+                    for path in written if isinstance(written, list) else [dst]:
+                        Path(path).unlink(missing_ok=True)
+                    raise VerificationFailed(
+                        f"{src}: verification failed (--verify measured nothing); {dst} not written", report
+                    )
+        if "write" not in report.fields:  # which writer ran: the zip copy, else the source's own (torch.save, ...)
+            report.fields["write"] = copies[-1].to_dict() if copies else {"path": "rewritten"}
         report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
         return report
     finally:  # what the proof needed: the converted model, whose tensors may still be views of the input's mapping
         report.after = None
+
+
+def _prove_copied(report: ConvertReport, copies: list, pairs: list[tuple[Path, Path]]) -> None:
+    """Every record a zip-copy write copied is in its temporary file with the input's size and CRC-32, its bytes
+    read back (``report.fields["write"]["copied_identical"]``).
+
+    Raises:
+        VerificationFailed: A copied record differs; nothing is put in place.
+    """
+    for outcome in copies:
+        if not any(str(tmp) == outcome.dst for _, tmp in pairs):
+            continue
+        check = check_copied(outcome, outcome.dst)
+        report.fields["write"] = {**outcome.to_dict(), "copied_identical": check}
+        if not check["passed"]:
+            report.problem = check["problem"]
+            text = f"{report.src}: verification failed ({report.problem}); {report.dst} not written"
+            raise VerificationFailed(text, report)
 
 
 def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -99,11 +99,13 @@ def test_cli_bench_quick_json_and_plot(tmp_path):
         "convert",
         "plain+fsync",
         "convert-no-fsync",
+        "convert-rewrite",
     }
     assert all(v > 0 for v in conv["seconds"].values()) and conv["load_mmap_over_torch_mmap"] > 0
     folder = result["folder"]
     assert folder["files"] == 3 and [r["workers"] for r in folder["rows"]] == [1] and folder["rows"][0]["seconds"] > 0
     assert "Folder conversion" in bench.format_report(result) and "mmap-nocrc" in bench.format_report(result)
+    assert "Own memory" in bench.format_report(result) and conv["own_peak_over_file_size"]["convert"] >= 0
     onnx = {row["form"]: row for row in result["onnx"]["forms"]}
     assert onnx["focus_slices"]["slice"] > 0 and onnx["focus_slices"]["concat"] == 1
     assert onnx["conv"]["slice"] == 0 and onnx["conv"]["concat"] == 0

@@ -17,7 +17,7 @@ import struct
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -46,6 +46,8 @@ class LoadStats:
         copied_bytes (int): Storage bytes copied into the process's own memory (0 in the mmap modes).
         mapped_bytes (int): Storage bytes handed out as views of the file's mapping.
         crc_bytes (int): Bytes whose CRC-32 was computed (every record in "copy" and "mmap").
+        keys (dict): Zip files: each storage read (its ``_cdata``) -> (its record key, the storage, its dtype); the
+            storage is held so its address is never reused while this lives (``zip_rewrite`` copies by key).
     """
 
     mode: str = "copy"
@@ -53,6 +55,7 @@ class LoadStats:
     copied_bytes: int = 0
     mapped_bytes: int = 0
     crc_bytes: int = 0
+    keys: dict = field(default_factory=dict, repr=False)
 
 
 def budgets_for(file_size: int) -> Budgets:
@@ -237,6 +240,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     stats.copied_bytes += info.file_size
                     stats.crc_bytes += info.file_size
                 storages[key] = _typed(raw, dtype)
+                stats.keys[raw._cdata] = (key, raw, dtype)
             if storages[key].dtype != dtype:
                 raise pickle.UnpicklingError(f"storage {shown(key)} read with two dtypes")
             return storages[key]

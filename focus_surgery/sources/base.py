@@ -42,6 +42,7 @@ class ConvertOptions:
     batch: int = 1
     layout: str | None = None  # YOLOv5 files: ultralytics | yolov5; None: ultralytics where it can hold the model
     tolerance: float | None = None  # ONNX verify: max relative error; None: from the model's own error
+    proof: str = "model"  # what --verify runs where a model runs: model (the whole, float64) | stem (stems only)
     stated: tuple[str, ...] = ()  # which of STATED the caller gave (set by check_options); the rest are defaults
 
 

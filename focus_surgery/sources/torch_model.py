@@ -49,6 +49,24 @@ class TorchModelSource(Source):
         model = self.model(loaded)
         return dict(model.state_dict()) if model is not None else {}
 
+    def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """Each stem of each model object (``model``, ``ema``) in either form, float64, named
+        ``<key>:<module path>``; input ``(2, C, 16*bs, 24*bs)`` with C the image channels (``--proof stem``)."""
+        import copy
+
+        found = []
+        for key, model in self._models(loaded).items():
+            seen = set()
+            for stem in iter_stems(model):
+                if "skipped" in stem or stem["path"] in seen:
+                    continue
+                seen.add(stem["path"])
+                bs, channels = stem["block_size"], stem["old_weight_shape"][1]
+                channels //= bs * bs if stem["direction"] == "conv" else 1  # a Focus sees C * bs * bs channels
+                module = copy.deepcopy(model.get_submodule(stem["path"])).double().eval()
+                found.append((f"{key}:{stem['path']}", module, (2, channels, 16 * bs, 24 * bs)))
+        return found
+
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         ckpt = loaded.checkpoint()
         model = ckpt.model

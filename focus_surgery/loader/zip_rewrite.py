@@ -1,0 +1,374 @@
+"""A converted zip checkpoint written by copying what the conversion did not change.
+
+A stem conversion changes one storage of hundreds. ``write_copying`` writes the output archive from the input's:
+
+* ``data.pkl`` is pickled again (``pickler.dumps``, the loader's faithful writer), each storage the content still
+  holds unchanged (the very storage the loader read, ``LoadStats.keys``) under its ORIGINAL key;
+* each storage the conversion made is a new record (a key the input does not use);
+* every other record (each kept storage, ``version``, ``byteorder``, ``.data/serialization_id``, ...) is copied byte
+  for byte from the input through a small buffer (never the model in memory), its CRC-32 computed as it streams and
+  checked against the input's (a mismatch refuses the whole write: nothing is put in place); a storage record the
+  conversion replaced is checked the same way (read, not copied), so every record of the input is checked whatever
+  the loader's mode;
+* each record's data starts on a 64-byte boundary as ``torch.save`` aligns it (a ``FB`` padding field), so the
+  output memory-maps (``torch.load(mmap=True)``, loader mode ``mmap``); zip64 fields where sizes need them.
+
+Where it does not apply it returns None and the caller writes with ``torch.save`` (``checkpoint_io.torch_save``):
+an input that is not a zip checkpoint read by the loader, deflated storage records, a storage not on the CPU, a
+kept storage pickled with another dtype than it was read with, or a conversion that made more new storage bytes
+than it kept (then nothing is gained). ``recording()`` collects what each write did (``Outcome``);
+``check_copied`` is the proof's read-back: every copied record of the written file identical to the input's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import struct
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .containers import RECORD_ALIGNMENT, check_records
+from .crc import crc32
+from .errors import CheckpointError
+from .pickler import dumps
+
+__all__ = ["Outcome", "check_copied", "recording", "write_copying"]
+
+COPY_BUFFER_BYTES = 4 << 20  # one reused buffer: copying a record never holds more of it than this
+ZIP64_LIMIT = 0xFFFFFFFF  # sizes / offsets from here on need zip64 fields (a module value: tests lower it)
+_FLAGS = 0x0800  # UTF-8 names, as torch writes them; sizes and CRC-32 in the local header (no data descriptor)
+_RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("focus_surgery_zip_copy", default=None)
+
+
+@dataclass
+class Outcome:
+    """What one ``write_copying`` did (counts, for the report, the proof and the memory tests).
+
+    Attributes:
+        src (str), dst (str): The input and the file written (the temporary of an atomic write).
+        records_copied (int), bytes_copied (int): Records copied byte for byte from the input (their data bytes).
+        storages_written (int), bytes_written (int): New storage records (the storages the conversion changed).
+        pickle_bytes (int): The new ``data.pkl``.
+        buffer_bytes (int): The copy buffer (the most of any copied record ever held in memory at once).
+        copied (dict[str, tuple[int, int]]): Each copied record's name -> (CRC-32, size), as in the input.
+    """
+
+    src: str
+    dst: str
+    records_copied: int = 0
+    bytes_copied: int = 0
+    storages_written: int = 0
+    bytes_written: int = 0
+    pickle_bytes: int = 0
+    buffer_bytes: int = 0
+    copied: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``write`` field."""
+        keys = ("records_copied", "bytes_copied", "storages_written", "bytes_written", "pickle_bytes")
+        return {"path": "zip-copy", **{k: getattr(self, k) for k in keys}}
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Outcome]]:
+    """Within this block, each ``write_copying`` that wrote appends its ``Outcome`` to the yielded list."""
+    outcomes: list[Outcome] = []
+    token = _RECORDING.set(outcomes)
+    try:
+        yield outcomes
+    finally:
+        _RECORDING.reset(token)
+
+
+class _NotApplicable(Exception):
+    """The archive cannot be copied record by record: write it with ``torch.save`` instead."""
+
+
+def _pickled(content: Any, like: Any) -> tuple[bytes, dict[str, str], dict[str, torch.UntypedStorage]]:
+    """(the new pickle, {kept original key: its key}, {new key: new storage}): storages the loader read keep their
+    record key; every other storage gets a key the input does not use, in the order the pickle meets them."""
+    from torch.serialization import location_tag, normalize_storage_type
+
+    read = like.stats.keys  # _cdata -> (key, storage, dtype)
+    taken = {key for key, _, _ in read.values()}
+    numbers = [int(k) for k in taken if k.isdigit()]
+    next_key = [max(numbers, default=-1) + 1]
+    kept: dict[str, str] = {}
+    new: dict[str, torch.UntypedStorage] = {}
+    ids: dict[int, str] = {}
+    dtypes: dict[int, torch.dtype] = {}
+
+    def persistent_id(obj: Any) -> Any:
+        if not (isinstance(obj, torch.storage.TypedStorage) or torch.is_storage(obj)):
+            return None
+        if isinstance(obj, torch.storage.TypedStorage):
+            storage, dtype = obj._untyped_storage, obj.dtype
+            storage_type, numel = getattr(torch, obj._pickle_storage_type()), obj._size()
+        else:
+            storage, dtype = obj, torch.uint8
+            storage_type, numel = normalize_storage_type(type(obj)), obj.nbytes()
+        if storage.device.type != "cpu":
+            raise _NotApplicable("a storage not on the CPU")
+        if storage.data_ptr() != 0 and dtypes.setdefault(storage.data_ptr(), dtype) != dtype:
+            raise _NotApplicable("one storage pickled with two dtypes")  # torch.save refuses it with its own error
+        key = ids.get(storage._cdata)
+        if key is None:
+            original = read.get(storage._cdata)
+            if original is not None:
+                if original[2] != dtype:
+                    raise _NotApplicable(f"storage {original[0]} kept with another dtype than it was read with")
+                key = kept[original[0]] = original[0]
+            else:
+                while str(next_key[0]) in taken:
+                    next_key[0] += 1
+                key = str(next_key[0])
+                taken.add(key)
+                new[key] = storage
+            ids[storage._cdata] = key
+        return ("storage", storage_type, key, location_tag(storage), numel)
+
+    data = dumps(content, persistent_id, like.protocol, like.globals)
+    return data, kept, new
+
+
+def _local_header(name: bytes, offset: int, crc: int, size: int) -> bytes:
+    """A local header whose data starts on a ``RECORD_ALIGNMENT`` boundary (torch's ``FB`` padding field)."""
+    zip64 = size >= ZIP64_LIMIT
+    extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+    used = offset + 30 + len(name) + len(extra) + 4
+    extra += struct.pack("<HH", 0x4246, (-used) % RECORD_ALIGNMENT) + b"Z" * ((-used) % RECORD_ALIGNMENT)
+    shown = 0xFFFFFFFF if zip64 else size
+    head = struct.pack(
+        "<IHHHHHIIIHH", 0x04034B50, 45 if zip64 else 0, _FLAGS, 0, 0, 0, crc, shown, shown, len(name), len(extra)
+    )
+    return head + name + extra
+
+
+def _central(entries: list[tuple[bytes, int, int, int]], start: int) -> bytes:
+    """The central directory of ``entries`` (name, header offset, CRC-32, size) and its end records (zip64 where
+    the counts, sizes or offsets need it), starting at file offset ``start``."""
+    parts = []
+    for name, offset, crc, size in entries:
+        big = [v for v in (size, size, offset) if v >= ZIP64_LIMIT]
+        sizes = (0xFFFFFFFF, 0xFFFFFFFF) if size >= ZIP64_LIMIT else (size, size)
+        where = 0xFFFFFFFF if offset >= ZIP64_LIMIT else offset
+        fields = ([size, size] if size >= ZIP64_LIMIT else []) + ([offset] if offset >= ZIP64_LIMIT else [])
+        extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if big else b""
+        version = 45 if big else 0
+        parts.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                version,
+                version,
+                _FLAGS,
+                0,
+                0,
+                0,
+                crc,
+                *sizes,
+                len(name),
+                len(extra),
+                0,
+                0,
+                0,
+                0,
+                where,
+            )
+            + name
+            + extra
+        )
+    directory = b"".join(parts)
+    count, size = len(entries), len(directory)
+    end = b""
+    if count >= 0xFFFF or size >= ZIP64_LIMIT or start >= ZIP64_LIMIT:
+        at = start + size
+        end += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, size, start)
+        end += struct.pack("<IIQI", 0x07064B50, 0, at, 1)
+    end += struct.pack(
+        "<IHHHHIIH",
+        0x06054B50,
+        0,
+        0,
+        min(count, 0xFFFF),
+        min(count, 0xFFFF),
+        min(size, 0xFFFFFFFF),
+        min(start, 0xFFFFFFFF),
+        0,
+    )
+    return directory + end
+
+
+def _input_records(path: Path, handle: Any) -> tuple[list[zipfile.ZipInfo], dict[str, int]]:
+    """The input's records and their data offsets, checked as the loader checks them (every size inside the file,
+    no overlap, no two of one name), read again: the file is what is copied now, not what was loaded."""
+    size = os.fstat(handle.fileno()).st_size
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise CheckpointError(f"{path}: not a zip archive any more ({error}); convert it again") from None
+    if not infos:
+        raise CheckpointError(f"{path}: empty zip archive, not a torch checkpoint")
+    twice = next((n for n, c in Counter(i.filename for i in infos).items() if c > 1), None)
+    if twice is not None:
+        raise CheckpointError(f"{path}: zip archive holds two records named {twice!r}; not a torch checkpoint")
+    prefix = infos[0].filename.split("/")[0] + "/" if "/" in infos[0].filename else ""  # the archive torch reads
+    return infos, check_records(path, handle, infos, size, prefix + "data.pkl")
+
+
+def _storage_bytes(storage: torch.UntypedStorage) -> memoryview:
+    """A new storage's bytes, without a copy (the only place the writer reads a storage's memory)."""
+    if storage.nbytes() == 0:
+        return memoryview(b"")
+    return memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B")
+
+
+def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | None:
+    """Write ``content`` to ``dst`` as a zip checkpoint, copying the input's records it still holds unchanged.
+
+    Args:
+        content: What to write (the converted content; its unchanged storages are those the loader read).
+        dst: The file to write (an atomic write's temporary: on an error the caller removes it).
+        like: The input as read (``loader.Loaded`` of a zip file, with ``stats.keys``).
+
+    Returns:
+        (Outcome | None): What was written; None where the archive cannot be copied record by record (nothing
+            written: write it with ``torch.save``).
+
+    Raises:
+        CheckpointError: The input is corrupt (a copied record fails its CRC-32, a record outside the file,
+            overlapping or duplicate records, a storage record the pickle does not use) or changed since it was read.
+    """
+    stats = getattr(like, "stats", None)
+    if getattr(like, "container", None) != "zip" or stats is None or not stats.keys:
+        return None
+    src = Path(like.path)
+    try:
+        data, kept, new = _pickled(content, like)
+    except _NotApplicable:
+        return None
+    new_bytes = sum(s.nbytes() for s in new.values())
+    kept_bytes = sum(s.nbytes() for k, s, _ in stats.keys.values() if k in kept)
+    if not kept or new_bytes > kept_bytes:  # a conversion that changed most of the file: nothing to gain
+        return None
+    with open(src, "rb") as source:
+        infos, offsets = _input_records(src, source)
+        prefix = infos[0].filename.split("/")[0] + "/" if "/" in infos[0].filename else ""
+        used = {key for key, _, _ in stats.keys.values()}
+        storages = {i.filename[len(prefix) + 5 :]: i for i in infos if i.filename.startswith(prefix + "data/")}
+        stray = next((k for k in storages if k not in used), None)
+        if stray is not None:
+            raise CheckpointError(
+                f"{src}: zip record {prefix}data/{stray} is not a storage of its pickle; re-save it with torch.save"
+            )
+        for key in kept:
+            info = storages.get(key)
+            if info is None or info.file_size != next(s.nbytes() for k, s, _ in stats.keys.values() if k == key):
+                raise CheckpointError(f"{src}: changed since it was read (storage {key}); convert it again")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None  # torch never deflates; such an archive is written by torch.save
+        outcome = Outcome(str(src), str(dst), buffer_bytes=COPY_BUFFER_BYTES, pickle_bytes=len(data))
+        with open(dst, "wb") as out:
+            entries: list[tuple[bytes, int, int, int]] = []
+
+            def record(name: str, payload: memoryview | bytes) -> None:
+                encoded, crc = name.encode("utf-8"), crc32(payload)
+                entries.append((encoded, out.tell(), crc, len(payload)))
+                out.write(_local_header(encoded, out.tell(), crc, len(payload)))
+                out.write(payload)
+
+            def copy(info: zipfile.ZipInfo) -> None:
+                encoded = info.filename.encode("utf-8")
+                entries.append((encoded, out.tell(), info.CRC, info.file_size))
+                out.write(_local_header(encoded, out.tell(), info.CRC, info.file_size))
+                crc = _stream(source.fileno(), offsets[info.filename], info.file_size, out, buffer)
+                if crc != info.CRC:
+                    raise CheckpointError(
+                        f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
+                    )
+                outcome.records_copied += 1
+                outcome.bytes_copied += info.file_size
+                outcome.copied[info.filename] = (info.CRC, info.file_size)
+
+            buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
+            last_storage = max((n for n, i in enumerate(infos) if i.filename.startswith(prefix + "data/")), default=0)
+            for n, info in enumerate(infos):
+                name = info.filename[len(prefix) :]
+                if name == "data.pkl":
+                    record(info.filename, data)
+                elif not name.startswith("data/"):
+                    copy(info)
+                elif name[5:] in kept:
+                    copy(info)
+                elif _stream(source.fileno(), offsets[info.filename], info.file_size, _Discard(), buffer) != info.CRC:
+                    # a record the conversion replaced (the old stem): checked too, so no corrupt input converts
+                    raise CheckpointError(
+                        f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
+                    )
+                if n == last_storage:  # the new storages where torch puts storages: after the others
+                    for key, storage in new.items():
+                        record(f"{prefix}data/{key}", _storage_bytes(storage))
+                        outcome.storages_written += 1
+                        outcome.bytes_written += storage.nbytes()
+            out.write(_central(entries, out.tell()))
+    found = _RECORDING.get()
+    if found is not None:
+        found.append(outcome)
+    return outcome
+
+
+def _stream(fd: int, offset: int, size: int, out: Any, buffer: memoryview) -> int:
+    """Copy ``size`` bytes at ``offset`` of ``fd`` to ``out`` through ``buffer``; returns their CRC-32."""
+    crc, done = 0, 0
+    while done < size:
+        got = os.preadv(fd, [buffer[: min(len(buffer), size - done)]], offset + done)
+        if got <= 0:
+            raise CheckpointError("the input became shorter while it was copied; convert it again")
+        chunk = buffer[:got]
+        crc = crc32(chunk, crc)
+        out.write(chunk)
+        done += got
+    return crc
+
+
+def check_copied(outcome: Outcome, written: str | os.PathLike) -> dict[str, Any]:
+    """The proof's read-back: every record ``outcome`` copied is in ``written`` with the input's size and CRC-32,
+    and its bytes there (read again) have that CRC-32.
+
+    Returns:
+        (dict): ``records``, ``bytes`` (checked), ``passed``, ``problem``.
+    """
+    result: dict[str, Any] = {"records": 0, "bytes": 0, "passed": False, "problem": ""}
+    with open(written, "rb") as handle:
+        try:
+            infos, offsets = _input_records(Path(written), handle)
+        except CheckpointError as error:
+            result["problem"] = str(error)
+            return result
+        by_name = {info.filename: info for info in infos}
+        buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
+        for name, (crc, size) in outcome.copied.items():
+            info = by_name.get(name)
+            if info is None or info.file_size != size or info.CRC != crc:
+                result["problem"] = f"copied record {name!r} differs from the input's"
+                return result
+            if _stream(handle.fileno(), offsets[name], size, _Discard(), buffer) != crc:
+                result["problem"] = f"copied record {name!r} fails its CRC-32 check in the written file"
+                return result
+            result["records"] += 1
+            result["bytes"] += size
+    result["passed"] = True
+    return result
+
+
+class _Discard:
+    def write(self, _: Any) -> None:
+        pass
