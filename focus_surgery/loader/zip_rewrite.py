@@ -5,6 +5,8 @@ A stem conversion changes one storage of hundreds. ``write_copying`` writes the 
 * ``data.pkl`` is pickled again (``pickler.dumps``, the loader's faithful writer), each storage the content still
   holds unchanged (the very storage the loader read, ``LoadStats.keys``) under its ORIGINAL key;
 * each storage the conversion made is a new record (a key the input does not use);
+* a kept storage whose bytes in memory no longer have its record's CRC-32 (changed in place after the read, or the
+  file replaced since) is written from memory under its key, not copied;
 * every other record (each kept storage, ``version``, ``byteorder``, ``.data/serialization_id``, ...) is copied byte
   for byte from the input through a small buffer (never the model in memory), its CRC-32 computed as it streams and
   checked against the input's (a mismatch refuses the whole write: nothing is put in place); a storage record the
@@ -298,7 +300,14 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                 outcome.bytes_copied += info.file_size
                 outcome.copied[info.filename] = (info.CRC, info.file_size)
 
+            def _check_input(info: zipfile.ZipInfo) -> None:
+                if _stream(source.fileno(), offsets[info.filename], info.file_size, _Discard(), buffer) != info.CRC:
+                    raise CheckpointError(
+                        f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
+                    )
+
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
+            held = {k: s for k, s, _ in stats.keys.values() if k in kept}
             last_storage = max((n for n, i in enumerate(infos) if i.filename.startswith(prefix + "data/")), default=0)
             for n, info in enumerate(infos):
                 name = info.filename[len(prefix) :]
@@ -306,13 +315,15 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     record(info.filename, data)
                 elif not name.startswith("data/"):
                     copy(info)
-                elif name[5:] in kept:
-                    copy(info)
-                elif _stream(source.fileno(), offsets[info.filename], info.file_size, _Discard(), buffer) != info.CRC:
-                    # a record the conversion replaced (the old stem): checked too, so no corrupt input converts
-                    raise CheckpointError(
-                        f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
-                    )
+                elif name[5:] in kept and _memory_crc(held[name[5:]]) == info.CRC:
+                    copy(info)  # the storage in memory still holds the record's bytes (not changed in place)
+                elif name[5:] in kept:  # changed in place since it was read, or the file replaced: write memory
+                    _check_input(info)
+                    record(info.filename, _storage_bytes(held[name[5:]]))
+                    outcome.storages_written += 1
+                    outcome.bytes_written += held[name[5:]].nbytes()
+                else:  # a record the conversion replaced (the old stem): checked too, so no corrupt input converts
+                    _check_input(info)
                 if n == last_storage:  # the new storages where torch puts storages: after the others
                     for key, storage in new.items():
                         record(f"{prefix}data/{key}", _storage_bytes(storage))
@@ -323,6 +334,14 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
     if found is not None:
         found.append(outcome)
     return outcome
+
+
+def _memory_crc(storage: torch.UntypedStorage) -> int:
+    """The CRC-32 of a kept storage's bytes in memory: a storage changed in place since it was read (or read from a
+    file since replaced) no longer matches its input record and is written, not copied. Read only, nothing copied."""
+    if storage.nbytes() == 0:
+        return crc32(b"")
+    return crc32(memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B"))
 
 
 def _stream(fd: int, offset: int, size: int, out: Any, buffer: memoryview) -> int:

@@ -1,0 +1,51 @@
+"""Review of the zip-copy writer (``loader.zip_rewrite``): attacks that found defects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from focus_surgery.checkpoint_io import save_checkpoint
+from focus_surgery.loader import read_checkpoint, zip_rewrite
+
+
+def _src(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    sd = {"a": torch.randn(1000, dtype=torch.float64), "b": torch.randn(1000), "c": torch.randn(10)}
+    path = tmp_path / "in.pt"
+    torch.save(sd, path)
+    return path, sd
+
+
+@pytest.mark.parametrize("mode", ["copy", "mmap", "mmap-nocrc"])
+def test_kept_storage_changed_in_place_is_written_as_it_is_now(tmp_path: Path, mode: str) -> None:
+    src, sd = _src(tmp_path)
+    loaded = read_checkpoint(src, mode)
+    content = loaded.content
+    content["a"].mul_(2)  # same storage object as read, new bytes: copying the input's record would lose this
+    content["c"] = torch.zeros(10)  # a new storage, so the zip copy applies
+    dst = tmp_path / "out.pt"
+    with zip_rewrite.recording() as outcomes:
+        save_checkpoint(content, dst, like=loaded)
+    assert outcomes, "the zip copy ran"
+    back = torch.load(dst, weights_only=True)
+    assert torch.equal(back["a"], sd["a"] * 2) and torch.equal(back["b"], sd["b"])
+    assert torch.equal(back["c"], torch.zeros(10))
+    assert outcomes[0].storages_written == 2 and outcomes[0].records_copied >= 1  # "b" still copied
+
+
+def test_input_replaced_between_load_and_write_keeps_what_was_loaded(tmp_path: Path) -> None:
+    src, sd = _src(tmp_path)
+    loaded = read_checkpoint(src, "copy")
+    content = dict(loaded.content)
+    content["c"] = torch.zeros(10)
+    other = tmp_path / "other.pt"
+    torch.save({k: torch.full_like(v, 7) for k, v in sd.items()}, other)  # same records, same sizes, other bytes
+    os.replace(other, src)
+    dst = tmp_path / "out.pt"
+    save_checkpoint(content, dst, like=loaded)
+    back = torch.load(dst, weights_only=True)
+    assert torch.equal(back["a"], sd["a"]) and torch.equal(back["b"], sd["b"])  # not the new file's 7s
