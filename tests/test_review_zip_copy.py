@@ -49,3 +49,24 @@ def test_input_replaced_between_load_and_write_keeps_what_was_loaded(tmp_path: P
     save_checkpoint(content, dst, like=loaded)
     back = torch.load(dst, weights_only=True)
     assert torch.equal(back["a"], sd["a"]) and torch.equal(back["b"], sd["b"])  # not the new file's 7s
+
+
+def test_unreferenced_storage_record_present_at_load_still_converts(tmp_path: Path) -> None:
+    """torch.load and the loader read a file with a storage record no pickle entry names: its conversion did before
+    the zip copy (torch.save drops the record) and still does; only such a record appearing after the read refuses."""
+    import zipfile
+
+    from focus_surgery.files import convert_file
+
+    src = tmp_path / "in.pt"
+    torch.save({"model.0.conv.conv.weight": torch.randn(16, 12, 3, 3), "x": torch.randn(16, 16, 3, 3)}, src)
+    with zipfile.ZipFile(src, "a") as archive:
+        prefix = archive.infolist()[0].filename.split("/")[0]
+        archive.writestr(f"{prefix}/data/999", b"\0" * 64)
+    before = src.read_bytes()
+    report = convert_file(src, tmp_path / "out.pt", to="conv", verify=True)
+    assert report["verification"]["passed"] and src.read_bytes() == before
+    back = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert back["model.0.conv.weight"].shape == (16, 3, 6, 6)
+    with zipfile.ZipFile(tmp_path / "out.pt") as archive:
+        assert not any(i.filename.endswith("data/999") for i in archive.infolist())

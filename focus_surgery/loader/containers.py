@@ -48,6 +48,8 @@ class LoadStats:
         crc_bytes (int): Bytes whose CRC-32 was computed (every record in "copy" and "mmap").
         keys (dict): Zip files: each storage read (its ``_cdata``) -> (its record key, the storage, its dtype); the
             storage is held so its address is never reused while this lives (``zip_rewrite`` copies by key).
+        records (dict): Zip files: each record's name -> its CRC-32, as the read found them (``zip_rewrite`` tells a
+            record there at the read from one that appeared since).
     """
 
     mode: str = "copy"
@@ -56,6 +58,7 @@ class LoadStats:
     mapped_bytes: int = 0
     crc_bytes: int = 0
     keys: dict = field(default_factory=dict, repr=False)
+    records: dict = field(default_factory=dict, repr=False)
 
 
 def budgets_for(file_size: int) -> Budgets:
@@ -192,6 +195,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         # torch reads the archive named by the first record's folder; so do we, so that both see the same pickle
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
         offsets = check_records(path, handle, infos, file_size, prefix + "data.pkl")
+        stats.records = {info.filename: info.CRC for info in infos}
         stray = next((n for n in names if not n.startswith(prefix)), None)
         if stray is not None:  # torch refuses these too
             raise CheckpointError(

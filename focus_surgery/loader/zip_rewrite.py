@@ -16,10 +16,11 @@ A stem conversion changes one storage of hundreds. ``write_copying`` writes the 
   output memory-maps (``torch.load(mmap=True)``, loader mode ``mmap``); zip64 fields where sizes need them.
 
 Where it does not apply it returns None and the caller writes with ``torch.save`` (``checkpoint_io.torch_save``):
-an input that is not a zip checkpoint read by the loader, deflated storage records, a storage not on the CPU, a
-kept storage pickled with another dtype than it was read with, or a conversion that made more new storage bytes
-than it kept (then nothing is gained). ``recording()`` collects what each write did (``Outcome``);
-``check_copied`` is the proof's read-back: every copied record of the written file identical to the input's.
+an input that is not a zip checkpoint read by the loader, deflated storage records, a storage record its pickle
+does not use (torch.save drops it), a storage not on the CPU, a kept storage pickled with another dtype than it was
+read with, or a conversion that made more new storage bytes than it kept (then nothing is gained). ``recording()``
+collects what each write did (``Outcome``); ``check_copied`` is the proof's read-back: every copied record of the
+written file identical to the input's.
 """
 
 from __future__ import annotations
@@ -247,7 +248,8 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
 
     Raises:
         CheckpointError: The input is corrupt (a copied record fails its CRC-32, a record outside the file,
-            overlapping or duplicate records, a storage record the pickle does not use) or changed since it was read.
+            overlapping or duplicate records, a storage record the pickle does not use that appeared since the read)
+            or changed since it was read.
     """
     stats = getattr(like, "stats", None)
     if getattr(like, "container", None) != "zip" or stats is None or not stats.keys:
@@ -267,6 +269,8 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
         used = {key for key, _, _ in stats.keys.values()}
         storages = {i.filename[len(prefix) + 5 :]: i for i in infos if i.filename.startswith(prefix + "data/")}
         stray = next((k for k in storages if k not in used), None)
+        if stray is not None and f"{prefix}data/{stray}" in stats.records:
+            return None  # there when it was read (torch.load reads it too): torch.save writes without it, as before
         if stray is not None:
             raise CheckpointError(
                 f"{src}: zip record {prefix}data/{stray} is not a storage of its pickle; re-save it with torch.save"
