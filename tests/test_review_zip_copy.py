@@ -43,12 +43,17 @@ def test_input_replaced_between_load_and_write_keeps_what_was_loaded(tmp_path: P
     content = dict(loaded.content)
     content["c"] = torch.zeros(10)
     other = tmp_path / "other.pt"
-    torch.save({k: torch.full_like(v, 7) for k, v in sd.items()}, other)  # same records, same sizes, other bytes
+    import zipfile
+
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(other, "w") as new:  # same records and sizes, storages all 7s
+        for info in old.infolist():
+            body = old.read(info)
+            new.writestr(info.filename, b"\x07" * len(body) if "/data/" in info.filename else body)
     os.replace(other, src)
     dst = tmp_path / "out.pt"
     save_checkpoint(content, dst, like=loaded)
     back = torch.load(dst, weights_only=True)
-    assert torch.equal(back["a"], sd["a"]) and torch.equal(back["b"], sd["b"])  # not the new file's 7s
+    assert torch.equal(back["a"], sd["a"]) and torch.equal(back["b"], sd["b"])  # not the new file's bytes
 
 
 def test_unreferenced_storage_record_present_at_load_still_converts(tmp_path: Path) -> None:
@@ -70,3 +75,28 @@ def test_unreferenced_storage_record_present_at_load_still_converts(tmp_path: Pa
     assert back["model.0.conv.weight"].shape == (16, 3, 6, 6)
     with zipfile.ZipFile(tmp_path / "out.pt") as archive:
         assert not any(i.filename.endswith("data/999") for i in archive.infolist())
+
+
+def test_other_record_changed_since_the_read_refused(tmp_path: Path) -> None:
+    """The input replaced after the read by one whose ``byteorder`` says big: copying it would make torch.load swap
+    every storage's bytes; the write is refused, nothing is left."""
+    import zipfile
+
+    from focus_surgery.errors import CheckpointError
+
+    src, _ = _src(tmp_path)
+    loaded = read_checkpoint(src, "mmap")
+    content = dict(loaded.content)
+    content["c"] = torch.zeros(10)
+    hostile = tmp_path / "hostile.pt"
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(hostile, "w") as new:
+        for info in old.infolist():
+            body = b"big" if info.filename.endswith("/byteorder") else old.read(info)
+            new.writestr(info.filename, body)
+    os.replace(hostile, src)
+    dst = tmp_path / "out" / "out.pt"
+    dst.parent.mkdir()
+    with pytest.raises(CheckpointError, match="changed since it was read") as error:
+        save_checkpoint(content, dst, like=loaded)
+    assert "\n" not in str(error.value) and "byteorder" in str(error.value)
+    assert list(dst.parent.iterdir()) == []

@@ -318,6 +318,8 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                 if name == "data.pkl":
                     record(info.filename, data)
                 elif not name.startswith("data/"):
+                    if stats.records and stats.records.get(info.filename) != info.CRC:  # e.g. byteorder, since the read
+                        raise CheckpointError(f"{src}: changed since it was read (record {name}); convert it again")
                     copy(info)
                 elif name[5:] in kept and _memory_crc(held[name[5:]]) == info.CRC:
                     copy(info)  # the storage in memory still holds the record's bytes (not changed in place)
