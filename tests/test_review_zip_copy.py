@@ -100,3 +100,38 @@ def test_other_record_changed_since_the_read_refused(tmp_path: Path) -> None:
         save_checkpoint(content, dst, like=loaded)
     assert "\n" not in str(error.value) and "byteorder" in str(error.value)
     assert list(dst.parent.iterdir()) == []
+
+
+def test_input_replaced_by_a_fifo_after_the_read_refused_not_hung(tmp_path: Path) -> None:
+    """The path now names a FIFO no one writes: opening it to copy would block for ever; the write is refused."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys, torch\n"
+        "from focus_surgery.checkpoint_io import save_checkpoint\n"
+        "from focus_surgery.errors import CheckpointError\n"
+        "from focus_surgery.loader import read_checkpoint\n"
+        "src, dst = sys.argv[1], sys.argv[2]\n"
+        "torch.save({'a': torch.randn(1000), 'c': torch.randn(10)}, src)\n"
+        "loaded = read_checkpoint(src, 'mmap')\n"
+        "content = dict(loaded.content); content['c'] = torch.zeros(10)\n"
+        "os.unlink(src); os.mkfifo(src)\n"
+        "try:\n"
+        "    save_checkpoint(content, dst, like=loaded)\n"
+        "except CheckpointError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    dst = tmp_path / "out" / "out.pt"
+    dst.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "in.pt"), str(dst)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("refused:") and "not a regular file" in run.stdout
+    assert list(dst.parent.iterdir()) == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import stat
 import struct
 import zipfile
 from collections import Counter
@@ -263,7 +264,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
     kept_bytes = sum(s.nbytes() for k, s, _ in stats.keys.values() if k in kept)
     if not kept or new_bytes > kept_bytes:  # a conversion that changed most of the file: nothing to gain
         return None
-    with open(src, "rb") as source:
+    with _open_regular(src) as source:
         infos, offsets = _input_records(src, source)
         prefix = infos[0].filename.split("/")[0] + "/" if "/" in infos[0].filename else ""
         used = {key for key, _, _ in stats.keys.values()}
@@ -340,6 +341,18 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
     if found is not None:
         found.append(outcome)
     return outcome
+
+
+def _open_regular(path: Path) -> Any:
+    """``path`` opened to read, refused unless a regular file (a FIFO put there since the read would block the open
+    for ever; ``O_NONBLOCK`` makes that open return at once)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: not a regular file any more (changed since it was read); convert it again")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _memory_crc(storage: torch.UntypedStorage) -> int:
