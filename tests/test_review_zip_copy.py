@@ -135,3 +135,28 @@ def test_input_replaced_by_a_fifo_after_the_read_refused_not_hung(tmp_path: Path
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("refused:") and "not a regular file" in run.stdout
     assert list(dst.parent.iterdir()) == []
+
+
+def test_record_gone_since_the_read_refused(tmp_path: Path) -> None:
+    """The input replaced after the read by one without its ``version`` record: the copy wrote an archive torch.load
+    refuses ("Expected hasRecord("version")"); the write is refused instead, nothing is left."""
+    import zipfile
+
+    from focus_surgery.errors import CheckpointError
+
+    src, _ = _src(tmp_path)
+    loaded = read_checkpoint(src, "mmap")
+    content = dict(loaded.content)
+    content["c"] = torch.zeros(10)
+    hostile = tmp_path / "hostile.pt"
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(hostile, "w") as new:
+        for info in old.infolist():
+            if not info.filename.endswith("/version"):
+                new.writestr(info.filename, old.read(info))
+    os.replace(hostile, src)
+    dst = tmp_path / "out" / "out.pt"
+    dst.parent.mkdir()
+    with pytest.raises(CheckpointError, match="changed since it was read") as error:
+        save_checkpoint(content, dst, like=loaded)
+    assert "\n" not in str(error.value) and "version" in str(error.value)
+    assert list(dst.parent.iterdir()) == []

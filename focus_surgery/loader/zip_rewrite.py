@@ -267,6 +267,10 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
     with _open_regular(src) as source:
         infos, offsets = _input_records(src, source)
         prefix = infos[0].filename.split("/")[0] + "/" if "/" in infos[0].filename else ""
+        now = {i.filename for i in infos}
+        gone = next((n for n in stats.records if n not in now), None)
+        if gone is not None:  # e.g. its version record: the archive written would not load
+            raise CheckpointError(f"{src}: changed since it was read (record {gone!r} gone); convert it again")
         used = {key for key, _, _ in stats.keys.values()}
         storages = {i.filename[len(prefix) + 5 :]: i for i in infos if i.filename.startswith(prefix + "data/")}
         stray = next((k for k in storages if k not in used), None)
