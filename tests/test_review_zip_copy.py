@@ -160,3 +160,40 @@ def test_record_gone_since_the_read_refused(tmp_path: Path) -> None:
         save_checkpoint(content, dst, like=loaded)
     assert "\n" not in str(error.value) and "version" in str(error.value)
     assert list(dst.parent.iterdir()) == []
+
+
+def test_storage_rewritten_in_place_in_the_file_after_an_mmap_read_refused(tmp_path: Path) -> None:
+    """Mode mmap maps the file privately: pages not yet written follow the file. A kept storage's bytes rewritten in
+    the same file (CRC-32s updated to match) after the read are then both what memory and the file hold, but not what
+    was read and converted: the write is refused, not a mix of two files."""
+    import io
+    import struct
+    import zipfile
+    import zlib
+
+    from focus_surgery.errors import CheckpointError
+
+    src, _ = _src(tmp_path)
+    loaded = read_checkpoint(src, "mmap")
+    content = dict(loaded.content)
+    content["c"] = torch.zeros(10)
+    raw = bytearray(src.read_bytes())
+    key = next(k for k, s, _ in loaded.stats.keys.values() if s.nbytes() == 1000 * 8)  # "a", float64
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(f"/data/{key}"))
+    n, e = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + n + e
+    raw[start : start + info.file_size] = b"\x07" * info.file_size
+    crc = struct.pack("<I", zlib.crc32(b"\x07" * info.file_size))
+    raw[info.header_offset + 14 : info.header_offset + 18] = crc
+    at = raw.index(b"PK\x01\x02")
+    while struct.unpack("<I", raw[at + 42 : at + 46])[0] != info.header_offset:
+        at += 46 + sum(struct.unpack("<HHH", raw[at + 28 : at + 34]))
+    raw[at + 16 : at + 20] = crc
+    with open(src, "r+b") as handle:  # the same file, rewritten where it lies (the mapping sees it)
+        handle.write(raw)
+    dst = tmp_path / "out" / "out.pt"
+    dst.parent.mkdir()
+    with pytest.raises(CheckpointError, match="changed since it was read"):
+        save_checkpoint(content, dst, like=loaded)
+    assert list(dst.parent.iterdir()) == []

@@ -317,6 +317,10 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
 
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
+
+            def read_crc(info: zipfile.ZipInfo) -> int:  # the record's CRC-32 when the loader read it
+                return stats.records.get(info.filename, info.CRC)
+
             last_storage = max((n for n, i in enumerate(infos) if i.filename.startswith(prefix + "data/")), default=0)
             for n, info in enumerate(infos):
                 name = info.filename[len(prefix) :]
@@ -326,9 +330,11 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     if stats.records and stats.records.get(info.filename) != info.CRC:  # e.g. byteorder, since the read
                         raise CheckpointError(f"{src}: changed since it was read (record {name}); convert it again")
                     copy(info)
-                elif name[5:] in kept and _memory_crc(held[name[5:]]) == info.CRC:
-                    copy(info)  # the storage in memory still holds the record's bytes (not changed in place)
+                elif name[5:] in kept and (memory := _memory_crc(held[name[5:]])) == info.CRC == read_crc(info):
+                    copy(info)  # the storage in memory still holds the record's bytes as read (not changed in place)
                 elif name[5:] in kept:  # changed in place since it was read, or the file replaced: write memory
+                    if info.CRC != read_crc(info) and memory != read_crc(info):  # memory follows the file (mmap)
+                        raise CheckpointError(f"{src}: changed since it was read (record {name}); convert it again")
                     _check_input(info)
                     record(info.filename, _storage_bytes(held[name[5:]]))
                     outcome.storages_written += 1
