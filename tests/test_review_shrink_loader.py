@@ -39,3 +39,16 @@ def test_newobj_ex_keyword_arguments_refused_before_items_are_checked():
     with pytest.raises(Refused, match="keyword arguments"):
         reader.load()
     assert reader.keys_checked == 1  # the keyword dict's own key, by SETITEM
+
+
+def test_readme_lists_every_extra():
+    """README's install table names every extra of pyproject.toml (``fast``, ISA-L's CRC-32 for the loader, came in
+    with the shrunk loader without a row; ``all`` said "all of the above")."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    rows = set(re.findall(r"^\| `([a-z]+)` \|", (root / "README.md").read_text(), flags=re.M))
+    assert set(extras) <= rows, sorted(set(extras) - rows)
