@@ -1,8 +1,4 @@
-"""focus-surgery: exact conversion between Focus / space-to-depth stems and strided convs.
-
-Layers (``layers``), pure weight maps (``remap``), module surgery (``surgery``), verification (``verify``),
-checkpoint I/O (``checkpoint_io``) and the command line (``cli``) each live in their own module.
-"""
+"""focus-surgery: exact conversion between Focus / space-to-depth stems and strided convs."""
 
 from ._version import __version__
 from .integrations import auto_register as _auto_register, register
@@ -10,13 +6,8 @@ from .layers import ConvBnAct, DepthToSpace, Focus, SPDConv, SpaceToDepth
 from .model_configs import list_configs
 from .speed.optimize import OptimizeReport, optimize
 from .orders import ORDERS
-from .remap import (
-    SpaceToDepthForm,
-    conv_to_focus_weight,
-    focus_to_conv_weight,
-    s2d_to_strided_conv,
-    strided_conv_to_s2d,
-)
+from .remap import SpaceToDepthForm, conv_to_focus_weight, focus_to_conv_weight
+from .remap import s2d_to_strided_conv, strided_conv_to_s2d
 from .onnx_graph import convert_onnx, inspect_onnx  # imports onnx only when called
 from .surgery import ConversionError, ConversionReport, convert
 from .verify import VerificationReport, verify

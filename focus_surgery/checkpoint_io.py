@@ -1,10 +1,5 @@
-"""Checkpoint I/O: safe loading (no code runs from a file), atomic saving.
-
-A ``.pt`` file is a pickle, and unpickling can run any code. We never unpickle with ``pickle`` or
-``torch.load(weights_only=False)``: ``loader`` reads the file with a restricted unpickler into plain data and inert
-records, and ``loader.layers`` rebuilds records of installed layer classes without running their constructors.
-Writes go through ``atomic_io``: a failed or interrupted write never leaves a partial file and never touches the
-source.
+"""Checkpoint I/O: safe loading (no code runs from a file; ``loader`` reads the pickle into plain data and inert
+records) and atomic saving (``atomic_io``: no partial file, the source never touched).
 """
 
 from __future__ import annotations
@@ -18,28 +13,13 @@ import torch
 
 from .atomic_io import atomic_write
 from .loader import Checkpoint, CheckpointError, Loaded, check_readable, read_checkpoint
-from .loader.allowlist import MODULE_PREFIXES
+from .loader.allowlist import MODULE_PREFIXES  # noqa: F401 - re-exported
 from .loader.pickler import needs_faithful, pickle_module
-
-__all__ = [
-    "MODULE_PREFIXES",
-    "Checkpoint",
-    "CheckpointError",
-    "atomic_write",
-    "check_readable",
-    "load_checkpoint",
-    "safetensors_save",
-    "save_checkpoint",
-    "torch_save",
-]
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Load a ``.pt`` / ``.pth`` / ``.safetensors`` checkpoint without running code from it.
-
-    The pickle is read by a restricted unpickler that resolves only tensor rebuilders and containers and reads
-    every layer class as an inert record; records of installed layer classes (``MODULE_PREFIXES``) are then
-    rebuilt without calling their constructors. Anything else is refused by name.
+    """Load a ``.pt`` / ``.pth`` / ``.safetensors`` checkpoint without running code from it: records of installed
+    layer classes (``MODULE_PREFIXES``) are rebuilt without calling their constructors, anything else refused by name.
 
     Raises:
         CheckpointError: Missing, empty, corrupt, truncated or hostile file (naming the refused global), or a
@@ -79,19 +59,12 @@ def _data_offset(header: dict, key: str) -> int:
 
 
 def _encodable(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return not any("\ud800" <= c <= "\udfff" for c in path)  # only surrogates (undecodable bytes) are not UTF-8
 
 
 def torch_save(content: Any, path: str, like: Loaded | None = None) -> None:
-    """``torch.save`` to ``path`` (through a file object where the name is not valid UTF-8: torch needs UTF-8).
-
-    The pickle writes the loader's stand-ins back as the file pickled them (``loader.pickler``); with ``like`` (the
-    input as read) the output keeps its container (a legacy non-zip file stays legacy), pickle protocol and the
-    spelling of its globals.
+    """``torch.save`` to ``path`` (a file object where the name is not UTF-8), the loader's stand-ins written back as
+    the file pickled them; with ``like`` (the input as read) in its container, pickle protocol and globals' spelling.
     """
     spellings = like.globals if like is not None else frozenset()
     faithful = needs_faithful(content)  # else the C pickler writes the same pickle, faster

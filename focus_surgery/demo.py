@@ -34,8 +34,7 @@ def run_demo() -> tuple[ConversionReport, ConversionReport]:
     """Convert the demo model Focus -> conv and back, each verified in float64; print and return both reports."""
     model = build_focus_model()
     original_weight = model[0].conv.conv.weight.detach().clone()
-    print("Model with a YOLOv5 Focus stem:")
-    print(f"  {model[0].__class__.__name__}: space-to-depth(2, yolov5) + Conv2d{tuple(original_weight.shape)}")
+    print(f"Model with a YOLOv5 Focus stem:\n  Focus: space-to-depth(2, yolov5) + Conv2d{tuple(original_weight.shape)}")
     to_conv = convert(model, to="conv", input_shape=(2, 3, 96, 128))
     print(to_conv)
     back = convert(model, to="focus", input_shape=(2, 3, 96, 128))

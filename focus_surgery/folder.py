@@ -1,14 +1,14 @@
 """``convert DIR OUTDIR``: every checkpoint under a folder, each in its own child process.
 
-A file is untrusted input: one that crashes the converter (a signal), hangs past ``--timeout`` or passes the
-memory limit must not take the batch with it. Each file is converted in a fresh child (forked from a server that
-has already imported torch, so a child starts in milliseconds) under an address-space limit; the parent only
-collects results, kills a child that runs too long, removes what a killed child left behind, and prints the summary.
+A file is untrusted input: one that crashes the converter, hangs past ``--timeout`` or passes the memory limit fails
+alone. Each file is converted in a fresh child, forked from a server that has already imported torch, under an
+address-space limit; the parent collects results, kills a child that runs too long and removes what it left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import signal
 import sys
@@ -24,8 +24,11 @@ from .limits import available_cores
 from .report import EXIT_BAD_INPUT, EXIT_OK, MAX_NODES, bounded, emit, folder_lines, line, one_line
 from .sources.base import TIMM_TRAIN, suffix_of
 
-DEFAULT_TIMEOUT_S = 300.0
-DEFAULT_MEMORY_GB = 8.0
+DEFAULT_TIMEOUT_S, DEFAULT_MEMORY_GB = 300.0, 8.0
+CHECKPOINT_SUFFIXES = (".pt", ".pth", TIMM_TRAIN)
+# What a conversion imports, imported once by the fork server: a child would otherwise import the YOLOv5 and
+# Ultralytics code (and cv2, PIL) again for every file, ~1.4 s each, more than converting a small file takes.
+PRELOAD = ["focus_surgery._fork_server_preload", "torch", "focus_surgery.files", "focus_surgery.yolov5.convert"]
 
 
 @dataclass
@@ -40,67 +43,55 @@ class FileOutcome:
 
 def _address_space() -> int:
     """This process's current virtual size in bytes (Linux), 0 where unknown."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        return next((int(row.split()[1]) * 1024 for row in status if row.startswith("VmSize:")), 0)
     return 0
 
 
-def _end_with_the_run() -> None:
-    """This child ends when the run does, even after ``kill -9`` of the run (see ``parent_death``)."""
+def _child(work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn) -> None:
     from .parent_death import die_with_parent, exit_when_closed, forget_parent_check, release_fork_server
 
+    # this child ends when the run does, even after ``kill -9`` of the run (see ``parent_death``)
     release_fork_server()
     forget_parent_check()
     die_with_parent()  # our parent is the fork server, which itself dies with the run
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
         exit_when_closed(parent.sentinel)
-
-
-def _child(
-    work: Callable[[str, str, dict], dict], src: str, dst: str, options: dict, memory: int, conn: Connection
-) -> None:
-    _end_with_the_run()
-    try:
+    with contextlib.suppress(ImportError, ValueError, OSError):  # no limit where the platform has none
         import resource
 
         limit = _address_space() + memory  # what is already mapped (torch's libraries) plus the budget
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ImportError, ValueError, OSError):
-        pass  # no limit where the platform has none
     try:
         conn.send((work(src, dst, options), None))
     except MemoryError as error:  # a refused allocation says why; a failed one hit the limit
-        conn.send(
-            (
-                None,
-                one_line(error)
-                if str(error)
-                else f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)",
-            )
-        )
+        limit = f"passed the memory limit of {memory / 2**30:.1f} GiB (--max-memory)"
+        conn.send((None, one_line(error) if str(error) else limit))
     except BaseException as error:  # noqa: BLE001 - reported as this file's failure, in one line
         conn.send((None, one_line(error)))
     finally:
         conn.close()
 
 
-# What a conversion imports, imported once by the fork server: a child would otherwise import the YOLOv5 and
-# Ultralytics code (and cv2, PIL) again for every file, ~1.4 s each, more than converting a small file takes.
-PRELOAD = ["focus_surgery._fork_server_preload", "torch", "focus_surgery.files", "focus_surgery.yolov5.convert"]
-
-
 def _context() -> multiprocessing.context.BaseContext:
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        return context
-    return multiprocessing.get_context("spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def _stamps(dst: str) -> tuple:
+    """What identifies the current content of ``dst`` and its ``.json``: inode and times, or None if absent."""
+    stamps = []
+    for path in (Path(dst), Path(dst).with_suffix(".json")):
+        try:
+            info = path.stat()
+            stamps.append((info.st_ino, info.st_mtime_ns, info.st_ctime_ns))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 def convert_isolated(
@@ -119,28 +110,17 @@ def convert_isolated(
     """
     context = _context()
     outcomes = [FileOutcome(src, dst) for src, dst in jobs]
-    waiting = list(range(len(jobs)))
+    waiting, finished = list(range(len(jobs))), 0
     running: dict[int, tuple[Any, Connection, float]] = {}  # job index: (process, receiving end, start time)
-    finished = 0
-
-    def finish(index: int, result: dict | None, error: str | None) -> None:
-        nonlocal finished
-        outcomes[index].result, outcomes[index].error = result, error
-        finished += 1
-        if progress:
-            progress(finished, len(jobs), Path(jobs[index][0]).name)
-
-    before: dict[int, tuple | None] = {}  # job index: its destinations' state when it started
-
+    before: dict[int, tuple] = {}  # job index: its destinations' state when it started
     try:
         while waiting or running:
             while waiting and len(running) < max(1, workers):
                 index = waiting.pop(0)
                 before[index] = _stamps(jobs[index][1])
                 receive, send = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_child, args=(work, *jobs[index], options, memory_bytes, send), daemon=True
-                )
+                args = (work, *jobs[index], options, memory_bytes, send)
+                process = context.Process(target=_child, args=args, daemon=True)
                 process.start()
                 send.close()
                 running[index] = (process, receive, time.monotonic())
@@ -169,63 +149,29 @@ def convert_isolated(
                 del running[index]
                 if error is not None:
                     remove_stale_temporaries(Path(jobs[index][1]))  # what a killed child may have left
-                finish(index, result, error)
-    except BaseException as error:  # interrupted (SIGTERM, Ctrl-C): say exactly what was written
-        for index, (process, conn, _) in running.items():
-            process.kill()
-            process.join()
-        done = [Path(o.dst) for o in outcomes if o.result is not None]
-        done += [Path(jobs[i][1]) for i in running if _stamps(jobs[i][1]) != before[i]]  # put in place, unreported
-        error.written = sorted(set(done), key=str)
-        raise
-    finally:  # stop the children and remove what they were writing
+                outcomes[index].result, outcomes[index].error = result, error
+                finished += 1
+                if progress:
+                    progress(finished, len(jobs), Path(jobs[index][0]).name)
+    except BaseException as error:  # interrupted (SIGTERM, Ctrl-C): stop the children, say exactly what was written
         for index, (process, conn, _) in running.items():
             process.kill()
             process.join()
             conn.close()
-            dst = Path(jobs[index][1])
-            for written in (dst, dst.with_suffix(".json")):
-                remove_stale_temporaries(written)
+            remove_stale_temporaries(Path(jobs[index][1]))  # what it was writing (the folder's temporaries)
+        done = [Path(o.dst) for o in outcomes if o.result is not None]
+        done += [Path(jobs[i][1]) for i in running if _stamps(jobs[i][1]) != before[i]]  # put in place, unreported
+        error.written = sorted(set(done), key=str)
+        raise
     return outcomes
 
 
-def _stamps(dst: str) -> tuple:
-    """What identifies the current content of ``dst`` and its ``.json``: inode and change time, or None if absent."""
-    stamps = []
-    for path in (Path(dst), Path(dst).with_suffix(".json")):
-        try:
-            info = path.stat()
-            stamps.append((info.st_ino, info.st_mtime_ns, info.st_ctime_ns))
-        except OSError:
-            stamps.append(None)
-    return tuple(stamps)
-
-
 def progress_bar(done: int, total: int, name: str) -> None:
-    name = line(name)  # file names must not drive the terminal
-    width = 24
+    name, width = line(name), 24  # file names must not drive the terminal
     filled = width * done // max(total, 1)
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}", end="", file=sys.stderr)
     if done == total:
         print(file=sys.stderr)
-
-
-def checkpoint_files(src_dir: Path, out_dir: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Every checkpoint file under ``src_dir`` (sorted), skipping what lies inside ``out_dir``."""
-    out = out_dir.resolve()
-    return [
-        p
-        for p in sorted(src_dir.rglob("*"))
-        if p.is_file() and suffix_of(p, suffixes) in suffixes and out not in p.resolve().parents
-    ]
-
-
-def worker_options(options: dict) -> dict:
-    """Options a child needs (picklable values only)."""
-    return {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
-
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", TIMM_TRAIN)
 
 
 def _convert_in_child(src: str, dst: str, options: dict) -> dict[str, Any]:
@@ -250,32 +196,28 @@ def convert_folder(args: argparse.Namespace) -> int:
     """``convert DIR OUTDIR``: every ``.pt`` / ``.pth`` / ``.pth.tar`` under DIR to the same relative path under
     OUTDIR, each file in its own child process (a crashing, hanging or memory-hungry file fails alone)."""
     src_dir, out_dir = Path(args.src), Path(args.dst)
-    if (out_dir.exists() and not out_dir.is_dir()) or (
-        not out_dir.exists() and suffix_of(out_dir, CHECKPOINT_SUFFIXES) in (*CHECKPOINT_SUFFIXES, ".safetensors")
-    ):
+    as_file = suffix_of(out_dir, CHECKPOINT_SUFFIXES) in (*CHECKPOINT_SUFFIXES, ".safetensors")
+    if (out_dir.exists() and not out_dir.is_dir()) or (not out_dir.exists() and as_file):
         raise CheckpointError(
             f"{src_dir}: is a directory, not a checkpoint file "
             "(to convert every checkpoint in it, give an output folder)"
         )
     if out_dir.resolve() == src_dir.resolve():
         raise CheckpointError(f"{out_dir}: output folder must differ from the input folder")
-    files = checkpoint_files(src_dir, out_dir, CHECKPOINT_SUFFIXES)
-    if not files:
+    out = out_dir.resolve()  # every checkpoint file under src_dir, sorted, but none inside out_dir
+    found = [p for p in sorted(src_dir.rglob("*")) if p.is_file() and out not in p.resolve().parents]
+    found = [p for p in found if suffix_of(p, CHECKPOINT_SUFFIXES) in CHECKPOINT_SUFFIXES]
+    if not found:
         raise CheckpointError(f"{src_dir}: no .pt / .pth / .pth.tar files in this folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in files]
+    jobs = [(str(p), str(out_dir / p.relative_to(src_dir))) for p in found]
     for folder in dict.fromkeys(Path(dst).parent for _, dst in jobs):  # what killed runs left (SIGKILL, SIGQUIT)
         remove_stale_temporaries_in(folder)
-    workers = max(1, int(getattr(args, "workers", None) or available_cores()))
-    args.workers = workers  # the children read it (one torch thread each when several run)
+    args.workers = max(1, int(getattr(args, "workers", None) or available_cores()))  # children read it
+    options = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
+    memory = int(float(args.max_memory) * 2**30)
     outcomes = convert_isolated(
-        jobs,
-        _convert_in_child,
-        worker_options(vars(args)),
-        workers,
-        float(args.timeout),
-        int(float(args.max_memory) * 2**30),
-        progress_bar,
+        jobs, _convert_in_child, options, args.workers, float(args.timeout), memory, progress_bar
     )
     converted = [bounded(o.result) for o in outcomes if o.result is not None]  # each file: one report's budget
     failed = [{"file": o.src, "reason": o.error} for o in outcomes if o.result is None]

@@ -1,8 +1,5 @@
-"""Run a callback right after a module is first imported, so optional integrations cost nothing until used.
-
-``import focus_surgery`` must stay cheap and must work without timm; yet ``timm.create_model("resnet18_s2d")``
-should work after ``import focus_surgery`` whatever the import order. ``call_when_imported("timm", register)``
-calls ``register`` now if timm is already imported, else once timm's own import has finished.
+"""Run a callback right after a module is first imported, so optional integrations cost nothing until used:
+``call_when_imported("timm", register)`` calls ``register`` now if timm is imported, else once its import finished.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Layers: space-to-depth, its inverse, and the conv blocks built on it. They know nothing of models.
-
-Shapes use ``bs`` for the block size. Every layer is pure reshape/permute plus standard convs, so it scripts with
-TorchScript, traces with ``torch.fx`` (the size checks are FX leaf functions), exports with ``torch.export`` and to
-ONNX (``SpaceToDepth`` becomes Reshape + Transpose, or SpaceToDepth/DepthToSpace ops) and compiles with
-``torch.compile(fullgraph=True)``.
+"""Layers: space-to-depth (block size ``bs``), its inverse and the conv blocks built on it; they know no model.
+Pure reshape/permute and standard convs: they script, FX-trace, export to ONNX and compile with ``fullgraph=True``.
 """
 
 from __future__ import annotations
@@ -23,52 +19,41 @@ def autopad(k: int | tuple[int, int], p: int | tuple[int, int] | None = None, d:
     """'Same' padding for an odd kernel when ``p`` is None, as in Ultralytics."""
     if p is not None:
         return p
-    if isinstance(k, int):
-        return (d * (k - 1) + 1) // 2
-    return tuple((d * (x - 1) + 1) // 2 for x in k)
+    return (d * (k - 1) + 1) // 2 if isinstance(k, int) else tuple((d * (x - 1) + 1) // 2 for x in k)
 
 
 @torch.fx.wrap  # a leaf in torch.fx graphs: FX cannot branch on a traced shape, the traced graph still checks
 def check_divisible(x: torch.Tensor, block_size: int, yaml_row: str = "") -> torch.Tensor:
-    """``x`` unchanged if its height and width are divisible by ``block_size``, else a ValueError naming the fix
-    (and the Ultralytics YAML row the layer was built from, if any)."""
+    """``x`` unchanged if its height and width divide by ``block_size``, else a ValueError naming the fix (and the
+    Ultralytics YAML row the layer was built from, if any)."""
     h, w = x.shape[-2], x.shape[-1]
-    if h % block_size != 0 or w % block_size != 0:
-        if yaml_row:
-            raise ValueError(
-                f"{yaml_row}: feature map {h}x{w} is not divisible by block_size {block_size}; "
-                "use an input size that is a multiple of the model stride"
-            )
+    if h % block_size == 0 and w % block_size == 0:
+        return x
+    if yaml_row:
         raise ValueError(
-            f"SpaceToDepth: input height and width ({h}x{w}) must be divisible by block_size {block_size}; "
-            f"resize or pad the image to a multiple of {block_size}"
+            f"{yaml_row}: feature map {h}x{w} is not divisible by block_size {block_size}; "
+            "use an input size that is a multiple of the model stride"
         )
-    return x
+    raise ValueError(
+        f"SpaceToDepth: input height and width ({h}x{w}) must be divisible by block_size {block_size}; "
+        f"resize or pad the image to a multiple of {block_size}"
+    )
 
 
 @torch.fx.wrap
 def check_channels_divisible(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``x`` unchanged if its channels are divisible by ``block_size**2``, else a ValueError."""
-    channels = x.shape[1]
-    if channels % (block_size * block_size) != 0:
+    """``x`` unchanged if its channels divide by ``block_size**2``, else a ValueError."""
+    if x.shape[1] % (block_size * block_size) != 0:
         raise ValueError(
-            f"DepthToSpace: {channels} input channels are not divisible by block_size**2 = {block_size * block_size}"
+            f"DepthToSpace: {x.shape[1]} input channels are not divisible by block_size**2 = {block_size * block_size}"
         )
     return x
 
 
 class SpaceToDepth(nn.Module):
-    """Move each ``bs x bs`` pixel block into channels.
-
-    ``y[:, ch(c, dy, dx), i, j] = x[:, c, bs*i + dy, bs*j + dx]`` with ``ch`` given by ``order`` (see ``orders.py``).
-
-    Args:
-        block_size (int): Block size ``bs`` >= 2.
-        order (str): ``yolov5`` (Ultralytics Focus), ``timm`` (TResNet, TensorFlow) or ``pixel_unshuffle``.
-
-    Shapes:
-        Input (N, C, H, W) with H and W divisible by ``bs``; output (N, C*bs*bs, H/bs, W/bs).
-    """
+    """Move each ``bs x bs`` pixel block into channels: ``y[:, ch(c, dy, dx), i, j] = x[:, c, bs*i + dy, bs*j + dx]``
+    with ``ch`` given by ``order`` (``yolov5``, ``timm`` or ``pixel_unshuffle``; see ``orders.py``).
+    (N, C, H, W), H and W divisible by ``bs`` -> (N, C*bs*bs, H/bs, W/bs)."""
 
     yaml_row = ""  # "YAML row i [...]" when built from an Ultralytics YAML row (class default: old pickles)
 
@@ -80,7 +65,6 @@ class SpaceToDepth(nn.Module):
         self.yaml_row = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, C*bs*bs, H/bs, W/bs)."""
         bs = self.block_size
         x = check_divisible(x, bs, self.yaml_row)
         n, c, h, w = x.shape
@@ -94,15 +78,7 @@ class SpaceToDepth(nn.Module):
 
 
 class DepthToSpace(nn.Module):
-    """Exact inverse of ``SpaceToDepth`` with the same block size and order.
-
-    Args:
-        block_size (int): Block size ``bs`` >= 2.
-        order (str): ``yolov5``, ``timm`` or ``pixel_unshuffle``.
-
-    Shapes:
-        Input (N, C*bs*bs, H, W); output (N, C, H*bs, W*bs).
-    """
+    """Exact inverse of ``SpaceToDepth`` of the same block size and order: (N, C*bs*bs, H, W) -> (N, C, H*bs, W*bs)."""
 
     def __init__(self, block_size: int = 2, order: str = "yolov5"):
         super().__init__()
@@ -114,28 +90,21 @@ class DepthToSpace(nn.Module):
         self.channel_axis = layout.index("c")  # where C sits among the three split channel axes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C*bs*bs, H, W) -> (N, C, H*bs, W*bs)."""
         bs = self.block_size
         x = check_channels_divisible(x, bs)
         n, cc, h, w = x.shape
         if self.order == "pixel_unshuffle":
             return F.pixel_shuffle(x, bs)
-        c = cc // (bs * bs)
         sizes = [bs, bs, bs]
-        sizes[self.channel_axis] = c
-        split = x.view([n] + sizes + [h, w])
-        return split.permute(self.permutation).reshape(n, c, h * bs, w * bs)
+        sizes[self.channel_axis] = c = cc // (bs * bs)
+        return x.view([n] + sizes + [h, w]).permute(self.permutation).reshape(n, c, h * bs, w * bs)
 
-    def extra_repr(self) -> str:
-        return f"block_size={self.block_size}, order={self.order!r}"
+    extra_repr = SpaceToDepth.extra_repr
 
 
 class ConvBnAct(nn.Module):
-    """Conv2d (no bias) + BatchNorm2d + activation; same parameters and state-dict names as Ultralytics ``Conv``.
-
-    Shapes:
-        Input (N, c1, H, W); output (N, c2, H', W') as for ``nn.Conv2d``.
-    """
+    """Conv2d (no bias) + BatchNorm2d + activation, with the arguments and state-dict names of Ultralytics ``Conv``:
+    (N, c1, H, W) -> (N, c2, H', W') as for ``nn.Conv2d``."""
 
     default_act = nn.SiLU()
 
@@ -166,19 +135,10 @@ class ConvBnAct(nn.Module):
 class Focus(nn.Module):
     """Space-to-depth then a conv block: a drop-in superset of the YOLOv5 / Ultralytics ``Focus``.
 
-    With the defaults (``block_size=2``, ``order="yolov5"``) it computes exactly what Ultralytics' ``Focus`` does and
-    has the same state-dict names (``conv.conv.weight``, ``conv.bn.*``), so their state dicts load unchanged.
-
-    Args:
-        c1 (int): Input channels. c2 (int): Output channels.
-        k, s, p, g, act: Kernel, stride, padding (None = same), groups and activation of the conv after
-            space-to-depth, as in Ultralytics ``Conv``.
-        block_size (int): Space-to-depth block size ``bs``.
-        order (str): Space-to-depth channel order.
-        conv_layer (type): Conv block class with the Ultralytics ``Conv`` signature (default ``ConvBnAct``).
-
-    Shapes:
-        Input (N, c1, H, W), H and W divisible by ``bs``; output (N, c2, H/(bs*s), W/(bs*s)) for same padding.
+    With the defaults (``block_size=2``, ``order="yolov5"``) it computes what Ultralytics' ``Focus`` does, with the
+    same state-dict names (``conv.conv.weight``, ``conv.bn.*``). ``k, s, p, g, act`` are the conv block's, as in
+    Ultralytics ``Conv``; ``conv_layer`` is a conv block class with that signature.
+    (N, c1, H, W), H and W divisible by ``bs`` -> (N, c2, H/(bs*s), W/(bs*s)) for same padding.
     """
 
     def __init__(
@@ -203,23 +163,10 @@ class Focus(nn.Module):
 
 
 class SPDConv(nn.Module):
-    """Space-to-depth, optional explicit padding, then a stride-1 conv block (the SPD-Conv building block).
-
-    This is also the exact space-to-depth form of any strided conv: ``pad`` (left, right, top, bottom; negative
-    values crop) makes the output shape equal to the original conv's. Build that form with
-    ``SPDConv.from_conv(conv_block, block_size, order, pad)``.
-
-    Args:
-        c1 (int): Input channels. c2 (int): Output channels.
-        k (int): Kernel of the stride-1 conv (same padding when ``pad`` is None).
-        block_size (int): Space-to-depth block size ``bs``.
-        order (str): Space-to-depth channel order.
-        act (bool | nn.Module): Activation of the conv block.
-        pad (tuple[int, int, int, int] | None): Explicit padding of the space-to-depth output.
-        conv_layer (type): Conv block class with the Ultralytics ``Conv`` signature (default ``ConvBnAct``).
-
-    Shapes:
-        Input (N, c1, H, W), H and W divisible by ``bs``; output (N, c2, H/bs, W/bs) for same padding.
+    """Space-to-depth, optional explicit ``pad`` (left, right, top, bottom; negative crops), then a stride-1 conv block
+    of kernel ``k`` (same padding when ``pad`` is None): the SPD-Conv block, and the exact space-to-depth form of any
+    strided conv (``SPDConv.from_conv``). (N, c1, H, W), H and W divisible by ``bs`` -> (N, c2, H/bs, W/bs) for same
+    padding.
     """
 
     def __init__(
@@ -239,42 +186,32 @@ class SPDConv(nn.Module):
         self.conv = conv_layer(c1 * block_size * block_size, c2, k, 1, 0 if pad is not None else None, act=act)
 
     @classmethod
-    def from_conv(
-        cls, conv: nn.Module, block_size: int, order: str, pad: tuple[int, int, int, int] | None
-    ) -> "SPDConv":
+    def from_conv(cls, conv: nn.Module, block_size: int, order: str, pad: tuple[int, int, int, int] | None) -> SPDConv:
         """Wrap an existing stride-1 conv (a bare ``nn.Conv2d`` or a conv block) that reads space-to-depth channels."""
         module = cls.__new__(cls)
         nn.Module.__init__(module)
-        module.s2d = SpaceToDepth(block_size, order)
-        module.pad = list(pad) if pad is not None else None
-        module.conv = conv
+        module.s2d, module.pad, module.conv = (
+            SpaceToDepth(block_size, order),
+            list(pad) if pad is not None else None,
+            conv,
+        )
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.s2d(x)
-        if self.pad is not None:
-            y = F.pad(y, self.pad)
-        return self.conv(y)
+        return self.conv(F.pad(y, self.pad) if self.pad is not None else y)
 
     def extra_repr(self) -> str:
         return f"pad={tuple(self.pad)}" if self.pad is not None else ""
 
 
 class FoldedSpaceToDepth(nn.Identity):
-    """What ``convert(to="conv")`` leaves where a space-to-depth layer was folded into the next conv.
-
-    An identity (no parameters, nothing in the state dict) that remembers the layer it replaces, so a conversion
-    back (``to="s2d"``) restores the same layer and the same parameter names.
-
-    Args:
-        original (nn.Module): The parameter-free space-to-depth layer (ours, timm's, ``nn.PixelUnshuffle``).
-        block_size (int): Its block size. order (str): Its channel order.
-    """
+    """What ``convert(to="conv")`` leaves where a space-to-depth layer was folded into the next conv: an identity (no
+    parameters, nothing in the state dict) that remembers the ``original`` layer, so ``to="s2d"`` restores it."""
 
     def __init__(self, original: nn.Module, block_size: int, order: str):
         super().__init__()
-        self.block_size = block_size
-        self.order = order
+        self.block_size, self.order = block_size, order
         self.__dict__["_original"] = original  # not a submodule: not in the state dict, not traced or scripted
 
     def original(self) -> nn.Module:

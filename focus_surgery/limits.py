@@ -1,9 +1,6 @@
-"""Bounded forward passes for models read from files.
-
-A model rebuilt from a checkpoint runs its own layers' code with hyper-parameters the file chose (upsampling
-factors, attention sizes, ...); a few bytes can ask for gigabytes. Inside ``forward_memory_limit(n)``, every
-forward that ``verify`` runs checks each operation's output size on the meta device (shapes only, no memory)
-before the real operation allocates it, and stops with ``AllocationRefused`` when one output would exceed ``n``.
+"""Bounded forward passes for models read from files, whose hyper-parameters (upsampling factors, attention sizes)
+the file chose: inside ``forward_memory_limit(n)``, each operation of a checked forward is first run on the meta
+device (shapes only), and ``AllocationRefused`` stops one whose output would exceed ``n`` bytes.
 """
 
 from __future__ import annotations
@@ -40,10 +37,8 @@ def current_limit() -> int | None:
 
 
 def check_allocation(shape: Any, dtype: torch.dtype, what: str) -> None:
-    """Refuse, before it is allocated, a tensor of ``shape`` larger than the current ``forward_memory_limit``.
-
-    For tensors whose size comes from numbers in a file (a verification input sized by the model's strides or its
-    configured input size): the same limit as one operation of a checked forward. Without a limit, nothing is checked.
+    """Refuse, before it is allocated, a tensor of ``shape`` (sized by numbers in a file) larger than the current
+    ``forward_memory_limit`` (nothing is checked without one).
 
     Raises:
         AllocationRefused: The tensor would exceed the limit, or ``shape`` is not a list of non-negative integers.
@@ -84,14 +79,13 @@ class _CheckedOps(TorchDispatchMode):
             shapes = func(*tree_map(_to_meta, args), **meta_kwargs)
         except Exception:  # noqa: BLE001 - data-dependent ops have no meta kernel; their outputs follow their inputs
             shapes = None
-        if shapes is not None:
-            nbytes = sum(t.numel() * t.element_size() for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor))
-            if nbytes > self.max_bytes:
-                raise AllocationRefused(
-                    f"{func.__name__} would allocate {nbytes / 2**30:.1f} GiB "
-                    f"(limit {self.max_bytes / 2**30:.1f} GiB); "
-                    "the model's hyper-parameters are not plausible"
-                )
+        nbytes = sum(t.numel() * t.element_size() for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor))
+        if nbytes > self.max_bytes:
+            limit = self.max_bytes / 2**30
+            raise AllocationRefused(
+                f"{func.__name__} would allocate {nbytes / 2**30:.1f} GiB (limit {limit:.1f} GiB); "
+                "the model's hyper-parameters are not plausible"
+            )
         return func(*args, **kwargs)
 
 
@@ -99,16 +93,12 @@ class _CheckedOps(TorchDispatchMode):
 def checked_forward() -> Iterator[None]:
     """Apply the current ``forward_memory_limit`` (if any) to the torch operations inside this block."""
     limit = _LIMIT.get()
-    if limit is None:
-        yield
-        return
-    with _CheckedOps(limit):
+    with _CheckedOps(limit) if limit is not None else contextlib.nullcontext():
         yield
 
 
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the platform has one): a folder run's default
-    ``--workers``."""
+    """The CPU cores this process may run on (its affinity mask where there is one): a folder run's ``--workers``."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):

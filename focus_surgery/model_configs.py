@@ -1,16 +1,12 @@
-"""The YOLO model configs that ship with focus-surgery, found by name as Ultralytics finds its own.
-
-The configs live in the repository's top-level ``configs/`` folder and are installed as ``focus_surgery/configs/``
-(see setup.py). Ultralytics resolves a config name in ``yaml_model_load``: the scale letter is dropped from the name
-(``yolov8n-spd.yaml`` -> ``yolov8-spd.yaml``, scale ``n``) and ``check_yaml`` looks for a local file first, then
-searches its own package with ``glob(ROOT / "**" / name)``. ``find_config`` is that same search over our configs
-folder; the Ultralytics integration asks it only after Ultralytics' own search found nothing, so a local file and
-Ultralytics' own configs keep precedence.
+"""The YOLO model configs that ship with focus-surgery (top-level ``configs/``, installed as ``focus_surgery/configs``),
+found by name as Ultralytics' ``check_yaml`` finds its own; the Ultralytics integration asks ``find_config`` only
+after Ultralytics' own search found nothing, so a local file and Ultralytics' configs keep precedence.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import re
 from pathlib import Path
 
@@ -28,26 +24,13 @@ def config_dir() -> Path:
 
 
 def find_config(name: str | Path) -> str | None:
-    """Path of the shipped config ``name`` (scale letter already dropped, e.g. ``"yolov8-spd.yaml"``), or None.
-
-    Searched exactly as Ultralytics' ``check_file`` searches its own package: ``glob(config_dir() / "**" / name)``,
-    one match or none.
-    """
+    """Path of the shipped config ``name`` (scale letter dropped, e.g. ``"yolov8-spd.yaml"``), or None: one match of
+    ``glob(config_dir() / "**" / name)``, as Ultralytics' ``check_file`` searches its own package."""
     name = str(name).strip()
     if not name or Path(name).is_absolute() or Path(name).suffix not in (".yaml", ".yml"):
         return None
     matches = glob.glob(str(config_dir() / "**" / glob.escape(name)), recursive=True)
     return matches[0] if len(matches) == 1 else None
-
-
-def _header(text: str) -> str:
-    """The leading comment block of a YAML file, as one line of prose."""
-    lines = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("#").strip())
-    return " ".join(lines)
 
 
 def _scales(text: str) -> list[str]:
@@ -66,15 +49,12 @@ def _build_name(file: str, scales: list[str]) -> str:
 
 
 def list_configs() -> dict[str, str]:
-    """The shipped configs, one line each: ``{file name: "build as <names>: <what it is>"}``.
-
-    The description is the first sentence of the file's header comment. Print them with
-    ``for name, what in focus_surgery.list_configs().items(): print(f"{name}: {what}")``.
-    """
+    """The shipped configs, ``{file name: "build as <names>: <first sentence of the file's header comment>"}``."""
     configs = {}
     for path in sorted(config_dir().glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
-        header = _header(text)
+        comments = itertools.takewhile(lambda row: row.startswith("#"), text.splitlines())  # the header comment
+        header = " ".join(row.lstrip("#").strip() for row in comments)
         end = _SENTENCE_END.search(header)
         summary = header[: end.start() + 1] if end else header
         configs[path.name] = f"build as {_build_name(path.name, _scales(text))}: {summary}"

@@ -1,18 +1,13 @@
 """Child processes that end with the process that started them, even when it is killed with SIGKILL.
 
-A folder run converts each file in a child forked from a fork server (``folder.py``). ``kill -9`` of the run gives
-nobody a chance to clean up, and the fork server and a child working on a hostile file used to live on. Two
-mechanisms, so that one suffices:
-
-* the kernel's parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``): each child gets SIGKILL when the fork server
-  ends, so the chain holds even while a child runs C code that never lets Python in; the fork server gets a signal
-  that makes it check whether the run has ended (``die_with_parent_process``: the kernel also sends it when only the
-  run's thread that started the server ends, and a worker thread's end must not kill the other threads' jobs);
-* a watcher thread in each child that ends it as soon as the run's end of a pipe closes (every platform).
+Two mechanisms, so that one suffices: the kernel's parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``), which
+holds even while a child runs C code, and a watcher thread in each child that ends it when the run's end of a pipe
+closes (every platform).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -38,13 +33,9 @@ PARENT_CHECK = getattr(signal, "SIGUSR2", None)  # what the kernel sends the for
 
 
 def die_with_parent_process() -> bool:
-    """``die_with_parent`` for a process whose parent may run threads (the fork server: any thread of the run may
-    start it). The kernel sends the parent-death signal when the parent *thread* ends, although the process and its
-    other threads go on; so the signal only makes this process check whether its parent process is gone.
-
-    Returns:
-        (bool): Whether it was set (Linux).
-    """
+    """``die_with_parent`` for a process whose parent may run threads (the fork server). The kernel signals when the
+    parent *thread* ends, although its process goes on; so the signal only makes this process check whether its
+    parent process is gone. Returns whether it was set (Linux)."""
     if PARENT_CHECK is None:
         return False
     parent = os.getppid()
@@ -67,17 +58,13 @@ def die_with_parent_process() -> bool:
 def forget_parent_check() -> None:
     """In a child of the fork server: the server's handler of ``PARENT_CHECK`` is not ours to inherit."""
     if PARENT_CHECK is not None:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             signal.signal(PARENT_CHECK, signal.SIG_DFL)
-        except (ValueError, OSError):
-            pass
 
 
 def exit_when_closed(sentinel: Any) -> threading.Thread:
-    """Start a daemon thread that SIGKILLs this process once ``sentinel`` (a pipe end or fd) becomes readable.
-
-    ``multiprocessing.parent_process().sentinel`` is such a pipe: the parent holds its other end until it ends.
-    """
+    """Start a daemon thread that SIGKILLs this process once ``sentinel`` (a pipe end or fd, such as
+    ``multiprocessing.parent_process().sentinel``) becomes readable."""
     from multiprocessing.connection import wait
 
     def watch() -> None:
@@ -101,9 +88,9 @@ def in_fork_server() -> bool:
 
 
 def release_fork_server() -> None:
-    """In a child of the fork server: close our copy of the server's "alive" pipe, so that the server (which exits
-    when every copy is closed) does not outlive the run because of us. Private to ``multiprocessing``: best effort."""
-    try:
+    """In a child of the fork server: close our copy of its "alive" pipe, so that the server (which exits when every
+    copy is closed) does not outlive the run because of us (``multiprocessing`` internals: best effort)."""
+    with contextlib.suppress(AttributeError, ImportError, OSError):
         from multiprocessing import forkserver
 
         server = forkserver._forkserver
@@ -111,5 +98,3 @@ def release_fork_server() -> None:
         if fd is not None:
             server._forkserver_alive_fd = None
             os.close(fd)
-    except (AttributeError, ImportError, OSError):
-        pass

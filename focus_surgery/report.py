@@ -1,9 +1,7 @@
 """Every report, rendered one way: the typed ``ConvertReport``, text and ``--json``, exit codes, one-line errors.
 
-Values in a report come from files (names, metadata, paths). Before they reach JSON or the terminal they go
-through ``bounded`` (a node budget, a depth and a string limit: a DAG of shared lists costs its budget, not its
-expansion) and every text line through ``line`` (newlines and control characters escaped: a value or a file name
-can never start a line of its own). This module imports nothing above ``errors``, so every floor may render.
+Values from files go through ``bounded`` (a node budget: a DAG of shared lists costs its budget, not its expansion)
+and every text line through ``line`` (control characters escaped). Imports nothing above ``errors``.
 """
 
 from __future__ import annotations
@@ -34,12 +32,9 @@ MAX_LINE = 16_384  # characters of one printed line (an error message from a lib
 
 
 def bounded(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
-    """A JSON-able copy of ``value`` within ``MAX_NODES`` values, ``MAX_DEPTH`` levels and ``MAX_CHARS`` per string.
-
-    Numbers, strings, lists and dicts are kept (keys become strings), our report dataclasses go by ``to_dict``,
-    tensors and arrays of up to 64 values become lists; any other object becomes ``<TypeName>`` (its ``str()`` could
-    expand what it holds). What passes a limit becomes ``"<...>"``.
-    """
+    """A JSON-able copy of ``value`` within ``MAX_NODES`` values, ``MAX_DEPTH`` levels and ``MAX_CHARS`` per string:
+    reports go by ``to_dict``, arrays of up to 64 values become lists, other objects ``<TypeName>`` (their ``str()``
+    could expand what they hold); what passes a limit becomes ``"<...>"``."""
     budget = [MAX_NODES] if budget is None else budget
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_DEPTH:
@@ -76,10 +71,8 @@ def line(text: Any) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message as one escaped line, else its type's name.
-
-    Our own errors are kept whole (a path with a newline stays inside its message); another library's message
-    keeps its first line (the rest is its detail, often a dump of the values involved)."""
+    """An exception's message as one escaped line, else its type's name: ours whole (a path with a newline stays in
+    its message), another library's first line (the rest is often a dump of the values involved)."""
     text = str(error).strip()
     if not text:
         return type(error).__name__
@@ -93,42 +86,33 @@ def error_exit(error: BaseException, source: Any, dst: Any, written: str = "noth
     ``written``: what a run stopped by memory or a signal had put in place (``atomic_io.describe_written``).
     """
     code = EXIT_VERIFY_FAILED if isinstance(error, VerificationFailed) else EXIT_BAD_INPUT
+    where = f"{source}: " if str(source) else ""  # a message never shows an empty field
     if code == EXIT_VERIFY_FAILED:
         text = one_line(error)
     elif isinstance(error, MemoryError):
-        where = f"{source}: " if str(source) else ""
         text = f"error: {where}{one_line(error) if str(error) else 'ran out of memory'}; {written}"
     elif isinstance(error, (ValueError, OSError)):  # our errors and the library's: they name the file
         text = f"error: {one_line(error)}"
     elif isinstance(error, Exception):  # e.g. a model whose forward fails
-        where = f"{source}: " if str(source) else ""  # a message never shows an empty field
         text = f"error: {where}{type(error).__name__}: {one_line(error)}"
-    else:  # interrupted: Ctrl-C or a signal (atomic_io.Interrupted)
-        where = f"{dst}: " if str(dst) else ""  # inspect / verify / yolo have no output to name
+    else:  # interrupted: Ctrl-C or a signal (atomic_io.Interrupted); inspect / verify / yolo have no output to name
+        where = f"{dst}: " if str(dst) else ""
         text = f"{where}{'interrupted' if isinstance(error, KeyboardInterrupt) else error}; {written}"
     print(line(f"focus-surgery: {text}"), file=sys.stderr)
     return code
 
 
-_REPORT_STREAM: list[Any] = []  # where reports go; with --json everything else printed goes to stderr
-
-
-def report_stream() -> Any:
-    """The stream a sub-command's report goes to (stdout; kept free of library chatter under --json)."""
-    return _REPORT_STREAM[-1] if _REPORT_STREAM else sys.stdout
+_REPORT_STREAM: list[Any] = []  # where reports go (stdout); with --json everything else printed goes to stderr
 
 
 def emit(result: Any, as_json: bool, lines: list[str] | None = None, max_nodes: int = MAX_NODES) -> None:
-    """Print one report: ``result`` as one bounded JSON object, or ``lines`` (default ``result["summary"]``).
-
-    ``max_nodes``: the node budget of the JSON form; a folder run (whose files' reports were bounded one by one) and
-    the benchmark (our own measurements) print more than one file's report can hold.
-    """
+    """Print one report: ``result`` as one bounded JSON object of ``max_nodes`` (more for a folder run or the
+    benchmark), or ``lines`` (default ``result["summary"]``)."""
     if as_json:
         text = json.dumps(bounded(result, [max_nodes]))
     else:
         text = "\n".join(line(x) for x in (lines if lines is not None else result["summary"].split("\n")))
-    print(text, file=report_stream())
+    print(text, file=_REPORT_STREAM[-1] if _REPORT_STREAM else sys.stdout)
 
 
 @dataclass
@@ -136,25 +120,18 @@ class ConvertReport:
     """What one conversion found, did and measured: ``files.convert_file`` returns it, this module renders it.
 
     Attributes:
-        src (str), dst (str): Input and output files.
-        source (str): The adapter that read the input (``state_dict``, ``yolov5``, ``onnx``, ...).
-        to (str), scope (str): The options converted with.
+        src, dst, source, to, scope (str): Input and output files, the adapter that read the input (``state_dict``,
+            ``yolov5``, ``onnx``, ...) and the options converted with.
         change (str): What changed, in words (``Focus -> Conv(6x6, stride 2)``); empty: from ``to`` and ``scope``.
-        max_abs_err (float | None): The float64 error measured (None: not verified).
-        proof (str | None): What the measurement proved: ``model``, ``stem`` or ``layout only`` (``PROOFS``); None
-            when nothing was measured. Set by ``files.convert_file``, the one place a proof is decided.
+        max_abs_err (float | None), proof (str | None): The float64 error measured and what it proved (``PROOFS``,
+            decided by ``files.convert_file`` only); None when nothing was measured.
         problem (str | None): Why the float64 check failed; None when it passed or did not run.
-        note (str): What the input is, when that is worth saying first (``already a current Ultralytics model``).
-        nothing_to_do (str): Why the input already is what was asked (then nothing is written); empty otherwise.
-        loads_into (str): The change the consumer's model needs to load the result.
-        details (list[str]): Further lines of the text form.
-        fields (dict): The adapter's own JSON fields (``kind``, ``stem``, ``verification``, ...).
+        note (str): What the input is, when worth saying first; nothing_to_do (str): why the input already is what
+            was asked (nothing is written); loads_into (str): the change the consumer's model needs to load it.
+        details (list[str]), fields (dict): Further text lines; the adapter's own JSON fields (``kind``, ``stem``...).
         written (list[str]): Files written (set after the write).
-        write (Callable[[Path], Any] | None): Writes the result to a path, atomically; not part of the report
-            (``convert_file`` uses it and sets it to None: it holds views of the input's mapping).
-        after (Any): The source's handle on what it converted, for the proof of the written file: the converted
-            model in memory when the file holds its tensors only (loaded into it, as users do), an ONNX graph's
-            folded stems; not part of the report (``convert_file`` sets it to None before it returns).
+        write, after: Not part of the report (``convert_file`` clears both): ``write(path)`` writes the result
+            atomically; ``after`` is the source's handle on what it converted, for the proof of the written file.
     """
 
     src: str
@@ -193,8 +170,7 @@ class ConvertReport:
         """The JSON form: ``src``, ``dst``, ``source``, ``to``, the adapter's fields, ``max_abs_err``, ``proof``,
         ``summary``."""
         out = {"src": self.src, "dst": self.dst, "source": self.source, "to": self.to, **self.fields}
-        out["max_abs_err"] = self.max_abs_err
-        out["proof"] = self.proof
+        out.update(max_abs_err=self.max_abs_err, proof=self.proof)
         out.update({k: getattr(self, k) for k in ("note", "loads_into", "written") if getattr(self, k)})
         if self.nothing_to_do:
             out.update(nothing_to_do=self.nothing_to_do, written=[])
@@ -214,12 +190,12 @@ def folder_lines(summary: dict[str, Any]) -> list[str]:
         f"(of {len(converted) + len(failed)} files under {summary['src']})"
     ]
     for item in converted:
+        err = item.get("max_abs_err")
         if item.get("nothing_to_do"):
             lines.append(f"  ok    {item['src']}: nothing to do ({item['nothing_to_do']}); not written")
-            continue
-        err = item.get("max_abs_err")
-        lines.append(
-            f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")
-        )
+        else:
+            lines.append(
+                f"  ok    {item['src']} -> {item['dst']}" + (f" (max_abs_err={err:.3e})" if err is not None else "")
+            )
     lines += [f"  FAIL  {item['file']}: {item['reason']}" for item in failed]
     return lines

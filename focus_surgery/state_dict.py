@@ -1,18 +1,9 @@
 """Convert the Focus stem of a plain state dict (no model object), like timm's ``checkpoint_filter_fn``.
 
-A state dict has no strides or paddings, so the stem is recognised by its key layout:
-
-* Focus (YOLOv5 / Ultralytics / ours): ``P.conv.conv.weight`` (O, C*bs*bs, k, k) and ``P.conv.bn.*``;
-* its conv form (YOLOv5 v6.0+, Ultralytics ``Conv``): ``P.conv.weight`` (O, C, bs*k, bs*k) and ``P.bn.*``;
-* a weightless space-to-depth row before a conv block (yolov7 / YOLOR ``ReOrg``): ``P.conv.weight`` (O, C*bs*bs, k, k)
-  and ``P.bn.*`` ("reorg": converts to conv with the same keys).
-
-Where the file says more than its keys (timm's ``arch``: TResNet's ``body.s2d`` + ``body.conv1``), the caller knows
-the stem conv's key and that the space-to-depth before it is weightless: ``stem_at`` reads the stem there, in either
-form, and both directions keep the keys (only the weight changes).
-
-The stem is found by these layouts (``find_stem``), whatever the order of the keys (a ``.safetensors`` file has its own
-order). Every other entry is passed through unchanged.
+Without strides or paddings, the stem is recognised by its key layout (``find_stem``, whatever the key order):
+``P.conv.conv.weight`` (O, C*bs*bs, k, k) is a Focus; ``P.conv.weight`` (O, C, bs*k, bs*k) its conv form; and
+``P.conv.weight`` (O, C*bs*bs, k, k) a weightless space-to-depth row before a conv block ("reorg", yolov7's
+``ReOrg``: converts to conv with the same keys). Where the file says where (timm's ``arch``), ``stem_at`` reads it.
 """
 
 from __future__ import annotations
@@ -36,14 +27,13 @@ class StemKeys:
 
 
 def _layout(key: str, shape: list[int], in_channels: int, block_size: int) -> StemKeys | None:
-    """The stem form of conv weight ``key`` if its layout is one a stem has (it reads the image), else None."""
+    """The stem form of conv weight ``key`` if its layout is a stem's (it reads the image), else None."""
     if key.endswith(".conv.conv.weight") and shape[1] == in_channels * block_size**2:
         return StemKeys(key[: -len(".conv.conv.weight")], "focus", key, shape)
     if key.endswith(".conv.weight") and shape[1] == in_channels and shape[2] % block_size == 0 == shape[3] % block_size:
         return StemKeys(key[: -len(".conv.weight")], "conv", key, shape)
     if key.endswith(".conv.weight") and shape[1] == in_channels * block_size**2:
-        # a weightless space-to-depth row (yolov7 / YOLOR ReOrg) before a conv block: the keys stay, only the weight
-        # changes; "P" is the conv row (P.conv.weight, P.bn.*)
+        # a weightless space-to-depth row before a conv block (P.conv.weight, P.bn.*): only the weight changes
         return StemKeys(key[: -len(".conv.weight")], "reorg", key, shape)
     return None
 
@@ -54,13 +44,10 @@ def _position(key: str) -> tuple:
 
 
 def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_size: int = 2) -> StemKeys | None:
-    """The stem of ``state_dict``, found by structure, whatever the order of the dict's keys.
+    """The stem of ``state_dict`` (the conv that reads the image), found by structure; None if none.
 
-    The stem is the conv that reads the image. A Focus layout (``P.conv.conv.weight`` with
-    ``in_channels * block_size**2`` input channels) or a conv-stem layout (``P.conv.weight`` with ``in_channels``)
-    says so by itself; a ReOrg layout (``P.conv.weight`` with ``in_channels * block_size**2``) is also what any inner
-    conv of that width looks like, so it counts only when no weight has one of the other two. Among several, the
-    earliest layer wins (``model.0`` before ``model.1`` before ``model.10``). None if no weight has a stem layout.
+    A reorg layout is also what any inner conv of that width looks like, so it counts only when no weight has a Focus
+    or conv layout. Among several, the earliest layer wins (``model.0`` before ``model.1`` before ``model.10``).
     """
     found = [
         stem
@@ -75,10 +62,9 @@ def find_stem(state_dict: dict[str, torch.Tensor], in_channels: int = 3, block_s
 def stem_at(
     state_dict: dict[str, torch.Tensor], weight_key: str, kernel: tuple[int, int], block_size: int
 ) -> StemKeys | None:
-    """The stem whose conv weight is ``weight_key``, after a weightless space-to-depth of ``block_size`` (the file
-    said where: timm's ``arch``), in either form: ``reorg`` (O, C*bs*bs, k, k) with the architecture's ``kernel``, or
-    ``conv`` (O, C, bs*k, bs*k). None when the key is absent or its shape is neither.
-    """
+    """The stem whose conv weight is ``weight_key`` after a weightless space-to-depth (timm's ``arch`` says where), in
+    either form: ``reorg`` (O, C*bs*bs, k, k) with the architecture's ``kernel``, or ``conv`` (O, C, bs*k, bs*k).
+    None when the key is absent or its shape is neither."""
     weight = state_dict.get(weight_key)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
         return None
@@ -99,10 +85,8 @@ def convert_state_dict(
     in_channels: int = 3,
     stem: StemKeys | None = None,
 ) -> tuple[dict[str, torch.Tensor], StemKeys]:
-    """Return a new state dict whose stem is in form ``to`` (``"conv"`` or ``"focus"``); the input is not modified.
-
-    ``stem``: where the stem is, when the file said so (``stem_at``); else it is found by its key layout. A weightless
-    stem (``reorg``, or a ``conv`` marked ``weightless``) keeps its keys both ways: only its weight is remapped.
+    """A new state dict whose stem (``stem``, else ``find_stem``) is in form ``to`` (``"conv"`` or ``"focus"``). A
+    weightless stem (``reorg``, or a ``conv`` marked ``weightless``) keeps its keys both ways: only its weight changes.
 
     Raises:
         ValueError: No recognisable stem, or the stem is already in form ``to``.
@@ -117,25 +101,18 @@ def convert_state_dict(
         )
     if stem.form == to or (stem.form == "reorg" and to == "focus" and stem.weightless):
         raise ValueError(f"the stem at {stem.prefix!r} is already in {to} form")
-    if stem.form == "reorg":
-        if to != "conv":
-            raise ValueError(f"the stem at {stem.prefix!r} (space-to-depth row + conv) converts to 'conv' only")
-        result = dict(state_dict)
-        result[stem.weight_key] = focus_to_conv_weight(state_dict[stem.weight_key], block_size, order)
-        return result, stem
-    if stem.weightless:  # back to the weightless space-to-depth + conv the file's family has: the same keys
-        result = dict(state_dict)
-        result[stem.weight_key] = conv_to_focus_weight(state_dict[stem.weight_key], block_size, order)
-        return result, stem
-    old_inner, new_inner = (
-        (f"{stem.prefix}.conv.", f"{stem.prefix}.") if to == "conv" else (f"{stem.prefix}.", f"{stem.prefix}.conv.")
-    )
+    if stem.form == "reorg" and to != "conv":
+        raise ValueError(f"the stem at {stem.prefix!r} (space-to-depth row + conv) converts to 'conv' only")
     remap = focus_to_conv_weight if to == "conv" else conv_to_focus_weight
+    if stem.form == "reorg" or stem.weightless:  # a weightless space-to-depth before the conv: the same keys
+        return {**state_dict, stem.weight_key: remap(state_dict[stem.weight_key], block_size, order)}, stem
+    old_inner, new_inner = f"{stem.prefix}.conv.", f"{stem.prefix}."
+    if to == "focus":
+        old_inner, new_inner = new_inner, old_inner
     result: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key == stem.weight_key:
-            new_key = new_inner + "conv.weight"
-            result[new_key] = remap(value, block_size, order)
+            result[new_inner + "conv.weight"] = remap(value, block_size, order)
         elif key.startswith(old_inner + "bn.") or key == old_inner + "conv.bias":
             result[new_inner + key[len(old_inner) :]] = value
         else:

@@ -1,8 +1,7 @@
-"""Module surgery: find Focus / space-to-depth stems and strided convs in any model, and replace them exactly.
+"""Module surgery: ``convert(model, to=...)`` replaces Focus / space-to-depth stems and strided convs exactly.
 
-``convert(model, to=...)`` is walk -> build -> check -> apply -> hooks over the stem vocabulary of ``stems``: it
-plans every change on the untouched model (``stems.plan``), checks the changed model in float64 on one copy
-(``stems.check``), and only then swaps the modules in place and runs the registered hooks.
+Walk -> build -> check -> apply -> hooks: every change is planned on the untouched model (``stems.plan``) and checked
+in float64 on one copy (``stems.check``) before the modules are swapped in place and the registered hooks run.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from .stems.check import apply
 from .stems.site import Change
 from .verify import DEFAULT_TOLERANCE, VerificationReport, VerifiedReport
 
-# Called with (model, replaced paths) after every applied conversion. Integrations register here (the core never
-# imports a framework): the Ultralytics integration rewrites ``model.yaml`` so a model rebuilt from it matches.
+# Called with (model, replaced paths) after every applied conversion: integrations register here (the Ultralytics
+# one rewrites ``model.yaml`` so a model rebuilt from it matches); the core never imports a framework.
 POST_APPLY: list[Callable[[nn.Module, list[str]], Any]] = []
 
 
@@ -46,22 +45,20 @@ class ConversionReport(VerifiedReport):
         lines = [
             f"convert to={self.to!r} scope={self.scope!r}: {len(self.replaced)} replaced, {len(self.skipped)} left"
         ]
-        for r in self.replaced:
-            lines.append(
-                f"  {r.path or '<root>'}: {r.old_form} -> {r.new_form}  "
-                f"weight {tuple(r.old_weight_shape)} -> {tuple(r.new_weight_shape)}"
-            )
-        for s in self.skipped:
-            lines.append(f"  {s.path or '<root>'}: left unchanged - {s.reason}")
+        lines += [
+            f"  {r.path or '<root>'}: {r.old_form} -> {r.new_form}  "
+            f"weight {tuple(r.old_weight_shape)} -> {tuple(r.new_weight_shape)}"
+            for r in self.replaced
+        ]
+        lines += [f"  {s.path or '<root>'}: left unchanged - {s.reason}" for s in self.skipped]
         lines += [f"  note: {note}" for note in self.narrowed_inputs]
-        if self.verification is not None:
-            lines.append(f"  verify: {self.verification}")
+        lines += [f"  verify: {self.verification}"] if self.verification is not None else []
         return "\n".join(lines)
 
 
 def narrowed_inputs(model: nn.Module, changes: list[Change], scope: str) -> tuple[list[str], int]:
-    """A note per change that accepts fewer input sizes than the module it replaces, and the least common multiple
-    of the changed modules' input multiples (what the changed model's input must also divide by)."""
+    """A note per change that accepts fewer input sizes than the module it replaces, and the lcm of the changed
+    modules' input multiples (what the changed model's input must also divide by)."""
     notes, multiple = [], 1
     for change in changes:  # helper changes too: a restored space-to-depth layer narrows on its own
         old, new = input_multiple(model.get_submodule(change.path)), input_multiple(change.new)
@@ -92,24 +89,19 @@ def convert(
     tolerance: float = DEFAULT_TOLERANCE,
     strict: bool = False,
 ) -> ConversionReport:
-    """Replace Focus / space-to-depth stems or strided convs in ``model``, in place, exactly.
+    """Replace Focus / space-to-depth stems or strided convs in ``model``, in place (only if all succeeds), exactly.
 
     Args:
-        model (nn.Module): Any model; changed in place only if the whole conversion succeeds.
         to (str): ``"conv"`` (space-to-depth forms -> one strided conv), ``"focus"`` (strided conv -> Focus, or an
             SPDConv where the padding needs it) or ``"s2d"`` (strided conv -> SPDConv).
         scope (str): ``"stem"`` (the first conv the input meets) or ``"all"``.
-        verify (bool): Compare the model before and after on float64 copies; raise and change nothing if the
-            error is above ``tolerance``.
-        order (str | None): Channel order of new space-to-depth layers (``yolov5`` when None, ``pixel_unshuffle``
-            for grouped convs).
+        verify (bool): Compare before and after in float64; raise and change nothing above ``tolerance``.
+        order (str | None): Order of new space-to-depth layers (None: ``yolov5``, ``pixel_unshuffle`` if grouped).
         inputs, input_shape: Inputs for the verification (random of an inferred valid shape by default).
-        tolerance (float): Verification tolerance relative to the output scale.
         strict (bool): Raise ``ConversionError`` instead of reporting modules that cannot be converted.
 
     Returns:
-        (ConversionReport): Each replacement (path, old and new form, weight shapes), what was left and why, and
-        the measured error.
+        (ConversionReport): Each replacement (path, forms, weight shapes), what was left and why, the measured error.
     """
     changes, skipped = plan(model, to, scope, order)
     report = ConversionReport(to, scope, [c.record for c in changes if c.record is not None], skipped)
@@ -127,7 +119,7 @@ def convert(
 
 
 def iter_stems(model: nn.Module) -> Iterator[dict[str, Any]]:
-    """Describe each convertible stem of ``model`` (both directions), for ``inspect``."""
+    """Each convertible stem of ``model`` in both directions, for ``inspect``."""
     for to in ("conv", "focus"):
         changes, skipped = plan(model, to, "stem")
         for change in changes:

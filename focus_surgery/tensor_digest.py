@@ -1,8 +1,5 @@
-"""One identifier for a set of tensors: the SHA-256 of their names, dtypes, shapes and bytes, in name order.
-
-A ``.safetensors`` + ``.json`` pair carries it in both files, so a pair whose halves come from two different
-conversions (two runs writing the same name at once, a file copied over one half) is refused when read.
-"""
+"""One identifier for a set of tensors (SHA-256 of names, dtypes, shapes and bytes): a ``.safetensors`` + ``.json``
+pair carries it in both files, so a pair whose halves come from two conversions is refused when read."""
 
 from __future__ import annotations
 

@@ -25,9 +25,7 @@ class VerifiedReport:
         return self.verification.max_abs_err if self.verification else None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["max_abs_err"] = self.max_abs_err
-        return data
+        return {**asdict(self), "max_abs_err": self.max_abs_err}
 
 
 def _common_input_shape(reference: nn.Module, candidate: nn.Module) -> tuple[int, int, int, int]:
@@ -54,18 +52,14 @@ def verify(
     seed: int = 0,
     copies: bool = True,
 ) -> VerificationReport:
-    """Compare the outputs of two models on the same inputs, on copies (the models are never modified).
+    """Compare the outputs of ``reference`` and ``candidate`` on the same inputs, on copies.
 
     Args:
-        reference (nn.Module): The original model.
-        candidate (nn.Module): The converted model.
-        inputs (torch.Tensor | tuple | None): Input tensor(s); random in [0, 1) of a valid size when None.
-        input_shape (tuple | None): Shape of the random input when ``inputs`` is None (inferred when None).
+        inputs, input_shape: Input tensor(s), or the shape of a random input in [0, 1) (valid for both when None).
         dtype (torch.dtype | None): Run both copies in this dtype (float64 by default); None keeps their dtype.
         tolerance (float): Pass threshold on the error relative to the output scale (floored at 1).
-        seed (int): Seed of the random input.
-        copies (bool): False runs the two models themselves, changed to ``dtype`` and eval mode in place (for
-            models the caller built for this comparison alone: no copy of a large model is made).
+        copies (bool): False runs the models themselves, changed to ``dtype`` and eval mode in place (for models
+            built for this comparison alone: no copy of a large model is made).
 
     Returns:
         (VerificationReport): Errors, scale, pass/fail.

@@ -1,12 +1,6 @@
-"""Ultralytics' ``yolo`` command with focus-surgery loaded.
-
-``focus-surgery yolo ...`` or ``python -m focus_surgery.yolo ...``.
-
-Plain ``yolo`` is a console script that imports only Ultralytics, and Ultralytics loads no plugins: nothing of
-focus-surgery runs in that process, so its parser cannot build a ``SPDConv`` / ``SpaceToDepth`` / ``LegacyDetect``
-row (``KeyError``) nor find our shipped configs by name, without an edit of installed files. This registers our
-rows, configs and the YOLOv5 training hooks, then hands every argument unchanged to ``ultralytics.cfg.entrypoint`` -
-the function ``yolo`` runs.
+"""``focus-surgery yolo ...`` / ``python -m focus_surgery.yolo ...``: Ultralytics' ``yolo`` command with our YAML rows
+(``SPDConv``, ``SpaceToDepth``, ``LegacyDetect``), configs and YOLOv5 training hooks registered (Ultralytics loads no
+plugins), every argument handed unchanged to ``ultralytics.cfg.entrypoint``.
 """
 
 from __future__ import annotations
@@ -15,11 +9,8 @@ import sys
 
 
 def run_yolo(argv: list[str]) -> int:
-    """Run Ultralytics' CLI on ``argv`` (e.g. ``["train", "model=configs/yolov8n-spd.yaml", "data=..."]``).
-
-    Returns:
-        (int): 0 when Ultralytics returns normally, else the code of the ``SystemExit`` it raised.
-    """
+    """Run Ultralytics' CLI on ``argv`` (e.g. ``["train", "model=configs/yolov8n-spd.yaml", "data=..."]``); 0 when it
+    returns normally, else the code of the ``SystemExit`` it raised."""
     from .integrations import register
 
     register()

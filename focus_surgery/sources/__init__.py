@@ -1,8 +1,5 @@
-"""Checkpoint sources as a registry of adapters (``base.Source``): each declares what it accepts and how specific
-its recognition is, and offers find-convert-check, a runnable model and a writer.
-
-Adding a family is one module with a ``Source`` subclass plus one ``register_source`` line below. The registry asks
-the most specific source first (ties by name), so the answer never depends on the order of registration.
+"""Checkpoint sources: a registry of adapters (``base.Source``), asked most specific first, ties by name, so the
+answer never depends on the order of registration. Adding a family is one module plus one ``register_source`` line.
 """
 
 from __future__ import annotations
@@ -19,32 +16,23 @@ SOURCES: list[Source] = []
 
 def register_source(source: Source) -> Source:
     """Add ``source`` (replacing one of the same name); asked by ``specificity``, highest first, then by name."""
-    SOURCES[:] = sorted(
-        [s for s in SOURCES if s.name != source.name] + [source], key=lambda s: (-s.specificity, s.name)
-    )
+    others = [s for s in SOURCES if s.name != source.name]
+    SOURCES[:] = sorted([*others, source], key=lambda s: (-s.specificity, s.name))
     return source
 
 
 def load(path: str | os.PathLike) -> Loaded:
-    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader.
-
-    Raises:
-        CheckpointError: Missing, empty, corrupt, truncated or hostile file (one line naming the file).
-    """
-    suffix = Path(path).suffix.lower()
-    reader = next((s for s in SOURCES if suffix in s.reads), None)
+    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader; raises
+    CheckpointError (one line naming the file) for a missing, empty, corrupt, truncated or hostile file."""
+    reader = next((s for s in SOURCES if Path(path).suffix.lower() in s.reads), None)
     return reader.read(Path(path)) if reader is not None else load_checkpoint_file(path)
 
 
 def source_for(loaded: Loaded) -> Source:
-    """The source that reads ``loaded``.
-
-    Raises:
-        CheckpointError: No source recognises it.
-    """
-    for source in SOURCES:
-        if source.claims(loaded):
-            return source
+    """The source that reads ``loaded``, the most specific first; raises CheckpointError when none does."""
+    source = next((s for s in SOURCES if s.claims(loaded)), None)
+    if source is not None:
+        return source
     loaded.checkpoint()  # raises the loader's own refusal (a function named in the file, a class not installed)
     raise CheckpointError(f"{loaded.path}: not a checkpoint any source reads ({', '.join(s.name for s in SOURCES)})")
 
@@ -68,13 +56,5 @@ register_source(Yolov5Source())
 register_source(Yolov7Source())
 register_source(YoloxSource())
 
-__all__ = [
-    "ConvertOptions",
-    "Loaded",
-    "SOURCES",
-    "Source",
-    "VerificationFailed",
-    "load",
-    "register_source",
-    "source_for",
-]
+__all__ = ["ConvertOptions", "Loaded", "SOURCES", "Source", "VerificationFailed", "load", "register_source"]
+__all__ += ["source_for"]

@@ -28,13 +28,9 @@ _CHANNEL_BY_DEFINITION: dict[str, Callable[[int, int, int, int, int], int]] = {
 
 
 class StateDictStem(nn.Module):
-    """A state dict's stem run as it computes: Focus / ReOrg form = space-to-depth (by definition) + stride-1 conv
-    with padding k // 2; conv form = one conv of stride ``bs`` and padding ``bs * (k // bs // 2)``; then its
-    bias and BatchNorm.
-
-    Shapes:
-        Input (N, C, H, W) with H, W divisible by ``bs``; output (N, O, H / bs, W / bs).
-    """
+    """A state dict's stem run as it computes, (N, C, H, W) -> (N, O, H / bs, W / bs): Focus / ReOrg form =
+    space-to-depth (by definition) + stride-1 conv, padding k // 2; conv form = one conv of stride ``bs``, padding
+    ``bs * (k // bs // 2)``; then its bias and BatchNorm."""
 
     def __init__(self, state_dict: dict[str, torch.Tensor], stem: StemKeys, block_size: int, order: str):
         super().__init__()
@@ -46,16 +42,15 @@ class StateDictStem(nn.Module):
         bias = state_dict.get(stem.weight_key[: -len("weight")] + "bias")
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.bn_keys = sorted(k[len(inner) + 4 :] for k in state_dict if inner and k.startswith(f"{inner}.bn."))
-        self.bn = None
-        if self.bn_keys:
-            for k in self.bn_keys:  # a corrupt or mixed file: say which entries disagree, not torch's cut-off dump
-                entry = state_dict[f"{inner}.bn.{k}"]
-                if entry.ndim == 1 and entry.shape[0] != weight.shape[0]:
-                    raise ConversionError(
-                        f"the stem's BatchNorm {inner}.bn.{k} has {entry.shape[0]} channels but its conv "
-                        f"{stem.weight_key} {weight.shape[0]} output channels: not one model's state dict"
-                    )
-            self.bn = nn.BatchNorm2d(weight.shape[0])
+        for k in self.bn_keys:  # a corrupt or mixed file: say which entries disagree, not torch's cut-off dump
+            entry = state_dict[f"{inner}.bn.{k}"]
+            if entry.ndim == 1 and entry.shape[0] != weight.shape[0]:
+                raise ConversionError(
+                    f"the stem's BatchNorm {inner}.bn.{k} has {entry.shape[0]} channels but its conv "
+                    f"{stem.weight_key} {weight.shape[0]} output channels: not one model's state dict"
+                )
+        self.bn = nn.BatchNorm2d(weight.shape[0]) if self.bn_keys else None
+        if self.bn is not None:
             self.bn.load_state_dict({k: state_dict[f"{inner}.bn.{k}"] for k in self.bn_keys}, strict=False)
         kh, kw = weight.shape[-2:] if self.s2d else (weight.shape[-2] // block_size, weight.shape[-1] // block_size)
         self.stride = 1 if self.s2d else block_size
@@ -78,23 +73,13 @@ class StateDictStem(nn.Module):
 def verify_stems(
     before: dict, after: dict, block_size: int, order: str, stems: tuple[StemKeys, StemKeys] | None = None
 ) -> VerificationReport:
-    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64.
-
+    """Run the original stem and the converted one (conv, bias, BatchNorm) on the same random input in float64;
     ``stems``: where each stem is, when the file said so (else found by key layout)."""
     check_order(order)
     stems = list(stems) if stems else [find_stem(sd, block_size=block_size) for sd in (before, after)]
     if None in stems:
-        return VerificationReport(
-            float("inf"),
-            float("inf"),
-            float("nan"),
-            DEFAULT_TOLERANCE,
-            False,
-            0,
-            [],
-            "float64",
-            "a state dict has no recognisable stem",
-        )
+        inf, problem = float("inf"), "a state dict has no recognisable stem"
+        return VerificationReport(inf, inf, float("nan"), DEFAULT_TOLERANCE, False, 0, [], "float64", problem)
     reference, candidate = (StateDictStem(sd, s, block_size, order) for sd, s in zip((before, after), stems))
     in_channels = stems[0].shape[1] // (block_size**2 if reference.s2d else 1)
     report = verify(reference, candidate, input_shape=(2, in_channels, 8 * block_size, 12 * block_size))
@@ -104,16 +89,10 @@ def verify_stems(
 
 
 def compare_state_dicts(
-    a: dict,
-    b: dict,
-    block_size: int = 2,
-    order: str = "yolov5",
-    tolerance: float = DEFAULT_TOLERANCE,
-    stems: tuple[StemKeys, StemKeys] | None = None,
+    a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE, stems=None
 ) -> dict[str, Any]:
-    """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ).
-
-    ``stems``: where each stem is, when the file said so (else found by key layout).
+    """Compare two state dicts tensor by tensor (the stem of ``a`` remapped first when the forms differ); ``stems``:
+    ``(StemKeys, StemKeys)`` where the file said so (else found by key layout).
 
     Returns:
         (dict): ``compared`` (what was done), ``tensors``, ``max_abs_err``, ``passed``, ``problem``. Zero tensors
@@ -150,24 +129,29 @@ def compare_state_dicts(
     return result
 
 
+def check_stem(before: dict, after: dict, block_size: int = 2, order: str = "yolov5", stems=None) -> dict[str, Any]:
+    """A state dict's conversion checked: the stem run before and after in float64 (``verify_stems``), every other
+    tensor compared bit for bit; ``stem_check``'s dict."""
+    checked = verify_stems(before, after, block_size, order, stems)
+    rest = compare_state_dicts(before, after, block_size, order, tolerance=0.0, stems=stems)
+    return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
+
+
 def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any], compared: str) -> dict[str, Any]:
     """A conversion's check: the stems run before and after in float64 (``reports``; ``stem``: their JSON form) and
     every other tensor compared bit for bit (``rest``, from ``compare_state_dicts``)."""
     failed = next((r for r in reports if not r.passed), None)
     passed = failed is None and rest["passed"]
     problem = "" if passed else (failed.problem or str(failed)) if failed else rest["problem"]
-    return {
-        "stem": stem,
-        "tensors": rest,
-        "passed": passed,
-        "problem": problem,
-        "compared": f"{compared}; {rest['compared']}",
-    }
+    compared = f"{compared}; {rest['compared']}"
+    return {"stem": stem, "tensors": rest, "passed": passed, "problem": problem, "compared": compared}
 
 
-def live_block(row: Any) -> nn.Module:
-    """A float64 conv block (conv, bn, act) built from the torch leaf records of a ``Conv`` row (its
-    ``conv``, ``bn``, ``act`` children, run in that order as yolov7 / YOLOR / YOLOv5 ``Conv.forward`` does)."""
+def recorded_stem(row: Any, block_size: int = 2, order: str | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+    """A recorded ``Conv`` row (its ``conv``, ``bn``, ``act`` children, run in that order as yolov7 / YOLOR / YOLOv5
+    ``Conv.forward`` does) as a float64 module, after a space-to-depth(``block_size``, ``order``) when ``order`` is
+    given; with the input shape a stem check runs it on."""
+    from ..layers import SpaceToDepth
     from ..yolov5.rebuild import leaf_spec, make_leaf
 
     block = nn.Module()
@@ -175,5 +159,10 @@ def live_block(row: Any) -> nn.Module:
         leaf = make_leaf(leaf_spec(child))
         leaf.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in child.state_dict().items()})
         setattr(block, name, leaf)
-    block.forward = lambda x: block.act(block.bn(block.conv(x)))  # yolov7 / YOLOR Conv.forward
-    return block.double().eval()
+    block.forward = lambda x: block.act(block.bn(block.conv(x)))
+    block = block.double().eval()
+    channels, stride = block.conv.in_channels, block.conv.stride[0]
+    if order is None:
+        return block, (2, channels, 16 * stride, 24 * stride)
+    stem = nn.Sequential(SpaceToDepth(block_size, order), block).double().eval()
+    return stem, (2, channels // block_size**2, 16 * block_size, 24 * block_size)

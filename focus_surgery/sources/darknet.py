@@ -1,19 +1,12 @@
-"""YOLOR main-branch (darknet ``.cfg``) checkpoints: ``{"epoch", "model": Darknet state dict, "optimizer", ...}``.
-
-Darknet state dicts name layers ``module_list.<i>.Conv2d.weight`` / ``module_list.<i>.BatchNorm2d.*``. A ``[reorg]``
-row has no tensors, so the stem is the first conv, ``module_list.<j>``, when it reads ``C*4`` channels and rows
-``0..j-1`` hold nothing (the ``[reorg]``). YOLOR's darknet conv pads ``size // 2`` (``pad=1``), which a 6x6 kernel
-cannot express with padding 2: the converted weight gets one zero row and column in front (7x7, padding 3, stride 2),
-exactly the same conv. In the ``.cfg`` (``cfg_after_conversion``): ``[reorg]`` -> ``[silence]`` (identity; keeps
-every layer index that routes refer to) and the conv -> ``size=7 stride=2 pad=1``. Keys, optimizer (stem momentum
-remapped the same way), epoch and numpy metadata are kept.
-"""
+"""YOLOR main-branch (darknet ``.cfg``) checkpoints: ``{"epoch", "model": state dict, "optimizer", ...}`` whose stem
+is ``[reorg]`` (no tensors) + the first conv ``module_list.<j>``, reading ``C*4`` channels. Darknet pads ``size // 2``,
+so the converted 6x6 weight gets one zero row and column in front (7x7, padding 3, stride 2): exactly the same conv."""
 
 from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,23 +26,24 @@ from .plain import PlainStateDictSource, remap_optimizer_state, tensors
 CFG_CHANGE = "in the .cfg: [reorg] -> [silence]; its [convolutional] size=3 stride=1 pad=1 -> size=7 stride=2 pad=1"
 
 
-def darknet_stem(sd: dict[str, torch.Tensor], channels: int = 3, block_size: int = 2) -> str | None:
-    """Key of the stem conv weight (a conv reading C*bs*bs channels after rows without tensors), else None."""
+def _first_conv(sd: dict[str, torch.Tensor], fits: Callable[[torch.Size], bool]) -> str | None:
+    """Key of the first conv weight when ``fits(its shape)`` and rows without tensors come before it, else None."""
     key = next((k for k, v in sd.items() if k.endswith(".Conv2d.weight") and v.ndim == 4), None)
-    if key is None or sd[key].shape[1] != channels * block_size**2 or sd[key].shape[2] % 2 == 0:
+    if key is None or not fits(sd[key].shape):
         return None
     match = re.fullmatch(r"module_list\.(\d+)\.Conv2d\.weight", key)
     return key if match and int(match.group(1)) > 0 else None
+
+
+def darknet_stem(sd: dict[str, torch.Tensor], channels: int = 3, block_size: int = 2) -> str | None:
+    """Key of the stem conv weight (an odd kernel reading C*bs*bs channels after rows without tensors), else None."""
+    return _first_conv(sd, lambda shape: shape[1] == channels * block_size**2 and shape[2] % 2 == 1)
 
 
 def converted_stem(sd: dict[str, torch.Tensor], channels: int = 3, block_size: int = 2) -> str | None:
     """Key of a stem ``convert`` wrote: the first conv, after rows without tensors, reads ``channels`` and has the
     odd kernel ``bs * k + 1`` of ``stem_weight`` (7x7 for YOLOR's 3x3); else None."""
-    key = next((k for k, v in sd.items() if k.endswith(".Conv2d.weight") and v.ndim == 4), None)
-    if key is None or sd[key].shape[1] != channels or sd[key].shape[2] % 2 == 0 or sd[key].shape[2] < 2 * block_size:
-        return None
-    match = re.fullmatch(r"module_list\.(\d+)\.Conv2d\.weight", key)
-    return key if match and int(match.group(1)) > 0 else None
+    return _first_conv(sd, lambda shape: shape[1] == channels and shape[2] % 2 == 1 and shape[2] >= 2 * block_size)
 
 
 def stem_weight(weight: torch.Tensor, block_size: int = 2, order: str = "yolov5") -> torch.Tensor:
@@ -67,11 +61,7 @@ def cfg_after_conversion(text: str) -> str:
     index = next((i for i, s in enumerate(sections) if s.strip().startswith("[reorg]")), None)
     conv = sections[index + 1] if index is not None and index + 1 < len(sections) else ""
     fields = dict(re.findall(r"(?m)^\s*(\w+)\s*=\s*(\S+)", conv))
-    if not conv.startswith("[convolutional]") or (fields.get("size"), fields.get("stride"), fields.get("pad")) != (
-        "3",
-        "1",
-        "1",
-    ):
+    if not conv.startswith("[convolutional]") or [fields.get(k) for k in ("size", "stride", "pad")] != ["3", "1", "1"]:
         raise ValueError("no [reorg] followed by a [convolutional] with size=3, stride=1, pad=1")
     sections[index] = sections[index].replace("[reorg]", "[silence]", 1)
     conv = re.sub(r"(?m)^(\s*size\s*=\s*)3\b", r"\g<1>7", conv, count=1)
@@ -112,57 +102,45 @@ class DarknetSource(Source):
     def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
         sd = self.state_dict(loaded)
         key = darknet_stem(sd, block_size=block_size)
-        stems = (
-            [{"weight_key": key, "shape": list(sd[key].shape), "form": "reorg", "converts_to": "conv"}] if key else []
-        )
         done = converted_stem(sd, block_size=block_size) if not key else None
-        info = {
-            "path": str(loaded.path),
-            "kind": "darknet",
-            "source": self.name,
-            "tensors": len(sd),
-            "stems": stems,
-            "epoch": bounded(loaded.content.get("epoch")),
-        }
-        info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}"] + (
-            [f"  stem {key}: [reorg] + conv {list(sd[key].shape)} (convert --to conv; then {CFG_CHANGE})"]
-            if key
-            else [
+        shape = list(sd[key].shape) if key else None
+        stems = [{"weight_key": key, "shape": shape, "form": "reorg", "converts_to": "conv"}] if key else []
+        info = {"path": str(loaded.path), "kind": "darknet", "source": self.name, "tensors": len(sd)}
+        info.update(stems=stems, epoch=bounded(loaded.content.get("epoch")))
+        line = "  no [reorg] + conv stem found"
+        if key:
+            line = f"  stem {key}: [reorg] + conv {shape} (convert --to conv; then {CFG_CHANGE})"
+        elif done:
+            info["converted_stem"] = done
+            line = (
                 f"  already converted: {done} is the {list(sd[done].shape)} stride-2 conv that convert writes in "
                 "place of [reorg] + conv (nothing to do)"
-            ]
-            if done
-            else ["  no [reorg] + conv stem found"]
-        )
-        if done:
-            info["converted_stem"] = done
+            )
+        info["lines"] = [f"{loaded.path}: {self.description}, {len(sd)} tensors, epoch {info['epoch']}", line]
         return info
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         before = self.state_dict(loaded)
         key = darknet_stem(before, block_size=options.block_size)
+        done = converted_stem(before, block_size=options.block_size) if key is None else None
+        if done:
+            raise ConversionError(
+                f"{loaded.path}: already converted ({done} is the strided conv convert writes); nothing to do"
+            )
         if key is None:
-            done = converted_stem(before, block_size=options.block_size)
-            if done:
-                raise ConversionError(
-                    f"{loaded.path}: already converted ({done} is the strided conv convert writes); nothing to do"
-                )
             raise ConversionError(f"{loaded.path}: no [reorg] + conv stem (first Conv2d does not read 12 channels)")
         old = before[key]
-        model = dict(loaded.content["model"])
-        model[key] = stem_weight(old, options.block_size, options.order)
+        remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
+        model = {**loaded.content["model"], key: remap(old)}
         content = {**loaded.content, "model": type(loaded.content["model"])(model)}
-        fields: dict[str, Any] = {
-            "kind": "darknet",
-            "stem": key,
-            "weight": [list(old.shape), list(model[key].shape)],
-            "cfg": CFG_CHANGE,
-            "assumes": "the tensor-less rows before the stem conv are YOLOR's [reorg] "
-            "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)",
-        }
+        fields: dict[str, Any] = {"kind": "darknet", "stem": key, "weight": [list(old.shape), list(model[key].shape)]}
+        fields["cfg"] = CFG_CHANGE
+        fields["assumes"] = (
+            "the tensor-less rows before the stem conv are YOLOR's [reorg] "
+            "(space-to-depth(2, yolov5 order)); the conv pads size // 2 (pad=1)"
+        )
         if isinstance(content.get("optimizer"), dict):
             content["optimizer"] = copy.deepcopy(content["optimizer"])
-            remap = lambda w: stem_weight(w, options.block_size, options.order)  # noqa: E731 - the weight's own map
             fields["optimizer"] = remap_optimizer_state(content["optimizer"], old.shape, remap)
         refuse_unconverted(content, old.shape, [content["model"]])
         report = ConvertReport(str(loaded.path), self.name, "conv", fields=fields)
@@ -173,19 +151,15 @@ class DarknetSource(Source):
         """The stem conv as it computes: space-to-depth + k x k conv (padding k // 2) before the conversion, the
         (bs*k+1)-square conv of stride bs (padding (bs*k+1) // 2, darknet's size // 2) after it; its BatchNorm and
         every other tensor are compared as stored."""
-        sd = self.state_dict(loaded)
-        bs = options.block_size
+        sd, bs = self.state_dict(loaded), options.block_size
         key = darknet_stem(sd, block_size=bs)
-        if key is not None:
-            w = sd[key].double()
-            conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], 1, w.shape[2] // 2, bias=False).double()
-            conv.weight.data = w
-            module, channels = nn.Sequential(SpaceToDepth(bs, options.order), conv), w.shape[1] // bs**2
-        else:
-            key = converted_stem(sd, block_size=bs)
-            if key is None:
-                return []
-            w = sd[key].double()
-            module = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bs, w.shape[2] // 2, bias=False).double()
-            module.weight.data, channels = w, w.shape[1]
-        return [(key, module.eval(), (2, channels, 16 * bs, 24 * bs))]
+        converted = converted_stem(sd, block_size=bs) if key is None else None
+        if key is None and converted is None:
+            return []
+        w = sd[key or converted].double()
+        conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], 1 if key else bs, w.shape[2] // 2, bias=False).double()
+        conv.weight.data = w
+        if key is None:
+            return [(converted, conv.eval(), (2, w.shape[1], 16 * bs, 24 * bs))]
+        stem = nn.Sequential(SpaceToDepth(bs, options.order), conv).eval()
+        return [(key, stem, (2, w.shape[1] // bs**2, 16 * bs, 24 * bs))]

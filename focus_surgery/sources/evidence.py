@@ -1,17 +1,6 @@
-"""A state dict's stem geometry from the file's own evidence: what the file says beats what the caller assumes.
-
-A state dict holds weights only: a weightless space-to-depth before a conv (TResNet's ``body.s2d`` + ``body.conv1``)
-leaves no entry, so its block size and channel order are not in the tensors. In order of precedence:
-
-1. **The architecture the file names** (timm ``train.py``: ``arch``, ``args.model``), looked up in timm's registry
-   (``integrations.timm_arch``): block size, order and the stem conv's key come from timm's model; or the backbone
-   an mmengine checkpoint's config names (``meta["cfg"]``: ``backbone=dict(type='CSPDarknet', ...)``), whose Focus
-   is mmdet's. A stated ``--block-size`` / ``--order`` that contradicts it is refused.
-2. **The key layout** (``state_dict.find_stem``) at the stated block size, else 2, in the stated order, else yolov5
-   (YOLOv5's Focus and its conv form, yolov7's ReOrg row).
-3. **The channel count**: a conv reading ``3 * bs * bs`` channels after a weightless space-to-depth, for a block size
-   other than 2, says ``bs`` but not the order: without ``--order`` the conversion is refused and asks for it.
-"""
+"""A state dict's stem geometry from the file's own evidence, in order of precedence: the architecture it names (timm
+``arch`` / ``args.model``, or an mmengine config's backbone; a contradicting option is refused), its key layout
+(``state_dict.find_stem``), else a conv's channel count (which says the block size, not the order: ``--order``)."""
 
 from __future__ import annotations
 
@@ -32,6 +21,7 @@ SHOWN_ARCH_CHARS = 80  # of an architecture name a message shows: a hostile file
 # mmengine config backbones (mmdet / mmyolo registry names, scope prefix dropped) whose stem is mmdet's
 # ``csp_darknet.Focus``: cat(top-left, bottom-left, top-right, bottom-right) of 2x2 phases, i.e. YOLOv5's order
 FOCUS_BACKBONES = {"CSPDarknet": (2, "yolov5"), "YOLOXCSPDarknet": (2, "yolov5")}
+WRAPPED = ("", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")  # DDP / torch.compile prefixes
 _BACKBONE = re.compile(r"\bbackbone\s*=\s*dict\(")
 # inside it: its own ``type=`` (at depth 1, in any key order), brackets, and strings (whose brackets do not count)
 _TOKENS = re.compile(r"\btype\s*=\s*['\"]([\w.]{1,200})['\"]|[()\[\]{}]|'[^'\n]*'|\"[^\"\n]*\"")
@@ -49,10 +39,8 @@ def tensors(mapping: dict) -> dict[str, torch.Tensor]:
 
 def file_arch(content: Any) -> str | None:
     """The architecture a checkpoint names: timm ``train.py``'s ``arch`` (or ``args.model``), else None."""
-    if not isinstance(content, dict):
-        return None
-    arch = content.get("arch")
-    args = content.get("args")
+    arch = content.get("arch") if isinstance(content, dict) else None
+    args = content.get("args") if isinstance(content, dict) else None
     if not isinstance(arch, str) and isinstance(args, dict):  # the loader reads argparse.Namespace as a dict
         arch = args.get("model")
     return arch if isinstance(arch, str) and arch else None
@@ -60,27 +48,18 @@ def file_arch(content: Any) -> str | None:
 
 @dataclass
 class Evidence:
-    """Where a state dict's stem is and how it computes.
+    """Where a state dict's stem is and how it computes."""
 
-    Attributes:
-        places (list[str | None]): The state dicts holding the stem: None for the top level, else wrapper keys.
-        stems (dict): Place -> ``StemKeys`` of the stem there.
-        block_size (int), order (str): The space-to-depth's geometry.
-        said_by (str): Where the geometry comes from, for the report (``arch 'tresnet_m' (timm: ...)``).
-        from_file (bool): True when the file fixed the geometry (its architecture); False when it was assumed.
-    """
-
-    places: list[str | None]
-    stems: dict
+    places: list[str | None]  # the state dicts holding the stem: None for the top level, else wrapper keys
+    stems: dict  # place -> StemKeys of the stem there
     block_size: int
     order: str
-    said_by: str
-    from_file: bool = False
+    said_by: str  # where the geometry comes from, for the report ("arch 'tresnet_m' (timm: ...)")
+    from_file: bool = False  # the file fixed the geometry (its architecture), not assumed
 
 
 class StemTensors(dict):
-    """A state dict's tensors, and where its stem is when the file said so (for ``verify``, which compares two files
-    whose stems may be in different forms): ``stem`` (``StemKeys``), ``block_size``, ``order``; ``copies``: place ->
+    """A state dict's tensors, and where its stem is when the file said so (for ``verify``); ``copies``: place ->
     ``StemTensors`` of every other state dict of the file holding the stem (timm's ``state_dict_ema``)."""
 
     stem: StemKeys | None = None
@@ -94,9 +73,7 @@ def config_backbone(content: Any) -> str | None:
     ``pretty_text``: ``backbone=dict(type='...', ...)``), without its registry scope (``mmdet.``); else None."""
     meta = content.get("meta") if isinstance(content, dict) else None
     cfg = meta.get("cfg") if isinstance(meta, dict) else None
-    if not isinstance(cfg, str):
-        return None
-    start = _BACKBONE.search(cfg, 0, MAX_CONFIG_CHARS)
+    start = _BACKBONE.search(cfg, 0, MAX_CONFIG_CHARS) if isinstance(cfg, str) else None
     if start is None:
         return None
     depth = 1
@@ -135,14 +112,12 @@ def _refuse_contradiction(path: Any, options: ConvertOptions, block_size: int, o
 
 
 def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None:
-    """The stem of a state-dict checkpoint and its geometry, from the file's evidence first (see the module).
-
-    Returns None when no stem is found at all.
+    """The stem of a state-dict checkpoint and its geometry, from the file's evidence first (see the module); None
+    when no stem is found at all.
 
     Raises:
-        ConversionError: A stated ``--block-size`` / ``--order`` contradicts the architecture the file names; the
-            file names a timm architecture whose stem conv it does not hold; or the order cannot be known and
-            ``--order`` was not given.
+        ConversionError: A stated option contradicts the architecture the file names; the file names a timm
+            architecture whose stem conv it does not hold; or the order cannot be known and ``--order`` was not given.
     """
     if not isinstance(content, dict):
         return None
@@ -184,11 +159,10 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
             continue
         stem = stems[places[0]]
         if "order" not in options.stated:
-            named = (
-                f"it names arch {shown_arch(arch)}, which the installed timm does not know as a space-to-depth model"
-                if arch is not None
-                else "it names no timm arch"
-            )
+            named = "it names no timm arch"
+            if arch is not None:
+                named = f"it names arch {shown_arch(arch)}, which the installed timm does not know as a space-to-depth "
+                named += "model"
             raise ConversionError(
                 f"{path}: the stem conv {stem.weight_key!r} reads {stem.shape[1]} = 3 x {bs} x {bs} channels, a "
                 f"space-to-depth of block size {bs} whose channel order the file does not say ({named}): "
@@ -198,17 +172,11 @@ def resolve(path: Any, content: Any, options: ConvertOptions) -> Evidence | None
     return None
 
 
-WRAPPED = ("", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")  # DDP / torch.compile prefixes
-
-
 def _prefixed_stem(state_dict: dict, found: Any) -> StemKeys | None:
     """The architecture's stem conv, under timm's key or a DDP / ``torch.compile`` wrapper's (``module.``), which
     timm's ``clean_state_dict`` strips when it loads."""
-    for prefix in WRAPPED:
-        stem = stem_at(state_dict, prefix + found.weight_key, found.kernel, found.block_size)
-        if stem is not None:
-            return stem
-    return None
+    stems = (stem_at(state_dict, prefix + found.weight_key, found.kernel, found.block_size) for prefix in WRAPPED)
+    return next((stem for stem in stems if stem is not None), None)
 
 
 def _weightless_stem(state_dict: dict, block_size: int) -> StemKeys | None:

@@ -1,10 +1,4 @@
-"""What a conversion leaves that needs focus-surgery to load, said in the report (issue 22 item 5).
-
-A checkpoint pickles its layers by class: a file holding ``focus_surgery.layers.SPDConv`` (or YOLOv5's rebuilt head,
-``focus_surgery.yolov5.detect.LegacyDetect``) loads only where focus-surgery is importable. ``--scope stem`` converts
-the first row only, so a model built from ``configs/yolov8-spd.yaml`` keeps its other SPD-Conv rows: the report says
-so, and whether ``--scope all`` would leave a plain file.
-"""
+"""What a conversion leaves that needs focus-surgery to load (its own layer classes), said in the report."""
 
 from __future__ import annotations
 
@@ -16,36 +10,24 @@ from torch import nn
 OURS = "focus_surgery."
 
 
-def layers_needing_us(model: nn.Module) -> dict[str, int]:
-    """Classes of ``model``'s outermost layers that are focus-surgery's own, with their counts (``{"SPDConv": 3}``;
-    the ``SpaceToDepth`` inside each ``SPDConv`` is not counted again)."""
-    found: Counter = Counter()
-    inside: list[str] = []  # paths of our layers already counted
-    for path, module in model.named_modules():
-        if type(module).__module__.startswith(OURS) and not any(path.startswith(p + ".") for p in inside):
-            found[type(module).__name__] += 1
-            inside.append(path)
-    return dict(found)
-
-
-def _counted(layers: dict[str, int]) -> str:
-    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in layers.items())
-
-
 def leftover(model: nn.Module, to: str, scope: str, instead: str = "") -> tuple[dict[str, Any], list[str]]:
-    """The report's JSON fields and text lines for what ``model`` (converted) still needs of focus-surgery.
-
-    ``instead``: how the source writes a file without them, when ``--scope all`` is not the way (``--layout yolov5``).
+    """The report's fields and lines for the outermost layers of our classes ``model`` (converted) still holds;
+    ``instead``: how the source writes a file without them, when ``--scope all`` is not the way.
 
     Returns:
         (dict, list[str]): ``{"needs_focus_surgery": {class: count}, "scope_all_converts": n}`` (empty when the file
         loads without focus-surgery) and the lines to print.
     """
-    layers = layers_needing_us(model)
+    layers: Counter = Counter()
+    inside: list[str] = []  # paths of our layers already counted: the SpaceToDepth inside an SPDConv is not
+    for path, module in model.named_modules():
+        if type(module).__module__.startswith(OURS) and not any(path.startswith(p + ".") for p in inside):
+            layers[type(module).__name__] += 1
+            inside.append(path)
     if not layers:
         return {}, []
-    fields: dict[str, Any] = {"needs_focus_surgery": layers}
-    held = _counted(layers)
+    fields: dict[str, Any] = {"needs_focus_surgery": dict(layers)}
+    held = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in layers.items())
     line = f"  the result still holds focus-surgery layers ({held}): it loads only where focus_surgery is imported"
     if to == "conv" and scope == "stem":  # only conv is plain: --scope all --to s2d / focus adds more of our layers
         from ..stems import plan
@@ -54,6 +36,4 @@ def leftover(model: nn.Module, to: str, scope: str, instead: str = "") -> tuple[
         fields["scope_all_converts"] = len(changes)
         if changes:
             line += f"; --scope all converts every site ({len(changes)} more here) for a plain file"
-    if instead:
-        line += f"; {instead}"
-    return fields, [line]
+    return fields, [line + (f"; {instead}" if instead else "")]

@@ -1,5 +1,4 @@
-"""One safe load per file: every source recognises a file from its ``Loaded`` (``focus_surgery.loader``), never
-from a second read or scan of the file; a source that wants live layers asks for ``Loaded.checkpoint()``."""
+"""One safe load per file: sources recognise a file from its ``Loaded``, never from a second read of it."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ __all__ = ["Loaded", "load"]
 
 
 def load(path: str | os.PathLike) -> Loaded:
-    """Read ``path`` once, safely (no code from it runs): memory-mapped, every CRC-32 checked (loader mode
-    ``"mmap"``; the content lives only while the pipeline runs and its input is never written, only replaced).
+    """Read ``path`` once, safely (no code from it runs): memory-mapped, every CRC-32 checked (loader mode ``mmap``).
 
     Raises:
         CheckpointError: Missing, empty, corrupt, truncated or hostile file (one line naming the file).

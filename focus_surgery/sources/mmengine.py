@@ -1,13 +1,5 @@
-"""mmengine training checkpoints (mmdetection, mmyolo, mmpose, ...): ``epoch_N.pth`` / ``iter_N.pth`` as
-``Runner.save_checkpoint`` writes them: ``meta``, ``state_dict``, ``message_hub``, ``optimizer``, ``param_schedulers``
-and, with the EMA hook, ``ema_state_dict`` (the ``ExponentialMovingAverage`` wrapper: ``steps`` and ``module.`` keys).
-
-The bookkeeping (``message_hub``'s ``HistoryBuffer`` objects, numpy arrays and scalars, the schedulers' ``Counter``)
-is read as inert records and values (``loader.allowlist``) and written back unchanged under the same globals
-(``loader.pickler``). Both state dicts are converted like any nested state dict, the optimizer's momentum for the
-stem weight remapped with it, so the file resumes in mmengine and loads with its ``load_checkpoint`` strictly into
-the model whose stem is the converted conv.
-"""
+"""mmengine training checkpoints (``Runner.save_checkpoint``: ``meta``, ``state_dict``, ``message_hub``, ``optimizer``,
+``ema_state_dict``): the bookkeeping read as inert records and written back unchanged, both state dicts converted."""
 
 from __future__ import annotations
 
@@ -37,9 +29,8 @@ class MmengineSource(PlainStateDictSource):
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         result = super().inspect(loaded)
         meta = loaded.content["meta"]
-        epoch, it = bounded(meta.get("epoch")), bounded(meta.get("iter"))
-        version = bounded(meta.get("mmengine_version"))
-        result["lines"][0] = f"{loaded.path}: {self.description.split(' (')[0]} (mmengine {version}), epoch {epoch}"
+        epoch, it, version = (bounded(meta.get(k)) for k in ("epoch", "iter", "mmengine_version"))
+        result["lines"][0] = f"{loaded.path}: mmengine training checkpoint (mmengine {version}), epoch {epoch}"
         result["lines"][0] += f", iteration {it}"
         result["epoch"], result["iter"] = epoch, it
         return result

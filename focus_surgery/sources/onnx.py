@@ -1,9 +1,6 @@
-"""Deployed ONNX graphs (``.onnx``): read, folded and checked by ``focus_surgery.onnx_graph``, written by it.
-
-The graph is read by ``onnx_graph.read_onnx`` (external data confined to the model's folder, the ONNX checker
-run); every proven Focus / space-to-depth chain is folded into its Conv, whatever ``--scope`` says; ``--verify``
-compares both graphs in onnxruntime at the model's real size. Needs the ``onnx`` extra.
-"""
+"""Deployed ONNX graphs (``.onnx``, the ``onnx`` extra): read, folded and checked by ``focus_surgery.onnx_graph``.
+Every proven Focus / space-to-depth chain is folded into its Conv, whatever ``--scope`` says; ``--verify`` compares
+both graphs in onnxruntime at the model's real size."""
 
 from __future__ import annotations
 
@@ -19,17 +16,11 @@ from .loading import Loaded
 def _stem_lines(report) -> list[str]:
     lines = []
     for stem in report.stems:
-        ops = ", ".join(f"{n} {op}" for op, n in sorted(stem.ops.items()))
-        if stem.convertible:
-            lines.append(
-                f"  stem {stem.conv}: {stem.family} ({ops}) = space-to-depth({stem.block_size}, {stem.order}) "
-                f"reading {stem.root!r} -> one strided Conv"
-            )
-        else:
-            lines.append(f"  left {stem.conv}: {stem.family} ({ops}): {stem.reason}")
-    return lines or [
-        "  no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv (already converted, or none to fold)"
-    ]
+        head = f"{stem.conv}: {stem.family} ({', '.join(f'{n} {op}' for op, n in sorted(stem.ops.items()))})"
+        s2d = f"space-to-depth({stem.block_size}, {stem.order}) reading {stem.root!r} -> one strided Conv"
+        lines.append(f"  stem {head} = {s2d}" if stem.convertible else f"  left {head}: {stem.reason}")
+    none = "  no Slice / SpaceToDepth / Reshape-Transpose chain feeds a Conv (already converted, or none to fold)"
+    return lines or [none]
 
 
 class OnnxSource(Source):
@@ -47,9 +38,8 @@ class OnnxSource(Source):
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError as error:
-            raise ConversionError(
-                f"ONNX files need the onnx extra ({error}): pip install 'focus-surgery[onnx]'"
-            ) from None
+            hint = "pip install 'focus-surgery[onnx]'"
+            raise ConversionError(f"ONNX files need the onnx extra ({error}): {hint}") from None
         from ..onnx_graph import read_onnx
 
         graph = read_onnx(path)  # its external data, if any, read in (confined to the model's folder)
@@ -71,15 +61,11 @@ class OnnxSource(Source):
 
         graph, out = fold_model(loaded.path, loaded.content, verify=options.verify, tolerance=options.tolerance)
         fields = {k: v for k, v in graph.to_dict().items() if k not in ("src", "dst", "max_abs_err")}
-        change = (
-            f"{len(graph.replaced)} stem(s) folded, {graph.nodes_before} -> {graph.nodes_after} nodes, "
-            f"opset {graph.opset}"
-        )
+        change = f"{len(graph.replaced)} stem(s) folded, {graph.nodes_before} -> {graph.nodes_after} nodes"
         check = graph.verification
         details = _stem_lines(graph) + ([f"  verify: {check}"] if check else [])
-        report = ConvertReport(
-            str(loaded.path), self.name, "conv", options.scope, change, fields=fields, details=details
-        )
+        report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, f"{change}, opset {graph.opset}")
+        report.fields, report.details = fields, details
         report.max_abs_err = check.max_abs_err if check else None
         report.problem = str(check) if check is not None and not check.passed else None
         report.after = graph.stems  # the folded stems, compared one by one when the written graph is proven

@@ -1,14 +1,6 @@
-"""Plain state dicts: at the top level, or nested under ``model``, ``state_dict``, ``ema``, ``model_ema``, ``module``,
-``state_dict_ema`` (timm ``train.py``'s ``last.pth.tar``), ``ema_state_dict`` (mmengine, ``module.`` keys).
-
-The stem and its geometry come from the file's evidence (``evidence.resolve``): the timm architecture it names, else
-its key layout (``state_dict.find_stem``), else a conv's channel count (then ``--order`` is required). The output keeps
-the file's wrapper, every other entry (optimizer, epoch, ...), key order and dtype; every state dict holding the stem
-(model and EMA) is converted; the optimizer's state for the stem weight (momentum buffers) is remapped with the same
-permutation, which is exact because momentum is linear in the gradients. A copy of the stem weight found anywhere
-else refuses the conversion (``copies.refuse_unconverted``). A weightless space-to-depth stem (TResNet) keeps timm's
-own keys both ways: only the conv weight changes shape.
-"""
+"""Plain state dicts, at the top level or under ``WRAPPER_KEYS``: every state dict holding the stem (model and EMA) and
+the optimizer's state for the stem weight (the same permutation: momentum is linear in the gradients) are converted;
+the wrapper, every other entry, key order and dtype are kept; any other copy refuses (``copies``)."""
 
 from __future__ import annotations
 
@@ -27,7 +19,7 @@ from ..remap import conv_to_focus_weight, focus_to_conv_weight
 from ..state_dict import StemKeys, convert_state_dict, find_stem
 from .base import ANY_LAYOUT, CHECKPOINTS, TIMM_TRAIN, ConvertOptions, Source
 from .copies import refuse_unconverted
-from .compare import STEM_ASSUMES, compare_state_dicts, stem_check, verify_stems
+from .compare import STEM_ASSUMES, check_stem, compare_state_dicts
 from .evidence import WRAPPER_KEYS, Evidence, StemTensors, resolve, said_stems, tensors
 from .loading import Loaded
 from ..verify import DEFAULT_TOLERANCE
@@ -44,60 +36,44 @@ _BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNor
 
 
 def _param_id_by_order(optimizer: dict, state_dict: dict, weight_key: str) -> Any:
-    """The optimizer's id of ``weight_key`` read from the parameter order, where it is exact, else None.
-
-    A saved optimizer numbers the parameters in ``model.parameters()`` order across its ``param_groups``: the state
-    dict's keys without BatchNorm's buffers, in one group, or in timm's two (``param_groups_weight_decay``: the
-    1-D / bias parameters with weight decay 0, then the rest). An order is taken only when the group sizes and the
-    shape of every state entry agree with it, and every order that agrees gives the stem the same id.
+    """The optimizer's id of ``weight_key`` from the parameter order, where it is exact, else None: the state dict's
+    keys without BatchNorm's buffers in one group, or in timm's two (``param_groups_weight_decay``: 1-D / bias with
+    weight decay 0, then the rest), taken only when group sizes and every state entry's shape agree, and unanimous.
     """
-    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict):
+    state = optimizer.get("state") if isinstance(optimizer, dict) else None
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not isinstance(state, dict) or not isinstance(groups, list):
         return None
-    groups = optimizer.get("param_groups")
-    if not isinstance(groups, list) or not all(
-        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
-    ):
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
         return None
     params = [k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and not k.endswith(_BUFFERS)]
     sizes = [len(g["params"]) for g in groups]
     no_decay = [k for k in params if state_dict[k].ndim <= 1 or k.endswith(".bias")]
-    orders = []
-    if sizes == [len(params)]:
-        orders.append(params)
+    orders = [params] if sizes == [len(params)] else []
     if sizes == [len(no_decay), len(params) - len(no_decay)] and groups[0].get("weight_decay") == 0:
         orders.append(no_decay + [k for k in params if k not in set(no_decay)])
     ids = [pid for g in groups for pid in g["params"]]
+    shapes = {  # of each parameter's state entries
+        pid: [v.shape for v in e.values() if isinstance(v, torch.Tensor) and v.ndim]
+        for pid, e in state.items()
+        if isinstance(e, dict)
+    }
     found = set()
     for order in orders:
         by_id = dict(zip(ids, order))
         if len(by_id) != len(order) or weight_key not in order:
             continue
-        agrees = all(
-            pid in by_id
-            and all(
-                v.shape == state_dict[by_id[pid]].shape
-                for v in entry.values()
-                if isinstance(v, torch.Tensor) and v.ndim
-            )
-            for pid, entry in optimizer["state"].items()
-            if isinstance(entry, dict)
-        )
-        if agrees:
+        owned = (pid in by_id and all(s == state_dict[by_id[pid]].shape for s in shapes[pid]) for pid in shapes)
+        if all(owned):
             found.add(ids[order.index(weight_key)])
     return found.pop() if len(found) == 1 else None
 
 
 def remap_optimizer_state(
-    optimizer: Any,
-    shape: Any,
-    remap: Callable[[torch.Tensor], torch.Tensor],
-    state_dict: dict | None = None,
-    weight_key: str | None = None,
+    optimizer: Any, shape: Any, remap: Callable, state_dict: dict | None = None, weight_key: str | None = None
 ) -> str:
-    """Remap, in place, the optimizer state (momentum buffers) of the stem weight, found as the one parameter whose
-    state has the stem weight's ``shape`` (or, where several have, by the parameter order of ``state_dict`` when that
-    is exact: ``_param_id_by_order``), with the weight's own ``remap``; say what was done. Exact: momentum is linear in
-    the gradients.
+    """Remap, in place, the optimizer state of the stem weight (the one parameter whose state has its ``shape``, or
+    where several have, the one the parameter order of ``state_dict`` names) with the weight's own ``remap``.
 
     Raises:
         ConversionError: Several parameters' state have the stem's shape and the order does not say which is the stem's.
@@ -151,6 +127,11 @@ def _with_tensors(original: dict, converted: dict[str, torch.Tensor]) -> dict:
 _CONVERTED_NOTE = "; already converted (a strided conv stem, as convert --to conv writes it) or a conv stem by birth"
 
 
+def _holding(content: dict) -> list[str]:
+    """The wrapper keys under which ``content`` holds a state dict of tensors, with a stem or not."""
+    return [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
+
+
 class PlainStateDictSource(Source):
     name = "state_dict"
     description = "plain state dict (top level or under model / state_dict / ema / model_ema / module)"
@@ -166,30 +147,22 @@ class PlainStateDictSource(Source):
         content = loaded.content
         return isinstance(content, dict) and not loaded.names and all(isinstance(k, str) for k in content)
 
-    def _evidence(self, loaded: Loaded, options: ConvertOptions) -> Evidence:
-        found = resolve(loaded.path, loaded.content, options)
-        if found is None:
-            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * options.block_size**2))
-        return found
-
     def geometry_from_file(self, loaded: Loaded, options: ConvertOptions) -> bool:
         found, _ = self._quiet_evidence(loaded, options.block_size, options.order)
         return bool(found and found.from_file)  # else the stem check replays the order and block size given
 
     @staticmethod
-    def _quiet_evidence(
-        loaded: Loaded, block_size: int = 2, order: str = "yolov5"
-    ) -> tuple[Evidence | None, str | None]:
-        """The evidence with the defaults, or why it cannot be had (for inspect and verify, which never refuse)."""
+    def _quiet_evidence(loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> tuple[Evidence | None, str]:
+        """The evidence, or why it cannot be had (for inspect and verify, which never refuse)."""
         try:
-            return resolve(loaded.path, loaded.content, ConvertOptions(block_size=block_size, order=order)), None
+            return resolve(loaded.path, loaded.content, ConvertOptions(block_size=block_size, order=order)), ""
         except ConversionError as error:
             return None, str(error).removeprefix(f"{loaded.path}: ")
 
     def state_dict(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict:
         content = loaded.content if isinstance(loaded.content, dict) else {}
         found, _ = self._quiet_evidence(loaded, block_size, order)
-        holding = [p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])]
+        holding = _holding(content)
         place = found.places[0] if found else (None if tensors(content) or not holding else holding[0])
         result = self._stem_tensors(content, place, found)
         if found is not None:  # every other copy holding the stem (timm's state_dict_ema): verify compares it too
@@ -207,12 +180,10 @@ class PlainStateDictSource(Source):
         self, a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE
     ) -> dict[str, Any]:
         """``verify`` of two state dicts: where both files named the same weightless stem (timm's ``arch``), the stem
-        of ``a`` is remapped with the geometry they named; else by key layout (with the block size and order given),
-        as any source. Every copy both files hold (model and EMA: ``state_dict``, ``state_dict_ema``) is compared, not
-        only the first."""
+        of ``a`` is remapped with the geometry they named; else by key layout, as any source. Every copy both files
+        hold (model and EMA) is compared, not only the first."""
         check = self._compare_one(a, b, block_size, order, tolerance)
-        both = [p for p in getattr(a, "copies", {}) if p in getattr(b, "copies", {})]
-        for place in both:
+        for place in [p for p in getattr(a, "copies", {}) if p in getattr(b, "copies", {})]:
             if not check["passed"]:
                 break
             other = self._compare_one(a.copies[place], b.copies[place], block_size, order, tolerance)
@@ -231,43 +202,29 @@ class PlainStateDictSource(Source):
 
     def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
         found, why = self._quiet_evidence(loaded, block_size, order)
-        places = found.places if found else []
         sd = self.state_dict(loaded, block_size, order)
-        stem = found.stems[places[0]] if found else None
-        converts_to = "focus" if stem and stem.form == "conv" else "conv"
-        stems = [{**vars(stem), "converts_to": converts_to}] if stem else []
+        stem = found.stems[found.places[0]] if found else None
+        stems = [{**vars(stem), "converts_to": "focus" if stem.form == "conv" else "conv"}] if stem else []
         content = loaded.content if isinstance(loaded.content, dict) else {}
-        holding = ([None] if tensors(content) else []) + [
-            p for p in WRAPPER_KEYS if isinstance(content.get(p), dict) and tensors(content[p])
-        ]  # every state dict of the file, with a stem or not
-        places = places or holding[:1]
-        others = [k for k in loaded.content if k not in holding] if places and places[0] else []
+        holding = ([None] if tensors(content) else []) + _holding(content)  # every state dict of the file
+        place = found.places[0] if found else (holding or [None])[0]
+        others = [k for k in loaded.content if k not in holding] if place else []
         counts = {str(p): len(tensors(_at(content, p))) for p in holding}
-        result = {
-            "path": str(loaded.path),
-            "kind": "state_dict",
-            "source": self.name,
-            "wrapper": places[0] if places else None,
-            "tensors": len(sd),
-            "stems": stems,
-            "other_keys": others,
-            "wrappers": [p for p in holding if p is not None],
-            "tensors_per_wrapper": counts,
-        }
+        result = {"path": str(loaded.path), "kind": "state_dict", "source": self.name, "wrapper": place}
+        result.update(tensors=len(sd), stems=stems, other_keys=others, wrappers=[p for p in holding if p is not None])
+        result["tensors_per_wrapper"] = counts
         if found:
             result.update(block_size=found.block_size, order=found.order, geometry_from=found.said_by)
-        where = f" under '{places[0]}'" if places and places[0] else ""
+        where = f" under '{place}'" if place else ""
         lines = [f"{loaded.path}: {self.description.split(' (')[0]}{where}, {len(sd)} tensors"]
-        more = [f"'{p}' ({counts[str(p)]} tensors)" for p in holding if p is not None and p != places[0]]
+        more = [f"'{p}' ({counts[str(p)]} tensors)" for p in holding if p is not None and p != place]
         if more:
             lines.append(f"  also state dicts under: {', '.join(more)}")
         if others:
             lines.append(f"  also holds: {', '.join(map(str, others))}")
         for s in stems:
-            lines.append(
-                f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {s['converts_to']})"
-                + (_CONVERTED_NOTE if s["form"] == "conv" else "")
-            )
+            to, note = s["converts_to"], _CONVERTED_NOTE if s["form"] == "conv" else ""
+            lines.append(f"  stem {s['prefix']}: {s['form']} form, weight {s['shape']} (convert --to {to}){note}")
         if found and found.from_file:
             lines.append(f"  block size {found.block_size}, order {found.order}: from the file's {found.said_by}")
         if not stems:
@@ -276,18 +233,13 @@ class PlainStateDictSource(Source):
         return result
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
-        found = self._evidence(loaded, options)
-        places = found.places
+        found = resolve(loaded.path, loaded.content, options)
+        if found is None:
+            raise ConversionError(f"{loaded.path}: " + self.not_found.format(3 * options.block_size**2))
+        places, first = found.places, found.stems[found.places[0]]
         options = dataclasses.replace(options, block_size=found.block_size, order=found.order)
         if options.to == "fastest":
-            sd = tensors(_at(loaded.content, places[0]))
-            by_layout = find_stem(sd, block_size=found.block_size)
-            if by_layout is None or by_layout.weight_key != found.stems[places[0]].weight_key:
-                raise ConversionError(
-                    f"{loaded.path}: --to fastest times Focus / ReOrg / conv stem layouts; this stem "
-                    f"({found.stems[places[0]].weight_key}) converts --to conv or --to focus"
-                )
-            return self._fastest(loaded, options, places)
+            return self._fastest(loaded, options, places[0], first)
         content = loaded.content
         new_content = dict(content) if places[0] is not None else None
         fields: dict[str, Any] = {"kind": "state_dict", "wrapper": places[0], "converted": [p for p in places if p]}
@@ -295,18 +247,17 @@ class PlainStateDictSource(Source):
         checks = []
         shared: dict = {}  # (id of the original stem weight, key) -> its converted tensor, written once
         for place in places:
-            before = tensors(_at(content, place))
+            before, under = tensors(_at(content, place)), f" (under '{place}')" if place else ""
+            bs, order = options.block_size, options.order
             try:
-                after, stem = convert_state_dict(
-                    before, options.to, options.block_size, options.order, stem=found.stems[place]
-                )
+                after, stem = convert_state_dict(before, options.to, bs, order, stem=found.stems[place])
             except ValueError as error:  # already in that form, or a form that converts one way only
-                raise ConversionError(f"{loaded.path}: {error}" + (f" (under '{place}')" if place else "")) from None
+                raise ConversionError(f"{loaded.path}: {error}{under}") from None
             if options.verify:  # before the output is assembled: a broken conversion is a failed check, not a crash
                 try:
                     checks.append(self._check(before, after, options, found.stems[place]))
                 except ConversionError as error:  # a stem that cannot run (corrupt): which copy, model or EMA
-                    raise ConversionError(f"{error}" + (f" (under '{place}')" if place else "")) from None
+                    raise ConversionError(f"{error}{under}") from None
                 if not checks[-1]["passed"]:
                     break
             for key, value in after.items():  # a tensor the copies shared (dict(sd)) stays one shared tensor
@@ -317,29 +268,24 @@ class PlainStateDictSource(Source):
             else:
                 new_content[place] = _with_tensors(content[place], after)
             if place == places[0]:
-                fields.update(
-                    stem=stem.prefix, weight_key=stem.weight_key, dtype=str(before[stem.weight_key].dtype)[6:]
-                )
-                fields["from"] = stem.form
+                fields.update(stem=stem.prefix, weight_key=stem.weight_key)
+                fields.update(dtype=str(before[stem.weight_key].dtype)[6:], **{"from": stem.form})
         if places[0] is not None and isinstance(content.get("optimizer"), dict):
             new_content["optimizer"] = copy.deepcopy(content["optimizer"])
-            stem = found.stems[places[0]]
             remap = focus_to_conv_weight if options.to == "conv" else conv_to_focus_weight
             fields["optimizer"] = remap_optimizer_state(
                 new_content["optimizer"],
-                stem.shape,
+                first.shape,
                 lambda w: remap(w, options.block_size, options.order),
                 tensors(content[places[0]]),
-                stem.weight_key,
+                first.weight_key,
             )
         if places[0] is not None and not (checks and not checks[-1]["passed"]):
             skip = [new_content[p] for p in places]
-            optimizer = new_content.get("optimizer")
-            weight_key = found.stems[places[0]].weight_key
-            stem_id = _param_id_by_order(content.get("optimizer"), tensors(content[places[0]]), weight_key)
+            stem_id = _param_id_by_order(content.get("optimizer"), tensors(content[places[0]]), first.weight_key)
             if stem_id is not None:  # the order gave every state entry its parameter: the others are not the stem's
-                skip += [entry for pid, entry in optimizer["state"].items() if pid != stem_id]
-            refuse_unconverted(new_content, found.stems[places[0]].shape, skip)
+                skip += [entry for pid, entry in new_content["optimizer"]["state"].items() if pid != stem_id]
+            refuse_unconverted(new_content, first.shape, skip)
         report = ConvertReport(str(loaded.path), self.name, options.to, fields=fields)
         report.write = lambda dst: self.write(new_content, places[0], dst, options.to, loaded)
         if checks:
@@ -354,22 +300,12 @@ class PlainStateDictSource(Source):
     @staticmethod
     def _check(before: dict, after: dict, options: ConvertOptions, stem: StemKeys | None = None) -> dict[str, Any]:
         """The remapped stem run in float64, and every other tensor compared bit for bit."""
-        bs, order = options.block_size, options.order
         stems = None
         if stem is not None and stem.weightless:  # the file said where the stem is: the same key in both forms
-            stems = (
-                stem,
-                StemKeys(
-                    stem.prefix,
-                    "conv" if stem.form == "reorg" else "reorg",
-                    stem.weight_key,
-                    list(after[stem.weight_key].shape),
-                    weightless=True,
-                ),
-            )
-        checked = verify_stems(before, after, bs, order, stems)
-        rest = compare_state_dicts(before, after, bs, order, tolerance=0.0, stems=stems)
-        return stem_check(checked.to_dict(), [checked], rest, "the stem run before and after in float64")
+            shape = list(after[stem.weight_key].shape)
+            form = "conv" if stem.form == "reorg" else "reorg"
+            stems = (stem, StemKeys(stem.prefix, form, stem.weight_key, shape, weightless=True))
+        return check_stem(before, after, options.block_size, options.order, stems)
 
     @staticmethod
     def write(content: dict, place: str | None, dst: Path, to: str, like: Loaded | None = None) -> None:
@@ -381,18 +317,22 @@ class PlainStateDictSource(Source):
         else:
             save_checkpoint(content, dst, like=like)
 
-    def _fastest(self, loaded: Loaded, options: ConvertOptions, places: list) -> ConvertReport:
+    def _fastest(self, loaded: Loaded, options: ConvertOptions, place: str | None, found: StemKeys) -> ConvertReport:
         from ..speed.optimize import fastest_state_dict_form
 
-        sd = tensors(_at(loaded.content, places[0]))
-        form, medians = fastest_state_dict_form(
-            sd, options.batch, options.input_size, options.block_size, options.order
-        )
+        sd = tensors(_at(loaded.content, place))
         stem = find_stem(sd, block_size=options.block_size)
+        if stem is None or stem.weight_key != found.weight_key:
+            raise ConversionError(
+                f"{loaded.path}: --to fastest times Focus / ReOrg / conv stem layouts; this stem "
+                f"({found.weight_key}) converts --to conv or --to focus"
+            )
+        geometry = (options.block_size, options.order)
+        form, medians = fastest_state_dict_form(sd, options.batch, options.input_size, *geometry)
         if form == stem.form:  # already the faster layout: written unchanged
             fields = {"kind": "state_dict", "stem": stem.prefix, "from": stem.form}
             report = ConvertReport(str(loaded.path), self.name, "fastest", fields=fields)
-            report.write = lambda dst: self.write(loaded.content, places[0], dst, form, loaded)
+            report.write = lambda dst: self.write(loaded.content, place, dst, form, loaded)
         else:
             report = self.convert(loaded, dataclasses.replace(options, to=form))
             report.to = "fastest"

@@ -1,21 +1,6 @@
-"""The proof of a conversion, decided in one place: the file as written, read back, against the original.
-
-``files.convert_file`` runs ``prove_written`` on the complete temporary files of a ``--verify`` conversion, before
-they are renamed into place (``atomic_io.checked_before_rename``). The written file is read back through the same
-reader a user goes through (the safe loader, then the registry's source for it and its model rebuild; for
-YOLOv5-layout records a rebuild from the records as written), and then:
-
-* **model**: both the original and the written file give a runnable model: both are run in float64 and compared
-  (``verify``). A record written wrong fails here, not only in the user's code.
-* **stem** / **layout only**: no model can be run from the files (state dicts, records of a repository's code): each
-  stem of the written file (``Source.stems``, found in its converted form) is run against the original's stem in
-  float64, and every tensor of the written file is compared with the original's bit for bit (the stem remapped,
-  every dtype against the original's own), so "every other tensor identical" is measured on what was written. A
-  state dict's stem check replays an assumed order and block size: ``layout only``, unless the source took them
-  from the file (``Source.geometry_from_file``).
-
-A failed or impossible proof raises ``VerificationFailed``: the temporaries are removed, nothing is put in place.
-"""
+"""The proof of a conversion, in one place: the written temporaries read back as a user reads them (before they are
+renamed into place), then run against the original in float64 (**model**), else each stem run and every tensor
+compared bit for bit (**stem**; **layout only** when the geometry was assumed). A failure raises VerificationFailed."""
 
 from __future__ import annotations
 
@@ -54,12 +39,8 @@ class Original:
 
 
 def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
-    """The original as its users load it: the file read again on its own (the conversion edits its own loaded
-    objects in place), then its model, else its stems and tensors.
-
-    Raises:
-        CheckpointError: The file changed under us into one that does not read.
-    """
+    """The original as its users load it (read again on its own): its model, else its stems and tensors. Raises
+    CheckpointError when the file changed under us into one that does not read."""
     from . import load
 
     loaded = load(path)
@@ -69,7 +50,7 @@ def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) ->
         model = None
     if model is not None or source.own_proof:
         return Original(model)
-    shape = {k: v for k, v in _geometry(source, options).items() if k == "block_size"}
+    shape = {"block_size": options.block_size} if "block_size" in source.uses else {}
     sd = source.state_dict(loaded, **shape)  # as is: a StemTensors keeps the stem the file names (timm s2d)
     return Original(None, source.stems(loaded, options), sd, all_tensors(loaded.content))
 
@@ -94,39 +75,30 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     try:
-        return torch.equal(
-            a.detach().reshape(-1).contiguous().view(torch.uint8), b.detach().reshape(-1).contiguous().view(torch.uint8)
-        )
+        return torch.equal(*(t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)))
     except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared
         return bool(torch.equal(a, b))
 
 
 def compare_every_tensor(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any]:
-    """Every tensor of the written file against the original's, in the file's order: one of the same shape is equal
-    bit for bit; one whose shape the conversion changed (a stem weight, its optimizer state) holds the same non-zero
-    values (a remap permutes them; a bigger kernel adds zeros).
-
-    Returns:
-        (dict): ``tensors`` (how many), ``remapped`` (how many changed shape), ``passed``, ``problem``.
-    """
+    """Every tensor of the written file against the original's, in the file's order: equal bit for bit, or where the
+    conversion changed its shape, the same non-zero values (a remap permutes them; a bigger kernel adds zeros).
+    Returns ``tensors`` (how many), ``remapped`` (how many changed shape), ``passed``, ``problem``."""
     result: dict[str, Any] = {"tensors": len(after), "remapped": 0, "passed": False, "problem": ""}
     if len(before) != len(after):
         result["problem"] = f"the file holds {len(after)} tensors, the original {len(before)}"
         return result
     for i, (a, b) in enumerate(zip(before, after)):
+        which = f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)}"
         if a.shape == b.shape:
             if not _same_bits(a, b):
-                result["problem"] = f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)}) differs"
+                result["problem"] = f"{which}) differs"
                 return result
             continue
         result["remapped"] += 1
-        values = [t.detach().reshape(-1) for t in (a, b)]
-        values = [torch.sort(v[v != 0].double()).values for v in values]
+        values = [torch.sort(v[v != 0].double()).values for v in (t.detach().reshape(-1) for t in (a, b))]
         if a.dtype != b.dtype or not torch.equal(*values):
-            result["problem"] = (
-                f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)} -> {tuple(b.shape)}) "
-                "does not hold the original's values"
-            )
+            result["problem"] = f"{which} -> {tuple(b.shape)}) does not hold the original's values"
             return result
     result["passed"] = True
     return result
@@ -139,26 +111,24 @@ def proof_kind(source: Source, loaded: Loaded, options: ConvertOptions) -> str:
 
 @contextlib.contextmanager
 def read_back(written: list[tuple[Path, Path]]) -> Iterator[dict[Path, Path]]:
-    """The temporaries of one write under their destinations' names (links in a private folder), so the readers
-    that find a file's companion by name (a ``.safetensors``' JSON, an ONNX graph's data file) find it.
-
-    Hard links in a private folder (the system's temporary folder, else beside the temporaries): a reader that
-    resolves a symbolic link (the ONNX reader looks for the data file beside the graph's real path) would find the
-    destination's folder, where no data file of this write is yet (or an old one is)."""
-    near = Path(written[0][1]).parent
+    """The temporaries of one write under their destinations' names (a ``.safetensors``' JSON, an ONNX graph's data
+    file are found by name): hard links in a private folder of the system's temporary folder (nothing left beside the
+    user's files if killed), else beside the temporaries; symbolic links, which readers resolve, only as a last resort.
+    """
     folders: list[Path] = []
+    tries = ((None, os.link), (Path(written[0][1]).parent, os.link), (None, _symlink))
     try:
-        view = None
-        # the system's temporary folder when it is on the same file system (nothing left in the user's folder even
-        # if the process is killed), else beside the temporaries; symbolic links only where no hard link can be made
-        for where, make in ((None, os.link), (near, os.link), (None, _symlink)):
+        for n, (where, make) in enumerate(tries):
             with signals_held():  # a signal between making the folder and listing it would leave it behind
                 folders.append(Path(tempfile.mkdtemp(prefix=".focus-surgery-proof-", dir=where)))
             try:
-                view = _links(written, folders[-1], make)
+                view = {}
+                for destination, tmp in written:
+                    make(tmp, folders[-1] / destination.name)
+                    view[destination] = folders[-1] / destination.name
                 break
             except OSError:
-                if make is _symlink:
+                if n == len(tries) - 1:
                     raise
         yield view
     finally:
@@ -170,13 +140,9 @@ def _symlink(tmp: Path, link: Path) -> None:
     os.symlink(Path(tmp).resolve(), link)
 
 
-def _links(written: list[tuple[Path, Path]], folder: Path, make: Any) -> dict[Path, Path]:
-    view = {}
-    for destination, tmp in written:
-        link = folder / destination.name
-        make(tmp, link)
-        view[destination] = link
-    return view
+def _fail(report: ConvertReport, problem: str, dst: Any) -> VerificationFailed:
+    report.problem = problem
+    return VerificationFailed(f"{report.src}: verification failed ({problem}); {dst} not written", report)
 
 
 def prove_written(
@@ -187,11 +153,8 @@ def prove_written(
     options: ConvertOptions,
     written: list[tuple[Path, Path]],
 ) -> None:
-    """Read the written ``dst`` back and prove it against the original; set ``report.proof`` / ``max_abs_err`` /
-    ``fields["verification"]``.
-
-    Raises:
-        VerificationFailed: The written file does not load back, or does not compute / hold what the original does.
+    """Read the written ``dst`` back and prove it against the original (``report.proof`` / ``max_abs_err`` /
+    ``fields["verification"]``); raise VerificationFailed when it does not load, compute or hold what the original does.
     """
     from . import load, source_for
 
@@ -204,8 +167,7 @@ def prove_written(
             back_source = source_for(back)
             check = source.prove_written(loaded, back, report, options)  # a source with its own runtime (ONNX)
             if check is not None:
-                _settle(report, PROOF_MODEL, check.max_abs_err, check.passed, str(check), check.to_dict())
-                return
+                return _settle(report, check)
             original = before.model
             candidate = back_source.model(back) if original is not None else None
             if candidate is None and original is not None and isinstance(report.after, nn.Module):
@@ -214,97 +176,76 @@ def prove_written(
             if original is not None and candidate is not None:
                 result = verify(original, candidate, copies=False)  # float64; both models are this proof's own
                 how = "the written file loaded back and run against the original in float64"
-                _settle(report, PROOF_MODEL, result.max_abs_err, result.passed, str(result), {**result.to_dict()}, how)
-                return
-            geometry = {k: report.fields.get(k, v) for k, v in _geometry(source, options).items()}  # as converted
-            shape = {k: v for k, v in geometry.items() if k == "block_size"}
-            written_tensors = back_source.state_dict(back, **({} if back_source.uses != source.uses else shape))
-            try:  # bit for bit: the stem's remap is a permutation
-                tensors = source.compare_tensors(before.tensors, written_tensors, **geometry, tolerance=0.0)
-            except ValueError:  # a form that remaps one way only (timm's reorg): the written stem to the original's
-                tensors = source.compare_tensors(written_tensors, before.tensors, **geometry, tolerance=0.0)
-            changed = next(
-                (k for k, v in written_tensors.items() if k in before.tensors and v.dtype != before.tensors[k].dtype),
-                None,
-            )  # seen from the original itself: a remap that changed the dtype would agree with itself above
-            if changed is not None:
-                was, now = before.tensors[changed].dtype, written_tensors[changed].dtype
-                tensors = {**tensors, "passed": False, "problem": f"{changed} is {was} vs {now}: the dtype changed"}
-            whole = type(back_source) is type(source) and dst.suffix.lower() != ".safetensors"  # not one state dict
-            if whole:  # the whole file written back: every tensor it holds (optimizer state, each copy)
-                every = compare_every_tensor(before.leaves, all_tensors(back.content))
-                tensors = {**tensors, "every_tensor": every}
-                if tensors["passed"] and not every["passed"]:
-                    tensors = {**tensors, "passed": False, "problem": every["problem"]}
+                return _settle(report, result, how)
+            tensors = _compare_tensors(source, back_source, back, before, report, options)
             own = report.fields.get("verification") if not before.stems else None
-            if isinstance(own, dict) and report.max_abs_err is not None:  # a source that ran its stem in memory
-                runs = None
-            else:
-                written_stems = {name: module for name, module, _ in back_source.stems(back, options)}
-                runs = _run_stems(before.stems, written_stems)
-        except VerificationFailed:
+            ran = isinstance(own, dict) and report.max_abs_err is not None  # a source that ran its stem in memory
+            runs = [] if ran else _run_stems(report, dst, before.stems, back_source.stems(back, options))
+        except (VerificationFailed, MemoryError, torch.OutOfMemoryError):  # the command says what was left
             raise
-        except (MemoryError, torch.OutOfMemoryError):  # the command's own handling says what was left
-            raise
-        except _Unproven as error:
-            report.problem = str(error)
-            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
         except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             text = text.replace(str(view[dst]), str(dst))
-            report.problem = f"the written file, read back, does not load or run: {type(error).__name__}: {text}"
-            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+            problem = f"the written file, read back, does not load or run: {type(error).__name__}: {text}"
+            raise _fail(report, problem, dst)
     if not tensors["passed"]:
         tensors = {**tensors, "problem": f"the written file's tensors: {tensors['problem']}"}
-    if runs is None:  # the stem's own float64 run (in memory), and the written file's tensors measured here
+    report.proof = proof_kind(source, loaded, options)
+    if ran:  # the stem's own float64 run (in memory), and the written file's tensors measured here
         check = {**own, "tensors": tensors, "passed": bool(own.get("passed")) and tensors["passed"]}
         check["problem"] = "" if check["passed"] else (own.get("problem") or tensors["problem"])
-        report.fields["verification"], report.proof = check, proof_kind(source, loaded, options)
-        if not check["passed"]:
-            report.problem = check["problem"] or "the stem check failed"
-            raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
-        return
-    reports = [r for _, r in runs]
-    stem = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
-    how = "each stem of the written file run against the original's in float64 (the model's code not run)"
-    check = stem_check(stem, reports, tensors, how) if reports else {"passed": False, "problem": "no stem was run"}
-    previous = report.fields.get("verification")
-    report.fields["verification"] = {**check, "stems": [name for name, _ in runs]}
-    report.proof = proof_kind(source, loaded, options)
-    report.max_abs_err = max((r.max_abs_err for r in reports), default=None)
-    if (
-        isinstance(previous, dict)
-        and isinstance(previous.get("tensors"), int)
-        and isinstance(check.get("tensors"), dict)
-    ):
-        # a source whose --json gave the tensors as a count, with max_abs_err (--layout yolov5): its keys stay,
-        # measured here on the written file; the comparison itself under state_dicts, as that source had it
-        measured = check["tensors"]
-        kept = {k: v for k, v in previous.items() if k not in report.fields["verification"]}
-        report.fields["verification"] = {
-            **kept,
-            **report.fields["verification"],
-            "tensors": measured["tensors"],
-            "state_dicts": measured,
-            "max_abs_err": report.max_abs_err,
-        }
+        report.fields["verification"] = check
+    else:
+        reports = [r for _, r in runs]
+        stem = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+        how = "each stem of the written file run against the original's in float64 (the model's code not run)"
+        check = stem_check(stem, reports, tensors, how)
+        previous = report.fields.get("verification")
+        report.fields["verification"] = {**check, "stems": [name for name, _ in runs]}
+        report.max_abs_err = max((r.max_abs_err for r in reports), default=None)
+        if isinstance(previous, dict) and isinstance(previous.get("tensors"), int):
+            # a source whose --json gave the tensors as a count, with max_abs_err (--layout yolov5): its keys stay,
+            # measured here on the written file; the comparison itself under state_dicts, as that source had it
+            kept = {k: v for k, v in previous.items() if k not in report.fields["verification"]}
+            report.fields["verification"] = {**kept, **report.fields["verification"], "tensors": tensors["tensors"]}
+            report.fields["verification"].update(state_dicts=tensors, max_abs_err=report.max_abs_err)
     if not check["passed"]:
-        report.problem = check["problem"] or "the stem check failed"
-        raise VerificationFailed(f"{report.src}: verification failed ({report.problem}); {dst} not written", report)
+        raise _fail(report, check["problem"] or "the stem check failed", dst)
 
 
-class _Unproven(Exception):
-    """Nothing could be run to prove the written file (no stem found in it, or none in the original)."""
+def _compare_tensors(
+    source: Source, back_source: Source, back: Loaded, before: Original, report: ConvertReport, options: ConvertOptions
+) -> dict[str, Any]:
+    """The written file's tensors against the original's: bit for bit (the stem remapped), dtypes as the original's
+    own, and, where the whole file was written back, every tensor it holds (optimizer state, each copy)."""
+    geometry = {k: report.fields.get(k, v) for k, v in _geometry(source, options).items()}  # as converted
+    shape = {k: v for k, v in geometry.items() if k == "block_size"}
+    written = back_source.state_dict(back, **({} if back_source.uses != source.uses else shape))
+    try:  # bit for bit: the stem's remap is a permutation
+        tensors = source.compare_tensors(before.tensors, written, **geometry, tolerance=0.0)
+    except ValueError:  # a form that remaps one way only (timm's reorg): the written stem to the original's
+        tensors = source.compare_tensors(written, before.tensors, **geometry, tolerance=0.0)
+    changed = next((k for k, v in written.items() if k in before.tensors and v.dtype != before.tensors[k].dtype), None)
+    if changed is not None:  # seen from the original itself: a remap that changed the dtype would agree with itself
+        was, now = before.tensors[changed].dtype, written[changed].dtype
+        tensors = {**tensors, "passed": False, "problem": f"{changed} is {was} vs {now}: the dtype changed"}
+    if type(back_source) is type(source) and Path(report.dst).suffix.lower() != ".safetensors":  # the whole file
+        every = compare_every_tensor(before.leaves, all_tensors(back.content))
+        tensors = {**tensors, "every_tensor": every}
+        if tensors["passed"] and not every["passed"]:
+            tensors = {**tensors, "passed": False, "problem": every["problem"]}
+    return tensors
 
 
-def _run_stems(before: list, after: dict[str, nn.Module]) -> list[tuple[str, Any]]:
-    """Each original stem and the written file's stem of the same name, run on one input in float64."""
+def _run_stems(report: ConvertReport, dst: Path, before: list, written: list) -> list[tuple[str, Any]]:
+    """Each original stem against the written file's stem of the same name, on one input in float64."""
+    after = {name: module for name, module, _ in written}
     if not before:
-        raise _Unproven("no stem of the original could be run: nothing to prove")
+        raise _fail(report, "no stem of the original could be run: nothing to prove", dst)
     runs = []
     for name, module, shape in before:
         if name not in after:
-            raise _Unproven(f"the written file has no stem {name!r} to run against the original's")
+            raise _fail(report, f"the written file has no stem {name!r} to run against the original's", dst)
         runs.append((name, verify(module, after[name], input_shape=shape, copies=False)))
     return runs
 
@@ -314,13 +255,14 @@ def _geometry(source: Source, options: ConvertOptions) -> dict[str, Any]:
     return {k: getattr(options, k) for k in ("block_size", "order") if k in source.uses}
 
 
-def _settle(report: ConvertReport, kind: str, err: float, passed: bool, text: str, fields: dict, how: str = "") -> None:
-    report.proof, report.max_abs_err = kind, err
+def _settle(report: ConvertReport, check: Any, how: str = "") -> None:
+    """A model proof's ``check`` (``.passed``, ``.max_abs_err``, ``.to_dict()``) into the report; raise if failed."""
+    fields = check.to_dict()
+    report.proof, report.max_abs_err = PROOF_MODEL, check.max_abs_err
     previous = report.fields.get("verification")  # a source's own check of what it wrote (per model, its release)
     kept = {k: v for k, v in previous.items() if k not in fields} if isinstance(previous, dict) else {}
     report.fields["verification"] = {**kept, **fields, **({"compared": how} if how else {})}
     if "max_rel_err" in report.fields and "max_rel_err" in fields:
         report.fields["max_rel_err"] = fields["max_rel_err"]
-    if not passed:
-        report.problem = text
-        raise VerificationFailed(f"{report.src}: verification failed ({text}); {report.dst} not written", report)
+    if not check.passed:
+        raise _fail(report, str(check), report.dst)

@@ -1,10 +1,5 @@
-"""Write content read as records back in the pickle layout it came from, without importing any class it names.
-
-A record (``Record``) is pickled exactly as ``torch.save`` pickles the module it stands for: the class as a
-``GLOBAL`` of its original name, ``NEWOBJ`` (no constructor call on load) and its attribute dict as state; references,
-namespaces and paths are written back as the file pickled them (``loader.pickler``). The family's own code
-(``attempt_load``, ``torch.load(weights_only=False)``) then loads the file as if it had written it.
-"""
+"""Content read as records written back in the pickle layout it came from, without importing any class it names
+(``loader.pickler``), so the family's own code loads the file as if it had written it."""
 
 from __future__ import annotations
 
@@ -13,9 +8,6 @@ from typing import Any
 
 from ..checkpoint_io import atomic_write, torch_save
 from ..loader import Loaded
-from ..loader.pickler import FaithfulPickler, pickle_module
-
-PICKLE_MODULE = pickle_module()
 
 
 def save_records(content: Any, destination: str | os.PathLike, like: Loaded | None = None) -> None:
@@ -24,4 +16,4 @@ def save_records(content: Any, destination: str | os.PathLike, like: Loaded | No
     atomic_write(destination, lambda tmp: torch_save(content, tmp, like))
 
 
-__all__ = ["PICKLE_MODULE", "FaithfulPickler", "save_records"]
+__all__ = ["save_records"]

@@ -1,6 +1,5 @@
-"""Checkpoints holding whole model objects of installed classes: current Ultralytics files, and any torch / timm /
-focus-surgery model saved as ``{"model": ..., "ema": ...}``. Converted with ``surgery.convert`` in place of the
-loaded objects, so the wrapper, metadata, optimizer and dtype are written back unchanged."""
+"""Checkpoints holding model objects of installed classes (Ultralytics, torch, timm, focus-surgery) under ``model`` /
+``ema``: converted with ``surgery.convert`` in place, so wrapper, metadata, optimizer and dtype are written back."""
 
 from __future__ import annotations
 
@@ -54,15 +53,10 @@ class TorchModelSource(Source):
         ckpt = loaded.checkpoint()
         model = ckpt.model
         params = list(model.parameters())
-        result: dict[str, Any] = {
-            "path": str(loaded.path),
-            "kind": ckpt.kind,
-            "source": self.name,
-            "model": type(model).__name__,
-            "parameters": sum(p.numel() for p in params),
-            "dtype": str(params[0].dtype).replace("torch.", "") if params else None,
-            "stems": list(iter_stems(model)),
-        }
+        result: dict[str, Any] = {"path": str(loaded.path), "kind": ckpt.kind, "source": self.name}
+        result.update(model=type(model).__name__, parameters=sum(p.numel() for p in params))
+        result["dtype"] = str(params[0].dtype).replace("torch.", "") if params else None
+        result["stems"] = list(iter_stems(model))
         yaml = getattr(model, "yaml", None)
         if isinstance(yaml, dict) and "nc" in yaml:
             result["nc"] = yaml["nc"]
@@ -75,18 +69,13 @@ class TorchModelSource(Source):
         lines = [f"{result['path']}: {result['kind']} {result['model']}"]
         lines += [f"  {key}: {result[key]}" for key in ("parameters", "dtype", "nc", "names") if key in result]
         for stem in result["stems"]:
+            to = stem["direction"]
             if "skipped" in stem:
-                lines.append(f"  stem {stem['path']}: cannot convert to {stem['direction']}: {stem['skipped']}")
-            else:
-                lines.append(
-                    f"  stem {stem['path']}: {stem['old_form']} -> {stem['new_form']} "
-                    f"(convert --to {stem['direction']})"
-                    + (
-                        "; already converted (a strided conv, as convert --to conv writes it) or a conv stem by birth"
-                        if stem["direction"] == "focus"
-                        else ""
-                    )
-                )
+                lines.append(f"  stem {stem['path']}: cannot convert to {to}: {stem['skipped']}")
+                continue
+            note = "; already converted (a strided conv, as convert --to conv writes it) or a conv stem by birth"
+            forms = f"{stem['old_form']} -> {stem['new_form']}"
+            lines.append(f"  stem {stem['path']}: {forms} (convert --to {to})" + (note if to == "focus" else ""))
         if not result["stems"]:
             lines.append("  no Focus / space-to-depth / strided-conv stem found")
         result["lines"] = lines
@@ -115,22 +104,16 @@ class TorchModelSource(Source):
                 fields = {"chosen": fast.stems[0].chosen, **fast.to_dict()}
                 report.change, report.max_abs_err = f"stem to fastest here: {fields['chosen']}", fast.max_abs_err
             else:
-                reports = [
-                    convert(m, to=options.to, scope=options.scope, verify=options.verify) for m in models.values()
-                ]
-                first = reports[0]
+                reports = [convert(m, options.to, options.scope, options.verify) for m in models.values()]
+                first = reports[0]  # every model (and its EMA) converted; the first one reported
                 already = _already(models, options) if not first.replaced and not first.skipped else None
                 if already is not None:
                     report.nothing_to_do, report.note = already, ALREADY if ultralytics else ""
                     return report
                 if not first.replaced:
                     reason = "; ".join(f"{s.path}: {s.reason}" for s in first.skipped) or "no stem to convert"
-                    note = (
-                        f"{ALREADY}, and its stem does not convert to {options.to} "
-                        if ultralytics
-                        else "nothing converted "
-                    )
-                    raise ConversionError(f"{loaded.path}: {note}({reason})")
+                    note = f"{ALREADY}, and its stem does not convert to {options.to} " if ultralytics else ""
+                    raise ConversionError(f"{loaded.path}: {note or 'nothing converted '}({reason})")
                 fields = first.to_dict()
                 report.max_abs_err = fields.get("max_abs_err")
                 if isinstance(content, dict) and isinstance(content.get("optimizer"), dict):
@@ -142,9 +125,8 @@ class TorchModelSource(Source):
         report.after = model  # a .safetensors output is proven loaded into it, as users load it
         left, lines = leftover(model, options.to, options.scope)
         report.fields = {"kind": ckpt.kind, "scope": options.scope, **fields, **left}
-        if ultralytics:  # the JSON key earlier releases gave (the text says it after the conversion now)
+        if ultralytics:  # the JSON key earlier releases gave; the text says it after what was converted
             report.fields["note"] = f"{ALREADY}; its stem was converted"
-        if ultralytics:  # said after what was converted: the file was already one, and something changed in it
             report.details.append(f"  {loaded.path} was {ALREADY}; only the conversion above changed it")
         report.details += lines
         report.write = lambda dst: (

@@ -1,9 +1,10 @@
 """YOLOv5-repository checkpoints (pickled ``models.yolo.Model``, read as records), and the ``.safetensors`` + JSON
-pairs focus-surgery writes for them. Rebuilt as an Ultralytics model (``yolov5/rebuild.py``), converted, measured
-against the rebuilt original in float64, written as an Ultralytics checkpoint or ``.safetensors`` + JSON."""
+pairs focus-surgery writes for them: rebuilt as an Ultralytics model (``yolov5/rebuild.py``), converted, measured
+against the rebuilt original in float64; written as an Ultralytics checkpoint, or in the repository's own layout."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,16 +13,17 @@ from ..checkpoint_io import CheckpointError
 from ..loader import Record
 from ..report import ConvertReport
 from .base import CHECKPOINTS, PICKLES, ConvertOptions, Source
+from .copies import refuse_unconverted, weight_permutation
 from .leftover import leftover
 from .loading import Loaded
-from .plain import PlainStateDictSource
+from .plain import PlainStateDictSource, remap_optimizer_state
 
 YOLOV5_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
 
 
 class Yolov5PairSource(PlainStateDictSource):
     """The ``.safetensors`` + JSON pair focus-surgery writes for a YOLOv5 file: its stem converts as a state dict's;
-    ``verify`` runs the model the JSON describes."""
+    ``verify`` runs the model the JSON describes. A pair whose halves come from two conversions is refused."""
 
     name = "yolov5-safetensors"
     description = "YOLOv5 model as .safetensors + JSON written by focus-surgery"
@@ -40,19 +42,19 @@ class Yolov5PairSource(PlainStateDictSource):
     def state_dict(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict:
         return dict(loaded.content)
 
-    def _check_pair(self, loaded: Loaded) -> None:
-        """A pair whose halves come from two conversions is refused here too, not only when its model is built."""
-        from ..yolov5.convert import check_pair_digest
-
-        check_pair_digest(loaded.path, dict(loaded.content), loaded.metadata.get("tensors_sha256"))
-
     def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
-        self._check_pair(loaded)
+        _check_pair(loaded)
         return super().inspect(loaded, block_size, order)
 
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
-        self._check_pair(loaded)
+        _check_pair(loaded)
         return super().convert(loaded, options)
+
+
+def _check_pair(loaded: Loaded) -> None:
+    from ..yolov5.convert import check_pair_digest
+
+    check_pair_digest(loaded.path, dict(loaded.content), loaded.metadata.get("tensors_sha256"))
 
 
 class Yolov5Source(Source):
@@ -83,8 +85,7 @@ class Yolov5Source(Source):
     def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
         """Row 0 of each recorded model as it computes (for heads no rebuild runs): the Focus (YOLOv5's slices,
         then its inner ``Conv`` block) or the 6x6 stride-2 ``Conv`` block that replaces it."""
-        from ..layers import SpaceToDepth
-        from .compare import live_block
+        from .compare import recorded_stem
 
         found = []
         content = self._checkpoint(loaded).content
@@ -94,12 +95,9 @@ class Yolov5Source(Source):
                 continue
             row = model.children()["model"].state["_modules"]["0"]
             if row.qualname.endswith(".Focus"):
-                block = live_block(row.children()["conv"])
-                stem = nn.Sequential(SpaceToDepth(2, "yolov5"), block).double().eval()
-                found.append((key, stem, (2, block.conv.in_channels // 4, 32, 48)))
-            elif set(row.children()) >= {"conv"} and tuple(row.children()["conv"].get("stride")) == (2, 2):
-                block = live_block(row)
-                found.append((key, block, (2, block.conv.in_channels, 32, 48)))
+                found.append((key, *recorded_stem(row.children()["conv"], 2, "yolov5")))
+            elif "conv" in row.children() and tuple(row.children()["conv"].get("stride")) == (2, 2):
+                found.append((key, *recorded_stem(row)))
         return found
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
@@ -134,24 +132,13 @@ class Yolov5Source(Source):
                 raise
             return self._convert_in_yolov5_layout(loaded, options, ckpt, why.reason)
         check = conv.verification
-        fields = {
-            "kind": "yolov5",
-            "release": conv.release,
-            "stem_before": conv.stem_before,
-            "stem_after": conv.stem_after,
-            "replaced": conv.replaced,
-            "dtype": str(conv.ckpt.dtype).replace("torch.", ""),
-            "max_rel_err": check.max_rel_err if check else None,
-            "verification": check.to_dict() if check else None,
-        }
-        report = ConvertReport(
-            str(loaded.path),
-            self.name,
-            options.to,
-            change=f"{conv.stem_before} -> {conv.stem_after}",
-            max_abs_err=conv.max_abs_err,
-            fields=fields,
-        )
+        fields = {"kind": "yolov5", "release": conv.release, "stem_before": conv.stem_before}
+        fields.update(stem_after=conv.stem_after, replaced=conv.replaced)
+        fields["dtype"] = str(conv.ckpt.dtype).replace("torch.", "")
+        fields.update(max_rel_err=check.max_rel_err if check else None, verification=check.to_dict() if check else None)
+        change = f"{conv.stem_before} -> {conv.stem_after}"
+        report = ConvertReport(str(loaded.path), self.name, options.to, change=change, fields=fields)
+        report.max_abs_err = conv.max_abs_err
         report.problem = str(check) if check is not None and not check.passed else None
         left, report.details = leftover(conv.model, options.to, "all", "--layout yolov5 writes the YOLOv5 layout")
         fields.update(left)
@@ -168,47 +155,31 @@ class Yolov5Source(Source):
         from ..verify import verify
         from ..yolov5.rebuild import guess_release, yolov5_checkpoint
         from ..yolov5.records_stem import convert_stem_record, stem_already
-        from .compare import compare_state_dicts, stem_check, verify_stems
+        from .compare import check_stem
 
-        already = stem_already(ckpt.model, options.to)
-        if already:  # the file already is what was asked: nothing written
-            report = ConvertReport(
-                str(loaded.path), self.name, options.to, fields={"kind": "yolov5", "layout": "yolov5"}
-            )
-            report.nothing_to_do = already
+        report = ConvertReport(str(loaded.path), self.name, options.to, fields={"kind": "yolov5", "layout": "yolov5"})
+        report.nothing_to_do = stem_already(ckpt.model, options.to)
+        if report.nothing_to_do:  # the file already is what was asked: nothing written
             return report
         before = ckpt.model.state_dict()
         original = _runnable(ckpt) if options.verify else None
         models = [k for k in ("model", "ema") if isinstance(ckpt.content.get(k), type(ckpt.model))]
         changes = [convert_stem_record(ckpt.content[k], options.to, str(loaded.path)) for k in models]
-        fields: dict[str, Any] = {
-            "kind": "yolov5",
-            "layout": "yolov5",
-            "release": guess_release(ckpt),
-            "stem_before": changes[0]["from"],
-            "stem_after": changes[0]["to"],
-            "replaced": changes[0],
-            "converted": models,
-        }
-        change = f"{changes[0]['from']} -> {changes[0]['to']}"
-        optimizer = ckpt.content.get("optimizer")
-        if isinstance(optimizer, dict):  # a last.pt's momentum for the stem weight follows it
-            from .copies import weight_permutation
-            from .plain import remap_optimizer_state
-
-            old, new = changes[0]["weight"]
-            fields["optimizer"] = remap_optimizer_state(optimizer, old, weight_permutation(old, new, 2, "yolov5"))
-        from .copies import refuse_unconverted
-
-        refuse_unconverted(ckpt.content, changes[0]["weight"][0], [ckpt.content[k] for k in models])
-        details = []
+        fields = report.fields
+        fields.update(release=guess_release(ckpt), stem_before=changes[0]["from"], stem_after=changes[0]["to"])
+        fields.update(replaced=changes[0], converted=models)
+        report.change = f"{changes[0]['from']} -> {changes[0]['to']}"
+        old, new = changes[0]["weight"]
+        if isinstance(ckpt.content.get("optimizer"), dict):  # a last.pt's momentum for the stem weight follows it
+            remap = weight_permutation(old, new, 2, "yolov5")
+            fields["optimizer"] = remap_optimizer_state(ckpt.content["optimizer"], old, remap)
+        refuse_unconverted(ckpt.content, old, [ckpt.content[k] for k in models])
         if why:
             fields["layout_reason"] = why
-            details.append(
+            report.details.append(
                 f"  written in the YOLOv5 repository's own layout (--layout yolov5), not as an Ultralytics model: "
                 f"{why}; only the stem changed, every other layer is kept as the file had it"
             )
-        report = ConvertReport(str(loaded.path), self.name, options.to, change=change, details=details, fields=fields)
         if options.verify:
             after = yolov5_checkpoint(ckpt.content, str(loaded.path))  # as the written file will be read
             converted = _runnable(after)
@@ -217,12 +188,9 @@ class Yolov5Source(Source):
                 fields["verification"] = {**check.to_dict(), "compared": "outputs of the rebuilt models in float64"}
                 passed, err, problem = check.passed, check.max_abs_err, str(check)
             else:  # layers without an Ultralytics counterpart: the stem run in float64, every other tensor bit for bit
-                after_weights = after.model.state_dict()
-                stem = verify_stems(before, after_weights, 2, "yolov5")
-                rest = compare_state_dicts(before, after_weights, tolerance=0.0)
-                check = stem_check(stem.to_dict(), [stem], rest, "the stem run before and after in float64")
-                passed, problem = check["passed"], check["problem"]
-                err = stem.max_abs_err if passed else rest["max_abs_err"] if stem.passed else stem.max_abs_err
+                check = check_stem(before, after.model.state_dict())
+                passed, problem, stem, rest = check["passed"], check["problem"], check["stem"], check["tensors"]
+                err = rest["max_abs_err"] if stem["passed"] and not passed else stem["max_abs_err"]
                 # the keys this check had before the stem was run too: `tensors` a count, `max_abs_err`
                 check.update(tensors=rest["tensors"], max_abs_err=err, state_dicts=rest)
                 fields["verification"] = check
@@ -235,23 +203,21 @@ class Yolov5Source(Source):
 
 
 def _save_pickle(content: dict, dst: Any, why: str, like: Loaded | None = None) -> Any:
-    """The records written back as the YOLOv5 repository pickles them; a pickle only (a fallback from the default
-    layout may have been asked for a ``.safetensors``)."""
-    from pathlib import Path
-
-    from .records_io import save_records
+    """The records written back as the YOLOv5 repository pickles them, in the input's container, protocol and
+    globals; a pickle only (a fallback from the default layout may have been asked for a ``.safetensors``)."""
+    from . import records_io
 
     if Path(dst).suffix.lower() not in PICKLES:
         raise CheckpointError(
             f"{dst}: this model is written in the YOLOv5 repository's own layout "
             f"({why or 'asked with --layout yolov5'}), a pickle: use {' or '.join(PICKLES)}"
         )
-    return save_records(content, dst, like)  # in the input's container, protocol and globals
+    return records_io.save_records(content, dst, like)
 
 
 def _runnable(ckpt) -> nn.Module | None:
-    """The rebuilt (Ultralytics) model of a YOLOv5 checkpoint (a fork's head with extra outputs per anchor returns its
-    raw logits), or None for layers and heads without a counterpart."""
+    """The rebuilt (Ultralytics) model of a YOLOv5 checkpoint (a fork's head returns its raw logits), or None for
+    layers and heads without a counterpart."""
     from ..yolov5.rebuild import rebuild
 
     try:

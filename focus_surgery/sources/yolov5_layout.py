@@ -1,9 +1,6 @@
-"""``convert --layout yolov5`` of an Ultralytics checkpoint holding a YOLOv5-architecture model (a ``LegacyDetect``
-head): the stem set as ``--to`` asks, then the checkpoint written as the YOLOv5 repository's ``train.py`` of the
-model's release writes it (``yolov5/layout.py``), pickled by ``records_io`` under YOLOv5's own class names.
-
-With ``--verify`` the records are pickled to a scratch file, read back by the safe loader as any YOLOv5 file is,
-rebuilt (``yolov5/rebuild.py``) and run against the input's models in float64: a model proof of the file as written.
+"""``convert --layout yolov5`` of an Ultralytics checkpoint holding a YOLOv5-architecture model (``LegacyDetect``):
+the stem set as ``--to`` asks, then written as the model's release's ``train.py`` writes it (``yolov5/layout.py``);
+with ``--verify`` the records are pickled, read back as any YOLOv5 file, rebuilt and run against the input's models.
 """
 
 from __future__ import annotations
@@ -22,24 +19,11 @@ from .base import ConvertOptions
 from .loading import Loaded
 from .records_io import save_records
 
-DROP = "drop --layout yolov5"
-
-
-def _stem_to(model: nn.Module, to: str, verify: bool) -> list[dict]:
-    """Set the stem of ``model`` to ``to`` in place (nothing when it already is); the changes made."""
-    from ..surgery import convert
-
-    report = convert(model, to=to, scope="stem", verify=verify)
-    return [vars(r) for r in report.replaced]
-
 
 def convert_to_yolov5_layout(loaded: Loaded, options: ConvertOptions, source: str) -> ConvertReport:
-    """The report (with its writer) of an Ultralytics checkpoint written in YOLOv5's layout.
-
-    Raises:
-        ConversionError: Not a YOLOv5-architecture model, a target other than conv / focus, or a layer the model's
-            release has no class for.
-    """
+    """The report (with its writer) of an Ultralytics checkpoint written in YOLOv5's layout. Raises ConversionError
+    for another architecture, a target other than conv / focus, or a layer the model's release has no class for."""
+    from ..surgery import convert
     from ..yolov5.layout import checkpoint_content, recorded_release, target_release
     from ..yolov5.training import legacy_head
 
@@ -51,29 +35,24 @@ def convert_to_yolov5_layout(loaded: Loaded, options: ConvertOptions, source: st
     if inference is None or any(legacy_head(m) is None for m in models.values()):
         raise ConversionError(
             f"{loaded.path}: holds no YOLOv5-architecture model (no YOLOv5 anchor head, LegacyDetect): --layout "
-            f"yolov5 writes models converted from (or trained from) YOLOv5 files; {DROP}"
+            f"yolov5 writes models converted from (or trained from) YOLOv5 files; drop --layout yolov5"
         )
     try:
         release, note = target_release(recorded_release(inference))
     except ConversionError as error:
         raise ConversionError(f"{loaded.path}: {error}") from None
     references = {k: copy.deepcopy(m).float().eval() for k, m in models.items()} if options.verify else {}
-    changes = {k: _stem_to(m, options.to, options.verify) for k, m in models.items()}
+    # each model's stem set in place (nothing when it already is the form asked for)
+    changes = {k: [vars(r) for r in convert(m, options.to, "stem", options.verify).replaced] for k, m in models.items()}
     try:
         out, origin = checkpoint_content(content, release)
     except ConversionError as error:
         raise ConversionError(f"{loaded.path}: {error}") from None
     first = next(iter(changes.values()))
-    fields: dict[str, Any] = {
-        "kind": "yolov5",
-        "layout": "yolov5",
-        "release": release,
-        "stem_changes": first,
-        "written_keys": list(out),
-    }
-    change = f"Ultralytics -> YOLOv5 {release} layout" + (
-        f", stem {first[0]['old_form']} -> {first[0]['new_form']}" if first else ""
-    )
+    fields: dict[str, Any] = {"kind": "yolov5", "layout": "yolov5", "release": release, "stem_changes": first}
+    fields["written_keys"] = list(out)
+    change = f"Ultralytics -> YOLOv5 {release} layout"
+    change += f", stem {first[0]['old_form']} -> {first[0]['new_form']}" if first else ""
     report = ConvertReport(str(loaded.path), source, options.to, change=change, fields=fields)
     if note:
         report.details.append(f"  {note}")
@@ -96,10 +75,7 @@ def _prove(report: ConvertReport, out: dict[str, Any], references: dict[str, nn.
         save_records(out, path)
         content = read_checkpoint(path).content
     ckpt = yolov5_checkpoint(content, report.src)
-    checks = {}
-    for key, reference in references.items():
-        written = rebuild(dataclasses.replace(ckpt, model_key=key))[0]
-        checks[key] = verify(reference, written)
+    checks = {key: verify(ref, rebuild(dataclasses.replace(ckpt, model_key=key))[0]) for key, ref in references.items()}
     read_back = exact_release(ckpt)
     report.fields["verification"] = {
         "compared": "the written file read back as a YOLOv5 file, rebuilt, run against the input's models in float64",

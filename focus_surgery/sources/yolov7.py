@@ -1,15 +1,6 @@
-"""yolov7 and YOLOR (``paper`` branch) repository checkpoints: pickled ``models.yolo.Model`` whose first rows are a
-weightless ``ReOrg`` and a ``Conv(12, C, 3, 1)`` (W6 / E6 / D6 / E6E, YOLOR-P6 / W6 / E6 / D6).
-
-The file's classes are read as inert records and never run, so the space-to-depth row is identified by what its
-class computes in that repository (``SPACE_TO_DEPTH``; the tests probe a copy of that code with
-``stems.recognize`` to pin the block size and channel order). The conversion edits the records: the ``ReOrg`` row
-becomes ``nn.Identity`` (so every row index later rows refer to stays valid), the conv row becomes
-``Conv(3, C, 6, 2, 2)`` with the remapped weight, and ``model.yaml`` says the same (``[-1, 1, nn.Identity, []]``,
-``[-1, 1, Conv, [c2, 6, 2, 2]]``), so the repository's ``attempt_load`` and its fine-tuning path (which rebuilds
-the model from that yaml) both take the converted file. Everything else (epoch, optimizer, EMA, names, dtype,
-``requires_grad``) is written back as it was, under the original class names.
-"""
+"""yolov7 / YOLOR (``paper`` branch) checkpoints: pickled ``models.yolo.Model`` records whose first rows are a
+weightless ``ReOrg`` (known by what its class computes, ``SPACE_TO_DEPTH``) and a ``Conv(12, C, 3, 1)``. The records and
+``model.yaml`` are edited alike: ``ReOrg`` -> ``nn.Identity`` (row indices stay), conv -> ``Conv(3, C, 6, 2, 2)``."""
 
 from __future__ import annotations
 
@@ -25,28 +16,17 @@ from ..loader import Record, record_class
 from ..errors import ConversionError
 from ..report import ConvertReport, bounded
 from .base import ConvertOptions, Source
-from .compare import live_block
+from .compare import recorded_stem
 from .copies import refuse_unconverted
 from .loading import Loaded
 from .plain import remap_optimizer_state
 
 # Weightless rows, by the class the file names, and what that class computes in its repository (block, order).
 SPACE_TO_DEPTH = {"models.common.ReOrg": (2, "yolov5")}
-FAMILY_MARKS = {  # classes only yolov7 / YOLOR (paper) define (YOLOv5 and the yolov3 repository have none of them)
-    "models.common.ReOrg",
-    "models.common.DownC",
-    "models.common.SPPCSPC",
-    "models.common.ImplicitA",
-    "models.common.ImplicitM",
-    "models.common.RepConv",
-    "models.common.BottleneckCSPF",
-    "models.common.SPPCSP",
-    "models.yolo.IDetect",
-    "models.yolo.IAuxDetect",
-    "models.yolo.IBin",
-    "models.yolo.IKeypoint",
-}
-IDENTITY = "torch.nn.modules.linear.Identity"
+# classes only yolov7 / YOLOR (paper) define (YOLOv5 and the yolov3 repository have none of them)
+FAMILY_MARKS = {f"models.common.{c}" for c in "ReOrg DownC SPPCSPC ImplicitA ImplicitM RepConv BottleneckCSPF".split()}
+FAMILY_MARKS |= {"models.common.SPPCSP", *(f"models.yolo.{c}" for c in ("IDetect", "IAuxDetect", "IBin", "IKeypoint"))}
+IDENTITY, CONV2D = "torch.nn.modules.linear.Identity", "torch.nn.modules.conv.Conv2d"
 
 
 def family(names: frozenset) -> str:
@@ -62,14 +42,9 @@ def _layers(model: Record) -> dict[str, Record]:
 def _is_conv_row(record: Record) -> bool:
     children = record.children()
     conv = children.get("conv")
-    return (
-        conv is not None
-        and conv.qualname == "torch.nn.modules.conv.Conv2d"
-        and set(children) <= {"conv", "bn", "act"}
-        and tuple(conv.get("stride")) == (1, 1)
-        and conv.get("groups") == 1
-        and tuple(conv.get("dilation")) == (1, 1)
-    )
+    if conv is None or conv.qualname != CONV2D or not set(children) <= {"conv", "bn", "act"}:
+        return False
+    return tuple(conv.get("stride")) == (1, 1) and conv.get("groups") == 1 and tuple(conv.get("dilation")) == (1, 1)
 
 
 def stem_rows(model: Record, scope: str = "stem") -> list[tuple[int, int, str]]:
@@ -95,7 +70,7 @@ def converted_rows(model: Record) -> list[int]:
     found = []
     for i, layer in enumerate(layers[:-1]):
         conv = layers[i + 1].children().get("conv") if layer.qualname == IDENTITY else None
-        if conv is not None and conv.qualname == "torch.nn.modules.conv.Conv2d" and tuple(conv.get("stride")) > (1, 1):
+        if conv is not None and conv.qualname == CONV2D and tuple(conv.get("stride")) > (1, 1):
             found.append(i)
     return found
 
@@ -108,49 +83,38 @@ def _identity_record(old: Record) -> Record:
     return record
 
 
-def _convert_row(layers: dict, index: int, block_size: int, order: str) -> dict[str, Any]:
+def _convert_row(layers: dict, index: int, bs: int, order: str) -> dict[str, Any]:
     """ReOrg row ``index`` -> Identity; conv row ``index + 1`` -> one strided conv (weight remapped)."""
     keys = list(layers)
     old_s2d, row = layers[keys[index]], layers[keys[index + 1]]
     conv = row.children()["conv"]
     weight = conv.state["_parameters"]["weight"]
-    k = tuple(conv.get("kernel_size"))
-    pad = tuple(conv.get("padding"))
-    new_weight = focus_to_conv_weight(weight.detach(), block_size, order)
+    (kh, kw), (ph, pw) = tuple(conv.get("kernel_size")), tuple(conv.get("padding"))
+    new_weight = focus_to_conv_weight(weight.detach(), bs, order)
     conv.state["_parameters"]["weight"] = nn.Parameter(new_weight, requires_grad=weight.requires_grad)
-    conv.state.update(
-        in_channels=conv.get("in_channels") // block_size**2,
-        kernel_size=(block_size * k[0], block_size * k[1]),
-        stride=(block_size, block_size),
-        padding=(block_size * pad[0], block_size * pad[1]),
-        _reversed_padding_repeated_twice=(block_size * pad[1],) * 2 + (block_size * pad[0],) * 2,
-    )
+    conv.state.update(in_channels=conv.get("in_channels") // bs**2, kernel_size=(bs * kh, bs * kw), stride=(bs, bs))
+    conv.state.update(padding=(bs * ph, bs * pw), _reversed_padding_repeated_twice=(bs * pw, bs * pw, bs * ph, bs * ph))
     layers[keys[index]] = _identity_record(old_s2d)
     return {
         "rows": [index, index + 1],
-        "from": f"{old_s2d.name} + Conv({'x'.join(map(str, k))}, stride 1)",
-        "to": f"Identity + Conv({block_size * k[0]}x{block_size * k[1]}, stride {block_size}, padding "
-        f"{block_size * pad[0]})",
+        "from": f"{old_s2d.name} + Conv({kh}x{kw}, stride 1)",
+        "to": f"Identity + Conv({bs * kh}x{bs * kw}, stride {bs}, padding {bs * ph})",
         "weight": [list(weight.shape), list(new_weight.shape)],
-        "block_size": block_size,
+        "block_size": bs,
         "order": order,
     }
 
 
 def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
-    """ReOrg row -> ``[f, 1, nn.Identity, []]``; its conv row -> ``[f, n, Conv, [c2, bs*k, bs, bs*p]]``.
-
-    c2 is kept unscaled."""
+    """ReOrg row -> ``[f, 1, nn.Identity, []]``; its conv row -> ``[f, n, Conv, [c2, bs*k, bs, bs*p]]`` (c2 as is)."""
     rows = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
-    s2d_row, conv_row = rows[index], rows[index + 1]
-    args = list(conv_row[3])
+    (f, n, module, args), s2d_row = rows[index + 1][:4], rows[index]
     k = args[1] if len(args) > 1 else 1
     p = args[3] if len(args) > 3 and args[3] is not None else k // 2
-    new_conv = [conv_row[0], conv_row[1], conv_row[2], [args[0], block_size * k, block_size, block_size * p, *args[4:]]]
-    for position, new in ((index, [s2d_row[0], 1, "nn.Identity", []]), (index + 1, new_conv)):
-        section, j = (
-            ("backbone", position) if position < len(yaml["backbone"]) else ("head", position - len(yaml["backbone"]))
-        )
+    new_conv = [f, n, module, [args[0], block_size * k, block_size, block_size * p, *args[4:]]]
+    backbone = len(yaml["backbone"])
+    for at, new in ((index, [s2d_row[0], 1, "nn.Identity", []]), (index + 1, new_conv)):
+        section, j = ("backbone", at) if at < backbone else ("head", at - backbone)
         yaml[section][j] = new
 
 
@@ -165,9 +129,8 @@ class Yolov7Source(Source):
 
     def _models(self, content: dict) -> dict[str, Record]:
         models = {k: content[k] for k in ("model", "ema") if isinstance(content.get(k), Record)}
-        if not models or not all(
-            m.qualname == "models.yolo.Model" and "model" in m.children() for m in models.values()
-        ):
+        ok = all(m.qualname == "models.yolo.Model" and "model" in m.children() for m in models.values())
+        if not models or not ok:
             raise CheckpointError(f"no models.yolo.Model under 'model' / 'ema' (keys: {sorted(map(str, content))[:8]})")
         return models
 
@@ -178,50 +141,29 @@ class Yolov7Source(Source):
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         models = self._models(loaded.content)
         model = models.get("ema") or models["model"]
-        rows = stem_rows(model)
         layers = list(_layers(model).values())
-        sd = model.state_dict()
-        floats = [t.dtype for t in sd.values() if t.is_floating_point()]
-        stems = [
-            {
-                "rows": [i, i + 1],
-                "form": f"{layers[i].name} + {layers[i + 1].name}",
-                "block_size": bs,
-                "order": order,
-                "converts_to": "conv",
-            }
-            for i, bs, order in rows
-        ]
-        info = {
-            "path": str(loaded.path),
-            "kind": family(loaded.names),
-            "source": self.name,
-            "layers": len(layers),
-            "nc": bounded(model.get("nc")),
-            "names": bounded(model.get("names")),
-            "epoch": bounded(loaded.content.get("epoch")),
-            "dtype": str(floats[0]).replace("torch.", "") if floats else None,
-            "stems": stems,
-            "models": sorted(models),
-        }
+        floats = [t.dtype for t in model.state_dict().values() if t.is_floating_point()]
+        info = {"path": str(loaded.path), "kind": family(loaded.names), "source": self.name, "layers": len(layers)}
+        info.update({k: bounded(model.get(k)) for k in ("nc", "names")}, epoch=bounded(loaded.content.get("epoch")))
+        info.update(dtype=str(floats[0]).replace("torch.", "") if floats else None, stems=[], models=sorted(models))
         lines = [
             f"{loaded.path}: {info['kind']} repository checkpoint ({', '.join(sorted(models))}), {len(layers)} rows, "
             f"nc {info['nc']}, {info['dtype']}, epoch {info['epoch']}"
         ]
-        lines += [
-            f"  stem rows {s['rows']}: {s['form']} = space-to-depth(block_size={s['block_size']}, order="
-            f"{s['order']}) + conv (convert --to conv)"
-            for s in stems
-        ]
-        done = converted_rows(model) if not stems else []
+        for i, bs, order in stem_rows(model):
+            rows, form = [i, i + 1], f"{layers[i].name} + {layers[i + 1].name}"
+            info["stems"].append({"rows": rows, "form": form, "block_size": bs, "order": order, "converts_to": "conv"})
+            s2d = f"space-to-depth(block_size={bs}, order={order})"
+            lines.append(f"  stem rows {rows}: {form} = {s2d} + conv (convert --to conv)")
+        done = converted_rows(model) if not info["stems"] else []
         if done:
             info["converted_rows"] = done
-            lines += [
+        for i in done:
+            lines.append(
                 f"  already converted: rows [{i}, {i + 1}] are nn.Identity + the strided Conv that convert writes in "
                 "place of ReOrg + Conv (nothing to do)"
-                for i in done
-            ]
-        elif not stems:
+            )
+        if not info["stems"] and not done:
             lines.append("  no ReOrg + Conv stem found")
         info["lines"] = lines
         return info
@@ -229,12 +171,8 @@ class Yolov7Source(Source):
     def convert(self, loaded: Loaded, options: ConvertOptions) -> ConvertReport:
         content = loaded.content
         models = self._models(content)
-        fields: dict[str, Any] = {
-            "kind": family(loaded.names),
-            "scope": options.scope,
-            "converted": sorted(models),
-            "replaced": [],
-        }
+        fields: dict[str, Any] = {"kind": family(loaded.names), "scope": options.scope, "converted": sorted(models)}
+        fields["replaced"] = []
         yamls: set[int] = set()
         for key, model in models.items():
             rows = stem_rows(model, options.scope)
@@ -244,50 +182,40 @@ class Yolov7Source(Source):
                     "convert writes in place of ReOrg); nothing to do"
                 )
             if not rows:
-                raise ConversionError(
-                    f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is "
-                    f"{list(_layers(model).values())[0].qualname})"
-                )
+                first = list(_layers(model).values())[0].qualname
+                raise ConversionError(f"{loaded.path}: {key}: no ReOrg + Conv stem to convert (layer 0 is {first})")
+            yaml = model.get("yaml")
             for index, bs, order in reversed(rows):
                 change = _convert_row(_layers(model), index, bs, order)
                 if key == sorted(models)[0]:
                     fields["replaced"].insert(0, change)
-                if isinstance(model.get("yaml"), dict) and id(model.get("yaml")) not in yamls:
-                    sync_yaml_rows(model.get("yaml"), index, bs)
-            yamls.add(id(model.get("yaml")))
+                if isinstance(yaml, dict) and id(yaml) not in yamls:
+                    sync_yaml_rows(yaml, index, bs)
+            yamls.add(id(yaml))
         fields["yaml"] = "ReOrg row -> nn.Identity, its conv row -> Conv [c2, 6, 2, 2]: row indices unchanged"
         fields["assumes"] = (
             "the file's code is never run: its ReOrg class computes what the yolov7 / YOLOR code's "
             "does, space-to-depth(2, yolov5 order)"
         )
+        change = fields["replaced"][0]
         if isinstance(content.get("optimizer"), dict):
-            change = fields["replaced"][0]
-            fields["optimizer"] = remap_optimizer_state(
-                content["optimizer"],
-                change["weight"][0],
-                lambda w: focus_to_conv_weight(w, change["block_size"], change["order"]),
-            )
-        refuse_unconverted(content, fields["replaced"][0]["weight"][0], list(models.values()))
+            remap = lambda w: focus_to_conv_weight(w, change["block_size"], change["order"])  # noqa: E731
+            fields["optimizer"] = remap_optimizer_state(content["optimizer"], change["weight"][0], remap)
+        refuse_unconverted(content, change["weight"][0], list(models.values()))
         report = ConvertReport(str(loaded.path), self.name, "conv", options.scope, fields=fields)
         report.write = lambda dst: self._write(content, models, dst, loaded)
         return report
 
     def stems(self, loaded: Loaded, options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-        """Each stem row of each model as it computes: space-to-depth + the conv block before the conversion, the
-        strided conv block after it (its ``ReOrg`` row then ``nn.Identity``); named ``<model key>:<conv row>``."""
-        from ..layers import SpaceToDepth
-
+        """Each stem row of each model as it computes, named ``<model key>:<conv row>``: space-to-depth + the conv
+        block before the conversion, the strided conv block after it."""
         found = []
         for key, model in self._models(loaded.content).items():
             layers = _layers(model)
             for i, bs, order in stem_rows(model, options.scope):
-                block = live_block(layers[str(i + 1)])
-                stem = nn.Sequential(SpaceToDepth(bs, order), block).double().eval()
-                found.append((f"{key}:{i + 1}", stem, (2, block.conv.in_channels // bs**2, 16 * bs, 24 * bs)))
+                found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)], bs, order)))
             for i in converted_rows(model):
-                block = live_block(layers[str(i + 1)])
-                stride = block.conv.stride[0]
-                found.append((f"{key}:{i + 1}", block, (2, block.conv.in_channels, 16 * stride, 24 * stride)))
+                found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)])))
         return found
 
     @staticmethod

@@ -1,9 +1,5 @@
-"""YOLOX / DAMO-YOLO trainer files: ``{"start_epoch", "model": state_dict, "optimizer", "best_ap", "curr_ap"}``.
-
-The stem is ``backbone.backbone.stem`` (``Focus(3, C, ksize=3)``: YOLOv5's slicing, then ``BaseConv``). Converted
-like any nested state dict: the output keeps the trainer's keys, the optimizer (stem momentum remapped) and dtype,
-and loads strictly into a YOLOX model whose stem is ``BaseConv(3, C, 6, 2)`` (ksize 6, stride 2: padding 2).
-"""
+"""YOLOX / DAMO-YOLO trainer files (``{"start_epoch", "model", "optimizer", ...}``) whose stem ``Focus(3, C, ksize=3)``
+converts like any nested state dict; the result loads into a model whose stem is ``BaseConv(3, C, 6, 2)``."""
 
 from __future__ import annotations
 
@@ -30,17 +26,14 @@ class YoloxSource(PlainStateDictSource):
         content = loaded.content
         if not (super().claims(loaded) and TRAINER_KEYS <= set(content) and isinstance(content["model"], dict)):
             return False
-        keys = tensors(content["model"])
-        return any(k.startswith(("backbone.backbone.stem.", "backbone.stem.")) for k in keys)
+        return any(k.startswith(("backbone.backbone.stem.", "backbone.stem.")) for k in tensors(content["model"]))
 
     def geometry_from_file(self, loaded: Loaded, options) -> bool:
-        # the trainer's keys name the family, whose Focus is YOLOv5's slicing (block 2, yolov5 order)
-        return (options.block_size, options.order) == FAMILY_GEOMETRY
+        return (options.block_size, options.order) == FAMILY_GEOMETRY  # the trainer's keys name the family
 
     def inspect(self, loaded: Loaded, block_size: int = 2, order: str = "yolov5") -> dict[str, Any]:
         result = super().inspect(loaded, block_size, order)
-        epoch = bounded(loaded.content.get("start_epoch"))
-        result["lines"][0] = f"{loaded.path}: {self.description}, epoch {epoch}"
+        result["lines"][0] = f"{loaded.path}: {self.description}, epoch {bounded(loaded.content.get('start_epoch'))}"
         result["after_conversion"] = MODEL_CHANGE
         return result
 

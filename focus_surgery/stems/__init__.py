@@ -1,16 +1,12 @@
-"""The stem vocabulary: where a stem is (``StemSite``), what computes a space-to-depth (``part_of`` and the registered
-recognisers), its exact forms (``build``), the one walk that plans a conversion (``walk``, ``plan``), the one input
-rule (``input_multiple``) and the float64 check on one copy (``check``).
-
-Recognition is by what a module computes (``probe``); a framework's own classes are taught by its integration
-(``register_recogniser``), so nothing here names a framework.
+"""The stem vocabulary: sites (``StemSite``), recognition (``part_of``, ``register_recogniser``: nothing here names a
+framework), exact forms (``build``), the one walk (``walk``, ``plan``), the one input rule and the float64 ``check``.
 """
 
 from .build import register_conv_type, register_focus_class, space_to_depth_form, strided_conv_form
 from .check import check
 from .inputs import infer_input_shape, input_channels_and_multiple, input_multiple
-from .probe import NotSpaceToDepth, SpaceToDepthInfo, probe, recognize, slicing_of
-from .recognisers import RECOGNISERS, is_conv_block, part_of, register_recogniser
+from .recognisers import RECOGNISERS, NotSpaceToDepth, SpaceToDepthInfo, is_conv_block, part_of, probe, recognize
+from .recognisers import register_recogniser, slicing_of
 from .site import Change, ConversionError, Replacement, Skipped, SpaceToDepthPart, StemSite, VerificationError
 from .walk import plan, walk
 

@@ -1,10 +1,8 @@
 """Exact forms of a stem site, built from the weight maps of ``remap.py`` and the layers of ``layers.py``.
 
-``changes(site, to, order)`` is the one place a site becomes modules: a space-to-depth form folded into one strided
-conv (``to="conv"``), a strided conv made a Focus / SPDConv (``to="focus"`` / ``"s2d"``), or a folded pair put back.
-Replacements stay in the family of what they replace: the conv block inside a Focus (Ultralytics ``Conv``, timm
-``ConvNormAct``, YOLOv5's ``Conv``, ours) is kept, only its ``nn.Conv2d`` changes, so ``fuse()``, export and
-state-dict names keep working.
+``changes(site, to, order)`` is the one place a site becomes modules. A replacement stays in the family of what it
+replaces: a conv block (Ultralytics ``Conv``, timm ``ConvNormAct``, ours) is kept and only its ``nn.Conv2d``
+changes, so ``fuse()``, export and state-dict names keep working.
 """
 
 from __future__ import annotations
@@ -23,14 +21,10 @@ from .site import Change, ConversionError, Replacement, StemSite
 
 MAX_KERNEL_GROWTH, MAX_GROWN_WEIGHT = 16, 1 << 22  # a space-to-depth kernel only zero-pads: refuse what is mostly zeros
 
-# Conv2d subclasses with their own forward (timm's StdConv2d, Conv2dSame, ...) are never treated as plain convs.
-# An integration teaches one with ``register_conv_type(cls, builder)``; ``builder(conv, to, order)`` returns the
-# exact space-to-depth form and its description. Modules with a ``to_strided_conv()`` method (returning the same
-# pair) fold themselves back for ``to="conv"``.
+# Conv2d subclasses with their own forward (timm's StdConv2d, ...) are never treated as plain convs: an integration
+# registers ``builder(conv, to, order) -> (module, description)``, their exact space-to-depth form.
 CONV_TYPES: dict[type, Callable[[nn.Conv2d, str, str], tuple[nn.Module, str]]] = {}
-
-# ``fn(block) -> Focus class | None``: the class a framework's conv block becomes for ``to="focus"`` (Ultralytics'
-# own Focus for an Ultralytics ``Conv``, so plain Ultralytics loads the result); ours when none answers.
+# ``fn(block) -> Focus class | None``: the class a framework's conv block becomes for ``to="focus"``; ours if none.
 FOCUS_CLASSES: list[Callable[[nn.Module], "type[nn.Module] | None"]] = []
 
 
@@ -46,8 +40,7 @@ def register_focus_class(fn: Callable[[nn.Module], "type[nn.Module] | None"]) ->
 
 
 def type_name(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 def conv_problem(conv: nn.Conv2d, order: str | None) -> str | None:
@@ -61,34 +54,33 @@ def conv_problem(conv: nn.Conv2d, order: str | None) -> str | None:
     if conv.groups != 1 and order != "pixel_unshuffle":
         return f"groups={conv.groups} has an exact form only with order='pixel_unshuffle' (channels stay grouped)"
     s, kernel, padding = conv.stride[0], conv.kernel_size, conv.padding
-    if s >= 2:
-        taps = [math.ceil((k + (-p) % s) / s) * s for k, p in zip(kernel, padding)]
-        growth = taps[0] * taps[1] / (kernel[0] * kernel[1])
-        if growth > MAX_KERNEL_GROWTH and conv.weight.numel() * growth > MAX_GROWN_WEIGHT:
-            return (
-                f"stride {s} on a {kernel[0]}x{kernel[1]} kernel: the space-to-depth weight would be {growth:.0f}x "
-                "larger, mostly zeros; left as a strided conv"
-            )
+    taps = [math.ceil((k + (-p) % s) / s) * s for k, p in zip(kernel, padding)]
+    growth = taps[0] * taps[1] / (kernel[0] * kernel[1])
+    if s >= 2 and growth > MAX_KERNEL_GROWTH and conv.weight.numel() * growth > MAX_GROWN_WEIGHT:
+        return (
+            f"stride {s} on a {kernel[0]}x{kernel[1]} kernel: the space-to-depth weight would be {growth:.0f}x "
+            "larger, mostly zeros; left as a strided conv"
+        )
     return None
 
 
+def _exact_conv(block: nn.Module, order: str) -> nn.Conv2d:
+    """The ``nn.Conv2d`` of ``block``; raises ``ConversionError`` when it has no exact form in ``order``."""
+    conv = conv_of(block)
+    reason = conv_problem(conv, order)
+    if reason:
+        raise ConversionError(reason)
+    return conv
+
+
 def new_conv2d(template: nn.Conv2d, weight: torch.Tensor, stride, padding) -> nn.Conv2d:
-    """A plain ``nn.Conv2d`` with ``weight``, the template's bias, groups, dtype, device, mode and requires_grad."""
-    groups = template.groups
-    conv = nn.Conv2d(
-        weight.shape[1] * groups,
-        weight.shape[0],
-        tuple(weight.shape[2:]),
-        stride,
-        padding,
-        groups=groups,
-        bias=template.bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
+    """A plain ``nn.Conv2d`` with ``weight``, the template's bias, groups, mode and requires_grad."""
+    groups, bias = template.groups, template.bias
+    size = (weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]))
+    conv = nn.Conv2d(*size, stride, padding, groups=groups, bias=bias is not None, device="meta")  # params replaced
     conv.weight = nn.Parameter(weight.detach().clone(), requires_grad=template.weight.requires_grad)
-    if template.bias is not None:
-        conv.bias = nn.Parameter(template.bias.detach().clone(), requires_grad=template.bias.requires_grad)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
     return conv.train(template.training)
 
 
@@ -103,19 +95,10 @@ def with_conv(block: nn.Module, conv: nn.Conv2d) -> nn.Module:
 
 def carry_routing(old: nn.Module, new: nn.Module) -> nn.Module:
     """Keep Ultralytics' routing attributes (i, f, type, np) so the parsed model still runs and prints."""
-    if all(hasattr(old, a) for a in ("i", "f")):
-        new.i, new.f = old.i, old.f
-        new.type = type_name(new)
+    if hasattr(old, "i") and hasattr(old, "f"):
+        new.i, new.f, new.type = old.i, old.f, type_name(new)
         new.np = sum(p.numel() for p in new.parameters())
     return new
-
-
-def _shell(cls: type[nn.Module], **children: nn.Module) -> nn.Module:
-    module = cls.__new__(cls)
-    nn.Module.__init__(module)
-    for name, child in children.items():
-        setattr(module, name, child)
-    return module
 
 
 def stride_one_block(block: nn.Module, order: str) -> tuple[nn.Module, tuple[int, int, int, int] | None, str]:
@@ -125,32 +108,24 @@ def stride_one_block(block: nn.Module, order: str) -> tuple[nn.Module, tuple[int
     form = strided_conv_to_s2d(conv.weight.detach(), conv.stride, conv.padding, order)
     padding = form.symmetric_padding
     inner = with_conv(block, new_conv2d(conv, form.weight, 1, padding if padding is not None else 0))
-    return (
-        inner,
-        None if padding is not None else form.pad,
-        f"k={'x'.join(map(str, form.weight.shape[2:]))}, pad={form.pad}",
-    )
+    pad = None if padding is not None else form.pad
+    return inner, pad, f"k={'x'.join(map(str, form.weight.shape[2:]))}, pad={form.pad}"
 
 
 def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Module, str]:
-    """Exact space-to-depth form (module, description) of a strided ``nn.Conv2d`` or conv block: a Focus where the
-    padding allows and ``to="focus"``, else an SPDConv. Also for ``register_conv_type`` builders whose conv has an
-    exactly equivalent plain conv.
-
-    Raises:
-        ConversionError: No exact form (dilation, grouped conv in a grouping order, ...).
-    """
-    conv = conv_of(block)
-    reason = conv_problem(conv, order)
-    if reason:
-        raise ConversionError(reason)
-    stride = conv.stride[0]
+    """Exact space-to-depth form (module, description) of a strided conv or conv block: a Focus where the padding
+    allows and ``to="focus"``, else an SPDConv. Raises ``ConversionError`` when there is none (dilation, ...)."""
+    stride = _exact_conv(block, order).stride[0]
     inner, pad, text = stride_one_block(block, order)
     theirs = next((cls for fn in FOCUS_CLASSES if (cls := fn(block)) is not None), None)
     if to == "focus" and pad is None and stride == 2 and order == "yolov5" and theirs is not None:
-        module = _shell(theirs, conv=inner)
+        module = theirs.__new__(theirs)
+        nn.Module.__init__(module)
+        module.conv = inner
     elif to == "focus" and pad is None:
-        module = _shell(Focus, s2d=SpaceToDepth(stride, order), conv=inner)
+        module = Focus.__new__(Focus)
+        nn.Module.__init__(module)
+        module.s2d, module.conv = SpaceToDepth(stride, order), inner
     else:
         module = SPDConv.from_conv(inner, stride, order, pad)
     new_form = type(module).__name__
@@ -161,84 +136,67 @@ def space_to_depth_form(block: nn.Module, to: str, order: str) -> tuple[nn.Modul
 
 def strided_conv_form(block_size: int, order: str, block: nn.Module, pad) -> tuple[nn.Module, str]:
     """Exact single strided conv (in the same conv block) for space-to-depth (+ explicit ``pad``) + ``block``."""
-    conv = conv_of(block)
-    reason = conv_problem(conv, order)
-    if reason:
-        raise ConversionError(reason)
+    conv = _exact_conv(block, order)
     if conv.stride[0] != conv.stride[1]:
         raise ConversionError(f"conv stride {conv.stride} differs per axis: one strided conv cannot express it")
-    inner_stride = conv.stride[0]
     if pad is None:
         ph, pw = conv.padding
         pad = (pw, pw, ph, ph)
     elif conv.padding != (0, 0) or conv.stride != (1, 1):
         raise ConversionError("explicit pad together with conv padding or stride has no single-conv form")
-    if inner_stride == 1:
+    if conv.stride[0] == 1:
         weight, padding = s2d_to_strided_conv(conv.weight.detach(), block_size, pad, order)
     elif pad[0] == pad[1] and pad[2] == pad[3]:
         weight = focus_to_conv_weight(conv.weight.detach(), block_size, order)
         padding = (block_size * pad[2], block_size * pad[0])
     else:
         raise ConversionError(f"conv stride {conv.stride} with asymmetric pad {pad} has no single-conv form")
-    stride = block_size * inner_stride
-    k = "x".join(map(str, weight.shape[2:]))
-    return with_conv(block, new_conv2d(conv, weight, stride, padding)), f"Conv({k}, stride={stride}, padding={padding})"
+    stride = block_size * conv.stride[0]
+    text = f"Conv({_conv_args(weight.shape[2:], stride, padding)})"
+    return with_conv(block, new_conv2d(conv, weight, stride, padding)), text
 
 
-def _first_conv(module: nn.Module) -> nn.Conv2d:
-    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+def _conv_args(kernel, stride: int, padding) -> str:
+    return f"{'x'.join(map(str, kernel))}, stride={stride}, padding={padding}"
 
 
-def _conv_text(conv: nn.Conv2d, name: str) -> str:
-    return f"{name}({'x'.join(map(str, conv.kernel_size))}, stride={conv.stride[0]}, padding={conv.padding})"
+def _weight_shape(module: nn.Module) -> list[int]:
+    return list(next(m for m in module.modules() if isinstance(m, nn.Conv2d)).weight.shape)
 
 
 def _change(path, old, new, old_form, new_form, bs, order) -> Change:
-    old_shape, new_shape = list(_first_conv(old).weight.shape), list(_first_conv(new).weight.shape)
+    old_shape, new_shape = _weight_shape(old), _weight_shape(new)
     record = Replacement(path, old_form, new_form, type_name(old), type_name(new), old_shape, new_shape, bs, order)
     return Change(path, new, record)
 
 
-def _placeholder(s2d: nn.Module, block_size: int, order: str) -> nn.Module:
-    """What stays where a space-to-depth layer is folded: an identity that can restore it (plain Identity in an
-    Ultralytics model, whose YAML rows know only ``nn.Identity``)."""
-    if hasattr(s2d, "f"):
-        return carry_routing(s2d, nn.Identity())
-    return FoldedSpaceToDepth(copy.deepcopy(s2d), block_size, order)
-
-
 def _unfold(site: StemSite, order: str | None) -> list[Change]:
     """Put back a pair that ``to="conv"`` folded (exact by the Focus identity of GUIDE section 1: a conv of kernel,
-    stride and padding divisible by ``bs`` is space-to-depth + a conv of kernel, stride and padding / bs); [] when
-    the conv does not divide."""
-    placeholder_path, placeholder = site.folded
-    block, bs = site.block, placeholder.block_size
+    stride and padding divisible by ``bs`` is space-to-depth + a conv of those / bs); [] when the conv does not divide.
+    """
+    (placeholder_path, placeholder), block = site.folded, site.block
+    bs, fold_order = placeholder.block_size, placeholder.order
     conv = conv_of(block)
     sizes = (*conv.kernel_size, *conv.stride, *conv.padding)
-    if (
-        not is_conv_like(block)
-        or order not in (None, placeholder.order)
-        or conv_problem(conv, placeholder.order)
-        or any(v % bs for v in sizes)
-        or conv.stride[0] != conv.stride[1]
-    ):
+    exact = is_conv_like(block) and order in (None, fold_order) and not conv_problem(conv, fold_order)
+    if not exact or any(v % bs for v in sizes) or conv.stride[0] != conv.stride[1]:
         return []
-    weight = conv_to_focus_weight(conv.weight.detach(), bs, placeholder.order)
+    weight = conv_to_focus_weight(conv.weight.detach(), bs, fold_order)
     stride, padding = conv.stride[0] // bs, (conv.padding[0] // bs, conv.padding[1] // bs)
     inner = with_conv(block, new_conv2d(conv, weight, stride, padding)).train(block.training)
     s2d = placeholder.original().train(block.training)
-    k = "x".join(map(str, weight.shape[2:]))
-    old_form, new_form = _conv_text(conv, type(block).__name__), f"{type(s2d).__name__}(block_size={bs}, order="
-    new_form += f"{placeholder.order}) + Conv({k}, stride={stride}, padding={padding})"
-    return [Change(placeholder_path, s2d), _change(site.path, block, inner, old_form, new_form, bs, placeholder.order)]
+    old_form = f"{type(block).__name__}({_conv_args(conv.kernel_size, conv.stride[0], conv.padding)})"
+    new_form = f"{type(s2d).__name__}(block_size={bs}, order={fold_order}) + "
+    new_form += f"Conv({_conv_args(weight.shape[2:], stride, padding)})"
+    return [Change(placeholder_path, s2d), _change(site.path, block, inner, old_form, new_form, bs, fold_order)]
 
 
 def _to_conv(site: StemSite) -> list[Change]:
     if site.problem:
         raise ConversionError(site.problem)
-    bs, order, module = site.block_size, site.order, site.module
     if site.form == "conv":
         return []
+    bs, order, module = site.block_size, site.order, site.module
     if site.form == "folds":
         new, new_form = module.to_strided_conv()
     else:
@@ -246,10 +204,14 @@ def _to_conv(site: StemSite) -> list[Change]:
     old_form = f"{type(module).__name__}(block_size={bs}, order={order})"
     if site.form != "s2d":
         return [_change(site.path, module, carry_routing(module, new), old_form, new_form, bs, order)]
-    new = carry_routing(site.block, new)
-    old_form += f" + {type(site.block).__name__}"
-    folded = Change(site.path, _placeholder(module, bs, order))
-    return [folded, _change(site.block_path, site.block, new, old_form, new_form, bs, order)]
+    # what stays where the layer was folded: an identity that can restore it (a plain Identity in an Ultralytics
+    # model, whose YAML rows know only ``nn.Identity``)
+    if hasattr(module, "f"):
+        placeholder = carry_routing(module, nn.Identity())
+    else:
+        placeholder = FoldedSpaceToDepth(copy.deepcopy(module), bs, order)
+    new, old_form = carry_routing(site.block, new), f"{old_form} + {type(site.block).__name__}"
+    return [Change(site.path, placeholder), _change(site.block_path, site.block, new, old_form, new_form, bs, order)]
 
 
 def _to_space_to_depth(site: StemSite, to: str, order: str | None) -> list[Change]:
@@ -275,9 +237,8 @@ def _to_space_to_depth(site: StemSite, to: str, order: str | None) -> list[Chang
         new = carry_routing(module, new)
     else:
         new, new_form = CONV_TYPES[type(module)](module, to, use_order)
-    return [
-        _change(site.path, module, new, _conv_text(site.conv, type(module).__name__), new_form, stride[0], use_order)
-    ]
+    old_form = f"{type(module).__name__}({_conv_args(site.conv.kernel_size, stride[0], site.conv.padding)})"
+    return [_change(site.path, module, new, old_form, new_form, stride[0], use_order)]
 
 
 def changes(site: StemSite, to: str, order: str | None = None) -> list[Change]:

@@ -22,21 +22,9 @@ DEFAULT_TOLERANCE = 1e-10
 
 @dataclass
 class VerificationReport:
-    """Outcome of ``verify``.
-
-    Attributes:
-        max_abs_err (float): Largest absolute difference over all output elements.
-        max_rel_err (float): ``max_abs_err`` divided by the output scale.
-        output_scale (float): Largest absolute value of the reference outputs.
-        tolerance (float): Pass threshold on ``max_rel_err`` (scale floored at 1, so tiny outputs are judged
-            absolutely).
-        passed (bool): Whether the structures match, something non-zero was compared, and
-            ``max_abs_err <= tolerance * max(1, output_scale)``. Zero outputs or an output scale of 0 never pass.
-        num_outputs (int): Number of output tensors compared.
-        input_shapes (list): Shapes of the inputs used.
-        dtype (str): Dtype the comparison ran in.
-        problem (str): Why it failed when the outputs could not be compared at all, else "".
-    """
+    """Outcome of a comparison: ``passed`` when the structures match, something non-zero was compared and
+    ``max_abs_err <= tolerance * max(1, output_scale)`` (the largest absolute reference output); ``problem`` says why
+    nothing could be compared."""
 
     max_abs_err: float
     max_rel_err: float
@@ -52,11 +40,10 @@ class VerificationReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
         text = (
-            f"{verdict}: max_abs_err={self.max_abs_err:.3e} max_rel_err={self.max_rel_err:.3e} "
-            f"(output scale {self.output_scale:.3g}, {self.num_outputs} output tensor(s), {self.dtype}, "
-            f"inputs {', '.join('x'.join(map(str, s)) for s in self.input_shapes)})"
+            f"{'PASS' if self.passed else 'FAIL'}: max_abs_err={self.max_abs_err:.3e} "
+            f"max_rel_err={self.max_rel_err:.3e} (output scale {self.output_scale:.3g}, {self.num_outputs} output "
+            f"tensor(s), {self.dtype}, inputs {', '.join('x'.join(map(str, s)) for s in self.input_shapes)})"
         )
         return text + (f" - {self.problem}" if self.problem else "")
 
@@ -67,9 +54,7 @@ def flatten_outputs(output: Any) -> list[torch.Tensor]:
         return [output]
     if isinstance(output, dict):
         return [t for key in sorted(output, key=str) for t in flatten_outputs(output[key])]
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in flatten_outputs(item)]
-    return []
+    return [t for item in output for t in flatten_outputs(item)] if isinstance(output, (list, tuple)) else []
 
 
 def compare(ref_out: list, cand_out: list, shapes: list, name: str, tolerance: float) -> VerificationReport:
@@ -89,21 +74,18 @@ def compare(ref_out: list, cand_out: list, shapes: list, name: str, tolerance: f
         if a.numel() == 0:
             continue
         a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
-        if not torch.isfinite(a64).all():
-            return failed(f"output {index} of the reference is not finite")
-        if not torch.isfinite(b64).all():
-            return failed(f"output {index} of the candidate is not finite")
+        for which, t in (("reference", a64), ("candidate", b64)):
+            if not torch.isfinite(t).all():
+                return failed(f"output {index} of the {which} is not finite")
         max_abs = max(max_abs, float((a64 - b64).abs().max()))
         scale = max(scale, float(a64.abs().max()))
-    compared = sum(1 for a in ref_out if a.numel())
-    if not compared:  # nothing compared is never a pass
+    if not any(a.numel() for a in ref_out):  # nothing compared is never a pass
         return failed(f"the models returned {len(ref_out)} output tensor(s) with 0 elements: nothing to compare")
     if scale == 0.0:  # all-zero outputs agree with any other all-zero model: no evidence either way
         zero = failed("the reference outputs are all zero (output scale 0): nothing was compared")
         return dataclasses.replace(zero, max_abs_err=max_abs, output_scale=0.0)
     passed = max_abs <= tolerance * max(1.0, scale)
-    rel = max_abs / scale if scale > 0 else max_abs
-    return VerificationReport(max_abs, rel, scale, tolerance, bool(passed), len(ref_out), shapes, name)
+    return VerificationReport(max_abs, max_abs / scale, scale, tolerance, bool(passed), len(ref_out), shapes, name)
 
 
 def apply(model: nn.Module, changes: list[Change]) -> None:
@@ -122,33 +104,19 @@ def check(
     tolerance: float = DEFAULT_TOLERANCE,
     multiple: int = 1,
     seed: int = 0,
+    grown: int = 0,
 ) -> VerificationReport:
-    """Run ``model`` before and after ``changes`` in float64 on one copy (``model`` is never modified).
+    """Run ``model`` before and after ``changes`` (from ``plan``) in float64 on one copy; ``model`` is not modified.
 
     Args:
-        model (nn.Module): The model as it is.
-        changes (list[Change]): What ``plan`` would do to it.
         inputs, input_shape: Inputs, or the shape of random inputs in [0, 1) (inferred when both are None).
         tolerance (float): Pass threshold on the error relative to the output scale (floored at 1).
         multiple (int): What the changed model's input height and width must be multiples of, besides the model's.
+        grown (int): How many times an inferred input size was already grown for a stacked stride (internal).
 
     Raises:
         ConversionError: The model cannot run on the inputs (the message names the changed paths).
     """
-    return _check(model, changes, inputs, input_shape, tolerance, multiple, seed, grown=0)
-
-
-def _check(
-    model: nn.Module,
-    changes: list[Change],
-    inputs: torch.Tensor | tuple | None,
-    input_shape: tuple[int, ...] | None,
-    tolerance: float,
-    multiple: int,
-    seed: int,
-    grown: int,
-) -> VerificationReport:
-    """``check``; ``grown``: how many times an inferred input size was already grown for a stacked stride."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs_inferred, sizes, args = (inputs is None and input_shape is None) or 0 < grown < 8, {}, ()
     paths = ", ".join(c.path or "<root>" for c in changes if c.record is not None)
@@ -164,29 +132,39 @@ def _check(
         for c in changes:  # each changed module's input size in the reference run; hooks go with the old modules
             work.get_submodule(c.path).register_forward_pre_hook(functools.partial(_record_size, sizes, c.path))
         with checked_forward():  # bounded when the caller set a forward_memory_limit (models read from files)
-            try:  # each run on its own copy of the inputs: a model that writes into its input changes neither
-                ref_out = flatten_outputs(work(*(a.clone() for a in args)))
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as error:  # the model as it is fails (odd size for a Focus's slices, wrong channels)
-                raise ConversionError(_does_not_run("the model itself", model, args, error, paths)) from error
+            ref_out = _run("the model itself", work, args, paths)  # e.g. odd size for a Focus's slices
             apply(work, [Change(c.path, copy.deepcopy(c.new).to(device, torch.float64)) for c in changes])
-            try:
-                cand_out = flatten_outputs(work.eval()(*(a.clone() for a in args)))
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as error:  # e.g. a new Focus's slices on an odd size
-                raise ConversionError(_does_not_run("the converted model", work, args, error, paths)) from error
+            cand_out = _run("the converted model", work.eval(), args, paths)
     except ValueError as error:  # e.g. an input size the new space-to-depth block does not divide
         if isinstance(error, ConversionError):
             raise
         grow = _growth(changes, sizes) if inputs_inferred and len(args) == 1 and args[0].ndim == 4 else 1
         if grow > 1:  # the inferred size fed a stacked stride an odd size: the same shape, whole blocks everywhere
             b, c, h, w = args[0].shape
-            shape = (b, c, h * grow, w * grow)
-            return _check(model, changes, None, shape, tolerance, 1, seed, grown=grown + 1)
+            return check(model, changes, None, (b, c, h * grow, w * grow), tolerance, 1, seed, grown=grown + 1)
         raise ConversionError(f"{paths}{error}; model left unchanged") from error
     return compare(ref_out, cand_out, [list(a.shape) for a in args], "float64", tolerance)
+
+
+def _run(which: str, model: nn.Module, args: tuple, paths: str) -> list[torch.Tensor]:
+    """``model``'s flattened outputs on its own copy of ``args`` (a model that writes into its input changes neither
+    run); a ``ConversionError`` in one line when it does not run: which model, why, and what to pass instead."""
+    try:
+        return flatten_outputs(model(*(a.clone() for a in args)))
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        shape = tuple(args[0].shape) if args else ()
+        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        hint = ""
+        if len(shape) == 4:
+            multiple = input_multiple(model)
+            if shape[2] % multiple or shape[3] % multiple:
+                hint = f"; its space-to-depth stem needs height and width divisible by {multiple}"
+        raise ConversionError(
+            f"{paths}{which} does not run on input {'x'.join(map(str, shape))} ({why}){hint}; "
+            "pass inputs= or input_shape= that it accepts; model left unchanged"
+        ) from error
 
 
 def _record_size(sizes: dict, path: str, module: nn.Module, args: tuple) -> None:
@@ -202,18 +180,3 @@ def _growth(changes: list[Change], sizes: dict[str, tuple[int, int]]) -> int:
         for size in sizes.get(change.path, ()):
             grow = math.lcm(grow, multiple // math.gcd(multiple, size))
     return grow
-
-
-def _does_not_run(which: str, model: nn.Module, args: tuple, error: Exception, paths: str) -> str:
-    """One line: ``which`` model fails on these inputs, why, and what to pass instead."""
-    shape = tuple(args[0].shape) if args else ()
-    why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    hint = ""
-    if len(shape) == 4:
-        multiple = input_multiple(model)
-        if shape[2] % multiple or shape[3] % multiple:
-            hint = f"; its space-to-depth stem needs height and width divisible by {multiple}"
-    return (
-        f"{paths}{which} does not run on input {'x'.join(map(str, shape))} ({why}){hint}; "
-        "pass inputs= or input_shape= that it accepts; model left unchanged"
-    )

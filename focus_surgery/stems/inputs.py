@@ -31,31 +31,25 @@ def _scan(module: nn.Module, counts: list[int], any_size: bool) -> nn.Conv2d | N
 
 
 def input_channels_and_multiple(model: nn.Module) -> tuple[int | None, int]:
-    """Input channels of ``model`` (None without a conv) and what its input height and width must be multiples of.
-
-    The multiple is the product of the block sizes of the space-to-depth sites met before the first conv; inside a
-    module whose ``accepts_any_input_size`` is true (it pads to whole blocks itself, as timm's SAME convs) none counts.
-    """
+    """Input channels of ``model`` (None without a conv) and what its input height and width must be multiples of:
+    the product of the block sizes met before the first conv (none inside a module whose ``accepts_any_input_size``
+    is true: it pads to whole blocks itself, as timm's SAME convs)."""
     counts = [1, 1]
     conv = _scan(model, counts, False)
     return (conv.in_channels // (counts[0] * counts[0]) if conv is not None else None), counts[1]
 
 
 def input_multiple(module: nn.Module) -> int:
-    """What ``module``'s input height and width must be multiples of (1: any size); see
-    ``input_channels_and_multiple``."""
+    """What ``module``'s input height and width must be multiples of (1: any size)."""
     return input_channels_and_multiple(module)[1]
 
 
 def infer_input_shape(
     model: nn.Module, batch: int = 2, multiple: int = 1, known: tuple[int | None, int] | None = None
 ) -> tuple[int, int, int, int]:
-    """A valid, non-square input shape for ``model``: timm's configured size, Ultralytics' stride, or a small size.
-
-    Height and width are multiples of ``multiple`` too (timm's configured size is rounded up to one, e.g. 299 -> 300
-    for a space-to-depth(2) stem, unless the cfg says the model needs exactly that size). ``known``: the model's
-    ``input_channels_and_multiple`` when the caller has it already.
-    """
+    """A valid, non-square input shape for ``model`` whose height and width are multiples of ``multiple`` too: timm's
+    configured size (rounded up, 299 -> 300 for a space-to-depth(2) stem, unless fixed), Ultralytics' stride, or a
+    small size. ``known``: the model's ``input_channels_and_multiple`` when the caller has it already."""
     channels, own = known or input_channels_and_multiple(model)
     if channels is None:
         raise ValueError("cannot infer an input shape (no Conv2d in the model): pass inputs= or input_shape=")

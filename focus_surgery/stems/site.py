@@ -1,6 +1,5 @@
-"""The stem vocabulary: where a stem is and what it is (``StemSite``), what is done to it (``Change``), and the
-records a conversion reports (``Replacement``, ``Skipped``). Plain data: recognition, building and checking live in
-``recognize``, ``build`` and ``check``."""
+"""The stem vocabulary as plain data: where a stem is and what it is (``StemSite``), what is done to it (``Change``),
+and what a conversion reports (``Replacement``, ``Skipped``)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from torch import nn
 from ..layers import FoldedSpaceToDepth
 from ..orders import check_order
 from .build import changes as build_changes
-from .recognisers import folds_itself, is_conv_block, is_conv_like, part_of
+from .recognisers import conv_of, folds_itself, is_conv_block, is_conv_like, part_of
 from .site import Change, ConversionError, Skipped, StemSite
 
 TARGETS = ("conv", "focus", "s2d")
@@ -33,30 +33,30 @@ def _feeds_only_next(sequence: nn.Sequential, index: int) -> bool:
 
 
 def _site(parent: nn.Module, children: list, index: int, prefix: str) -> StemSite | None:
+    """The stem site at child ``index`` of ``parent`` (``children``: its named children), else None."""
     name, child = children[index]
     path = _join(prefix, name)
-    after = children[index + 1] if index + 1 < len(children) else (None, None)
-    part = part_of(child, feeds=after[1])
+    after_name, after = children[index + 1] if index + 1 < len(children) else (None, None)
+    part = part_of(child, feeds=after)
     if part is not None and part.block is not None:
         return StemSite(
             path, child, "focus", part.block_size, part.order, part.block, pad=part.pad, problem=part.problem
         )
     if folds_itself(child):
         return StemSite(path, child, "folds", getattr(child, "block_size", 0), getattr(child, "order", ""))
+    sequential = isinstance(parent, nn.Sequential)
     if part is not None:
         problem = part.problem
-        if problem is None and not is_conv_like(after[1]):
+        if problem is None and not is_conv_like(after):
             problem = "space-to-depth is not followed by a conv in the same container"
-        elif problem is None and not (isinstance(parent, nn.Sequential) and _feeds_only_next(parent, index)):
+        elif problem is None and not (sequential and _feeds_only_next(parent, index)):
             problem = "space-to-depth output is used by more than the next conv"
-        block_path = _join(prefix, after[0]) if after[0] is not None else None
-        return StemSite(path, child, "s2d", part.block_size, part.order, after[1], block_path, problem=problem)
+        block_path = _join(prefix, after_name) if after_name is not None else None
+        return StemSite(path, child, "s2d", part.block_size, part.order, after, block_path, problem=problem)
     if isinstance(child, nn.Conv2d) or is_conv_block(child):
-        before = children[index - 1] if index else (None, None)
-        folded = (_join(prefix, before[0]), before[1]) if isinstance(before[1], FoldedSpaceToDepth) else None
-        folded = folded if isinstance(parent, nn.Sequential) else None
-        conv = child if isinstance(child, nn.Conv2d) else child.conv
-        return StemSite(path, child, "conv", conv.stride[0], None, child, folded=folded)
+        before_name, before = children[index - 1] if index else (None, None)
+        folded = (_join(prefix, before_name), before) if sequential and isinstance(before, FoldedSpaceToDepth) else None
+        return StemSite(path, child, "conv", conv_of(child).stride[0], None, child, folded=folded)
     return None
 
 

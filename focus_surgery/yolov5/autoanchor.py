@@ -1,11 +1,7 @@
 """YOLOv5's autoanchor (``utils/autoanchor.py`` of v7.0): best possible recall of the anchors on the training labels,
-and when it is below 0.98, k-means anchors refined by a genetic algorithm.
-
-The random numbers come from the same global generators and in the same order as YOLOv5 draws them (NumPy's legacy
-global ``RandomState`` for the scale jitter, the k-means seeds and the mutations, Python's ``random`` for the mutation
-strength), and the k-means is SciPy's ``scipy.cluster.vq.kmeans`` algorithm re-done in NumPy (SciPy is not needed):
-for the same labels and seeds the result is the original's.
-"""
+and below 0.98, k-means anchors refined by a genetic algorithm. Random numbers come from the same global generators
+in the same order as YOLOv5 draws them, and SciPy's ``kmeans`` is re-done in NumPy: same labels and seeds, same
+result."""
 
 from __future__ import annotations
 
@@ -31,14 +27,9 @@ def ratio_metric(wh: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor,
     return x, x.max(1)[0]
 
 
-def label_sizes(shapes: np.ndarray, labels: list[np.ndarray], imgsz: int) -> np.ndarray:
-    """Label widths and heights in pixels once each image's long side is ``imgsz``.
-
-    Args:
-        shapes (np.ndarray): (N, 2) image sizes as (width, height).
-        labels (list[np.ndarray]): Per image (m, 4) normalised xywh boxes.
-    """
-    shapes = imgsz * shapes / shapes.max(1, keepdims=True)
+def label_sizes(shapes: np.ndarray, labels: list[np.ndarray]) -> np.ndarray:
+    """Label widths and heights (n, 2) in pixels, from the (N, 2) image sizes (width, height) in pixels and per image
+    (m, 4) normalised xywh boxes."""
     return np.concatenate([lb[:, 2:4] * s for s, lb in zip(shapes, labels)])
 
 
@@ -137,7 +128,7 @@ def check_anchors(
     """
     scaled = imgsz * shapes / shapes.max(1, keepdims=True)
     scale = np.random.uniform(0.9, 1.1, size=(scaled.shape[0], 1))  # YOLOv5's scale jitter
-    wh = torch.tensor(np.concatenate([lb[:, 2:4] * s for s, lb in zip(scaled * scale, labels)])).float()
+    wh = torch.tensor(label_sizes(scaled * scale, labels)).float()
 
     def metric(k: torch.Tensor) -> tuple[float, float]:
         x, best = ratio_metric(wh, k)
@@ -150,7 +141,7 @@ def check_anchors(
     if bpr > BPR_THRESHOLD:
         return report
     na = head.anchors.numel() // 2
-    new = kmean_anchors(label_sizes(shapes, labels, imgsz), n=na, img_size=imgsz, thr=thr)
+    new = kmean_anchors(label_sizes(scaled, labels), n=na, img_size=imgsz, thr=thr)
     report["new_bpr"] = metric(torch.tensor(new))[0]
     if report["new_bpr"] > bpr:
         new_px = torch.tensor(new, device=head.anchors.device).type_as(head.anchors).view_as(head.anchors)

@@ -1,9 +1,8 @@
 """Convert a YOLOv5-repository checkpoint into an Ultralytics checkpoint (``.pt``) or ``.safetensors`` + JSON.
 
 The rebuilt model's Focus stem becomes ``Conv(c1, c2, 6, 2, 2)`` (or stays, ``to="focus"``; a v6+ conv stem can
-become a Focus). The conversion is measured in float64 against the rebuilt original before anything is written;
-writes are atomic. The ``.safetensors`` form needs no pickle: its JSON holds the architecture and
-``load_yolov5_safetensors`` rebuilds the model from the two files.
+become a Focus), measured in float64 against the rebuilt original before anything is written; writes are atomic.
+The ``.safetensors`` form needs no pickle: ``load_yolov5_safetensors`` rebuilds the model from it and its JSON.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import copy
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,12 @@ import torch
 from torch import nn
 
 from ..atomic_io import atomic_write_all
-from ..checkpoint_io import CheckpointError, atomic_write, check_readable
+from ..checkpoint_io import CheckpointError, atomic_write, check_readable, safetensors_save, torch_save
 from ..stems import check, plan
 from ..surgery import ConversionError, apply_changes
+from ..tensor_digest import tensors_digest
 from ..verify import DEFAULT_TOLERANCE, VerificationReport
 from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
-from .release import exact_release
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -38,6 +37,7 @@ from .rebuild import (
     read_yolov5_checkpoint,
     rebuild,
 )
+from .release import exact_release
 
 CONFIG_FORMAT = "focus-surgery/yolov5-legacy/1"
 
@@ -52,7 +52,7 @@ class LegacyConversion:
     stem_before: str
     stem_after: str
     release: str  # guess_release(ckpt), asked once
-    replaced: list = field(default_factory=list)
+    replaced: list
     verification: VerificationReport | None = None
     training_model: nn.Module | None = None  # a last.pt's ``model`` when ``model`` is its EMA (what train.py tunes)
 
@@ -82,12 +82,6 @@ def _current_architecture(model: nn.Module, arch: LegacyArchitecture) -> LegacyA
     return new
 
 
-def verification_shape(model: nn.Module) -> tuple[int, int, int, int]:
-    """A small non-square input every level of the model divides: (2, 3, 2*max_stride, 3*max_stride)."""
-    s = int(model.stride.max())
-    return 2, 3, 2 * s, 3 * s
-
-
 def convert_yolov5(
     src: str | os.PathLike | LegacyCheckpoint,
     to: str = "conv",
@@ -111,10 +105,9 @@ def convert_yolov5(
     model, arch = rebuild(ckpt)
     stem_before = _stem_name(model)
     replaced, verification = _convert_stem(model, to, measure, tolerance)
-    release = guess_release(ckpt)
-    result = LegacyConversion(
-        ckpt, model, _current_architecture(model, arch), stem_before, _stem_name(model), release, replaced, verification
-    )
+    arch = _current_architecture(model, arch)
+    result = LegacyConversion(ckpt, model, arch, stem_before, _stem_name(model), guess_release(ckpt), replaced)
+    result.verification = verification
     if ckpt.model_key == "ema" and _is_yolov5_model(ckpt.content.get("model")):
         # a last.pt written during training: train.py fine-tunes ``model``, inference (attempt_load) uses ``ema``
         training, _ = rebuild(dataclasses.replace(ckpt, model_key="model"))
@@ -140,9 +133,8 @@ def _convert_stem(
     changes, skipped = plan(model, to, "stem")
     if skipped:
         raise ConversionError(f"{skipped[0].path}: {skipped[0].reason}")
-    verification = (
-        check(model, changes, input_shape=verification_shape(model), tolerance=tolerance) if measure else None
-    )
+    s = int(model.stride.max())  # a small non-square input every level divides: (2, 3, 2 * max_stride, 3 * max_stride)
+    verification = check(model, changes, input_shape=(2, 3, 2 * s, 3 * s), tolerance=tolerance) if measure else None
     apply_changes(model, changes)  # its hook (sync_yaml) writes the stem's YAML row: the one place that does
     return [vars(c.record) for c in changes if c.record is not None], verification
 
@@ -163,20 +155,20 @@ def _metadata(conv: LegacyConversion, to: str) -> dict[str, Any]:
 
 
 def ultralytics_checkpoint(conv: LegacyConversion, to: str) -> dict[str, Any]:
-    """The dict ``torch.save`` writes: Ultralytics' checkpoint layout, model in the source dtype."""
+    """The dict ``torch.save`` writes: Ultralytics' checkpoint layout, model in the source dtype.
+
+    A last.pt's two models stay two: Ultralytics loads ``ema`` (as YOLOv5's attempt_load), training on YOLOv5's
+    schedule takes ``model`` (as train.py; ``focus_surgery.yolov5.training``)."""
     import ultralytics
 
     def stored(module: nn.Module) -> nn.Module:
         module = copy.deepcopy(module)
-        if conv.ckpt.dtype == torch.float16:
-            module = module.half()
+        module = module.half() if conv.ckpt.dtype == torch.float16 else module
         for p in module.parameters():
             p.requires_grad_(False)
         return module
 
     model = stored(conv.model)
-    # a last.pt's two models stay two: Ultralytics loads ``ema`` (as YOLOv5's attempt_load), training on YOLOv5's
-    # schedule takes ``model`` (as train.py; focus_surgery.yolov5.training)
     training = stored(conv.training_model) if conv.training_model is not None else None
     meta = conv.ckpt.metadata
     best = meta.get("best_fitness")
@@ -204,6 +196,13 @@ def config_path(dst: str | os.PathLike) -> Path:
     return Path(dst).with_suffix(".json")
 
 
+def _read_config(json_path: Path) -> Any:
+    try:
+        return json.loads(json_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{json_path}: unreadable JSON ({error})") from None
+
+
 def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> list[Path]:
     """Write ``dst`` (``.safetensors``: tensors + JSON; any other suffix: an Ultralytics checkpoint). Atomic.
 
@@ -213,16 +212,11 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         content = ultralytics_checkpoint(conv, to)
-        from ..checkpoint_io import torch_save
-
         return [atomic_write(dst, lambda tmp: torch_save(content, tmp))]
-
     dtype = conv.ckpt.dtype if conv.ckpt.dtype.is_floating_point else torch.float32
     tensors = {
         k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in conv.model.state_dict().items()
     }
-    from ..tensor_digest import tensors_digest
-
     digest = tensors_digest(tensors)  # in both files: a pair from two different conversions is refused when read
     config = {
         "format": CONFIG_FORMAT,
@@ -240,8 +234,6 @@ def save_conversion(conv: LegacyConversion, dst: str | os.PathLike, to: str) -> 
             f"{json_dst}: exists and was not written by focus-surgery; move it away or choose "
             "another output name (the architecture is written beside the .safetensors)"
         )
-    from ..checkpoint_io import safetensors_save
-
     metadata = {"format": CONFIG_FORMAT, "config": json_dst.name, "tensors_sha256": digest}
     return atomic_write_all(
         [  # both written in full first; then the tensors, then the JSON describing them
@@ -256,21 +248,16 @@ def _is_our_config(path: Path) -> bool:
     try:
         if not path.is_file() or path.stat().st_size > 64 << 20:  # never open a FIFO or a device: it could block
             return False
-        return json.loads(path.read_text()).get("format") == CONFIG_FORMAT
-    except (OSError, ValueError, AttributeError):
+        return _read_config(path).get("format") == CONFIG_FORMAT
+    except (OSError, CheckpointError, AttributeError):
         return False
 
 
 def _check_pair(path: Path, json_path: Path, tensors: dict, stored: Any, described: Any) -> None:
-    """Refuse a ``.safetensors`` + ``.json`` pair whose halves come from different conversions.
-
-    Both files record the SHA-256 of the tensors they were written with (pairs written before that record neither
-    and are read as before); the tensors read must have that digest in both.
-    """
+    """Refuse a ``.safetensors`` + ``.json`` pair whose halves come from different conversions: both record the
+    SHA-256 of the tensors they were written with (pairs written before that record neither, read as before)."""
     if stored is None and described is None:
         return
-    from ..tensor_digest import tensors_digest
-
     actual = tensors_digest(tensors)
     if stored != actual or described != actual:
         raise CheckpointError(
@@ -280,8 +267,7 @@ def _check_pair(path: Path, json_path: Path, tensors: dict, stored: Any, describ
 
 
 def check_pair_digest(path: str | os.PathLike, tensors: dict, stored: Any) -> None:
-    """``_check_pair`` for a pair read as a state dict (``inspect``, stem ``convert``): the JSON beside ``path``, when
-    there is one, must record the digest of the tensors read, as the ``.safetensors`` (``stored``) must.
+    """``_check_pair`` for a pair read as a state dict (``inspect``, stem ``convert``), when there is a JSON beside.
 
     Raises:
         CheckpointError: The halves come from different conversions, or the JSON is unreadable.
@@ -290,12 +276,8 @@ def check_pair_digest(path: str | os.PathLike, tensors: dict, stored: Any) -> No
     json_path = config_path(path)
     if not json_path.is_file():
         return  # a .safetensors alone: its stem converts without the architecture, as before
-    try:
-        config = json.loads(json_path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{json_path}: unreadable JSON ({error})") from None
-    described = config.get("tensors_sha256") if isinstance(config, dict) else None
-    _check_pair(path, json_path, tensors, stored, described)
+    config = _read_config(json_path)
+    _check_pair(path, json_path, tensors, stored, config.get("tensors_sha256") if isinstance(config, dict) else None)
 
 
 def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
@@ -310,10 +292,7 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
     json_path = config_path(path)
     if not json_path.is_file():
         raise CheckpointError(f"{path}: its architecture file {json_path.name} is missing")
-    try:
-        config = json.loads(json_path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{json_path}: unreadable JSON ({error})") from None
+    config = _read_config(json_path)
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise CheckpointError(f"{json_path}: not a focus-surgery YOLOv5 architecture file")
     try:
@@ -332,15 +311,3 @@ def load_yolov5_safetensors(path: str | os.PathLike) -> nn.Module:
     load_weights(model, tensors, str(path))
     model.yaml["backbone"][0] = config["architecture"]["yaml"]["backbone"][0]
     return model.eval()
-
-
-__all__ = [
-    "ConversionError",
-    "LegacyConversion",
-    "check_pair_digest",
-    "config_path",
-    "convert_yolov5",
-    "load_yolov5_safetensors",
-    "save_conversion",
-    "ultralytics_checkpoint",
-]

@@ -1,12 +1,10 @@
-"""``LegacyDetect``: YOLOv5's anchor-based detection head as an Ultralytics plugin module.
-
-It has YOLOv5's parameters and buffers (``m.<i>.weight/bias``, ``anchors``, and ``anchor_grid`` for files written
-before v6.0), decodes boxes with YOLOv5's maths, and returns what Ultralytics' predictor, NMS and exporter consume.
-It subclasses Ultralytics' ``Detect`` only so that Ultralytics treats it as a detection head (export flags, task
-guessing); none of ``Detect``'s layers or decoding is used.
-"""
+"""``LegacyDetect``: YOLOv5's anchor-based detection head as an Ultralytics plugin module, with YOLOv5's parameters,
+buffers and decoding. It subclasses Ultralytics' ``Detect`` only so that Ultralytics treats it as a detection head
+(export flags, task guessing); none of ``Detect``'s layers or decoding is used."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -94,13 +92,8 @@ class LegacyDetect(_DetectBase):
         """Nothing to fuse in the head (Ultralytics calls this on every Detect)."""
 
     def bias_init(self) -> None:
-        """YOLOv5's initial biases, called by Ultralytics once it has measured ``stride`` on a fresh YAML build.
-
-        Anchors are given in pixels and kept in grid units, so they are re-expressed if the measured strides differ
-        from the ones assumed at construction.
-        """
-        import math
-
+        """YOLOv5's initial biases, called by Ultralytics once it has measured ``stride`` on a fresh YAML build
+        (anchors kept in grid units are re-expressed if the measured strides differ from the ones assumed)."""
         measured = self.stride.to(torch.float32)
         if "built_stride" in self._buffers and not torch.equal(measured, self._buffers["built_stride"]):
             scale = (self._buffers["built_stride"] / measured).view(-1, 1, 1)
@@ -111,12 +104,6 @@ class LegacyDetect(_DetectBase):
                 bias[:, 4] += math.log(8 / (640 / stride) ** 2)  # about 8 objects per 640 image
                 bias[:, 5 : 5 + self.nc] += math.log(0.6 / (self.nc - 0.99)) if self.nc > 1 else 0.0
 
-    def _anchor_pixels(self, i: int) -> torch.Tensor:
-        """(1, na, 1, 1, 2) anchor sizes in pixels for level ``i``."""
-        if "anchor_grid" in self._buffers:
-            return self._buffers["anchor_grid"][i].view(1, self.na, 1, 1, 2)
-        return (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2)
-
     def decode(self, p: torch.Tensor, i: int) -> torch.Tensor:
         """Raw logits (B, na, ny, nx, no) of level ``i`` -> (B, na*ny*nx, no): xywh pixels, objectness, classes."""
         bs, _, ny, nx, _ = p.shape
@@ -126,7 +113,9 @@ class LegacyDetect(_DetectBase):
         grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
         s = p.sigmoid()
         xy = (s[..., 0:2] * 2.0 - 0.5 + grid) * self.stride[i].to(p.dtype)
-        wh = (s[..., 2:4] * 2) ** 2 * self._anchor_pixels(i).to(p.dtype)
+        grid_px = self._buffers.get("anchor_grid")  # (nl, 1, na, 1, 1, 2) pixels; else grid units times stride
+        anchor_px = grid_px[i] if grid_px is not None else self.anchors[i] * self.stride[i]
+        wh = (s[..., 2:4] * 2) ** 2 * anchor_px.view(1, self.na, 1, 1, 2).to(p.dtype)
         return torch.cat((xy, wh, s[..., 4:]), -1).view(bs, -1, self.no)
 
     def forward(self, x: list[torch.Tensor]):

@@ -1,34 +1,13 @@
 """The way back: an Ultralytics model of YOLOv5 architecture (a ``LegacyDetect`` head) as the YOLOv5 repository's
 own code pickles it, for the release it came from (``convert --layout yolov5`` of an Ultralytics file).
 
-``rebuild.py`` reads a YOLOv5 file into an Ultralytics model; this is its inverse. Every torch layer (convs, norms,
-activations, pools) and every tensor is kept as it is; each Ultralytics class becomes its YOLOv5 twin of the same
-name and children (``ultralytics.nn.modules.block.C3`` -> ``models.common.C3``) with the plain attributes that
-class sets (``Bottleneck.add``, ``Concat.d``, ``TransformerBlock.c2``), the ``LegacyDetect`` head becomes
-``models.yolo.Detect`` with the attributes its release's ``Detect.__init__`` and ``Model.__init__`` set, and the
-model ``models.yolo.Model`` (``DetectionModel`` from v6.2) with YOLOv5's YAML. The checkpoint dict holds the keys
-the release's ``train.py`` writes. The result is records (``loader.Record``), which ``sources.records_io`` pickles
-under those names without importing them:
-
-=======  ====================  ===============================================  ======================================
-release  model class           checkpoint keys (train.py)                       Detect's own attributes
-=======  ====================  ===============================================  ======================================
-v2.0     Model                 epoch, best_fitness, training_results, model,    grid list, anchor_grid buffer,
-v3.0                           optimizer                                        stride, export
-v3.1
-v4.0     Model                 + wandb_id                                       grid list, anchor_grid buffer, stride
-v5.0     Model                 + ema, updates                                   as v4.0
-v6.0     Model                 epoch, best_fitness, model, ema, updates,        grid and anchor_grid lists, inplace,
-                               optimizer, wandb_id                              stride
-v6.1     Model                 + date                                           as v6.0
-v6.2     DetectionModel        + opt                                            as v6.0
-v7.0     DetectionModel        epoch, best_fitness, model, ema, updates,        as v6.0 (grids ``torch.empty(0)``)
-                               optimizer, opt, git, date
-=======  ====================  ===============================================  ======================================
-
-Those keys are also what ``release.exact_release`` reads a release from, so the file reads back as the same release.
-A release known only as a range (``"v6.0-v7.0"``) is written as the range's oldest release, whose classes every
-release of the range loads (v6.2+ keep ``Model`` as an alias of ``DetectionModel``).
+The inverse of ``rebuild.py``: torch layers and tensors are kept as they are; each Ultralytics class becomes its
+YOLOv5 twin of the same name and children (``models.common.C3``) with the plain attributes that class sets, the head
+``models.yolo.Detect`` as its release's ``Detect.__init__`` and ``Model.__init__`` leave it, the model
+``models.yolo.Model`` (``DetectionModel`` from v6.2) with YOLOv5's YAML, in a dict with the keys the release's
+``train.py`` writes (which ``release.exact_release`` reads back). The result is records (``loader.Record``) that
+``sources.records_io`` pickles under those names. A range (``"v6.0-v7.0"``) is written as its oldest release,
+whose classes every release of the range loads.
 """
 
 from __future__ import annotations
@@ -43,8 +22,9 @@ from torch import nn
 from ..errors import ConversionError
 from ..loader import Record, record_class
 from .detect import LegacyDetect
-from .hyp import HYP_KEY, RELEASE_KEY
+from .hyp import HYP_KEY, recorded_release  # noqa: F401  (recorded_release: read by sources.yolov5_layout)
 from .loss_rules import rules_release
+from .rebuild import YAML_KEYS
 
 RELEASES = ("v2.0", "v3.0", "v3.1", "v4.0", "v5.0", "v6.0", "v6.1", "v6.2", "v7.0")
 _V2 = ("Conv", "Bottleneck", "BottleneckCSP", "SPP", "Focus", "Concat")
@@ -61,18 +41,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
 }
 # The children each YOLOv5 class makes (its forward reads them by these names); Ultralytics' twins make the same
 CHILDREN: dict[str, tuple[str, ...]] = {
-    "Conv": ("conv", "bn", "act"),
-    "DWConv": ("conv", "bn", "act"),
-    "Bottleneck": ("cv1", "cv2"),
+    **dict.fromkeys(("Conv", "DWConv"), ("conv", "bn", "act")),
+    **dict.fromkeys(("Bottleneck", "GhostConv"), ("cv1", "cv2")),
+    **dict.fromkeys(("C3", "C3TR", "C3Ghost"), ("cv1", "cv2", "cv3", "m")),
+    **dict.fromkeys(("SPP", "SPPF"), ("cv1", "cv2", "m")),
     "BottleneckCSP": ("cv1", "cv2", "cv3", "cv4", "bn", "act", "m"),
-    "C3": ("cv1", "cv2", "cv3", "m"),
-    "C3TR": ("cv1", "cv2", "cv3", "m"),
-    "C3Ghost": ("cv1", "cv2", "cv3", "m"),
-    "SPP": ("cv1", "cv2", "m"),
-    "SPPF": ("cv1", "cv2", "m"),
     "Focus": ("conv",),
     "Concat": (),
-    "GhostConv": ("cv1", "cv2"),
     "GhostBottleneck": ("conv", "shortcut"),
     "TransformerBlock": ("conv", "linear", "tr"),
     "TransformerLayer": ("q", "k", "v", "ma", "fc1", "fc2"),
@@ -96,7 +71,10 @@ CHECKPOINT_KEYS: dict[str, tuple[str, ...]] = {
 }
 # release ranges read from a file's layers (rebuild.guess_release): written as their oldest release
 RANGES = {"v1.0-v2.0": "v2.0", "v3.0-v3.1": "v3.0", "v4.0-v5.0": "v4.0", "v6.0-v7.0": "v6.0", "master": "v7.0"}
-YAML_KEYS = ("nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head")
+
+
+def _since(release: str, tag: str) -> bool:
+    return RELEASES.index(release) >= RELEASES.index(tag)
 
 
 def target_release(recorded: Any) -> tuple[str, str]:
@@ -122,22 +100,18 @@ def target_release(recorded: Any) -> tuple[str, str]:
     )
 
 
-def _module_state(module: nn.Module, children: dict[str, Any]) -> dict[str, Any]:
-    """A module's pickled ``__dict__`` (torch's own keys), with ``children`` as its submodules."""
-    state = dict(nn.Module().__dict__)
-    state.update(
+def _record(qualname: str, module: nn.Module, children: dict[str, Any]) -> Record:
+    """A record of ``qualname`` whose state is ``module``'s pickled ``__dict__`` (torch's own keys), with
+    ``children`` as its submodules."""
+    record = record_class(qualname)()
+    record.state.update(nn.Module().__dict__)
+    record.state.update(
         training=module.training,
         _parameters=OrderedDict(module._parameters),
         _buffers=OrderedDict(module._buffers),
         _non_persistent_buffers_set=set(module._non_persistent_buffers_set),
         _modules=OrderedDict(children),
     )
-    return state
-
-
-def _record(qualname: str, module: nn.Module, children: dict[str, Any]) -> Record:
-    record = record_class(qualname)()
-    record.state.update(_module_state(module, children))
     return record
 
 
@@ -230,7 +204,7 @@ def _translate(module: nn.Module, path: str, release: str) -> Any:
 
 def _detect_record(head: LegacyDetect, release: str, stride: torch.Tensor) -> Record:
     """``models.yolo.Detect`` as ``Detect.__init__`` of ``release`` and ``Model.__init__`` leave it."""
-    old = RELEASES.index(release) < RELEASES.index("v6.0")  # anchor_grid a buffer, in pixels
+    old = not _since(release, "v6.0")  # anchor_grid a buffer, in pixels
     anchors = head._buffers["anchors"]
     buffers = OrderedDict(anchors=anchors)
     if old:
@@ -285,9 +259,9 @@ def yolov5_yaml(model: nn.Module, release: str) -> dict[str, Any]:
             raise ConversionError(f"YAML row {i} is {str(row)[:60]}, which YOLOv5 {release} cannot build")
     head = out["head"][-1]
     out["head"][-1] = [head[0], head[1], "Detect", ["nc", "anchors"]]
-    if RELEASES.index(release) >= RELEASES.index("v4.0"):
+    if _since(release, "v4.0"):
         out["ch"] = 3  # Model.__init__ records its input channels from v4.0
-    act = _activation(model) if RELEASES.index(release) >= RELEASES.index("v6.0") else None
+    act = _activation(model) if _since(release, "v6.0") else None
     if act is not None:
         out["activation"] = act  # parse_model of v6.0+ builds every Conv with it
     return out
@@ -321,7 +295,7 @@ def model_record(model: nn.Module, release: str, recorded: dict[str, Any] | None
         stride=stride,
         nc=head.nc,  # train.py attaches these
     )
-    if RELEASES.index(release) >= RELEASES.index("v6.0"):
+    if _since(release, "v6.0"):
         record.state["inplace"] = True
     recorded = recorded or {}
     hyp = recorded.get("hyp") if isinstance(recorded.get("hyp"), dict) else model.yaml.get(HYP_KEY)
@@ -329,10 +303,9 @@ def model_record(model: nn.Module, release: str, recorded: dict[str, Any] | None
         record.state["hyp"] = dict(hyp)
         if release == "v2.0":  # v2.0's train.py hyp dict always names its optimizer (its default SGD)
             record.state["hyp"].setdefault("optimizer", "SGD")
-    if isinstance(recorded.get("gr"), float):
-        record.state["gr"] = recorded["gr"]
-    if isinstance(recorded.get("yaml_file"), str):
-        record.state["yaml_file"] = recorded["yaml_file"]
+    for key, kind in (("gr", float), ("yaml_file", str)):
+        if isinstance(recorded.get(key), kind):
+            record.state[key] = recorded[key]
     return record
 
 
@@ -374,12 +347,3 @@ def checkpoint_content(content: dict[str, Any], release: str) -> tuple[dict[str,
 
 def _count(value: Any, least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def recorded_release(model: nn.Module) -> Any:
-    """The release an Ultralytics model records (``model.yaml["yolov5_release"]``), or None."""
-    yaml = getattr(model, "yaml", None)
-    return yaml.get(RELEASE_KEY) if isinstance(yaml, dict) else None
-
-
-__all__ = ["CHECKPOINT_KEYS", "LAYERS", "RELEASES", "checkpoint_content", "model_record", "target_release"]

@@ -1,14 +1,6 @@
-"""YOLOv5's anchor-based training loss (``compute_loss`` / ``ComputeLoss`` of releases v1.0-v7.0 and master), for
-``LegacyDetect``; each release's own rules (``loss_rules``), bit-identical in float64.
-
-Target assignment: a ground-truth box is matched to every anchor whose width and height ratios to it are all below
-``anchor_t`` (both ways), on every level, and to the cell holding its centre plus the two neighbouring cells whose
-shared edge is nearest to the centre (within half a cell). Box loss: ``1 - IoU`` (CIoU from v3.0, GIoU before) of the
-decoded prediction (``xy = 2 sigmoid - 0.5``, ``wh = (2 sigmoid)^2 * anchor``) against the target, averaged per
-level. Objectness: BCE against the (detached, clamped) IoU at assigned cells and 0 elsewhere, weighted per level by
-the release's balance. Classes: BCE against (label-smoothed from v5.0) one-hot targets, skipped for one class. Each
-part is multiplied by its gain (``loss_rules.scale_gains``, ``loss_rules.loss_gains``); the total by the batch size.
-"""
+"""YOLOv5's anchor-based training loss (``ComputeLoss`` of releases v1.0-v7.0 and master) for ``LegacyDetect``, with
+each release's own rules (``loss_rules``), bit-identical in float64: box ``1 - IoU``, objectness BCE against the
+detached IoU (weighted per level), class BCE against (label-smoothed) one-hot targets, each times its gain."""
 
 from __future__ import annotations
 
@@ -28,17 +20,8 @@ _NEIGHBOUR_BIAS = 0.5
 
 
 def box_overlap(box1: torch.Tensor, box2: torch.Tensor, kind: str = "v7.0", eps: float = 1e-7) -> torch.Tensor:
-    """GIoU or CIoU of paired boxes given as centre xywh, exactly as the YOLOv5 release ``kind`` computes it
-    (the variants and their ``eps`` placements: ``loss_rules``).
-
-    Args:
-        box1 (torch.Tensor): (n, 4) predictions.
-        box2 (torch.Tensor): (n, 4) targets.
-        kind (str): ``"giou"``, ``"v3.0"``, ``"v3.1"``, ``"v5.0"``, ``"v6.2"``, ``"v7.0"`` or ``"master"``.
-
-    Returns:
-        (torch.Tensor): (n,) overlap; the aspect-ratio weight ``alpha`` is treated as a constant, as in YOLOv5.
-    """
+    """GIoU or CIoU (n,) of paired (n, 4) centre-xywh boxes, exactly as the release ``kind`` computes it
+    (``LossRules.overlap``); the aspect-ratio weight ``alpha`` is a constant, as in YOLOv5."""
     (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
     left1, right1, top1, bottom1 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
     left2, right2, top2, bottom2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2

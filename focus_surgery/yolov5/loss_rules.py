@@ -1,45 +1,9 @@
 """What YOLOv5's training loss computes, release by release (v1.0 ... v7.0 and master), as data.
 
-Every release's ``compute_loss`` / ``ComputeLoss`` was read at its tag; the rules below are the differences, each
-reproduced with the release's own order of floating-point operations so the loss is bit-identical in float64:
-
-=========  =========================  ===============================  ==========  =========  ===================
-release    box overlap                objectness balance (3 / other)   smoothing   neighbour  gains scaled by
-                                                                                   cells      (train.py + loss)
-=========  =========================  ===============================  ==========  =========  ===================
-v1.0       GIoU, eps 1e-16            none                             ignored     rect4 old  cls nc/80
-v2.0       GIoU, eps 1e-16            4, 1, 0.4 / 4, 1, 0.4, 0.1       ignored     rect4 old  cls nc/80; all 3/nl,
-                                                                                              obj x1.4 if 4 levels
-v3.0       CIoU ``v3.0`` (1e-16)      4, 1, 0.4 / 4, 1, 0.4, 0.1       ignored     inverse    as v2.0
-v3.1       CIoU ``v3.1`` (1e-9)       4, 1, 0.4 / 4, 1, 0.4, 0.1       ignored     inverse    as v2.0
-v4.0       CIoU ``v3.1`` (1e-9)       4, 1, 0.3, 0.1, 0.03 (any)       ignored     inverse    cls nc/80 x 3/nl,
-                                                                                              box 3/nl, obj
-                                                                                              (s/640)^2 x 3/nl
-v5.0-v6.1  CIoU ``v5.0`` (1e-7)       4, 1, 0.4 / 4, 1, 0.25, 0.06,    honoured    inverse    box 3/nl, cls nc/80
-                                      0.02                                                    x 3/nl, obj
-                                                                                              (s/640)^2 x 3/nl
-v6.2       CIoU ``v6.2``              as v5.0                          honoured    inverse    as v5.0
-v7.0       CIoU ``v7.0``              as v5.0                          honoured    inverse    as v5.0
-master     CIoU ``master``            as v5.0                          honoured    inverse    as v5.0
-=========  =========================  ===============================  ==========  =========  ===================
-
-Box overlap variants (``xywh`` boxes, corners ``x +- w / 2``):
-
-* GIoU (v1.0, v2.0): ``w, h`` from the corners, ``union = (w1 h1 + 1e-16) + w2 h2 - inter``, enclosing area
-  ``+ 1e-16``.
-* ``v3.0``: CIoU with v1.0's union, ``c2 + 1e-16``, ``alpha = v / (1 - iou + v + 1e-16)``.
-* ``v3.1`` (v3.1, v4.0): ``h`` from the corners ``+ eps``, ``eps = 1e-9``, ``alpha = v / ((1 + eps) - iou + v)``.
-* ``v5.0`` (v5.0-v6.1): as ``v3.1`` with ``eps = 1e-7`` and ``alpha = v / (v - iou + (1 + eps))``.
-* ``v6.2``: the given ``w, h`` (no corner round trip, no ``eps`` on ``h``), ``atan(w / (h + eps))``.
-* ``v7.0``: the given ``w, h``, ``atan(w / h)``.
-* ``master``: as ``v7.0`` with Ultralytics' ``alpha = v / (1 - iou + v + eps)`` (master imports
-  ``ultralytics.utils.metrics.bbox_iou``; the formula of Ultralytics 8.4).
-
-Neighbour cells: "rect4 old" (v1.0, v2.0) takes the right / lower neighbour when ``frac(g) > 0.5`` and
-``g < n - 1``; "inverse" (v3.0+) when ``frac(n - g) < 0.5`` and ``n - g > 1`` (they differ on exact cell edges).
+Every release's ``compute_loss`` / ``ComputeLoss`` was read at its tag; ``_RULES`` holds the differences, each
+reproduced by ``loss.py`` in the release's own order of floating-point operations (bit-identical in float64).
 Releases before v4.0 do not clamp cell indices (the original fails on a centre exactly on the far border; ours
-clamps). A release is named by its tag; a range a converted file records when the file cannot tell (``v6.0-v7.0``)
-takes the newest release of the range (``release_rules``).
+clamps). A range a converted file records when the file cannot tell (``v6.0-v7.0``) takes its newest release.
 """
 
 from __future__ import annotations
@@ -53,15 +17,17 @@ DEFAULT_RELEASE = "v7.0"  # a YAML model, or a file whose release is unknown
 
 @dataclass(frozen=True)
 class LossRules:
-    """One release's loss (see the module table).
+    """One release's loss.
 
     Attributes:
         release (str): The tag.
-        overlap (str): ``"giou"``, ``"v3.0"``, ``"v3.1"``, ``"v5.0"``, ``"v6.2"``, ``"v7.0"`` or ``"master"``.
+        overlap (str): The box overlap (``loss.box_overlap``): ``"giou"`` (v1.0-v2.0), ``"v3.0"``, ``"v3.1"``
+            (v3.1-v4.0), ``"v5.0"`` (v5.0-v6.1), ``"v6.2"``, ``"v7.0"`` or ``"master"`` (Ultralytics 8.4's CIoU).
         eps (float): The overlap's ``eps``.
         balance (tuple | None): Objectness weights per level for 3 levels, then for any other count; None: all 1.
         label_smoothing (bool): Whether ``hyp['label_smoothing']`` is honoured (v5.0+; older releases use 0).
-        old_neighbours (bool): v1.0-v2.0's neighbour-cell test.
+        old_neighbours (bool): v1.0-v2.0's neighbour-cell test (``frac(g) > 0.5 and g < n - 1``; v3.0+:
+            ``frac(n - g) < 0.5 and n - g > 1``, which differ on exact cell edges).
         train_scaling (str): How ``train.py`` scales the gains: ``"cls"`` (v1.0-v3.1), ``"v4.0"``, ``"v5.0"``.
         loss_scaling (str): How the loss scales them itself: ``"none"``, ``"levels"`` (v2.0-v3.1: all by 3 / nl,
             objectness x1.4 for 4 levels), ``"v4.0"`` (box and cls by 3 / nl).
@@ -80,8 +46,7 @@ class LossRules:
         """Objectness weight of each of ``nl`` levels."""
         if self.balance is None:
             return [1.0] * nl
-        three, other = self.balance
-        weights = list(three if nl == 3 else other)
+        weights = list(self.balance[0] if nl == 3 else self.balance[1])
         if nl > len(weights):
             raise ValueError(f"YOLOv5 {self.release}'s loss has objectness weights for at most {len(weights)} levels")
         return weights[:nl]
@@ -107,18 +72,13 @@ _RULES = {
 
 
 def rules_release(release: str | None) -> str:
-    """The release whose rules apply to a recorded ``yolov5_release``: a tag as is; a range (what a file that cannot
-    tell records, e.g. ``"v4.0-v5.0"``, ``"v6.0-v7.0 (with a Focus stem)"``) its newest release; anything else
-    (None, a YAML model, a yolov3 file) v7.0."""
-    if not release:
-        return DEFAULT_RELEASE
-    text = str(release).split(" ")[0]
+    """The release whose rules apply to a recorded ``yolov5_release``: a tag as is; a range (``"v4.0-v5.0"``,
+    ``"v6.0-v7.0 (with a Focus stem)"``) its newest release; anything else (None, a yolov3 file) v7.0."""
+    text = str(release or DEFAULT_RELEASE).split(" ")[0]
+    parts = text.split("-")
     if text in _RULES:
         return text
-    parts = text.split("-")
-    if len(parts) == 2 and all(p in _RULES for p in parts):
-        return parts[1]
-    return DEFAULT_RELEASE
+    return parts[1] if len(parts) == 2 and all(p in _RULES for p in parts) else DEFAULT_RELEASE
 
 
 def release_rules(release: str | None) -> LossRules:
@@ -128,7 +88,7 @@ def release_rules(release: str | None) -> LossRules:
 
 def scale_gains(hyp: Mapping[str, Any], nl: int, nc: int, imgsz: int, release: str | None = None) -> dict[str, Any]:
     """The hyper-parameters as the release's ``train.py`` sets ``model.hyp`` before training (its own expressions,
-    evaluated in its order, so the floats are the same).
+    in its order, so the floats are the same).
 
     v1.0-v3.1: ``cls *= nc / 80.``; v4.0: also ``obj *= imgsz ** 2 / 640. ** 2 * 3. / nl``; v5.0+:
     ``box *= 3 / nl``, ``cls *= nc / 80 * 3 / nl``, ``obj *= (imgsz / 640) ** 2 * 3 / nl``; ``label_smoothing``

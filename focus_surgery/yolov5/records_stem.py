@@ -67,7 +67,7 @@ def convert_stem_record(model: Record, to: str, path: str) -> dict[str, Any]:
         k, p = conv.get("kernel_size")[0], conv.get("padding")[0]
         _set_conv(conv, focus_to_conv_weight(w.detach(), 2, "yolov5"), 2, 2 * p)
         block.state.update({a: stem.get(a) for a in ROUTING if a in stem.state})
-        block.state["type"] = f"{block.qualname}"
+        block.state["type"] = block.qualname
         rows["0"] = block
         if row is not None:
             yaml["backbone"][0] = [row[0], row[1], "Conv", [row[3][0], 2 * k, 2, 2 * p]]

@@ -1,19 +1,6 @@
 """The exact YOLOv5 release that wrote a checkpoint, where the file can tell, for the training loss.
 
-``rebuild.guess_release`` reads the release range from the layers (``"v4.0-v5.0"``, ``"v6.0-v7.0"``). The loss
-differs inside those ranges (``loss_rules``), so the keys each release's ``train.py`` / ``strip_optimizer`` write
-narrow them down:
-
-==================================  ===============================================================================
-release                             what only its files have
-==================================  ===============================================================================
-v1.0 / v2.0                         v2.0's hyp holds ``optimizer``; v1.0's does not (v1.0's model YAML key ``md``)
-v3.0 / v3.1                         v3.1's hyp holds ``warmup_epochs``
-v4.0 / v5.0                         v5.0+ write an ``ema`` key (``None`` once stripped); v4.0 never
-v6.0-v6.1 / v6.2 / v7.0             v6.2+ pickle ``models.yolo.DetectionModel`` & co. (``Model`` before); v7.0+ a
-                                    ``git`` key; v6.1 a ``date`` key
-==================================  ===============================================================================
-
+``rebuild.guess_release`` reads a range from the layers; the keys each release's ``train.py`` writes narrow it down.
 When the file cannot tell (no hyp), the range is kept and the loss takes its newest release.
 """
 
@@ -24,20 +11,15 @@ from .rebuild import LegacyCheckpoint, guess_release
 
 def exact_release(ckpt: LegacyCheckpoint) -> str:
     """The release tag that wrote ``ckpt`` (``"v4.0"``, ``"v7.0"``, ...), or ``guess_release``'s range when the
-    file cannot tell.
-
-    v7.0 files and later master files are alike (both write ``git``); they are read as v7.0.
-    """
-    guess = guess_release(ckpt)
-    keys = set(ckpt.content)
-    hyp = ckpt.model.get("hyp")
+    file cannot tell. v7.0 files and later master files are alike (both write ``git``): read as v7.0."""
+    guess, keys, hyp = guess_release(ckpt), set(ckpt.content), ckpt.model.get("hyp")
     hyp = hyp if isinstance(hyp, dict) else None
-    if guess.startswith("v6.0-v7.0"):
-        if not ckpt.model.qualname.endswith(".Model"):  # DetectionModel, SegmentationModel, ClassificationModel
+    if guess.startswith("v6.0-v7.0"):  # v6.2+ pickle DetectionModel & co. (Model before); v7.0 `git`, v6.1 `date`
+        if not ckpt.model.qualname.endswith(".Model"):
             return "v7.0" if "git" in keys else "v6.2"
         return "v6.1" if "date" in keys else "v6.0"
     if guess == "v4.0-v5.0":
-        return "v5.0" if "ema" in keys else "v4.0"
+        return "v5.0" if "ema" in keys else "v4.0"  # v5.0+ write an `ema` key (None once stripped)
     if guess == "v3.0-v3.1" and hyp is not None:
         return "v3.1" if "warmup_epochs" in hyp else "v3.0"
     if guess in ("v1.0-v2.0", "v2.0") and hyp is not None:

@@ -1,39 +1,8 @@
-"""YOLOv5's training schedule (``train.py``, release by release) for Ultralytics' trainer: the pieces that differ.
+"""YOLOv5's training schedule (``train.py``, release by release) where it differs from Ultralytics' trainer.
 
-=========================  ===========================================  ==========================================
-                           YOLOv5 ``train.py``                          Ultralytics' trainer
-=========================  ===========================================  ==========================================
-warm-up iterations         ``max(round(warmup_epochs * nb), 100)``      ``round(min(warmup_epochs, epochs - 1)
-                           (v3.1-v6.1: floor 1000; v1.0-v3.0:           * nb)``, none for one epoch
-                           ``max(3 * nb, 1000)``)
-accumulation               ramps to ``nbs / batch`` (rounded), no cap   ramps to ``round(nbs / batch)`` capped at
-                                                                        ``nb * epochs``
-optimizer steps            when ``ni - last_opt_step >= accumulate``    as v6.0+
-                           (v1.0-v5.0: when ``ni % accumulate == 0``)
-gradient clipping          ``clip_grad_norm_(max_norm=10)`` (v6.2+;     always
-                           none before)
-learning-rate curve        linear ``(1 - e / epochs) * (1 - lrf) +      linear unless ``cos_lr=True``
-                           lrf`` (v6.1+); cosine ``one_cycle(1, lrf,
-                           epochs)`` before (v5.0-v6.0's default;
-                           v1.0-v3.0: ``lrf`` fixed, 0.1 / 0.2)
-gradients left at an       dropped: ``zero_grad()`` as each epoch       carried into the next epoch's first step
-epoch's end                starts (v2.0+)
-learning rate after        ``lf(epoch - 1)``: the scheduler steps at    ``lf(epoch)``: it steps at the start
-warm-up                    the end of each epoch
-optimizer                  SGD (``--optimizer`` default)                ``auto``: AdamW or MuSGD
-weights before training    rounded through float16 after autoanchor     as loaded
-                           (``model.half().float()``, v5.0+); BatchNorm
-                           ``eps = 1e-3``, ``momentum = 0.03`` (a new
-                           ``Model`` takes the checkpoint's weights)
-autoanchor's random draws  from generators seeded ``seed + 1 + RANK``   (Ultralytics runs no autoanchor)
-                           (v6.0-v6.1: ``1 + RANK``; v2.0-v5.0:
-                           ``2 + rank``; v1.0: 1)
-=========================  ===========================================  ==========================================
-
-Everything else (SGD parameter groups, weight decay scaling, warm-up of learning rates and momentum, EMA) is already
-the same in both. ``schedule_rules(release)`` gives a release's row of the table (``ScheduleRules``). What this does
-not change: the data order (releases up to v6.0 do not shuffle their training set; Ultralytics does, as v6.1+) and
-v1.0-v5.0's HSV round trip of every image at zero colour gains (v6.0+ and Ultralytics skip it).
+``schedule_rules(release)`` gives a release's differences (``ScheduleRules``); the rest (SGD parameter groups, weight
+decay scaling, warm-up of learning rates and momentum, EMA) is already the same in both. Not changed: the data order
+(up to v6.0 ``train.py`` does not shuffle) and v1.0-v5.0's HSV round trip of every image at zero colour gains.
 """
 
 from __future__ import annotations
@@ -48,33 +17,33 @@ import numpy as np
 import torch
 from torch import nn
 
-WARMUP_FLOOR = 100  # train.py v6.2+ (v1.0-v6.1: 1000)
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # YOLOv5's initialize_weights (v2.0+), run on the model train.py builds
 
 
 @dataclass(frozen=True)
 class ScheduleRules:
-    """One release's ``train.py`` schedule where releases differ (see the module table).
+    """One release's ``train.py`` schedule where releases differ (defaults: v6.2+).
 
     Attributes:
-        warmup_floor (int): The least number of warm-up iterations (1000 before v6.2, then 100).
+        warmup_floor (int): The least warm-up iterations, ``max(round(warmup_epochs * nb), floor)`` (1000 before
+            v6.2, then 100; Ultralytics: ``round(min(warmup_epochs, epochs - 1) * nb)``).
         fixed_warmup_epochs (float | None): Warm-up epochs regardless of the hyp (v1.0-v3.0: 3), else None.
         step_on_multiple (bool): The optimizer steps when ``ni % accumulate == 0`` (v1.0-v5.0) rather than when
-            ``ni - last_opt_step >= accumulate`` (v6.0+).
-        clip_gradients (bool): Gradients clipped to norm 10 before each step (v6.2+).
+            ``ni - last_opt_step >= accumulate`` (v6.0+, Ultralytics).
+        clip_gradients (bool): Gradients clipped to norm 10 before each step (v6.2+; Ultralytics always).
         half_round_trip (bool): The model rounded through float16 after autoanchor (v5.0+).
         autoanchor_seed (int | None): The seed of ``init_seeds`` before autoanchor when the release fixes it
             (v1.0: 1; v2.0-v5.0: ``2 + rank`` = 1; v6.0-v6.1: ``1 + RANK`` = 0, outside DDP); None: ``seed + 1 +
             RANK`` (v6.2+, with ``--seed``).
         zero_grad_each_epoch (bool): Gradients accumulated but not yet stepped are dropped as an epoch starts
-            (v2.0+: ``optimizer.zero_grad()`` before each epoch's batches; v1.0 carries them over as Ultralytics).
+            (v2.0+; v1.0 carries them over as Ultralytics does).
         cosine_lr (bool): The learning rate follows ``one_cycle(1, lrf, epochs)`` by default (v1.0-v6.0; v6.1+
-            default to linear, ``--cos-lr`` for cosine).
+            default to linear ``(1 - e / epochs) * (1 - lrf) + lrf``).
         fixed_lrf (float | None): The final learning-rate factor written into ``train.py``'s cosine (v1.0: 0.1,
             v2.0-v3.0: 0.2; their hyps have no ``lrf``), else None (the hyp's ``lrf``, v3.1+).
     """
 
-    warmup_floor: int = WARMUP_FLOOR
+    warmup_floor: int = 100
     fixed_warmup_epochs: float | None = None
     step_on_multiple: bool = False
     clip_gradients: bool = True
@@ -110,8 +79,8 @@ def schedule_rules(release: str | None) -> ScheduleRules:
 
 
 def yolov5_warmup_iterations(warmup_epochs: float, num_batches: int, rules: ScheduleRules | None = None) -> int:
-    """``train.py``'s ``nw = max(round(hyp['warmup_epochs'] * nb), 100)`` (``rules``: a release's floor and fixed
-    warm-up epochs; v7.0's by default)."""
+    """``train.py``'s ``nw = max(round(hyp['warmup_epochs'] * nb), 100)`` (a release's floor and fixed warm-up
+    epochs from ``rules``; v7.0's by default)."""
     rules = rules or ScheduleRules()
     epochs = warmup_epochs if rules.fixed_warmup_epochs is None else rules.fixed_warmup_epochs
     return max(round(epochs * num_batches), rules.warmup_floor)
@@ -124,11 +93,8 @@ def step_on_multiple_gate(ni: int, accumulate: int) -> float:
 
 
 def lagging_scheduler(optimizer: torch.optim.Optimizer, lf: Callable[[float], float]) -> Any:
-    """A ``LambdaLR`` giving epoch ``e`` the factor ``lf(max(e - 1, 0))``.
-
-    ``train.py`` sets ``scheduler.last_epoch = -1`` and steps at the end of each epoch, so epoch ``e`` trains (after
-    warm-up) at ``lf(e - 1)``; Ultralytics steps at the start, so its epoch ``e`` would train at ``lf(e)``.
-    """
+    """A ``LambdaLR`` giving epoch ``e`` the factor ``lf(max(e - 1, 0))``: ``train.py``'s scheduler steps at the end
+    of each epoch, so epoch ``e`` trains (after warm-up) at ``lf(e - 1)``; Ultralytics' steps at the start."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda e: lf(max(e - 1, 0)))
 
 
@@ -152,8 +118,9 @@ def seeded_generators(seed: int | None) -> Iterator[None]:
 
 
 def yolov5_pipeline(trainer: Any, rules: ScheduleRules | None = None) -> None:
-    """After Ultralytics built the dataloaders and the optimizer: ``train.py``'s accumulation target and, for a new
-    run, its float16 round trip of the weights (v5.0+; it also rounds new anchors)."""
+    """After Ultralytics built the dataloaders and the optimizer: ``train.py``'s accumulation target (``nbs /
+    batch``, unrounded and uncapped) and, for a new run, its BatchNorm settings and float16 round trip of the weights
+    (v5.0+; it also rounds new anchors)."""
     from ultralytics.utils.torch_utils import unwrap_model
 
     rules = rules or ScheduleRules()

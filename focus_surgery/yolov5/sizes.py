@@ -1,9 +1,8 @@
 """Sizes an architecture asks for, checked against the tensors in the file before anything is built.
 
-A YOLOv5 model is rebuilt from numbers the file gives (the records of a ``.pt``, the ``.json`` beside a
-``.safetensors``): a head reading ``ch = 2**24`` channels or a leaf ``Conv2d(2**24, ...)`` costs gigabytes to build
-from a few bytes, although the file holds small weights. Every layer that has parameters must have exactly the shapes
-of the weights it will receive, and the head's levels must be well-formed, or the file is refused before the build.
+A head reading ``ch = 2**24`` channels or a leaf ``Conv2d(2**24, ...)`` costs gigabytes to build from a few bytes of
+a ``.pt``'s records or a ``.json``: every layer with parameters must have exactly the shapes of the weights it will
+receive, and the head's levels must be well-formed, or the file is refused before the build.
 """
 
 from __future__ import annotations
@@ -22,17 +21,22 @@ def _shape(tensor: Any) -> str:
     return str(tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else "missing"
 
 
-def check_head(detect: dict, weights: dict[str, torch.Tensor], head_index: int, source: str) -> None:
-    """``ch``, ``stride`` and ``anchors`` of the head: one entry per level, each level's ``ch`` equal to the input
-    channels of its output conv in ``weights`` (``model.<head_index>.m.<i>.weight``), strides positive and finite."""
-    ch, stride, anchors = detect.get("ch"), detect.get("stride"), detect.get("anchors")
+def check_sizes(
+    arch: Any, weights: dict[str, torch.Tensor], source: str, make_leaf: Callable[[dict], torch.nn.Module]
+) -> None:
+    """Refuse a ``LegacyArchitecture`` whose head or leaf layers do not fit ``weights``.
+
+    The head's ``ch``, ``stride`` and ``anchors`` have one entry per level, each ``ch`` the input channels of its
+    output conv, strides positive and finite; every leaf built by ``make_leaf`` on the meta device (no memory; passed
+    in by ``rebuild``, which imports this module) has the shapes of the file's tensors of the same names.
+    """
+    if not isinstance(arch.detect, dict) or not isinstance(arch.leaves, dict):
+        raise CheckpointError(f"{source}: the architecture's head or layers are malformed")
+    head_index = len(arch.yaml["backbone"]) + len(arch.yaml["head"])
+    ch, stride, anchors = arch.detect.get("ch"), arch.detect.get("stride"), arch.detect.get("anchors")
     levels = len(ch) if isinstance(ch, list) else -1
-    if not (
-        0 < levels <= MAX_LEVELS
-        and isinstance(stride, list)
-        and isinstance(anchors, list)
-        and len(stride) == len(anchors) == levels
-    ):
+    ok = 0 < levels <= MAX_LEVELS and isinstance(stride, list) and isinstance(anchors, list)
+    if not (ok and len(stride) == len(anchors) == levels):
         raise CheckpointError(f"{source}: the head's ch / stride / anchors do not give one entry per level (1-16)")
     for i, (c, s) in enumerate(zip(ch, stride)):
         weight = weights.get(f"model.{head_index}.m.{i}.weight")
@@ -43,15 +47,7 @@ def check_head(detect: dict, weights: dict[str, torch.Tensor], head_index: int, 
             )
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
             raise CheckpointError(f"{source}: head level {i} has stride {str(s)[:20]}, not a positive number")
-
-
-def check_leaves(
-    leaves: dict, weights: dict[str, torch.Tensor], source: str, make_leaf: Callable[[dict], torch.nn.Module]
-) -> None:
-    """Every leaf layer built by ``make_leaf`` on the meta device (shapes only, no memory): its parameters and
-    buffers must have the shapes of the file's tensors of the same names. (``make_leaf`` is passed in by
-    ``rebuild``, which imports this module: no import circle.)"""
-    for path, spec in leaves.items():
+    for path, spec in arch.leaves.items():
         with torch.device("meta"):
             module = make_leaf(spec)
         for name, tensor in module.state_dict().items():
@@ -61,13 +57,3 @@ def check_leaves(
                     f"{source}: layer {path} ({spec.get('type')}) has a {name} of shape {tuple(tensor.shape)}; "
                     f"the file's {path}.{name} is {_shape(found)}"
                 )
-
-
-def check_sizes(
-    arch: Any, weights: dict[str, torch.Tensor], source: str, make_leaf: Callable[[dict], torch.nn.Module]
-) -> None:
-    """``check_head`` and ``check_leaves`` for a ``LegacyArchitecture``, before the model is built."""
-    if not isinstance(arch.detect, dict) or not isinstance(arch.leaves, dict):
-        raise CheckpointError(f"{source}: the architecture's head or layers are malformed")
-    check_head(arch.detect, weights, len(arch.yaml["backbone"]) + len(arch.yaml["head"]), source)
-    check_leaves(arch.leaves, weights, source, make_leaf)
