@@ -140,10 +140,9 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def load_newobj_ex(self) -> None:
         func, args, kwargs = self.stack[-3:]
-        self._check_call(func, () if kwargs else args, "NEWOBJ_EX")
+        self._check_call(func, () if kwargs else args, "NEWOBJ_EX")  # items checked once, never with kwargs
         if kwargs:  # keyword arguments to a constructor: the way into torch.Tensor(cdata=...)
             raise Refused("NEWOBJ_EX with keyword arguments to a constructor")
-        self._check_call(func, args, "NEWOBJ_EX")
         pickle._Unpickler.load_newobj_ex(self)
 
     def load_build(self) -> None:

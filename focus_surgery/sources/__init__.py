@@ -21,11 +21,12 @@ def register_source(source: Source) -> Source:
     return source
 
 
-def load(path: str | os.PathLike) -> Loaded:
-    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader; raises
-    CheckpointError (one line naming the file) for a missing, empty, corrupt, truncated or hostile file."""
+def load(path: str | os.PathLike, mode: str = "mmap") -> Loaded:
+    """Read ``path`` once, safely: by the source that declares its suffix, else by the safe checkpoint loader (in
+    loader mode ``mode``); raises CheckpointError (one line naming the file) for a missing, empty, corrupt,
+    truncated or hostile file."""
     reader = next((s for s in SOURCES if Path(path).suffix.lower() in s.reads), None)
-    return reader.read(Path(path)) if reader is not None else load_checkpoint_file(path)
+    return reader.read(Path(path)) if reader is not None else load_checkpoint_file(path, mode)
 
 
 def source_for(loaded: Loaded) -> Source:

@@ -10,8 +10,9 @@ from ..loader import Loaded, load_mode, read_checkpoint
 __all__ = ["Loaded", "load"]
 
 
-def load(path: str | os.PathLike) -> Loaded:
-    """Read ``path`` once, safely (no code from it runs): memory-mapped, every CRC-32 checked (loader mode ``mmap``).
+def load(path: str | os.PathLike, mode: str = "mmap") -> Loaded:
+    """Read ``path`` once, safely (no code from it runs): memory-mapped, every CRC-32 checked (loader mode ``mmap``;
+    ``mode`` is the default that ``$FOCUS_SURGERY_LOAD_MODE`` replaces).
 
     Raises:
         CheckpointError: Missing, empty, corrupt, truncated or hostile file (one line naming the file).
@@ -20,4 +21,4 @@ def load(path: str | os.PathLike) -> Loaded:
     if path.suffix == ".safetensors":
         ckpt = load_checkpoint(path)
         return Loaded(path, ckpt.content, frozenset(), "safetensors", ckpt.metadata, ckpt)
-    return read_checkpoint(path, load_mode(default="mmap"))
+    return read_checkpoint(path, load_mode(default=mode))
