@@ -50,6 +50,8 @@ class LoadStats:
             storage is held so its address is never reused while this lives (``zip_rewrite`` copies by key).
         records (dict): Zip files: each record's name -> its CRC-32, as the read found them (``zip_rewrite`` tells a
             record there at the read from one that appeared since).
+        identity (tuple): Zip files: (device, inode, size, modification time ns) of the file read (``zip_rewrite``
+            checks the file's records too where it was replaced or written since).
     """
 
     mode: str = "copy"
@@ -59,6 +61,7 @@ class LoadStats:
     crc_bytes: int = 0
     keys: dict = field(default_factory=dict, repr=False)
     records: dict = field(default_factory=dict, repr=False)
+    identity: tuple = ()
 
 
 def budgets_for(file_size: int) -> Budgets:
@@ -196,6 +199,8 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
         offsets = check_records(path, handle, infos, file_size, prefix + "data.pkl")
         stats.records = {info.filename: info.CRC for info in infos}
+        st = os.fstat(handle.fileno())
+        stats.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         stray = next((n for n in names if not n.startswith(prefix)), None)
         if stray is not None:  # torch refuses these too
             raise CheckpointError(

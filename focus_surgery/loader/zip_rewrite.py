@@ -5,13 +5,16 @@ A stem conversion changes one storage of hundreds. ``write_copying`` writes the 
 * ``data.pkl`` is pickled again (``pickler.dumps``, the loader's faithful writer), each storage the content still
   holds unchanged (the very storage the loader read, ``LoadStats.keys``) under its ORIGINAL key;
 * each storage the conversion made is a new record (a key the input does not use);
-* a kept storage whose bytes in memory no longer have its record's CRC-32 (changed in place after the read, or the
-  file replaced since) is written from memory under its key, not copied;
-* every other record (each kept storage, ``version``, ``byteorder``, ``.data/serialization_id``, ...) is copied byte
-  for byte from the input through a small buffer (never the model in memory), its CRC-32 computed as it streams and
-  checked against the input's (a mismatch refuses the whole write: nothing is put in place); a storage record the
-  conversion replaced is checked the same way (read, not copied), so every record of the input is checked whatever
-  the loader's mode;
+* each kept storage is written from the bytes the content holds (in the mmap modes the input's own mapping, never a
+  copy) through a small buffer, its CRC-32 computed as it streams: equal to its record's as read, it is that record's
+  copy; else it was changed in place since the read and is written as it is now (its header's CRC-32 set right) once
+  the input's record is checked, and a file that is corrupt, or changed since the read under an mmap read, refuses
+  the write; where the file was replaced or written since the read, every kept record of it is checked too;
+* every other record (``version``, ``byteorder``, ``.data/serialization_id``, ...) is copied byte for byte from the
+  input through the same buffer, its CRC-32 computed as it streams and checked against the input's (a mismatch, or a
+  CRC-32 other than the read's, refuses the whole write: nothing is put in place); a storage record the conversion
+  replaced is checked the same way (read, not copied), so every record of the input is checked whatever the
+  loader's mode;
 * each record's data starts on a 64-byte boundary as ``torch.save`` aligns it (a ``FB`` padding field), so the
   output memory-maps (``torch.load(mmap=True)``, loader mode ``mmap``); zip64 fields where sizes need them.
 
@@ -315,8 +318,40 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                         f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
                     )
 
+            def copy_kept(info: zipfile.ZipInfo, storage: torch.UntypedStorage) -> None:
+                # the storage's bytes as the content holds them (in the mmap modes the input's own mapped bytes),
+                # CRC-32 checked as they stream: equal to the record as read, they are its copy; else the storage was
+                # changed in place since the read (written so, the header's CRC-32 set right) or the file was
+                encoded, at = info.filename.encode("utf-8"), out.tell()
+                entries.append((encoded, at, info.CRC, info.file_size))
+                out.write(_local_header(encoded, at, info.CRC, info.file_size))
+                view, crc = _memory_view(storage), 0
+                for start in range(0, len(view), COPY_BUFFER_BYTES):
+                    chunk = view[start : start + COPY_BUFFER_BYTES]
+                    crc = crc32(chunk, crc)
+                    out.write(chunk)
+                if crc != info.CRC or info.CRC != read_crc(info) or changed:  # the file too, then
+                    if info.CRC != read_crc(info) and crc != read_crc(info):  # memory follows the file (mmap)
+                        raise CheckpointError(
+                            f"{src}: changed since it was read (record {info.filename!r}); convert it again"
+                        )
+                    _check_input(info)  # memory read from a corrupt file (mode mmap-nocrc) is refused as corrupt
+                if crc == info.CRC == read_crc(info):
+                    outcome.records_copied += 1
+                    outcome.bytes_copied += info.file_size
+                    outcome.copied[info.filename] = (info.CRC, info.file_size)
+                    return
+                end = out.tell()
+                out.seek(at + 14)  # the local header's CRC-32 field
+                out.write(struct.pack("<I", crc))
+                out.seek(end)
+                entries[-1] = (encoded, at, crc, info.file_size)
+                outcome.storages_written += 1
+                outcome.bytes_written += info.file_size
+
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
+            changed = bool(stats.identity) and _identity(os.fstat(source.fileno())) != stats.identity
 
             def read_crc(info: zipfile.ZipInfo) -> int:  # the record's CRC-32 when the loader read it
                 return stats.records.get(info.filename, info.CRC)
@@ -330,15 +365,8 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     if stats.records and stats.records.get(info.filename) != info.CRC:  # e.g. byteorder, since the read
                         raise CheckpointError(f"{src}: changed since it was read (record {name}); convert it again")
                     copy(info)
-                elif name[5:] in kept and (memory := _memory_crc(held[name[5:]])) == info.CRC == read_crc(info):
-                    copy(info)  # the storage in memory still holds the record's bytes as read (not changed in place)
-                elif name[5:] in kept:  # changed in place since it was read, or the file replaced: write memory
-                    if info.CRC != read_crc(info) and memory != read_crc(info):  # memory follows the file (mmap)
-                        raise CheckpointError(f"{src}: changed since it was read (record {name}); convert it again")
-                    _check_input(info)
-                    record(info.filename, _storage_bytes(held[name[5:]]))
-                    outcome.storages_written += 1
-                    outcome.bytes_written += held[name[5:]].nbytes()
+                elif name[5:] in kept:
+                    copy_kept(info, held[name[5:]])
                 else:  # a record the conversion replaced (the old stem): checked too, so no corrupt input converts
                     _check_input(info)
                 if n == last_storage:  # the new storages where torch puts storages: after the others
@@ -365,12 +393,16 @@ def _open_regular(path: Path) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def _memory_crc(storage: torch.UntypedStorage) -> int:
-    """The CRC-32 of a kept storage's bytes in memory: a storage changed in place since it was read (or read from a
-    file since replaced) no longer matches its input record and is written, not copied. Read only, nothing copied."""
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """A file's identity and version (device, inode, size, modification time): another means replaced or written."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _memory_view(storage: torch.UntypedStorage) -> memoryview:
+    """A kept storage's bytes as a flat view (nothing copied; in the mmap modes a view of the input's mapping)."""
     if storage.nbytes() == 0:
-        return crc32(b"")
-    return crc32(memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B"))
+        return memoryview(b"")
+    return memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B")
 
 
 def _stream(fd: int, offset: int, size: int, out: Any, buffer: memoryview) -> int:
