@@ -334,7 +334,7 @@ def test_bench_convert_is_the_zip_copy_and_rewrite_is_not(src: Path, tmp_path: P
     """``focus-surgery bench``: ``convert`` times the CLI's writer (the zip copy), ``convert-rewrite`` torch.save's."""
     from focus_surgery.speed.bench import convert_once
 
-    for kind, copies in (("convert", 1), ("convert-rewrite", 0), ("convert-no-fsync", 1)):
+    for kind, copies in (("convert", 1), ("convert-verify", 1), ("convert-rewrite", 0), ("convert-no-fsync", 1)):
         dst = tmp_path / f"{kind}.pt"
         with zip_rewrite.recording() as outcomes:
             result = convert_once(kind, src, dst)

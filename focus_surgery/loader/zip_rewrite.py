@@ -51,7 +51,7 @@ __all__ = ["Outcome", "check_copied", "recording", "write_copying"]
 COPY_BUFFER_BYTES = 4 << 20  # one reused buffer: copying a record never holds more of it than this
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes / offsets from here on need zip64 fields (a module value: tests lower it)
 _FLAGS = 0x0800  # UTF-8 names, as torch writes them; sizes and CRC-32 in the local header (no data descriptor)
-_RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("focus_surgery_zip_copy", default=None)
+_RECORDING: contextvars.ContextVar[tuple] = contextvars.ContextVar("focus_surgery_zip_copy", default=())  # open blocks
 
 
 @dataclass
@@ -85,9 +85,10 @@ class Outcome:
 
 @contextlib.contextmanager
 def recording() -> Iterator[list[Outcome]]:
-    """Within this block, each ``write_copying`` that wrote appends its ``Outcome`` to the yielded list."""
+    """Within this block, each ``write_copying`` that wrote appends its ``Outcome`` to the yielded list (and to those
+    of the blocks around it)."""
     outcomes: list[Outcome] = []
-    token = _RECORDING.set(outcomes)
+    token = _RECORDING.set((*_RECORDING.get(), outcomes))
     try:
         yield outcomes
     finally:
@@ -375,8 +376,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                         outcome.storages_written += 1
                         outcome.bytes_written += storage.nbytes()
             out.write(_central(entries, out.tell()))
-    found = _RECORDING.get()
-    if found is not None:
+    for found in _RECORDING.get():
         found.append(outcome)
     return outcome
 

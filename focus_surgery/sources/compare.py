@@ -88,6 +88,16 @@ def verify_stems(
     return report
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    try:
+        return torch.equal(*(t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)))
+    except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared
+        return bool(torch.equal(a, b))
+
+
 def compare_state_dicts(
     a: dict, b: dict, block_size: int = 2, order: str = "yolov5", tolerance: float = DEFAULT_TOLERANCE, stems=None
 ) -> dict[str, Any]:
@@ -117,8 +127,9 @@ def compare_state_dicts(
         if a[key].dtype != b[key].dtype:  # equal values in another dtype are another file (size, precision)
             result["problem"] = f"{key} is {a[key].dtype} vs {b[key].dtype}: the dtype changed"
             return result
-        if a[key].numel():
-            errors.append(float((a[key].detach().double() - b[key].detach().double()).abs().max()))
+        if a[key].numel():  # the same bits are no error; only a tensor that differs is measured in float64
+            same = same_bits(a[key], b[key])
+            errors.append(0.0 if same else float((a[key].detach().double() - b[key].detach().double()).abs().max()))
     result["tensors"] = len(errors)
     if not errors:
         result["problem"] = "no tensors to compare: nothing was verified"

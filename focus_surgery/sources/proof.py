@@ -21,7 +21,7 @@ from ..errors import FocusSurgeryError, VerificationFailed
 from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
 from ..verify import verify
 from .base import ConvertOptions, Source
-from .compare import stem_check
+from .compare import same_bits, stem_check
 from .loading import Loaded
 
 __all__ = ["Original", "all_tensors", "capture", "compare_every_tensor", "proof_kind", "prove_written", "read_back"]
@@ -70,16 +70,6 @@ def all_tensors(content: Any) -> list[torch.Tensor]:
     return found
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    try:
-        return torch.equal(*(t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)))
-    except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared
-        return bool(torch.equal(a, b))
-
-
 def compare_every_tensor(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any]:
     """Every tensor of the written file against the original's, in the file's order: equal bit for bit, or where the
     conversion changed its shape, the same non-zero values (a remap permutes them; a bigger kernel adds zeros).
@@ -91,7 +81,7 @@ def compare_every_tensor(before: list[torch.Tensor], after: list[torch.Tensor]) 
     for i, (a, b) in enumerate(zip(before, after)):
         which = f"tensor {i + 1} of {len(after)} (shape {tuple(a.shape)}"
         if a.shape == b.shape:
-            if not _same_bits(a, b):
+            if not same_bits(a, b):
                 result["problem"] = f"{which}) differs"
                 return result
             continue
