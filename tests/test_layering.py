@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "focus_surgery"
 
 # Longest matching prefix wins. 0: imports nothing of the package but errors; 1: the loader; 2: the core maths and
 # I/O primitives; 3: checkpoint files; 4: module surgery; 5: what builds on it (families, graphs, speed);
-# 6: framework integrations; 7: checkpoint sources; 8: the pipeline; 9: the folder runner; 10: command line and API.
+# 6: framework integrations; 7: checkpoint sources; 8: the pipeline; 9: the folder runner and the benchmark (which
+# times the pipeline); 10: command line and API.
 FLOORS = {
     "focus_surgery.errors": 0,
     "focus_surgery._version": 0,
@@ -48,6 +49,7 @@ FLOORS = {
     "focus_surgery.sources": 7,
     "focus_surgery.files": 8,
     "focus_surgery.folder": 9,
+    "focus_surgery.speed.bench": 9,  # `focus-surgery bench` times the pipeline itself (files.convert_file)
     "focus_surgery._fork_server_preload": 9,  # the folder runner's fork server preloads it
     "focus_surgery.cli": 10,
     "focus_surgery.__main__": 10,
