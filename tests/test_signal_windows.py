@@ -21,6 +21,16 @@ def _interrupt_self() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt here even when the suite runs in a background job (which ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_sigint_right_after_the_temporary_is_created_removes_it(tmp_path, monkeypatch):
     real_lock = atomic_io._lock
     created = []
