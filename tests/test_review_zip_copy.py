@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 from focus_surgery.checkpoint_io import save_checkpoint
+from focus_surgery.errors import CheckpointError
 from focus_surgery.loader import read_checkpoint, zip_rewrite
 
 
@@ -18,6 +21,34 @@ def _src(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     path = tmp_path / "in.pt"
     torch.save(sd, path)
     return path, sd
+
+
+def _replace_input(src: Path, body: Callable[[str, bytes], bytes | None]) -> None:
+    """Replace ``src`` (after it was read) by an archive of the same records, each as ``body(name, data)`` makes it
+    (None: left out)."""
+    other = src.with_name("replacement.pt")
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(other, "w") as new:
+        for info in old.infolist():
+            data = body(info.filename, old.read(info))
+            if data is not None:
+                new.writestr(info.filename, data)
+    os.replace(other, src)
+
+
+def _write_refused_after_replacement(tmp_path: Path, body: Callable[[str, bytes], bytes | None], record: str) -> None:
+    """Read the input, replace it by ``body``'s archive, then write a conversion of what was read: refused in one
+    line naming ``record``, nothing left."""
+    src, _ = _src(tmp_path)
+    loaded = read_checkpoint(src, "mmap")
+    content = dict(loaded.content)
+    content["c"] = torch.zeros(10)
+    _replace_input(src, body)
+    dst = tmp_path / "out" / "out.pt"
+    dst.parent.mkdir()
+    with pytest.raises(CheckpointError, match="changed since it was read") as error:
+        save_checkpoint(content, dst, like=loaded)
+    assert "\n" not in str(error.value) and record in str(error.value)
+    assert list(dst.parent.iterdir()) == []
 
 
 @pytest.mark.parametrize("mode", ["copy", "mmap", "mmap-nocrc"])
@@ -35,8 +66,6 @@ def test_kept_storage_changed_in_place_is_written_as_it_is_now(tmp_path: Path, m
     assert torch.equal(back["a"], sd["a"] * 2) and torch.equal(back["b"], sd["b"])
     assert torch.equal(back["c"], torch.zeros(10))
     assert outcomes[0].storages_written == 2 and outcomes[0].records_copied >= 1  # "b" still copied
-    import zipfile
-
     with zipfile.ZipFile(dst) as archive:
         assert archive.testzip() is None  # each record's CRC-32 (local header and directory) right
     for m in ("copy", "mmap"):  # the loader checks every CRC-32 in these modes
@@ -48,14 +77,8 @@ def test_input_replaced_between_load_and_write_keeps_what_was_loaded(tmp_path: P
     loaded = read_checkpoint(src, "copy")
     content = dict(loaded.content)
     content["c"] = torch.zeros(10)
-    other = tmp_path / "other.pt"
-    import zipfile
-
-    with zipfile.ZipFile(src) as old, zipfile.ZipFile(other, "w") as new:  # same records and sizes, storages all 7s
-        for info in old.infolist():
-            body = old.read(info)
-            new.writestr(info.filename, b"\x07" * len(body) if "/data/" in info.filename else body)
-    os.replace(other, src)
+    # same records and sizes, storages all 7s
+    _replace_input(src, lambda name, body: b"\x07" * len(body) if "/data/" in name else body)
     dst = tmp_path / "out.pt"
     save_checkpoint(content, dst, like=loaded)
     back = torch.load(dst, weights_only=True)
@@ -65,8 +88,6 @@ def test_input_replaced_between_load_and_write_keeps_what_was_loaded(tmp_path: P
 def test_unreferenced_storage_record_present_at_load_still_converts(tmp_path: Path) -> None:
     """torch.load and the loader read a file with a storage record no pickle entry names: its conversion did before
     the zip copy (torch.save drops the record) and still does; only such a record appearing after the read refuses."""
-    import zipfile
-
     from focus_surgery.files import convert_file
 
     src = tmp_path / "in.pt"
@@ -86,26 +107,9 @@ def test_unreferenced_storage_record_present_at_load_still_converts(tmp_path: Pa
 def test_other_record_changed_since_the_read_refused(tmp_path: Path) -> None:
     """The input replaced after the read by one whose ``byteorder`` says big: copying it would make torch.load swap
     every storage's bytes; the write is refused, nothing is left."""
-    import zipfile
-
-    from focus_surgery.errors import CheckpointError
-
-    src, _ = _src(tmp_path)
-    loaded = read_checkpoint(src, "mmap")
-    content = dict(loaded.content)
-    content["c"] = torch.zeros(10)
-    hostile = tmp_path / "hostile.pt"
-    with zipfile.ZipFile(src) as old, zipfile.ZipFile(hostile, "w") as new:
-        for info in old.infolist():
-            body = b"big" if info.filename.endswith("/byteorder") else old.read(info)
-            new.writestr(info.filename, body)
-    os.replace(hostile, src)
-    dst = tmp_path / "out" / "out.pt"
-    dst.parent.mkdir()
-    with pytest.raises(CheckpointError, match="changed since it was read") as error:
-        save_checkpoint(content, dst, like=loaded)
-    assert "\n" not in str(error.value) and "byteorder" in str(error.value)
-    assert list(dst.parent.iterdir()) == []
+    _write_refused_after_replacement(
+        tmp_path, lambda name, body: b"big" if name.endswith("/byteorder") else body, "byteorder"
+    )
 
 
 def test_input_replaced_by_a_fifo_after_the_read_refused_not_hung(tmp_path: Path) -> None:
@@ -146,26 +150,9 @@ def test_input_replaced_by_a_fifo_after_the_read_refused_not_hung(tmp_path: Path
 def test_record_gone_since_the_read_refused(tmp_path: Path) -> None:
     """The input replaced after the read by one without its ``version`` record: the copy wrote an archive torch.load
     refuses ("Expected hasRecord("version")"); the write is refused instead, nothing is left."""
-    import zipfile
-
-    from focus_surgery.errors import CheckpointError
-
-    src, _ = _src(tmp_path)
-    loaded = read_checkpoint(src, "mmap")
-    content = dict(loaded.content)
-    content["c"] = torch.zeros(10)
-    hostile = tmp_path / "hostile.pt"
-    with zipfile.ZipFile(src) as old, zipfile.ZipFile(hostile, "w") as new:
-        for info in old.infolist():
-            if not info.filename.endswith("/version"):
-                new.writestr(info.filename, old.read(info))
-    os.replace(hostile, src)
-    dst = tmp_path / "out" / "out.pt"
-    dst.parent.mkdir()
-    with pytest.raises(CheckpointError, match="changed since it was read") as error:
-        save_checkpoint(content, dst, like=loaded)
-    assert "\n" not in str(error.value) and "version" in str(error.value)
-    assert list(dst.parent.iterdir()) == []
+    _write_refused_after_replacement(
+        tmp_path, lambda name, body: None if name.endswith("/version") else body, "version"
+    )
 
 
 def test_storage_rewritten_in_place_in_the_file_after_an_mmap_read_refused(tmp_path: Path) -> None:
@@ -174,10 +161,7 @@ def test_storage_rewritten_in_place_in_the_file_after_an_mmap_read_refused(tmp_p
     was read and converted: the write is refused, not a mix of two files."""
     import io
     import struct
-    import zipfile
     import zlib
-
-    from focus_surgery.errors import CheckpointError
 
     src, _ = _src(tmp_path)
     loaded = read_checkpoint(src, "mmap")
