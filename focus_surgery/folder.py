@@ -160,10 +160,11 @@ def convert_isolated(
                     continue
                 conn.close()
                 del running[index]
+                ending = (process, now + EXIT_GRACE_S)
                 if error is None:  # done and written: let it end while the next file starts (its exit takes time)
-                    exiting.append((process, now + EXIT_GRACE_S))
-                else:
-                    _reap([(process, now)], block=True)
+                    exiting.append(ending)
+                else:  # ended before anything is removed: a temporary it still holds locked is never taken
+                    _reap([ending], block=True)
                     remove_stale_temporaries(Path(jobs[index][1]))  # what a killed child may have left
                 outcomes[index].result, outcomes[index].error = result, error
                 finished += 1
