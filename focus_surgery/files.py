@@ -149,7 +149,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
             return report
         if report.problem is not None:
             raise VerificationFailed(f"{src}: verification failed ({report.problem}); {dst} not written", report)
-        checked: list[bool] = []
+        checked: list[bool] = []  # the atomic write's checks ran (its temporaries, before the rename)
+        proven: list[bool] = []  # --verify: the proof ran and said which proof it was
 
         def records_checked(pairs: list[tuple[Path, Path]]) -> None:  # before any proof, before anything is renamed
             if deferred and not any(outcome.dst == str(tmp) for outcome in copies for _, tmp in pairs):
@@ -161,7 +162,6 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
                 written = write(dst)
             else:  # the written file is read back and proven before it is renamed into place
                 original = capture(source, src, opts)  # the input read again on its own: the conversion edited it
-                proven: list[bool] = []
 
                 def prove(pairs: list[tuple[Path, Path]]) -> None:
                     prove_written(report, source, loaded, original, opts, pairs)
@@ -170,22 +170,21 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
 
                 with checked_before_rename(prove):
                     written = write(dst)
-                if not any(proven):  # a writer that bypassed the atomic write: nothing of it may stand as verified
-                    for path in written if isinstance(written, list) else [dst]:
-                        Path(path).unlink(missing_ok=True)
-                    raise VerificationFailed(
-                        f"{src}: verification failed (--verify measured nothing); {dst} not written", report
-                    )
-        if deferred and not checked:  # a writer that bypassed the atomic write: check now, remove it if corrupt
-            try:
+        paths = [Path(p) for p in written] if isinstance(written, list) else [dst]
+        try:  # a writer that bypassed the atomic write: its checks had not run, so nothing of it may stand
+            if opts.verify and not any(proven):
+                raise VerificationFailed(
+                    f"{src}: verification failed (--verify measured nothing); {dst} not written", report
+                )
+            if deferred and not checked:
                 _records_checked(src)
-            except CheckpointError:
-                for path in written if isinstance(written, list) else [dst]:
-                    Path(path).unlink(missing_ok=True)
-                raise
+        except FocusSurgeryError:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
         if "write" not in report.fields:  # which writer ran: the zip copy, else the source's own (torch.save, ...)
             report.fields["write"] = copies[-1].to_dict() if copies else {"path": "rewritten"}
-        report.written = [str(p) for p in written] if isinstance(written, list) else [str(dst)]
+        report.written = [str(p) for p in paths]
         return report
     finally:  # what the proof needed: the converted model, whose tensors may still be views of the input's mapping
         report.after = None
