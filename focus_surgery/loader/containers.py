@@ -52,6 +52,8 @@ class LoadStats:
             record there at the read from one that appeared since).
         identity (tuple): Zip files: (device, inode, size, modification time ns) of the file read (``zip_rewrite``
             checks the file's records too where it was replaced or written since).
+        mapped_at (int): The mmap modes: the address of the file's private mapping (byte 0 of the file), else 0
+            (``zip_rewrite`` copies a view of it never written since from the file, so it never becomes resident).
     """
 
     mode: str = "copy"
@@ -62,6 +64,7 @@ class LoadStats:
     keys: dict = field(default_factory=dict, repr=False)
     records: dict = field(default_factory=dict, repr=False)
     identity: tuple = ()
+    mapped_at: int = 0
 
 
 def budgets_for(file_size: int) -> Budgets:
@@ -163,6 +166,7 @@ def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats
         if mapping is not None:
             whole = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive while any view lives
             mapped, mapped_bytes = whole.untyped_storage(), whole.numpy()  # numpy: CRC-32s read it without a copy
+            stats.mapped_at = mapped.data_ptr()
 
     def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
         if mapped is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes

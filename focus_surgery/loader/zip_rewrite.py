@@ -9,7 +9,10 @@ A stem conversion changes one storage of hundreds. ``write_copying`` writes the 
   copy) through a small buffer, its CRC-32 computed as it streams: equal to its record's as read, it is that record's
   copy; else it was changed in place since the read and is written as it is now (its header's CRC-32 set right) once
   the input's record is checked, and a file that is corrupt, or changed since the read under an mmap read, refuses
-  the write; where the file was replaced or written since the read, every kept record of it is checked too;
+  the write; where the file was replaced or written since the read, every kept record of it is checked too; a kept
+  storage that is the input's own mapped record, none of its pages written since (``private_pages_reader``), is read
+  from the file instead (the same bytes), so the mapping's pages never become resident: memory stays the pickle,
+  the new storages and the buffer;
 * every other record (``version``, ``byteorder``, ``.data/serialization_id``, ...) is copied byte for byte from the
   input through the same buffer, its CRC-32 computed as it streams and checked against the input's (a mismatch, or a
   CRC-32 other than the read's, refuses the whole write: nothing is put in place); a storage record the conversion
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import mmap
 import os
 import stat
 import struct
@@ -37,8 +41,9 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy
 import torch
 
 from .containers import RECORD_ALIGNMENT, check_records
@@ -64,6 +69,8 @@ class Outcome:
         storages_written (int), bytes_written (int): New storage records (the storages the conversion changed).
         pickle_bytes (int): The new ``data.pkl``.
         buffer_bytes (int): The copy buffer (the most of any copied record ever held in memory at once).
+        bytes_from_file (int): Kept storages' bytes read from the input file rather than from the content's memory
+            (views of the input's mapping that no write reached: their pages never become resident).
         copied (dict[str, tuple[int, int]]): Each copied record's name -> (CRC-32, size), as in the input.
     """
 
@@ -75,6 +82,7 @@ class Outcome:
     bytes_written: int = 0
     pickle_bytes: int = 0
     buffer_bytes: int = 0
+    bytes_from_file: int = 0
     copied: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,6 +334,24 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                 encoded, at = info.filename.encode("utf-8"), out.tell()
                 entries.append((encoded, at, info.CRC, info.file_size))
                 out.write(_local_header(encoded, at, info.CRC, info.file_size))
+                offset = offsets[info.filename]
+                if (
+                    not changed
+                    and info.CRC == read_crc(info)
+                    and stats.mapped_at
+                    and storage.data_ptr() == stats.mapped_at + offset
+                    and pages_unwritten is not None
+                    and pages_unwritten(storage.data_ptr(), info.file_size)
+                ):  # the file's own bytes, never written in memory: read from the file, they never become resident
+                    if _stream(source.fileno(), offset, info.file_size, out, buffer) != info.CRC:
+                        raise CheckpointError(
+                            f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
+                        )
+                    outcome.records_copied += 1
+                    outcome.bytes_copied += info.file_size
+                    outcome.bytes_from_file += info.file_size
+                    outcome.copied[info.filename] = (info.CRC, info.file_size)
+                    return
                 view, crc = _memory_view(storage), 0
                 for start in range(0, len(view), COPY_BUFFER_BYTES):
                     chunk = view[start : start + COPY_BUFFER_BYTES]
@@ -351,6 +377,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                 outcome.bytes_written += info.file_size
 
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
+            pages_unwritten = private_pages_reader(buffer) if stats.mapped_at else None
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
             changed = bool(stats.identity) and _identity(os.fstat(source.fileno())) != stats.identity
 
@@ -403,6 +430,39 @@ def _memory_view(storage: torch.UntypedStorage) -> memoryview:
     if storage.nbytes() == 0:
         return memoryview(b"")
     return memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B")
+
+
+def private_pages_reader(probe: memoryview) -> Callable[[int, int], bool] | None:
+    """``unwritten(address, nbytes)``: True where no page of that range of a private file mapping was written (made
+    the process's own copy) since it was mapped, from ``/proc/self/pagemap`` (Linux); None where that cannot be read
+    or does not tell pages apart: ``probe``, written here, must read as a present page of the process's own.
+    A page shared with a written neighbour counts as written (the caller then reads memory: slower, never wrong)."""
+    page = mmap.PAGESIZE
+
+    def private(address: int, nbytes: int) -> bool:  # any page of the range the process's own (OSError: unknown)
+        first, last = address // page, (address + max(nbytes, 1) - 1) // page
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            raw = os.pread(fd, 8 * (last - first + 1), 8 * first)
+        finally:
+            os.close(fd)
+        if len(raw) != 8 * (last - first + 1):
+            raise OSError("short read of /proc/self/pagemap")
+        entries = numpy.frombuffer(raw, dtype="<u8")
+        own = ((entries >> 63) & 1) & ~((entries >> 61) & 1)  # present, not a file page: a private copy
+        return bool((own | ((entries >> 62) & 1)).any())  # swapped: only the process's own pages are
+
+    def unwritten(address: int, nbytes: int) -> bool:
+        try:
+            return not private(address, nbytes)
+        except OSError:
+            return False
+
+    try:
+        probe[0] ^= 1  # written: this page must now read as the process's own
+        return unwritten if private(numpy.frombuffer(probe, dtype=numpy.uint8).ctypes.data, 1) else None
+    except OSError:
+        return None
 
 
 def _stream(fd: int, offset: int, size: int, out: Any, buffer: memoryview) -> int:
