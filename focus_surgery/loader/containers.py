@@ -34,7 +34,7 @@ TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's 
 OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four times the file's size
 LOAD_MODES = ("copy", "mmap", "mmap-nocrc")
 RECORD_ALIGNMENT = 64  # torch.save aligns each record's data to 64 bytes; others are copied, never mapped unaligned
-CRC_THREADS = 2  # the CRC releases the GIL: checksums run beside the unpickling (more threads: no gain on 2-4 cores)
+CRC_THREADS = 2  # reads and CRCs release the GIL: they run beside the unpickling (more threads: no gain on 2-4 cores)
 
 
 @dataclass
@@ -154,9 +154,11 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
 
 
 def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> Callable:
-    """``read(offset, nbytes)``: (storage of ``file[offset : offset + nbytes]``, its bytes as numpy for the CRC-32);
-    a view of one private (copy-on-write: the file is never written) mapping of the file in the mmap modes where the
-    record is aligned, else a fresh copy. Offsets and lengths come from ``check_records`` (inside the file)."""
+    """``read(offset, nbytes)``: (storage of ``file[offset : offset + nbytes]``, its bytes as numpy for the CRC-32,
+    None or ``fill()``); a view of one private (copy-on-write: the file is never written) mapping of the file in the
+    mmap modes where the record is aligned, else a fresh storage that ``fill()`` reads the record into (the caller
+    runs it beside the unpickling and awaits it before anything is returned). Offsets and lengths come from
+    ``check_records`` (inside the file)."""
     fd, mapped, mapped_bytes = handle.fileno(), None, None
     if mode != "copy":
         try:
@@ -168,21 +170,32 @@ def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats
             mapped, mapped_bytes = whole.untyped_storage(), whole.numpy()  # numpy: CRC-32s read it without a copy
             stats.mapped_at = mapped.data_ptr()
 
-    def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
+    def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any, Callable[[], None] | None]:
         if mapped is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
             stats.mapped_bytes += nbytes
-            return mapped[offset : offset + nbytes], mapped_bytes[offset : offset + nbytes]
+            return mapped[offset : offset + nbytes], mapped_bytes[offset : offset + nbytes], None
         tensor = torch.empty((nbytes,), dtype=torch.uint8)
-        array, done = tensor.numpy(), 0
-        while done < nbytes:  # one copy, kernel to the storage (no Python bytes object in between)
-            got = os.preadv(fd, [array[done:]], offset + done)
-            if got <= 0:
-                raise CheckpointError(f"{path}: the file became shorter while it was read; read it again")
-            done += got
+        array = tensor.numpy()
+
+        def fill() -> None:  # one copy, kernel to the storage (no Python bytes object in between)
+            done = 0
+            while done < nbytes:
+                got = os.preadv(fd, [array[done:]], offset + done)
+                if got <= 0:
+                    raise CheckpointError(f"{path}: the file became shorter while it was read; read it again")
+                done += got
+
         stats.copied_bytes += nbytes
-        return tensor.untyped_storage(), array
+        return tensor.untyped_storage(), array, fill
 
     return read
+
+
+def _filled_crc(fill: Callable[[], None] | None, as_bytes: Any, check: bool) -> int | None:
+    """A storage's job in the pool: its bytes read from the file (copied storages), then their CRC-32 if ``check``."""
+    if fill is not None:
+        fill()
+    return crc32(as_bytes) if check else None
 
 
 def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | None = None) -> tuple[Any, Any]:
@@ -244,10 +257,10 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
                 stats.storages += 1
                 if info.compress_type == zipfile.ZIP_STORED:
-                    raw, as_bytes = record_bytes(offsets[info.filename], info.file_size)
-                    if check_storages:  # checked below, once the unpickling is done
-                        crcs.append((info, crc_pool.submit(crc32, as_bytes)))
-                        stats.crc_bytes += info.file_size
+                    raw, as_bytes, fill = record_bytes(offsets[info.filename], info.file_size)
+                    if fill is not None or check_storages:  # beside the unpickling; awaited (and checked) below
+                        crcs.append((info, crc_pool.submit(_filled_crc, fill, as_bytes, check_storages)))
+                        stats.crc_bytes += info.file_size if check_storages else 0
                 else:  # deflated (torch never writes it): zipfile inflates at most the declared size, checks the CRC
                     raw = torch.frombuffer(bytearray(archive.read(info)), dtype=torch.uint8).untyped_storage()
                     stats.copied_bytes += info.file_size
@@ -262,8 +275,9 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         try:
             unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets_for(file_size))
             content = unpickler.load()
-            for info, crc in crcs:
-                if crc.result() != info.CRC:
+            for info, job in crcs:  # every storage filled before anything built from it is returned
+                crc = job.result()
+                if crc is not None and crc != info.CRC:
                     raise CheckpointError(
                         f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
                     )
