@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import LOADER_MODES
-from focus_surgery.loader import LOAD_MODES, CheckpointError, load_mode, read_checkpoint
+from focus_surgery.loader import LOAD_MODES, CheckpointError, containers, load_mode, read_checkpoint
 from focus_surgery.loader.walk import Transform
 from focus_surgery.sources import loading
 from hostile_files import write_zip, zip_entries
@@ -95,6 +95,32 @@ def test_copied_storages_are_read_beside_the_unpickling(monkeypatch):
     monkeypatch.undo()
     for a, b in zip(_tensors(loaded.content), _tensors(read_checkpoint(sample, "mmap").content)):
         assert torch.equal(a, b)
+
+
+def test_mode_mmap_starts_every_storage_checksum_before_the_unpickling(monkeypatch):
+    """Mode mmap knows every storage record from the zip directory: their CRC-32s all start in the pool before the
+    first opcode is read, so the checksums overlap the whole unpickling (not only what follows each storage)."""
+    sample = SAMPLES[0]
+    submitted, seen_at_start = [0], []
+
+    class CountingPool(containers.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            submitted[0] += 1
+            return super().submit(*args, **kwargs)
+
+    class NotingUnpickler(containers.RestrictedUnpickler):
+        def load(self):
+            seen_at_start.append(submitted[0])
+            return super().load()
+
+    monkeypatch.setattr(containers, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(containers, "RestrictedUnpickler", NotingUnpickler)
+    loaded = read_checkpoint(sample, "mmap")
+    assert seen_at_start == [len(_storage_records(sample))] == [loaded.stats.storages]
+    assert submitted[0] == loaded.stats.storages  # each checksummed once
+    submitted[0] = 0
+    read_checkpoint(sample, "mmap-nocrc")  # nothing of the storages checksummed
+    assert seen_at_start[-1] == submitted[0] == 0
 
 
 def test_a_file_that_ends_early_during_the_copy_is_refused_in_one_line(monkeypatch):

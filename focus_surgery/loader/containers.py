@@ -153,12 +153,12 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> Callable:
-    """``read(offset, nbytes)``: (storage of ``file[offset : offset + nbytes]``, its bytes as numpy for the CRC-32,
-    None or ``fill()``); a view of one private (copy-on-write: the file is never written) mapping of the file in the
-    mmap modes where the record is aligned, else a fresh storage that ``fill()`` reads the record into (the caller
-    runs it beside the unpickling and awaits it before anything is returned). Offsets and lengths come from
-    ``check_records`` (inside the file)."""
+def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> tuple[Callable, Any]:
+    """(``read``, the whole mapping as numpy or None). ``read(offset, nbytes)``: (storage of ``file[offset : offset +
+    nbytes]``, its bytes as numpy for the CRC-32, None or ``fill()``); a view of one private (copy-on-write: the file
+    is never written) mapping of the file in the mmap modes where the record is aligned, else a fresh storage that
+    ``fill()`` reads the record into (the caller runs it beside the unpickling and awaits it before anything is
+    returned). Offsets and lengths come from ``check_records`` (inside the file)."""
     fd, mapped, mapped_bytes = handle.fileno(), None, None
     if mode != "copy":
         try:
@@ -188,7 +188,7 @@ def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats
         stats.copied_bytes += nbytes
         return tensor.untyped_storage(), array, fill
 
-    return read
+    return read, mapped_bytes
 
 
 def _filled_crc(fill: Callable[[], None] | None, as_bytes: Any, check: bool) -> int | None:
@@ -238,8 +238,9 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
         stats.crc_bytes += len(data)
         unpacked, storages, crcs = [0], {}, []
-        record_bytes = _record_bytes(path, handle, file_size, mode, stats)
+        record_bytes, mapped_bytes = _record_bytes(path, handle, file_size, mode, stats)
         check_storages = mode != "mmap-nocrc"
+        early: dict[str, Any] = {}  # mode mmap: every mapped storage record's CRC-32, from before the unpickling on
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
             if view is not None:
@@ -258,7 +259,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                 stats.storages += 1
                 if info.compress_type == zipfile.ZIP_STORED:
                     raw, as_bytes, fill = record_bytes(offsets[info.filename], info.file_size)
-                    if fill is not None or check_storages:  # beside the unpickling; awaited (and checked) below
+                    if info.filename not in early and (fill is not None or check_storages):  # awaited below
                         crcs.append((info, crc_pool.submit(_filled_crc, fill, as_bytes, check_storages)))
                         stats.crc_bytes += info.file_size if check_storages else 0
                 else:  # deflated (torch never writes it): zipfile inflates at most the declared size, checks the CRC
@@ -273,8 +274,14 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
 
         crc_pool = ThreadPoolExecutor(max_workers=CRC_THREADS, thread_name_prefix="focus-surgery-crc")
         try:
+            for name, info in by_name.items() if check_storages and mapped_bytes is not None else ():
+                at = offsets[info.filename]
+                if name.startswith("data/") and info.compress_type == zipfile.ZIP_STORED and at % RECORD_ALIGNMENT == 0:
+                    early[info.filename] = crc_pool.submit(crc32, mapped_bytes[at : at + info.file_size])
+                    stats.crc_bytes += info.file_size
             unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets_for(file_size))
             content = unpickler.load()
+            crcs += [(by_name[n[len(prefix) :]], job) for n, job in early.items()]
             for info, job in crcs:  # every storage filled before anything built from it is returned
                 crc = job.result()
                 if crc is not None and crc != info.CRC:
@@ -283,7 +290,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     )
         finally:
             crc_pool.shutdown(wait=True, cancel_futures=True)
-        read = {f"data/{key}" for key in storages} | {"data.pkl", "byteorder"}
+        read = {f"data/{key}" for key in storages} | {n[len(prefix) :] for n in early} | {"data.pkl", "byteorder"}
         for name, info in by_name.items():  # every record's CRC-32, also of those the load did not need
             if name not in read and (check_storages or not name.startswith("data/")):
                 with archive.open(info) as record:  # zipfile checks the CRC-32 at the end of the record
