@@ -292,9 +292,10 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             raise CheckpointError(
                 f"{src}: zip record {prefix}data/{stray} is not a storage of its pickle; re-save it with torch.save"
             )
+        sizes = {k: s.nbytes() for k, s, _ in stats.keys.values()}  # by key: one pass, not one per kept storage
         for key in kept:
             info = storages.get(key)
-            if info is None or info.file_size != next(s.nbytes() for k, s, _ in stats.keys.values() if k == key):
+            if info is None or info.file_size != sizes[key]:
                 raise CheckpointError(f"{src}: changed since it was read (storage {key}); convert it again")
             if info.compress_type != zipfile.ZIP_STORED:
                 return None  # torch never deflates; such an archive is written by torch.save
