@@ -352,6 +352,16 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     outcome.bytes_from_file += info.file_size
                     outcome.copied[info.filename] = (info.CRC, info.file_size)
                     return
+                mapped_from = storage.data_ptr() - stats.mapped_at  # its file offset, if a view of the mapping
+                in_mapping = 0 <= mapped_from <= stats.identity[2] - info.file_size if follows else False
+                if in_mapping and (changed or mapped_from != offset):
+                    # pages of the same file's private mapping that no write reached show the file as it is now:
+                    # rewritten where it lies (or moved) since the read, memory is part its new bytes, or past its
+                    # new end (a read there is a SIGBUS); an edit in memory is dropped where the file was truncated
+                    raise CheckpointError(
+                        f"{src}: changed since it was read (rewritten in place; record {info.filename!r}); convert "
+                        "it again"
+                    )
                 view, crc = _memory_view(storage), 0
                 for start in range(0, len(view), COPY_BUFFER_BYTES):
                     chunk = view[start : start + COPY_BUFFER_BYTES]
@@ -379,7 +389,9 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
             pages_unwritten = private_pages_reader(buffer) if stats.mapped_at else None
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
-            changed = bool(stats.identity) and _identity(os.fstat(source.fileno())) != stats.identity
+            now = _identity(os.fstat(source.fileno()))
+            changed = bool(stats.identity) and now != stats.identity
+            follows = bool(stats.mapped_at and stats.identity) and now[:2] == stats.identity[:2]  # the file mapped
 
             def read_crc(info: zipfile.ZipInfo) -> int:  # the record's CRC-32 when the loader read it
                 return stats.records.get(info.filename, info.CRC)
