@@ -88,12 +88,40 @@ def test_input_rewritten_in_place_with_its_records_moved_refused(tmp_path: Path,
     content[last] = torch.zeros(16, 3, 6, 6)
     _rewrite_in_place(src, _moved_records(src, 1, same_size), keep_mtime=same_size)
     if same_size:  # nothing of the file's identity (device, inode, size, mtime) tells it apart from the one read
-        assert zip_rewrite._identity(os.stat(src)) == loaded.stats.identity
+        assert zip_rewrite._identity(os.stat(src))[:4] == loaded.stats.identity[:4]
     dst = tmp_path / "out" / "out.pt"
     dst.parent.mkdir()
     with pytest.raises(CheckpointError, match="changed since it was read") as error:
         save_checkpoint(content, dst, like=loaded)
     assert "\n" not in str(error.value) and str(src) in str(error.value)
+    assert list(dst.parent.iterdir()) == []
+
+
+def test_edit_dropped_by_an_identical_rewrite_with_mtime_restored_refused(tmp_path: Path) -> None:
+    """``cp -p`` of an identical copy over the input (truncated and written where it lies, its mtime put back): the
+    truncation drops the pages an edit in memory made the process's own, so memory shows the file again. Device,
+    inode, size and mtime were all as read, so the write went ahead without the edit; the change time (which no call
+    can put back) now tells the rewrite apart, and the write is refused."""
+    src = tmp_path / "in.pt"
+    _save(src, 1)
+    raw, read_ctime, mtime = src.read_bytes(), os.stat(src).st_ctime_ns, os.stat(src).st_mtime_ns
+    loaded = read_checkpoint(src, "mmap-nocrc")
+    content = dict(loaded.content)
+    first, last = list(content)[0], list(content)[-1]
+    content[first][0] = 123.0
+    content[last] = torch.zeros(16, 3, 6, 6)
+    _rewrite_in_place(src, raw, keep_mtime=True)
+    for _ in range(1_000_000):  # a coarse clock may not have ticked since the read: each utime sets the change time
+        if os.stat(src).st_ctime_ns != read_ctime:
+            break
+        os.utime(src, ns=(os.stat(src).st_atime_ns, mtime))
+    assert os.stat(src).st_mtime_ns == mtime and os.stat(src).st_size == len(raw)
+    assert content[first][0] != 123.0  # the kernel dropped the edit: what is written must not pretend otherwise
+    dst = tmp_path / "out" / "out.pt"
+    dst.parent.mkdir()
+    with pytest.raises(CheckpointError, match="changed since it was read") as error:
+        save_checkpoint(content, dst, like=loaded)
+    assert "\n" not in str(error.value)
     assert list(dst.parent.iterdir()) == []
 
 

@@ -432,9 +432,10 @@ def _open_regular(path: Path) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """A file's identity and version (device, inode, size, modification time): another means replaced or written."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """A file's identity and version (device, inode, size, modification and change times): another means replaced
+    or written (``cp -p`` puts the mtime back, never the change time)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _memory_view(storage: torch.UntypedStorage) -> memoryview:
