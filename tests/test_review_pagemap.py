@@ -197,3 +197,19 @@ def test_kept_storages_read_from_the_file_match_memory_record_by_record(tmp_path
     assert outcomes[0].bytes_from_file == 0 and outcomes[0].storages_written == 5  # every kept one written
     values = _values()
     assert not any(torch.equal(back[k], v) for k, v in zip(names[:4], values))  # each edit is in the output
+
+
+def test_the_resident_measure_sees_a_copy_from_the_mapping_wherever_the_file_lies(tmp_path: Path, monkeypatch) -> None:
+    """Control for ``tests/test_zip_copy_resident``'s memory bound: with the file path off (no pagemap reader), the
+    copy from the mapping must show in the measure. ``RssFile`` alone missed it where ``tmp_path`` is on tmpfs (a
+    shmem file's mapped pages count as ``RssShmem``), so there the bound held whatever path ran."""
+    from tests.test_zip_copy_resident import _convert, _input, _resident_file_bytes
+
+    monkeypatch.setattr(zip_rewrite, "private_pages_reader", lambda probe: None)
+    src, sd = _input(tmp_path)
+    loaded = read_checkpoint(src, "mmap-nocrc")
+    before = _resident_file_bytes()
+    outcome, _, _ = _convert(loaded, tmp_path)
+    grown = _resident_file_bytes() - before
+    kept = sum(t.nbytes for k, t in sd.items() if k != "stem")
+    assert outcome.bytes_from_file == 0 and grown >= 0.9 * kept, (grown, kept)

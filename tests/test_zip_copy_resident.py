@@ -29,8 +29,9 @@ def _input(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def _resident_file_bytes() -> int:
+    """Resident pages of mapped files: ``RssFile``, plus ``RssShmem`` where the file lies on tmpfs."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssFile:"))
+        return sum(int(line.split()[1]) * 1024 for line in status if line.startswith(("RssFile:", "RssShmem:")))
 
 
 def _convert(loaded, tmp_path: Path) -> tuple[zip_rewrite.Outcome, dict[str, torch.Tensor], Path]:
