@@ -359,8 +359,8 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     # rewritten where it lies (or moved) since the read, memory is part its new bytes, or past its
                     # new end (a read there is a SIGBUS); an edit in memory is dropped where the file was truncated
                     raise CheckpointError(
-                        f"{src}: changed since it was read (rewritten in place; record {info.filename!r}); convert "
-                        "it again"
+                        f"{src}: changed since it was read (the very file the read mapped; record {info.filename!r}); "
+                        "convert it again"
                     )
                 view, crc = _memory_view(storage), 0
                 for start in range(0, len(view), COPY_BUFFER_BYTES):
