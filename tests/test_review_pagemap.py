@@ -205,7 +205,7 @@ def test_the_resident_measure_sees_a_copy_from_the_mapping_wherever_the_file_lie
     shmem file's mapped pages count as ``RssShmem``), so there the bound held whatever path ran."""
     from tests.test_zip_copy_resident import _convert, _input, _resident_file_bytes
 
-    monkeypatch.setattr(zip_rewrite, "private_pages_reader", lambda probe: None)
+    monkeypatch.setattr(zip_rewrite, "private_pages_reader", lambda probe, fd: None)
     src, sd = _input(tmp_path)
     loaded = read_checkpoint(src, "mmap-nocrc")
     before = _resident_file_bytes()
@@ -213,3 +213,54 @@ def test_the_resident_measure_sees_a_copy_from_the_mapping_wherever_the_file_lie
     grown = _resident_file_bytes() - before
     kept = sum(t.nbytes for k, t in sd.items() if k != "stem")
     assert outcome.bytes_from_file == 0 and grown >= 0.9 * kept, (grown, kept)
+
+
+def test_a_pagemap_that_calls_every_page_of_a_file_mapping_the_file_s_is_not_trusted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The reader's probe wrote a page of the heap and trusted any pagemap that showed it as the process's own; one
+    that tells pages apart by mapping (every page of a file mapping shown as the file's, written or not: an emulated
+    /proc, a kernel that does not report it) passed that probe, and an edit in memory was lost, the file's bytes
+    copied over it. The probe now also writes a page of a private mapping of the input, which must read as own."""
+    import mmap
+
+    src = tmp_path / "in.pt"
+    _save(src, 1)
+    loaded = read_checkpoint(src, "mmap-nocrc")
+    content = dict(loaded.content)
+    first, last = list(content)[0], list(content)[-1]
+    content[first][1 << 15] = 42.0
+    content[last] = torch.zeros(16, 3, 6, 6)
+    real_open, real_pread, fake = os.open, os.pread, set()
+
+    def file_vmas() -> list[tuple[int, int]]:
+        with open("/proc/self/maps") as maps:
+            rows = [line.split() for line in maps]
+        return [tuple(int(x, 16) for x in row[0].split("-")) for row in rows if len(row) > 5 and row[4] != "0"]
+
+    def fake_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if str(path) == "/proc/self/pagemap":
+            fake.add(fd)
+        return fd
+
+    def fake_pread(fd, n, offset):
+        raw = real_pread(fd, n, offset)
+        if fd not in fake:
+            return raw
+        entries, vmas = bytearray(raw), file_vmas()
+        for i in range(len(raw) // 8):
+            address = (offset // 8 + i) * mmap.PAGESIZE
+            if any(start <= address < end for start, end in vmas):  # a file mapping: "the file's page", always
+                entries[8 * i : 8 * i + 8] = struct.pack("<Q", (1 << 63) | (1 << 61))
+        return bytes(entries)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "pread", fake_pread)
+    dst = tmp_path / "out.pt"
+    with zip_rewrite.recording() as outcomes:
+        save_checkpoint(content, dst, like=loaded)
+    monkeypatch.undo()
+    back = torch.load(dst, weights_only=True)
+    assert back[first][1 << 15] == 42.0 and torch.equal(back[first], content[first])
+    assert outcomes[0].bytes_from_file == 0  # the reader not trusted: every kept storage from memory

@@ -387,7 +387,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                 outcome.bytes_written += info.file_size
 
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
-            pages_unwritten = private_pages_reader(buffer) if stats.mapped_at else None
+            pages_unwritten = private_pages_reader(buffer, source.fileno()) if stats.mapped_at else None
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
             now = _identity(os.fstat(source.fileno()))
             changed = bool(stats.identity) and now != stats.identity
@@ -445,10 +445,11 @@ def _memory_view(storage: torch.UntypedStorage) -> memoryview:
     return memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B")
 
 
-def private_pages_reader(probe: memoryview) -> Callable[[int, int], bool] | None:
+def private_pages_reader(probe: memoryview, fd: int) -> Callable[[int, int], bool] | None:
     """``unwritten(address, nbytes)``: True where no page of that range of a private file mapping was written (made
     the process's own copy) since it was mapped, from ``/proc/self/pagemap`` (Linux); None where that cannot be read
-    or does not tell pages apart: ``probe``, written here, must read as a present page of the process's own.
+    or does not tell pages apart: ``probe``, written here, must read as a present page of the process's own, and so
+    must a page of a private mapping of ``fd`` (the input) once written, as the loader's mapping is.
     A page shared with a written neighbour counts as written (the caller then reads memory: slower, never wrong)."""
     page = mmap.PAGESIZE
 
@@ -471,10 +472,23 @@ def private_pages_reader(probe: memoryview) -> Callable[[int, int], bool] | None
         except OSError:
             return False
 
+    def written_file_page_is_own() -> bool:  # a pagemap that only tells mappings apart (all of a file's "file")
+        mapping = mmap.mmap(fd, 1, access=mmap.ACCESS_COPY)
+        try:
+            view = numpy.frombuffer(mapping, dtype=numpy.uint8)
+            view[0] ^= 1  # a private copy of the file's page, as an edit in place makes one
+            own = private(view.ctypes.data, 1)
+            del view
+            return own
+        finally:
+            mapping.close()
+
     try:
         probe[0] ^= 1  # written: this page must now read as the process's own
-        return unwritten if private(numpy.frombuffer(probe, dtype=numpy.uint8).ctypes.data, 1) else None
-    except OSError:
+        if not private(numpy.frombuffer(probe, dtype=numpy.uint8).ctypes.data, 1):
+            return None
+        return unwritten if written_file_page_is_own() else None
+    except (OSError, ValueError):
         return None
 
 
