@@ -8,6 +8,8 @@ through ``conftest.loader_mode``; this file checks what only the modes differ in
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from conftest import LOADER_MODES
-from focus_surgery.loader import LOAD_MODES, CheckpointError, load_mode, read_checkpoint
+from focus_surgery.loader import LOAD_MODES, CheckpointError, containers, load_mode, read_checkpoint
 from focus_surgery.loader.walk import Transform
 from focus_surgery.sources import loading
 from hostile_files import write_zip, zip_entries
@@ -74,6 +76,64 @@ def test_what_each_mode_copies_maps_and_checksums(sample):
     assert (lazy.copied_bytes, lazy.mapped_bytes) == (0, storage_bytes)
     assert copy.crc_bytes == mapped.crc_bytes >= storage_bytes
     assert lazy.crc_bytes == mapped.crc_bytes - storage_bytes
+
+
+def test_copied_storages_are_read_beside_the_unpickling(monkeypatch):
+    """Mode copy reads each storage in the CRC pool's threads (the read releases the GIL, so it overlaps the pure-Python
+    unpickling), and every read is done before the content is returned."""
+    sample = SAMPLES[0]
+    real, reads = os.preadv, []
+
+    def counted(fd, buffers, offset):
+        reads.append((threading.current_thread().name, sum(len(b) for b in buffers)))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    loaded = read_checkpoint(sample, "copy")
+    assert reads and all(name.startswith("focus-surgery-crc") for name, _ in reads), reads
+    assert sum(n for _, n in reads) == loaded.stats.copied_bytes == sum(_storage_records(sample).values())
+    monkeypatch.undo()
+    for a, b in zip(_tensors(loaded.content), _tensors(read_checkpoint(sample, "mmap").content)):
+        assert torch.equal(a, b)
+
+
+def test_mode_mmap_starts_every_storage_checksum_before_the_unpickling(monkeypatch):
+    """Mode mmap knows every storage record from the zip directory: their CRC-32s all start in the pool before the
+    first opcode is read, so the checksums overlap the whole unpickling (not only what follows each storage)."""
+    sample = SAMPLES[0]
+    submitted, seen_at_start = [0], []
+
+    class CountingPool(containers.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            submitted[0] += 1
+            return super().submit(*args, **kwargs)
+
+    class NotingUnpickler(containers.RestrictedUnpickler):
+        def load(self):
+            seen_at_start.append(submitted[0])
+            return super().load()
+
+    monkeypatch.setattr(containers, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(containers, "RestrictedUnpickler", NotingUnpickler)
+    loaded = read_checkpoint(sample, "mmap")
+    assert seen_at_start == [len(_storage_records(sample))] == [loaded.stats.storages]
+    assert submitted[0] == loaded.stats.storages  # each checksummed once
+    submitted[0] = 0
+    read_checkpoint(sample, "mmap-nocrc")  # nothing of the storages checksummed
+    assert seen_at_start[-1] == submitted[0] == 0
+
+
+def test_a_file_that_ends_early_during_the_copy_is_refused_in_one_line(monkeypatch):
+    real, calls = os.preadv, [0]
+
+    def shrinking(fd, buffers, offset):
+        calls[0] += 1
+        return 0 if calls[0] == 3 else real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", shrinking)
+    with pytest.raises(CheckpointError, match="became shorter while it was read") as error:
+        read_checkpoint(SAMPLES[0], "copy")
+    assert "\n" not in str(error.value)
 
 
 def test_a_mapped_tensor_written_to_leaves_the_file_alone(tmp_path):

@@ -34,7 +34,7 @@ TENSOR_SLACK_BYTES = 256 << 20  # logical tensor size allowed beyond the file's 
 OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four times the file's size
 LOAD_MODES = ("copy", "mmap", "mmap-nocrc")
 RECORD_ALIGNMENT = 64  # torch.save aligns each record's data to 64 bytes; others are copied, never mapped unaligned
-CRC_THREADS = 2  # the CRC releases the GIL: checksums run beside the unpickling (more threads: no gain on 2-4 cores)
+CRC_THREADS = 2  # reads and CRCs release the GIL: they run beside the unpickling (more threads: no gain on 2-4 cores)
 
 
 @dataclass
@@ -154,10 +154,12 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> Callable:
-    """``read(offset, nbytes)``: (storage of ``file[offset : offset + nbytes]``, its bytes as numpy for the CRC-32);
-    a view of one private (copy-on-write: the file is never written) mapping of the file in the mmap modes where the
-    record is aligned, else a fresh copy. Offsets and lengths come from ``check_records`` (inside the file)."""
+def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats: LoadStats) -> tuple[Callable, Any]:
+    """(``read``, the whole mapping as numpy or None). ``read(offset, nbytes)``: (storage of ``file[offset : offset +
+    nbytes]``, its bytes as numpy for the CRC-32, None or ``fill()``); a view of one private (copy-on-write: the file
+    is never written) mapping of the file in the mmap modes where the record is aligned, else a fresh storage that
+    ``fill()`` reads the record into (the caller runs it beside the unpickling and awaits it before anything is
+    returned). Offsets and lengths come from ``check_records`` (inside the file)."""
     fd, mapped, mapped_bytes = handle.fileno(), None, None
     if mode != "copy":
         try:
@@ -169,21 +171,32 @@ def _record_bytes(path: Path, handle: BinaryIO, file_size: int, mode: str, stats
             mapped, mapped_bytes = whole.untyped_storage(), whole.numpy()  # numpy: CRC-32s read it without a copy
             stats.mapped_at = mapped.data_ptr()
 
-    def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any]:
+    def read(offset: int, nbytes: int) -> tuple[torch.UntypedStorage, Any, Callable[[], None] | None]:
         if mapped is not None and offset % RECORD_ALIGNMENT == 0:  # torch aligns every record it writes
             stats.mapped_bytes += nbytes
-            return mapped[offset : offset + nbytes], mapped_bytes[offset : offset + nbytes]
+            return mapped[offset : offset + nbytes], mapped_bytes[offset : offset + nbytes], None
         tensor = torch.empty((nbytes,), dtype=torch.uint8)
-        array, done = tensor.numpy(), 0
-        while done < nbytes:  # one copy, kernel to the storage (no Python bytes object in between)
-            got = os.preadv(fd, [array[done:]], offset + done)
-            if got <= 0:
-                raise CheckpointError(f"{path}: the file became shorter while it was read; read it again")
-            done += got
-        stats.copied_bytes += nbytes
-        return tensor.untyped_storage(), array
+        array = tensor.numpy()
 
-    return read
+        def fill() -> None:  # one copy, kernel to the storage (no Python bytes object in between)
+            done = 0
+            while done < nbytes:
+                got = os.preadv(fd, [array[done:]], offset + done)
+                if got <= 0:
+                    raise CheckpointError(f"{path}: the file became shorter while it was read; read it again")
+                done += got
+
+        stats.copied_bytes += nbytes
+        return tensor.untyped_storage(), array, fill
+
+    return read, mapped_bytes
+
+
+def _filled_crc(fill: Callable[[], None] | None, as_bytes: Any, check: bool) -> int | None:
+    """A storage's job in the pool: its bytes read from the file (copied storages), then their CRC-32 if ``check``."""
+    if fill is not None:
+        fill()
+    return crc32(as_bytes) if check else None
 
 
 def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | None = None) -> tuple[Any, Any]:
@@ -226,8 +239,9 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         data = archive.read(pickle_info)  # zipfile checks this record's CRC-32
         stats.crc_bytes += len(data)
         unpacked, storages, crcs = [0], {}, []
-        record_bytes = _record_bytes(path, handle, file_size, mode, stats)
+        record_bytes, mapped_bytes = _record_bytes(path, handle, file_size, mode, stats)
         check_storages = mode != "mmap-nocrc"
+        early: dict[str, Any] = {}  # mode mmap: every mapped storage record's CRC-32, from before the unpickling on
 
         def load_storage(dtype: torch.dtype, key: str, numel: int, view: Any) -> torch.storage.TypedStorage:
             if view is not None:
@@ -245,10 +259,10 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
                     raise CheckpointError(f"{path}: its storages unpack to more bytes than the file holds")
                 stats.storages += 1
                 if info.compress_type == zipfile.ZIP_STORED:
-                    raw, as_bytes = record_bytes(offsets[info.filename], info.file_size)
-                    if check_storages:  # checked below, once the unpickling is done
-                        crcs.append((info, crc_pool.submit(crc32, as_bytes)))
-                        stats.crc_bytes += info.file_size
+                    raw, as_bytes, fill = record_bytes(offsets[info.filename], info.file_size)
+                    if info.filename not in early and (fill is not None or check_storages):  # awaited below
+                        crcs.append((info, crc_pool.submit(_filled_crc, fill, as_bytes, check_storages)))
+                        stats.crc_bytes += info.file_size if check_storages else 0
                 else:  # deflated (torch never writes it): zipfile inflates at most the declared size, checks the CRC
                     raw = torch.frombuffer(bytearray(archive.read(info)), dtype=torch.uint8).untyped_storage()
                     stats.copied_bytes += info.file_size
@@ -261,16 +275,23 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
 
         crc_pool = ThreadPoolExecutor(max_workers=CRC_THREADS, thread_name_prefix="focus-surgery-crc")
         try:
+            for name, info in by_name.items() if check_storages and mapped_bytes is not None else ():
+                at = offsets[info.filename]
+                if name.startswith("data/") and info.compress_type == zipfile.ZIP_STORED and at % RECORD_ALIGNMENT == 0:
+                    early[info.filename] = crc_pool.submit(crc32, mapped_bytes[at : at + info.file_size])
+                    stats.crc_bytes += info.file_size
             unpickler = RestrictedUnpickler(io.BytesIO(data), load_storage, budgets_for(file_size))
             content = unpickler.load()
-            for info, crc in crcs:
-                if crc.result() != info.CRC:
+            crcs += [(by_name[n[len(prefix) :]], job) for n, job in early.items()]
+            for info, job in crcs:  # every storage filled before anything built from it is returned
+                crc = job.result()
+                if crc is not None and crc != info.CRC:
                     raise CheckpointError(
                         f"{path}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
                     )
         finally:
             crc_pool.shutdown(wait=True, cancel_futures=True)
-        read = {f"data/{key}" for key in storages} | {"data.pkl", "byteorder"}
+        read = {f"data/{key}" for key in storages} | {n[len(prefix) :] for n in early} | {"data.pkl", "byteorder"}
         for name, info in by_name.items():  # every record's CRC-32, also of those the load did not need
             if name not in read and (check_storages or not name.startswith("data/")):
                 with archive.open(info) as record:  # zipfile checks the CRC-32 at the end of the record
