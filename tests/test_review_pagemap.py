@@ -181,7 +181,7 @@ def test_kept_storages_read_from_the_file_match_memory_record_by_record(tmp_path
     names = list(content)
     ptr = [content[k].untyped_storage().data_ptr() for k in names]
     ctypes.memset(ptr[0], 0x11, 1)  # first byte of storage 0
-    boundary = (ptr[1] // mmap.PAGESIZE + 5) * mmap.PAGESIZE
+    boundary = (ptr[1] // mmap.PAGESIZE + 1) * mmap.PAGESIZE
     ctypes.memset(boundary - 1, 0x22, 2)  # across a page boundary inside storage 1
     with open("/proc/self/mem", "r+b", buffering=0) as mem:
         mem.seek(ptr[2] + 4 * (1 << 16) - 1)  # last byte of storage 2
