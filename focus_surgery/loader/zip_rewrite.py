@@ -463,7 +463,7 @@ def private_pages_reader(probe: memoryview, fd: int) -> Callable[[int, int], boo
             os.close(fd)
         if len(raw) != 8 * (last - first + 1):
             raise OSError("short read of /proc/self/pagemap")
-        entries = numpy.frombuffer(raw, dtype="<u8")
+        entries = numpy.frombuffer(raw, dtype="=u8")
         own = ((entries >> 63) & 1) & ~((entries >> 61) & 1)  # present, not a file page: a private copy
         return bool((own | ((entries >> 62) & 1)).any())  # swapped: only the process's own pages are
 
