@@ -75,7 +75,7 @@ def test_a_storage_written_in_place_goes_through_memory_the_rest_from_the_file(t
     assert outcome.storages_written == 3  # the two edited in place and the new stem
 
 
-@pytest.mark.parametrize("pagemap", ["missing", "all zeros"])
+@pytest.mark.parametrize("pagemap", ["missing", "all zeros", "unreadable after the first read"])
 def test_a_pagemap_that_cannot_tell_pages_apart_is_not_trusted(tmp_path: Path, monkeypatch, pagemap: str) -> None:
     """A ``/proc/self/pagemap`` that reads as all zeros (an emulated /proc) would call every page unwritten and copy
     the file's bytes over an edit: the writer's probe page must read as written, else memory is read throughout."""
@@ -84,10 +84,15 @@ def test_a_pagemap_that_cannot_tell_pages_apart_is_not_trusted(tmp_path: Path, m
     loaded.content["big3"][BIG // 2] = 42.0
     real_open = os.open
 
+    opened = [0]
+
     def fake_open(path, *args, **kwargs):
         if str(path) == "/proc/self/pagemap":
-            if pagemap == "missing":
+            opened[0] += 1
+            if pagemap == "missing" or (pagemap.startswith("unreadable") and opened[0] > 1):
                 raise FileNotFoundError(path)
+            if pagemap.startswith("unreadable"):
+                return real_open(path, *args, **kwargs)
             return real_open("/dev/zero", *args, **kwargs)
         return real_open(path, *args, **kwargs)
 

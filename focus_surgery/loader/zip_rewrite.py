@@ -475,13 +475,12 @@ def private_pages_reader(probe: memoryview, fd: int) -> Callable[[int, int], boo
 
     def written_file_page_is_own() -> bool:  # a pagemap that only tells mappings apart (all of a file's "file")
         mapping = mmap.mmap(fd, 1, access=mmap.ACCESS_COPY)
+        view = numpy.frombuffer(mapping, dtype=numpy.uint8)
         try:
-            view = numpy.frombuffer(mapping, dtype=numpy.uint8)
             view[0] ^= 1  # a private copy of the file's page, as an edit in place makes one
-            own = private(view.ctypes.data, 1)
-            del view
-            return own
+            return private(view.ctypes.data, 1)
         finally:
+            del view  # the mapping closes only once no view of it is left
             mapping.close()
 
     try:
