@@ -106,12 +106,20 @@ def identical_by_copy(proven: Callable[[torch.Tensor, torch.Tensor], bool] | Non
         _IDENTICAL_BY_COPY.reset(token)
 
 
+def _as_stored(t: torch.Tensor) -> bool:
+    """``t``'s values are its memory's bytes read as its dtype (strided, with data, no conjugate or negative bit):
+    two such views of the same bytes hold the same bits."""
+    return t.layout == torch.strided and t.device.type != "meta" and not (t.is_conj() or t.is_neg())
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact). Two views of the same
     memory are equal without reading it, and so are views of records proven copied (``identical_by_copy``)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    if a.layout == b.layout == torch.strided and (a.stride(), a.storage_offset()) == (b.stride(), b.storage_offset()):
+    if a.is_quantized or b.is_quantized:  # values (scale, zero point and integers): a byte view crashes torch.equal
+        return bool(torch.equal(a, b))
+    if _as_stored(a) and _as_stored(b) and (a.stride(), a.storage_offset()) == (b.stride(), b.storage_offset()):
         if a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr():
             return True  # the very same bytes
         proven = _IDENTICAL_BY_COPY.get()
@@ -119,7 +127,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
             return True
     try:
         return torch.equal(*(t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)))
-    except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared
+    except (RuntimeError, TypeError):  # a layout without a byte view (sparse): values compared
         return bool(torch.equal(a, b))
 
 
