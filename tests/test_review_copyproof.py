@@ -120,3 +120,52 @@ def test_a_corrupt_input_record_is_refused_under_verify(tmp_path: Path, record: 
         convert_file(src, tmp_path / "out.pt", to="conv", verify=True)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("mode", ["copy", "mmap", "mmap-nocrc"])
+def test_user_load_mode_keeps_the_proof(tmp_path: Path, monkeypatch, mode: str) -> None:
+    """``FOCUS_SURGERY_LOAD_MODE`` replaces every read's mode (the proof's own reads too): the copy is still proven,
+    and a kept tensor written as another one of its storage is still refused."""
+    monkeypatch.setenv("FOCUS_SURGERY_LOAD_MODE", mode)
+    src = _shared_storage_file(tmp_path)
+    report = convert_file(src, tmp_path / "ok.pt", to="conv", verify=True)
+    assert report["verification"]["passed"] and report["write"]["copied_identical"]["passed"]
+    real = zip_rewrite._pickled
+
+    def swapped(content, like):
+        content = dict(content)
+        content["model.1.conv.weight"], content["model.2.conv.weight"] = (
+            content["model.2.conv.weight"],
+            content["model.1.conv.weight"],
+        )
+        return real(content, like)
+
+    monkeypatch.setattr(zip_rewrite, "_pickled", swapped)
+    with pytest.raises(VerificationFailed, match="differ"):
+        convert_file(src, tmp_path / "out.pt", to="conv", verify=True)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_copied_views_keeps_both_reads_storages_alive(tmp_path: Path) -> None:
+    """The predicate answers by storage address: the reads' storages it names stay alive as long as it does, so a
+    storage made after the reads were dropped never takes the address of one and passes as copied."""
+    import gc
+
+    from focus_surgery.checkpoint_io import save_checkpoint
+    from focus_surgery.loader import read_checkpoint
+
+    src = _shared_storage_file(tmp_path)
+    loaded = read_checkpoint(src, "mmap-nocrc")
+    content = dict(loaded.content)
+    content[STEM] = torch.zeros(16, 3, 6, 6)
+    with zip_rewrite.recording() as outcomes:
+        save_checkpoint(content, tmp_path / "out.pt", like=loaded)
+    original, written = read_checkpoint(src, "mmap-nocrc"), read_checkpoint(tmp_path / "out.pt", "mmap-nocrc")
+    proven = zip_rewrite.copied_views(outcomes[0], original.stats, written.stats)
+    b = written.content["model.1.conv.weight"]
+    addresses = {t.untyped_storage()._cdata for t in original.content.values()}
+    del original, written, loaded, content
+    gc.collect()
+    fresh = [torch.empty(64, 64, 3, 3) for _ in range(64)]
+    assert not {t.untyped_storage()._cdata for t in fresh} & addresses  # no address of the reads reused
+    assert not any(proven(t.view(64, 64, 3, 3), b) for t in fresh)
