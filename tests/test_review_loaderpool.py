@@ -1,0 +1,160 @@
+"""Review of the loader's pool (mode copy reads storages in the CRC pool, mode mmap starts every mapped record's CRC-32
+before the unpickling): nothing is returned, and no worker runs, while a read or a checksum is pending or failed; the
+pool never outlives a load (refusal, corrupt record, a file that ends early, an I/O error, KeyboardInterrupt); many
+tiny records cost a bounded number of pool jobs. Bounded by counts, never by time."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from focus_surgery.loader import CheckpointError, containers, read_checkpoint
+from hostile_files import write_zip, zip_entries
+
+MODES = ("copy", "mmap", "mmap-nocrc")
+
+
+def _tensors_file(path: Path, count: int = 12, numel: int = 1 << 14) -> Path:
+    torch.save({f"w{i}": _values(numel, i) for i in range(count)}, path)
+    return path
+
+
+def _values(numel: int, i: int) -> torch.Tensor:
+    return torch.arange(float(numel)) * (i + 2) + 1 / (i + 3)  # no tensor's bytes found inside another's
+
+
+def _data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
+    """Where a stored record's bytes start (its local header's name and extra lengths, not the directory's)."""
+    name_length = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_length = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    return info.header_offset + 30 + name_length + extra_length
+
+
+class _Watch:
+    """os.preadv wrapped: each read notes whether the load had already ended (raised or returned) when it ran."""
+
+    def __init__(self, monkeypatch, fail_at: int = 0, error: BaseException | None = None):
+        self.real, self.calls, self.after_end, self.ended = os.preadv, 0, 0, False
+        self.fail_at, self.error, self.lock = fail_at, error, threading.Lock()
+        monkeypatch.setattr(os, "preadv", self)
+
+    def __call__(self, fd, buffers, offset):
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+        threading.Event().wait(0.002)  # lets the main thread run on (a worker outliving the load would show)
+        if self.fail_at and call == self.fail_at:
+            raise self.error
+        got = self.real(fd, buffers, offset)
+        self.after_end += self.ended
+        return got
+
+
+def _unpickler_raising(monkeypatch, error: BaseException, after_storages: int) -> None:
+    """The unpickler raises ``error`` at its ``after_storages``-th storage (reads of earlier ones are in the pool)."""
+    seen = [0]
+
+    class Raising(containers.RestrictedUnpickler):
+        def persistent_load(self, pid):
+            seen[0] += 1
+            if seen[0] > after_storages:
+                raise error
+            return super().persistent_load(pid)
+
+    monkeypatch.setattr(containers, "RestrictedUnpickler", Raising)
+
+
+@pytest.mark.parametrize("error", [pickle.UnpicklingError("refused"), KeyboardInterrupt()], ids=["refusal", "ctrl-c"])
+def test_no_worker_reads_into_a_storage_after_the_unpickler_raised(tmp_path, monkeypatch, error):
+    path = _tensors_file(tmp_path / "w.pt")
+    watch = _Watch(monkeypatch)
+    _unpickler_raising(monkeypatch, error, after_storages=8)
+    threads = threading.active_count()
+    with pytest.raises(CheckpointError if isinstance(error, Exception) else KeyboardInterrupt) as caught:
+        read_checkpoint(path, "copy")
+    watch.ended = True
+    assert watch.calls >= 1  # reads were in flight when the unpickler raised
+    threading.Event().wait(0.05)
+    assert watch.after_end == 0 and threading.active_count() == threads
+    if isinstance(error, Exception):
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["copy", "mmap"])
+def test_an_io_error_in_a_pool_read_is_one_line_and_ends_the_pool(tmp_path, monkeypatch, mode):
+    path = tmp_path / "w.pt"
+    if mode == "copy":
+        _tensors_file(path)
+    else:  # unaligned records: mode mmap copies them, in the pool
+        write_zip(path, zip_entries(_tensors_file(tmp_path / "src.pt")))
+    watch = _Watch(monkeypatch, fail_at=3, error=OSError(errno.EIO, "Input/output error"))
+    threads = threading.active_count()
+    with pytest.raises(CheckpointError, match="Input/output error") as caught:
+        read_checkpoint(path, mode)
+    watch.ended = True
+    assert "\n" not in str(caught.value)
+    assert threading.active_count() == threads and watch.after_end == 0
+
+
+def test_every_pool_job_is_done_before_the_content_is_returned(tmp_path, monkeypatch):
+    jobs = []
+
+    class Noting(containers.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            jobs.append(super().submit(*args, **kwargs))
+            return jobs[-1]
+
+    monkeypatch.setattr(containers, "ThreadPoolExecutor", Noting)
+    aligned = _tensors_file(tmp_path / "a.pt")
+    unaligned = write_zip(tmp_path / "u.pt", zip_entries(aligned))
+    for path in (aligned, unaligned):
+        for mode in MODES:
+            jobs.clear()
+            loaded = read_checkpoint(path, mode)
+            assert all(job.done() and not job.cancelled() and job.exception() is None for job in jobs), (path, mode)
+            assert torch.equal(loaded.content["w3"], _values(1 << 14, 3))
+
+
+def _archive(path: Path, records: dict[str, bytes], aligned: bool) -> Path:
+    """``records`` (names inside the archive folder) written by torch's writer (64-aligned) or by zipfile (not)."""
+    if not aligned:
+        return write_zip(path, {f"archive/{name}": data for name, data in records.items()})
+    writer = torch._C.PyTorchFileWriter(str(path))
+    for name, data in records.items():
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    del writer
+    return path
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("used", [True, False], ids=["used", "unused"])
+def test_a_corrupt_storage_record_is_refused_and_the_pool_ends(tmp_path, aligned, used):
+    """One flipped bit in a storage record, used by the pickle or not, mapped or (unaligned) copied in the pool."""
+    entries = zip_entries(_tensors_file(tmp_path / "src.pt"))
+    records = {name.split("/", 1)[1]: data for name, data in entries.items()}
+    target = "data/11" if used else "data/99"
+    records["data/99"] = _values(4096, 99).numpy().tobytes()  # a record the pickle never names
+    path = _archive(tmp_path / "bad.pt", records, aligned)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(target))
+    at = _data_offset(bytes(raw), info)
+    assert raw[at : at + info.file_size] == records[target] and (at % 64 == 0) == aligned
+    raw[at + 777] ^= 0x10
+    path.write_bytes(bytes(raw))
+    threads = threading.active_count()
+    for mode in ("copy", "mmap"):
+        with pytest.raises(CheckpointError, match=rf"{target}'? fails its CRC-32 check|Bad CRC-32") as caught:
+            read_checkpoint(path, mode)
+        assert "\n" not in str(caught.value)
+        assert threading.active_count() == threads
+    if not used:
+        assert read_checkpoint(path, "mmap-nocrc").content.keys() == {f"w{i}" for i in range(12)}
