@@ -37,6 +37,18 @@ def _data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_length + extra_length
 
 
+def _tiny_records(path: Path, count: int) -> Path:
+    """A torch-written (64-aligned) archive: an empty dict and ``count`` zero-length storage records it never uses."""
+    writer = torch._C.PyTorchFileWriter(str(path))
+    data = pickle.dumps({}, protocol=2)
+    writer.write_record("data.pkl", data, len(data))
+    for i in range(count):
+        writer.write_record(f"data/{i}", b"", 0)
+    writer.write_end_of_file()
+    del writer
+    return path
+
+
 class _Watch:
     """os.preadv wrapped: each read notes whether the load had already ended (raised or returned) when it ran."""
 
@@ -158,3 +170,39 @@ def test_a_corrupt_storage_record_is_refused_and_the_pool_ends(tmp_path, aligned
         assert threading.active_count() == threads
     if not used:
         assert read_checkpoint(path, "mmap-nocrc").content.keys() == {f"w{i}" for i in range(12)}
+
+
+def test_many_tiny_records_cost_few_pool_jobs(tmp_path, monkeypatch):
+    """Mode mmap starts the CRC-32 of every mapped storage record before the unpickling: a file of many tiny records
+    (here 3,000 zero-length ones, ~130 bytes of file each) must not cost a pool job (~2 KB of Python objects) each."""
+    count, jobs = 3000, [0]
+
+    class Counting(containers.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            jobs[0] += 1
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(containers, "ThreadPoolExecutor", Counting)
+    path = _tiny_records(tmp_path / "tiny.pt", count)
+    loaded = read_checkpoint(path, "mmap")
+    assert loaded.content == {} and loaded.stats.crc_bytes > 0
+    assert jobs[0] <= count // containers.EARLY_JOB_RECORDS + 1, jobs[0]
+    torch.save({str(i): torch.empty(0) for i in range(count)}, tmp_path / "used.pt")  # the same, every one used
+    jobs[0] = 0
+    assert len(read_checkpoint(tmp_path / "used.pt", "mmap").content) == count
+    assert jobs[0] <= count // containers.EARLY_JOB_RECORDS + 1, jobs[0]
+
+
+def test_a_corrupt_tiny_record_among_many_is_found(tmp_path):
+    """Batched checksums still check each record: the 1,000th of 2,000 one-byte records, corrupted, is refused."""
+    records = {"data.pkl": pickle.dumps({}, protocol=2)} | {f"data/{i}": bytes([i % 251]) for i in range(2000)}
+    path = _archive(tmp_path / "t.pt", records, aligned=True)
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/1000"))
+    raw = bytearray(path.read_bytes())
+    at = _data_offset(bytes(raw), info)
+    assert raw[at] == 1000 % 251 and at % 64 == 0
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"data/1000' fails its CRC-32 check"):
+        read_checkpoint(path, "mmap")
