@@ -29,8 +29,9 @@ def _input(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def _resident_file_bytes() -> int:
+    """Resident pages of mapped files: ``RssFile``, plus ``RssShmem`` where the file lies on tmpfs."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssFile:"))
+        return sum(int(line.split()[1]) * 1024 for line in status if line.startswith(("RssFile:", "RssShmem:")))
 
 
 def _convert(loaded, tmp_path: Path) -> tuple[zip_rewrite.Outcome, dict[str, torch.Tensor], Path]:
@@ -74,7 +75,7 @@ def test_a_storage_written_in_place_goes_through_memory_the_rest_from_the_file(t
     assert outcome.storages_written == 3  # the two edited in place and the new stem
 
 
-@pytest.mark.parametrize("pagemap", ["missing", "all zeros"])
+@pytest.mark.parametrize("pagemap", ["missing", "all zeros", "unreadable after the first read"])
 def test_a_pagemap_that_cannot_tell_pages_apart_is_not_trusted(tmp_path: Path, monkeypatch, pagemap: str) -> None:
     """A ``/proc/self/pagemap`` that reads as all zeros (an emulated /proc) would call every page unwritten and copy
     the file's bytes over an edit: the writer's probe page must read as written, else memory is read throughout."""
@@ -83,10 +84,15 @@ def test_a_pagemap_that_cannot_tell_pages_apart_is_not_trusted(tmp_path: Path, m
     loaded.content["big3"][BIG // 2] = 42.0
     real_open = os.open
 
+    opened = [0]
+
     def fake_open(path, *args, **kwargs):
         if str(path) == "/proc/self/pagemap":
-            if pagemap == "missing":
+            opened[0] += 1
+            if pagemap == "missing" or (pagemap.startswith("unreadable") and opened[0] > 1):
                 raise FileNotFoundError(path)
+            if pagemap.startswith("unreadable"):
+                return real_open(path, *args, **kwargs)
             return real_open("/dev/zero", *args, **kwargs)
         return real_open(path, *args, **kwargs)
 
@@ -98,7 +104,7 @@ def test_a_pagemap_that_cannot_tell_pages_apart_is_not_trusted(tmp_path: Path, m
 
 
 @pytest.mark.parametrize("mode", ["copy", "mmap"])
-def test_storages_not_mapped_or_checked_by_the_read_stay_in_memory_paths(tmp_path: Path, mode: str) -> None:
+def test_copied_storages_stay_in_memory_checked_mapped_ones_come_from_the_file(tmp_path: Path, mode: str) -> None:
     src, sd = _input(tmp_path)
     loaded = read_checkpoint(src, mode)
     outcome, _, dst = _convert(loaded, tmp_path)
@@ -106,3 +112,5 @@ def test_storages_not_mapped_or_checked_by_the_read_stay_in_memory_paths(tmp_pat
     assert all(torch.equal(back[k], sd[k]) for k in sd if k != "stem")
     if mode == "copy":
         assert outcome.bytes_from_file == 0  # the process's own copies: nothing maps the file
+    else:  # mode mmap (its CRC-32 pass read the mapping): views no write reached still come from the file
+        assert outcome.bytes_from_file == sum(t.nbytes for k, t in sd.items() if k != "stem")

@@ -53,8 +53,9 @@ class LoadStats:
             storage is held so its address is never reused while this lives (``zip_rewrite`` copies by key).
         records (dict): Zip files: each record's name -> its CRC-32, as the read found them (``zip_rewrite`` tells a
             record there at the read from one that appeared since).
-        identity (tuple): Zip files: (device, inode, size, modification time ns) of the file read (``zip_rewrite``
-            checks the file's records too where it was replaced or written since).
+        identity (tuple): Zip files: (device, inode, size, modification time ns, change time ns) of the file read
+            (``zip_rewrite`` checks the file's records too where it was replaced or written since; the change time,
+            which no call can put back, tells a rewrite whose mtime was restored apart).
         mapped_at (int): The mmap modes: the address of the file's private mapping (byte 0 of the file), else 0
             (``zip_rewrite`` copies a view of it never written since from the file, so it never becomes resident).
     """
@@ -225,7 +226,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         offsets = check_records(path, handle, infos, file_size, prefix + "data.pkl")
         stats.records = {info.filename: info.CRC for info in infos}
         st = os.fstat(handle.fileno())
-        stats.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        stats.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         stray = next((n for n in names if not n.startswith(prefix)), None)
         if stray is not None:  # torch refuses these too
             raise CheckpointError(

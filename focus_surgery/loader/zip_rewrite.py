@@ -292,9 +292,10 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             raise CheckpointError(
                 f"{src}: zip record {prefix}data/{stray} is not a storage of its pickle; re-save it with torch.save"
             )
+        sizes = {k: s.nbytes() for k, s, _ in stats.keys.values()}  # by key: one pass, not one per kept storage
         for key in kept:
             info = storages.get(key)
-            if info is None or info.file_size != next(s.nbytes() for k, s, _ in stats.keys.values() if k == key):
+            if info is None or info.file_size != sizes[key]:
                 raise CheckpointError(f"{src}: changed since it was read (storage {key}); convert it again")
             if info.compress_type != zipfile.ZIP_STORED:
                 return None  # torch never deflates; such an archive is written by torch.save
@@ -352,6 +353,16 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     outcome.bytes_from_file += info.file_size
                     outcome.copied[info.filename] = (info.CRC, info.file_size)
                     return
+                mapped_from = storage.data_ptr() - stats.mapped_at  # its file offset, if a view of the mapping
+                in_mapping = 0 <= mapped_from <= stats.identity[2] - info.file_size if follows else False
+                if in_mapping and (changed or mapped_from != offset):
+                    # pages of the same file's private mapping that no write reached show the file as it is now:
+                    # rewritten where it lies (or moved) since the read, memory is part its new bytes, or past its
+                    # new end (a read there is a SIGBUS); an edit in memory is dropped where the file was truncated
+                    raise CheckpointError(
+                        f"{src}: changed since it was read (the very file the read mapped; record {info.filename!r}); "
+                        "convert it again"
+                    )
                 view, crc = _memory_view(storage), 0
                 for start in range(0, len(view), COPY_BUFFER_BYTES):
                     chunk = view[start : start + COPY_BUFFER_BYTES]
@@ -377,9 +388,11 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                 outcome.bytes_written += info.file_size
 
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
-            pages_unwritten = private_pages_reader(buffer) if stats.mapped_at else None
+            pages_unwritten = private_pages_reader(buffer, source.fileno()) if stats.mapped_at else None
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
-            changed = bool(stats.identity) and _identity(os.fstat(source.fileno())) != stats.identity
+            now = _identity(os.fstat(source.fileno()))
+            changed = bool(stats.identity) and now != stats.identity
+            follows = bool(stats.mapped_at and stats.identity) and now[:2] == stats.identity[:2]  # the file mapped
 
             def read_crc(info: zipfile.ZipInfo) -> int:  # the record's CRC-32 when the loader read it
                 return stats.records.get(info.filename, info.CRC)
@@ -420,9 +433,10 @@ def _open_regular(path: Path) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """A file's identity and version (device, inode, size, modification time): another means replaced or written."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """A file's identity and version (device, inode, size, modification and change times): another means replaced
+    or written (``cp -p`` puts the mtime back, never the change time)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _memory_view(storage: torch.UntypedStorage) -> memoryview:
@@ -432,10 +446,11 @@ def _memory_view(storage: torch.UntypedStorage) -> memoryview:
     return memoryview(torch.empty((0,), dtype=torch.uint8).set_(storage).numpy()).cast("B")
 
 
-def private_pages_reader(probe: memoryview) -> Callable[[int, int], bool] | None:
+def private_pages_reader(probe: memoryview, fd: int) -> Callable[[int, int], bool] | None:
     """``unwritten(address, nbytes)``: True where no page of that range of a private file mapping was written (made
     the process's own copy) since it was mapped, from ``/proc/self/pagemap`` (Linux); None where that cannot be read
-    or does not tell pages apart: ``probe``, written here, must read as a present page of the process's own.
+    or does not tell pages apart: ``probe``, written here, must read as a present page of the process's own, and so
+    must a page of a private mapping of ``fd`` (the input) once written, as the loader's mapping is.
     A page shared with a written neighbour counts as written (the caller then reads memory: slower, never wrong)."""
     page = mmap.PAGESIZE
 
@@ -448,7 +463,7 @@ def private_pages_reader(probe: memoryview) -> Callable[[int, int], bool] | None
             os.close(fd)
         if len(raw) != 8 * (last - first + 1):
             raise OSError("short read of /proc/self/pagemap")
-        entries = numpy.frombuffer(raw, dtype="<u8")
+        entries = numpy.frombuffer(raw, dtype="=u8")
         own = ((entries >> 63) & 1) & ~((entries >> 61) & 1)  # present, not a file page: a private copy
         return bool((own | ((entries >> 62) & 1)).any())  # swapped: only the process's own pages are
 
@@ -458,10 +473,22 @@ def private_pages_reader(probe: memoryview) -> Callable[[int, int], bool] | None
         except OSError:
             return False
 
+    def written_file_page_is_own() -> bool:  # a pagemap that only tells mappings apart (all of a file's "file")
+        mapping = mmap.mmap(fd, 1, access=mmap.ACCESS_COPY)
+        view = numpy.frombuffer(mapping, dtype=numpy.uint8)
+        try:
+            view[0] ^= 1  # a private copy of the file's page, as an edit in place makes one
+            return private(view.ctypes.data, 1)
+        finally:
+            del view  # the mapping closes only once no view of it is left
+            mapping.close()
+
     try:
         probe[0] ^= 1  # written: this page must now read as the process's own
-        return unwritten if private(numpy.frombuffer(probe, dtype=numpy.uint8).ctypes.data, 1) else None
-    except OSError:
+        if not private(numpy.frombuffer(probe, dtype=numpy.uint8).ctypes.data, 1):
+            return None
+        return unwritten if written_file_page_is_own() else None
+    except (OSError, ValueError):
         return None
 
 
