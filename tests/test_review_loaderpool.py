@@ -211,3 +211,32 @@ def test_a_corrupt_tiny_record_among_many_is_found(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"data/1000' fails its CRC-32 check"):
         read_checkpoint(path, "mmap")
+
+
+@pytest.mark.parametrize("mode", ["mmap", "mmap-nocrc"])
+def test_a_mapping_refused_falls_back_to_pool_copies_every_one_awaited(tmp_path, monkeypatch, mode):
+    """No room to map (an address-space limit): the mmap modes copy every storage in the pool, none mapped, none early;
+    a file that ends early during those copies is refused in one line, and the pool ends."""
+    path = _tensors_file(tmp_path / "w.pt")
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(containers.mmap, "mmap", no_room)
+    watch = _Watch(monkeypatch)
+    loaded = read_checkpoint(path, mode)
+    assert (loaded.stats.mapped_bytes, loaded.stats.mapped_at) == (0, 0)
+    assert loaded.stats.copied_bytes == 12 * (1 << 14) * 4
+    assert watch.calls >= 12 and all(torch.equal(loaded.content[f"w{i}"], _values(1 << 14, i)) for i in range(12))
+    threads = threading.active_count()
+
+    calls = [0]
+
+    def shrinking(fd, buffers, offset):
+        calls[0] += 1
+        return 0 if calls[0] == 5 else watch.real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", shrinking)
+    with pytest.raises(CheckpointError, match="became shorter while it was read") as caught:
+        read_checkpoint(path, mode)
+    assert "\n" not in str(caught.value) and threading.active_count() == threads
