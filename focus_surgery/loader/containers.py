@@ -35,7 +35,7 @@ OBJECT_SLACK_BYTES = 16 << 20  # objects the unpickler may build beyond four tim
 LOAD_MODES = ("copy", "mmap", "mmap-nocrc")
 RECORD_ALIGNMENT = 64  # torch.save aligns each record's data to 64 bytes; others are copied, never mapped unaligned
 CRC_THREADS = 2  # reads and CRCs release the GIL: they run beside the unpickling (more threads: no gain on 2-4 cores)
-# mode mmap: small records' CRC-32s share one job (a job per record costs ~2 KB of Python objects, 15x a tiny record)
+# mode mmap: small records' CRC-32s share one job (a job per record costs ~1.8 KB of Python objects, >10x a tiny record)
 EARLY_JOB_BYTES = 1 << 20
 EARLY_JOB_RECORDS = 256
 
