@@ -161,11 +161,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, **options: Any)
             if not opts.verify:
                 written = write(dst)
             else:  # the written file is read back and proven before it is renamed into place
-                original = capture(source, src, opts)  # the input read again on its own: the conversion edited it
+                # the input read again on its own (the conversion edited it); unchecked where the copy checks it
+                original = capture(source, src, opts, "mmap-nocrc" if deferred else "mmap")
 
                 def prove(pairs: list[tuple[Path, Path]]) -> None:
-                    prove_written(report, source, loaded, original, opts, pairs)
-                    _prove_copied(report, copies, pairs)
+                    copied = _prove_copied(report, copies, pairs)  # first: every record of a zip copy's file checked
+                    prove_written(report, source, loaded, original, opts, pairs, copied)
                     proven.append(report.proof is not None)
 
                 with checked_before_rename(prove):
@@ -199,13 +200,15 @@ def _records_checked(src: Path) -> None:
     read_checkpoint(src, "mmap")
 
 
-def _prove_copied(report: ConvertReport, copies: list, pairs: list[tuple[Path, Path]]) -> None:
+def _prove_copied(report: ConvertReport, copies: list, pairs: list[tuple[Path, Path]]) -> Any:
     """Every record a zip-copy write copied is in its temporary file with the input's size and CRC-32, its bytes
-    read back (``report.fields["write"]["copied_identical"]``).
+    read back, and every other record's CRC-32 right (``report.fields["write"]["copied_identical"]``); returns that
+    write's ``Outcome`` (None where no zip copy wrote these temporaries).
 
     Raises:
-        VerificationFailed: A copied record differs; nothing is put in place.
+        VerificationFailed: A record differs or fails its CRC-32; nothing is put in place.
     """
+    found = None
     for outcome in copies:
         if not any(str(tmp) == outcome.dst for _, tmp in pairs):
             continue
@@ -215,6 +218,8 @@ def _prove_copied(report: ConvertReport, copies: list, pairs: list[tuple[Path, P
             report.problem = check["problem"]
             text = f"{report.src}: verification failed ({report.problem}); {report.dst} not written"
             raise VerificationFailed(text, report)
+        found = outcome
+    return found
 
 
 def convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:

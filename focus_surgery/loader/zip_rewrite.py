@@ -51,7 +51,7 @@ from .crc import crc32
 from .errors import CheckpointError
 from .pickler import dumps
 
-__all__ = ["Outcome", "check_copied", "recording", "write_copying"]
+__all__ = ["Outcome", "check_copied", "copied_views", "recording", "write_copying"]
 
 COPY_BUFFER_BYTES = 4 << 20  # one reused buffer: copying a record never holds more of it than this
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes / offsets from here on need zip64 fields (a module value: tests lower it)
@@ -71,6 +71,9 @@ class Outcome:
         buffer_bytes (int): The copy buffer (the most of any copied record ever held in memory at once).
         bytes_from_file (int): Kept storages' bytes read from the input file rather than from the content's memory
             (views of the input's mapping that no write reached: their pages never become resident).
+        copied_keys (set[str]): The storage keys whose records were copied byte for byte (``copied_views``).
+        source_identity (tuple): The input's identity (``LoadStats.identity``) when the write found it as the
+            content's read did, else ``()``: a read with this identity holds the very bytes that were copied.
         copied (dict[str, tuple[int, int]]): Each copied record's name -> (CRC-32, size), as in the input.
     """
 
@@ -84,6 +87,8 @@ class Outcome:
     buffer_bytes: int = 0
     bytes_from_file: int = 0
     copied: dict = field(default_factory=dict, repr=False)
+    copied_keys: set = field(default_factory=set, repr=False)
+    source_identity: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``write`` field."""
@@ -352,6 +357,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     outcome.bytes_copied += info.file_size
                     outcome.bytes_from_file += info.file_size
                     outcome.copied[info.filename] = (info.CRC, info.file_size)
+                    outcome.copied_keys.add(info.filename[len(prefix) + 5 :])
                     return
                 mapped_from = storage.data_ptr() - stats.mapped_at  # its file offset, if a view of the mapping
                 in_mapping = 0 <= mapped_from <= stats.identity[2] - info.file_size if follows else False
@@ -378,6 +384,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     outcome.records_copied += 1
                     outcome.bytes_copied += info.file_size
                     outcome.copied[info.filename] = (info.CRC, info.file_size)
+                    outcome.copied_keys.add(info.filename[len(prefix) + 5 :])
                     return
                 end = out.tell()
                 out.seek(at + 14)  # the local header's CRC-32 field
@@ -393,6 +400,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             now = _identity(os.fstat(source.fileno()))
             changed = bool(stats.identity) and now != stats.identity
             follows = bool(stats.mapped_at and stats.identity) and now[:2] == stats.identity[:2]  # the file mapped
+            outcome.source_identity = () if changed else stats.identity
 
             def read_crc(info: zipfile.ZipInfo) -> int:  # the record's CRC-32 when the loader read it
                 return stats.records.get(info.filename, info.CRC)
@@ -507,13 +515,14 @@ def _stream(fd: int, offset: int, size: int, out: Any, buffer: memoryview) -> in
 
 
 def check_copied(outcome: Outcome, written: str | os.PathLike) -> dict[str, Any]:
-    """The proof's read-back: every record ``outcome`` copied is in ``written`` with the input's size and CRC-32,
-    and its bytes there (read again) have that CRC-32.
+    """The proof's read-back of the whole written archive: every record ``outcome`` copied is in ``written`` with the
+    input's size and CRC-32, and its bytes there (read again) have that CRC-32; every other record's bytes have the
+    CRC-32 the archive gives them (so a read of ``written`` after this needs no CRC pass of its own).
 
     Returns:
-        (dict): ``records``, ``bytes`` (checked), ``passed``, ``problem``.
+        (dict): ``records``, ``bytes`` (the copied ones checked), ``other_records``, ``passed``, ``problem``.
     """
-    result: dict[str, Any] = {"records": 0, "bytes": 0, "passed": False, "problem": ""}
+    result: dict[str, Any] = {"records": 0, "bytes": 0, "other_records": 0, "passed": False, "problem": ""}
     with open(written, "rb") as handle:
         try:
             infos, offsets = _input_records(Path(written), handle)
@@ -532,8 +541,37 @@ def check_copied(outcome: Outcome, written: str | os.PathLike) -> dict[str, Any]
                 return result
             result["records"] += 1
             result["bytes"] += size
+        for info in infos:
+            if info.filename in outcome.copied:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                result["problem"] = f"written record {info.filename!r} is not stored as written"
+                return result
+            if _stream(handle.fileno(), offsets[info.filename], info.file_size, _Discard(), buffer) != info.CRC:
+                result["problem"] = f"written record {info.filename!r} fails its CRC-32 check"
+                return result
+            result["other_records"] += 1
     result["passed"] = True
     return result
+
+
+def copied_views(outcome: Outcome, original: Any, written: Any) -> Callable[[torch.Tensor, torch.Tensor], bool] | None:
+    """``proven(a, b)`` for ``sources.compare.identical_by_copy``: True where ``a`` (a tensor of the input, as the read
+    with stats ``original`` made it) and ``b`` (of the written file, read with stats ``written``) view the same storage
+    key, whose record this write copied byte for byte (CRC-32 checked as it streamed and in the written file by
+    ``check_copied``); the caller checks dtype, shape, strides and offset. None where ``original`` did not read the
+    very version of the input that was copied (another identity: it may hold other bytes)."""
+    if not outcome.source_identity or getattr(original, "identity", None) != outcome.source_identity:
+        return None
+    if not isinstance(getattr(written, "keys", None), dict):
+        return None
+    before, after, keys = original.keys, written.keys, outcome.copied_keys
+
+    def proven(a: torch.Tensor, b: torch.Tensor) -> bool:
+        read, back = before.get(a.untyped_storage()._cdata), after.get(b.untyped_storage()._cdata)
+        return read is not None and back is not None and read[0] == back[0] and read[0] in keys
+
+    return proven
 
 
 class _Discard:

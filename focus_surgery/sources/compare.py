@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -88,10 +90,33 @@ def verify_stems(
     return report
 
 
+_IDENTICAL_BY_COPY: contextvars.ContextVar[Callable[[torch.Tensor, torch.Tensor], bool] | None] = (
+    contextvars.ContextVar("focus_surgery_identical_by_copy", default=None)
+)
+
+
+@contextlib.contextmanager
+def identical_by_copy(proven: Callable[[torch.Tensor, torch.Tensor], bool] | None) -> Iterator[None]:
+    """Within this block ``same_bits(a, b)`` is True, without reading either, where ``proven(a, b)``: ``b`` views a
+    record that a write copied byte for byte from the one ``a`` views (``loader.zip_rewrite.copied_views``)."""
+    token = _IDENTICAL_BY_COPY.set(proven)
+    try:
+        yield
+    finally:
+        _IDENTICAL_BY_COPY.reset(token)
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact)."""
+    """Bit for bit (a NaN equals itself, -0.0 differs from 0.0, int64 past 2**53 is exact). Two views of the same
+    memory are equal without reading it, and so are views of records proven copied (``identical_by_copy``)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
+    if a.layout == b.layout == torch.strided and (a.stride(), a.storage_offset()) == (b.stride(), b.storage_offset()):
+        if a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr():
+            return True  # the very same bytes
+        proven = _IDENTICAL_BY_COPY.get()
+        if proven is not None and proven(a, b):
+            return True
     try:
         return torch.equal(*(t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)))
     except (RuntimeError, TypeError):  # a layout without a byte view (sparse, quantized): values compared

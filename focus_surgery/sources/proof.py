@@ -21,7 +21,7 @@ from ..errors import FocusSurgeryError, VerificationFailed
 from ..report import PROOF_LAYOUT, PROOF_MODEL, PROOF_STEM, ConvertReport
 from ..verify import verify
 from .base import ConvertOptions, Source
-from .compare import same_bits, stem_check
+from .compare import identical_by_copy, same_bits, stem_check
 from .loading import Loaded
 
 __all__ = ["Original", "all_tensors", "capture", "compare_every_tensor", "proof_kind", "prove_written", "read_back"]
@@ -36,14 +36,15 @@ class Original:
     stems: list = field(default_factory=list)
     tensors: dict = field(default_factory=dict)
     leaves: list = field(default_factory=list)  # every tensor the file holds (optimizer state, each model copy)
+    stats: Any = None  # the read's ``LoadStats`` (which record each tensor views: ``zip_rewrite.copied_views``)
 
 
-def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) -> Original:
-    """The original as its users load it (read again on its own): its model, else its stems and tensors. Raises
-    CheckpointError when the file changed under us into one that does not read."""
+def capture(source: Source, path: str | os.PathLike, options: ConvertOptions, mode: str = "mmap") -> Original:
+    """The original as its users load it (read again on its own, in loader mode ``mode``): its model, else its stems
+    and tensors. Raises CheckpointError when the file changed under us into one that does not read."""
     from . import load
 
-    loaded = load(path)
+    loaded = load(path, mode)
     try:  # --proof stem: no model is built or run, even where the file holds one
         model = source.model(loaded) if options.proof != "stem" else None
     except FocusSurgeryError:  # e.g. a YOLOv5 head without an Ultralytics counterpart: no model proof
@@ -52,7 +53,8 @@ def capture(source: Source, path: str | os.PathLike, options: ConvertOptions) ->
         return Original(model)
     shape = {"block_size": options.block_size} if "block_size" in source.uses else {}
     sd = source.state_dict(loaded, **shape)  # as is: a StemTensors keeps the stem the file names (timm s2d)
-    return Original(None, source.stems(loaded, options), sd, all_tensors(loaded.content))
+    stats = getattr(loaded, "stats", None)
+    return Original(None, source.stems(loaded, options), sd, all_tensors(loaded.content), stats)
 
 
 def all_tensors(content: Any) -> list[torch.Tensor]:
@@ -142,10 +144,16 @@ def prove_written(
     before: Original,
     options: ConvertOptions,
     written: list[tuple[Path, Path]],
+    copied: Any = None,
 ) -> None:
     """Read the written ``dst`` back and prove it against the original (``report.proof`` / ``max_abs_err`` /
     ``fields["verification"]``); raise VerificationFailed when it does not load, compute or hold what the original does.
+
+    ``copied``: the zip copy's ``Outcome`` where it wrote ``dst`` and ``check_copied`` passed on it (every record's
+    CRC-32 checked there, so the read-back skips its own pass): a tensor viewing a record copied byte for byte from
+    the one its original views is the same bits without reading either (``compare.identical_by_copy``).
     """
+    from ..loader.zip_rewrite import copied_views
     from . import load, source_for
 
     dst = Path(report.dst)
@@ -153,7 +161,8 @@ def prove_written(
         return
     with read_back(written) as view:
         try:
-            back = load(view[dst])
+            back = load(view[dst], "mmap" if copied is None else "mmap-nocrc")
+            proven = None if copied is None else copied_views(copied, before.stats, getattr(back, "stats", None))
             back_source = source_for(back)
             check = source.prove_written(loaded, back, report, options)  # a source with its own runtime (ONNX)
             if check is not None:
@@ -167,7 +176,8 @@ def prove_written(
                 result = verify(original, candidate, copies=False)  # float64; both models are this proof's own
                 how = "the written file loaded back and run against the original in float64"
                 return _settle(report, result, how)
-            tensors = _compare_tensors(source, back_source, back, before, report, options)
+            with identical_by_copy(proven):
+                tensors = _compare_tensors(source, back_source, back, before, report, options)
             own = report.fields.get("verification") if not before.stems else None
             ran = isinstance(own, dict) and report.max_abs_err is not None  # a source that ran its stem in memory
             runs = [] if ran else _run_stems(report, dst, before.stems, back_source.stems(back, options))
