@@ -356,6 +356,7 @@ _TIME_RATIOS = {
     "convert_over_copy_same_durability": ("convert", "copy+fsync"),
     "convert_no_fsync_over_copy": ("convert-no-fsync", "copy"),
     "verify_time_ratio": ("convert-verify", "plain"),
+    "verify_over_copy_same_durability": ("convert-verify", "copy+fsync"),
     "rewrite_time_ratio": ("convert-rewrite", "plain"),
     "load_mmap_over_torch_load": ("load-mmap", "torch-load"),
     "load_mmap_over_torch_mmap": ("load-mmap", "torch-load-mmap"),
@@ -618,12 +619,23 @@ def _conversion_lines(conv: dict[str, Any]) -> list[str]:
         f"**{conv['verify_time_ratio']:.2f}x**), <= 2x a file copy (measured **{conv['convert_over_copy']:.2f}x**; "
         f"both flushed **{conv['convert_over_copy_same_durability']:.2f}x**; neither flushed "
         f"**{conv['convert_no_fsync_over_copy']:.2f}x**), peak memory <= 0.25x the file (measured "
-        f"**{conv['convert_peak_over_file_size']:.2f}x**).",
+        f"**{conv['convert_peak_over_file_size']:.2f}x**).{_verify_line(conv)}",
         *_own_memory_lines(conv),
         "",
         f"Safe loader: {conv['load_mb_per_s']:.0f} MB/s, **{conv['load_time_ratio']:.2f}x** torch.load's time, "
         f"peak memory **{conv['load_peak_over_file_size']:.2f}x** the file (bound: 2x the file + 256 MiB).",
     ]
+
+
+def _verify_line(conv: dict[str, Any]) -> str:
+    """``convert --verify`` against the same targets; absent from results written before it was measured."""
+    if "verify_over_copy_same_durability" not in conv:
+        return ""
+    return (
+        f" With `--verify` (the stem in float64, every record of the written file read back): "
+        f"**{conv['verify_time_ratio']:.2f}x** a plain load+save, **{conv['verify_over_copy_same_durability']:.2f}x** "
+        f"a file copy flushed alike, peak memory **{conv['peak_over_file_size']['convert-verify']:.2f}x** the file."
+    )
 
 
 def _own_memory_lines(conv: dict[str, Any]) -> list[str]:
