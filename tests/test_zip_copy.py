@@ -365,3 +365,17 @@ def test_work_is_linear_in_the_number_of_storages(tmp_path: Path) -> None:
         save_checkpoint(content, tmp_path / "out.pt", like=loaded)
     assert outcomes and outcomes[0].records_copied >= n
     assert visits[0] <= 10 * (n + 1), visits[0]
+
+
+def test_written_over_a_longer_file_leaves_none_of_it(src: Path, tmp_path: Path) -> None:
+    """The writer opens its file without truncating an empty one (ext4 flushes a file truncated to nothing when it is
+    closed); a file that is not empty is still cut to what is written."""
+    loaded = read_checkpoint(src, "mmap-nocrc")
+    content = dict(loaded.content)
+    content["model.0.conv.weight"] = focus_to_conv_weight(content.pop(STEM))
+    fresh, reused = tmp_path / "fresh.pt", tmp_path / "reused.pt"
+    reused.write_bytes(b"\xff" * (3 * src.stat().st_size))
+    for dst in (fresh, reused):
+        assert zip_rewrite.write_copying(content, dst, loaded) is not None
+    assert reused.read_bytes() == fresh.read_bytes()
+    assert torch.equal(torch.load(reused, weights_only=True)["model.0.conv.weight"], content["model.0.conv.weight"])

@@ -305,7 +305,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             if info.compress_type != zipfile.ZIP_STORED:
                 return None  # torch never deflates; such an archive is written by torch.save
         outcome = Outcome(str(src), str(dst), buffer_bytes=COPY_BUFFER_BYTES, pickle_bytes=len(data))
-        with open(dst, "wb") as out:
+        with _open_empty(dst) as out:
             entries: list[tuple[bytes, int, int, int]] = []
 
             def record(name: str, payload: memoryview | bytes) -> None:
@@ -439,6 +439,15 @@ def _open_regular(path: Path) -> Any:
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
+
+
+def _open_empty(path: str | os.PathLike) -> Any:
+    """``path`` opened to write from its start, truncated only where it is not empty: ext4 flushes a file truncated
+    to nothing when it is closed (its replace-by-truncate guard), a second pass over the disk before the fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    if os.fstat(fd).st_size:
+        os.ftruncate(fd, 0)
+    return os.fdopen(fd, "wb")
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
