@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_zip_copy_proof import swap_is_refused
+
 from focus_surgery.errors import CheckpointError, VerificationFailed
 from focus_surgery.files import convert_file
 from focus_surgery.loader import zip_rewrite
@@ -130,20 +132,7 @@ def test_user_load_mode_keeps_the_proof(tmp_path: Path, monkeypatch, mode: str) 
     src = _shared_storage_file(tmp_path)
     report = convert_file(src, tmp_path / "ok.pt", to="conv", verify=True)
     assert report["verification"]["passed"] and report["write"]["copied_identical"]["passed"]
-    real = zip_rewrite._pickled
-
-    def swapped(content, like):
-        content = dict(content)
-        content["model.1.conv.weight"], content["model.2.conv.weight"] = (
-            content["model.2.conv.weight"],
-            content["model.1.conv.weight"],
-        )
-        return real(content, like)
-
-    monkeypatch.setattr(zip_rewrite, "_pickled", swapped)
-    with pytest.raises(VerificationFailed, match="differ"):
-        convert_file(src, tmp_path / "out.pt", to="conv", verify=True)
-    assert not (tmp_path / "out.pt").exists()
+    swap_is_refused(src, tmp_path, monkeypatch)
 
 
 def test_copied_views_keeps_both_reads_storages_alive(tmp_path: Path) -> None:

@@ -78,9 +78,8 @@ def test_a_copied_record_written_wrong_is_refused(src: Path, tmp_path: Path, mon
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_a_tensor_written_under_another_name_is_refused(src: Path, tmp_path: Path, monkeypatch) -> None:
-    """Two kept tensors of one shape swapped by the writer: each views a copied record, but not the one its original
-    views, so it is compared bit for bit and the swap is found."""
+def swap_is_refused(src: Path, tmp_path: Path, monkeypatch) -> None:
+    """A writer that swaps two kept tensors of one shape: refused by ``--verify``, nothing written."""
     real = zip_rewrite._pickled
 
     def swapped(content, like):
@@ -95,6 +94,12 @@ def test_a_tensor_written_under_another_name_is_refused(src: Path, tmp_path: Pat
     with pytest.raises(VerificationFailed, match="differ"):
         convert_file(src, tmp_path / "out.pt", to="conv", verify=True)
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_tensor_written_under_another_name_is_refused(src: Path, tmp_path: Path, monkeypatch) -> None:
+    """Two kept tensors of one shape swapped by the writer: each views a copied record, but not the one its original
+    views, so it is compared bit for bit and the swap is found."""
+    swap_is_refused(src, tmp_path, monkeypatch)
 
 
 def test_an_input_changed_before_the_copy_is_compared_in_full(src: Path, tmp_path: Path, compared, monkeypatch):
