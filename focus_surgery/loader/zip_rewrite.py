@@ -323,9 +323,14 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                     raise CheckpointError(
                         f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
                     )
+                copied(info, storage=False)
+
+            def copied(info: zipfile.ZipInfo, storage: bool) -> None:  # a record copied byte for byte, CRC checked
                 outcome.records_copied += 1
                 outcome.bytes_copied += info.file_size
                 outcome.copied[info.filename] = (info.CRC, info.file_size)
+                if storage:
+                    outcome.copied_keys.add(info.filename[len(prefix) + 5 :])
 
             def _check_input(info: zipfile.ZipInfo) -> None:
                 if _stream(source.fileno(), offsets[info.filename], info.file_size, _Discard(), buffer) != info.CRC:
@@ -353,12 +358,8 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                         raise CheckpointError(
                             f"{src}: record {info.filename!r} fails its CRC-32 check; the file is corrupt"
                         )
-                    outcome.records_copied += 1
-                    outcome.bytes_copied += info.file_size
                     outcome.bytes_from_file += info.file_size
-                    outcome.copied[info.filename] = (info.CRC, info.file_size)
-                    outcome.copied_keys.add(info.filename[len(prefix) + 5 :])
-                    return
+                    return copied(info, storage=True)
                 mapped_from = storage.data_ptr() - stats.mapped_at  # its file offset, if a view of the mapping
                 in_mapping = 0 <= mapped_from <= stats.identity[2] - info.file_size if follows else False
                 if in_mapping and (changed or mapped_from != offset):
@@ -381,11 +382,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
                         )
                     _check_input(info)  # memory read from a corrupt file (mode mmap-nocrc) is refused as corrupt
                 if crc == info.CRC == read_crc(info):
-                    outcome.records_copied += 1
-                    outcome.bytes_copied += info.file_size
-                    outcome.copied[info.filename] = (info.CRC, info.file_size)
-                    outcome.copied_keys.add(info.filename[len(prefix) + 5 :])
-                    return
+                    return copied(info, storage=True)
                 end = out.tell()
                 out.seek(at + 14)  # the local header's CRC-32 field
                 out.write(struct.pack("<I", crc))
