@@ -17,6 +17,7 @@ import torch
 from focus_surgery.checkpoint_io import save_checkpoint
 from focus_surgery.errors import CheckpointError
 from focus_surgery.loader import read_checkpoint, zip_rewrite
+from focus_surgery.loader.containers import file_identity
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the mapping's semantics are Linux's")
 
@@ -88,7 +89,7 @@ def test_input_rewritten_in_place_with_its_records_moved_refused(tmp_path: Path,
     content[last] = torch.zeros(16, 3, 6, 6)
     _rewrite_in_place(src, _moved_records(src, 1, same_size), keep_mtime=same_size)
     if same_size:  # nothing of the file's identity (device, inode, size, mtime) tells it apart from the one read
-        assert zip_rewrite._identity(os.stat(src))[:4] == loaded.stats.identity[:4]
+        assert file_identity(os.stat(src))[:4] == loaded.stats.identity[:4]
     dst = tmp_path / "out" / "out.pt"
     dst.parent.mkdir()
     with pytest.raises(CheckpointError, match="changed since it was read") as error:

@@ -71,6 +71,12 @@ class LoadStats:
     mapped_at: int = 0
 
 
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """A file's identity and version (device, inode, size, modification and change times): another means replaced
+    or written (``cp -p`` puts the mtime back, never the change time)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def budgets_for(file_size: int) -> Budgets:
     """What one file may build: tensors of at most twice its size plus a slack (expanded anchor grids of real
     YOLOv5 files), Python objects and copied values of at most four times its size plus a slack."""
@@ -225,8 +231,7 @@ def load_zip(path: Path, file_size: int, mode: str = "copy", stats: LoadStats | 
         prefix = names[0].split("/")[0] + "/" if "/" in names[0] else ""
         offsets = check_records(path, handle, infos, file_size, prefix + "data.pkl")
         stats.records = {info.filename: info.CRC for info in infos}
-        st = os.fstat(handle.fileno())
-        stats.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        stats.identity = file_identity(os.fstat(handle.fileno()))
         stray = next((n for n in names if not n.startswith(prefix)), None)
         if stray is not None:  # torch refuses these too
             raise CheckpointError(

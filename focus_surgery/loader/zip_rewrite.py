@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 import numpy
 import torch
 
-from .containers import RECORD_ALIGNMENT, check_records
+from .containers import RECORD_ALIGNMENT, check_records, file_identity
 from .crc import crc32
 from .errors import CheckpointError
 from .pickler import dumps
@@ -394,7 +394,7 @@ def write_copying(content: Any, dst: str | os.PathLike, like: Any) -> Outcome | 
             buffer = memoryview(bytearray(COPY_BUFFER_BYTES))
             pages_unwritten = private_pages_reader(buffer, source.fileno()) if stats.mapped_at else None
             held = {k: s for k, s, _ in stats.keys.values() if k in kept}
-            now = _identity(os.fstat(source.fileno()))
+            now = file_identity(os.fstat(source.fileno()))
             changed = bool(stats.identity) and now != stats.identity
             follows = bool(stats.mapped_at and stats.identity) and now[:2] == stats.identity[:2]  # the file mapped
             outcome.source_identity = () if changed else stats.identity
@@ -445,12 +445,6 @@ def _open_empty(path: str | os.PathLike) -> Any:
     if os.fstat(fd).st_size:
         os.ftruncate(fd, 0)
     return os.fdopen(fd, "wb")
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """A file's identity and version (device, inode, size, modification and change times): another means replaced
-    or written (``cp -p`` puts the mtime back, never the change time)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _memory_view(storage: torch.UntypedStorage) -> memoryview:
