@@ -130,6 +130,47 @@ def test_memory_is_the_pickle_and_the_stem(src: Path, tmp_path: Path, monkeypatc
     assert outcome.buffer_bytes == zip_rewrite.COPY_BUFFER_BYTES
 
 
+@pytest.mark.parametrize("mode", ["copy", "mmap"])
+def test_no_write_call_larger_than_the_buffer(tmp_path: Path, monkeypatch, mode: str) -> None:
+    # write() calls of 2-4 MiB were erratic on ext4 (0.3-1.3 s for 333 MB, 1 MiB calls 0.1 s): every record, the
+    # file-copied ones, the ones from memory (mode copy) and the new stem, reaches the file in buffer-sized calls
+    monkeypatch.setattr(zip_rewrite, "COPY_BUFFER_BYTES", 1000)
+    sizes: list[int] = []
+    real_open = zip_rewrite._open_empty
+
+    class Counted:  # the writer's file, each write() call's size recorded
+        def __init__(self, raw) -> None:
+            self.raw = raw
+
+        def write(self, data) -> int:
+            sizes.append(memoryview(data).nbytes)
+            return self.raw.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.raw, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.raw.close()
+
+    monkeypatch.setattr(zip_rewrite, "_open_empty", lambda path: Counted(real_open(path)))
+    src = tmp_path / "in.pt"
+    torch.save(_state_dict(), src)
+    loaded = read_checkpoint(src, mode)
+    content = dict(loaded.content)
+    content["model.0.conv.weight"] = focus_to_conv_weight(content.pop(STEM))  # 6,912 bytes: seven calls
+    with zip_rewrite.recording() as outcomes:
+        save_checkpoint(content, tmp_path / "out.pt", like=loaded)
+    (outcome,) = outcomes
+    assert outcome.storages_written == 1 and outcome.records_copied > 10
+    assert sum(s == 1000 for s in sizes) >= 6 and max(sizes) == 1000
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(got["model.0.conv.weight"], content["model.0.conv.weight"])
+    assert all(torch.equal(got[k], v) for k, v in content.items())
+
+
 @pytest.mark.parametrize("kind", ["legacy", "safetensors-out"])
 def test_fallback_says_which_path_ran(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "in.pt"
@@ -379,3 +420,20 @@ def test_written_over_a_longer_file_leaves_none_of_it(src: Path, tmp_path: Path)
         assert zip_rewrite.write_copying(content, dst, loaded) is not None
     assert reused.read_bytes() == fresh.read_bytes()
     assert torch.equal(torch.load(reused, weights_only=True)["model.0.conv.weight"], content["model.0.conv.weight"])
+
+
+def test_a_state_dict_converts_without_importing_other_families(src: Path, tmp_path: Path) -> None:
+    # every source is asked whether it claims the file: asking must not import YOLOv5's modules (and with them
+    # Ultralytics, cv2 and PIL: 0.15 s of every plain conversion, the first in each folder worker)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from focus_surgery.files import convert_file; before = set(sys.modules); "
+        f"convert_file({str(src)!r}, {str(tmp_path / 'out.pt')!r}, to='conv', verify=True); "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('ultralytics', 'cv2', 'PIL') "
+        "or m.startswith('focus_surgery.yolov5')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+

@@ -30,9 +30,11 @@ class Yolov5PairSource(PlainStateDictSource):
     specificity = 20  # a state dict whose header names our format
 
     def claims(self, loaded: Loaded) -> bool:
+        if loaded.path.suffix != ".safetensors":  # asked of every file: YOLOv5's modules (and Ultralytics) not imported
+            return False
         from ..yolov5.convert import CONFIG_FORMAT
 
-        return loaded.path.suffix == ".safetensors" and loaded.metadata.get("format") == CONFIG_FORMAT
+        return loaded.metadata.get("format") == CONFIG_FORMAT
 
     def model(self, loaded: Loaded) -> nn.Module | None:
         from ..yolov5.convert import load_yolov5_safetensors
