@@ -24,9 +24,12 @@ OWN_OPTIONS = ("block_size", "order", "tolerance")  # options only some sources 
 
 
 def tensors_only(loaded: Loaded) -> bool:
-    """Whether ``loaded`` holds a flat state dict and nothing else (what a ``.safetensors`` holds)."""
+    """Whether ``loaded`` is a ``.safetensors`` file (a flat state dict and nothing else). Its container, not its
+    content: a checkpoint a writer bug wrote as a bare state dict (``.pt``) is no tensors-only output, and fails."""
     content = loaded.content
-    return isinstance(content, dict) and bool(content) and all(isinstance(v, torch.Tensor) for v in content.values())
+    if loaded.container != "safetensors" or not isinstance(content, dict) or not content:
+        return False
+    return all(isinstance(v, torch.Tensor) for v in content.values())
 
 
 def suffix_of(path: Path, known: tuple[str, ...] = ()) -> str:
