@@ -38,3 +38,54 @@ def test_a_checkpoint_written_as_a_bare_state_dict_fails_its_proof(tmp_path, mon
     with pytest.raises(VerificationFailed, match="the written file has no stem"):
         convert_file(src, dst, verify=True)
     assert not dst.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_safetensors_holding_the_model_instead_of_the_ema_fails_its_stem_run(tmp_path, monkeypatch):
+    """The file's EMA and model differ (the stem too): a writer that writes the model's tensors where the EMA's belong
+    fails, and the stem run itself (the written bits against the original EMA's stem) catches it."""
+    from focus_surgery.sources import yolov7
+
+    def wrong_write(content, models, dst, like):
+        tensors = {k: v.detach().contiguous() for k, v in models["model"].state_dict().items()}
+        checkpoint_io.save_checkpoint(tensors, dst, {"converted_by": "focus-surgery", "to": "conv"})
+
+    monkeypatch.setattr(yolov7.Yolov7Source, "_write", staticmethod(wrong_write))
+    dst = tmp_path / "o.safetensors"
+    with pytest.raises(VerificationFailed) as failed:
+        convert_file(YOLOV7_LAST, dst, verify=True)
+    check = failed.value.report.fields["verification"]
+    assert check["stems"] == ["ema:1"] and not check["stem"]["passed"] and check["stem"]["max_abs_err"] > 1e-6
+    assert not check["tensors"]["passed"] and not check["passed"]
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
+
+
+def _edited_safetensors(monkeypatch, edit):
+    """A ``.safetensors`` writer that applies ``edit`` to the state dict on its way to disk."""
+    save = checkpoint_io.safetensors_save
+
+    def edited_save(tensors, path, *rest):
+        save(edit(tensors), path, *rest)
+
+    monkeypatch.setattr(checkpoint_io, "safetensors_save", edited_save)
+
+
+EDITS = {
+    "stem-bn-dropped": lambda sd: {k: v for k, v in sd.items() if k != "model.1.bn.running_var"},
+    "stem-bias-added": lambda sd: {**sd, "model.1.conv.bias": sd["model.1.bn.bias"].clone()},
+    "stem-bn-wrong": lambda sd: {**sd, "model.1.bn.running_var": sd["model.1.bn.running_var"] * 2},
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_a_yolov7_safetensors_with_a_wrong_stem_row_fails(tmp_path, monkeypatch, edit):
+    _edited_safetensors(monkeypatch, EDITS[edit])
+    dst = tmp_path / "o.safetensors"
+    with pytest.raises(VerificationFailed):
+        convert_file(YOLOV7_LAST, dst, verify=True)
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_yolov7_safetensors_of_scope_all_is_proven(tmp_path):
+    report = convert_file(YOLOV7_LAST, tmp_path / "o.safetensors", verify=True, scope="all")
+    check = report["verification"]
+    assert report.proof == "stem" and check["passed"] and check["stems"] == ["ema:1"] and report.max_abs_err < 1e-12
