@@ -89,3 +89,36 @@ def test_a_yolov7_safetensors_of_scope_all_is_proven(tmp_path):
     report = convert_file(YOLOV7_LAST, tmp_path / "o.safetensors", verify=True, scope="all")
     check = report["verification"]
     assert report.proof == "stem" and check["passed"] and check["stems"] == ["ema:1"] and report.max_abs_err < 1e-12
+
+
+def _unconverted_writer(monkeypatch, src):
+    """A writer that writes the original (its stem not converted) where the conversion belongs: the report says the
+    stem was converted, the file computes what the original does, and the user's converted config cannot load it."""
+    from focus_surgery.sources import darknet, load, yolov7
+
+    original = load(src)
+    if src == DARKNET:
+        write = darknet.PlainStateDictSource.write
+
+        def unconverted(content, place, dst, to, like=None):
+            write(original.content, place, dst, to, like)
+
+        monkeypatch.setattr(darknet.PlainStateDictSource, "write", staticmethod(unconverted))
+    else:
+        write_records = yolov7.Yolov7Source._write
+        models = yolov7.Yolov7Source()._models(original.content)
+
+        def unconverted_records(content, _models, dst, like):
+            write_records(original.content, models, dst, original)
+
+        monkeypatch.setattr(yolov7.Yolov7Source, "_write", staticmethod(unconverted_records))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("src", [DARKNET, YOLOV7_LAST, YOLOV7_STRIPPED], ids=["darknet", "yolov7", "yolov7-no-ema"])
+def test_a_stem_written_unconverted_fails_its_proof(tmp_path, monkeypatch, src, suffix):
+    _unconverted_writer(monkeypatch, src)
+    dst = tmp_path / f"o{suffix}"
+    with pytest.raises(VerificationFailed):
+        convert_file(src, dst, verify=True)
+    assert not dst.exists() and list(tmp_path.iterdir()) == []

@@ -156,17 +156,23 @@ class DarknetSource(Source):
     def written_stems(
         self, loaded: Loaded, written: Loaded, reader: Source, options: ConvertOptions
     ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-        """A tensors-only output (``.safetensors``: the state dict under ``model``, which a plain state dict's reader
-        finds no darknet stem in): its stem found and run as ``stems`` does, from the tensors read back."""
-        if not tensors_only(written):
-            return super().written_stems(loaded, written, reader, options)
-        return _stems(tensors(written.content), options)
+        """The written file's stem in the converted form only (a stem written unconverted computes what the original's
+        does, yet is no conversion: the proof finds no stem and fails), from the tensors read back: a tensors-only
+        output's (``.safetensors``: the state dict under ``model``, in which a plain state dict's reader finds no
+        darknet stem) or a darknet file's."""
+        if tensors_only(written):
+            return _stems(tensors(written.content), options, converted_only=True)
+        if isinstance(reader, DarknetSource):
+            return _stems(reader.state_dict(written), options, converted_only=True)
+        return super().written_stems(loaded, written, reader, options)
 
 
-def _stems(sd: dict[str, torch.Tensor], options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-    """``DarknetSource.stems`` of the darknet state dict ``sd``."""
+def _stems(
+    sd: dict[str, torch.Tensor], options: ConvertOptions, converted_only: bool = False
+) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``DarknetSource.stems`` of the darknet state dict ``sd``; ``converted_only``: the converted form's alone."""
     bs = options.block_size
-    key = darknet_stem(sd, block_size=bs)
+    key = None if converted_only else darknet_stem(sd, block_size=bs)
     converted = converted_stem(sd, block_size=bs) if key is None else None
     if key is None and converted is None:
         return []

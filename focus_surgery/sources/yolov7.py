@@ -234,12 +234,19 @@ class Yolov7Source(Source):
     def written_stems(
         self, loaded: Loaded, written: Loaded, reader: Source, options: ConvertOptions
     ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-        """A tensors-only output (``.safetensors``: the state dict of ``_tensors_key``'s model, keys
+        """The written file's converted stem rows, named as ``stems`` names them: a records file's, read back. A
+        tensors-only output (``.safetensors``: the state dict of ``_tensors_key``'s model, keys
         ``model.<row>.conv.weight``...): each stem row the conversion wrote (``converted_rows`` of that model's
         records, as converted: its conv's kernel, stride, padding and activation, which no tensor holds) run with the
         row's tensors read back from the written file, named as ``stems`` names it."""
         if not tensors_only(written):
-            return super().written_stems(loaded, written, reader, options)
+            if not isinstance(reader, Yolov7Source):
+                return super().written_stems(loaded, written, reader, options)
+            found = []  # only the converted form: a stem row written unconverted is no conversion (the proof fails)
+            for key, model in reader._models(written.content).items():
+                layers = _layers(model)
+                found += [(f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)])) for i in converted_rows(model)]
+            return found
         models = self._models(loaded.content)
         key = _tensors_key(models)
         layers, found = _layers(models[key]), []
