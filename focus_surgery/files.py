@@ -279,7 +279,8 @@ def verify_files(
     loaded = [load(a), load(b)]
     sources = [source_for(x) for x in loaded]
     readers = [(s, p) for s, p in zip(sources, (a, b)) if "block_size" in s.uses]  # state dicts: no geometry
-    reader, path = readers[-1] if readers else (sources[1], b)
+    # the most specific of them compares (a darknet original and its .safetensors: darknet's stem remap), else b's
+    reader, path = max(reversed(readers), key=lambda r: r[0].specificity) if readers else (sources[1], b)
     given = geometry(reader, path, block_size, order)  # refused where neither file reads them
     models = [s.model(x) for s, x in zip(sources, loaded)]  # None: tensors only (then both are compared as tensors)
     if all(m is not None for m in models):

@@ -122,3 +122,16 @@ def test_a_stem_written_unconverted_fails_its_proof(tmp_path, monkeypatch, src, 
     with pytest.raises(VerificationFailed):
         convert_file(src, dst, verify=True)
     assert not dst.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("src", [DARKNET, YOLOV7_LAST], ids=["darknet", "yolov7"])
+def test_verify_compares_an_original_with_its_safetensors_conversion(tmp_path, src):
+    """``verify ORIGINAL CONVERTED`` of a family file and its ``.safetensors``: the stem is remapped as the original's
+    family converts it (darknet's 7x7 with its zero row and column), then every tensor compared."""
+    from focus_surgery.files import verify_files
+
+    dst = tmp_path / "o.safetensors"
+    convert_file(src, dst, verify=True)
+    result = verify_files(src, dst)
+    assert result["passed"] and result["max_abs_err"] == 0.0 and "stem remapped" in result["compared"], result
+    assert result["tensors"] == sum(t.numel() > 0 for t in checkpoint_io.load_checkpoint(dst).content.values())
