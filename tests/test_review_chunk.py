@@ -1,0 +1,80 @@
+"""Review of the zip copy's buffer-sized write() calls (``zip_rewrite._write``, issue 19): the archive written in
+small calls is the very archive written in one call per record, at every edge of the buffer."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from focus_surgery import focus_to_conv_weight
+from focus_surgery.loader import read_checkpoint, zip_rewrite
+
+STEM = "model.0.conv.conv.weight"
+BUFFER = 256  # bytes; the records below sit on and around multiples of it
+
+
+def _state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    sd = {STEM: torch.randn(16, 12, 3, 3)}  # 6,912 bytes: 27 buffers exactly
+    sizes = {"exact": 64, "big": 4096, "under": 63, "over": 65, "empty": 0, "one": 1}  # float32: 256, 16384, ...
+    for name, n in sizes.items():
+        sd[f"edge.{name}"] = torch.randn(n)
+    for i in range(40):  # a pickle and a central directory many buffers long
+        sd[f"model.{i + 1}.a_rather_long_parameter_name_for_the_directory.weight"] = torch.randn(3)
+    return sd
+
+
+def _convert(src: Path, dst: Path, mode: str, buffer: int, in_place: bool) -> zip_rewrite.Outcome:
+    loaded = read_checkpoint(src, mode)
+    content = loaded.content if in_place else dict(loaded.content)
+    content["model.0.conv.weight"] = focus_to_conv_weight(content.pop(STEM))
+    if in_place:  # a kept storage changed since the read: written from memory, its header's CRC-32 patched
+        content["edge.over"].add_(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zip_rewrite, "COPY_BUFFER_BYTES", buffer)
+        with zip_rewrite.recording() as outcomes:
+            assert zip_rewrite.write_copying(content, dst, loaded) is not None
+    (outcome,) = outcomes
+    assert outcome.buffer_bytes == buffer and outcome.storages_written == (2 if in_place else 1)
+    return outcome
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("mode", ["copy", "mmap", "mmap-nocrc"])
+def test_small_writes_make_the_same_archive(tmp_path: Path, monkeypatch, mode: str, in_place: bool, zip64: bool):
+    if zip64:
+        monkeypatch.setattr(zip_rewrite, "ZIP64_LIMIT", 500)  # every offset, and the directory's, past 500 bytes
+    src = tmp_path / "in.pt"
+    sd = _state_dict()
+    torch.save(sd, src)
+    small, whole = tmp_path / "small.pt", tmp_path / "whole.pt"
+    outcome = _convert(src, small, mode, BUFFER, in_place)
+    _convert(src, whole, mode, 1 << 30, in_place)
+    raw = small.read_bytes()
+    assert raw == whole.read_bytes()  # byte for byte what one write() per record makes
+    assert outcome.pickle_bytes > 4 * BUFFER and len(raw) - raw.rindex(b"PK\x01\x02") > 0
+    with zipfile.ZipFile(small) as archive:
+        assert archive.testzip() is None
+        infos = archive.infolist()
+        first = min(i.header_offset for i in infos)
+        directory = archive.start_dir
+    assert len(raw) - directory > 8 * BUFFER  # the central directory itself went in many calls
+    assert first == 0
+    for info in infos:  # each local header's CRC-32 (the patched one too) and sizes agree with the directory's
+        crc, size = struct.unpack("<II", raw[info.header_offset + 14 : info.header_offset + 22])
+        assert crc == info.CRC, info.filename
+        assert size == (0xFFFFFFFF if zip64 and info.file_size >= 500 else info.file_size), info.filename
+    assert zip_rewrite.check_copied(outcome, small)["passed"]
+    expected = dict(sd)
+    expected["model.0.conv.weight"] = focus_to_conv_weight(expected.pop(STEM))
+    if in_place:
+        expected["edge.over"] = expected["edge.over"] + 1
+    for back in (torch.load(small, weights_only=True), torch.load(small, weights_only=True, mmap=True)):
+        assert set(back) == set(expected)
+        assert all(torch.equal(back[k], v) for k, v in expected.items())
+    assert read_checkpoint(small, "copy").content["edge.empty"].numel() == 0
