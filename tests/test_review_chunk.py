@@ -78,3 +78,25 @@ def test_small_writes_make_the_same_archive(tmp_path: Path, monkeypatch, mode: s
         assert set(back) == set(expected)
         assert all(torch.equal(back[k], v) for k, v in expected.items())
     assert read_checkpoint(small, "copy").content["edge.empty"].numel() == 0
+
+
+def test_a_safetensors_state_dict_converts_without_importing_other_families(tmp_path: Path) -> None:
+    # the YOLOv5 pair source claims only a .safetensors whose metadata names its format: asking a plain one (here
+    # with the metadata safetensors' own writers put there) must not import YOLOv5's modules, Ultralytics, cv2, PIL
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "in.safetensors"
+    save_file({STEM: torch.randn(16, 12, 3, 3), "model.1.conv.weight": torch.randn(8, 16, 3, 3)}, src, {"format": "pt"})
+    code = (
+        "import sys; from focus_surgery.files import convert_file, inspect_file; before = set(sys.modules); "
+        f"inspect_file({str(src)!r}); "
+        f"convert_file({str(src)!r}, {str(tmp_path / 'out.safetensors')!r}, to='conv', verify=True); "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('ultralytics', 'cv2', 'PIL') "
+        "or m.startswith('focus_surgery.yolov5.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "['focus_surgery.yolov5.pair_format']"  # a constant, no import
+    assert (tmp_path / "out.safetensors").exists()
