@@ -100,3 +100,24 @@ def test_a_safetensors_state_dict_converts_without_importing_other_families(tmp_
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     assert done.stdout.strip().splitlines()[-1] == "['focus_surgery.yolov5.pair_format']"  # a constant, no import
     assert (tmp_path / "out.safetensors").exists()
+
+
+def test_a_safetensors_file_named_in_upper_case_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    # the pair source and the reader both ask for '.safetensors' exactly (the output side refuses '.SAFETENSORS'
+    # with "rename it"); the input was read as a torch checkpoint and refused as "not a torch checkpoint"
+    from safetensors.torch import save_file
+
+    from focus_surgery.errors import CheckpointError
+    from focus_surgery.files import convert_file, inspect_file
+
+    src = tmp_path / "in.SAFETENSORS"
+    save_file({STEM: torch.randn(16, 12, 3, 3)}, src)
+    before = src.read_bytes()
+    for call in (lambda: inspect_file(src), lambda: convert_file(src, tmp_path / "out.pt", to="conv")):
+        with pytest.raises(CheckpointError, match=r"'\.safetensors' \(lower case\): rename it") as error:
+            call()
+        assert "\n" not in str(error.value) and str(src) in str(error.value)
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["in.SAFETENSORS"]
+    zipped = tmp_path / "zip.SAFETENSORS"  # a torch checkpoint under that name still reads as one, as before
+    torch.save({STEM: torch.randn(16, 12, 3, 3)}, zipped)
+    assert inspect_file(zipped)
