@@ -121,3 +121,14 @@ def test_a_safetensors_file_named_in_upper_case_is_refused_naming_the_fix(tmp_pa
     zipped = tmp_path / "zip.SAFETENSORS"  # a torch checkpoint under that name still reads as one, as before
     torch.save({STEM: torch.randn(16, 12, 3, 3)}, zipped)
     assert inspect_file(zipped)
+
+
+def test_a_pair_written_by_focus_surgery_is_still_claimed_by_the_pair_source(tmp_path: Path) -> None:
+    from focus_surgery.files import convert_file, inspect_file
+
+    fixture = Path(__file__).parent / "fixtures" / "yolov5-legacy" / "yolov5s-v2.0-d0.33-w0.125-nc3-seed104-fp16.pt"
+    pair = tmp_path / "pair.safetensors"
+    convert_file(fixture, pair)
+    assert (tmp_path / "pair.json").is_file()
+    assert inspect_file(pair)["source"] == "yolov5-safetensors"
+    assert convert_file(pair, tmp_path / "back.safetensors", to="focus")["source"] == "yolov5-safetensors"
