@@ -26,7 +26,9 @@ from .sources.base import TIMM_TRAIN, suffix_of
 
 DEFAULT_TIMEOUT_S, DEFAULT_MEMORY_GB = 300.0, 8.0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", TIMM_TRAIN)
-PRELOAD = ["focus_surgery._fork_server_preload"]  # what a conversion imports, imported once by the fork server
+# what a conversion imports, imported once by the fork server; and the command line, which each child of the
+# ``focus-surgery`` script runs again as its ``__main__`` (multiprocessing re-runs a script, not ``python -m``)
+PRELOAD = ["focus_surgery._fork_server_preload", "focus_surgery.cli"]
 
 
 @dataclass

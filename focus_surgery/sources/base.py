@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import VerificationFailed
@@ -20,6 +21,12 @@ TIMM_TRAIN = ".pth.tar"  # timm train.py's CheckpointSaver names its files so (a
 STATED = ("block_size", "order")  # the options a caller may state, or leave to the file's evidence
 ANY_LAYOUT = ""  # an ``outputs`` key: the source writes one layout, whatever --layout says
 OWN_OPTIONS = ("block_size", "order", "tolerance")  # options only some sources read (declared in ``Source.uses``)
+
+
+def tensors_only(loaded: Loaded) -> bool:
+    """Whether ``loaded`` holds a flat state dict and nothing else (what a ``.safetensors`` holds)."""
+    content = loaded.content
+    return isinstance(content, dict) and bool(content) and all(isinstance(v, torch.Tensor) for v in content.values())
 
 
 def suffix_of(path: Path, known: tuple[str, ...] = ()) -> str:
@@ -90,6 +97,21 @@ class Source:
         """Each stem as it computes, in either form, for the stem proof: ``(name, float64 module, input shape)``."""
         return []
 
+    def held_stems(self, loaded: Loaded, stems: list, written: Loaded) -> list:
+        """Of the original's ``stems`` (as ``stems`` gave them), those the file written from ``loaded`` (read back as
+        ``written``) holds, each of which the stem proof runs against the written file's: all of them; a source whose
+        tensors-only output holds one of several model copies says which."""
+        return stems
+
+    def written_stems(
+        self, loaded: Loaded, written: Loaded, reader: Source, options: ConvertOptions
+    ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """The stems of the file written from ``loaded`` (as converted), read back as ``written``, named as ``stems``
+        names the original's and computed from the tensors read back (never from memory): those its ``reader`` (the
+        source that reads it) finds. A source whose tensors-only output (``.safetensors``) its reader finds no stem in
+        builds them from those tensors."""
+        return reader.stems(written, options)
+
     def model(self, loaded: Loaded) -> nn.Module | None:
         """A runnable float32 eval model for ``verify`` and the model proof; None when the file holds tensors only."""
         return None
@@ -108,4 +130,4 @@ class Source:
 
 
 __all__ = ["ANY_LAYOUT", "CHECKPOINTS", "OWN_OPTIONS", "PICKLES", "STATED", "TIMM_TRAIN", "ConvertOptions", "Source"]
-__all__ += ["VerificationFailed", "suffix_of"]
+__all__ += ["VerificationFailed", "suffix_of", "tensors_only"]

@@ -191,17 +191,25 @@ def stem_check(stem: Any, reports: list[VerificationReport], rest: dict[str, Any
     return {"stem": stem, "tensors": rest, "passed": passed, "problem": problem, "compared": compared}
 
 
-def recorded_stem(row: Any, block_size: int = 2, order: str | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+def recorded_stem(
+    row: Any, block_size: int = 2, order: str | None = None, state: dict[str, torch.Tensor] | None = None
+) -> tuple[nn.Module, tuple[int, ...]]:
     """A recorded ``Conv`` row (its ``conv``, ``bn``, ``act`` children, run in that order as yolov7 / YOLOR / YOLOv5
     ``Conv.forward`` does) as a float64 module, after a space-to-depth(``block_size``, ``order``) when ``order`` is
-    given; with the input shape a stem check runs it on."""
+    given; with the input shape a stem check runs it on. ``state``: the row's tensors by its own keys (``conv.weight``,
+    ``bn.running_var``...: a tensors-only file's, read back), each child loading all of its own (strict); else the
+    record's."""
     from ..layers import SpaceToDepth
     from ..yolov5.rebuild import leaf_spec, make_leaf
 
     block = nn.Module()
     for name, child in row.children().items():
         leaf = make_leaf(leaf_spec(child))
-        leaf.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in child.state_dict().items()})
+        if state is None:
+            own = child.state_dict()
+        else:  # the child's own entries of the row's tensors
+            own = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}.")}
+        leaf.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in own.items()})
         setattr(block, name, leaf)
     block.forward = lambda x: block.act(block.bn(block.conv(x)))
     block = block.double().eval()

@@ -17,7 +17,7 @@ from ..layers import SpaceToDepth
 from ..remap import focus_to_conv_weight
 from ..report import ConvertReport, bounded
 from ..verify import DEFAULT_TOLERANCE
-from .base import ConvertOptions, Source
+from .base import ConvertOptions, Source, tensors_only
 from .compare import compare_state_dicts
 from .copies import refuse_unconverted
 from .loading import Loaded
@@ -151,15 +151,29 @@ class DarknetSource(Source):
         """The stem conv as it computes: space-to-depth + k x k conv (padding k // 2) before the conversion, the
         (bs*k+1)-square conv of stride bs (padding (bs*k+1) // 2, darknet's size // 2) after it; its BatchNorm and
         every other tensor are compared as stored."""
-        sd, bs = self.state_dict(loaded), options.block_size
-        key = darknet_stem(sd, block_size=bs)
-        converted = converted_stem(sd, block_size=bs) if key is None else None
-        if key is None and converted is None:
-            return []
-        w = sd[key or converted].double()
-        conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], 1 if key else bs, w.shape[2] // 2, bias=False).double()
-        conv.weight.data = w
-        if key is None:
-            return [(converted, conv.eval(), (2, w.shape[1], 16 * bs, 24 * bs))]
-        stem = nn.Sequential(SpaceToDepth(bs, options.order), conv).eval()
-        return [(key, stem, (2, w.shape[1] // bs**2, 16 * bs, 24 * bs))]
+        return _stems(self.state_dict(loaded), options)
+
+    def written_stems(
+        self, loaded: Loaded, written: Loaded, reader: Source, options: ConvertOptions
+    ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """A tensors-only output (``.safetensors``: the state dict under ``model``, which a plain state dict's reader
+        finds no darknet stem in): its stem found and run as ``stems`` does, from the tensors read back."""
+        if not tensors_only(written):
+            return super().written_stems(loaded, written, reader, options)
+        return _stems(tensors(written.content), options)
+
+
+def _stems(sd: dict[str, torch.Tensor], options: ConvertOptions) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``DarknetSource.stems`` of the darknet state dict ``sd``."""
+    bs = options.block_size
+    key = darknet_stem(sd, block_size=bs)
+    converted = converted_stem(sd, block_size=bs) if key is None else None
+    if key is None and converted is None:
+        return []
+    w = sd[key or converted].double()
+    conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], 1 if key else bs, w.shape[2] // 2, bias=False).double()
+    conv.weight.data = w
+    if key is None:
+        return [(converted, conv.eval(), (2, w.shape[1], 16 * bs, 24 * bs))]
+    stem = nn.Sequential(SpaceToDepth(bs, options.order), conv).eval()
+    return [(key, stem, (2, w.shape[1] // bs**2, 16 * bs, 24 * bs))]

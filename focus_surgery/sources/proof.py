@@ -180,7 +180,10 @@ def prove_written(
                 tensors = _compare_tensors(source, back_source, back, before, report, options)
             own = report.fields.get("verification") if not before.stems else None
             ran = isinstance(own, dict) and report.max_abs_err is not None  # a source that ran its stem in memory
-            runs = [] if ran else _run_stems(report, dst, before.stems, back_source.stems(back, options))
+            runs = []
+            if not ran:  # the original's stems the written file holds, each against the written file's, by name
+                held = source.held_stems(loaded, before.stems, back)
+                runs = _run_stems(report, dst, held, source.written_stems(loaded, back, back_source, options))
         except (VerificationFailed, MemoryError, torch.OutOfMemoryError):  # the command says what was left
             raise
         except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof

@@ -15,7 +15,7 @@ from ..remap import focus_to_conv_weight
 from ..loader import Record, record_class
 from ..errors import ConversionError
 from ..report import ConvertReport, bounded
-from .base import ConvertOptions, Source
+from .base import ConvertOptions, Source, tensors_only
 from .compare import recorded_stem
 from .copies import refuse_unconverted
 from .loading import Loaded
@@ -105,6 +105,12 @@ def _convert_row(layers: dict, index: int, bs: int, order: str) -> dict[str, Any
     }
 
 
+def _tensors_key(models: dict[str, Record]) -> str:
+    """The model whose tensors a tensors-only output holds (and the stem proof compares): the EMA where there is one,
+    as ``attempt_load`` takes it, else the model."""
+    return "ema" if "ema" in models else "model"
+
+
 def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
     """ReOrg row -> ``[f, 1, nn.Identity, []]``; its conv row -> ``[f, n, Conv, [c2, bs*k, bs, bs*p]]`` (c2 as is)."""
     rows = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
@@ -136,7 +142,7 @@ class Yolov7Source(Source):
 
     def state_dict(self, loaded: Loaded) -> dict:
         models = self._models(loaded.content)
-        return (models.get("ema") or models["model"]).state_dict()  # attempt_load takes the EMA when there is one
+        return models[_tensors_key(models)].state_dict()
 
     def inspect(self, loaded: Loaded) -> dict[str, Any]:
         models = self._models(loaded.content)
@@ -218,10 +224,35 @@ class Yolov7Source(Source):
                 found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)])))
         return found
 
+    def held_stems(self, loaded: Loaded, stems: list, written: Loaded) -> list:
+        """A tensors-only output holds one model's tensors (``_tensors_key``): that model's stems."""
+        if not tensors_only(written):
+            return stems
+        key = _tensors_key(self._models(loaded.content))
+        return [stem for stem in stems if stem[0].startswith(f"{key}:")]
+
+    def written_stems(
+        self, loaded: Loaded, written: Loaded, reader: Source, options: ConvertOptions
+    ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """A tensors-only output (``.safetensors``: the state dict of ``_tensors_key``'s model, keys
+        ``model.<row>.conv.weight``...): each stem row the conversion wrote (``converted_rows`` of that model's
+        records, as converted: its conv's kernel, stride, padding and activation, which no tensor holds) run with the
+        row's tensors read back from the written file, named as ``stems`` names it."""
+        if not tensors_only(written):
+            return super().written_stems(loaded, written, reader, options)
+        models = self._models(loaded.content)
+        key = _tensors_key(models)
+        layers, found = _layers(models[key]), []
+        for i in converted_rows(models[key]):
+            row = f"model.{i + 1}."
+            state = {k[len(row) :]: v for k, v in written.content.items() if k.startswith(row)}
+            found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)], state=state)))
+        return found
+
     @staticmethod
     def _write(content: dict, models: dict, dst: Path, like: Loaded) -> None:
         if dst.suffix == ".safetensors":
-            model = models.get("ema") or models["model"]
+            model = models[_tensors_key(models)]
             tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
             save_checkpoint(tensors, dst, {"converted_by": "focus-surgery", "to": "conv"})
         else:
