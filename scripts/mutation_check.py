@@ -432,6 +432,28 @@ LOADER_MUTANTS = [
         "        if False:",
         LOADER,
     ),
+    Mutant(
+        "zip copy drops a record's last partial write",
+        "focus_surgery/loader/zip_rewrite.py",
+        "    for start in range(0, len(view), COPY_BUFFER_BYTES):\n        out.write(",
+        "    for start in range(0, len(view) // COPY_BUFFER_BYTES * COPY_BUFFER_BYTES, COPY_BUFFER_BYTES):\n"
+        "        out.write(",
+        ("tests/test_review_chunk.py",),
+    ),
+    Mutant(
+        "zip copy hands write() a whole new record",
+        "focus_surgery/loader/zip_rewrite.py",
+        "                _write(out, payload)",
+        "                out.write(payload)",
+        ("tests/test_zip_copy.py",),
+    ),
+    Mutant(
+        "pair source imports YOLOv5's modules to ask a plain file",
+        "focus_surgery/sources/yolov5.py",
+        "from ..yolov5.pair_format import CONFIG_FORMAT",
+        "from ..yolov5.convert import CONFIG_FORMAT",
+        ("tests/test_review_chunk.py",),
+    ),
 ]
 
 
@@ -484,6 +506,8 @@ def check(mutants: list[Mutant], timeout: int) -> list[tuple[Mutant, str, str, f
     Raises:
         SystemExit: A mutant does not apply (stale), or the tests fail without any mutant.
     """
+    if not mutants:
+        raise SystemExit("no mutant to check (pytest given no test would run the whole suite)")
     problems = stale(mutants)
     if problems:
         raise SystemExit("stale mutants (re-point them):\n  " + "\n  ".join(problems))
@@ -518,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mutants = MUTANTS + (LOADER_MUTANTS if args.loader else [])
     mutants = [m for m in mutants if not args.only or any(t in m.name for t in args.only.split(","))]
+    if not mutants and not args.list:  # else the baseline runs pytest on no path: the whole suite
+        print(f"no mutant named {args.only!r}; --list shows them (the loader's need --loader)", file=sys.stderr)
+        return 2
     if args.list:
         for m in mutants:
             print(f"{m.name}: {m.path} -> {' '.join(m.tests)}")

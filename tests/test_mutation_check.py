@@ -67,3 +67,17 @@ def test_a_few_mutants_are_caught_end_to_end():
     assert len(chosen) == 2
     results = mc.check(chosen, timeout=600)
     assert [(r[0].name, r[1]) for r in results] == [(m.name, "caught") for m in chosen], results
+
+
+def test_a_selection_of_no_mutant_runs_nothing(monkeypatch, capsys):
+    # review: --only naming loader mutants without --loader selected none, and the baseline run of "their tests"
+    # (none) ran pytest with no path: the whole suite, for minutes, on a copy of the repository
+    ran: list = []
+    monkeypatch.setattr(mc, "_run_tests", lambda *a, **k: ran.append(a) or (0, ""))
+    monkeypatch.setattr(mc, "_copy_repository", lambda d: ran.append(d) or d)
+    assert mc.main(["--only", "zip copy drops"]) == 2  # a loader mutant, without --loader
+    err = capsys.readouterr().err
+    assert "no mutant" in err and "--loader" in err and "\n" not in err.strip()
+    with pytest.raises(SystemExit, match="no mutant"):
+        mc.check([], timeout=60)
+    assert ran == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..checkpoint_io import check_readable, load_checkpoint
+from ..checkpoint_io import CheckpointError, check_readable, load_checkpoint
 from ..loader import Loaded, load_mode, read_checkpoint
 
 __all__ = ["Loaded", "load"]
@@ -21,4 +21,12 @@ def load(path: str | os.PathLike, mode: str = "mmap") -> Loaded:
     if path.suffix == ".safetensors":
         ckpt = load_checkpoint(path)
         return Loaded(path, ckpt.content, frozenset(), "safetensors", ckpt.metadata, ckpt)
-    return read_checkpoint(path, load_mode(default=mode))
+    try:
+        return read_checkpoint(path, load_mode(default=mode))
+    except CheckpointError:
+        if path.suffix.lower() != ".safetensors":
+            raise
+        raise CheckpointError(  # the readers, and the pair source, ask for the lower-case name (as the writers do)
+            f"{path}: not a torch checkpoint; a safetensors file is read when named '.safetensors' (lower case): "
+            "rename it"
+        ) from None

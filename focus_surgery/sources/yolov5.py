@@ -32,7 +32,7 @@ class Yolov5PairSource(PlainStateDictSource):
     def claims(self, loaded: Loaded) -> bool:
         if loaded.path.suffix != ".safetensors":  # asked of every file: YOLOv5's modules (and Ultralytics) not imported
             return False
-        from ..yolov5.convert import CONFIG_FORMAT
+        from ..yolov5.pair_format import CONFIG_FORMAT  # nothing else: a plain .safetensors is asked too
 
         return loaded.metadata.get("format") == CONFIG_FORMAT
 

@@ -26,6 +26,7 @@ from ..surgery import ConversionError, apply_changes
 from ..tensor_digest import tensors_digest
 from ..verify import DEFAULT_TOLERANCE, VerificationReport
 from .hyp import HYP_KEY, RELEASE_KEY, checkpoint_hyp
+from .pair_format import CONFIG_FORMAT
 from .rebuild import (
     LegacyArchitecture,
     LegacyCheckpoint,
@@ -38,8 +39,6 @@ from .rebuild import (
     rebuild,
 )
 from .release import exact_release
-
-CONFIG_FORMAT = "focus-surgery/yolov5-legacy/1"
 
 
 @dataclass
