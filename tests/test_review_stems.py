@@ -15,6 +15,7 @@ FAMILY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "focus-fam
 DARKNET = FAMILY / "yolor_w6-div32_last.pt"
 YOLOV7_LAST = FAMILY / "yolov7-e6-w003125_last.pt"
 YOLOV7_STRIPPED = FAMILY / "yolov7-e6-w003125_stripped.pt"
+YOLOR_PAPER = FAMILY / "yolor-paper-w6-w0046875_stripped.pt"  # YOLOR's paper branch: records, no EMA
 
 
 def _flat_pt_writer(monkeypatch):
@@ -115,7 +116,11 @@ def _unconverted_writer(monkeypatch, src):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("src", [DARKNET, YOLOV7_LAST, YOLOV7_STRIPPED], ids=["darknet", "yolov7", "yolov7-no-ema"])
+@pytest.mark.parametrize(
+    "src",
+    [DARKNET, YOLOV7_LAST, YOLOV7_STRIPPED, YOLOR_PAPER],
+    ids=["darknet", "yolov7", "yolov7-no-ema", "yolor-paper"],
+)
 def test_a_stem_written_unconverted_fails_its_proof(tmp_path, monkeypatch, src, suffix):
     _unconverted_writer(monkeypatch, src)
     dst = tmp_path / f"o{suffix}"
@@ -135,3 +140,9 @@ def test_verify_compares_an_original_with_its_safetensors_conversion(tmp_path, s
     result = verify_files(src, dst)
     assert result["passed"] and result["max_abs_err"] == 0.0 and "stem remapped" in result["compared"], result
     assert result["tensors"] == sum(t.numel() > 0 for t in checkpoint_io.load_checkpoint(dst).content.values())
+
+
+def test_a_yolor_paper_safetensors_is_proven_on_its_model_stem(tmp_path):
+    report = convert_file(YOLOR_PAPER, tmp_path / "o.safetensors", verify=True)
+    check = report["verification"]
+    assert report.proof == "stem" and check["passed"] and check["stems"] == ["model:1"] and report.max_abs_err < 1e-12
