@@ -162,11 +162,6 @@ def _original_writer(monkeypatch, src):
     monkeypatch.setattr(records_io, "torch_save", original_save)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unfixed: a state dict / model file written as the original passes its proof (it computes the same); "
-    "'every tensor in its original shape' cannot tell (a YOLOv5 master file converts to conv with its stem unchanged)",
-)
 @pytest.mark.parametrize("form", ["state-dict", "model"])
 def test_a_conversion_to_conv_written_unconverted_fails_its_proof(tmp_path, monkeypatch, form):
     """A state dict (stem proof) or a model file (model proof) whose writer wrote the original: it computes what the

@@ -175,15 +175,20 @@ def prove_written(
             if original is not None and candidate is not None:
                 result = verify(original, candidate, copies=False)  # float64; both models are this proof's own
                 how = "the written file loaded back and run against the original in float64"
-                return _settle(report, result, how)
+                _settle(report, result, how)
+                return _in_target_form(report, dst, options, sites=[("", candidate)])
             with identical_by_copy(proven):
-                tensors = _compare_tensors(source, back_source, back, before, report, options)
+                tensors, written_sd = _compare_tensors(source, back_source, back, before, report, options)
             own = report.fields.get("verification") if not before.stems else None
             ran = isinstance(own, dict) and report.max_abs_err is not None  # a source that ran its stem in memory
             runs = []
             if not ran:  # the original's stems the written file holds, each against the written file's, by name
                 held = source.held_stems(loaded, before.stems, back)
-                runs = _run_stems(report, dst, held, source.written_stems(loaded, back, back_source, options))
+                written_stems = source.written_stems(loaded, back, back_source, options)
+                runs = _run_stems(report, dst, held, written_stems)
+                _in_target_form(report, dst, options, sites=[(name, module) for name, module, _ in written_stems])
+            else:  # a state dict's stem, checked in memory: the form of the one the written file holds
+                _in_target_form(report, dst, options, state_dict=written_sd)
         except (VerificationFailed, MemoryError, torch.OutOfMemoryError):  # the command says what was left
             raise
         except Exception as error:  # noqa: BLE001 - any failure to read back or run what was written fails the proof
@@ -218,9 +223,10 @@ def prove_written(
 
 def _compare_tensors(
     source: Source, back_source: Source, back: Loaded, before: Original, report: ConvertReport, options: ConvertOptions
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict]:
     """The written file's tensors against the original's: bit for bit (the stem remapped), dtypes as the original's
-    own, and, where the whole file was written back, every tensor it holds (optimizer state, each copy)."""
+    own, and, where the whole file was written back, every tensor it holds (optimizer state, each copy); with the
+    written file's state dict (as its reader gives it)."""
     geometry = {k: report.fields.get(k, v) for k, v in _geometry(source, options).items()}  # as converted
     shape = {k: v for k, v in geometry.items() if k == "block_size"}
     written = back_source.state_dict(back, **({} if back_source.uses != source.uses else shape))
@@ -237,7 +243,42 @@ def _compare_tensors(
         tensors = {**tensors, "every_tensor": every}
         if tensors["passed"] and not every["passed"]:
             tensors = {**tensors, "passed": False, "problem": every["problem"]}
-    return tensors
+    return tensors, written
+
+
+def _in_target_form(
+    report: ConvertReport, dst: Path, options: ConvertOptions, sites: list | None = None, state_dict: Any = None
+) -> None:
+    """Raise VerificationFailed unless the written file's stems, read back, are in the form the conversion says it
+    wrote (``report.to``: ``conv`` a strided conv; ``focus`` / ``s2d`` a space-to-depth form), whatever the original
+    was. A file written as the original computes exactly what the original does: only its form tells.
+
+    ``sites``: ``(name, module)`` of the written model (name ``""``: its stems found by ``stems.unconverted`` within
+    ``options.scope``) or of each written stem; ``state_dict``: the written state dict (its stem by the file's
+    evidence, else by key layout, with each copy it holds). ``--to fastest`` writes the form it timed: not checked.
+    """
+    from ..state_dict import find_stem
+    from ..stems.walk import TARGETS, unconverted
+
+    to = report.to
+    if to not in TARGETS:
+        return
+    wanted = "conv" if to == "conv" else "space-to-depth (focus / s2d)"
+    for name, module in sites or []:
+        for site in unconverted(module, to, options.scope if not name else "stem"):
+            problem = f"the written file's stem {name or site.path!r} is still in {site.form} form, not {wanted}"
+            raise _fail(report, f"{problem} (unconverted)", dst)
+    if state_dict is None:
+        return
+    block_size = report.fields.get("block_size", options.block_size)
+    for place, sd in [(None, state_dict), *getattr(state_dict, "copies", {}).items()]:
+        stem = getattr(sd, "stem", None) or find_stem(sd, block_size=block_size)
+        under = f" (under '{place}')" if place else ""
+        if stem is None:
+            raise _fail(report, f"the written file holds no stem{under} to be in {wanted} form (unconverted)", dst)
+        if (stem.form == "conv") != (to == "conv"):  # a state dict's forms: conv; focus / reorg (space-to-depth)
+            problem = f"the written file's stem {stem.prefix!r}{under} is still in {stem.form} form, not {wanted}"
+            raise _fail(report, f"{problem} (unconverted)", dst)
 
 
 def _run_stems(report: ConvertReport, dst: Path, before: list, written: list) -> list[tuple[str, Any]]:

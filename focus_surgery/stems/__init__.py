@@ -8,7 +8,7 @@ from .inputs import infer_input_shape, input_channels_and_multiple, input_multip
 from .recognisers import RECOGNISERS, NotSpaceToDepth, SpaceToDepthInfo, is_conv_block, part_of, probe, recognize
 from .recognisers import register_recogniser, slicing_of
 from .site import Change, ConversionError, Replacement, Skipped, SpaceToDepthPart, StemSite, VerificationError
-from .walk import plan, walk
+from .walk import plan, unconverted, walk
 
 __all__ = [
     "RECOGNISERS",
@@ -36,5 +36,6 @@ __all__ = [
     "slicing_of",
     "space_to_depth_form",
     "strided_conv_form",
+    "unconverted",
     "walk",
 ]

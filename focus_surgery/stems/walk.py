@@ -71,13 +71,8 @@ def walk(model: nn.Module, prefix: str = "") -> Iterator[StemSite]:
             yield from walk(child, _join(prefix, name))
 
 
-def plan(
-    model: nn.Module, to: str = "conv", scope: str = "stem", order: str | None = None
-) -> tuple[list[Change], list[Skipped]]:
-    """Plan a conversion without changing ``model``: the changes and the sites left (and why).
-
-    ``scope="stem"`` acts on the first site the input meets only; ``"all"`` on every site.
-    """
+def _checked(model: nn.Module, to: str, scope: str, order: str | None) -> str | None:
+    """Why ``plan`` cannot act on ``model`` itself (a bare Focus or conv), else None; bad arguments raise."""
     if to not in TARGETS:
         raise ValueError(f"unknown target to={to!r}: use one of {', '.join(TARGETS)}")
     if scope not in SCOPES:
@@ -86,19 +81,52 @@ def plan(
         check_order(order)
     root = part_of(model, feeds=None)
     if (root is not None and root.block is not None) or type(model) is nn.Conv2d or is_conv_block(model):
-        return [], [Skipped("", f"the model itself is a {type(model).__name__}: wrap it, e.g. nn.Sequential(model)")]
-    planned: list[Change] = []
-    skipped: list[Skipped] = []
+        return f"the model itself is a {type(model).__name__}: wrap it, e.g. nn.Sequential(model)"
+    return None
+
+
+def _planned(
+    model: nn.Module, to: str, scope: str, order: str | None
+) -> Iterator[tuple[StemSite, list[Change] | None, str | None]]:
+    """Each site a conversion acts on (the first only for ``scope="stem"``), its changes ([] already in form ``to``)
+    or None and why it has no exact form in ``to``."""
     with torch.no_grad():
         for site in walk(model):
             try:
-                found = build_changes(site, to, order)
+                yield site, build_changes(site, to, order), None
             except (ValueError, ConversionError) as error:
-                skipped.append(Skipped(site.path, str(error)))
-                found = None
-            planned += found or []
+                yield site, None, str(error)
             if scope == "stem":
-                if found == [] and to != "conv" and site.form == "conv":
-                    skipped.append(Skipped(site.path, f"stem conv has stride {site.conv.stride}: nothing to rewrite"))
                 break
+
+
+def plan(
+    model: nn.Module, to: str = "conv", scope: str = "stem", order: str | None = None
+) -> tuple[list[Change], list[Skipped]]:
+    """Plan a conversion without changing ``model``: the changes and the sites left (and why).
+
+    ``scope="stem"`` acts on the first site the input meets only; ``"all"`` on every site.
+    """
+    whole = _checked(model, to, scope, order)
+    if whole is not None:
+        return [], [Skipped("", whole)]
+    planned: list[Change] = []
+    skipped: list[Skipped] = []
+    for site, found, why in _planned(model, to, scope, order):
+        if why is not None:
+            skipped.append(Skipped(site.path, why))
+        planned += found or []
+        if scope == "stem" and found == [] and to != "conv" and site.form == "conv":
+            skipped.append(Skipped(site.path, f"stem conv has stride {site.conv.stride}: nothing to rewrite"))
     return planned, skipped
+
+
+def unconverted(model: nn.Module, to: str = "conv", scope: str = "stem", order: str | None = None) -> list[StemSite]:
+    """The sites of ``model`` not in form ``to`` that a conversion ``to`` with ``scope`` converts: those ``plan``
+    would still change. In form ``to``: a conv (``conv``); a space-to-depth form, ``focus`` / ``s2d`` / ``folds``
+    (``focus``, ``s2d``). A site with no exact form in ``to`` is left by the conversion too, so is not counted.
+    A conversion's result has none; the model it converted, written unchanged, has the sites it converted.
+    ``model`` may itself be one stem (a Focus, a conv block): it is then its only site."""
+    if _checked(model, to, scope, order) is not None:  # a bare stem: walked as the one child of a container
+        model = nn.Sequential(model)
+    return [site for site, found, _ in _planned(model, to, scope, order) if found]
