@@ -85,6 +85,8 @@ def test_a_model_file_converted_to_focus_written_unconverted_fails_its_proof(tmp
         convert_file(src, tmp_path / "out.pt", to=to, verify=True)
     message = str(caught.value)
     assert "\n" not in message and "stem '0' is still in conv form, not space-to-depth" in message, message
+    check = caught.value.report.fields["verification"]  # the model proof's numbers stand; it did not pass
+    assert check["passed"] is False and "unconverted" in check["problem"] and check["max_abs_err"] == 0.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pt"]
 
 

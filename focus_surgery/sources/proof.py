@@ -267,7 +267,7 @@ def _in_target_form(
     for name, module in sites or []:
         for site in unconverted(module, to, options.scope if not name else "stem"):
             problem = f"the written file's stem {name or site.path!r} is still in {site.form} form, not {wanted}"
-            raise _fail(report, f"{problem} (unconverted)", dst)
+            raise _unconverted(report, f"{problem} (unconverted)", dst)
     if state_dict is None:
         return
     block_size = report.fields.get("block_size", options.block_size)
@@ -275,10 +275,18 @@ def _in_target_form(
         stem = getattr(sd, "stem", None) or find_stem(sd, block_size=block_size)
         under = f" (under '{place}')" if place else ""
         if stem is None:
-            raise _fail(report, f"the written file holds no stem{under} to be in {wanted} form (unconverted)", dst)
+            raise _unconverted(report, f"the written file holds no stem{under} in {wanted} form (unconverted)", dst)
         if (stem.form == "conv") != (to == "conv"):  # a state dict's forms: conv; focus / reorg (space-to-depth)
             problem = f"the written file's stem {stem.prefix!r}{under} is still in {stem.form} form, not {wanted}"
-            raise _fail(report, f"{problem} (unconverted)", dst)
+            raise _unconverted(report, f"{problem} (unconverted)", dst)
+
+
+def _unconverted(report: ConvertReport, problem: str, dst: Path) -> VerificationFailed:
+    """``_fail``, the check already in the report (a model's, or the source's own run of its stem) marked failed."""
+    check = report.fields.get("verification")
+    if isinstance(check, dict):
+        report.fields["verification"] = {**check, "passed": False, "problem": problem}
+    return _fail(report, problem, dst)
 
 
 def _run_stems(report: ConvertReport, dst: Path, before: list, written: list) -> list[tuple[str, Any]]:
