@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint_io import CheckpointError, save_checkpoint
@@ -109,6 +110,22 @@ def _tensors_key(models: dict[str, Record]) -> str:
     """The model whose tensors a tensors-only output holds (and the stem proof compares): the EMA where there is one,
     as ``attempt_load`` takes it, else the model."""
     return "ema" if "ema" in models else "model"
+
+
+def _converted_stems(
+    models: dict[str, Record], written: dict[str, torch.Tensor] | None = None
+) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """Each converted stem row of ``models`` as it computes, named ``<model key>:<conv row>``; ``written``: the row
+    tensors by state-dict key (``model.<row>.conv.weight``...: a tensors-only output's, read back) instead of the
+    records' own."""
+    found = []
+    for key, model in models.items():
+        layers = _layers(model)
+        for i in converted_rows(model):
+            row = f"model.{i + 1}."
+            state = None if written is None else {k[len(row) :]: v for k, v in written.items() if k.startswith(row)}
+            found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)], state=state)))
+    return found
 
 
 def sync_yaml_rows(yaml: dict, index: int, block_size: int) -> None:
@@ -220,8 +237,7 @@ class Yolov7Source(Source):
             layers = _layers(model)
             for i, bs, order in stem_rows(model, options.scope):
                 found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)], bs, order)))
-            for i in converted_rows(model):
-                found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)])))
+            found += _converted_stems({key: model})
         return found
 
     def held_stems(self, loaded: Loaded, stems: list, written: Loaded) -> list:
@@ -239,22 +255,13 @@ class Yolov7Source(Source):
         ``model.<row>.conv.weight``...): each stem row the conversion wrote (``converted_rows`` of that model's
         records, as converted: its conv's kernel, stride, padding and activation, which no tensor holds) run with the
         row's tensors read back from the written file, named as ``stems`` names it."""
-        if not tensors_only(written):
-            if not isinstance(reader, Yolov7Source):
-                return super().written_stems(loaded, written, reader, options)
-            found = []  # only the converted form: a stem row written unconverted is no conversion (the proof fails)
-            for key, model in reader._models(written.content).items():
-                layers = _layers(model)
-                found += [(f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)])) for i in converted_rows(model)]
-            return found
-        models = self._models(loaded.content)
-        key = _tensors_key(models)
-        layers, found = _layers(models[key]), []
-        for i in converted_rows(models[key]):
-            row = f"model.{i + 1}."
-            state = {k[len(row) :]: v for k, v in written.content.items() if k.startswith(row)}
-            found.append((f"{key}:{i + 1}", *recorded_stem(layers[str(i + 1)], state=state)))
-        return found
+        if tensors_only(written):
+            models = self._models(loaded.content)
+            key = _tensors_key(models)
+            return _converted_stems({key: models[key]}, written.content)
+        if isinstance(reader, Yolov7Source):  # only the converted form: a row written unconverted is no conversion
+            return _converted_stems(reader._models(written.content))
+        return super().written_stems(loaded, written, reader, options)
 
     @staticmethod
     def _write(content: dict, models: dict, dst: Path, like: Loaded) -> None:
